@@ -1,0 +1,944 @@
+"""Reservation throughput of inventory-api, per concurrency strategy, against its ceiling.
+
+For each strategy (conditional, row_lock, optimistic) one real server process
+(``python -m stockkeeper run inventory-api``) is started on a copy of a seeded database,
+and three closed-loop loads are measured, each for a fixed time at a fixed number of
+keep-alive connections:
+
+- ``noop``: POST /noop with a reserve body: auth and validation, no database. The
+  ceiling of the HTTP stack on this machine.
+- ``hot``: POST /inventory/reserve of 1 unit of ONE SKU (every request contends).
+- ``random``: POST /inventory/reserve of 1 unit of a random SKU out of 10,000.
+
+The load generator runs in separate processes (asyncio, uvloop when installed) with a
+minimal HTTP/1.1 client over ``asyncio.open_connection``; ``--client httpx`` swaps in
+httpx.AsyncClient to compare. Every run creates its own databases and drops them.
+
+    python bench/reserve.py --quick
+    python bench/reserve.py --duration 10 --concurrency 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import orjson
+import yaml
+
+STRATEGIES = ("conditional", "row_lock", "optimistic")
+SCENARIOS = ("noop", "hot", "random")
+Scenario = Literal["noop", "hot", "random"]
+ClientKind = Literal["raw", "httpx"]
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+TOKEN = "bench-token-0123456789abcdef"
+HOT_SKU = "HOT-0001"
+N_SKUS = 10_000
+HOT_STOCK = 2**31 - 1  # MAX_QUANTITY of one receipt
+SKU_STOCK = 1_000_000
+SEED_CONCURRENCY = 32
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def sku_name(i: int) -> str:
+    return f"SKU-{i:05d}"
+
+
+# -- load generator (runs in child processes) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    host: str
+    port: int
+    scenario: Scenario
+    connections: int
+    warmup: float
+    duration: float
+    start_at: float  # time.time() at which every load process starts sending
+    order_prefix: str
+    client: ClientKind = "raw"
+    n_skus: int = N_SKUS
+    seed: int = 0
+
+    @property
+    def path(self) -> str:
+        return "/noop" if self.scenario == "noop" else "/inventory/reserve"
+
+
+@dataclass
+class LoadResult:
+    """What one load process saw; ``latencies`` are of requests completed in the window."""
+
+    window_ok: int = 0
+    window_errors: int = 0
+    transport_errors: int = 0
+    total_ok: int = 0  # over warmup, window and the tail: what the database must show
+    total_sent: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    per_second: list[int] = field(default_factory=list)
+    cpu_seconds: float = 0.0
+    window_seconds: float = 0.0
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection: write a request, read one Content-Length answer."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            await self.open()
+        assert self.reader is not None
+        assert self.writer is not None
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        i = lower.find(b"\r\ncontent-length:")
+        if i < 0:
+            raise ProtocolError("answer without Content-Length")
+        n = int(head[i + 17 : lower.index(b"\r\n", i + 2)])
+        body = await self.reader.readexactly(n) if n else b""
+        if b"\r\nconnection: close" in lower:
+            self.close()
+        return status, body
+
+
+def request_bytes(host: str, port: int, path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def reserve_body(order_id: str, sku: str) -> bytes:
+    return b'{"order_id":"%s","lines":[{"sku":"%s","quantity":1}]}' % (
+        order_id.encode(),
+        sku.encode(),
+    )
+
+
+def problem_slug(body: bytes) -> str:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "?"
+    return str(doc.get("type", "?")) if isinstance(doc, dict) else "?"
+
+
+Sender = Callable[[bytes], Awaitable[tuple[int, bytes]]]
+
+
+async def _load(spec: LoadSpec) -> LoadResult:
+    res = LoadResult()
+    statuses: Counter[str] = Counter()
+    rng = random.Random(spec.seed)
+    skus = [sku_name(i) for i in range(spec.n_skus)]
+    n_buckets = max(1, math.ceil(spec.duration))
+    buckets = [0] * n_buckets
+
+    client: httpx.AsyncClient | None = None
+    if spec.client == "httpx":
+        limits = httpx.Limits(
+            max_connections=spec.connections, max_keepalive_connections=spec.connections
+        )
+        client = httpx.AsyncClient(
+            base_url=f"http://{spec.host}:{spec.port}",
+            limits=limits,
+            timeout=60,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+    raws = [RawHttp(spec.host, spec.port) for _ in range(spec.connections)]
+    if client is None:
+        await asyncio.gather(*(r.open() for r in raws))
+
+    # perf_counter deadlines aligned on the shared wall-clock start.
+    offset = time.perf_counter() - time.time()
+    t_start = spec.start_at + offset
+    t_window = t_start + spec.warmup
+    t_end = t_window + spec.duration
+    if (delay := t_start - time.perf_counter()) > 0:
+        await asyncio.sleep(delay)
+
+    async def httpx_sender(body: bytes) -> tuple[int, bytes]:
+        assert client is not None
+        r = await client.post(spec.path, content=body)
+        return r.status_code, r.content
+
+    async def worker(no: int) -> None:
+        raw = raws[no]
+        send: Sender = httpx_sender if client is not None else raw.send
+        seq = 0
+        while (t0 := time.perf_counter()) < t_end:
+            seq += 1
+            oid = f"{spec.order_prefix}-{no}-{seq}"
+            sku = skus[rng.randrange(spec.n_skus)] if spec.scenario == "random" else HOT_SKU
+            body = reserve_body(oid, sku)
+            if client is None:
+                body = request_bytes(spec.host, spec.port, spec.path, body)
+            res.total_sent += 1
+            try:
+                status, answer = await send(body)
+            except (OSError, asyncio.IncompleteReadError, ProtocolError, httpx.HTTPError):
+                res.transport_errors += 1
+                raw.close()
+                await asyncio.sleep(0.01)
+                continue
+            t1 = time.perf_counter()
+            ok = 200 <= status < 300
+            res.total_ok += ok
+            if t_window <= t1 < t_end:
+                res.latencies.append(t1 - t0)
+                buckets[min(n_buckets - 1, int(t1 - t_window))] += 1
+                if ok:
+                    res.window_ok += 1
+                else:
+                    res.window_errors += 1
+                    statuses[f"{status} {problem_slug(answer)}"] += 1
+
+    async def cpu_probe() -> None:
+        await asyncio.sleep(max(0.0, t_window - time.perf_counter()))
+        c0, w0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+        res.cpu_seconds = time.process_time() - c0
+        res.window_seconds = time.perf_counter() - w0
+
+    probe = asyncio.ensure_future(cpu_probe())
+    workers = [asyncio.ensure_future(worker(i)) for i in range(spec.connections)]
+    _, pending = await asyncio.wait(workers, timeout=spec.warmup + spec.duration + 60)
+    for task in pending:  # a request stuck for a minute: count it and give up
+        task.cancel()
+        res.transport_errors += 1
+    await asyncio.gather(*pending, return_exceptions=True)
+    await probe
+    for r in raws:
+        r.close()
+    if client is not None:
+        await client.aclose()
+    res.statuses = dict(statuses)
+    res.per_second = buckets
+    return res
+
+
+def run_load(spec: LoadSpec) -> LoadResult:
+    """Entry point of a load process."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_load(spec))
+    result: LoadResult = uvloop.run(_load(spec))
+    return result
+
+
+def _warm_child() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"uvloop {version('uvloop')}"
+    except PackageNotFoundError:
+        return "asyncio"
+
+
+# -- CPU accounting (Linux /proc) ------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+# A client backend's title: "postgres: [cluster: ]user database host(port) state".
+CLIENT_BACKEND = re.compile(r"^postgres: (?:[^:]+: )?\S+ \S+ (?:\[local\]|\S*\(\d+\))")
+
+
+def _cluster_processes(postmaster: int, dbname: str) -> list[int]:
+    """The postmaster and its children, minus the client backends of other databases."""
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != postmaster:
+                continue
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            if CLIENT_BACKEND.match(title) and f" {dbname} " not in f" {title} ":
+                continue  # another session's backend (tests running beside us, say)
+            pids.append(int(entry.name))
+    return pids
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot; idle and iowait are not busy."""
+    try:
+        parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = parts[:8]
+    return (user + nice + system + irq + softirq) / TICK, steal / TICK
+
+
+@dataclass
+class CpuSample:
+    server: float
+    postgres: dict[int, float]
+    busy: float
+    steal: float
+    me: float
+
+    @classmethod
+    def take(cls, server_pid: int, postmaster: int | None, dbname: str) -> CpuSample:
+        busy, steal = _machine_cpu()
+        pids = _cluster_processes(postmaster, dbname) if postmaster else []
+        pg = {pid: _proc_cpu(pid) for pid in pids}
+        return cls(_proc_cpu(server_pid), pg, busy, steal, time.process_time())
+
+
+def cpu_cores(a: CpuSample, b: CpuSample, seconds: float, loadgen: float) -> dict[str, float]:
+    """CPU used between two samples, in cores (1.0 = one core busy all the time).
+
+    ``other`` is what the machine spent beyond the server, our PostgreSQL processes, the
+    load generator and this process: anything else running on the box at the time.
+    """
+    server = b.server - a.server
+    pg = sum(v - a.postgres.get(pid, 0.0) for pid, v in b.postgres.items())
+    busy = b.busy - a.busy
+    other = busy - server - pg - loadgen - (b.me - a.me)
+    return {
+        "server": round(server / seconds, 2),
+        "postgres": round(pg / seconds, 2),
+        "loadgen": round(loadgen / seconds, 2),
+        "other": round(max(0.0, other) / seconds, 2),
+        "machine_busy": round(busy / seconds, 2),
+        "steal": round((b.steal - a.steal) / seconds, 2),
+    }
+
+
+async def wait_quiet(below: float, at_most: float) -> tuple[float, float]:
+    """Wait (up to ``at_most`` s) until the machine spends under ``below`` cores for 1 s.
+
+    Before each load nothing of ours should be busy, so what is busy then is someone
+    else (or PostgreSQL's autovacuum after our previous load). Returns (waited, busy).
+    """
+    t0 = time.monotonic()
+    while True:
+        b0 = _machine_cpu()[0]
+        await asyncio.sleep(1.0)
+        busy = round(_machine_cpu()[0] - b0, 2)
+        waited = time.monotonic() - t0
+        if busy < below or waited >= at_most:
+            return waited, busy
+
+
+# -- databases and server processes --------------------------------------------------
+
+
+def with_database(url: str, dbname: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + dbname))
+
+
+async def admin_execute(admin_url: str, sql: str, retries: int = 20) -> None:
+    """Run one admin statement; retried while the template still has sessions."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        for attempt in range(retries):
+            try:
+                await conn.execute(sql)
+                return
+            except asyncpg.ObjectInUseError:
+                if attempt == retries - 1:
+                    raise
+                await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+
+
+class Server:
+    """``python -m stockkeeper run inventory-api`` as a child process."""
+
+    def __init__(self, db_url: str, strategy: str, workdir: Path) -> None:
+        self.dbname = urlsplit(db_url).path.lstrip("/")
+        self.port = _free_port()
+        cfg = {
+            "data_dir": str(workdir / "data"),
+            "database": {"url": db_url, "pool_size": 20},
+            "api": {
+                "inventory_port": self.port,
+                "admin_port": _free_port(),
+                "expose_noop": True,
+                "tokens": [
+                    {
+                        "name": "bench",
+                        "token": TOKEN,
+                        "scopes": ["inventory:read", "inventory:write", "admin"],
+                    }
+                ],
+            },
+            "concurrency": {"strategy": strategy},
+            "monitoring": {"metrics_port": 0},
+            "logging": {"level": "warning"},
+        }
+        self.config_path = workdir / f"stockkeeper-{strategy}.yaml"
+        self.config_path.write_text(yaml.safe_dump(cfg))
+        self.log_path = workdir / f"server-{strategy}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, ready_within: float = 60.0) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKKEEPER_")}
+        with self.log_path.open("wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "stockkeeper",
+                "run",
+                "inventory-api",
+                "--config",
+                str(self.config_path),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + ready_within
+        async with httpx.AsyncClient(timeout=2) as http:
+            while time.monotonic() < deadline:
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+                with contextlib.suppress(httpx.TransportError):
+                    r = await http.get(f"http://127.0.0.1:{self.port}/readyz")
+                    if r.status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        await self.stop()
+        raise RuntimeError(f"server not ready in {ready_within}s:\n{self.log_path.read_text()}")
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def seed(port: int, n_skus: int) -> float:
+    """Receive stock for the hot SKU and ``n_skus`` others through POST /inventory/receipts."""
+    todo: Iterator[tuple[str, int]] = iter(
+        [(HOT_SKU, HOT_STOCK)] + [(sku_name(i), SKU_STOCK) for i in range(n_skus)]
+    )
+    failures: list[str] = []
+
+    async def worker() -> None:
+        conn = RawHttp("127.0.0.1", port)
+        for sku, qty in todo:
+            body = orjson.dumps({"sku": sku, "quantity": qty, "reference_id": f"seed-{sku}"})
+            status, answer = await conn.send(
+                request_bytes("127.0.0.1", port, "/inventory/receipts", body)
+            )
+            if status != 201:
+                failures.append(f"{sku}: {status} {answer[:200]!r}")
+        conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(SEED_CONCURRENCY)))
+    if failures:
+        raise RuntimeError(f"{len(failures)} receipts failed, first: {failures[0]}")
+    return time.perf_counter() - t0
+
+
+async def check_database(db_url: str, ok_hot: int, ok_random: int) -> dict[str, Any]:
+    """The stock invariant after the load, and every 2xx reservation accounted for."""
+    from stockkeeper.services.audit import audit
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        report = await audit(conn)
+        reservations = await conn.fetchval("SELECT count(*) FROM reservation")
+        hot_reserved = await conn.fetchval(
+            "SELECT coalesce(sum(reserved), 0) FROM sku_batch WHERE sku = $1", HOT_SKU
+        )
+        all_reserved = await conn.fetchval("SELECT coalesce(sum(reserved), 0) FROM sku_batch")
+    finally:
+        await conn.close()
+    problems = list(report.problems)
+    if reservations != ok_hot + ok_random:
+        problems.append(f"{reservations} reservations, but {ok_hot + ok_random} answered 2xx")
+    if hot_reserved != ok_hot:
+        problems.append(f"hot SKU reserved {hot_reserved}, but {ok_hot} answered 2xx")
+    if all_reserved != ok_hot + ok_random:
+        problems.append(f"reserved {all_reserved} in all, but {ok_hot + ok_random} answered 2xx")
+    return {
+        "clean": not problems,
+        "reservations": reservations,
+        "ledger_entries": report.ledger_entries,
+        "problems": problems[:20],
+    }
+
+
+# -- measuring -----------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    pool: ProcessPoolExecutor
+    run_id: str
+    postmaster: int | None
+
+    def cpu_sample(self, server: Server) -> CpuSample:
+        return CpuSample.take(server.pid, self.postmaster, server.dbname)
+
+    async def measure(self, server: Server, strategy: str, scenario: Scenario) -> dict[str, Any]:
+        a = self.args
+        procs: int = a.loadgen_procs
+        start_at = time.time() + 1.0
+        shares = [a.concurrency // procs + (i < a.concurrency % procs) for i in range(procs)]
+        specs = [
+            LoadSpec(
+                host="127.0.0.1",
+                port=server.port,
+                scenario=scenario,
+                connections=n,
+                warmup=a.warmup,
+                duration=a.duration,
+                start_at=start_at,
+                order_prefix=f"{self.run_id}-{strategy}-{scenario}-{i}",
+                client=a.client,
+                n_skus=a.skus,
+                seed=random.randrange(2**32),
+            )
+            for i, n in enumerate(shares)
+            if n
+        ]
+        loop = asyncio.get_running_loop()
+        futures = [loop.run_in_executor(self.pool, run_load, s) for s in specs]
+
+        # Sample CPU over the same window the load processes count in.
+        await asyncio.sleep(max(0.0, start_at + a.warmup - time.time()))
+        before, w0 = self.cpu_sample(server), time.perf_counter()
+        await asyncio.sleep(max(0.0, start_at + a.warmup + a.duration - time.time()))
+        after, w1 = self.cpu_sample(server), time.perf_counter()
+        results: list[LoadResult] = await asyncio.gather(*futures)
+
+        lat = sorted(x for r in results for x in r.latencies)
+        ok = sum(r.window_ok for r in results)
+        errors = sum(r.window_errors for r in results)
+        statuses: Counter[str] = Counter()
+        per_second = [0] * len(results[0].per_second)
+        for r in results:
+            statuses.update(r.statuses)
+            per_second = [x + y for x, y in zip(per_second, r.per_second, strict=True)]
+        cpu = cpu_cores(before, after, w1 - w0, sum(r.cpu_seconds for r in results))
+        return {
+            "strategy": strategy,
+            "scenario": scenario,
+            "requests": ok + errors,
+            "rps": (ok + errors) / a.duration,
+            "ok_rps": ok / a.duration,
+            "p50_ms": 1000 * percentile(lat, 50),
+            "p90_ms": 1000 * percentile(lat, 90),
+            "p99_ms": 1000 * percentile(lat, 99),
+            "max_ms": 1000 * lat[-1] if lat else float("nan"),
+            "errors": errors,
+            "transport_errors": sum(r.transport_errors for r in results),
+            "statuses": dict(statuses),
+            "total_ok": sum(r.total_ok for r in results),
+            "per_second": per_second,
+            "cpu_cores": cpu,
+        }
+
+    async def strategy_run(self, strategy: str, db_url: str, workdir: Path) -> list[dict[str, Any]]:
+        server = Server(db_url, strategy, workdir)
+        await server.start()
+        rows: list[dict[str, Any]] = []
+        try:
+            for scenario in self.args.scenarios:
+                waited, busy = await wait_quiet(self.args.quiet_below, self.args.quiet_wait)
+                row = await self.measure(server, strategy, scenario)
+                row["quiet_wait"] = {"waited_s": round(waited, 1), "busy_cores_before": busy}
+                rows.append(row)
+                print(
+                    f"  {strategy:<11} {scenario:<6} {row['rps']:8.0f} req/s  "
+                    f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
+                    f"non-2xx {row['errors']}  cpu {row['cpu_cores']}",
+                    flush=True,
+                )
+        finally:
+            await server.stop()
+        noop = next((r["rps"] for r in rows if r["scenario"] == "noop"), None)
+        for r in rows:
+            r["vs_noop"] = r["ok_rps"] / noop if noop else None
+        by = {r["scenario"]: r["total_ok"] for r in rows}
+        check = await check_database(db_url, by.get("hot", 0), by.get("random", 0))
+        for r in rows:
+            r["db_check"] = check["clean"]
+        if not check["clean"]:
+            print(f"  {strategy}: DATABASE CHECK FAILED: {check['problems']}", flush=True)
+        else:
+            print(
+                f"  {strategy}: audit clean, {check['reservations']} reservations "
+                "= every 2xx answer",
+                flush=True,
+            )
+        return rows
+
+
+# -- reporting -----------------------------------------------------------------------
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def _postmaster_of(backend: int) -> int | None:
+    """The local postmaster, to count PostgreSQL's CPU; None when the server is remote."""
+    try:
+        if Path(f"/proc/{backend}/comm").read_text().strip() != "postgres":
+            return None
+        return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+async def machine_info(admin_url: str, loop_impl: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        pg_version = await conn.fetchval("SHOW server_version")
+        postmaster = _postmaster_of(await conn.fetchval("SELECT pg_backend_pid()"))
+        settings = {
+            r["name"]: r["setting"]
+            for r in await conn.fetch(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[])",
+                ["synchronous_commit", "fsync", "shared_buffers", "max_connections"],
+            )
+        }
+    finally:
+        await conn.close()
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "postgresql": pg_version,
+        "postgresql_settings": settings,
+        "loadavg_before": list(os.getloadavg()),
+        "postmaster_pid": postmaster,
+        "loadgen_loop": loop_impl,
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "src_modified": bool(_git("status", "--porcelain", "--", "src")),
+    }
+
+
+def fmt(x: float | None, spec: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return format(x, spec)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| strategy | scenario | req/s | 2xx/s | p50 ms | p99 ms | non-2xx | 2xx/s vs noop "
+        "| CPU cores: server / PG / loadgen / other |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for r in rows:
+        c = r["cpu_cores"]
+        errs = str(r["errors"])
+        if r["statuses"]:
+            errs += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items())) + ")"
+        if r["transport_errors"]:
+            errs += f" +{r['transport_errors']} transport"
+        lines.append(
+            f"| {r['strategy']} | {r['scenario']} | {fmt(r['rps'], ',.0f')} "
+            f"| {fmt(r['ok_rps'], ',.0f')} "
+            f"| {fmt(r['p50_ms'], '.1f')} | {fmt(r['p99_ms'], '.1f')} | {errs} "
+            f"| {fmt(r['vs_noop'], '.3f')} "
+            f"| {c['server']:.2f} / {c['postgres']:.2f} / {c['loadgen']:.2f} "
+            f"/ {c['other']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+# -- main ----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--duration", type=float, default=None, help="seconds measured (default 10)")
+    p.add_argument("--warmup", type=float, default=None, help="seconds before (default 1)")
+    p.add_argument("--concurrency", type=int, default=64, help="connections (default 64)")
+    p.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help=f"comma-separated subset of {','.join(STRATEGIES)}",
+    )
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)}",
+    )
+    p.add_argument("--quick", action="store_true", help="2 s per load, 0.5 s warmup: a smoke run")
+    p.add_argument("--database-url", default=DEFAULT_ADMIN_URL, help="an admin connection URL")
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load client")
+    p.add_argument("--loadgen-procs", type=int, default=1, help="load processes (default 1)")
+    p.add_argument("--skus", type=int, default=N_SKUS, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        help="before each load, wait up to this many seconds for the machine to be idle\n"
+        "(default 60, 10 with --quick)",
+    )
+    p.add_argument(
+        "--quiet-below", type=float, default=0.3, help="idle means under this many busy cores"
+    )
+    p.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
+    args = p.parse_args(argv)
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 10.0
+    if args.warmup is None:
+        args.warmup = 0.5 if args.quick else 1.0
+    if args.quiet_wait is None:
+        args.quiet_wait = 10.0 if args.quick else 60.0
+    args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for s in args.strategies:
+        if s not in STRATEGIES:
+            p.error(f"unknown strategy {s!r}")
+    for s in args.scenarios:
+        if s not in SCENARIOS:
+            p.error(f"unknown scenario {s!r}")
+    if args.duration <= 0 or args.concurrency < 1 or args.loadgen_procs < 1:
+        p.error("duration, concurrency and loadgen-procs must be positive")
+    return args
+
+
+async def amain(args: argparse.Namespace) -> int:
+    run_id = secrets.token_hex(4)
+    base = f"bench_{run_id}"
+    seed_db = f"{base}_seed"
+    admin = args.database_url
+    created: list[str] = []
+    ctx = get_context("spawn")
+    rows: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    with (
+        ProcessPoolExecutor(max_workers=args.loadgen_procs, mp_context=ctx) as pool,
+        tempfile.TemporaryDirectory(prefix="stockkeeper-bench-") as tmp,
+    ):
+        workdir = Path(tmp)
+        loop = asyncio.get_running_loop()
+        loop_impl = (
+            await asyncio.gather(
+                *(loop.run_in_executor(pool, _warm_child) for _ in range(args.loadgen_procs))
+            )
+        )[0]
+        info = await machine_info(admin, loop_impl)
+        print(
+            f"stockkeeper reserve bench {run_id}: {info['nproc']} CPUs, Python {info['python']}, "
+            f"PostgreSQL {info['postgresql']}; {args.duration:g} s per load after "
+            f"{args.warmup:g} s warmup, {args.concurrency} connections, "
+            f"client {args.client} x{args.loadgen_procs} ({loop_impl})",
+            flush=True,
+        )
+        bench = Bench(args, pool, run_id, info["postmaster_pid"])
+        try:
+            # Seed once through the API, then give every strategy an identical copy.
+            await admin_execute(admin, f'CREATE DATABASE "{seed_db}"')
+            created.append(seed_db)
+            seeder = Server(with_database(admin, seed_db), "conditional", workdir)
+            await seeder.start()
+            try:
+                seed_s = await seed(seeder.port, args.skus)
+            finally:
+                await seeder.stop()
+            conn = await asyncpg.connect(with_database(admin, seed_db))
+            try:
+                await conn.execute("VACUUM ANALYZE")
+            finally:
+                await conn.close()
+            print(
+                f"  seeded {args.skus + 1} SKUs with POST /inventory/receipts in {seed_s:.1f} s "
+                f"({(args.skus + 1) / seed_s:.0f}/s)",
+                flush=True,
+            )
+            for strategy in args.strategies:
+                db = f"{base}_{strategy}"
+                await admin_execute(admin, f'CREATE DATABASE "{db}" TEMPLATE "{seed_db}"')
+                created.append(db)
+                with contextlib.suppress(asyncpg.PostgresError):
+                    await admin_execute(admin, "CHECKPOINT")
+                try:
+                    rows.extend(
+                        await bench.strategy_run(strategy, with_database(admin, db), workdir)
+                    )
+                except Exception as exc:  # one strategy failing should not lose the others
+                    failures[strategy] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
+                    print(f"  {strategy}: FAILED: {failures[strategy]}", flush=True)
+                await admin_execute(admin, f'DROP DATABASE "{db}" WITH (FORCE)')
+                created.remove(db)
+        finally:
+            for db in reversed(created):
+                with contextlib.suppress(Exception):
+                    await admin_execute(admin, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+    table = markdown_table(rows)
+    print()
+    print(
+        f"Machine: nproc {info['nproc']} ({info['cpu_model']}), Python {info['python']}, "
+        f"PostgreSQL {info['postgresql']} (synchronous_commit="
+        f"{info['postgresql_settings'].get('synchronous_commit')}, fsync="
+        f"{info['postgresql_settings'].get('fsync')}); server, PostgreSQL and load "
+        "generator share these CPUs."
+    )
+    print(
+        f"Load: {args.concurrency} keep-alive connections, closed loop, {args.duration:g} s "
+        f"measured after {args.warmup:g} s warmup, client {args.client} in "
+        f"{args.loadgen_procs} process(es); stock seeded in {seed_s:.1f} s."
+    )
+    print()
+    print(table)
+    print()
+    print(
+        "2xx/s vs noop: successful requests/s over the /noop requests/s of the same server\n"
+        "process. p50/p99: over every answer in the window. CPU in cores (1.00 = one core\n"
+        "busy) over the window: the server process; PostgreSQL (this database's backends and\n"
+        "the cluster's background processes); the load generator; other = everything else on\n"
+        "the machine at the time."
+    )
+    noisy = max((r["cpu_cores"]["other"] for r in rows), default=0.0)
+    if noisy > args.quiet_below:
+        print(
+            f"\nWARNING: other processes used up to {noisy:.2f} cores during a measurement; "
+            "those rows understate what this machine can do."
+        )
+    all_clean = all(r.get("db_check", True) for r in rows)
+    if not args.no_json:
+        out_dir = HERE / "results"
+        out_dir.mkdir(exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = out_dir / f"reserve-{stamp}.json"
+        doc = {
+            "run_id": run_id,
+            "timestamp": stamp,
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": info,
+            "settings": {
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "concurrency": args.concurrency,
+                "client": args.client,
+                "loadgen_procs": args.loadgen_procs,
+                "skus": args.skus,
+                "pool_size": 20,
+                "seed_seconds": seed_s,
+            },
+            "results": rows,
+            "failures": failures,
+            "markdown": table,
+        }
+        out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        print(f"\nwrote {out.relative_to(REPO)}")
+    if not all_clean:
+        print("database check failed: see above", file=sys.stderr)
+    for strategy, error in failures.items():
+        print(f"{strategy} failed: {error}", file=sys.stderr)
+    return 0 if all_clean and not failures else 1
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        sys.exit(asyncio.run(amain(args)))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""HTTP: FastAPI apps, schemas, auth and problem+json errors."""

@@ -1,0 +1,217 @@
+"""inventory-api: reserve, release, confirm, fulfil, read stock, receipts, adjustments."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from pydantic import TypeAdapter, ValidationError
+from starlette.responses import Response
+
+from stockkeeper.api import idempotency, schemas
+from stockkeeper.api.auth import Principal, require
+from stockkeeper.api.common import new_app
+from stockkeeper.api.problems import ApiProblem, JSONResponse
+from stockkeeper.domain.allocation import OrderLine
+from stockkeeper.services.reservations import ReserveRequest
+from stockkeeper.services.stock import Adjustment, Receipt
+from stockkeeper.store.pool import Conn
+
+if TYPE_CHECKING:
+    from stockkeeper.bootstrap import Container
+
+READ = Depends(require("inventory:read"))
+WRITE = Depends(require("inventory:write"))
+ADMIN = Depends(require("admin"))
+MAX_BULK = 500
+_sku_adapter: TypeAdapter[str] = TypeAdapter(schemas.Sku)
+
+
+def _check_sku(sku: str) -> str:
+    try:
+        return _sku_adapter.validate_python(sku)
+    except ValidationError as exc:
+        raise ApiProblem(
+            "validation",
+            f"not a valid sku: {sku!r}",
+            errors=[{"field": "sku", "message": exc.errors()[0]["msg"]}],
+        ) from None
+
+
+def create_inventory_app(container: Container) -> FastAPI:
+    app = new_app(container, "inventory-api", "stockkeeper inventory-api")
+    svc = container.reservations
+    stock = container.stock
+
+    @app.post(
+        "/inventory/reserve",
+        status_code=201,
+        response_model=schemas.ReservationOut,
+        responses=schemas.PROBLEMS,
+        tags=["reservations"],
+    )
+    async def reserve(
+        body: schemas.ReserveIn, request: Request, who: Principal = WRITE
+    ) -> Response:
+        """Hold stock for all lines of an order, or none. A repeat of the same order: 200."""
+        req = ReserveRequest(
+            body.order_id,
+            tuple(OrderLine(li.sku, li.quantity) for li in body.lines),
+            body.ttl_seconds,
+            body.location,
+        )
+
+        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
+            view = await svc.reserve(req, conn)
+            return (201 if view.created else 200), view.to_json()
+
+        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+
+    @app.post(
+        "/inventory/release",
+        response_model=schemas.ReservationOut,
+        responses=schemas.PROBLEMS,
+        tags=["reservations"],
+    )
+    async def release(
+        body: schemas.ReleaseIn, request: Request, who: Principal = WRITE
+    ) -> Response:
+        """Give the stock of a PENDING or CONFIRMED reservation back. Repeats are harmless."""
+
+        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
+            return 200, (await svc.release(body.order_id, body.reason, conn)).to_json()
+
+        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+
+    @app.post(
+        "/inventory/confirm",
+        response_model=schemas.ReservationOut,
+        responses=schemas.PROBLEMS,
+        tags=["reservations"],
+    )
+    async def confirm(body: schemas.OrderRef, request: Request, who: Principal = WRITE) -> Response:
+        """Turn a held reservation into committed stock (payment taken)."""
+
+        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
+            return 200, (await svc.confirm(body.order_id, conn)).to_json()
+
+        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+
+    @app.post(
+        "/inventory/fulfil",
+        response_model=schemas.ReservationOut,
+        responses=schemas.PROBLEMS,
+        tags=["reservations"],
+    )
+    async def fulfil(body: schemas.OrderRef, request: Request, who: Principal = WRITE) -> Response:
+        """The order shipped: committed and on_hand go down."""
+
+        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
+            return 200, (await svc.fulfil(body.order_id, conn)).to_json()
+
+        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+
+    @app.post("/inventory/receipts", status_code=201, responses=schemas.PROBLEMS, tags=["stock"])
+    async def receipts(
+        body: schemas.ReceiptIn, request: Request, who: Principal = WRITE
+    ) -> Response:
+        """Stock arrived. Applied once per reference_id; a repeat answers 200."""
+        r = Receipt(
+            body.sku,
+            body.quantity,
+            body.reference_id,
+            body.location,
+            body.lot_number,
+            body.expires_at,
+        )
+
+        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
+            done = await stock.receive(r, conn)
+            return (201 if done.created else 200), done.body
+
+        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+
+    @app.post("/inventory/adjustments", status_code=201, responses=schemas.PROBLEMS, tags=["stock"])
+    async def adjustments(
+        body: schemas.AdjustmentIn, request: Request, who: Principal = ADMIN
+    ) -> Response:
+        """Correct on_hand or unavailable of a batch. Applied once per reference_id."""
+        a = Adjustment(
+            body.sku,
+            body.quantity,
+            body.reason,
+            body.reference_id,
+            body.batch_id,
+            body.delta,
+            body.set,
+        )
+
+        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
+            done = await stock.adjust(a, conn)
+            return (201 if done.created else 200), done.body
+
+        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+
+    @app.get(
+        "/inventory",
+        response_model=schemas.StockListOut,
+        responses=schemas.PROBLEMS,
+        tags=["stock"],
+    )
+    async def bulk(
+        sku: Annotated[list[str], Query(max_length=MAX_BULK)] = [],  # noqa: B006
+        who: Principal = READ,
+    ) -> Response:
+        """Stock of up to 500 SKUs: ?sku=a&sku=b."""
+        if not sku:
+            raise ApiProblem("validation", "give at least one ?sku=")
+        if len(sku) > MAX_BULK:
+            raise ApiProblem("validation", f"at most {MAX_BULK} SKUs per request")
+        wanted = list(dict.fromkeys(_check_sku(s) for s in sku))
+        items = await stock.get_many(wanted)
+        found = {i["sku"] for i in items}
+        return JSONResponse({"items": items, "not_found": [s for s in wanted if s not in found]})
+
+    @app.get(
+        "/inventory/{sku}",
+        response_model=schemas.StockOut,
+        responses=schemas.PROBLEMS,
+        tags=["stock"],
+    )
+    async def get_one(sku: str, who: Principal = READ) -> Response:
+        """A SKU's figures and its batches."""
+        return JSONResponse(await stock.get(_check_sku(sku)))
+
+    @app.get(
+        "/inventory/{sku}/ledger",
+        response_model=schemas.LedgerOut,
+        responses=schemas.PROBLEMS,
+        tags=["stock"],
+    )
+    async def ledger(
+        sku: str,
+        after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        who: Principal = READ,
+    ) -> Response:
+        """The SKU's ledger, oldest first; pass ``next`` as ``after`` for the next page."""
+        return JSONResponse(await stock.ledger(_check_sku(sku), after, limit))
+
+    @app.get(
+        "/reservations/{order_id}",
+        response_model=schemas.ReservationOut,
+        responses=schemas.PROBLEMS,
+        tags=["reservations"],
+    )
+    async def get_reservation(order_id: str, who: Principal = READ) -> Response:
+        """A reservation as it stands."""
+        return JSONResponse((await svc.get(order_id)).to_json())
+
+    if container.settings.api.expose_noop:
+
+        @app.post("/noop", include_in_schema=False)
+        async def noop(body: schemas.ReserveIn, who: Principal = WRITE) -> Response:
+            """Auth and body validation, no database: the HTTP stack's ceiling for bench/."""
+            return JSONResponse({"order_id": body.order_id}, status_code=201)
+
+    return app

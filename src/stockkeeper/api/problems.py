@@ -1,0 +1,149 @@
+"""RFC 9457 problem documents with stable ``type`` slugs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from stockkeeper.domain.errors import DomainError
+
+PROBLEM_TYPE = "application/problem+json"
+
+TITLES = {
+    "insufficient-stock": "Insufficient stock",
+    "reservation-expired": "Reservation expired",
+    "conflict": "Conflict",
+    "not-found": "Not found",
+    "validation": "Invalid request",
+    "unauthorized": "Unauthorized",
+    "forbidden": "Forbidden",
+    "rate-limited": "Too many requests",
+    "unavailable": "Service unavailable",
+    "payload-too-large": "Payload too large",
+    "method-not-allowed": "Method not allowed",
+    "internal": "Internal error",
+}
+
+STATUS_FOR_SLUG = {
+    "insufficient-stock": 409,
+    "reservation-expired": 409,
+    "conflict": 409,
+    "not-found": 404,
+    "validation": 422,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "rate-limited": 429,
+    "unavailable": 503,
+    "payload-too-large": 413,
+    "method-not-allowed": 405,
+    "internal": 500,
+}
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_TYPE
+
+
+class ApiProblem(Exception):
+    """Raised by the HTTP layer for problems that are not domain errors."""
+
+    def __init__(
+        self, slug: str, detail: str, headers: dict[str, str] | None = None, **extensions: Any
+    ) -> None:
+        super().__init__(detail)
+        self.slug = slug
+        self.detail = detail
+        self.headers = headers
+        self.extensions = extensions
+
+
+def problem_doc(
+    slug: str, detail: str, instance: str | None = None, **extensions: Any
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "type": slug,
+        "title": TITLES.get(slug, slug),
+        "status": STATUS_FOR_SLUG.get(slug, 500),
+        "detail": detail,
+    }
+    if instance:
+        doc["instance"] = instance
+    doc.update(extensions)
+    return doc
+
+
+def domain_problem(exc: DomainError, instance: str | None = None) -> tuple[int, dict[str, Any]]:
+    doc = problem_doc(exc.slug, exc.detail, instance, **exc.extensions())
+    return doc["status"], doc
+
+
+def problem(
+    slug: str,
+    detail: str,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> ProblemResponse:
+    doc = problem_doc(slug, detail, instance, **extensions)
+    return ProblemResponse(doc, status_code=doc["status"], headers=headers)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        out.append({"field": ".".join(loc), "message": err.get("msg", "invalid")})
+    return out
+
+
+def install(app: FastAPI) -> None:
+    """Make every error of ``app`` a problem+json answer."""
+
+    async def on_domain(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DomainError)
+        status, doc = domain_problem(exc, request.url.path)
+        return ProblemResponse(doc, status_code=status)
+
+    async def on_api_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiProblem)
+        return problem(exc.slug, exc.detail, request.url.path, exc.headers, **exc.extensions)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return problem(
+            "validation",
+            "the request is not valid",
+            request.url.path,
+            errors=_validation_errors(exc),
+        )
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        slug = {
+            404: "not-found",
+            405: "method-not-allowed",
+            413: "payload-too-large",
+            401: "unauthorized",
+            403: "forbidden",
+        }.get(exc.status_code, "validation")
+        # Anything else FastAPI refuses while reading the body (not UTF-8, say) is a
+        # validation problem: 422, so a type always comes with its usual status.
+        doc = problem_doc(slug, str(exc.detail), request.url.path)
+        return ProblemResponse(doc, status_code=doc["status"], headers=exc.headers)
+
+    app.add_exception_handler(DomainError, on_domain)
+    app.add_exception_handler(ApiProblem, on_api_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)

@@ -1,0 +1,163 @@
+"""Request and response bodies. Every input is validated here, strictly."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from stockkeeper.domain.quantities import MAX_QUANTITY
+
+# Printable, no surrounding whitespace: what a shopkeeper would type as a code.
+CODE = r"^[^\s\x00-\x1f](?:[^\x00-\x1f]*[^\s\x00-\x1f])?$"
+Sku = Annotated[str, Field(min_length=1, max_length=128, pattern=CODE)]
+OrderId = Annotated[str, Field(min_length=1, max_length=128, pattern=CODE)]
+ReferenceId = Annotated[str, Field(min_length=1, max_length=200, pattern=CODE)]
+LocationCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+LotNumber = Annotated[str, Field(min_length=1, max_length=128, pattern=CODE)]
+Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
+Reason = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LineIn(Body):
+    sku: Sku
+    quantity: Quantity
+
+
+class ReserveIn(Body):
+    order_id: OrderId
+    lines: list[LineIn] = Field(min_length=1, max_length=200)
+    ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)] | None = None
+    location: LocationCode | None = None
+
+
+class ReleaseIn(Body):
+    order_id: OrderId
+    reason: Reason | None = None
+
+
+class OrderRef(Body):
+    order_id: OrderId
+
+
+class ReceiptIn(Body):
+    sku: Sku
+    quantity: Quantity
+    reference_id: ReferenceId
+    location: LocationCode | None = None
+    lot_number: LotNumber | None = None
+    expires_at: AwareDatetime | None = None
+
+
+class AdjustmentIn(Body):
+    sku: Sku
+    quantity: Literal["on_hand", "unavailable"]
+    reason: Reason
+    reference_id: ReferenceId
+    batch_id: Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)] | None = None
+    delta: Annotated[int, Field(strict=True, ge=-MAX_QUANTITY, le=MAX_QUANTITY)] | None = None
+    set: Annotated[int, Field(strict=True, ge=0, le=MAX_QUANTITY)] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AdjustmentIn:
+        if (self.delta is None) == (self.set is None):
+            raise ValueError("give exactly one of delta or set")
+        if self.delta == 0:
+            raise ValueError("delta must not be 0")
+        return self
+
+
+# -- responses (documentation; handlers answer with plain JSON) --------------------
+
+
+class AllocationOut(BaseModel):
+    batch_id: int
+    lot_number: str | None
+    location: str
+    quantity: int
+
+
+class LineOut(BaseModel):
+    sku: str
+    quantity: int
+    allocations: list[AllocationOut]
+
+
+class ReservationOut(BaseModel):
+    order_id: str
+    status: Literal["PENDING", "CONFIRMED", "CANCELLED", "EXPIRED", "FULFILLED"]
+    expires_at: str
+    lines: list[LineOut]
+    location: str | None = None
+    reason: str | None = None
+
+
+class BatchOut(BaseModel):
+    batch_id: int
+    location: str
+    lot_number: str | None
+    expires_at: str | None
+    on_hand: int
+    unavailable: int
+    reserved: int
+    committed: int
+    available: int
+    shortfall: int
+    version: int
+
+
+class StockOut(BaseModel):
+    sku: str
+    on_hand: int
+    unavailable: int
+    reserved: int
+    committed: int
+    available: int
+    shortfall: int
+    version: int
+    updated_at: str
+    batches: list[BatchOut]
+
+
+class StockListOut(BaseModel):
+    items: list[StockOut]
+    not_found: list[str]
+
+
+class LedgerEntryOut(BaseModel):
+    id: int
+    batch_id: int
+    type: str
+    on_hand: int
+    unavailable: int
+    reserved: int
+    committed: int
+    source: str
+    reference_id: str | None
+    reason: str | None
+    created_at: str
+
+
+class LedgerOut(BaseModel):
+    sku: str
+    entries: list[LedgerEntryOut]
+    next: int | None
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    model_config = ConfigDict(extra="allow")
+
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}}
+    for code in (401, 403, 404, 409, 413, 422)
+}

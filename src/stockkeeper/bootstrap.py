@@ -1,0 +1,121 @@
+"""Wiring: read config once, start what it needs, build the services, pass them down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stockkeeper.api.auth import TokenBook, build_token_book
+from stockkeeper.config import Settings
+from stockkeeper.failpoints import Failpoints
+from stockkeeper.messaging.broker import Broker
+from stockkeeper.messaging.consumer import RetryPolicy
+from stockkeeper.messaging.pgqueue import PgQueueBroker
+from stockkeeper.messaging.rabbitmq import RabbitMQBroker
+from stockkeeper.observability.metrics import Metrics
+from stockkeeper.services.admin import Operations
+from stockkeeper.services.reservations import Reservations
+from stockkeeper.services.stock import Stock
+from stockkeeper.services.unit import Clock, utcnow
+from stockkeeper.store.embedded import EmbeddedPostgres, start_embedded
+from stockkeeper.store.migrate import migrate
+from stockkeeper.store.pool import Pool, create_pool
+
+
+@dataclass
+class Container:
+    """Everything a process needs, built once at start."""
+
+    settings: Settings
+    pool: Pool
+    metrics: Metrics
+    tokens: TokenBook
+    reservations: Reservations
+    stock: Stock
+    broker: Broker
+    clock: Clock = utcnow
+    embedded: EmbeddedPostgres | None = None
+    failpoints: Failpoints = field(default_factory=Failpoints)
+    _broker_ready: bool = False
+    _operations: Operations | None = None
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        b = self.settings.broker
+        return RetryPolicy(b.retry_base_ms, b.retry_max_ms, b.max_attempts)
+
+    async def connected_broker(self) -> Broker:
+        """The broker, connected (and its topology declared) on first use."""
+        if not self._broker_ready:
+            await self.broker.connect()
+            self._broker_ready = True
+        return self.broker
+
+    async def operations(self) -> Operations:
+        if self._operations is None:
+            self._operations = Operations(self.pool, await self.connected_broker(), self.metrics)
+        return self._operations
+
+    async def close(self) -> None:
+        if self._broker_ready:
+            await self.broker.close()
+        await self.pool.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def make_broker(settings: Settings, pool: Pool) -> Broker:
+    """RabbitMQ when ``broker.url`` is set, else the embedded PostgreSQL queue."""
+    b = settings.broker
+    if b.url:
+        return RabbitMQBroker(
+            b.url, prefix=b.prefix, reconnect_interval_s=b.reconnect_interval_ms / 1000
+        )
+    return PgQueueBroker(pool, prefix=b.prefix, lease_ms=b.lease_ms, poll_ms=b.poll_ms)
+
+
+def database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
+    """The configured URL, or the embedded server's when none is set."""
+    if settings.database.url:
+        return settings.database.url, None
+    server = start_embedded(settings.data_dir)
+    return server.url, server
+
+
+async def build(
+    settings: Settings,
+    *,
+    run_migrations: bool = True,
+    clock: Clock = utcnow,
+    metrics: Metrics | None = None,
+) -> Container:
+    url, embedded = database_url(settings)
+    pool = await create_pool(url, settings.database)
+    try:
+        if run_migrations:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+        metrics = metrics or Metrics()
+        reservations = Reservations(
+            pool,
+            metrics,
+            strategy=settings.concurrency.strategy,
+            max_retries=settings.concurrency.max_retries,
+            default_ttl_seconds=settings.reservations.default_ttl_seconds,
+            max_ttl_seconds=settings.reservations.max_ttl_seconds,
+            clock=clock,
+        )
+        return Container(
+            settings=settings,
+            pool=pool,
+            metrics=metrics,
+            tokens=build_token_book(settings),
+            reservations=reservations,
+            stock=Stock(pool, clock),
+            broker=make_broker(settings, pool),
+            clock=clock,
+            embedded=embedded,
+            failpoints=Failpoints.from_env(),
+        )
+    except BaseException:
+        await pool.close()
+        raise

@@ -1,0 +1,199 @@
+"""The ``stockkeeper`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from stockkeeper import __version__
+from stockkeeper.config import ConfigError, Settings, load_settings
+from stockkeeper.observability.logging import configure
+
+app = typer.Typer(
+    name="stockkeeper",
+    help="Inventory system of record: reservations that never oversell, and a ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML file (default: $STOCKKEEPER_CONFIG or ./stockkeeper.yaml if it exists).",
+    ),
+]
+T = TypeVar("T")
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        typer.echo(f"stockkeeper: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure(settings.logging.level, settings.logging.json_output)
+    return settings
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    result: T = uvloop.run(main())
+    return result
+
+
+def _serve(settings: Settings, services: list[str], consumers: list[Any] | None = None) -> None:
+    from stockkeeper.bootstrap import build
+    from stockkeeper.workers.runner import serve
+
+    async def main() -> None:
+        try:
+            container = await build(settings)
+        except ConfigError as exc:
+            typer.echo(f"stockkeeper: {exc}", err=True)
+            raise typer.Exit(2) from None
+        try:
+            await serve(container, services, consumers or [])
+        finally:
+            await container.close()
+
+    _run(main)
+
+
+@app.command()
+def up(config: ConfigOption = None) -> None:
+    """Run everything in one process: inventory-api, admin-api and the workers."""
+    from stockkeeper.workers.runner import SERVICES
+
+    settings = _settings(config)
+    api = settings.api
+    typer.echo(
+        f"stockkeeper {__version__}: inventory-api on http://{api.host}:{api.inventory_port}, "
+        f"admin-api on http://{api.host}:{api.admin_port}"
+        + ("" if settings.database.url else f", embedded PostgreSQL in {settings.data_dir}"),
+        err=True,
+    )
+    _serve(settings, list(SERVICES))
+
+
+@app.command()
+def run(
+    service: Annotated[str, typer.Argument(help="inventory-api, admin-api, expiry or dispatcher")],
+    config: ConfigOption = None,
+) -> None:
+    """Run one service, as a separate process in production."""
+    from stockkeeper.workers.runner import PLANNED, SERVICES
+
+    if service in PLANNED:
+        typer.echo(f"stockkeeper: {service} is not part of this version yet", err=True)
+        raise typer.Exit(2)
+    if service not in SERVICES:
+        typer.echo(
+            f"stockkeeper: unknown service {service!r}; one of: {', '.join(SERVICES)}", err=True
+        )
+        raise typer.Exit(2)
+    _serve(_settings(config), [service])
+
+
+@app.command()
+def consume(
+    queue: Annotated[str, typer.Argument(help="queue to consume, e.g. channel.propagation")],
+    handler: Annotated[
+        str, typer.Argument(help="module:function, an async (conn, envelope) -> None")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="consumer name, its idempotency scope (default: handler)")
+    ] = None,
+    drop_stale: Annotated[
+        bool, typer.Option(help="skip events older than the newest applied for their SKU")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run a consumer of your own through the standard runner (idempotency, retries,
+    dead letters). The handler's effect commits with the message's processed mark."""
+    import importlib
+
+    from stockkeeper.workers.runner import ConsumerSpec
+
+    module_name, _, attr = handler.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        typer.echo(f"stockkeeper: cannot load handler {handler!r}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    spec = ConsumerSpec(name or handler, queue, fn, drop_stale)
+    _serve(_settings(config), [], [spec])
+
+
+@app.command()
+def migrate(config: ConfigOption = None) -> None:
+    """Apply pending database migrations (also done at every start)."""
+    from stockkeeper.bootstrap import build
+
+    settings = _settings(config)
+
+    async def main() -> None:
+        container = await build(settings, run_migrations=False)
+        try:
+            from stockkeeper.store.migrate import migrate as do_migrate
+
+            async with container.pool.acquire() as conn:
+                applied = await do_migrate(conn)
+            names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none"
+            typer.echo(f"migrations applied: {names}")
+        finally:
+            await container.close()
+
+    _run(main)
+
+
+@app.command()
+def audit(config: ConfigOption = None) -> None:
+    """Check the stock invariant; exit 1 with a report if anything is off."""
+    from stockkeeper.bootstrap import build
+    from stockkeeper.services.audit import audit as run_audit
+
+    settings = _settings(config)
+
+    async def main() -> bool:
+        container = await build(settings)
+        try:
+            async with container.pool.acquire() as conn:
+                report = await run_audit(conn)
+            typer.echo(report.render())
+            return report.clean
+        finally:
+            await container.close()
+
+    if not _run(main):
+        raise typer.Exit(1)
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate the configuration and say so."""
+    settings = _settings(config)
+    typer.echo(f"configuration is valid ({len(settings.connectors)} connectors)")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

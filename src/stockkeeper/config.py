@@ -1,0 +1,238 @@
+"""Configuration: one YAML file, overridden by STOCKKEEPER_SECTION__KEY variables.
+
+Read once at start, validated, passed down. A missing, unknown or invalid key stops
+the process with a message that names the key (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "STOCKKEEPER_"
+CONFIG_ENV = "STOCKKEEPER_CONFIG"
+DEFAULT_CONFIG_FILE = "stockkeeper.yaml"
+# Variables with our prefix that are not settings.
+NOT_SETTINGS = {
+    CONFIG_ENV,
+    "STOCKKEEPER_TEST_DATABASE_URL",
+    "STOCKKEEPER_REQUIRE_SERVICES",
+    "STOCKKEEPER_TEST_BROKER_URL",
+    "STOCKKEEPER_FAILPOINTS",
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Scope = Literal["inventory:read", "inventory:write", "admin"]
+
+
+class DatabaseConfig(Section):
+    url: str | None = None
+    pool_size: int = Field(default=20, ge=1, le=1000)
+    statement_timeout_ms: int = Field(default=15000, ge=0)
+
+
+class BrokerConfig(Section):
+    url: str | None = None
+    # Prepended to every exchange and queue name: several stockkeepers on one vhost.
+    prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", max_length=64)
+    # Messages a consumer takes ahead of the one it is handling.
+    prefetch: int = Field(default=32, ge=1, le=10_000)
+    # RabbitMQ only: wait before reconnecting after the connection drops.
+    reconnect_interval_ms: int = Field(default=1000, ge=100)
+    # Consumer retries: base delay, doubling, capped; then the dead letters.
+    retry_base_ms: int = Field(default=1000, ge=1)
+    retry_max_ms: int = Field(default=30_000, ge=1)
+    max_attempts: int = Field(default=10, ge=1, le=1000)
+    # Embedded queue only: how long a consumer holds a message before it is redelivered,
+    # and how often idle consumers look for work when no notification arrives.
+    lease_ms: int = Field(default=30_000, ge=100)
+    poll_ms: int = Field(default=500, ge=10)
+
+
+class DispatcherConfig(Section):
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    # Fallback poll when no NOTIFY arrives.
+    poll_interval_ms: int = Field(default=1000, ge=10)
+    # Publish attempts of one event that the broker rejects before it is marked FAILED.
+    max_attempts: int = Field(default=10, ge=1)
+
+
+class TokenConfig(Section):
+    token: str | None = Field(default=None, min_length=16)
+    token_env: str | None = None
+    name: str | None = None
+    scopes: list[Scope] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenConfig:
+        if (self.token is None) == (self.token_env is None):
+            raise ValueError("give exactly one of token or token_env")
+        return self
+
+    def resolve(self) -> str:
+        if self.token is not None:
+            return self.token
+        assert self.token_env is not None
+        value = os.environ.get(self.token_env)
+        if not value:
+            raise ConfigError(f"api.tokens: environment variable {self.token_env} is not set")
+        return value
+
+
+class ApiConfig(Section):
+    host: str = "127.0.0.1"
+    inventory_port: Port = 8080
+    admin_port: Port = 8081
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
+    # Adds POST /noop (auth and validation, no database): the ceiling bench/ compares with.
+    expose_noop: bool = False
+    tokens: list[TokenConfig] = Field(default_factory=list)
+
+
+class Strategy(StrEnum):
+    CONDITIONAL = "conditional"
+    ROW_LOCK = "row_lock"
+    OPTIMISTIC = "optimistic"
+
+
+class ConcurrencyConfig(Section):
+    strategy: Strategy = Strategy.CONDITIONAL
+    max_retries: int = Field(default=5, ge=0, le=1000)
+
+
+class ReservationsConfig(Section):
+    default_ttl_seconds: int = Field(default=900, ge=1)
+    max_ttl_seconds: int = Field(default=7 * 86_400, ge=1)
+    expiry_interval_ms: int = Field(default=1000, ge=10)
+    expiry_batch_size: int = Field(default=200, ge=1, le=10_000)
+
+
+class PropagationConfig(Section):
+    backoff_base_ms: int = Field(default=1000, ge=1)
+    backoff_max_ms: int = Field(default=30000, ge=1)
+    max_attempts: int = Field(default=10, ge=1)
+
+
+class MonitoringConfig(Section):
+    p99_lag_alert_ms: int = Field(default=5000, ge=1)
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+
+
+class LoggingConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_output: bool = Field(default=True, alias="json")
+
+
+class ConnectorConfig(BaseModel):
+    """One outside system. Type-specific keys are validated by the connector itself."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    id: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    type: str = Field(min_length=1)
+
+
+class Settings(Section):
+    data_dir: Path = Path("./.stockkeeper")
+    database: DatabaseConfig = DatabaseConfig()
+    broker: BrokerConfig = BrokerConfig()
+    dispatcher: DispatcherConfig = DispatcherConfig()
+    api: ApiConfig = ApiConfig()
+    concurrency: ConcurrencyConfig = ConcurrencyConfig()
+    reservations: ReservationsConfig = ReservationsConfig()
+    propagation: PropagationConfig = PropagationConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    logging: LoggingConfig = LoggingConfig()
+    connectors: list[ConnectorConfig] = Field(default_factory=list)
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """STOCKKEEPER_API__INVENTORY_PORT=9000 -> {"api": {"inventory_port": 9000}}.
+
+    Values are read as YAML scalars, so numbers, booleans and lists work as in the file.
+    """
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError(f"{name}: empty key segment")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name}: not a valid value: {exc}") from exc
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: conflicts with another variable")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    path: str | Path | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Read the YAML file (if any) and the environment, validate, and return Settings."""
+    env = dict(os.environ if environ is None else environ)
+    explicit = path is not None or CONFIG_ENV in env
+    file = Path(path if path is not None else env.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if file.exists():
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping of sections")
+        data = loaded or {}
+        origin = str(file)
+    elif explicit:
+        raise ConfigError(f"config file {file} does not exist")
+    overrides = _env_overrides(env)
+    if overrides:
+        origin += " + environment"
+    try:
+        return Settings.model_validate(_merge(data, overrides))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None

@@ -1,0 +1,43 @@
+"""Failpoints: named places where a test can make a real process die or fail.
+
+Set ``STOCKKEEPER_FAILPOINTS=dispatcher.after_publish=kill`` (comma-separated) to have
+the process SIGKILL itself when it reaches that point, or ``=raise`` to raise there.
+Crash tests use them to reach an exact moment without sleeping. Empty in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+
+ENV = "STOCKKEEPER_FAILPOINTS"
+ACTIONS = ("kill", "raise")
+
+
+class FailpointError(RuntimeError):
+    pass
+
+
+class Failpoints:
+    def __init__(self, points: Mapping[str, str] | None = None) -> None:
+        self.points = dict(points or {})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Failpoints:
+        raw = (os.environ if environ is None else environ).get(ENV, "")
+        points: dict[str, str] = {}
+        for item in filter(None, (p.strip() for p in raw.split(","))):
+            name, _, action = item.partition("=")
+            action = action or "kill"
+            if action not in ACTIONS:
+                raise ValueError(f"{ENV}: {item!r}: action must be one of {ACTIONS}")
+            points[name] = action
+        return cls(points)
+
+    def hit(self, name: str) -> None:
+        action = self.points.get(name)
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "raise":
+            raise FailpointError(f"failpoint {name}")

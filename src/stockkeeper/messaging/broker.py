@@ -1,0 +1,88 @@
+"""The Broker port. Services never know which adapter they run on."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A message to publish: routed by ``exchange`` and ``routing_key``."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+class Delivery(Protocol):
+    """A message handed to a consumer. Exactly one of ack or requeue must follow."""
+
+    @property
+    def queue(self) -> str: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def routing_key(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> dict[str, Any]: ...
+    @property
+    def redelivered(self) -> bool: ...
+
+    async def ack(self) -> None:
+        """Done with it: the broker forgets the message."""
+
+    async def requeue(self) -> None:
+        """Not handled (shutting down): deliver it again, to us or another consumer."""
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Subscription(Protocol):
+    async def cancel(self) -> None:
+        """Stop receiving; messages in flight finish first."""
+
+
+class Broker(Protocol):
+    """What stockkeeper needs of a message broker."""
+
+    name: str
+
+    async def connect(self) -> None:
+        """Open connections and declare the topology (idempotent)."""
+
+    async def close(self) -> None: ...
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish in order; return only when the broker has confirmed every message.
+
+        Raises if any message was not confirmed; the caller publishes them again.
+        """
+
+    async def send_to_queue(self, queue: str, message: OutgoingMessage, delay_ms: int = 0) -> None:
+        """Put a message on one queue directly, after ``delay_ms`` (retries, replays)."""
+
+    async def consume(self, queue: str, handler: Handler, prefetch: int) -> Subscription:
+        """Call ``handler`` for each message of ``queue``, one at a time, in order."""
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages waiting per queue."""
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot take messages right now; retry later."""
+
+
+class PublishRejected(Exception):
+    """The broker refused some messages (a nack); the others were confirmed."""
+
+    def __init__(self, message_ids: list[str], reason: str) -> None:
+        super().__init__(f"{reason}: {len(message_ids)} message(s)")
+        self.message_ids = message_ids
+        self.reason = reason

@@ -1,0 +1,210 @@
+"""The consumer runner, used by every consumer.
+
+For each message: parse the envelope; in one transaction record the message id in
+``processed_message`` and apply the handler's effect; commit; then ack. A redelivered
+message finds its id and has no second effect. A failure is retried with exponential
+backoff through a delayed re-send (the messages behind it are not held up), and after
+the last attempt lands in ``dead_letter`` with its error, where the admin API can show,
+replay or discard it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from stockkeeper.failpoints import Failpoints
+from stockkeeper.messaging.broker import Broker, Delivery, OutgoingMessage, Subscription
+from stockkeeper.messaging.envelope import (
+    ATTEMPT_HEADER,
+    BROKER_HEADER_PREFIXES,
+    Envelope,
+    InvalidEnvelope,
+)
+from stockkeeper.observability.logging import get_logger
+from stockkeeper.observability.metrics import Metrics
+from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.store.sql import q
+
+log = get_logger("stockkeeper.consumer")
+
+EffectHandler = Callable[[Conn, Envelope], Awaitable[None]]
+
+
+class PermanentError(Exception):
+    """A message that can never succeed (bad content): dead-letter it at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base_ms: int = 1000
+    max_ms: int = 30_000
+    max_attempts: int = 10
+
+    def delay_ms(self, attempt: int) -> int:
+        """Wait before attempt ``attempt + 1``: base, doubling, capped."""
+        return int(min(self.max_ms, self.base_ms * 2 ** max(0, attempt - 1)))
+
+
+def carried_headers(headers: dict[str, Any]) -> dict[str, Any]:
+    """The headers a retry or a replay keeps: ours, not the broker's bookkeeping."""
+    return {k: v for k, v in headers.items() if not k.startswith(BROKER_HEADER_PREFIXES)}
+
+
+def attempt_of(headers: dict[str, Any]) -> int:
+    try:
+        return max(1, int(headers.get(ATTEMPT_HEADER, 1)))
+    except (TypeError, ValueError):
+        return 1
+
+
+async def dead_letter(
+    conn: Conn,
+    *,
+    queue: str,
+    message_id: str | None,
+    routing_key: str,
+    body: bytes,
+    headers: dict[str, Any],
+    error: str,
+    attempts: int,
+) -> int:
+    try:
+        parsed: str | None = orjson.dumps(orjson.loads(body)).decode()
+    except orjson.JSONDecodeError:
+        parsed = None
+    try:
+        mid = uuid.UUID(message_id) if message_id else None
+    except ValueError:
+        mid = None
+    row_id: int = await conn.fetchval(
+        q("insert_dead_letter"),
+        queue,
+        mid,
+        routing_key,
+        parsed,
+        body.decode("utf-8", errors="replace"),
+        orjson.dumps(headers, default=str).decode(),
+        error[:4000],
+        attempts,
+    )
+    return row_id
+
+
+class Consumer:
+    """Runs one handler on one queue with idempotency, retries and dead letters."""
+
+    def __init__(
+        self,
+        name: str,
+        queue: str,
+        handle: EffectHandler,
+        *,
+        pool: Pool,
+        broker: Broker,
+        metrics: Metrics,
+        policy: RetryPolicy = RetryPolicy(),
+        drop_stale: bool = False,
+        failpoints: Failpoints | None = None,
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self.handle = handle
+        self.pool = pool
+        self.broker = broker
+        self.metrics = metrics
+        self.policy = policy
+        self.drop_stale = drop_stale
+        self.failpoints = failpoints or Failpoints()
+
+    async def start(self, prefetch: int = 32) -> Subscription:
+        return await self.broker.consume(self.queue, self.on_delivery, prefetch)
+
+    async def on_delivery(self, d: Delivery) -> None:
+        try:
+            await self._process(d)
+        except Exception:
+            # We could not even record the failure (database or broker down): leave
+            # the message with the broker and let it come back.
+            log.exception("consumer.unrecorded_failure", consumer=self.name)
+            await asyncio.sleep(1.0)
+            await d.requeue()
+
+    async def _process(self, d: Delivery) -> None:
+        attempt = attempt_of(d.headers)
+        try:
+            env = Envelope.parse(d.body)
+        except InvalidEnvelope as exc:
+            await self._dead(d, str(exc), attempt)
+            return
+        try:
+            outcome = await self._apply(env)
+        except PermanentError as exc:
+            await self._dead(d, f"{type(exc).__name__}: {exc}", attempt)
+            return
+        except Exception as exc:
+            if attempt >= self.policy.max_attempts:
+                await self._dead(d, f"{type(exc).__name__}: {exc}", attempt)
+                return
+            delay = self.policy.delay_ms(attempt)
+            log.warning(
+                "consumer.retry",
+                consumer=self.name,
+                message_id=str(env.id),
+                attempt=attempt,
+                delay_ms=delay,
+                error=repr(exc),
+            )
+            retry = OutgoingMessage(
+                "",
+                d.routing_key,
+                d.body,
+                str(env.id),
+                {**carried_headers(d.headers), ATTEMPT_HEADER: attempt + 1},
+            )
+            await self.broker.send_to_queue(self.queue, retry, delay)
+            self.metrics.consumer_retries.labels(consumer=self.name).inc()
+            await d.ack()
+            return
+        self.metrics.consumer_messages.labels(consumer=self.name, outcome=outcome).inc()
+        await d.ack()
+
+    async def _apply(self, env: Envelope) -> str:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(q("mark_processed"), self.name, env.id) is None:
+                return "duplicate"
+            if self.drop_stale and env.sku is not None and env.sequence is not None:
+                moved = await conn.fetchval(q("advance_position"), self.name, env.sku, env.sequence)
+                if moved is None:
+                    return "stale"
+            await self.handle(conn, env)
+            self.failpoints.hit("consumer.before_commit")
+        return "applied"
+
+    async def _dead(self, d: Delivery, error: str, attempt: int) -> None:
+        async with self.pool.acquire() as conn:
+            row = await dead_letter(
+                conn,
+                queue=self.queue,
+                message_id=d.message_id,
+                routing_key=d.routing_key,
+                body=d.body,
+                headers=carried_headers(d.headers),
+                error=error,
+                attempts=attempt,
+            )
+        log.error(
+            "consumer.dead_letter",
+            consumer=self.name,
+            dead_letter_id=row,
+            message_id=d.message_id,
+            error=error,
+            attempts=attempt,
+        )
+        self.metrics.dead_letters.labels(queue=self.queue).inc()
+        await d.ack()

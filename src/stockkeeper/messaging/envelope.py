@@ -1,0 +1,72 @@
+"""The message envelope: ``{id, type, occurred_at, sku?, sequence?, source?, payload}``.
+
+Every message on every queue is one of these, as JSON. Parsing is strict: a body that
+is not a valid envelope goes to the dead letters with the reason, never to a handler.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+ATTEMPT_HEADER = "x-attempt"
+# The routing key a message was first published with, kept across retries and replays
+# (a retry travels through the default exchange, which would replace it).
+ROUTING_KEY_HEADER = "x-routing-key"
+# Headers the broker adds on its own (dead-lettering of delay queues); not carried on.
+BROKER_HEADER_PREFIXES = ("x-death", "x-first-death", "x-last-death")
+TRACEPARENT_HEADER = "traceparent"
+
+
+class InvalidEnvelope(ValueError):
+    """The body is not an envelope; the message says why."""
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: uuid.UUID
+    type: str = Field(min_length=1, max_length=200)
+    occurred_at: AwareDatetime
+    sku: str | None = Field(default=None, max_length=128)
+    sequence: int | None = Field(default=None, ge=1)
+    source: str | None = Field(default=None, max_length=200)
+    payload: dict[str, Any]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def parse(cls, body: bytes) -> Envelope:
+        try:
+            return cls.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise InvalidEnvelope(f"invalid envelope: {where}: {first['msg']}") from None
+
+    @classmethod
+    def new(
+        cls,
+        type_: str,
+        payload: dict[str, Any],
+        *,
+        occurred_at: datetime,
+        sku: str | None = None,
+        sequence: int | None = None,
+        source: str | None = None,
+        id_: uuid.UUID | None = None,
+    ) -> Envelope:
+        return cls(
+            id=id_ or uuid.uuid4(),
+            type=type_,
+            occurred_at=occurred_at,
+            sku=sku,
+            sequence=sequence,
+            source=source,
+            payload=payload,
+        )

@@ -1,0 +1,251 @@
+"""The RabbitMQ adapter (aio-pika): topic exchanges, durable quorum queues, publisher
+confirms, prefetch, and a robust connection that reconnects and restores consumers.
+
+Delayed retries use one quorum queue per delay (``<queue>.retry.<ms>``) whose messages
+expire into the default exchange, routed straight back to ``<queue>``: no plugin needed,
+and a message waiting for its retry never blocks the ones behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+
+from stockkeeper.messaging.broker import (
+    BrokerUnavailable,
+    Handler,
+    OutgoingMessage,
+    PublishRejected,
+)
+from stockkeeper.messaging.envelope import ROUTING_KEY_HEADER
+from stockkeeper.messaging.topology import EXCHANGES, QUEUES, QueueSpec
+from stockkeeper.observability.logging import get_logger
+
+QUORUM = {"x-queue-type": "quorum"}
+log = get_logger("stockkeeper.rabbitmq")
+
+
+@dataclass(slots=True)
+class RabbitDelivery:
+    queue: str
+    _message: AbstractIncomingMessage
+
+    @property
+    def message_id(self) -> str | None:
+        return self._message.message_id
+
+    @property
+    def routing_key(self) -> str:
+        original = (self._message.headers or {}).get(ROUTING_KEY_HEADER)
+        if isinstance(original, bytes):
+            original = original.decode()
+        return str(original) if original else (self._message.routing_key or "")
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self._message.headers or {})
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self._message.redelivered)
+
+    async def ack(self) -> None:
+        await self._message.ack()
+
+    async def requeue(self) -> None:
+        await self._message.nack(requeue=True)
+
+
+class RabbitSubscription:
+    def __init__(
+        self, queue: AbstractQueue, tag: str, lock: asyncio.Lock, channel: AbstractChannel
+    ) -> None:
+        self._queue = queue
+        self._tag = tag
+        self._lock = lock
+        self._channel = channel
+
+    async def cancel(self) -> None:
+        await self._queue.cancel(self._tag)
+        async with self._lock:  # let the message being handled finish
+            pass
+        await self._channel.close()
+
+
+class RabbitMQBroker:
+    """Broker port on RabbitMQ 3.10+."""
+
+    name = "rabbitmq"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "",
+        publish_timeout_s: float = 10.0,
+        queues: tuple[QueueSpec, ...] = QUEUES,
+        connection_name: str = "stockkeeper",
+        reconnect_interval_s: float = 1.0,
+    ):
+        self.reconnect_interval = reconnect_interval_s
+        self.url = url
+        self.prefix = prefix
+        self.publish_timeout = publish_timeout_s
+        self.queues = queues
+        self.connection_name = connection_name
+        self._conn: AbstractRobustConnection | None = None
+        self._pub: AbstractRobustChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._retry_queues: set[str] = set()
+        self._publish_lock = asyncio.Lock()
+
+    def _n(self, name: str) -> str:
+        return self.prefix + name
+
+    async def connect(self) -> None:
+        if self._conn is not None:
+            return
+        try:
+            self._conn = await aio_pika.connect_robust(
+                self.url,
+                client_properties={"connection_name": self.connection_name},
+                reconnect_interval=self.reconnect_interval,
+            )
+        except (OSError, aio_pika.exceptions.AMQPError) as exc:
+            raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
+        self._pub = await self._conn.channel(publisher_confirms=True)
+        await self.declare()
+
+    async def declare(self) -> None:
+        """Declare exchanges, queues and bindings; safe to repeat."""
+        assert self._pub is not None
+        for name in EXCHANGES:
+            self._exchanges[name] = await self._pub.declare_exchange(
+                self._n(name), aio_pika.ExchangeType.TOPIC, durable=True
+            )
+        for spec in self.queues:
+            queue = await self._pub.declare_queue(
+                self._n(spec.name), durable=True, arguments=QUORUM
+            )
+            for b in spec.bindings:
+                await queue.bind(self._exchanges[b.exchange], routing_key=b.pattern)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+            self._pub = None
+            self._exchanges.clear()
+
+    @staticmethod
+    def _message(m: OutgoingMessage) -> aio_pika.Message:
+        return aio_pika.Message(
+            m.body,
+            message_id=m.message_id,
+            headers=m.headers,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        if self._pub is None:
+            raise BrokerUnavailable("not connected")
+        try:
+            async with self._publish_lock:  # one writer keeps the batch in order
+                confirms = [
+                    asyncio.ensure_future(
+                        self._exchanges[m.exchange].publish(
+                            self._message(m),
+                            routing_key=m.routing_key,
+                            timeout=self.publish_timeout,
+                        )
+                    )
+                    for m in messages
+                ]
+                results = await asyncio.gather(*confirms, return_exceptions=True)
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from exc
+        refused = aio_pika.exceptions.DeliveryError
+        failed = [r for r in results if isinstance(r, BaseException) and not isinstance(r, refused)]
+        if failed:
+            raise BrokerUnavailable(f"publish not confirmed: {failed[0]!r}") from failed[0]
+        rejected = [
+            m.message_id for m, r in zip(messages, results, strict=True) if isinstance(r, refused)
+        ]
+        if rejected:
+            raise PublishRejected(rejected, "the broker refused (nack) these messages")
+
+    async def _retry_queue(self, queue: str, delay_ms: int) -> str:
+        name = f"{self._n(queue)}.retry.{delay_ms}"
+        if name not in self._retry_queues:
+            assert self._pub is not None
+            await self._pub.declare_queue(
+                name,
+                durable=True,
+                arguments={
+                    **QUORUM,
+                    "x-message-ttl": delay_ms,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": self._n(queue),
+                },
+            )
+            self._retry_queues.add(name)
+        return name
+
+    async def send_to_queue(self, queue: str, message: OutgoingMessage, delay_ms: int = 0) -> None:
+        if self._pub is None:
+            raise BrokerUnavailable("not connected")
+        target = self._n(queue) if delay_ms <= 0 else await self._retry_queue(queue, delay_ms)
+        headers = {**message.headers, ROUTING_KEY_HEADER: message.routing_key}
+        direct = OutgoingMessage(
+            message.exchange, message.routing_key, message.body, message.message_id, headers
+        )
+        try:
+            await self._pub.default_exchange.publish(
+                self._message(direct), routing_key=target, timeout=self.publish_timeout
+            )
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from exc
+
+    async def consume(self, queue: str, handler: Handler, prefetch: int) -> RabbitSubscription:
+        assert self._conn is not None, "connect() first"
+        channel = await self._conn.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        q = await channel.declare_queue(self._n(queue), durable=True, arguments=QUORUM)
+        lock = asyncio.Lock()  # FIFO: messages are handled one at a time, in order
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            async with lock:
+                await handler(RabbitDelivery(queue, message))
+
+        tag = await q.consume(on_message, no_ack=False)
+        return RabbitSubscription(q, tag, lock, channel)
+
+    async def queue_depths(self) -> dict[str, int]:
+        assert self._conn is not None, "connect() first"
+        depths: dict[str, int] = {}
+        channel = await self._conn.channel()
+        try:
+            for spec in self.queues:
+                q = await channel.declare_queue(self._n(spec.name), passive=True)
+                result = q.declaration_result
+                depths[self._n(spec.name)] = int(result.message_count or 0)
+        finally:
+            await channel.close()
+        return depths

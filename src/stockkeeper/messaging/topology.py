@@ -1,0 +1,78 @@
+"""Exchanges, routing keys and queues (ARCHITECTURE section 5), declared by every adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    exchange: str
+    pattern: str  # topic pattern: words separated by ".", "*" one word, "#" zero or more
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    name: str
+    bindings: tuple[Binding, ...]
+
+
+INVENTORY_EVENTS = "inventory.events"
+WMS_COMMANDS = "wms.commands"
+INVENTORY_INGEST = "inventory.ingest"
+ORDERS_SAGA = "orders.saga"
+
+EXCHANGES = (INVENTORY_EVENTS, WMS_COMMANDS, INVENTORY_INGEST, ORDERS_SAGA)
+
+QUEUES = (
+    QueueSpec(
+        "wms.outbound",
+        tuple(
+            Binding(INVENTORY_EVENTS, f"inventory.{k}")
+            for k in ("allocated", "released", "confirmed", "expired")
+        ),
+    ),
+    QueueSpec("channel.propagation", (Binding(INVENTORY_EVENTS, "inventory.level_changed"),)),
+    QueueSpec("wms.sync", (Binding(WMS_COMMANDS, "wms.sync.*"),)),
+    QueueSpec("inventory.ingest", (Binding(INVENTORY_INGEST, "ingest.*"),)),
+    QueueSpec("orders.saga", (Binding(ORDERS_SAGA, "order.*"),)),
+)
+
+
+def exchange_for(event_type: str) -> str:
+    """Which exchange an outbox event of ``event_type`` is published to."""
+    if event_type.startswith("inventory."):
+        return INVENTORY_EVENTS
+    if event_type.startswith("wms."):
+        return WMS_COMMANDS
+    if event_type.startswith("ingest."):
+        return INVENTORY_INGEST
+    if event_type.startswith("order."):
+        return ORDERS_SAGA
+    raise ValueError(f"no exchange for event type {event_type!r}")
+
+
+def topic_matches(pattern: str, key: str) -> bool:
+    """AMQP topic matching, for the embedded queue (RabbitMQ does its own)."""
+    p, k = pattern.split("."), key.split(".")
+
+    def match(i: int, j: int) -> bool:
+        if i == len(p):
+            return j == len(k)
+        if p[i] == "#":
+            return any(match(i + 1, jj) for jj in range(j, len(k) + 1))
+        if j == len(k):
+            return False
+        return (p[i] == "*" or p[i] == k[j]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+def queues_for(
+    exchange: str, routing_key: str, queues: tuple[QueueSpec, ...] = QUEUES
+) -> list[str]:
+    return [
+        q.name
+        for q in queues
+        if any(b.exchange == exchange and topic_matches(b.pattern, routing_key) for b in q.bindings)
+    ]

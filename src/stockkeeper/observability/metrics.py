@@ -1,0 +1,107 @@
+"""Prometheus collectors, registered on a registry owned by the process (not at import)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Every collector stockkeeper exports. One instance per process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http_requests = Histogram(
+            "stockkeeper_http_request_duration_seconds",
+            "HTTP request latency by route, method and status.",
+            ["app", "route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.reservations = Counter(
+            "stockkeeper_reservations_total",
+            "Reservation requests by outcome (created, repeat, or the problem type).",
+            ["result"],
+            registry=r,
+        )
+        self.reservation_retries = Counter(
+            "stockkeeper_reservation_retries_total",
+            "Reservation attempts that lost a race and re-read the stock.",
+            ["strategy"],
+            registry=r,
+        )
+        self.reservations_expired = Counter(
+            "stockkeeper_reservations_expired_total",
+            "Reservations expired by the expiry worker.",
+            registry=r,
+        )
+        self.oversell = Counter(
+            "stockkeeper_oversell_total",
+            "Times stock was found promised beyond what exists through a decision of ours. "
+            "Must stay 0.",
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            "stockkeeper_outbox_backlog",
+            "domain_event rows waiting to be published.",
+            registry=r,
+        )
+        self.worker_errors = Counter(
+            "stockkeeper_worker_errors_total",
+            "Errors in a worker loop, by worker.",
+            ["worker"],
+            registry=r,
+        )
+        self.events_published = Counter(
+            "stockkeeper_outbox_published_total",
+            "Outbox events published with a broker confirm and marked SENT.",
+            registry=r,
+        )
+        self.events_failed = Counter(
+            "stockkeeper_outbox_failed_total",
+            "Outbox events marked FAILED after their last publish attempt.",
+            registry=r,
+        )
+        self.outbox_failed_open = Gauge(
+            "stockkeeper_outbox_failed_rows",
+            "domain_event rows marked FAILED (never published).",
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "stockkeeper_outbox_publish_failures_total",
+            "Dispatcher batches that could not be published, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "stockkeeper_queue_depth",
+            "Messages waiting per queue.",
+            ["queue"],
+            registry=r,
+        )
+        self.consumer_messages = Counter(
+            "stockkeeper_consumer_messages_total",
+            "Messages handled by consumers, by outcome (applied, duplicate, stale).",
+            ["consumer", "outcome"],
+            registry=r,
+        )
+        self.consumer_retries = Counter(
+            "stockkeeper_consumer_retries_total",
+            "Messages sent back for a delayed retry after a failure.",
+            ["consumer"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "stockkeeper_dead_letters_total",
+            "Messages that landed in dead_letter, by queue.",
+            ["queue"],
+            registry=r,
+        )
+        self.dead_letters_open = Gauge(
+            "stockkeeper_dead_letters_open",
+            "Dead letters neither replayed nor discarded, by queue.",
+            ["queue"],
+            registry=r,
+        )

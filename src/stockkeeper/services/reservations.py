@@ -1,0 +1,392 @@
+"""Reserve, release, confirm, fulfil and expire: stock held for orders.
+
+Three concurrency strategies, chosen by ``concurrency.strategy``, all of which make
+overselling impossible:
+
+- ``conditional``: read without locks, allocate in memory, then one guarded
+  ``UPDATE ... WHERE available >= n`` per batch. PostgreSQL re-checks the guard after
+  waiting for a concurrent writer, so it can only fail when the stock is really gone.
+- ``row_lock``: ``SELECT ... FOR UPDATE`` of the SKUs' batches in id order, then write.
+- ``optimistic``: read versions, allocate, compare-and-swap on the version; on a lost
+  race re-read and retry, at most ``concurrency.max_retries`` times, then ``Conflict``.
+
+Every strategy touches batch rows in id order and SKU rows in name order, so
+multi-line orders cannot deadlock each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from stockkeeper.config import Strategy
+from stockkeeper.domain.allocation import OrderLine, allocate, check_lines
+from stockkeeper.domain.errors import (
+    Conflict,
+    DomainError,
+    InsufficientStock,
+    InvalidRequest,
+    NotFound,
+    ReservationExpired,
+)
+from stockkeeper.domain.events import ALLOCATED, EVENT_FOR_STATUS, Event
+from stockkeeper.domain.quantities import Delta
+from stockkeeper.domain.reservation import Action, EntryType, Status, movement, plan
+from stockkeeper.observability.metrics import Metrics
+from stockkeeper.services.unit import Clock, record_change, transaction, utcnow
+from stockkeeper.store import reservations as repo
+from stockkeeper.store import stock
+from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.store.reservations import AllocationRow, ReservationRow
+from stockkeeper.store.stock import Movement
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    order_id: str
+    lines: tuple[OrderLine, ...]
+    ttl_seconds: int | None = None
+    location: str | None = None
+
+    def lines_doc(self) -> list[dict[str, Any]]:
+        return [{"sku": li.sku, "quantity": li.quantity} for li in self.lines]
+
+
+@dataclass(slots=True)
+class ReservationView:
+    order_id: str
+    status: Status
+    expires_at: datetime
+    lines: list[dict[str, Any]]
+    created: bool = False
+    location: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "order_id": self.order_id,
+            "status": self.status.value,
+            "expires_at": self.expires_at.isoformat(),
+            "lines": self.lines,
+        }
+        if self.location is not None:
+            doc["location"] = self.location
+        if self.reason is not None:
+            doc["reason"] = self.reason
+        return doc
+
+
+class _LostRace(Exception):
+    """A guarded write found the stock changed under it; re-read and try again."""
+
+
+def _view(row: ReservationRow, allocs: Sequence[AllocationRow], created: bool) -> ReservationView:
+    lines: list[dict[str, Any]] = []
+    for no, asked in enumerate(row.lines):
+        lines.append(
+            {
+                "sku": asked["sku"],
+                "quantity": asked["quantity"],
+                "allocations": [
+                    {
+                        "batch_id": a.batch_id,
+                        "lot_number": a.lot_number,
+                        "location": a.location,
+                        "quantity": a.quantity,
+                    }
+                    for a in allocs
+                    if a.line_no == no
+                ],
+            }
+        )
+    return ReservationView(
+        row.order_id, row.status, row.expires_at, lines, created, row.location, row.reason
+    )
+
+
+class Reservations:
+    """The reservation use cases."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        metrics: Metrics,
+        *,
+        strategy: Strategy = Strategy.CONDITIONAL,
+        max_retries: int = 5,
+        default_ttl_seconds: int = 900,
+        max_ttl_seconds: int = 7 * 86_400,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        self.strategy = strategy
+        self.max_retries = max_retries
+        self.default_ttl = default_ttl_seconds
+        self.max_ttl = max_ttl_seconds
+        self.clock = clock
+
+    # -- reserve ---------------------------------------------------------------------
+
+    async def reserve(
+        self, req: ReserveRequest, conn: Conn | None = None, *, source: str = "api"
+    ) -> ReservationView:
+        """Hold stock for every line of an order, or for none of them."""
+        try:
+            async with transaction(self.pool, conn) as c:
+                view = await self._reserve(c, req, source)
+        except DomainError as exc:
+            self.metrics.reservations.labels(result=exc.slug).inc()
+            raise
+        self.metrics.reservations.labels(result="created" if view.created else "repeat").inc()
+        return view
+
+    async def reserve_many(
+        self, reqs: Sequence[ReserveRequest], *, source: str = "api"
+    ) -> list[ReservationView | DomainError]:
+        """Apply many reservations in one transaction, each all-or-nothing on its own.
+
+        The shape request coalescing for hot SKUs builds on: one commit for many orders.
+        """
+        results: list[ReservationView | DomainError] = []
+        skus = sorted({li.sku for req in reqs for li in req.lines})
+        async with transaction(self.pool) as c:
+            # Take every batch and SKU lock the batch can need up front, in the global
+            # order; request by request, later requests would lock out of order.
+            await stock.read_batches(c, skus, lock=True)
+            await stock.lock_skus(c, skus)
+            for req in reqs:
+                try:
+                    results.append(await self.reserve(req, c, source=source))
+                except DomainError as exc:
+                    results.append(exc)
+                except asyncpg.DeadlockDetectedError:
+                    # Another transaction inserting the same order_id waits on our locks
+                    # while we wait on its row: PostgreSQL broke the cycle at this
+                    # request (its savepoint is rolled back); the others go on.
+                    results.append(
+                        Conflict(f"order {req.order_id} is being reserved concurrently; try again")
+                    )
+        return results
+
+    async def _reserve(self, conn: Conn, req: ReserveRequest, source: str) -> ReservationView:
+        check_lines(req.lines)
+        now = self.clock()
+        ttl = req.ttl_seconds or self.default_ttl
+        if ttl > self.max_ttl:
+            raise InvalidRequest(f"ttl_seconds may be at most {self.max_ttl}")
+        expires_at = now + timedelta(seconds=ttl)
+        asked = req.lines_doc()
+        rid = await repo.insert(conn, req.order_id, req.location, asked, expires_at)
+        if rid is None:
+            return await self._existing(conn, req, asked)
+        try:
+            plan_ = await self._allocate(conn, req, now)
+        except InsufficientStock:
+            # Only now ask whether a SKU is unknown: the happy path saves the query.
+            skus = [li.sku for li in req.lines]
+            missing = set(skus) - await stock.known_skus(conn, skus)
+            if missing:
+                raise InvalidRequest(f"unknown sku: {', '.join(sorted(missing))}") from None
+            raise
+        await repo.insert_lines(conn, rid, plan_)
+        movements = [
+            Movement(a.batch_id, a.sku, Delta(reserved=a.quantity))
+            for la in plan_
+            for a in la.allocations
+        ]
+        row = ReservationRow(
+            rid, req.order_id, Status.PENDING, req.location, asked, expires_at, None, now, now
+        )
+        allocs = [
+            AllocationRow(no, a.sku, a.batch_id, a.quantity, a.lot_number, a.location)
+            for no, la in enumerate(plan_)
+            for a in la.allocations
+        ]
+        view = _view(row, allocs, created=True)
+        await record_change(
+            conn,
+            movements,
+            entry_type=EntryType.ORDER_ALLOCATE,
+            source=source,
+            reference_id=req.order_id,
+            now=now,
+            events=[Event(ALLOCATED, {**view.to_json(), "source": source})],
+        )
+        return view
+
+    async def _existing(
+        self, conn: Conn, req: ReserveRequest, asked: list[dict[str, Any]]
+    ) -> ReservationView:
+        row = await repo.get(conn, req.order_id)
+        assert row is not None  # the insert conflicted on it
+        if row.lines != asked or row.location != req.location:
+            raise Conflict(f"order {req.order_id} already holds a reservation for other lines")
+        allocs = (await repo.allocations(conn, [row.id]))[row.id]
+        return _view(row, allocs, created=False)
+
+    async def _allocate(self, conn: Conn, req: ReserveRequest, now: datetime) -> list[Any]:
+        skus = [li.sku for li in req.lines]
+        lock = self.strategy is Strategy.ROW_LOCK
+        for attempt in range(self.max_retries + 1):
+            batches = await stock.read_batches(conn, skus, lock=lock)
+            result = allocate(req.lines, batches, now=now, location=req.location)
+            allocs = [a for la in result for a in la.allocations]
+            if lock:
+                await stock.apply_movements(
+                    conn, [Movement(a.batch_id, a.sku, Delta(reserved=a.quantity)) for a in allocs]
+                )
+                return result
+            guarded = (
+                stock.reserve_guarded
+                if self.strategy is Strategy.CONDITIONAL
+                else stock.reserve_cas
+            )
+            if len(allocs) == 1:
+                # One guarded UPDATE: a miss changes nothing, so no savepoint to undo it
+                # (two round trips fewer on the common path).
+                if await guarded(conn, allocs):
+                    return result
+            else:
+                try:
+                    async with conn.transaction():  # savepoint: a lost race undoes this try
+                        if not await guarded(conn, allocs):
+                            raise _LostRace
+                    return result
+                except _LostRace:
+                    pass
+            self.metrics.reservation_retries.labels(strategy=self.strategy.value).inc()
+            if self.strategy is Strategy.OPTIMISTIC:
+                # Jittered exponential backoff spreads the retries of a hot SKU out.
+                await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))  # noqa: S311
+        raise Conflict("the stock changed too often while reserving; try again")
+
+    # -- release, confirm, fulfil ----------------------------------------------------
+
+    async def release(
+        self,
+        order_id: str,
+        reason: str | None = None,
+        conn: Conn | None = None,
+        *,
+        source: str = "api",
+    ) -> ReservationView:
+        return await self._step(order_id, Action.RELEASE, reason, conn, source)
+
+    async def confirm(
+        self, order_id: str, conn: Conn | None = None, *, source: str = "api"
+    ) -> ReservationView:
+        return await self._step(order_id, Action.CONFIRM, None, conn, source)
+
+    async def fulfil(
+        self, order_id: str, conn: Conn | None = None, *, source: str = "api"
+    ) -> ReservationView:
+        return await self._step(order_id, Action.FULFIL, None, conn, source)
+
+    async def _step(
+        self,
+        order_id: str,
+        action: Action,
+        reason: str | None,
+        conn: Conn | None,
+        source: str,
+    ) -> ReservationView:
+        async with transaction(self.pool, conn) as c:
+            row = await repo.get(c, order_id, lock=True)
+            if row is None:
+                raise NotFound(f"no reservation for order {order_id}")
+            step = plan(action, row.status, row.expires_at, self.clock())
+            allocs = (await repo.allocations(c, [row.id]))[row.id]
+            if step.target is not None:
+                assert step.entry_type is not None
+                await self._move(c, [(row, allocs)], step.target, step.entry_type, reason, source)
+                row = replace(
+                    row, status=step.target, reason=reason or row.reason, updated_at=self.clock()
+                )
+        if step.expired_first:
+            # The expiry is committed; the caller still learns it came too late.
+            raise ReservationExpired("the reservation expired before it was confirmed")
+        return _view(row, allocs, created=False)
+
+    async def _move(
+        self,
+        conn: Conn,
+        items: Sequence[tuple[ReservationRow, Sequence[AllocationRow]]],
+        target: Status,
+        entry_type: EntryType,
+        reason: str | None,
+        source: str,
+    ) -> None:
+        movements: list[Movement] = []
+        events: list[Event] = []
+        for row, allocs in items:
+            for a in allocs:
+                delta = movement(entry_type, row.status, a.quantity)
+                movements.append(Movement(a.batch_id, a.sku, delta, reference_id=row.order_id))
+            await repo.set_status(conn, row.id, target, reason)
+            payload: dict[str, Any] = {
+                "order_id": row.order_id,
+                "status": target.value,
+                "previous_status": row.status.value,
+                "lines": [
+                    {"sku": a.sku, "batch_id": a.batch_id, "quantity": a.quantity} for a in allocs
+                ],
+                "source": source,
+            }
+            if reason:
+                payload["reason"] = reason
+            events.append(Event(EVENT_FOR_STATUS[target], payload))
+        try:
+            await stock.apply_movements(conn, movements)
+        except asyncpg.CheckViolationError:
+            # Only FULFIL can get here: a count (adjustment) put on_hand below what was
+            # committed, so shipping would take it below zero. Refuse in domain terms;
+            # the ledger is never written negative.
+            raise Conflict(
+                "a batch of this order has less on hand than it would ship; "
+                "receive or adjust the stock first"
+            ) from None
+        await record_change(
+            conn,
+            movements,
+            entry_type=entry_type,
+            source=source,
+            reference_id=None,
+            now=self.clock(),
+            reason=reason,
+            events=events,
+        )
+
+    # -- expiry ----------------------------------------------------------------------
+
+    async def expire_due(self, limit: int, *, source: str = "expiry") -> int:
+        """Expire up to ``limit`` overdue PENDING reservations; return how many."""
+        async with transaction(self.pool) as c:
+            rows = await repo.claim_overdue(c, self.clock(), limit)
+            if not rows:
+                return 0
+            allocs = await repo.allocations(c, [r.id for r in rows])
+            await self._move(
+                c,
+                [(r, allocs[r.id]) for r in rows],
+                Status.EXPIRED,
+                EntryType.ORDER_EXPIRE,
+                "expired",
+                source,
+            )
+        self.metrics.reservations_expired.inc(len(rows))
+        return len(rows)
+
+    async def get(self, order_id: str) -> ReservationView:
+        async with self.pool.acquire() as c:
+            row = await repo.get(c, order_id)
+            if row is None:
+                raise NotFound(f"no reservation for order {order_id}")
+            allocs = (await repo.allocations(c, [row.id]))[row.id]
+        return _view(row, allocs, created=False)

@@ -1,0 +1,301 @@
+"""Receipts, adjustments and stock reads."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+
+from stockkeeper.domain.errors import Conflict, InvalidRequest, NotFound
+from stockkeeper.domain.events import ADJUSTED, RECEIVED, Event
+from stockkeeper.domain.quantities import Delta, Figures
+from stockkeeper.domain.reservation import EntryType
+from stockkeeper.services.unit import Clock, record_change, transaction, utcnow
+from stockkeeper.store import idempotency, stock
+from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.store.stock import Movement, SkuLevel
+
+DEFAULT_LOCATION = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    sku: str
+    quantity: int
+    reference_id: str
+    location: str | None = None
+    lot_number: str | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Adjustment:
+    sku: str
+    quantity: Literal["on_hand", "unavailable"]
+    reason: str
+    reference_id: str
+    batch_id: int | None = None
+    delta: int | None = None
+    set: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The result of a request applied once per reference: ``created`` False on a repeat."""
+
+    body: dict[str, Any]
+    created: bool
+
+
+def _hash(doc: Any) -> str:
+    return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def level_json(lv: SkuLevel) -> dict[str, Any]:
+    f = lv.level.figures
+    return {
+        "sku": lv.sku,
+        "on_hand": f.on_hand,
+        "unavailable": f.unavailable,
+        "reserved": f.reserved,
+        "committed": f.committed,
+        "available": lv.level.available,
+        "shortfall": lv.level.shortfall,
+        "version": lv.version,
+        "updated_at": lv.updated_at.isoformat(),
+    }
+
+
+def batch_json(r: asyncpg.Record, now: datetime) -> dict[str, Any]:
+    f = Figures(r["on_hand"], r["unavailable"], r["reserved"], r["committed"])
+    expired = r["expires_at"] is not None and r["expires_at"] <= now
+    return {
+        "batch_id": r["id"],
+        "location": r["location"],
+        "lot_number": r["lot_number"],
+        "expires_at": r["expires_at"].isoformat() if r["expires_at"] else None,
+        "on_hand": f.on_hand,
+        "unavailable": f.unavailable,
+        "reserved": f.reserved,
+        "committed": f.committed,
+        "available": 0 if expired else f.available,
+        "shortfall": f.shortfall,
+        "expired": expired,
+        "version": r["version"],
+    }
+
+
+class Stock:
+    """Stock that arrives, stock that is corrected, and stock as it stands."""
+
+    def __init__(self, pool: Pool, clock: Clock = utcnow) -> None:
+        self.pool = pool
+        self.clock = clock
+
+    async def _claim(self, conn: Conn, kind: str, reference_id: str, doc: Any) -> Applied | None:
+        """Claim ``reference_id``; a repeat returns the first result (or Conflict)."""
+        h = _hash(doc)
+        if await idempotency.claim_reference(conn, kind, reference_id, h):
+            return None
+        stored = await idempotency.get_reference(conn, kind, reference_id)
+        assert stored is not None
+        if stored.request_hash != h:
+            raise Conflict(f"reference_id {reference_id} was already used for another {kind}")
+        return Applied(stored.body, created=False)
+
+    async def receive(
+        self, r: Receipt, conn: Conn | None = None, *, source: str = "api"
+    ) -> Applied:
+        """Add received units to a batch (created on first receipt), once per reference."""
+        doc = {
+            "sku": r.sku,
+            "quantity": r.quantity,
+            "location": r.location,
+            "lot_number": r.lot_number,
+            "expires_at": r.expires_at.isoformat() if r.expires_at else None,
+        }
+        location = r.location or DEFAULT_LOCATION
+        async with transaction(self.pool, conn) as c:
+            repeat = await self._claim(c, "receipt", r.reference_id, doc)
+            if repeat:
+                return repeat
+            await stock.ensure_sku(c, r.sku)
+            await stock.ensure_location(c, location)
+            batch_id, expiry = await stock.upsert_batch(
+                c, r.sku, location, r.lot_number, r.expires_at
+            )
+            if r.expires_at is not None and expiry != r.expires_at:
+                raise Conflict(
+                    f"lot {r.lot_number!r} of {r.sku} at {location} already has expiry {expiry}"
+                )
+            moves = [Movement(batch_id, r.sku, Delta(on_hand=r.quantity))]
+            await stock.apply_movements(c, moves)
+            body = {
+                "reference_id": r.reference_id,
+                "batch_id": batch_id,
+                **doc,
+                "location": location,
+            }
+            levels = await record_change(
+                c,
+                moves,
+                entry_type=EntryType.RECEIPT,
+                source=source,
+                reference_id=r.reference_id,
+                now=self.clock(),
+                events=[Event(RECEIVED, body, sku=r.sku, source=source)],
+            )
+            body["level"] = level_json(levels[r.sku])
+            await idempotency.store_reference(c, "receipt", r.reference_id, body)
+        return Applied(body, created=True)
+
+    async def adjust(
+        self, a: Adjustment, conn: Conn | None = None, *, source: str = "api"
+    ) -> Applied:
+        """Correct on_hand or unavailable of one batch, by a delta or to a value."""
+        if (a.delta is None) == (a.set is None):
+            raise InvalidRequest("give exactly one of delta or set")
+        doc = {
+            "sku": a.sku,
+            "batch_id": a.batch_id,
+            "quantity": a.quantity,
+            "delta": a.delta,
+            "set": a.set,
+            "reason": a.reason,
+        }
+        async with transaction(self.pool, conn) as c:
+            repeat = await self._claim(c, "adjustment", a.reference_id, doc)
+            if repeat:
+                return repeat
+            if a.batch_id is not None:
+                batch = await stock.lock_batch(c, a.batch_id)
+                if batch is None or batch.sku != a.sku:
+                    raise NotFound(f"no batch {a.batch_id} of sku {a.sku}")
+            else:
+                batches = await stock.read_batches(c, [a.sku], lock=True)
+                if not batches:
+                    raise NotFound(f"unknown sku {a.sku}")
+                if len(batches) > 1:
+                    raise InvalidRequest(
+                        f"sku {a.sku} has {len(batches)} batches; say which with batch_id"
+                    )
+                batch = batches[0]
+            current = getattr(batch.figures, a.quantity)
+            target = current + a.delta if a.delta is not None else a.set
+            assert target is not None
+            if target < 0:
+                raise InvalidRequest(f"{a.quantity} of batch {batch.id} would go below zero")
+            change = target - current
+            delta = Delta(on_hand=change) if a.quantity == "on_hand" else Delta(unavailable=change)
+            body: dict[str, Any] = {
+                "reference_id": a.reference_id,
+                **doc,
+                "batch_id": batch.id,
+                "applied_delta": change,
+            }
+            if change:
+                moves = [Movement(batch.id, a.sku, delta)]
+                await stock.apply_movements(c, moves)
+                levels = await record_change(
+                    c,
+                    moves,
+                    entry_type=EntryType.ADJUSTMENT,
+                    source=source,
+                    reference_id=a.reference_id,
+                    now=self.clock(),
+                    reason=a.reason,
+                    events=[Event(ADJUSTED, body, sku=a.sku, source=source)],
+                )
+            else:
+                # Already at the asked value: nothing moves, nothing to tell anyone.
+                levels = await stock.sku_levels(c, [a.sku], self.clock())
+            body["level"] = level_json(levels[a.sku])
+            await idempotency.store_reference(c, "adjustment", a.reference_id, body)
+        return Applied(body, created=True)
+
+    async def get(self, sku: str) -> dict[str, Any]:
+        items = await self.get_many([sku])
+        if not items:
+            raise NotFound(f"unknown sku {sku}")
+        return items[0]
+
+    async def get_many(self, skus: list[str]) -> list[dict[str, Any]]:
+        now = self.clock()
+        async with (
+            self.pool.acquire() as c,
+            c.transaction(readonly=True, isolation="repeatable_read"),
+        ):
+            levels = await stock.sku_levels(c, skus, now)
+            batches = await stock.sku_batches(c, list(levels))
+        by_sku: dict[str, list[dict[str, Any]]] = {s: [] for s in levels}
+        for r in batches:
+            by_sku[r["sku"]].append(batch_json(r, now))
+        return [{**level_json(levels[s]), "batches": by_sku[s]} for s in skus if s in levels]
+
+    async def ledger(self, sku: str, after: int, limit: int) -> dict[str, Any]:
+        async with self.pool.acquire() as c:
+            if not await stock.known_skus(c, [sku]):
+                raise NotFound(f"unknown sku {sku}")
+            rows = await stock.ledger_page(c, sku, after, limit + 1)
+        entries = [
+            {
+                "id": r["id"],
+                "batch_id": r["batch_id"],
+                "type": r["entry_type"],
+                "on_hand": r["d_on_hand"],
+                "unavailable": r["d_unavailable"],
+                "reserved": r["d_reserved"],
+                "committed": r["d_committed"],
+                "source": r["source"],
+                "reference_id": r["reference_id"],
+                "reason": r["reason"],
+                "created_at": r["created_at"].isoformat(),
+            }
+            for r in rows[:limit]
+        ]
+        nxt = entries[-1]["id"] if len(rows) > limit else None
+        return {"sku": sku, "entries": entries, "next": nxt}
+
+    async def expire_lots(self, limit: int, *, source: str = "expiry") -> int:
+        """Move the sellable units of lots past their expiry to ``unavailable``.
+
+        Reserved and committed units stay promised; if they are released later the
+        next sweep moves them too. Returns how many batches were touched.
+        """
+        now = self.clock()
+        async with transaction(self.pool) as c:
+            lots = await stock.claim_expired_lots(c, now, limit)
+            for lot in lots:
+                moves = [
+                    Movement(
+                        lot.id,
+                        lot.sku,
+                        Delta(unavailable=lot.figures.net),
+                        reference_id=f"lot-expired:{lot.id}",
+                    )
+                ]
+                await stock.apply_movements(c, moves)
+                body = {
+                    "sku": lot.sku,
+                    "batch_id": lot.id,
+                    "lot_number": lot.lot_number,
+                    "expires_at": lot.expires_at.isoformat() if lot.expires_at else None,
+                    "quantity": "unavailable",
+                    "applied_delta": lot.figures.net,
+                    "reason": "lot expired",
+                }
+                await record_change(
+                    c,
+                    moves,
+                    entry_type=EntryType.ADJUSTMENT,
+                    source=source,
+                    reference_id=None,
+                    now=now,
+                    reason="lot expired",
+                    events=[Event(ADJUSTED, body, sku=lot.sku, source=source)],
+                )
+        return len(lots)

@@ -1,0 +1,1 @@
+"""PostgreSQL: pool, embedded server, migrations, queries and repositories."""

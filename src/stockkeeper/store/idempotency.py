@@ -1,0 +1,58 @@
+"""Repository for Idempotency-Key records and references applied once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from stockkeeper.store.pool import Conn
+from stockkeeper.store.sql import q
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    request_hash: str
+    status_code: int
+    body: Any
+    method: str = ""
+    path: str = ""
+
+
+async def claim_key(
+    conn: Conn, principal: str, key: str, method: str, path: str, req_hash: str
+) -> bool:
+    got = await conn.fetchval(q("claim_idempotency_key"), principal, key, method, path, req_hash)
+    return got is not None
+
+
+async def get_key(conn: Conn, principal: str, key: str) -> StoredResponse | None:
+    r = await conn.fetchrow(q("get_idempotency_key"), principal, key)
+    if r is None:
+        return None
+    return StoredResponse(
+        r["request_hash"], r["status_code"], r["response"], r["method"], r["path"]
+    )
+
+
+async def store_key(conn: Conn, principal: str, key: str, status: int, body: Any) -> None:
+    await conn.execute(q("store_idempotent_response"), principal, key, status, body)
+
+
+async def purge_keys(conn: Conn, older_than: datetime) -> int:
+    result: str = await conn.execute(q("purge_idempotency_keys"), older_than)
+    return int(result.split()[-1])
+
+
+async def claim_reference(conn: Conn, kind: str, reference_id: str, req_hash: str) -> bool:
+    got = await conn.fetchval(q("claim_reference"), kind, reference_id, req_hash)
+    return got is not None
+
+
+async def get_reference(conn: Conn, kind: str, reference_id: str) -> StoredResponse | None:
+    r = await conn.fetchrow(q("get_reference"), kind, reference_id)
+    return StoredResponse(r["request_hash"], 200, r["response"]) if r else None
+
+
+async def store_reference(conn: Conn, kind: str, reference_id: str, body: Any) -> None:
+    await conn.execute(q("store_reference_response"), kind, reference_id, body)

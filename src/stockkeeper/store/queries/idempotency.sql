@@ -1,0 +1,33 @@
+-- Idempotency: HTTP Idempotency-Key, and references applied once.
+
+-- name: claim_idempotency_key
+-- Inserted first, so a concurrent repeat waits here for the first one's commit and
+-- then finds its response; if the first one rolled back, the repeat takes over.
+INSERT INTO idempotency_key (principal, key, method, path, request_hash, status_code, response)
+VALUES ($1, $2, $3, $4, $5, 0, 'null'::jsonb)
+ON CONFLICT (principal, key) DO NOTHING
+RETURNING key;
+
+-- name: get_idempotency_key
+SELECT method, path, request_hash, status_code, response
+FROM idempotency_key
+WHERE principal = $1 AND key = $2;
+
+-- name: store_idempotent_response
+UPDATE idempotency_key SET status_code = $3, response = $4::jsonb
+WHERE principal = $1 AND key = $2;
+
+-- name: purge_idempotency_keys
+DELETE FROM idempotency_key WHERE created_at < $1;
+
+-- name: claim_reference
+INSERT INTO applied_reference (kind, reference_id, request_hash, response)
+VALUES ($1, $2, $3, 'null'::jsonb)
+ON CONFLICT (kind, reference_id) DO NOTHING
+RETURNING reference_id;
+
+-- name: get_reference
+SELECT request_hash, response FROM applied_reference WHERE kind = $1 AND reference_id = $2;
+
+-- name: store_reference_response
+UPDATE applied_reference SET response = $3::jsonb WHERE kind = $1 AND reference_id = $2;

@@ -1,0 +1,141 @@
+-- Stock: SKUs, locations, batches, the ledger and per-SKU levels.
+
+-- name: ensure_sku
+INSERT INTO sku (sku) VALUES ($1) ON CONFLICT (sku) DO NOTHING;
+
+-- name: sku_exists
+SELECT sku FROM sku WHERE sku = ANY($1::text[]);
+
+-- name: ensure_location
+INSERT INTO location (code) VALUES ($1) ON CONFLICT (code) DO NOTHING;
+
+-- name: upsert_batch
+-- The no-op DO UPDATE makes the statement return the existing row and lock it, so
+-- concurrent receipts of a new lot end on one batch.
+INSERT INTO sku_batch (sku, location, lot_number, expires_at)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (sku, location, COALESCE(lot_number, ''))
+DO UPDATE SET updated_at = sku_batch.updated_at
+RETURNING id, expires_at;
+
+-- name: read_batches
+-- Plain read for the conditional and optimistic strategies: no lock is taken here.
+SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
+       committed, version
+FROM sku_batch
+WHERE sku = ANY($1::text[])
+ORDER BY id;
+
+-- name: lock_batches
+-- row_lock strategy. LockRows sits above the Sort, so rows are locked in id order:
+-- every transaction takes batch locks in the same order and cannot deadlock.
+SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
+       committed, version
+FROM sku_batch
+WHERE sku = ANY($1::text[])
+ORDER BY id
+FOR UPDATE;
+
+-- name: lock_batch_by_id
+SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
+       committed, version
+FROM sku_batch
+WHERE id = $1
+FOR UPDATE;
+
+-- name: reserve_guarded
+-- conditional strategy: one guarded UPDATE. Under READ COMMITTED a concurrent writer
+-- makes us wait for its commit, then the WHERE is re-checked on the new row, so the
+-- guard holds however many requests race for the last unit.
+UPDATE sku_batch
+SET reserved = reserved + $2, version = version + 1, updated_at = now()
+WHERE id = $1 AND on_hand - unavailable - reserved - committed >= $2
+RETURNING id;
+
+-- name: reserve_cas
+-- optimistic strategy: compare-and-swap on the version read before allocating.
+UPDATE sku_batch
+SET reserved = reserved + $2, version = version + 1, updated_at = now()
+WHERE id = $1 AND version = $3 AND on_hand - unavailable - reserved - committed >= $2
+RETURNING id;
+
+-- name: apply_delta
+-- Unguarded movement; the CHECK constraints refuse any negative figure.
+UPDATE sku_batch
+SET on_hand = on_hand + $2,
+    unavailable = unavailable + $3,
+    reserved = reserved + $4,
+    committed = committed + $5,
+    version = version + 1,
+    updated_at = now()
+WHERE id = $1
+RETURNING id;
+
+-- name: insert_ledger
+INSERT INTO inventory_ledger (batch_id, sku, entry_type, d_on_hand, d_unavailable,
+                              d_reserved, d_committed, source, reference_id, reason)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                     $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[]);
+
+-- name: bump_skus
+-- Locks the SKU rows in name order (LockRows above Sort) and bumps their version.
+-- Every writer takes its batch locks first and its SKU locks second, each in a fixed
+-- order, so no two writers can wait on each other in a cycle. NO KEY UPDATE, not
+-- UPDATE: inserting a batch takes KEY SHARE on its SKU (the foreign key), and two
+-- receipts of new lots of one SKU must not deadlock on that.
+WITH locked AS (
+    SELECT sku FROM sku WHERE sku = ANY($1::text[]) ORDER BY sku FOR NO KEY UPDATE
+)
+UPDATE sku s
+SET version = s.version + 1, updated_at = now()
+FROM locked
+WHERE s.sku = locked.sku
+RETURNING s.sku, s.version;
+
+-- name: lock_skus
+SELECT sku FROM sku WHERE sku = ANY($1::text[]) ORDER BY sku FOR NO KEY UPDATE;
+
+-- name: sku_levels
+-- Run after bump_skus in the same transaction: holding the SKU locks, this statement's
+-- snapshot holds every earlier version's change and none of a later one.
+SELECT s.sku, s.version, s.updated_at,
+       COALESCE(sum(b.on_hand), 0)::bigint AS on_hand,
+       COALESCE(sum(b.unavailable), 0)::bigint AS unavailable,
+       COALESCE(sum(b.reserved), 0)::bigint AS reserved,
+       COALESCE(sum(b.committed), 0)::bigint AS committed,
+       -- An expired lot is never sold, so it is never shown as available either.
+       COALESCE(sum(GREATEST(b.on_hand - b.unavailable - b.reserved - b.committed, 0))
+                FILTER (WHERE b.expires_at IS NULL OR b.expires_at > $2), 0)::bigint
+           AS available,
+       COALESCE(sum(GREATEST(b.reserved + b.committed + b.unavailable - b.on_hand, 0)), 0)::bigint
+           AS shortfall
+FROM sku s
+LEFT JOIN sku_batch b ON b.sku = s.sku
+WHERE s.sku = ANY($1::text[])
+GROUP BY s.sku;
+
+-- name: sku_batches
+SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
+       committed, version, updated_at
+FROM sku_batch
+WHERE sku = ANY($1::text[])
+ORDER BY sku, expires_at NULLS LAST, id;
+
+-- name: ledger_page
+SELECT id, batch_id, sku, entry_type, d_on_hand, d_unavailable, d_reserved, d_committed,
+       source, reference_id, reason, created_at
+FROM inventory_ledger
+WHERE sku = $1 AND id > $2
+ORDER BY id
+LIMIT $3;
+
+-- name: claim_expired_lots
+-- Lots past their expiry that still show sellable units: the expiry worker moves those
+-- units to unavailable through the ledger, so channels hear of it.
+SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
+       committed, version
+FROM sku_batch
+WHERE expires_at <= $1 AND on_hand - unavailable - reserved - committed > 0
+ORDER BY id
+LIMIT $2
+FOR UPDATE SKIP LOCKED;

@@ -1,0 +1,108 @@
+"""Repository for reservations and their per-batch allocations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from stockkeeper.domain.allocation import LineAllocation
+from stockkeeper.domain.reservation import Status
+from stockkeeper.store.pool import Conn
+from stockkeeper.store.sql import q
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRow:
+    id: int
+    order_id: str
+    status: Status
+    location: str | None
+    lines: list[dict[str, Any]]
+    expires_at: datetime
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationRow:
+    line_no: int
+    sku: str
+    batch_id: int
+    quantity: int
+    lot_number: str | None
+    location: str
+
+
+def _row(r: asyncpg.Record) -> ReservationRow:
+    return ReservationRow(
+        r["id"],
+        r["order_id"],
+        Status(r["status"]),
+        r["location"],
+        r["lines"],
+        r["expires_at"],
+        r["reason"],
+        r["created_at"],
+        r["updated_at"],
+    )
+
+
+async def insert(
+    conn: Conn,
+    order_id: str,
+    location: str | None,
+    lines: list[dict[str, Any]],
+    expires_at: datetime,
+) -> int | None:
+    """The new reservation's id, or None if the order_id already has one."""
+    rid: int | None = await conn.fetchval(
+        q("insert_reservation"), order_id, location, lines, expires_at
+    )
+    return rid
+
+
+async def get(conn: Conn, order_id: str, *, lock: bool = False) -> ReservationRow | None:
+    r = await conn.fetchrow(q("lock_reservation" if lock else "get_reservation"), order_id)
+    return _row(r) if r else None
+
+
+async def insert_lines(conn: Conn, reservation_id: int, lines: Sequence[LineAllocation]) -> None:
+    line_nos: list[int] = []
+    skus: list[str] = []
+    batch_ids: list[int] = []
+    qtys: list[int] = []
+    for no, la in enumerate(lines):
+        for a in la.allocations:
+            line_nos.append(no)
+            skus.append(a.sku)
+            batch_ids.append(a.batch_id)
+            qtys.append(a.quantity)
+    await conn.execute(
+        q("insert_reservation_lines"), reservation_id, line_nos, skus, batch_ids, qtys
+    )
+
+
+async def allocations(conn: Conn, reservation_ids: Sequence[int]) -> dict[int, list[AllocationRow]]:
+    out: dict[int, list[AllocationRow]] = {rid: [] for rid in reservation_ids}
+    for r in await conn.fetch(q("reservation_allocations"), list(reservation_ids)):
+        out[r["reservation_id"]].append(
+            AllocationRow(
+                r["line_no"], r["sku"], r["batch_id"], r["quantity"], r["lot_number"], r["location"]
+            )
+        )
+    return out
+
+
+async def set_status(
+    conn: Conn, reservation_id: int, status: Status, reason: str | None = None
+) -> None:
+    await conn.execute(q("set_reservation_status"), reservation_id, status.value, reason)
+
+
+async def claim_overdue(conn: Conn, now: datetime, limit: int) -> list[ReservationRow]:
+    return [_row(r) for r in await conn.fetch(q("claim_overdue_reservations"), now, limit)]

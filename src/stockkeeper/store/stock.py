@@ -1,0 +1,183 @@
+"""Repository for SKUs, batches, the ledger and per-SKU levels.
+
+Functions take a connection inside the caller's transaction; none opens its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from stockkeeper.domain.allocation import Allocation, BatchStock
+from stockkeeper.domain.quantities import Delta, Figures, StockLevel
+from stockkeeper.domain.reservation import EntryType
+from stockkeeper.store.pool import Conn
+from stockkeeper.store.sql import q
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """One ledger entry: a delta on one batch; ``reference_id`` overrides the default."""
+
+    batch_id: int
+    sku: str
+    delta: Delta
+    reference_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SkuLevel:
+    sku: str
+    version: int
+    updated_at: datetime
+    level: StockLevel
+
+
+def batch_from_row(r: asyncpg.Record) -> BatchStock:
+    return BatchStock(
+        id=r["id"],
+        sku=r["sku"],
+        location=r["location"],
+        lot_number=r["lot_number"],
+        expires_at=r["expires_at"],
+        figures=Figures(r["on_hand"], r["unavailable"], r["reserved"], r["committed"]),
+        version=r["version"],
+    )
+
+
+async def ensure_sku(conn: Conn, sku: str) -> None:
+    await conn.execute(q("ensure_sku"), sku)
+
+
+async def known_skus(conn: Conn, skus: Sequence[str]) -> set[str]:
+    return {r["sku"] for r in await conn.fetch(q("sku_exists"), list(skus))}
+
+
+async def ensure_location(conn: Conn, code: str) -> None:
+    await conn.execute(q("ensure_location"), code)
+
+
+async def upsert_batch(
+    conn: Conn,
+    sku: str,
+    location: str,
+    lot_number: str | None,
+    expires_at: datetime | None,
+) -> tuple[int, datetime | None]:
+    row = await conn.fetchrow(q("upsert_batch"), sku, location, lot_number, expires_at)
+    assert row is not None
+    return row["id"], row["expires_at"]
+
+
+async def read_batches(conn: Conn, skus: Sequence[str], *, lock: bool = False) -> list[BatchStock]:
+    rows = await conn.fetch(q("lock_batches" if lock else "read_batches"), list(skus))
+    return [batch_from_row(r) for r in rows]
+
+
+async def lock_batch(conn: Conn, batch_id: int) -> BatchStock | None:
+    row = await conn.fetchrow(q("lock_batch_by_id"), batch_id)
+    return batch_from_row(row) if row else None
+
+
+def _in_lock_order(allocations: Iterable[Allocation]) -> list[Allocation]:
+    return sorted(allocations, key=lambda a: a.batch_id)
+
+
+async def reserve_guarded(conn: Conn, allocations: Sequence[Allocation]) -> bool:
+    """conditional: add to ``reserved`` only where enough is available. All or nothing
+    is the caller's savepoint; this reports whether every batch took its part."""
+    ordered = _in_lock_order(allocations)
+    rows = await conn.fetchmany(q("reserve_guarded"), [(a.batch_id, a.quantity) for a in ordered])
+    return len(rows) == len(ordered)
+
+
+async def reserve_cas(conn: Conn, allocations: Sequence[Allocation]) -> bool:
+    """optimistic: add to ``reserved`` only where the batch version is unchanged."""
+    ordered = _in_lock_order(allocations)
+    rows = await conn.fetchmany(
+        q("reserve_cas"), [(a.batch_id, a.quantity, a.batch_version) for a in ordered]
+    )
+    return len(rows) == len(ordered)
+
+
+async def apply_movements(conn: Conn, movements: Sequence[Movement]) -> None:
+    """Apply deltas in batch-id order (the global lock order)."""
+    merged: dict[int, Delta] = {}
+    for m in movements:
+        merged[m.batch_id] = merged.get(m.batch_id, Delta()) + m.delta
+    args = [
+        (bid, d.on_hand, d.unavailable, d.reserved, d.committed)
+        for bid, d in sorted(merged.items())
+        if not d.is_zero
+    ]
+    if args:
+        await conn.executemany(q("apply_delta"), args)
+
+
+async def insert_ledger(
+    conn: Conn,
+    movements: Sequence[Movement],
+    *,
+    entry_type: EntryType,
+    source: str,
+    reference_id: str | None,
+    reason: str | None = None,
+) -> None:
+    rows = [m for m in movements if not m.delta.is_zero]
+    if not rows:
+        return
+    n = len(rows)
+    await conn.execute(
+        q("insert_ledger"),
+        [m.batch_id for m in rows],
+        [m.sku for m in rows],
+        [entry_type.value] * n,
+        [m.delta.on_hand for m in rows],
+        [m.delta.unavailable for m in rows],
+        [m.delta.reserved for m in rows],
+        [m.delta.committed for m in rows],
+        [source] * n,
+        [m.reference_id or reference_id for m in rows],
+        [reason] * n,
+    )
+
+
+async def bump_skus(conn: Conn, skus: Iterable[str]) -> dict[str, int]:
+    rows = await conn.fetch(q("bump_skus"), sorted(set(skus)))
+    return {r["sku"]: r["version"] for r in rows}
+
+
+async def lock_skus(conn: Conn, skus: Iterable[str]) -> None:
+    await conn.execute(q("lock_skus"), sorted(set(skus)))
+
+
+def _level_from_row(r: asyncpg.Record) -> SkuLevel:
+    figures = Figures(r["on_hand"], r["unavailable"], r["reserved"], r["committed"])
+    return SkuLevel(
+        r["sku"],
+        r["version"],
+        r["updated_at"],
+        StockLevel(figures, r["available"], r["shortfall"]),
+    )
+
+
+async def sku_levels(conn: Conn, skus: Iterable[str], now: datetime) -> dict[str, SkuLevel]:
+    """Per-SKU figures; lots expired at ``now`` count for nothing in ``available``."""
+    rows = await conn.fetch(q("sku_levels"), sorted(set(skus)), now)
+    return {r["sku"]: _level_from_row(r) for r in rows}
+
+
+async def sku_batches(conn: Conn, skus: Sequence[str]) -> list[asyncpg.Record]:
+    return list(await conn.fetch(q("sku_batches"), list(skus)))
+
+
+async def ledger_page(conn: Conn, sku: str, after: int, limit: int) -> list[asyncpg.Record]:
+    return list(await conn.fetch(q("ledger_page"), sku, after, limit))
+
+
+async def claim_expired_lots(conn: Conn, now: datetime, limit: int) -> list[BatchStock]:
+    rows = await conn.fetch(q("claim_expired_lots"), now, limit)
+    return [batch_from_row(r) for r in rows]

@@ -1,0 +1,1 @@
+"""Long-running loops: expiry now; dispatcher, consumers and pollers later."""

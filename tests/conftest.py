@@ -1,0 +1,128 @@
+"""Fixtures: a real PostgreSQL per test (a clone of a migrated template), services built
+from real config. Locally, with no PostgreSQL on 127.0.0.1:5432, the embedded server is
+used; in CI (CI=true) a missing service fails the run instead of skipping."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from stockkeeper.bootstrap import Container, build
+from stockkeeper.config import Settings
+from stockkeeper.store.migrate import migrate
+from tests.support import (
+    DEFAULT_ADMIN_URL,
+    REQUIRE,
+    base_config,
+    reachable,
+    scratch_database,
+    with_database,
+)
+
+
+class FakeClock:
+    """A clock the test moves by hand (expiry without sleeping)."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2030, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture(scope="session")
+async def admin_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    url = os.environ.get("STOCKKEEPER_TEST_DATABASE_URL", DEFAULT_ADMIN_URL)
+    if await reachable(url):
+        yield url
+        return
+    if REQUIRE:
+        pytest.fail(f"PostgreSQL is required in CI and not reachable at {url}")
+    from stockkeeper.store.embedded import start_embedded
+
+    server = start_embedded(tmp_path_factory.mktemp("embedded-pg"))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_db(admin_url: str) -> AsyncIterator[str]:
+    """A database migrated once; every test gets a copy of it."""
+    name = f"sk_template_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        conn = await asyncpg.connect(with_database(admin_url, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def db_url(admin_url: str, template_db: str) -> AsyncIterator[str]:
+    async with scratch_database(admin_url, "sk_test", template_db) as url:
+        yield url
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def config(db_url: str, tmp_path: Path) -> dict[str, Any]:
+    cfg = base_config(db_url)
+    cfg["data_dir"] = str(tmp_path / "data")
+    return cfg
+
+
+@pytest.fixture
+async def container(config: dict[str, Any], clock: FakeClock) -> AsyncIterator[Container]:
+    c = await build(Settings.model_validate(config), clock=clock)
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    return tmp_path
+
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@pytest.fixture(scope="session")
+async def rabbit_url() -> str:
+    """A reachable RabbitMQ, or a skip on a laptop without one (a failure in CI)."""
+    import aio_pika
+
+    url = os.environ.get("STOCKKEEPER_TEST_BROKER_URL", DEFAULT_BROKER_URL)
+    try:
+        conn = await aio_pika.connect(url, timeout=5)
+    except Exception as exc:
+        if REQUIRE:
+            pytest.fail(f"RabbitMQ is required in CI and not reachable at {url}: {exc}")
+        pytest.skip(f"RabbitMQ not reachable at {url}")
+    await conn.close()
+    return url
+
+
+@pytest.fixture
+def broker_prefix() -> str:
+    """Exchange and queue names unique to one test, so tests never share a queue."""
+    return f"t{uuid.uuid4().hex[:10]}."

@@ -1,0 +1,291 @@
+"""The ``stockkeeper`` command as an operator runs it: exit codes, messages, processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import yaml
+
+from stockkeeper.bootstrap import Container
+from stockkeeper.domain.allocation import OrderLine
+from stockkeeper.services.reservations import ReserveRequest
+from stockkeeper.services.stock import Receipt
+from tests.e2e.helpers import clean_env, run_cli
+from tests.support import base_config, free_port
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# -- configuration errors name the key -------------------------------------------------------
+
+
+def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "ok.yaml", base_config("postgresql://nowhere/db"))
+
+    result = run_cli("check-config", "--config", str(cfg), cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "configuration is valid" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        pytest.param({"api": {"inventory_prot": 9000}}, "api.inventory_prot", id="misspelt"),
+        pytest.param({"databse": {"url": "postgresql://x/y"}}, "databse", id="unknown-section"),
+        pytest.param(
+            {"concurrency": {"strategy": "pessimistic"}}, "concurrency.strategy", id="bad-value"
+        ),
+    ],
+)
+def test_check_config_with_a_bad_key_exits_2_naming_it(
+    change: dict[str, Any], key: str, tmp_path: Path
+) -> None:
+    cfg = base_config("postgresql://nowhere/db")
+    for section, values in change.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    path = write_config(tmp_path / "bad.yaml", cfg)
+
+    result = run_cli("check-config", "--config", str(path), cwd=tmp_path)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert key in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_key_from_the_environment_is_named_too(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "ok.yaml", base_config("postgresql://nowhere/db"))
+
+    result = run_cli(
+        "check-config",
+        "--config",
+        str(path),
+        cwd=tmp_path,
+        env=clean_env(STOCKKEEPER_API__INVENTORY_PORT="70000"),
+    )
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "api.inventory_port" in result.stderr
+    assert "environment" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_with_a_port_that_is_not_a_number_exits_naming_the_key(
+    db_url: str, tmp_path: Path
+) -> None:
+    cfg = base_config(db_url)
+    cfg["api"]["inventory_port"] = "abc"
+    cfg["data_dir"] = str(tmp_path / "data")
+    path = write_config(tmp_path / "bad-port.yaml", cfg)
+
+    result = run_cli("run", "inventory-api", "--config", str(path), cwd=tmp_path, timeout=30)
+
+    assert result.returncode != 0
+    assert "api.inventory_port" in result.stderr, result.stderr
+    assert "abc" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- audit -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def stocked(container: Container) -> Container:
+    """AUD-1: 10 received, 3 reserved by order aud-1."""
+    await container.stock.receive(Receipt("AUD-1", 10, "aud-rcpt"))
+    await container.reservations.reserve(ReserveRequest("aud-1", (OrderLine("AUD-1", 3),)))
+    return container
+
+
+def audit_cli(db_url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    cfg = base_config(db_url)
+    cfg["data_dir"] = str(tmp_path / "audit-data")
+    path = write_config(tmp_path / "audit.yaml", cfg)
+    return run_cli("audit", "--config", str(path), cwd=tmp_path)
+
+
+async def batch_id(db_url: str, sku: str) -> int:
+    conn = await asyncpg.connect(db_url)
+    try:
+        bid: int = await conn.fetchval("SELECT id FROM sku_batch WHERE sku = $1", sku)
+        return bid
+    finally:
+        await conn.close()
+
+
+async def execute(db_url: str, sql: str, *args: Any) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+async def test_audit_is_clean_then_reports_a_batch_that_disagrees_with_the_ledger(
+    stocked: Container, db_url: str, tmp_path: Path
+) -> None:
+    clean = audit_cli(db_url, tmp_path)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "clean" in clean.stdout
+
+    bid = await batch_id(db_url, "AUD-1")
+    # The ledger is append-only; the batch row is not, so now they disagree.
+    await execute(db_url, "UPDATE sku_batch SET on_hand = on_hand + 1 WHERE id = $1", bid)
+
+    broken = audit_cli(db_url, tmp_path)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "1 problem(s)" in broken.stdout
+    assert f"batch {bid} (AUD-1): on_hand 11 vs ledger 10" in broken.stdout
+    assert "Traceback" not in broken.stderr
+
+
+@pytest.mark.slow
+async def test_audit_reports_reserved_stock_that_no_open_reservation_holds(
+    stocked: Container, db_url: str, tmp_path: Path
+) -> None:
+    bid = await batch_id(db_url, "AUD-1")
+    # Cancelled behind the ledger's back: the batch still holds 3 for nobody.
+    await execute(db_url, "UPDATE reservation SET status = 'CANCELLED' WHERE order_id = 'aud-1'")
+
+    broken = audit_cli(db_url, tmp_path)
+
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert f"batch {bid} (AUD-1): reserved 3 vs open PENDING lines 0" in broken.stdout
+
+
+# -- stockkeeper up, embedded PostgreSQL --------------------------------------------------------
+
+STARTUP_TIMEOUT = 60.0
+TOKEN = re.compile(r"sk_[A-Za-z0-9_-]{20,}")
+
+
+class Up:
+    """``stockkeeper up`` with no configuration file and no database.url."""
+
+    def __init__(self, workdir: Path, data_dir: Path, name: str) -> None:
+        self.inventory_port = free_port()
+        self.admin_port = free_port()
+        self.stderr_path = workdir / f"{name}.stderr"
+        self.stdout_path = workdir / f"{name}.stdout"
+        env = clean_env(
+            STOCKKEEPER_DATA_DIR=str(data_dir),
+            STOCKKEEPER_API__INVENTORY_PORT=str(self.inventory_port),
+            STOCKKEEPER_API__ADMIN_PORT=str(self.admin_port),
+            STOCKKEEPER_MONITORING__METRICS_PORT="0",
+        )
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stockkeeper", "up"],
+                cwd=workdir,  # no stockkeeper.yaml there: defaults and environment only
+                env=env,
+                stdout=out,
+                stderr=err,
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.inventory_port}"
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        pending = {self.inventory_port, self.admin_port}
+        while pending and time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"up exited early:\n{self.stderr}"
+            for port in list(pending):
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                        pending.discard(port)
+            time.sleep(0.2)
+        assert not pending, f"not ready in {STARTUP_TIMEOUT}s on {pending}:\n{self.stderr}"
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def stop_leftover_postgres(pgdata: Path) -> int | None:
+    """If the embedded server outlived ``up``, stop it (by its own pid) and say which."""
+    pidfile = pgdata / "postmaster.pid"
+    if not pidfile.exists():
+        return None
+    pid = int(pidfile.read_text().split()[0])
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        return pid
+    return None
+
+
+@pytest.mark.slow
+def test_up_with_no_database_runs_embedded_postgres_and_makes_an_admin_token(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("pgserver")
+    data_dir = tmp_path / "data"
+    first = Up(tmp_path, data_dir, "first")
+    try:
+        first.wait_ready()
+        token_file = data_dir / "admin-token"
+        token = token_file.read_text().strip()
+        assert TOKEN.fullmatch(token), token
+        assert first.stderr.count(token) == 1, first.stderr
+        assert token not in first.stdout_path.read_text()
+        assert oct(token_file.stat().st_mode & 0o777) == oct(0o600)
+
+        receipt = {"sku": "UP-1", "quantity": 5, "reference_id": "up-1"}
+        resp = httpx.post(first.url + "/inventory/receipts", json=receipt, timeout=10)
+        assert resp.status_code == 401  # a fresh install is not an open door
+        resp = httpx.post(
+            first.url + "/inventory/receipts",
+            json=receipt,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["level"]["on_hand"] == 5
+
+        assert first.terminate() == 0, first.stderr
+    finally:
+        first.kill()
+    leftover = stop_leftover_postgres(data_dir / "pg")
+    assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived stockkeeper up"
+
+    # Started again on the same data: the token is kept, and not printed again.
+    second = Up(tmp_path, data_dir, "second")
+    try:
+        second.wait_ready()
+        assert token not in second.stderr
+        assert token_file.read_text().strip() == token
+        resp = httpx.get(
+            second.url + "/inventory/UP-1", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["on_hand"] == 5
+        assert second.terminate() == 0, second.stderr
+    finally:
+        second.kill()
+    leftover = stop_leftover_postgres(data_dir / "pg")
+    assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived stockkeeper up"

@@ -1,0 +1,260 @@
+"""admin-api in process: dead letters (list, replay, discard) and status, on the embedded
+queue (no ``broker.url``), with the admin scope required everywhere."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from stockkeeper.api.admin import create_admin_app
+from stockkeeper.bootstrap import Container
+from stockkeeper.messaging.broker import OutgoingMessage
+from stockkeeper.messaging.consumer import dead_letter
+from stockkeeper.messaging.envelope import ATTEMPT_HEADER, Envelope
+from stockkeeper.messaging.topology import INVENTORY_EVENTS, QUEUES
+from stockkeeper.services.stock import Receipt
+from stockkeeper.workers.dispatcher import Dispatcher
+from tests.support import ADMIN_TOKEN, READER_TOKEN, WRITER_TOKEN, auth
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def config(config: dict[str, Any], broker_prefix: str) -> dict[str, Any]:
+    config["broker"] = {"prefix": broker_prefix, "poll_ms": 50}
+    return config
+
+
+@pytest.fixture
+async def client(container: Container) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_admin_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as c:
+        yield c
+
+
+async def add_dead_letter(
+    c: Container, queue: str = "wms.outbound", *, body: bytes | None = None, attempts: int = 3
+) -> tuple[int, Envelope]:
+    env = Envelope.new(
+        "inventory.allocated", {"order_id": "o-1"}, occurred_at=c.clock(), sku="MILK", sequence=1
+    )
+    async with c.pool.acquire() as conn:
+        row_id = await dead_letter(
+            conn,
+            queue=queue,
+            message_id=str(env.id),
+            routing_key="inventory.allocated",
+            body=env.to_bytes() if body is None else body,
+            headers={ATTEMPT_HEADER: attempts, "traceparent": "00-abc-def-01"},
+            error="RuntimeError: the WMS said no",
+            attempts=attempts,
+        )
+    return row_id, env
+
+
+def assert_problem(r: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    doc: dict[str, Any] = r.json()
+    assert (doc["status"], doc["type"]) == (status, slug)
+    return doc
+
+
+ENDPOINTS = [
+    ("GET", "/admin/dead-letters"),
+    ("POST", "/admin/dead-letters/1/replay"),
+    ("POST", "/admin/dead-letters/1/discard"),
+    ("GET", "/admin/status"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS, ids=[p for _, p in ENDPOINTS])
+async def test_every_endpoint_needs_the_admin_scope(
+    client: httpx.AsyncClient, container: Container, method: str, path: str
+) -> None:
+    dead_id, _ = await add_dead_letter(container)
+    assert dead_id == 1
+    r = await client.request(method, path)
+    assert_problem(r, 401, "unauthorized")
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert_problem(await client.request(method, path, headers=auth("x" * 30)), 401, "unauthorized")
+    for token in (READER_TOKEN, WRITER_TOKEN):
+        doc = assert_problem(
+            await client.request(method, path, headers=auth(token)), 403, "forbidden"
+        )
+        assert "admin" in doc["detail"]
+    # Nothing was touched by the refused calls.
+    r = await client.get("/admin/dead-letters", headers=auth(ADMIN_TOKEN))
+    assert r.status_code == 200
+    assert [(i["id"], i["status"]) for i in r.json()["items"]] == [(1, "DEAD")]
+
+
+async def test_list_dead_letters_filters_and_pages(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    c = container
+    first, env = await add_dead_letter(c, "wms.outbound")
+    second, _ = await add_dead_letter(c, "channel.propagation", body=b"\xffnot json", attempts=1)
+    third, _ = await add_dead_letter(c, "wms.outbound")
+    admin = auth(ADMIN_TOKEN)
+
+    r = await client.get("/admin/dead-letters", headers=admin)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    doc = r.json()
+    assert [i["id"] for i in doc["items"]] == [first, second, third]
+    assert doc["next"] is None
+    item = doc["items"][0]
+    assert item["queue"] == "wms.outbound"
+    assert item["message_id"] == str(env.id)
+    assert item["routing_key"] == "inventory.allocated"
+    assert (item["error"], item["attempts"], item["status"]) == (
+        "RuntimeError: the WMS said no",
+        3,
+        "DEAD",
+    )
+    assert (item["resolved_at"], item["resolved_by"]) == (None, None)
+    unreadable = doc["items"][1]
+    assert (unreadable["body"], unreadable["raw_body"]) == (None, "\ufffdnot json")
+
+    r = await client.get("/admin/dead-letters", params={"queue": "wms.outbound"}, headers=admin)
+    assert [i["id"] for i in r.json()["items"]] == [first, third]
+
+    r = await client.get("/admin/dead-letters", params={"limit": 2}, headers=admin)
+    assert [i["id"] for i in r.json()["items"]] == [first, second]
+    assert r.json()["next"] == second
+    r = await client.get("/admin/dead-letters", params={"limit": 2, "after": second}, headers=admin)
+    assert ([i["id"] for i in r.json()["items"]], r.json()["next"]) == ([third], None)
+
+    r = await client.get("/admin/dead-letters", params={"status": "DISCARDED"}, headers=admin)
+    assert r.json() == {"items": [], "next": None}
+    for bad in ({"status": "GONE"}, {"limit": 0}, {"limit": 501}, {"after": -1}):
+        assert_problem(
+            await client.get("/admin/dead-letters", params=bad, headers=admin), 422, "validation"
+        )
+
+
+async def test_listed_dead_letter_shows_body_and_headers_as_json(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    _, env = await add_dead_letter(container)
+    r = await client.get("/admin/dead-letters", headers=auth(ADMIN_TOKEN))
+    (item,) = r.json()["items"]
+    assert item["body"] == orjson.loads(env.to_bytes())
+    assert item["headers"] == {ATTEMPT_HEADER: 3, "traceparent": "00-abc-def-01"}
+    assert item["raw_body"] is None
+
+
+async def test_discard_then_replay_is_a_conflict_and_unknown_ids_are_not_found(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    dead_id, _ = await add_dead_letter(container)
+    admin = auth(ADMIN_TOKEN)
+
+    r = await client.post(f"/admin/dead-letters/{dead_id}/discard", headers=admin)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert (doc["id"], doc["status"], doc["resolved_by"]) == (dead_id, "DISCARDED", "admin")
+    assert doc["resolved_at"] is not None
+    again = await client.post(f"/admin/dead-letters/{dead_id}/discard", headers=admin)
+    assert (again.status_code, again.json()) == (200, doc)
+
+    conflict = assert_problem(
+        await client.post(f"/admin/dead-letters/{dead_id}/replay", headers=admin), 409, "conflict"
+    )
+    assert "DISCARDED" in conflict["detail"]
+    for action in ("replay", "discard"):
+        missing = assert_problem(
+            await client.post(f"/admin/dead-letters/{dead_id + 99}/{action}", headers=admin),
+            404,
+            "not-found",
+        )
+        assert str(dead_id + 99) in missing["detail"]
+        assert_problem(
+            await client.post(f"/admin/dead-letters/abc/{action}", headers=admin), 422, "validation"
+        )
+
+    r = await client.get("/admin/dead-letters", params={"status": "DISCARDED"}, headers=admin)
+    assert [i["id"] for i in r.json()["items"]] == [dead_id]
+    assert (await client.get("/admin/dead-letters", headers=admin)).json()["items"] == []
+    status = (await client.get("/admin/status", headers=admin)).json()
+    assert status["dead_letters"] == {}
+    assert set(status["queues"].values()) == {0}
+
+
+async def test_replay_puts_the_message_back_on_its_queue(
+    client: httpx.AsyncClient, container: Container, broker_prefix: str
+) -> None:
+    dead_id, env = await add_dead_letter(container)
+    admin = auth(ADMIN_TOKEN)
+
+    r = await client.post(f"/admin/dead-letters/{dead_id}/replay", headers=admin)
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["resolved_by"]) == ("REPLAYED", "admin")
+    status = (await client.get("/admin/status", headers=admin)).json()
+    assert status["queues"][broker_prefix + "wms.outbound"] == 1
+    assert status["dead_letters"] == {}
+    assert_problem(
+        await client.post(f"/admin/dead-letters/{dead_id}/replay", headers=admin), 409, "conflict"
+    )
+    assert_problem(
+        await client.post(f"/admin/dead-letters/{dead_id}/discard", headers=admin), 409, "conflict"
+    )
+    async with container.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT message_id, headers FROM queue_message")
+    assert row["message_id"] == env.id
+    assert row["headers"][ATTEMPT_HEADER] == 1
+    assert row["headers"]["x-replayed-from"] == dead_id
+
+
+async def test_status_shows_the_outbox_backlog_dead_letters_and_queue_depths(
+    client: httpx.AsyncClient, container: Container, broker_prefix: str
+) -> None:
+    c = container
+    admin = auth(ADMIN_TOKEN)
+    empty = (await client.get("/admin/status", headers=admin)).json()
+    assert empty == {
+        "outbox": {"pending": 0, "failed": 0, "oldest_pending_seconds": None},
+        "dead_letters": {},
+        "broker": {"kind": "pgqueue"},
+        "queues": {broker_prefix + q.name: 0 for q in QUEUES},
+    }
+
+    await c.stock.receive(Receipt("MILK", 5, "r-1"))  # inventory.received + level_changed
+    await add_dead_letter(c, "wms.outbound")
+    await add_dead_letter(c, "wms.outbound")
+    await add_dead_letter(c, "channel.propagation")
+    broker = await c.connected_broker()
+    await broker.publish(
+        [
+            OutgoingMessage(INVENTORY_EVENTS, "inventory.allocated", b"{}", str(uuid.uuid4()))
+            for _ in range(3)
+        ]
+    )
+    doc = (await client.get("/admin/status", headers=admin)).json()
+    assert doc["outbox"]["pending"] == 2
+    assert doc["outbox"]["failed"] == 0
+    assert doc["outbox"]["oldest_pending_seconds"] >= 0
+    assert doc["dead_letters"] == {"wms.outbound": 2, "channel.propagation": 1}
+    assert doc["queues"] == {
+        **{broker_prefix + q.name: 0 for q in QUEUES},
+        broker_prefix + "wms.outbound": 3,
+    }
+
+    assert await Dispatcher(c.pool, broker, c.metrics).dispatch_once() == 2
+    doc = (await client.get("/admin/status", headers=admin)).json()
+    assert doc["outbox"] == {"pending": 0, "failed": 0, "oldest_pending_seconds": None}
+    assert doc["queues"][broker_prefix + "channel.propagation"] == 1
+    assert doc["queues"][broker_prefix + "wms.outbound"] == 3
+    # The same figures feed the metrics.
+    reg = c.metrics.registry
+    assert reg.get_sample_value("stockkeeper_outbox_backlog", {}) == 0
+    depth = reg.get_sample_value(
+        "stockkeeper_queue_depth", {"queue": broker_prefix + "channel.propagation"}
+    )
+    assert depth == 1

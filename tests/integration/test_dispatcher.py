@@ -1,0 +1,320 @@
+"""The dispatcher: outbox rows written by the services reach the broker and are marked
+SENT; an unavailable broker costs no attempts; per-SKU order holds while another
+dispatcher holds a SKU's earliest event; an event with no exchange ends FAILED."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from stockkeeper.bootstrap import Container
+from stockkeeper.domain.allocation import OrderLine
+from stockkeeper.messaging.broker import (
+    Broker,
+    BrokerUnavailable,
+    Handler,
+    OutgoingMessage,
+    Subscription,
+)
+from stockkeeper.messaging.envelope import ATTEMPT_HEADER, Envelope
+from stockkeeper.messaging.pgqueue import PgQueueBroker
+from stockkeeper.messaging.rabbitmq import RabbitMQBroker
+from stockkeeper.services.reservations import ReserveRequest
+from stockkeeper.services.stock import Receipt
+from stockkeeper.workers.dispatcher import Dispatcher
+from tests.integration.test_broker_contract import Adapters, Collector, eventually
+from tests.support import free_port
+
+
+@pytest.fixture(params=["pgqueue", "rabbitmq"])
+def kind_and_url(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """The adapter to run on, and RabbitMQ's URL for its runs (they skip without it)."""
+    if request.param == "rabbitmq":
+        return "rabbitmq", str(request.getfixturevalue("rabbit_url"))
+    return "pgqueue", None
+
+
+@pytest.fixture
+async def any_broker(
+    kind_and_url: tuple[str, str | None], container: Container, broker_prefix: str
+) -> AsyncIterator[Broker]:
+    kind, url = kind_and_url
+    adapters = Adapters(kind, container, broker_prefix, url)
+    try:
+        yield await adapters.new()
+    finally:
+        await adapters.close()
+
+
+@pytest.fixture
+async def pgqueue(container: Container, broker_prefix: str) -> AsyncIterator[PgQueueBroker]:
+    broker = PgQueueBroker(container.pool, prefix=broker_prefix, poll_ms=50)
+    await broker.connect()
+    yield broker
+    await broker.close()
+
+
+class Recording:
+    """The real broker, with a note of every batch handed to ``publish``."""
+
+    def __init__(self, inner: Broker) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.batches: list[list[OutgoingMessage]] = []
+
+    async def connect(self) -> None:
+        await self.inner.connect()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        self.batches.append(list(messages))
+        await self.inner.publish(messages)
+
+    async def send_to_queue(self, queue: str, message: OutgoingMessage, delay_ms: int = 0) -> None:
+        await self.inner.send_to_queue(queue, message, delay_ms)
+
+    async def consume(self, queue: str, handler: Handler, prefetch: int) -> Subscription:
+        return await self.inner.consume(queue, handler, prefetch)
+
+    async def queue_depths(self) -> dict[str, int]:
+        return await self.inner.queue_depths()
+
+
+class Refusing:
+    """A broker at the port whose every publish fails with ``error``."""
+
+    name = "refusing"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    async def connect(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        self.calls += 1
+        raise self.error
+
+    async def send_to_queue(self, queue: str, message: OutgoingMessage, delay_ms: int = 0) -> None:
+        raise self.error
+
+    async def consume(self, queue: str, handler: Handler, prefetch: int) -> Subscription:
+        raise self.error
+
+    async def queue_depths(self) -> dict[str, int]:
+        raise self.error
+
+
+class RejectedByBroker(Exception):
+    """Not BrokerUnavailable: the broker took the message and said no."""
+
+
+async def events(c: Container) -> list[asyncpg.Record]:
+    async with c.pool.acquire() as conn:
+        return list(
+            await conn.fetch(
+                """SELECT id, event_id, event_type, sku, sequence, payload, status, attempts,
+                          last_error, sent_at
+                   FROM domain_event ORDER BY id"""
+            )
+        )
+
+
+async def add_bogus_event(c: Container) -> int:
+    """An outbox row whose type maps to no exchange (only a bug could write one)."""
+    async with c.pool.acquire() as conn:
+        row_id: int = await conn.fetchval(
+            """INSERT INTO domain_event (event_id, event_type, payload)
+               VALUES ($1, 'bogus.thing', '{}'::jsonb) RETURNING id""",
+            uuid.uuid4(),
+        )
+    return row_id
+
+
+def dispatcher(c: Container, broker: Any, **kw: Any) -> Dispatcher:
+    return Dispatcher(c.pool, broker, c.metrics, **kw)
+
+
+def metric(c: Container, name: str, labels: dict[str, str] | None = None) -> float:
+    return c.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+async def test_service_events_are_published_and_marked_sent(
+    container: Container, any_broker: Broker
+) -> None:
+    c = container
+    await c.stock.receive(Receipt("MILK", 5, "r-1"))
+    await c.reservations.reserve(ReserveRequest("order-1", (OrderLine("MILK", 2),)))
+    pending = await events(c)
+    assert {r["status"] for r in pending} == {"PENDING"}
+    assert {"inventory.received", "inventory.level_changed", "inventory.allocated"} <= {
+        r["event_type"] for r in pending
+    }
+
+    d = dispatcher(c, any_broker)
+    assert await d.dispatch_once() == len(pending)
+    after = await events(c)
+    assert all((r["status"], r["attempts"], r["last_error"]) == ("SENT", 1, None) for r in after), (
+        after
+    )
+    assert all(r["sent_at"] is not None for r in after)
+    assert await d.dispatch_once() == 0
+    assert metric(c, "stockkeeper_outbox_published_total") == len(pending)
+
+    # What reached the queues is the rows, as envelopes, routed by type, in sequence order.
+    for queue, types in (
+        ("channel.propagation", {"inventory.level_changed"}),
+        ("wms.outbound", {"inventory.allocated"}),
+    ):
+        rows = [r for r in pending if r["event_type"] in types]
+        n = len(rows)
+        got = Collector()
+        sub = await any_broker.consume(queue, got, prefetch=16)
+        await eventually(lambda got=got, n=n: len(got.got) == n, what=queue)
+        await sub.cancel()
+        envs = [Envelope.parse(m.body) for m in got.got]
+        assert [e.id for e in envs] == [r["event_id"] for r in rows]
+        assert [(e.type, e.sku, e.sequence) for e in envs] == [
+            (r["event_type"], r["sku"], r["sequence"]) for r in rows
+        ]
+        assert [e.payload for e in envs] == [r["payload"] for r in rows]
+        assert [m.message_id for m in got.got] == [str(r["event_id"]) for r in rows]
+        assert all(m.headers.get(ATTEMPT_HEADER) == 1 for m in got.got)
+
+
+async def test_an_unreachable_broker_leaves_events_pending_without_spending_attempts(
+    container: Container,
+) -> None:
+    c = container
+    await c.stock.receive(Receipt("MILK", 5, "r-1"))
+    bogus = await add_bogus_event(c)
+    before = await events(c)
+    down = RabbitMQBroker(f"amqp://guest:guest@127.0.0.1:{free_port()}/", prefix="down.")
+    with pytest.raises(BrokerUnavailable):
+        await down.connect()
+
+    d = dispatcher(c, down, max_attempts=1)
+    with pytest.raises(BrokerUnavailable):
+        await d.dispatch_once()
+    assert await events(c) == before  # all PENDING, attempts 0 (the bogus one's too)
+
+    # The worker loop rides the outage out instead of dying, and still spends nothing.
+    stop = asyncio.Event()
+    worker = asyncio.ensure_future(d.run(stop))
+    labels = {"reason": "unavailable"}
+    await eventually(
+        lambda: metric(c, "stockkeeper_outbox_publish_failures_total", labels) >= 1,
+        what="an unavailable publish counted",
+    )
+    stop.set()
+    await asyncio.wait_for(worker, 10)
+    after = await events(c)
+    assert after == before
+    assert {r["status"] for r in after} == {"PENDING"}
+    assert {r["attempts"] for r in after} == {0}
+    assert bogus in {r["id"] for r in after}
+
+
+async def test_a_rejected_publish_propagates_and_leaves_events_untouched(
+    container: Container,
+) -> None:
+    """Current behaviour: only BrokerUnavailable is expected from the port; any other error
+    leaves dispatch_once (the transaction rolls back, rows stay PENDING, no attempt is
+    counted), so Dispatcher.run ends with it."""
+    c = container
+    await c.stock.receive(Receipt("MILK", 5, "r-1"))
+    before = await events(c)
+    refusing = Refusing(RejectedByBroker("message refused"))
+    d = dispatcher(c, refusing, max_attempts=1)
+    for _ in range(2):
+        with pytest.raises(RejectedByBroker):
+            await d.dispatch_once()
+    assert refusing.calls == 2
+    after = await events(c)
+    assert after == before
+    assert {(r["status"], r["attempts"], r["last_error"]) for r in after} == {("PENDING", 0, None)}
+
+
+async def test_a_sku_held_by_another_dispatcher_waits_and_then_goes_out_in_order(
+    container: Container, pgqueue: PgQueueBroker
+) -> None:
+    c = container
+    await c.stock.receive(Receipt("A", 5, "a-1"))
+    await c.stock.receive(Receipt("B", 5, "b-1"))
+    await c.stock.receive(Receipt("A", 5, "a-2"))
+    await c.stock.receive(Receipt("B", 5, "b-2"))
+    rows = await events(c)
+    a_rows = [r for r in rows if r["sku"] == "A"]
+    b_rows = [r for r in rows if r["sku"] == "B"]
+    assert [r["sequence"] for r in a_rows] == [1, 2, 3, 4]
+
+    broker = Recording(pgqueue)
+    d = dispatcher(c, broker)
+    async with c.pool.acquire() as other:
+        tx = other.transaction()
+        await tx.start()
+        try:
+            # Another dispatcher holds A's earliest event, as its claim would.
+            held = await other.fetchval(
+                """SELECT id FROM domain_event WHERE status = 'PENDING' AND sku = 'A'
+                   ORDER BY id LIMIT 1 FOR UPDATE"""
+            )
+            assert held == a_rows[0]["id"]
+            assert await d.dispatch_once() == len(b_rows)
+            status = {r["id"]: r["status"] for r in await events(c)}
+            assert {status[r["id"]] for r in b_rows} == {"SENT"}
+            assert {status[r["id"]] for r in a_rows} == {"PENDING"}
+            assert await d.dispatch_once() == 0  # A's later events still wait
+        finally:
+            await tx.rollback()
+
+    assert await d.dispatch_once() == len(a_rows)
+    assert {r["status"] for r in await events(c)} == {"SENT"}
+    published = [Envelope.parse(m.body) for batch in broker.batches for m in batch]
+    assert [(e.sku, e.sequence) for e in published] == [("B", r["sequence"]) for r in b_rows] + [
+        ("A", r["sequence"]) for r in a_rows
+    ]
+
+    # And on the queue, A's level changes follow B's, each SKU in its own order.
+    got = Collector()
+    sub = await pgqueue.consume("channel.propagation", got, prefetch=16)
+    await eventually(lambda: len(got.got) == 4, what="four level changes")
+    await sub.cancel()
+    seen = [orjson.loads(m.body) for m in got.got]
+    assert [(e["sku"], e["sequence"]) for e in seen] == [("B", 2), ("B", 4), ("A", 2), ("A", 4)]
+
+
+async def test_an_event_type_with_no_exchange_fails_after_max_attempts(
+    container: Container, pgqueue: PgQueueBroker
+) -> None:
+    c = container
+    bogus = await add_bogus_event(c)
+    await c.stock.receive(Receipt("MILK", 5, "r-1"))
+    d = dispatcher(c, pgqueue, max_attempts=3)
+
+    assert await d.dispatch_once() == 2  # the good events go out beside the bad one
+    for attempt in (1, 2, 3):
+        if attempt > 1:
+            assert await d.dispatch_once() == 0
+        (row,) = [r for r in await events(c) if r["id"] == bogus]
+        assert row["attempts"] == attempt
+        assert row["status"] == ("FAILED" if attempt == 3 else "PENDING")
+        assert "no exchange for event type 'bogus.thing'" in row["last_error"]
+    assert metric(c, "stockkeeper_outbox_failed_total") == 1
+
+    assert await d.dispatch_once() == 0  # FAILED rows are not claimed again
+    (row,) = [r for r in await events(c) if r["id"] == bogus]
+    assert (row["status"], row["attempts"]) == ("FAILED", 3)
+    assert {r["status"] for r in await events(c) if r["id"] != bogus} == {"SENT"}

@@ -1,0 +1,179 @@
+"""Helpers shared by the test suites: databases cloned from a template, server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import yaml
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REQUIRE = os.environ.get("CI", "").lower() in {"1", "true", "yes"} or bool(
+    os.environ.get("STOCKKEEPER_REQUIRE_SERVICES")
+)
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+WRITER_TOKEN = "test-writer-token-0123456789"
+READER_TOKEN = "test-reader-token-0123456789"
+TOKENS = [
+    {
+        "name": "admin",
+        "token": ADMIN_TOKEN,
+        "scopes": ["inventory:read", "inventory:write", "admin"],
+    },
+    {"name": "writer", "token": WRITER_TOKEN, "scopes": ["inventory:read", "inventory:write"]},
+    {"name": "reader", "token": READER_TOKEN, "scopes": ["inventory:read"]},
+]
+
+
+def with_database(url: str, dbname: str) -> str:
+    """``url`` pointing at database ``dbname`` (socket URLs keep their ?host=)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+@asynccontextmanager
+async def scratch_database(
+    admin_url: str, prefix: str, template: str | None = None
+) -> AsyncIterator[str]:
+    """A new database (a copy of ``template``, or empty), dropped afterwards; its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        clause = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+        try:
+            yield with_database(admin_url, name)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def base_config(db_url: str, **sections: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "database": {"url": db_url, "pool_size": 10},
+        "api": {"tokens": TOKENS},
+        "logging": {"level": "warning"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+class ServerProcess:
+    """``stockkeeper run <service>`` in a real child process."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        service: str = "inventory-api",
+        extra_env: dict[str, str] | None = None,
+    ):
+        self.extra_env = dict(extra_env or {})
+        self.port = free_port()
+        self.admin_port = free_port()
+        cfg = dict(config)
+        cfg["api"] = {
+            **cfg.get("api", {}),
+            "inventory_port": self.port,
+            "admin_port": self.admin_port,
+        }
+        cfg.setdefault("monitoring", {})
+        cfg["monitoring"] = {**cfg["monitoring"], "metrics_port": 0}
+        cfg["data_dir"] = str(workdir / "data")
+        self.config_path = workdir / f"stockkeeper-{uuid.uuid4().hex[:8]}.yaml"
+        self.config_path.write_text(yaml.safe_dump(cfg))
+        self.service = service
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKKEEPER_")}
+        env.update(self.extra_env)
+        with self.log_path.open("wb") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "stockkeeper",
+                    "run",
+                    self.service,
+                    "--config",
+                    str(self.config_path),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextmanager
+def running_server(
+    config: dict[str, Any], workdir: Path, service: str = "inventory-api"
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(config, workdir, service).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def reachable(url: str) -> bool:
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(url), 5)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+def auth(token: str = ADMIN_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,357 @@
+"""Configuration: the YAML file, STOCKKEEPER_SECTION__KEY overrides, and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stockkeeper.config import (
+    CONFIG_ENV,
+    NOT_SETTINGS,
+    ConfigError,
+    Settings,
+    Strategy,
+    TokenConfig,
+    load_settings,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "stockkeeper.example.yaml"
+TOKEN = "an-inline-token-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _no_config_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run each test in an empty directory, so no ./stockkeeper.yaml is picked up."""
+    monkeypatch.chdir(tmp_path)
+
+
+def write(tmp_path: Path, doc: object, name: str = "stockkeeper.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+# -- where settings come from --------------------------------------------------------
+
+
+def test_defaults_without_a_file() -> None:
+    s = load_settings(environ={})
+    assert s == Settings()
+    assert s.api.inventory_port == 8080
+    assert s.api.admin_port == 8081
+    assert s.database.url is None
+    assert s.database.pool_size == 20
+    assert s.concurrency.strategy is Strategy.CONDITIONAL
+    assert s.reservations.default_ttl_seconds == 900
+    assert s.logging.json_output is True
+    assert s.api.tokens == []
+    assert s.connectors == []
+
+
+def test_default_file_in_the_working_directory_is_read(tmp_path: Path) -> None:
+    write(tmp_path, {"api": {"inventory_port": 7001}})
+    assert load_settings(environ={}).api.inventory_port == 7001
+
+
+def test_yaml_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "data_dir": "/var/lib/sk",
+            "database": {"url": "postgresql://db/sk", "pool_size": 7},
+            "api": {
+                "inventory_port": 9100,
+                "tokens": [{"name": "ops", "token": TOKEN, "scopes": ["admin"]}],
+            },
+            "concurrency": {"strategy": "row_lock", "max_retries": 3},
+            "logging": {"level": "debug", "json": False},
+            "connectors": [{"id": "wms-1", "type": "wms", "url": "http://wms"}],
+        },
+        name="custom.yaml",
+    )
+    s = load_settings(path, environ={})
+    assert s.data_dir == Path("/var/lib/sk")
+    assert s.database.url == "postgresql://db/sk"
+    assert s.database.pool_size == 7
+    assert s.database.statement_timeout_ms == 15000  # untouched keys keep their default
+    assert s.api.inventory_port == 9100
+    assert s.api.tokens[0].resolve() == TOKEN
+    assert s.concurrency.strategy is Strategy.ROW_LOCK
+    assert s.logging.level == "debug"
+    assert s.logging.json_output is False
+    # Connector-specific keys are kept for the connector to validate.
+    assert s.connectors[0].model_extra == {"url": "http://wms"}
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, {"api": {"admin_port": 7002}}, name="elsewhere.yaml")
+    s = load_settings(environ={"STOCKKEEPER_CONFIG": str(path)})
+    assert s.api.admin_port == 7002
+
+
+def test_explicit_path_wins_over_environment(tmp_path: Path) -> None:
+    a = write(tmp_path, {"api": {"admin_port": 7003}}, name="a.yaml")
+    b = write(tmp_path, {"api": {"admin_port": 7004}}, name="b.yaml")
+    assert load_settings(a, environ={"STOCKKEEPER_CONFIG": str(b)}).api.admin_port == 7003
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "# nothing here\n")
+    assert load_settings(path, environ={}) == Settings()
+
+
+def test_env_override_is_typed(tmp_path: Path) -> None:
+    path = write(tmp_path, {"api": {"inventory_port": 7000, "admin_port": 7005}})
+    s = load_settings(path, environ={"STOCKKEEPER_API__INVENTORY_PORT": "9000"})
+    assert s.api.inventory_port == 9000
+    assert type(s.api.inventory_port) is int
+    # The rest of the section still comes from the file.
+    assert s.api.admin_port == 7005
+
+
+def test_env_overrides_without_a_file() -> None:
+    s = load_settings(
+        environ={
+            "STOCKKEEPER_API__EXPOSE_NOOP": "true",
+            "STOCKKEEPER_CONCURRENCY__STRATEGY": "optimistic",
+            "STOCKKEEPER_DATABASE__URL": "postgresql://x/y",
+            "STOCKKEEPER_DATA_DIR": "/srv/sk-data",
+            "STOCKKEEPER_RESERVATIONS__DEFAULT_TTL_SECONDS": "60",
+        }
+    )
+    assert s.api.expose_noop is True
+    assert s.concurrency.strategy is Strategy.OPTIMISTIC
+    assert s.database.url == "postgresql://x/y"
+    assert s.data_dir == Path("/srv/sk-data")
+    assert s.reservations.default_ttl_seconds == 60
+
+
+def test_empty_env_value_means_null(tmp_path: Path) -> None:
+    path = write(tmp_path, {"database": {"url": "postgresql://db/sk"}})
+    s = load_settings(path, environ={"STOCKKEEPER_DATABASE__URL": ""})
+    assert s.database.url is None
+
+
+def test_variables_that_are_not_settings_are_ignored() -> None:
+    assert NOT_SETTINGS, "the list of reserved STOCKKEEPER_ variables is empty"
+    env = {name: "x" for name in NOT_SETTINGS if name != CONFIG_ENV}
+    env |= {"OTHER_PREFIX__API__INVENTORY_PORT": "1", "PATH": "/usr/bin"}
+    assert load_settings(environ=env) == Settings()
+
+
+def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKKEEPER_API__ADMIN_PORT", "7777")
+    monkeypatch.delenv("STOCKKEEPER_CONFIG", raising=False)
+    assert load_settings().api.admin_port == 7777
+
+
+# -- errors name the key -------------------------------------------------------------
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    path = write(tmp_path, {"api": {"inventory_prot": 9000}})
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    msg = str(info.value)
+    assert "api.inventory_prot" in msg
+    assert "unknown key" in msg
+    assert str(path) in msg
+
+
+def test_unknown_section_in_file(tmp_path: Path) -> None:
+    path = write(tmp_path, {"databse": {"url": "x"}})
+    with pytest.raises(ConfigError, match=r"databse: unknown key"):
+        load_settings(path, environ={})
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {"api": {"inventory_prot": 1, "admin_port": 0}, "logging": {"level": "loud"}},
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    msg = str(info.value)
+    for key in ("api.inventory_prot", "api.admin_port", "logging.level"):
+        assert key in msg
+
+
+@pytest.mark.parametrize(
+    ("doc", "key"),
+    [
+        ({"api": {"inventory_port": "eighty"}}, "api.inventory_port"),
+        ({"api": {"inventory_port": 70000}}, "api.inventory_port"),
+        ({"database": {"pool_size": 0}}, "database.pool_size"),
+        ({"concurrency": {"strategy": "yolo"}}, "concurrency.strategy"),
+        ({"reservations": {"default_ttl_seconds": [1]}}, "reservations.default_ttl_seconds"),
+        ({"api": "not-a-section"}, "api"),
+        ({"connectors": [{"id": "Bad Id!", "type": "x"}]}, "connectors.0.id"),
+    ],
+)
+def test_wrong_type_names_the_key(tmp_path: Path, doc: dict[str, object], key: str) -> None:
+    path = write(tmp_path, doc)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert f"  {key}: " in str(info.value)
+
+
+def test_wrong_value_shows_what_was_given(tmp_path: Path) -> None:
+    path = write(tmp_path, {"api": {"inventory_port": "eighty"}})
+    with pytest.raises(ConfigError, match=r"api\.inventory_port: .*\(got 'eighty'\)"):
+        load_settings(path, environ={})
+
+
+def test_wrong_type_from_environment_names_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"STOCKKEEPER_API__INVENTORY_PORT": "ninety"})
+    msg = str(info.value)
+    assert "api.inventory_port" in msg
+    assert "environment" in msg
+
+
+def test_unknown_env_var_is_an_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"STOCKKEEPER_FOO__BAR": "1"})
+    msg = str(info.value)
+    assert "foo: unknown key" in msg
+    assert "environment" in msg
+
+
+def test_unknown_env_key_in_known_section() -> None:
+    with pytest.raises(ConfigError, match=r"api\.inventory_prot: unknown key"):
+        load_settings(environ={"STOCKKEEPER_API__INVENTORY_PROT": "9000"})
+
+
+@pytest.mark.parametrize("name", ["STOCKKEEPER_API____PORT", "STOCKKEEPER_API__"])
+def test_env_var_with_empty_segment_is_named(name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(environ={name: "1"})
+
+
+def test_env_vars_that_contradict_each_other() -> None:
+    env = {"STOCKKEEPER_API": "1", "STOCKKEEPER_API__INVENTORY_PORT": "9000"}
+    with pytest.raises(ConfigError, match="STOCKKEEPER_API"):
+        load_settings(environ=env)
+
+
+def test_explicit_missing_file() -> None:
+    with pytest.raises(ConfigError, match=r"does-not-exist\.yaml does not exist"):
+        load_settings("does-not-exist.yaml", environ={})
+
+
+def test_missing_file_named_by_environment() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(environ={"STOCKKEEPER_CONFIG": "/nonexistent/sk.yaml"})
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = write(tmp_path, "api: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(path, environ={})
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = write(tmp_path, "- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_settings(path, environ={})
+
+
+# -- tokens --------------------------------------------------------------------------
+
+
+def test_token_needs_token_or_token_env(tmp_path: Path) -> None:
+    path = write(tmp_path, {"api": {"tokens": [{"name": "x", "scopes": ["admin"]}]}})
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    msg = str(info.value)
+    assert "api.tokens.0" in msg
+    assert "exactly one of token or token_env" in msg
+
+
+def test_token_and_token_env_together_are_refused(tmp_path: Path) -> None:
+    tok = {"token": TOKEN, "token_env": "SK_TOKEN", "scopes": ["admin"]}
+    path = write(tmp_path, {"api": {"tokens": [tok]}})
+    with pytest.raises(ConfigError, match="exactly one of token or token_env"):
+        load_settings(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("token", "key"),
+    [
+        ({"token": "short", "scopes": ["admin"]}, "api.tokens.0.token"),
+        ({"token": TOKEN, "scopes": []}, "api.tokens.0.scopes"),
+        ({"token": TOKEN, "scopes": ["root"]}, "api.tokens.0.scopes.0"),
+        ({"token": TOKEN, "scopes": ["admin"], "secret": 1}, "api.tokens.0.secret"),
+    ],
+)
+def test_bad_token_names_the_key(tmp_path: Path, token: dict[str, object], key: str) -> None:
+    path = write(tmp_path, {"api": {"tokens": [token]}})
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert f"  {key}: " in str(info.value)
+
+
+def test_token_env_is_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(
+        tmp_path,
+        {"api": {"tokens": [{"name": "ci", "token_env": "SK_CI_TOKEN", "scopes": ["admin"]}]}},
+    )
+    s = load_settings(path, environ={})
+    monkeypatch.setenv("SK_CI_TOKEN", "from-the-environment-123")
+    assert s.api.tokens[0].resolve() == "from-the-environment-123"
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_token_env_unset_is_an_error(monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
+    if value is None:
+        monkeypatch.delenv("SK_UNSET_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("SK_UNSET_TOKEN", value)
+    t = TokenConfig(token_env="SK_UNSET_TOKEN", scopes=["inventory:read"])
+    with pytest.raises(ConfigError, match="SK_UNSET_TOKEN"):
+        t.resolve()
+
+
+# -- the example file ----------------------------------------------------------------
+
+
+def test_example_config_validates() -> None:
+    assert EXAMPLE.exists(), "stockkeeper.example.yaml is missing from the repository root"
+    s = load_settings(EXAMPLE, environ={})
+    assert isinstance(s, Settings)
+
+
+def test_example_config_shows_the_defaults() -> None:
+    # Its header says: "the values shown are the defaults unless marked 'example'".
+    assert load_settings(EXAMPLE, environ={}) == Settings()
+
+
+def test_example_config_sets_every_key() -> None:
+    """Every setting appears in the example, so it documents them all."""
+    doc = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+
+    def keys(model: type[object], prefix: str = "") -> set[str]:
+        out: set[str] = set()
+        for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+            key = prefix + (field.alias or name)
+            sub = field.annotation
+            if isinstance(sub, type) and hasattr(sub, "model_fields"):
+                out |= keys(sub, key + ".")
+            else:
+                out.add(key)
+        return out
+
+    def present(node: object, prefix: str = "") -> set[str]:
+        out: set[str] = set()
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, dict):
+                    out |= present(v, f"{prefix}{k}.")
+                else:
+                    out.add(f"{prefix}{k}")
+        return out
+
+    assert keys(Settings) - present(doc) == set()
