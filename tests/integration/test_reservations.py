@@ -1014,3 +1014,40 @@ async def test_fulfil_of_a_confirmed_order_in_shortfall_answers_in_domain_terms(
     with contextlib.suppress(DomainError):  # a refusal in domain terms is a fine answer
         await container.reservations.fulfil("o-1")
     await assert_audit_clean(container)
+
+
+@pytest.mark.parametrize("strategy", ["conditional", "optimistic"])
+async def test_a_lost_race_on_one_lot_lets_go_of_it_before_trying_the_next(
+    make_container: MakeContainer, db_url: str, strategy: str
+) -> None:
+    """An UPDATE whose guard fails after waiting for a concurrent writer still locks the
+    row it re-checked (PostgreSQL locks the newest version before re-evaluating the
+    WHERE). If the retry then locks another lot while keeping that lock, two orders can
+    deadlock; each try must run in a savepoint whose rollback lets the row go."""
+    c = await make_container(concurrency={"strategy": strategy, "max_retries": 5})
+    first = await receive(c, "S", 1, lot="EARLY", expires_at=SOON)
+    second = await receive(c, "S", 1, lot="LATER", expires_at=LATE)
+    one, two = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
+    try:
+        tx_one, tx_two = one.transaction(), two.transaction()
+        await tx_one.start()
+        await tx_two.start()
+        # `one` takes the early lot's unit; `two` only holds the later lot.
+        await one.execute("UPDATE sku_batch SET reserved = reserved + 1 WHERE id = $1", first)
+        await two.execute("SELECT 1 FROM sku_batch WHERE id = $1 FOR UPDATE", second)
+        task = asyncio.create_task(c.reservations.reserve(order("o-1", ("S", 1))))
+        await _until_waiting(c, 1, task)  # on the early lot, behind `one`
+        await tx_one.commit()  # the guard fails; the retry goes for the later lot ...
+        await _until_waiting(c, 1, task)  # ... and waits behind `two`
+        # `two` now wants the early lot. Had the reserve kept it, this is a deadlock.
+        await two.execute("SET LOCAL lock_timeout = '10s'")
+        await two.execute("SELECT 1 FROM sku_batch WHERE id = $1 FOR UPDATE", first)
+        await tx_two.commit()
+        view = await task
+    finally:
+        await one.close()
+        await two.close()
+    assert allocations(view) == [[("LATER", 1)]]
+    # (`one` wrote past the ledger, so the audit would rightly complain; check figures.)
+    (level,) = await c.stock.get_many(["S"])
+    assert (level["reserved"], level["available"]) == (2, 0)

@@ -248,19 +248,18 @@ class Reservations:
                 if self.strategy is Strategy.CONDITIONAL
                 else stock.reserve_cas
             )
-            if len(allocs) == 1:
-                # One guarded UPDATE: a miss changes nothing, so no savepoint to undo it
-                # (two round trips fewer on the common path).
-                if await guarded(conn, allocs):
-                    return result
-            else:
-                try:
-                    async with conn.transaction():  # savepoint: a lost race undoes this try
-                        if not await guarded(conn, allocs):
-                            raise _LostRace
-                    return result
-                except _LostRace:
-                    pass
+            # Every try runs in a savepoint, even a single guarded UPDATE: an UPDATE whose
+            # guard fails after waiting for a concurrent writer still holds the row lock
+            # (PostgreSQL locks the newest version before re-checking the WHERE). The
+            # rollback lets that row go; kept, it would be held out of lock order while
+            # the retry locks another lot, and two orders could deadlock.
+            try:
+                async with conn.transaction():
+                    if not await guarded(conn, allocs):
+                        raise _LostRace
+                return result
+            except _LostRace:
+                pass
             self.metrics.reservation_retries.labels(strategy=self.strategy.value).inc()
             if self.strategy is Strategy.OPTIMISTIC:
                 # Jittered exponential backoff spreads the retries of a hot SKU out.
