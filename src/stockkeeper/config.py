@@ -9,14 +9,23 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 ENV_PREFIX = "STOCKKEEPER_"
 CONFIG_ENV = "STOCKKEEPER_CONFIG"
 DEFAULT_CONFIG_FILE = "stockkeeper.yaml"
+C = TypeVar("C", bound="ConnectorConfig")
 # Variables with our prefix that are not settings.
 NOT_SETTINGS = {
     CONFIG_ENV,
@@ -138,12 +147,60 @@ class LoggingConfig(Section):
     json_output: bool = Field(default=True, alias="json")
 
 
-class ConnectorConfig(BaseModel):
-    """One outside system. Type-specific keys are validated by the connector itself."""
+class ConnectorConfig(Section):
+    """What every outside system has: an id (used in URLs, metrics and cursors)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
-    id: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    type: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    type: str
+
+
+class HttpConnectorConfig(ConnectorConfig):
+    """An outside system reached over HTTP: every call has a timeout and a rate."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    # The name of the environment variable holding the API token (never the token).
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    rate_limit_rps: float = Field(default=5.0, gt=0, le=10_000)
+    timeout_ms: int = Field(default=5000, ge=10, le=600_000)
+    # Tries of one call (429, 5xx, timeouts, refused connections), with backoff.
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    backoff_base_ms: int = Field(default=200, ge=1)
+    backoff_max_ms: int = Field(default=10_000, ge=1)
+
+
+class WmsConnectorConfig(HttpConnectorConfig):
+    """A warehouse management system: snapshots in, allocations and releases out."""
+
+    type: Literal["wms"]
+    page_size: int = Field(default=500, ge=1, le=5000)
+    # Incremental sync from the WMS's change token; 0 turns the schedule off.
+    incremental_interval_s: float = Field(default=60.0, ge=0)
+    # A sync whose worker stopped reporting progress this long ago is taken over.
+    stale_after_s: float = Field(default=120.0, ge=1)
+    outbound_batch_size: int = Field(default=100, ge=1, le=500)
+    # How long a partly filled outbound batch waits for more before it is sent.
+    outbound_wait_ms: int = Field(default=200, ge=0, le=60_000)
+    # Sends of one outbound item before it becomes a dead letter, and their backoff.
+    outbound_max_attempts: int = Field(default=10, ge=1, le=100)
+    outbound_backoff_base_ms: int = Field(default=1000, ge=1)
+    outbound_backoff_max_ms: int = Field(default=30_000, ge=1)
+
+
+def _connector_type(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in CONNECTOR_TYPES else None
+
+
+# One entry per connector type; issue by issue, more types join here.
+CONNECTOR_TYPES = ("wms",)
+AnyConnector = Annotated[
+    Annotated[WmsConnectorConfig, Tag("wms")],
+    Discriminator(
+        _connector_type,
+        custom_error_type="connector_type",
+        custom_error_message=f"unknown connector type; known: {', '.join(CONNECTOR_TYPES)}",
+    ),
+]
 
 
 class Settings(Section):
@@ -157,7 +214,18 @@ class Settings(Section):
     propagation: PropagationConfig = PropagationConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     logging: LoggingConfig = LoggingConfig()
-    connectors: list[ConnectorConfig] = Field(default_factory=list)
+    connectors: list[AnyConnector] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_connector_ids(self) -> Settings:
+        ids = [c.id for c in self.connectors]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"connectors: duplicate id {', '.join(dupes)}")
+        return self
+
+    def connectors_of(self, kind: type[C]) -> list[C]:
+        return [c for c in self.connectors if isinstance(c, kind)]
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
@@ -199,7 +267,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def _describe(exc: ValidationError, origin: str) -> str:
     lines = [f"invalid configuration ({origin}):"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        # A connector's type tag is not a key the user wrote: connectors.0.url, not
+        # connectors.0.wms.url.
+        loc = [p for i, p in enumerate(err["loc"]) if not (i == 2 and p in CONNECTOR_TYPES)]
+        key = ".".join(str(p) for p in loc) or "(top level)"
         got = err.get("input")
         shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
         msg = err["msg"]

@@ -14,6 +14,7 @@ from stockkeeper.config import (
     Settings,
     Strategy,
     TokenConfig,
+    WmsConnectorConfig,
     load_settings,
 )
 
@@ -82,8 +83,8 @@ def test_yaml_file(tmp_path: Path) -> None:
     assert s.concurrency.strategy is Strategy.ROW_LOCK
     assert s.logging.level == "debug"
     assert s.logging.json_output is False
-    # Connector-specific keys are kept for the connector to validate.
-    assert s.connectors[0].model_extra == {"url": "http://wms"}
+    (wms,) = s.connectors_of(WmsConnectorConfig)
+    assert (wms.id, wms.url, wms.page_size) == ("wms-1", "http://wms", 500)
 
 
 def test_config_file_from_environment(tmp_path: Path) -> None:
@@ -188,7 +189,18 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         ({"concurrency": {"strategy": "yolo"}}, "concurrency.strategy"),
         ({"reservations": {"default_ttl_seconds": [1]}}, "reservations.default_ttl_seconds"),
         ({"api": "not-a-section"}, "api"),
-        ({"connectors": [{"id": "Bad Id!", "type": "x"}]}, "connectors.0.id"),
+        ({"connectors": [{"id": "Bad Id!", "type": "wms", "url": "http://w"}]}, "connectors.0.id"),
+        ({"connectors": [{"id": "w", "type": "telex"}]}, "connectors.0"),
+        ({"connectors": [{"id": "w", "type": "wms"}]}, "connectors.0.url"),
+        ({"connectors": [{"id": "w", "type": "wms", "url": "ftp://w"}]}, "connectors.0.url"),
+        (
+            {"connectors": [{"id": "w", "type": "wms", "url": "http://w", "page_sise": 9}]},
+            "connectors.0.page_sise",
+        ),
+        (
+            {"connectors": [{"id": "w", "type": "wms", "url": "http://w", "timeout_ms": 0}]},
+            "connectors.0.timeout_ms",
+        ),
     ],
 )
 def test_wrong_type_names_the_key(tmp_path: Path, doc: dict[str, object], key: str) -> None:
@@ -355,3 +367,10 @@ def test_example_config_sets_every_key() -> None:
         return out
 
     assert keys(Settings) - present(doc) == set()
+
+
+def test_two_connectors_with_one_id_are_refused(tmp_path: Path) -> None:
+    wms = {"id": "w", "type": "wms", "url": "http://w"}
+    path = write(tmp_path, {"connectors": [wms, wms]})
+    with pytest.raises(ConfigError, match="duplicate id w"):
+        load_settings(path, environ={})

@@ -105,3 +105,75 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        # -- connectors (every outside system) ------------------------------------
+        self.connector_calls = Counter(
+            "stockkeeper_connector_calls_total",
+            "Calls to outside systems by outcome (ok, rate_limited, server_error, "
+            "client_error, timeout, connect_error, invalid_response).",
+            ["connector", "operation", "outcome"],
+            registry=r,
+        )
+        self.connector_call_duration = Histogram(
+            "stockkeeper_connector_call_duration_seconds",
+            "Latency of calls to outside systems, each try on its own.",
+            ["connector", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.connector_rate_limit_wait = Counter(
+            "stockkeeper_connector_rate_limit_wait_seconds_total",
+            "Seconds spent waiting for our own rate limit or the system's Retry-After.",
+            ["connector", "reason"],
+            registry=r,
+        )
+        # -- WMS -----------------------------------------------------------------
+        self.wms_sync_duration = Histogram(
+            "stockkeeper_wms_sync_duration_seconds",
+            "Wall time of WMS syncs by kind (batch, sku, full, incremental) and result.",
+            ["connector", "kind", "result"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.wms_rows_synced = Counter(
+            "stockkeeper_wms_rows_synced_total",
+            "WMS snapshot rows reconciled.",
+            ["connector"],
+            registry=r,
+        )
+        self.wms_rows_rejected = Counter(
+            "stockkeeper_wms_rows_rejected_total",
+            "WMS snapshot rows refused by validation (dead-lettered with the reason).",
+            ["connector"],
+            registry=r,
+        )
+        self.wms_adjustments = Counter(
+            "stockkeeper_wms_adjustments_total",
+            "ADJUSTMENT ledger entries written by WMS syncs, by quantity moved.",
+            ["connector", "quantity"],
+            registry=r,
+        )
+        self.wms_shortfalls = Counter(
+            "stockkeeper_wms_shortfalls_total",
+            "SKUs a WMS snapshot left with less than was already promised.",
+            ["connector"],
+            registry=r,
+        )
+        self.wms_outbound_batch = Histogram(
+            "stockkeeper_wms_outbound_batch_size",
+            "Allocations and releases per call to the WMS.",
+            ["connector"],
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=r,
+        )
+        self.wms_outbound_sent = Counter(
+            "stockkeeper_wms_outbound_items_total",
+            "Outbound items by result (sent, duplicate, retried, dead_lettered).",
+            ["connector", "result"],
+            registry=r,
+        )
+        self.wms_outbound_pending = Gauge(
+            "stockkeeper_wms_outbound_pending",
+            "Outbound items waiting to be sent to the WMS.",
+            ["connector"],
+            registry=r,
+        )

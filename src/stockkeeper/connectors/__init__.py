@@ -1,0 +1,1 @@
+"""One module per outside system: its wire format in, domain records out, and back."""

@@ -1,0 +1,1 @@
+"""Working stand-ins for the systems around stockkeeper, for the tests and the demo."""
