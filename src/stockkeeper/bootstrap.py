@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from stockkeeper.api.auth import TokenBook, build_token_book
-from stockkeeper.config import Settings
+from stockkeeper.config import ConfigError, HttpConnectorConfig, Settings, WmsConnectorConfig
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.broker import Broker
 from stockkeeper.messaging.consumer import RetryPolicy
@@ -16,6 +17,7 @@ from stockkeeper.services.admin import Operations
 from stockkeeper.services.reservations import Reservations
 from stockkeeper.services.stock import Stock
 from stockkeeper.services.unit import Clock, utcnow
+from stockkeeper.services.wms import WmsService
 from stockkeeper.store.embedded import EmbeddedPostgres, start_embedded
 from stockkeeper.store.migrate import migrate
 from stockkeeper.store.pool import Pool, create_pool
@@ -31,6 +33,7 @@ class Container:
     tokens: TokenBook
     reservations: Reservations
     stock: Stock
+    wms: WmsService
     broker: Broker
     clock: Clock = utcnow
     embedded: EmbeddedPostgres | None = None
@@ -63,6 +66,18 @@ class Container:
             self.embedded.stop()
 
 
+def connector_token(cfg: HttpConnectorConfig) -> str | None:
+    """The API token of a connector, from the environment variable its config names."""
+    if cfg.token_env is None:
+        return None
+    token = os.environ.get(cfg.token_env)
+    if not token:
+        raise ConfigError(
+            f"connector {cfg.id}: environment variable {cfg.token_env} (token_env) is not set"
+        )
+    return token
+
+
 def make_broker(settings: Settings, pool: Pool) -> Broker:
     """RabbitMQ when ``broker.url`` is set, else the embedded PostgreSQL queue."""
     b = settings.broker
@@ -88,6 +103,8 @@ async def build(
     clock: Clock = utcnow,
     metrics: Metrics | None = None,
 ) -> Container:
+    for cfg in settings.connectors:
+        connector_token(cfg)  # a missing secret stops the start, naming the variable
     url, embedded = database_url(settings)
     pool = await create_pool(url, settings.database)
     try:
@@ -111,6 +128,7 @@ async def build(
             tokens=build_token_book(settings),
             reservations=reservations,
             stock=Stock(pool, clock),
+            wms=WmsService(pool, metrics, settings.connectors_of(WmsConnectorConfig), clock),
             broker=make_broker(settings, pool),
             clock=clock,
             embedded=embedded,

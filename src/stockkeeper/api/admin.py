@@ -1,16 +1,17 @@
-"""admin-api: dead letters and status (force sync arrives with the WMS)."""
+"""admin-api: force WMS sync, dead letters and status."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Query
+from fastapi import Depends, FastAPI, Query, Request
 from starlette.responses import Response
 
-from stockkeeper.api import schemas
+from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.auth import Principal, require
 from stockkeeper.api.common import new_app
 from stockkeeper.api.problems import JSONResponse
+from stockkeeper.store.pool import Conn
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -53,6 +54,43 @@ def create_admin_app(container: Container) -> FastAPI:
     async def discard(dead_letter_id: int, who: Principal = ADMIN) -> Response:
         """Drop the message for good (kept in the table, marked DISCARDED)."""
         return JSONResponse(await (await ops()).discard(dead_letter_id, who.name))
+
+    @app.post(
+        "/admin/wms/sync",
+        status_code=202,
+        response_model=schemas.WmsSyncOut,
+        responses=schemas.PROBLEMS,
+        tags=["wms"],
+    )
+    async def force_wms_sync(
+        body: schemas.WmsSyncIn, request: Request, who: Principal = ADMIN
+    ) -> Response:
+        """Ask the wms-sync worker to re-read one batch, one SKU, or everything (no sku
+        and no sku_batch_id) from the WMS. Answers at once; follow the request by id."""
+
+        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
+            doc = await container.wms.request_sync(
+                reason=body.reason,
+                requested_by=body.requested_by,
+                sku=body.sku,
+                sku_batch_id=body.sku_batch_id,
+                priority=body.priority,
+                connector=body.connector,
+                conn=conn,
+            )
+            return 202, doc
+
+        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+
+    @app.get(
+        "/admin/wms/sync/{sync_request_id}",
+        response_model=schemas.WmsSyncOut,
+        responses=schemas.PROBLEMS,
+        tags=["wms"],
+    )
+    async def wms_sync_status(sync_request_id: int, who: Principal = ADMIN) -> Response:
+        """PENDING, IN_PROGRESS, then DONE or FAILED (with the reason), and the tallies."""
+        return JSONResponse(await container.wms.get_request(sync_request_id))
 
     @app.get("/admin/status", tags=["status"])
     async def status(who: Principal = ADMIN) -> Response:

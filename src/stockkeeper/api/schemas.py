@@ -71,6 +71,15 @@ class AdjustmentIn(Body):
         return self
 
 
+class WmsSyncIn(Body):
+    reason: Reason
+    requested_by: Annotated[str, Field(min_length=1, max_length=200)]
+    sku: Sku | None = None
+    sku_batch_id: Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)] | None = None
+    priority: Literal["low", "normal", "high"] = "normal"
+    connector: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
 # -- responses (documentation; handlers answer with plain JSON) --------------------
 
 
@@ -146,6 +155,28 @@ class LedgerOut(BaseModel):
     sku: str
     entries: list[LedgerEntryOut]
     next: int | None
+
+
+class WmsSyncOut(BaseModel):
+    sync_request_id: int
+    connector: str
+    kind: Literal["batch", "sku", "full", "incremental"]
+    sku: str | None
+    sku_batch_id: int | None
+    reason: str
+    requested_by: str
+    priority: Literal["low", "normal", "high"]
+    status: Literal["PENDING", "IN_PROGRESS", "DONE", "FAILED"]
+    error: str | None
+    attempts: int
+    pages: int
+    rows_seen: int
+    rows_rejected: int
+    adjustments: int
+    shortfalls: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
 
 
 class Problem(BaseModel):

@@ -1,0 +1,145 @@
+"""The WMS rules: what a snapshot changes, and what the WMS is told about orders.
+
+Pure: the sync and outbound workers feed these with rows and events and write what
+they return.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from stockkeeper.domain.events import ALLOCATED, CONFIRMED, EXPIRED, RELEASED
+from stockkeeper.domain.quantities import MAX_QUANTITY, Delta, Figures
+
+# The identifiers our schema accepts (sku, location code, lot number).
+LOCATION_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+MAX_SKU_LENGTH = 128
+MAX_LOT_LENGTH = 128
+
+
+class SyncKind(StrEnum):
+    BATCH = "batch"  # one batch, forced
+    SKU = "sku"  # every batch of one SKU, forced
+    FULL = "full"  # every batch the WMS has, forced
+    INCREMENTAL = "incremental"  # what changed since the last token, scheduled
+
+
+class SyncStatus(StrEnum):
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
+PRIORITIES = {"low": 0, "normal": 1, "high": 2}
+
+
+def sync_kind(sku: str | None, batch_id: int | None) -> SyncKind:
+    """What an operator's force-sync request asks for."""
+    if batch_id is not None:
+        return SyncKind.BATCH
+    return SyncKind.SKU if sku is not None else SyncKind.FULL
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """One batch as the WMS counts it."""
+
+    sku: str
+    location: str
+    lot_number: str | None
+    expires_at: datetime | None
+    on_hand: int
+    unavailable: int
+    counted_at: datetime | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.sku, self.location, self.lot_number or "")
+
+
+def identity_problem(row: Counted) -> str | None:
+    """Why we cannot book this row (an identifier or a figure we refuse), or None."""
+    if not 1 <= len(row.sku) <= MAX_SKU_LENGTH:
+        return f"sku must be 1 to {MAX_SKU_LENGTH} characters"
+    if not LOCATION_CODE.match(row.location):
+        return f"location {row.location!r} is not a valid location code"
+    if row.lot_number is not None and not 1 <= len(row.lot_number) <= MAX_LOT_LENGTH:
+        return f"lot_number must be 1 to {MAX_LOT_LENGTH} characters"
+    for name in ("on_hand", "unavailable"):
+        value = getattr(row, name)
+        if not 0 <= value <= MAX_QUANTITY:
+            return f"{name} {value} is outside 0..{MAX_QUANTITY}"
+    return None
+
+
+def latest_per_batch(rows: list[Counted]) -> list[Counted]:
+    """One row per batch (the last one given wins), in a fixed order."""
+    by_key = {r.key: r for r in rows}
+    return [by_key[k] for k in sorted(by_key)]
+
+
+def reconcile(ours: Figures, theirs: Counted) -> Delta:
+    """The adjustment that makes our batch say what the WMS counted.
+
+    Only what the WMS knows moves: on_hand and unavailable. Reserved and committed are
+    our promises; if the count is below them the batch is in shortfall (available 0),
+    and the promises stay.
+    """
+    return Delta(
+        on_hand=theirs.on_hand - ours.on_hand,
+        unavailable=theirs.unavailable - ours.unavailable,
+    )
+
+
+class OutboundAction(StrEnum):
+    ALLOCATE = "allocate"
+    RELEASE = "release"
+    CONFIRM = "confirm"
+
+
+ACTION_FOR_EVENT = {
+    ALLOCATED: OutboundAction.ALLOCATE,
+    RELEASED: OutboundAction.RELEASE,
+    EXPIRED: OutboundAction.RELEASE,
+    CONFIRMED: OutboundAction.CONFIRM,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundLine:
+    """One thing to tell the WMS about one batch of one order."""
+
+    event_id: str
+    action: OutboundAction
+    order_id: str
+    sku: str
+    batch_id: int
+    quantity: int
+
+
+def outbound_lines(
+    message_id: str, event_type: str, payload: dict[str, Any]
+) -> list[OutboundLine]:
+    """The WMS lines of one reservation event; the same event always gives the same ids.
+
+    Lines of the same batch are merged, so the WMS's event id (message and batch) is
+    unique within the event.
+    """
+    action = ACTION_FOR_EVENT.get(event_type)
+    if action is None:
+        return []
+    order_id = str(payload["order_id"])
+    merged: dict[tuple[str, int], int] = {}
+    for line in payload["lines"]:
+        key = (str(line["sku"]), int(line["batch_id"]))
+        merged[key] = merged.get(key, 0) + int(line["quantity"])
+    return [
+        OutboundLine(f"{message_id}:{batch_id}", action, order_id, sku, batch_id, qty)
+        for (sku, batch_id), qty in sorted(merged.items(), key=lambda kv: kv[0][1])
+        if qty > 0
+    ]

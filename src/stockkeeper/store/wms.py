@@ -1,0 +1,240 @@
+"""Repository for the WMS tables: snapshots, sync requests and state, outbound items.
+
+Functions take a connection inside the caller's transaction; none opens its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from stockkeeper.domain.allocation import BatchStock
+from stockkeeper.domain.wms import Counted
+from stockkeeper.store.pool import Conn
+from stockkeeper.store.sql import q
+from stockkeeper.store.stock import batch_from_row
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRow:
+    """One allocation, release or confirmation on its way to the WMS."""
+
+    id: int
+    event_id: str
+    message_id: uuid.UUID
+    action: str
+    order_id: str
+    sku: str
+    location: str
+    lot_number: str | None
+    quantity: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallRow:
+    """One try of one call to the WMS, for the audit table."""
+
+    operation: str
+    attempt: int
+    status_code: int | None
+    outcome: str
+    duration_ms: float
+    error: str | None
+    items: int | None = None
+    first_item: int | None = None
+    last_item: int | None = None
+
+
+async def lock_counted_batches(conn: Conn, rows: Sequence[Counted]) -> list[BatchStock]:
+    """Create the batches we do not know yet, then lock every one of them in id order."""
+    skus = sorted({r.sku for r in rows})
+    locations = sorted({r.location for r in rows})
+    sku_col = [r.sku for r in rows]
+    loc_col = [r.location for r in rows]
+    lot_col = [r.lot_number for r in rows]
+    await conn.execute(q("ensure_locations"), locations)
+    await conn.execute(q("ensure_skus"), skus)
+    await conn.execute(
+        q("insert_missing_batches"), sku_col, loc_col, lot_col, [r.expires_at for r in rows]
+    )
+    found = await conn.fetch(q("lock_batches_by_identity"), sku_col, loc_col, lot_col)
+    return [batch_from_row(r) for r in found]
+
+
+async def upsert_snapshots(
+    conn: Conn,
+    connector: str,
+    request_id: int | None,
+    pairs: Sequence[tuple[BatchStock, Counted]],
+) -> None:
+    await conn.execute(
+        q("upsert_snapshots"),
+        connector,
+        [b.id for b, _ in pairs],
+        [b.sku for b, _ in pairs],
+        [c.on_hand for _, c in pairs],
+        [c.unavailable for _, c in pairs],
+        [c.counted_at for _, c in pairs],
+        request_id,
+    )
+
+
+async def batch_identities(conn: Conn, batch_ids: Sequence[int]) -> dict[int, asyncpg.Record]:
+    rows = await conn.fetch(q("batch_identity"), list(batch_ids))
+    return {r["id"]: r for r in rows}
+
+
+async def insert_request(
+    conn: Conn,
+    connector: str,
+    kind: str,
+    sku: str | None,
+    batch_id: int | None,
+    reason: str,
+    requested_by: str,
+    priority: int,
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        q("insert_sync_request"), connector, kind, sku, batch_id, reason, requested_by, priority
+    )
+    return row
+
+
+async def get_request(conn: Conn, request_id: int) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(q("get_sync_request"), request_id)
+    return row
+
+
+async def open_request_of_kind(conn: Conn, connector: str, kind: str) -> int | None:
+    rid: int | None = await conn.fetchval(q("open_request_of_kind"), connector, kind)
+    return rid
+
+
+async def claim_request(
+    conn: Conn, connectors: Sequence[str], stale_after_s: float
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        q("claim_sync_request"), list(connectors), stale_after_s
+    )
+    return row
+
+
+async def record_progress(
+    conn: Conn,
+    request_id: int,
+    *,
+    cursor: str | None,
+    rows: int,
+    rejected: int,
+    adjustments: int,
+    shortfalls: int,
+    start_token: str | None = None,
+) -> None:
+    await conn.execute(
+        q("sync_progress"), request_id, cursor, start_token, rows, rejected, adjustments, shortfalls
+    )
+
+
+async def set_start_token(conn: Conn, request_id: int, token: str) -> None:
+    await conn.execute(q("set_start_token"), request_id, token)
+
+
+async def finish_request(
+    conn: Conn, request_id: int, status: str, error: str | None
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        q("finish_sync_request"), request_id, status, error
+    )
+    return row
+
+
+async def sync_state(conn: Conn, connector: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(q("sync_state"), connector)
+    return row
+
+
+async def lock_sync_state(conn: Conn, connector: str) -> asyncpg.Record:
+    await conn.execute(q("ensure_sync_state"), connector)
+    row: asyncpg.Record = await conn.fetchrow(q("lock_sync_state"), connector)
+    return row
+
+
+async def schedule_incremental(conn: Conn, connector: str, at: Any) -> None:
+    await conn.execute(q("schedule_incremental"), connector, at)
+
+
+async def save_token(conn: Conn, connector: str, token: str, kind: str) -> None:
+    await conn.execute(q("save_token"), connector, token, kind)
+
+
+async def insert_outbound(
+    conn: Conn,
+    connector: str,
+    message_id: uuid.UUID,
+    items: Sequence[tuple[str, str, str, str, str, str | None, int]],
+) -> None:
+    """``items``: (event_id, action, order_id, sku, location, lot_number, quantity)."""
+    cols = list(zip(*items, strict=True)) if items else [()] * 7
+    await conn.execute(q("insert_outbound_items"), connector, message_id, *map(list, cols))
+
+
+async def outbound_due(conn: Conn, connector: str, limit: int) -> tuple[int, float]:
+    row = await conn.fetchrow(q("outbound_due"), connector, limit)
+    assert row is not None
+    return int(row["due"]), float(row["oldest_s"] or 0.0)
+
+
+async def claim_outbound(
+    conn: Conn, connector: str, limit: int, lease_s: float
+) -> list[OutboundRow]:
+    rows = await conn.fetch(q("claim_outbound"), connector, limit, lease_s)
+    return sorted((OutboundRow(**dict(r)) for r in rows), key=lambda r: r.id)
+
+
+async def outbound_sent(conn: Conn, results: Sequence[tuple[int, str]]) -> None:
+    await conn.execute(
+        q("outbound_sent"), [i for i, _ in results], [r for _, r in results]
+    )
+
+
+async def outbound_retry(conn: Conn, ids: Sequence[int], delay_s: float, error: str) -> None:
+    await conn.execute(q("outbound_retry"), list(ids), delay_s, error)
+
+
+async def outbound_dead(conn: Conn, ids: Sequence[int], error: str) -> None:
+    await conn.execute(q("outbound_dead"), list(ids), error)
+
+
+async def outbound_rearm(conn: Conn, connector: str, event_id: str) -> bool:
+    done: str = await conn.execute(q("outbound_rearm"), connector, event_id)
+    return done.endswith(" 1")
+
+
+async def outbound_counts(conn: Conn) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for r in await conn.fetch(q("outbound_counts")):
+        out.setdefault(r["connector"], {})[r["status"]] = r["n"]
+    return out
+
+
+async def insert_calls(conn: Conn, connector: str, calls: Sequence[CallRow]) -> None:
+    if not calls:
+        return
+    await conn.execute(
+        q("insert_wms_calls"),
+        connector,
+        [c.operation for c in calls],
+        [c.attempt for c in calls],
+        [c.status_code for c in calls],
+        [c.outcome for c in calls],
+        [c.duration_ms for c in calls],
+        [c.error for c in calls],
+        [c.items for c in calls],
+        [c.first_item for c in calls],
+        [c.last_item for c in calls],
+    )
