@@ -83,7 +83,7 @@ def base_config(db_url: str, **sections: Any) -> dict[str, Any]:
 
 
 class ServerProcess:
-    """``stockkeeper run <service>`` in a real child process."""
+    """``stockkeeper run <service>`` (or ``stockkeeper up``) in a real child process."""
 
     def __init__(
         self,
@@ -114,6 +114,10 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
     def start(self, timeout: float = 30.0) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKKEEPER_")}
         env.update(self.extra_env)
@@ -123,8 +127,7 @@ class ServerProcess:
                     sys.executable,
                     "-m",
                     "stockkeeper",
-                    "run",
-                    self.service,
+                    *(["up"] if self.service == "up" else ["run", self.service]),
                     "--config",
                     str(self.config_path),
                 ],

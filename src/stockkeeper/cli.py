@@ -88,7 +88,12 @@ def up(config: ConfigOption = None) -> None:
 
 @app.command()
 def run(
-    service: Annotated[str, typer.Argument(help="inventory-api, admin-api, expiry or dispatcher")],
+    service: Annotated[
+        str,
+        typer.Argument(
+            help="inventory-api, admin-api, expiry, dispatcher, wms-sync or wms-outbound"
+        ),
+    ],
     config: ConfigOption = None,
 ) -> None:
     """Run one service, as a separate process in production."""
@@ -133,6 +138,38 @@ def consume(
         raise typer.Exit(2) from None
     spec = ConsumerSpec(name or handler, queue, fn, drop_stale)
     _serve(_settings(config), [], [spec])
+
+
+sandbox_app = typer.Typer(
+    help="Working stand-ins for the systems around stockkeeper, for trials and tests.",
+    no_args_is_help=True,
+)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("wms")
+def sandbox_wms(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 9300,
+    batches: Annotated[int, typer.Option(help="batches to seed the stock with")] = 1000,
+    seed: Annotated[int, typer.Option(help="seed of the generated stock")] = 0,
+    token_env: Annotated[
+        str | None, typer.Option(help="require this variable's value as bearer token")
+    ] = None,
+) -> None:
+    """A WMS with its own stock: paged snapshots, changes since a token, batch
+    allocate/release with de-duplication, a rate limit and fault injection
+    (PUT /_sandbox/faults)."""
+    import os
+
+    from stockkeeper.sandbox.wms import run as run_wms
+
+    token = os.environ.get(token_env) if token_env else None
+    if token_env and not token:
+        typer.echo(f"stockkeeper: environment variable {token_env} is not set", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"sandbox WMS on http://{host}:{port} with {batches} batches", err=True)
+    run_wms(host, port, seed_batches=batches, seed=seed, token=token)
 
 
 @app.command()

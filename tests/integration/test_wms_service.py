@@ -59,7 +59,9 @@ async def test_force_sync_writes_the_request_and_its_command_in_one_transaction(
     doc = await c.wms.request_sync(reason="count day", requested_by="ops", sku="A")
     assert (doc["status"], doc["kind"], doc["sku"]) == ("PENDING", "sku", "A")
     (cmd,) = await rows(
-        c, "SELECT event_type, payload, xmin::text AS x FROM domain_event WHERE event_type LIKE 'wms.%'"
+        c,
+        "SELECT event_type, payload, xmin::text AS x FROM domain_event "
+        "WHERE event_type LIKE 'wms.%'",
     )
     (req,) = await rows(c, "SELECT xmin::text AS x FROM wms_sync_request")
     assert cmd["event_type"] == "wms.sync.force"
@@ -183,7 +185,9 @@ async def test_a_page_racing_reservations_loses_no_update_and_never_oversells(
     async def buy(i: int) -> bool:
         try:
             await c.reservations.reserve(
-                ReserveRequest(f"o-{i}", (OrderLine(skus[i % 5], 1), OrderLine(skus[(i + 2) % 5], 1)))
+                ReserveRequest(
+                    f"o-{i}", (OrderLine(skus[i % 5], 1), OrderLine(skus[(i + 2) % 5], 1))
+                )
             )
         except InsufficientStock:
             return False
@@ -216,7 +220,8 @@ async def test_the_schedule_queues_one_incremental_sync_per_interval(
     clock.advance(61)
     assert await c.wms.schedule_incremental("wms-main", 60) is None  # one still open
     job = await c.wms.claim(stale_after_s=60)
-    assert job is not None and job.kind is SyncKind.INCREMENTAL
+    assert job is not None
+    assert job.kind is SyncKind.INCREMENTAL
     await c.wms.finish(job, SyncStatus.DONE, token="t-9")
     assert await c.wms.sync_token("wms-main") == "t-9"
     clock.advance(61)
@@ -230,17 +235,18 @@ async def test_claims_go_by_priority_and_a_silent_job_is_taken_over(
     low = await c.wms.request_sync(reason="r", requested_by="o", priority="low")
     high = await c.wms.request_sync(reason="r", requested_by="o", priority="high")
     first = await c.wms.claim(stale_after_s=60)
-    assert first is not None and first.id == high["sync_request_id"]
+    assert first is not None
+    assert first.id == high["sync_request_id"]
     second = await c.wms.claim(stale_after_s=60)
-    assert second is not None and second.id == low["sync_request_id"]
+    assert second is not None
+    assert second.id == low["sync_request_id"]
     assert await c.wms.claim(stale_after_s=60) is None
     # The worker running `first` died: once it is silent long enough, it is resumed
     # from the cursor its last page saved.
     await c.wms.apply_page(first, [count("A", 1)], cursor="page-2")
     async with c.pool.acquire() as conn:
         await conn.execute(
-            "UPDATE wms_sync_request SET heartbeat_at = now() - interval '2 minutes' "
-            "WHERE id = $1",
+            "UPDATE wms_sync_request SET heartbeat_at = now() - interval '2 minutes' WHERE id = $1",
             first.id,
         )
     again = await c.wms.claim(stale_after_s=60)
@@ -269,7 +275,9 @@ async def test_outbound_items_are_recorded_once_per_event_and_batch(
     for _ in range(2):  # a redelivery records nothing new
         async with c.pool.acquire() as conn, conn.transaction():
             await c.wms.record_outbound(conn, message, lines)
-    items = await rows(c, "SELECT event_id, action, location, lot_number, quantity FROM wms_outbound_item")
+    items = await rows(
+        c, "SELECT event_id, action, location, lot_number, quantity FROM wms_outbound_item"
+    )
     assert items == [
         {
             "event_id": f"{message}:{a.body['batch_id']}",
@@ -279,4 +287,3 @@ async def test_outbound_items_are_recorded_once_per_event_and_batch(
             "quantity": 3,
         }
     ]
-

@@ -53,7 +53,8 @@ def test_a_batch_without_lot_is_one_identity() -> None:
 )
 def test_rows_we_cannot_book_are_named(row: Counted, problem: str) -> None:
     found = identity_problem(row)
-    assert found is not None and problem in found
+    assert found is not None
+    assert problem in found
 
 
 def test_a_good_row_has_no_problem() -> None:

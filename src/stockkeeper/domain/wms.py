@@ -122,9 +122,7 @@ class OutboundLine:
     quantity: int
 
 
-def outbound_lines(
-    message_id: str, event_type: str, payload: dict[str, Any]
-) -> list[OutboundLine]:
+def outbound_lines(message_id: str, event_type: str, payload: dict[str, Any]) -> list[OutboundLine]:
     """The WMS lines of one reservation event; the same event always gives the same ids.
 
     Lines of the same batch are merged, so the WMS's event id (message and batch) is

@@ -82,6 +82,20 @@ class ReservationView:
         return doc
 
 
+def event_lines(allocs: Sequence[AllocationRow]) -> list[dict[str, Any]]:
+    """The lines every reservation event carries: one per batch the order holds."""
+    return [
+        {
+            "sku": a.sku,
+            "batch_id": a.batch_id,
+            "location": a.location,
+            "lot_number": a.lot_number,
+            "quantity": a.quantity,
+        }
+        for a in allocs
+    ]
+
+
 class _LostRace(Exception):
     """A guarded write found the stock changed under it; re-read and try again."""
 
@@ -217,7 +231,18 @@ class Reservations:
             source=source,
             reference_id=req.order_id,
             now=now,
-            events=[Event(ALLOCATED, {**view.to_json(), "source": source})],
+            events=[
+                Event(
+                    ALLOCATED,
+                    {
+                        "order_id": req.order_id,
+                        "status": Status.PENDING.value,
+                        "expires_at": expires_at.isoformat(),
+                        "lines": event_lines(allocs),
+                        "source": source,
+                    },
+                )
+            ],
         )
         return view
 
@@ -333,9 +358,7 @@ class Reservations:
                 "order_id": row.order_id,
                 "status": target.value,
                 "previous_status": row.status.value,
-                "lines": [
-                    {"sku": a.sku, "batch_id": a.batch_id, "quantity": a.quantity} for a in allocs
-                ],
+                "lines": event_lines(allocs),
                 "source": source,
             }
             if reason:

@@ -255,7 +255,12 @@ class WmsService:
             await repo.set_start_token(c, job.id, token)
 
     async def finish(
-        self, job: SyncJob, status: SyncStatus, error: str | None = None, *, token: str | None = None
+        self,
+        job: SyncJob,
+        status: SyncStatus,
+        error: str | None = None,
+        *,
+        token: str | None = None,
     ) -> None:
         """End the request; a finished full sync hands its start token to the schedule."""
         async with transaction(self.pool) as c:

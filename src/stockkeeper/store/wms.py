@@ -99,9 +99,10 @@ async def insert_request(
     requested_by: str,
     priority: int,
 ) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await conn.fetchrow(
         q("insert_sync_request"), connector, kind, sku, batch_id, reason, requested_by, priority
     )
+    assert row is not None
     return row
 
 
@@ -160,7 +161,8 @@ async def sync_state(conn: Conn, connector: str) -> asyncpg.Record | None:
 
 async def lock_sync_state(conn: Conn, connector: str) -> asyncpg.Record:
     await conn.execute(q("ensure_sync_state"), connector)
-    row: asyncpg.Record = await conn.fetchrow(q("lock_sync_state"), connector)
+    row = await conn.fetchrow(q("lock_sync_state"), connector)
+    assert row is not None
     return row
 
 
@@ -197,9 +199,7 @@ async def claim_outbound(
 
 
 async def outbound_sent(conn: Conn, results: Sequence[tuple[int, str]]) -> None:
-    await conn.execute(
-        q("outbound_sent"), [i for i, _ in results], [r for _, r in results]
-    )
+    await conn.execute(q("outbound_sent"), [i for i, _ in results], [r for _, r in results])
 
 
 async def outbound_retry(conn: Conn, ids: Sequence[int], delay_s: float, error: str) -> None:

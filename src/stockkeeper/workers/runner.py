@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
@@ -14,19 +15,25 @@ from prometheus_client import start_http_server
 
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.api.inventory import create_inventory_app
-from stockkeeper.bootstrap import Container
+from stockkeeper.bootstrap import Container, connector_token
+from stockkeeper.config import WmsConnectorConfig
+from stockkeeper.connectors.http import CallRecord
+from stockkeeper.connectors.wms import WmsClient
 from stockkeeper.messaging.consumer import Consumer, EffectHandler
 from stockkeeper.observability.logging import get_logger
+from stockkeeper.store.wms import CallRow
 from stockkeeper.workers.dispatcher import Dispatcher
 from stockkeeper.workers.expiry import ExpiryWorker
+from stockkeeper.workers.wms_outbound import WmsOutboundWorker
+from stockkeeper.workers.wms_sync import WmsSyncWorker
 
 log = get_logger("stockkeeper.runner")
 
 HTTP_SERVICES = ("inventory-api", "admin-api")
-WORKER_SERVICES = ("expiry", "dispatcher")
+WORKER_SERVICES = ("expiry", "dispatcher", "wms-sync", "wms-outbound")
 SERVICES = HTTP_SERVICES + WORKER_SERVICES
 # Services of the architecture that later issues add.
-PLANNED = ("wms-outbound", "wms-sync", "ingest", "pollers", "propagator")
+PLANNED = ("ingest", "pollers", "propagator")
 
 
 class _Server(uvicorn.Server):
@@ -92,6 +99,55 @@ async def _run_consumer(container: Container, spec: ConsumerSpec, stop: asyncio.
     await sub.cancel()
 
 
+def _keep_call(kept: list[CallRow], rec: CallRecord) -> None:
+    kept.append(
+        CallRow(rec.operation, rec.attempt, rec.status, rec.outcome, rec.duration_ms, rec.error)
+    )
+
+
+def _wms_clients(container: Container) -> tuple[dict[str, WmsClient], dict[str, list[CallRow]]]:
+    """One client per WMS connector; each try of each call is kept for the audit table."""
+    clients: dict[str, WmsClient] = {}
+    calls: dict[str, list[CallRow]] = {}
+    for cfg in container.settings.connectors_of(WmsConnectorConfig):
+        kept: list[CallRow] = []
+        calls[cfg.id] = kept
+        clients[cfg.id] = WmsClient(
+            cfg,
+            metrics=container.metrics,
+            token=connector_token(cfg),
+            on_call=functools.partial(_keep_call, kept),
+        )
+    return clients, calls
+
+
+def _wms_workers(
+    container: Container, wanted: Sequence[str], stop: asyncio.Event
+) -> tuple[list[Coroutine[Any, Any, None]], list[ConsumerSpec]]:
+    configs = container.settings.connectors_of(WmsConnectorConfig)
+    tasks: list[Coroutine[Any, Any, None]] = []
+    specs: list[ConsumerSpec] = []
+    if "wms-sync" in wanted:
+        clients, _ = _wms_clients(container)
+        sync = WmsSyncWorker(container.wms, clients, configs, container.metrics)
+        tasks.append(sync.run(stop))
+        specs.append(ConsumerSpec("wms-sync", "wms.sync", sync.handler()))
+    if "wms-outbound" in wanted:
+        clients, calls = _wms_clients(container)
+        out = WmsOutboundWorker(
+            container.wms,
+            clients,
+            configs,
+            container.pool,
+            container.metrics,
+            container.clock,
+            calls,
+        )
+        tasks.append(out.run(stop))
+        specs.append(ConsumerSpec("wms-outbound", "wms.outbound", out.handler()))
+    return tasks, specs
+
+
 async def serve(
     container: Container, services: Iterable[str], consumers: Sequence[ConsumerSpec] = ()
 ) -> None:
@@ -118,6 +174,11 @@ async def serve(
             failpoints=container.failpoints,
         )
         tasks.append(dispatcher.run(stop))
+    consumers = list(consumers)
+    if "wms-sync" in wanted or "wms-outbound" in wanted:
+        wms_tasks, wms_consumers = _wms_workers(container, wanted, stop)
+        tasks += wms_tasks
+        consumers += wms_consumers
     for spec in consumers:
         tasks.append(_run_consumer(container, spec, stop))
     if not servers and container.settings.monitoring.metrics_port:

@@ -1,0 +1,216 @@
+"""The wms-sync worker: runs force-sync requests and the incremental schedule.
+
+Commands arrive on ``wms.sync``; the request rows in ``wms_sync_request`` are the jobs.
+A job is claimed (SKIP LOCKED, so replicas share), run page by page (each page one
+transaction that also saves where to go on), and finished DONE or FAILED with the
+reason. A worker killed mid-sync leaves its job IN_PROGRESS; once it stops reporting
+progress for ``stale_after_s`` any worker takes it over from its last page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from stockkeeper.config import WmsConnectorConfig
+from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
+from stockkeeper.connectors.wms import WmsClient, WmsStockRow, WmsTokenRejected
+from stockkeeper.domain.wms import Counted, SyncKind, SyncStatus
+from stockkeeper.messaging.consumer import EffectHandler, PermanentError
+from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.observability.logging import get_logger
+from stockkeeper.observability.metrics import Metrics
+from stockkeeper.services.wms import Rejected, SyncJob, WmsService
+from stockkeeper.store.pool import Conn
+from stockkeeper.waiting import wait_any
+
+log = get_logger("stockkeeper.wms_sync")
+
+POLL_S = 1.0
+
+
+class SyncCommand(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    sync_request_id: int
+    connector: str
+
+
+def counted(row: WmsStockRow) -> Counted:
+    return Counted(
+        row.sku,
+        row.location,
+        row.lot_number,
+        row.expires_at,
+        row.on_hand,
+        row.unavailable,
+        row.updated_at,
+    )
+
+
+def refused(rows: Sequence[tuple[int, object, str]]) -> list[Rejected]:
+    return [Rejected(raw, error) for _, raw, error in rows]
+
+
+class WmsSyncWorker:
+    def __init__(
+        self,
+        service: WmsService,
+        clients: dict[str, WmsClient],
+        configs: Sequence[WmsConnectorConfig],
+        metrics: Metrics,
+    ) -> None:
+        self.service = service
+        self.clients = clients
+        self.configs = {c.id: c for c in configs}
+        self.metrics = metrics
+        self.wake = asyncio.Event()
+
+    def handler(self) -> EffectHandler:
+        """The ``wms.sync`` consumer: a command names a request; wake the job loop."""
+
+        async def handle(conn: Conn, env: Envelope) -> None:
+            try:
+                cmd = SyncCommand.model_validate(env.payload)
+            except ValidationError as exc:
+                raise PermanentError(f"not a sync command: {exc.errors()[0]['msg']}") from None
+            if cmd.connector not in self.configs:
+                raise PermanentError(f"no WMS connector {cmd.connector!r} is configured here")
+            self.wake.set()
+
+        return handle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("wms_sync.started", connectors=list(self.configs))
+        try:
+            await asyncio.gather(self._jobs(stop), self._schedule(stop))
+        finally:
+            for c in self.clients.values():
+                await c.aclose()
+        log.info("wms_sync.stopped")
+
+    async def _jobs(self, stop: asyncio.Event) -> None:
+        stale = min(c.stale_after_s for c in self.configs.values())
+        while not stop.is_set():
+            job = None
+            try:
+                job = await self.service.claim(stale)
+                if job is not None:
+                    await self.run_job(job)
+                    continue
+            except Exception:
+                self.metrics.worker_errors.labels(worker="wms-sync").inc()
+                log.exception("wms_sync.loop_failed")
+            self.wake.clear()
+            await wait_any(stop, self.wake, at_most=POLL_S)
+
+    async def _schedule(self, stop: asyncio.Event) -> None:
+        periodic = {k: c for k, c in self.configs.items() if c.incremental_interval_s > 0}
+        if not periodic:
+            return
+        tick = min(5.0, *(c.incremental_interval_s for c in periodic.values()))
+        while not stop.is_set():
+            for name, cfg in periodic.items():
+                try:
+                    if await self.service.schedule_incremental(name, cfg.incremental_interval_s):
+                        self.wake.set()
+                except Exception:
+                    self.metrics.worker_errors.labels(worker="wms-sync").inc()
+                    log.exception("wms_sync.schedule_failed", connector=name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), tick)
+
+    async def run_job(self, job: SyncJob) -> SyncStatus:
+        """Run one claimed request to its end; never raises for the WMS's failures."""
+        started = time.monotonic()
+        log.info("wms_sync.job_started", request=job.id, kind=job.kind, attempt=job.attempts)
+        status, error, token = SyncStatus.DONE, None, None
+        try:
+            token = await self._sync(job, self.clients[job.connector])
+        except ConnectorUnavailable as exc:
+            status, error = SyncStatus.FAILED, f"WMS unavailable: {exc}"
+        except ConnectorRejected as exc:
+            status, error = SyncStatus.FAILED, f"WMS refused the request: {exc}"
+        except Exception as exc:
+            log.exception("wms_sync.job_crashed", request=job.id)
+            status, error = SyncStatus.FAILED, f"{type(exc).__name__}: {exc}"
+        await self.service.finish(job, status, error, token=token)
+        elapsed = time.monotonic() - started
+        self.metrics.wms_sync_duration.labels(
+            connector=job.connector, kind=job.kind.value, result=status.value.lower()
+        ).observe(elapsed)
+        log.info("wms_sync.job_finished", request=job.id, status=status, error=error, s=elapsed)
+        return status
+
+    async def _sync(self, job: SyncJob, client: WmsClient) -> str | None:
+        """Page through what the job asks for; return the change token to keep, if any."""
+        if job.kind is SyncKind.BATCH:
+            await self._one_batch(job, client)
+            return None
+        if job.kind is SyncKind.SKU:
+            await self._snapshot(job, client, sku=job.sku)
+            return None
+        if job.kind is SyncKind.INCREMENTAL:
+            since = await self.service.sync_token(job.connector)
+            if since is not None:
+                try:
+                    await self._changes(job, client, since)
+                    return None
+                except WmsTokenRejected:
+                    log.warning("wms_sync.token_refused", request=job.id, token=since)
+            # No token yet (or the WMS no longer knows ours): read everything.
+        start = job.start_token
+        if start is None:
+            # Taken before the first page: changes made while we page are read again
+            # by the next incremental sync (a count applied twice is still the count).
+            start = await client.head_token()
+            await self.service.set_start_token(job, start)
+        await self._snapshot(job, client)
+        return start
+
+    async def _one_batch(self, job: SyncJob, client: WmsClient) -> None:
+        assert job.batch_id is not None
+        where = await self.service.batch_identity(job.batch_id)
+        page = await client.stock_page(
+            sku=where.sku, location=where.location, lot_number=where.lot_number
+        )
+        rows = [
+            r
+            for r in page.items
+            if (r.sku, r.location, r.lot_number or "")
+            == (where.sku, where.location, where.lot_number or "")
+        ]
+        await self.service.apply_page(
+            job, [counted(r) for r in rows], refused(page.rejected), cursor=None
+        )
+
+    async def _snapshot(self, job: SyncJob, client: WmsClient, sku: str | None = None) -> None:
+        cursor = job.cursor
+        while True:
+            page = await client.stock_page(cursor=cursor, sku=sku)
+            await self.service.apply_page(
+                job,
+                [counted(r) for r in page.items],
+                refused(page.rejected),
+                cursor=page.next_cursor,
+            )
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def _changes(self, job: SyncJob, client: WmsClient, since: str) -> None:
+        while True:
+            page = await client.changes(since)
+            await self.service.apply_page(
+                job,
+                [counted(r) for r in page.items],
+                refused(page.rejected),
+                cursor=page.next_token,
+                token=page.next_token,
+            )
+            since = page.next_token
+            if not page.has_more:
+                return
