@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from stockkeeper.api.admin import create_admin_app
-from stockkeeper.bootstrap import Container
+from stockkeeper.bootstrap import Container, build
+from stockkeeper.config import Settings
 from stockkeeper.messaging.broker import OutgoingMessage
 from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER, Envelope
@@ -70,6 +71,8 @@ ENDPOINTS = [
     ("POST", "/admin/dead-letters/1/replay"),
     ("POST", "/admin/dead-letters/1/discard"),
     ("GET", "/admin/status"),
+    ("POST", "/admin/wms/sync"),
+    ("GET", "/admin/wms/sync/1"),
 ]
 
 
@@ -223,6 +226,7 @@ async def test_status_shows_the_outbox_backlog_dead_letters_and_queue_depths(
         "dead_letters": {},
         "broker": {"kind": "pgqueue"},
         "queues": {broker_prefix + q.name: 0 for q in QUEUES},
+        "wms": {},
     }
 
     await c.stock.receive(Receipt("MILK", 5, "r-1"))  # inventory.received + level_changed
@@ -258,3 +262,98 @@ async def test_status_shows_the_outbox_backlog_dead_letters_and_queue_depths(
         "stockkeeper_queue_depth", {"queue": broker_prefix + "channel.propagation"}
     )
     assert depth == 1
+
+
+# -- force WMS sync -------------------------------------------------------------------
+
+WMS = {"id": "wms-main", "type": "wms", "url": "http://127.0.0.1:1"}
+
+
+@pytest.fixture
+async def wms_client(
+    config: dict[str, Any], clock: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
+    c = await build(Settings.model_validate({**config, "connectors": [WMS]}), clock=clock)
+    transport = httpx.ASGITransport(app=create_admin_app(c))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+        yield http, c
+    await c.close()
+
+
+async def test_force_sync_answers_202_and_shows_its_progress(
+    wms_client: tuple[httpx.AsyncClient, Container],
+) -> None:
+    http, c = wms_client
+    admin = auth(ADMIN_TOKEN)
+    body = {"reason": "cycle count", "requested_by": "ops@shop", "sku": "A", "priority": "high"}
+    r = await http.post("/admin/wms/sync", json=body, headers=admin)
+    assert r.status_code == 202, r.text
+    doc = r.json()
+    assert (doc["status"], doc["kind"], doc["priority"], doc["connector"]) == (
+        "PENDING",
+        "sku",
+        "high",
+        "wms-main",
+    )
+    rid = doc["sync_request_id"]
+    shown = (await http.get(f"/admin/wms/sync/{rid}", headers=admin)).json()
+    assert shown == doc
+    job = await c.wms.claim(stale_after_s=60)
+    assert job is not None
+    shown = (await http.get(f"/admin/wms/sync/{rid}", headers=admin)).json()
+    assert shown["status"] == "IN_PROGRESS"
+    status = (await http.get("/admin/status", headers=admin)).json()
+    assert status["wms"]["wms-main"]["open_syncs"] == 1
+    assert status["wms"]["wms-main"]["outbound_pending"] == 0
+
+
+async def test_force_sync_with_the_same_idempotency_key_is_one_request(
+    wms_client: tuple[httpx.AsyncClient, Container],
+) -> None:
+    http, c = wms_client
+    headers = {**auth(ADMIN_TOKEN), "Idempotency-Key": "sync-1"}
+    body = {"reason": "r", "requested_by": "o"}
+    first = await http.post("/admin/wms/sync", json=body, headers=headers)
+    again = await http.post("/admin/wms/sync", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert first.json() == again.json()
+    async with c.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM wms_sync_request") == 1
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM domain_event WHERE event_type = 'wms.sync.force'"
+            )
+            == 1
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "slug"),
+    [
+        ({"requested_by": "o"}, 422, "validation"),
+        ({"reason": "", "requested_by": "o"}, 422, "validation"),
+        ({"reason": "r", "requested_by": "o", "priority": "urgent"}, 422, "validation"),
+        ({"reason": "r", "requested_by": "o", "sku_batch_id": 0}, 422, "validation"),
+        ({"reason": "r", "requested_by": "o", "sku_batch_id": 99}, 404, "not-found"),
+        ({"reason": "r", "requested_by": "o", "connector": "nope"}, 422, "validation"),
+        ({"reason": "r", "requested_by": "o", "extra": 1}, 422, "validation"),
+    ],
+)
+async def test_bad_force_sync_requests_are_refused_and_store_nothing(
+    wms_client: tuple[httpx.AsyncClient, Container],
+    body: dict[str, Any],
+    status: int,
+    slug: str,
+) -> None:
+    http, c = wms_client
+    assert_problem(await http.post("/admin/wms/sync", json=body, headers=auth()), status, slug)
+    async with c.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM wms_sync_request") == 0
+        assert await conn.fetchval("SELECT count(*) FROM domain_event") == 0
+
+
+async def test_an_unknown_sync_request_is_not_found(
+    wms_client: tuple[httpx.AsyncClient, Container],
+) -> None:
+    http, _ = wms_client
+    assert_problem(await http.get("/admin/wms/sync/42", headers=auth()), 404, "not-found")

@@ -135,6 +135,10 @@ async def test_a_count_below_what_is_promised_is_a_shortfall_and_keeps_the_promi
     job = await job_for(c, sku="A")
     result = await c.wms.apply_page(job, [count("A", 5)], cursor=None)
     assert result.shortfall_skus == 1
+    shortfalls = c.metrics.registry.get_sample_value(
+        "stockkeeper_wms_shortfalls_total", {"connector": "wms-main"}
+    )
+    assert shortfalls == 1
     (a,) = await c.stock.get_many(["A"])
     assert (a["on_hand"], a["reserved"], a["available"], a["shortfall"]) == (5, 8, 0, 3)
     events = await rows(

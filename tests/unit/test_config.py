@@ -374,3 +374,17 @@ def test_two_connectors_with_one_id_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, {"connectors": [wms, wms]})
     with pytest.raises(ConfigError, match="duplicate id w"):
         load_settings(path, environ={})
+
+
+def test_the_commented_connector_example_is_valid() -> None:
+    """The example file's commented ``connectors`` block, uncommented, loads."""
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    start = lines.index("# connectors:                                        # example")
+    block = ["connectors:"]
+    for line in lines[start + 1 :]:
+        if not line.startswith("#  "):
+            break
+        block.append(line[1:].split(" #")[0].rstrip())
+    s = Settings.model_validate(yaml.safe_load("\n".join(block)))
+    (wms,) = s.connectors_of(WmsConnectorConfig)
+    assert (wms.id, wms.page_size, wms.outbound_batch_size) == ("wms-main", 500, 100)

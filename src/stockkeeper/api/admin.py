@@ -94,7 +94,10 @@ def create_admin_app(container: Container) -> FastAPI:
 
     @app.get("/admin/status", tags=["status"])
     async def status(who: Principal = ADMIN) -> Response:
-        """Outbox backlog, queue depths and open dead letters."""
-        return JSONResponse(await (await ops()).status())
+        """Outbox backlog, queue depths, open dead letters, and per WMS its sync
+        schedule, open syncs and outbound backlog."""
+        doc = await (await ops()).status()
+        doc["wms"] = await container.wms.status()
+        return JSONResponse(doc)
 
     return app

@@ -103,10 +103,12 @@ class PageResult:
     moved: dict[str, int] = field(default_factory=dict)
 
 
-def request_json(r: asyncpg.Record) -> dict[str, Any]:
-    def ts(v: datetime | None) -> str | None:
-        return v.isoformat() if v else None
+def _iso(v: datetime | None) -> str | None:
+    return v.isoformat() if v else None
 
+
+def request_json(r: asyncpg.Record) -> dict[str, Any]:
+    ts = _iso
     return {
         "sync_request_id": r["id"],
         "connector": r["connector"],
@@ -229,6 +231,31 @@ class WmsService:
             await outbox.add(c, [self._command(SCHEDULED_COMMAND, row)])
         rid: int = row["id"]
         return rid
+
+    async def status(self) -> dict[str, Any]:
+        """Per WMS: its schedule, open syncs and the outbound backlog."""
+        if not self.connectors:
+            return {}
+        async with self.pool.acquire() as c:
+            rows = await repo.status(c, list(self.connectors))
+        out: dict[str, Any] = {}
+        for r in rows:
+            out[r["connector"]] = {
+                "has_change_token": bool(r["has_token"]),
+                "last_full_sync_at": _iso(r["last_full_at"]),
+                "last_incremental_sync_at": _iso(r["last_incremental_at"]),
+                "next_incremental_sync_at": _iso(r["next_incremental_at"]),
+                "open_syncs": r["open_syncs"],
+                "outbound_pending": r["outbound_pending"],
+                "outbound_dead": r["outbound_dead"],
+                "outbound_oldest_pending_seconds": (
+                    float(r["oldest_pending_s"]) if r["oldest_pending_s"] is not None else None
+                ),
+            }
+            self.metrics.wms_outbound_pending.labels(connector=r["connector"]).set(
+                r["outbound_pending"]
+            )
+        return out
 
     # -- the sync worker's side ---------------------------------------------------
 

@@ -215,11 +215,8 @@ async def outbound_rearm(conn: Conn, connector: str, event_id: str) -> bool:
     return done.endswith(" 1")
 
 
-async def outbound_counts(conn: Conn) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for r in await conn.fetch(q("outbound_counts")):
-        out.setdefault(r["connector"], {})[r["status"]] = r["n"]
-    return out
+async def status(conn: Conn, connectors: Sequence[str]) -> list[asyncpg.Record]:
+    return list(await conn.fetch(q("wms_status"), list(connectors)))
 
 
 async def insert_calls(conn: Conn, connector: str, calls: Sequence[CallRow]) -> None:

@@ -113,6 +113,10 @@ class WmsOutboundWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("wms_outbound.started", connectors=list(self.configs))
+        if not self.configs:
+            # No WMS configured: the consumer acknowledges events, there is nothing to send.
+            await stop.wait()
+            return
         try:
             await asyncio.gather(*(self._sender(name, stop) for name in self.configs))
         finally:

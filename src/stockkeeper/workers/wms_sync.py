@@ -85,6 +85,10 @@ class WmsSyncWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("wms_sync.started", connectors=list(self.configs))
+        if not self.configs:
+            # No WMS configured: commands have nowhere to go, but the service runs.
+            await stop.wait()
+            return
         try:
             await asyncio.gather(self._jobs(stop), self._schedule(stop))
         finally:

@@ -182,11 +182,6 @@ UPDATE wms_outbound_item
 SET status = 'PENDING', attempts = 0, next_attempt_at = now(), leased_until = NULL
 WHERE connector = $1 AND event_id = $2 AND status = 'DEAD';
 
--- name: outbound_counts
-SELECT connector, status, count(*) AS n FROM wms_outbound_item
-WHERE status IN ('PENDING', 'DEAD')
-GROUP BY connector, status;
-
 -- name: insert_wms_calls
 INSERT INTO wms_call (connector, operation, attempt, status_code, outcome, duration_ms,
                       error, items, first_item, last_item)
@@ -196,3 +191,19 @@ FROM unnest($2::text[], $3::int[], $4::int[], $5::text[], $6::float8[], $7::text
             $8::int[], $9::bigint[], $10::bigint[])
      AS c (operation, attempt, status_code, outcome, duration_ms, error, items, first_item,
            last_item);
+
+-- name: wms_status
+SELECT c.connector,
+       s.token IS NOT NULL AS has_token,
+       s.last_full_at, s.last_incremental_at, s.next_incremental_at,
+       (SELECT count(*) FROM wms_sync_request r
+        WHERE r.connector = c.connector AND r.status IN ('PENDING', 'IN_PROGRESS')) AS open_syncs,
+       (SELECT count(*) FROM wms_outbound_item o
+        WHERE o.connector = c.connector AND o.status = 'PENDING') AS outbound_pending,
+       (SELECT count(*) FROM wms_outbound_item o
+        WHERE o.connector = c.connector AND o.status = 'DEAD') AS outbound_dead,
+       (SELECT EXTRACT(EPOCH FROM now() - min(o.created_at)) FROM wms_outbound_item o
+        WHERE o.connector = c.connector AND o.status = 'PENDING') AS oldest_pending_s
+FROM unnest($1::text[]) AS c (connector)
+LEFT JOIN wms_sync_state s ON s.connector = c.connector
+ORDER BY c.connector;
