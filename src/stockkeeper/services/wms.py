@@ -352,7 +352,7 @@ class WmsService:
                     )
                 )
             if moves:
-                await stock.apply_movements(c, moves)
+                await stock.apply_movements(c, moves, already_locked=True)
                 levels = await record_change(
                     c,
                     moves,

@@ -103,8 +103,14 @@ async def reserve_cas(conn: Conn, allocations: Sequence[Allocation]) -> bool:
     return len(rows) == len(ordered)
 
 
-async def apply_movements(conn: Conn, movements: Sequence[Movement]) -> None:
-    """Apply deltas in batch-id order (the global lock order)."""
+async def apply_movements(
+    conn: Conn, movements: Sequence[Movement], *, already_locked: bool = False
+) -> None:
+    """Apply deltas in batch-id order (the global lock order).
+
+    ``already_locked``: this transaction holds every row's lock already (a sync page),
+    so one set-based UPDATE does it, in whatever order the join visits them.
+    """
     merged: dict[int, Delta] = {}
     for m in movements:
         merged[m.batch_id] = merged.get(m.batch_id, Delta()) + m.delta
@@ -113,7 +119,11 @@ async def apply_movements(conn: Conn, movements: Sequence[Movement]) -> None:
         for bid, d in sorted(merged.items())
         if not d.is_zero
     ]
-    if args:
+    if not args:
+        return
+    if already_locked and len(args) > 1:
+        await conn.execute(q("apply_deltas_locked"), *map(list, zip(*args, strict=True)))
+    else:
         await conn.executemany(q("apply_delta"), args)
 
 

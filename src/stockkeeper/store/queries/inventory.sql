@@ -71,6 +71,20 @@ SET on_hand = on_hand + $2,
 WHERE id = $1
 RETURNING id;
 
+-- name: apply_deltas_locked
+-- Many movements in one statement, for rows this transaction has already locked (in id
+-- order): the join may visit them in any order without risking a deadlock.
+UPDATE sku_batch b
+SET on_hand = b.on_hand + d.on_hand,
+    unavailable = b.unavailable + d.unavailable,
+    reserved = b.reserved + d.reserved,
+    committed = b.committed + d.committed,
+    version = b.version + 1,
+    updated_at = now()
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+     AS d (id, on_hand, unavailable, reserved, committed)
+WHERE b.id = d.id;
+
 -- name: insert_ledger
 INSERT INTO inventory_ledger (batch_id, sku, entry_type, d_on_hand, d_unavailable,
                               d_reserved, d_committed, source, reference_id, reason)
