@@ -6,7 +6,14 @@ import os
 from dataclasses import dataclass, field
 
 from stockkeeper.api.auth import TokenBook, build_token_book
-from stockkeeper.config import ConfigError, HttpConnectorConfig, Settings, WmsConnectorConfig
+from stockkeeper.config import (
+    ConfigError,
+    ConnectorConfig,
+    HttpConnectorConfig,
+    IngestOptions,
+    Settings,
+    WmsConnectorConfig,
+)
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.broker import Broker
 from stockkeeper.messaging.consumer import RetryPolicy
@@ -14,6 +21,7 @@ from stockkeeper.messaging.pgqueue import PgQueueBroker
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.admin import Operations
+from stockkeeper.services.ingest import IngestService
 from stockkeeper.services.reservations import Reservations
 from stockkeeper.services.stock import Stock
 from stockkeeper.services.unit import Clock, utcnow
@@ -21,6 +29,8 @@ from stockkeeper.services.wms import WmsService
 from stockkeeper.store.embedded import EmbeddedPostgres, start_embedded
 from stockkeeper.store.migrate import migrate
 from stockkeeper.store.pool import Pool, create_pool
+
+SECRET_KEYS = ("token_env", "secret_env", "dsn_env")
 
 
 @dataclass
@@ -34,6 +44,7 @@ class Container:
     reservations: Reservations
     stock: Stock
     wms: WmsService
+    ingest: IngestService
     broker: Broker
     clock: Clock = utcnow
     embedded: EmbeddedPostgres | None = None
@@ -66,16 +77,21 @@ class Container:
             self.embedded.stop()
 
 
+def env_secret(cfg: ConnectorConfig, key: str) -> str | None:
+    """The secret a connector's config names by environment variable (``key`` is the
+    config key: token_env, secret_env, dsn_env); None when the key is not set."""
+    var: str | None = getattr(cfg, key, None)
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise ConfigError(f"connector {cfg.id}: environment variable {var} ({key}) is not set")
+    return value
+
+
 def connector_token(cfg: HttpConnectorConfig) -> str | None:
     """The API token of a connector, from the environment variable its config names."""
-    if cfg.token_env is None:
-        return None
-    token = os.environ.get(cfg.token_env)
-    if not token:
-        raise ConfigError(
-            f"connector {cfg.id}: environment variable {cfg.token_env} (token_env) is not set"
-        )
-    return token
+    return env_secret(cfg, "token_env")
 
 
 def make_broker(settings: Settings, pool: Pool) -> Broker:
@@ -104,7 +120,8 @@ async def build(
     metrics: Metrics | None = None,
 ) -> Container:
     for cfg in settings.connectors:
-        connector_token(cfg)  # a missing secret stops the start, naming the variable
+        for key in SECRET_KEYS:
+            env_secret(cfg, key)  # a missing secret stops the start, naming the variable
     url, embedded = database_url(settings)
     pool = await create_pool(url, settings.database)
     try:
@@ -129,6 +146,7 @@ async def build(
             reservations=reservations,
             stock=Stock(pool, clock),
             wms=WmsService(pool, metrics, settings.connectors_of(WmsConnectorConfig), clock),
+            ingest=IngestService(metrics, settings.connectors_of(IngestOptions), clock),
             broker=make_broker(settings, pool),
             clock=clock,
             embedded=embedded,

@@ -7,6 +7,7 @@ the process with a message that names the key (``ConfigError``).
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -186,15 +187,92 @@ class WmsConnectorConfig(HttpConnectorConfig):
     outbound_backoff_max_ms: int = Field(default=30_000, ge=1)
 
 
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class PricingConfig(Section):
+    """Our price from a source's price: a markup, rounded to a step."""
+
+    markup_percent: Decimal = Field(default=Decimal(0), ge=-100, le=10_000)
+    round_to: Decimal = Field(default=Decimal("0.01"), gt=0)
+
+
+class IngestOptions(ConnectorConfig):
+    """What every source of stock updates shares."""
+
+    # Create a SKU we have never seen; off: such records become dead letters.
+    auto_create_skus: bool = True
+    # Applied where the source carries prices; none: prices are not kept.
+    pricing: PricingConfig | None = None
+
+
+class ErpConnectorConfig(IngestOptions):
+    """An ERP read through a read-only SQL view by a keyset cursor."""
+
+    type: Literal["erp"]
+    mode: Literal["poll"] = "poll"
+    # A SQLAlchemy async URL (postgresql+asyncpg://..., mssql+aioodbc://...), or the
+    # name of the environment variable holding it when it carries a password.
+    dsn: str | None = Field(default=None, pattern=r"^[a-z0-9+]+://")
+    dsn_env: EnvName | None = None
+    # The view: columns sku, location, on_hand, price, last_modified.
+    view: str = Field(
+        default="stock_changes", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+    )
+    page_size: int = Field(default=1000, ge=1, le=50_000)
+    interval_s: float = Field(default=5.0, gt=0)
+    # Queries we run on the ERP at once, across its pages (the ERP must never drown).
+    max_concurrent_queries: int = Field(default=1, ge=1, le=32)
+    query_timeout_ms: int = Field(default=30_000, ge=100)
+    # Polling pauses while the ingest queue holds more messages than this.
+    backlog_high_water: int = Field(default=200, ge=1)
+
+    @model_validator(mode="after")
+    def _one_dsn(self) -> ErpConnectorConfig:
+        if (self.dsn is None) == (self.dsn_env is None):
+            raise ValueError("give exactly one of dsn or dsn_env")
+        return self
+
+
+class WebhookConnectorConfig(IngestOptions):
+    """Updates pushed to POST /webhooks/{id}, authenticated by an HMAC signature."""
+
+    type: Literal["webhook"]
+    mode: Literal["push"] = "push"
+    # generic: X-Signature (hex HMAC-SHA256 of "<timestamp>.<body>") and X-Timestamp;
+    # shopify: X-Shopify-Hmac-Sha256 (base64 HMAC-SHA256 of the body).
+    preset: Literal["generic", "shopify"] = "generic"
+    secret_env: EnvName
+    # generic: how far X-Timestamp may be from our clock, against replays.
+    tolerance_s: int = Field(default=300, ge=1, le=86_400)
+    max_body_bytes: int = Field(default=262_144, ge=256, le=16 * 1024 * 1024)
+
+
+class MarketplaceConnectorConfig(HttpConnectorConfig, IngestOptions):
+    """A marketplace API polled for deltas since a token, behind a circuit breaker."""
+
+    type: Literal["marketplace"]
+    mode: Literal["poll"] = "poll"
+    interval_s: float = Field(default=5.0, gt=0)
+    page_size: int = Field(default=500, ge=1, le=5000)
+    # The breaker opens after this many failed polls in a row ...
+    failure_threshold: int = Field(default=5, ge=1)
+    # ... and lets one poll through (half-open) after this long.
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+
 def _connector_type(value: Any) -> str | None:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
     return kind if kind in CONNECTOR_TYPES else None
 
 
 # One entry per connector type; issue by issue, more types join here.
-CONNECTOR_TYPES = ("wms",)
+CONNECTOR_TYPES = ("wms", "erp", "webhook", "marketplace")
 AnyConnector = Annotated[
-    Annotated[WmsConnectorConfig, Tag("wms")],
+    Annotated[WmsConnectorConfig, Tag("wms")]
+    | Annotated[ErpConnectorConfig, Tag("erp")]
+    | Annotated[WebhookConnectorConfig, Tag("webhook")]
+    | Annotated[MarketplaceConnectorConfig, Tag("marketplace")],
     Discriminator(
         _connector_type,
         custom_error_type="connector_type",

@@ -177,3 +177,54 @@ class Metrics:
             ["connector"],
             registry=r,
         )
+        # -- ingestion (ERPs, webhooks, marketplaces) ------------------------------
+        self.ingest_records = Counter(
+            "stockkeeper_ingest_records_total",
+            "Ingested records by outcome (level_applied, level_stale, sale_applied, "
+            "sale_duplicate, refused).",
+            ["connector", "outcome"],
+            registry=r,
+        )
+        self.ingest_unbooked_units = Counter(
+            "stockkeeper_ingest_unbooked_sale_units_total",
+            "Units a channel sold that on_hand could not cover (shortfall beyond zero).",
+            ["connector"],
+            registry=r,
+        )
+        self.source_records_read = Counter(
+            "stockkeeper_source_records_read_total",
+            "Records read from a polled source (ERP view, marketplace deltas).",
+            ["connector"],
+            registry=r,
+        )
+        self.source_cursor_age = Gauge(
+            "stockkeeper_source_cursor_age_seconds",
+            "Age of the newest source change read (now minus the cursor's timestamp).",
+            ["connector"],
+            registry=r,
+        )
+        self.poll_duration = Histogram(
+            "stockkeeper_poll_duration_seconds",
+            "Wall time of one poll of a source (query or call, and queueing the page).",
+            ["connector"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.poll_paused = Counter(
+            "stockkeeper_poll_paused_total",
+            "Polls skipped because the ingest backlog was above its high-water mark.",
+            ["connector"],
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "stockkeeper_circuit_state",
+            "A connector's circuit breaker: 0 closed, 1 half-open, 2 open.",
+            ["connector"],
+            registry=r,
+        )
+        self.webhook_requests = Counter(
+            "stockkeeper_webhook_requests_total",
+            "Webhook deliveries by answer status.",
+            ["connector", "status"],
+            registry=r,
+        )

@@ -24,16 +24,17 @@ from stockkeeper.observability.logging import get_logger
 from stockkeeper.store.wms import CallRow
 from stockkeeper.workers.dispatcher import Dispatcher
 from stockkeeper.workers.expiry import ExpiryWorker
+from stockkeeper.workers.ingest import ingest_handler
 from stockkeeper.workers.wms_outbound import WmsOutboundWorker
 from stockkeeper.workers.wms_sync import WmsSyncWorker
 
 log = get_logger("stockkeeper.runner")
 
 HTTP_SERVICES = ("inventory-api", "admin-api")
-WORKER_SERVICES = ("expiry", "dispatcher", "wms-sync", "wms-outbound")
+WORKER_SERVICES = ("expiry", "dispatcher", "wms-sync", "wms-outbound", "ingest")
 SERVICES = HTTP_SERVICES + WORKER_SERVICES
 # Services of the architecture that later issues add.
-PLANNED = ("ingest", "pollers", "propagator")
+PLANNED = ("pollers", "propagator")
 
 
 class _Server(uvicorn.Server):
@@ -179,6 +180,10 @@ async def serve(
         wms_tasks, wms_consumers = _wms_workers(container, wanted, stop)
         tasks += wms_tasks
         consumers += wms_consumers
+    if "ingest" in wanted:
+        consumers.append(
+            ConsumerSpec("ingest", "inventory.ingest", ingest_handler(container.ingest))
+        )
     for spec in consumers:
         tasks.append(_run_consumer(container, spec, stop))
     if not servers and container.settings.monitoring.metrics_port:

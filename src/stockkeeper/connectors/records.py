@@ -1,0 +1,108 @@
+"""The records every source adapter produces, validated strictly.
+
+An adapter (ERP rows, a webhook body, a marketplace delta page) turns its format into
+these; they travel in ``ingest.<connector>`` messages and the ingest worker validates
+them again on arrival (a message is outside input too). One bad record never sinks the
+others: ``parse_records`` sorts them into good ones and refusals with their reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Any
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from stockkeeper.domain.ingest import Level, Sale
+from stockkeeper.domain.quantities import MAX_QUANTITY
+
+Sku = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^\S(?:.*\S)?$")]
+LocationCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class LevelRecord(_Strict):
+    """An absolute level: ``on_hand`` of a SKU (at a location) as of the source's time."""
+
+    sku: Sku
+    location: LocationCode = "default"
+    on_hand: Annotated[int, Field(ge=0, le=MAX_QUANTITY)]
+    source_updated_at: AwareDatetime
+    price: Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4)] | None = None
+
+    def level(self, connector: str) -> Level:
+        return Level(
+            connector, self.sku, self.location, self.on_hand, self.source_updated_at, self.price
+        )
+
+
+class SaleRecord(_Strict):
+    """A sale (negative delta) or return (positive) reported by a channel."""
+
+    transaction_id: Annotated[str, Field(min_length=1, max_length=200)]
+    sku: Sku
+    delta: Annotated[int, Field(ge=-MAX_QUANTITY, le=MAX_QUANTITY)]
+    source: Annotated[str, Field(min_length=1, max_length=64)]
+
+    def sale(self) -> Sale:
+        return Sale(self.source, self.transaction_id, self.sku, self.delta)
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A record that failed validation: what came, and why."""
+
+    raw: Any
+    error: str
+
+
+def _reason(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(record)"
+    return f"{where}: {err['msg']}"
+
+
+def _json(item: Any) -> bytes:
+    # Strict validation in JSON mode: "5" is not 5, but an ISO string is a time.
+    return orjson.dumps(item, default=str)
+
+
+def parse_levels(raw: Sequence[Any]) -> tuple[list[LevelRecord], list[Refused]]:
+    good: list[LevelRecord] = []
+    bad: list[Refused] = []
+    for item in raw:
+        try:
+            good.append(LevelRecord.model_validate_json(_json(item)))
+        except ValidationError as exc:
+            bad.append(Refused(item, _reason(exc)))
+    return good, bad
+
+
+def parse_sales(raw: Sequence[Any]) -> tuple[list[SaleRecord], list[Refused]]:
+    good: list[SaleRecord] = []
+    bad: list[Refused] = []
+    for item in raw:
+        try:
+            record = SaleRecord.model_validate_json(_json(item))
+        except ValidationError as exc:
+            bad.append(Refused(item, _reason(exc)))
+            continue
+        if record.delta == 0:
+            bad.append(Refused(item, "delta: must not be 0"))
+        else:
+            good.append(record)
+    return good, bad
+
+
+def level_json(r: LevelRecord) -> dict[str, Any]:
+    return r.model_dump(mode="json", exclude_none=True)
+
+
+def sale_json(r: SaleRecord) -> dict[str, Any]:
+    return r.model_dump(mode="json")

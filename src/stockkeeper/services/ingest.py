@@ -1,0 +1,344 @@
+"""Ingestion use cases: queue what a source sent, and apply it to our books.
+
+Queueing writes an ``ingest.<connector>`` outbox event (many records per message) in
+the caller's transaction, so a poller's cursor or a webhook's delivery id commits with
+it: "durably queued" means committed here. Applying happens in the ingest worker's
+transaction: absolute levels only when newer than what the connector last told us
+(``source_record_version``), sales once per transaction id (``ingested_sale``), both as
+ledger entries with their events; records that cannot be booked become dead letters
+with the reason while the rest flows on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from stockkeeper.config import IngestOptions
+from stockkeeper.connectors.records import (
+    LevelRecord,
+    Refused,
+    SaleRecord,
+    level_json,
+    sale_json,
+)
+from stockkeeper.domain.allocation import BatchStock
+from stockkeeper.domain.events import ADJUSTED, Event
+from stockkeeper.domain.ingest import (
+    Level,
+    PricingRule,
+    Sale,
+    level_moves,
+    newest_per_key,
+    sale_moves,
+)
+from stockkeeper.domain.quantities import Delta
+from stockkeeper.domain.reservation import EntryType
+from stockkeeper.messaging.consumer import dead_letter
+from stockkeeper.observability.metrics import Metrics
+from stockkeeper.services.unit import Clock, record_change, utcnow
+from stockkeeper.store import outbox, stock
+from stockkeeper.store.pool import Conn
+from stockkeeper.store.sql import q
+from stockkeeper.store.stock import Movement, batch_from_row
+
+INGEST_QUEUE = "inventory.ingest"
+# Records per ingest message: a page of 5,000 ERP rows travels as 10 messages.
+RECORDS_PER_MESSAGE = 500
+
+
+def ingest_event_type(connector: str) -> str:
+    return f"ingest.{connector}"
+
+
+@dataclass(slots=True)
+class Applied:
+    """What one ingest message did."""
+
+    levels: int = 0
+    stale: int = 0
+    sales: int = 0
+    duplicate_sales: int = 0
+    refused: int = 0
+    unbooked_units: int = 0
+    skus: set[str] = field(default_factory=set)
+
+
+async def refuse(
+    conn: Conn, connector: str, refused: Sequence[Refused], *, kind: str, reason_prefix: str = ""
+) -> None:
+    """Dead-letter records that cannot be booked, each with its reason."""
+    for r in refused:
+        await dead_letter(
+            conn,
+            queue=INGEST_QUEUE,
+            message_id=None,
+            routing_key=f"ingest.{connector}",
+            body=orjson.dumps({"connector": connector, "kind": kind, "record": r.raw}, default=str),
+            headers={"connector": connector},
+            error=f"{reason_prefix}{r.error}",
+            attempts=1,
+        )
+
+
+async def queue_records(
+    conn: Conn,
+    connector: str,
+    levels: Sequence[LevelRecord],
+    sales: Sequence[SaleRecord],
+    refused: Sequence[Refused] = (),
+    *,
+    per_message: int = RECORDS_PER_MESSAGE,
+) -> int:
+    """In the caller's transaction: the records as ingest messages (through the outbox)
+    and the refusals as dead letters. Returns how many messages were queued."""
+    events: list[Event] = []
+    kind = ingest_event_type(connector)
+    for i in range(0, len(levels), per_message):
+        chunk = [level_json(r) for r in levels[i : i + per_message]]
+        events.append(Event(kind, {"connector": connector, "levels": chunk, "sales": []}))
+    for i in range(0, len(sales), per_message):
+        chunk = [sale_json(r) for r in sales[i : i + per_message]]
+        events.append(Event(kind, {"connector": connector, "levels": [], "sales": chunk}))
+    await outbox.add(conn, events)
+    await refuse(conn, connector, refused, kind="record")
+    return len(events)
+
+
+class IngestService:
+    """Applies ingest messages to the books."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        connectors: Sequence[IngestOptions],
+        clock: Clock = utcnow,
+    ) -> None:
+        self.metrics = metrics
+        self.connectors = {c.id: c for c in connectors}
+        self.clock = clock
+
+    async def apply(
+        self,
+        conn: Conn,
+        connector: str,
+        levels: Sequence[LevelRecord],
+        sales: Sequence[SaleRecord],
+        *,
+        reference: str,
+    ) -> Applied:
+        """In the consumer's transaction; ``reference`` (the message id) goes on the
+        ledger entries."""
+        cfg = self.connectors.get(connector)
+        auto_create = cfg.auto_create_skus if cfg is not None else False
+        done = Applied()
+        wanted = newest_per_key([r.level(connector) for r in levels])
+        done.stale += len(levels) - len(wanted)
+        sold = [r.sale() for r in sales]
+        skus = sorted({lv.sku for lv in wanted} | {s.sku for s in sold})
+        if not skus:
+            return done
+        known = await stock.known_skus(conn, skus)
+        unknown = set(skus) - known
+        if unknown and not auto_create:
+            await self._refuse_unknown(conn, connector, levels, sales, unknown)
+            done.refused += sum(1 for lv in wanted if lv.sku in unknown)
+            done.refused += sum(1 for s in sold if s.sku in unknown)
+            wanted = [lv for lv in wanted if lv.sku not in unknown]
+            sold = [s for s in sold if s.sku not in unknown]
+        elif unknown:
+            await conn.execute(q("ensure_skus"), sorted(unknown))
+        winners = await self._newer_levels(conn, connector, wanted)
+        done.stale += len(wanted) - len(winners)
+        fresh = await self._new_sales(conn, sold)
+        done.duplicate_sales += len(sold) - len(fresh)
+        if not winners and not fresh:
+            self._count(connector, done)
+            return done
+        await self._ensure_lotless(conn, winners, fresh)
+        touched = sorted({lv.sku for lv in winners} | {s.sku for s in fresh})
+        rows = await conn.fetch(q("lock_sku_batches"), touched)
+        batches = {r["id"]: batch_from_row(r) for r in rows}
+        now = self.clock()
+        adjust, events = self._level_moves(batches, winners, connector)
+        sales_moves, unbooked = self._sale_moves(batches, fresh, now)
+        source = connector
+        if adjust:
+            await stock.apply_movements(conn, adjust, already_locked=True)
+            await record_change(
+                conn,
+                adjust,
+                entry_type=EntryType.ADJUSTMENT,
+                source=source,
+                reference_id=reference,
+                now=now,
+                reason=f"level from {connector}",
+                events=events,
+            )
+        if sales_moves:
+            await stock.apply_movements(conn, sales_moves, already_locked=True)
+            await record_change(
+                conn,
+                sales_moves,
+                entry_type=EntryType.SALE,
+                source=source,
+                reference_id=reference,
+                now=now,
+                reason=f"sold on {connector}",
+            )
+        for sale, units in unbooked.items():
+            await conn.execute(q("set_unbooked"), sale.source, sale.transaction_id, units)
+            done.unbooked_units += units
+        await self._prices(conn, connector, cfg, winners)
+        done.levels = len(winners)
+        done.sales = len(fresh)
+        done.skus = set(touched)
+        self._count(connector, done)
+        return done
+
+    async def _refuse_unknown(
+        self,
+        conn: Conn,
+        connector: str,
+        levels: Sequence[LevelRecord],
+        sales: Sequence[SaleRecord],
+        unknown: set[str],
+    ) -> None:
+        bad = [Refused(level_json(r), f"unknown sku {r.sku}") for r in levels if r.sku in unknown]
+        bad += [Refused(sale_json(r), f"unknown sku {r.sku}") for r in sales if r.sku in unknown]
+        await refuse(conn, connector, bad, kind="record", reason_prefix="auto_create_skus off: ")
+        self.metrics.dead_letters.labels(queue=INGEST_QUEUE).inc(len(bad))
+
+    async def _newer_levels(self, conn: Conn, connector: str, wanted: list[Level]) -> list[Level]:
+        if not wanted:
+            return []
+        rows = await conn.fetch(
+            q("guard_levels"),
+            connector,
+            [lv.sku for lv in wanted],
+            [lv.location for lv in wanted],
+            [lv.updated_at for lv in wanted],
+            [lv.on_hand for lv in wanted],
+        )
+        won = {(r["sku"], r["location"]) for r in rows}
+        return [lv for lv in wanted if lv.key in won]
+
+    async def _new_sales(self, conn: Conn, sold: list[Sale]) -> list[Sale]:
+        if not sold:
+            return []
+        # A transaction id repeated inside one message counts once too.
+        unique = list({(s.source, s.transaction_id): s for s in sold}.values())
+        rows = await conn.fetch(
+            q("claim_sales"),
+            [s.source for s in unique],
+            [s.transaction_id for s in unique],
+            [s.sku for s in unique],
+            [s.delta for s in unique],
+        )
+        new = {(r["source"], r["transaction_id"]) for r in rows}
+        return [s for s in unique if (s.source, s.transaction_id) in new]
+
+    async def _ensure_lotless(self, conn: Conn, winners: list[Level], fresh: list[Sale]) -> None:
+        keys = {(lv.sku, lv.location) for lv in winners}
+        keys |= {(s.sku, "default") for s in fresh if s.delta > 0}
+        if not keys:
+            return
+        ordered = sorted(keys)
+        await conn.execute(q("ensure_locations"), sorted({loc for _, loc in ordered}))
+        await conn.execute(
+            q("insert_missing_batches"),
+            [k[0] for k in ordered],
+            [k[1] for k in ordered],
+            [None] * len(ordered),
+            [None] * len(ordered),
+        )
+
+    def _level_moves(
+        self, batches: dict[int, BatchStock], winners: list[Level], connector: str
+    ) -> tuple[list[Movement], list[Event]]:
+        moves: list[Movement] = []
+        events: list[Event] = []
+        for lv in winners:
+            here = [b for b in batches.values() if b.sku == lv.sku and b.location == lv.location]
+            here.sort(key=lambda b: (b.lot_number is not None, b.id))  # the lot-less first
+            before = sum(b.figures.on_hand for b in here)
+            for batch_id, delta in level_moves(here, lv.on_hand):
+                moves.append(Movement(batch_id, lv.sku, delta))
+                _move(batches, batch_id, delta)
+            if before != lv.on_hand:
+                events.append(
+                    Event(
+                        ADJUSTED,
+                        {
+                            "sku": lv.sku,
+                            "location": lv.location,
+                            "on_hand": lv.on_hand,
+                            "applied_delta": lv.on_hand - before,
+                            "source_updated_at": lv.updated_at.isoformat(),
+                            "reason": f"level from {connector}",
+                        },
+                        sku=lv.sku,
+                        source=connector,
+                    )
+                )
+        return moves, events
+
+    def _sale_moves(
+        self, batches: dict[int, BatchStock], fresh: list[Sale], now: Any
+    ) -> tuple[list[Movement], dict[Sale, int]]:
+        moves: list[Movement] = []
+        unbooked: dict[Sale, int] = {}
+        for sale in fresh:
+            mine = [b for b in batches.values() if b.sku == sale.sku]
+            if sale.delta > 0:
+                home = next(b for b in mine if b.location == "default" and b.lot_number is None)
+                pairs = [(home.id, Delta(on_hand=sale.delta))]
+                left = 0
+            else:
+                pairs, left = sale_moves(mine, -sale.delta, now)
+            for batch_id, delta in pairs:
+                moves.append(Movement(batch_id, sale.sku, delta, reference_id=sale.transaction_id))
+                _move(batches, batch_id, delta)
+            if left:
+                unbooked[sale] = left
+        return moves, unbooked
+
+    async def _prices(
+        self, conn: Conn, connector: str, cfg: IngestOptions | None, winners: list[Level]
+    ) -> None:
+        priced = [lv for lv in winners if lv.price is not None]
+        if cfg is None or cfg.pricing is None or not priced:
+            return
+        rule = PricingRule(cfg.pricing.markup_percent, cfg.pricing.round_to)
+        await conn.execute(
+            q("upsert_prices"),
+            connector,
+            [lv.sku for lv in priced],
+            [lv.price for lv in priced],
+            [rule.price(lv.price or Decimal(0)) for lv in priced],
+            [lv.updated_at for lv in priced],
+        )
+
+    def _count(self, connector: str, d: Applied) -> None:
+        m = self.metrics.ingest_records
+        for outcome, n in (
+            ("level_applied", d.levels),
+            ("level_stale", d.stale),
+            ("sale_applied", d.sales),
+            ("sale_duplicate", d.duplicate_sales),
+            ("refused", d.refused),
+        ):
+            if n:
+                m.labels(connector=connector, outcome=outcome).inc(n)
+        if d.unbooked_units:
+            self.metrics.ingest_unbooked_units.labels(connector=connector).inc(d.unbooked_units)
+
+
+def _move(batches: dict[int, BatchStock], batch_id: int, delta: Delta) -> None:
+    b = batches[batch_id]
+    batches[batch_id] = dataclasses.replace(b, figures=b.figures.apply(delta))

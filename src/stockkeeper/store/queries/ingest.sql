@@ -1,0 +1,79 @@
+-- name: guard_levels
+-- Newer wins: a level is recorded (and returned, to be applied) only when it is newer
+-- than what this connector last told us for the SKU and location. In key order, so two
+-- ingest consumers wait on each other in order.
+INSERT INTO source_record_version AS v (connector, sku, location, source_updated_at, on_hand)
+SELECT $1, l.sku, l.location, l.at, l.on_hand
+FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::bigint[])
+     AS l (sku, location, at, on_hand)
+ORDER BY l.sku, l.location
+ON CONFLICT (connector, sku, location) DO UPDATE
+SET source_updated_at = EXCLUDED.source_updated_at,
+    on_hand = EXCLUDED.on_hand,
+    applied_at = now()
+WHERE v.source_updated_at < EXCLUDED.source_updated_at
+RETURNING v.sku, v.location;
+
+-- name: claim_sales
+-- Once per (source, transaction_id): the sales returned are new; the rest were applied.
+INSERT INTO ingested_sale (source, transaction_id, sku, delta)
+SELECT s.source, s.tid, s.sku, s.delta
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS s (source, tid, sku, delta)
+ORDER BY s.source, s.tid
+ON CONFLICT DO NOTHING
+RETURNING source, transaction_id;
+
+-- name: set_unbooked
+UPDATE ingested_sale SET unbooked = $3 WHERE source = $1 AND transaction_id = $2;
+
+-- name: lock_sku_batches
+-- Every batch of the SKUs, locked in id order (the global lock order).
+SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
+       committed, version
+FROM sku_batch
+WHERE sku = ANY($1::text[])
+ORDER BY id
+FOR NO KEY UPDATE;
+
+-- name: upsert_prices
+INSERT INTO sku_price AS p (sku, connector, source_price, price, source_updated_at)
+SELECT x.sku, $1, x.source_price, x.price, x.at
+FROM unnest($2::text[], $3::numeric[], $4::numeric[], $5::timestamptz[])
+     AS x (sku, source_price, price, at)
+ORDER BY x.sku
+ON CONFLICT (sku, connector) DO UPDATE
+SET source_price = EXCLUDED.source_price, price = EXCLUDED.price,
+    source_updated_at = EXCLUDED.source_updated_at, updated_at = now()
+WHERE p.source_updated_at < EXCLUDED.source_updated_at;
+
+-- name: get_cursor
+SELECT * FROM source_cursor WHERE connector = $1;
+
+-- name: save_cursor
+INSERT INTO source_cursor AS c (connector, last_modified, sku, token, pages, records)
+VALUES ($1, $2, $3, $4, 1, $5)
+ON CONFLICT (connector) DO UPDATE
+SET last_modified = EXCLUDED.last_modified, sku = EXCLUDED.sku, token = EXCLUDED.token,
+    pages = c.pages + 1, records = c.records + EXCLUDED.records, updated_at = now();
+
+-- name: claim_delivery
+INSERT INTO webhook_delivery (connector, event_id) VALUES ($1, $2)
+ON CONFLICT DO NOTHING
+RETURNING event_id;
+
+-- name: circuit_state
+SELECT * FROM connector_state WHERE connector = $1;
+
+-- name: save_circuit
+INSERT INTO connector_state AS s (connector, circuit, failures, opened_at, last_error)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (connector) DO UPDATE
+SET circuit = EXCLUDED.circuit, failures = EXCLUDED.failures,
+    opened_at = EXCLUDED.opened_at, last_error = EXCLUDED.last_error, updated_at = now();
+
+-- name: connector_states
+SELECT k.connector, c.last_modified, c.sku, c.token, c.pages, c.records, c.updated_at,
+       s.circuit, s.failures, s.opened_at, s.last_error
+FROM unnest($1::text[]) AS k (connector)
+LEFT JOIN source_cursor c ON c.connector = k.connector
+LEFT JOIN connector_state s ON s.connector = k.connector;
