@@ -12,6 +12,7 @@ from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.auth import Principal, require
 from stockkeeper.api.common import new_app
 from stockkeeper.api.problems import ApiProblem, JSONResponse
+from stockkeeper.api.webhooks import add_webhook_routes
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Adjustment, Receipt
@@ -214,4 +215,5 @@ def create_inventory_app(container: Container) -> FastAPI:
             """Auth and body validation, no database: the HTTP stack's ceiling for bench/."""
             return JSONResponse({"order_id": body.order_id}, status_code=201)
 
+    add_webhook_routes(app, container)
     return app

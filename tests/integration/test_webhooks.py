@@ -1,0 +1,219 @@
+"""``POST /webhooks/{connector}`` in process, on a real database: signatures on the raw
+body, 401/413/422 with nothing stored, 202 once queued, duplicates once, and the queued
+records applied by the ingest handler."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from stockkeeper.api.inventory import create_inventory_app
+from stockkeeper.bootstrap import Container, build
+from stockkeeper.config import Settings
+from stockkeeper.connectors.signatures import generic_headers, sign_shopify
+from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.services.stock import Receipt
+from stockkeeper.workers.ingest import ingest_handler
+
+SECRET = b"whsec-0123456789"
+HOOK = {"id": "hook", "type": "webhook", "secret_env": "HOOK_SECRET", "max_body_bytes": 4096}
+SHOP = {"id": "shop", "type": "webhook", "preset": "shopify", "secret_env": "HOOK_SECRET"}
+TABLES = ("webhook_delivery", "domain_event", "dead_letter", "sku", "inventory_ledger")
+
+
+@pytest.fixture
+async def hooked(
+    config: dict[str, Any], clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
+    monkeypatch.setenv("HOOK_SECRET", SECRET.decode())
+    c = await build(Settings.model_validate({**config, "connectors": [HOOK, SHOP]}), clock=clock)
+    transport = httpx.ASGITransport(app=create_inventory_app(c))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        yield http, c
+    await c.close()
+
+
+def signed(body: bytes, at: float | None = None) -> dict[str, str]:
+    return {
+        **generic_headers(SECRET, body, int(at if at is not None else time.time())),
+        "Content-Type": "application/json",
+    }
+
+
+def generic(event_id: str, **records: Any) -> bytes:
+    return orjson.dumps({"event_id": event_id, **records})
+
+
+async def counts(c: Container) -> dict[str, int]:
+    async with c.pool.acquire() as conn:
+        return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}
+
+
+async def apply_queued(c: Container) -> int:
+    """Run the ingest handler over every queued ingest event, as the worker would."""
+    async with c.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT event_id, event_type, payload, occurred_at FROM domain_event "
+            "WHERE event_type LIKE 'ingest.%' AND status = 'PENDING' ORDER BY id"
+        )
+        await conn.execute(
+            "UPDATE domain_event SET status = 'SENT' WHERE event_type LIKE 'ingest.%'"
+        )
+    handle = ingest_handler(c.ingest)
+    for r in rows:
+        env = Envelope.new(
+            r["event_type"], r["payload"], occurred_at=r["occurred_at"], id_=r["event_id"]
+        )
+        async with c.pool.acquire() as conn, conn.transaction():
+            await handle(conn, env)
+    return len(rows)
+
+
+async def test_a_signed_delivery_is_queued_and_five_copies_apply_once(
+    hooked: tuple[httpx.AsyncClient, Container],
+) -> None:
+    http, c = hooked
+    await c.stock.receive(Receipt("A", 10, "r-1", None, None, None))
+    body = generic(
+        "evt-1",
+        levels=[{"sku": "B", "on_hand": 4, "source_updated_at": "2030-01-01T00:00:00Z"}],
+        sales=[{"transaction_id": "t-1", "sku": "A", "delta": -2}],
+    )
+    answers = [
+        await http.post("/webhooks/hook", content=body, headers=signed(body)) for _ in range(5)
+    ]
+    assert [r.status_code for r in answers] == [202] * 5
+    assert answers[0].json()["status"] == "queued"
+    assert {r.json()["status"] for r in answers[1:]} == {"duplicate"}
+    assert await apply_queued(c) == 2  # one message of levels, one of sales
+    a, b = await c.stock.get_many(["A", "B"])
+    assert (a["on_hand"], b["on_hand"]) == (8, 4)
+    m = c.metrics.registry.get_sample_value
+    assert m("stockkeeper_webhook_requests_total", {"connector": "hook", "status": "202"}) == 5
+
+
+async def test_a_thousand_badly_signed_deliveries_store_nothing(
+    hooked: tuple[httpx.AsyncClient, Container],
+) -> None:
+    http, c = hooked
+    before = await counts(c)
+    body = generic(
+        "evt-x", levels=[{"sku": "B", "on_hand": 4, "source_updated_at": "2030-01-01T00:00:00Z"}]
+    )
+    good = signed(body)
+    now = int(time.time())
+    variants: list[tuple[bytes, dict[str, str]]] = [
+        (body, {}),  # no signature at all
+        (body, {**good, "X-Signature": "0" * 64}),  # wrong
+        (body, {**good, "X-Signature": "not-hex"}),  # malformed
+        (body + b" ", good),  # the body changed by one byte
+        (body, signed(body, at=now - 3600)),  # stale: an old delivery replayed
+        (body, {**good, "X-Timestamp": str(now + 1)}),  # timestamp swapped after signing
+        (body, {**good, "X-Timestamp": "yesterday"}),
+        (orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2), good),  # re-serialised
+    ]
+    statuses = set()
+    for i in range(1000):
+        content, headers = variants[i % len(variants)]
+        r = await http.post("/webhooks/hook", content=content, headers=headers)
+        statuses.add(r.status_code)
+        if i < len(variants):
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert r.json()["type"] == "unauthorized", r.json()
+    assert statuses == {401}
+    assert await counts(c) == before
+    m = c.metrics.registry.get_sample_value
+    assert m("stockkeeper_webhook_requests_total", {"connector": "hook", "status": "401"}) == 1000
+
+
+async def test_size_and_format_are_checked_and_store_nothing(
+    hooked: tuple[httpx.AsyncClient, Container],
+) -> None:
+    http, c = hooked
+    before = await counts(c)
+    big = generic("evt-big", levels=[{"sku": "B" * 100, "on_hand": 1}] * 60)
+    assert len(big) > 4096
+    r = await http.post("/webhooks/hook", content=big, headers=signed(big))
+    assert (r.status_code, r.json()["type"]) == (413, "payload-too-large")
+    for bad in (b"{not json", b'{"levels": []}', b'{"event_id": "e", "extra": 1}', b"[]"):
+        r = await http.post("/webhooks/hook", content=bad, headers=signed(bad))
+        assert (r.status_code, r.json()["type"]) == (422, "validation"), bad
+    r = await http.post("/webhooks/nobody", content=b"{}", headers=signed(b"{}"))
+    assert r.status_code == 404
+    assert await counts(c) == before
+
+
+async def test_bad_records_in_a_good_delivery_are_dead_letters_and_the_rest_is_queued(
+    hooked: tuple[httpx.AsyncClient, Container],
+) -> None:
+    http, c = hooked
+    body = generic(
+        "evt-2",
+        levels=[
+            {"sku": "OK", "on_hand": 3, "source_updated_at": "2030-01-01T00:00:00Z"},
+            {"sku": "NEG", "on_hand": -3, "source_updated_at": "2030-01-01T00:00:00Z"},
+        ],
+    )
+    r = await http.post("/webhooks/hook", content=body, headers=signed(body))
+    assert r.status_code == 202
+    assert (r.json()["records"], len(r.json()["refused"])) == (1, 1)
+    await apply_queued(c)
+    (ok,) = await c.stock.get_many(["OK"])
+    assert ok["on_hand"] == 3
+    async with c.pool.acquire() as conn:
+        (dead,) = await conn.fetch("SELECT queue, error FROM dead_letter")
+    assert dead["queue"] == "inventory.ingest"
+    assert "on_hand" in dead["error"]
+
+
+def shopify_order(order_id: int, *lines: tuple[int, str, int]) -> bytes:
+    return orjson.dumps(
+        {
+            "id": order_id,
+            "line_items": [{"id": i, "sku": s, "quantity": q} for i, s, q in lines],
+        }
+    )
+
+
+def shopify_headers(body: bytes, webhook_id: str, topic: str = "orders/create") -> dict[str, str]:
+    return {
+        "X-Shopify-Hmac-Sha256": sign_shopify(SECRET, body),
+        "X-Shopify-Webhook-Id": webhook_id,
+        "X-Shopify-Topic": topic,
+        "Content-Type": "application/json",
+    }
+
+
+async def test_shopify_orders_are_sales_once_and_cancellations_put_them_back(
+    hooked: tuple[httpx.AsyncClient, Container],
+) -> None:
+    http, c = hooked
+    await c.stock.receive(Receipt("TEE", 10, "r-1", None, None, None))
+    order = shopify_order(1001, (1, "TEE", 3), (2, "TEE", 1))
+    for _ in range(3):  # Shopify retries deliveries; ids may repeat or not
+        r = await http.post("/webhooks/shop", content=order, headers=shopify_headers(order, "w-1"))
+        assert r.status_code == 202
+    r = await http.post("/webhooks/shop", content=order, headers=shopify_headers(order, "w-2"))
+    assert r.json()["status"] == "queued"  # a new delivery id, the same transactions
+    await apply_queued(c)
+    (tee,) = await c.stock.get_many(["TEE"])
+    assert tee["on_hand"] == 6
+    cancel = shopify_order(1001, (1, "TEE", 3))
+    r = await http.post(
+        "/webhooks/shop", content=cancel, headers=shopify_headers(cancel, "w-3", "orders/cancelled")
+    )
+    assert r.status_code == 202
+    await apply_queued(c)
+    (tee,) = await c.stock.get_many(["TEE"])
+    assert tee["on_hand"] == 9
+    other = await http.post(
+        "/webhooks/shop", content=b"{}", headers=shopify_headers(b"{}", "w-4", "products/update")
+    )
+    assert (other.status_code, other.json()["status"]) == (202, "ignored")
+    bad = {**shopify_headers(order, "w-5"), "X-Shopify-Hmac-Sha256": sign_shopify(b"other", order)}
+    assert (await http.post("/webhooks/shop", content=order, headers=bad)).status_code == 401
