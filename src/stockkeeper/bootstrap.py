@@ -11,6 +11,7 @@ from stockkeeper.config import (
     ConnectorConfig,
     HttpConnectorConfig,
     IngestOptions,
+    MarketplaceConnectorConfig,
     Settings,
     WmsConnectorConfig,
 )
@@ -89,6 +90,20 @@ def env_secret(cfg: ConnectorConfig, key: str) -> str | None:
     return value
 
 
+def check_connectors(settings: Settings) -> None:
+    """What the config alone cannot check: secrets present, adapters known."""
+    from stockkeeper.connectors.marketplace import ADAPTERS
+
+    for i, cfg in enumerate(settings.connectors):
+        for key in SECRET_KEYS:
+            env_secret(cfg, key)  # a missing secret stops the start, naming the variable
+        if isinstance(cfg, MarketplaceConnectorConfig) and cfg.adapter not in ADAPTERS:
+            raise ConfigError(
+                f"connectors.{i}.adapter: unknown marketplace adapter {cfg.adapter!r}; "
+                f"known: {', '.join(sorted(ADAPTERS))}"
+            )
+
+
 def connector_token(cfg: HttpConnectorConfig) -> str | None:
     """The API token of a connector, from the environment variable its config names."""
     return env_secret(cfg, "token_env")
@@ -119,9 +134,7 @@ async def build(
     clock: Clock = utcnow,
     metrics: Metrics | None = None,
 ) -> Container:
-    for cfg in settings.connectors:
-        for key in SECRET_KEYS:
-            env_secret(cfg, key)  # a missing secret stops the start, naming the variable
+    check_connectors(settings)
     url, embedded = database_url(settings)
     pool = await create_pool(url, settings.database)
     try:

@@ -253,6 +253,12 @@ class MarketplaceConnectorConfig(HttpConnectorConfig, IngestOptions):
 
     type: Literal["marketplace"]
     mode: Literal["poll"] = "poll"
+    # The wire format: a name in stockkeeper.connectors.marketplace.ADAPTERS.
+    adapter: str = Field(default="generic", pattern=r"^[a-z0-9_]+$")
+    # Sales always apply; the marketplace's own levels only where it holds the stock
+    # (a fulfilment centre), at this location.
+    apply_levels: bool = False
+    location: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
     interval_s: float = Field(default=5.0, gt=0)
     page_size: int = Field(default=500, ge=1, le=5000)
     # The breaker opens after this many failed polls in a row ...

@@ -1,7 +1,8 @@
 """Failpoints: named places where a test can make a real process die or fail.
 
 Set ``STOCKKEEPER_FAILPOINTS=dispatcher.after_publish=kill`` (comma-separated) to have
-the process SIGKILL itself when it reaches that point, or ``=raise`` to raise there.
+the process SIGKILL itself when it reaches that point, or ``=raise`` to raise there;
+``=kill@3`` acts on the third time the point is reached.
 Crash tests use them to reach an exact moment without sleeping. Empty in production.
 """
 
@@ -22,21 +23,28 @@ class FailpointError(RuntimeError):
 class Failpoints:
     def __init__(self, points: Mapping[str, str] | None = None) -> None:
         self.points = dict(points or {})
+        self.hits: dict[str, int] = {}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Failpoints:
         raw = (os.environ if environ is None else environ).get(ENV, "")
         points: dict[str, str] = {}
         for item in filter(None, (p.strip() for p in raw.split(","))):
-            name, _, action = item.partition("=")
-            action = action or "kill"
-            if action not in ACTIONS:
-                raise ValueError(f"{ENV}: {item!r}: action must be one of {ACTIONS}")
-            points[name] = action
+            name, _, spec = item.partition("=")
+            action, _, nth = (spec or "kill").partition("@")
+            if action not in ACTIONS or (nth and not nth.isdigit()):
+                raise ValueError(f"{ENV}: {item!r}: action must be one of {ACTIONS}[@N]")
+            points[name] = spec or "kill"
         return cls(points)
 
     def hit(self, name: str) -> None:
-        action = self.points.get(name)
+        spec = self.points.get(name)
+        if spec is None:
+            return
+        action, _, nth = spec.partition("@")
+        self.hits[name] = self.hits.get(name, 0) + 1
+        if nth and self.hits[name] != int(nth):
+            return
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "raise":

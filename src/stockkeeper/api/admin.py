@@ -11,6 +11,8 @@ from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.auth import Principal, require
 from stockkeeper.api.common import new_app
 from stockkeeper.api.problems import JSONResponse
+from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
+from stockkeeper.services.ingest import connector_status
 from stockkeeper.store.pool import Conn
 
 if TYPE_CHECKING:
@@ -94,10 +96,17 @@ def create_admin_app(container: Container) -> FastAPI:
 
     @app.get("/admin/status", tags=["status"])
     async def status(who: Principal = ADMIN) -> Response:
-        """Outbox backlog, queue depths, open dead letters, and per WMS its sync
-        schedule, open syncs and outbound backlog."""
+        """Outbox backlog, queue depths, open dead letters; per WMS its sync schedule,
+        open syncs and outbound backlog; per polled connector its cursor and circuit."""
         doc = await (await ops()).status()
         doc["wms"] = await container.wms.status()
+        polled = [
+            c.id
+            for c in container.settings.connectors
+            if isinstance(c, ErpConnectorConfig | MarketplaceConnectorConfig)
+        ]
+        async with container.pool.acquire() as conn:
+            doc["connectors"] = await connector_status(conn, polled)
         return JSONResponse(doc)
 
     return app

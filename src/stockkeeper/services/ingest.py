@@ -110,6 +110,27 @@ async def queue_records(
     return len(events)
 
 
+async def connector_status(conn: Conn, connectors: Sequence[str]) -> dict[str, Any]:
+    """Per polled connector: its cursor and its circuit breaker."""
+    out: dict[str, Any] = {}
+    for r in await conn.fetch(q("connector_states"), list(connectors)):
+        out[r["connector"]] = {
+            "cursor": {
+                "last_modified": r["last_modified"].isoformat() if r["last_modified"] else None,
+                "sku": r["sku"],
+                "token": r["token"],
+                "pages": r["pages"] or 0,
+                "records": r["records"] or 0,
+                "updated_at": r["updated_at"].isoformat() if r["updated_at"] else None,
+            },
+            "circuit": r["circuit"] or "closed",
+            "consecutive_failures": r["failures"] or 0,
+            "circuit_opened_at": r["opened_at"].isoformat() if r["opened_at"] else None,
+            "last_error": r["last_error"],
+        }
+    return out
+
+
 class IngestService:
     """Applies ingest messages to the books."""
 

@@ -25,16 +25,17 @@ from stockkeeper.store.wms import CallRow
 from stockkeeper.workers.dispatcher import Dispatcher
 from stockkeeper.workers.expiry import ExpiryWorker
 from stockkeeper.workers.ingest import ingest_handler
+from stockkeeper.workers.pollers import run_pollers
 from stockkeeper.workers.wms_outbound import WmsOutboundWorker
 from stockkeeper.workers.wms_sync import WmsSyncWorker
 
 log = get_logger("stockkeeper.runner")
 
 HTTP_SERVICES = ("inventory-api", "admin-api")
-WORKER_SERVICES = ("expiry", "dispatcher", "wms-sync", "wms-outbound", "ingest")
+WORKER_SERVICES = ("expiry", "dispatcher", "wms-sync", "wms-outbound", "ingest", "pollers")
 SERVICES = HTTP_SERVICES + WORKER_SERVICES
 # Services of the architecture that later issues add.
-PLANNED = ("pollers", "propagator")
+PLANNED = ("propagator",)
 
 
 class _Server(uvicorn.Server):
@@ -180,6 +181,8 @@ async def serve(
         wms_tasks, wms_consumers = _wms_workers(container, wanted, stop)
         tasks += wms_tasks
         consumers += wms_consumers
+    if "pollers" in wanted:
+        tasks.append(run_pollers(container, stop))
     if "ingest" in wanted:
         consumers.append(
             ConsumerSpec("ingest", "inventory.ingest", ingest_handler(container.ingest))

@@ -6,6 +6,7 @@ CREATE TABLE source_cursor (
     connector      text PRIMARY KEY,
     last_modified  timestamptz,
     sku            text,
+    location       text,
     token          text,
     pages          bigint NOT NULL DEFAULT 0,
     records        bigint NOT NULL DEFAULT 0,

@@ -50,10 +50,11 @@ WHERE p.source_updated_at < EXCLUDED.source_updated_at;
 SELECT * FROM source_cursor WHERE connector = $1;
 
 -- name: save_cursor
-INSERT INTO source_cursor AS c (connector, last_modified, sku, token, pages, records)
-VALUES ($1, $2, $3, $4, 1, $5)
+INSERT INTO source_cursor AS c (connector, last_modified, sku, location, token, pages, records)
+VALUES ($1, $2, $3, $4, $5, 1, $6)
 ON CONFLICT (connector) DO UPDATE
-SET last_modified = EXCLUDED.last_modified, sku = EXCLUDED.sku, token = EXCLUDED.token,
+SET last_modified = EXCLUDED.last_modified, sku = EXCLUDED.sku,
+    location = EXCLUDED.location, token = EXCLUDED.token,
     pages = c.pages + 1, records = c.records + EXCLUDED.records, updated_at = now();
 
 -- name: claim_delivery

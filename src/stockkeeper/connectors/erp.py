@@ -1,0 +1,124 @@
+"""The ERP source: a read-only SQL view read by a keyset cursor, turned into levels.
+
+The view has the columns ``sku, location, on_hand, price, last_modified``. Pages are
+read in ``(last_modified, sku, location)`` order and continued strictly after the last
+row read, so rows that share a timestamp are never skipped, however a page boundary
+falls among them (an OFFSET would skip or repeat rows as the ERP changes under it).
+
+The query is built with SQLAlchemy Core, so one code path serves every database the
+ERP may run on: PostgreSQL through ``postgresql+asyncpg://`` (tested here) and Microsoft
+SQL Server through ``mssql+aioodbc://user@host/db?driver=ODBC+Driver+18+for+SQL+Server``
+(install ``aioodbc`` and Microsoft's ODBC Driver 18; the dialect writes TOP/OFFSET
+instead of LIMIT, and the portable OR form of the keyset condition works on both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, column, or_, select, table
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql import Select
+
+from stockkeeper.config import ErpConnectorConfig
+from stockkeeper.connectors.records import LevelRecord, Refused, parse_levels
+
+COLUMNS = ("sku", "location", "on_hand", "price", "last_modified")
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a keyset read goes on from: just after this row."""
+
+    last_modified: datetime
+    sku: str
+    location: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErpPage:
+    levels: list[LevelRecord]
+    refused: list[Refused]
+    rows: int
+    last: Position | None
+
+
+def page_query(view_name: str, after: Position | None, limit: int) -> Select[Any]:
+    """The keyset query for one page (bound parameters only)."""
+    schema, _, name = view_name.rpartition(".")
+    view = table(name, *(column(c) for c in COLUMNS), schema=schema or None)
+    c = view.c
+    stmt = select(*(c[n] for n in COLUMNS)).order_by(c.last_modified, c.sku, c.location)
+    if after is not None:
+        stmt = stmt.where(
+            or_(
+                c.last_modified > after.last_modified,
+                and_(c.last_modified == after.last_modified, c.sku > after.sku),
+                and_(
+                    c.last_modified == after.last_modified,
+                    c.sku == after.sku,
+                    c.location > after.location,
+                ),
+            )
+        )
+    return stmt.limit(limit)
+
+
+def _aware(value: Any) -> Any:
+    # Many ERPs keep local times without a zone; we read them as UTC (documented).
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def to_levels(rows: Sequence[Sequence[Any]]) -> tuple[list[LevelRecord], list[Refused]]:
+    """ERP rows to validated levels; a bad row is refused with its reason."""
+    raw: list[dict[str, Any]] = []
+    for sku, location, on_hand, price, last_modified in rows:
+        doc: dict[str, Any] = {
+            "sku": sku,
+            "location": location or "default",
+            "on_hand": on_hand,
+            "source_updated_at": _aware(last_modified),
+        }
+        if price is not None:
+            doc["price"] = str(price) if isinstance(price, Decimal | float | int) else price
+        raw.append(doc)
+    return parse_levels(raw)
+
+
+class ErpSource:
+    """Reads one ERP's view, at most ``max_concurrent_queries`` queries at once."""
+
+    def __init__(
+        self, cfg: ErpConnectorConfig, dsn: str, engine: AsyncEngine | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.engine = engine or create_async_engine(
+            dsn,
+            pool_size=cfg.max_concurrent_queries,
+            max_overflow=0,
+            pool_pre_ping=True,
+        )
+        self.gate = asyncio.Semaphore(cfg.max_concurrent_queries)
+
+    async def page(self, after: Position | None) -> ErpPage:
+        stmt = page_query(self.cfg.view, after, self.cfg.page_size)
+        async with self.gate, asyncio.timeout(self.cfg.query_timeout_ms / 1000):
+            async with self.engine.connect() as conn:
+                result = await conn.execute(stmt)
+                rows = [tuple(r) for r in result.fetchall()]
+        levels, refused = to_levels(rows)
+        last = None
+        if rows:
+            sku, location, _, _, last_modified = rows[-1]
+            last = Position(_aware(last_modified), str(sku), str(location or "default"))
+        return ErpPage(levels, refused, len(rows), last)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,154 @@
+"""Marketplace delta feeds: a ``since`` token in, changes and the next token out.
+
+An adapter knows one marketplace's wire format: where its feed is, and how a page of
+it becomes records. ``ADAPTERS`` is the registry a connector's ``adapter`` key names;
+adding a marketplace means one adapter class and one entry (docs/connectors.md walks
+through one). The HTTP policy (rate limit, timeouts, retries, ``Retry-After``) is the
+shared :class:`~stockkeeper.connectors.http.HttpCaller`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import httpx
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stockkeeper.config import MarketplaceConnectorConfig
+from stockkeeper.connectors.http import HttpCaller, InvalidResponse
+from stockkeeper.connectors.records import (
+    LevelRecord,
+    Refused,
+    SaleRecord,
+    parse_levels,
+    parse_sales,
+)
+from stockkeeper.observability.metrics import Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaPage:
+    levels: list[LevelRecord] = field(default_factory=list)
+    sales: list[SaleRecord] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
+    next_token: str = ""
+    has_more: bool = False
+    records: int = 0
+
+
+class Adapter(Protocol):
+    name: ClassVar[str]
+
+    def request(self, since: str | None, limit: int) -> tuple[str, dict[str, str | int]]:
+        """The path and query of the page after ``since``."""
+        ...
+
+    def parse(self, cfg: MarketplaceConnectorConfig, body: Any) -> DeltaPage:
+        """A page of the feed as records; raises InvalidResponse if it is not one."""
+        ...
+
+
+class _Feed(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    changes: list[dict[str, Any]] = Field(max_length=50_000)
+    next: str = Field(min_length=1, max_length=500)
+    has_more: bool
+
+
+class GenericDeltas:
+    """``GET /v1/deltas?since=&limit=`` → ``{changes: [{kind: level|sale, ...}], next,
+    has_more}`` (what the sandbox marketplace speaks). A ``level`` is ``{sku, quantity,
+    updated_at}``; a ``sale`` is ``{transaction_id, sku, quantity, sold_at}``."""
+
+    name: ClassVar[str] = "generic"
+
+    def request(self, since: str | None, limit: int) -> tuple[str, dict[str, str | int]]:
+        params: dict[str, str | int] = {"limit": limit}
+        if since:
+            params["since"] = since
+        return "/v1/deltas", params
+
+    def parse(self, cfg: MarketplaceConnectorConfig, body: Any) -> DeltaPage:
+        try:
+            feed = _Feed.model_validate(body)
+        except ValidationError as exc:
+            raise InvalidResponse(f"not a delta page: {exc.errors()[0]['msg']}") from None
+        levels: list[dict[str, Any]] = []
+        sales: list[dict[str, Any]] = []
+        odd: list[Refused] = []
+        for ch in feed.changes:
+            kind = ch.get("kind")
+            if kind == "sale":
+                qty = ch.get("quantity")
+                sales.append(
+                    {
+                        "transaction_id": ch.get("transaction_id"),
+                        "sku": ch.get("sku"),
+                        "delta": -qty if isinstance(qty, int) and qty > 0 else qty,
+                        "source": cfg.id,
+                    }
+                )
+                if not isinstance(qty, int) or qty <= 0:
+                    odd.append(Refused(ch, "sale quantity must be a positive integer"))
+                    sales.pop()
+            elif kind == "level":
+                if cfg.apply_levels:
+                    levels.append(
+                        {
+                            "sku": ch.get("sku"),
+                            "location": cfg.location,
+                            "on_hand": ch.get("quantity"),
+                            "source_updated_at": ch.get("updated_at"),
+                        }
+                    )
+            else:
+                odd.append(Refused(ch, f"unknown change kind {kind!r}"))
+        good_levels, bad_levels = parse_levels(levels)
+        good_sales, bad_sales = parse_sales(sales)
+        return DeltaPage(
+            good_levels,
+            good_sales,
+            odd + bad_levels + bad_sales,
+            feed.next,
+            feed.has_more,
+            len(feed.changes),
+        )
+
+
+ADAPTERS: dict[str, Adapter] = {"generic": GenericDeltas()}
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidResponse(f"not JSON: {exc}") from None
+
+
+class MarketplaceClient:
+    def __init__(
+        self,
+        cfg: MarketplaceConnectorConfig,
+        *,
+        metrics: Metrics | None = None,
+        token: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.adapter = ADAPTERS[cfg.adapter]
+        self.http = HttpCaller(cfg, metrics=metrics, token=token, transport=transport)
+
+    async def deltas(self, since: str | None) -> DeltaPage:
+        path, params = self.adapter.request(since, self.cfg.page_size)
+        return await self.http.call(
+            "deltas",
+            "GET",
+            path,
+            lambda r: self.adapter.parse(self.cfg, _json(r)),
+            params=params,
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

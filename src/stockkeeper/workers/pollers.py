@@ -1,0 +1,224 @@
+"""The pollers service: ERP change pollers and marketplace delta pollers.
+
+Each page read is queued (as ``ingest.<connector>`` outbox events) and its cursor saved
+in one transaction, so the cursor never runs ahead of what is durably queued and a
+poller killed mid-page reads that page again after restart (the newer-wins guard and
+the per-transaction sale ids make a page read twice harmless). One poller per
+connector runs at a time across every replica (a PostgreSQL advisory lock): a second
+``stockkeeper run pollers`` waits as a standby, so syncs never overlap. Polling pauses
+while the ingest backlog is above the connector's high-water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from datetime import UTC, datetime
+
+from stockkeeper.bootstrap import Container, env_secret
+from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
+from stockkeeper.connectors.erp import ErpSource, Position
+from stockkeeper.connectors.http import ConnectorError
+from stockkeeper.connectors.marketplace import MarketplaceClient
+from stockkeeper.observability.logging import get_logger
+from stockkeeper.services.circuit import CircuitBreaker, CircuitOpen
+from stockkeeper.services.ingest import INGEST_QUEUE, queue_records
+from stockkeeper.services.unit import transaction
+from stockkeeper.store.pool import Conn
+from stockkeeper.store.sql import q
+from stockkeeper.waiting import wait_any
+
+log = get_logger("stockkeeper.pollers")
+
+BACKLOG_SQL = (
+    "SELECT count(*) FROM domain_event WHERE status = 'PENDING' AND event_type LIKE 'ingest.%'"
+)
+
+
+def lock_key(connector: str) -> int:
+    """A stable advisory-lock key per connector."""
+    return int.from_bytes(
+        hashlib.sha256(f"poller:{connector}".encode()).digest()[:8], "big", signed=True
+    )
+
+
+class Poller:
+    """What the ERP and marketplace pollers share: the lock, the backlog, the loop."""
+
+    name: str
+    interval_s: float
+    high_water: int
+
+    def __init__(self, container: Container) -> None:
+        self.c = container
+        self.metrics = container.metrics
+
+    async def backlog(self) -> int:
+        """Ingest messages not yet applied: in the outbox and on the broker."""
+        async with self.c.pool.acquire() as conn:
+            pending: int = await conn.fetchval(BACKLOG_SQL)
+        try:
+            depths = await (await self.c.connected_broker()).queue_depths()
+        except Exception:  # the broker's depth is a hint; the outbox count is ours
+            return pending
+        queued = sum(n for q_, n in depths.items() if q_.endswith(INGEST_QUEUE))
+        return pending + queued
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with self.c.pool.acquire() as holder:
+            while not stop.is_set():
+                if await holder.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(self.name)):
+                    break
+                log.info("poller.standby", connector=self.name)
+                await wait_any(stop, at_most=self.interval_s)
+            else:
+                return
+            try:
+                log.info("poller.started", connector=self.name)
+                await self._loop(stop)
+            finally:
+                await holder.execute("SELECT pg_advisory_unlock($1)", lock_key(self.name))
+                await self.close()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if not await self.tick():
+                await wait_any(stop, at_most=self.interval_s)
+
+    async def tick(self) -> bool:
+        """One round: a page if the backlog allows; True when more is waiting."""
+        try:
+            if await self.backlog() > self.high_water:
+                self.metrics.poll_paused.labels(connector=self.name).inc()
+                log.info("poller.paused", connector=self.name, reason="ingest backlog")
+                return False
+            started = time.monotonic()
+            more = await self.poll_once()
+            self.metrics.poll_duration.labels(connector=self.name).observe(
+                time.monotonic() - started
+            )
+            return more
+        except Exception:
+            self.metrics.worker_errors.labels(worker=f"poller:{self.name}").inc()
+            log.exception("poller.failed", connector=self.name)
+            return False
+
+    async def poll_once(self) -> bool:
+        """Read and queue one page; True when there is more to read right away."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+class ErpPoller(Poller):
+    def __init__(self, container: Container, cfg: ErpConnectorConfig) -> None:
+        super().__init__(container)
+        self.cfg = cfg
+        self.name = cfg.id
+        self.interval_s = cfg.interval_s
+        self.high_water = cfg.backlog_high_water
+        dsn = cfg.dsn or env_secret(cfg, "dsn_env")
+        assert dsn is not None
+        self.source = ErpSource(cfg, dsn)
+
+    async def position(self, conn: Conn) -> Position | None:
+        row = await conn.fetchrow(q("get_cursor"), self.name)
+        if row is None or row["last_modified"] is None:
+            return None
+        return Position(row["last_modified"], row["sku"], row["location"])
+
+    async def poll_once(self) -> bool:
+        async with self.c.pool.acquire() as conn:
+            after = await self.position(conn)
+        page = await self.source.page(after)
+        if page.last is None:
+            return False
+        async with transaction(self.c.pool) as conn:
+            await queue_records(conn, self.name, page.levels, [], page.refused)
+            last = page.last
+            await conn.execute(
+                q("save_cursor"),
+                self.name,
+                last.last_modified,
+                last.sku,
+                last.location,
+                None,
+                page.rows,
+            )
+            self.c.failpoints.hit("poller.before_commit")
+        self.metrics.source_records_read.labels(connector=self.name).inc(page.rows)
+        if page.refused:
+            self.metrics.ingest_records.labels(connector=self.name, outcome="refused").inc(
+                len(page.refused)
+            )
+            self.metrics.dead_letters.labels(queue=INGEST_QUEUE).inc(len(page.refused))
+        age = (datetime.now(UTC) - page.last.last_modified).total_seconds()
+        self.metrics.source_cursor_age.labels(connector=self.name).set(max(0.0, age))
+        return page.rows >= self.cfg.page_size
+
+    async def close(self) -> None:
+        await self.source.close()
+
+
+class MarketplacePoller(Poller):
+    def __init__(self, container: Container, cfg: MarketplaceConnectorConfig) -> None:
+        super().__init__(container)
+        self.cfg = cfg
+        self.name = cfg.id
+        self.interval_s = cfg.interval_s
+        self.high_water = 10**9  # a marketplace's pages are small; the breaker guards it
+        self.client = MarketplaceClient(
+            cfg, metrics=container.metrics, token=env_secret(cfg, "token_env")
+        )
+        self.breaker = CircuitBreaker(
+            container.pool,
+            container.metrics,
+            cfg.id,
+            failure_threshold=cfg.failure_threshold,
+            cooldown_s=cfg.cooldown_s,
+            clock=container.clock,
+        )
+
+    async def poll_once(self) -> bool:
+        async with self.c.pool.acquire() as conn:
+            row = await conn.fetchrow(q("get_cursor"), self.name)
+        since = row["token"] if row else None
+        try:
+            async with self.breaker.guard():
+                page = await self.client.deltas(since)
+        except CircuitOpen:
+            return False
+        except ConnectorError as exc:
+            log.warning("poller.source_failed", connector=self.name, error=str(exc))
+            return False
+        async with transaction(self.c.pool) as conn:
+            await queue_records(conn, self.name, page.levels, page.sales, page.refused)
+            await conn.execute(
+                q("save_cursor"), self.name, None, None, None, page.next_token, page.records
+            )
+        self.metrics.source_records_read.labels(connector=self.name).inc(page.records)
+        return page.has_more
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def pollers(container: Container) -> list[Poller]:
+    out: list[Poller] = [
+        ErpPoller(container, cfg) for cfg in container.settings.connectors_of(ErpConnectorConfig)
+    ]
+    out += [
+        MarketplacePoller(container, cfg)
+        for cfg in container.settings.connectors_of(MarketplaceConnectorConfig)
+    ]
+    return out
+
+
+async def run_pollers(container: Container, stop: asyncio.Event) -> None:
+    running = pollers(container)
+    if not running:
+        await stop.wait()
+        return
+    await asyncio.gather(*(p.run(stop) for p in running))
