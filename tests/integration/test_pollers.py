@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -57,7 +57,8 @@ async def container_with(
 async def queued_levels(c: Container) -> list[tuple[str, str, int]]:
     async with c.pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT payload::text AS p FROM domain_event WHERE event_type LIKE 'ingest.%' ORDER BY id"
+            "SELECT payload::text AS p FROM domain_event "
+            "WHERE event_type LIKE 'ingest.%' ORDER BY id"
         )
     return [
         (lv["sku"], lv["location"], lv["on_hand"])
@@ -110,7 +111,7 @@ async def test_equal_timestamps_across_page_boundaries_skip_nothing(
 
 
 def test_the_keyset_query_is_portable_to_sql_server() -> None:
-    after = Position(__import__("datetime").datetime(2030, 1, 1), "A", "default")
+    after = Position(datetime(2030, 1, 1, tzinfo=UTC), "A", "default")
     stmt = page_query("dbo.stock_changes", after, 500)
     ms = str(stmt.compile(dialect=mssql.dialect()))
     pg = str(stmt.compile(dialect=postgresql.dialect()))

@@ -109,10 +109,13 @@ class ErpSource:
 
     async def page(self, after: Position | None) -> ErpPage:
         stmt = page_query(self.cfg.view, after, self.cfg.page_size)
-        async with self.gate, asyncio.timeout(self.cfg.query_timeout_ms / 1000):
-            async with self.engine.connect() as conn:
-                result = await conn.execute(stmt)
-                rows = [tuple(r) for r in result.fetchall()]
+        async with (
+            self.gate,
+            asyncio.timeout(self.cfg.query_timeout_ms / 1000),
+            self.engine.connect() as conn,
+        ):
+            result = await conn.execute(stmt)
+            rows = [tuple(r) for r in result.fetchall()]
         levels, refused = to_levels(rows)
         last = None
         if rows:
