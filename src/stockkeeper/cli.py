@@ -91,7 +91,8 @@ def run(
     service: Annotated[
         str,
         typer.Argument(
-            help="inventory-api, admin-api, expiry, dispatcher, wms-sync or wms-outbound"
+            help="inventory-api, admin-api, expiry, dispatcher, wms-sync, wms-outbound, "
+            "ingest or pollers"
         ),
     ],
     config: ConfigOption = None,
@@ -170,6 +171,49 @@ def sandbox_wms(
         raise typer.Exit(2)
     typer.echo(f"sandbox WMS on http://{host}:{port} with {batches} batches", err=True)
     run_wms(host, port, seed_batches=batches, seed=seed, token=token)
+
+
+@sandbox_app.command("erp")
+def sandbox_erp(
+    admin_url: Annotated[
+        str, typer.Option(help="a PostgreSQL where the ERP database may be created")
+    ] = "postgresql://postgres@127.0.0.1:5432/postgres",
+    name: Annotated[str | None, typer.Option(help="database name (kept; reused)")] = None,
+    skus: Annotated[int, typer.Option(help="rows to seed an empty ERP with")] = 10_000,
+    mutate_every: Annotated[float, typer.Option(help="seconds between changes")] = 5.0,
+    mutate: Annotated[int, typer.Option(help="rows changed each time")] = 100,
+    seed: Annotated[int, typer.Option(help="seed of the generated rows")] = 0,
+) -> None:
+    """An ERP in its own PostgreSQL database: a read-only view stock_changes (sku,
+    location, on_hand, price, last_modified) over rows it seeds and keeps changing.
+    Prints the database URL; point an erp connector's dsn at it (as erp_reader)."""
+    from stockkeeper.sandbox.erp import run as run_erp
+
+    run_erp(admin_url, name, skus, mutate_every, mutate, seed)
+
+
+@sandbox_app.command("marketplace")
+def sandbox_marketplace(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 9400,
+    skus: Annotated[int, typer.Option(help="SKUs to seed levels for")] = 100,
+    seed: Annotated[int, typer.Option(help="seed of the generated levels")] = 0,
+    token_env: Annotated[
+        str | None, typer.Option(help="require this variable's value as bearer token")
+    ] = None,
+) -> None:
+    """A marketplace with a delta feed (GET /v1/deltas?since=), sales you can add
+    (POST /_sandbox/sales) and fault injection (PUT /_sandbox/faults)."""
+    import os
+
+    from stockkeeper.sandbox.marketplace import run as run_marketplace
+
+    token = os.environ.get(token_env) if token_env else None
+    if token_env and not token:
+        typer.echo(f"stockkeeper: environment variable {token_env} is not set", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"sandbox marketplace on http://{host}:{port}", err=True)
+    run_marketplace(host, port, seed_skus=skus, token=token, seed=seed)
 
 
 @app.command()

@@ -386,5 +386,6 @@ def test_the_commented_connector_example_is_valid() -> None:
             break
         block.append(line[1:].split(" #")[0].rstrip())
     s = Settings.model_validate(yaml.safe_load("\n".join(block)))
+    assert [c.type for c in s.connectors] == ["wms", "erp", "webhook", "marketplace"]
     (wms,) = s.connectors_of(WmsConnectorConfig)
     assert (wms.id, wms.page_size, wms.outbound_batch_size) == ("wms-main", 500, 100)
