@@ -55,9 +55,19 @@ def generated_admin_token(data_dir: Path) -> str:
         return path.read_text(encoding="utf-8").strip()
     data_dir.mkdir(parents=True, exist_ok=True)
     token = "sk_" + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written whole to a private file, then linked into place: processes starting
+    # together (stockkeeper run for each service) agree on one token, and none reads a
+    # half-written file.
+    draft = data_dir / f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(token + "\n")
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        return path.read_text(encoding="utf-8").strip()
+    finally:
+        draft.unlink()
     print(
         f"stockkeeper: no api.tokens configured; generated an admin token (kept in {path}):\n"
         f"  {token}",
