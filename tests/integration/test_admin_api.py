@@ -358,3 +358,32 @@ async def test_an_unknown_sync_request_is_not_found(
 ) -> None:
     http, _ = wms_client
     assert_problem(await http.get("/admin/wms/sync/42", headers=auth()), 404, "not-found")
+
+
+async def test_status_shows_each_polled_connectors_cursor_and_circuit(
+    config: dict[str, Any], clock: Any
+) -> None:
+    mp = {"id": "mp", "type": "marketplace", "url": "http://127.0.0.1:1"}
+    erp = {"id": "erp", "type": "erp", "dsn": "postgresql+asyncpg://erp@127.0.0.1/erp"}
+    c = await build(Settings.model_validate({**config, "connectors": [mp, erp]}), clock=clock)
+    try:
+        async with c.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO connector_state (connector, circuit, failures, opened_at, last_error) "
+                "VALUES ('mp', 'open', 5, now(), 'ConnectorUnavailable: 503')"
+            )
+            await conn.execute(
+                "INSERT INTO source_cursor (connector, token, pages, records) "
+                "VALUES ('mp', 'tok-9', 3, 120)"
+            )
+        transport = httpx.ASGITransport(app=create_admin_app(c))
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+            doc = (await http.get("/admin/status", headers=auth(ADMIN_TOKEN))).json()
+        shown = doc["connectors"]
+        assert (shown["mp"]["circuit"], shown["mp"]["consecutive_failures"]) == ("open", 5)
+        assert shown["mp"]["last_error"] == "ConnectorUnavailable: 503"
+        assert (shown["mp"]["cursor"]["token"], shown["mp"]["cursor"]["records"]) == ("tok-9", 120)
+        assert shown["erp"]["circuit"] == "closed"
+        assert shown["erp"]["cursor"]["pages"] == 0
+    finally:
+        await c.close()
