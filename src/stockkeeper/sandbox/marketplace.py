@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -28,8 +28,9 @@ from stockkeeper.sandbox.server import (
     CONTROL_PREFIX,
     FaultController,
     Faults,
+    bearer_required,
+    faulty_app,
     json_response,
-    sandbox_app,
 )
 
 MAX_LIMIT = 5000
@@ -188,23 +189,10 @@ def create_app(
 ) -> FastAPI:
     """The marketplace wire API over ``state``, with the fault middleware and control
     routes. The controller is at ``app.state.faults``."""
-    controller = faults if isinstance(faults, FaultController) else FaultController(faults)
-    app = sandbox_app("sandbox marketplace", controller)
-    app.state.faults = controller
+    app = faulty_app("sandbox marketplace", faults)
     app.state.marketplace = state
 
-    async def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
-            return
-        expected = f"Bearer {token}"
-        if authorization is None or not secrets.compare_digest(
-            authorization.encode(), expected.encode()
-        ):
-            raise HTTPException(
-                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    @app.get("/v1/deltas", dependencies=[Depends(authorized)])
+    @app.get("/v1/deltas", dependencies=[bearer_required(token)])
     async def deltas(since: str | None = None, limit: Limit = 500) -> Response:
         try:
             changes, next_token, has_more = state.deltas(since, limit)

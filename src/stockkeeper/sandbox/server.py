@@ -14,17 +14,18 @@ import asyncio
 import contextlib
 import math
 import random
+import secrets
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import uvicorn
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, params
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -247,6 +248,33 @@ def control_router(controller: FaultController) -> APIRouter:
         return json_response(controller.calls())
 
     return router
+
+
+def bearer_required(token: str | None) -> params.Depends:
+    """A route dependency: with a token set, ``Authorization: Bearer <token>`` or 401."""
+
+    async def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            return
+        expected = f"Bearer {token}"
+        if authorization is None or not secrets.compare_digest(
+            authorization.encode(), expected.encode()
+        ):
+            raise HTTPException(
+                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    guard: params.Depends = Depends(authorized)
+    return guard
+
+
+def faulty_app(title: str, faults: Faults | FaultController | None) -> FastAPI:
+    """:func:`sandbox_app` with a controller made from ``faults`` (or given), kept at
+    ``app.state.faults``."""
+    controller = faults if isinstance(faults, FaultController) else FaultController(faults)
+    app = sandbox_app(title, controller)
+    app.state.faults = controller
+    return app
 
 
 def sandbox_app(title: str, controller: FaultController) -> FastAPI:

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 import uvicorn
-from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -28,8 +28,9 @@ from stockkeeper.sandbox.server import (
     CONTROL_PREFIX,
     FaultController,
     Faults,
+    bearer_required,
+    faulty_app,
     json_response,
-    sandbox_app,
 )
 
 MAX_LIMIT = 5000
@@ -375,23 +376,9 @@ def create_app(
 
     The controller is at ``app.state.faults``.
     """
-    controller = faults if isinstance(faults, FaultController) else FaultController(faults)
-    app = sandbox_app("sandbox WMS", controller)
-    app.state.faults = controller
+    app = faulty_app("sandbox WMS", faults)
     app.state.wms = state
-
-    async def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
-            return
-        expected = f"Bearer {token}"
-        if authorization is None or not secrets.compare_digest(
-            authorization.encode(), expected.encode()
-        ):
-            raise HTTPException(
-                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    auth = [Depends(authorized)]
+    auth = [bearer_required(token)]
 
     @app.get("/v1/stock", dependencies=auth)
     async def stock(
