@@ -28,7 +28,7 @@ from stockkeeper.connectors.records import (
     sale_json,
 )
 from stockkeeper.domain.allocation import BatchStock
-from stockkeeper.domain.events import ADJUSTED, Event
+from stockkeeper.domain.events import Event
 from stockkeeper.domain.ingest import (
     Level,
     PricingRule,
@@ -186,7 +186,7 @@ class IngestService:
         rows = await conn.fetch(q("lock_sku_batches"), touched)
         batches = {r["id"]: batch_from_row(r) for r in rows}
         now = self.clock()
-        adjust, events = self._level_moves(batches, winners, connector)
+        adjust = self._level_moves(batches, winners)
         sales_moves, unbooked = self._sale_moves(batches, fresh, now)
         source = connector
         if adjust:
@@ -199,7 +199,6 @@ class IngestService:
                 reference_id=reference,
                 now=now,
                 reason=f"level from {connector}",
-                events=events,
             )
         if sales_moves:
             await stock.apply_movements(conn, sales_moves, already_locked=True)
@@ -279,35 +278,20 @@ class IngestService:
             [None] * len(ordered),
         )
 
-    def _level_moves(
-        self, batches: dict[int, BatchStock], winners: list[Level], connector: str
-    ) -> tuple[list[Movement], list[Event]]:
+    def _level_moves(self, batches: dict[int, BatchStock], winners: list[Level]) -> list[Movement]:
+        # No inventory.adjusted event per level: a sync of 500,000 SKUs would publish
+        # half a million events nobody consumes. The level_changed event that
+        # record_change writes per SKU carries the new figures, the cause and the source.
+        by_place: dict[tuple[str, str], list[BatchStock]] = {}
+        for b in batches.values():
+            by_place.setdefault((b.sku, b.location), []).append(b)
         moves: list[Movement] = []
-        events: list[Event] = []
         for lv in winners:
-            here = [b for b in batches.values() if b.sku == lv.sku and b.location == lv.location]
-            here.sort(key=lambda b: (b.lot_number is not None, b.id))  # the lot-less first
-            before = sum(b.figures.on_hand for b in here)
+            here = sorted(by_place.get(lv.key, []), key=lambda b: (b.lot_number is not None, b.id))
             for batch_id, delta in level_moves(here, lv.on_hand):
                 moves.append(Movement(batch_id, lv.sku, delta))
                 _move(batches, batch_id, delta)
-            if before != lv.on_hand:
-                events.append(
-                    Event(
-                        ADJUSTED,
-                        {
-                            "sku": lv.sku,
-                            "location": lv.location,
-                            "on_hand": lv.on_hand,
-                            "applied_delta": lv.on_hand - before,
-                            "source_updated_at": lv.updated_at.isoformat(),
-                            "reason": f"level from {connector}",
-                        },
-                        sku=lv.sku,
-                        source=connector,
-                    )
-                )
-        return moves, events
+        return moves
 
     def _sale_moves(
         self, batches: dict[int, BatchStock], fresh: list[Sale], now: Any
