@@ -50,11 +50,16 @@ class Rig:
         self.out_client = WmsClient(
             cfg, metrics=c.metrics, on_call=lambda r: _keep_call(self.calls[NAME], r)
         )
-        self.sync_client = WmsClient(cfg, metrics=c.metrics)
+        self.sync_calls: dict[str, list[CallRow]] = {NAME: []}
+        self.sync_client = WmsClient(
+            cfg, metrics=c.metrics, on_call=lambda r: _keep_call(self.sync_calls[NAME], r)
+        )
         self.outbound = WmsOutboundWorker(
             c.wms, {NAME: self.out_client}, [cfg], c.pool, c.metrics, c.clock, self.calls
         )
-        self.sync = WmsSyncWorker(c.wms, {NAME: self.sync_client}, [cfg], c.metrics)
+        self.sync = WmsSyncWorker(
+            c.wms, {NAME: self.sync_client}, [cfg], c.metrics, self.sync_calls
+        )
         self.handle = self.outbound.handler()
 
     async def close(self) -> None:
@@ -256,6 +261,16 @@ async def test_a_full_sync_killed_midway_resumes_from_its_last_page(
     assert await rig.sync.run_job(resumed) is SyncStatus.DONE
     doc = await c.wms.get_request(job.id)
     assert (doc["pages"], doc["rows_seen"]) == (3, 250)  # the first page was not read again
+    async with c.pool.acquire() as conn:
+        audited = await conn.fetch("SELECT operation, outcome FROM wms_call ORDER BY id")
+    # Every call through the client is in the audit table when the job ends (here the
+    # first worker's two calls too: it ran in this process).
+    assert [(r["operation"], r["outcome"]) for r in audited] == [
+        ("head_token", "ok"),
+        ("stock_page", "ok"),
+        ("stock_page", "ok"),
+        ("stock_page", "ok"),
+    ]
     assert await c.wms.sync_token(NAME) == token
     async with c.pool.acquire() as conn:
         ours = await conn.fetchval("SELECT sum(on_hand) FROM sku_batch")

@@ -272,6 +272,11 @@ class WmsService:
         r = found[batch_id]
         return BatchIdentity(batch_id, r["sku"], r["location"], r["lot_number"])
 
+    async def record_calls(self, connector: str, calls: Sequence[repo.CallRow]) -> None:
+        """Every try of every call to the WMS, for audit."""
+        async with self.pool.acquire() as c:
+            await repo.insert_calls(c, connector, calls)
+
     async def sync_token(self, connector: str) -> str | None:
         async with self.pool.acquire() as c:
             state = await repo.sync_state(c, connector)

@@ -130,8 +130,8 @@ def _wms_workers(
     tasks: list[Coroutine[Any, Any, None]] = []
     specs: list[ConsumerSpec] = []
     if "wms-sync" in wanted:
-        clients, _ = _wms_clients(container)
-        sync = WmsSyncWorker(container.wms, clients, configs, container.metrics)
+        clients, calls = _wms_clients(container)
+        sync = WmsSyncWorker(container.wms, clients, configs, container.metrics, calls)
         tasks.append(sync.run(stop))
         specs.append(ConsumerSpec("wms-sync", "wms.sync", sync.handler()))
     if "wms-outbound" in wanted:

@@ -26,6 +26,7 @@ from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.wms import Rejected, SyncJob, WmsService
 from stockkeeper.store.pool import Conn
+from stockkeeper.store.wms import CallRow
 from stockkeeper.waiting import wait_any
 
 log = get_logger("stockkeeper.wms_sync")
@@ -62,11 +63,14 @@ class WmsSyncWorker:
         clients: dict[str, WmsClient],
         configs: Sequence[WmsConnectorConfig],
         metrics: Metrics,
+        calls: dict[str, list[CallRow]] | None = None,
     ) -> None:
         self.service = service
         self.clients = clients
         self.configs = {c.id: c for c in configs}
         self.metrics = metrics
+        # Each client appends a record per try; kept in wms_call when a job ends.
+        self.calls = calls or {}
         self.wake = asyncio.Event()
 
     def handler(self) -> EffectHandler:
@@ -142,6 +146,10 @@ class WmsSyncWorker:
             log.exception("wms_sync.job_crashed", request=job.id)
             status, error = SyncStatus.FAILED, f"{type(exc).__name__}: {exc}"
         await self.service.finish(job, status, error, token=token)
+        kept = self.calls.get(job.connector)
+        if kept:
+            taken, kept[:] = list(kept), []
+            await self.service.record_calls(job.connector, taken)
         elapsed = time.monotonic() - started
         self.metrics.wms_sync_duration.labels(
             connector=job.connector, kind=job.kind.value, result=status.value.lower()
