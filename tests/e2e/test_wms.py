@@ -376,7 +376,7 @@ async def test_the_wms_down_for_30_seconds_keeps_reserve_fast_and_loses_nothing(
     """The WMS is off the order path. Timing is only checked against the WMS's own
     timeout: a reserve that waited for the WMS would take at least that long."""
     state, sandbox = wms
-    timeout_ms = 1500
+    timeout_ms = 5000
     up: Up = up_factory(
         sandbox.url, timeout_ms=timeout_ms, max_attempts=2, outbound_backoff_max_ms=2000
     )
