@@ -16,6 +16,12 @@ import pytest
 
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
+from stockkeeper.sandbox.erp import ErpSandbox, create_erp, drop_erp
+from stockkeeper.sandbox.marketplace import MarketplaceState
+from stockkeeper.sandbox.marketplace import create_app as create_marketplace_app
+from stockkeeper.sandbox.server import SandboxServer
+from stockkeeper.sandbox.wms import WmsState
+from stockkeeper.sandbox.wms import create_app as create_wms_app
 from stockkeeper.store.migrate import migrate
 from tests.support import (
     DEFAULT_ADMIN_URL,
@@ -126,3 +132,40 @@ async def rabbit_url() -> str:
 def broker_prefix() -> str:
     """Exchange and queue names unique to one test, so tests never share a queue."""
     return f"t{uuid.uuid4().hex[:10]}."
+
+
+# -- the sandboxes (outside systems over real TCP or a real database) ------------------
+
+
+@pytest.fixture
+def wms() -> Iterator[tuple[WmsState, SandboxServer]]:
+    """A sandbox WMS listening on a free port (its state, its server)."""
+    state = WmsState()
+    server = SandboxServer(create_wms_app(state))
+    server.start()
+    try:
+        yield state, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def market() -> Iterator[tuple[MarketplaceState, SandboxServer]]:
+    """A sandbox marketplace listening on a free port (its state, its server)."""
+    state = MarketplaceState()
+    server = SandboxServer(create_marketplace_app(state))
+    server.start()
+    try:
+        yield state, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def erp(admin_url: str) -> AsyncIterator[ErpSandbox]:
+    """A sandbox ERP: a database of its own on the test PostgreSQL, dropped afterwards."""
+    url = await create_erp(admin_url)
+    try:
+        yield ErpSandbox(url)
+    finally:
+        await drop_erp(admin_url, url)

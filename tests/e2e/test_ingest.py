@@ -6,27 +6,17 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from stockkeeper.sandbox.erp import ErpSandbox, create_erp, drop_erp
+from stockkeeper.sandbox.erp import ErpSandbox
 from tests.e2e.messaging_helpers import Child, Children, wait_until
 from tests.support import base_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def erp(admin_url: str) -> AsyncIterator[ErpSandbox]:
-    url = await create_erp(admin_url)
-    try:
-        yield ErpSandbox(url)
-    finally:
-        await drop_erp(admin_url, url)
 
 
 async def fetch(db_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:

@@ -10,7 +10,7 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from stockkeeper.sandbox.server import SandboxServer
-from stockkeeper.sandbox.wms import WmsState, create_app
+from stockkeeper.sandbox.wms import WmsState
 from tests.e2e.helpers import audit, client
 from tests.e2e.messaging_helpers import wait_until
 from tests.support import ADMIN_TOKEN, WRITER_TOKEN, ServerProcess, auth, base_config
@@ -27,17 +27,6 @@ from tests.support import ADMIN_TOKEN, WRITER_TOKEN, ServerProcess, auth, base_c
 pytestmark = pytest.mark.slow
 
 CONNECTOR = "wms-main"
-
-
-@pytest.fixture
-def wms() -> Iterator[tuple[WmsState, SandboxServer]]:
-    state = WmsState()
-    server = SandboxServer(create_app(state))
-    server.start()
-    try:
-        yield state, server
-    finally:
-        server.stop()
 
 
 def wms_config(

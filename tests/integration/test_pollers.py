@@ -5,45 +5,23 @@ the sandbox marketplace over TCP."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy.dialects import mssql, postgresql
 
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig, Settings
 from stockkeeper.connectors.erp import Position, page_query
-from stockkeeper.sandbox.erp import ErpSandbox, create_erp, drop_erp
-from stockkeeper.sandbox.marketplace import MarketplaceState, create_app
+from stockkeeper.sandbox.erp import ErpSandbox
+from stockkeeper.sandbox.marketplace import MarketplaceState
 from stockkeeper.sandbox.server import SandboxServer
 from stockkeeper.workers.pollers import ErpPoller, MarketplacePoller
 
 
 def sqlalchemy_url(url: str) -> str:
     return url.replace("postgresql://", "postgresql+asyncpg://", 1)
-
-
-@pytest.fixture
-async def erp(admin_url: str) -> AsyncIterator[ErpSandbox]:
-    url = await create_erp(admin_url)
-    try:
-        yield ErpSandbox(url)
-    finally:
-        await drop_erp(admin_url, url)
-
-
-@pytest.fixture
-def market() -> Iterator[tuple[MarketplaceState, SandboxServer]]:
-    state = MarketplaceState()
-    server = SandboxServer(create_app(state))
-    server.start()
-    try:
-        yield state, server
-    finally:
-        server.stop()
 
 
 async def container_with(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -29,15 +28,6 @@ ORDER BY last_modified, sku, location
 LIMIT $4
 """
 BEFORE_ALL = (datetime(1970, 1, 1, tzinfo=UTC), "", "")
-
-
-@pytest.fixture
-async def erp(admin_url: str) -> AsyncIterator[ErpSandbox]:
-    url = await create_erp(admin_url)
-    try:
-        yield ErpSandbox(url)
-    finally:
-        await drop_erp(admin_url, url)
 
 
 async def fetch(url: str, query: str, *args: Any) -> list[asyncpg.Record]:

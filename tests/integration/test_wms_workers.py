@@ -4,7 +4,7 @@ replay; sync jobs that resume after a crash, incremental syncs and token refusal
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,7 +17,7 @@ from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.wms import SyncStatus
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.sandbox.server import SandboxServer
-from stockkeeper.sandbox.wms import WmsState, create_app
+from stockkeeper.sandbox.wms import WmsState
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
 from stockkeeper.store import wms as repo
@@ -27,17 +27,6 @@ from stockkeeper.workers.wms_outbound import WmsOutboundWorker
 from stockkeeper.workers.wms_sync import WmsSyncWorker
 
 NAME = "wms-main"
-
-
-@pytest.fixture
-def sandbox() -> Iterator[tuple[WmsState, SandboxServer]]:
-    state = WmsState()
-    server = SandboxServer(create_app(state))
-    server.start()
-    try:
-        yield state, server
-    finally:
-        server.stop()
 
 
 class Rig:
@@ -97,7 +86,7 @@ class Rig:
 
 @pytest.fixture
 async def rig_factory(
-    config: dict[str, Any], clock: Any, sandbox: tuple[WmsState, SandboxServer]
+    config: dict[str, Any], clock: Any, wms: tuple[WmsState, SandboxServer]
 ) -> AsyncIterator[Any]:
     made: list[Rig] = []
 
@@ -105,7 +94,7 @@ async def rig_factory(
         connector = {
             "id": NAME,
             "type": "wms",
-            "url": sandbox[1].url,
+            "url": wms[1].url,
             "rate_limit_rps": 1000,
             "timeout_ms": 1000,
             "max_attempts": 2,
@@ -138,9 +127,9 @@ async def orders(c: Container) -> None:
 
 
 async def test_real_reservation_events_reach_the_wms_books_in_one_batch(
-    rig_factory: Any, sandbox: tuple[WmsState, SandboxServer]
+    rig_factory: Any, wms: tuple[WmsState, SandboxServer]
 ) -> None:
-    state, _ = sandbox
+    state, _ = wms
     rig: Rig = await rig_factory(outbound_batch_size=50)
     await orders(rig.c)
     assert await rig.deliver_events() == 5
@@ -186,9 +175,9 @@ async def test_a_partial_batch_waits_for_more_until_its_time_is_up(rig_factory: 
 
 
 async def test_a_wms_that_keeps_failing_means_retries_then_a_dead_letter_that_replays(
-    rig_factory: Any, sandbox: tuple[WmsState, SandboxServer]
+    rig_factory: Any, wms: tuple[WmsState, SandboxServer]
 ) -> None:
-    state, server = sandbox
+    state, server = wms
     rig: Rig = await rig_factory(outbound_max_attempts=2, outbound_backoff_base_ms=60_000)
     await orders(rig.c)
     await rig.deliver_events()
@@ -219,9 +208,9 @@ async def test_a_wms_that_keeps_failing_means_retries_then_a_dead_letter_that_re
 
 
 async def test_a_batch_the_wms_refuses_is_sent_item_by_item(
-    rig_factory: Any, sandbox: tuple[WmsState, SandboxServer]
+    rig_factory: Any, wms: tuple[WmsState, SandboxServer]
 ) -> None:
-    _, server = sandbox
+    _, server = wms
     rig: Rig = await rig_factory()
     await orders(rig.c)
     await rig.deliver_events()
@@ -237,9 +226,9 @@ async def test_a_batch_the_wms_refuses_is_sent_item_by_item(
 
 
 async def test_a_full_sync_killed_midway_resumes_from_its_last_page(
-    rig_factory: Any, sandbox: tuple[WmsState, SandboxServer]
+    rig_factory: Any, wms: tuple[WmsState, SandboxServer]
 ) -> None:
-    state, _ = sandbox
+    state, _ = wms
     state.seed(250, skus=50, seed=4)
     rig: Rig = await rig_factory(page_size=100)
     c = rig.c
@@ -278,9 +267,9 @@ async def test_a_full_sync_killed_midway_resumes_from_its_last_page(
 
 
 async def test_incremental_sync_reads_only_what_changed_and_falls_back_when_refused(
-    rig_factory: Any, sandbox: tuple[WmsState, SandboxServer], clock: Any
+    rig_factory: Any, wms: tuple[WmsState, SandboxServer], clock: Any
 ) -> None:
-    state, _ = sandbox
+    state, _ = wms
     state.seed(40, skus=10, seed=8)
     rig: Rig = await rig_factory()
     c = rig.c
