@@ -6,13 +6,16 @@ import asyncio
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from stockkeeper import __version__
 from stockkeeper.config import ConfigError, Settings, load_settings
 from stockkeeper.observability.logging import configure
+
+if TYPE_CHECKING:
+    from stockkeeper.bootstrap import Container
 
 app = typer.Typer(
     name="stockkeeper",
@@ -52,16 +55,22 @@ def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return result
 
 
-def _serve(settings: Settings, services: list[str], consumers: list[Any] | None = None) -> None:
+async def _build(settings: Settings, *, run_migrations: bool = True) -> Container:
+    """The container, or exit 2 naming what is wrong (a secret not set, say)."""
     from stockkeeper.bootstrap import build
+
+    try:
+        return await build(settings, run_migrations=run_migrations)
+    except ConfigError as exc:
+        typer.echo(f"stockkeeper: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _serve(settings: Settings, services: list[str], consumers: list[Any] | None = None) -> None:
     from stockkeeper.workers.runner import serve
 
     async def main() -> None:
-        try:
-            container = await build(settings)
-        except ConfigError as exc:
-            typer.echo(f"stockkeeper: {exc}", err=True)
-            raise typer.Exit(2) from None
+        container = await _build(settings)
         try:
             await serve(container, services, consumers or [])
         finally:
@@ -219,12 +228,11 @@ def sandbox_marketplace(
 @app.command()
 def migrate(config: ConfigOption = None) -> None:
     """Apply pending database migrations (also done at every start)."""
-    from stockkeeper.bootstrap import build
 
     settings = _settings(config)
 
     async def main() -> None:
-        container = await build(settings, run_migrations=False)
+        container = await _build(settings, run_migrations=False)
         try:
             from stockkeeper.store.migrate import migrate as do_migrate
 
@@ -241,13 +249,12 @@ def migrate(config: ConfigOption = None) -> None:
 @app.command()
 def audit(config: ConfigOption = None) -> None:
     """Check the stock invariant; exit 1 with a report if anything is off."""
-    from stockkeeper.bootstrap import build
     from stockkeeper.services.audit import audit as run_audit
 
     settings = _settings(config)
 
     async def main() -> bool:
-        container = await build(settings)
+        container = await _build(settings)
         try:
             async with container.pool.acquire() as conn:
                 report = await run_audit(conn)
@@ -263,7 +270,14 @@ def audit(config: ConfigOption = None) -> None:
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate the configuration and say so."""
+    from stockkeeper.bootstrap import check_connectors
+
     settings = _settings(config)
+    try:
+        check_connectors(settings)  # secrets present, adapters known
+    except ConfigError as exc:
+        typer.echo(f"stockkeeper: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"configuration is valid ({len(settings.connectors)} connectors)")
 
 

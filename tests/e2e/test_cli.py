@@ -67,6 +67,23 @@ def test_check_config_with_a_bad_key_exits_2_naming_it(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["check-config", "audit"])
+def test_a_connector_secret_not_set_exits_2_naming_the_variable(
+    command: str, tmp_path: Path
+) -> None:
+    cfg = base_config("postgresql://nowhere/db")
+    cfg["connectors"] = [
+        {"id": "wms-main", "type": "wms", "url": "http://wms", "token_env": "SK_TEST_UNSET"}
+    ]
+    path = write_config(tmp_path / "wms.yaml", cfg)
+
+    result = run_cli(command, "--config", str(path), cwd=tmp_path)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "SK_TEST_UNSET" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_bad_key_from_the_environment_is_named_too(tmp_path: Path) -> None:
     path = write_config(tmp_path / "ok.yaml", base_config("postgresql://nowhere/db"))
 

@@ -16,10 +16,27 @@ LEVELS = {
 
 
 def configure(level: str = "info", json_output: bool = True) -> None:
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=LEVELS[level])
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
     )
+    # Libraries log through the standard library (uvicorn, asyncpg, aio-pika): their
+    # records are rendered the same way, so the output stays one JSON object per line.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(LEVELS[level])
+    # A line per outgoing HTTP request is noise: connector metrics and wms_call keep them.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, LEVELS[level]))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
