@@ -14,7 +14,8 @@ from stockkeeper.observability.logging import configure, get_logger
 def test_library_records_are_json_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
     configure("info", json_output=True)
     try:
-        logging.getLogger("uvicorn.error").info("Started server process [%d]", 42)
+        # (A name no other test configures: in-process sandboxes set uvicorn's up.)
+        logging.getLogger("a_library.server").info("Started server process [%d]", 42)
         logging.getLogger("httpx").info("HTTP Request: GET http://x")  # quiet below warning
         get_logger("stockkeeper.test").info("ours", n=1)
         lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
@@ -26,4 +27,4 @@ def test_library_records_are_json_lines_too(capsys: pytest.CaptureFixture[str]) 
         ("Started server process [42]", "info"),
         ("ours", "info"),
     ]
-    assert lines[0]["logger"] == "uvicorn.error"
+    assert lines[0]["logger"] == "a_library.server"
