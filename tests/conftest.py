@@ -129,9 +129,36 @@ async def rabbit_url() -> str:
 
 
 @pytest.fixture
-def broker_prefix() -> str:
-    """Exchange and queue names unique to one test, so tests never share a queue."""
-    return f"t{uuid.uuid4().hex[:10]}."
+async def broker_prefix() -> AsyncIterator[str]:
+    """Exchange and queue names unique to one test, so tests never share a queue.
+
+    Afterwards the test's queues and exchanges are deleted from RabbitMQ (if it runs),
+    so repeated runs do not pile up durable quorum queues on the machine's broker.
+    """
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    yield prefix
+    await _delete_topology(
+        os.environ.get("STOCKKEEPER_TEST_BROKER_URL", DEFAULT_BROKER_URL), prefix
+    )
+
+
+async def _delete_topology(url: str, prefix: str) -> None:
+    import aio_pika
+
+    from stockkeeper.messaging.topology import EXCHANGES, QUEUES
+
+    try:
+        conn = await aio_pika.connect(url, timeout=5)
+    except Exception:
+        return  # no RabbitMQ here (the embedded queue was used): nothing to delete
+    try:
+        channel = await conn.channel()
+        for q in QUEUES:
+            await channel.queue_delete(prefix + q.name)  # absent ones are fine
+        for exchange in EXCHANGES:
+            await channel.exchange_delete(prefix + exchange)
+    finally:
+        await conn.close()
 
 
 # -- the sandboxes (outside systems over real TCP or a real database) ------------------
