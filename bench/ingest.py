@@ -212,9 +212,29 @@ async def erp_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     finally:
         for p in procs:
             p.stop()
+        await delete_topology(args.amqp_url, f"b{run}.")
         await drop_erp(args.database_url, erp_url)
         await drop_db(args.database_url, ours)
         await drop_db(args.database_url, floor_db)
+
+
+async def delete_topology(url: str, prefix: str) -> None:
+    """Drop this run's queues (half a million level_changed messages wait in one)."""
+    import aio_pika
+
+    from stockkeeper.messaging.topology import EXCHANGES, QUEUES
+
+    if not await rabbit_ok(url):
+        return
+    conn = await aio_pika.connect(url, timeout=5)
+    try:
+        channel = await conn.channel()
+        for q in QUEUES:
+            await channel.queue_delete(prefix + q.name)
+        for exchange in EXCHANGES:
+            await channel.exchange_delete(prefix + exchange)
+    finally:
+        await conn.close()
 
 
 async def copy_floor(erp_url: str, floor_url: str) -> float:
