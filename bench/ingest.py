@@ -42,6 +42,7 @@ import orjson
 import yaml
 
 from stockkeeper.connectors.signatures import generic_headers
+from stockkeeper.messaging import rabbitmq
 from stockkeeper.sandbox.erp import ErpSandbox, create_erp, drop_erp
 from stockkeeper.store.migrate import migrate
 
@@ -220,21 +221,8 @@ async def erp_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 async def delete_topology(url: str, prefix: str) -> None:
     """Drop this run's queues (half a million level_changed messages wait in one)."""
-    import aio_pika
-
-    from stockkeeper.messaging.topology import EXCHANGES, QUEUES
-
-    if not await rabbit_ok(url):
-        return
-    conn = await aio_pika.connect(url, timeout=5)
-    try:
-        channel = await conn.channel()
-        for q in QUEUES:
-            await channel.queue_delete(prefix + q.name)
-        for exchange in EXCHANGES:
-            await channel.exchange_delete(prefix + exchange)
-    finally:
-        await conn.close()
+    if await rabbit_ok(url):
+        await rabbitmq.delete_topology(url, prefix)
 
 
 async def copy_floor(erp_url: str, floor_url: str) -> float:

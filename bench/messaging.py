@@ -66,11 +66,11 @@ from reserve import (
 )
 from stockkeeper.config import DatabaseConfig
 from stockkeeper.domain.events import LEVEL_CHANGED, Event
+from stockkeeper.messaging import rabbitmq
 from stockkeeper.messaging.consumer import Consumer
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.messaging.pgqueue import PgQueueBroker
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker
-from stockkeeper.messaging.topology import EXCHANGES, QUEUES
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import outbox
 from stockkeeper.store.migrate import migrate
@@ -973,18 +973,8 @@ class Checks:
 
 async def delete_topology(amqp_url: str, prefix: str) -> None:
     """Delete our queues (with any retry queues the consumer made) and exchanges."""
-    conn = await aio_pika.connect(amqp_url)
-    try:
-        channel = await conn.channel()
-        names = [prefix + spec.name for spec in QUEUES]
-        delays = {min(30_000, 1000 * 2**k) for k in range(10)}  # RetryPolicy() delays
-        names += [f"{n}.retry.{d}" for n in names for d in sorted(delays)]
-        for name in names:
-            await channel.queue_delete(name)  # RabbitMQ: deleting a missing queue is fine
-        for ex in EXCHANGES:
-            await channel.exchange_delete(prefix + ex)
-    finally:
-        await conn.close()
+    delays = {min(30_000, 1000 * 2**k) for k in range(10)}  # RetryPolicy() delays
+    await rabbitmq.delete_topology(amqp_url, prefix, sorted(delays))
 
 
 # -- output ------------------------------------------------------------------------------

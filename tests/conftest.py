@@ -143,22 +143,12 @@ async def broker_prefix() -> AsyncIterator[str]:
 
 
 async def _delete_topology(url: str, prefix: str) -> None:
-    import aio_pika
-
-    from stockkeeper.messaging.topology import EXCHANGES, QUEUES
+    from stockkeeper.messaging.rabbitmq import delete_topology
 
     try:
-        conn = await aio_pika.connect(url, timeout=5)
+        await delete_topology(url, prefix)
     except Exception:
         return  # no RabbitMQ here (the embedded queue was used): nothing to delete
-    try:
-        channel = await conn.channel()
-        for q in QUEUES:
-            await channel.queue_delete(prefix + q.name)  # absent ones are fine
-        for exchange in EXCHANGES:
-            await channel.exchange_delete(prefix + exchange)
-    finally:
-        await conn.close()
 
 
 # -- the sandboxes (outside systems over real TCP or a real database) ------------------

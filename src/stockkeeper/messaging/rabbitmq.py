@@ -249,3 +249,20 @@ class RabbitMQBroker:
         finally:
             await channel.close()
         return depths
+
+
+async def delete_topology(url: str, prefix: str, retry_delays_ms: Sequence[int] = ()) -> None:
+    """Delete one installation's queues (with the retry queues of ``retry_delays_ms``)
+    and exchanges: for tests and benchmarks that each ran under their own prefix.
+    Queues that were never declared are fine to delete."""
+    conn = await aio_pika.connect(url, timeout=5)
+    try:
+        channel = await conn.channel()
+        names = [prefix + spec.name for spec in QUEUES]
+        names += [f"{n}.retry.{d}" for n in names for d in sorted(set(retry_delays_ms))]
+        for name in names:
+            await channel.queue_delete(name)
+        for exchange in EXCHANGES:
+            await channel.exchange_delete(prefix + exchange)
+    finally:
+        await conn.close()
