@@ -438,10 +438,7 @@ class WmsService:
 
     async def rearm_outbound(self, conn: Conn, connector: str, event_ids: Sequence[str]) -> int:
         """A replayed dead letter: its items are sent again, with a fresh count."""
-        n = 0
-        for event_id in event_ids:
-            n += await repo.outbound_rearm(conn, connector, event_id)
-        return n
+        return await repo.outbound_rearm(conn, connector, event_ids)
 
     @staticmethod
     def rearm_envelope(connector: str, items: Sequence[repo.OutboundRow], now: datetime) -> bytes:

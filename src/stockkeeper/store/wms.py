@@ -210,9 +210,9 @@ async def outbound_dead(conn: Conn, ids: Sequence[int], error: str) -> None:
     await conn.execute(q("outbound_dead"), list(ids), error)
 
 
-async def outbound_rearm(conn: Conn, connector: str, event_id: str) -> bool:
-    done: str = await conn.execute(q("outbound_rearm"), connector, event_id)
-    return done.endswith(" 1")
+async def outbound_rearm(conn: Conn, connector: str, event_ids: Sequence[str]) -> int:
+    done: str = await conn.execute(q("outbound_rearm"), connector, list(event_ids))
+    return int(done.rsplit(" ", 1)[1])
 
 
 async def status(conn: Conn, connectors: Sequence[str]) -> list[asyncpg.Record]:

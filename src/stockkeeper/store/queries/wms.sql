@@ -180,7 +180,7 @@ WHERE id = ANY($1::bigint[]) AND status = 'PENDING';
 -- A replayed dead letter: the item goes back to the queue with a fresh count.
 UPDATE wms_outbound_item
 SET status = 'PENDING', attempts = 0, next_attempt_at = now(), leased_until = NULL
-WHERE connector = $1 AND event_id = $2 AND status = 'DEAD';
+WHERE connector = $1 AND event_id = ANY($2::text[]) AND status = 'DEAD';
 
 -- name: insert_wms_calls
 INSERT INTO wms_call (connector, operation, attempt, status_code, outcome, duration_ms,
