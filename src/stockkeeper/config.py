@@ -133,13 +133,23 @@ class ReservationsConfig(Section):
 
 
 class PropagationConfig(Section):
+    # A push a channel failed (after the call's own retries) is tried again after
+    # backoff_base_ms, doubling up to backoff_max_ms; after max_attempts it is a dead letter.
     backoff_base_ms: int = Field(default=1000, ge=1)
     backoff_max_ms: int = Field(default=30000, ge=1)
     max_attempts: int = Field(default=10, ge=1)
+    # Consumers of channel.propagation in one propagator process (each handles one
+    # message at a time; the per-SKU version guard makes their order irrelevant).
+    consumers: int = Field(default=2, ge=1, le=64)
+    # How long pushes are kept in channel_push (lag percentiles, audit).
+    push_log_retention_s: int = Field(default=86_400, ge=60)
 
 
 class MonitoringConfig(Section):
+    # Sync lag alert: p99 of commit-to-acknowledgement over the last lag_window_s.
     p99_lag_alert_ms: int = Field(default=5000, ge=1)
+    lag_window_s: int = Field(default=300, ge=5, le=86_400)
+    lag_check_interval_s: float = Field(default=10.0, gt=0, le=3600)
     metrics_port: int = Field(default=9100, ge=0, le=65535)
 
 
@@ -267,18 +277,82 @@ class MarketplaceConnectorConfig(HttpConnectorConfig, IngestOptions):
     cooldown_s: float = Field(default=30.0, gt=0)
 
 
+class ChannelConfig(HttpConnectorConfig):
+    """A sales channel: the propagator pushes our availability to it."""
+
+    # Pushes (calls) in flight at once on this channel.
+    concurrency: int = Field(default=4, ge=1, le=64)
+    # SKUs per call where the channel's API takes several; 1 elsewhere.
+    batch_size: int = Field(default=1, ge=1, le=500)
+    # Connectors (the channel's own webhooks or delta feed) whose changes came from this
+    # channel: such a change is not pushed back to it.
+    echo_sources: list[str] = Field(default_factory=list)
+    # Read levels back and re-push where they differ, every this many seconds (channels
+    # that can report levels); 0: only when `stockkeeper reconcile-channels` runs.
+    reconcile_interval_s: float = Field(default=0.0, ge=0)
+
+
+class ShopifyChannelConfig(ChannelConfig):
+    """Shopify's Admin GraphQL API: ``inventorySetQuantities`` at one location."""
+
+    type: Literal["shopify"]
+    # The GraphQL endpoint, e.g. https://shop.myshopify.com/admin/api/2026-04/graphql.json;
+    # token_env names the variable holding the Admin API access token.
+    location_id: str = Field(pattern=r"^gid://shopify/Location/[0-9]+$")
+    # One of Shopify's inventory change reasons.
+    reason: str = Field(default="correction", pattern=r"^[a-z_]{1,64}$")
+    batch_size: int = Field(default=50, ge=1, le=250)
+    rate_limit_rps: float = Field(default=20.0, gt=0, le=10_000)
+
+
+class AmazonChannelConfig(ChannelConfig):
+    """Amazon SP-API Listings Items: ``PATCH`` of ``/attributes/fulfillment_availability``."""
+
+    type: Literal["amazon"]
+    # The regional endpoint, e.g. https://sellingpartnerapi-eu.amazon.com; token_env
+    # names the variable holding the LWA access token.
+    seller_id: str = Field(pattern=r"^[A-Z0-9]{1,32}$")
+    marketplace_ids: list[Annotated[str, Field(pattern=r"^[A-Z0-9]{1,32}$")]] = Field(min_length=1)
+    fulfillment_channel_code: str = Field(default="DEFAULT", pattern=r"^[A-Z0-9_]{1,32}$")
+    product_type: str = Field(default="PRODUCT", pattern=r"^[A-Z0-9_]{1,64}$")
+    # patchListingsItem allows 5 requests per second with a burst of 5.
+    rate_limit_rps: float = Field(default=5.0, gt=0, le=5)
+    concurrency: int = Field(default=5, ge=1, le=64)
+    batch_size: Literal[1] = 1
+
+
+class OutboundWebhookChannelConfig(ChannelConfig):
+    """Any URL: an HMAC-SHA256-signed POST of the new levels."""
+
+    type: Literal["outbound_webhook"]
+    # The variable holding the signing secret (shared with the receiver).
+    secret_env: EnvName
+    batch_size: int = Field(default=1, ge=1, le=500)
+
+
 def _connector_type(value: Any) -> str | None:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
     return kind if kind in CONNECTOR_TYPES else None
 
 
 # One entry per connector type; issue by issue, more types join here.
-CONNECTOR_TYPES = ("wms", "erp", "webhook", "marketplace")
+CONNECTOR_TYPES = (
+    "wms",
+    "erp",
+    "webhook",
+    "marketplace",
+    "shopify",
+    "amazon",
+    "outbound_webhook",
+)
 AnyConnector = Annotated[
     Annotated[WmsConnectorConfig, Tag("wms")]
     | Annotated[ErpConnectorConfig, Tag("erp")]
     | Annotated[WebhookConnectorConfig, Tag("webhook")]
-    | Annotated[MarketplaceConnectorConfig, Tag("marketplace")],
+    | Annotated[MarketplaceConnectorConfig, Tag("marketplace")]
+    | Annotated[ShopifyChannelConfig, Tag("shopify")]
+    | Annotated[AmazonChannelConfig, Tag("amazon")]
+    | Annotated[OutboundWebhookChannelConfig, Tag("outbound_webhook")],
     Discriminator(
         _connector_type,
         custom_error_type="connector_type",
@@ -306,6 +380,12 @@ class Settings(Section):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"connectors: duplicate id {', '.join(dupes)}")
+        for ch in self.connectors_of(ChannelConfig):
+            unknown = sorted(set(ch.echo_sources) - set(ids))
+            if unknown:
+                raise ValueError(
+                    f"connectors: {ch.id}.echo_sources names no connector: {', '.join(unknown)}"
+                )
         return self
 
     def connectors_of(self, kind: type[C]) -> list[C]:
