@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from stockkeeper.api.auth import TokenBook, build_token_book
 from stockkeeper.config import (
+    ChannelConfig,
     ConfigError,
     ConnectorConfig,
     HttpConnectorConfig,
@@ -23,6 +24,7 @@ from stockkeeper.messaging.rabbitmq import RabbitMQBroker
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.admin import Operations
 from stockkeeper.services.ingest import IngestService
+from stockkeeper.services.propagation import Propagation
 from stockkeeper.services.reservations import Reservations
 from stockkeeper.services.stock import Stock
 from stockkeeper.services.unit import Clock, utcnow
@@ -46,6 +48,7 @@ class Container:
     stock: Stock
     wms: WmsService
     ingest: IngestService
+    propagation: Propagation
     broker: Broker
     clock: Clock = utcnow
     embedded: EmbeddedPostgres | None = None
@@ -160,6 +163,14 @@ async def build(
             stock=Stock(pool, clock),
             wms=WmsService(pool, metrics, settings.connectors_of(WmsConnectorConfig), clock),
             ingest=IngestService(metrics, settings.connectors_of(IngestOptions), clock),
+            propagation=Propagation(
+                pool,
+                metrics,
+                settings.connectors_of(ChannelConfig),
+                settings.propagation,
+                settings.monitoring,
+                clock,
+            ),
             broker=make_broker(settings, pool),
             clock=clock,
             embedded=embedded,

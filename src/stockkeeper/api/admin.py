@@ -97,7 +97,8 @@ def create_admin_app(container: Container) -> FastAPI:
     @app.get("/admin/status", tags=["status"])
     async def status(who: Principal = ADMIN) -> Response:
         """Outbox backlog, queue depths, open dead letters; per WMS its sync schedule,
-        open syncs and outbound backlog; per polled connector its cursor and circuit."""
+        open syncs and outbound backlog; per polled connector its cursor and circuit;
+        per sales channel its sync lag (p50, p99), backlog and alert."""
         doc = await (await ops()).status()
         doc["wms"] = await container.wms.status()
         polled = [
@@ -107,6 +108,7 @@ def create_admin_app(container: Container) -> FastAPI:
         ]
         async with container.pool.acquire() as conn:
             doc["connectors"] = await connector_status(conn, polled)
+        doc["channels"] = await container.propagation.status()
         return JSONResponse(doc)
 
     return app

@@ -21,8 +21,11 @@ INVENTORY_EVENTS = "inventory.events"
 WMS_COMMANDS = "wms.commands"
 INVENTORY_INGEST = "inventory.ingest"
 ORDERS_SAGA = "orders.saga"
+# Operational events (sync.lag_alert, sync.lag_recovered): no queue of ours is bound;
+# bind your own to page someone.
+OPS_EVENTS = "ops.events"
 
-EXCHANGES = (INVENTORY_EVENTS, WMS_COMMANDS, INVENTORY_INGEST, ORDERS_SAGA)
+EXCHANGES = (INVENTORY_EVENTS, WMS_COMMANDS, INVENTORY_INGEST, ORDERS_SAGA, OPS_EVENTS)
 
 QUEUES = (
     QueueSpec(
@@ -49,6 +52,8 @@ def exchange_for(event_type: str) -> str:
         return INVENTORY_INGEST
     if event_type.startswith("order."):
         return ORDERS_SAGA
+    if event_type.startswith("sync."):
+        return OPS_EVENTS
     raise ValueError(f"no exchange for event type {event_type!r}")
 
 

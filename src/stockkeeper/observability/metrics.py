@@ -228,3 +228,61 @@ class Metrics:
             ["connector", "status"],
             registry=r,
         )
+        # -- sales channels (propagation) ------------------------------------------
+        self.sync_lag = Histogram(
+            "stockkeeper_sync_lag_seconds",
+            "From the commit of a change to the channel's acknowledgement of a push that "
+            "carries it (the oldest change a push carries, when several were coalesced).",
+            ["channel"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.sync_lag_p99 = Gauge(
+            "stockkeeper_sync_lag_p99_seconds",
+            "p99 sync lag over monitoring.lag_window_s, changes still waiting included.",
+            ["channel"],
+            registry=r,
+        )
+        self.sync_lag_alerting = Gauge(
+            "stockkeeper_sync_lag_alerting",
+            "1 while a channel's p99 sync lag is over monitoring.p99_lag_alert_ms.",
+            ["channel"],
+            registry=r,
+        )
+        self.sync_lag_alerts = Counter(
+            "stockkeeper_sync_lag_alerts_total",
+            "Sync lag alerts fired (one per episode).",
+            ["channel"],
+            registry=r,
+        )
+        self.channel_changes = Counter(
+            "stockkeeper_channel_changes_total",
+            "Level changes per channel by verdict (push, echo, noop, held, stale).",
+            ["channel", "verdict"],
+            registry=r,
+        )
+        self.channel_pushes = Counter(
+            "stockkeeper_channel_pushes_total",
+            "SKU pushes by result (ok, noop, unlisted, retried, dead_lettered).",
+            ["channel", "result"],
+            registry=r,
+        )
+        self.channel_coalesced = Counter(
+            "stockkeeper_channel_coalesced_total",
+            "Level changes that needed no push of their own (they rode along with a newer "
+            "one, or the channel already showed the figure).",
+            ["channel"],
+            registry=r,
+        )
+        self.channel_pending = Gauge(
+            "stockkeeper_channel_pending",
+            "SKUs with a push due on the channel.",
+            ["channel"],
+            registry=r,
+        )
+        self.channel_drift = Counter(
+            "stockkeeper_channel_drift_repaired_total",
+            "SKUs a drift repair found showing another level on the channel than ours.",
+            ["channel"],
+            registry=r,
+        )

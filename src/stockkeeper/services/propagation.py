@@ -1,0 +1,412 @@
+"""Propagation use cases: record news of a level per channel, settle pushes, watch the lag.
+
+The ``channel.propagation`` consumer records each ``inventory.level_changed`` per channel
+(:meth:`Propagation.record`) in the transaction that marks the message processed: the
+newest version wins, a change from the channel itself is not sent back to it, and
+changes that arrive before the push is sent ride along with it (coalescing). Senders
+claim due rows per channel and settle them (:meth:`Propagation.settle`,
+:meth:`Propagation.failed`); every push the channel acknowledges is logged with its lag,
+from which :meth:`Propagation.check_lag` computes the percentiles and the alert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from stockkeeper.config import ChannelConfig, MonitoringConfig, PropagationConfig
+from stockkeeper.connectors.channels import ChannelAdapter, PushOutcome
+from stockkeeper.domain.events import Event
+from stockkeeper.domain.propagation import AlertChange, Verdict, judge, lag_alert, retry_delay
+from stockkeeper.messaging.consumer import dead_letter
+from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.observability.logging import get_logger
+from stockkeeper.observability.metrics import Metrics
+from stockkeeper.services.unit import Clock, transaction
+from stockkeeper.store import channels as repo
+from stockkeeper.store import outbox, stock
+from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.store.sql import q
+
+log = get_logger("stockkeeper.propagation")
+
+PROPAGATION_QUEUE = "channel.propagation"
+# A dead-lettered push, replayed through the admin API, comes back as this message.
+REARM = "channel.push.rearm"
+LAG_ALERT = "sync.lag_alert"
+LAG_RECOVERED = "sync.lag_recovered"
+# Senders LISTEN here; a consumer transaction that makes a push due wakes them at commit.
+NOTIFY_CHANNEL = "stockkeeper_channels"
+RECONCILE_PAGE = 100
+
+
+@dataclass(slots=True)
+class Settled:
+    """What one sender round did, for the caller's logs and the metrics."""
+
+    pushed: int = 0
+    noop: int = 0
+    unlisted: int = 0
+    dead: int = 0
+    retried: int = 0
+    lags_ms: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """What a drift repair of one channel found."""
+
+    channel: str
+    checked: int
+    drifted: int
+    unlisted: int
+
+
+class Propagation:
+    def __init__(
+        self,
+        pool: Pool,
+        metrics: Metrics,
+        channels: Sequence[ChannelConfig],
+        cfg: PropagationConfig,
+        monitoring: MonitoringConfig,
+        clock: Clock,
+    ) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        self.configs = {c.id: c for c in channels}
+        self.ids = sorted(self.configs)
+        self.cfg = cfg
+        self.monitoring = monitoring
+        self.clock = clock
+        # Changes from these sources came from the channel: not sent back to it.
+        self.echo = {c.id: {c.id, *c.echo_sources} for c in channels}
+
+    # -- the consumer's effect -----------------------------------------------------
+
+    async def record(
+        self,
+        conn: Conn,
+        sku: str,
+        version: int,
+        available: int,
+        committed_at: datetime,
+        source: str | None,
+    ) -> dict[str, Verdict]:
+        """Level ``version`` of ``sku`` for every channel, in the caller's transaction."""
+        if not self.ids:
+            return {}
+        states = await repo.lock_states(conn, sku, self.ids)
+        verdicts = {
+            ch: judge(states[ch], version, available, from_this_channel=source in self.echo[ch])
+            for ch in self.ids
+        }
+        live = {ch: v for ch, v in verdicts.items() if v is not Verdict.STALE}
+        await repo.apply_level(conn, sku, version, available, committed_at, live)
+        if any(v is Verdict.PUSH for v in live.values()):
+            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+        for ch, v in verdicts.items():
+            self.metrics.channel_changes.labels(channel=ch, verdict=v.value).inc()
+        return verdicts
+
+    async def rearm(self, conn: Conn, channel: str, skus: Sequence[str]) -> int:
+        """A replayed dead letter: its SKUs are due again on the channel."""
+        n = await repo.rearm(conn, channel, skus)
+        await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+        return n
+
+    # -- the senders -----------------------------------------------------------------
+
+    def lease_s(self, channel: str) -> float:
+        """Longer than every try of one call, so a push in flight is never pushed twice
+        at once; a crashed sender's rows come back when it ends."""
+        c = self.configs[channel]
+        return max(60.0, c.max_attempts * (c.timeout_ms + c.backoff_max_ms) / 1000 * 2)
+
+    async def claim(self, channel: str, limit: int) -> list[repo.Claimed]:
+        async with self.pool.acquire() as conn:
+            return await repo.claim(conn, channel, limit, self.lease_s(channel))
+
+    async def settle(
+        self, channel: str, claimed: Sequence[repo.Claimed], outcomes: Sequence[PushOutcome]
+    ) -> Settled:
+        """Book what the channel answered for each claimed push."""
+        by_sku = {o.sku: o for o in outcomes}
+        acked: list[repo.Acked] = []
+        unlisted: list[str] = []
+        rejected: list[tuple[repo.Claimed, str]] = []
+        missing: list[repo.Claimed] = []
+        for c in claimed:
+            o = by_sku.get(c.sku)
+            if o is None:
+                missing.append(c)
+            elif o.status == "ok":
+                qty = c.quantity if o.quantity is None else o.quantity
+                acked.append(repo.Acked(c.sku, c.version, qty, o.channel_ref))
+            elif o.status == "unlisted":
+                unlisted.append(c.sku)
+            else:
+                rejected.append((c, o.error or "rejected by the channel"))
+        done = Settled()
+        async with transaction(self.pool) as conn:
+            logged = await repo.ack(conn, channel, acked)
+            await repo.unlisted(conn, channel, unlisted)
+            for c, error in rejected:
+                await self._dead(conn, channel, [c], f"{channel} refused it: {error}")
+        self._count_acks(channel, logged, done)
+        done.unlisted = len(unlisted)
+        done.dead = len(rejected)
+        if unlisted:
+            self.metrics.channel_pushes.labels(channel=channel, result="unlisted").inc(
+                len(unlisted)
+            )
+        if missing:
+            note = "the channel's answer did not mention these SKUs"
+            more = await self.failed(channel, missing, note)
+            done.retried += more.retried
+            done.dead += more.dead
+        return done
+
+    async def noops(self, channel: str, claimed: Sequence[repo.Claimed]) -> Settled:
+        """Settle pushes the channel needs no call for: it shows the figure already."""
+        acked = [repo.Acked(c.sku, c.version, c.quantity, None, called=False) for c in claimed]
+        async with self.pool.acquire() as conn:
+            logged = await repo.ack(conn, channel, acked)
+        done = Settled()
+        self._count_acks(channel, logged, done)
+        return done
+
+    def _count_acks(self, channel: str, logged: Sequence[repo.Logged], done: Settled) -> None:
+        m = self.metrics
+        for row in logged:
+            if row.called:
+                done.pushed += 1
+                done.lags_ms.append(row.lag_ms)
+                m.sync_lag.labels(channel=channel).observe(row.lag_ms / 1000)
+                # The changes that rode along with this push each saved one.
+                m.channel_coalesced.labels(channel=channel).inc(row.changes - 1)
+            else:
+                done.noop += 1
+                m.channel_coalesced.labels(channel=channel).inc(row.changes)
+        if done.pushed:
+            m.channel_pushes.labels(channel=channel, result="ok").inc(done.pushed)
+        if done.noop:
+            m.channel_pushes.labels(channel=channel, result="noop").inc(done.noop)
+
+    async def failed(
+        self,
+        channel: str,
+        claimed: Sequence[repo.Claimed],
+        error: str,
+        retry_after_s: float | None = None,
+    ) -> Settled:
+        """The channel could not take these pushes: each is tried again after its backoff,
+        or, past ``propagation.max_attempts``, dead-lettered."""
+        cfg = self.cfg
+        spent = [c for c in claimed if c.attempts >= cfg.max_attempts]
+        again = [
+            (c.sku, retry_delay(c.attempts, cfg.backoff_base_ms, cfg.backoff_max_ms, retry_after_s))
+            for c in claimed
+            if c.attempts < cfg.max_attempts
+        ]
+        async with transaction(self.pool) as conn:
+            if again:
+                await repo.retry(conn, channel, again, error)
+            if spent:
+                attempts = max(c.attempts for c in spent)
+                await self._dead(
+                    conn, channel, spent, f"{channel} failed after {attempts} attempts: {error}"
+                )
+        if again:
+            self.metrics.channel_pushes.labels(channel=channel, result="retried").inc(len(again))
+            log.warning(
+                "propagation.retry",
+                channel=channel,
+                skus=len(again),
+                delay_s=round(max(d for _, d in again), 3),
+                error=error[:500],
+            )
+        return Settled(retried=len(again), dead=len(spent))
+
+    async def _dead(
+        self, conn: Conn, channel: str, claimed: Sequence[repo.Claimed], error: str
+    ) -> None:
+        """Dead-letter pushes: the operator sees them, and a replay makes them due again."""
+        skus = [c.sku for c in claimed]
+        await repo.dead(conn, channel, skus, error)
+        env = Envelope.new(REARM, {"channel": channel, "skus": skus}, occurred_at=self.clock())
+        await dead_letter(
+            conn,
+            queue=PROPAGATION_QUEUE,
+            message_id=str(env.id),
+            routing_key=REARM,
+            body=env.to_bytes(),
+            headers={"channel": channel},
+            error=error,
+            attempts=max(c.attempts for c in claimed),
+        )
+        self.metrics.dead_letters.labels(queue=PROPAGATION_QUEUE).inc()
+        self.metrics.channel_pushes.labels(channel=channel, result="dead_lettered").inc(len(skus))
+        log.error("propagation.dead_lettered", channel=channel, skus=skus[:20], error=error[:500])
+
+    # -- lag and the alert ---------------------------------------------------------
+
+    async def check_lag(self) -> dict[str, AlertChange | None]:
+        """p50/p99 per channel over the window into the gauges and ``channel_state``; an
+        alert (log, metric, ``sync.lag_alert`` event) when p99 passes the threshold.
+        One replica decides per channel (row lock), so an episode alerts once."""
+        mon = self.monitoring
+        changes: dict[str, AlertChange | None] = {}
+        if not self.ids:
+            return changes
+        async with self.pool.acquire() as conn:
+            await conn.execute(q("ensure_channel_states"), self.ids)
+            lags = await repo.lag(conn, self.ids, mon.lag_window_s)
+        for ch in self.ids:
+            lag = lags[ch]
+            async with transaction(self.pool) as conn:
+                row = await conn.fetchrow(q("lock_channel_state"), ch)
+                assert row is not None
+                change = lag_alert(lag.p99_ms, mon.p99_lag_alert_ms, row["alerting"])
+                alerting = row["alerting"] if change is None else change is AlertChange.FIRE
+                await conn.execute(q("set_channel_lag"), ch, alerting, lag.p50_ms, lag.p99_ms)
+                if change is not None:
+                    await outbox.add(conn, [self._alert_event(ch, change, lag)])
+            changes[ch] = change
+            self._lag_metrics(ch, lag, alerting, change)
+        return changes
+
+    def _alert_event(self, channel: str, change: AlertChange, lag: repo.Lag) -> Event:
+        kind = LAG_ALERT if change is AlertChange.FIRE else LAG_RECOVERED
+        payload: dict[str, Any] = {
+            "channel": channel,
+            "p50_ms": lag.p50_ms,
+            "p99_ms": lag.p99_ms,
+            "threshold_ms": self.monitoring.p99_lag_alert_ms,
+            "window_s": self.monitoring.lag_window_s,
+            "samples": lag.samples,
+            "at": self.clock().isoformat(),
+        }
+        return Event(kind, payload, source="propagator")
+
+    def _lag_metrics(
+        self, channel: str, lag: repo.Lag, alerting: bool, change: AlertChange | None
+    ) -> None:
+        m = self.metrics
+        m.sync_lag_p99.labels(channel=channel).set((lag.p99_ms or 0.0) / 1000)
+        m.sync_lag_alerting.labels(channel=channel).set(1 if alerting else 0)
+        if change is AlertChange.FIRE:
+            m.sync_lag_alerts.labels(channel=channel).inc()
+            log.error(
+                LAG_ALERT,
+                channel=channel,
+                p99_ms=lag.p99_ms,
+                threshold_ms=self.monitoring.p99_lag_alert_ms,
+                window_s=self.monitoring.lag_window_s,
+            )
+        elif change is AlertChange.RECOVER:
+            log.warning(LAG_RECOVERED, channel=channel, p99_ms=lag.p99_ms)
+
+    async def prune(self, limit: int = 10_000) -> int:
+        async with self.pool.acquire() as conn:
+            status: str = await conn.execute(
+                q("prune_pushes"), self.cfg.push_log_retention_s, limit
+            )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def status(self) -> dict[str, Any]:
+        """Per channel: p50/p99 lag over the window, backlog, pushes and coalescing."""
+        if not self.ids:
+            return {}
+        window = self.monitoring.lag_window_s
+        async with self.pool.acquire() as conn:
+            lags = await repo.lag(conn, self.ids, window)
+            counts = {r["channel"]: r for r in await conn.fetch(q("channel_counts"), self.ids)}
+            pushes = await conn.fetch(q("channel_push_totals"), self.ids, window)
+            totals = {r["channel"]: r for r in pushes}
+            states = {r["channel"]: r for r in await conn.fetch(q("channel_states"), self.ids)}
+        out: dict[str, Any] = {}
+        for ch in self.ids:
+            c, t, s, lag = counts[ch], totals[ch], states.get(ch), lags[ch]
+            out[ch] = {
+                "type": self.configs[ch].type,
+                "lag_ms": {"p50": lag.p50_ms, "p99": lag.p99_ms, "samples": lag.samples},
+                "window_s": window,
+                "alerting": bool(s and s["alerting"]),
+                "alert_threshold_ms": self.monitoring.p99_lag_alert_ms,
+                "pending": c["pending"],
+                "synced": c["synced"],
+                "unlisted": c["unlisted"],
+                "dead": c["dead"],
+                "oldest_pending_s": c["oldest_pending_s"],
+                "pushes_in_window": t["pushes"],
+                "changes_in_window": t["changes"],
+                "last_reconciled_at": (
+                    s["last_reconciled_at"].isoformat() if s and s["last_reconciled_at"] else None
+                ),
+                "drift_repaired": s["drift_repaired"] if s else 0,
+            }
+        return out
+
+    # -- drift repair ----------------------------------------------------------------
+
+    async def due_for_reconcile(self, channel: str) -> bool:
+        """Whether this replica should run the channel's scheduled drift repair now."""
+        interval = self.configs[channel].reconcile_interval_s
+        if interval <= 0:
+            return False
+        async with self.pool.acquire() as conn:
+            await conn.execute(q("ensure_channel_states"), [channel])
+            return await conn.fetchval(q("claim_reconcile"), channel, interval) is not None
+
+    async def reconcile(self, adapter: ChannelAdapter, page: int = RECONCILE_PAGE) -> Drift:
+        """Read every SKU's level back from the channel and, where it differs from ours,
+        make a push due (with what the channel really shows as its starting point)."""
+        channel = adapter.id
+        if not adapter.can_read:
+            return Drift(channel, 0, 0, 0)
+        after, checked, drifted, unlisted = "", 0, 0, 0
+        while True:
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(q("reconcile_page"), channel, after, page)
+            if not rows:
+                break
+            after = rows[-1]["sku"]
+            todo = [r for r in rows if not r["in_flight"]]
+            refs = {r["sku"]: r["channel_ref"] for r in todo if r["channel_ref"]}
+            shown = await adapter.read([r["sku"] for r in todo], refs)
+            async with transaction(self.pool) as conn:
+                levels = await stock.sku_levels(conn, [r["sku"] for r in todo], self.clock())
+                for r in todo:
+                    lv = levels.get(r["sku"])
+                    if lv is None:
+                        continue
+                    status = await conn.fetchval(
+                        q("repair_drift"),
+                        channel,
+                        r["sku"],
+                        shown.get(r["sku"]),
+                        lv.version,
+                        lv.level.available,
+                    )
+                    checked += 1
+                    if status == "PENDING" and shown.get(r["sku"]) != lv.level.available:
+                        drifted += 1
+                    elif status == "UNLISTED":
+                        unlisted += 1
+                if drifted:
+                    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+        async with self.pool.acquire() as conn:
+            await conn.execute(q("ensure_channel_states"), [channel])
+            await conn.execute(q("count_drift"), channel, drifted)
+        self.metrics.channel_drift.labels(channel=channel).inc(drifted)
+        log.info(
+            "propagation.reconciled",
+            channel=channel,
+            checked=checked,
+            drifted=drifted,
+            unlisted=unlisted,
+        )
+        return Drift(channel, checked, drifted, unlisted)

@@ -1,0 +1,261 @@
+-- Propagation to sales channels: per channel and SKU sync state, pushes, lag, alerts.
+
+-- name: ensure_sync_rows
+-- A row per channel for a SKU we have news of; new rows mean "never told anything".
+INSERT INTO channel_sync_state (channel, sku)
+SELECT c, $2 FROM unnest($1::text[]) AS c
+ON CONFLICT (channel, sku) DO NOTHING;
+
+-- name: lock_sync_rows
+-- One SKU's rows across the channels, locked in channel order. A consumer transaction
+-- touches one SKU and a sender's acknowledgement one channel, so they cannot deadlock.
+SELECT channel, desired_version, pushed_version, pushed_quantity, status
+FROM channel_sync_state
+WHERE sku = $1 AND channel = ANY($2::text[])
+ORDER BY channel
+FOR UPDATE;
+
+-- name: apply_level
+-- A newer level of SKU $1 (version $2, available $3, committed at $4) for each channel
+-- with its verdict: push (due, joining any push already due), echo or noop (the channel
+-- already shows it), held (kept, not pushed). A due push keeps its backoff; a new one is
+-- due now.
+UPDATE channel_sync_state s SET
+    desired_version = $2,
+    desired_quantity = $3,
+    status = CASE WHEN u.verdict = 'push' THEN 'PENDING'
+                  WHEN u.verdict IN ('echo', 'noop') THEN 'SYNCED' ELSE s.status END,
+    attempts = CASE WHEN u.verdict = 'push' AND s.status = 'DEAD' THEN 0 ELSE s.attempts END,
+    next_attempt_at = CASE WHEN u.verdict = 'push' AND s.status <> 'PENDING' THEN now()
+                           ELSE s.next_attempt_at END,
+    pending_since = CASE WHEN u.verdict = 'push' THEN COALESCE(s.pending_since, $4)
+                         WHEN u.verdict IN ('echo', 'noop') THEN NULL
+                         ELSE s.pending_since END,
+    pending_changes = CASE WHEN u.verdict = 'push' THEN s.pending_changes + 1
+                           WHEN u.verdict IN ('echo', 'noop') THEN 0
+                           ELSE s.pending_changes END,
+    late_since = CASE WHEN u.verdict = 'push' AND s.claimed_version IS NOT NULL
+                      THEN COALESCE(s.late_since, $4) ELSE s.late_since END,
+    pushed_version = CASE WHEN u.verdict IN ('echo', 'noop') THEN $2
+                          ELSE s.pushed_version END,
+    pushed_quantity = CASE WHEN u.verdict = 'echo' THEN $3 ELSE s.pushed_quantity END,
+    updated_at = now()
+FROM unnest($5::text[], $6::text[]) AS u (channel, verdict)
+WHERE s.channel = u.channel AND s.sku = $1;
+
+-- name: claim_pushes
+-- Due rows of one channel, oldest change first, leased to this sender. The lease
+-- outlasts every try of the call, so two senders never push one SKU at once.
+UPDATE channel_sync_state s
+SET leased_until = now() + make_interval(secs => $3),
+    attempts = s.attempts + 1,
+    claimed_version = s.desired_version,
+    claimed_changes = s.pending_changes,
+    late_since = NULL
+WHERE s.channel = $1 AND s.sku = ANY(ARRAY(
+    SELECT sku FROM channel_sync_state
+    WHERE channel = $1 AND status = 'PENDING' AND next_attempt_at <= now()
+      AND (leased_until IS NULL OR leased_until < now())
+    ORDER BY pending_since
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING s.sku, s.desired_version, s.desired_quantity, s.pushed_quantity, s.channel_ref,
+          s.attempts;
+
+-- name: ack_pushes
+-- The channel acknowledged (or, $6 false, needed no call: it already showed the
+-- figure): remember what it shows, log the push with its lag (from the commit of the
+-- oldest change it carries, on the database's clock), and leave the row due again if a
+-- newer change arrived while the push was in flight.
+WITH was AS (
+    SELECT s.sku, s.pending_since, s.claimed_changes, s.attempts,
+           a.version, a.quantity, a.ref, a.called
+    FROM channel_sync_state s
+    JOIN unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bool[])
+         AS a (sku, version, quantity, ref, called) ON s.sku = a.sku
+    WHERE s.channel = $1 AND s.claimed_version = a.version
+    FOR UPDATE OF s
+), acked AS (
+    UPDATE channel_sync_state s SET
+        pushed_version = w.version,
+        pushed_quantity = w.quantity,
+        pushed_at = now(),
+        channel_ref = COALESCE(w.ref, s.channel_ref),
+        status = CASE WHEN s.desired_version > w.version THEN 'PENDING' ELSE 'SYNCED' END,
+        pending_since = CASE WHEN s.desired_version > w.version
+                             THEN COALESCE(s.late_since, now()) END,
+        pending_changes = GREATEST(0, s.pending_changes - COALESCE(s.claimed_changes, 0)),
+        claimed_version = NULL, claimed_changes = NULL, late_since = NULL,
+        leased_until = NULL, attempts = 0, next_attempt_at = now(), last_error = NULL,
+        updated_at = now()
+    FROM was w
+    WHERE s.channel = $1 AND s.sku = w.sku
+    RETURNING s.sku, w.version, w.quantity, w.attempts, w.called,
+              GREATEST(1, COALESCE(w.claimed_changes, 1)) AS changes,
+              GREATEST(0, EXTRACT(EPOCH FROM clock_timestamp() - w.pending_since) * 1000)
+                  AS lag_ms
+), logged AS (
+    INSERT INTO channel_push (channel, sku, version, quantity, changes, attempts, lag_ms)
+    SELECT $1, sku, version, quantity, changes, attempts, lag_ms FROM acked WHERE called
+)
+SELECT sku, changes, called, lag_ms::float8 AS lag_ms FROM acked;
+
+-- name: retry_pushes
+-- The push failed: back to the queue after each row's delay (seconds), lease let go.
+UPDATE channel_sync_state s SET
+    leased_until = NULL, claimed_version = NULL, claimed_changes = NULL, late_since = NULL,
+    next_attempt_at = now() + make_interval(secs => r.delay_s), last_error = $4,
+    updated_at = now()
+FROM unnest($2::text[], $3::float8[]) AS r (sku, delay_s)
+WHERE s.channel = $1 AND s.sku = r.sku AND s.claimed_version IS NOT NULL;
+
+-- name: dead_pushes
+UPDATE channel_sync_state SET
+    status = 'DEAD', leased_until = NULL, claimed_version = NULL, claimed_changes = NULL,
+    late_since = NULL, last_error = $3, updated_at = now()
+WHERE channel = $1 AND sku = ANY($2::text[]) AND claimed_version IS NOT NULL;
+
+-- name: unlisted_pushes
+-- The channel does not list these SKUs: nothing to push until drift repair finds them.
+UPDATE channel_sync_state SET
+    status = 'UNLISTED', pending_since = NULL, pending_changes = 0, leased_until = NULL,
+    claimed_version = NULL, claimed_changes = NULL, late_since = NULL, attempts = 0,
+    last_error = NULL, updated_at = now()
+WHERE channel = $1 AND sku = ANY($2::text[]) AND claimed_version IS NOT NULL;
+
+-- name: rearm_pushes
+-- A replayed dead letter: the SKUs are due again with a fresh count.
+UPDATE channel_sync_state SET
+    status = 'PENDING', attempts = 0, next_attempt_at = now(), last_error = NULL,
+    pending_since = COALESCE(pending_since, now()), updated_at = now()
+WHERE channel = $1 AND sku = ANY($2::text[]) AND status = 'DEAD';
+
+-- name: channel_lag
+-- Lag samples per channel over the window: every acknowledged push, and every change
+-- still waiting, at its age so far (a channel that is down shows its lag growing
+-- instead of no samples at all).
+WITH samples AS (
+    SELECT channel, lag_ms FROM channel_push
+    WHERE channel = ANY($1::text[]) AND acked_at > now() - make_interval(secs => $2)
+    UNION ALL
+    SELECT channel, EXTRACT(EPOCH FROM now() - pending_since)::float8 * 1000
+    FROM channel_sync_state
+    WHERE channel = ANY($1::text[]) AND status = 'PENDING' AND pending_since IS NOT NULL
+)
+SELECT c.channel, count(s.lag_ms) AS samples,
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY s.lag_ms) AS p50_ms,
+       percentile_disc(0.99) WITHIN GROUP (ORDER BY s.lag_ms) AS p99_ms
+FROM unnest($1::text[]) AS c (channel)
+LEFT JOIN samples s ON s.channel = c.channel
+GROUP BY c.channel
+ORDER BY c.channel;
+
+-- name: channel_counts
+SELECT c.channel,
+       count(*) FILTER (WHERE s.status = 'PENDING') AS pending,
+       count(*) FILTER (WHERE s.status = 'SYNCED') AS synced,
+       count(*) FILTER (WHERE s.status = 'UNLISTED') AS unlisted,
+       count(*) FILTER (WHERE s.status = 'DEAD') AS dead,
+       EXTRACT(EPOCH FROM now() - min(s.pending_since) FILTER (WHERE s.status = 'PENDING'))
+           ::float8 AS oldest_pending_s
+FROM unnest($1::text[]) AS c (channel)
+LEFT JOIN channel_sync_state s ON s.channel = c.channel
+GROUP BY c.channel
+ORDER BY c.channel;
+
+-- name: channel_push_totals
+SELECT c.channel, count(p.id) AS pushes, COALESCE(sum(p.changes), 0) AS changes
+FROM unnest($1::text[]) AS c (channel)
+LEFT JOIN channel_push p ON p.channel = c.channel
+     AND p.acked_at > now() - make_interval(secs => $2)
+GROUP BY c.channel
+ORDER BY c.channel;
+
+-- name: ensure_channel_states
+INSERT INTO channel_state (channel) SELECT unnest($1::text[])
+ON CONFLICT (channel) DO NOTHING;
+
+-- name: channel_states
+SELECT channel, alerting, alert_since, last_p50_ms, last_p99_ms, last_checked_at,
+       last_reconciled_at, drift_repaired
+FROM channel_state WHERE channel = ANY($1::text[]) ORDER BY channel;
+
+-- name: lock_channel_state
+SELECT channel, alerting, alert_since FROM channel_state WHERE channel = $1 FOR UPDATE;
+
+-- name: set_channel_lag
+UPDATE channel_state SET
+    alerting = $2,
+    alert_since = CASE WHEN $2 AND NOT alerting THEN now() WHEN $2 THEN alert_since END,
+    last_p50_ms = $3, last_p99_ms = $4, last_checked_at = now()
+WHERE channel = $1;
+
+-- name: claim_reconcile
+-- Whether this channel's scheduled drift repair is due; the one replica that gets the
+-- row marks it started, the others skip it.
+UPDATE channel_state SET last_reconciled_at = now()
+WHERE channel = (
+    SELECT channel FROM channel_state
+    WHERE channel = $1
+      AND (last_reconciled_at IS NULL
+           OR last_reconciled_at < now() - make_interval(secs => $2))
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING channel;
+
+-- name: count_drift
+UPDATE channel_state SET drift_repaired = drift_repaired + $2, last_reconciled_at = now()
+WHERE channel = $1;
+
+-- name: reconcile_page
+-- A page of SKUs (keyset on the name) with this channel's sync row, if any.
+SELECT k.sku, s.channel_ref, s.status, s.claimed_version IS NOT NULL AS in_flight
+FROM sku k
+LEFT JOIN channel_sync_state s ON s.channel = $1 AND s.sku = k.sku
+WHERE k.sku > $2
+ORDER BY k.sku
+LIMIT $3;
+
+-- name: repair_drift
+-- What the channel really shows ($3, NULL: not listed) against our level now (version
+-- $4, available $5). Left alone while a push is in flight or when a newer change is
+-- already known: that push or change settles it.
+INSERT INTO channel_sync_state AS s (channel, sku, desired_version, desired_quantity,
+                                     pushed_version, pushed_quantity, status,
+                                     pending_since, pending_changes)
+VALUES ($1, $2, $4, $5, 0, $3,
+        CASE WHEN $3::bigint IS NULL THEN 'UNLISTED'
+             WHEN $3::bigint = $5 THEN 'SYNCED' ELSE 'PENDING' END,
+        CASE WHEN $3::bigint IS NOT NULL AND $3::bigint <> $5 THEN now() END,
+        CASE WHEN $3::bigint IS NOT NULL AND $3::bigint <> $5 THEN 1 ELSE 0 END)
+ON CONFLICT (channel, sku) DO UPDATE SET
+    desired_version = GREATEST(s.desired_version, $4),
+    desired_quantity = $5,
+    pushed_quantity = $3,
+    status = CASE WHEN $3::bigint IS NULL THEN 'UNLISTED'
+                  WHEN $3::bigint = $5 AND s.status <> 'PENDING' THEN 'SYNCED'
+                  WHEN $3::bigint = $5 THEN s.status
+                  ELSE 'PENDING' END,
+    pending_since = CASE WHEN $3::bigint IS NOT NULL AND $3::bigint <> $5
+                         THEN COALESCE(s.pending_since, now())
+                         WHEN $3::bigint IS NULL THEN NULL
+                         ELSE s.pending_since END,
+    pending_changes = CASE WHEN $3::bigint IS NOT NULL AND $3::bigint <> $5
+                           THEN GREATEST(1, s.pending_changes)
+                           WHEN $3::bigint IS NULL THEN 0
+                           ELSE s.pending_changes END,
+    attempts = CASE WHEN $3::bigint IS NOT NULL AND $3::bigint <> $5 THEN 0 ELSE s.attempts END,
+    next_attempt_at = now(),
+    updated_at = now()
+WHERE s.claimed_version IS NULL AND s.desired_version <= $4
+RETURNING s.status;
+
+-- name: prune_pushes
+DELETE FROM channel_push
+WHERE id = ANY(ARRAY(
+    SELECT id FROM channel_push
+    WHERE acked_at < now() - make_interval(secs => $1)
+    ORDER BY id
+    LIMIT $2
+));

@@ -1,0 +1,211 @@
+"""The propagator: pushes availability to every sales channel.
+
+Two halves, joined by ``channel_sync_state``. The ``channel.propagation`` consumer
+records each ``inventory.level_changed`` per channel (newest version wins, echoes of a
+channel's own changes are left out, changes waiting for a push ride along with it) in
+the transaction that marks the message processed, so it never waits for a channel.
+Per channel, ``concurrency`` senders claim due SKUs in batches, push them through the
+channel's adapter within its rate limit, and book the answers; a failed push is retried
+with backoff and, past ``propagation.max_attempts``, dead-lettered. A slow or broken
+channel only ever holds up its own senders. A monitor computes the lag percentiles and
+the alert, prunes the push log and runs the scheduled drift repair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stockkeeper.connectors.channels import ChannelAdapter, Push, PushOutcome
+from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
+from stockkeeper.domain.events import LEVEL_CHANGED
+from stockkeeper.messaging.consumer import EffectHandler, PermanentError
+from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.observability.logging import get_logger
+from stockkeeper.services.propagation import NOTIFY_CHANNEL, REARM, Propagation
+from stockkeeper.store.channels import Claimed
+from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.waiting import wait_any
+
+log = get_logger("stockkeeper.propagator")
+
+IDLE_POLL_S = 1.0
+PRUNE_EVERY_S = 60.0
+# How long a stopping propagator lets pushes in flight finish before it abandons them
+# (their leases run out and another sender takes them).
+STOP_GRACE_S = 5.0
+
+
+class _Level(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    sku: str = Field(min_length=1, max_length=128)
+    version: int = Field(ge=1)
+    available: int = Field(ge=0)
+
+
+class _Rearm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    channel: str = Field(min_length=1)
+    skus: list[str] = Field(min_length=1)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+
+
+class Propagator:
+    def __init__(
+        self, service: Propagation, adapters: dict[str, ChannelAdapter], pool: Pool
+    ) -> None:
+        self.service = service
+        self.adapters = adapters
+        self.pool = pool
+        self.metrics = service.metrics
+        self.wake = asyncio.Event()
+
+    # -- the consumer half -----------------------------------------------------------
+
+    def handler(self) -> EffectHandler:
+        async def handle(conn: Conn, env: Envelope) -> None:
+            if env.type == LEVEL_CHANGED:
+                try:
+                    level = _Level.model_validate(env.payload)
+                except ValidationError as exc:
+                    error = f"bad level_changed payload: {_first_error(exc)}"
+                    raise PermanentError(error) from None
+                await self.service.record(
+                    conn, level.sku, level.version, level.available, env.occurred_at, env.source
+                )
+            elif env.type == REARM:
+                try:
+                    doc = _Rearm.model_validate(env.payload)
+                except ValidationError as exc:
+                    raise PermanentError(f"bad rearm payload: {_first_error(exc)}") from None
+                if doc.channel not in self.service.configs:
+                    raise PermanentError(f"no channel {doc.channel!r} is configured")
+                n = await self.service.rearm(conn, doc.channel, doc.skus)
+                log.info("propagator.rearmed", channel=doc.channel, skus=n)
+            # Anything else bound to the queue later is not for the channels.
+
+        return handle
+
+    # -- the sender half -------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("propagator.started", channels=sorted(self.adapters))
+        listener = await self.pool.acquire()
+        await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        tasks = [
+            asyncio.ensure_future(self._sender(ch, stop))
+            for ch, cfg in self.service.configs.items()
+            for _ in range(cfg.concurrency)
+        ]
+        tasks.append(asyncio.ensure_future(self._monitor(stop)))
+        try:
+            await stop.wait()
+            _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            with contextlib.suppress(Exception):
+                await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            await self.pool.release(listener)
+            for adapter in self.adapters.values():
+                await adapter.aclose()
+            log.info("propagator.stopped")
+
+    def _on_notify(self, *_args: object) -> None:
+        self.wake.set()
+
+    async def _sender(self, channel: str, stop: asyncio.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            self.wake.clear()
+            try:
+                n = await self.push_once(channel)
+                backoff = 0.5
+            except Exception:
+                # The database restarting, say: counted, logged, tried again shortly.
+                self.metrics.worker_errors.labels(worker="propagator").inc()
+                log.exception("propagator.round_failed", channel=channel)
+                await wait_any(stop, at_most=backoff)
+                backoff = min(30.0, backoff * 2)
+                continue
+            if n == 0:
+                await wait_any(stop, self.wake, at_most=IDLE_POLL_S)
+
+    async def push_once(self, channel: str) -> int:
+        """Claim one batch of due pushes of ``channel`` and push it; how many were claimed."""
+        cfg = self.service.configs[channel]
+        claimed = await self.service.claim(channel, cfg.batch_size)
+        if not claimed:
+            return 0
+        noop = [c for c in claimed if c.previous == c.quantity]
+        if noop:
+            await self.service.noops(channel, noop)
+        todo = [c for c in claimed if c.previous != c.quantity]
+        if todo:
+            await self._push(channel, todo)
+        return len(claimed)
+
+    async def _push(self, channel: str, claimed: Sequence[Claimed]) -> None:
+        adapter = self.adapters[channel]
+        items = [Push(c.sku, c.quantity, c.version, c.previous, c.channel_ref) for c in claimed]
+        try:
+            outcomes = await adapter.push(items)
+        except ConnectorRejected as exc:
+            if len(claimed) > 1:
+                # One bad item must not hold the others back: push each on its own.
+                for c in claimed:
+                    await self._push(channel, [c])
+                return
+            refused = [PushOutcome(claimed[0].sku, "rejected", error=str(exc))]
+            await self.service.settle(channel, claimed, refused)
+            return
+        except ConnectorUnavailable as exc:
+            await self.service.failed(channel, claimed, str(exc), exc.retry_after)
+            return
+        except asyncio.CancelledError:
+            # Stopping: let go of the rows now rather than when the lease runs out.
+            await asyncio.shield(self.service.failed(channel, claimed, "propagator stopped"))
+            raise
+        except Exception as exc:
+            log.exception("propagator.adapter_failed", channel=channel)
+            await self.service.failed(channel, claimed, f"{type(exc).__name__}: {exc}")
+            return
+        await self.service.settle(channel, claimed, outcomes)
+
+    # -- the monitor -----------------------------------------------------------------
+
+    async def _monitor(self, stop: asyncio.Event) -> None:
+        interval = self.service.monitoring.lag_check_interval_s
+        last_prune = 0.0
+        repairs: dict[str, asyncio.Task[object]] = {}
+        while not stop.is_set():
+            try:
+                await self.service.check_lag()
+                status = await self.service.status()
+                for ch, doc in status.items():
+                    self.metrics.channel_pending.labels(channel=ch).set(doc["pending"])
+                if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                    await self.service.prune()
+                    last_prune = time.monotonic()
+                for ch, adapter in self.adapters.items():
+                    running = repairs.get(ch)
+                    if running is not None and not running.done():
+                        continue
+                    if adapter.can_read and await self.service.due_for_reconcile(ch):
+                        repairs[ch] = asyncio.ensure_future(self.service.reconcile(adapter))
+            except Exception:
+                self.metrics.worker_errors.labels(worker="propagator").inc()
+                log.exception("propagator.monitor_failed")
+            await wait_any(stop, at_most=interval)
+        for task in repairs.values():
+            task.cancel()
+        await asyncio.gather(*repairs.values(), return_exceptions=True)

@@ -1,0 +1,255 @@
+"""Propagation on a real database: per channel sync state written by the consumer's
+effect, claims, acknowledgements, coalescing, echo suppression, stale versions,
+retries, dead letters and their replay, and the lag alert."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from stockkeeper.bootstrap import Container, build
+from stockkeeper.config import Settings
+from stockkeeper.connectors.channels import PushOutcome
+from stockkeeper.domain.events import LEVEL_CHANGED
+from stockkeeper.domain.propagation import AlertChange, Verdict
+from stockkeeper.messaging.consumer import PermanentError
+from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.services.propagation import LAG_ALERT, REARM, Propagation
+from stockkeeper.store.channels import Claimed
+from stockkeeper.workers.propagator import Propagator
+from tests.conftest import FakeClock
+
+A, B = "shop-a", "shop-b"
+SECRET_ENV = "SK_TEST_CHANNEL_SECRET"
+
+
+@pytest.fixture
+async def c(
+    config: dict[str, Any], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Container]:
+    monkeypatch.setenv(SECRET_ENV, "s3cret-for-tests")
+    config["connectors"] = [
+        {"id": "a-orders", "type": "webhook", "secret_env": SECRET_ENV},
+        {
+            "id": A,
+            "type": "outbound_webhook",
+            "url": "http://127.0.0.1:9/a",
+            "secret_env": SECRET_ENV,
+            "echo_sources": ["a-orders"],
+        },
+        {
+            "id": B,
+            "type": "outbound_webhook",
+            "url": "http://127.0.0.1:9/b",
+            "secret_env": SECRET_ENV,
+        },
+    ]
+    config["propagation"] = {"max_attempts": 3, "backoff_base_ms": 1000, "backoff_max_ms": 4000}
+    config["monitoring"] = {"p99_lag_alert_ms": 1000, "lag_window_s": 60}
+    container = await build(Settings.model_validate(config), clock=clock)
+    yield container
+    await container.close()
+
+
+def at(seconds: float = 0.0) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+async def record(
+    p: Propagation, sku: str, version: int, available: int, source: str | None = "api"
+) -> dict[str, Verdict]:
+    async with p.pool.acquire() as conn, conn.transaction():
+        return await p.record(conn, sku, version, available, at(), source)
+
+
+async def state(c: Container, channel: str, sku: str) -> dict[str, Any]:
+    async with c.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT * FROM channel_sync_state WHERE channel = $1 AND sku = $2", channel, sku
+        )
+    assert row is not None
+    return dict(row)
+
+
+def ok(claimed: list[Claimed]) -> list[PushOutcome]:
+    return [PushOutcome(x.sku, "ok", x.quantity) for x in claimed]
+
+
+async def test_a_new_level_is_due_on_every_channel_and_settles_with_its_lag(c: Container) -> None:
+    p = c.propagation
+    assert await record(p, "SKU-1", 1, 7) == {A: Verdict.PUSH, B: Verdict.PUSH}
+    for ch in (A, B):
+        claimed = await p.claim(ch, 10)
+        assert [(x.sku, x.version, x.quantity, x.previous) for x in claimed] == [
+            ("SKU-1", 1, 7, None)
+        ]
+        assert await p.claim(ch, 10) == []  # leased: no second sender gets it
+        done = await p.settle(ch, claimed, ok(claimed))
+        assert done.pushed == 1
+        assert done.lags_ms[0] >= 0
+    row = await state(c, A, "SKU-1")
+    assert (row["status"], row["pushed_version"], row["pushed_quantity"]) == ("SYNCED", 1, 7)
+    async with c.pool.acquire() as conn:
+        pushes = await conn.fetch("SELECT channel, version, quantity, changes FROM channel_push")
+    assert sorted(tuple(r) for r in pushes) == [(A, 1, 7, 1), (B, 1, 7, 1)]
+
+
+async def test_changes_waiting_for_a_push_travel_as_one(c: Container) -> None:
+    p = c.propagation
+    for version, qty in [(1, 9), (2, 8), (3, 6)]:
+        await record(p, "SKU-1", version, qty)
+    claimed = await p.claim(A, 10)
+    assert [(x.version, x.quantity) for x in claimed] == [(3, 6)]
+    await p.settle(A, claimed, ok(claimed))
+    async with c.pool.acquire() as conn:
+        changes = await conn.fetchval("SELECT changes FROM channel_push WHERE channel = $1", A)
+    assert changes == 3
+    assert c.metrics.channel_coalesced.labels(channel=A)._value.get() == 2
+
+
+async def test_an_older_version_never_replaces_a_newer_one(c: Container) -> None:
+    p = c.propagation
+    await record(p, "SKU-1", 5, 3)
+    assert await record(p, "SKU-1", 4, 10) == {A: Verdict.STALE, B: Verdict.STALE}
+    assert await record(p, "SKU-1", 5, 10) == {A: Verdict.STALE, B: Verdict.STALE}
+    claimed = await p.claim(A, 10)
+    assert [(x.version, x.quantity) for x in claimed] == [(5, 3)]
+
+
+async def test_a_change_arriving_during_a_push_is_pushed_after_it(c: Container) -> None:
+    p = c.propagation
+    await record(p, "SKU-1", 1, 9)
+    first = await p.claim(A, 10)
+    await record(p, "SKU-1", 2, 4)  # while version 1 is on its way
+    assert await p.claim(A, 10) == []
+    await p.settle(A, first, ok(first))
+    row = await state(c, A, "SKU-1")
+    assert (row["status"], row["pushed_version"], row["desired_version"]) == ("PENDING", 1, 2)
+    assert row["pending_since"] is not None
+    second = await p.claim(A, 10)
+    assert [(x.version, x.quantity, x.previous) for x in second] == [(2, 4, 9)]
+
+
+async def test_the_channels_own_change_is_not_pushed_back_to_it(c: Container) -> None:
+    p = c.propagation
+    await record(p, "SKU-1", 1, 10)
+    for ch in (A, B):
+        claimed = await p.claim(ch, 10)
+        await p.settle(ch, claimed, ok(claimed))
+    # A sale on channel A arrives through its webhook connector "a-orders".
+    verdicts = await record(p, "SKU-1", 2, 9, source="a-orders")
+    assert verdicts == {A: Verdict.ECHO, B: Verdict.PUSH}
+    assert await p.claim(A, 10) == []
+    row = await state(c, A, "SKU-1")
+    assert (row["status"], row["pushed_version"], row["pushed_quantity"]) == ("SYNCED", 2, 9)
+    assert [(x.version, x.quantity) for x in await p.claim(B, 10)] == [(2, 9)]
+
+
+async def test_a_change_that_leaves_availability_alone_needs_no_push(c: Container) -> None:
+    p = c.propagation
+    await record(p, "SKU-1", 1, 10)
+    claimed = await p.claim(A, 10)
+    await p.settle(A, claimed, ok(claimed))
+    assert (await record(p, "SKU-1", 2, 10))[A] is Verdict.NOOP
+    assert await p.claim(A, 10) == []
+    assert (await state(c, A, "SKU-1"))["pushed_version"] == 2
+
+
+async def test_a_failing_channel_backs_off_then_dead_letters_and_a_replay_rearms(
+    c: Container,
+) -> None:
+    p = c.propagation
+    await record(p, "SKU-1", 1, 5)
+    for attempt in (1, 2):
+        claimed = await p.claim(A, 10)
+        assert [x.attempts for x in claimed] == [attempt]
+        done = await p.failed(A, claimed, "503 from the channel")
+        assert done.retried == 1
+        row = await state(c, A, "SKU-1")
+        wait = (row["next_attempt_at"] - datetime.now(UTC)).total_seconds()
+        assert 0.5 * attempt < wait <= 1.0 * 2 ** (attempt - 1) + 0.5
+        assert await p.claim(A, 10) == []  # backing off
+        async with c.pool.acquire() as conn:
+            await conn.execute("UPDATE channel_sync_state SET next_attempt_at = now()")
+    claimed = await p.claim(A, 10)
+    done = await p.failed(A, claimed, "503 from the channel")
+    assert done.dead == 1
+    assert (await state(c, A, "SKU-1"))["status"] == "DEAD"
+    assert await p.claim(A, 10) == []
+    async with c.pool.acquire() as conn:
+        dl = await conn.fetchrow("SELECT * FROM dead_letter WHERE queue = 'channel.propagation'")
+    assert dl is not None
+    assert dl["routing_key"] == REARM
+    assert "after 3 attempts" in dl["error"]
+    assert dl["body"]["payload"] == {"channel": A, "skus": ["SKU-1"]}
+    # The replay comes back through the consumer as the rearm message.
+    handle = Propagator(p, {}, c.pool).handler()
+    async with c.pool.acquire() as conn, conn.transaction():
+        await handle(conn, Envelope.model_validate(dl["body"]))
+    again = await p.claim(A, 10)
+    assert [(x.sku, x.attempts) for x in again] == [("SKU-1", 1)]
+    # B never failed: it was never held up.
+    assert [x.sku for x in await p.claim(B, 10)] == ["SKU-1"]
+
+
+async def test_a_refused_item_is_dead_lettered_and_an_unlisted_one_waits(c: Container) -> None:
+    p = c.propagation
+    await record(p, "SKU-1", 1, 5)
+    await record(p, "SKU-2", 1, 6)
+    claimed = await p.claim(A, 10)
+    outcomes = [
+        PushOutcome("SKU-1", "rejected", error="quantity too large"),
+        PushOutcome("SKU-2", "unlisted"),
+    ]
+    done = await p.settle(A, claimed, outcomes)
+    assert (done.dead, done.unlisted) == (1, 1)
+    assert (await state(c, A, "SKU-1"))["status"] == "DEAD"
+    assert (await state(c, A, "SKU-2"))["status"] == "UNLISTED"
+    assert (await record(p, "SKU-2", 2, 3))[A] is Verdict.HELD
+    assert await p.claim(A, 10) == []
+
+
+async def test_a_bad_level_message_is_a_permanent_error(c: Container) -> None:
+    handle = Propagator(c.propagation, {}, c.pool).handler()
+    bad = Envelope.new(
+        LEVEL_CHANGED, {"sku": "SKU-1", "version": 0, "available": -1}, occurred_at=at()
+    )
+    async with c.pool.acquire() as conn, conn.transaction():
+        with pytest.raises(PermanentError, match="version"):
+            await handle(conn, bad)
+    rearm = Envelope.new(REARM, {"channel": "nowhere", "skus": ["X"]}, occurred_at=at())
+    async with c.pool.acquire() as conn, conn.transaction():
+        with pytest.raises(PermanentError, match="no channel"):
+            await handle(conn, rearm)
+
+
+async def test_the_lag_alert_fires_once_with_an_event_and_recovers(c: Container) -> None:
+    p = c.propagation
+    # A change committed 3 s ago that channel A has not acknowledged: its lag so far
+    # counts, so a channel that is down shows its lag growing.
+    async with c.pool.acquire() as conn, conn.transaction():
+        await p.record(conn, "SKU-1", 1, 4, at(3.0), "api")
+    changes = await p.check_lag()
+    assert changes == {A: AlertChange.FIRE, B: AlertChange.FIRE}
+    assert await p.check_lag() == {A: None, B: None}  # one episode, one alert
+    async with c.pool.acquire() as conn:
+        events = await conn.fetch(
+            "SELECT payload FROM domain_event WHERE event_type = $1 ORDER BY id", LAG_ALERT
+        )
+    assert [e["payload"]["channel"] for e in events] == [A, B]
+    assert events[0]["payload"]["p99_ms"] > 1000
+    assert c.metrics.sync_lag_alerts.labels(channel=A)._value.get() == 1
+    status = await p.status()
+    assert status[A]["alerting"] is True
+    assert status[A]["pending"] == 1
+    # The channels catch up; the window keeps the late push, then it ages out.
+    for ch in (A, B):
+        claimed = await p.claim(ch, 10)
+        await p.settle(ch, claimed, ok(claimed))
+    async with c.pool.acquire() as conn:
+        await conn.execute("UPDATE channel_push SET acked_at = now() - interval '2 minutes'")
+    assert await p.check_lag() == {A: AlertChange.RECOVER, B: AlertChange.RECOVER}
+    assert (await p.status())[A]["alerting"] is False
