@@ -1,0 +1,368 @@
+"""The sandbox Shopify: the slice of the Admin GraphQL API a stock channel uses.
+
+``POST /admin/api/{version}/graphql.json`` with ``X-Shopify-Access-Token`` takes
+``{"query", "variables"}`` (decoded and answered in :mod:`.shopify_graphql`, in Shopify's
+shape). What it enforces, like Shopify:
+
+* a cost bucket per app (``maximumAvailable``, ``restoreRate``; defaults of a standard
+  plan): a call whose requested cost is not available is answered ``THROTTLED`` (HTTP
+  200), the unused part of a call's requested cost is refunded, a query over 1000 points
+  is ``MAX_COST_EXCEEDED``;
+* ``inventorySetQuantities`` all or nothing: ``changeFromQuantity`` is required (null
+  opts out of the check) and compared with what is shown; any ``userErrors`` (stale,
+  unknown item, not stocked at the location, negative quantity) and nothing is applied;
+* the ``@idempotent`` key the mutation requires: a repeat with the same key and input
+  is answered as the first time and applied once; the same key with another input is
+  ``IDEMPOTENCY_KEY_PARAMETER_MISMATCH``.
+
+State lives in :class:`ShopifyState` (a :class:`ChannelBook` plus inventory item gids).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
+
+from stockkeeper.sandbox.channel_book import ChannelBook, book_router, utcnow
+from stockkeeper.sandbox.server import (
+    CONTROL_PREFIX,
+    FaultController,
+    Faults,
+    faulty_app,
+    json_response,
+)
+from stockkeeper.sandbox.shopify_graphql import (
+    GraphQLRequest,
+    QuantityIn,
+    SetInput,
+    access_token_required,
+    answer,
+)
+
+DEFAULT_LOCATION = "gid://shopify/Location/1"
+ITEM_GID = "gid://shopify/InventoryItem/"
+# A standard plan restores 100 points a second; the bucket holds 20 seconds of that.
+DEFAULT_BUCKET = 2000.0
+DEFAULT_RESTORE_RATE = 100.0
+MAX_QUANTITY = 1_000_000_000
+IDEMPOTENCY_KEYS_KEPT = 10_000
+REASONS = frozenset(
+    {
+        "correction",
+        "cycle_count_available",
+        "damaged",
+        "movement_canceled",
+        "movement_created",
+        "movement_received",
+        "movement_updated",
+        "other",
+        "promotion",
+        "quality_control",
+        "received",
+        "reservation_created",
+        "reservation_deleted",
+        "reservation_updated",
+        "restock",
+        "safety_stock",
+        "shrinkage",
+    }
+)
+USER_ERRORS = {  # inventorySetQuantities userErrors the sandbox gives, as Shopify words them
+    "CHANGE_FROM_QUANTITY_STALE": "The changeFromQuantity value does not match persisted value.",
+    "IDEMPOTENCY_KEY_PARAMETER_MISMATCH": (
+        "The same idempotency key cannot be used with different operation parameters."
+    ),
+    "INVALID_INVENTORY_ITEM": "The specified inventory item could not be found.",
+    "INVALID_LOCATION": "The specified location could not be found.",
+    "INVALID_NAME": "The sandbox sets the 'available' quantity only.",
+    "INVALID_QUANTITY_NEGATIVE": "The quantity can't be negative.",
+    "INVALID_QUANTITY_TOO_HIGH": "The total quantity can't be higher than 1,000,000,000.",
+    "INVALID_REASON": "The specified reason is invalid.",
+    "INVALID_REFERENCE_DOCUMENT": "The specified reference document is invalid.",
+    "ITEM_NOT_STOCKED_AT_LOCATION": "The specified inventory item is not stocked at the location.",
+    "NO_DUPLICATE_INVENTORY_ITEM_ID_GROUP_ID_PAIR": (
+        "The combination of inventoryItemId and locationId must be unique."
+    ),
+}
+
+
+class BucketIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    maximum_available: float = Field(gt=0)
+    restore_rate: float = Field(gt=0)
+
+
+def _user_error(code: str, *field: str | int) -> dict[str, Any]:
+    return {"code": code, "field": [str(f) for f in field], "message": USER_ERRORS[code]}
+
+
+class ShopifyState(ChannelBook):
+    """A shop's inventory at one location, its cost bucket and idempotency keys.
+
+    Inventory items are created with a listing (``gid://shopify/InventoryItem/<n>``);
+    an unlisted SKU's item is deleted, so a gid cached before is then unknown. An item
+    can exist but not be stocked at the location (:meth:`unstock`).
+    Counters: ``calls``, ``throttled``, ``lookups``, ``reads``, ``mutations``,
+    ``applied`` (mutations that changed something), ``stale``, ``user_errors``,
+    ``replayed`` (answered from an idempotency key).
+    """
+
+    def __init__(
+        self,
+        *,
+        location_id: str = DEFAULT_LOCATION,
+        bucket_size: float = DEFAULT_BUCKET,
+        restore_rate: float = DEFAULT_RESTORE_RATE,
+        auto_list: bool = True,
+        unlisted: Iterable[str] = (),
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.location_id = location_id
+        self._monotonic = monotonic
+        self._next_id = 1000
+        self._gids: dict[str, str] = {}
+        self._skus: dict[str, str] = {}
+        self._unstocked: set[str] = set()
+        self._keys: OrderedDict[str, tuple[bytes, dict[str, Any]]] = OrderedDict()
+        self._groups = 0
+        super().__init__(auto_list=auto_list, unlisted=unlisted, clock=clock)
+        self.configure_bucket(bucket_size, restore_rate)
+
+    # -- items ---------------------------------------------------------------------
+
+    def on_listed(self, sku: str) -> None:
+        self._next_id += 1
+        gid = f"{ITEM_GID}{self._next_id}"
+        self._gids[sku], self._skus[gid] = gid, sku
+
+    def on_unlisted(self, sku: str) -> None:
+        gid = self._gids.pop(sku, None)
+        if gid is not None:
+            self._skus.pop(gid, None)
+
+    def on_reset(self) -> None:
+        self._gids.clear()
+        self._skus.clear()
+        self._unstocked.clear()
+        self._keys.clear()
+        self.configure_bucket(self.maximum_available, self.restore_rate)
+
+    def gid(self, sku: str) -> str | None:
+        """The inventory item gid of ``sku``, if it is listed."""
+        with self.lock:
+            return self._gids.get(sku)
+
+    def unstock(self, skus: Iterable[str]) -> None:
+        """The items of ``skus`` exist but are not stocked at the location."""
+        with self.lock:
+            self._unstocked.update(skus)
+
+    def stock(self, skus: Iterable[str]) -> None:
+        with self.lock:
+            self._unstocked.difference_update(skus)
+
+    # -- the cost bucket -----------------------------------------------------------
+
+    def configure_bucket(self, maximum_available: float, restore_rate: float) -> None:
+        """Resize the cost bucket (full again)."""
+        with self.lock:
+            self.maximum_available = maximum_available
+            self.restore_rate = restore_rate
+            self._points = maximum_available
+            self._stamp = self._monotonic()
+
+    def _level(self) -> float:
+        now = self._monotonic()
+        self._points = min(
+            self.maximum_available, self._points + (now - self._stamp) * self.restore_rate
+        )
+        self._stamp = now
+        return self._points
+
+    def throttle_status(self) -> dict[str, float]:
+        with self.lock:
+            return {
+                "maximumAvailable": self.maximum_available,
+                "currentlyAvailable": round(self._level(), 3),
+                "restoreRate": self.restore_rate,
+            }
+
+    def charge(self, requested: float) -> bool:
+        """Take ``requested`` points if they are available (else nothing: throttled)."""
+        with self.lock:
+            self.count("calls")
+            if self._level() < requested:
+                self.count("throttled")
+                return False
+            self._points -= requested
+            return True
+
+    def refund(self, points: float) -> None:
+        with self.lock:
+            self._points = min(self.maximum_available, self._level() + max(0.0, points))
+
+    # -- the operations ------------------------------------------------------------
+
+    def items_by_sku(self, skus: list[str], first: int) -> list[dict[str, Any]]:
+        """``inventoryItems`` for the SKUs of a search (auto-listing those it names)."""
+        with self.lock:
+            self.count("lookups")
+            found = [
+                {"id": self._gids[sku], "sku": sku}
+                for sku in dict.fromkeys(skus)
+                if self.listed(sku)
+            ]
+            return found[:first]
+
+    def available(self, ids: list[str], location_id: str) -> list[dict[str, Any] | None]:
+        """``nodes(ids:)`` with each item's available quantity at ``location_id``."""
+        with self.lock:
+            self.count("reads")
+            nodes: list[dict[str, Any] | None] = []
+            for gid in ids:
+                sku = self._skus.get(gid)
+                if sku is None:
+                    nodes.append(None)
+                    continue
+                stocked = location_id == self.location_id and sku not in self._unstocked
+                level = self.level(sku) if stocked else None
+                quantities = [{"name": "available", "quantity": level}]
+                nodes.append(
+                    {
+                        "id": gid,
+                        "sku": sku,
+                        "inventoryLevel": {"quantities": quantities} if level is not None else None,
+                    }
+                )
+            return nodes
+
+    def set_quantities(self, data: SetInput, key: str) -> dict[str, Any]:
+        """``inventorySetQuantities``: all of it or nothing, once per idempotency key."""
+        fingerprint = orjson.dumps(data.model_dump(), option=orjson.OPT_SORT_KEYS)
+        with self.lock:
+            self.count("mutations")
+            kept = self._keys.get(key)
+            if kept is not None:
+                if kept[0] != fingerprint:
+                    error = _user_error("IDEMPOTENCY_KEY_PARAMETER_MISMATCH")
+                    return {"inventoryAdjustmentGroup": None, "userErrors": [error]}
+                self.count("replayed")
+                return kept[1]
+            payload = self._set(data)
+            self._keys[key] = (fingerprint, payload)
+            while len(self._keys) > IDEMPOTENCY_KEYS_KEPT:
+                self._keys.popitem(last=False)
+            return payload
+
+    def _set(self, data: SetInput) -> dict[str, Any]:
+        errors = self._check(data)
+        if errors:
+            self.count("user_errors")
+            self.count("stale", sum(e["code"] == "CHANGE_FROM_QUANTITY_STALE" for e in errors))
+            return {"inventoryAdjustmentGroup": None, "userErrors": errors}
+        changes = []
+        for q in data.quantities:
+            sku = self._skus[q.inventoryItemId]
+            before = self.level(sku) or 0
+            if q.quantity == before:
+                continue
+            self.set_level(sku, q.quantity, source="push", ref=data.referenceDocumentUri)
+            changes.append({"name": data.name, "delta": q.quantity - before, "sku": sku})
+        if not changes:
+            # Nothing changed: Shopify answers without an adjustment group.
+            return {"inventoryAdjustmentGroup": None, "userErrors": []}
+        self.count("applied")
+        self._groups += 1
+        group = {"id": f"gid://shopify/InventoryAdjustmentGroup/{self._groups}", "changes": changes}
+        return {"inventoryAdjustmentGroup": group, "userErrors": []}
+
+    def _check(self, data: SetInput) -> list[dict[str, Any]]:
+        errors = []
+        if data.name != "available":
+            errors.append(_user_error("INVALID_NAME", "input", "name"))
+        if data.reason not in REASONS:
+            errors.append(_user_error("INVALID_REASON", "input", "reason"))
+        uri = data.referenceDocumentUri
+        if uri is not None and not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", uri):
+            errors.append(
+                _user_error("INVALID_REFERENCE_DOCUMENT", "input", "referenceDocumentUri")
+            )
+        seen: set[str] = set()
+        for i, q in enumerate(data.quantities):
+            problem = self._problem(q, seen)
+            if problem is not None:
+                code, *field = problem
+                errors.append(_user_error(code, "input", "quantities", i, *field))
+            seen.add(q.inventoryItemId)
+        return errors
+
+    def _problem(self, q: QuantityIn, seen: set[str]) -> tuple[str, ...] | None:
+        """What is wrong with one quantity: its error code and field, or None."""
+        sku = self._skus.get(q.inventoryItemId)
+        if q.locationId != self.location_id:
+            return "INVALID_LOCATION", "locationId"
+        if sku is None:
+            return "INVALID_INVENTORY_ITEM", "inventoryItemId"
+        if sku in self._unstocked:
+            return "ITEM_NOT_STOCKED_AT_LOCATION", "inventoryItemId"
+        if q.inventoryItemId in seen:
+            return ("NO_DUPLICATE_INVENTORY_ITEM_ID_GROUP_ID_PAIR",)
+        if q.quantity < 0:
+            return "INVALID_QUANTITY_NEGATIVE", "quantity"
+        if q.quantity > MAX_QUANTITY:
+            return "INVALID_QUANTITY_TOO_HIGH", "quantity"
+        if q.changeFromQuantity is not None and q.changeFromQuantity != (self.level(sku) or 0):
+            return "CHANGE_FROM_QUANTITY_STALE", "changeFromQuantity"
+        return None
+
+
+def create_app(
+    state: ShopifyState,
+    token: str | None = None,
+    faults: Faults | FaultController | None = None,
+) -> FastAPI:
+    """The GraphQL endpoint over ``state``, with the fault middleware and the control
+    routes; the controller is at ``app.state.faults``."""
+    app = faulty_app("sandbox Shopify", faults)
+    app.state.shopify = state
+    app.include_router(book_router(state))
+
+    @app.post("/admin/api/{version}/graphql.json", dependencies=[access_token_required(token)])
+    async def graphql(version: str, request: Request) -> Response:
+        try:
+            body = GraphQLRequest.model_validate_json(await request.body())
+        except ValidationError:
+            return json_response({"errors": "the body must be JSON: {query, variables}"}, 400)
+        return json_response(answer(state, body))
+
+    @app.get(f"{CONTROL_PREFIX}/items", tags=["sandbox"])
+    async def items() -> Response:
+        with state.lock:
+            listed = {sku: state.gid(sku) for sku in state.levels()}
+        return json_response({"items": listed, "location_id": state.location_id})
+
+    @app.get(f"{CONTROL_PREFIX}/bucket", tags=["sandbox"])
+    async def get_bucket() -> Response:
+        return json_response(state.throttle_status())
+
+    @app.put(f"{CONTROL_PREFIX}/bucket", tags=["sandbox"])
+    async def put_bucket(body: BucketIn) -> Response:
+        state.configure_bucket(body.maximum_available, body.restore_rate)
+        return json_response(state.throttle_status())
+
+    return app
+
+
+def graphql_url(base_url: str, version: str = "2026-04") -> str:
+    """The GraphQL endpoint of a sandbox served at ``base_url``."""
+    return f"{base_url.rstrip('/')}/admin/api/{version}/graphql.json"
