@@ -1,0 +1,504 @@
+"""The Shopify channel: availability at one location through the Admin GraphQL API.
+
+Wire contract (docs/channels.md): every call is a ``POST`` of ``{"query", "variables"}``
+to the configured GraphQL endpoint with ``X-Shopify-Access-Token``, through
+:class:`HttpCaller` (our pace, timeouts, retries of 429/5xx). Three documents:
+
+* ``inventoryItems(first:, query: "sku:\\"A\\" OR sku:\\"B\\"")``: a SKU's inventory item
+  gid, for items the caller has no ``channel_ref`` for yet (returned in the outcome so the
+  caller keeps it);
+* ``inventorySetQuantities`` of the ``available`` quantity, a whole batch per mutation,
+  each item with ``changeFromQuantity`` (what we believe Shopify shows; an explicit null
+  when we have never told it anything), under an ``@idempotent`` key so that a retried
+  request is applied once (both required from API version 2026-04);
+* ``nodes(ids:)`` with each item's ``inventoryLevel(locationId:)``: what Shopify shows.
+
+The mutation is all or nothing: any ``userErrors`` and nothing was applied. Stale
+``changeFromQuantity`` values are re-read and the mutation sent again (a few rounds);
+items Shopify refuses for good are set aside and the rest sent again without them.
+
+Shopify limits an app by query cost, not by requests: :class:`_Pacer` keeps one
+:class:`~stockkeeper.connectors.shopify_bucket.CostBucket` estimate per adapter and makes
+every call wait until the estimate covers its cost. A ``THROTTLED`` answer (HTTP 200)
+waits for the points it lacked and tries again, a few times, then gives up with
+``ConnectorUnavailable(reason="rate_limited")``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from stockkeeper.config import ShopifyChannelConfig
+from stockkeeper.connectors.channels import Push, PushOutcome
+from stockkeeper.connectors.http import (
+    ConnectorRejected,
+    ConnectorUnavailable,
+    HttpCaller,
+    OnCall,
+)
+from stockkeeper.connectors.shopify_bucket import CostBucket, ThrottleStatus
+from stockkeeper.connectors.shopify_wire import (
+    AVAILABLE,
+    ITEMS_BY_SKU,
+    MAX_PAGE,
+    SET_AVAILABLE,
+    Answer,
+    Cost,
+    GraphQLError,
+    ItemsData,
+    NodesData,
+    SetData,
+    UserError,
+    estimate,
+    parser,
+)
+from stockkeeper.observability.logging import get_logger
+from stockkeeper.observability.metrics import Metrics
+
+ACCESS_TOKEN_HEADER = "X-Shopify-Access-Token"  # noqa: S105 - a header name
+QUANTITY_NAME = "available"
+# Rounds of re-reading stale changeFromQuantity values before the push is given back.
+STALE_ROUNDS = 3
+# Tries of one call that Shopify answers THROTTLED.
+THROTTLED_TRIES = 5
+# The longest a call waits for its turn in the cost bucket (behind the adapter's other
+# calls) before the push is given back as unavailable.
+MAX_PACE_WAIT_S = 60.0
+
+# userErrors codes of inventorySetQuantities, by what they mean for the item named.
+STALE = "CHANGE_FROM_QUANTITY_STALE"
+UNKNOWN_ITEM = "INVALID_INVENTORY_ITEM"
+NOT_STOCKED = "ITEM_NOT_STOCKED_AT_LOCATION"
+RETRY_LATER = {"IDEMPOTENCY_CONCURRENT_REQUEST", "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED"}
+# Top-level GraphQL error codes worth trying again later (others: the call is refused).
+SERVER_TROUBLE = {"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT"}
+
+log = get_logger(__name__)
+D = TypeVar("D", bound=BaseModel)
+
+
+# -- pacing --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ticket:
+    cost: float
+    probing: bool
+
+
+class _Pacer:
+    """The adapter's cost bucket estimate, shared by its concurrent calls.
+
+    Until the first answer reports the bucket, calls go one at a time (a probe), so a
+    burst of first pushes cannot overrun a bucket we know nothing about.
+    """
+
+    def __init__(
+        self,
+        connector: str,
+        max_wait_s: float,
+        metrics: Metrics | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bucket = CostBucket()
+        self._connector = connector
+        self._max_wait_s = max_wait_s
+        self._metrics = metrics
+        self._clock = clock
+        self._probe = asyncio.Lock()
+        self._outstanding = 0.0
+
+    async def admit(self, operation: str, cost: float) -> _Ticket:
+        """Wait until the bucket should hold ``cost`` points, and take them."""
+        probing = False
+        if not self.bucket.known:
+            await self._probe.acquire()
+            probing = not self.bucket.known
+            if not probing:
+                self._probe.release()
+        wait = self.bucket.reserve(cost, self._clock())
+        if wait > self._max_wait_s:
+            self.bucket.release(cost)
+            if probing:
+                self._probe.release()
+            raise ConnectorUnavailable(
+                self._connector,
+                operation,
+                "rate_limited",
+                f"Shopify's cost bucket needs {wait:.1f}s to hold {cost:.0f} points",
+                retry_after=wait,
+            )
+        self._outstanding += cost
+        try:
+            if wait > 0:
+                if self._metrics is not None:
+                    self._metrics.connector_rate_limit_wait.labels(
+                        self._connector, "cost_bucket"
+                    ).inc(wait)
+                await asyncio.sleep(wait)
+        except BaseException:
+            self._outstanding -= cost
+            self.bucket.release(cost)
+            if probing:
+                self._probe.release()
+            raise
+        return _Ticket(cost, probing)
+
+    def wait_for(self, cost: float) -> float:
+        """Seconds until the bucket should hold ``cost`` points (taking nothing)."""
+        return self.bucket.wait_for(cost, self._clock())
+
+    def settle(self, ticket: _Ticket, cost: Cost | None) -> None:
+        """The call of ``ticket`` is over; ``cost`` is what its answer reported, if any."""
+        self._outstanding = max(0.0, self._outstanding - ticket.cost)
+        status = cost.throttleStatus if cost is not None else None
+        if status is not None:
+            self.bucket.observe(
+                ThrottleStatus(
+                    status.maximumAvailable, status.currentlyAvailable, status.restoreRate
+                ),
+                self._clock(),
+                self._outstanding,
+            )
+        if ticket.probing:
+            self._probe.release()
+
+
+# -- the adapter ---------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """One push on its way through the mutation rounds."""
+
+    item: Push
+    gid: str
+    change_from: int | None
+    looked_up: bool  # the gid comes from a lookup in this push (not the caller's cache)
+
+
+@dataclass
+class _Round:
+    """What one refused mutation says about the items sent."""
+
+    stale: list[_Pending] = field(default_factory=list)
+    unknown: list[_Pending] = field(default_factory=list)
+    done: dict[str, PushOutcome] = field(default_factory=dict)
+
+
+def _search_term(sku: str) -> str:
+    escaped = sku.replace("\\", "\\\\").replace('"', '\\"')
+    return f'sku:"{escaped}"'
+
+
+def _chunks(values: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+_GID = re.compile(r"^gid://shopify/InventoryItem/[0-9]+$")
+
+
+class ShopifyChannel:
+    """Pushes availability to one Shopify location. Close with :meth:`aclose`."""
+
+    def __init__(
+        self,
+        cfg: ShopifyChannelConfig,
+        *,
+        token: str | None = None,
+        metrics: Metrics | None = None,
+        on_call: OnCall | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.cfg = cfg
+        headers = {ACCESS_TOKEN_HEADER: token} if token else {}
+        self.http = HttpCaller(
+            cfg, metrics=metrics, on_call=on_call, transport=transport, headers=headers
+        )
+        self.pacer = _Pacer(cfg.id, MAX_PACE_WAIT_S, metrics)
+        # Requested cost Shopify reported per (operation, items), to pace the next one.
+        self._costs: dict[tuple[str, int], float] = {}
+
+    @property
+    def id(self) -> str:
+        return self.cfg.id
+
+    @property
+    def can_read(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    # -- push ------------------------------------------------------------------------
+
+    async def push(self, items: Sequence[Push]) -> list[PushOutcome]:
+        """Set the available quantity of every item (see the module docstring)."""
+        outcomes: dict[str, PushOutcome] = {}
+        looked_up = await self._resolve([i.sku for i in items if not i.channel_ref], outcomes)
+        pending: dict[str, _Pending] = {}
+        for item in items:
+            gid = item.channel_ref or looked_up.get(item.sku)
+            if gid is not None:
+                pending[item.sku] = _Pending(item, gid, item.previous, item.sku in looked_up)
+        reference = f"gid://stockkeeper/ChannelPush/{uuid.uuid4()}"
+        stale_rounds = 0
+        while pending:
+            errors = await self._set(list(pending.values()), reference)
+            if not errors:
+                for p in pending.values():
+                    outcomes[p.item.sku] = PushOutcome(p.item.sku, "ok", p.item.quantity, p.gid)
+                break
+            found = self._judge(list(pending.values()), errors)
+            outcomes.update(found.done)
+            for sku in found.done:
+                pending.pop(sku, None)
+            if found.unknown:
+                await self._relookup(found.unknown, pending, outcomes)
+            if found.stale:
+                stale_rounds += 1
+                if stale_rounds > STALE_ROUNDS:
+                    raise ConnectorUnavailable(
+                        self.id,
+                        "set_available",
+                        "server_error",
+                        f"changeFromQuantity still stale after {STALE_ROUNDS} re-reads "
+                        f"({', '.join(p.item.sku for p in found.stale)})",
+                    )
+                await self._refresh(found.stale, pending, outcomes)
+        return [outcomes[i.sku] for i in items]
+
+    async def _resolve(
+        self, skus: Sequence[str], outcomes: dict[str, PushOutcome]
+    ) -> dict[str, str]:
+        """Look ``skus`` up; those Shopify does not have (or has twice) get their outcome."""
+        if not skus:
+            return {}
+        found, doubles = await self._lookup(skus)
+        for sku in skus:
+            if sku in doubles:
+                outcomes[sku] = PushOutcome(
+                    sku, "rejected", error=f"{doubles[sku]} inventory items have this SKU"
+                )
+            elif sku not in found:
+                outcomes[sku] = PushOutcome(sku, "unlisted", error="no inventory item has this SKU")
+        return found
+
+    def _judge(self, sent: list[_Pending], errors: list[UserError]) -> _Round:
+        result = _Round()
+        for error in errors:
+            if error.code in RETRY_LATER:  # an idempotency key in use or spoilt: later
+                raise ConnectorUnavailable(
+                    self.id, "set_available", "server_error", self._text(error), retry_after=1.0
+                )
+            index = error.index()
+            if index is None or index >= len(sent):
+                if error.code == STALE:  # not said which: re-read them all
+                    result.stale = list(sent)
+                    continue
+                raise self._refused(error)
+            p = sent[index]
+            sku = p.item.sku
+            if error.code == STALE:
+                result.stale.append(p)
+            elif error.code == UNKNOWN_ITEM and not p.looked_up:
+                result.unknown.append(p)  # our cached gid may be stale: look it up again
+            elif error.code in (UNKNOWN_ITEM, NOT_STOCKED):
+                result.done[sku] = PushOutcome(
+                    sku, "unlisted", channel_ref=p.gid, error=self._text(error)
+                )
+            else:
+                result.done[sku] = PushOutcome(
+                    sku, "rejected", channel_ref=p.gid, error=self._text(error)
+                )
+        done = set(result.done)
+        result.stale = [p for p in result.stale if p.item.sku not in done]
+        return result
+
+    async def _relookup(
+        self,
+        unknown: list[_Pending],
+        pending: dict[str, _Pending],
+        outcomes: dict[str, PushOutcome],
+    ) -> None:
+        found = await self._resolve([p.item.sku for p in unknown], outcomes)
+        for p in unknown:
+            gid = found.get(p.item.sku)
+            if gid is None:
+                pending.pop(p.item.sku, None)
+            else:
+                p.gid, p.looked_up = gid, True
+
+    async def _refresh(
+        self, stale: list[_Pending], pending: dict[str, _Pending], outcomes: dict[str, PushOutcome]
+    ) -> None:
+        """Re-read what Shopify shows for ``stale`` and compare from that next time."""
+        current = await self._available([p.gid for p in stale])
+        for p in stale:
+            shown = current.get(p.gid)
+            sku = p.item.sku
+            if shown is None:
+                outcomes[sku] = PushOutcome(sku, "unlisted", channel_ref=p.gid, error="not stocked")
+                pending.pop(sku, None)
+            elif shown == p.item.quantity:
+                outcomes[sku] = PushOutcome(sku, "ok", shown, p.gid)  # already there
+                pending.pop(sku, None)
+            else:
+                p.change_from = shown
+
+    def _refused(self, error: UserError) -> ConnectorRejected:
+        return ConnectorRejected(self.id, "set_available", 200, f"userErrors: {self._text(error)}")
+
+    @staticmethod
+    def _text(error: UserError) -> str:
+        return f"{error.code or 'ERROR'}: {error.message}"
+
+    # -- read ------------------------------------------------------------------------
+
+    async def read(self, skus: Sequence[str], refs: Mapping[str, str]) -> dict[str, int | None]:
+        """What Shopify shows as available at the location; None: no such item there."""
+        gids = {sku: refs[sku] for sku in skus if sku in refs}
+        missing = [sku for sku in skus if sku not in gids]
+        if missing:
+            found, _doubles = await self._lookup(missing)
+            gids.update(found)
+        shown = await self._available(list(gids.values()))
+        return {sku: (shown.get(gids[sku]) if sku in gids else None) for sku in skus}
+
+    # -- the three calls -------------------------------------------------------------
+
+    async def _lookup(self, skus: Sequence[str]) -> tuple[dict[str, str], dict[str, int]]:
+        """Inventory item gid per SKU, and how many items share each SKU found twice."""
+        found: dict[str, list[str]] = {}
+        # Twice the SKUs per page: room to notice a SKU two items share.
+        for chunk in _chunks(list(skus), MAX_PAGE // 2):
+            first = min(MAX_PAGE, 2 * len(chunk))
+            variables = {"first": first, "query": " OR ".join(_search_term(s) for s in chunk)}
+            data = await self._graphql(
+                "lookup_items", ITEMS_BY_SKU, variables, len(chunk), ItemsData
+            )
+            wanted = set(chunk)
+            for node in data.inventoryItems.nodes:
+                # Search terms may match loosely; only the exact SKU counts.
+                if node.sku in wanted and _GID.match(node.id):
+                    found.setdefault(node.sku, []).append(node.id)
+        doubles = {sku: len(ids) for sku, ids in found.items() if len(set(ids)) > 1}
+        return {sku: ids[0] for sku, ids in found.items() if sku not in doubles}, doubles
+
+    async def _available(self, gids: Sequence[str]) -> dict[str, int | None]:
+        """The available quantity per inventory item gid at the location."""
+        shown: dict[str, int | None] = {}
+        for chunk in _chunks(list(dict.fromkeys(gids)), MAX_PAGE):
+            variables = {"ids": list(chunk), "locationId": self.cfg.location_id}
+            data = await self._graphql(
+                "read_available", AVAILABLE, variables, len(chunk), NodesData
+            )
+            if len(data.nodes) != len(chunk):
+                raise ConnectorUnavailable(
+                    self.id, "read_available", "invalid_response", "nodes() did not answer every id"
+                )
+            for gid, node in zip(chunk, data.nodes, strict=True):
+                level = node.inventoryLevel if node is not None else None
+                if level is None:
+                    shown[gid] = None
+                    continue
+                quantities = {q.name: q.quantity for q in level.quantities}
+                shown[gid] = quantities.get(QUANTITY_NAME)
+        return shown
+
+    async def _set(self, pending: list[_Pending], reference: str) -> list[UserError]:
+        """One inventorySetQuantities of every pending item; its userErrors."""
+        variables: dict[str, Any] = {
+            "input": {
+                "name": QUANTITY_NAME,
+                "reason": self.cfg.reason,
+                "referenceDocumentUri": reference,
+                "quantities": [
+                    {
+                        "inventoryItemId": p.gid,
+                        "locationId": self.cfg.location_id,
+                        "quantity": p.item.quantity,
+                        # Always present: null opts out of the check, absent is an error.
+                        "changeFromQuantity": p.change_from,
+                    }
+                    for p in pending
+                ],
+            },
+        }
+        data = await self._graphql(
+            "set_available", SET_AVAILABLE, variables, len(pending), SetData, fresh_key=True
+        )
+        return data.inventorySetQuantities.userErrors
+
+    async def _graphql(
+        self,
+        operation: str,
+        document: str,
+        variables: dict[str, Any],
+        items: int,
+        model: type[D],
+        *,
+        fresh_key: bool = False,
+    ) -> D:
+        """One GraphQL call, paced by the cost bucket, tried again while THROTTLED."""
+        parse = parser(model)
+        cost = self._costs.get((operation, items)) or estimate(operation, items)
+        for attempt in range(1, THROTTLED_TRIES + 1):
+            if fresh_key:
+                # A throttled mutation was not run; a new attempt gets a new key. The
+                # HttpCaller's own retries (5xx, timeouts) resend the same key.
+                variables["idempotencyKey"] = str(uuid.uuid4())
+            ticket = await self.pacer.admit(operation, cost)
+            answer: Answer[D] | None = None
+            try:
+                answer = await self.http.call(
+                    operation,
+                    "POST",
+                    self.cfg.url,
+                    parse,
+                    json={"query": document, "variables": variables},
+                )
+            finally:
+                self.pacer.settle(ticket, answer.cost if answer is not None else None)
+            assert answer is not None
+            if answer.cost is not None and answer.cost.requestedQueryCost is not None:
+                cost = self._costs[(operation, items)] = answer.cost.requestedQueryCost
+            if answer.throttled:
+                wait = self.pacer.wait_for(cost)
+                log.warning(
+                    "shopify.throttled",
+                    connector=self.id,
+                    operation=operation,
+                    attempt=attempt,
+                    wait_s=round(wait, 3),
+                )
+                if attempt == THROTTLED_TRIES:
+                    raise ConnectorUnavailable(
+                        self.id,
+                        operation,
+                        "rate_limited",
+                        f"THROTTLED {attempt} times in a row",
+                        retry_after=wait,
+                        attempts=attempt,
+                    )
+                continue
+            if answer.errors:
+                raise self._errors(operation, answer.errors)
+            assert answer.data is not None  # no errors: the parser validated the data
+            return answer.data
+        raise AssertionError("the loop returns or raises")
+
+    def _errors(self, operation: str, errors: list[GraphQLError]) -> Exception:
+        text = "; ".join(f"{e.code or 'ERROR'}: {e.message}" for e in errors)[:500]
+        if any(e.code in SERVER_TROUBLE for e in errors):
+            return ConnectorUnavailable(self.id, operation, "server_error", text)
+        return ConnectorRejected(self.id, operation, 200, f"errors: {text}")
