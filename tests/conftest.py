@@ -16,10 +16,16 @@ import pytest
 
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
+from stockkeeper.sandbox.amazon import AmazonState
+from stockkeeper.sandbox.amazon import create_app as create_amazon_app
+from stockkeeper.sandbox.channel_webhook import WebhookReceiverState
+from stockkeeper.sandbox.channel_webhook import create_app as create_receiver_app
 from stockkeeper.sandbox.erp import ErpSandbox, create_erp, drop_erp
 from stockkeeper.sandbox.marketplace import MarketplaceState
 from stockkeeper.sandbox.marketplace import create_app as create_marketplace_app
 from stockkeeper.sandbox.server import SandboxServer
+from stockkeeper.sandbox.shopify import ShopifyState
+from stockkeeper.sandbox.shopify import create_app as create_shopify_app
 from stockkeeper.sandbox.wms import WmsState
 from stockkeeper.sandbox.wms import create_app as create_wms_app
 from stockkeeper.store.migrate import migrate
@@ -171,6 +177,51 @@ def market() -> Iterator[tuple[MarketplaceState, SandboxServer]]:
     """A sandbox marketplace listening on a free port (its state, its server)."""
     state = MarketplaceState()
     server = SandboxServer(create_marketplace_app(state))
+    server.start()
+    try:
+        yield state, server
+    finally:
+        server.stop()
+
+
+# The sales channels (client side in connectors/, stand-ins in sandbox/). Each fixture
+# yields the channel's state and its server; point an adapter at server.url (Shopify:
+# sandbox.shopify.graphql_url(server.url)); faults go through PUT /_sandbox/faults.
+CHANNEL_WEBHOOK_SECRET = "sandbox-channel-webhook-secret"
+
+
+@pytest.fixture
+def shopify_channel() -> Iterator[tuple[ShopifyState, SandboxServer]]:
+    """A sandbox Shopify (no access token required, location gid://shopify/Location/1,
+    a standard plan's cost bucket; SKUs listed on first use)."""
+    state = ShopifyState()
+    server = SandboxServer(create_shopify_app(state))
+    server.start()
+    try:
+        yield state, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def amazon_channel() -> Iterator[tuple[AmazonState, SandboxServer]]:
+    """A sandbox Amazon Listings Items API (any seller and marketplace, no access token
+    required, patch 5 requests/s burst 5; SKUs listed on first use)."""
+    state = AmazonState()
+    server = SandboxServer(create_amazon_app(state))
+    server.start()
+    try:
+        yield state, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def webhook_channel() -> Iterator[tuple[WebhookReceiverState, SandboxServer]]:
+    """A sandbox webhook receiver checking signatures with CHANNEL_WEBHOOK_SECRET
+    (``state.secret``); it takes POSTs on any path."""
+    state = WebhookReceiverState(CHANNEL_WEBHOOK_SECRET)
+    server = SandboxServer(create_receiver_app(state))
     server.start()
     try:
         yield state, server

@@ -24,7 +24,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from stockkeeper.config import ChannelConfig
+from stockkeeper.config import (
+    AmazonChannelConfig,
+    ChannelConfig,
+    ConfigError,
+    OutboundWebhookChannelConfig,
+    ShopifyChannelConfig,
+)
 from stockkeeper.connectors.http import OnCall
 from stockkeeper.observability.metrics import Metrics
 
@@ -89,8 +95,36 @@ class ChannelAdapter(Protocol):
 def make_channel(
     cfg: ChannelConfig,
     *,
+    token: str | None,
+    secret: str | None = None,
     metrics: Metrics | None = None,
     on_call: OnCall | None = None,
 ) -> ChannelAdapter:
-    """The adapter for ``cfg``'s channel type, with its secrets read from the environment."""
-    raise NotImplementedError(f"no channel adapter for type {cfg.type!r} yet")
+    """The adapter for ``cfg``'s channel type.
+
+    Secrets are the caller's to resolve from the variables the config names (``token_env``,
+    ``secret_env``): ``token`` is the channel's API token (None: send none), ``secret``
+    the outbound webhook's signing secret (required there). Adapters never read the
+    environment.
+    """
+    # Imported here: the adapters import this module for Push and PushOutcome.
+    if isinstance(cfg, ShopifyChannelConfig):
+        from stockkeeper.connectors.shopify import ShopifyChannel
+
+        return ShopifyChannel(cfg, token=token, metrics=metrics, on_call=on_call)
+    if isinstance(cfg, AmazonChannelConfig):
+        from stockkeeper.connectors.amazon import AmazonChannel
+
+        return AmazonChannel(cfg, token=token, metrics=metrics, on_call=on_call)
+    if isinstance(cfg, OutboundWebhookChannelConfig):
+        from stockkeeper.connectors.outbound_webhook import OutboundWebhookChannel
+
+        if not secret:
+            raise ConfigError(
+                f"connectors: {cfg.id} needs its signing secret (environment variable "
+                f"{cfg.secret_env})"
+            )
+        return OutboundWebhookChannel(
+            cfg, secret=secret, token=token, metrics=metrics, on_call=on_call
+        )
+    raise ConfigError(f"connectors: {cfg.id}: no channel adapter for type {cfg.type!r}")

@@ -1,0 +1,551 @@
+"""The channel adapters against their sandboxes over real TCP: Shopify, Amazon, webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from stockkeeper.config import (
+    AmazonChannelConfig,
+    ChannelConfig,
+    ConfigError,
+    OutboundWebhookChannelConfig,
+    Settings,
+    ShopifyChannelConfig,
+)
+from stockkeeper.connectors.amazon import AmazonChannel
+from stockkeeper.connectors.channels import Push, make_channel
+from stockkeeper.connectors.http import CallRecord, ConnectorRejected, ConnectorUnavailable
+from stockkeeper.connectors.outbound_webhook import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    OutboundWebhookChannel,
+    SigningTransport,
+    signature,
+)
+from stockkeeper.connectors.shopify import ShopifyChannel
+from stockkeeper.observability.metrics import Metrics
+from stockkeeper.sandbox.amazon import AmazonState
+from stockkeeper.sandbox.amazon import create_app as create_amazon_app
+from stockkeeper.sandbox.channel_webhook import WebhookReceiverState
+from stockkeeper.sandbox.server import SandboxServer
+from stockkeeper.sandbox.shopify import ShopifyState, graphql_url
+from stockkeeper.sandbox.shopify import create_app as create_shopify_app
+
+Shopify = tuple[ShopifyState, SandboxServer]
+Amazon = tuple[AmazonState, SandboxServer]
+Receiver = tuple[WebhookReceiverState, SandboxServer]
+LOCATION = "gid://shopify/Location/1"
+FAST = {"timeout_ms": 2000, "max_attempts": 3, "backoff_base_ms": 5, "backoff_max_ms": 50}
+
+
+def shopify_config(server: SandboxServer, **overrides: Any) -> ShopifyChannelConfig:
+    settings = {
+        "id": "shopify-test",
+        "type": "shopify",
+        "url": graphql_url(server.url),
+        "location_id": LOCATION,
+        "batch_size": 50,
+        "rate_limit_rps": 1000,
+        **FAST,
+    }
+    return ShopifyChannelConfig.model_validate(settings | overrides)
+
+
+def amazon_config(server: SandboxServer, **overrides: Any) -> AmazonChannelConfig:
+    settings = {
+        "id": "amazon-test",
+        "type": "amazon",
+        "url": server.url,
+        "seller_id": "A1SELLER",
+        "marketplace_ids": ["ATVPDKIKX0DER"],
+        **FAST,
+    }
+    return AmazonChannelConfig.model_validate(settings | overrides)
+
+
+def webhook_config(url: str, **overrides: Any) -> OutboundWebhookChannelConfig:
+    settings = {
+        "id": "hooks-test",
+        "type": "outbound_webhook",
+        "url": url,
+        "secret_env": "HOOKS_SECRET",
+        "batch_size": 100,
+        "rate_limit_rps": 1000,
+        **FAST,
+    }
+    return OutboundWebhookChannelConfig.model_validate(settings | overrides)
+
+
+def put_faults(server: SandboxServer, **faults: Any) -> None:
+    httpx.put(f"{server.url}/_sandbox/faults", json=faults, timeout=5).raise_for_status()
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+def records() -> list[CallRecord]:
+    return []
+
+
+@pytest.fixture
+async def shopify(
+    shopify_channel: Shopify, metrics: Metrics, records: list[CallRecord]
+) -> AsyncIterator[ShopifyChannel]:
+    _, server = shopify_channel
+    adapter = ShopifyChannel(shopify_config(server), metrics=metrics, on_call=records.append)
+    yield adapter
+    await adapter.aclose()
+
+
+@pytest.fixture
+async def amazon(amazon_channel: Amazon, records: list[CallRecord]) -> AsyncIterator[AmazonChannel]:
+    _, server = amazon_channel
+    adapter = AmazonChannel(amazon_config(server), on_call=records.append)
+    yield adapter
+    await adapter.aclose()
+
+
+# -- Shopify ---------------------------------------------------------------------------
+
+
+async def test_shopify_push_sets_available_and_reports_the_item_gid(
+    shopify: ShopifyChannel, shopify_channel: Shopify
+) -> None:
+    state, _ = shopify_channel
+    [outcome] = await shopify.push([Push("TEE-1", 7, version=3)])
+    assert outcome.status == "ok"
+    assert outcome.quantity == 7
+    assert outcome.channel_ref == state.gid("TEE-1")
+    assert state.level("TEE-1") == 7
+    [change] = state.history("TEE-1")
+    assert (change.quantity, change.source) == (7, "push")
+    assert change.ref is not None
+    assert change.ref.startswith("gid://stockkeeper/ChannelPush/")
+
+
+async def test_shopify_batch_is_one_lookup_and_one_mutation(
+    shopify: ShopifyChannel, shopify_channel: Shopify
+) -> None:
+    state, _ = shopify_channel
+    items = [Push(f"SKU-{i}", i, version=1) for i in range(20)]
+    outcomes = await shopify.push(items)
+    assert [o.status for o in outcomes] == ["ok"] * 20
+    assert state.levels() == {f"SKU-{i}": i for i in range(20)}
+    counters = state.counters()
+    assert (counters["lookups"], counters["mutations"]) == (1, 1)
+    # With the gids known, the next push needs no lookup.
+    refs = {o.sku: o.channel_ref for o in outcomes}
+    again = [
+        Push(i.sku, i.quantity + 1, 2, previous=i.quantity, channel_ref=refs[i.sku]) for i in items
+    ]
+    assert [o.status for o in await shopify.push(again)] == ["ok"] * 20
+    assert state.counters()["lookups"] == 1
+    assert state.level("SKU-19") == 20
+
+
+async def test_shopify_unlisted_and_unstocked_skus_are_set_aside(
+    shopify: ShopifyChannel, shopify_channel: Shopify
+) -> None:
+    state, _ = shopify_channel
+    state.unlist_skus(["GONE"])
+    state.list_skus(["AWAY"])
+    state.unstock(["AWAY"])
+    outcomes = await shopify.push([Push("GONE", 1, 1), Push("AWAY", 2, 1), Push("HERE", 3, 1)])
+    assert [o.status for o in outcomes] == ["unlisted", "unlisted", "ok"]
+    assert outcomes[1].error is not None
+    assert "ITEM_NOT_STOCKED_AT_LOCATION" in outcomes[1].error
+    assert state.levels() == {"AWAY": 0, "HERE": 3}
+
+
+async def test_shopify_negative_quantity_is_rejected_and_the_rest_applied(
+    shopify: ShopifyChannel, shopify_channel: Shopify
+) -> None:
+    state, _ = shopify_channel
+    outcomes = await shopify.push([Push("BAD", -1, 1), Push("GOOD", 4, 1)])
+    assert [o.status for o in outcomes] == ["rejected", "ok"]
+    assert outcomes[0].error is not None
+    assert "INVALID_QUANTITY_NEGATIVE" in outcomes[0].error
+    assert state.level("GOOD") == 4
+
+
+async def test_shopify_stale_change_from_quantity_is_read_again_and_set(
+    shopify: ShopifyChannel, shopify_channel: Shopify
+) -> None:
+    state, _ = shopify_channel
+    [first] = await shopify.push(
+        [
+            Push("MUG", 10, 1),
+        ]
+    )
+    state.sell("MUG", 3)  # Shopify sold three: it shows 7, we believe 10
+    [outcome] = await shopify.push([Push("MUG", 12, 2, previous=10, channel_ref=first.channel_ref)])
+    assert outcome.status == "ok"
+    assert state.level("MUG") == 12
+    assert [(c.quantity, c.source) for c in state.history("MUG")] == [
+        (10, "push"),
+        (7, "channel"),
+        (12, "push"),
+    ]
+    assert state.counters()["stale"] == 1
+
+
+async def test_shopify_stale_but_already_showing_our_figure_needs_no_second_set(
+    shopify: ShopifyChannel, shopify_channel: Shopify
+) -> None:
+    state, _ = shopify_channel
+    state.set_level("CAP", 5)
+    [outcome] = await shopify.push([Push("CAP", 5, 1, previous=9)])
+    assert (outcome.status, outcome.quantity) == ("ok", 5)
+    assert state.pushed("CAP") == []
+
+
+async def test_shopify_cached_gid_of_a_deleted_item_is_looked_up_again(
+    shopify: ShopifyChannel, shopify_channel: Shopify
+) -> None:
+    state, _ = shopify_channel
+    [first] = await shopify.push([Push("HAT", 1, 1)])
+    state.unlist_skus(["HAT"])
+    state.list_skus(["HAT"], quantity=1)  # re-created: a new inventory item
+    [outcome] = await shopify.push([Push("HAT", 2, 2, previous=1, channel_ref=first.channel_ref)])
+    assert outcome.status == "ok"
+    assert outcome.channel_ref == state.gid("HAT") != first.channel_ref
+    assert state.level("HAT") == 2
+
+
+async def test_shopify_tiny_bucket_gets_every_value_through_without_a_throttle(
+    shopify: ShopifyChannel, shopify_channel: Shopify, metrics: Metrics
+) -> None:
+    state, _ = shopify_channel
+    # 60 points, 300 a second: each push of 5 SKUs costs 12 (lookup) + 10 (mutation).
+    state.configure_bucket(60, 300)
+    batches = [[Push(f"B{b}-{i}", b * 10 + i, 1) for i in range(5)] for b in range(12)]
+    results = await asyncio.gather(*(shopify.push(batch) for batch in batches))
+    assert all(o.status == "ok" for outcomes in results for o in outcomes)
+    assert state.levels() == {p.sku: p.quantity for batch in batches for p in batch}
+    assert state.counters().get("throttled", 0) == 0
+    waited = metrics.connector_rate_limit_wait.labels("shopify-test", "cost_bucket")._value.get()
+    assert waited > 0, "the pushes should have waited for the bucket"
+
+
+async def test_shopify_throttled_past_the_bound_is_unavailable_with_a_wait(
+    shopify: ShopifyChannel, shopify_channel: Shopify
+) -> None:
+    state, _ = shopify_channel
+    state.configure_bucket(5, 500)  # no call fits: every answer is THROTTLED
+    with pytest.raises(ConnectorUnavailable) as caught:
+        await shopify.push([Push("BIG", 1, 1)])
+    assert caught.value.reason == "rate_limited"
+    assert caught.value.retry_after is not None
+    assert state.counters()["throttled"] == 5
+
+
+async def test_shopify_read_back(shopify: ShopifyChannel, shopify_channel: Shopify) -> None:
+    state, _ = shopify_channel
+    outcomes = await shopify.push([Push("R1", 4, 1), Push("R2", 0, 1)])
+    state.sell("R1", 1)
+    state.unlist_skus(["R-NONE"])
+    refs = {"R1": outcomes[0].channel_ref or ""}
+    assert await shopify.read(["R1", "R2", "R-NONE"], refs) == {"R1": 3, "R2": 0, "R-NONE": None}
+    assert shopify.can_read
+
+
+async def test_shopify_down_is_unavailable(
+    shopify: ShopifyChannel, shopify_channel: Shopify
+) -> None:
+    _, server = shopify_channel
+    server.stop()
+    with pytest.raises(ConnectorUnavailable) as caught:
+        await shopify.push([Push("X", 1, 1)])
+    assert caught.value.reason == "connect_error"
+
+
+async def test_shopify_wrong_access_token_is_refused() -> None:
+    state = ShopifyState()
+    with SandboxServer(create_shopify_app(state, token="shpat_right")) as server:
+        adapter = ShopifyChannel(shopify_config(server), token="shpat_wrong")
+        try:
+            with pytest.raises(ConnectorRejected) as caught:
+                await adapter.push([Push("X", 1, 1)])
+        finally:
+            await adapter.aclose()
+        assert caught.value.status == 401
+        right = ShopifyChannel(shopify_config(server), token="shpat_right")
+        try:
+            assert (await right.push([Push("X", 1, 1)]))[0].status == "ok"
+        finally:
+            await right.aclose()
+
+
+# -- Amazon ----------------------------------------------------------------------------
+
+
+async def test_amazon_push_patches_fulfillment_availability(
+    amazon: AmazonChannel, amazon_channel: Amazon
+) -> None:
+    state, _ = amazon_channel
+    [outcome] = await amazon.push([Push("AMZ/1 blue", 9, 1)])
+    assert (outcome.status, outcome.quantity) == ("ok", 9)
+    assert state.level("AMZ/1 blue") == 9
+    [change] = state.history("AMZ/1 blue")
+    assert change.source == "push"
+    assert change.ref
+
+
+async def test_amazon_unlisted_sku_is_unlisted(
+    amazon: AmazonChannel, amazon_channel: Amazon
+) -> None:
+    state, _ = amazon_channel
+    state.unlist_skus(["NOT-SOLD"])
+    [outcome] = await amazon.push([Push("NOT-SOLD", 1, 1)])
+    assert outcome.status == "unlisted"
+    assert state.counters()["not_found"] == 1
+
+
+async def test_amazon_invalid_submission_is_rejected_with_its_issues(
+    amazon_channel: Amazon,
+) -> None:
+    state, server = amazon_channel
+    adapter = AmazonChannel(amazon_config(server, fulfillment_channel_code="AMAZON_NA"))
+    try:
+        [outcome] = await adapter.push([Push("FBA-1", 3, 1)])
+    finally:
+        await adapter.aclose()
+    assert outcome.status == "rejected"
+    assert outcome.error is not None
+    assert "FBA_QUANTITY" in outcome.error
+    assert state.level("FBA-1") == 0
+
+
+async def test_amazon_thirty_concurrent_pushes_never_meet_a_429(
+    amazon: AmazonChannel, amazon_channel: Amazon, records: list[CallRecord]
+) -> None:
+    state, _ = amazon_channel  # patchListingsItem: 5 a second, burst 5
+    items = [Push(f"C-{i}", i, 1) for i in range(30)]
+    results = await asyncio.gather(*(amazon.push([item]) for item in items))
+    assert all(outcome.status == "ok" for [outcome] in results)
+    assert state.levels() == {i.sku: i.quantity for i in items}
+    assert state.counters().get("throttled", 0) == 0
+    assert [r.outcome for r in records] == ["ok"] * 30
+
+
+async def test_amazon_429_is_retried_after_its_retry_after(
+    amazon: AmazonChannel, amazon_channel: Amazon, records: list[CallRecord]
+) -> None:
+    state, server = amazon_channel
+    state.limit_rates(patch_rate=2, patch_burst=1, get_rate=5, get_burst=10)
+    # Someone else (another app of the seller) takes the only token.
+    httpx.patch(
+        f"{server.url}/listings/2021-08-01/items/A1SELLER/OTHER",
+        params={"marketplaceIds": "ATVPDKIKX0DER"},
+        json={"productType": "PRODUCT", "patches": [{"op": "replace", "path": "/x", "value": []}]},
+        timeout=5,
+    ).raise_for_status()
+    started = time.monotonic()
+    [outcome] = await amazon.push([Push("WAIT", 2, 1)])
+    elapsed = time.monotonic() - started
+    assert outcome.status == "ok"
+    assert [r.outcome for r in records] == ["rate_limited", "ok"]
+    retry_after = records[0].retry_after
+    assert retry_after is not None
+    assert 0.3 <= retry_after <= 0.5
+    assert elapsed >= retry_after
+
+
+async def test_amazon_read_back(amazon: AmazonChannel, amazon_channel: Amazon) -> None:
+    state, _ = amazon_channel
+    await amazon.push([Push("RD-1", 6, 1)])
+    state.sell("RD-1", 2)
+    state.unlist_skus(["RD-NONE"])
+    assert await amazon.read(["RD-1", "RD-NONE"], {}) == {"RD-1": 4, "RD-NONE": None}
+
+
+async def test_amazon_down_is_unavailable(amazon: AmazonChannel, amazon_channel: Amazon) -> None:
+    _, server = amazon_channel
+    put_faults(server, error_rate=1.0, error_status=503)
+    with pytest.raises(ConnectorUnavailable) as caught:
+        await amazon.push([Push("X", 1, 1)])
+    assert (caught.value.reason, caught.value.status) == ("server_error", 503)
+
+
+async def test_amazon_wrong_access_token_is_refused() -> None:
+    state = AmazonState()
+    with SandboxServer(create_amazon_app(state, token="Atza|right")) as server:
+        adapter = AmazonChannel(amazon_config(server), token="Atza|wrong")
+        try:
+            with pytest.raises(ConnectorRejected) as caught:
+                await adapter.push([Push("X", 1, 1)])
+        finally:
+            await adapter.aclose()
+    assert caught.value.status == 403
+
+
+# -- outbound webhook ------------------------------------------------------------------
+
+
+async def test_webhook_push_is_signed_and_stored_with_versions(
+    webhook_channel: Receiver,
+) -> None:
+    state, server = webhook_channel
+    adapter = OutboundWebhookChannel(
+        webhook_config(f"{server.url}/hooks/levels"), secret=state.secret.decode()
+    )
+    try:
+        outcomes = await adapter.push([Push("W-1", 5, 11), Push("W-2", 0, 4)])
+    finally:
+        await adapter.aclose()
+    assert [(o.status, o.quantity) for o in outcomes] == [("ok", 5), ("ok", 0)]
+    assert state.levels() == {"W-1": 5, "W-2": 0}
+    assert (state.version("W-1"), state.version("W-2")) == (11, 4)
+    [delivery] = state.deliveries()
+    assert [c.ref for c in state.history()] == [delivery, delivery]
+    assert state.counters() == {"deliveries": 1}
+    assert not adapter.can_read
+
+
+async def test_webhook_wrong_secret_is_401_and_rejected(webhook_channel: Receiver) -> None:
+    state, server = webhook_channel
+    adapter = OutboundWebhookChannel(
+        webhook_config(f"{server.url}/hooks/levels"), secret="not-the-secret"
+    )
+    try:
+        with pytest.raises(ConnectorRejected) as caught:
+            await adapter.push([Push("W-1", 5, 1)])
+    finally:
+        await adapter.aclose()
+    assert caught.value.status == 401
+    assert state.levels() == {}
+    assert state.counters() == {"unauthorized": 1}
+
+
+async def test_webhook_receiver_refuses_replays_and_applies_a_delivery_once(
+    webhook_channel: Receiver,
+) -> None:
+    state, server = webhook_channel
+    body = b'{"levels":[{"sku":"R","available":3,"version":2}]}'
+
+    def send(timestamp: int, delivery: str) -> httpx.Response:
+        headers = {
+            TIMESTAMP_HEADER: str(timestamp),
+            SIGNATURE_HEADER: signature(state.secret, body, timestamp),
+            DELIVERY_HEADER: delivery,
+            "Content-Type": "application/json",
+        }
+        return httpx.post(f"{server.url}/levels", content=body, headers=headers, timeout=5)
+
+    now = int(time.time())
+    assert send(now - 3600, "d-1").status_code == 401  # signed, but an hour old
+    assert send(now, "d-1").json() == {"status": "applied"}
+    assert send(now, "d-1").json() == {"status": "duplicate"}
+    assert state.pushed("R") == [3]
+
+
+async def test_webhook_older_version_does_not_overwrite_a_newer_one(
+    webhook_channel: Receiver,
+) -> None:
+    state, server = webhook_channel
+    adapter = OutboundWebhookChannel(
+        webhook_config(f"{server.url}/hooks/levels"), secret=state.secret.decode()
+    )
+    try:
+        await adapter.push([Push("V", 8, 5)])
+        await adapter.push([Push("V", 9, 4)])
+    finally:
+        await adapter.aclose()
+    assert (state.level("V"), state.version("V")) == (8, 5)
+    assert state.pushed("V") == [8, 9]
+
+
+async def test_webhook_retries_keep_the_delivery_id_and_sign_each_try_afresh() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503 if len(seen) == 1 else 204)
+
+    cfg = webhook_config("http://127.0.0.1:9/hooks")  # answered by the MockTransport
+    adapter = OutboundWebhookChannel(cfg, secret="s3cret", transport=httpx.MockTransport(answer))
+    try:
+        await adapter.push([Push("S", 1, 1)])
+    finally:
+        await adapter.aclose()
+    first, second = seen
+    assert first.headers[DELIVERY_HEADER] == second.headers[DELIVERY_HEADER]
+    for request in seen:
+        stamp = int(request.headers[TIMESTAMP_HEADER])
+        assert abs(stamp - time.time()) < 60
+        assert request.headers[SIGNATURE_HEADER] == signature(b"s3cret", request.content, stamp)
+
+
+def test_signing_transport_stamps_each_request_with_its_own_clock_reading() -> None:
+    stamps = iter([1_700_000_000.0, 1_700_000_007.0])
+    transport = SigningTransport(
+        b"k", httpx.MockTransport(lambda r: httpx.Response(200)), clock=lambda: next(stamps)
+    )
+
+    async def send_twice() -> list[str]:
+        async with httpx.AsyncClient(transport=transport) as client:
+            sent = [await client.post("http://x/", content=b"{}") for _ in range(2)]
+        return [r.request.headers[TIMESTAMP_HEADER] for r in sent]
+
+    assert asyncio.run(send_twice()) == ["1700000000", "1700000007"]
+
+
+async def test_webhook_down_is_unavailable(webhook_channel: Receiver) -> None:
+    state, server = webhook_channel
+    adapter = OutboundWebhookChannel(
+        webhook_config(f"{server.url}/hooks/levels"), secret=state.secret.decode()
+    )
+    server.stop()
+    try:
+        with pytest.raises(ConnectorUnavailable) as caught:
+            await adapter.push([Push("D", 1, 1)])
+    finally:
+        await adapter.aclose()
+    assert caught.value.reason == "connect_error"
+
+
+# -- make_channel ----------------------------------------------------------------------
+
+
+def test_make_channel_builds_the_adapter_of_each_type() -> None:
+    settings = Settings.model_validate(
+        {
+            "connectors": [
+                {
+                    "id": "s",
+                    "type": "shopify",
+                    "url": "http://127.0.0.1:1/admin/api/2026-04/graphql.json",
+                    "location_id": LOCATION,
+                },
+                {
+                    "id": "a",
+                    "type": "amazon",
+                    "url": "http://127.0.0.1:1",
+                    "seller_id": "A1",
+                    "marketplace_ids": ["ATVPDKIKX0DER"],
+                },
+                {
+                    "id": "w",
+                    "type": "outbound_webhook",
+                    "url": "http://127.0.0.1:1",
+                    "secret_env": "W",
+                },
+            ]
+        }
+    )
+    shopify_cfg, amazon_cfg, webhook_cfg = settings.connectors_of(ChannelConfig)
+    assert isinstance(make_channel(shopify_cfg, token="t"), ShopifyChannel)
+    assert isinstance(make_channel(amazon_cfg, token=None), AmazonChannel)
+    assert isinstance(make_channel(webhook_cfg, token=None, secret="s"), OutboundWebhookChannel)
+    with pytest.raises(ConfigError, match="environment variable W"):
+        make_channel(webhook_cfg, token=None)
