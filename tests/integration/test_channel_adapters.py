@@ -326,16 +326,16 @@ async def test_amazon_invalid_submission_is_rejected_with_its_issues(
     assert state.level("FBA-1") == 0
 
 
-async def test_amazon_thirty_concurrent_pushes_never_meet_a_429(
+async def test_amazon_thirty_two_concurrent_pushes_never_meet_a_429(
     amazon: AmazonChannel, amazon_channel: Amazon, records: list[CallRecord]
 ) -> None:
     state, _ = amazon_channel  # patchListingsItem: 5 a second, burst 5
-    items = [Push(f"C-{i}", i, 1) for i in range(30)]
+    items = [Push(f"C-{i}", i, 1) for i in range(32)]
     results = await asyncio.gather(*(amazon.push([item]) for item in items))
     assert all(outcome.status == "ok" for [outcome] in results)
     assert state.levels() == {i.sku: i.quantity for i in items}
     assert state.counters().get("throttled", 0) == 0
-    assert [r.outcome for r in records] == ["ok"] * 30
+    assert [r.outcome for r in records] == ["ok"] * 32
 
 
 async def test_amazon_429_is_retried_after_its_retry_after(
@@ -369,12 +369,31 @@ async def test_amazon_read_back(amazon: AmazonChannel, amazon_channel: Amazon) -
     assert await amazon.read(["RD-1", "RD-NONE"], {}) == {"RD-1": 4, "RD-NONE": None}
 
 
-async def test_amazon_down_is_unavailable(amazon: AmazonChannel, amazon_channel: Amazon) -> None:
+async def test_amazon_failing_or_down_is_unavailable(
+    amazon: AmazonChannel, amazon_channel: Amazon
+) -> None:
     _, server = amazon_channel
     put_faults(server, error_rate=1.0, error_status=503)
     with pytest.raises(ConnectorUnavailable) as caught:
         await amazon.push([Push("X", 1, 1)])
     assert (caught.value.reason, caught.value.status) == ("server_error", 503)
+    server.stop()
+    with pytest.raises(ConnectorUnavailable) as caught:
+        await amazon.read(["X"], {})
+    assert caught.value.reason == "connect_error"
+
+
+async def test_amazon_hanging_is_unavailable_after_its_timeouts(amazon_channel: Amazon) -> None:
+    _, server = amazon_channel
+    put_faults(server, hang=True)
+    adapter = AmazonChannel(amazon_config(server, timeout_ms=100, max_attempts=2))
+    try:
+        with pytest.raises(ConnectorUnavailable) as caught:
+            await adapter.push([Push("X", 1, 1)])
+    finally:
+        await adapter.aclose()
+        put_faults(server)
+    assert (caught.value.reason, caught.value.attempts) == ("timeout", 2)
 
 
 async def test_amazon_wrong_access_token_is_refused() -> None:
