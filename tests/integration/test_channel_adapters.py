@@ -133,6 +133,16 @@ async def test_shopify_push_sets_available_and_reports_the_item_gid(
     assert change.ref.startswith("gid://stockkeeper/ChannelPush/")
 
 
+async def test_shopify_skus_with_quotes_and_backslashes_are_found(
+    shopify: ShopifyChannel, shopify_channel: Shopify
+) -> None:
+    state, _ = shopify_channel
+    odd = ['TEE "XL"', "PATH\\TO", "A OR sku:B"]
+    outcomes = await shopify.push([Push(sku, 1, 1) for sku in odd])
+    assert [o.status for o in outcomes] == ["ok"] * 3
+    assert state.levels() == dict.fromkeys(odd, 1)
+
+
 async def test_shopify_batch_is_one_lookup_and_one_mutation(
     shopify: ShopifyChannel, shopify_channel: Shopify
 ) -> None:
@@ -233,20 +243,57 @@ async def test_shopify_tiny_bucket_gets_every_value_through_without_a_throttle(
     assert all(o.status == "ok" for outcomes in results for o in outcomes)
     assert state.levels() == {p.sku: p.quantity for batch in batches for p in batch}
     assert state.counters().get("throttled", 0) == 0
+    assert state.low_water() < 20, "the pushes should have drained the bucket"
     waited = metrics.connector_rate_limit_wait.labels("shopify-test", "cost_bucket")._value.get()
     assert waited > 0, "the pushes should have waited for the bucket"
 
 
-async def test_shopify_throttled_past_the_bound_is_unavailable_with_a_wait(
+async def test_shopify_calls_costing_more_than_the_bucket_are_split(
     shopify: ShopifyChannel, shopify_channel: Shopify
 ) -> None:
     state, _ = shopify_channel
-    state.configure_bucket(5, 500)  # no call fits: every answer is THROTTLED
+    state.configure_bucket(30, 1000)  # a lookup of 50 SKUs costs 52
+    items = [Push(f"S-{i}", i, 1) for i in range(50)]
+    outcomes = await shopify.push(items)
+    assert [o.status for o in outcomes] == ["ok"] * 50
+    refs = {o.sku: o.channel_ref or "" for o in outcomes}
+    assert await shopify.read([i.sku for i in items], refs) == {i.sku: i.quantity for i in items}
+    assert state.counters()["throttled"] == 1  # the first lookup, before the bucket was known
+
+
+async def test_shopify_throttled_waits_for_the_points_it_lacked_and_goes_again(
+    shopify: ShopifyChannel, shopify_channel: Shopify
+) -> None:
+    state, _ = shopify_channel
+    [first] = await shopify.push([Push("T", 1, 1)])
+    state.configure_bucket(20, 50)
+    state.charge(15)  # another app of the shop takes most of it behind our back
+    again = Push("T", 2, 2, previous=1, channel_ref=first.channel_ref)
+    assert (await shopify.push([again]))[0].status == "ok"
+    assert state.counters()["throttled"] == 1
+    assert state.level("T") == 2
+
+
+async def test_shopify_throttled_past_our_patience_is_unavailable_with_a_wait(
+    shopify: ShopifyChannel, shopify_channel: Shopify
+) -> None:
+    state, _ = shopify_channel
+    [first] = await shopify.push([Push("T", 1, 1)])
+    state.configure_bucket(20, 0.05)  # 10 points missing: 200 s to wait
+    state.charge(15)
+    started = time.monotonic()
     with pytest.raises(ConnectorUnavailable) as caught:
-        await shopify.push([Push("BIG", 1, 1)])
+        await shopify.push([Push("T", 2, 2, previous=1, channel_ref=first.channel_ref)])
+    assert time.monotonic() - started < 5, "it gave up without waiting"
     assert caught.value.reason == "rate_limited"
     assert caught.value.retry_after is not None
-    assert state.counters()["throttled"] == 5
+    assert caught.value.retry_after > 60
+    # A bucket smaller than one mutation can never take it.
+    state.configure_bucket(5, 1000)
+    with pytest.raises(ConnectorUnavailable) as caught:
+        await shopify.push([Push("T", 2, 2, previous=1, channel_ref=first.channel_ref)])
+    assert caught.value.reason == "rate_limited"
+    assert state.level("T") == 1
 
 
 async def test_shopify_read_back(shopify: ShopifyChannel, shopify_channel: Shopify) -> None:

@@ -169,3 +169,21 @@ def test_amazon_invalid_availability_is_an_invalid_submission(amazon_channel: Am
     assert answer["status"] == "INVALID"
     assert answer["issues"][0]["code"] == "INVALID_VALUE"
     assert state.level("NEG") == 0
+
+
+def test_shopify_inventory_items_pages_by_cursor(shopify_channel: Shopify) -> None:
+    _, server = shopify_channel
+    query = """query($first: Int!, $after: String, $query: String!) {
+      inventoryItems(first: $first, after: $after, query: $query) {
+        nodes { id sku } pageInfo { hasNextPage endCursor } } }"""
+    search = 'sku:"A" OR sku:"B \\"quoted\\"" OR sku:C'
+    first = graphql(server, query, {"first": 2, "query": search})["data"]["inventoryItems"]
+    assert [n["sku"] for n in first["nodes"]] == ["A", 'B "quoted"']
+    assert first["pageInfo"]["hasNextPage"] is True
+    after = first["pageInfo"]["endCursor"]
+    rest = graphql(server, query, {"first": 2, "after": after, "query": search})
+    page = rest["data"]["inventoryItems"]
+    assert [n["sku"] for n in page["nodes"]] == ["C"]
+    assert page["pageInfo"]["hasNextPage"] is False
+    bad = graphql(server, query, {"first": 2, "after": "nonsense", "query": search})
+    assert bad["errors"][0]["extensions"]["code"] == "INVALID_VARIABLE"

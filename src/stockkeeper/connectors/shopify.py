@@ -4,7 +4,7 @@ Wire contract (docs/channels.md): every call is a ``POST`` of ``{"query", "varia
 to the configured GraphQL endpoint with ``X-Shopify-Access-Token``, through
 :class:`HttpCaller` (our pace, timeouts, retries of 429/5xx). Three documents:
 
-* ``inventoryItems(first:, query: "sku:\\"A\\" OR sku:\\"B\\"")``: a SKU's inventory item
+* ``inventoryItems(first:, after:, query: "sku:\\"A\\" OR sku:\\"B\\"")``: a SKU's inventory item
   gid, for items the caller has no ``channel_ref`` for yet (returned in the outcome so the
   caller keeps it);
 * ``inventorySetQuantities`` of the ``available`` quantity, a whole batch per mutation,
@@ -17,20 +17,19 @@ The mutation is all or nothing: any ``userErrors`` and nothing was applied. Stal
 ``changeFromQuantity`` values are re-read and the mutation sent again (a few rounds);
 items Shopify refuses for good are set aside and the rest sent again without them.
 
-Shopify limits an app by query cost, not by requests: :class:`_Pacer` keeps one
-:class:`~stockkeeper.connectors.shopify_bucket.CostBucket` estimate per adapter and makes
-every call wait until the estimate covers its cost. A ``THROTTLED`` answer (HTTP 200)
-waits for the points it lacked and tries again, a few times, then gives up with
+Shopify limits an app by query cost, not by requests: one
+:class:`~stockkeeper.connectors.shopify_bucket.CostPacer` per adapter keeps an estimate of
+the bucket and makes every call wait until it covers the call's cost. A call costing more
+than the whole bucket is split. A ``THROTTLED`` answer (HTTP 200) waits for the points it
+lacked and tries again, a few times, then gives up with
 ``ConnectorUnavailable(reason="rate_limited")``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -45,20 +44,20 @@ from stockkeeper.connectors.http import (
     HttpCaller,
     OnCall,
 )
-from stockkeeper.connectors.shopify_bucket import CostBucket, ThrottleStatus
+from stockkeeper.connectors.shopify_bucket import CostPacer
 from stockkeeper.connectors.shopify_wire import (
     AVAILABLE,
     ITEMS_BY_SKU,
     MAX_PAGE,
     SET_AVAILABLE,
     Answer,
-    Cost,
     GraphQLError,
     ItemsData,
     NodesData,
     SetData,
     UserError,
     estimate,
+    fitting,
     parser,
 )
 from stockkeeper.observability.logging import get_logger
@@ -68,6 +67,8 @@ ACCESS_TOKEN_HEADER = "X-Shopify-Access-Token"  # noqa: S105 - a header name
 QUANTITY_NAME = "available"
 # Rounds of re-reading stale changeFromQuantity values before the push is given back.
 STALE_ROUNDS = 3
+# Pages of one SKU lookup (more than one only when SKUs match several items).
+MAX_LOOKUP_PAGES = 10
 # Tries of one call that Shopify answers THROTTLED.
 THROTTLED_TRIES = 5
 # The longest a call waits for its turn in the cost bucket (behind the adapter's other
@@ -86,94 +87,11 @@ log = get_logger(__name__)
 D = TypeVar("D", bound=BaseModel)
 
 
-# -- pacing --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Ticket:
-    cost: float
-    probing: bool
-
-
-class _Pacer:
-    """The adapter's cost bucket estimate, shared by its concurrent calls.
-
-    Until the first answer reports the bucket, calls go one at a time (a probe), so a
-    burst of first pushes cannot overrun a bucket we know nothing about.
-    """
-
-    def __init__(
-        self,
-        connector: str,
-        max_wait_s: float,
-        metrics: Metrics | None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.bucket = CostBucket()
-        self._connector = connector
-        self._max_wait_s = max_wait_s
-        self._metrics = metrics
-        self._clock = clock
-        self._probe = asyncio.Lock()
-        self._outstanding = 0.0
-
-    async def admit(self, operation: str, cost: float) -> _Ticket:
-        """Wait until the bucket should hold ``cost`` points, and take them."""
-        probing = False
-        if not self.bucket.known:
-            await self._probe.acquire()
-            probing = not self.bucket.known
-            if not probing:
-                self._probe.release()
-        wait = self.bucket.reserve(cost, self._clock())
-        if wait > self._max_wait_s:
-            self.bucket.release(cost)
-            if probing:
-                self._probe.release()
-            raise ConnectorUnavailable(
-                self._connector,
-                operation,
-                "rate_limited",
-                f"Shopify's cost bucket needs {wait:.1f}s to hold {cost:.0f} points",
-                retry_after=wait,
-            )
-        self._outstanding += cost
-        try:
-            if wait > 0:
-                if self._metrics is not None:
-                    self._metrics.connector_rate_limit_wait.labels(
-                        self._connector, "cost_bucket"
-                    ).inc(wait)
-                await asyncio.sleep(wait)
-        except BaseException:
-            self._outstanding -= cost
-            self.bucket.release(cost)
-            if probing:
-                self._probe.release()
-            raise
-        return _Ticket(cost, probing)
-
-    def wait_for(self, cost: float) -> float:
-        """Seconds until the bucket should hold ``cost`` points (taking nothing)."""
-        return self.bucket.wait_for(cost, self._clock())
-
-    def settle(self, ticket: _Ticket, cost: Cost | None) -> None:
-        """The call of ``ticket`` is over; ``cost`` is what its answer reported, if any."""
-        self._outstanding = max(0.0, self._outstanding - ticket.cost)
-        status = cost.throttleStatus if cost is not None else None
-        if status is not None:
-            self.bucket.observe(
-                ThrottleStatus(
-                    status.maximumAvailable, status.currentlyAvailable, status.restoreRate
-                ),
-                self._clock(),
-                self._outstanding,
-            )
-        if ticket.probing:
-            self._probe.release()
-
-
 # -- the adapter ---------------------------------------------------------------------
+
+
+class _TooCostly(ConnectorUnavailable):
+    """A call costs more than Shopify's whole bucket: it can only pass split up."""
 
 
 @dataclass
@@ -201,6 +119,7 @@ def _search_term(sku: str) -> str:
 
 
 def _chunks(values: Sequence[str], size: int) -> list[Sequence[str]]:
+    size = max(1, size)
     return [values[i : i + size] for i in range(0, len(values), size)]
 
 
@@ -224,7 +143,7 @@ class ShopifyChannel:
         self.http = HttpCaller(
             cfg, metrics=metrics, on_call=on_call, transport=transport, headers=headers
         )
-        self.pacer = _Pacer(cfg.id, MAX_PACE_WAIT_S, metrics)
+        self.pacer = CostPacer(cfg.id, MAX_PACE_WAIT_S, metrics)
         # Requested cost Shopify reported per (operation, items), to pace the next one.
         self._costs: dict[tuple[str, int], float] = {}
 
@@ -376,29 +295,61 @@ class ShopifyChannel:
 
     # -- the three calls -------------------------------------------------------------
 
+    async def _in_chunks(
+        self,
+        values: list[str],
+        base: float,
+        per_item: float,
+        call: Callable[[list[str]], Awaitable[None]],
+    ) -> None:
+        """``call`` on chunks of ``values`` each costing no more than Shopify's whole
+        bucket (a chunk found to cost more is split and sent again)."""
+        size = fitting(len(values), base, per_item, self.pacer.bucket.maximum)
+        todo = _chunks(values, min(size, MAX_PAGE))
+        while todo:
+            chunk = list(todo.pop(0))
+            try:
+                await call(chunk)
+            except _TooCostly:
+                if len(chunk) == 1:
+                    raise
+                size = fitting(len(chunk), base, per_item, self.pacer.bucket.maximum)
+                todo[:0] = _chunks(chunk, min(size, len(chunk) // 2))
+
     async def _lookup(self, skus: Sequence[str]) -> tuple[dict[str, str], dict[str, int]]:
         """Inventory item gid per SKU, and how many items share each SKU found twice."""
-        found: dict[str, list[str]] = {}
-        # Twice the SKUs per page: room to notice a SKU two items share.
-        for chunk in _chunks(list(skus), MAX_PAGE // 2):
-            first = min(MAX_PAGE, 2 * len(chunk))
-            variables = {"first": first, "query": " OR ".join(_search_term(s) for s in chunk)}
-            data = await self._graphql(
-                "lookup_items", ITEMS_BY_SKU, variables, len(chunk), ItemsData
-            )
+        found: dict[str, set[str]] = {}
+
+        async def lookup(chunk: list[str]) -> None:
             wanted = set(chunk)
-            for node in data.inventoryItems.nodes:
-                # Search terms may match loosely; only the exact SKU counts.
-                if node.sku in wanted and _GID.match(node.id):
-                    found.setdefault(node.sku, []).append(node.id)
-        doubles = {sku: len(ids) for sku, ids in found.items() if len(set(ids)) > 1}
-        return {sku: ids[0] for sku, ids in found.items() if sku not in doubles}, doubles
+            variables: dict[str, Any] = {
+                "first": len(chunk),
+                "after": None,
+                "query": " OR ".join(_search_term(s) for s in chunk),
+            }
+            for _page in range(MAX_LOOKUP_PAGES):
+                data = await self._graphql(
+                    "lookup_items", ITEMS_BY_SKU, variables, len(chunk), ItemsData
+                )
+                for node in data.inventoryItems.nodes:
+                    # Search terms may match loosely; only the exact SKU counts.
+                    if node.sku in wanted and _GID.match(node.id):
+                        found.setdefault(node.sku, set()).add(node.id)
+                page = data.inventoryItems.pageInfo
+                if not page.hasNextPage or not page.endCursor:
+                    return
+                variables["after"] = page.endCursor
+
+        await self._in_chunks(list(skus), 2, 1, lookup)
+        doubles = {sku: len(ids) for sku, ids in found.items() if len(ids) > 1}
+        return {sku: min(ids) for sku, ids in found.items() if sku not in doubles}, doubles
 
     async def _available(self, gids: Sequence[str]) -> dict[str, int | None]:
         """The available quantity per inventory item gid at the location."""
         shown: dict[str, int | None] = {}
-        for chunk in _chunks(list(dict.fromkeys(gids)), MAX_PAGE):
-            variables = {"ids": list(chunk), "locationId": self.cfg.location_id}
+
+        async def read(chunk: list[str]) -> None:
+            variables = {"ids": chunk, "locationId": self.cfg.location_id}
             data = await self._graphql(
                 "read_available", AVAILABLE, variables, len(chunk), NodesData
             )
@@ -408,11 +359,10 @@ class ShopifyChannel:
                 )
             for gid, node in zip(chunk, data.nodes, strict=True):
                 level = node.inventoryLevel if node is not None else None
-                if level is None:
-                    shown[gid] = None
-                    continue
-                quantities = {q.name: q.quantity for q in level.quantities}
-                shown[gid] = quantities.get(QUANTITY_NAME)
+                quantities = {q.name: q.quantity for q in level.quantities} if level else {}
+                shown[gid] = quantities.get(QUANTITY_NAME) if level else None
+
+        await self._in_chunks(list(dict.fromkeys(gids)), 1, 3, read)
         return shown
 
     async def _set(self, pending: list[_Pending], reference: str) -> list[UserError]:
@@ -473,6 +423,15 @@ class ShopifyChannel:
             if answer.cost is not None and answer.cost.requestedQueryCost is not None:
                 cost = self._costs[(operation, items)] = answer.cost.requestedQueryCost
             if answer.throttled:
+                status = answer.cost.throttleStatus if answer.cost else None
+                if status is not None and cost > status.maximumAvailable:
+                    raise _TooCostly(
+                        self.id,
+                        operation,
+                        "rate_limited",
+                        f"costs {cost:.0f} points, more than Shopify's whole bucket "
+                        f"({status.maximumAvailable:.0f})",
+                    )
                 wait = self.pacer.wait_for(cost)
                 log.warning(
                     "shopify.throttled",

@@ -13,13 +13,21 @@ one estimate of that bucket per adapter, shared by all its calls in flight:
   costs of our other calls that are reserved but not answered yet (Shopify may not have
   charged them when it measured).
 
-Pure: the caller passes the clock reading (seconds, monotonic). No I/O, no await.
+:class:`CostBucket` is pure: the caller passes the clock reading (seconds, monotonic).
+:class:`CostPacer` is the asyncio gate the adapter's calls pass through, built on it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from stockkeeper.connectors.http import ConnectorUnavailable
+from stockkeeper.connectors.shopify_wire import Cost
+from stockkeeper.observability.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,3 +104,89 @@ class CostBucket:
         if self.restore_rate <= 0:
             return math.inf
         return points / self.restore_rate
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One admitted call: the points it reserved, and whether it is the probe."""
+
+    cost: float
+    probing: bool
+
+
+class CostPacer:
+    """The adapter's cost bucket estimate, shared by its concurrent calls.
+
+    Until the first answer reports the bucket, calls go one at a time (a probe), so a
+    burst of first pushes cannot overrun a bucket we know nothing about.
+    """
+
+    def __init__(
+        self,
+        connector: str,
+        max_wait_s: float,
+        metrics: Metrics | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bucket = CostBucket()
+        self._connector = connector
+        self._max_wait_s = max_wait_s
+        self._metrics = metrics
+        self._clock = clock
+        self._probe = asyncio.Lock()
+        self._outstanding = 0.0
+
+    async def admit(self, operation: str, cost: float) -> Ticket:
+        """Wait until the bucket should hold ``cost`` points, and take them."""
+        probing = False
+        if not self.bucket.known:
+            await self._probe.acquire()
+            probing = not self.bucket.known
+            if not probing:
+                self._probe.release()
+        wait = self.bucket.reserve(cost, self._clock())
+        if wait > self._max_wait_s:
+            self.bucket.release(cost)
+            if probing:
+                self._probe.release()
+            raise ConnectorUnavailable(
+                self._connector,
+                operation,
+                "rate_limited",
+                f"Shopify's cost bucket needs {wait:.1f}s to hold {cost:.0f} points",
+                retry_after=wait,
+            )
+        self._outstanding += cost
+        try:
+            if wait > 0:
+                if self._metrics is not None:
+                    self._metrics.connector_rate_limit_wait.labels(
+                        self._connector, "cost_bucket"
+                    ).inc(wait)
+                await asyncio.sleep(wait)
+        except BaseException:
+            self._outstanding -= cost
+            self.bucket.release(cost)
+            if probing:
+                self._probe.release()
+            raise
+        return Ticket(cost, probing)
+
+    def wait_for(self, cost: float) -> float:
+        """Seconds until the bucket should hold ``cost`` points (taking nothing)."""
+        return self.bucket.wait_for(cost, self._clock())
+
+    def settle(self, ticket: Ticket, cost: Cost | None) -> None:
+        """The call of ``ticket`` is over; ``cost`` is what its answer reported, if any."""
+        self._outstanding = max(0.0, self._outstanding - ticket.cost)
+        status = cost.throttleStatus if cost is not None else None
+        if status is not None:
+            self.bucket.observe(
+                ThrottleStatus(
+                    status.maximumAvailable, status.currentlyAvailable, status.restoreRate
+                ),
+                self._clock(),
+                self._outstanding,
+            )
+        if ticket.probing:
+            self._probe.release()

@@ -27,8 +27,11 @@ D = TypeVar("D", bound=BaseModel)
 Int = Annotated[int, Strict()]
 
 ITEMS_BY_SKU = """
-query StockkeeperItemsBySku($first: Int!, $query: String!) {
-  inventoryItems(first: $first, query: $query) { nodes { id sku } }
+query StockkeeperItemsBySku($first: Int!, $after: String, $query: String!) {
+  inventoryItems(first: $first, after: $after, query: $query) {
+    nodes { id sku }
+    pageInfo { hasNextPage endCursor }
+  }
 }
 """
 AVAILABLE = """
@@ -97,8 +100,14 @@ class ItemNode(Wire):
     sku: str | None = None
 
 
+class PageInfo(Wire):
+    hasNextPage: bool
+    endCursor: str | None = None
+
+
 class ItemConnection(Wire):
     nodes: list[ItemNode]
+    pageInfo: PageInfo
 
 
 class ItemsData(Wire):
@@ -187,5 +196,14 @@ def estimate(operation: str, items: int) -> float:
     if operation == "set_available":
         return 10.0
     if operation == "lookup_items":
-        return 2.0 + min(MAX_PAGE, 2 * items)
+        return 2.0 + items
     return 1.0 + 3.0 * items  # nodes: item, level, quantities per id
+
+
+def fitting(items: int, base: float, per_item: float, bucket_size: float | None) -> int:
+    """How many of ``items`` one call may ask for so that its cost (``base`` plus
+    ``per_item`` each) fits a bucket of ``bucket_size`` (None: not known yet): a call
+    costing more than the whole bucket would be throttled for ever."""
+    if bucket_size is None:
+        return items
+    return max(1, min(items, int((bucket_size - base) // per_item)))

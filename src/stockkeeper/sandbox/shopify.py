@@ -178,7 +178,7 @@ class ShopifyState(ChannelBook):
         with self.lock:
             self.maximum_available = maximum_available
             self.restore_rate = restore_rate
-            self._points = maximum_available
+            self._points = self._low_water = maximum_available
             self._stamp = self._monotonic()
 
     def _level(self) -> float:
@@ -205,7 +205,14 @@ class ShopifyState(ChannelBook):
                 self.count("throttled")
                 return False
             self._points -= requested
+            self._low_water = min(self._low_water, self._points)
             return True
+
+    def low_water(self) -> float:
+        """The fewest points the bucket held after a charge since it was configured: how
+        close the calls came to a THROTTLED answer."""
+        with self.lock:
+            return self._low_water
 
     def refund(self, points: float) -> None:
         with self.lock:
@@ -213,16 +220,15 @@ class ShopifyState(ChannelBook):
 
     # -- the operations ------------------------------------------------------------
 
-    def items_by_sku(self, skus: list[str], first: int) -> list[dict[str, Any]]:
-        """``inventoryItems`` for the SKUs of a search (auto-listing those it names)."""
+    def items_by_sku(self, skus: list[str]) -> list[dict[str, Any]]:
+        """The items a search for ``skus`` finds (auto-listing the SKUs it names)."""
         with self.lock:
             self.count("lookups")
-            found = [
+            return [
                 {"id": self._gids[sku], "sku": sku}
                 for sku in dict.fromkeys(skus)
                 if self.listed(sku)
             ]
-            return found[:first]
 
     def available(self, ids: list[str], location_id: str) -> list[dict[str, Any] | None]:
         """``nodes(ids:)`` with each item's available quantity at ``location_id``."""
@@ -353,7 +359,7 @@ def create_app(
 
     @app.get(f"{CONTROL_PREFIX}/bucket", tags=["sandbox"])
     async def get_bucket() -> Response:
-        return json_response(state.throttle_status())
+        return json_response(state.throttle_status() | {"lowWater": state.low_water()})
 
     @app.put(f"{CONTROL_PREFIX}/bucket", tags=["sandbox"])
     async def put_bucket(body: BucketIn) -> Response:

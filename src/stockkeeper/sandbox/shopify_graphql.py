@@ -10,6 +10,7 @@ and the bucket's ``throttleStatus``.
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 from typing import TYPE_CHECKING, Annotated, Any
@@ -36,6 +37,7 @@ class _Vars(BaseModel):
 
 class ItemsVars(_Vars):
     first: Int = Field(ge=1, le=250)
+    after: str | None = None
     query: str = ""
 
 
@@ -109,6 +111,22 @@ def _vars(model: type[_Vars], variables: dict[str, Any]) -> Any:
         ) from None
 
 
+def _cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
+
+
+def _offset(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    try:
+        kind, _, offset = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+        if kind == "offset" and offset.isdigit():
+            return int(offset)
+    except (ValueError, UnicodeError):
+        pass
+    raise GraphQLError(f"Invalid cursor for current pagination: {cursor!r}", "INVALID_VARIABLE")
+
+
 def _requested_cost(operation: str, variables: dict[str, Any]) -> float:
     """Shopify's rules, simplified: a mutation is 10; a connection 2 plus one per item
     asked for; nodes() one plus two per id (the item and its level)."""
@@ -127,8 +145,12 @@ def _run(
     """The ``data`` of one operation and its actual cost."""
     if operation == "inventoryItems":
         items = _vars(ItemsVars, variables)
-        nodes = state.items_by_sku(_skus_of(items.query), items.first)
-        return {"inventoryItems": {"nodes": nodes}}, 2.0 + len(nodes)
+        start = _offset(items.after)
+        matches = state.items_by_sku(_skus_of(items.query))
+        nodes = matches[start : start + items.first]
+        end = start + len(nodes)
+        page = {"hasNextPage": end < len(matches), "endCursor": _cursor(end) if nodes else None}
+        return {"inventoryItems": {"nodes": nodes, "pageInfo": page}}, 2.0 + len(nodes)
     if operation == "nodes":
         args = _vars(NodesVars, variables)
         found = state.available(args.ids, args.locationId)
