@@ -101,17 +101,14 @@ def run(
         str,
         typer.Argument(
             help="inventory-api, admin-api, expiry, dispatcher, wms-sync, wms-outbound, "
-            "ingest or pollers"
+            "ingest, pollers or propagator"
         ),
     ],
     config: ConfigOption = None,
 ) -> None:
     """Run one service, as a separate process in production."""
-    from stockkeeper.workers.runner import PLANNED, SERVICES
+    from stockkeeper.workers.runner import SERVICES
 
-    if service in PLANNED:
-        typer.echo(f"stockkeeper: {service} is not part of this version yet", err=True)
-        raise typer.Exit(2)
     if service not in SERVICES:
         typer.echo(
             f"stockkeeper: unknown service {service!r}; one of: {', '.join(SERVICES)}", err=True
@@ -225,6 +222,110 @@ def sandbox_marketplace(
     run_marketplace(host, port, seed_skus=skus, token=token, seed=seed)
 
 
+def _channels_snippet(
+    base: str, ports: tuple[int, int, int], seller_id: str, secret_env: str, token_env: str | None
+) -> str:
+    """The ``connectors:`` entries that point stockkeeper at ``sandbox channels``."""
+    from stockkeeper.sandbox.amazon import DEFAULT_MARKETPLACE
+    from stockkeeper.sandbox.shopify import DEFAULT_LOCATION, graphql_url
+
+    shopify, amazon, webhook = (f"{base}:{port}" for port in ports)
+    token = f"\n    token_env: {token_env}" if token_env else ""
+    return f"""connectors:
+  - id: shopify-sandbox
+    type: shopify
+    url: {graphql_url(shopify)}
+    location_id: {DEFAULT_LOCATION}{token}
+  - id: amazon-sandbox
+    type: amazon
+    url: {amazon}
+    seller_id: {seller_id}
+    marketplace_ids: [{DEFAULT_MARKETPLACE}]{token}
+  - id: webhook-sandbox
+    type: outbound_webhook
+    url: {webhook}/stockkeeper/levels
+    secret_env: {secret_env}
+    batch_size: 100"""
+
+
+@sandbox_app.command("channels")
+def sandbox_channels(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    shopify_port: Annotated[int, typer.Option(help="the Shopify GraphQL API")] = 9500,
+    amazon_port: Annotated[int, typer.Option(help="the Amazon Listings Items API")] = 9501,
+    webhook_port: Annotated[int, typer.Option(help="the webhook receiver")] = 9502,
+    webhook_secret_env: Annotated[
+        str, typer.Option(help="variable holding the webhook signing secret (made up if unset)")
+    ] = "STOCKKEEPER_SANDBOX_WEBHOOK_SECRET",  # noqa: S107 - the name of a variable
+    shopify_bucket: Annotated[
+        float, typer.Option(help="Shopify cost bucket size (maximumAvailable)", min=1)
+    ] = 2000.0,
+    shopify_restore_rate: Annotated[
+        float, typer.Option(help="Shopify cost points restored per second", min=0.1)
+    ] = 100.0,
+    seller_id: Annotated[str, typer.Option(help="the Amazon seller id to accept")] = "A1SANDBOX",
+    unlisted: Annotated[
+        list[str] | None, typer.Option(help="a SKU every channel keeps unlisted (repeatable)")
+    ] = None,
+    token_env: Annotated[
+        str | None,
+        typer.Option(help="require this variable's value as Shopify's and Amazon's access token"),
+    ] = None,
+) -> None:
+    """Three sales channels in one process: Shopify's Admin GraphQL API (cost bucket,
+    changeFromQuantity), Amazon's Listings Items API (5 requests/s) and a webhook
+    receiver checking signatures. Prints the connectors: entries for stockkeeper.yaml;
+    each has fault injection and control routes under /_sandbox (docs/channels.md)."""
+    import os
+    import secrets
+    import time
+
+    from stockkeeper.sandbox.amazon import AmazonState
+    from stockkeeper.sandbox.amazon import create_app as amazon_app
+    from stockkeeper.sandbox.channel_webhook import WebhookReceiverState
+    from stockkeeper.sandbox.channel_webhook import create_app as receiver_app
+    from stockkeeper.sandbox.server import SandboxServer
+    from stockkeeper.sandbox.shopify import ShopifyState
+    from stockkeeper.sandbox.shopify import create_app as shopify_app
+
+    token = os.environ.get(token_env) if token_env else None
+    if token_env and not token:
+        typer.echo(f"stockkeeper: environment variable {token_env} is not set", err=True)
+        raise typer.Exit(2)
+    secret = os.environ.get(webhook_secret_env)
+    if not secret:
+        secret = secrets.token_urlsafe(24)
+        typer.echo(f"{webhook_secret_env} is not set; stockkeeper needs it too:", err=True)
+        typer.echo(f"  export {webhook_secret_env}={secret}", err=True)
+    keep = unlisted or []
+    shopify = ShopifyState(
+        bucket_size=shopify_bucket, restore_rate=shopify_restore_rate, unlisted=keep
+    )
+    servers = [
+        SandboxServer(shopify_app(shopify, token), host, shopify_port),
+        SandboxServer(
+            amazon_app(AmazonState(seller_id=seller_id, unlisted=keep), token), host, amazon_port
+        ),
+        SandboxServer(receiver_app(WebhookReceiverState(secret), None), host, webhook_port),
+    ]
+    try:
+        for server in servers:
+            server.start()
+        shown = f"[{host}]" if ":" in host else host
+        ports = (shopify_port, amazon_port, webhook_port)
+        typer.echo(
+            _channels_snippet(f"http://{shown}", ports, seller_id, webhook_secret_env, token_env)
+        )
+        typer.echo("sandbox channels running; Ctrl-C stops them", err=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for server in servers:
+            server.stop()
+
+
 @app.command()
 def migrate(config: ConfigOption = None) -> None:
     """Apply pending database migrations (also done at every start)."""
@@ -265,6 +366,54 @@ def audit(config: ConfigOption = None) -> None:
 
     if not _run(main):
         raise typer.Exit(1)
+
+
+@app.command("reconcile-channels")
+def reconcile_channels(
+    channel: Annotated[
+        list[str] | None, typer.Option(help="only this channel (repeat for several)")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Drift repair: read every SKU's level back from the channels that can report it
+    and, where it differs from ours, make a push due (the propagator sends it)."""
+    from stockkeeper.bootstrap import connector_token, env_secret
+    from stockkeeper.config import ChannelConfig
+    from stockkeeper.connectors.channels import make_channel
+
+    settings = _settings(config)
+    configs = settings.connectors_of(ChannelConfig)
+    unknown = sorted(set(channel or []) - {c.id for c in configs})
+    if unknown:
+        typer.echo(f"stockkeeper: no channel named {', '.join(unknown)}", err=True)
+        raise typer.Exit(2)
+    chosen = [c for c in configs if not channel or c.id in channel]
+
+    async def main() -> None:
+        container = await _build(settings)
+        try:
+            for cfg in chosen:
+                adapter = make_channel(
+                    cfg,
+                    token=connector_token(cfg),
+                    secret=env_secret(cfg, "secret_env"),
+                    metrics=container.metrics,
+                )
+                try:
+                    if not adapter.can_read:
+                        typer.echo(f"{cfg.id}: cannot report its levels; skipped")
+                        continue
+                    d = await container.propagation.reconcile(adapter)
+                finally:
+                    await adapter.aclose()
+                typer.echo(
+                    f"{cfg.id}: {d.checked} SKUs checked, {d.drifted} differed (pushes due), "
+                    f"{d.unlisted} not listed"
+                )
+        finally:
+            await container.close()
+
+    _run(main)
 
 
 @app.command("check-config")

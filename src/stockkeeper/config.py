@@ -140,7 +140,7 @@ class PropagationConfig(Section):
     max_attempts: int = Field(default=10, ge=1)
     # Consumers of channel.propagation in one propagator process (each handles one
     # message at a time; the per-SKU version guard makes their order irrelevant).
-    consumers: int = Field(default=2, ge=1, le=64)
+    consumers: int = Field(default=4, ge=1, le=64)
     # How long pushes are kept in channel_push (lag percentiles, audit).
     push_log_retention_s: int = Field(default=86_400, ge=60)
 

@@ -386,6 +386,54 @@ def test_the_commented_connector_example_is_valid() -> None:
             break
         block.append(line[1:].split(" #")[0].rstrip())
     s = Settings.model_validate(yaml.safe_load("\n".join(block)))
-    assert [c.type for c in s.connectors] == ["wms", "erp", "webhook", "marketplace"]
+    assert [c.type for c in s.connectors] == [
+        "wms",
+        "erp",
+        "webhook",
+        "marketplace",
+        "shopify",
+        "amazon",
+        "outbound_webhook",
+    ]
     (wms,) = s.connectors_of(WmsConnectorConfig)
     assert (wms.id, wms.page_size, wms.outbound_batch_size) == ("wms-main", 500, 100)
+
+
+def test_a_channels_echo_sources_must_name_connectors(tmp_path: Path) -> None:
+    hook = {"id": "shop-orders", "type": "webhook", "secret_env": "SHOP_SECRET"}
+    channel = {
+        "id": "shop",
+        "type": "outbound_webhook",
+        "url": "http://hooks.example/stock",
+        "secret_env": "SHOP_SECRET",
+        "echo_sources": ["shop-orders", "nobody"],
+    }
+    path = write(tmp_path, {"connectors": [hook, channel]})
+    with pytest.raises(ConfigError, match=r"shop.echo_sources names no connector: nobody"):
+        load_settings(path, environ={})
+
+
+def test_amazon_is_held_to_its_published_rate_limit(tmp_path: Path) -> None:
+    amazon = {
+        "id": "amz",
+        "type": "amazon",
+        "url": "https://sellingpartnerapi-eu.amazon.com",
+        "seller_id": "A1SELLER",
+        "marketplace_ids": ["A1PA6795UKMFR9"],
+        "rate_limit_rps": 10,
+    }
+    path = write(tmp_path, {"connectors": [amazon]})
+    with pytest.raises(ConfigError, match=r"connectors\.0\.rate_limit_rps"):
+        load_settings(path, environ={})
+
+
+def test_a_shopify_location_must_be_a_location_gid(tmp_path: Path) -> None:
+    shop = {
+        "id": "shop",
+        "type": "shopify",
+        "url": "https://x.myshopify.com/admin/api/2026-04/graphql.json",
+        "location_id": "123",
+    }
+    path = write(tmp_path, {"connectors": [shop]})
+    with pytest.raises(ConfigError, match=r"connectors\.0\.location_id"):
+        load_settings(path, environ={})

@@ -104,9 +104,7 @@ class Propagation:
             for ch in self.ids
         }
         live = {ch: v for ch, v in verdicts.items() if v is not Verdict.STALE}
-        await repo.apply_level(conn, sku, version, available, committed_at, live)
-        if any(v is Verdict.PUSH for v in live.values()):
-            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+        await repo.apply_level(conn, sku, version, available, committed_at, live, NOTIFY_CHANNEL)
         for ch, v in verdicts.items():
             self.metrics.channel_changes.labels(channel=ch, verdict=v.value).inc()
         return verdicts

@@ -44,9 +44,12 @@ class Logged:
 
 
 async def lock_states(conn: Conn, sku: str, channels: Sequence[str]) -> dict[str, SyncState]:
-    """One SKU's sync state per channel, rows created as "never told" and locked."""
-    await conn.execute(q("ensure_sync_rows"), list(channels), sku)
+    """One SKU's sync state per channel, locked; rows created as "never told" first for
+    a SKU a channel has no row for (one round trip when they all exist)."""
     rows = await conn.fetch(q("lock_sync_rows"), sku, list(channels))
+    if len(rows) < len(channels):
+        await conn.execute(q("ensure_sync_rows"), list(channels), sku)
+        rows = await conn.fetch(q("lock_sync_rows"), sku, list(channels))
     return {
         r["channel"]: SyncState(
             r["desired_version"],
@@ -65,8 +68,10 @@ async def apply_level(
     available: int,
     committed_at: datetime,
     verdicts: Mapping[str, Verdict],
+    notify: str,
 ) -> None:
-    """Record level ``version`` for each channel with its (non-stale) verdict."""
+    """Record level ``version`` for each channel with its (non-stale) verdict; if a push
+    became due, NOTIFY ``notify`` (delivered at commit)."""
     if not verdicts:
         return
     channels = sorted(verdicts)
@@ -78,6 +83,7 @@ async def apply_level(
         committed_at,
         channels,
         [verdicts[c].value for c in channels],
+        notify,
     )
 
 

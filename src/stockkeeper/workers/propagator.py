@@ -4,10 +4,11 @@ Two halves, joined by ``channel_sync_state``. The ``channel.propagation`` consum
 records each ``inventory.level_changed`` per channel (newest version wins, echoes of a
 channel's own changes are left out, changes waiting for a push ride along with it) in
 the transaction that marks the message processed, so it never waits for a channel.
-Per channel, ``concurrency`` senders claim due SKUs in batches, push them through the
-channel's adapter within its rate limit, and book the answers; a failed push is retried
+Per channel, one loop claims due SKUs for every free slot (``concurrency`` calls in
+flight, ``batch_size`` SKUs each), pushes them through the channel's adapter within its
+rate limit, and books the answers; a failed push is retried
 with backoff and, past ``propagation.max_attempts``, dead-lettered. A slow or broken
-channel only ever holds up its own senders. A monitor computes the lag percentiles and
+channel only ever holds up its own loop. A monitor computes the lag percentiles and
 the alert, prunes the push log and runs the scheduled drift repair.
 """
 
@@ -34,6 +35,9 @@ from stockkeeper.waiting import wait_any
 log = get_logger("stockkeeper.propagator")
 
 IDLE_POLL_S = 1.0
+# After a wake-up, how long a channel's loop lets more changes gather before it claims:
+# under a stream of changes, one claim per channel every few milliseconds at most.
+LINGER_S = 0.01
 PRUNE_EVERY_S = 60.0
 # How long a stopping propagator lets pushes in flight finish before it abandons them
 # (their leases run out and another sender takes them).
@@ -66,7 +70,7 @@ class Propagator:
         self.adapters = adapters
         self.pool = pool
         self.metrics = service.metrics
-        self.wake = asyncio.Event()
+        self.wake = {ch: asyncio.Event() for ch in adapters}
 
     # -- the consumer half -----------------------------------------------------------
 
@@ -100,18 +104,10 @@ class Propagator:
         log.info("propagator.started", channels=sorted(self.adapters))
         listener = await self.pool.acquire()
         await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        tasks = [
-            asyncio.ensure_future(self._sender(ch, stop))
-            for ch, cfg in self.service.configs.items()
-            for _ in range(cfg.concurrency)
-        ]
+        tasks = [asyncio.ensure_future(self._channel(ch, stop)) for ch in self.adapters]
         tasks.append(asyncio.ensure_future(self._monitor(stop)))
         try:
-            await stop.wait()
-            _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks)
         finally:
             with contextlib.suppress(Exception):
                 await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
@@ -121,38 +117,73 @@ class Propagator:
             log.info("propagator.stopped")
 
     def _on_notify(self, *_args: object) -> None:
-        self.wake.set()
+        for event in self.wake.values():
+            event.set()
 
-    async def _sender(self, channel: str, stop: asyncio.Event) -> None:
+    async def _channel(self, channel: str, stop: asyncio.Event) -> None:
+        """One channel's loop: claim due pushes for every free slot (``concurrency``
+        calls in flight, ``batch_size`` SKUs each) and push them. Only this loop queries
+        for the channel's due rows, so a burst of changes is one claim, not one per
+        sender; it waits ``LINGER_S`` after a wake-up to let changes gather."""
+        cfg = self.service.configs[channel]
+        wake = self.wake[channel]
+        flying: set[asyncio.Task[None]] = set()
         backoff = 0.5
         while not stop.is_set():
-            self.wake.clear()
+            if len(flying) >= cfg.concurrency:
+                await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            wake.clear()
+            free = cfg.concurrency - len(flying)
             try:
-                n = await self.push_once(channel)
+                claimed = await self.service.claim(channel, cfg.batch_size * free)
                 backoff = 0.5
             except Exception:
                 # The database restarting, say: counted, logged, tried again shortly.
                 self.metrics.worker_errors.labels(worker="propagator").inc()
-                log.exception("propagator.round_failed", channel=channel)
+                log.exception("propagator.claim_failed", channel=channel)
                 await wait_any(stop, at_most=backoff)
                 backoff = min(30.0, backoff * 2)
                 continue
-            if n == 0:
-                await wait_any(stop, self.wake, at_most=IDLE_POLL_S)
+            for i in range(0, len(claimed), cfg.batch_size):
+                task = asyncio.ensure_future(
+                    self._guarded(channel, claimed[i : i + cfg.batch_size])
+                )
+                flying.add(task)
+                task.add_done_callback(flying.discard)
+            if not claimed:
+                await wait_any(stop, wake, at_most=IDLE_POLL_S)
+                if wake.is_set():
+                    await wait_any(stop, at_most=LINGER_S)
+        if flying:
+            # Stopping: pushes in flight get a moment to finish, then let go of their rows.
+            _, late = await asyncio.wait(flying, timeout=STOP_GRACE_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def _guarded(self, channel: str, claimed: Sequence[Claimed]) -> None:
+        try:
+            await self.push(channel, claimed)
+        except Exception:
+            self.metrics.worker_errors.labels(worker="propagator").inc()
+            log.exception("propagator.push_failed", channel=channel, skus=len(claimed))
 
     async def push_once(self, channel: str) -> int:
         """Claim one batch of due pushes of ``channel`` and push it; how many were claimed."""
-        cfg = self.service.configs[channel]
-        claimed = await self.service.claim(channel, cfg.batch_size)
-        if not claimed:
-            return 0
+        claimed = await self.service.claim(channel, self.service.configs[channel].batch_size)
+        if claimed:
+            await self.push(channel, claimed)
+        return len(claimed)
+
+    async def push(self, channel: str, claimed: Sequence[Claimed]) -> None:
+        """Push claimed SKUs: those the channel already shows are settled without a call."""
         noop = [c for c in claimed if c.previous == c.quantity]
         if noop:
             await self.service.noops(channel, noop)
         todo = [c for c in claimed if c.previous != c.quantity]
         if todo:
             await self._push(channel, todo)
-        return len(claimed)
 
     async def _push(self, channel: str, claimed: Sequence[Claimed]) -> None:
         adapter = self.adapters[channel]

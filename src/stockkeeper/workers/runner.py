@@ -15,8 +15,9 @@ from prometheus_client import start_http_server
 
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.api.inventory import create_inventory_app
-from stockkeeper.bootstrap import Container, connector_token
-from stockkeeper.config import WmsConnectorConfig
+from stockkeeper.bootstrap import Container, connector_token, env_secret
+from stockkeeper.config import ChannelConfig, WmsConnectorConfig
+from stockkeeper.connectors.channels import make_channel
 from stockkeeper.connectors.http import CallRecord
 from stockkeeper.connectors.wms import WmsClient
 from stockkeeper.messaging.consumer import Consumer, EffectHandler
@@ -26,16 +27,23 @@ from stockkeeper.workers.dispatcher import Dispatcher
 from stockkeeper.workers.expiry import ExpiryWorker
 from stockkeeper.workers.ingest import ingest_handler
 from stockkeeper.workers.pollers import run_pollers
+from stockkeeper.workers.propagator import Propagator
 from stockkeeper.workers.wms_outbound import WmsOutboundWorker
 from stockkeeper.workers.wms_sync import WmsSyncWorker
 
 log = get_logger("stockkeeper.runner")
 
 HTTP_SERVICES = ("inventory-api", "admin-api")
-WORKER_SERVICES = ("expiry", "dispatcher", "wms-sync", "wms-outbound", "ingest", "pollers")
+WORKER_SERVICES = (
+    "expiry",
+    "dispatcher",
+    "wms-sync",
+    "wms-outbound",
+    "ingest",
+    "pollers",
+    "propagator",
+)
 SERVICES = HTTP_SERVICES + WORKER_SERVICES
-# Services of the architecture that later issues add.
-PLANNED = ("propagator",)
 
 
 class _Server(uvicorn.Server):
@@ -150,6 +158,24 @@ def _wms_workers(
     return tasks, specs
 
 
+def _propagator(container: Container) -> tuple[Propagator, list[ConsumerSpec]]:
+    """The propagator with one adapter per channel, and its consumers."""
+    adapters = {
+        cfg.id: make_channel(
+            cfg,
+            token=connector_token(cfg),
+            secret=env_secret(cfg, "secret_env"),
+            metrics=container.metrics,
+        )
+        for cfg in container.settings.connectors_of(ChannelConfig)
+    }
+    worker = Propagator(container.propagation, adapters, container.pool)
+    n = container.settings.propagation.consumers
+    # One name: their idempotency scope is the same, whichever replica takes a message.
+    specs = [ConsumerSpec("propagator", "channel.propagation", worker.handler())] * n
+    return worker, specs
+
+
 async def serve(
     container: Container, services: Iterable[str], consumers: Sequence[ConsumerSpec] = ()
 ) -> None:
@@ -183,6 +209,10 @@ async def serve(
         consumers += wms_consumers
     if "pollers" in wanted:
         tasks.append(run_pollers(container, stop))
+    if "propagator" in wanted:
+        propagator, propagation_consumers = _propagator(container)
+        tasks.append(propagator.run(stop))
+        consumers += propagation_consumers
     if "ingest" in wanted:
         consumers.append(
             ConsumerSpec("ingest", "inventory.ingest", ingest_handler(container.ingest))

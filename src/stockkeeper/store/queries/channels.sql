@@ -19,7 +19,8 @@ FOR UPDATE;
 -- A newer level of SKU $1 (version $2, available $3, committed at $4) for each channel
 -- with its verdict: push (due, joining any push already due), echo or noop (the channel
 -- already shows it), held (kept, not pushed). A due push keeps its backoff; a new one is
--- due now.
+-- due now. When a push became due, the senders listening on $7 are woken at commit.
+WITH applied AS (
 UPDATE channel_sync_state s SET
     desired_version = $2,
     desired_quantity = $3,
@@ -41,7 +42,10 @@ UPDATE channel_sync_state s SET
     pushed_quantity = CASE WHEN u.verdict = 'echo' THEN $3 ELSE s.pushed_quantity END,
     updated_at = now()
 FROM unnest($5::text[], $6::text[]) AS u (channel, verdict)
-WHERE s.channel = u.channel AND s.sku = $1;
+WHERE s.channel = u.channel AND s.sku = $1
+RETURNING u.verdict
+)
+SELECT pg_notify($7, '') FROM applied WHERE verdict = 'push' LIMIT 1;
 
 -- name: claim_pushes
 -- Due rows of one channel, oldest change first, leased to this sender. The lease
