@@ -256,7 +256,7 @@ def sandbox_channels(
     webhook_port: Annotated[int, typer.Option(help="the webhook receiver")] = 9502,
     webhook_secret_env: Annotated[
         str, typer.Option(help="variable holding the webhook signing secret (made up if unset)")
-    ] = "STOCKKEEPER_SANDBOX_WEBHOOK_SECRET",  # noqa: S107 - the name of a variable
+    ] = "SANDBOX_WEBHOOK_SECRET",  # noqa: S107 - the name of a variable
     shopify_bucket: Annotated[
         float, typer.Option(help="Shopify cost bucket size (maximumAvailable)", min=1)
     ] = 2000.0,

@@ -328,6 +328,7 @@ class OutboundWebhookChannelConfig(ChannelConfig):
     # The variable holding the signing secret (shared with the receiver).
     secret_env: EnvName
     batch_size: int = Field(default=1, ge=1, le=500)
+    rate_limit_rps: float = Field(default=20.0, gt=0, le=10_000)
 
 
 def _connector_type(value: Any) -> str | None:

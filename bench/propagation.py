@@ -1,0 +1,413 @@
+"""Propagation: sync lag per channel at a steady rate of changes, and what coalescing saved.
+
+One run:
+
+1. A fresh database and RabbitMQ prefix; ``stockkeeper sandbox channels`` (Shopify with
+   its standard cost bucket, Amazon at 5 requests/s, a webhook receiver) in its own
+   process; ``stockkeeper run dispatcher`` and ``run propagator`` as separate processes.
+2. ``--skus`` SKUs received, every channel brought in sync.
+3. ``--rate`` changes a second for ``--seconds`` (open loop: each change is due at its
+   own time; receipts, reservations and releases through the real use cases, each its own
+   transaction), from this process.
+4. Figures from the database: per channel, p50/p99 of ``channel_push.lag_ms`` (commit of
+   the change to the channel's acknowledgement) for pushes acknowledged while the load
+   ran; the *floor*, measured in the same run, is commit to the propagator's consumer
+   transaction (``processed_message``) of the same changes: the lag before any channel
+   is involved. Coalescing: level changes against SKU pushes per channel.
+
+    python bench/propagation.py --seconds 10 --rate 200      # quick
+    python bench/propagation.py                              # 500 changes/s for 60 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import yaml
+
+from stockkeeper.bootstrap import Container, build
+from stockkeeper.config import Settings
+from stockkeeper.domain.allocation import OrderLine
+from stockkeeper.domain.errors import InsufficientStock
+from stockkeeper.messaging import rabbitmq
+from stockkeeper.services.reservations import ReserveRequest
+from stockkeeper.services.stock import Receipt
+from stockkeeper.store import stock
+from stockkeeper.store.migrate import migrate
+
+SECRET_ENV = "BENCH_CHANNEL_SECRET"
+SECRET = "bench-channel-secret-0123456789"
+SELLER = "A1BENCH"
+CHANNELS = ("shopify", "amazon", "hooks")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    def __init__(self, args: list[str], workdir: Path, label: str) -> None:
+        self.label = label
+        self.log = workdir / f"{label}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKKEEPER_")}
+        env[SECRET_ENV] = SECRET
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stockkeeper", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.label} exited:\n{self.log.read_text()[-3000:]}")
+
+
+def connectors(ports: dict[str, int]) -> list[dict[str, Any]]:
+    base = "http://127.0.0.1"
+    return [
+        {
+            "id": "shopify",
+            "type": "shopify",
+            "url": f"{base}:{ports['shopify']}/admin/api/2026-04/graphql.json",
+            "location_id": "gid://shopify/Location/1",
+        },
+        {
+            "id": "amazon",
+            "type": "amazon",
+            "url": f"{base}:{ports['amazon']}",
+            "seller_id": SELLER,
+            "marketplace_ids": ["A1PA6795UKMFR9"],
+        },
+        {
+            "id": "hooks",
+            "type": "outbound_webhook",
+            "url": f"{base}:{ports['hooks']}/stock",
+            "secret_env": SECRET_ENV,
+            "batch_size": 50,
+        },
+    ]
+
+
+class Load:
+    """Changes through the real use cases: receipts, reservations, releases."""
+
+    def __init__(self, c: Container, skus: list[str], seed: int) -> None:
+        self.c = c
+        self.skus = skus
+        self.rng = random.Random(seed)
+        self.orders: list[str] = []
+        self.done = 0
+
+    async def one(self) -> None:
+        roll, sku = self.rng.random(), self.rng.choice(self.skus)
+        if roll < 0.5:
+            await self.c.stock.receive(Receipt(sku, 1, reference_id=f"r-{uuid.uuid4().hex}"))
+        elif roll < 0.8 or not self.orders:
+            order = f"o-{uuid.uuid4().hex}"
+            try:
+                await self.c.reservations.reserve(
+                    ReserveRequest(order, (OrderLine(sku, 1),), ttl_seconds=3600)
+                )
+            except InsufficientStock:
+                await self.c.stock.receive(Receipt(sku, 5, reference_id=f"r-{uuid.uuid4().hex}"))
+            else:
+                self.orders.append(order)
+        else:
+            await self.c.reservations.release(self.orders.pop(self.rng.randrange(len(self.orders))))
+        self.done += 1
+
+    async def run(self, rate: float, seconds: float, in_flight: int = 32) -> float:
+        """Open loop: change i is due at start + i / rate. Returns the achieved rate."""
+        gate = asyncio.Semaphore(in_flight)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        total = int(rate * seconds)
+        tasks: list[asyncio.Task[None]] = []
+
+        async def guarded() -> None:
+            async with gate:
+                await self.one()
+
+        for i in range(total):
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(guarded()))
+        await asyncio.gather(*tasks)
+        return total / (loop.time() - start)
+
+
+async def levels(http: httpx.AsyncClient, port: int) -> dict[str, int]:
+    resp = await http.get(f"http://127.0.0.1:{port}/_sandbox/levels")
+    resp.raise_for_status()
+    shown: dict[str, int] = resp.json()["levels"]
+    return shown
+
+
+async def sandboxes_up(ports: dict[str, int], sandbox: Proc) -> None:
+    async with httpx.AsyncClient(timeout=2) as http:
+        for port in ports.values():
+            for _ in range(200):
+                sandbox.check()
+                try:
+                    await levels(http, port)
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+
+
+async def wait_in_sync(
+    c: Container, skus: list[str], ports: dict[str, int], within: float
+) -> dict[str, float | None]:
+    """Seconds until each channel shows our availability of every SKU (None: not within
+    ``within`` seconds)."""
+    async with c.pool.acquire() as conn:
+        ours = {
+            s: lv.level.available
+            for s, lv in (await stock.sku_levels(conn, skus, datetime.now(UTC))).items()
+        }
+    start = time.monotonic()
+    took: dict[str, float | None] = dict.fromkeys(CHANNELS)
+    async with httpx.AsyncClient(timeout=10) as http:
+        while time.monotonic() - start < within and any(v is None for v in took.values()):
+            for ch in CHANNELS:
+                if took[ch] is None:
+                    shown = await levels(http, ports[ch])
+                    if all(shown.get(s) == q for s, q in ours.items()):
+                        took[ch] = time.monotonic() - start
+            await asyncio.sleep(0.5)
+    return took
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered), int(len(ordered) * p / 100 + 0.999999)) - 1)]
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+async def figures(db_url: str, since: datetime, until: datetime) -> dict[str, Any]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        floor = [
+            r["lag_ms"]
+            for r in await conn.fetch(
+                "SELECT (EXTRACT(EPOCH FROM p.processed_at - e.occurred_at) * 1000)::float8 "
+                "AS lag_ms "
+                "FROM domain_event e JOIN processed_message p "
+                "ON p.message_id = e.event_id AND p.consumer = 'propagator' "
+                "WHERE e.event_type = 'inventory.level_changed' "
+                "AND e.occurred_at BETWEEN $1 AND $2",
+                since,
+                until,
+            )
+        ]
+        changes = await conn.fetchval(
+            "SELECT count(*) FROM domain_event WHERE event_type = 'inventory.level_changed' "
+            "AND occurred_at BETWEEN $1 AND $2",
+            since,
+            until,
+        )
+        per: dict[str, Any] = {}
+        for ch in CHANNELS:
+            lags = [
+                r["lag_ms"]
+                for r in await conn.fetch(
+                    "SELECT lag_ms FROM channel_push "
+                    "WHERE channel = $1 AND acked_at BETWEEN $2 AND $3",
+                    ch,
+                    since,
+                    until,
+                )
+            ]
+            pushes = await conn.fetchval(
+                "SELECT count(*) FROM channel_push WHERE channel = $1 AND acked_at >= $2", ch, since
+            )
+            per[ch] = {"lags": lags, "pushes": pushes}
+    finally:
+        await conn.close()
+    return {"floor": floor, "changes": changes, "channels": per}
+
+
+async def calls(ports: dict[str, int]) -> dict[str, dict[str, int]]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        out = {}
+        for ch in CHANNELS:
+            resp = await http.get(f"http://127.0.0.1:{ports[ch]}/_sandbox/counters")
+            out[ch] = resp.json()
+    return out
+
+
+async def main(args: argparse.Namespace) -> int:
+    admin = args.database_url
+    name = f"bench_prop_{uuid.uuid4().hex[:8]}"
+    prefix = f"benchprop{uuid.uuid4().hex[:6]}."
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    db_url = admin.rsplit("/", 1)[0] + "/" + name
+    conn = await asyncpg.connect(db_url)
+    await migrate(conn)
+    await conn.close()
+    ports = {ch: free_port() for ch in CHANNELS}
+    workdir = Path(tempfile.mkdtemp(prefix="bench-propagation-"))
+    cfg = {
+        "database": {"url": db_url, "pool_size": 10},
+        "broker": {"url": args.amqp_url, "prefix": prefix},
+        "api": {"tokens": [{"token": "bench-token-0123456789", "scopes": ["admin"]}]},
+        "logging": {"level": "warning"},
+        "monitoring": {"metrics_port": 0},
+        "connectors": connectors(ports),
+    }
+    (workdir / "stockkeeper.yaml").write_text(yaml.safe_dump(cfg))
+    procs: list[Proc] = []
+    os.environ[SECRET_ENV] = SECRET
+    c = await build(
+        Settings.model_validate(
+            {**cfg, "database": {"url": db_url, "pool_size": 16}, "connectors": []}
+        )
+    )
+    try:
+        procs.append(
+            Proc(
+                [
+                    "sandbox",
+                    "channels",
+                    "--shopify-port",
+                    str(ports["shopify"]),
+                    "--amazon-port",
+                    str(ports["amazon"]),
+                    "--webhook-port",
+                    str(ports["hooks"]),
+                    "--webhook-secret-env",
+                    SECRET_ENV,
+                    "--seller-id",
+                    SELLER,
+                ],
+                workdir,
+                "sandbox",
+            )
+        )
+        await sandboxes_up(ports, procs[0])
+        for service in ("dispatcher", "propagator"):
+            procs.append(
+                Proc(
+                    ["run", service, "--config", str(workdir / "stockkeeper.yaml")],
+                    workdir,
+                    service,
+                )
+            )
+        skus = [f"SKU-{i:05d}" for i in range(args.skus)]
+        print(f"seeding {len(skus)} SKUs ...", flush=True)
+        for i in range(0, len(skus), 32):
+            await asyncio.gather(
+                *(
+                    c.stock.receive(Receipt(s, 50, reference_id=f"seed-{s}"))
+                    for s in skus[i : i + 32]
+                )
+            )
+        took = await wait_in_sync(c, skus, ports, args.settle_timeout)
+        print(f"initial sync took {took} s", flush=True)
+        for p in procs:
+            p.check()
+        before = await calls(ports)
+        load = Load(c, skus, args.seed)
+        since = datetime.now(UTC)
+        achieved = await load.run(args.rate, args.seconds)
+        until = datetime.now(UTC)
+        drained = await wait_in_sync(c, skus, ports, args.settle_timeout)
+        for p in procs:
+            p.check()
+        fig = await figures(db_url, since, until)
+        counts = await calls(ports)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        await c.close()
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+        await rabbitmq.delete_topology(args.amqp_url, prefix)
+
+    floor = fig["floor"]
+    print()
+    print(
+        f"load: {args.rate:.0f} changes/s asked, {achieved:.0f}/s achieved, {args.seconds:.0f} s, "
+        f"{len(skus)} SKUs; {fig['changes']:,} level changes"
+    )
+    print(
+        "floor (commit -> propagator's consumer): "
+        f"p50 {ms(pct(floor, 50))} ms, p99 {ms(pct(floor, 99))} ms"
+    )
+    print()
+    print(
+        "| channel | p50 ms | p99 ms | p50 / floor | p99 / floor | SKU pushes "
+        "| saved by coalescing | calls | in sync after load |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    call_names = {"shopify": "mutations", "amazon": "patches", "hooks": "deliveries"}
+    for ch in CHANNELS:
+        d = fig["channels"][ch]
+        p50, p99 = pct(d["lags"], 50), pct(d["lags"], 99)
+        f50, f99 = pct(floor, 50), pct(floor, 99)
+        r50 = f"{p50 / f50:.1f}x" if p50 and f50 else "-"
+        r99 = f"{p99 / f99:.1f}x" if p99 and f99 else "-"
+        saved = fig["changes"] - d["pushes"]
+        settled = "no" if drained[ch] is None else f"{drained[ch]:.1f} s"
+        print(
+            f"| {ch} | {ms(p50)} | {ms(p99)} | {r50} | {r99} | {d['pushes']:,} | "
+            f"{saved:,} ({saved / max(1, fig['changes']):.0%}) | "
+            f"{counts[ch].get(call_names[ch], 0) - before[ch].get(call_names[ch], 0):,} "
+            f"{call_names[ch]} | {settled} |"
+        )
+    return 0
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    ap.add_argument("--rate", type=float, default=500.0, help="changes per second")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--skus", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--settle-timeout", type=float, default=240.0)
+    return ap.parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse())))
