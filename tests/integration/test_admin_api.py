@@ -228,6 +228,7 @@ async def test_status_shows_the_outbox_backlog_dead_letters_and_queue_depths(
         "queues": {broker_prefix + q.name: 0 for q in QUEUES},
         "wms": {},
         "connectors": {},
+        "channels": {},
     }
 
     await c.stock.receive(Receipt("MILK", 5, "r-1"))  # inventory.received + level_changed

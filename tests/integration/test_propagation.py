@@ -8,19 +8,26 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
+from stockkeeper.api.admin import create_admin_app
 from stockkeeper.bootstrap import Container, build
-from stockkeeper.config import Settings
-from stockkeeper.connectors.channels import PushOutcome
+from stockkeeper.config import ChannelConfig, Settings
+from stockkeeper.connectors.channels import PushOutcome, make_channel
 from stockkeeper.domain.events import LEVEL_CHANGED
 from stockkeeper.domain.propagation import AlertChange, Verdict
 from stockkeeper.messaging.consumer import PermanentError
 from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.sandbox.amazon import AmazonState
+from stockkeeper.sandbox.server import SandboxServer
+from stockkeeper.sandbox.shopify import ShopifyState, graphql_url
 from stockkeeper.services.propagation import LAG_ALERT, REARM, Propagation
+from stockkeeper.services.stock import Receipt
 from stockkeeper.store.channels import Claimed
 from stockkeeper.workers.propagator import Propagator
 from tests.conftest import FakeClock
+from tests.support import ADMIN_TOKEN, auth
 
 A, B = "shop-a", "shop-b"
 SECRET_ENV = "SK_TEST_CHANNEL_SECRET"
@@ -253,3 +260,132 @@ async def test_the_lag_alert_fires_once_with_an_event_and_recovers(c: Container)
         await conn.execute("UPDATE channel_push SET acked_at = now() - interval '2 minutes'")
     assert await p.check_lag() == {A: AlertChange.RECOVER, B: AlertChange.RECOVER}
     assert (await p.status())[A]["alerting"] is False
+
+
+# -- against the sandbox channels over TCP ---------------------------------------------
+
+
+@pytest.fixture
+async def rig(
+    config: dict[str, Any],
+    clock: FakeClock,
+    shopify_channel: tuple[ShopifyState, SandboxServer],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> AsyncIterator[tuple[Container, Propagator]]:
+    """Shopify and Amazon channels on their sandboxes, and the propagator's adapters."""
+    config["connectors"] = [
+        {
+            "id": "shopify-main",
+            "type": "shopify",
+            "url": graphql_url(shopify_channel[1].url),
+            "location_id": "gid://shopify/Location/1",
+        },
+        {
+            "id": "amazon-eu",
+            "type": "amazon",
+            "url": amazon_channel[1].url,
+            "seller_id": "A1SELLER",
+            "marketplace_ids": ["A1PA6795UKMFR9"],
+        },
+    ]
+    c = await build(Settings.model_validate(config), clock=clock)
+    adapters = {
+        cfg.id: make_channel(cfg, token=None) for cfg in c.settings.connectors_of(ChannelConfig)
+    }
+    yield c, Propagator(c.propagation, adapters, c.pool)
+    for adapter in adapters.values():
+        await adapter.aclose()
+    await c.close()
+
+
+async def sync_all(c: Container, worker: Propagator) -> None:
+    """Record every level change in the outbox and push until nothing is due."""
+    async with c.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT payload, occurred_at, source FROM domain_event WHERE event_type = $1 "
+            "ORDER BY id",
+            LEVEL_CHANGED,
+        )
+    handle = worker.handler()
+    for r in rows:
+        env = Envelope.new(
+            LEVEL_CHANGED, r["payload"], occurred_at=r["occurred_at"], source=r["source"]
+        )
+        async with c.pool.acquire() as conn, conn.transaction():
+            await handle(conn, env)
+    for channel in worker.adapters:
+        while await worker.push_once(channel):
+            pass
+
+
+async def test_drift_repair_finds_what_a_channel_shows_wrongly_and_pushes_ours(
+    rig: tuple[Container, Propagator],
+    shopify_channel: tuple[ShopifyState, SandboxServer],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> None:
+    c, worker = rig
+    shopify, amazon = shopify_channel[0], amazon_channel[0]
+    for sku, qty in [("TEE-1", 10), ("TEE-2", 4), ("TEE-3", 6)]:
+        await c.stock.receive(Receipt(sku, qty, f"r-{sku}"))
+    await sync_all(c, worker)
+    for book in (shopify, amazon):
+        assert book.levels() == {"TEE-1": 10, "TEE-2": 4, "TEE-3": 6}
+    # Someone edits the channels behind our back; Amazon also stops listing TEE-3.
+    shopify.set_level("TEE-1", 25)
+    amazon.set_level("TEE-2", 0)
+    amazon.unlist_skus(["TEE-3"])
+    repaired = {
+        ch: await c.propagation.reconcile(adapter) for ch, adapter in worker.adapters.items()
+    }
+    assert (repaired["shopify-main"].checked, repaired["shopify-main"].drifted) == (3, 1)
+    amz = repaired["amazon-eu"]
+    assert (amz.checked, amz.drifted, amz.unlisted) == (3, 1, 1)
+    # The repair only marks the pushes due (with what the channel really shows as the
+    # starting point); the senders push them.
+    assert shopify.level("TEE-1") == 25
+    for channel in worker.adapters:
+        while await worker.push_once(channel):
+            pass
+    assert shopify.levels() == {"TEE-1": 10, "TEE-2": 4, "TEE-3": 6}
+    assert amazon.levels() == {"TEE-1": 10, "TEE-2": 4}
+    status = await c.propagation.status()
+    assert status["shopify-main"]["drift_repaired"] == 1
+    assert status["amazon-eu"]["unlisted"] == 1
+    # Listed again: the next repair finds it and pushes it.
+    amazon.list_skus(["TEE-3"], quantity=0)
+    assert (await c.propagation.reconcile(worker.adapters["amazon-eu"])).drifted == 1
+    while await worker.push_once("amazon-eu"):
+        pass
+    assert amazon.level("TEE-3") == 6
+
+
+async def test_admin_status_shows_each_channels_lag_and_backlog(
+    rig: tuple[Container, Propagator],
+) -> None:
+    c, worker = rig
+    await c.stock.receive(Receipt("TEE-1", 3, "r-1"))
+    await sync_all(c, worker)
+    await c.stock.receive(Receipt("TEE-1", 1, "r-2"))
+    async with c.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT payload, occurred_at FROM domain_event WHERE event_type = $1 "
+            "ORDER BY id DESC LIMIT 1",
+            LEVEL_CHANGED,
+        )
+    async with c.pool.acquire() as conn, conn.transaction():
+        await worker.handler()(
+            conn, Envelope.new(LEVEL_CHANGED, row["payload"], occurred_at=row["occurred_at"])
+        )
+    transport = httpx.ASGITransport(app=create_admin_app(c))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+        doc = (await http.get("/admin/status", headers=auth(ADMIN_TOKEN))).json()
+    shop = doc["channels"]["shopify-main"]
+    assert shop["type"] == "shopify"
+    assert shop["pending"] == 1  # the second receipt, not pushed yet
+    assert shop["synced"] == 0
+    assert shop["pushes_in_window"] == 1
+    assert shop["lag_ms"]["samples"] == 2  # one push, one change still waiting
+    assert shop["lag_ms"]["p50"] >= 0
+    assert shop["lag_ms"]["p99"] >= shop["lag_ms"]["p50"]
+    assert shop["alerting"] is False
+    assert set(doc["channels"]) == {"shopify-main", "amazon-eu"}
