@@ -15,6 +15,7 @@ from stockkeeper.config import (
     Settings,
     WmsConnectorConfig,
 )
+from stockkeeper.connectors.carriers import ConfiguredCarriers
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.broker import Broker
 from stockkeeper.messaging.consumer import RetryPolicy
@@ -23,6 +24,7 @@ from stockkeeper.messaging.rabbitmq import RabbitMQBroker
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.admin import Operations
 from stockkeeper.services.ingest import IngestService
+from stockkeeper.services.orders import Orders
 from stockkeeper.services.reservations import Reservations
 from stockkeeper.services.stock import Stock
 from stockkeeper.services.unit import Clock, utcnow
@@ -46,6 +48,7 @@ class Container:
     stock: Stock
     wms: WmsService
     ingest: IngestService
+    orders: Orders
     broker: Broker
     clock: Clock = utcnow
     embedded: EmbeddedPostgres | None = None
@@ -160,6 +163,14 @@ async def build(
             stock=Stock(pool, clock),
             wms=WmsService(pool, metrics, settings.connectors_of(WmsConnectorConfig), clock),
             ingest=IngestService(metrics, settings.connectors_of(IngestOptions), clock),
+            orders=Orders(
+                pool,
+                metrics,
+                reservations,
+                ConfiguredCarriers(settings.orders.carriers),
+                payment_timeout_seconds=settings.orders.payment_timeout_seconds,
+                clock=clock,
+            ),
             broker=make_broker(settings, pool),
             clock=clock,
             embedded=embedded,

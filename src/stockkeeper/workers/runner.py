@@ -26,13 +26,23 @@ from stockkeeper.workers.dispatcher import Dispatcher
 from stockkeeper.workers.expiry import ExpiryWorker
 from stockkeeper.workers.ingest import ingest_handler
 from stockkeeper.workers.pollers import run_pollers
+from stockkeeper.workers.saga import QUEUE as SAGA_QUEUE
+from stockkeeper.workers.saga import saga_handler
 from stockkeeper.workers.wms_outbound import WmsOutboundWorker
 from stockkeeper.workers.wms_sync import WmsSyncWorker
 
 log = get_logger("stockkeeper.runner")
 
 HTTP_SERVICES = ("inventory-api", "admin-api")
-WORKER_SERVICES = ("expiry", "dispatcher", "wms-sync", "wms-outbound", "ingest", "pollers")
+WORKER_SERVICES = (
+    "expiry",
+    "dispatcher",
+    "wms-sync",
+    "wms-outbound",
+    "ingest",
+    "pollers",
+    "saga",
+)
 SERVICES = HTTP_SERVICES + WORKER_SERVICES
 # Services of the architecture that later issues add.
 PLANNED = ("propagator",)
@@ -187,6 +197,12 @@ async def serve(
         consumers.append(
             ConsumerSpec("ingest", "inventory.ingest", ingest_handler(container.ingest))
         )
+    if "saga" in wanted:
+        handler = saga_handler(container.orders, container.failpoints)
+        consumers += [
+            ConsumerSpec("saga", SAGA_QUEUE, handler)
+            for _ in range(container.settings.orders.consumers)
+        ]
     for spec in consumers:
         tasks.append(_run_consumer(container, spec, stop))
     if not servers and container.settings.monitoring.metrics_port:
