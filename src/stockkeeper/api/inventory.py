@@ -1,4 +1,5 @@
-"""inventory-api: reserve, release, confirm, fulfil, read stock, receipts, adjustments."""
+"""inventory-api: reserve, release, confirm, fulfil, read stock, receipts, adjustments;
+the order routes (api/orders.py) and webhooks (api/webhooks.py) join it here."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from starlette.responses import Response
 from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.auth import Principal, require
 from stockkeeper.api.common import new_app
+from stockkeeper.api.orders import add_order_routes
 from stockkeeper.api.problems import ApiProblem, JSONResponse
 from stockkeeper.api.webhooks import add_webhook_routes
 from stockkeeper.domain.allocation import OrderLine
@@ -216,4 +218,5 @@ def create_inventory_app(container: Container) -> FastAPI:
             return JSONResponse({"order_id": body.order_id}, status_code=201)
 
     add_webhook_routes(app, container)
+    add_order_routes(app, container)
     return app
