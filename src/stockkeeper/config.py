@@ -150,8 +150,9 @@ class OrdersConfig(Section):
     # How long a placed order's stock is held for its payment; then it EXPIREs. At most
     # reservations.max_ttl_seconds.
     payment_timeout_seconds: int = Field(default=900, ge=1)
-    # Consumers of orders.saga in one saga process (each handles one message at a time).
-    consumers: int = Field(default=2, ge=1, le=64)
+    # Consumers of orders.saga in one saga process. Each handles one message at a time,
+    # and a reserve step is ~18 sequential round trips to PostgreSQL (milliseconds).
+    consumers: int = Field(default=4, ge=1, le=64)
     carriers: list[CarrierConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

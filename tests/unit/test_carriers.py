@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 from datetime import date, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stockkeeper.config import CarrierConfig
+from stockkeeper.config import CarrierConfig, ConfigError, OrdersConfig, load_settings
 from stockkeeper.connectors.carriers import ConfiguredCarriers
 from stockkeeper.domain.carriers import (
     Carrier,
@@ -164,3 +166,61 @@ def test_the_choice_is_the_best_viable_quote_in_any_order(
     assert got in viable
     for q in viable:
         assert got.cost * q.reliability <= q.cost * got.reliability  # exact: no division
+
+
+# -- the orders section of the configuration ---------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "stockkeeper.example.yaml"
+
+
+def test_the_commented_carriers_example_is_valid() -> None:
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    start = lines.index("  # carriers:                                          # example")
+    block = ["carriers:"]
+    for line in lines[start + 1 :]:
+        if not line.startswith("  #  "):
+            break
+        block.append(line[3:].split(" #")[0].rstrip())
+    cfg = OrdersConfig.model_validate(yaml.safe_load("\n".join(block)))
+    assert [(c.id, c.cost, c.reliability) for c in cfg.carriers] == [
+        ("dhl-express", Decimal("12.5"), Decimal("0.98")),
+        ("postal", Decimal("4.2"), Decimal("0.9")),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("orders", "match"),
+    [
+        ({"carriers": [{"id": "a", "cost": 1, "reliability": 0, "transit_days": 1}]}, "reliab"),
+        ({"carriers": [{"id": "a", "cost": 1, "reliability": 1.5, "transit_days": 1}]}, "reliab"),
+        ({"carriers": [{"id": "a", "cost": -1, "reliability": 1, "transit_days": 1}]}, "cost"),
+        ({"carriers": [{"id": "a", "cost": 1, "reliability": 1}]}, "transit_days"),
+        (
+            {"carriers": [{"id": "a", "cost": 1, "reliability": 1, "transit_days": 1}] * 2},
+            "duplicate id a",
+        ),
+        (
+            {
+                "carriers": [
+                    {
+                        "id": "a",
+                        "cost": 1,
+                        "reliability": 1,
+                        "transit_days": 1,
+                        "countries": ["Germany"],
+                    }
+                ]
+            },
+            "countries",
+        ),
+        ({"payment_timeout_seconds": 8 * 86_400}, "max_ttl_seconds"),
+        ({"consumers": 0}, "consumers"),
+    ],
+)
+def test_a_bad_orders_section_stops_the_start_naming_the_key(
+    tmp_path: Path, orders: dict[str, object], match: str
+) -> None:
+    path = tmp_path / "stockkeeper.yaml"
+    path.write_text(yaml.safe_dump({"orders": orders}))
+    with pytest.raises(ConfigError, match=match):
+        load_settings(path, environ={})

@@ -47,7 +47,7 @@ from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.reservations import Reservations, ReserveRequest
 from stockkeeper.services.unit import Clock, transaction, utcnow
 from stockkeeper.store import orders as repo
-from stockkeeper.store import outbox, stock
+from stockkeeper.store import outbox
 from stockkeeper.store import reservations as reservation_repo
 from stockkeeper.store.orders import OrderRow
 from stockkeeper.store.pool import Conn, Pool
@@ -131,25 +131,22 @@ class Orders:
         if req.required_delivery_date is not None and req.required_delivery_date < now.date():
             raise InvalidRequest("required_delivery_date is in the past")
         async with transaction(self.pool, conn) as c:
-            existing = await repo.get(c, req.order_id)
-            if existing is not None:
-                return self._repeat(existing, req)
-            skus = [li.sku for li in req.lines]
-            missing = set(skus) - await stock.known_skus(c, skus)
-            if missing:
-                raise InvalidRequest(f"unknown sku: {', '.join(sorted(missing))}")
-            if await reservation_repo.get(c, req.order_id) is not None:
+            oid = await repo.insert(
+                c, req.order_id, req.lines_doc(), req.ship_to, req.required_delivery_date, now
+            )
+            if oid is None:  # placed before (or concurrently, and committed meanwhile)
+                row = await repo.get(c, req.order_id)
+                assert row is not None
+                return self._repeat(row, req)
+            # Refusing now rolls the insert back with the rest.
+            unknown, reserved = await repo.check_new(c, req.order_id, [li.sku for li in req.lines])
+            if unknown:
+                raise InvalidRequest(f"unknown sku: {', '.join(sorted(unknown))}")
+            if reserved:
                 raise Conflict(
                     f"order id {req.order_id} is already used by a reservation; "
                     "an order needs an id of its own"
                 )
-            oid = await repo.insert(
-                c, req.order_id, req.lines_doc(), req.ship_to, req.required_delivery_date, now
-            )
-            if oid is None:  # placed concurrently, and committed while we waited
-                row = await repo.get(c, req.order_id)
-                assert row is not None
-                return self._repeat(row, req)
             await outbox.add(c, [Event(PLACED, {"order_id": req.order_id})])
         self.metrics.orders_placed.inc()
         row = OrderRow(

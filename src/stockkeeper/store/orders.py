@@ -65,6 +65,13 @@ async def insert(
     return oid
 
 
+async def check_new(conn: Conn, order_id: str, skus: list[str]) -> tuple[list[str], bool]:
+    """For a new order: its SKUs we do not know, and whether its id holds a reservation."""
+    r = await conn.fetchrow(q("check_new_order"), skus, order_id)
+    assert r is not None
+    return list(r["unknown"]), bool(r["reserved"])
+
+
 async def get(conn: Conn, order_id: str, *, lock: bool = False) -> OrderRow | None:
     r = await conn.fetchrow(q("lock_order" if lock else "get_order"), order_id)
     return _row(r) if r else None
