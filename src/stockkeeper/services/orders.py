@@ -33,7 +33,6 @@ from stockkeeper.domain.events import Event
 from stockkeeper.domain.orders import (
     FINAL,
     NO_CARRIER,
-    NO_CHANGE,
     PAID,
     PLACED,
     OrderStatus,
@@ -128,8 +127,6 @@ class Orders:
         """Record the order and the command to reserve it; nothing is reserved yet."""
         check_lines(req.lines)
         now = self.clock()
-        if req.required_delivery_date is not None and req.required_delivery_date < now.date():
-            raise InvalidRequest("required_delivery_date is in the past")
         async with transaction(self.pool, conn) as c:
             oid = await repo.insert(
                 c, req.order_id, req.lines_doc(), req.ship_to, req.required_delivery_date, now
@@ -139,6 +136,8 @@ class Orders:
                 assert row is not None
                 return self._repeat(row, req)
             # Refusing now rolls the insert back with the rest.
+            if req.required_delivery_date is not None and req.required_delivery_date < now.date():
+                raise InvalidRequest("required_delivery_date is in the past")
             unknown, reserved = await repo.check_new(c, req.order_id, [li.sku for li in req.lines])
             if unknown:
                 raise InvalidRequest(f"unknown sku: {', '.join(sorted(unknown))}")
@@ -198,7 +197,7 @@ class Orders:
         async with transaction(self.pool, conn) as c:
             row = await self._lock(c, order_id)
             step = plan(trigger, row.status)
-            if succeeded and step is NO_CHANGE:
+            if succeeded and step.target is None:
                 check_payment_repeat(row.payment_reference, reference)
             if step.stock is StockAction.CONFIRM:
                 try:
@@ -246,7 +245,7 @@ class Orders:
         optimistic race raises Conflict: the message is retried, the order stays PENDING.
         """
         row = await self._lock(conn, order_id)
-        if plan(Trigger.RESERVED, row.status) is NO_CHANGE:
+        if plan(Trigger.RESERVED, row.status).target is None:
             return None
         req = ReserveRequest(
             order_id,
@@ -293,7 +292,7 @@ class Orders:
     async def route(self, conn: Conn, order_id: str) -> OrderStatus | None:
         """order.paid: choose the carrier (READY_TO_SHIP), or say why none can take it."""
         row = await self._get(conn, order_id)
-        if plan(Trigger.ROUTED, row.status) is NO_CHANGE:
+        if plan(Trigger.ROUTED, row.status).target is None:
             return None
         # Quotes may come from a carrier's API: ask before taking the order's lock.
         ship_to = row.ship_to
@@ -306,7 +305,7 @@ class Orders:
         )
         choice = choose(await self.carriers.quotes(shipment), row.required_delivery_date)
         row = await self._lock(conn, order_id)
-        if plan(Trigger.ROUTED, row.status) is NO_CHANGE:
+        if plan(Trigger.ROUTED, row.status).target is None:
             return None
         if isinstance(choice, NoCarrier):
             row = replace(row, reason=choice.reason, updated_at=self.clock())
