@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from starlette.responses import Response
 
 from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.auth import Principal, require
+from stockkeeper.api.common import checked_path
 from stockkeeper.api.order_schemas import (
     CancelIn,
     OrderAcceptedOut,
@@ -17,7 +18,7 @@ from stockkeeper.api.order_schemas import (
     OrderOut,
     PaymentIn,
 )
-from stockkeeper.api.problems import ApiProblem, JSONResponse
+from stockkeeper.api.problems import JSONResponse
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.services.orders import PlaceOrder
 from stockkeeper.store.pool import Conn
@@ -33,14 +34,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _check_order_id(order_id: str) -> str:
-    try:
-        return _order_id.validate_python(order_id)
-    except ValidationError as exc:
-        raise ApiProblem(
-            "validation",
-            f"not a valid order id: {order_id!r}",
-            errors=[{"field": "order_id", "message": exc.errors()[0]["msg"]}],
-        ) from None
+    return checked_path(_order_id, order_id, "order_id")
 
 
 def add_order_routes(app: FastAPI, container: Container) -> None:
