@@ -240,3 +240,14 @@ async def test_a_payment_before_the_saga_decided_is_a_conflict_to_retry(
         "/orders/o-1/payment", json={"status": "succeeded", "reference": "p"}, headers=W
     )
     assert "not reserved yet" in assert_problem(r, 409, "conflict")["detail"]
+
+
+async def test_openapi_documents_the_order_routes(http: httpx.AsyncClient) -> None:
+    doc = (await http.get("/openapi.json")).json()
+    paths = doc["paths"]
+    assert set(paths["/orders"]) == {"post"}
+    assert "202" in paths["/orders"]["post"]["responses"]
+    assert set(paths["/orders/{order_id}"]) == {"get"}
+    assert "post" in paths["/orders/{order_id}/payment"]
+    assert "post" in paths["/orders/{order_id}/cancel"]
+    assert "OrderOut" in doc["components"]["schemas"]
