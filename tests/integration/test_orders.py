@@ -193,6 +193,13 @@ async def test_reserved_paid_routed_shipped(container: Container, clock: FakeClo
     await container.reservations.fulfil("o-1")
     assert await drive(container) == ["inventory.fulfilled"]
     assert (await order_of(container, "o-1"))["status"] == "SHIPPED"
+    registry = container.metrics.registry
+    decided = {"status": "AWAITING_PAYMENT"}
+    assert registry.get_sample_value("stockkeeper_order_decision_seconds_count", decided) == 1
+    # The fake clock did not move between placing and reserving.
+    assert registry.get_sample_value("stockkeeper_order_decision_seconds_sum", decided) == 0
+    final = registry.get_sample_value("stockkeeper_orders_final_total", {"status": "SHIPPED"})
+    assert final == 1
     with pytest.raises(Conflict, match="shipped"):
         await container.orders.cancel("o-1")
     await assert_audit_clean(container)
