@@ -102,8 +102,12 @@ class Client:
         return status, orjson.loads(answer) if answer else None
 
     def close(self) -> None:
-        while not self.idle.empty():
-            self.idle.get_nowait().close()
+        """Close every connection; the next request on each opens a fresh one (after a
+        pause longer than the server's keep-alive the old ones would be gone)."""
+        for _ in range(self.idle.qsize()):
+            conn = self.idle.get_nowait()
+            conn.close()
+            self.idle.put_nowait(conn)
 
 
 @dataclass
@@ -331,6 +335,7 @@ async def amain(args: argparse.Namespace) -> int:
         await seed(port, args.scarce)
         load0 = os.getloadavg()
         await wait_quiet(args.quiet_below, args.quiet_wait)
+        http.close()
         warm: list[str] = []
         await open_loop(args.rate, args.warmup, placing(http, run, args, "warmup", warm))
         poll = await open_loop(args.rate, args.baseline, polling(http, warm))
@@ -343,6 +348,7 @@ async def amain(args: argparse.Namespace) -> int:
             await probe.close()
         # Other programs on a shared machine skew everything: start when it is idle.
         waited, busy = await wait_quiet(args.quiet_below, args.quiet_wait)
+        http.close()
         cpu0, t0 = cpu_seconds(procs, postmaster, name), time.perf_counter()
         orders = await open_loop(
             args.rate, args.duration, placing(http, run, args, "measured", measured)
