@@ -16,6 +16,7 @@ from stockkeeper.config import (
     Settings,
     WmsConnectorConfig,
 )
+from stockkeeper.connectors.carriers import ConfiguredCarriers
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.broker import Broker
 from stockkeeper.messaging.consumer import RetryPolicy
@@ -24,6 +25,7 @@ from stockkeeper.messaging.rabbitmq import RabbitMQBroker
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.admin import Operations
 from stockkeeper.services.ingest import IngestService
+from stockkeeper.services.orders import Orders
 from stockkeeper.services.propagation import Propagation
 from stockkeeper.services.reservations import Reservations
 from stockkeeper.services.stock import Stock
@@ -49,6 +51,7 @@ class Container:
     wms: WmsService
     ingest: IngestService
     propagation: Propagation
+    orders: Orders
     broker: Broker
     clock: Clock = utcnow
     embedded: EmbeddedPostgres | None = None
@@ -170,6 +173,14 @@ async def build(
                 settings.propagation,
                 settings.monitoring,
                 clock,
+            ),
+            orders=Orders(
+                pool,
+                metrics,
+                reservations,
+                ConfiguredCarriers(settings.orders.carriers),
+                payment_timeout_seconds=settings.orders.payment_timeout_seconds,
+                clock=clock,
             ),
             broker=make_broker(settings, pool),
             clock=clock,

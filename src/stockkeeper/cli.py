@@ -101,7 +101,7 @@ def run(
         str,
         typer.Argument(
             help="inventory-api, admin-api, expiry, dispatcher, wms-sync, wms-outbound, "
-            "ingest, pollers or propagator"
+            "ingest, pollers, propagator or saga"
         ),
     ],
     config: ConfigOption = None,

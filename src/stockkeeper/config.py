@@ -132,6 +132,38 @@ class ReservationsConfig(Section):
     expiry_batch_size: int = Field(default=200, ge=1, le=10_000)
 
 
+class CarrierConfig(Section):
+    """A carrier and its flat quote (the same price and transit time for every parcel)."""
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    cost: Decimal = Field(ge=0, le=1_000_000)
+    # Share of parcels delivered as promised: the cost is divided by it when choosing.
+    reliability: Decimal = Field(gt=0, le=1)
+    transit_days: int = Field(ge=0, le=365)
+    # ISO 3166-1 alpha-2 codes it ships to; empty: everywhere.
+    countries: list[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]] = Field(default_factory=list)
+
+
+class OrdersConfig(Section):
+    """The order saga (POST /orders and ``stockkeeper run saga``)."""
+
+    # How long a placed order's stock is held for its payment; then it EXPIREs. At most
+    # reservations.max_ttl_seconds.
+    payment_timeout_seconds: int = Field(default=900, ge=1)
+    # Consumers of orders.saga in one saga process. Each handles one message at a time,
+    # and a reserve step is ~18 sequential round trips to PostgreSQL (milliseconds).
+    consumers: int = Field(default=4, ge=1, le=64)
+    carriers: list[CarrierConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_carriers(self) -> OrdersConfig:
+        ids = [c.id for c in self.carriers]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"carriers: duplicate id {', '.join(dupes)}")
+        return self
+
+
 class PropagationConfig(Section):
     # A push a channel failed (after the call's own retries) is tried again after
     # backoff_base_ms, doubling up to backoff_max_ms; after max_attempts it is a dead letter.
@@ -370,6 +402,7 @@ class Settings(Section):
     api: ApiConfig = ApiConfig()
     concurrency: ConcurrencyConfig = ConcurrencyConfig()
     reservations: ReservationsConfig = ReservationsConfig()
+    orders: OrdersConfig = OrdersConfig()
     propagation: PropagationConfig = PropagationConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -387,6 +420,15 @@ class Settings(Section):
                 raise ValueError(
                     f"connectors: {ch.id}.echo_sources names no connector: {', '.join(unknown)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _payment_fits_a_reservation(self) -> Settings:
+        if self.orders.payment_timeout_seconds > self.reservations.max_ttl_seconds:
+            raise ValueError(
+                "orders.payment_timeout_seconds must not exceed reservations.max_ttl_seconds "
+                f"({self.reservations.max_ttl_seconds})"
+            )
         return self
 
     def connectors_of(self, kind: type[C]) -> list[C]:

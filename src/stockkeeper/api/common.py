@@ -6,12 +6,13 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from stockkeeper import __version__
 from stockkeeper.api import problems
 from stockkeeper.api.middleware import BodyLimit, RequestMetrics
-from stockkeeper.api.problems import JSONResponse
+from stockkeeper.api.problems import ApiProblem, JSONResponse
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -51,3 +52,15 @@ def new_app(container: Container, name: str, title: str) -> FastAPI:
         return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def checked_path(adapter: TypeAdapter[str], value: str, field: str) -> str:
+    """A path parameter checked as its body field is: else 422 naming the field."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise ApiProblem(
+            "validation",
+            f"not a valid {field.replace('_', ' ')}: {value!r}",
+            errors=[{"field": field, "message": exc.errors()[0]["msg"]}],
+        ) from None

@@ -1,16 +1,18 @@
-"""inventory-api: reserve, release, confirm, fulfil, read stock, receipts, adjustments."""
+"""inventory-api: reserve, release, confirm, fulfil, read stock, receipts, adjustments;
+the order routes (api/orders.py) and webhooks (api/webhooks.py) join it here."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from starlette.responses import Response
 
 from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.auth import Principal, require
-from stockkeeper.api.common import new_app
+from stockkeeper.api.common import checked_path, new_app
+from stockkeeper.api.orders import add_order_routes
 from stockkeeper.api.problems import ApiProblem, JSONResponse
 from stockkeeper.api.webhooks import add_webhook_routes
 from stockkeeper.domain.allocation import OrderLine
@@ -29,14 +31,7 @@ _sku_adapter: TypeAdapter[str] = TypeAdapter(schemas.Sku)
 
 
 def _check_sku(sku: str) -> str:
-    try:
-        return _sku_adapter.validate_python(sku)
-    except ValidationError as exc:
-        raise ApiProblem(
-            "validation",
-            f"not a valid sku: {sku!r}",
-            errors=[{"field": "sku", "message": exc.errors()[0]["msg"]}],
-        ) from None
+    return checked_path(_sku_adapter, sku, "sku")
 
 
 def create_inventory_app(container: Container) -> FastAPI:
@@ -216,4 +211,5 @@ def create_inventory_app(container: Container) -> FastAPI:
             return JSONResponse({"order_id": body.order_id}, status_code=201)
 
     add_webhook_routes(app, container)
+    add_order_routes(app, container)
     return app

@@ -172,6 +172,7 @@ class Consumer:
             await d.ack()
             return
         self.metrics.consumer_messages.labels(consumer=self.name, outcome=outcome).inc()
+        self.failpoints.hit("consumer.before_ack")
         await d.ack()
 
     async def _apply(self, env: Envelope) -> str:

@@ -38,7 +38,18 @@ QUEUES = (
     QueueSpec("channel.propagation", (Binding(INVENTORY_EVENTS, "inventory.level_changed"),)),
     QueueSpec("wms.sync", (Binding(WMS_COMMANDS, "wms.sync.*"),)),
     QueueSpec("inventory.ingest", (Binding(INVENTORY_INGEST, "ingest.*"),)),
-    QueueSpec("orders.saga", (Binding(ORDERS_SAGA, "order.*"),)),
+    # The saga's own commands, and what happened to reservations (an order's among
+    # them) elsewhere: the expiry worker, a release, a fulfilment.
+    QueueSpec(
+        "orders.saga",
+        (
+            Binding(ORDERS_SAGA, "order.*"),
+            *(
+                Binding(INVENTORY_EVENTS, f"inventory.{k}")
+                for k in ("expired", "released", "fulfilled")
+            ),
+        ),
+    ),
 )
 
 

@@ -286,3 +286,27 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        # -- orders (the saga) -----------------------------------------------------
+        self.orders_placed = Counter(
+            "stockkeeper_orders_placed_total",
+            "Orders accepted by POST /orders (repeats not counted).",
+            registry=r,
+        )
+        self.order_decision = Histogram(
+            "stockkeeper_order_decision_seconds",
+            "Time from an order's PENDING to AWAITING_PAYMENT or FAILED, by that status.",
+            ["status"],
+            buckets=(*LATENCY_BUCKETS, 30.0, 60.0),
+            registry=r,
+        )
+        self.orders_final = Counter(
+            "stockkeeper_orders_final_total",
+            "Orders that reached a final status (FAILED, SHIPPED, CANCELLED, EXPIRED).",
+            ["status"],
+            registry=r,
+        )
+        self.orders_no_carrier = Counter(
+            "stockkeeper_orders_no_carrier_total",
+            "Paid orders for which no carrier could be chosen (order.no_carrier).",
+            registry=r,
+        )

@@ -28,6 +28,8 @@ from stockkeeper.workers.expiry import ExpiryWorker
 from stockkeeper.workers.ingest import ingest_handler
 from stockkeeper.workers.pollers import run_pollers
 from stockkeeper.workers.propagator import Propagator
+from stockkeeper.workers.saga import QUEUE as SAGA_QUEUE
+from stockkeeper.workers.saga import saga_handler
 from stockkeeper.workers.wms_outbound import WmsOutboundWorker
 from stockkeeper.workers.wms_sync import WmsSyncWorker
 
@@ -42,6 +44,7 @@ WORKER_SERVICES = (
     "ingest",
     "pollers",
     "propagator",
+    "saga",
 )
 SERVICES = HTTP_SERVICES + WORKER_SERVICES
 
@@ -217,6 +220,12 @@ async def serve(
         consumers.append(
             ConsumerSpec("ingest", "inventory.ingest", ingest_handler(container.ingest))
         )
+    if "saga" in wanted:
+        handler = saga_handler(container.orders, container.failpoints)
+        consumers += [
+            ConsumerSpec("saga", SAGA_QUEUE, handler)
+            for _ in range(container.settings.orders.consumers)
+        ]
     for spec in consumers:
         tasks.append(_run_consumer(container, spec, stop))
     if not servers and container.settings.monitoring.metrics_port:

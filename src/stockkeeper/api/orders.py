@@ -1,0 +1,121 @@
+"""Orders on the inventory-api: place (202, the saga does the rest), poll, pay, cancel."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, Request
+from pydantic import TypeAdapter
+from starlette.responses import Response
+
+from stockkeeper.api import idempotency, schemas
+from stockkeeper.api.auth import Principal, require
+from stockkeeper.api.common import checked_path
+from stockkeeper.api.order_schemas import (
+    CancelIn,
+    OrderAcceptedOut,
+    OrderIn,
+    OrderOut,
+    PaymentIn,
+)
+from stockkeeper.api.problems import JSONResponse
+from stockkeeper.domain.allocation import OrderLine
+from stockkeeper.services.orders import PlaceOrder
+from stockkeeper.store.pool import Conn
+
+if TYPE_CHECKING:
+    from stockkeeper.bootstrap import Container
+
+READ = Depends(require("inventory:read"))
+WRITE = Depends(require("inventory:write"))
+_order_id: TypeAdapter[str] = TypeAdapter(schemas.OrderId)
+# A polled status must never come from a cache between us and the storefront.
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _check_order_id(order_id: str) -> str:
+    return checked_path(_order_id, order_id, "order_id")
+
+
+def add_order_routes(app: FastAPI, container: Container) -> None:
+    orders = container.orders
+
+    @app.post(
+        "/orders",
+        status_code=202,
+        response_model=OrderAcceptedOut,
+        responses=schemas.PROBLEMS,
+        tags=["orders"],
+    )
+    async def place_order(body: OrderIn, request: Request, who: Principal = WRITE) -> Response:
+        """Take an order: 202 at once, PENDING; poll GET /orders/{id} for what follows.
+        The same order again: 200 with its status as it stands."""
+        req = PlaceOrder(
+            body.order_id,
+            tuple(OrderLine(li.sku, li.quantity) for li in body.lines),
+            body.ship_to.model_dump(exclude_none=True),
+            body.required_delivery_date,
+        )
+
+        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
+            view = await orders.place(req, conn)
+            doc = {"order_id": view.row.order_id, "status": view.row.status.value}
+            return (202 if view.created else 200), doc
+
+        resp = await idempotency.run(request, who, body.model_dump(mode="json"), op)
+        if resp.status_code < 300:
+            resp.headers["Location"] = f"/orders/{body.order_id}"
+        return resp
+
+    @app.get(
+        "/orders/{order_id}",
+        response_model=OrderOut,
+        responses=schemas.PROBLEMS,
+        tags=["orders"],
+    )
+    async def get_order(order_id: str, who: Principal = READ) -> Response:
+        """The order as it stands: its status, and why (reason, shortages), its carrier."""
+        view = await orders.get(_check_order_id(order_id))
+        return JSONResponse(view.to_json(), headers=NO_STORE)
+
+    @app.post(
+        "/orders/{order_id}/payment",
+        response_model=OrderOut,
+        responses=schemas.PROBLEMS,
+        tags=["orders"],
+    )
+    async def pay_order(
+        order_id: str, body: PaymentIn, request: Request, who: Principal = WRITE
+    ) -> Response:
+        """The payment's outcome. succeeded: the stock is committed (PAID) and a carrier
+        is chosen next; failed: the stock is given back (CANCELLED). Too late: 409
+        reservation-expired, and the order is EXPIRED."""
+        oid = _check_order_id(order_id)
+
+        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
+            view = await orders.pay(
+                oid, succeeded=body.status == "succeeded", reference=body.reference, conn=conn
+            )
+            return 200, view.to_json()
+
+        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+
+    @app.post(
+        "/orders/{order_id}/cancel",
+        response_model=OrderOut,
+        responses=schemas.PROBLEMS,
+        tags=["orders"],
+    )
+    async def cancel_order(
+        order_id: str, request: Request, body: CancelIn | None = None, who: Principal = WRITE
+    ) -> Response:
+        """Cancel the order and give its stock back; a repeat changes nothing. A shipped
+        order cannot be cancelled (409)."""
+        oid = _check_order_id(order_id)
+        reason = body.reason if body else None
+
+        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
+            return 200, (await orders.cancel(oid, reason, conn)).to_json()
+
+        payload = body.model_dump(mode="json") if body else {}
+        return await idempotency.run(request, who, payload, op)

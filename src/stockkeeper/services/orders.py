@@ -1,0 +1,364 @@
+"""Orders: place, pay, cancel, read; and the saga's steps.
+
+``POST /orders`` records the order (PENDING) and the saga's first command
+(``order.placed``) in one transaction and answers at once. The saga worker takes the
+command from the broker and reserves the lines through the reservation service, in the
+consumer's transaction, so the reservation, the order's new state and the message's
+``processed_message`` mark commit together. Paying and cancelling happen in the HTTP
+call's own transaction (the client learns at once whether its payment came in time);
+a paid order's ``order.paid`` command sends it back to the saga to choose a carrier.
+What happens to the order's reservation elsewhere (expiry, a release, fulfilment)
+reaches the saga as the reservation's own events.
+
+Every step locks the order row first, then does whatever it does to the reservation,
+so the saga and the HTTP calls take turns on one order and never wait on another's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import date
+from typing import Any, Protocol
+
+from stockkeeper.domain.allocation import OrderLine, check_lines
+from stockkeeper.domain.carriers import NoCarrier, Quote, Shipment, choose
+from stockkeeper.domain.errors import (
+    Conflict,
+    InsufficientStock,
+    InvalidRequest,
+    NotFound,
+    ReservationExpired,
+)
+from stockkeeper.domain.events import Event
+from stockkeeper.domain.orders import (
+    FINAL,
+    NO_CARRIER,
+    PAID,
+    PLACED,
+    OrderStatus,
+    StockAction,
+    Trigger,
+    check_payment_repeat,
+    plan,
+)
+from stockkeeper.domain.reservation import Status
+from stockkeeper.observability.metrics import Metrics
+from stockkeeper.services.reservations import Reservations, ReserveRequest
+from stockkeeper.services.unit import Clock, transaction, utcnow
+from stockkeeper.store import orders as repo
+from stockkeeper.store import outbox
+from stockkeeper.store import reservations as reservation_repo
+from stockkeeper.store.orders import OrderRow
+from stockkeeper.store.pool import Conn, Pool
+
+SOURCE = "orders"  # the source of the ledger entries and events the saga causes
+
+
+class CarrierQuotes(Protocol):
+    """Where quotes come from: the configuration, or a carrier's (or broker's) API."""
+
+    async def quotes(self, shipment: Shipment) -> list[Quote]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOrder:
+    order_id: str
+    lines: tuple[OrderLine, ...]
+    ship_to: dict[str, Any]
+    required_delivery_date: date | None = None
+
+    def lines_doc(self) -> list[dict[str, Any]]:
+        return [{"sku": li.sku, "quantity": li.quantity} for li in self.lines]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderView:
+    row: OrderRow
+    created: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.row
+        doc: dict[str, Any] = {
+            "order_id": r.order_id,
+            "status": r.status.value,
+            "lines": r.lines,
+            "ship_to": r.ship_to,
+        }
+        optional = {
+            "required_delivery_date": r.required_delivery_date,
+            "reason": r.reason,
+            "shortages": r.shortages,
+            "carrier": r.carrier,
+            "payment_reference": r.payment_reference,
+            "payment_due_at": r.payment_due_at,
+            "decided_at": r.decided_at,
+        }
+        for key, value in optional.items():
+            if value is not None:
+                doc[key] = value.isoformat() if isinstance(value, date) else value
+        doc["created_at"] = r.created_at.isoformat()
+        doc["updated_at"] = r.updated_at.isoformat()
+        return doc
+
+
+class Orders:
+    """The order use cases, and the saga's steps."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        metrics: Metrics,
+        reservations: Reservations,
+        carriers: CarrierQuotes,
+        *,
+        payment_timeout_seconds: int = 900,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        self.reservations = reservations
+        self.carriers = carriers
+        self.payment_timeout = payment_timeout_seconds
+        self.clock = clock
+
+    # -- HTTP ------------------------------------------------------------------------
+
+    async def place(self, req: PlaceOrder, conn: Conn | None = None) -> OrderView:
+        """Record the order and the command to reserve it; nothing is reserved yet."""
+        check_lines(req.lines)
+        now = self.clock()
+        async with transaction(self.pool, conn) as c:
+            oid = await repo.insert(
+                c, req.order_id, req.lines_doc(), req.ship_to, req.required_delivery_date, now
+            )
+            if oid is None:  # placed before (or concurrently, and committed meanwhile)
+                row = await repo.get(c, req.order_id)
+                assert row is not None
+                return self._repeat(row, req)
+            # Refusing now rolls the insert back with the rest.
+            if req.required_delivery_date is not None and req.required_delivery_date < now.date():
+                raise InvalidRequest("required_delivery_date is in the past")
+            unknown, reserved = await repo.check_new(c, req.order_id, [li.sku for li in req.lines])
+            if unknown:
+                raise InvalidRequest(f"unknown sku: {', '.join(sorted(unknown))}")
+            if reserved:
+                raise Conflict(
+                    f"order id {req.order_id} is already used by a reservation; "
+                    "an order needs an id of its own"
+                )
+            await outbox.add(c, [Event(PLACED, {"order_id": req.order_id})])
+        self.metrics.orders_placed.inc()
+        row = OrderRow(
+            id=oid,
+            order_id=req.order_id,
+            status=OrderStatus.PENDING,
+            lines=req.lines_doc(),
+            ship_to=req.ship_to,
+            required_delivery_date=req.required_delivery_date,
+            reason=None,
+            shortages=None,
+            carrier=None,
+            payment_reference=None,
+            payment_due_at=None,
+            created_at=now,
+            decided_at=None,
+            updated_at=now,
+        )
+        return OrderView(row, created=True)
+
+    @staticmethod
+    def _repeat(row: OrderRow, req: PlaceOrder) -> OrderView:
+        same = (row.lines, row.ship_to, row.required_delivery_date) == (
+            req.lines_doc(),
+            req.ship_to,
+            req.required_delivery_date,
+        )
+        if not same:
+            raise Conflict(f"order {req.order_id} was already placed with other contents")
+        return OrderView(row)
+
+    async def get(self, order_id: str) -> OrderView:
+        async with self.pool.acquire() as c:
+            row = await repo.get(c, order_id)
+        if row is None:
+            raise NotFound(f"no order {order_id}")
+        return OrderView(row)
+
+    async def pay(
+        self, order_id: str, *, succeeded: bool, reference: str, conn: Conn | None = None
+    ) -> OrderView:
+        """The payment's outcome: confirm the reservation (PAID), or release it (CANCELLED).
+
+        A payment that comes after the reservation ran out expires the order and raises
+        ReservationExpired, so the payment side knows to give the money back.
+        """
+        trigger = Trigger.PAYMENT_SUCCEEDED if succeeded else Trigger.PAYMENT_FAILED
+        expired = False
+        async with transaction(self.pool, conn) as c:
+            row = await self._lock(c, order_id)
+            step = plan(trigger, row.status)
+            if succeeded and step.target is None:
+                check_payment_repeat(row.payment_reference, reference)
+            if step.stock is StockAction.CONFIRM:
+                try:
+                    await self.reservations.confirm(order_id, c, source=SOURCE)
+                except ReservationExpired:
+                    # The confirm committed the expiry (stock back) in our transaction.
+                    expired = True
+            elif step.stock is StockAction.RELEASE:
+                await self.reservations.release(
+                    order_id, f"payment {reference} failed", c, source=SOURCE
+                )
+            if expired:
+                row = await self._move(
+                    c, row, OrderStatus.EXPIRED, reason="payment came after the reservation expired"
+                )
+            elif step.target is OrderStatus.PAID:
+                row = await self._move(c, row, step.target, payment_reference=reference)
+                await outbox.add(c, [Event(PAID, {"order_id": order_id})])
+            elif step.target is not None:
+                row = await self._move(c, row, step.target, reason=f"payment {reference} failed")
+        if expired:
+            raise ReservationExpired("the order's reservation expired before it was paid")
+        return OrderView(row)
+
+    async def cancel(
+        self, order_id: str, reason: str | None = None, conn: Conn | None = None
+    ) -> OrderView:
+        """Cancel the order and give its stock back (also after payment, before shipping)."""
+        reason = reason or "cancelled"
+        async with transaction(self.pool, conn) as c:
+            row = await self._lock(c, order_id)
+            step = plan(Trigger.CANCEL, row.status)
+            if step.stock is StockAction.RELEASE:
+                await self.reservations.release(order_id, reason, c, source=SOURCE)
+            if step.target is not None:
+                row = await self._move(c, row, step.target, reason=reason)
+        return OrderView(row)
+
+    # -- the saga's steps, each in the consumer's transaction --------------------------
+
+    async def reserve(self, conn: Conn, order_id: str) -> OrderStatus | None:
+        """order.placed: reserve every line or none; AWAITING_PAYMENT or FAILED.
+
+        Returns the new status, or None when the order had already moved on. A lost
+        optimistic race raises Conflict: the message is retried, the order stays PENDING.
+        """
+        row = await self._lock(conn, order_id)
+        if plan(Trigger.RESERVED, row.status).target is None:
+            return None
+        req = ReserveRequest(
+            order_id,
+            tuple(OrderLine(li["sku"], li["quantity"]) for li in row.lines),
+            ttl_seconds=self.payment_timeout,
+        )
+        refusal: dict[str, Any] | None = None
+        try:
+            view = await self.reservations.reserve(req, conn, source=SOURCE)
+        except InsufficientStock as exc:
+            refusal = {"reason": "insufficient stock", **exc.extensions()}
+        except InvalidRequest as exc:
+            refusal = {"reason": exc.detail}
+        except Conflict as exc:
+            if await reservation_repo.get(conn, order_id) is None:
+                raise  # lost the race too often: try the whole step again later
+            refusal = {"reason": exc.detail}  # the id holds a reservation for other lines
+        else:
+            if view.status is not Status.PENDING:
+                refusal = {"reason": f"the order's reservation is already {view.status}"}
+        now = self.clock()
+        if refusal is None:
+            row = await self._move(
+                conn,
+                row,
+                OrderStatus.AWAITING_PAYMENT,
+                payment_due_at=view.expires_at,
+                decided_at=now,
+            )
+        else:
+            row = await self._move(
+                conn,
+                row,
+                OrderStatus.FAILED,
+                reason=refusal["reason"],
+                shortages=refusal.get("shortages"),
+                decided_at=now,
+            )
+        self.metrics.order_decision.labels(status=row.status.value).observe(
+            max(0.0, (now - row.created_at).total_seconds())
+        )
+        return row.status
+
+    async def route(self, conn: Conn, order_id: str) -> OrderStatus | None:
+        """order.paid: choose the carrier (READY_TO_SHIP), or say why none can take it."""
+        row = await self._get(conn, order_id)
+        if plan(Trigger.ROUTED, row.status).target is None:
+            return None
+        # Quotes may come from a carrier's API: ask before taking the order's lock.
+        ship_to = row.ship_to
+        shipment = Shipment(
+            order_id,
+            ship_to["country"],
+            ship_to.get("postal_code"),
+            tuple((li["sku"], li["quantity"]) for li in row.lines),
+            self.clock().date(),
+        )
+        choice = choose(await self.carriers.quotes(shipment), row.required_delivery_date)
+        row = await self._lock(conn, order_id)
+        if plan(Trigger.ROUTED, row.status).target is None:
+            return None
+        if isinstance(choice, NoCarrier):
+            row = replace(row, reason=choice.reason, updated_at=self.clock())
+            await repo.save(conn, row)
+            await outbox.add(
+                conn, [Event(NO_CARRIER, {"order_id": order_id, "reason": choice.reason})]
+            )
+            self.metrics.orders_no_carrier.inc()
+            return row.status
+        row = await self._move(conn, row, OrderStatus.READY_TO_SHIP, carrier=choice.to_json())
+        return row.status
+
+    async def reservation_changed(
+        self, conn: Conn, order_id: str, trigger: Trigger, reason: str | None = None
+    ) -> OrderStatus | None:
+        """The order's reservation expired, was released or fulfilled elsewhere.
+
+        A reservation that belongs to no order is none of the saga's business: None.
+        """
+        row = await repo.get(conn, order_id, lock=True)
+        if row is None:
+            return None
+        step = plan(trigger, row.status)
+        if step.target is None:
+            return None
+        if trigger is Trigger.RESERVATION_EXPIRED:
+            reason = "payment not received before the reservation expired"
+        elif trigger is Trigger.RESERVATION_RELEASED:
+            reason = f"the reservation was released: {reason or 'no reason given'}"
+        row = await self._move(conn, row, step.target, reason=reason)
+        return row.status
+
+    # -- helpers ---------------------------------------------------------------------
+
+    async def _get(self, conn: Conn, order_id: str) -> OrderRow:
+        row = await repo.get(conn, order_id)
+        if row is None:
+            raise NotFound(f"no order {order_id}")
+        return row
+
+    async def _lock(self, conn: Conn, order_id: str) -> OrderRow:
+        row = await repo.get(conn, order_id, lock=True)
+        if row is None:
+            raise NotFound(f"no order {order_id}")
+        return row
+
+    async def _move(
+        self, conn: Conn, row: OrderRow, target: OrderStatus, **changes: Any
+    ) -> OrderRow:
+        """Save ``row`` in ``target`` with ``changes``. Counted when final: in the
+        transaction, so a step rolled back after this (a crash) may count twice."""
+        row = replace(row, status=target, updated_at=self.clock(), **changes)
+        await repo.save(conn, row)
+        if target in FINAL:
+            self.metrics.orders_final.labels(status=target.value).inc()
+        return row

@@ -1,0 +1,64 @@
+"""The saga worker: consumes ``orders.saga`` and moves each order one step.
+
+Runs under the consumer runner, so each step's effect commits with the message's
+``processed_message`` mark: a redelivered message (after a crash) has no second effect,
+and a step whose transaction did not commit is simply done again. Each step also checks
+the order's state under its lock, so a step that arrives late changes nothing.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stockkeeper.domain import events
+from stockkeeper.domain.errors import NotFound
+from stockkeeper.domain.orders import PAID, PLACED, Trigger
+from stockkeeper.failpoints import Failpoints
+from stockkeeper.messaging.consumer import EffectHandler, PermanentError
+from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.services.orders import Orders
+from stockkeeper.store.pool import Conn
+
+QUEUE = "orders.saga"
+
+# What the reservation's own events mean for its order.
+RESERVATION_TRIGGERS = {
+    events.EXPIRED: Trigger.RESERVATION_EXPIRED,
+    events.RELEASED: Trigger.RESERVATION_RELEASED,
+    events.FULFILLED: Trigger.RESERVATION_FULFILLED,
+}
+
+STEPS = {PLACED, PAID, *RESERVATION_TRIGGERS}
+
+
+class _OrderMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    order_id: str = Field(min_length=1, max_length=128)
+    reason: str | None = None
+
+
+def saga_handler(orders: Orders, failpoints: Failpoints) -> EffectHandler:
+    async def handle(conn: Conn, env: Envelope) -> None:
+        if env.type not in STEPS:
+            return  # news (order.no_carrier), or a binding added later: nothing to do
+        try:
+            msg = _OrderMessage.model_validate(env.payload)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise PermanentError(f"bad {env.type} payload: {where}: {err['msg']}") from None
+        try:
+            if env.type == PLACED:
+                await orders.reserve(conn, msg.order_id)
+                failpoints.hit("saga.reserve")
+            elif env.type == PAID:
+                await orders.route(conn, msg.order_id)
+                failpoints.hit("saga.route")
+            else:
+                trigger = RESERVATION_TRIGGERS[env.type]
+                await orders.reservation_changed(conn, msg.order_id, trigger, msg.reason)
+                failpoints.hit(f"saga.{trigger.value}")
+        except NotFound as exc:
+            raise PermanentError(exc.detail) from None
+
+    return handle
