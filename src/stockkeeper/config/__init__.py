@@ -13,15 +13,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    model_validator,
+from pydantic import Field, ValidationError, model_validator
+
+# Re-exported: the base pieces and the connector entries are part of this module's
+# interface (config/base.py, config/connectors.py).
+from stockkeeper.config.base import ConfigError as ConfigError
+from stockkeeper.config.base import EnvName as EnvName
+from stockkeeper.config.base import Section as Section
+from stockkeeper.config.connectors import CONNECTOR_TYPES as CONNECTOR_TYPES
+from stockkeeper.config.connectors import AmazonChannelConfig as AmazonChannelConfig
+from stockkeeper.config.connectors import AnyConnector as AnyConnector
+from stockkeeper.config.connectors import ChannelConfig as ChannelConfig
+from stockkeeper.config.connectors import ConnectorConfig as ConnectorConfig
+from stockkeeper.config.connectors import ErpConnectorConfig as ErpConnectorConfig
+from stockkeeper.config.connectors import HttpConnectorConfig as HttpConnectorConfig
+from stockkeeper.config.connectors import IngestOptions as IngestOptions
+from stockkeeper.config.connectors import MarketplaceConnectorConfig as MarketplaceConnectorConfig
+from stockkeeper.config.connectors import (
+    OutboundWebhookChannelConfig as OutboundWebhookChannelConfig,
 )
+from stockkeeper.config.connectors import PricingConfig as PricingConfig
+from stockkeeper.config.connectors import ShopifyChannelConfig as ShopifyChannelConfig
+from stockkeeper.config.connectors import WebhookConnectorConfig as WebhookConnectorConfig
+from stockkeeper.config.connectors import WmsConnectorConfig as WmsConnectorConfig
 
 ENV_PREFIX = "STOCKKEEPER_"
 CONFIG_ENV = "STOCKKEEPER_CONFIG"
@@ -35,14 +49,6 @@ NOT_SETTINGS = {
     "STOCKKEEPER_TEST_BROKER_URL",
     "STOCKKEEPER_FAILPOINTS",
 }
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the offending key."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -188,210 +194,6 @@ class MonitoringConfig(Section):
 class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_output: bool = Field(default=True, alias="json")
-
-
-class ConnectorConfig(Section):
-    """What every outside system has: an id (used in URLs, metrics and cursors)."""
-
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    type: str
-
-
-class HttpConnectorConfig(ConnectorConfig):
-    """An outside system reached over HTTP: every call has a timeout and a rate."""
-
-    url: str = Field(pattern=r"^https?://[^\s]+$")
-    # The name of the environment variable holding the API token (never the token).
-    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    rate_limit_rps: float = Field(default=5.0, gt=0, le=10_000)
-    timeout_ms: int = Field(default=5000, ge=10, le=600_000)
-    # Tries of one call (429, 5xx, timeouts, refused connections), with backoff.
-    max_attempts: int = Field(default=5, ge=1, le=50)
-    backoff_base_ms: int = Field(default=200, ge=1)
-    backoff_max_ms: int = Field(default=10_000, ge=1)
-
-
-class WmsConnectorConfig(HttpConnectorConfig):
-    """A warehouse management system: snapshots in, allocations and releases out."""
-
-    type: Literal["wms"]
-    page_size: int = Field(default=500, ge=1, le=5000)
-    # Incremental sync from the WMS's change token; 0 turns the schedule off.
-    incremental_interval_s: float = Field(default=60.0, ge=0)
-    # A sync whose worker stopped reporting progress this long ago is taken over.
-    stale_after_s: float = Field(default=120.0, ge=1)
-    outbound_batch_size: int = Field(default=100, ge=1, le=500)
-    # How long a partly filled outbound batch waits for more before it is sent.
-    outbound_wait_ms: int = Field(default=200, ge=0, le=60_000)
-    # Sends of one outbound item before it becomes a dead letter, and their backoff.
-    outbound_max_attempts: int = Field(default=10, ge=1, le=100)
-    outbound_backoff_base_ms: int = Field(default=1000, ge=1)
-    outbound_backoff_max_ms: int = Field(default=30_000, ge=1)
-
-
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-
-
-class PricingConfig(Section):
-    """Our price from a source's price: a markup, rounded to a step."""
-
-    markup_percent: Decimal = Field(default=Decimal(0), ge=-100, le=10_000)
-    round_to: Decimal = Field(default=Decimal("0.01"), gt=0)
-
-
-class IngestOptions(ConnectorConfig):
-    """What every source of stock updates shares."""
-
-    # Create a SKU we have never seen; off: such records become dead letters.
-    auto_create_skus: bool = True
-    # Applied where the source carries prices; none: prices are not kept.
-    pricing: PricingConfig | None = None
-
-
-class ErpConnectorConfig(IngestOptions):
-    """An ERP read through a read-only SQL view by a keyset cursor."""
-
-    type: Literal["erp"]
-    mode: Literal["poll"] = "poll"
-    # A SQLAlchemy async URL (postgresql+asyncpg://..., mssql+aioodbc://...), or the
-    # name of the environment variable holding it when it carries a password.
-    dsn: str | None = Field(default=None, pattern=r"^[a-z0-9+]+://")
-    dsn_env: EnvName | None = None
-    # The view: columns sku, location, on_hand, price, last_modified.
-    view: str = Field(
-        default="stock_changes", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
-    )
-    page_size: int = Field(default=1000, ge=1, le=50_000)
-    interval_s: float = Field(default=5.0, gt=0)
-    # Queries we run on the ERP at once, across its pages (the ERP must never drown).
-    max_concurrent_queries: int = Field(default=1, ge=1, le=32)
-    query_timeout_ms: int = Field(default=30_000, ge=100)
-    # Polling pauses while the ingest queue holds more messages than this.
-    backlog_high_water: int = Field(default=200, ge=1)
-
-    @model_validator(mode="after")
-    def _one_dsn(self) -> ErpConnectorConfig:
-        if (self.dsn is None) == (self.dsn_env is None):
-            raise ValueError("give exactly one of dsn or dsn_env")
-        return self
-
-
-class WebhookConnectorConfig(IngestOptions):
-    """Updates pushed to POST /webhooks/{id}, authenticated by an HMAC signature."""
-
-    type: Literal["webhook"]
-    mode: Literal["push"] = "push"
-    # generic: X-Signature (hex HMAC-SHA256 of "<timestamp>.<body>") and X-Timestamp;
-    # shopify: X-Shopify-Hmac-Sha256 (base64 HMAC-SHA256 of the body).
-    preset: Literal["generic", "shopify"] = "generic"
-    secret_env: EnvName
-    # generic: how far X-Timestamp may be from our clock, against replays.
-    tolerance_s: int = Field(default=300, ge=1, le=86_400)
-    max_body_bytes: int = Field(default=262_144, ge=256, le=16 * 1024 * 1024)
-
-
-class MarketplaceConnectorConfig(HttpConnectorConfig, IngestOptions):
-    """A marketplace API polled for deltas since a token, behind a circuit breaker."""
-
-    type: Literal["marketplace"]
-    mode: Literal["poll"] = "poll"
-    # The wire format: a name in stockkeeper.connectors.marketplace.ADAPTERS.
-    adapter: str = Field(default="generic", pattern=r"^[a-z0-9_]+$")
-    # Sales always apply; the marketplace's own levels only where it holds the stock
-    # (a fulfilment centre), at this location.
-    apply_levels: bool = False
-    location: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-    interval_s: float = Field(default=5.0, gt=0)
-    page_size: int = Field(default=500, ge=1, le=5000)
-    # The breaker opens after this many failed polls in a row ...
-    failure_threshold: int = Field(default=5, ge=1)
-    # ... and lets one poll through (half-open) after this long.
-    cooldown_s: float = Field(default=30.0, gt=0)
-
-
-class ChannelConfig(HttpConnectorConfig):
-    """A sales channel: the propagator pushes our availability to it."""
-
-    # Pushes (calls) in flight at once on this channel.
-    concurrency: int = Field(default=4, ge=1, le=64)
-    # SKUs per call where the channel's API takes several; 1 elsewhere.
-    batch_size: int = Field(default=1, ge=1, le=500)
-    # Connectors (the channel's own webhooks or delta feed) whose changes came from this
-    # channel: such a change is not pushed back to it.
-    echo_sources: list[str] = Field(default_factory=list)
-    # Read levels back and re-push where they differ, every this many seconds (channels
-    # that can report levels); 0: only when `stockkeeper reconcile-channels` runs.
-    reconcile_interval_s: float = Field(default=0.0, ge=0)
-
-
-class ShopifyChannelConfig(ChannelConfig):
-    """Shopify's Admin GraphQL API: ``inventorySetQuantities`` at one location."""
-
-    type: Literal["shopify"]
-    # The GraphQL endpoint, e.g. https://shop.myshopify.com/admin/api/2026-04/graphql.json;
-    # token_env names the variable holding the Admin API access token.
-    location_id: str = Field(pattern=r"^gid://shopify/Location/[0-9]+$")
-    # One of Shopify's inventory change reasons.
-    reason: str = Field(default="correction", pattern=r"^[a-z_]{1,64}$")
-    batch_size: int = Field(default=50, ge=1, le=250)
-    rate_limit_rps: float = Field(default=20.0, gt=0, le=10_000)
-
-
-class AmazonChannelConfig(ChannelConfig):
-    """Amazon SP-API Listings Items: ``PATCH`` of ``/attributes/fulfillment_availability``."""
-
-    type: Literal["amazon"]
-    # The regional endpoint, e.g. https://sellingpartnerapi-eu.amazon.com; token_env
-    # names the variable holding the LWA access token.
-    seller_id: str = Field(pattern=r"^[A-Z0-9]{1,32}$")
-    marketplace_ids: list[Annotated[str, Field(pattern=r"^[A-Z0-9]{1,32}$")]] = Field(min_length=1)
-    fulfillment_channel_code: str = Field(default="DEFAULT", pattern=r"^[A-Z0-9_]{1,32}$")
-    product_type: str = Field(default="PRODUCT", pattern=r"^[A-Z0-9_]{1,64}$")
-    # patchListingsItem allows 5 requests per second with a burst of 5.
-    rate_limit_rps: float = Field(default=5.0, gt=0, le=5)
-    concurrency: int = Field(default=5, ge=1, le=64)
-    batch_size: Literal[1] = 1
-
-
-class OutboundWebhookChannelConfig(ChannelConfig):
-    """Any URL: an HMAC-SHA256-signed POST of the new levels."""
-
-    type: Literal["outbound_webhook"]
-    # The variable holding the signing secret (shared with the receiver).
-    secret_env: EnvName
-    batch_size: int = Field(default=1, ge=1, le=500)
-    rate_limit_rps: float = Field(default=20.0, gt=0, le=10_000)
-
-
-def _connector_type(value: Any) -> str | None:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in CONNECTOR_TYPES else None
-
-
-# One entry per connector type; issue by issue, more types join here.
-CONNECTOR_TYPES = (
-    "wms",
-    "erp",
-    "webhook",
-    "marketplace",
-    "shopify",
-    "amazon",
-    "outbound_webhook",
-)
-AnyConnector = Annotated[
-    Annotated[WmsConnectorConfig, Tag("wms")]
-    | Annotated[ErpConnectorConfig, Tag("erp")]
-    | Annotated[WebhookConnectorConfig, Tag("webhook")]
-    | Annotated[MarketplaceConnectorConfig, Tag("marketplace")]
-    | Annotated[ShopifyChannelConfig, Tag("shopify")]
-    | Annotated[AmazonChannelConfig, Tag("amazon")]
-    | Annotated[OutboundWebhookChannelConfig, Tag("outbound_webhook")],
-    Discriminator(
-        _connector_type,
-        custom_error_type="connector_type",
-        custom_error_message=f"unknown connector type; known: {', '.join(CONNECTOR_TYPES)}",
-    ),
-]
 
 
 class Settings(Section):
