@@ -6,9 +6,11 @@ One run:
    its standard cost bucket, Amazon at 5 requests/s, a webhook receiver) in its own
    process; ``stockkeeper run dispatcher`` and ``run propagator`` as separate processes.
 2. ``--skus`` SKUs received, every channel brought in sync.
-3. ``--rate`` changes a second for ``--seconds`` (open loop: each change is due at its
-   own time; receipts, reservations and releases through the real use cases, each its own
-   transaction), from this process.
+3. ``--rate`` level changes a second for ``--seconds``, open loop. ``--via feed``
+   (default): an ERP-like feed of absolute levels, ``--per-txn`` records per ingest
+   message, applied by ``stockkeeper run ingest``. ``--via use-cases``: receipts,
+   reservations and releases through the use cases from this process, ``--per-txn``
+   SKUs per transaction (on 2 cores this generator itself tops out near 300/s).
 4. Figures from the database: per channel, p50/p99 of ``channel_push.lag_ms`` (commit of
    the change to the channel's acknowledgement) for pushes acknowledged while the load
    ran; the *floor*, measured in the same run, is commit to the propagator's consumer
@@ -40,13 +42,16 @@ import yaml
 
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
+from stockkeeper.connectors.records import LevelRecord
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.errors import InsufficientStock
 from stockkeeper.messaging import rabbitmq
+from stockkeeper.services.ingest import queue_records
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
 from stockkeeper.store import stock
 from stockkeeper.store.migrate import migrate
+from stockkeeper.store.pool import Conn
 
 SECRET_ENV = "BENCH_CHANNEL_SECRET"
 SECRET = "bench-channel-secret-0123456789"
@@ -117,52 +122,101 @@ def connectors(ports: dict[str, int]) -> list[dict[str, Any]]:
 
 
 class Load:
-    """Changes through the real use cases: receipts, reservations, releases."""
+    """Changes through the real use cases: receipts, reservations, releases. Each
+    transaction changes ``per_txn`` distinct SKUs (in name order, the global lock order),
+    as a page of an ERP or WMS sync does: as many level changes, fewer commits."""
 
-    def __init__(self, c: Container, skus: list[str], seed: int) -> None:
+    def __init__(self, c: Container, skus: list[str], seed: int, per_txn: int) -> None:
         self.c = c
         self.skus = skus
         self.rng = random.Random(seed)
-        self.orders: list[str] = []
-        self.done = 0
+        self.per_txn = per_txn
+        self.held: dict[str, list[str]] = {}
 
-    async def one(self) -> None:
-        roll, sku = self.rng.random(), self.rng.choice(self.skus)
-        if roll < 0.5:
-            await self.c.stock.receive(Receipt(sku, 1, reference_id=f"r-{uuid.uuid4().hex}"))
-        elif roll < 0.8 or not self.orders:
+    async def _one(self, conn: Conn, sku: str) -> str | None:
+        """One change of ``sku``; the order it reserved, if it did."""
+        roll = self.rng.random()
+        if roll < 0.5 or (roll >= 0.8 and not self.held.get(sku)):
+            await self.c.stock.receive(Receipt(sku, 1, reference_id=f"r-{uuid.uuid4().hex}"), conn)
+            return None
+        if roll < 0.8:
             order = f"o-{uuid.uuid4().hex}"
             try:
                 await self.c.reservations.reserve(
-                    ReserveRequest(order, (OrderLine(sku, 1),), ttl_seconds=3600)
+                    ReserveRequest(order, (OrderLine(sku, 1),), ttl_seconds=3600), conn
                 )
             except InsufficientStock:
-                await self.c.stock.receive(Receipt(sku, 5, reference_id=f"r-{uuid.uuid4().hex}"))
-            else:
-                self.orders.append(order)
-        else:
-            await self.c.reservations.release(self.orders.pop(self.rng.randrange(len(self.orders))))
-        self.done += 1
+                receipt = Receipt(sku, 5, reference_id=f"r-{uuid.uuid4().hex}")
+                await self.c.stock.receive(receipt, conn)
+                return None
+            return order
+        orders = self.held[sku]
+        await self.c.reservations.release(orders.pop(self.rng.randrange(len(orders))), conn=conn)
+        return None
 
-    async def run(self, rate: float, seconds: float, in_flight: int = 32) -> float:
-        """Open loop: change i is due at start + i / rate. Returns the achieved rate."""
+    async def batch(self) -> None:
+        reserved: list[tuple[str, str]] = []
+        async with self.c.pool.acquire() as conn, conn.transaction():
+            for sku in sorted(self.rng.sample(self.skus, self.per_txn)):
+                order = await self._one(conn, sku)
+                if order is not None:
+                    reserved.append((sku, order))
+        for sku, order in reserved:
+            self.held.setdefault(sku, []).append(order)
+
+    async def run(self, rate: float, seconds: float, in_flight: int = 8) -> float:
+        """Open loop: transaction i is due at start + i * per_txn / rate. Returns the
+        achieved rate of changes."""
         gate = asyncio.Semaphore(in_flight)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        total = int(rate * seconds)
+        total = int(rate * seconds / self.per_txn)
         tasks: list[asyncio.Task[None]] = []
 
         async def guarded() -> None:
             async with gate:
-                await self.one()
+                await self.batch()
 
         for i in range(total):
-            delay = start + i / rate - loop.time()
+            delay = start + i * self.per_txn / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.ensure_future(guarded()))
         await asyncio.gather(*tasks)
-        return total / (loop.time() - start)
+        return total * self.per_txn / (loop.time() - start)
+
+
+class FeedLoad:
+    """An ERP-like feed: absolute levels queued as ``ingest.feed`` messages (``per_txn``
+    records each, through the outbox, as the ERP poller and webhooks queue them) and
+    applied by ``stockkeeper run ingest``: the level changes commit in the ingest
+    worker's transactions, set-based, as a real feed's do."""
+
+    def __init__(self, c: Container, skus: list[str], seed: int, per_txn: int) -> None:
+        self.c = c
+        self.skus = skus
+        self.rng = random.Random(seed)
+        self.per_txn = per_txn
+
+    async def batch(self) -> None:
+        now = datetime.now(UTC)
+        levels = [
+            LevelRecord(sku=sku, on_hand=self.rng.randint(0, 60), source_updated_at=now)
+            for sku in self.rng.sample(self.skus, self.per_txn)
+        ]
+        async with self.c.pool.acquire() as conn, conn.transaction():
+            await queue_records(conn, "feed", levels, [])
+
+    async def run(self, rate: float, seconds: float) -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        total = int(rate * seconds / self.per_txn)
+        for i in range(total):
+            delay = start + i * self.per_txn / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.batch()
+        return total * self.per_txn / (loop.time() - start)
 
 
 async def levels(http: httpx.AsyncClient, port: int) -> dict[str, int]:
@@ -188,16 +242,18 @@ async def wait_in_sync(
     c: Container, skus: list[str], ports: dict[str, int], within: float
 ) -> dict[str, float | None]:
     """Seconds until each channel shows our availability of every SKU (None: not within
-    ``within`` seconds)."""
-    async with c.pool.acquire() as conn:
-        ours = {
-            s: lv.level.available
-            for s, lv in (await stock.sku_levels(conn, skus, datetime.now(UTC))).items()
-        }
+    ``within`` seconds). Ours is read afresh each round: queued feed records may still be
+    landing."""
     start = time.monotonic()
     took: dict[str, float | None] = dict.fromkeys(CHANNELS)
     async with httpx.AsyncClient(timeout=10) as http:
         while time.monotonic() - start < within and any(v is None for v in took.values()):
+            async with c.pool.acquire() as conn:
+                now = datetime.now(UTC)
+                ours = {
+                    s: lv.level.available
+                    for s, lv in (await stock.sku_levels(conn, skus, now)).items()
+                }
             for ch in CHANNELS:
                 if took[ch] is None:
                     shown = await levels(http, ports[ch])
@@ -289,7 +345,10 @@ async def main(args: argparse.Namespace) -> int:
         "api": {"tokens": [{"token": "bench-token-0123456789", "scopes": ["admin"]}]},
         "logging": {"level": "warning"},
         "monitoring": {"metrics_port": 0},
-        "connectors": connectors(ports),
+        "connectors": [
+            *connectors(ports),
+            {"id": "feed", "type": "webhook", "secret_env": SECRET_ENV},
+        ],
     }
     (workdir / "stockkeeper.yaml").write_text(yaml.safe_dump(cfg))
     procs: list[Proc] = []
@@ -321,7 +380,7 @@ async def main(args: argparse.Namespace) -> int:
             )
         )
         await sandboxes_up(ports, procs[0])
-        for service in ("dispatcher", "propagator"):
+        for service in ("dispatcher", "ingest", "propagator"):
             procs.append(
                 Proc(
                     ["run", service, "--config", str(workdir / "stockkeeper.yaml")],
@@ -343,7 +402,11 @@ async def main(args: argparse.Namespace) -> int:
         for p in procs:
             p.check()
         before = await calls(ports)
-        load = Load(c, skus, args.seed)
+        load: Load | FeedLoad
+        if args.via == "feed":
+            load = FeedLoad(c, skus, args.seed, args.per_txn)
+        else:
+            load = Load(c, skus, args.seed, args.per_txn)
         since = datetime.now(UTC)
         achieved = await load.run(args.rate, args.seconds)
         until = datetime.now(UTC)
@@ -365,7 +428,8 @@ async def main(args: argparse.Namespace) -> int:
     print()
     print(
         f"load: {args.rate:.0f} changes/s asked, {achieved:.0f}/s achieved, {args.seconds:.0f} s, "
-        f"{len(skus)} SKUs; {fig['changes']:,} level changes"
+        f"{len(skus)} SKUs, via {args.via}, {args.per_txn} per transaction; "
+        f"{fig['changes']:,} level changes"
     )
     print(
         "floor (commit -> propagator's consumer): "
@@ -405,6 +469,14 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--skus", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--per-txn", type=int, default=50, help="SKUs changed per transaction")
+    ap.add_argument(
+        "--via",
+        choices=("feed", "use-cases"),
+        default="feed",
+        help="feed: absolute levels through the ingest worker; use-cases: receipts, "
+        "reservations and releases from this process",
+    )
     ap.add_argument("--settle-timeout", type=float, default=240.0)
     return ap.parse_args()
 
