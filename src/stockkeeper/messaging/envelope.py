@@ -22,6 +22,13 @@ BROKER_HEADER_PREFIXES = ("x-death", "x-first-death", "x-last-death")
 TRACEPARENT_HEADER = "traceparent"
 
 
+def first_error(exc: ValidationError) -> str:
+    """``loc: message`` of a validation error's first problem, for dead letters."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
 class InvalidEnvelope(ValueError):
     """The body is not an envelope; the message says why."""
 
@@ -45,9 +52,7 @@ class Envelope(BaseModel):
         try:
             return cls.model_validate_json(body)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise InvalidEnvelope(f"invalid envelope: {where}: {first['msg']}") from None
+            raise InvalidEnvelope(f"invalid envelope: {first_error(exc)}") from None
 
     @classmethod
     def new(

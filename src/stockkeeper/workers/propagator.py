@@ -25,7 +25,7 @@ from stockkeeper.connectors.channels import ChannelAdapter, Push, PushOutcome
 from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
 from stockkeeper.domain.events import LEVEL_CHANGED
 from stockkeeper.messaging.consumer import EffectHandler, PermanentError
-from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.messaging.envelope import Envelope, first_error
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.propagation import NOTIFY_CHANNEL, REARM, Propagation
 from stockkeeper.store.channels import Claimed
@@ -57,11 +57,6 @@ class _Rearm(BaseModel):
     skus: list[str] = Field(min_length=1)
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-
-
 class Propagator:
     def __init__(
         self, service: Propagation, adapters: dict[str, ChannelAdapter], pool: Pool
@@ -80,7 +75,7 @@ class Propagator:
                 try:
                     level = _Level.model_validate(env.payload)
                 except ValidationError as exc:
-                    error = f"bad level_changed payload: {_first_error(exc)}"
+                    error = f"bad level_changed payload: {first_error(exc)}"
                     raise PermanentError(error) from None
                 await self.service.record(
                     conn, level.sku, level.version, level.available, env.occurred_at, env.source
@@ -89,7 +84,7 @@ class Propagator:
                 try:
                     doc = _Rearm.model_validate(env.payload)
                 except ValidationError as exc:
-                    raise PermanentError(f"bad rearm payload: {_first_error(exc)}") from None
+                    raise PermanentError(f"bad rearm payload: {first_error(exc)}") from None
                 if doc.channel not in self.service.configs:
                     raise PermanentError(f"no channel {doc.channel!r} is configured")
                 n = await self.service.rearm(conn, doc.channel, doc.skus)

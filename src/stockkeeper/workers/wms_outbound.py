@@ -23,7 +23,7 @@ from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
 from stockkeeper.connectors.wms import OutboundItem, WmsClient
 from stockkeeper.domain.wms import ACTION_FOR_EVENT, outbound_lines
 from stockkeeper.messaging.consumer import EffectHandler, PermanentError, dead_letter
-from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.messaging.envelope import Envelope, first_error
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, transaction
@@ -54,11 +54,6 @@ class _Rearm(BaseModel):
     model_config = ConfigDict(extra="ignore")
     connector: str
     event_ids: list[str] = Field(min_length=1)
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
 
 
 class WmsOutboundWorker:
@@ -92,7 +87,7 @@ class WmsOutboundWorker:
                 try:
                     event = _ReservationEvent.model_validate(env.payload)
                 except ValidationError as exc:
-                    raise PermanentError(f"bad {env.type} payload: {_first_error(exc)}") from None
+                    raise PermanentError(f"bad {env.type} payload: {first_error(exc)}") from None
                 lines = outbound_lines(str(env.id), env.type, event.model_dump())
                 await self.service.record_outbound(conn, env.id, lines)
             else:
@@ -105,7 +100,7 @@ class WmsOutboundWorker:
         try:
             doc = _Rearm.model_validate(env.payload)
         except ValidationError as exc:
-            raise PermanentError(f"bad rearm payload: {_first_error(exc)}") from None
+            raise PermanentError(f"bad rearm payload: {first_error(exc)}") from None
         n = await self.service.rearm_outbound(conn, doc.connector, doc.event_ids)
         log.info("wms_outbound.rearmed", connector=doc.connector, items=n)
 
