@@ -312,9 +312,10 @@ async def figures(db_url: str, since: datetime, until: datetime) -> dict[str, An
                 "SELECT count(*) FROM channel_push WHERE channel = $1 AND acked_at >= $2", ch, since
             )
             per[ch] = {"lags": lags, "pushes": pushes}
+        dead = await conn.fetchval("SELECT count(*) FROM dead_letter")
     finally:
         await conn.close()
-    return {"floor": floor, "changes": changes, "channels": per}
+    return {"floor": floor, "changes": changes, "channels": per, "dead_letters": dead}
 
 
 async def calls(ports: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -456,6 +457,14 @@ async def main(args: argparse.Namespace) -> int:
             f"{counts[ch].get(call_names[ch], 0) - before[ch].get(call_names[ch], 0):,} "
             f"{call_names[ch]} | {settled} |"
         )
+    throttled = {
+        ch: counts[ch].get("throttled", 0) - before[ch].get("throttled", 0) for ch in CHANNELS
+    }
+    print()
+    print(
+        f"dead letters: {fig['dead_letters']}; "
+        f"answered THROTTLED or 429 by the channel: {throttled}"
+    )
     return 0
 
 
