@@ -164,24 +164,16 @@ async def _delete_topology(url: str, prefix: str) -> None:
 def wms() -> Iterator[tuple[WmsState, SandboxServer]]:
     """A sandbox WMS listening on a free port (its state, its server)."""
     state = WmsState()
-    server = SandboxServer(create_wms_app(state))
-    server.start()
-    try:
+    with SandboxServer(create_wms_app(state)) as server:
         yield state, server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def market() -> Iterator[tuple[MarketplaceState, SandboxServer]]:
     """A sandbox marketplace listening on a free port (its state, its server)."""
     state = MarketplaceState()
-    server = SandboxServer(create_marketplace_app(state))
-    server.start()
-    try:
+    with SandboxServer(create_marketplace_app(state)) as server:
         yield state, server
-    finally:
-        server.stop()
 
 
 # The sales channels (client side in connectors/, stand-ins in sandbox/). Each fixture
@@ -195,12 +187,8 @@ def shopify_channel() -> Iterator[tuple[ShopifyState, SandboxServer]]:
     """A sandbox Shopify (no access token required, location gid://shopify/Location/1,
     a standard plan's cost bucket; SKUs listed on first use)."""
     state = ShopifyState()
-    server = SandboxServer(create_shopify_app(state))
-    server.start()
-    try:
+    with SandboxServer(create_shopify_app(state)) as server:
         yield state, server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -208,12 +196,8 @@ def amazon_channel() -> Iterator[tuple[AmazonState, SandboxServer]]:
     """A sandbox Amazon Listings Items API (any seller and marketplace, no access token
     required, patch 5 requests/s burst 5; SKUs listed on first use)."""
     state = AmazonState()
-    server = SandboxServer(create_amazon_app(state))
-    server.start()
-    try:
+    with SandboxServer(create_amazon_app(state)) as server:
         yield state, server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -221,12 +205,8 @@ def webhook_channel() -> Iterator[tuple[WebhookReceiverState, SandboxServer]]:
     """A sandbox webhook receiver checking signatures with CHANNEL_WEBHOOK_SECRET
     (``state.secret``); it takes POSTs on any path."""
     state = WebhookReceiverState(CHANNEL_WEBHOOK_SECRET)
-    server = SandboxServer(create_receiver_app(state))
-    server.start()
-    try:
+    with SandboxServer(create_receiver_app(state)) as server:
         yield state, server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

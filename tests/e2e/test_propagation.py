@@ -179,15 +179,12 @@ async def shop(db_url: str) -> AsyncIterator[Shop]:
 @pytest.fixture
 def receivers() -> Iterator[list[tuple[WebhookReceiverState, SandboxServer]]]:
     """Two webhook receivers (two channels), verifying our signature."""
-    made: list[tuple[WebhookReceiverState, SandboxServer]] = []
-    for _ in range(2):
-        state = WebhookReceiverState(secret=SECRET)
-        server = SandboxServer(create_receiver_app(state))
-        server.start()
-        made.append((state, server))
-    yield made
-    for _, server in made:
-        server.stop()
+    states = [WebhookReceiverState(secret=SECRET) for _ in range(2)]
+    with (
+        SandboxServer(create_receiver_app(states[0])) as first,
+        SandboxServer(create_receiver_app(states[1])) as second,
+    ):
+        yield [(states[0], first), (states[1], second)]
 
 
 def in_sync(book: ChannelBook, ours: dict[str, tuple[int, int]]) -> Callable[[], Awaitable[bool]]:
