@@ -28,3 +28,21 @@ def test_library_records_are_json_lines_too(capsys: pytest.CaptureFixture[str]) 
         ("ours", "info"),
     ]
     assert lines[0]["logger"] == "a_library.server"
+
+
+def test_a_library_traceback_is_rendered_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    configure("info", json_output=True)
+    try:
+        try:
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            logging.getLogger("a_library.conn").exception("connection lost")
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    finally:
+        logging.getLogger().handlers = []
+        structlog.reset_defaults()
+    (line,) = lines
+    assert line["event"] == "connection lost"
+    assert "traceback object" not in json.dumps(line)
+    assert "Traceback (most recent call last)" in line["exception"]
+    assert "ZeroDivisionError: division by zero" in line["exception"]

@@ -29,7 +29,13 @@ def configure(level: str = "info", json_output: bool = True) -> None:
                 structlog.stdlib.add_logger_name,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
             ],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            # exc_info of a library's record is a tuple: render it as text first, or the
+            # JSON line says "<traceback object at 0x…>" instead of the traceback.
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
         )
     )
     root = logging.getLogger()
