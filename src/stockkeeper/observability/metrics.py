@@ -48,6 +48,11 @@ class Metrics:
             "domain_event rows waiting to be published.",
             registry=r,
         )
+        self.outbox_oldest_age = Gauge(
+            "stockkeeper_outbox_oldest_age_seconds",
+            "Age of the oldest domain_event row waiting to be published (0 when none).",
+            registry=r,
+        )
         self.worker_errors = Counter(
             "stockkeeper_worker_errors_total",
             "Errors in a worker loop, by worker.",
