@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -428,6 +429,39 @@ def check_config(config: ConfigOption = None) -> None:
         typer.echo(f"stockkeeper: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"configuration is valid ({len(settings.connectors)} connectors)")
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    url: Annotated[
+        str | None, typer.Option(help="The admin-api's URL (default: from api.host/admin_port).")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="An admin token (default: from api.tokens or the data directory)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
+) -> None:
+    """Show what the running instance's /admin/status knows, as tables.
+
+    It asks the running admin-api over HTTP and never starts a database of its own.
+    """
+    from rich.console import Console
+
+    from stockkeeper.status_report import StatusUnavailable, admin_token, admin_url, fetch_status
+    from stockkeeper.status_report import render as render_status
+
+    settings = _settings(config)
+    try:
+        doc = fetch_status(url or admin_url(settings), token or admin_token(settings))
+    except (StatusUnavailable, ConfigError) as exc:
+        typer.echo(f"stockkeeper: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    render_status(doc, Console())
 
 
 @app.command()
