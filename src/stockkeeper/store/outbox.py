@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import orjson
 
 from stockkeeper.domain.events import Event
+from stockkeeper.store.errors import translated
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
 
@@ -44,6 +45,7 @@ class OutboxStats:
     oldest_pending_s: float | None
 
 
+@translated
 async def stats(conn: Conn) -> OutboxStats:
     """Events waiting to be published, events given up on, and the oldest wait."""
     r = await conn.fetchrow(q("outbox_stats"))
@@ -51,6 +53,7 @@ async def stats(conn: Conn) -> OutboxStats:
     return OutboxStats(r["pending"], r["failed"], r["oldest_pending_s"])
 
 
+@translated
 async def pending_ingest(conn: Conn) -> int:
     """Ingest messages (``ingest.*`` events) not yet published to the broker."""
     n: int = await conn.fetchval(q("outbox_pending_ingest"))
