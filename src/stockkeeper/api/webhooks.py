@@ -21,7 +21,7 @@ from stockkeeper.connectors.signatures import SignatureError
 from stockkeeper.connectors.webhook import PRESETS, Unparseable
 from stockkeeper.services.ingest import queue_records
 from stockkeeper.services.unit import transaction
-from stockkeeper.store.sql import q
+from stockkeeper.store import webhook_deliveries
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -59,7 +59,7 @@ def add_webhook_routes(app: FastAPI, container: Container) -> None:
             raise refuse(connector, 422, "validation", str(exc)) from None
         doc: dict[str, Any] = {"event_id": delivery.event_id}
         async with transaction(container.pool) as conn:
-            if await conn.fetchval(q("claim_delivery"), connector, delivery.event_id) is None:
+            if not await webhook_deliveries.claim(conn, connector, delivery.event_id):
                 doc["status"] = "duplicate"
             elif delivery.ignored is not None:
                 doc.update(status="ignored", topic=delivery.ignored)

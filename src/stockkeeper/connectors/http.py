@@ -6,8 +6,9 @@
 * our own pace: an ``aiolimiter`` token bucket of ``rate_limit_rps`` (burst ``max(1, rps)``);
 * a timeout on every try (``timeout_ms``) and, optionally, a deadline for the whole call;
 * retries (tenacity) of 429, 5xx, timeouts, dropped connections and unreadable answers, up
-  to ``max_attempts``, with exponential backoff and jitter, never sooner than the system's
-  ``Retry-After``; any other 4xx is final;
+  to ``max_attempts``, waiting what :class:`~stockkeeper.domain.backoff.Backoff` says
+  (doubling from ``backoff_base_ms`` up to ``backoff_max_ms``, jittered), never sooner
+  than the system's ``Retry-After``; any other 4xx is final;
 * every try counted in the ``connector_*`` metrics and reported to ``on_call``.
 
 When it gives up it raises :class:`ConnectorUnavailable` (try again later) or
@@ -30,16 +31,11 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 from aiolimiter import AsyncLimiter
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from stockkeeper import __version__
 from stockkeeper.config import HttpConnectorConfig
+from stockkeeper.domain.backoff import Backoff
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 
@@ -56,6 +52,9 @@ Outcome = Literal[
 BODY_EXCERPT = 500
 # A deadline with less than this left is not worth another try.
 MIN_TRY_S = 0.01
+# The share of each retry's wait drawn at random, so callers that failed together do not
+# come back together: between half the doubled wait and all of it ("equal jitter").
+HTTP_JITTER = 0.5
 
 log = get_logger(__name__)
 
@@ -172,10 +171,7 @@ class HttpCaller:
         self.metrics = metrics
         self.on_call = on_call
         self.timeout_s = cfg.timeout_ms / 1000
-        base_s, self.backoff_max_s = cfg.backoff_base_ms / 1000, cfg.backoff_max_ms / 1000
-        self.backoff = wait_exponential(multiplier=base_s, max=self.backoff_max_s) + wait_random(
-            0, base_s
-        )
+        self.backoff = Backoff(cfg.backoff_base_ms / 1000, cfg.backoff_max_ms / 1000, HTTP_JITTER)
         burst = max(1.0, cfg.rate_limit_rps)
         self.limiter = AsyncLimiter(burst, burst / cfg.rate_limit_rps)
         all_headers = {"User-Agent": f"stockkeeper/{__version__}", "Accept": "application/json"}
@@ -392,11 +388,9 @@ class HttpCaller:
         return bool(failure and failure.retry_after and failure.retry_after >= remaining)
 
     def _wait(self, rs: RetryCallState, remaining: float) -> float:
+        """tenacity's wait: the one backoff policy, never sooner than the Retry-After."""
         failure = self._failure(rs)
-        # Exponential from backoff_base_ms plus up to one base of jitter, capped.
-        wait = min(self.backoff_max_s, self.backoff(rs))
-        if failure is not None and failure.retry_after is not None:
-            wait = max(wait, failure.retry_after)
+        wait = self.backoff.delay(rs.attempt_number, failure.retry_after if failure else None)
         return max(0.0, min(wait, remaining - MIN_TRY_S))
 
     def _before_sleep(self, rs: RetryCallState, operation: str) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stockkeeper.store import audit as checks
 from stockkeeper.store.pool import Conn
-from stockkeeper.store.sql import q
 
 
 @dataclass
@@ -36,25 +36,26 @@ async def audit(conn: Conn) -> AuditReport:
     """Run every check in one consistent snapshot."""
     report = AuditReport()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        counts = await conn.fetchrow(q("audit_counts"))
-        assert counts is not None
-        report.batches = counts["batches"]
-        report.ledger_entries = counts["ledger_entries"]
-        report.reservations = counts["reservations"]
-        for r in await conn.fetch(q("audit_ledger_mismatch")):
+        counts = await checks.counts(conn)
+        report.batches = counts.batches
+        report.ledger_entries = counts.ledger_entries
+        report.reservations = counts.reservations
+        for m in await checks.ledger_mismatches(conn):
             diffs = ", ".join(
-                f"{f} {r[f]} vs ledger {r['l_' + f]}" for f in FIELDS if r[f] != r["l_" + f]
+                f"{f} {getattr(m.figures, f)} vs ledger {getattr(m.ledger, f)}"
+                for f in FIELDS
+                if getattr(m.figures, f) != getattr(m.ledger, f)
             )
-            report.problems.append(f"batch {r['id']} ({r['sku']}): {diffs}")
-        for r in await conn.fetch(q("audit_reservation_mismatch")):
+            report.problems.append(f"batch {m.batch_id} ({m.sku}): {diffs}")
+        for r in await checks.reservation_mismatches(conn):
             report.problems.append(
-                f"batch {r['id']} ({r['sku']}): reserved {r['reserved']} vs open PENDING "
-                f"lines {r['open_reserved']}, committed {r['committed']} vs open CONFIRMED "
-                f"lines {r['open_committed']}"
+                f"batch {r.batch_id} ({r.sku}): reserved {r.reserved} vs open PENDING "
+                f"lines {r.open_reserved}, committed {r.committed} vs open CONFIRMED "
+                f"lines {r.open_committed}"
             )
-        for r in await conn.fetch(q("audit_negative")):
+        for n in await checks.negative_batches(conn):
             report.problems.append(
-                f"batch {r['id']} ({r['sku']}): negative figure "
-                + ", ".join(f"{f}={r[f]}" for f in FIELDS)
+                f"batch {n.batch_id} ({n.sku}): negative figure "
+                + ", ".join(f"{f}={getattr(n.figures, f)}" for f in FIELDS)
             )
     return report

@@ -21,8 +21,9 @@ from datetime import datetime, timedelta
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, utcnow
+from stockkeeper.store import connector_state
+from stockkeeper.store.connector_state import Circuit
 from stockkeeper.store.pool import Pool
-from stockkeeper.store.sql import q
 
 log = get_logger("stockkeeper.circuit")
 
@@ -58,20 +59,20 @@ class CircuitBreaker:
 
     async def _load(self) -> None:
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(q("circuit_state"), self.name)
-        if row is not None:
+            saved = await connector_state.circuit(conn, self.name)
+        if saved is not None:
             self.state, self.failures, self.opened_at = (
-                row["circuit"],
-                row["failures"],
-                row["opened_at"],
+                saved.state,
+                saved.failures,
+                saved.opened_at,
             )
         self.loaded = True
         self.metrics.circuit_state.labels(connector=self.name).set(GAUGE[self.state])
 
     async def _save(self, error: str | None = None) -> None:
         async with self.pool.acquire() as conn:
-            await conn.execute(
-                q("save_circuit"), self.name, self.state, self.failures, self.opened_at, error
+            await connector_state.save_circuit(
+                conn, self.name, Circuit(self.state, self.failures, self.opened_at), error
             )
         self.metrics.circuit_state.labels(connector=self.name).set(GAUGE[self.state])
 

@@ -42,10 +42,9 @@ from stockkeeper.domain.reservation import EntryType
 from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, record_change, utcnow
-from stockkeeper.store import outbox, stock
+from stockkeeper.store import connector_state, outbox, source_records, stock
 from stockkeeper.store.pool import Conn
-from stockkeeper.store.sql import q
-from stockkeeper.store.stock import Movement, batch_from_row
+from stockkeeper.store.stock import Movement
 
 INGEST_QUEUE = "inventory.ingest"
 # Records per ingest message: a page of 5,000 ERP rows travels as 10 messages.
@@ -113,20 +112,20 @@ async def queue_records(
 async def connector_status(conn: Conn, connectors: Sequence[str]) -> dict[str, Any]:
     """Per polled connector: its cursor and its circuit breaker."""
     out: dict[str, Any] = {}
-    for r in await conn.fetch(q("connector_states"), list(connectors)):
-        out[r["connector"]] = {
+    for r in await connector_state.overview(conn, connectors):
+        out[r.connector] = {
             "cursor": {
-                "last_modified": r["last_modified"].isoformat() if r["last_modified"] else None,
-                "sku": r["sku"],
-                "token": r["token"],
-                "pages": r["pages"] or 0,
-                "records": r["records"] or 0,
-                "updated_at": r["updated_at"].isoformat() if r["updated_at"] else None,
+                "last_modified": r.last_modified.isoformat() if r.last_modified else None,
+                "sku": r.sku,
+                "token": r.token,
+                "pages": r.pages or 0,
+                "records": r.records or 0,
+                "updated_at": r.cursor_updated_at.isoformat() if r.cursor_updated_at else None,
             },
-            "circuit": r["circuit"] or "closed",
-            "consecutive_failures": r["failures"] or 0,
-            "circuit_opened_at": r["opened_at"].isoformat() if r["opened_at"] else None,
-            "last_error": r["last_error"],
+            "circuit": r.circuit or "closed",
+            "consecutive_failures": r.failures or 0,
+            "circuit_opened_at": r.opened_at.isoformat() if r.opened_at else None,
+            "last_error": r.last_error,
         }
     return out
 
@@ -173,7 +172,7 @@ class IngestService:
             wanted = [lv for lv in wanted if lv.sku not in unknown]
             sold = [s for s in sold if s.sku not in unknown]
         elif unknown:
-            await conn.execute(q("ensure_skus"), sorted(unknown))
+            await stock.ensure_skus(conn, unknown)
         winners = await self._newer_levels(conn, connector, wanted)
         done.stale += len(wanted) - len(winners)
         fresh = await self._new_sales(conn, sold)
@@ -183,8 +182,7 @@ class IngestService:
             return done
         await self._ensure_lotless(conn, winners, fresh)
         touched = sorted({lv.sku for lv in winners} | {s.sku for s in fresh})
-        rows = await conn.fetch(q("lock_sku_batches"), touched)
-        batches = {r["id"]: batch_from_row(r) for r in rows}
+        batches = await stock.lock_batches_of(conn, touched)
         now = self.clock()
         adjust = self._level_moves(batches, winners)
         sales_moves, unbooked = self._sale_moves(batches, fresh, now)
@@ -212,7 +210,7 @@ class IngestService:
                 reason=f"sold on {connector}",
             )
         for sale, units in unbooked.items():
-            await conn.execute(q("set_unbooked"), sale.source, sale.transaction_id, units)
+            await source_records.set_unbooked(conn, sale.source, sale.transaction_id, units)
             done.unbooked_units += units
         await self._prices(conn, connector, cfg, winners)
         done.levels = len(winners)
@@ -235,17 +233,7 @@ class IngestService:
         self.metrics.dead_letters.labels(queue=INGEST_QUEUE).inc(len(bad))
 
     async def _newer_levels(self, conn: Conn, connector: str, wanted: list[Level]) -> list[Level]:
-        if not wanted:
-            return []
-        rows = await conn.fetch(
-            q("guard_levels"),
-            connector,
-            [lv.sku for lv in wanted],
-            [lv.location for lv in wanted],
-            [lv.updated_at for lv in wanted],
-            [lv.on_hand for lv in wanted],
-        )
-        won = {(r["sku"], r["location"]) for r in rows}
+        won = await source_records.record_newer_levels(conn, connector, wanted)
         return [lv for lv in wanted if lv.key in won]
 
     async def _new_sales(self, conn: Conn, sold: list[Sale]) -> list[Sale]:
@@ -253,14 +241,7 @@ class IngestService:
             return []
         # A transaction id repeated inside one message counts once too.
         unique = list({(s.source, s.transaction_id): s for s in sold}.values())
-        rows = await conn.fetch(
-            q("claim_sales"),
-            [s.source for s in unique],
-            [s.transaction_id for s in unique],
-            [s.sku for s in unique],
-            [s.delta for s in unique],
-        )
-        new = {(r["source"], r["transaction_id"]) for r in rows}
+        new = await source_records.claim_sales(conn, unique)
         return [s for s in unique if (s.source, s.transaction_id) in new]
 
     async def _ensure_lotless(self, conn: Conn, winners: list[Level], fresh: list[Sale]) -> None:
@@ -268,15 +249,8 @@ class IngestService:
         keys |= {(s.sku, "default") for s in fresh if s.delta > 0}
         if not keys:
             return
-        ordered = sorted(keys)
-        await conn.execute(q("ensure_locations"), sorted({loc for _, loc in ordered}))
-        await conn.execute(
-            q("insert_missing_batches"),
-            [k[0] for k in ordered],
-            [k[1] for k in ordered],
-            [None] * len(ordered),
-            [None] * len(ordered),
-        )
+        await stock.ensure_locations(conn, {loc for _, loc in keys})
+        await stock.add_lotless_batches(conn, keys)
 
     def _level_moves(self, batches: dict[int, BatchStock], winners: list[Level]) -> list[Movement]:
         # No inventory.adjusted event per level: a sync of 500,000 SKUs would publish
@@ -320,13 +294,13 @@ class IngestService:
         if cfg is None or cfg.pricing is None or not priced:
             return
         rule = PricingRule(cfg.pricing.markup_percent, cfg.pricing.round_to)
-        await conn.execute(
-            q("upsert_prices"),
+        await source_records.save_prices(
+            conn,
             connector,
-            [lv.sku for lv in priced],
-            [lv.price for lv in priced],
-            [rule.price(lv.price or Decimal(0)) for lv in priced],
-            [lv.updated_at for lv in priced],
+            [
+                (lv.sku, lv.price or Decimal(0), rule.price(lv.price or Decimal(0)), lv.updated_at)
+                for lv in priced
+            ],
         )
 
     def _count(self, connector: str, d: Applied) -> None:

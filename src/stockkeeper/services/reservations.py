@@ -17,16 +17,14 @@ multi-line orders cannot deadlock each other.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
-
 from stockkeeper.config import Strategy
 from stockkeeper.domain.allocation import OrderLine, allocate, check_lines
+from stockkeeper.domain.backoff import Backoff
 from stockkeeper.domain.errors import (
     Conflict,
     DomainError,
@@ -42,6 +40,7 @@ from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, record_change, transaction, utcnow
 from stockkeeper.store import reservations as repo
 from stockkeeper.store import stock
+from stockkeeper.store.errors import Deadlock, WouldGoNegative
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.store.reservations import AllocationRow, ReservationRow
 from stockkeeper.store.stock import Movement
@@ -94,6 +93,11 @@ def event_lines(allocs: Sequence[AllocationRow]) -> list[dict[str, Any]]:
         }
         for a in allocs
     ]
+
+
+# The optimistic retry after a lost race: full jitter spreads the retries of a hot SKU
+# out; 2 ms after the first loss, doubling, at most 128 ms.
+LOST_RACE_BACKOFF = Backoff(base_s=0.002, cap_s=0.128, jitter=1.0)
 
 
 class _LostRace(Exception):
@@ -180,7 +184,7 @@ class Reservations:
                     results.append(await self.reserve(req, c, source=source))
                 except DomainError as exc:
                     results.append(exc)
-                except asyncpg.DeadlockDetectedError:
+                except Deadlock:
                     # Another transaction inserting the same order_id waits on our locks
                     # while we wait on its row: PostgreSQL broke the cycle at this
                     # request (its savepoint is rolled back); the others go on.
@@ -287,8 +291,7 @@ class Reservations:
                 pass
             self.metrics.reservation_retries.labels(strategy=self.strategy.value).inc()
             if self.strategy is Strategy.OPTIMISTIC:
-                # Jittered exponential backoff spreads the retries of a hot SKU out.
-                await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))  # noqa: S311
+                await asyncio.sleep(LOST_RACE_BACKOFF.delay(attempt + 1))
         raise Conflict("the stock changed too often while reserving; try again")
 
     # -- release, confirm, fulfil ----------------------------------------------------
@@ -366,7 +369,7 @@ class Reservations:
             events.append(Event(EVENT_FOR_STATUS[target], payload))
         try:
             await stock.apply_movements(conn, movements)
-        except asyncpg.CheckViolationError:
+        except WouldGoNegative:
             # Only FULFIL can get here: a count (adjustment) put on_hand below what was
             # committed, so shipping would take it below zero. Refuse in domain terms;
             # the ledger is never written negative.

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-import asyncpg
 import orjson
 
 from stockkeeper.domain.errors import Conflict, InvalidRequest, NotFound
@@ -16,7 +15,7 @@ from stockkeeper.domain.quantities import Delta, Figures
 from stockkeeper.domain.reservation import EntryType
 from stockkeeper.services.unit import Clock, record_change, transaction, utcnow
 from stockkeeper.store import idempotency, stock
-from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.store.pool import Conn, Pool, Row
 from stockkeeper.store.stock import Movement, SkuLevel
 
 DEFAULT_LOCATION = "default"
@@ -70,7 +69,7 @@ def level_json(lv: SkuLevel) -> dict[str, Any]:
     }
 
 
-def batch_json(r: asyncpg.Record, now: datetime) -> dict[str, Any]:
+def batch_json(r: Row, now: datetime) -> dict[str, Any]:
     f = Figures(r["on_hand"], r["unavailable"], r["reserved"], r["committed"])
     expired = r["expires_at"] is not None and r["expires_at"] <= now
     return {

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
 import orjson
 
 from stockkeeper.config import WmsConnectorConfig
@@ -38,7 +37,7 @@ from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, record_change, transaction, utcnow
 from stockkeeper.store import outbox, stock
 from stockkeeper.store import wms as repo
-from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.store.pool import Conn, Pool, Row
 from stockkeeper.store.stock import Movement
 
 FORCE_COMMAND = "wms.sync.force"
@@ -63,7 +62,7 @@ class SyncJob:
     attempts: int
 
     @classmethod
-    def of(cls, r: asyncpg.Record) -> SyncJob:
+    def of(cls, r: Row) -> SyncJob:
         return cls(
             r["id"],
             r["connector"],
@@ -107,7 +106,7 @@ def _iso(v: datetime | None) -> str | None:
     return v.isoformat() if v else None
 
 
-def request_json(r: asyncpg.Record) -> dict[str, Any]:
+def request_json(r: Row) -> dict[str, Any]:
     ts = _iso
     return {
         "sync_request_id": r["id"],
@@ -191,7 +190,7 @@ class WmsService:
         return request_json(row)
 
     @staticmethod
-    def _command(kind: str, row: asyncpg.Record) -> Event:
+    def _command(kind: str, row: Row) -> Event:
         return Event(
             kind,
             {"sync_request_id": row["id"], "connector": row["connector"], "kind": row["kind"]},

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from stockkeeper.store.errors import translated
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
 
@@ -19,6 +20,7 @@ class StoredResponse:
     path: str = ""
 
 
+@translated
 async def claim_key(
     conn: Conn, principal: str, key: str, method: str, path: str, req_hash: str
 ) -> bool:
@@ -26,6 +28,7 @@ async def claim_key(
     return got is not None
 
 
+@translated
 async def get_key(conn: Conn, principal: str, key: str) -> StoredResponse | None:
     r = await conn.fetchrow(q("get_idempotency_key"), principal, key)
     if r is None:
@@ -35,24 +38,29 @@ async def get_key(conn: Conn, principal: str, key: str) -> StoredResponse | None
     )
 
 
+@translated
 async def store_key(conn: Conn, principal: str, key: str, status: int, body: Any) -> None:
     await conn.execute(q("store_idempotent_response"), principal, key, status, body)
 
 
+@translated
 async def purge_keys(conn: Conn, older_than: datetime) -> int:
     result: str = await conn.execute(q("purge_idempotency_keys"), older_than)
     return int(result.split()[-1])
 
 
+@translated
 async def claim_reference(conn: Conn, kind: str, reference_id: str, req_hash: str) -> bool:
     got = await conn.fetchval(q("claim_reference"), kind, reference_id, req_hash)
     return got is not None
 
 
+@translated
 async def get_reference(conn: Conn, kind: str, reference_id: str) -> StoredResponse | None:
     r = await conn.fetchrow(q("get_reference"), kind, reference_id)
     return StoredResponse(r["request_hash"], 200, r["response"]) if r else None
 
 
+@translated
 async def store_reference(conn: Conn, kind: str, reference_id: str, body: Any) -> None:
     await conn.execute(q("store_reference_response"), kind, reference_id, body)

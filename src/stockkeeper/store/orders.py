@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from stockkeeper.domain.orders import OrderStatus
+from stockkeeper.store.errors import translated
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
 
@@ -50,6 +51,7 @@ def _row(r: asyncpg.Record) -> OrderRow:
     )
 
 
+@translated
 async def insert(
     conn: Conn,
     order_id: str,
@@ -65,6 +67,7 @@ async def insert(
     return oid
 
 
+@translated
 async def check_new(conn: Conn, order_id: str, skus: list[str]) -> tuple[list[str], bool]:
     """For a new order: its SKUs we do not know, and whether its id holds a reservation."""
     r = await conn.fetchrow(q("check_new_order"), skus, order_id)
@@ -72,11 +75,13 @@ async def check_new(conn: Conn, order_id: str, skus: list[str]) -> tuple[list[st
     return list(r["unknown"]), bool(r["reserved"])
 
 
+@translated
 async def get(conn: Conn, order_id: str, *, lock: bool = False) -> OrderRow | None:
     r = await conn.fetchrow(q("lock_order" if lock else "get_order"), order_id)
     return _row(r) if r else None
 
 
+@translated
 async def save(conn: Conn, row: OrderRow) -> None:
     """Write the saga's part of ``row``: status, reason, shortages, carrier, payment."""
     await conn.execute(

@@ -18,6 +18,9 @@ else:
     Conn = asyncpg.Connection | PoolConnectionProxy
     Pool = asyncpg.Pool
 
+# A row as some repositories return it, read by column name (``row["sku"]``).
+Row: TypeAlias = asyncpg.Record
+
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

@@ -11,6 +11,7 @@ import asyncpg
 
 from stockkeeper.domain.allocation import LineAllocation
 from stockkeeper.domain.reservation import Status
+from stockkeeper.store.errors import translated
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
 
@@ -52,6 +53,7 @@ def _row(r: asyncpg.Record) -> ReservationRow:
     )
 
 
+@translated
 async def insert(
     conn: Conn,
     order_id: str,
@@ -66,11 +68,13 @@ async def insert(
     return rid
 
 
+@translated
 async def get(conn: Conn, order_id: str, *, lock: bool = False) -> ReservationRow | None:
     r = await conn.fetchrow(q("lock_reservation" if lock else "get_reservation"), order_id)
     return _row(r) if r else None
 
 
+@translated
 async def insert_lines(conn: Conn, reservation_id: int, lines: Sequence[LineAllocation]) -> None:
     line_nos: list[int] = []
     skus: list[str] = []
@@ -87,6 +91,7 @@ async def insert_lines(conn: Conn, reservation_id: int, lines: Sequence[LineAllo
     )
 
 
+@translated
 async def allocations(conn: Conn, reservation_ids: Sequence[int]) -> dict[int, list[AllocationRow]]:
     out: dict[int, list[AllocationRow]] = {rid: [] for rid in reservation_ids}
     for r in await conn.fetch(q("reservation_allocations"), list(reservation_ids)):
@@ -98,11 +103,13 @@ async def allocations(conn: Conn, reservation_ids: Sequence[int]) -> dict[int, l
     return out
 
 
+@translated
 async def set_status(
     conn: Conn, reservation_id: int, status: Status, reason: str | None = None
 ) -> None:
     await conn.execute(q("set_reservation_status"), reservation_id, status.value, reason)
 
 
+@translated
 async def claim_overdue(conn: Conn, now: datetime, limit: int) -> list[ReservationRow]:
     return [_row(r) for r in await conn.fetch(q("claim_overdue_reservations"), now, limit)]

@@ -14,6 +14,7 @@ import asyncpg
 from stockkeeper.domain.allocation import Allocation, BatchStock
 from stockkeeper.domain.quantities import Delta, Figures, StockLevel
 from stockkeeper.domain.reservation import EntryType
+from stockkeeper.store.errors import translated
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
 
@@ -48,18 +49,48 @@ def batch_from_row(r: asyncpg.Record) -> BatchStock:
     )
 
 
+@translated
 async def ensure_sku(conn: Conn, sku: str) -> None:
     await conn.execute(q("ensure_sku"), sku)
 
 
+@translated
 async def known_skus(conn: Conn, skus: Sequence[str]) -> set[str]:
     return {r["sku"] for r in await conn.fetch(q("sku_exists"), list(skus))}
 
 
+@translated
 async def ensure_location(conn: Conn, code: str) -> None:
     await conn.execute(q("ensure_location"), code)
 
 
+@translated
+async def ensure_skus(conn: Conn, skus: Iterable[str]) -> None:
+    """Create the SKUs not known yet (in name order, so two callers wait in order)."""
+    await conn.execute(q("ensure_skus"), sorted(set(skus)))
+
+
+@translated
+async def ensure_locations(conn: Conn, codes: Iterable[str]) -> None:
+    await conn.execute(q("ensure_locations"), sorted(set(codes)))
+
+
+@translated
+async def add_lotless_batches(conn: Conn, places: Iterable[tuple[str, str]]) -> None:
+    """Create an empty batch without lot or expiry at each (sku, location) that has none."""
+    ordered = sorted(set(places))
+    if not ordered:
+        return
+    await conn.execute(
+        q("insert_missing_batches"),
+        [sku for sku, _ in ordered],
+        [loc for _, loc in ordered],
+        [None] * len(ordered),
+        [None] * len(ordered),
+    )
+
+
+@translated
 async def upsert_batch(
     conn: Conn,
     sku: str,
@@ -72,11 +103,20 @@ async def upsert_batch(
     return row["id"], row["expires_at"]
 
 
+@translated
 async def read_batches(conn: Conn, skus: Sequence[str], *, lock: bool = False) -> list[BatchStock]:
     rows = await conn.fetch(q("lock_batches" if lock else "read_batches"), list(skus))
     return [batch_from_row(r) for r in rows]
 
 
+@translated
+async def lock_batches_of(conn: Conn, skus: Iterable[str]) -> dict[int, BatchStock]:
+    """Every batch of the SKUs, locked in id order (the global lock order), by id."""
+    rows = await conn.fetch(q("lock_sku_batches"), sorted(set(skus)))
+    return {r["id"]: batch_from_row(r) for r in rows}
+
+
+@translated
 async def lock_batch(conn: Conn, batch_id: int) -> BatchStock | None:
     row = await conn.fetchrow(q("lock_batch_by_id"), batch_id)
     return batch_from_row(row) if row else None
@@ -86,6 +126,7 @@ def _in_lock_order(allocations: Iterable[Allocation]) -> list[Allocation]:
     return sorted(allocations, key=lambda a: a.batch_id)
 
 
+@translated
 async def reserve_guarded(conn: Conn, allocations: Sequence[Allocation]) -> bool:
     """conditional: add to ``reserved`` only where enough is available. All or nothing
     is the caller's savepoint; this reports whether every batch took its part."""
@@ -94,6 +135,7 @@ async def reserve_guarded(conn: Conn, allocations: Sequence[Allocation]) -> bool
     return len(rows) == len(ordered)
 
 
+@translated
 async def reserve_cas(conn: Conn, allocations: Sequence[Allocation]) -> bool:
     """optimistic: add to ``reserved`` only where the batch version is unchanged."""
     ordered = _in_lock_order(allocations)
@@ -103,6 +145,7 @@ async def reserve_cas(conn: Conn, allocations: Sequence[Allocation]) -> bool:
     return len(rows) == len(ordered)
 
 
+@translated
 async def apply_movements(
     conn: Conn, movements: Sequence[Movement], *, already_locked: bool = False
 ) -> None:
@@ -127,6 +170,7 @@ async def apply_movements(
         await conn.executemany(q("apply_delta"), args)
 
 
+@translated
 async def insert_ledger(
     conn: Conn,
     movements: Sequence[Movement],
@@ -155,11 +199,13 @@ async def insert_ledger(
     )
 
 
+@translated
 async def bump_skus(conn: Conn, skus: Iterable[str]) -> dict[str, int]:
     rows = await conn.fetch(q("bump_skus"), sorted(set(skus)))
     return {r["sku"]: r["version"] for r in rows}
 
 
+@translated
 async def lock_skus(conn: Conn, skus: Iterable[str]) -> None:
     await conn.execute(q("lock_skus"), sorted(set(skus)))
 
@@ -174,20 +220,24 @@ def _level_from_row(r: asyncpg.Record) -> SkuLevel:
     )
 
 
+@translated
 async def sku_levels(conn: Conn, skus: Iterable[str], now: datetime) -> dict[str, SkuLevel]:
     """Per-SKU figures; lots expired at ``now`` count for nothing in ``available``."""
     rows = await conn.fetch(q("sku_levels"), sorted(set(skus)), now)
     return {r["sku"]: _level_from_row(r) for r in rows}
 
 
+@translated
 async def sku_batches(conn: Conn, skus: Sequence[str]) -> list[asyncpg.Record]:
     return list(await conn.fetch(q("sku_batches"), list(skus)))
 
 
+@translated
 async def ledger_page(conn: Conn, sku: str, after: int, limit: int) -> list[asyncpg.Record]:
     return list(await conn.fetch(q("ledger_page"), sku, after, limit))
 
 
+@translated
 async def claim_expired_lots(conn: Conn, now: datetime, limit: int) -> list[BatchStock]:
     rows = await conn.fetch(q("claim_expired_lots"), now, limit)
     return [batch_from_row(r) for r in rows]

@@ -14,6 +14,7 @@ import asyncpg
 
 from stockkeeper.domain.allocation import BatchStock
 from stockkeeper.domain.wms import Counted
+from stockkeeper.store.errors import translated
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
 from stockkeeper.store.stock import batch_from_row
@@ -50,6 +51,7 @@ class CallRow:
     last_item: int | None = None
 
 
+@translated
 async def lock_counted_batches(conn: Conn, rows: Sequence[Counted]) -> list[BatchStock]:
     """Create the batches we do not know yet, then lock every one of them in id order."""
     skus = sorted({r.sku for r in rows})
@@ -66,6 +68,7 @@ async def lock_counted_batches(conn: Conn, rows: Sequence[Counted]) -> list[Batc
     return [batch_from_row(r) for r in found]
 
 
+@translated
 async def upsert_snapshots(
     conn: Conn,
     connector: str,
@@ -84,11 +87,13 @@ async def upsert_snapshots(
     )
 
 
+@translated
 async def batch_identities(conn: Conn, batch_ids: Sequence[int]) -> dict[int, asyncpg.Record]:
     rows = await conn.fetch(q("batch_identity"), list(batch_ids))
     return {r["id"]: r for r in rows}
 
 
+@translated
 async def insert_request(
     conn: Conn,
     connector: str,
@@ -106,16 +111,19 @@ async def insert_request(
     return row
 
 
+@translated
 async def get_request(conn: Conn, request_id: int) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(q("get_sync_request"), request_id)
     return row
 
 
+@translated
 async def open_request_of_kind(conn: Conn, connector: str, kind: str) -> int | None:
     rid: int | None = await conn.fetchval(q("open_request_of_kind"), connector, kind)
     return rid
 
 
+@translated
 async def claim_request(
     conn: Conn, connectors: Sequence[str], stale_after_s: float
 ) -> asyncpg.Record | None:
@@ -125,6 +133,7 @@ async def claim_request(
     return row
 
 
+@translated
 async def record_progress(
     conn: Conn,
     request_id: int,
@@ -141,10 +150,12 @@ async def record_progress(
     )
 
 
+@translated
 async def set_start_token(conn: Conn, request_id: int, token: str) -> None:
     await conn.execute(q("set_start_token"), request_id, token)
 
 
+@translated
 async def finish_request(
     conn: Conn, request_id: int, status: str, error: str | None
 ) -> asyncpg.Record | None:
@@ -154,11 +165,13 @@ async def finish_request(
     return row
 
 
+@translated
 async def sync_state(conn: Conn, connector: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(q("sync_state"), connector)
     return row
 
 
+@translated
 async def lock_sync_state(conn: Conn, connector: str) -> asyncpg.Record:
     await conn.execute(q("ensure_sync_state"), connector)
     row = await conn.fetchrow(q("lock_sync_state"), connector)
@@ -166,14 +179,17 @@ async def lock_sync_state(conn: Conn, connector: str) -> asyncpg.Record:
     return row
 
 
+@translated
 async def schedule_incremental(conn: Conn, connector: str, at: Any) -> None:
     await conn.execute(q("schedule_incremental"), connector, at)
 
 
+@translated
 async def save_token(conn: Conn, connector: str, token: str, kind: str) -> None:
     await conn.execute(q("save_token"), connector, token, kind)
 
 
+@translated
 async def insert_outbound(
     conn: Conn,
     connector: str,
@@ -185,12 +201,14 @@ async def insert_outbound(
     await conn.execute(q("insert_outbound_items"), connector, message_id, *map(list, cols))
 
 
+@translated
 async def outbound_due(conn: Conn, connector: str, limit: int) -> tuple[int, float]:
     row = await conn.fetchrow(q("outbound_due"), connector, limit)
     assert row is not None
     return int(row["due"]), float(row["oldest_s"] or 0.0)
 
 
+@translated
 async def claim_outbound(
     conn: Conn, connector: str, limit: int, lease_s: float
 ) -> list[OutboundRow]:
@@ -198,27 +216,33 @@ async def claim_outbound(
     return sorted((OutboundRow(**dict(r)) for r in rows), key=lambda r: r.id)
 
 
+@translated
 async def outbound_sent(conn: Conn, results: Sequence[tuple[int, str]]) -> None:
     await conn.execute(q("outbound_sent"), [i for i, _ in results], [r for _, r in results])
 
 
+@translated
 async def outbound_retry(conn: Conn, ids: Sequence[int], delay_s: float, error: str) -> None:
     await conn.execute(q("outbound_retry"), list(ids), delay_s, error)
 
 
+@translated
 async def outbound_dead(conn: Conn, ids: Sequence[int], error: str) -> None:
     await conn.execute(q("outbound_dead"), list(ids), error)
 
 
+@translated
 async def outbound_rearm(conn: Conn, connector: str, event_ids: Sequence[str]) -> int:
     done: str = await conn.execute(q("outbound_rearm"), connector, list(event_ids))
     return int(done.rsplit(" ", 1)[1])
 
 
+@translated
 async def status(conn: Conn, connectors: Sequence[str]) -> list[asyncpg.Record]:
     return list(await conn.fetch(q("wms_status"), list(connectors)))
 
 
+@translated
 async def insert_calls(conn: Conn, connector: str, calls: Sequence[CallRow]) -> None:
     if not calls:
         return

@@ -12,7 +12,6 @@ while the ingest backlog is above the connector's high-water mark.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from datetime import UTC, datetime
 
@@ -25,22 +24,17 @@ from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.circuit import CircuitBreaker, CircuitOpen
 from stockkeeper.services.ingest import INGEST_QUEUE, queue_records
 from stockkeeper.services.unit import transaction
+from stockkeeper.store import cursors, locks, outbox
+from stockkeeper.store.cursors import Cursor
 from stockkeeper.store.pool import Conn
-from stockkeeper.store.sql import q
 from stockkeeper.waiting import wait_any
 
 log = get_logger("stockkeeper.pollers")
 
-BACKLOG_SQL = (
-    "SELECT count(*) FROM domain_event WHERE status = 'PENDING' AND event_type LIKE 'ingest.%'"
-)
-
 
 def lock_key(connector: str) -> int:
     """A stable advisory-lock key per connector."""
-    return int.from_bytes(
-        hashlib.sha256(f"poller:{connector}".encode()).digest()[:8], "big", signed=True
-    )
+    return locks.key_of(f"poller:{connector}")
 
 
 class Poller:
@@ -57,7 +51,7 @@ class Poller:
     async def backlog(self) -> int:
         """Ingest messages not yet applied: in the outbox and on the broker."""
         async with self.c.pool.acquire() as conn:
-            pending: int = await conn.fetchval(BACKLOG_SQL)
+            pending = await outbox.pending_ingest(conn)
         try:
             depths = await (await self.c.connected_broker()).queue_depths()
         except Exception:  # the broker's depth is a hint; the outbox count is ours
@@ -68,7 +62,7 @@ class Poller:
     async def run(self, stop: asyncio.Event) -> None:
         async with self.c.pool.acquire() as holder:
             while not stop.is_set():
-                if await holder.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(self.name)):
+                if await locks.try_hold(holder, lock_key(self.name)):
                     break
                 log.info("poller.standby", connector=self.name)
                 await wait_any(stop, at_most=self.interval_s)
@@ -78,7 +72,7 @@ class Poller:
                 log.info("poller.started", connector=self.name)
                 await self._loop(stop)
             finally:
-                await holder.execute("SELECT pg_advisory_unlock($1)", lock_key(self.name))
+                await locks.release(holder, lock_key(self.name))
                 await self.close()
 
     async def _loop(self, stop: asyncio.Event) -> None:
@@ -124,10 +118,12 @@ class ErpPoller(Poller):
         self.source = ErpSource(cfg, dsn)
 
     async def position(self, conn: Conn) -> Position | None:
-        row = await conn.fetchrow(q("get_cursor"), self.name)
-        if row is None or row["last_modified"] is None:
+        cursor = await cursors.get(conn, self.name)
+        if cursor is None or cursor.last_modified is None:
             return None
-        return Position(row["last_modified"], row["sku"], row["location"])
+        if cursor.sku is None or cursor.location is None:
+            return None  # only an ERP page saves a position, and it saves all three
+        return Position(cursor.last_modified, cursor.sku, cursor.location)
 
     async def poll_once(self) -> bool:
         async with self.c.pool.acquire() as conn:
@@ -138,13 +134,10 @@ class ErpPoller(Poller):
         async with transaction(self.c.pool) as conn:
             await queue_records(conn, self.name, page.levels, [], page.refused)
             last = page.last
-            await conn.execute(
-                q("save_cursor"),
+            await cursors.advance(
+                conn,
                 self.name,
-                last.last_modified,
-                last.sku,
-                last.location,
-                None,
+                Cursor(last.last_modified, last.sku, last.location, None),
                 page.rows,
             )
             self.c.failpoints.hit("poller.before_commit")
@@ -183,8 +176,8 @@ class MarketplacePoller(Poller):
 
     async def poll_once(self) -> bool:
         async with self.c.pool.acquire() as conn:
-            row = await conn.fetchrow(q("get_cursor"), self.name)
-        since = row["token"] if row else None
+            cursor = await cursors.get(conn, self.name)
+        since = cursor.token if cursor else None
         try:
             async with self.breaker.guard():
                 page = await self.client.deltas(since)
@@ -195,8 +188,8 @@ class MarketplacePoller(Poller):
             return False
         async with transaction(self.c.pool) as conn:
             await queue_records(conn, self.name, page.levels, page.sales, page.refused)
-            await conn.execute(
-                q("save_cursor"), self.name, None, None, None, page.next_token, page.records
+            await cursors.advance(
+                conn, self.name, Cursor(None, None, None, page.next_token), page.records
             )
         self.metrics.source_records_read.labels(connector=self.name).inc(page.records)
         return page.has_more

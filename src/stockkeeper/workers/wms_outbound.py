@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stockkeeper.config import WmsConnectorConfig
 from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
 from stockkeeper.connectors.wms import OutboundItem, WmsClient
+from stockkeeper.domain.backoff import Backoff
 from stockkeeper.domain.wms import ACTION_FOR_EVENT, outbound_lines
 from stockkeeper.messaging.consumer import EffectHandler, PermanentError, dead_letter
 from stockkeeper.messaging.envelope import Envelope, first_error
@@ -199,10 +200,8 @@ class WmsOutboundWorker:
         if attempts >= cfg.outbound_max_attempts:
             await self._give_up(name, items, f"WMS unavailable after {attempts} sends: {exc}")
             return
-        backoff = min(
-            cfg.outbound_backoff_max_ms, cfg.outbound_backoff_base_ms * 2 ** (attempts - 1)
-        )
-        delay_s = max(backoff / 1000, exc.retry_after or 0.0)
+        backoff = Backoff(cfg.outbound_backoff_base_ms / 1000, cfg.outbound_backoff_max_ms / 1000)
+        delay_s = backoff.delay(attempts, exc.retry_after)
         async with transaction(self.pool) as c:
             await self._insert_calls(c, name, items)
             await repo.outbound_retry(c, [i.id for i in items], delay_s, str(exc)[:2000])

@@ -27,3 +27,7 @@ SELECT pg_notify($6, '') FROM (SELECT count(*) FROM inserted) AS c;
 
 -- name: outbox_backlog
 SELECT count(*) FROM domain_event WHERE status = 'PENDING';
+
+-- name: outbox_pending_ingest
+-- The pollers' backpressure: ingest messages still in the outbox.
+SELECT count(*) FROM domain_event WHERE status = 'PENDING' AND event_type LIKE 'ingest.%';

@@ -1,0 +1,82 @@
+"""Repository for ``dead_letter``: messages that could not be handled, kept with their
+reason until an operator replays or discards them.
+
+Functions take a connection inside the caller's transaction; none opens its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from stockkeeper.store.errors import translated
+from stockkeeper.store.pool import Conn
+from stockkeeper.store.sql import q
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    queue: str
+    message_id: uuid.UUID | None
+    routing_key: str
+    body: Any
+    raw_body: str | None
+    headers: dict[str, Any]
+    error: str
+    attempts: int
+    status: str
+    created_at: datetime
+    resolved_at: datetime | None
+    resolved_by: str | None
+
+
+def _letter(r: asyncpg.Record) -> DeadLetter:
+    return DeadLetter(
+        r["id"],
+        r["queue"],
+        r["message_id"],
+        r["routing_key"],
+        r["body"],
+        r["raw_body"],
+        r["headers"],
+        r["error"],
+        r["attempts"],
+        r["status"],
+        r["created_at"],
+        r["resolved_at"],
+        r["resolved_by"],
+    )
+
+
+@translated
+async def page(
+    conn: Conn, queue: str | None, status: str | None, after: int, limit: int
+) -> list[DeadLetter]:
+    """Up to ``limit`` dead letters with an id above ``after``, oldest first; a None
+    queue or status matches every one."""
+    rows = await conn.fetch(q("list_dead_letters"), queue, status, after, limit)
+    return [_letter(r) for r in rows]
+
+
+@translated
+async def lock(conn: Conn, dead_letter_id: int) -> DeadLetter | None:
+    """The dead letter, locked until the caller's transaction ends."""
+    row = await conn.fetchrow(q("lock_dead_letter"), dead_letter_id)
+    return _letter(row) if row else None
+
+
+@translated
+async def resolve(conn: Conn, dead_letter_id: int, status: str, who: str) -> None:
+    """Mark it REPLAYED or DISCARDED, by ``who``, now."""
+    await conn.execute(q("resolve_dead_letter"), dead_letter_id, status, who)
+
+
+@translated
+async def open_per_queue(conn: Conn) -> dict[str, int]:
+    """How many dead letters wait for an operator, per queue."""
+    return {r["queue"]: r["open"] for r in await conn.fetch(q("dead_letter_counts"))}

@@ -1,0 +1,30 @@
+"""Advisory locks: one holder at a time across every process, without a table.
+
+Session-level locks, held by the connection that took them until it unlocks or closes;
+a caller keeps that connection for as long as it holds the lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from stockkeeper.store.errors import translated
+from stockkeeper.store.pool import Conn
+from stockkeeper.store.sql import q
+
+
+def key_of(name: str) -> int:
+    """A stable 64-bit advisory-lock key for ``name`` (the same in every process)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@translated
+async def try_hold(conn: Conn, key: int) -> bool:
+    """Take the lock on this connection if nobody holds it; True when we now hold it."""
+    got: bool = await conn.fetchval(q("try_advisory_lock"), key)
+    return got
+
+
+@translated
+async def release(conn: Conn, key: int) -> None:
+    await conn.execute(q("advisory_unlock"), key)
