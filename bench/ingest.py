@@ -24,10 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,105 +35,26 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-import yaml
 
+import harness
+from harness import (
+    DEFAULT_ADMIN_URL,
+    DEFAULT_AMQP_URL,
+    TOKEN,
+    Proc,
+    create_database,
+    drop_database,
+    free_port,
+    markdown_table,
+    percentile,
+    rabbit_ok,
+)
 from stockkeeper.connectors.signatures import generic_headers
 from stockkeeper.messaging import rabbitmq
 from stockkeeper.sandbox.erp import ErpSandbox, create_erp, drop_erp
-from stockkeeper.store.migrate import migrate
 
-RESULTS = Path(__file__).parent / "results"
-TOKEN = "bench-token-0123456789abcdef"
 SECRET = "bench-webhook-secret"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def vm_hwm_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-class Proc:
-    def __init__(self, args: list[str], cfg: dict[str, Any], workdir: Path, label: str) -> None:
-        self.label = label
-        self.config = workdir / f"{label}.yaml"
-        self.config.write_text(yaml.safe_dump(cfg))
-        self.log = workdir / f"{label}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKKEEPER_")}
-        env["BENCH_WEBHOOK_SECRET"] = SECRET
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stockkeeper", *args, "--config", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        self.peak: float | None = None
-
-    def sample(self) -> None:
-        peak = vm_hwm_mb(self.proc.pid)
-        if peak is not None:
-            self.peak = peak
-
-    def stop(self) -> None:
-        self.sample()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def check(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.label} exited:\n{self.log.read_text()[-3000:]}")
-
-
-async def create_db(admin_url: str, name: str) -> str:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = admin_url.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return url
-
-
-async def drop_db(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-async def rabbit_ok(url: str) -> bool:
-    import aio_pika
-
-    try:
-        conn = await aio_pika.connect(url, timeout=3)
-    except Exception:
-        return False
-    await conn.close()
-    return True
+ENV = {"BENCH_WEBHOOK_SECRET": SECRET}
 
 
 # -- 1. the ERP sync ----------------------------------------------------------------
@@ -154,7 +71,7 @@ async def erp_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         await erp.seed(args.skus, seed=1)
         print(f"sandbox ERP seeded with {args.skus:,} rows in {time.perf_counter() - t0:.1f}s")
-        db_url = await create_db(args.database_url, ours)
+        db_url = await create_database(args.database_url, ours, migrated=True)
         broker: dict[str, Any] = {"prefix": f"b{run}."}
         if await rabbit_ok(args.amqp_url):
             broker["url"] = args.amqp_url
@@ -177,7 +94,7 @@ async def erp_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         }
         started = time.perf_counter()
         for service in ("pollers", "dispatcher", "ingest"):
-            procs.append(Proc(["run", service], cfg, workdir, service))
+            procs.append(Proc(["run", service], workdir, service, cfg=cfg, env=ENV))
         conn = await asyncpg.connect(db_url)
         try:
             while True:
@@ -198,7 +115,7 @@ async def erp_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         expected = sum(r["on_hand"] for r in await erp.rows())
         assert total == expected, (total, expected)
 
-        floor_url = await create_db(args.database_url, floor_db)
+        floor_url = await create_database(args.database_url, floor_db, migrated=True)
         floor_s = await copy_floor(erp.reader_url, floor_url)
         return {
             "rows": args.skus,
@@ -215,8 +132,8 @@ async def erp_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             p.stop()
         await delete_topology(args.amqp_url, f"b{run}.")
         await drop_erp(args.database_url, erp_url)
-        await drop_db(args.database_url, ours)
-        await drop_db(args.database_url, floor_db)
+        await drop_database(args.database_url, ours)
+        await drop_database(args.database_url, floor_db)
 
 
 async def delete_topology(url: str, prefix: str) -> None:
@@ -285,7 +202,7 @@ async def load(
 async def webhooks(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     name = f"bench_hook_{run}"
-    db_url = await create_db(args.database_url, name)
+    db_url = await create_database(args.database_url, name, migrated=True)
     port = free_port()
     cfg = {
         "data_dir": str(workdir / "data-hook"),
@@ -302,16 +219,10 @@ async def webhooks(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         },
         "connectors": [{"id": "hook", "type": "webhook", "secret_env": "BENCH_WEBHOOK_SECRET"}],
     }
-    api = Proc(["run", "inventory-api"], cfg, workdir, "inventory-api")
+    api = Proc(["run", "inventory-api"], workdir, "inventory-api", cfg=cfg, env=ENV)
     url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(timeout=2) as http:
-            for _ in range(300):
-                api.check()
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get(url + "/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
+        await api.ready(url + "/readyz", within=30)
         noop_body = orjson.dumps({"order_id": "o", "lines": [{"sku": "A", "quantity": 1}]})
         noop_headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
@@ -338,12 +249,11 @@ async def webhooks(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         results = {}
         for label, make in (("noop", noop), ("webhook", hook)):
             ok, failed, lat = await load(url, make, args.webhook_seconds, args.connections)
-            lat.sort()
             results[label] = {
                 "accepted_per_s": ok / args.webhook_seconds,
                 "failed": failed,
-                "p50_ms": lat[len(lat) // 2] * 1000,
-                "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
+                "p50_ms": percentile(lat, 50) * 1000,
+                "p99_ms": percentile(lat, 99) * 1000,
             }
         api.sample()
         results["webhook"]["vs_noop"] = (
@@ -353,39 +263,44 @@ async def webhooks(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return results
     finally:
         api.stop()
-        await drop_db(args.database_url, name)
+        await drop_database(args.database_url, name)
 
 
 async def amain(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     sync = await erp_sync(args, workdir)
     print(f"\nERP sync of {sync['rows']:,} SKUs ({sync['broker']} broker, page {args.page_size})\n")
-    print("| run | wall s | rows/s | × floor |")
-    print("|---|---:|---:|---:|")
-    print(
-        f"| pollers + dispatcher + ingest | {sync['wall_s']:.1f} | {sync['rows_per_s']:,.0f} | "
-        f"{sync['vs_floor']:.1f} |"
-    )
-    print(
-        f"| floor: COPY out, COPY in, one upsert | {sync['floor_s']:.1f} | "
-        f"{sync['rows'] / sync['floor_s']:,.0f} | 1.0 |"
-    )
+    rows = [
+        [
+            "pollers + dispatcher + ingest",
+            f"{sync['wall_s']:.1f}",
+            f"{sync['rows_per_s']:,.0f}",
+            f"{sync['vs_floor']:.1f}",
+        ],
+        [
+            "floor: COPY out, COPY in, one upsert",
+            f"{sync['floor_s']:.1f}",
+            f"{sync['rows'] / sync['floor_s']:,.0f}",
+            "1.0",
+        ],
+    ]
+    print(markdown_table(("run", "wall s", "rows/s", "× floor"), rows, "lrrr"))
     print("\npeak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in sync["peak_mb"].items() if v))
     hooks = await webhooks(args, workdir)
     print(f"\nwebhooks, {args.connections} connections, {args.webhook_seconds}s each\n")
-    print("| endpoint | accepted/s | p50 ms | p99 ms | × noop |")
-    print("|---|---:|---:|---:|---:|")
-    for label in ("noop", "webhook"):
-        r = hooks[label]
-        ratio = r.get("vs_noop", 1.0)
-        print(
-            f"| {label} | {r['accepted_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-            f"{ratio:.2f} |"
-        )
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"ingest-{stamp}.json"
-    out.write_text(json.dumps({"args": vars(args), "erp_sync": sync, "webhooks": hooks}, indent=2))
+    rows = [
+        [
+            label,
+            f"{r['accepted_per_s']:,.0f}",
+            f"{r['p50_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            f"{r.get('vs_noop', 1.0):.2f}",
+        ]
+        for label, r in ((label, hooks[label]) for label in ("noop", "webhook"))
+    ]
+    head = ("endpoint", "accepted/s", "p50 ms", "p99 ms", "× noop")
+    print(markdown_table(head, rows, "lrrrr"))
+    out = harness.write_results("ingest", {"args": vars(args), "erp_sync": sync, "webhooks": hooks})
     print(f"\nkept in {out}")
     return 0
 
@@ -396,10 +311,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--page-size", type=int, default=5000)
     p.add_argument("--webhook-seconds", type=float, default=10.0)
     p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    p.add_argument("--database-url", default=DEFAULT_ADMIN_URL)
+    p.add_argument("--amqp-url", default=DEFAULT_AMQP_URL)
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(amain(parse_args())))
+    harness.exit_with(amain(parse_args()))

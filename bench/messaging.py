@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import re
 import secrets
@@ -45,7 +44,6 @@ import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
@@ -54,15 +52,20 @@ import aio_pika
 import asyncpg
 import orjson
 
-from reserve import (
-    _cluster_processes,
-    _machine_cpu,
-    _proc_cpu,
-    admin_execute,
+import harness
+from harness import (
+    DEFAULT_ADMIN_URL,
+    DEFAULT_AMQP_URL,
+    Databases,
+    cluster_processes,
     fmt,
+    machine_cpu,
     machine_info,
+    markdown_table,
+    proc_cpu,
+    rabbit_pids,
     wait_quiet,
-    with_database,
+    warn_if_busy,
 )
 from stockkeeper.config import DatabaseConfig
 from stockkeeper.domain.events import LEVEL_CHANGED, Event
@@ -82,14 +85,10 @@ BrokerKind = Literal["rabbitmq", "pgqueue"]
 Role = Literal["raw_publish", "raw_consume", "dispatcher", "consumer"]
 BROKERS: tuple[BrokerKind, ...] = ("rabbitmq", "pgqueue")
 
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 QUEUE = "channel.propagation"  # where inventory.level_changed goes (topology.QUEUES)
 CONSUMER = "bench.propagation"
 INSERT_CHUNK = 1000  # outbox events per outbox.add transaction while preparing
 START_DELAY = 1.0  # s between submitting a run and its agreed start
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 
 # (exchange, routing_key, body, message_id, headers): a dispatcher message, picklable.
 Msg = tuple[str, str, bytes, str, dict[str, Any]]
@@ -464,38 +463,18 @@ async def _run_job(job: Job) -> Outcome:
 
 def run_job(job: Job) -> Outcome:
     """Entry point of a worker process: one job on a fresh uvloop (as stockkeeper runs)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(_run_job(job))
-    result: Outcome = uvloop.run(_run_job(job))
-    return result
+    return harness.run(_run_job(job))
 
 
 def _warm_child() -> tuple[int, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     from stockkeeper.observability.logging import configure
 
     configure("warning")  # as the bench runs stockkeeper: no per-batch info lines
     time.sleep(1.0)  # hold this worker so that the other warm-up goes to the other one
-    try:
-        return os.getpid(), f"uvloop {version('uvloop')}"
-    except PackageNotFoundError:
-        return os.getpid(), "asyncio"
+    return os.getpid(), harness.loop_name()
 
 
 # -- CPU accounting ----------------------------------------------------------------------
-
-
-def _rabbit_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() == "beam.smp":
-                    pids.append(int(entry.name))
-    return pids
 
 
 # The cluster's own processes, by title ("postgres: [cluster: ]checkpointer", ...).
@@ -511,7 +490,7 @@ def _our_pg_processes(postmaster: int, dbname: str) -> list[int]:
     autovacuum or parallel workers of other databases (a test suite running beside us),
     nor a fresh fork that has not set its title yet (it is counted once it has)."""
     pids = []
-    for pid in _cluster_processes(postmaster, dbname):
+    for pid in cluster_processes(postmaster, dbname):
         with contextlib.suppress(OSError):
             title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             if f" {dbname} " in f" {title.strip()} " or PG_BACKGROUND.match(title):
@@ -538,7 +517,7 @@ class PgCpu:
         if not self.postmaster:
             return
         for pid in _our_pg_processes(self.postmaster, self.dbname):
-            cpu = _proc_cpu(pid)
+            cpu = proc_cpu(pid)
             if cpu <= 0.0 and pid in self.last:
                 continue  # gone between the listing and the read
             # Seen at the first poll: counted from there; appeared later: its whole life.
@@ -566,12 +545,12 @@ class Sample:
 
     @classmethod
     def take(cls, pg: PgCpu, rabbit: list[int]) -> Sample:
-        busy, steal = _machine_cpu()
+        busy, steal = machine_cpu()
         pg.poll()
         return cls(
             time.time(),
             sum(pg.by_pid().values()),
-            {p: _proc_cpu(p) for p in rabbit},
+            {p: proc_cpu(p) for p in rabbit},
             busy,
             steal,
             time.process_time(),
@@ -980,22 +959,30 @@ async def delete_topology(amqp_url: str, prefix: str) -> None:
 # -- output ------------------------------------------------------------------------------
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| broker | measurement | run | events/s | vs baseline | s "
-        "| CPU cores: publisher / consumer / PG / RabbitMQ / other / steal |",
-        "|---|---|---|---:|---:|---:|---|",
+HEAD = (
+    "broker",
+    "measurement",
+    "run",
+    "events/s",
+    "vs baseline",
+    "s",
+    "CPU cores: publisher / consumer / PG / RabbitMQ / other / steal",
+)
+
+
+def table_row(r: dict[str, Any]) -> list[str]:
+    c = r["cpu_cores"]
+    vs = "baseline" if r["run"] not in BASELINE_OF else fmt(r["vs_baseline"], ".2f")
+    return [
+        r["broker"],
+        r["measurement"],
+        r["label"],
+        fmt(r["events_per_s"], ",.0f"),
+        vs,
+        f"{r['seconds']:.2f}",
+        f"{c['publisher']:.2f} / {c['consumer']:.2f} / {c['postgres']:.2f} "
+        f"/ {c['rabbitmq']:.2f} / {c['other']:.2f} / {c['steal']:.2f}",
     ]
-    for r in rows:
-        c = r["cpu_cores"]
-        vs = "baseline" if r["run"] not in BASELINE_OF else fmt(r["vs_baseline"], ".2f")
-        lines.append(
-            f"| {r['broker']} | {r['measurement']} | {r['label']} "
-            f"| {fmt(r['events_per_s'], ',.0f')} | {vs} | {r['seconds']:.2f} "
-            f"| {c['publisher']:.2f} / {c['consumer']:.2f} / {c['postgres']:.2f} "
-            f"/ {c['rabbitmq']:.2f} / {c['other']:.2f} / {c['steal']:.2f} |"
-        )
-    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1059,7 +1046,6 @@ async def rabbit_version(url: str) -> str | None:
 async def amain(args: argparse.Namespace) -> int:
     run_id = secrets.token_hex(4)
     admin = args.database_url
-    created: list[str] = []
     rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
     ctx = get_context("spawn")
@@ -1073,7 +1059,7 @@ async def amain(args: argparse.Namespace) -> int:
         info["rabbitmq"] = (
             await rabbit_version(args.amqp_url) if "rabbitmq" in args.brokers else None
         )
-        info["rabbitmq_pids"] = _rabbit_pids()
+        info["rabbitmq_pids"] = rabbit_pids()
         conn = await asyncpg.connect(admin)
         try:
             for name in ("autovacuum", "wal_sync_method", "commit_delay"):
@@ -1096,25 +1082,19 @@ async def amain(args: argparse.Namespace) -> int:
             info["postmaster_pid"],
             info["rabbitmq_pids"],
         )
-        try:
+        async with Databases(admin) as dbs:
             for broker in args.brokers:
                 db = f"bench_{run_id}_msg_{broker}"
-                await admin_execute(admin, f'CREATE DATABASE "{db}"')
-                created.append(db)
+                db_url = await dbs.create(db)
                 try:
-                    await bench.broker_runs(broker, with_database(admin, db), rows)
+                    await bench.broker_runs(broker, db_url, rows)
                 except Exception as exc:  # one broker failing should not lose the other
                     failures[broker] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
                     print(f"  {broker}: FAILED: {failures[broker]}", flush=True)
-                await admin_execute(admin, f'DROP DATABASE "{db}" WITH (FORCE)')
-                created.remove(db)
-        finally:
-            for db in reversed(created):
-                with contextlib.suppress(Exception):
-                    await admin_execute(admin, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+                await dbs.drop(db)
 
     add_ratios(rows)
-    table = markdown_table(rows)
+    table = markdown_table(HEAD, map(table_row, rows), "lllrrrl")
     s = info["postgresql_settings"]
     print()
     print(
@@ -1144,25 +1124,12 @@ async def amain(args: argparse.Namespace) -> int:
         "background processes; other = everything else on the machine; steal = CPU the\n"
         "hypervisor gave to other guests while we wanted it."
     )
-    noisy = max((r["cpu_cores"]["other"] for r in rows), default=0.0)
-    if noisy > args.quiet_below:
-        print(
-            f"\nWARNING: other processes used up to {noisy:.2f} cores during a run; "
-            "those rows understate what this machine can do."
-        )
-    stolen = max((r["cpu_cores"]["steal"] for r in rows), default=0.0)
-    if stolen > args.quiet_below:
-        print(
-            f"\nWARNING: the hypervisor stole up to {stolen:.2f} cores during a run; "
-            "those rows understate what this machine can do."
-        )
+    warn_if_busy(rows, "other", args.quiet_below, "other processes used", "a run")
+    warn_if_busy(rows, "steal", args.quiet_below, "the hypervisor stole", "a run")
     if args.py_spy:
         print("\nNOTE: --py-spy was on: the stockkeeper rows ran under a sampling profiler.")
     if not args.no_json:
-        out_dir = HERE / "results"
-        out_dir.mkdir(exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = out_dir / f"messaging-{stamp}.json"
+        stamp = harness.stamp_now()
         doc = {
             "run_id": run_id,
             "timestamp": stamp,
@@ -1181,19 +1148,15 @@ async def amain(args: argparse.Namespace) -> int:
             "failures": failures,
             "markdown": table,
         }
-        out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        print(f"\nwrote {out.relative_to(REPO)}")
+        out = harness.write_results("messaging", doc, stamp)
+        print(f"\nwrote {out.relative_to(harness.REPO)}")
     for broker, error in failures.items():
         print(f"{broker} failed: {error}", file=sys.stderr)
     return 0 if not failures else 1
 
 
 def main() -> None:
-    args = parse_args()
-    try:
-        sys.exit(asyncio.run(amain(args)))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    harness.exit_with(amain(parse_args()))
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
 import random
 import sys
@@ -40,7 +38,6 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +45,29 @@ import asyncpg
 import httpx
 import orjson
 
-# The sibling scripts' pieces: processes and databases (ingest.py), the raw HTTP/1.1
-# client that keeps the load generator from being the bottleneck (reserve.py).
-from ingest import Proc, create_db, drop_db, free_port, rabbit_ok
-from reserve import (
-    RawHttp,
-    _cluster_processes,
-    _machine_cpu,
-    _postmaster_of,
-    _proc_cpu,
+import harness
+from harness import (
+    DEFAULT_ADMIN_URL,
+    DEFAULT_AMQP_URL,
+    TOKEN,
+    Proc,
+    cluster_processes,
+    create_database,
+    drop_database,
+    free_port,
+    machine_cpu,
+    markdown_table,
+    percentile,
+    proc_cpu,
+    rabbit_ok,
+    rabbit_pids,
     wait_quiet,
 )
+
+# The raw HTTP/1.1 client that keeps the load generator from being the bottleneck.
+from reserve import RawHttp
 from stockkeeper.messaging import rabbitmq
 
-RESULTS = Path(__file__).parent / "results"
-TOKEN = "bench-token-0123456789abcdef"
 N_SKUS = 200
 SCARCE = "SCARCE-1"
 SHIP_TO = {"name": "Bench", "line1": "1 Main St", "city": "Berlin", "country": "DE"}
@@ -123,19 +128,13 @@ class Phase:
         lat = sorted(self.latencies)
         return {
             "n": len(lat),
-            "p50_ms": pct(lat, 0.50) * 1000,
-            "p99_ms": pct(lat, 0.99) * 1000,
+            "p50_ms": percentile(lat, 50) * 1000,
+            "p99_ms": percentile(lat, 99) * 1000,
             "max_ms": (lat[-1] if lat else 0.0) * 1000,
             "outcomes": dict(self.outcomes),
             "late_starts": self.late_starts,
             "rate_per_s": len(lat) / self.wall_s if self.wall_s else 0.0,
         }
-
-
-def pct(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 async def open_loop(
@@ -247,16 +246,15 @@ async def seed(port: int, scarce: int) -> None:
 
 
 async def wait_ready(procs: list[Proc], port: int) -> None:
-    async with httpx.AsyncClient(timeout=2) as h:
-        for _ in range(600):
-            for p in procs:
-                p.check()
-            with contextlib.suppress(httpx.TransportError):
-                ready = (await h.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
-                logs = [p.log.read_text(errors="replace") for p in procs[1:]]
-                if ready and all('"started"' in t or ".started" in t for t in logs):
-                    return
-            await asyncio.sleep(0.1)
+    """The API answers /readyz and every other process has logged that it started."""
+    await procs[0].ready(f"http://127.0.0.1:{port}/readyz")
+    for _ in range(600):
+        for p in procs:
+            p.check()
+        logs = [p.log.read_text(errors="replace") for p in procs[1:]]
+        if all('"started"' in t or ".started" in t for t in logs):
+            return
+        await asyncio.sleep(0.1)
     raise RuntimeError("the processes did not start")
 
 
@@ -264,18 +262,12 @@ def cpu_seconds(procs: list[Proc], postmaster: int | None, dbname: str) -> dict[
     """CPU seconds so far: each of our processes, PostgreSQL (this database's backends
     and the cluster's own processes, not other databases' sessions), RabbitMQ, this
     load generator, and the whole machine."""
-    out = {p.label: _proc_cpu(p.proc.pid) for p in procs}
-    pg = _cluster_processes(postmaster, dbname) if postmaster else []
-    out["postgres"] = sum(_proc_cpu(pid) for pid in pg)
-    rabbit = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() == "beam.smp":
-                    rabbit += _proc_cpu(int(entry.name))
-    out["rabbitmq"] = rabbit
+    out = {p.label: proc_cpu(p.pid) for p in procs}
+    pg = cluster_processes(postmaster, dbname) if postmaster else []
+    out["postgres"] = sum(proc_cpu(pid) for pid in pg)
+    out["rabbitmq"] = sum(proc_cpu(pid) for pid in rabbit_pids())
     out["client"] = time.process_time()
-    out["machine"] = _machine_cpu()[0]
+    out["machine"] = machine_cpu()[0]
     return out
 
 
@@ -296,8 +288,8 @@ async def server_side(db_url: str, ids: list[str]) -> dict[str, Any]:
     lat = sorted(float(r["s"]) for r in rows)
     return {
         "n": len(lat),
-        "p50_ms": pct(lat, 0.50) * 1000,
-        "p99_ms": pct(lat, 0.99) * 1000,
+        "p50_ms": percentile(lat, 50) * 1000,
+        "p99_ms": percentile(lat, 99) * 1000,
         "max_ms": (lat[-1] if lat else 0.0) * 1000,
         "outcomes": {r["status"]: r["n"] for r in by_status},
     }
@@ -307,7 +299,7 @@ async def amain(args: argparse.Namespace) -> int:
     run = uuid.uuid4().hex[:8]
     workdir = Path(tempfile.mkdtemp(prefix="bench-orders-"))
     name = f"bench_orders_{run}"
-    db_url = await create_db(args.database_url, name)
+    db_url = await create_database(args.database_url, name, migrated=True)
     broker: dict[str, Any] = {"prefix": f"b{run}."}
     if await rabbit_ok(args.amqp_url):
         broker["url"] = args.amqp_url
@@ -328,7 +320,7 @@ async def amain(args: argparse.Namespace) -> int:
             ],
         },
     }
-    procs = [Proc(["run", s], cfg, workdir, s) for s in ("inventory-api", "dispatcher", "saga")]
+    procs = [Proc(["run", s], workdir, s, cfg=cfg) for s in ("inventory-api", "dispatcher", "saga")]
     http = Client(port, args.connections)
     try:
         await wait_ready(procs, port)
@@ -341,11 +333,7 @@ async def amain(args: argparse.Namespace) -> int:
         poll = await open_loop(args.rate, args.baseline, polling(http, warm))
         reserve = await open_loop(args.rate, args.baseline, reserving(http, run))
         measured: list[str] = []
-        probe = await asyncpg.connect(db_url)
-        try:
-            postmaster = _postmaster_of(await probe.fetchval("SELECT pg_backend_pid()"))
-        finally:
-            await probe.close()
+        postmaster = await harness.postmaster(db_url)
         # Other programs on a shared machine skew everything: start when it is idle.
         waited, busy = await wait_quiet(args.quiet_below, args.quiet_wait)
         http.close()
@@ -366,7 +354,7 @@ async def amain(args: argparse.Namespace) -> int:
             p.stop()
         if "url" in broker:
             await rabbitmq.delete_topology(args.amqp_url, broker["prefix"])
-        await drop_db(args.database_url, name)
+        await drop_database(args.database_url, name)
 
     rows = [
         ("baseline: one poll, GET /orders/{id} of a decided order", poll.summary()),
@@ -381,33 +369,33 @@ async def amain(args: argparse.Namespace) -> int:
         f"load average {load0[0]:.1f} before, {load1[0]:.1f} after; waited {waited:.0f} s "
         f"for a quiet machine ({busy:.2f} cores busy at the start)\n"
     )
-    print("| measurement | n | p50 ms | p99 ms | max ms | rate/s |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for label, r in rows:
-        rate = f"{r['rate_per_s']:.0f}" if "rate_per_s" in r else ""
-        print(
-            f"| {label} | {r['n']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-            f"{r['max_ms']:.1f} | {rate} |"
-        )
+    head = ("measurement", "n", "p50 ms", "p99 ms", "max ms", "rate/s")
+    lines = [
+        [
+            label,
+            str(r["n"]),
+            f"{r['p50_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            f"{r['max_ms']:.1f}",
+            f"{r['rate_per_s']:.0f}" if "rate_per_s" in r else "",
+        ]
+        for label, r in rows
+    ]
+    print(markdown_table(head, lines, "lrrrrr"))
     print(f"\noutcomes: {dict(orders.outcomes)}; late starts: {orders.late_starts}")
     print("CPU (cores) while measured: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
     if http.errors:
         print(f"transport errors: {http.errors}", file=sys.stderr)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"orders-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "broker": where,
-                "load": [load0, load1],
-                "quiet_wait": {"waited_s": waited, "busy_cores": busy},
-                "cpu_cores": cores,
-                "rows": dict(rows),
-            },
-            indent=2,
-        )
+    out = harness.write_results(
+        "orders",
+        {
+            "args": vars(args),
+            "broker": where,
+            "load": [load0, load1],
+            "quiet_wait": {"waited_s": waited, "busy_cores": busy},
+            "cpu_cores": cores,
+            "rows": dict(rows),
+        },
     )
     print(f"kept in {out}")
     bad = {k: v for k, v in orders.outcomes.items() if k not in ("AWAITING_PAYMENT", "FAILED")}
@@ -431,8 +419,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quiet-wait", type=float, default=60.0, help="wait for an idle machine")
     p.add_argument("--quiet-below", type=float, default=0.3, help="idle: under this many cores")
     p.add_argument("--quick", action="store_true", help="5 s of orders, 2 s baselines")
-    p.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    p.add_argument("--database-url", default=DEFAULT_ADMIN_URL)
+    p.add_argument("--amqp-url", default=DEFAULT_AMQP_URL)
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.baseline, args.warmup = 5.0, 2.0, 1.0
@@ -440,13 +428,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> int:
-    args = parse_args()
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(amain(args))
-    result: int = uvloop.run(amain(args))
-    return result
+    return harness.run(amain(parse_args()))
 
 
 if __name__ == "__main__":

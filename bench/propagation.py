@@ -27,8 +27,6 @@ import argparse
 import asyncio
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -40,6 +38,18 @@ import asyncpg
 import httpx
 import yaml
 
+import harness
+from harness import (
+    DEFAULT_ADMIN_URL,
+    DEFAULT_AMQP_URL,
+    Proc,
+    create_database,
+    drop_database,
+    fmt,
+    free_port,
+    markdown_table,
+    percentile,
+)
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
 from stockkeeper.connectors.records import LevelRecord
@@ -50,49 +60,13 @@ from stockkeeper.services.ingest import queue_records
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
 from stockkeeper.store import stock
-from stockkeeper.store.migrate import migrate
 from stockkeeper.store.pool import Conn
 
 SECRET_ENV = "BENCH_CHANNEL_SECRET"
 SECRET = "bench-channel-secret-0123456789"
 SELLER = "A1BENCH"
+ENV = {SECRET_ENV: SECRET}
 CHANNELS = ("shopify", "amazon", "hooks")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proc:
-    def __init__(self, args: list[str], workdir: Path, label: str) -> None:
-        self.label = label
-        self.log = workdir / f"{label}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKKEEPER_")}
-        env[SECRET_ENV] = SECRET
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stockkeeper", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def check(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.label} exited:\n{self.log.read_text()[-3000:]}")
 
 
 def connectors(ports: dict[str, int]) -> list[dict[str, Any]]:
@@ -227,15 +201,8 @@ async def levels(http: httpx.AsyncClient, port: int) -> dict[str, int]:
 
 
 async def sandboxes_up(ports: dict[str, int], sandbox: Proc) -> None:
-    async with httpx.AsyncClient(timeout=2) as http:
-        for port in ports.values():
-            for _ in range(200):
-                sandbox.check()
-                try:
-                    await levels(http, port)
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+    for port in ports.values():
+        await sandbox.ready(f"http://127.0.0.1:{port}/_sandbox/levels", within=20)
 
 
 async def wait_in_sync(
@@ -263,15 +230,14 @@ async def wait_in_sync(
     return took
 
 
-def pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered), int(len(ordered) * p / 100 + 0.999999)) - 1)]
+def ms(value: float) -> str:
+    return fmt(value, ",.0f")
 
 
-def ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+def times(a: float, b: float) -> str:
+    """``a`` as a multiple of ``b``, or ``-`` when either is missing or zero."""
+    ratio = a / b if a and b else None
+    return "-" if fmt(ratio, ".1f") == "-" else f"{ratio:.1f}x"
 
 
 async def figures(db_url: str, since: datetime, until: datetime) -> dict[str, Any]:
@@ -331,13 +297,7 @@ async def main(args: argparse.Namespace) -> int:
     admin = args.database_url
     name = f"bench_prop_{uuid.uuid4().hex[:8]}"
     prefix = f"benchprop{uuid.uuid4().hex[:6]}."
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    db_url = admin.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(db_url)
-    await migrate(conn)
-    await conn.close()
+    db_url = await create_database(admin, name, migrated=True)
     ports = {ch: free_port() for ch in CHANNELS}
     workdir = Path(tempfile.mkdtemp(prefix="bench-propagation-"))
     cfg = {
@@ -378,6 +338,7 @@ async def main(args: argparse.Namespace) -> int:
                 ],
                 workdir,
                 "sandbox",
+                env=ENV,
             )
         )
         await sandboxes_up(ports, procs[0])
@@ -387,6 +348,7 @@ async def main(args: argparse.Namespace) -> int:
                     ["run", service, "--config", str(workdir / "stockkeeper.yaml")],
                     workdir,
                     service,
+                    env=ENV,
                 )
             )
         skus = [f"SKU-{i:05d}" for i in range(args.skus)]
@@ -420,9 +382,7 @@ async def main(args: argparse.Namespace) -> int:
         for p in reversed(procs):
             p.stop()
         await c.close()
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+        await drop_database(admin, name)
         await rabbitmq.delete_topology(args.amqp_url, prefix)
 
     floor = fig["floor"]
@@ -434,29 +394,42 @@ async def main(args: argparse.Namespace) -> int:
     )
     print(
         "floor (commit -> propagator's consumer): "
-        f"p50 {ms(pct(floor, 50))} ms, p99 {ms(pct(floor, 99))} ms"
+        f"p50 {ms(percentile(floor, 50))} ms, p99 {ms(percentile(floor, 99))} ms"
     )
     print()
-    print(
-        "| channel | p50 ms | p99 ms | p50 / floor | p99 / floor | SKU pushes "
-        "| saved by coalescing | calls | in sync after load |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     call_names = {"shopify": "mutations", "amazon": "patches", "hooks": "deliveries"}
+    f50, f99 = percentile(floor, 50), percentile(floor, 99)
+    rows = []
     for ch in CHANNELS:
         d = fig["channels"][ch]
-        p50, p99 = pct(d["lags"], 50), pct(d["lags"], 99)
-        f50, f99 = pct(floor, 50), pct(floor, 99)
-        r50 = f"{p50 / f50:.1f}x" if p50 and f50 else "-"
-        r99 = f"{p99 / f99:.1f}x" if p99 and f99 else "-"
+        p50, p99 = percentile(d["lags"], 50), percentile(d["lags"], 99)
         saved = fig["changes"] - d["pushes"]
-        settled = "no" if drained[ch] is None else f"{drained[ch]:.1f} s"
-        print(
-            f"| {ch} | {ms(p50)} | {ms(p99)} | {r50} | {r99} | {d['pushes']:,} | "
-            f"{saved:,} ({saved / max(1, fig['changes']):.0%}) | "
-            f"{counts[ch].get(call_names[ch], 0) - before[ch].get(call_names[ch], 0):,} "
-            f"{call_names[ch]} | {settled} |"
+        call = call_names[ch]
+        rows.append(
+            [
+                ch,
+                ms(p50),
+                ms(p99),
+                times(p50, f50),
+                times(p99, f99),
+                f"{d['pushes']:,}",
+                f"{saved:,} ({saved / max(1, fig['changes']):.0%})",
+                f"{counts[ch].get(call, 0) - before[ch].get(call, 0):,} {call}",
+                "no" if drained[ch] is None else f"{drained[ch]:.1f} s",
+            ]
         )
+    head = (
+        "channel",
+        "p50 ms",
+        "p99 ms",
+        "p50 / floor",
+        "p99 / floor",
+        "SKU pushes",
+        "saved by coalescing",
+        "calls",
+        "in sync after load",
+    )
+    print(markdown_table(head, rows, "lrrrrrrrr"))
     throttled = {
         ch: counts[ch].get("throttled", 0) - before[ch].get("throttled", 0) for ch in CHANNELS
     }
@@ -472,8 +445,8 @@ def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    ap.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    ap.add_argument("--database-url", default=DEFAULT_ADMIN_URL)
+    ap.add_argument("--amqp-url", default=DEFAULT_AMQP_URL)
     ap.add_argument("--rate", type=float, default=500.0, help="changes per second")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--skus", type=int, default=500)
@@ -491,4 +464,4 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse())))
+    harness.exit_with(main(parse()))

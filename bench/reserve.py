@@ -23,15 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
-import os
-import platform
 import random
-import re
 import secrets
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,31 +33,44 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 import orjson
-import yaml
+
+import harness
+from harness import (
+    DEFAULT_ADMIN_URL,
+    TOKEN,
+    Databases,
+    Proc,
+    admin_execute,
+    cluster_processes,
+    fmt,
+    free_port,
+    machine_cpu,
+    machine_info,
+    markdown_table,
+    percentile,
+    proc_cpu,
+    wait_quiet,
+    warn_if_busy,
+)
 
 STRATEGIES = ("conditional", "row_lock", "optimistic")
 SCENARIOS = ("noop", "hot", "random")
 Scenario = Literal["noop", "hot", "random"]
 ClientKind = Literal["raw", "httpx"]
 
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-TOKEN = "bench-token-0123456789abcdef"
 HOT_SKU = "HOT-0001"
 N_SKUS = 10_000
 HOT_STOCK = 2**31 - 1  # MAX_QUANTITY of one receipt
 SKU_STOCK = 1_000_000
 SEED_CONCURRENCY = 32
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 
 
 def sku_name(i: int) -> str:
@@ -268,65 +275,10 @@ async def _load(spec: LoadSpec) -> LoadResult:
 
 def run_load(spec: LoadSpec) -> LoadResult:
     """Entry point of a load process."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(_load(spec))
-    result: LoadResult = uvloop.run(_load(spec))
-    return result
+    return harness.run(_load(spec))
 
 
-def _warm_child() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"uvloop {version('uvloop')}"
-    except PackageNotFoundError:
-        return "asyncio"
-
-
-# -- CPU accounting (Linux /proc) ------------------------------------------------------
-
-TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _proc_cpu(pid: int) -> float:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-# A client backend's title: "postgres: [cluster: ]user database host(port) state".
-CLIENT_BACKEND = re.compile(r"^postgres: (?:[^:]+: )?\S+ \S+ (?:\[local\]|\S*\(\d+\))")
-
-
-def _cluster_processes(postmaster: int, dbname: str) -> list[int]:
-    """The postmaster and its children, minus the client backends of other databases."""
-    pids = [postmaster]
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != postmaster:
-                continue
-            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-            if CLIENT_BACKEND.match(title) and f" {dbname} " not in f" {title} ":
-                continue  # another session's backend (tests running beside us, say)
-            pids.append(int(entry.name))
-    return pids
-
-
-def _machine_cpu() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine since boot; idle and iowait are not busy."""
-    try:
-        parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0.0, 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = parts[:8]
-    return (user + nice + system + irq + softirq) / TICK, steal / TICK
+# -- CPU accounting ------------------------------------------------------------------
 
 
 @dataclass
@@ -339,10 +291,10 @@ class CpuSample:
 
     @classmethod
     def take(cls, server_pid: int, postmaster: int | None, dbname: str) -> CpuSample:
-        busy, steal = _machine_cpu()
-        pids = _cluster_processes(postmaster, dbname) if postmaster else []
-        pg = {pid: _proc_cpu(pid) for pid in pids}
-        return cls(_proc_cpu(server_pid), pg, busy, steal, time.process_time())
+        busy, steal = machine_cpu()
+        pids = cluster_processes(postmaster, dbname) if postmaster else []
+        pg = {pid: proc_cpu(pid) for pid in pids}
+        return cls(proc_cpu(server_pid), pg, busy, steal, time.process_time())
 
 
 def cpu_cores(a: CpuSample, b: CpuSample, seconds: float, loadgen: float) -> dict[str, float]:
@@ -365,43 +317,7 @@ def cpu_cores(a: CpuSample, b: CpuSample, seconds: float, loadgen: float) -> dic
     }
 
 
-async def wait_quiet(below: float, at_most: float) -> tuple[float, float]:
-    """Wait (up to ``at_most`` s) until the machine spends under ``below`` cores for 1 s.
-
-    Before each load nothing of ours should be busy, so what is busy then is someone
-    else (or PostgreSQL's autovacuum after our previous load). Returns (waited, busy).
-    """
-    t0 = time.monotonic()
-    while True:
-        b0 = _machine_cpu()[0]
-        await asyncio.sleep(1.0)
-        busy = round(_machine_cpu()[0] - b0, 2)
-        waited = time.monotonic() - t0
-        if busy < below or waited >= at_most:
-            return waited, busy
-
-
 # -- databases and server processes --------------------------------------------------
-
-
-def with_database(url: str, dbname: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + dbname))
-
-
-async def admin_execute(admin_url: str, sql: str, retries: int = 20) -> None:
-    """Run one admin statement; retried while the template still has sessions."""
-    conn = await asyncpg.connect(admin_url)
-    try:
-        for attempt in range(retries):
-            try:
-                await conn.execute(sql)
-                return
-            except asyncpg.ObjectInUseError:
-                if attempt == retries - 1:
-                    raise
-                await asyncio.sleep(0.25)
-    finally:
-        await conn.close()
 
 
 class Server:
@@ -409,13 +325,13 @@ class Server:
 
     def __init__(self, db_url: str, strategy: str, workdir: Path) -> None:
         self.dbname = urlsplit(db_url).path.lstrip("/")
-        self.port = _free_port()
-        cfg = {
+        self.port = free_port()
+        self.cfg = {
             "data_dir": str(workdir / "data"),
             "database": {"url": db_url, "pool_size": 20},
             "api": {
                 "inventory_port": self.port,
-                "admin_port": _free_port(),
+                "admin_port": free_port(),
                 "expose_noop": True,
                 "tokens": [
                     {
@@ -429,10 +345,9 @@ class Server:
             "monitoring": {"metrics_port": 0},
             "logging": {"level": "warning"},
         }
-        self.config_path = workdir / f"stockkeeper-{strategy}.yaml"
-        self.config_path.write_text(yaml.safe_dump(cfg))
-        self.log_path = workdir / f"server-{strategy}.log"
-        self.proc: asyncio.subprocess.Process | None = None
+        self.workdir = workdir
+        self.label = f"server-{strategy}"
+        self.proc: Proc | None = None
 
     @property
     def pid(self) -> int:
@@ -440,49 +355,12 @@ class Server:
         return self.proc.pid
 
     async def start(self, ready_within: float = 60.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKKEEPER_")}
-        with self.log_path.open("wb") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "stockkeeper",
-                "run",
-                "inventory-api",
-                "--config",
-                str(self.config_path),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        deadline = time.monotonic() + ready_within
-        async with httpx.AsyncClient(timeout=2) as http:
-            while time.monotonic() < deadline:
-                if self.proc.returncode is not None:
-                    raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
-                with contextlib.suppress(httpx.TransportError):
-                    r = await http.get(f"http://127.0.0.1:{self.port}/readyz")
-                    if r.status_code == 200:
-                        return
-                await asyncio.sleep(0.1)
-        await self.stop()
-        raise RuntimeError(f"server not ready in {ready_within}s:\n{self.log_path.read_text()}")
+        self.proc = Proc(["run", "inventory-api"], self.workdir, self.label, cfg=self.cfg)
+        await self.proc.ready(f"http://127.0.0.1:{self.port}/readyz", ready_within)
 
     async def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        if self.proc is not None:
+            self.proc.stop()
 
 
 async def seed(port: int, n_skus: int) -> float:
@@ -540,13 +418,6 @@ async def check_database(db_url: str, ok_hot: int, ok_random: int) -> dict[str, 
 
 
 # -- measuring -----------------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 @dataclass
@@ -657,92 +528,37 @@ class Bench:
 # -- reporting -----------------------------------------------------------------------
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
+HEAD = (
+    "strategy",
+    "scenario",
+    "req/s",
+    "2xx/s",
+    "p50 ms",
+    "p99 ms",
+    "non-2xx",
+    "2xx/s vs noop",
+    "CPU cores: server / PG / loadgen / other",
+)
 
 
-def _postmaster_of(backend: int) -> int | None:
-    """The local postmaster, to count PostgreSQL's CPU; None when the server is remote."""
-    try:
-        if Path(f"/proc/{backend}/comm").read_text().strip() != "postgres":
-            return None
-        return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
-
-
-async def machine_info(admin_url: str, loop_impl: str) -> dict[str, Any]:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        pg_version = await conn.fetchval("SHOW server_version")
-        postmaster = _postmaster_of(await conn.fetchval("SELECT pg_backend_pid()"))
-        settings = {
-            r["name"]: r["setting"]
-            for r in await conn.fetch(
-                "SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[])",
-                ["synchronous_commit", "fsync", "shared_buffers", "max_connections"],
-            )
-        }
-    finally:
-        await conn.close()
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": _cpu_model(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "postgresql": pg_version,
-        "postgresql_settings": settings,
-        "loadavg_before": list(os.getloadavg()),
-        "postmaster_pid": postmaster,
-        "loadgen_loop": loop_impl,
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "src_modified": bool(_git("status", "--porcelain", "--", "src")),
-    }
-
-
-def fmt(x: float | None, spec: str) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return format(x, spec)
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| strategy | scenario | req/s | 2xx/s | p50 ms | p99 ms | non-2xx | 2xx/s vs noop "
-        "| CPU cores: server / PG / loadgen / other |",
-        "|---|---|---:|---:|---:|---:|---|---:|---|",
+def table_row(r: dict[str, Any]) -> list[str]:
+    c = r["cpu_cores"]
+    errs = str(r["errors"])
+    if r["statuses"]:
+        errs += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items())) + ")"
+    if r["transport_errors"]:
+        errs += f" +{r['transport_errors']} transport"
+    return [
+        r["strategy"],
+        r["scenario"],
+        fmt(r["rps"], ",.0f"),
+        fmt(r["ok_rps"], ",.0f"),
+        fmt(r["p50_ms"], ".1f"),
+        fmt(r["p99_ms"], ".1f"),
+        errs,
+        fmt(r["vs_noop"], ".3f"),
+        f"{c['server']:.2f} / {c['postgres']:.2f} / {c['loadgen']:.2f} / {c['other']:.2f}",
     ]
-    for r in rows:
-        c = r["cpu_cores"]
-        errs = str(r["errors"])
-        if r["statuses"]:
-            errs += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items())) + ")"
-        if r["transport_errors"]:
-            errs += f" +{r['transport_errors']} transport"
-        lines.append(
-            f"| {r['strategy']} | {r['scenario']} | {fmt(r['rps'], ',.0f')} "
-            f"| {fmt(r['ok_rps'], ',.0f')} "
-            f"| {fmt(r['p50_ms'], '.1f')} | {fmt(r['p99_ms'], '.1f')} | {errs} "
-            f"| {fmt(r['vs_noop'], '.3f')} "
-            f"| {c['server']:.2f} / {c['postgres']:.2f} / {c['loadgen']:.2f} "
-            f"/ {c['other']:.2f} |"
-        )
-    return "\n".join(lines)
 
 
 # -- main ----------------------------------------------------------------------------
@@ -804,7 +620,6 @@ async def amain(args: argparse.Namespace) -> int:
     base = f"bench_{run_id}"
     seed_db = f"{base}_seed"
     admin = args.database_url
-    created: list[str] = []
     ctx = get_context("spawn")
     rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
@@ -812,11 +627,12 @@ async def amain(args: argparse.Namespace) -> int:
         ProcessPoolExecutor(max_workers=args.loadgen_procs, mp_context=ctx) as pool,
         tempfile.TemporaryDirectory(prefix="stockkeeper-bench-") as tmp,
     ):
+        dbs = Databases(admin)
         workdir = Path(tmp)
         loop = asyncio.get_running_loop()
         loop_impl = (
             await asyncio.gather(
-                *(loop.run_in_executor(pool, _warm_child) for _ in range(args.loadgen_procs))
+                *(loop.run_in_executor(pool, harness.loop_name) for _ in range(args.loadgen_procs))
             )
         )[0]
         info = await machine_info(admin, loop_impl)
@@ -828,17 +644,16 @@ async def amain(args: argparse.Namespace) -> int:
             flush=True,
         )
         bench = Bench(args, pool, run_id, info["postmaster_pid"])
-        try:
+        async with dbs:
             # Seed once through the API, then give every strategy an identical copy.
-            await admin_execute(admin, f'CREATE DATABASE "{seed_db}"')
-            created.append(seed_db)
-            seeder = Server(with_database(admin, seed_db), "conditional", workdir)
+            seed_url = await dbs.create(seed_db)
+            seeder = Server(seed_url, "conditional", workdir)
             await seeder.start()
             try:
                 seed_s = await seed(seeder.port, args.skus)
             finally:
                 await seeder.stop()
-            conn = await asyncpg.connect(with_database(admin, seed_db))
+            conn = await asyncpg.connect(seed_url)
             try:
                 await conn.execute("VACUUM ANALYZE")
             finally:
@@ -850,25 +665,17 @@ async def amain(args: argparse.Namespace) -> int:
             )
             for strategy in args.strategies:
                 db = f"{base}_{strategy}"
-                await admin_execute(admin, f'CREATE DATABASE "{db}" TEMPLATE "{seed_db}"')
-                created.append(db)
+                db_url = await dbs.create(db, template=seed_db)
                 with contextlib.suppress(asyncpg.PostgresError):
                     await admin_execute(admin, "CHECKPOINT")
                 try:
-                    rows.extend(
-                        await bench.strategy_run(strategy, with_database(admin, db), workdir)
-                    )
+                    rows.extend(await bench.strategy_run(strategy, db_url, workdir))
                 except Exception as exc:  # one strategy failing should not lose the others
                     failures[strategy] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
                     print(f"  {strategy}: FAILED: {failures[strategy]}", flush=True)
-                await admin_execute(admin, f'DROP DATABASE "{db}" WITH (FORCE)')
-                created.remove(db)
-        finally:
-            for db in reversed(created):
-                with contextlib.suppress(Exception):
-                    await admin_execute(admin, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+                await dbs.drop(db)
 
-    table = markdown_table(rows)
+    table = markdown_table(HEAD, map(table_row, rows), "llrrrrlrl")
     print()
     print(
         f"Machine: nproc {info['nproc']} ({info['cpu_model']}), Python {info['python']}, "
@@ -892,18 +699,10 @@ async def amain(args: argparse.Namespace) -> int:
         "the cluster's background processes); the load generator; other = everything else on\n"
         "the machine at the time."
     )
-    noisy = max((r["cpu_cores"]["other"] for r in rows), default=0.0)
-    if noisy > args.quiet_below:
-        print(
-            f"\nWARNING: other processes used up to {noisy:.2f} cores during a measurement; "
-            "those rows understate what this machine can do."
-        )
+    warn_if_busy(rows, "other", args.quiet_below, "other processes used", "a measurement")
     all_clean = all(r.get("db_check", True) for r in rows)
     if not args.no_json:
-        out_dir = HERE / "results"
-        out_dir.mkdir(exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = out_dir / f"reserve-{stamp}.json"
+        stamp = harness.stamp_now()
         doc = {
             "run_id": run_id,
             "timestamp": stamp,
@@ -923,8 +722,8 @@ async def amain(args: argparse.Namespace) -> int:
             "failures": failures,
             "markdown": table,
         }
-        out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        print(f"\nwrote {out.relative_to(REPO)}")
+        out = harness.write_results("reserve", doc, stamp)
+        print(f"\nwrote {out.relative_to(harness.REPO)}")
     if not all_clean:
         print("database check failed: see above", file=sys.stderr)
     for strategy, error in failures.items():
@@ -933,11 +732,7 @@ async def amain(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    args = parse_args()
-    try:
-        sys.exit(asyncio.run(amain(args)))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    harness.exit_with(amain(parse_args()))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import resource
 import subprocess
@@ -34,27 +33,22 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 
-RESULTS = Path(__file__).parent / "results"
-
-
-def with_database(url: str, dbname: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + dbname))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+import harness
+from harness import (
+    DEFAULT_ADMIN_URL,
+    Proc,
+    create_database,
+    drop_database,
+    free_port,
+    markdown_table,
+)
 
 
 def peak_mb() -> float:
@@ -208,23 +202,6 @@ async def child_floor(args: argparse.Namespace) -> dict[str, Any]:
 # -- the run ---------------------------------------------------------------------------
 
 
-async def create_database(admin_url: str, name: str) -> str:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return with_database(admin_url, name)
-
-
-async def drop_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 def run_child(role: str, **kw: Any) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--role", role]
     for k, v in kw.items():
@@ -236,34 +213,13 @@ def run_child(role: str, **kw: Any) -> dict[str, Any]:
     return result
 
 
-async def start_wms(batches: int) -> tuple[subprocess.Popen[bytes], str]:
+async def start_wms(batches: int, workdir: Path) -> tuple[Proc, str]:
     port = free_port()
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
-        [
-            sys.executable,
-            "-m",
-            "stockkeeper",
-            "sandbox",
-            "wms",
-            "--port",
-            str(port),
-            "--batches",
-            str(batches),
-            "--seed",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    args = ["sandbox", "wms", "--port", str(port), "--batches", str(batches), "--seed", "1"]
+    proc = Proc(args, workdir, "sandbox-wms")
     url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(timeout=2) as http:
-        for _ in range(600):
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get(url + "/v1/stock/token")).status_code == 200:
-                    return proc, url
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the sandbox WMS did not start")
+    await proc.ready(url + "/v1/stock/token")
+    return proc, url
 
 
 async def check_books(db_url: str, wms_url: str, table: str) -> tuple[int, int]:
@@ -297,20 +253,13 @@ async def wms_totals(wms_url: str, page_size: int) -> tuple[tuple[int, int], int
 
 
 async def amain(args: argparse.Namespace) -> int:
-    from stockkeeper.store.migrate import migrate
-
     run_id = uuid.uuid4().hex[:8]
     names = {k: f"bench_wms_{run_id}_{k}" for k in ("sync", "floor")}
-    wms, wms_url = await start_wms(args.batches)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-wms-{run_id}-"))
+    wms, wms_url = await start_wms(args.batches, workdir)
     try:
-        sync_db = await create_database(args.database_url, names["sync"])
+        sync_db = await create_database(args.database_url, names["sync"], migrated=True)
         floor_db = await create_database(args.database_url, names["floor"])
-        conn = await asyncpg.connect(sync_db)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
         expected, nonzero = await wms_totals(wms_url, args.page_size)
         print(f"sandbox WMS: {expected[0]:,} batches, {expected[1]:,} units on hand", flush=True)
 
@@ -332,8 +281,7 @@ async def amain(args: argparse.Namespace) -> int:
         assert first["adjustments"] == nonzero, (first, nonzero)
         assert again["adjustments"] == 0, again
     finally:
-        wms.terminate()
-        wms.wait(10)
+        wms.stop()
         for name in names.values():
             await drop_database(args.database_url, name)
 
@@ -371,28 +319,27 @@ async def amain(args: argparse.Namespace) -> int:
         f"\n{args.batches:,} batches, page size {args.page_size}; idle child peak: "
         f"worker {worker['idle_peak_mb']:.0f} MB, floor {floor['idle_peak_mb']:.0f} MB\n"
     )
-    print("| run | wall s | rows/s | × floor | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|")
-    for r in rows:
-        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "—"
-        print(
-            f"| {r['what']} | {r['wall_s']:.1f} | {r['rows_per_s']:,.0f} | "
-            f"{r['vs_floor']:.2f} | {peak} |"
-        )
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"wms-sync-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "batches": args.batches,
-                "page_size": args.page_size,
-                "rows": rows,
-                "worker": worker,
-                "floor": floor,
-            },
-            indent=2,
-        )
+    lines = [
+        [
+            r["what"],
+            f"{r['wall_s']:.1f}",
+            f"{r['rows_per_s']:,.0f}",
+            f"{r['vs_floor']:.2f}",
+            f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "—",
+        ]
+        for r in rows
+    ]
+    head = ("run", "wall s", "rows/s", "× floor", "peak RSS MB")
+    print(markdown_table(head, lines, "lrrrr"))
+    out = harness.write_results(
+        "wms-sync",
+        {
+            "batches": args.batches,
+            "page_size": args.page_size,
+            "rows": rows,
+            "worker": worker,
+            "floor": floor,
+        },
     )
     print(f"\nkept in {out}")
     return 0
@@ -402,7 +349,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--batches", type=int, default=100_000)
     p.add_argument("--page-size", type=int, default=1000)
-    p.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--database-url", default=DEFAULT_ADMIN_URL)
     # Internal: the child processes.
     p.add_argument("--role", choices=("main", "worker", "floor"), default="main")
     p.add_argument("--db")
@@ -415,7 +362,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.role == "main":
-        raise SystemExit(asyncio.run(amain(args)))
+        harness.exit_with(amain(args))
     child = child_worker if args.role == "worker" else child_floor
     result = asyncio.run(child(args))
     sys.stdout.write(json.dumps(result) + "\n")

@@ -82,6 +82,33 @@ def base_config(db_url: str, **sections: Any) -> dict[str, Any]:
     return cfg
 
 
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float, log: Path) -> bool:
+    """Poll ``url`` until it answers 200 (True) or ``timeout`` s pass (False); raise if
+    ``proc`` exits first, with its ``log``. Shared with bench/harness.py."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 15) -> None:
+    """SIGTERM ``proc`` if it still runs, SIGKILL after ``grace`` s; reap it either way."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ServerProcess:
     """``stockkeeper run <service>`` (or ``stockkeeper up``) in a real child process."""
 
@@ -135,27 +162,13 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        if wait_ready(self.proc, self.url + "/readyz", timeout, self.log_path):
+            return self
         self.stop()
         raise RuntimeError(f"server not ready in {timeout}s:\n{self.log_path.read_text()}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @contextmanager

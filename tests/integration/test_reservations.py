@@ -1009,9 +1009,8 @@ async def test_fulfil_of_a_confirmed_order_in_shortfall_answers_in_domain_terms(
     await container.reservations.reserve(order("o-1", ("A", 8)))
     await container.reservations.confirm("o-1")
     await container.stock.adjust(Adjustment("A", "on_hand", "wms count", "adj-1", set=5))
-    # Shipping 8 from 5 on hand would take on_hand below zero: the store refuses
-    # (WouldGoNegative) and the service answers Conflict, as docs/decisions.md promises.
-    with pytest.raises(Conflict, match="less on hand than it would ship"):
+    # docs/decisions.md D-011: shipping 8 of the 5 on hand is refused as a conflict.
+    with pytest.raises(Conflict, match="receive or adjust the stock first"):
         await container.reservations.fulfil("o-1")
     await assert_audit_clean(container)
 
