@@ -43,8 +43,8 @@ import yaml
 
 from stockkeeper.connectors.signatures import generic_headers
 from stockkeeper.messaging import rabbitmq
-from stockkeeper.sandbox.erp import ErpSandbox, create_erp, drop_erp
 from stockkeeper.store.migrate import migrate
+from stockkeeper_sandbox.erp import ErpSandbox, create_erp, drop_erp
 
 RESULTS = Path(__file__).parent / "results"
 TOKEN = "bench-token-0123456789abcdef"
