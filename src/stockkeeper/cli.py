@@ -82,7 +82,7 @@ def _serve(settings: Settings, services: list[str], consumers: list[Any] | None 
 @app.command()
 def up(config: ConfigOption = None) -> None:
     """Run everything in one process: inventory-api, admin-api and the workers."""
-    from stockkeeper.workers.runner import SERVICES
+    from stockkeeper.wiring import SERVICES
 
     settings = _settings(config)
     api = settings.api
@@ -107,7 +107,7 @@ def run(
     config: ConfigOption = None,
 ) -> None:
     """Run one service, as a separate process in production."""
-    from stockkeeper.workers.runner import SERVICES
+    from stockkeeper.wiring import SERVICES
 
     if service not in SERVICES:
         typer.echo(
@@ -135,7 +135,7 @@ def consume(
     dead letters). The handler's effect commits with the message's processed mark."""
     import importlib
 
-    from stockkeeper.workers.runner import ConsumerSpec
+    from stockkeeper.wiring import ConsumerSpec
 
     module_name, _, attr = handler.partition(":")
     try:

@@ -20,7 +20,7 @@ from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
 from stockkeeper.store import wms as repo
 from stockkeeper.store.wms import CallRow
-from stockkeeper.workers.runner import _keep_call
+from stockkeeper.wiring import _keep_call
 from stockkeeper.workers.wms_outbound import WmsOutboundWorker
 from stockkeeper.workers.wms_sync import WmsSyncWorker
 from stockkeeper_sandbox.server import SandboxServer
