@@ -51,7 +51,7 @@ from harness import (
 )
 from stockkeeper.connectors.signatures import generic_headers
 from stockkeeper.messaging import rabbitmq
-from stockkeeper.sandbox.erp import ErpSandbox, create_erp, drop_erp
+from stockkeeper_sandbox.erp import ErpSandbox, create_erp, drop_erp
 
 SECRET = "bench-webhook-secret"
 ENV = {"BENCH_WEBHOOK_SECRET": SECRET}

@@ -16,19 +16,19 @@ import pytest
 
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
-from stockkeeper.sandbox.amazon import AmazonState
-from stockkeeper.sandbox.amazon import create_app as create_amazon_app
-from stockkeeper.sandbox.channel_webhook import WebhookReceiverState
-from stockkeeper.sandbox.channel_webhook import create_app as create_receiver_app
-from stockkeeper.sandbox.erp import ErpSandbox, create_erp, drop_erp
-from stockkeeper.sandbox.marketplace import MarketplaceState
-from stockkeeper.sandbox.marketplace import create_app as create_marketplace_app
-from stockkeeper.sandbox.server import SandboxServer
-from stockkeeper.sandbox.shopify import ShopifyState
-from stockkeeper.sandbox.shopify import create_app as create_shopify_app
-from stockkeeper.sandbox.wms import WmsState
-from stockkeeper.sandbox.wms import create_app as create_wms_app
 from stockkeeper.store.migrate import migrate
+from stockkeeper_sandbox.amazon import AmazonState
+from stockkeeper_sandbox.amazon import create_app as create_amazon_app
+from stockkeeper_sandbox.channel_webhook import WebhookReceiverState
+from stockkeeper_sandbox.channel_webhook import create_app as create_receiver_app
+from stockkeeper_sandbox.erp import ErpSandbox, create_erp, drop_erp
+from stockkeeper_sandbox.marketplace import MarketplaceState
+from stockkeeper_sandbox.marketplace import create_app as create_marketplace_app
+from stockkeeper_sandbox.server import SandboxServer
+from stockkeeper_sandbox.shopify import ShopifyState
+from stockkeeper_sandbox.shopify import create_app as create_shopify_app
+from stockkeeper_sandbox.wms import WmsState
+from stockkeeper_sandbox.wms import create_app as create_wms_app
 from tests.support import (
     DEFAULT_ADMIN_URL,
     REQUIRE,

@@ -83,7 +83,7 @@ def _serve(settings: Settings, services: list[str], consumers: list[Any] | None 
 @app.command()
 def up(config: ConfigOption = None) -> None:
     """Run everything in one process: inventory-api, admin-api and the workers."""
-    from stockkeeper.workers.runner import SERVICES
+    from stockkeeper.wiring import SERVICES
 
     settings = _settings(config)
     api = settings.api
@@ -108,7 +108,7 @@ def run(
     config: ConfigOption = None,
 ) -> None:
     """Run one service, as a separate process in production."""
-    from stockkeeper.workers.runner import SERVICES
+    from stockkeeper.wiring import SERVICES
 
     if service not in SERVICES:
         typer.echo(
@@ -136,7 +136,7 @@ def consume(
     dead letters). The handler's effect commits with the message's processed mark."""
     import importlib
 
-    from stockkeeper.workers.runner import ConsumerSpec
+    from stockkeeper.wiring import ConsumerSpec
 
     module_name, _, attr = handler.partition(":")
     try:
@@ -153,6 +153,22 @@ sandbox_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(sandbox_app, name="sandbox")
+SANDBOX_MISSING = (
+    "stockkeeper: the sandbox commands need the stand-ins, a separate package: "
+    "pip install 'stockkeeper[sandbox]'"
+)
+
+
+@sandbox_app.callback()
+def sandbox_installed() -> None:
+    """Exit 2 with one line saying how to install the stand-ins when they are not."""
+    try:
+        import stockkeeper_sandbox  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "stockkeeper_sandbox":
+            raise
+        typer.echo(SANDBOX_MISSING, err=True)
+        raise typer.Exit(2) from None
 
 
 @sandbox_app.command("wms")
@@ -170,7 +186,7 @@ def sandbox_wms(
     (PUT /_sandbox/faults)."""
     import os
 
-    from stockkeeper.sandbox.wms import run as run_wms
+    from stockkeeper_sandbox.wms import run as run_wms
 
     token = os.environ.get(token_env) if token_env else None
     if token_env and not token:
@@ -194,7 +210,7 @@ def sandbox_erp(
     """An ERP in its own PostgreSQL database: a read-only view stock_changes (sku,
     location, on_hand, price, last_modified) over rows it seeds and keeps changing.
     Prints the database URL; point an erp connector's dsn at it (as erp_reader)."""
-    from stockkeeper.sandbox.erp import run as run_erp
+    from stockkeeper_sandbox.erp import run as run_erp
 
     run_erp(admin_url, name, skus, mutate_every, mutate, seed)
 
@@ -213,7 +229,7 @@ def sandbox_marketplace(
     (POST /_sandbox/sales) and fault injection (PUT /_sandbox/faults)."""
     import os
 
-    from stockkeeper.sandbox.marketplace import run as run_marketplace
+    from stockkeeper_sandbox.marketplace import run as run_marketplace
 
     token = os.environ.get(token_env) if token_env else None
     if token_env and not token:
@@ -227,8 +243,8 @@ def _channels_snippet(
     base: str, ports: tuple[int, int, int], seller_id: str, secret_env: str, token_env: str | None
 ) -> str:
     """The ``connectors:`` entries that point stockkeeper at ``sandbox channels``."""
-    from stockkeeper.sandbox.amazon import DEFAULT_MARKETPLACE
-    from stockkeeper.sandbox.shopify import DEFAULT_LOCATION, graphql_url
+    from stockkeeper_sandbox.amazon import DEFAULT_MARKETPLACE
+    from stockkeeper_sandbox.shopify import DEFAULT_LOCATION, graphql_url
 
     shopify, amazon, webhook = (f"{base}:{port}" for port in ports)
     token = f"\n    token_env: {token_env}" if token_env else ""
@@ -281,13 +297,13 @@ def sandbox_channels(
     import secrets
     import time
 
-    from stockkeeper.sandbox.amazon import AmazonState
-    from stockkeeper.sandbox.amazon import create_app as amazon_app
-    from stockkeeper.sandbox.channel_webhook import WebhookReceiverState
-    from stockkeeper.sandbox.channel_webhook import create_app as receiver_app
-    from stockkeeper.sandbox.server import SandboxServer
-    from stockkeeper.sandbox.shopify import ShopifyState
-    from stockkeeper.sandbox.shopify import create_app as shopify_app
+    from stockkeeper_sandbox.amazon import AmazonState
+    from stockkeeper_sandbox.amazon import create_app as amazon_app
+    from stockkeeper_sandbox.channel_webhook import WebhookReceiverState
+    from stockkeeper_sandbox.channel_webhook import create_app as receiver_app
+    from stockkeeper_sandbox.server import SandboxServer
+    from stockkeeper_sandbox.shopify import ShopifyState
+    from stockkeeper_sandbox.shopify import create_app as shopify_app
 
     token = os.environ.get(token_env) if token_env else None
     if token_env and not token:

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from stockkeeper.sandbox.erp import ErpSandbox
+from stockkeeper_sandbox.erp import ErpSandbox
 from tests.e2e.messaging_helpers import Child, Children, wait_until
 from tests.support import base_config
 

@@ -32,15 +32,15 @@ from stockkeeper.domain.events import LEVEL_CHANGED
 from stockkeeper.messaging.broker import OutgoingMessage
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER, Envelope
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker
-from stockkeeper.sandbox.channel_book import ChannelBook
-from stockkeeper.sandbox.channel_webhook import WebhookReceiverState
-from stockkeeper.sandbox.channel_webhook import create_app as create_receiver_app
-from stockkeeper.sandbox.server import SandboxServer
-from stockkeeper.sandbox.shopify import ShopifyState, graphql_url
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
 from stockkeeper.store import stock
 from stockkeeper.store.pool import Conn
+from stockkeeper_sandbox.channel_book import ChannelBook
+from stockkeeper_sandbox.channel_webhook import WebhookReceiverState
+from stockkeeper_sandbox.channel_webhook import create_app as create_receiver_app
+from stockkeeper_sandbox.server import SandboxServer
+from stockkeeper_sandbox.shopify import ShopifyState, graphql_url
 from tests.e2e.messaging_helpers import Child, Children, wait_until
 from tests.support import base_config, free_port
 

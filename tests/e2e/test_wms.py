@@ -18,8 +18,8 @@ import asyncpg
 import httpx
 import pytest
 
-from stockkeeper.sandbox.server import SandboxServer
-from stockkeeper.sandbox.wms import WmsState
+from stockkeeper_sandbox.server import SandboxServer
+from stockkeeper_sandbox.wms import WmsState
 from tests.e2e.helpers import audit, client
 from tests.e2e.messaging_helpers import wait_until
 from tests.support import ADMIN_TOKEN, WRITER_TOKEN, ServerProcess, auth, base_config

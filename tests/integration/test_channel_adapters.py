@@ -31,12 +31,12 @@ from stockkeeper.connectors.outbound_webhook import (
 )
 from stockkeeper.connectors.shopify import ShopifyChannel
 from stockkeeper.observability.metrics import Metrics
-from stockkeeper.sandbox.amazon import AmazonState
-from stockkeeper.sandbox.amazon import create_app as create_amazon_app
-from stockkeeper.sandbox.channel_webhook import WebhookReceiverState
-from stockkeeper.sandbox.server import SandboxServer
-from stockkeeper.sandbox.shopify import ShopifyState, graphql_url
-from stockkeeper.sandbox.shopify import create_app as create_shopify_app
+from stockkeeper_sandbox.amazon import AmazonState
+from stockkeeper_sandbox.amazon import create_app as create_amazon_app
+from stockkeeper_sandbox.channel_webhook import WebhookReceiverState
+from stockkeeper_sandbox.server import SandboxServer
+from stockkeeper_sandbox.shopify import ShopifyState, graphql_url
+from stockkeeper_sandbox.shopify import create_app as create_shopify_app
 
 Shopify = tuple[ShopifyState, SandboxServer]
 Amazon = tuple[AmazonState, SandboxServer]

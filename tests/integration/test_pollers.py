@@ -14,10 +14,10 @@ from sqlalchemy.dialects import mssql, postgresql
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig, Settings
 from stockkeeper.connectors.erp import Position, page_query
-from stockkeeper.sandbox.erp import ErpSandbox
-from stockkeeper.sandbox.marketplace import MarketplaceState
-from stockkeeper.sandbox.server import SandboxServer
 from stockkeeper.workers.pollers import ErpPoller, MarketplacePoller
+from stockkeeper_sandbox.erp import ErpSandbox
+from stockkeeper_sandbox.marketplace import MarketplaceState
+from stockkeeper_sandbox.server import SandboxServer
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -19,13 +19,13 @@ from stockkeeper.domain.events import LEVEL_CHANGED
 from stockkeeper.domain.propagation import AlertChange, Verdict
 from stockkeeper.messaging.consumer import PermanentError
 from stockkeeper.messaging.envelope import Envelope
-from stockkeeper.sandbox.amazon import AmazonState
-from stockkeeper.sandbox.server import SandboxServer
-from stockkeeper.sandbox.shopify import ShopifyState, graphql_url
 from stockkeeper.services.propagation import LAG_ALERT, REARM, Propagation
 from stockkeeper.services.stock import Receipt
 from stockkeeper.store.channels import Claimed
 from stockkeeper.workers.propagator import Propagator
+from stockkeeper_sandbox.amazon import AmazonState
+from stockkeeper_sandbox.server import SandboxServer
+from stockkeeper_sandbox.shopify import ShopifyState, graphql_url
 from tests.conftest import FakeClock
 from tests.support import ADMIN_TOKEN, auth
 

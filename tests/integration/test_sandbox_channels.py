@@ -6,10 +6,10 @@ from typing import Any
 
 import httpx
 
-from stockkeeper.sandbox.amazon import AmazonState
-from stockkeeper.sandbox.amazon import create_app as create_amazon_app
-from stockkeeper.sandbox.server import SandboxServer
-from stockkeeper.sandbox.shopify import ShopifyState, graphql_url
+from stockkeeper_sandbox.amazon import AmazonState
+from stockkeeper_sandbox.amazon import create_app as create_amazon_app
+from stockkeeper_sandbox.server import SandboxServer
+from stockkeeper_sandbox.shopify import ShopifyState, graphql_url
 
 Shopify = tuple[ShopifyState, SandboxServer]
 Amazon = tuple[AmazonState, SandboxServer]

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from stockkeeper.sandbox.erp import (
+from stockkeeper_sandbox.erp import (
     SEED_START,
     ErpSandbox,
     create_erp,

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from stockkeeper.sandbox.marketplace import MarketplaceState, create_app
-from stockkeeper.sandbox.server import FaultController, Faults, SandboxServer
+from stockkeeper_sandbox.marketplace import MarketplaceState, create_app
+from stockkeeper_sandbox.server import FaultController, Faults, SandboxServer
 
 TOKEN = "sandbox-marketplace-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

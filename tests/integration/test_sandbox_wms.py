@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from stockkeeper.sandbox.server import (
+from stockkeeper_sandbox.server import (
     FaultController,
     Faults,
     SandboxServer,
     format_retry_after,
 )
-from stockkeeper.sandbox.wms import WmsState, create_app
+from stockkeeper_sandbox.wms import WmsState, create_app
 
 TOKEN = "sandbox-wms-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

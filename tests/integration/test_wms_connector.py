@@ -26,8 +26,8 @@ from stockkeeper.connectors.http import (
 )
 from stockkeeper.connectors.wms import OutboundItem, WmsClient, WmsTokenRejected
 from stockkeeper.observability.metrics import Metrics
-from stockkeeper.sandbox.server import FaultController, Faults, SandboxServer
-from stockkeeper.sandbox.wms import WmsState, create_app
+from stockkeeper_sandbox.server import FaultController, Faults, SandboxServer
+from stockkeeper_sandbox.wms import WmsState, create_app
 
 TOKEN = "connector-test-token"
 ID = "wms-test"

@@ -16,15 +16,15 @@ from stockkeeper.connectors.wms import WmsClient
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.wms import SyncStatus
 from stockkeeper.messaging.envelope import Envelope
-from stockkeeper.sandbox.server import SandboxServer
-from stockkeeper.sandbox.wms import WmsState
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
 from stockkeeper.store import wms as repo
 from stockkeeper.store.wms import CallRow
-from stockkeeper.workers.runner import _keep_call
+from stockkeeper.wiring import _keep_call
 from stockkeeper.workers.wms_outbound import WmsOutboundWorker
 from stockkeeper.workers.wms_sync import WmsSyncWorker
+from stockkeeper_sandbox.server import SandboxServer
+from stockkeeper_sandbox.wms import WmsState
 
 NAME = "wms-main"
 

@@ -2,21 +2,14 @@
 
 Read once at start, validated, passed down. A missing, unknown or invalid key stops
 the process with a message that names the key (``ConfigError``).
+
+Import everything from here. Where it lives: the shared pieces in ``base.py``, the
+connector entries in ``connectors.py``, the other sections and :class:`Settings` in
+``settings.py``, the YAML and environment loader in ``loader.py``.
 """
 
 from __future__ import annotations
 
-import os
-from decimal import Decimal
-from enum import StrEnum
-from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
-
-import yaml
-from pydantic import Field, ValidationError, model_validator
-
-# Re-exported: the base pieces and the connector entries are part of this module's
-# interface (config/base.py, config/connectors.py).
 from stockkeeper.config.base import ConfigError as ConfigError
 from stockkeeper.config.base import EnvName as EnvName
 from stockkeeper.config.base import Section as Section
@@ -36,283 +29,24 @@ from stockkeeper.config.connectors import PricingConfig as PricingConfig
 from stockkeeper.config.connectors import ShopifyChannelConfig as ShopifyChannelConfig
 from stockkeeper.config.connectors import WebhookConnectorConfig as WebhookConnectorConfig
 from stockkeeper.config.connectors import WmsConnectorConfig as WmsConnectorConfig
-
-ENV_PREFIX = "STOCKKEEPER_"
-CONFIG_ENV = "STOCKKEEPER_CONFIG"
-DEFAULT_CONFIG_FILE = "stockkeeper.yaml"
-C = TypeVar("C", bound="ConnectorConfig")
-# Variables with our prefix that are not settings.
-NOT_SETTINGS = {
-    CONFIG_ENV,
-    "STOCKKEEPER_TEST_DATABASE_URL",
-    "STOCKKEEPER_REQUIRE_SERVICES",
-    "STOCKKEEPER_TEST_BROKER_URL",
-    "STOCKKEEPER_FAILPOINTS",
-}
-
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-Scope = Literal["inventory:read", "inventory:write", "admin"]
-
-
-class DatabaseConfig(Section):
-    url: str | None = None
-    pool_size: int = Field(default=20, ge=1, le=1000)
-    statement_timeout_ms: int = Field(default=15000, ge=0)
-
-
-class BrokerConfig(Section):
-    url: str | None = None
-    # Prepended to every exchange and queue name: several stockkeepers on one vhost.
-    prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", max_length=64)
-    # Messages a consumer takes ahead of the one it is handling.
-    prefetch: int = Field(default=32, ge=1, le=10_000)
-    # RabbitMQ only: wait before reconnecting after the connection drops.
-    reconnect_interval_ms: int = Field(default=1000, ge=100)
-    # Consumer retries: base delay, doubling, capped; then the dead letters.
-    retry_base_ms: int = Field(default=1000, ge=1)
-    retry_max_ms: int = Field(default=30_000, ge=1)
-    max_attempts: int = Field(default=10, ge=1, le=1000)
-    # Embedded queue only: how long a consumer holds a message before it is redelivered,
-    # and how often idle consumers look for work when no notification arrives.
-    lease_ms: int = Field(default=30_000, ge=100)
-    poll_ms: int = Field(default=500, ge=10)
-
-
-class DispatcherConfig(Section):
-    batch_size: int = Field(default=500, ge=1, le=10_000)
-    # Fallback poll when no NOTIFY arrives.
-    poll_interval_ms: int = Field(default=1000, ge=10)
-    # Publish attempts of one event that the broker rejects before it is marked FAILED.
-    max_attempts: int = Field(default=10, ge=1)
-
-
-class TokenConfig(Section):
-    token: str | None = Field(default=None, min_length=16)
-    token_env: str | None = None
-    name: str | None = None
-    scopes: list[Scope] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> TokenConfig:
-        if (self.token is None) == (self.token_env is None):
-            raise ValueError("give exactly one of token or token_env")
-        return self
-
-    def resolve(self) -> str:
-        if self.token is not None:
-            return self.token
-        assert self.token_env is not None
-        value = os.environ.get(self.token_env)
-        if not value:
-            raise ConfigError(f"api.tokens: environment variable {self.token_env} is not set")
-        return value
-
-
-class ApiConfig(Section):
-    host: str = "127.0.0.1"
-    inventory_port: Port = 8080
-    admin_port: Port = 8081
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
-    # Adds POST /noop (auth and validation, no database): the ceiling bench/ compares with.
-    expose_noop: bool = False
-    tokens: list[TokenConfig] = Field(default_factory=list)
-
-
-class Strategy(StrEnum):
-    CONDITIONAL = "conditional"
-    ROW_LOCK = "row_lock"
-    OPTIMISTIC = "optimistic"
-
-
-class ConcurrencyConfig(Section):
-    strategy: Strategy = Strategy.CONDITIONAL
-    max_retries: int = Field(default=5, ge=0, le=1000)
-
-
-class ReservationsConfig(Section):
-    default_ttl_seconds: int = Field(default=900, ge=1)
-    max_ttl_seconds: int = Field(default=7 * 86_400, ge=1)
-    expiry_interval_ms: int = Field(default=1000, ge=10)
-    expiry_batch_size: int = Field(default=200, ge=1, le=10_000)
-
-
-class CarrierConfig(Section):
-    """A carrier and its flat quote (the same price and transit time for every parcel)."""
-
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    cost: Decimal = Field(ge=0, le=1_000_000)
-    # Share of parcels delivered as promised: the cost is divided by it when choosing.
-    reliability: Decimal = Field(gt=0, le=1)
-    transit_days: int = Field(ge=0, le=365)
-    # ISO 3166-1 alpha-2 codes it ships to; empty: everywhere.
-    countries: list[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]] = Field(default_factory=list)
-
-
-class OrdersConfig(Section):
-    """The order saga (POST /orders and ``stockkeeper run saga``)."""
-
-    # How long a placed order's stock is held for its payment; then it EXPIREs. At most
-    # reservations.max_ttl_seconds.
-    payment_timeout_seconds: int = Field(default=900, ge=1)
-    # Consumers of orders.saga in one saga process. Each handles one message at a time,
-    # and a reserve step is ~18 sequential round trips to PostgreSQL (milliseconds).
-    consumers: int = Field(default=4, ge=1, le=64)
-    carriers: list[CarrierConfig] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _unique_carriers(self) -> OrdersConfig:
-        ids = [c.id for c in self.carriers]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"carriers: duplicate id {', '.join(dupes)}")
-        return self
-
-
-class PropagationConfig(Section):
-    # A push a channel failed (after the call's own retries) is tried again after
-    # backoff_base_ms, doubling up to backoff_max_ms; after max_attempts it is a dead letter.
-    backoff_base_ms: int = Field(default=1000, ge=1)
-    backoff_max_ms: int = Field(default=30000, ge=1)
-    max_attempts: int = Field(default=10, ge=1)
-    # Consumers of channel.propagation in one propagator process (each handles one
-    # message at a time; the per-SKU version guard makes their order irrelevant).
-    consumers: int = Field(default=4, ge=1, le=64)
-    # How long pushes are kept in channel_push (lag percentiles, audit).
-    push_log_retention_s: int = Field(default=86_400, ge=60)
-
-
-class MonitoringConfig(Section):
-    # Sync lag alert: p99 of commit-to-acknowledgement over the last lag_window_s.
-    p99_lag_alert_ms: int = Field(default=5000, ge=1)
-    lag_window_s: int = Field(default=300, ge=5, le=86_400)
-    lag_check_interval_s: float = Field(default=10.0, gt=0, le=3600)
-    metrics_port: int = Field(default=9100, ge=0, le=65535)
-
-
-class LoggingConfig(Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    json_output: bool = Field(default=True, alias="json")
-
-
-class Settings(Section):
-    data_dir: Path = Path("./.stockkeeper")
-    database: DatabaseConfig = DatabaseConfig()
-    broker: BrokerConfig = BrokerConfig()
-    dispatcher: DispatcherConfig = DispatcherConfig()
-    api: ApiConfig = ApiConfig()
-    concurrency: ConcurrencyConfig = ConcurrencyConfig()
-    reservations: ReservationsConfig = ReservationsConfig()
-    orders: OrdersConfig = OrdersConfig()
-    propagation: PropagationConfig = PropagationConfig()
-    monitoring: MonitoringConfig = MonitoringConfig()
-    logging: LoggingConfig = LoggingConfig()
-    connectors: list[AnyConnector] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _unique_connector_ids(self) -> Settings:
-        ids = [c.id for c in self.connectors]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"connectors: duplicate id {', '.join(dupes)}")
-        for ch in self.connectors_of(ChannelConfig):
-            unknown = sorted(set(ch.echo_sources) - set(ids))
-            if unknown:
-                raise ValueError(
-                    f"connectors: {ch.id}.echo_sources names no connector: {', '.join(unknown)}"
-                )
-        return self
-
-    @model_validator(mode="after")
-    def _payment_fits_a_reservation(self) -> Settings:
-        if self.orders.payment_timeout_seconds > self.reservations.max_ttl_seconds:
-            raise ValueError(
-                "orders.payment_timeout_seconds must not exceed reservations.max_ttl_seconds "
-                f"({self.reservations.max_ttl_seconds})"
-            )
-        return self
-
-    def connectors_of(self, kind: type[C]) -> list[C]:
-        return [c for c in self.connectors if isinstance(c, kind)]
-
-
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """STOCKKEEPER_API__INVENTORY_PORT=9000 -> {"api": {"inventory_port": 9000}}.
-
-    Values are read as YAML scalars, so numbers, booleans and lists work as in the file.
-    """
-    tree: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if not all(path):
-            raise ConfigError(f"{name}: empty key segment")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{name}: not a valid value: {exc}") from exc
-        node = tree
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{name}: conflicts with another variable")
-            node = child
-        node[path[-1]] = value
-    return tree
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _describe(exc: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration ({origin}):"]
-    for err in exc.errors():
-        # A connector's type tag is not a key the user wrote: connectors.0.url, not
-        # connectors.0.wms.url.
-        loc = [p for i, p in enumerate(err["loc"]) if not (i == 2 and p in CONNECTOR_TYPES)]
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        got = err.get("input")
-        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {key}: {msg}{shown}")
-    return "\n".join(lines)
-
-
-def load_settings(
-    path: str | Path | None = None, environ: dict[str, str] | None = None
-) -> Settings:
-    """Read the YAML file (if any) and the environment, validate, and return Settings."""
-    env = dict(os.environ if environ is None else environ)
-    explicit = path is not None or CONFIG_ENV in env
-    file = Path(path if path is not None else env.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
-    data: dict[str, Any] = {}
-    origin = "defaults"
-    if file.exists():
-        try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{file}: the top level must be a mapping of sections")
-        data = loaded or {}
-        origin = str(file)
-    elif explicit:
-        raise ConfigError(f"config file {file} does not exist")
-    overrides = _env_overrides(env)
-    if overrides:
-        origin += " + environment"
-    try:
-        return Settings.model_validate(_merge(data, overrides))
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from None
+from stockkeeper.config.loader import CONFIG_ENV as CONFIG_ENV
+from stockkeeper.config.loader import DEFAULT_CONFIG_FILE as DEFAULT_CONFIG_FILE
+from stockkeeper.config.loader import ENV_PREFIX as ENV_PREFIX
+from stockkeeper.config.loader import NOT_SETTINGS as NOT_SETTINGS
+from stockkeeper.config.loader import load_settings as load_settings
+from stockkeeper.config.settings import ApiConfig as ApiConfig
+from stockkeeper.config.settings import BrokerConfig as BrokerConfig
+from stockkeeper.config.settings import CarrierConfig as CarrierConfig
+from stockkeeper.config.settings import ConcurrencyConfig as ConcurrencyConfig
+from stockkeeper.config.settings import DatabaseConfig as DatabaseConfig
+from stockkeeper.config.settings import DispatcherConfig as DispatcherConfig
+from stockkeeper.config.settings import LoggingConfig as LoggingConfig
+from stockkeeper.config.settings import MonitoringConfig as MonitoringConfig
+from stockkeeper.config.settings import OrdersConfig as OrdersConfig
+from stockkeeper.config.settings import Port as Port
+from stockkeeper.config.settings import PropagationConfig as PropagationConfig
+from stockkeeper.config.settings import ReservationsConfig as ReservationsConfig
+from stockkeeper.config.settings import Scope as Scope
+from stockkeeper.config.settings import Settings as Settings
+from stockkeeper.config.settings import Strategy as Strategy
+from stockkeeper.config.settings import TokenConfig as TokenConfig

@@ -24,7 +24,7 @@ from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from stockkeeper.sandbox.server import (
+from stockkeeper_sandbox.server import (
     CONTROL_PREFIX,
     FaultController,
     Faults,

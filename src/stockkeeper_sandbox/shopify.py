@@ -32,15 +32,15 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from stockkeeper.sandbox.channel_book import ChannelBook, book_router, utcnow
-from stockkeeper.sandbox.server import (
+from stockkeeper_sandbox.channel_book import ChannelBook, book_router, utcnow
+from stockkeeper_sandbox.server import (
     CONTROL_PREFIX,
     FaultController,
     Faults,
     faulty_app,
     json_response,
 )
-from stockkeeper.sandbox.shopify_graphql import (
+from stockkeeper_sandbox.shopify_graphql import (
     GraphQLRequest,
     QuantityIn,
     SetInput,

@@ -19,7 +19,7 @@ from fastapi import Depends, Header, HTTPException, params
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 if TYPE_CHECKING:
-    from stockkeeper.sandbox.shopify import ShopifyState
+    from stockkeeper_sandbox.shopify import ShopifyState
 
 MAX_QUERY_COST = 1000.0
 Int = Annotated[int, Strict()]

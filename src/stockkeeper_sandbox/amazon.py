@@ -31,8 +31,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from stockkeeper.sandbox.channel_book import ChannelBook, book_router, utcnow
-from stockkeeper.sandbox.server import (
+from stockkeeper_sandbox.channel_book import ChannelBook, book_router, utcnow
+from stockkeeper_sandbox.server import (
     FaultController,
     Faults,
     TokenBucket,

@@ -1,8 +1,9 @@
 """The sandbox webhook receiver: what an outbound webhook channel posts its levels to.
 
 ``POST`` to any path outside ``/_sandbox`` with ``{"levels": [{"sku", "available",
-"version"}]}`` and the headers of :mod:`stockkeeper.connectors.outbound_webhook`. It
-checks, as a careful receiver would:
+"version"}]}`` and the headers of stockkeeper's outbound webhook channel
+(docs/channels.md). It checks, as a careful receiver would, with its own code (a stand-in
+that reused the sender's wire code would only check that code against itself):
 
 * ``X-Stockkeeper-Signature: sha256=<hex>`` is the HMAC-SHA256 of ``f"{timestamp}."``
   and the raw body with the shared secret, and ``X-Stockkeeper-Timestamp`` is within
@@ -18,6 +19,9 @@ does not overwrite it). State lives in :class:`WebhookReceiverState`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import string
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,15 +32,8 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from stockkeeper.connectors.outbound_webhook import (
-    DELIVERY_HEADER,
-    SIGNATURE_HEADER,
-    SIGNATURE_PREFIX,
-    TIMESTAMP_HEADER,
-)
-from stockkeeper.connectors.signatures import SignatureError, verify_generic
-from stockkeeper.sandbox.channel_book import ChannelBook, book_router, utcnow
-from stockkeeper.sandbox.server import (
+from stockkeeper_sandbox.channel_book import ChannelBook, book_router, utcnow
+from stockkeeper_sandbox.server import (
     FaultController,
     Faults,
     bearer_required,
@@ -44,7 +41,50 @@ from stockkeeper.sandbox.server import (
     json_response,
 )
 
+SIGNATURE_HEADER = "X-Stockkeeper-Signature"
+TIMESTAMP_HEADER = "X-Stockkeeper-Timestamp"
+DELIVERY_HEADER = "X-Stockkeeper-Delivery"
+SIGNATURE_PREFIX = "sha256="
 DELIVERIES_KEPT = 100_000
+_HEX_DIGITS = frozenset(string.hexdigits)
+
+
+class SignatureRefused(Exception):
+    """A delivery whose signature does not hold; ``reason`` is ``missing``, ``malformed``,
+    ``mismatch`` or ``stale``, as the 401 answer says."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def check_signature(
+    secret: bytes,
+    body: bytes,
+    signature: str | None,
+    timestamp: str | None,
+    *,
+    now: float,
+    tolerance_s: float,
+) -> None:
+    """Raise :class:`SignatureRefused` unless ``signature`` (``sha256=<hex>``) is the
+    HMAC-SHA256 of ``f"{timestamp}."`` and ``body`` with ``secret``, and ``timestamp``
+    (unix seconds) is within ``tolerance_s`` of ``now``. The digest is checked first, so
+    ``stale`` always means a genuinely signed delivery."""
+    if not signature or not timestamp:
+        raise SignatureRefused("missing")
+    if not signature.startswith(SIGNATURE_PREFIX):
+        raise SignatureRefused("missing")  # not the sha256= form
+    digest = signature[len(SIGNATURE_PREFIX) :]
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+        raise SignatureRefused("malformed")
+    if len(digest) != 2 * hashlib.sha256().digest_size or not _HEX_DIGITS.issuperset(digest):
+        raise SignatureRefused("malformed")
+    expected = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(digest.lower(), expected):
+        raise SignatureRefused("mismatch")
+    if abs(now - int(timestamp)) > tolerance_s:
+        raise SignatureRefused("stale")
 
 
 class LevelIn(BaseModel):
@@ -89,14 +129,10 @@ class WebhookReceiverState(ChannelBook):
             return list(self._deliveries)
 
     def verify(self, body: bytes, signature: str | None, timestamp: str | None) -> None:
-        """Raise :class:`SignatureError` unless the delivery is signed with our secret
+        """Raise :class:`SignatureRefused` unless the delivery is signed with our secret
         and fresh."""
-        if signature is not None and signature.startswith(SIGNATURE_PREFIX):
-            signature = signature[len(SIGNATURE_PREFIX) :]
-        else:
-            signature = None  # missing, or not the sha256= form
         try:
-            verify_generic(
+            check_signature(
                 self.secret,
                 body,
                 signature,
@@ -104,7 +140,7 @@ class WebhookReceiverState(ChannelBook):
                 now=self._unix_clock(),
                 tolerance_s=self.tolerance_s,
             )
-        except SignatureError:
+        except SignatureRefused:
             self.count("unauthorized")
             raise
 
@@ -158,8 +194,8 @@ def create_app(
         headers = request.headers
         try:
             state.verify(body, headers.get(SIGNATURE_HEADER), headers.get(TIMESTAMP_HEADER))
-        except SignatureError as exc:
-            return json_response({"error": "unauthorized", "reason": exc.reason.value}, 401)
+        except SignatureRefused as exc:
+            return json_response({"error": "unauthorized", "reason": exc.reason}, 401)
         delivery = headers.get(DELIVERY_HEADER)
         try:
             levels = LevelsIn.model_validate_json(body).levels

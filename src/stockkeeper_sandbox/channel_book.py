@@ -24,7 +24,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from stockkeeper.sandbox.server import CONTROL_PREFIX, json_response
+from stockkeeper_sandbox.server import CONTROL_PREFIX, json_response
 
 Source = Literal["push", "channel"]
 

@@ -1,0 +1,205 @@
+"""What each service starts: one table, name → builder, beside the bootstrap.
+
+``stockkeeper run <service>`` and ``stockkeeper up`` look services up in :data:`SERVICES`.
+A builder takes the container (:func:`stockkeeper.bootstrap.build`) and says what the
+service adds to the process: HTTP apps, worker loops, consumers. Running them together,
+and stopping them together, is :mod:`stockkeeper.workers.runner`'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from starlette.types import ASGIApp
+
+from stockkeeper.api.admin import create_admin_app
+from stockkeeper.api.inventory import create_inventory_app
+from stockkeeper.bootstrap import Container, connector_token, env_secret
+from stockkeeper.config import ChannelConfig, WmsConnectorConfig
+from stockkeeper.connectors.channels import make_channel
+from stockkeeper.connectors.http import CallRecord
+from stockkeeper.connectors.wms import WmsClient
+from stockkeeper.messaging.consumer import EffectHandler
+from stockkeeper.store.wms import CallRow
+from stockkeeper.workers.dispatcher import Dispatcher
+from stockkeeper.workers.expiry import ExpiryWorker
+from stockkeeper.workers.ingest import ingest_handler
+from stockkeeper.workers.pollers import run_pollers
+from stockkeeper.workers.propagator import Propagator
+from stockkeeper.workers.saga import QUEUE as SAGA_QUEUE
+from stockkeeper.workers.saga import saga_handler
+from stockkeeper.workers.wms_outbound import WmsOutboundWorker
+from stockkeeper.workers.wms_sync import WmsSyncWorker
+
+Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+"""A worker loop: runs until the stop event is set."""
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A consumer to run: a name (its idempotency scope), a queue, an effect handler."""
+
+    name: str
+    queue: str
+    handler: EffectHandler
+    drop_stale: bool = False
+
+
+@dataclass(frozen=True)
+class HttpApp:
+    """An HTTP app to serve on ``api.host`` at ``port``; ``name`` is the service's."""
+
+    name: str
+    app: ASGIApp
+    port: int
+
+
+@dataclass
+class Service:
+    """What one service (or several, merged) adds to the process."""
+
+    apps: list[HttpApp] = field(default_factory=list)
+    loops: list[Loop] = field(default_factory=list)
+    consumers: list[ConsumerSpec] = field(default_factory=list)
+
+
+Builder = Callable[[Container], Awaitable[Service]]
+
+
+async def _inventory_api(container: Container) -> Service:
+    port = container.settings.api.inventory_port
+    return Service(apps=[HttpApp("inventory-api", create_inventory_app(container), port)])
+
+
+async def _admin_api(container: Container) -> Service:
+    port = container.settings.api.admin_port
+    return Service(apps=[HttpApp("admin-api", create_admin_app(container), port)])
+
+
+async def _expiry(container: Container) -> Service:
+    return Service(loops=[ExpiryWorker(container).run])
+
+
+async def _dispatcher(container: Container) -> Service:
+    d = container.settings.dispatcher
+    dispatcher = Dispatcher(
+        container.pool,
+        await container.connected_broker(),
+        container.metrics,
+        batch_size=d.batch_size,
+        poll_ms=d.poll_interval_ms,
+        max_attempts=d.max_attempts,
+        failpoints=container.failpoints,
+    )
+    return Service(loops=[dispatcher.run])
+
+
+def _keep_call(kept: list[CallRow], rec: CallRecord) -> None:
+    kept.append(
+        CallRow(rec.operation, rec.attempt, rec.status, rec.outcome, rec.duration_ms, rec.error)
+    )
+
+
+def _wms_clients(container: Container) -> tuple[dict[str, WmsClient], dict[str, list[CallRow]]]:
+    """One client per WMS connector; each try of each call is kept for the audit table."""
+    clients: dict[str, WmsClient] = {}
+    calls: dict[str, list[CallRow]] = {}
+    for cfg in container.settings.connectors_of(WmsConnectorConfig):
+        kept: list[CallRow] = []
+        calls[cfg.id] = kept
+        clients[cfg.id] = WmsClient(
+            cfg,
+            metrics=container.metrics,
+            token=connector_token(cfg),
+            on_call=functools.partial(_keep_call, kept),
+        )
+    return clients, calls
+
+
+async def _wms_sync(container: Container) -> Service:
+    configs = container.settings.connectors_of(WmsConnectorConfig)
+    clients, calls = _wms_clients(container)
+    sync = WmsSyncWorker(container.wms, clients, configs, container.metrics, calls)
+    return Service(
+        loops=[sync.run], consumers=[ConsumerSpec("wms-sync", "wms.sync", sync.handler())]
+    )
+
+
+async def _wms_outbound(container: Container) -> Service:
+    configs = container.settings.connectors_of(WmsConnectorConfig)
+    clients, calls = _wms_clients(container)
+    out = WmsOutboundWorker(
+        container.wms,
+        clients,
+        configs,
+        container.pool,
+        container.metrics,
+        container.clock,
+        calls,
+    )
+    return Service(
+        loops=[out.run], consumers=[ConsumerSpec("wms-outbound", "wms.outbound", out.handler())]
+    )
+
+
+async def _ingest(container: Container) -> Service:
+    handler = ingest_handler(container.ingest)
+    return Service(consumers=[ConsumerSpec("ingest", "inventory.ingest", handler)])
+
+
+async def _pollers(container: Container) -> Service:
+    return Service(loops=[functools.partial(run_pollers, container)])
+
+
+async def _propagator(container: Container) -> Service:
+    """The propagator with one adapter per channel, and its consumers."""
+    adapters = {
+        cfg.id: make_channel(
+            cfg,
+            token=connector_token(cfg),
+            secret=env_secret(cfg, "secret_env"),
+            metrics=container.metrics,
+        )
+        for cfg in container.settings.connectors_of(ChannelConfig)
+    }
+    worker = Propagator(container.propagation, adapters, container.pool)
+    n = container.settings.propagation.consumers
+    # One name: their idempotency scope is the same, whichever replica takes a message.
+    specs = [ConsumerSpec("propagator", "channel.propagation", worker.handler())] * n
+    return Service(loops=[worker.run], consumers=specs)
+
+
+async def _saga(container: Container) -> Service:
+    handler = saga_handler(container.orders, container.failpoints)
+    n = container.settings.orders.consumers
+    return Service(consumers=[ConsumerSpec("saga", SAGA_QUEUE, handler) for _ in range(n)])
+
+
+SERVICES: Final[Mapping[str, Builder]] = {
+    "inventory-api": _inventory_api,
+    "admin-api": _admin_api,
+    "expiry": _expiry,
+    "dispatcher": _dispatcher,
+    "wms-sync": _wms_sync,
+    "wms-outbound": _wms_outbound,
+    "ingest": _ingest,
+    "pollers": _pollers,
+    "propagator": _propagator,
+    "saga": _saga,
+}
+"""Every service ``stockkeeper run`` knows, in the order ``stockkeeper up`` starts them."""
+
+
+async def build_services(container: Container, names: Iterable[str]) -> Service:
+    """Build the services ``names``, in that order, merged into one."""
+    merged = Service()
+    for name in names:
+        part = await SERVICES[name](container)
+        merged.apps += part.apps
+        merged.loops += part.loops
+        merged.consumers += part.consumers
+    return merged
