@@ -869,7 +869,7 @@ async def pending_messages(pool: Pool) -> tuple[Msg, ...]:
         )
     out = []
     for r in rows:
-        m = to_message(r)
+        m = to_message(outbox.PendingEvent.from_row(r))
         out.append((m.exchange, m.routing_key, m.body, m.message_id, m.headers))
     return tuple(out)
 

@@ -15,10 +15,10 @@ from stockkeeper.api.admin import create_admin_app
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
 from stockkeeper.messaging.broker import OutgoingMessage
-from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER, Envelope
 from stockkeeper.messaging.topology import INVENTORY_EVENTS, QUEUES
 from stockkeeper.services.stock import Receipt
+from stockkeeper.store import dead_letters
 from stockkeeper.workers.dispatcher import Dispatcher
 from tests.support import ADMIN_TOKEN, READER_TOKEN, WRITER_TOKEN, auth
 
@@ -45,7 +45,7 @@ async def add_dead_letter(
         "inventory.allocated", {"order_id": "o-1"}, occurred_at=c.clock(), sku="MILK", sequence=1
     )
     async with c.pool.acquire() as conn:
-        row_id = await dead_letter(
+        row_id = await dead_letters.record(
             conn,
             queue=queue,
             message_id=str(env.id),

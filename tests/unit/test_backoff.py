@@ -1,6 +1,7 @@
 import pytest
 
 from stockkeeper.domain.backoff import Backoff
+from stockkeeper.messaging.consumer import RetryPolicy
 
 
 def test_doubles_from_the_base_up_to_the_cap() -> None:
@@ -33,3 +34,17 @@ def test_total_is_the_sum_of_the_ceilings() -> None:
 def test_nonsense_is_refused(base: float, cap: float, jitter: float) -> None:
     with pytest.raises(ValueError, match="backoff"):
         Backoff(base, cap, jitter)
+
+
+def test_the_consumers_retry_policy_is_the_plain_doubling() -> None:
+    assert [RetryPolicy().delay_ms(a) for a in range(1, 8)] == [
+        1000,
+        2000,
+        4000,
+        8000,
+        16_000,
+        30_000,
+        30_000,
+    ]
+    small = RetryPolicy(base_ms=50, max_ms=200)
+    assert [small.delay_ms(a) for a in (0, 1, 2, 3, 4)] == [50, 50, 100, 200, 200]

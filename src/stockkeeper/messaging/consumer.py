@@ -11,13 +11,11 @@ replay or discard it.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from stockkeeper.domain.backoff import Backoff
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.broker import Broker, Delivery, OutgoingMessage, Subscription
 from stockkeeper.messaging.envelope import (
@@ -28,12 +26,16 @@ from stockkeeper.messaging.envelope import (
 )
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
+from stockkeeper.store import consumer_log, dead_letters
 from stockkeeper.store.pool import Conn, Pool
-from stockkeeper.store.sql import q
 
 log = get_logger("stockkeeper.consumer")
 
 EffectHandler = Callable[[Conn, Envelope], Awaitable[None]]
+
+# Where the other workers and services wrote their dead letters before the table got its
+# repository; new code calls store.dead_letters.record.
+dead_letter = dead_letters.record
 
 
 class PermanentError(Exception):
@@ -46,9 +48,14 @@ class RetryPolicy:
     max_ms: int = 30_000
     max_attempts: int = 10
 
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.base_ms / 1000, self.max_ms / 1000)
+
     def delay_ms(self, attempt: int) -> int:
-        """Wait before attempt ``attempt + 1``: base, doubling, capped."""
-        return int(min(self.max_ms, self.base_ms * 2 ** max(0, attempt - 1)))
+        """Wait before attempt ``attempt + 1``: base, doubling, capped (no jitter: the
+        redelivery window is derived from it)."""
+        return self.backoff.delay_ms(attempt)
 
 
 def carried_headers(headers: dict[str, Any]) -> dict[str, Any]:
@@ -61,39 +68,6 @@ def attempt_of(headers: dict[str, Any]) -> int:
         return max(1, int(headers.get(ATTEMPT_HEADER, 1)))
     except (TypeError, ValueError):
         return 1
-
-
-async def dead_letter(
-    conn: Conn,
-    *,
-    queue: str,
-    message_id: str | None,
-    routing_key: str,
-    body: bytes,
-    headers: dict[str, Any],
-    error: str,
-    attempts: int,
-) -> int:
-    try:
-        parsed: str | None = orjson.dumps(orjson.loads(body)).decode()
-    except orjson.JSONDecodeError:
-        parsed = None
-    try:
-        mid = uuid.UUID(message_id) if message_id else None
-    except ValueError:
-        mid = None
-    row_id: int = await conn.fetchval(
-        q("insert_dead_letter"),
-        queue,
-        mid,
-        routing_key,
-        parsed,
-        body.decode("utf-8", errors="replace"),
-        orjson.dumps(headers, default=str).decode(),
-        error[:4000],
-        attempts,
-    )
-    return row_id
 
 
 class Consumer:
@@ -177,19 +151,22 @@ class Consumer:
 
     async def _apply(self, env: Envelope) -> str:
         async with self.pool.acquire() as conn, conn.transaction():
-            if await conn.fetchval(q("mark_processed"), self.name, env.id) is None:
+            if not await consumer_log.mark_processed(conn, self.name, env.id):
                 return "duplicate"
-            if self.drop_stale and env.sku is not None and env.sequence is not None:
-                moved = await conn.fetchval(q("advance_position"), self.name, env.sku, env.sequence)
-                if moved is None:
-                    return "stale"
+            if (
+                self.drop_stale
+                and env.sku is not None
+                and env.sequence is not None
+                and not await consumer_log.advance_position(conn, self.name, env.sku, env.sequence)
+            ):
+                return "stale"
             await self.handle(conn, env)
             self.failpoints.hit("consumer.before_commit")
         return "applied"
 
     async def _dead(self, d: Delivery, error: str, attempt: int) -> None:
         async with self.pool.acquire() as conn:
-            row = await dead_letter(
+            row = await dead_letters.record(
                 conn,
                 queue=self.queue,
                 message_id=d.message_id,

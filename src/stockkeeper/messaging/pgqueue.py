@@ -13,20 +13,19 @@ import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
-
-import asyncpg
-import orjson
-from asyncpg.pool import PoolConnectionProxy
 
 from stockkeeper.messaging.broker import Handler, OutgoingMessage
 from stockkeeper.messaging.topology import QUEUES, QueueSpec, queues_for
 from stockkeeper.observability.logging import get_logger
-from stockkeeper.store.pool import Conn, Pool
-from stockkeeper.store.sql import q
-from stockkeeper.waiting import wait_any
+from stockkeeper.store import queue as store_queue
+from stockkeeper.store.errors import StoreError
+from stockkeeper.store.pool import Pool, connection
+from stockkeeper.store.queue import NewMessage
+from stockkeeper.workers.listener import Listener, listen_then_poll
 
-CHANNEL = "stockkeeper_queue"
+CHANNEL = store_queue.NOTIFY_CHANNEL
 log = get_logger("stockkeeper.pgqueue")
 
 
@@ -43,11 +42,11 @@ class PgDelivery:
 
     async def ack(self) -> None:
         async with self._broker.pool.acquire() as conn:
-            await conn.execute(q("queue_ack"), self.row_id)
+            await store_queue.ack(conn, self.row_id)
 
     async def requeue(self) -> None:
         async with self._broker.pool.acquire() as conn:
-            await conn.execute(q("queue_requeue"), self.row_id)
+            await store_queue.requeue(conn, self.row_id)
 
 
 class PgSubscription:
@@ -80,8 +79,8 @@ class PgQueueBroker:
         self.lease_ms = lease_ms
         self.poll_ms = poll_ms
         self.queues = queues
-        self._listener: PoolConnectionProxy[asyncpg.Record] | None = None
-        self._wakeups: dict[str, list[asyncio.Event]] = {}
+        self._listener: Listener | None = None
+        self._wakeups: dict[str, asyncio.Event] = {}
 
     def _q(self, name: str) -> str:
         return self.prefix + name
@@ -89,103 +88,107 @@ class PgQueueBroker:
     async def connect(self) -> None:
         # The topology lives in code (topology.QUEUES); the table is made by migrations.
         if self._listener is None:
-            self._listener = await self.pool.acquire()
-            await self._listener.add_listener(CHANNEL, self._on_notify)
-
-    def _on_notify(self, _conn: Conn, _pid: int, _channel: str, payload: object) -> None:
-        for event in self._wakeups.get(str(payload), ()):
-            event.set()
+            listener = Listener(self.pool, "pgqueue")
+            # One wake-up per queue, set by a NOTIFY whose payload is the queue's name;
+            # every consumer of that queue in this process waits on it.
+            wakeups = {
+                self._q(spec.name): listener.subscribe(CHANNEL, self._q(spec.name))
+                for spec in self.queues
+            }
+            await listener.start()
+            self._listener, self._wakeups = listener, wakeups
 
     async def close(self) -> None:
         if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.remove_listener(CHANNEL, self._on_notify)
-            await self.pool.release(self._listener)
+            await self._listener.close()
             self._listener = None
 
-    async def _insert(self, rows: list[tuple[str, OutgoingMessage, int]]) -> None:
-        if not rows:
+    async def _insert(self, messages: list[NewMessage]) -> None:
+        if not messages:
             return
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                q("queue_insert"),
-                [r[0] for r in rows],
-                [uuid.UUID(r[1].message_id) for r in rows],
-                [r[1].exchange for r in rows],
-                [r[1].routing_key for r in rows],
-                [r[1].body for r in rows],
-                [orjson.dumps(r[1].headers).decode() for r in rows],
-                [r[2] for r in rows],
-            )
-            for queue in sorted({r[0] for r in rows}):
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, queue)
+            await store_queue.insert(conn, messages)
+
+    def _row(self, queue: str, m: OutgoingMessage, delay_ms: int) -> NewMessage:
+        return NewMessage(
+            self._q(queue),
+            uuid.UUID(m.message_id),
+            m.exchange,
+            m.routing_key,
+            m.body,
+            m.headers,
+            delay_ms,
+        )
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        rows: list[tuple[str, OutgoingMessage, int]] = []
+        rows: list[NewMessage] = []
         for m in messages:
             for queue in queues_for(m.exchange, m.routing_key, self.queues):
-                rows.append((self._q(queue), m, 0))
+                rows.append(self._row(queue, m, 0))
         await self._insert(rows)
 
     async def send_to_queue(self, queue: str, message: OutgoingMessage, delay_ms: int = 0) -> None:
-        await self._insert([(self._q(queue), message, delay_ms)])
+        await self._insert([self._row(queue, message, delay_ms)])
 
     async def consume(self, queue: str, handler: Handler, prefetch: int) -> PgSubscription:
         await self.connect()
         name = self._q(queue)
-        wake = asyncio.Event()
-        self._wakeups.setdefault(name, []).append(wake)
+        # A queue outside the topology has no NOTIFY subscription: it is polled.
+        wake = self._wakeups.get(name) or asyncio.Event()
         stop = asyncio.Event()
-        task = asyncio.create_task(self._consume_loop(name, queue, handler, prefetch, wake, stop))
+        task = asyncio.create_task(
+            listen_then_poll(
+                partial(self._claim_and_handle, name, queue, handler, prefetch, stop),
+                wake,
+                stop,
+                poll_s=self.poll_ms / 1000,
+                on_error=partial(self._on_error, name),
+            )
+        )
         return PgSubscription(task, stop)
 
-    async def _consume_loop(
-        self,
-        name: str,
-        queue: str,
-        handler: Handler,
-        prefetch: int,
-        wake: asyncio.Event,
-        stop: asyncio.Event,
-    ) -> None:
+    async def _claim_and_handle(
+        self, name: str, queue: str, handler: Handler, prefetch: int, stop: asyncio.Event
+    ) -> bool:
+        """One claim, handed to ``handler`` in order; True when it was full (more may be
+        waiting)."""
         try:
-            while not stop.is_set():
-                wake.clear()
-                try:
-                    async with self.pool.acquire() as conn:
-                        rows = await conn.fetch(q("queue_claim"), name, prefetch, self.lease_ms)
-                except (OSError, asyncpg.PostgresError) as exc:
-                    log.warning("pgqueue.claim_failed", queue=name, error=str(exc))
-                    rows = []
-                for r in sorted(rows, key=lambda r: r["id"]):
-                    if stop.is_set():
-                        # Give the rest of the claim back at once, not after the lease.
-                        async with self.pool.acquire() as conn:
-                            await conn.execute(q("queue_requeue"), r["id"])
-                        continue
-                    await handler(
-                        PgDelivery(
-                            queue=queue,
-                            row_id=r["id"],
-                            message_id=str(r["message_id"]),
-                            routing_key=r["routing_key"],
-                            body=bytes(r["body"]),
-                            headers=r["headers"],
-                            redelivered=r["deliveries"] > 1,
-                            _broker=self,
-                        )
-                    )
-                if len(rows) < prefetch:
-                    await wait_any(wake, stop, at_most=self.poll_ms / 1000)
-        finally:
-            waiters = self._wakeups.get(name, [])
-            if wake in waiters:
-                waiters.remove(wake)
+            async with connection(self.pool) as conn:
+                rows = await store_queue.claim(conn, name, prefetch, self.lease_ms)
+        except StoreError as exc:
+            # The database is away: try again after the poll, as for an empty queue.
+            log.warning("pgqueue.claim_failed", queue=name, error=str(exc))
+            return False
+        for r in rows:
+            if stop.is_set():
+                # Give the rest of the claim back at once, not after the lease.
+                async with self.pool.acquire() as conn:
+                    await store_queue.requeue(conn, r.id)
+                continue
+            await handler(
+                PgDelivery(
+                    queue=queue,
+                    row_id=r.id,
+                    message_id=str(r.message_id),
+                    routing_key=r.routing_key,
+                    body=r.body,
+                    headers=r.headers,
+                    redelivered=r.deliveries > 1,
+                    _broker=self,
+                )
+            )
+        return len(rows) >= prefetch
+
+    def _on_error(self, name: str, exc: Exception) -> None:
+        # A handler that raised (the consumer runner catches its own failures, so this
+        # is an ack or requeue that could not reach the database): what it held comes
+        # back when its lease lapses; the loop carries on after a pause.
+        log.exception("pgqueue.consume_failed", queue=name, error=str(exc))
 
     async def queue_depths(self) -> dict[str, int]:
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(q("queue_depths"))
+            found = await store_queue.depths(conn)
         depths = {self._q(spec.name): 0 for spec in self.queues}
         # The table may hold other installations' queues (another prefix): leave them out.
-        depths.update({r["queue"]: r["depth"] for r in rows if r["queue"] in depths})
+        depths.update({q: n for q, n in found.items() if q in depths})
         return depths

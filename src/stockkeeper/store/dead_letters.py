@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from stockkeeper.store.errors import translated
 from stockkeeper.store.pool import Conn
@@ -80,3 +81,39 @@ async def resolve(conn: Conn, dead_letter_id: int, status: str, who: str) -> Non
 async def open_per_queue(conn: Conn) -> dict[str, int]:
     """How many dead letters wait for an operator, per queue."""
     return {r["queue"]: r["open"] for r in await conn.fetch(q("dead_letter_counts"))}
+
+
+@translated
+async def record(
+    conn: Conn,
+    *,
+    queue: str,
+    message_id: str | None,
+    routing_key: str,
+    body: bytes,
+    headers: dict[str, Any],
+    error: str,
+    attempts: int,
+) -> int:
+    """Keep a message that failed for good; return the dead letter's id. A body that is
+    not JSON, or an id that is not a UUID, is kept as it came (raw body, no id)."""
+    try:
+        parsed: str | None = orjson.dumps(orjson.loads(body)).decode()
+    except orjson.JSONDecodeError:
+        parsed = None
+    try:
+        mid = uuid.UUID(message_id) if message_id else None
+    except ValueError:
+        mid = None
+    row_id: int = await conn.fetchval(
+        q("insert_dead_letter"),
+        queue,
+        mid,
+        routing_key,
+        parsed,
+        body.decode("utf-8", errors="replace"),
+        orjson.dumps(headers, default=str).decode(),
+        error[:4000],
+        attempts,
+    )
+    return row_id

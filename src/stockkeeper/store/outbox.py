@@ -1,10 +1,16 @@
-"""Outbox writes: domain events into ``domain_event``, in the caller's transaction."""
+"""The outbox, ``domain_event``: services add events in their own transaction; the
+dispatcher claims them, publishes them and marks them SENT (or spends an attempt).
+
+Functions take a connection inside the caller's transaction; none opens its own.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -15,6 +21,43 @@ from stockkeeper.store.sql import q
 
 # Dispatchers LISTEN here; every transaction that writes events wakes them on commit.
 NOTIFY_CHANNEL = "stockkeeper_outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """One outbox row on its way to the broker."""
+
+    id: int
+    event_id: uuid.UUID
+    event_type: str
+    sku: str | None
+    sequence: int | None
+    source: str | None
+    payload: Any
+    occurred_at: datetime
+    attempts: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> PendingEvent:
+        """From a row with the columns of ``outbox_claim``."""
+        return cls(
+            row["id"],
+            row["event_id"],
+            row["event_type"],
+            row["sku"],
+            row["sequence"],
+            row["source"],
+            row["payload"],
+            row["occurred_at"],
+            row["attempts"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    pending: int
+    failed: int
+    oldest_pending_s: float | None
 
 
 async def add(conn: Conn, events: Sequence[Event]) -> list[uuid.UUID]:
@@ -33,24 +76,44 @@ async def add(conn: Conn, events: Sequence[Event]) -> list[uuid.UUID]:
     return ids
 
 
+async def claim(conn: Conn, limit: int) -> list[PendingEvent]:
+    """Up to ``limit`` of the oldest PENDING events, locked until the transaction ends,
+    that may go out now: an event waits while another dispatcher holds an earlier event
+    of its SKU, or it could reach the broker first."""
+    rows = [PendingEvent.from_row(r) for r in await conn.fetch(q("outbox_claim"), limit)]
+    if not rows:
+        return []
+    ids = [r.id for r in rows]
+    skus = sorted({r.sku for r in rows if r.sku is not None})
+    held: dict[str, int] = {}
+    if skus:
+        for b in await conn.fetch(q("outbox_blocked_skus"), skus, max(ids), ids):
+            held[b["sku"]] = b["first_held"]
+    return [r for r in rows if r.sku is None or r.sku not in held or r.id < held[r.sku]]
+
+
+async def mark_sent(conn: Conn, ids: Sequence[int]) -> None:
+    await conn.execute(q("outbox_mark_sent"), list(ids))
+
+
+async def fail_attempt(conn: Conn, ids: Sequence[int], error: str, max_attempts: int) -> list[int]:
+    """Spend one attempt of each event in ``ids``; return those that are now FAILED (the
+    attempt was their last)."""
+    rows = await conn.fetch(q("outbox_mark_failed_attempt"), list(ids), error[:2000], max_attempts)
+    return [r["id"] for r in rows if r["status"] == "FAILED"]
+
+
 async def backlog(conn: Conn) -> int:
     n: int = await conn.fetchval(q("outbox_backlog"))
     return n
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    pending: int
-    failed: int
-    oldest_pending_s: float | None
-
-
 @translated
 async def stats(conn: Conn) -> OutboxStats:
-    """Events waiting to be published, events given up on, and the oldest wait."""
-    r = await conn.fetchrow(q("outbox_stats"))
-    assert r is not None
-    return OutboxStats(r["pending"], r["failed"], r["oldest_pending_s"])
+    """PENDING and FAILED counts, and how long the oldest PENDING event has waited."""
+    row = await conn.fetchrow(q("outbox_stats"))
+    assert row is not None  # an aggregate without GROUP BY always has its one row
+    return OutboxStats(row["pending"], row["failed"], row["oldest_pending_s"])
 
 
 @translated

@@ -5,17 +5,15 @@ several dispatchers can run), holds back any row whose SKU has an earlier event 
 another dispatcher, publishes with confirms and marks the rows SENT in the same
 transaction. A crash between publish and commit leaves the rows PENDING: they are
 published again and the consumers' idempotency absorbs the duplicate. Woken by
-``LISTEN/NOTIFY`` on new events, with a poll as fallback.
+``LISTEN/NOTIFY`` on new events, with a poll as fallback (``workers/listener``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
-import asyncpg
-
+from stockkeeper.domain.backoff import Backoff
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.broker import (
     Broker,
@@ -27,30 +25,31 @@ from stockkeeper.messaging.envelope import ATTEMPT_HEADER, Envelope
 from stockkeeper.messaging.topology import exchange_for
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
-from stockkeeper.store.outbox import NOTIFY_CHANNEL
+from stockkeeper.store import outbox
+from stockkeeper.store.outbox import NOTIFY_CHANNEL, PendingEvent
 from stockkeeper.store.pool import Conn, Pool
-from stockkeeper.store.sql import q
-from stockkeeper.waiting import wait_any
+from stockkeeper.workers.listener import Listener, listen_then_poll
 
 log = get_logger("stockkeeper.dispatcher")
 STATS_EVERY_S = 5.0
+OUTAGE_BASE_MS = 500
 
 
-def to_message(row: asyncpg.Record) -> OutgoingMessage:
+def to_message(row: PendingEvent) -> OutgoingMessage:
     env = Envelope.new(
-        row["event_type"],
-        row["payload"],
-        occurred_at=row["occurred_at"],
-        sku=row["sku"],
-        sequence=row["sequence"],
-        source=row["source"],
-        id_=row["event_id"],
+        row.event_type,
+        row.payload,
+        occurred_at=row.occurred_at,
+        sku=row.sku,
+        sequence=row.sequence,
+        source=row.source,
+        id_=row.event_id,
     )
     return OutgoingMessage(
-        exchange_for(row["event_type"]),
-        row["event_type"],
+        exchange_for(row.event_type),
+        row.event_type,
         env.to_bytes(),
-        str(row["event_id"]),
+        str(row.event_id),
         {ATTEMPT_HEADER: 1},
     )
 
@@ -74,24 +73,18 @@ class Dispatcher:
         self.batch_size = batch_size
         self.poll = poll_ms / 1000
         self.max_attempts = max_attempts
-        self.backoff_max = backoff_max_ms / 1000
+        # An outage (broker or database away) is waited out, not spent from the events'
+        # attempts: 0.5 s, doubling, capped.
+        self.outage = Backoff.from_ms(OUTAGE_BASE_MS, backoff_max_ms)
         self.failpoints = failpoints or Failpoints()
-        self._wake = asyncio.Event()
+        self._failures = 0
+        self._last_stats = 0.0
 
     async def dispatch_once(self) -> int:
         """Publish one batch; return how many events were marked SENT."""
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(q("outbox_claim"), self.batch_size)
-            if not rows:
-                return 0
-            ids = [r["id"] for r in rows]
-            skus = sorted({r["sku"] for r in rows if r["sku"] is not None})
-            held: dict[str, int] = {}
-            if skus:
-                for b in await conn.fetch(q("outbox_blocked_skus"), skus, max(ids), ids):
-                    held[b["sku"]] = b["first_held"]
-            ready = [r for r in rows if r["sku"] not in held or r["id"] < held[r["sku"]]]
-            good: list[asyncpg.Record] = []
+            ready = await outbox.claim(conn, self.batch_size)
+            good: list[PendingEvent] = []
             messages: list[OutgoingMessage] = []
             bad: list[tuple[int, str]] = []
             for r in ready:
@@ -99,7 +92,7 @@ class Dispatcher:
                     messages.append(to_message(r))
                     good.append(r)
                 except ValueError as exc:
-                    bad.append((r["id"], str(exc)))
+                    bad.append((r.id, str(exc)))
             for row_id, error in bad:
                 await self._failed_attempt(conn, [row_id], error)
             if not messages:
@@ -111,69 +104,64 @@ class Dispatcher:
                 # spend an attempt and become FAILED past the limit.
                 refused = set(exc.message_ids)
                 await self._failed_attempt(
-                    conn, [r["id"] for r in good if str(r["event_id"]) in refused], exc.reason
+                    conn, [r.id for r in good if str(r.event_id) in refused], exc.reason
                 )
-                good = [r for r in good if str(r["event_id"]) not in refused]
+                good = [r for r in good if str(r.event_id) not in refused]
                 self.metrics.publish_failures.labels(reason="rejected").inc()
             self.failpoints.hit("dispatcher.after_publish")
-            await conn.execute(q("outbox_mark_sent"), [r["id"] for r in good])
+            await outbox.mark_sent(conn, [r.id for r in good])
         self.metrics.events_published.inc(len(good))
         return len(good)
 
     async def _failed_attempt(self, conn: Conn, ids: list[int], error: str) -> None:
-        for r in await conn.fetch(
-            q("outbox_mark_failed_attempt"), ids, error[:2000], self.max_attempts
-        ):
-            if r["status"] == "FAILED":
-                self.metrics.events_failed.inc()
-                log.error("dispatcher.event_failed", event_row=r["id"], error=error)
+        for row_id in await outbox.fail_attempt(conn, ids, error, self.max_attempts):
+            self.metrics.events_failed.inc()
+            log.error("dispatcher.event_failed", event_row=row_id, error=error)
 
     async def refresh_backlog(self) -> None:
         """Publish the outbox backlog and FAILED count as metrics."""
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(q("outbox_stats"))
-        if row is not None:
-            self.metrics.outbox_backlog.set(row["pending"])
-            self.metrics.outbox_failed_open.set(row["failed"])
-
-    def _on_notify(self, *_args: object) -> None:
-        self._wake.set()
+            stats = await outbox.stats(conn)
+        self.metrics.outbox_backlog.set(stats.pending)
+        self.metrics.outbox_failed_open.set(stats.failed)
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener = await self.pool.acquire()
-        await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        log.info("dispatcher.started", batch=self.batch_size)
-        backoff = 0.5
-        last_stats = 0.0
-        try:
-            while not stop.is_set():
-                self._wake.clear()
-                try:
-                    n = await self.dispatch_once()
-                    backoff = 0.5
-                except BrokerUnavailable as exc:
-                    # The broker is away: nothing is lost (rows stay PENDING); wait and
-                    # try again, without spending the events' attempts on an outage.
-                    self.metrics.publish_failures.labels(reason="unavailable").inc()
-                    log.warning("dispatcher.broker_unavailable", error=str(exc), retry_in_s=backoff)
-                    await wait_any(stop, at_most=backoff)
-                    backoff = min(self.backoff_max, backoff * 2)
-                    continue
-                except Exception as exc:
-                    # The database restarting, or something unforeseen: counted, logged,
-                    # retried with backoff. The rows are still PENDING; nothing is lost.
-                    self.metrics.worker_errors.labels(worker="dispatcher").inc()
-                    log.exception("dispatcher.error", error=str(exc))
-                    await wait_any(stop, at_most=backoff)
-                    backoff = min(self.backoff_max, backoff * 2)
-                    continue
-                if time.monotonic() - last_stats > STATS_EVERY_S:
-                    await self.refresh_backlog()
-                    last_stats = time.monotonic()
-                if n < self.batch_size:
-                    await wait_any(stop, self._wake, at_most=self.poll)
-        finally:
-            with contextlib.suppress(Exception):
-                await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            await self.pool.release(listener)
-            log.info("dispatcher.stopped")
+        listener = Listener(self.pool, "dispatcher")
+        wake = listener.subscribe(NOTIFY_CHANNEL)
+        async with listener:
+            log.info("dispatcher.started", batch=self.batch_size)
+            try:
+                await listen_then_poll(
+                    self._step,
+                    wake,
+                    stop,
+                    poll_s=self.poll,
+                    on_error=self._on_error,
+                    errors=self.outage,
+                )
+            finally:
+                log.info("dispatcher.stopped")
+
+    async def _step(self) -> bool:
+        """One batch, and the backlog metrics now and then; True while a full batch
+        went out (more may be waiting)."""
+        n = await self.dispatch_once()
+        if time.monotonic() - self._last_stats > STATS_EVERY_S:
+            await self.refresh_backlog()
+            self._last_stats = time.monotonic()
+        self._failures = 0  # in step with listen_then_poll's count of failures in a row
+        return n >= self.batch_size
+
+    def _on_error(self, exc: Exception) -> None:
+        self._failures += 1
+        retry_in_s = self.outage.delay(self._failures)
+        if isinstance(exc, BrokerUnavailable):
+            # The broker is away: nothing is lost (rows stay PENDING); wait and try
+            # again, without spending the events' attempts on an outage.
+            self.metrics.publish_failures.labels(reason="unavailable").inc()
+            log.warning("dispatcher.broker_unavailable", error=str(exc), retry_in_s=retry_in_s)
+            return
+        # The database restarting, or something unforeseen: counted, logged, retried
+        # with backoff. The rows are still PENDING; nothing is lost.
+        self.metrics.worker_errors.labels(worker="dispatcher").inc()
+        log.exception("dispatcher.error", error=str(exc))

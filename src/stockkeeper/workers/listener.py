@@ -23,7 +23,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.observability.logging import get_logger
-from stockkeeper.store.pool import Pool
+from stockkeeper.store.pool import Pool, ping
 from stockkeeper.waiting import wait_any
 
 log = get_logger("stockkeeper.listener")
@@ -131,7 +131,7 @@ class Listener:
         if conn is None or not _is_open(conn):
             return False
         try:
-            await asyncio.wait_for(conn.execute("SELECT 1"), HEALTH_CHECK_TIMEOUT_S)
+            await asyncio.wait_for(ping(conn), HEALTH_CHECK_TIMEOUT_S)
         except (Exception, TimeoutError):
             return False
         return True

@@ -31,3 +31,42 @@ SELECT count(*) FROM domain_event WHERE status = 'PENDING';
 -- name: outbox_pending_ingest
 -- The pollers' backpressure: ingest messages still in the outbox.
 SELECT count(*) FROM domain_event WHERE status = 'PENDING' AND event_type LIKE 'ingest.%';
+
+-- name: outbox_claim
+-- Oldest PENDING events. SKIP LOCKED lets several dispatchers run at once; per-SKU
+-- order is kept by outbox_blocked_skus below.
+SELECT id, event_id, event_type, sku, sequence, source, payload, occurred_at, attempts
+FROM domain_event
+WHERE status = 'PENDING'
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED;
+
+-- name: outbox_blocked_skus
+-- SKUs with an earlier PENDING event that another dispatcher holds: our later events of
+-- those SKUs must wait, or they could reach the broker first.
+SELECT sku, min(id) AS first_held
+FROM domain_event
+WHERE status = 'PENDING' AND sku = ANY($1::text[]) AND id < $2 AND NOT (id = ANY($3::bigint[]))
+GROUP BY sku;
+
+-- name: outbox_mark_sent
+UPDATE domain_event
+SET status = 'SENT', sent_at = now(), attempts = attempts + 1, last_error = NULL
+WHERE id = ANY($1::bigint[]);
+
+-- name: outbox_mark_failed_attempt
+UPDATE domain_event
+SET attempts = attempts + 1,
+    last_error = $2,
+    status = CASE WHEN attempts + 1 >= $3 THEN 'FAILED' ELSE status END
+WHERE id = ANY($1::bigint[])
+RETURNING id, status;
+
+-- name: outbox_stats
+SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending,
+       count(*) FILTER (WHERE status = 'FAILED') AS failed,
+       EXTRACT(EPOCH FROM now() - min(occurred_at) FILTER (WHERE status = 'PENDING'))::float8
+           AS oldest_pending_s
+FROM domain_event
+WHERE status IN ('PENDING', 'FAILED');

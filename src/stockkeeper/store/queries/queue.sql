@@ -6,6 +6,11 @@ SELECT q, m, e, r, b, h::jsonb, now() + make_interval(secs => d / 1000.0)
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::text[],
             $7::bigint[]) AS t(q, m, e, r, b, h, d);
 
+-- name: queue_notify
+-- Wake the consumers of each queue named in $2 (the NOTIFY payload is the queue name).
+-- Delivered at commit, so a consumer never wakes to a message it cannot see yet.
+SELECT pg_notify($1, q) FROM (SELECT DISTINCT unnest($2::text[]) AS q ORDER BY 1) AS queues;
+
 -- name: queue_claim
 -- Oldest ready messages of one queue, leased to this consumer. SKIP LOCKED lets many
 -- consumers share a queue; a consumer that dies loses its lease and the message is
