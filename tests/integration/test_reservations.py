@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from stockkeeper.api.schemas import ReservationOut
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
 from stockkeeper.domain.allocation import OrderLine
@@ -548,7 +549,7 @@ async def test_same_order_same_lines_is_the_same_reservation(container: Containe
     again = await container.reservations.reserve(order("o-1", ("A", 2), ("B", 3)))
     assert first.created
     assert not again.created
-    assert again.to_json() == first.to_json()
+    assert ReservationOut.of(again) == ReservationOut.of(first)
     await journal.check()
 
     with pytest.raises(Conflict):
@@ -578,7 +579,9 @@ async def test_concurrent_copies_of_one_order_hold_stock_once(container: Contain
         *(container.reservations.reserve(order("o-1", ("A", 3))) for _ in range(12))
     )
     assert sum(v.created for v in views) == 1
-    assert {str(v.to_json()) for v in views} == {str(views[0].to_json())}
+    assert {ReservationOut.of(v).model_dump_json() for v in views} == {
+        ReservationOut.of(views[0]).model_dump_json()
+    }
     assert (await container.stock.get("A"))["reserved"] == 3
     await assert_audit_clean(container)
 

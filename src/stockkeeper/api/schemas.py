@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from stockkeeper.domain.quantities import MAX_QUANTITY
+
+if TYPE_CHECKING:
+    from stockkeeper.services.reservations import ReservationView
 
 # Printable, no surrounding whitespace: what a shopkeeper would type as a code.
 CODE = r"^[^\s\x00-\x1f](?:[^\x00-\x1f]*[^\s\x00-\x1f])?$"
@@ -80,7 +83,12 @@ class WmsSyncIn(Body):
     connector: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
-# -- responses (documentation; handlers answer with plain JSON) --------------------
+# -- responses: every 2xx body is built as one of these -----------------------------
+
+
+def as_json(model: BaseModel) -> dict[str, Any]:
+    """A response model as its JSON body; optional members never set are left out."""
+    return model.model_dump(mode="json", exclude_unset=True)
 
 
 class AllocationOut(BaseModel):
@@ -104,6 +112,20 @@ class ReservationOut(BaseModel):
     location: str | None = None
     reason: str | None = None
 
+    @classmethod
+    def of(cls, v: ReservationView) -> ReservationOut:
+        doc: dict[str, Any] = {
+            "order_id": v.order_id,
+            "status": v.status.value,
+            "expires_at": v.expires_at.isoformat(),
+            "lines": v.lines,
+        }
+        if v.location is not None:
+            doc["location"] = v.location
+        if v.reason is not None:
+            doc["reason"] = v.reason
+        return cls.model_validate(doc)
+
 
 class BatchOut(BaseModel):
     batch_id: int
@@ -116,10 +138,11 @@ class BatchOut(BaseModel):
     committed: int
     available: int
     shortfall: int
+    expired: bool
     version: int
 
 
-class StockOut(BaseModel):
+class LevelOut(BaseModel):
     sku: str
     on_hand: int
     unavailable: int
@@ -129,7 +152,33 @@ class StockOut(BaseModel):
     shortfall: int
     version: int
     updated_at: str
+
+
+class StockOut(LevelOut):
     batches: list[BatchOut]
+
+
+class ReceiptOut(BaseModel):
+    reference_id: str
+    batch_id: int
+    sku: str
+    quantity: int
+    location: str
+    lot_number: str | None
+    expires_at: str | None
+    level: LevelOut
+
+
+class AdjustmentOut(BaseModel):
+    reference_id: str
+    sku: str
+    batch_id: int
+    quantity: Literal["on_hand", "unavailable"]
+    delta: int | None
+    set: int | None
+    reason: str
+    applied_delta: int
+    level: LevelOut
 
 
 class StockListOut(BaseModel):
@@ -177,6 +226,47 @@ class WmsSyncOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+class DeadLetterOut(BaseModel):
+    id: int
+    queue: str
+    message_id: str | None
+    routing_key: str | None
+    body: Any
+    raw_body: Any
+    headers: Any
+    error: str | None
+    attempts: int
+    status: Literal["DEAD", "REPLAYED", "DISCARDED"]
+    created_at: str
+    resolved_at: str | None
+    resolved_by: str | None
+
+
+class DeadLetterListOut(BaseModel):
+    items: list[DeadLetterOut]
+    next: int | None
+
+
+class StatusOut(BaseModel):
+    """The operator's page; each section is as its service reports it."""
+
+    outbox: dict[str, Any]
+    dead_letters: dict[str, int]
+    broker: dict[str, str]
+    queues: dict[str, int] | None = None
+    wms: dict[str, Any]
+    connectors: Any
+    channels: Any
+
+
+class WebhookOut(BaseModel):
+    event_id: str
+    status: Literal["queued", "duplicate", "ignored"]
+    topic: str | None = None
+    records: int | None = None
+    refused: list[dict[str, Any]] | None = None
 
 
 class Problem(BaseModel):

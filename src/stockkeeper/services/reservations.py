@@ -68,19 +68,6 @@ class ReservationView:
     location: str | None = None
     reason: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "order_id": self.order_id,
-            "status": self.status.value,
-            "expires_at": self.expires_at.isoformat(),
-            "lines": self.lines,
-        }
-        if self.location is not None:
-            doc["location"] = self.location
-        if self.reason is not None:
-            doc["reason"] = self.reason
-        return doc
-
 
 def event_lines(allocs: Sequence[AllocationRow]) -> list[dict[str, Any]]:
     """The lines every reservation event carries: one per batch the order holds."""

@@ -37,3 +37,8 @@ async def create_pool(url: str, cfg: DatabaseConfig, **overrides: Any) -> Pool:
         **overrides,
     )
     return pool
+
+
+async def ping(conn: Conn) -> None:
+    """One round trip to the server: readiness, nothing read."""
+    await conn.fetchval("SELECT 1")
