@@ -97,7 +97,7 @@ def create_admin_app(container: Container) -> FastAPI:
                 connector=body.connector,
                 conn=conn,
             ),
-            lambda doc: (202, schemas.WmsSyncOut.model_validate(doc)),
+            lambda req: (202, schemas.WmsSyncOut.of(req)),
         )
 
     @app.get(
@@ -108,9 +108,7 @@ def create_admin_app(container: Container) -> FastAPI:
     )
     async def wms_sync_status(sync_request_id: int, who: Principal = ADMIN) -> Response:
         """PENDING, IN_PROGRESS, then DONE or FAILED (with the reason), and the tallies."""
-        return _ok(
-            schemas.WmsSyncOut.model_validate(await container.wms.get_request(sync_request_id))
-        )
+        return _ok(schemas.WmsSyncOut.of(await container.wms.get_request(sync_request_id)))
 
     @app.get(
         "/admin/status",

@@ -10,6 +10,7 @@ from stockkeeper.domain.quantities import MAX_QUANTITY
 
 if TYPE_CHECKING:
     from stockkeeper.services.reservations import ReservationView
+    from stockkeeper.services.wms import SyncRequest
 
 # Printable, no surrounding whitespace: what a shopkeeper would type as a code.
 CODE = r"^[^\s\x00-\x1f](?:[^\x00-\x1f]*[^\s\x00-\x1f])?$"
@@ -226,6 +227,32 @@ class WmsSyncOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+    @classmethod
+    def of(cls, r: SyncRequest) -> WmsSyncOut:
+        return cls.model_validate(
+            {
+                "sync_request_id": r.id,
+                "connector": r.connector,
+                "kind": r.kind.value,
+                "sku": r.sku,
+                "sku_batch_id": r.sku_batch_id,
+                "reason": r.reason,
+                "requested_by": r.requested_by,
+                "priority": r.priority,
+                "status": r.status,
+                "error": r.error,
+                "attempts": r.attempts,
+                "pages": r.pages,
+                "rows_seen": r.rows_seen,
+                "rows_rejected": r.rows_rejected,
+                "adjustments": r.adjustments,
+                "shortfalls": r.shortfalls,
+                "created_at": r.created_at.isoformat(),
+                "started_at": r.started_at.isoformat() if r.started_at else None,
+                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+            }
+        )
 
 
 class DeadLetterOut(BaseModel):
