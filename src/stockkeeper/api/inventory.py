@@ -214,7 +214,7 @@ def create_inventory_app(container: Container) -> FastAPI:
     ) -> Response:
         """The SKU's ledger, oldest first; pass ``next`` as ``after`` for the next page."""
         page = await stock.ledger(_check_sku(sku), after, limit)
-        return _ok(schemas.LedgerOut.model_validate(page))
+        return _ok(schemas.LedgerOut.of(page))
 
     @app.get(
         "/reservations/{order_id}",

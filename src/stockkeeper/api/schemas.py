@@ -10,6 +10,7 @@ from stockkeeper.domain.quantities import MAX_QUANTITY
 
 if TYPE_CHECKING:
     from stockkeeper.services.reservations import ReservationView
+    from stockkeeper.services.stock import LedgerEntry, LedgerPage
     from stockkeeper.services.wms import SyncRequest
 
 # Printable, no surrounding whitespace: what a shopkeeper would type as a code.
@@ -200,11 +201,33 @@ class LedgerEntryOut(BaseModel):
     reason: str | None
     created_at: str
 
+    @classmethod
+    def of(cls, e: LedgerEntry) -> LedgerEntryOut:
+        return cls(
+            id=e.id,
+            batch_id=e.batch_id,
+            type=e.entry_type,
+            on_hand=e.on_hand,
+            unavailable=e.unavailable,
+            reserved=e.reserved,
+            committed=e.committed,
+            source=e.source,
+            reference_id=e.reference_id,
+            reason=e.reason,
+            created_at=e.created_at.isoformat(),
+        )
+
 
 class LedgerOut(BaseModel):
     sku: str
     entries: list[LedgerEntryOut]
     next: int | None
+
+    @classmethod
+    def of(cls, page: LedgerPage) -> LedgerOut:
+        return cls(
+            sku=page.sku, entries=[LedgerEntryOut.of(e) for e in page.entries], next=page.next
+        )
 
 
 class WmsSyncOut(BaseModel):
