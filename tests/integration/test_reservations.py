@@ -34,7 +34,7 @@ from stockkeeper.domain.errors import (
     ReservationExpired,
 )
 from stockkeeper.services.audit import audit
-from stockkeeper.services.reservations import ReservationView, ReserveRequest
+from stockkeeper.services.reservations import Allocation, ReservationView, ReserveRequest
 from stockkeeper.services.stock import Adjustment, Receipt
 from stockkeeper.store.pool import Pool
 from stockkeeper.workers.expiry import ExpiryWorker
@@ -107,7 +107,7 @@ async def counts(c: Container) -> dict[str, int]:
 
 
 def allocations(view: ReservationView) -> list[list[tuple[str | None, int]]]:
-    return [[(a["lot_number"], a["quantity"]) for a in li["allocations"]] for li in view.lines]
+    return [[(a.lot_number, a.quantity) for a in li.allocations] for li in view.lines]
 
 
 @pytest.fixture
@@ -275,15 +275,15 @@ async def test_reserve_allocates_fefo_across_lots(container: Container, clock: A
     assert view.expires_at == clock.now + timedelta(seconds=900)  # reservations default ttl
     # Earliest expiry first (the expired lot never, the undated lot last); the two L-SOON
     # batches expire together, so the lower batch id (the default location's) comes first.
-    assert view.lines[0]["allocations"] == [
-        {"batch_id": soon, "lot_number": "L-SOON", "location": "default", "quantity": 4},
-        {"batch_id": far, "lot_number": "L-SOON", "location": "wh-2", "quantity": 8},
+    assert view.lines[0].allocations == [
+        Allocation(batch_id=soon, lot_number="L-SOON", location="default", quantity=4),
+        Allocation(batch_id=far, lot_number="L-SOON", location="wh-2", quantity=8),
     ]
     assert soon < far
 
     # Restricted to one location: only its batches, FEFO within it.
     here = await container.reservations.reserve(order("o-2", ("MILK", 8), location="default"))
-    assert [(a["batch_id"], a["quantity"]) for a in here.lines[0]["allocations"]] == [
+    assert [(a.batch_id, a.quantity) for a in here.lines[0].allocations] == [
         (late, 5),
         (undated, 3),
     ]
@@ -307,9 +307,7 @@ async def test_reserve_spans_lots_when_one_is_not_enough(container: Container) -
     late = await receive(container, "EGG", 3, lot="B", expires_at=LATE)
     undated = await receive(container, "EGG", 3, lot="C")
     view = await container.reservations.reserve(order("o-1", ("EGG", 7)))
-    assert [
-        (a["batch_id"], a["lot_number"], a["quantity"]) for a in view.lines[0]["allocations"]
-    ] == [
+    assert [(a.batch_id, a.lot_number, a.quantity) for a in view.lines[0].allocations] == [
         (soon, "A", 3),
         (late, "B", 3),
         (undated, "C", 1),
@@ -884,8 +882,8 @@ async def test_concurrent_multi_line_orders_do_not_deadlock_or_oversell(
     held: dict[str, int] = defaultdict(int)
     for v in won:
         for li in v.lines:
-            held[li["sku"]] += li["quantity"]
-            assert sum(a["quantity"] for a in li["allocations"]) == li["quantity"]
+            held[li.sku] += li.quantity
+            assert sum(a.quantity for a in li.allocations) == li.quantity
     for level in await c.stock.get_many(skus):
         assert level["reserved"] == held[level["sku"]]
         assert level["reserved"] <= supply[level["sku"]]

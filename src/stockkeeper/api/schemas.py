@@ -120,7 +120,7 @@ class ReservationOut(BaseModel):
             "order_id": v.order_id,
             "status": v.status.value,
             "expires_at": v.expires_at.isoformat(),
-            "lines": v.lines,
+            "lines": [LineOut.model_validate(li, from_attributes=True) for li in v.lines],
         }
         if v.location is not None:
             doc["location"] = v.location
