@@ -101,9 +101,9 @@ async def child_worker(args: argparse.Namespace) -> dict[str, Any]:
                     "run": label,
                     "status": status.value,
                     "wall_s": wall,
-                    "rows": doc["rows_seen"],
-                    "adjustments": doc["adjustments"],
-                    "pages": doc["pages"],
+                    "rows": doc.rows_seen,
+                    "adjustments": doc.adjustments,
+                    "pages": doc.pages,
                     "peak_mb": peak_mb(),
                 }
             )

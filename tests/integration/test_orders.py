@@ -14,6 +14,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from stockkeeper.api.order_schemas import OrderOut
+from stockkeeper.api.schemas import as_json
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
 from stockkeeper.domain.allocation import OrderLine
@@ -67,7 +69,7 @@ async def receive(c: Container, sku: str, qty: int) -> None:
 
 
 async def order_of(c: Container, order_id: str) -> dict[str, Any]:
-    return (await c.orders.get(order_id)).to_json()
+    return as_json(OrderOut.of(await c.orders.get(order_id)))
 
 
 async def reservation_status(c: Container, order_id: str) -> str | None:
@@ -106,7 +108,7 @@ async def test_placing_records_the_order_and_the_saga_command_and_reserves_nothi
     await receive(container, "TEA", 5)
     view = await container.orders.place(placed("o-1", ("TEA", 2)))
     assert view.created
-    assert view.to_json()["status"] == "PENDING"
+    assert view.row.status is OrderStatus.PENDING
     assert await events_of(container, "order.placed") == [{"order_id": "o-1"}]
     assert await reservation_status(container, "o-1") is None
     assert await available(container, "TEA") == 5
@@ -168,8 +170,8 @@ async def test_reserved_paid_routed_shipped(container: Container, clock: FakeClo
 
     clock.advance(60)
     paid = await container.orders.pay("o-1", succeeded=True, reference="pay-1")
-    assert paid.to_json()["status"] == "PAID"
-    assert paid.to_json()["payment_reference"] == "pay-1"
+    assert as_json(OrderOut.of(paid))["status"] == "PAID"
+    assert as_json(OrderOut.of(paid))["payment_reference"] == "pay-1"
     assert await reservation_status(container, "o-1") == "CONFIRMED"
     # The same payment again changes nothing; another one is refused.
     assert (await container.orders.pay("o-1", succeeded=True, reference="pay-1")).row.status == (
@@ -258,8 +260,8 @@ async def test_a_failed_payment_cancels_the_order_and_gives_the_stock_back(
     await container.orders.place(placed("o-1", ("TEA", 2)))
     await drive(container)
     view = await container.orders.pay("o-1", succeeded=False, reference="pay-9")
-    assert view.to_json()["status"] == "CANCELLED"
-    assert view.to_json()["reason"] == "payment pay-9 failed"
+    assert as_json(OrderOut.of(view))["status"] == "CANCELLED"
+    assert as_json(OrderOut.of(view))["reason"] == "payment pay-9 failed"
     assert await reservation_status(container, "o-1") == "CANCELLED"
     assert await available(container, "TEA") == 5
     # The release's own event reaches the saga too, and changes nothing more.

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from stockkeeper.api.schemas import ReservationOut
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
 from stockkeeper.domain.allocation import OrderLine
@@ -31,7 +32,7 @@ from stockkeeper.domain.errors import (
     ReservationExpired,
 )
 from stockkeeper.services.audit import audit
-from stockkeeper.services.reservations import ReservationView, ReserveRequest
+from stockkeeper.services.reservations import Allocation, ReservationView, ReserveRequest
 from stockkeeper.services.stock import Adjustment, Receipt
 from stockkeeper.store.pool import Pool
 from stockkeeper.workers.expiry import ExpiryWorker
@@ -104,7 +105,7 @@ async def counts(c: Container) -> dict[str, int]:
 
 
 def allocations(view: ReservationView) -> list[list[tuple[str | None, int]]]:
-    return [[(a["lot_number"], a["quantity"]) for a in li["allocations"]] for li in view.lines]
+    return [[(a.lot_number, a.quantity) for a in li.allocations] for li in view.lines]
 
 
 @pytest.fixture
@@ -272,15 +273,15 @@ async def test_reserve_allocates_fefo_across_lots(container: Container, clock: A
     assert view.expires_at == clock.now + timedelta(seconds=900)  # reservations default ttl
     # Earliest expiry first (the expired lot never, the undated lot last); the two L-SOON
     # batches expire together, so the lower batch id (the default location's) comes first.
-    assert view.lines[0]["allocations"] == [
-        {"batch_id": soon, "lot_number": "L-SOON", "location": "default", "quantity": 4},
-        {"batch_id": far, "lot_number": "L-SOON", "location": "wh-2", "quantity": 8},
+    assert view.lines[0].allocations == [
+        Allocation(batch_id=soon, lot_number="L-SOON", location="default", quantity=4),
+        Allocation(batch_id=far, lot_number="L-SOON", location="wh-2", quantity=8),
     ]
     assert soon < far
 
     # Restricted to one location: only its batches, FEFO within it.
     here = await container.reservations.reserve(order("o-2", ("MILK", 8), location="default"))
-    assert [(a["batch_id"], a["quantity"]) for a in here.lines[0]["allocations"]] == [
+    assert [(a.batch_id, a.quantity) for a in here.lines[0].allocations] == [
         (late, 5),
         (undated, 3),
     ]
@@ -304,9 +305,7 @@ async def test_reserve_spans_lots_when_one_is_not_enough(container: Container) -
     late = await receive(container, "EGG", 3, lot="B", expires_at=LATE)
     undated = await receive(container, "EGG", 3, lot="C")
     view = await container.reservations.reserve(order("o-1", ("EGG", 7)))
-    assert [
-        (a["batch_id"], a["lot_number"], a["quantity"]) for a in view.lines[0]["allocations"]
-    ] == [
+    assert [(a.batch_id, a.lot_number, a.quantity) for a in view.lines[0].allocations] == [
         (soon, "A", 3),
         (late, "B", 3),
         (undated, "C", 1),
@@ -546,7 +545,7 @@ async def test_same_order_same_lines_is_the_same_reservation(container: Containe
     again = await container.reservations.reserve(order("o-1", ("A", 2), ("B", 3)))
     assert first.created
     assert not again.created
-    assert again.to_json() == first.to_json()
+    assert ReservationOut.of(again) == ReservationOut.of(first)
     await journal.check()
 
     with pytest.raises(Conflict):
@@ -576,7 +575,9 @@ async def test_concurrent_copies_of_one_order_hold_stock_once(container: Contain
         *(container.reservations.reserve(order("o-1", ("A", 3))) for _ in range(12))
     )
     assert sum(v.created for v in views) == 1
-    assert {str(v.to_json()) for v in views} == {str(views[0].to_json())}
+    assert {ReservationOut.of(v).model_dump_json() for v in views} == {
+        ReservationOut.of(views[0]).model_dump_json()
+    }
     assert (await container.stock.get("A"))["reserved"] == 3
     await assert_audit_clean(container)
 
@@ -879,8 +880,8 @@ async def test_concurrent_multi_line_orders_do_not_deadlock_or_oversell(
     held: dict[str, int] = defaultdict(int)
     for v in won:
         for li in v.lines:
-            held[li["sku"]] += li["quantity"]
-            assert sum(a["quantity"] for a in li["allocations"]) == li["quantity"]
+            held[li.sku] += li.quantity
+            assert sum(a.quantity for a in li.allocations) == li.quantity
     for level in await c.stock.get_many(skus):
         assert level["reserved"] == held[level["sku"]]
         assert level["reserved"] <= supply[level["sku"]]

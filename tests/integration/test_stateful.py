@@ -33,6 +33,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from stockkeeper.api.schemas import ReservationOut
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings, Strategy
 from stockkeeper.domain.allocation import OrderLine
@@ -228,13 +229,11 @@ class StockMachine(RuleBasedStateMachine):
         assert view.status is order.status, (view.status, order.status)
         assert view.expires_at == order.expires_at
         assert view.location == order.location
-        assert [(li["sku"], li["quantity"]) for li in view.lines] == [
+        assert [(li.sku, li.quantity) for li in view.lines] == [
             (li.sku, li.quantity) for li in order.lines
         ]
         got = [
-            (no, a["batch_id"], a["quantity"])
-            for no, li in enumerate(view.lines)
-            for a in li["allocations"]
+            (no, a.batch_id, a.quantity) for no, li in enumerate(view.lines) for a in li.allocations
         ]
         if view.created:
             assert got == order.allocations  # in FEFO order
@@ -243,10 +242,10 @@ class StockMachine(RuleBasedStateMachine):
             # test_allocations_read_back_in_the_order_they_were_made below.
             assert sorted(got) == sorted(order.allocations)
         for li in view.lines:
-            for a in li["allocations"]:
-                b = self.batch_by_id(a["batch_id"])
-                assert b.sku == li["sku"]
-                assert (a["location"], a["lot_number"]) == (b.location, b.lot)
+            for a in li.allocations:
+                b = self.batch_by_id(a.batch_id)
+                assert b.sku == li.sku
+                assert (a.location, a.lot_number) == (b.location, b.lot)
 
     def pick_order(self, data: st.DataObject) -> MReservation:
         return self.orders[data.draw(st.sampled_from(sorted(self.orders)), label="order")]
@@ -691,9 +690,9 @@ async def test_allocations_read_back_in_the_order_they_were_made(
     req = ReserveRequest("order-o", (OrderLine("SKU-O", 3),))
     first = await container.reservations.reserve(req)
     assert first.created
-    assert [a["lot_number"] for a in first.lines[0]["allocations"]] == ["SOON", "LATE"]
+    assert [a.lot_number for a in first.lines[0].allocations] == ["SOON", "LATE"]
     again = await container.reservations.reserve(req)
     assert not again.created
-    assert again.to_json() == first.to_json()
+    assert ReservationOut.of(again) == ReservationOut.of(first)
     read = await container.reservations.get("order-o")
-    assert read.to_json() == first.to_json()
+    assert ReservationOut.of(read) == ReservationOut.of(first)

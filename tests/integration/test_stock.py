@@ -14,7 +14,7 @@ from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.errors import Conflict, InvalidRequest, NotFound
 from stockkeeper.services.audit import audit
 from stockkeeper.services.reservations import ReserveRequest
-from stockkeeper.services.stock import Adjustment, Receipt
+from stockkeeper.services.stock import Adjustment, LedgerPage, Receipt
 
 SOON = datetime(2030, 2, 1, tzinfo=UTC)
 LATE = datetime(2030, 6, 1, tzinfo=UTC)
@@ -69,14 +69,14 @@ async def test_receipt_of_a_new_lot(container: Container) -> None:
     assert batch["batch_id"] == body["batch_id"]
     assert (batch["lot_number"], batch["location"], batch["on_hand"]) == ("L-1", "default", 12)
     assert batch["expires_at"] == SOON.isoformat()
-    (entry,) = (await container.stock.ledger("MILK", 0, 10))["entries"]
-    assert (entry["type"], entry["on_hand"], entry["reference_id"], entry["source"]) == (
+    (entry,) = (await container.stock.ledger("MILK", 0, 10)).entries
+    assert (entry.entry_type, entry.on_hand, entry.reference_id, entry.source) == (
         "RECEIPT",
         12,
         "r-1",
         "api",
     )
-    assert entry["batch_id"] == body["batch_id"]
+    assert entry.batch_id == body["batch_id"]
 
 
 async def test_receipt_into_an_existing_lot_adds_to_its_batch(container: Container) -> None:
@@ -202,8 +202,7 @@ async def test_adjustments_by_delta_and_to_a_value(container: Container) -> None
 
     page = await s.ledger("JAM", 0, 100)
     assert [
-        (e["type"], e["on_hand"], e["unavailable"], e["reason"], e["reference_id"])
-        for e in page["entries"]
+        (e.entry_type, e.on_hand, e.unavailable, e.reason, e.reference_id) for e in page.entries
     ] == [
         ("RECEIPT", 10, 0, None, "r-1"),
         ("ADJUSTMENT", 3, 0, "found", "a-1"),
@@ -252,8 +251,8 @@ async def test_adjustment_needs_the_batch_when_the_sku_has_several(container: Co
     # With a single batch the batch_id may be left out.
     done = await s.adjust(Adjustment("TEA", "on_hand", "count", "a-5", delta=-1))
     assert done.created
-    (entry,) = [e for e in (await s.ledger("TEA", 0, 10))["entries"] if e["type"] == "ADJUSTMENT"]
-    assert (entry["batch_id"], entry["on_hand"]) == (other, -1)
+    (entry,) = [e for e in (await s.ledger("TEA", 0, 10)).entries if e.entry_type == "ADJUSTMENT"]
+    assert (entry.batch_id, entry.on_hand) == (other, -1)
 
 
 async def test_adjustment_answer_names_the_batch_it_adjusted(container: Container) -> None:
@@ -340,28 +339,28 @@ async def test_ledger_pages(container: Container) -> None:
         await s.receive(Receipt("P", i + 1, f"r-{i}"))
         await s.receive(Receipt("Q", 1, f"q-{i}"))  # interleaved entries of another SKU
 
-    pages: list[dict[str, Any]] = []
+    pages: list[LedgerPage] = []
     after = 0
     while True:
         page = await s.ledger("P", after, 3)
         pages.append(page)
-        if page["next"] is None:
+        if page.next is None:
             break
-        after = page["next"]
-    assert [len(p["entries"]) for p in pages] == [3, 3, 1]
-    entries = [e for p in pages for e in p["entries"]]
-    assert [e["on_hand"] for e in entries] == [1, 2, 3, 4, 5, 6, 7]
-    ids = [e["id"] for e in entries]
+        after = page.next
+    assert [len(p.entries) for p in pages] == [3, 3, 1]
+    entries = [e for p in pages for e in p.entries]
+    assert [e.on_hand for e in entries] == [1, 2, 3, 4, 5, 6, 7]
+    ids = [e.id for e in entries]
     assert ids == sorted(ids)
-    assert [p["next"] for p in pages] == [ids[2], ids[5], None]
-    assert {p["sku"] for p in pages} == {"P"}
+    assert [p.next for p in pages] == [ids[2], ids[5], None]
+    assert {p.sku for p in pages} == {"P"}
 
     # A last page that is exactly full has no next.
     full = await s.ledger("P", ids[3], 3)
-    assert [e["id"] for e in full["entries"]] == ids[4:]
-    assert full["next"] is None
-    assert (await s.ledger("P", ids[-1], 3)) == {"sku": "P", "entries": [], "next": None}
-    assert [e["id"] for e in (await s.ledger("P", 0, 100))["entries"]] == ids
+    assert [e.id for e in full.entries] == ids[4:]
+    assert full.next is None
+    assert (await s.ledger("P", ids[-1], 3)) == LedgerPage("P", [], None)
+    assert [e.id for e in (await s.ledger("P", 0, 100)).entries] == ids
     with pytest.raises(NotFound):
         await s.ledger("NOPE", 0, 10)
 

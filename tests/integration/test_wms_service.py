@@ -57,7 +57,7 @@ async def test_force_sync_writes_the_request_and_its_command_in_one_transaction(
 ) -> None:
     c = wms_container
     doc = await c.wms.request_sync(reason="count day", requested_by="ops", sku="A")
-    assert (doc["status"], doc["kind"], doc["sku"]) == ("PENDING", "sku", "A")
+    assert (doc.status, doc.kind, doc.sku) == ("PENDING", "sku", "A")
     (cmd,) = await rows(
         c,
         "SELECT event_type, payload, xmin::text AS x FROM domain_event "
@@ -65,9 +65,9 @@ async def test_force_sync_writes_the_request_and_its_command_in_one_transaction(
     )
     (req,) = await rows(c, "SELECT xmin::text AS x FROM wms_sync_request")
     assert cmd["event_type"] == "wms.sync.force"
-    assert cmd["payload"]["sync_request_id"] == doc["sync_request_id"]
+    assert cmd["payload"]["sync_request_id"] == doc.id
     assert cmd["x"] == req["x"]  # one transaction
-    assert (await c.wms.get_request(doc["sync_request_id"]))["status"] == "PENDING"
+    assert (await c.wms.get_request(doc.id)).status == "PENDING"
 
 
 async def test_force_sync_refuses_what_it_cannot_do(wms_container: Container) -> None:
@@ -118,7 +118,7 @@ async def test_a_page_creates_batches_and_adjusts_every_difference_once(
     snaps = await rows(c, "SELECT on_hand, unavailable FROM wms_inventory_snapshot ORDER BY 1")
     assert [(s["on_hand"], s["unavailable"]) for s in snaps] == [(3, 0), (4, 1), (7, 0)]
     req = await c.wms.get_request(job.id)
-    assert (req["pages"], req["rows_seen"], req["adjustments"]) == (1, 3, 3)
+    assert (req.pages, req.rows_seen, req.adjustments) == (1, 3, 3)
     # The same counts again: nothing left to explain.
     again = await c.wms.apply_page(job, page, cursor=None)
     assert again.adjustments == 0
@@ -240,10 +240,10 @@ async def test_claims_go_by_priority_and_a_silent_job_is_taken_over(
     high = await c.wms.request_sync(reason="r", requested_by="o", priority="high")
     first = await c.wms.claim(stale_after_s=60)
     assert first is not None
-    assert first.id == high["sync_request_id"]
+    assert first.id == high.id
     second = await c.wms.claim(stale_after_s=60)
     assert second is not None
-    assert second.id == low["sync_request_id"]
+    assert second.id == low.id
     assert await c.wms.claim(stale_after_s=60) is None
     # The worker running `first` died: once it is silent long enough, it is resumed
     # from the cursor its last page saved.
@@ -258,7 +258,7 @@ async def test_claims_go_by_priority_and_a_silent_job_is_taken_over(
     assert (again.id, again.cursor, again.attempts) == (first.id, "page-2", 2)
     await c.wms.finish(again, SyncStatus.FAILED, "WMS unavailable: 503")
     doc = await c.wms.get_request(first.id)
-    assert (doc["status"], doc["error"]) == ("FAILED", "WMS unavailable: 503")
+    assert (doc.status, doc.error) == ("FAILED", "WMS unavailable: 503")
 
 
 async def test_outbound_items_are_recorded_once_per_event_and_batch(

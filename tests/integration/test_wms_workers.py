@@ -249,7 +249,7 @@ async def test_a_full_sync_killed_midway_resumes_from_its_last_page(
     assert (resumed.id, resumed.cursor, resumed.start_token) == (job.id, page.next_cursor, token)
     assert await rig.sync.run_job(resumed) is SyncStatus.DONE
     doc = await c.wms.get_request(job.id)
-    assert (doc["pages"], doc["rows_seen"]) == (3, 250)  # the first page was not read again
+    assert (doc.pages, doc.rows_seen) == (3, 250)  # the first page was not read again
     async with c.pool.acquire() as conn:
         audited = await conn.fetch("SELECT operation, outcome FROM wms_call ORDER BY id")
     # Every call through the client is in the audit table when the job ends (here the
@@ -278,7 +278,7 @@ async def test_incremental_sync_reads_only_what_changed_and_falls_back_when_refu
     job = await c.wms.claim(stale_after_s=60)
     assert job is not None
     assert await rig.sync.run_job(job) is SyncStatus.DONE
-    assert (await c.wms.get_request(job.id))["rows_seen"] == 40
+    assert (await c.wms.get_request(job.id)).rows_seen == 40
     row = state.rows()[7]
     state.put(row["sku"], row["location"], row["lot_number"], row["on_hand"] + 5)
     clock.advance(61)
@@ -287,7 +287,7 @@ async def test_incremental_sync_reads_only_what_changed_and_falls_back_when_refu
     assert job is not None
     assert await rig.sync.run_job(job) is SyncStatus.DONE
     doc = await c.wms.get_request(job.id)
-    assert (doc["rows_seen"], doc["adjustments"]) == (1, 1)
+    assert (doc.rows_seen, doc.adjustments) == (1, 1)
     m = c.metrics.registry.get_sample_value
     labels = {"connector": NAME, "kind": "incremental", "result": "done"}
     assert m("stockkeeper_wms_sync_duration_seconds_count", labels) == 2
@@ -301,5 +301,5 @@ async def test_incremental_sync_reads_only_what_changed_and_falls_back_when_refu
     job = await c.wms.claim(stale_after_s=60)
     assert job is not None
     assert await rig.sync.run_job(job) is SyncStatus.DONE
-    assert (await c.wms.get_request(job.id))["rows_seen"] == 40
+    assert (await c.wms.get_request(job.id)).rows_seen == 40
     assert await c.wms.sync_token(NAME) != "not-a-token-it-knows"

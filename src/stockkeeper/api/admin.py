@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from stockkeeper.api import idempotency, schemas
@@ -13,7 +14,6 @@ from stockkeeper.api.common import new_app
 from stockkeeper.api.problems import JSONResponse
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
 from stockkeeper.services.ingest import connector_status
-from stockkeeper.store.pool import Conn
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -22,13 +22,22 @@ if TYPE_CHECKING:
 ADMIN = Depends(require("admin"))
 
 
+def _ok(model: BaseModel) -> Response:
+    return JSONResponse(schemas.as_json(model))
+
+
 def create_admin_app(container: Container) -> FastAPI:
     app = new_app(container, "admin-api", "stockkeeper admin-api")
 
     async def ops() -> Operations:
         return await container.operations()
 
-    @app.get("/admin/dead-letters", responses=schemas.PROBLEMS, tags=["dead letters"])
+    @app.get(
+        "/admin/dead-letters",
+        response_model=schemas.DeadLetterListOut,
+        responses=schemas.PROBLEMS,
+        tags=["dead letters"],
+    )
     async def list_dead_letters(
         queue: Annotated[str | None, Query(max_length=200)] = None,
         status: Literal["DEAD", "REPLAYED", "DISCARDED"] | None = "DEAD",
@@ -37,25 +46,30 @@ def create_admin_app(container: Container) -> FastAPI:
         who: Principal = ADMIN,
     ) -> Response:
         """Messages that failed every attempt (or could not be read), oldest first."""
-        return JSONResponse(await (await ops()).dead_letters(queue, status, after, limit))
+        page = await (await ops()).dead_letters(queue, status, after, limit)
+        return _ok(schemas.DeadLetterListOut.model_validate(page))
 
     @app.post(
         "/admin/dead-letters/{dead_letter_id}/replay",
+        response_model=schemas.DeadLetterOut,
         responses=schemas.PROBLEMS,
         tags=["dead letters"],
     )
     async def replay(dead_letter_id: int, who: Principal = ADMIN) -> Response:
         """Send the message back to its queue as a first attempt."""
-        return JSONResponse(await (await ops()).replay(dead_letter_id, who.name))
+        dead = await (await ops()).replay(dead_letter_id, who.name)
+        return _ok(schemas.DeadLetterOut.model_validate(dead))
 
     @app.post(
         "/admin/dead-letters/{dead_letter_id}/discard",
+        response_model=schemas.DeadLetterOut,
         responses=schemas.PROBLEMS,
         tags=["dead letters"],
     )
     async def discard(dead_letter_id: int, who: Principal = ADMIN) -> Response:
         """Drop the message for good (kept in the table, marked DISCARDED)."""
-        return JSONResponse(await (await ops()).discard(dead_letter_id, who.name))
+        dead = await (await ops()).discard(dead_letter_id, who.name)
+        return _ok(schemas.DeadLetterOut.model_validate(dead))
 
     @app.post(
         "/admin/wms/sync",
@@ -70,8 +84,11 @@ def create_admin_app(container: Container) -> FastAPI:
         """Ask the wms-sync worker to re-read one batch, one SKU, or everything (no sku
         and no sku_batch_id) from the WMS. Answers at once; follow the request by id."""
 
-        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
-            doc = await container.wms.request_sync(
+        return await idempotency.run(
+            request,
+            who,
+            body,
+            lambda conn: container.wms.request_sync(
                 reason=body.reason,
                 requested_by=body.requested_by,
                 sku=body.sku,
@@ -79,10 +96,9 @@ def create_admin_app(container: Container) -> FastAPI:
                 priority=body.priority,
                 connector=body.connector,
                 conn=conn,
-            )
-            return 202, doc
-
-        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+            ),
+            lambda req: (202, schemas.WmsSyncOut.of(req)),
+        )
 
     @app.get(
         "/admin/wms/sync/{sync_request_id}",
@@ -92,9 +108,14 @@ def create_admin_app(container: Container) -> FastAPI:
     )
     async def wms_sync_status(sync_request_id: int, who: Principal = ADMIN) -> Response:
         """PENDING, IN_PROGRESS, then DONE or FAILED (with the reason), and the tallies."""
-        return JSONResponse(await container.wms.get_request(sync_request_id))
+        return _ok(schemas.WmsSyncOut.of(await container.wms.get_request(sync_request_id)))
 
-    @app.get("/admin/status", tags=["status"])
+    @app.get(
+        "/admin/status",
+        response_model=schemas.StatusOut,
+        responses=schemas.PROBLEMS,
+        tags=["status"],
+    )
     async def status(who: Principal = ADMIN) -> Response:
         """Outbox backlog, queue depths, open dead letters; per WMS its sync schedule,
         open syncs and outbound backlog; per polled connector its cursor and circuit;
@@ -109,6 +130,6 @@ def create_admin_app(container: Container) -> FastAPI:
         async with container.pool.acquire() as conn:
             doc["connectors"] = await connector_status(conn, polled)
         doc["channels"] = await container.propagation.status()
-        return JSONResponse(doc)
+        return _ok(schemas.StatusOut.model_validate(doc))
 
     return app

@@ -13,6 +13,7 @@ from stockkeeper import __version__
 from stockkeeper.api import problems
 from stockkeeper.api.middleware import BodyLimit, RequestMetrics
 from stockkeeper.api.problems import ApiProblem, JSONResponse
+from stockkeeper.store.pool import ping
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -42,7 +43,7 @@ def new_app(container: Container, name: str, title: str) -> FastAPI:
     async def readyz(request: Request) -> Response:
         try:
             async with request.app.state.pool.acquire(timeout=2) as conn:
-                await conn.fetchval("SELECT 1")
+                await ping(conn)
         except Exception as exc:  # any failure means "not ready", and says why
             return problems.problem("unavailable", f"database not reachable: {exc}")
         return JSONResponse({"status": "ready"})

@@ -1,64 +1,78 @@
-"""Idempotency-Key for POST requests.
+"""The idempotent route: a use case, its answer as a response model, the Idempotency-Key.
 
-The key is claimed first, in the same transaction as the effect it guards: a repeat
-sent while the first is still running waits on that row and then replays the first
-answer, errors included. The same key with another request is 422.
+The transaction that records the key with the use case's effect belongs to
+``services/idempotency.py``; here the request becomes a key and a fingerprint, and
+the use case's result (or its domain error) becomes the HTTP answer that is recorded.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TypeVar
 
-import orjson
 from fastapi import Request
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from stockkeeper.api.auth import Principal
 from stockkeeper.api.problems import ApiProblem, JSONResponse, ProblemResponse, domain_problem
+from stockkeeper.api.schemas import as_json
 from stockkeeper.domain.errors import DomainError
-from stockkeeper.store import idempotency as repo
-from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.services import idempotency
+from stockkeeper.services.idempotency import MAX_KEY_LENGTH, Answer, IdempotencyKey
+from stockkeeper.store.pool import Conn
 
-Operation = Callable[[Conn | None], Awaitable[tuple[int, dict[str, Any]]]]
-MAX_KEY_LENGTH = 255
-
-
-def respond(status: int, body: dict[str, Any], replayed: bool = False) -> Response:
-    cls = ProblemResponse if status >= 400 else JSONResponse
-    headers = {"Idempotency-Replayed": "true"} if replayed else None
-    return cls(body, status_code=status, headers=headers)
+T = TypeVar("T")
+UseCase = Callable[[Conn | None], Awaitable[T]]
+# A use case's result as HTTP: the status and the response model of the body.
+Present = Callable[[T], tuple[int, BaseModel]]
 
 
-async def _attempt(op: Operation, conn: Conn | None, path: str) -> tuple[int, dict[str, Any]]:
+def respond(answer: Answer) -> Response:
+    cls = ProblemResponse if answer.status >= 400 else JSONResponse
+    headers = {"Idempotency-Replayed": "true"} if answer.replayed else None
+    return cls(answer.body, status_code=answer.status, headers=headers)
+
+
+async def _answer(use: UseCase[T], present: Present[T], conn: Conn | None, path: str) -> Answer:
     try:
-        return await op(conn)
+        status, model = present(await use(conn))
     except DomainError as exc:
-        return domain_problem(exc, path)
+        return Answer(*domain_problem(exc, path))
+    return Answer(status, as_json(model))
 
 
-async def run(request: Request, principal: Principal, payload: Any, op: Operation) -> Response:
-    """Run ``op`` once per Idempotency-Key (or plainly, without the header)."""
+def _key(
+    request: Request, principal: Principal, key: str, payload: BaseModel | None
+) -> IdempotencyKey:
+    if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise ApiProblem("validation", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+    method, path = request.method, request.url.path
+    doc = payload.model_dump(mode="json") if payload is not None else {}
+    return IdempotencyKey(
+        principal.name, key, method, path, idempotency.fingerprint(method, path, doc)
+    )
+
+
+async def run(
+    request: Request,
+    principal: Principal,
+    payload: BaseModel | None,
+    use: UseCase[T],
+    present: Present[T],
+) -> Response:
+    """Answer with ``present(await use(conn))``, once per Idempotency-Key if one is sent.
+
+    Without the header the use case runs in a transaction of its own; with it, in the
+    one that records the key, and a repeat replays the recorded answer.
+    """
     path = request.url.path
     key = request.headers.get("idempotency-key")
     if key is None:
-        return respond(*await _attempt(op, None, path))
-    if not 1 <= len(key) <= MAX_KEY_LENGTH:
-        raise ApiProblem("validation", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
-    digest = hashlib.sha256(
-        orjson.dumps([request.method, path, payload], option=orjson.OPT_SORT_KEYS)
-    ).hexdigest()
-    pool: Pool = request.app.state.pool
-    async with pool.acquire() as conn, conn.transaction():
-        if not await repo.claim_key(conn, principal.name, key, request.method, path, digest):
-            stored = await repo.get_key(conn, principal.name, key)
-            assert stored is not None
-            if stored.request_hash != digest:
-                raise ApiProblem(
-                    "validation", "this Idempotency-Key was already used with another request"
-                )
-            return respond(stored.status_code, stored.body, replayed=True)
-        status, body = await _attempt(op, conn, path)
-        await repo.store_key(conn, principal.name, key, status, body)
-    return respond(status, body)
+        return respond(await _answer(use, present, None, path))
+
+    async def recorded(conn: Conn) -> Answer:
+        return await _answer(use, present, conn, path)
+
+    pool = request.app.state.pool
+    return respond(await idempotency.once(pool, _key(request, principal, key, payload), recorded))

@@ -3,10 +3,10 @@ the order routes (api/orders.py) and webhooks (api/webhooks.py) join it here."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 from starlette.responses import Response
 
 from stockkeeper.api import idempotency, schemas
@@ -16,9 +16,8 @@ from stockkeeper.api.orders import add_order_routes
 from stockkeeper.api.problems import ApiProblem, JSONResponse
 from stockkeeper.api.webhooks import add_webhook_routes
 from stockkeeper.domain.allocation import OrderLine
-from stockkeeper.services.reservations import ReserveRequest
-from stockkeeper.services.stock import Adjustment, Receipt
-from stockkeeper.store.pool import Conn
+from stockkeeper.services.reservations import ReservationView, ReserveRequest
+from stockkeeper.services.stock import Adjustment, Applied, Receipt
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -32,6 +31,19 @@ _sku_adapter: TypeAdapter[str] = TypeAdapter(schemas.Sku)
 
 def _check_sku(sku: str) -> str:
     return checked_path(_sku_adapter, sku, "sku")
+
+
+def _held(view: ReservationView) -> tuple[int, BaseModel]:
+    return 200, schemas.ReservationOut.of(view)
+
+
+def _applied(done: Applied, model: type[BaseModel]) -> tuple[int, BaseModel]:
+    """A receipt or adjustment: 201 when applied now, 200 with the first answer on a repeat."""
+    return (201 if done.created else 200), model.model_validate(done.body)
+
+
+def _ok(model: BaseModel) -> Response:
+    return JSONResponse(schemas.as_json(model))
 
 
 def create_inventory_app(container: Container) -> FastAPI:
@@ -56,12 +68,13 @@ def create_inventory_app(container: Container) -> FastAPI:
             body.ttl_seconds,
             body.location,
         )
-
-        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
-            view = await svc.reserve(req, conn)
-            return (201 if view.created else 200), view.to_json()
-
-        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+        return await idempotency.run(
+            request,
+            who,
+            body,
+            lambda conn: svc.reserve(req, conn),
+            lambda view: (201 if view.created else 200, schemas.ReservationOut.of(view)),
+        )
 
     @app.post(
         "/inventory/release",
@@ -73,11 +86,9 @@ def create_inventory_app(container: Container) -> FastAPI:
         body: schemas.ReleaseIn, request: Request, who: Principal = WRITE
     ) -> Response:
         """Give the stock of a PENDING or CONFIRMED reservation back. Repeats are harmless."""
-
-        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
-            return 200, (await svc.release(body.order_id, body.reason, conn)).to_json()
-
-        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+        return await idempotency.run(
+            request, who, body, lambda conn: svc.release(body.order_id, body.reason, conn), _held
+        )
 
     @app.post(
         "/inventory/confirm",
@@ -87,11 +98,9 @@ def create_inventory_app(container: Container) -> FastAPI:
     )
     async def confirm(body: schemas.OrderRef, request: Request, who: Principal = WRITE) -> Response:
         """Turn a held reservation into committed stock (payment taken)."""
-
-        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
-            return 200, (await svc.confirm(body.order_id, conn)).to_json()
-
-        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+        return await idempotency.run(
+            request, who, body, lambda conn: svc.confirm(body.order_id, conn), _held
+        )
 
     @app.post(
         "/inventory/fulfil",
@@ -101,13 +110,17 @@ def create_inventory_app(container: Container) -> FastAPI:
     )
     async def fulfil(body: schemas.OrderRef, request: Request, who: Principal = WRITE) -> Response:
         """The order shipped: committed and on_hand go down."""
+        return await idempotency.run(
+            request, who, body, lambda conn: svc.fulfil(body.order_id, conn), _held
+        )
 
-        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
-            return 200, (await svc.fulfil(body.order_id, conn)).to_json()
-
-        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
-
-    @app.post("/inventory/receipts", status_code=201, responses=schemas.PROBLEMS, tags=["stock"])
+    @app.post(
+        "/inventory/receipts",
+        status_code=201,
+        response_model=schemas.ReceiptOut,
+        responses=schemas.PROBLEMS,
+        tags=["stock"],
+    )
     async def receipts(
         body: schemas.ReceiptIn, request: Request, who: Principal = WRITE
     ) -> Response:
@@ -120,14 +133,21 @@ def create_inventory_app(container: Container) -> FastAPI:
             body.lot_number,
             body.expires_at,
         )
+        return await idempotency.run(
+            request,
+            who,
+            body,
+            lambda conn: stock.receive(r, conn),
+            lambda done: _applied(done, schemas.ReceiptOut),
+        )
 
-        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
-            done = await stock.receive(r, conn)
-            return (201 if done.created else 200), done.body
-
-        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
-
-    @app.post("/inventory/adjustments", status_code=201, responses=schemas.PROBLEMS, tags=["stock"])
+    @app.post(
+        "/inventory/adjustments",
+        status_code=201,
+        response_model=schemas.AdjustmentOut,
+        responses=schemas.PROBLEMS,
+        tags=["stock"],
+    )
     async def adjustments(
         body: schemas.AdjustmentIn, request: Request, who: Principal = ADMIN
     ) -> Response:
@@ -141,12 +161,13 @@ def create_inventory_app(container: Container) -> FastAPI:
             body.delta,
             body.set,
         )
-
-        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
-            done = await stock.adjust(a, conn)
-            return (201 if done.created else 200), done.body
-
-        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+        return await idempotency.run(
+            request,
+            who,
+            body,
+            lambda conn: stock.adjust(a, conn),
+            lambda done: _applied(done, schemas.AdjustmentOut),
+        )
 
     @app.get(
         "/inventory",
@@ -166,7 +187,8 @@ def create_inventory_app(container: Container) -> FastAPI:
         wanted = list(dict.fromkeys(_check_sku(s) for s in sku))
         items = await stock.get_many(wanted)
         found = {i["sku"] for i in items}
-        return JSONResponse({"items": items, "not_found": [s for s in wanted if s not in found]})
+        out = {"items": items, "not_found": [s for s in wanted if s not in found]}
+        return _ok(schemas.StockListOut.model_validate(out))
 
     @app.get(
         "/inventory/{sku}",
@@ -176,7 +198,7 @@ def create_inventory_app(container: Container) -> FastAPI:
     )
     async def get_one(sku: str, who: Principal = READ) -> Response:
         """A SKU's figures and its batches."""
-        return JSONResponse(await stock.get(_check_sku(sku)))
+        return _ok(schemas.StockOut.model_validate(await stock.get(_check_sku(sku))))
 
     @app.get(
         "/inventory/{sku}/ledger",
@@ -191,7 +213,8 @@ def create_inventory_app(container: Container) -> FastAPI:
         who: Principal = READ,
     ) -> Response:
         """The SKU's ledger, oldest first; pass ``next`` as ``after`` for the next page."""
-        return JSONResponse(await stock.ledger(_check_sku(sku), after, limit))
+        page = await stock.ledger(_check_sku(sku), after, limit)
+        return _ok(schemas.LedgerOut.of(page))
 
     @app.get(
         "/reservations/{order_id}",
@@ -201,7 +224,7 @@ def create_inventory_app(container: Container) -> FastAPI:
     )
     async def get_reservation(order_id: str, who: Principal = READ) -> Response:
         """A reservation as it stands."""
-        return JSONResponse((await svc.get(order_id)).to_json())
+        return _ok(schemas.ReservationOut.of(await svc.get(order_id)))
 
     if container.settings.api.expose_noop:
 

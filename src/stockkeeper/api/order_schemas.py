@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
 
 from stockkeeper.api.schemas import CODE, Body, LineIn, OrderId, Reason, ReferenceId
+
+if TYPE_CHECKING:
+    from stockkeeper.services.orders import OrderView
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -53,7 +56,7 @@ class CancelIn(Body):
     reason: Reason | None = None
 
 
-# -- responses (documentation; handlers answer with plain JSON) --------------------
+# -- responses: every 2xx body is built as one of these -----------------------------
 
 Status = Literal[
     "PENDING",
@@ -70,6 +73,10 @@ Status = Literal[
 class OrderAcceptedOut(BaseModel):
     order_id: str
     status: Status
+
+    @classmethod
+    def of(cls, view: OrderView) -> OrderAcceptedOut:
+        return cls.model_validate({"order_id": view.row.order_id, "status": view.row.status.value})
 
 
 class OrderLineOut(BaseModel):
@@ -105,3 +112,29 @@ class OrderOut(BaseModel):
     decided_at: str | None = None
     created_at: str
     updated_at: str
+
+    @classmethod
+    def of(cls, view: OrderView) -> OrderOut:
+        """The order as the storefront reads it; members without a value left out."""
+        r = view.row
+        doc: dict[str, Any] = {
+            "order_id": r.order_id,
+            "status": r.status.value,
+            "lines": r.lines,
+            "ship_to": r.ship_to,
+        }
+        optional = {
+            "required_delivery_date": r.required_delivery_date,
+            "reason": r.reason,
+            "shortages": r.shortages,
+            "carrier": r.carrier,
+            "payment_reference": r.payment_reference,
+            "payment_due_at": r.payment_due_at,
+            "decided_at": r.decided_at,
+        }
+        for key, value in optional.items():
+            if value is not None:
+                doc[key] = value.isoformat() if isinstance(value, date) else value
+        doc["created_at"] = r.created_at.isoformat()
+        doc["updated_at"] = r.updated_at.isoformat()
+        return cls.model_validate(doc)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI, Request
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 from starlette.responses import Response
 
 from stockkeeper.api import idempotency, schemas
@@ -20,8 +20,7 @@ from stockkeeper.api.order_schemas import (
 )
 from stockkeeper.api.problems import JSONResponse
 from stockkeeper.domain.allocation import OrderLine
-from stockkeeper.services.orders import PlaceOrder
-from stockkeeper.store.pool import Conn
+from stockkeeper.services.orders import OrderView, PlaceOrder
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -35,6 +34,10 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 def _check_order_id(order_id: str) -> str:
     return checked_path(_order_id, order_id, "order_id")
+
+
+def _order(view: OrderView) -> tuple[int, BaseModel]:
+    return 200, OrderOut.of(view)
 
 
 def add_order_routes(app: FastAPI, container: Container) -> None:
@@ -57,12 +60,13 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
             body.required_delivery_date,
         )
 
-        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
-            view = await orders.place(req, conn)
-            doc = {"order_id": view.row.order_id, "status": view.row.status.value}
-            return (202 if view.created else 200), doc
-
-        resp = await idempotency.run(request, who, body.model_dump(mode="json"), op)
+        resp = await idempotency.run(
+            request,
+            who,
+            body,
+            lambda conn: orders.place(req, conn),
+            lambda view: (202 if view.created else 200, OrderAcceptedOut.of(view)),
+        )
         if resp.status_code < 300:
             resp.headers["Location"] = f"/orders/{body.order_id}"
         return resp
@@ -76,7 +80,7 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
     async def get_order(order_id: str, who: Principal = READ) -> Response:
         """The order as it stands: its status, and why (reason, shortages), its carrier."""
         view = await orders.get(_check_order_id(order_id))
-        return JSONResponse(view.to_json(), headers=NO_STORE)
+        return JSONResponse(schemas.as_json(OrderOut.of(view)), headers=NO_STORE)
 
     @app.post(
         "/orders/{order_id}/payment",
@@ -92,13 +96,15 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
         reservation-expired, and the order is EXPIRED."""
         oid = _check_order_id(order_id)
 
-        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
-            view = await orders.pay(
+        return await idempotency.run(
+            request,
+            who,
+            body,
+            lambda conn: orders.pay(
                 oid, succeeded=body.status == "succeeded", reference=body.reference, conn=conn
-            )
-            return 200, view.to_json()
-
-        return await idempotency.run(request, who, body.model_dump(mode="json"), op)
+            ),
+            _order,
+        )
 
     @app.post(
         "/orders/{order_id}/cancel",
@@ -114,8 +120,6 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
         oid = _check_order_id(order_id)
         reason = body.reason if body else None
 
-        async def op(conn: Conn | None) -> tuple[int, dict[str, Any]]:
-            return 200, (await orders.cancel(oid, reason, conn)).to_json()
-
-        payload = body.model_dump(mode="json") if body else {}
-        return await idempotency.run(request, who, payload, op)
+        return await idempotency.run(
+            request, who, body, lambda conn: orders.cancel(oid, reason, conn), _order
+        )

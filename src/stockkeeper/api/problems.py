@@ -8,6 +8,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
 
 from stockkeeper.domain.errors import DomainError
@@ -45,8 +46,9 @@ STATUS_FOR_SLUG = {
 }
 
 
-class JSONResponse(Response):
-    media_type = "application/json"
+class JSONResponse(StarletteJSONResponse):
+    """JSON written by orjson. A JSONResponse to FastAPI, so the OpenAPI shows each
+    route's response model as its 2xx schema."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from stockkeeper.domain.quantities import MAX_QUANTITY
+
+if TYPE_CHECKING:
+    from stockkeeper.services.reservations import ReservationView
+    from stockkeeper.services.stock import LedgerEntry, LedgerPage
+    from stockkeeper.services.wms import SyncRequest
 
 # Printable, no surrounding whitespace: what a shopkeeper would type as a code.
 CODE = r"^[^\s\x00-\x1f](?:[^\x00-\x1f]*[^\s\x00-\x1f])?$"
@@ -80,7 +85,12 @@ class WmsSyncIn(Body):
     connector: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
-# -- responses (documentation; handlers answer with plain JSON) --------------------
+# -- responses: every 2xx body is built as one of these -----------------------------
+
+
+def as_json(model: BaseModel) -> dict[str, Any]:
+    """A response model as its JSON body; optional members never set are left out."""
+    return model.model_dump(mode="json", exclude_unset=True)
 
 
 class AllocationOut(BaseModel):
@@ -104,6 +114,20 @@ class ReservationOut(BaseModel):
     location: str | None = None
     reason: str | None = None
 
+    @classmethod
+    def of(cls, v: ReservationView) -> ReservationOut:
+        doc: dict[str, Any] = {
+            "order_id": v.order_id,
+            "status": v.status.value,
+            "expires_at": v.expires_at.isoformat(),
+            "lines": [LineOut.model_validate(li, from_attributes=True) for li in v.lines],
+        }
+        if v.location is not None:
+            doc["location"] = v.location
+        if v.reason is not None:
+            doc["reason"] = v.reason
+        return cls.model_validate(doc)
+
 
 class BatchOut(BaseModel):
     batch_id: int
@@ -116,10 +140,11 @@ class BatchOut(BaseModel):
     committed: int
     available: int
     shortfall: int
+    expired: bool
     version: int
 
 
-class StockOut(BaseModel):
+class LevelOut(BaseModel):
     sku: str
     on_hand: int
     unavailable: int
@@ -129,7 +154,33 @@ class StockOut(BaseModel):
     shortfall: int
     version: int
     updated_at: str
+
+
+class StockOut(LevelOut):
     batches: list[BatchOut]
+
+
+class ReceiptOut(BaseModel):
+    reference_id: str
+    batch_id: int
+    sku: str
+    quantity: int
+    location: str
+    lot_number: str | None
+    expires_at: str | None
+    level: LevelOut
+
+
+class AdjustmentOut(BaseModel):
+    reference_id: str
+    sku: str
+    batch_id: int
+    quantity: Literal["on_hand", "unavailable"]
+    delta: int | None
+    set: int | None
+    reason: str
+    applied_delta: int
+    level: LevelOut
 
 
 class StockListOut(BaseModel):
@@ -150,11 +201,33 @@ class LedgerEntryOut(BaseModel):
     reason: str | None
     created_at: str
 
+    @classmethod
+    def of(cls, e: LedgerEntry) -> LedgerEntryOut:
+        return cls(
+            id=e.id,
+            batch_id=e.batch_id,
+            type=e.entry_type,
+            on_hand=e.on_hand,
+            unavailable=e.unavailable,
+            reserved=e.reserved,
+            committed=e.committed,
+            source=e.source,
+            reference_id=e.reference_id,
+            reason=e.reason,
+            created_at=e.created_at.isoformat(),
+        )
+
 
 class LedgerOut(BaseModel):
     sku: str
     entries: list[LedgerEntryOut]
     next: int | None
+
+    @classmethod
+    def of(cls, page: LedgerPage) -> LedgerOut:
+        return cls(
+            sku=page.sku, entries=[LedgerEntryOut.of(e) for e in page.entries], next=page.next
+        )
 
 
 class WmsSyncOut(BaseModel):
@@ -177,6 +250,73 @@ class WmsSyncOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+    @classmethod
+    def of(cls, r: SyncRequest) -> WmsSyncOut:
+        return cls.model_validate(
+            {
+                "sync_request_id": r.id,
+                "connector": r.connector,
+                "kind": r.kind.value,
+                "sku": r.sku,
+                "sku_batch_id": r.sku_batch_id,
+                "reason": r.reason,
+                "requested_by": r.requested_by,
+                "priority": r.priority,
+                "status": r.status,
+                "error": r.error,
+                "attempts": r.attempts,
+                "pages": r.pages,
+                "rows_seen": r.rows_seen,
+                "rows_rejected": r.rows_rejected,
+                "adjustments": r.adjustments,
+                "shortfalls": r.shortfalls,
+                "created_at": r.created_at.isoformat(),
+                "started_at": r.started_at.isoformat() if r.started_at else None,
+                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+            }
+        )
+
+
+class DeadLetterOut(BaseModel):
+    id: int
+    queue: str
+    message_id: str | None
+    routing_key: str | None
+    body: Any
+    raw_body: Any
+    headers: Any
+    error: str | None
+    attempts: int
+    status: Literal["DEAD", "REPLAYED", "DISCARDED"]
+    created_at: str
+    resolved_at: str | None
+    resolved_by: str | None
+
+
+class DeadLetterListOut(BaseModel):
+    items: list[DeadLetterOut]
+    next: int | None
+
+
+class StatusOut(BaseModel):
+    """The operator's page; each section is as its service reports it."""
+
+    outbox: dict[str, Any]
+    dead_letters: dict[str, int]
+    broker: dict[str, str]
+    queues: dict[str, int] | None = None
+    wms: dict[str, Any]
+    connectors: Any
+    channels: Any
+
+
+class WebhookOut(BaseModel):
+    event_id: str
+    status: Literal["queued", "duplicate", "ignored"]
+    topic: str | None = None
+    records: int | None = None
+    refused: list[dict[str, Any]] | None = None
 
 
 class Problem(BaseModel):

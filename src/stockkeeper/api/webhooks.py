@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from stockkeeper.api.problems import ApiProblem, JSONResponse
+from stockkeeper.api.schemas import WebhookOut
 from stockkeeper.bootstrap import env_secret
 from stockkeeper.config import WebhookConnectorConfig
 from stockkeeper.connectors.signatures import SignatureError
@@ -36,7 +37,9 @@ def add_webhook_routes(app: FastAPI, container: Container) -> None:
         counted.labels(connector=name, status=str(status)).inc()
         return ApiProblem(slug, detail, headers or None)
 
-    @app.post("/webhooks/{connector}", status_code=202, tags=["webhooks"])
+    @app.post(
+        "/webhooks/{connector}", status_code=202, response_model=WebhookOut, tags=["webhooks"]
+    )
     async def receive_webhook(connector: str, request: Request) -> Response:
         """A signed delivery of levels or sales from a configured webhook connector."""
         cfg = hooks.get(connector)

@@ -76,30 +76,6 @@ class OrderView:
     row: OrderRow
     created: bool = False
 
-    def to_json(self) -> dict[str, Any]:
-        r = self.row
-        doc: dict[str, Any] = {
-            "order_id": r.order_id,
-            "status": r.status.value,
-            "lines": r.lines,
-            "ship_to": r.ship_to,
-        }
-        optional = {
-            "required_delivery_date": r.required_delivery_date,
-            "reason": r.reason,
-            "shortages": r.shortages,
-            "carrier": r.carrier,
-            "payment_reference": r.payment_reference,
-            "payment_due_at": r.payment_due_at,
-            "decided_at": r.decided_at,
-        }
-        for key, value in optional.items():
-            if value is not None:
-                doc[key] = value.isoformat() if isinstance(value, date) else value
-        doc["created_at"] = r.created_at.isoformat()
-        doc["updated_at"] = r.updated_at.isoformat()
-        return doc
-
 
 class Orders:
     """The order use cases, and the saga's steps."""

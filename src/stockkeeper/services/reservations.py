@@ -57,28 +57,34 @@ class ReserveRequest:
         return [{"sku": li.sku, "quantity": li.quantity} for li in self.lines]
 
 
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """Units of one batch held for a line."""
+
+    batch_id: int
+    lot_number: str | None
+    location: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLine:
+    """A line of the order as asked, and the batches that hold it (FEFO when reserved)."""
+
+    sku: str
+    quantity: int
+    allocations: list[Allocation]
+
+
 @dataclass(slots=True)
 class ReservationView:
     order_id: str
     status: Status
     expires_at: datetime
-    lines: list[dict[str, Any]]
+    lines: list[HeldLine]
     created: bool = False
     location: str | None = None
     reason: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "order_id": self.order_id,
-            "status": self.status.value,
-            "expires_at": self.expires_at.isoformat(),
-            "lines": self.lines,
-        }
-        if self.location is not None:
-            doc["location"] = self.location
-        if self.reason is not None:
-            doc["reason"] = self.reason
-        return doc
 
 
 def event_lines(allocs: Sequence[AllocationRow]) -> list[dict[str, Any]]:
@@ -105,24 +111,18 @@ class _LostRace(Exception):
 
 
 def _view(row: ReservationRow, allocs: Sequence[AllocationRow], created: bool) -> ReservationView:
-    lines: list[dict[str, Any]] = []
-    for no, asked in enumerate(row.lines):
-        lines.append(
-            {
-                "sku": asked["sku"],
-                "quantity": asked["quantity"],
-                "allocations": [
-                    {
-                        "batch_id": a.batch_id,
-                        "lot_number": a.lot_number,
-                        "location": a.location,
-                        "quantity": a.quantity,
-                    }
-                    for a in allocs
-                    if a.line_no == no
-                ],
-            }
+    lines = [
+        HeldLine(
+            asked["sku"],
+            asked["quantity"],
+            [
+                Allocation(a.batch_id, a.lot_number, a.location, a.quantity)
+                for a in allocs
+                if a.line_no == no
+            ],
         )
+        for no, asked in enumerate(row.lines)
+    ]
     return ReservationView(
         row.order_id, row.status, row.expires_at, lines, created, row.location, row.reason
     )

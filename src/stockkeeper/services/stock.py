@@ -50,6 +50,32 @@ class Applied:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One movement of a batch's figures, as the ledger keeps it (deltas)."""
+
+    id: int
+    batch_id: int
+    entry_type: str
+    on_hand: int
+    unavailable: int
+    reserved: int
+    committed: int
+    source: str
+    reference_id: str | None
+    reason: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerPage:
+    """A page of a SKU's ledger; ``next`` is the ``after`` of the next page, if any."""
+
+    sku: str
+    entries: list[LedgerEntry]
+    next: int | None
+
+
 def _hash(doc: Any) -> str:
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -235,29 +261,30 @@ class Stock:
             by_sku[r["sku"]].append(batch_json(r, now))
         return [{**level_json(levels[s]), "batches": by_sku[s]} for s in skus if s in levels]
 
-    async def ledger(self, sku: str, after: int, limit: int) -> dict[str, Any]:
+    async def ledger(self, sku: str, after: int, limit: int) -> LedgerPage:
+        """The SKU's ledger entries after ``after``, oldest first, ``limit`` at most."""
         async with self.pool.acquire() as c:
             if not await stock.known_skus(c, [sku]):
                 raise NotFound(f"unknown sku {sku}")
             rows = await stock.ledger_page(c, sku, after, limit + 1)
         entries = [
-            {
-                "id": r["id"],
-                "batch_id": r["batch_id"],
-                "type": r["entry_type"],
-                "on_hand": r["d_on_hand"],
-                "unavailable": r["d_unavailable"],
-                "reserved": r["d_reserved"],
-                "committed": r["d_committed"],
-                "source": r["source"],
-                "reference_id": r["reference_id"],
-                "reason": r["reason"],
-                "created_at": r["created_at"].isoformat(),
-            }
+            LedgerEntry(
+                id=r["id"],
+                batch_id=r["batch_id"],
+                entry_type=r["entry_type"],
+                on_hand=r["d_on_hand"],
+                unavailable=r["d_unavailable"],
+                reserved=r["d_reserved"],
+                committed=r["d_committed"],
+                source=r["source"],
+                reference_id=r["reference_id"],
+                reason=r["reason"],
+                created_at=r["created_at"],
+            )
             for r in rows[:limit]
         ]
-        nxt = entries[-1]["id"] if len(rows) > limit else None
-        return {"sku": sku, "entries": entries, "next": nxt}
+        nxt = entries[-1].id if len(rows) > limit else None
+        return LedgerPage(sku, entries, nxt)
 
     async def expire_lots(self, limit: int, *, source: str = "expiry") -> int:
         """Move the sellable units of lots past their expiry to ``unavailable``.

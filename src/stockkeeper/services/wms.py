@@ -106,29 +106,56 @@ def _iso(v: datetime | None) -> str | None:
     return v.isoformat() if v else None
 
 
-def request_json(r: Row) -> dict[str, Any]:
-    ts = _iso
-    return {
-        "sync_request_id": r["id"],
-        "connector": r["connector"],
-        "kind": r["kind"],
-        "sku": r["sku"],
-        "sku_batch_id": r["sku_batch_id"],
-        "reason": r["reason"],
-        "requested_by": r["requested_by"],
-        "priority": {v: k for k, v in PRIORITIES.items()}[r["priority"]],
-        "status": r["status"],
-        "error": r["error"],
-        "attempts": r["attempts"],
-        "pages": r["pages"],
-        "rows_seen": r["rows_seen"],
-        "rows_rejected": r["rows_rejected"],
-        "adjustments": r["adjustments"],
-        "shortfalls": r["shortfalls"],
-        "created_at": ts(r["created_at"]),
-        "started_at": ts(r["started_at"]),
-        "finished_at": ts(r["finished_at"]),
-    }
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    """A force or scheduled sync request, and how far it has got."""
+
+    id: int
+    connector: str
+    kind: SyncKind
+    sku: str | None
+    sku_batch_id: int | None
+    reason: str
+    requested_by: str
+    priority: str
+    status: str
+    error: str | None
+    attempts: int
+    pages: int
+    rows_seen: int
+    rows_rejected: int
+    adjustments: int
+    shortfalls: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, r: Row) -> SyncRequest:
+        return cls(
+            id=r["id"],
+            connector=r["connector"],
+            kind=SyncKind(r["kind"]),
+            sku=r["sku"],
+            sku_batch_id=r["sku_batch_id"],
+            reason=r["reason"],
+            requested_by=r["requested_by"],
+            priority=_PRIORITY_NAMES[r["priority"]],
+            status=r["status"],
+            error=r["error"],
+            attempts=r["attempts"],
+            pages=r["pages"],
+            rows_seen=r["rows_seen"],
+            rows_rejected=r["rows_rejected"],
+            adjustments=r["adjustments"],
+            shortfalls=r["shortfalls"],
+            created_at=r["created_at"],
+            started_at=r["started_at"],
+            finished_at=r["finished_at"],
+        )
+
+
+_PRIORITY_NAMES = {v: k for k, v in PRIORITIES.items()}
 
 
 class WmsService:
@@ -171,7 +198,7 @@ class WmsService:
         priority: str = "normal",
         connector: str | None = None,
         conn: Conn | None = None,
-    ) -> dict[str, Any]:
+    ) -> SyncRequest:
         """Record a force-sync request and its command, in one transaction."""
         name = self._connector(connector)
         kind = sync_kind(sku, sku_batch_id)
@@ -187,7 +214,7 @@ class WmsService:
                 c, name, kind.value, sku, sku_batch_id, reason, requested_by, PRIORITIES[priority]
             )
             await outbox.add(c, [self._command(FORCE_COMMAND, row)])
-        return request_json(row)
+        return SyncRequest.of(row)
 
     @staticmethod
     def _command(kind: str, row: Row) -> Event:
@@ -196,12 +223,12 @@ class WmsService:
             {"sync_request_id": row["id"], "connector": row["connector"], "kind": row["kind"]},
         )
 
-    async def get_request(self, request_id: int) -> dict[str, Any]:
+    async def get_request(self, request_id: int) -> SyncRequest:
         async with self.pool.acquire() as c:
             row = await repo.get_request(c, request_id)
         if row is None:
             raise NotFound(f"no sync request {request_id}")
-        return request_json(row)
+        return SyncRequest.of(row)
 
     async def schedule_incremental(self, connector: str, every_s: float) -> int | None:
         """Queue an incremental sync if one is due and none is open; return its id.
