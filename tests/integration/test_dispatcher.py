@@ -318,3 +318,22 @@ async def test_an_event_type_with_no_exchange_fails_after_max_attempts(
     (row,) = [r for r in await events(c) if r["id"] == bogus]
     assert (row["status"], row["attempts"]) == ("FAILED", 3)
     assert {r["status"] for r in await events(c) if r["id"] != bogus} == {"SENT"}
+
+
+async def test_the_backlog_metrics_show_the_oldest_pending_events_age(
+    container: Container, any_broker: Broker
+) -> None:
+    c = container
+    await c.stock.receive(Receipt("AGE", 5, "r-age"))
+    async with c.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE domain_event SET occurred_at = now() - interval '90 seconds'"
+            " WHERE status = 'PENDING'"
+        )
+    d = dispatcher(c, any_broker)
+    await d.refresh_backlog()
+    assert metric(c, "stockkeeper_outbox_backlog") >= 1
+    assert 89 <= metric(c, "stockkeeper_outbox_oldest_age_seconds") < 200
+    await d.dispatch_once()
+    await d.refresh_backlog()
+    assert metric(c, "stockkeeper_outbox_oldest_age_seconds") == 0

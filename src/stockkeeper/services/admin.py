@@ -98,6 +98,7 @@ class Operations:
             "broker": {"kind": self.broker.name},
         }
         self.metrics.outbox_backlog.set(events.pending)
+        self.metrics.outbox_oldest_age.set(events.oldest_pending_s or 0.0)
         for queue, n in dead.items():
             self.metrics.dead_letters_open.labels(queue=queue).set(n)
         try:

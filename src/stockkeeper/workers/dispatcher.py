@@ -119,10 +119,11 @@ class Dispatcher:
             log.error("dispatcher.event_failed", event_row=row_id, error=error)
 
     async def refresh_backlog(self) -> None:
-        """Publish the outbox backlog and FAILED count as metrics."""
+        """Publish the outbox backlog, its oldest wait and the FAILED count as metrics."""
         async with self.pool.acquire() as conn:
             stats = await outbox.stats(conn)
         self.metrics.outbox_backlog.set(stats.pending)
+        self.metrics.outbox_oldest_age.set(stats.oldest_pending_s or 0.0)
         self.metrics.outbox_failed_open.set(stats.failed)
 
     async def run(self, stop: asyncio.Event) -> None:
