@@ -14,7 +14,8 @@ import pytest
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import ChannelConfig, Settings
-from stockkeeper.connectors.channels import PushOutcome, make_channel
+from stockkeeper.connectors.channel_registry import make_channel
+from stockkeeper.connectors.channels import PushOutcome
 from stockkeeper.domain.events import LEVEL_CHANGED
 from stockkeeper.domain.propagation import AlertChange, Verdict
 from stockkeeper.messaging.consumer import PermanentError
@@ -24,7 +25,7 @@ from stockkeeper.sandbox.server import SandboxServer
 from stockkeeper.sandbox.shopify import ShopifyState, graphql_url
 from stockkeeper.services.propagation import LAG_ALERT, REARM, Propagation
 from stockkeeper.services.stock import Receipt
-from stockkeeper.store.channels import Claimed
+from stockkeeper.store.channel_sync import Claimed
 from stockkeeper.workers.propagator import Propagator
 from tests.conftest import FakeClock
 from tests.support import ADMIN_TOKEN, auth
