@@ -129,6 +129,16 @@ class ChannelContract:
     def sandbox(self) -> Sandbox:
         raise NotImplementedError
 
+    def config(self, server: SandboxServer, **overrides: Any) -> ChannelConfig:
+        """The channel's connector config, pointed at ``server``."""
+        raise NotImplementedError
+
+    def credentials(
+        self, state: ChannelBook, credential: str | None
+    ) -> tuple[str | None, str | None]:
+        """The token and secret the adapter is built with, for ``credential``."""
+        return credential, None
+
     def build(
         self,
         state: ChannelBook,
@@ -139,9 +149,16 @@ class ChannelContract:
         records: list[CallRecord] | None = None,
         **overrides: Any,
     ) -> ChannelAdapter:
-        """The adapter on ``server``; ``credential`` is its token (the webhook: its
-        signing secret, by default the receiver's)."""
-        raise NotImplementedError
+        """The adapter on ``server``, built by the registry; ``credential`` is its token
+        (the webhook: its signing secret, by default the receiver's)."""
+        token, secret = self.credentials(state, credential)
+        return make_channel(
+            self.config(server, **overrides),
+            token=token,
+            secret=secret,
+            metrics=metrics,
+            on_call=records.append if records is not None else None,
+        )
 
     @contextmanager
     def guarded(self, credential: str) -> Iterator[Sandbox]:
@@ -257,19 +274,8 @@ class TestShopify(ListingContract):
     def sandbox(self, shopify_channel: Shopify) -> Sandbox:
         return shopify_channel
 
-    def build(
-        self,
-        state: ChannelBook,
-        server: SandboxServer,
-        *,
-        credential: str | None = None,
-        metrics: Metrics | None = None,
-        records: list[CallRecord] | None = None,
-        **overrides: Any,
-    ) -> ChannelAdapter:
-        on_call = records.append if records is not None else None
-        cfg = shopify_config(server, **overrides)
-        return ShopifyChannel(cfg, token=credential, metrics=metrics, on_call=on_call)
+    def config(self, server: SandboxServer, **overrides: Any) -> ChannelConfig:
+        return shopify_config(server, **overrides)
 
     @contextmanager
     def guarded(self, credential: str) -> Iterator[Sandbox]:
@@ -460,19 +466,8 @@ class TestAmazon(ListingContract):
     def sandbox(self, amazon_channel: Amazon) -> Sandbox:
         return amazon_channel
 
-    def build(
-        self,
-        state: ChannelBook,
-        server: SandboxServer,
-        *,
-        credential: str | None = None,
-        metrics: Metrics | None = None,
-        records: list[CallRecord] | None = None,
-        **overrides: Any,
-    ) -> ChannelAdapter:
-        on_call = records.append if records is not None else None
-        cfg = amazon_config(server, **overrides)
-        return AmazonChannel(cfg, token=credential, metrics=metrics, on_call=on_call)
+    def config(self, server: SandboxServer, **overrides: Any) -> ChannelConfig:
+        return amazon_config(server, **overrides)
 
     @contextmanager
     def guarded(self, credential: str) -> Iterator[Sandbox]:
@@ -578,21 +573,14 @@ class TestOutboundWebhook(ChannelContract):
     def sandbox(self, webhook_channel: Receiver) -> Sandbox:
         return webhook_channel
 
-    def build(
-        self,
-        state: ChannelBook,
-        server: SandboxServer,
-        *,
-        credential: str | None = None,
-        metrics: Metrics | None = None,
-        records: list[CallRecord] | None = None,
-        **overrides: Any,
-    ) -> ChannelAdapter:
+    def config(self, server: SandboxServer, **overrides: Any) -> ChannelConfig:
+        return webhook_config(f"{server.url}/hooks/levels", **overrides)
+
+    def credentials(
+        self, state: ChannelBook, credential: str | None
+    ) -> tuple[str | None, str | None]:
         assert isinstance(state, WebhookReceiverState)
-        on_call = records.append if records is not None else None
-        cfg = webhook_config(f"{server.url}/hooks/levels", **overrides)
-        secret = credential if credential is not None else state.secret.decode()
-        return OutboundWebhookChannel(cfg, secret=secret, metrics=metrics, on_call=on_call)
+        return None, credential if credential is not None else state.secret.decode()
 
     @contextmanager
     def guarded(self, credential: str) -> Iterator[Sandbox]:

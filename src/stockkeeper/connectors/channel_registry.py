@@ -8,6 +8,7 @@ model, an adapter module and one entry here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from stockkeeper.config import (
     AmazonChannelConfig,
@@ -23,47 +24,40 @@ from stockkeeper.connectors.outbound_webhook import OutboundWebhookChannel
 from stockkeeper.connectors.shopify import ShopifyChannel
 from stockkeeper.observability.metrics import Metrics
 
-# (config, token, secret, metrics, on_call) -> the adapter.
-Factory = Callable[
-    [ChannelConfig, str | None, str | None, Metrics | None, OnCall | None], ChannelAdapter
-]
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """What an adapter gets besides its config: secrets the caller resolved, and where
+    it reports its calls."""
+
+    token: str | None
+    secret: str | None
+    metrics: Metrics | None
+    on_call: OnCall | None
 
 
-def _shopify(
-    cfg: ChannelConfig,
-    token: str | None,
-    _secret: str | None,
-    metrics: Metrics | None,
-    on_call: OnCall | None,
-) -> ChannelAdapter:
+Factory = Callable[[ChannelConfig, Wiring], ChannelAdapter]
+
+
+def _shopify(cfg: ChannelConfig, w: Wiring) -> ChannelAdapter:
     assert isinstance(cfg, ShopifyChannelConfig)
-    return ShopifyChannel(cfg, token=token, metrics=metrics, on_call=on_call)
+    return ShopifyChannel(cfg, token=w.token, metrics=w.metrics, on_call=w.on_call)
 
 
-def _amazon(
-    cfg: ChannelConfig,
-    token: str | None,
-    _secret: str | None,
-    metrics: Metrics | None,
-    on_call: OnCall | None,
-) -> ChannelAdapter:
+def _amazon(cfg: ChannelConfig, w: Wiring) -> ChannelAdapter:
     assert isinstance(cfg, AmazonChannelConfig)
-    return AmazonChannel(cfg, token=token, metrics=metrics, on_call=on_call)
+    return AmazonChannel(cfg, token=w.token, metrics=w.metrics, on_call=w.on_call)
 
 
-def _outbound_webhook(
-    cfg: ChannelConfig,
-    token: str | None,
-    secret: str | None,
-    metrics: Metrics | None,
-    on_call: OnCall | None,
-) -> ChannelAdapter:
+def _outbound_webhook(cfg: ChannelConfig, w: Wiring) -> ChannelAdapter:
     assert isinstance(cfg, OutboundWebhookChannelConfig)
-    if not secret:
+    if not w.secret:
         raise ConfigError(
             f"connectors: {cfg.id} needs its signing secret (environment variable {cfg.secret_env})"
         )
-    return OutboundWebhookChannel(cfg, secret=secret, token=token, metrics=metrics, on_call=on_call)
+    return OutboundWebhookChannel(
+        cfg, secret=w.secret, token=w.token, metrics=w.metrics, on_call=w.on_call
+    )
 
 
 ADAPTERS: dict[str, Factory] = {
@@ -91,4 +85,4 @@ def make_channel(
     factory = ADAPTERS.get(cfg.type)
     if factory is None:
         raise ConfigError(f"connectors: {cfg.id}: no channel adapter for type {cfg.type!r}")
-    return factory(cfg, token, secret, metrics, on_call)
+    return factory(cfg, Wiring(token, secret, metrics, on_call))

@@ -5,11 +5,14 @@ records each ``inventory.level_changed`` per channel (newest version wins, echoe
 channel's own changes are left out, changes waiting for a push ride along with it) in
 the transaction that marks the message processed, so it never waits for a channel.
 Per channel, one loop claims due SKUs for every free slot (``concurrency`` calls in
-flight, ``batch_size`` SKUs each), pushes them through the channel's adapter within its
-rate limit, and books the answers; a failed push is retried
-with backoff and, past ``propagation.max_attempts``, dead-lettered. A slow or broken
-channel only ever holds up its own loop. A monitor computes the lag percentiles and
-the alert, prunes the push log and runs the scheduled drift repair.
+flight, ``batch_size`` SKUs each) and hands each batch to
+:meth:`~stockkeeper.services.propagation.Propagation.push_claimed`, which calls the
+channel's adapter and books the answers (a failed push is retried with backoff and,
+past ``propagation.max_attempts``, dead-lettered). This module only schedules and
+wakes: the loops run on :func:`~stockkeeper.workers.listener.listen_then_poll`, woken by
+one :class:`~stockkeeper.workers.listener.Listener`. A slow or broken channel only ever
+holds up its own loop. A monitor computes the lag percentiles and the alert, prunes the
+push log and runs the scheduled drift repair.
 """
 
 from __future__ import annotations
@@ -110,50 +113,7 @@ class Propagator:
             log.info("propagator.stopped")
 
     async def _channel(self, channel: str, stop: asyncio.Event) -> None:
-        """One channel's loop: claim due pushes for every free slot (``concurrency``
-        calls in flight, ``batch_size`` SKUs each) and hand each batch to the service.
-        Only this loop queries for the channel's due rows, so a burst of changes is one
-        claim, not one per sender; it waits ``LINGER_S`` after a wake-up to let changes
-        gather."""
-        cfg = self.service.configs[channel]
-        notified = self._notified[channel]
-        flying: set[asyncio.Task[None]] = set()
-        idle = False
-
-        async def fill() -> bool:
-            nonlocal idle
-            woken, idle = idle and notified.is_set(), False
-            notified.clear()
-            if woken:
-                await wait_any(stop, at_most=LINGER_S)
-            if len(flying) >= cfg.concurrency:
-                await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
-                return True
-            free = cfg.concurrency - len(flying)
-            claimed = await self.service.claim(channel, cfg.batch_size * free)
-            for i in range(0, len(claimed), cfg.batch_size):
-                task = asyncio.ensure_future(
-                    self._guarded(channel, claimed[i : i + cfg.batch_size])
-                )
-                flying.add(task)
-                task.add_done_callback(flying.discard)
-            idle = not claimed
-            return not idle
-
-        def claim_failed(exc: Exception) -> None:
-            # The database restarting, say: counted, logged, tried again shortly.
-            self.metrics.worker_errors.labels(worker="propagator").inc()
-            log.error("propagator.claim_failed", channel=channel, exc_info=exc)
-
-        await listen_then_poll(
-            fill, self.wake[channel], stop, poll_s=IDLE_POLL_S, on_error=claim_failed
-        )
-        if flying:
-            # Stopping: pushes in flight get a moment to finish, then let go of their rows.
-            _, late = await asyncio.wait(flying, timeout=STOP_GRACE_S)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await _ChannelLoop(self, channel, stop).run()
 
     async def _guarded(self, channel: str, claimed: Sequence[Claimed]) -> None:
         try:
@@ -194,3 +154,59 @@ class Propagator:
         for task in repairs.values():
             task.cancel()
         await asyncio.gather(*repairs.values(), return_exceptions=True)
+
+
+class _ChannelLoop:
+    """One channel's loop: claim due pushes for every free slot (``concurrency`` calls in
+    flight, ``batch_size`` SKUs each) and hand each batch to the service. Only this loop
+    queries for the channel's due rows, so a burst of changes is one claim, not one per
+    sender; after an idle wait that a NOTIFY ended it waits ``LINGER_S`` to let changes
+    gather."""
+
+    def __init__(self, worker: Propagator, channel: str, stop: asyncio.Event) -> None:
+        self.worker = worker
+        self.channel = channel
+        self.stop = stop
+        self.cfg = worker.service.configs[channel]
+        self.notified = worker._notified[channel]
+        self.flying: set[asyncio.Task[None]] = set()
+        self.idle = False
+
+    async def run(self) -> None:
+        wake = self.worker.wake[self.channel]
+        await listen_then_poll(
+            self.step, wake, self.stop, poll_s=IDLE_POLL_S, on_error=self.claim_failed
+        )
+        if self.flying:
+            # Stopping: pushes in flight get a moment to finish, then let go of their rows.
+            _, late = await asyncio.wait(self.flying, timeout=STOP_GRACE_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def step(self) -> bool:
+        """One round; True when there may be more to claim at once."""
+        woken, self.idle = self.idle and self.notified.is_set(), False
+        self.notified.clear()
+        if woken:
+            await wait_any(self.stop, at_most=LINGER_S)
+            if self.stop.is_set():
+                return False
+        if len(self.flying) >= self.cfg.concurrency:
+            await asyncio.wait(self.flying, return_when=asyncio.FIRST_COMPLETED)
+            return True
+        size = self.cfg.batch_size
+        claimed = await self.worker.service.claim(
+            self.channel, size * (self.cfg.concurrency - len(self.flying))
+        )
+        for i in range(0, len(claimed), size):
+            task = asyncio.ensure_future(self.worker._guarded(self.channel, claimed[i : i + size]))
+            self.flying.add(task)
+            task.add_done_callback(self.flying.discard)
+        self.idle = not claimed
+        return not self.idle
+
+    def claim_failed(self, exc: Exception) -> None:
+        # The database restarting, say: counted, logged, tried again shortly.
+        self.worker.metrics.worker_errors.labels(worker="propagator").inc()
+        log.error("propagator.claim_failed", channel=self.channel, exc_info=exc)
