@@ -82,6 +82,10 @@ async def state(c: Container, channel: str, sku: str) -> dict[str, Any]:
     return dict(row)
 
 
+def put_faults(server: SandboxServer, **faults: Any) -> None:
+    httpx.put(f"{server.url}/_sandbox/faults", json=faults, timeout=5).raise_for_status()
+
+
 def ok(claimed: list[Claimed]) -> list[PushOutcome]:
     return [PushOutcome(x.sku, "ok", x.quantity) for x in claimed]
 
@@ -301,6 +305,14 @@ async def rig(
 
 async def sync_all(c: Container, worker: Propagator) -> None:
     """Record every level change in the outbox and push until nothing is due."""
+    await record_all(c, worker)
+    for channel in worker.adapters:
+        while await worker.push_once(channel):
+            pass
+
+
+async def record_all(c: Container, worker: Propagator) -> None:
+    """Record every level change in the outbox, as the consumer does."""
     async with c.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT payload, occurred_at, source FROM domain_event WHERE event_type = $1 "
@@ -314,9 +326,34 @@ async def sync_all(c: Container, worker: Propagator) -> None:
         )
         async with c.pool.acquire() as conn, conn.transaction():
             await handle(conn, env)
-    for channel in worker.adapters:
-        while await worker.push_once(channel):
-            pass
+
+
+async def test_a_refused_batch_is_split_and_a_channel_that_is_down_backs_off(
+    rig: tuple[Container, Propagator],
+    shopify_channel: tuple[ShopifyState, SandboxServer],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> None:
+    c, worker = rig
+    p = c.propagation
+    for sku in ("TEE-1", "TEE-2"):
+        await c.stock.receive(Receipt(sku, 3, f"r-{sku}"))
+    await record_all(c, worker)
+    # Shopify refuses every call: the batch of two is tried one by one, each dead-lettered.
+    put_faults(shopify_channel[1], error_rate=1.0, error_status=400)
+    claimed = await p.claim("shopify-main", 10)
+    assert len(claimed) == 2
+    done = await p.push_claimed(worker.adapters["shopify-main"], claimed)
+    assert (done.pushed, done.dead, done.retried) == (0, 2, 0)
+    assert shopify_channel[0].counters().get("mutations", 0) == 0
+    # Amazon is down: the pushes are due again after the backoff, not at once.
+    amazon_channel[1].stop()
+    claimed = await p.claim("amazon-eu", 10)
+    done = await p.push_claimed(worker.adapters["amazon-eu"], claimed)
+    assert (done.pushed, done.dead, done.retried) == (0, 0, 2)
+    assert await p.claim("amazon-eu", 10) == []  # backing off
+    status = await p.status()
+    assert status["amazon-eu"]["pending"] == 2
+    assert status["shopify-main"]["dead"] == 2
 
 
 async def test_drift_repair_finds_what_a_channel_shows_wrongly_and_pushes_ours(
