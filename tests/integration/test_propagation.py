@@ -4,6 +4,8 @@ retries, dead letters and their replay, and the lag alert."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -427,3 +429,24 @@ async def test_admin_status_shows_each_channels_lag_and_backlog(
     assert shop["lag_ms"]["p99"] >= shop["lag_ms"]["p50"]
     assert shop["alerting"] is False
     assert set(doc["channels"]) == {"shopify-main", "amazon-eu"}
+
+
+async def test_the_running_propagator_is_woken_by_a_recorded_change_and_pushes_it(
+    rig: tuple[Container, Propagator],
+    shopify_channel: tuple[ShopifyState, SandboxServer],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> None:
+    c, worker = rig
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(worker.run(stop))
+    try:
+        await c.stock.receive(Receipt("TEE-1", 5, "r-1"))
+        await record_all(c, worker)
+        deadline = time.monotonic() + 20
+        books = (shopify_channel[0], amazon_channel[0])
+        while any(b.level("TEE-1") != 5 for b in books):
+            assert time.monotonic() < deadline, "the running propagator pushed nothing"
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 20)
