@@ -396,7 +396,7 @@ def reconcile_channels(
     and, where it differs from ours, make a push due (the propagator sends it)."""
     from stockkeeper.bootstrap import connector_token, env_secret
     from stockkeeper.config import ChannelConfig
-    from stockkeeper.connectors.channels import make_channel
+    from stockkeeper.connectors.channel_registry import make_channel
 
     settings = _settings(config)
     configs = settings.connectors_of(ChannelConfig)

@@ -20,7 +20,7 @@ from stockkeeper.api.admin import create_admin_app
 from stockkeeper.api.inventory import create_inventory_app
 from stockkeeper.bootstrap import Container, connector_token, env_secret
 from stockkeeper.config import ChannelConfig, WmsConnectorConfig
-from stockkeeper.connectors.channels import make_channel
+from stockkeeper.connectors.channel_registry import make_channel
 from stockkeeper.connectors.http import CallRecord
 from stockkeeper.connectors.wms import WmsClient
 from stockkeeper.messaging.consumer import EffectHandler

@@ -4,6 +4,8 @@ retries, dead letters and their replay, and the lag alert."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,14 +16,15 @@ import pytest
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import ChannelConfig, Settings
-from stockkeeper.connectors.channels import PushOutcome, make_channel
+from stockkeeper.connectors.channel_registry import make_channel
+from stockkeeper.connectors.channels import PushOutcome
 from stockkeeper.domain.events import LEVEL_CHANGED
 from stockkeeper.domain.propagation import AlertChange, Verdict
 from stockkeeper.messaging.consumer import PermanentError
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.services.propagation import LAG_ALERT, REARM, Propagation
 from stockkeeper.services.stock import Receipt
-from stockkeeper.store.channels import Claimed
+from stockkeeper.store.channel_sync import Claimed
 from stockkeeper.workers.propagator import Propagator
 from stockkeeper_sandbox.amazon import AmazonState
 from stockkeeper_sandbox.server import SandboxServer
@@ -79,6 +82,10 @@ async def state(c: Container, channel: str, sku: str) -> dict[str, Any]:
         )
     assert row is not None
     return dict(row)
+
+
+def put_faults(server: SandboxServer, **faults: Any) -> None:
+    httpx.put(f"{server.url}/_sandbox/faults", json=faults, timeout=5).raise_for_status()
 
 
 def ok(claimed: list[Claimed]) -> list[PushOutcome]:
@@ -300,6 +307,14 @@ async def rig(
 
 async def sync_all(c: Container, worker: Propagator) -> None:
     """Record every level change in the outbox and push until nothing is due."""
+    await record_all(c, worker)
+    for channel in worker.adapters:
+        while await worker.push_once(channel):
+            pass
+
+
+async def record_all(c: Container, worker: Propagator) -> None:
+    """Record every level change in the outbox, as the consumer does."""
     async with c.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT payload, occurred_at, source FROM domain_event WHERE event_type = $1 "
@@ -313,9 +328,34 @@ async def sync_all(c: Container, worker: Propagator) -> None:
         )
         async with c.pool.acquire() as conn, conn.transaction():
             await handle(conn, env)
-    for channel in worker.adapters:
-        while await worker.push_once(channel):
-            pass
+
+
+async def test_a_refused_batch_is_split_and_a_channel_that_is_down_backs_off(
+    rig: tuple[Container, Propagator],
+    shopify_channel: tuple[ShopifyState, SandboxServer],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> None:
+    c, worker = rig
+    p = c.propagation
+    for sku in ("TEE-1", "TEE-2"):
+        await c.stock.receive(Receipt(sku, 3, f"r-{sku}"))
+    await record_all(c, worker)
+    # Shopify refuses every call: the batch of two is tried one by one, each dead-lettered.
+    put_faults(shopify_channel[1], error_rate=1.0, error_status=400)
+    claimed = await p.claim("shopify-main", 10)
+    assert len(claimed) == 2
+    done = await p.push_claimed(worker.adapters["shopify-main"], claimed)
+    assert (done.pushed, done.dead, done.retried) == (0, 2, 0)
+    assert shopify_channel[0].counters().get("mutations", 0) == 0
+    # Amazon is down: the pushes are due again after the backoff, not at once.
+    amazon_channel[1].stop()
+    claimed = await p.claim("amazon-eu", 10)
+    done = await p.push_claimed(worker.adapters["amazon-eu"], claimed)
+    assert (done.pushed, done.dead, done.retried) == (0, 0, 2)
+    assert await p.claim("amazon-eu", 10) == []  # backing off
+    status = await p.status()
+    assert status["amazon-eu"]["pending"] == 2
+    assert status["shopify-main"]["dead"] == 2
 
 
 async def test_drift_repair_finds_what_a_channel_shows_wrongly_and_pushes_ours(
@@ -389,3 +429,24 @@ async def test_admin_status_shows_each_channels_lag_and_backlog(
     assert shop["lag_ms"]["p99"] >= shop["lag_ms"]["p50"]
     assert shop["alerting"] is False
     assert set(doc["channels"]) == {"shopify-main", "amazon-eu"}
+
+
+async def test_the_running_propagator_is_woken_by_a_recorded_change_and_pushes_it(
+    rig: tuple[Container, Propagator],
+    shopify_channel: tuple[ShopifyState, SandboxServer],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> None:
+    c, worker = rig
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(worker.run(stop))
+    try:
+        await c.stock.receive(Receipt("TEE-1", 5, "r-1"))
+        await record_all(c, worker)
+        deadline = time.monotonic() + 20
+        books = (shopify_channel[0], amazon_channel[0])
+        while any(b.level("TEE-1") != 5 for b in books):
+            assert time.monotonic() < deadline, "the running propagator pushed nothing"
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 20)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from stockkeeper.domain.backoff import Backoff
 from stockkeeper.domain.propagation import (
     AlertChange,
     SyncState,
@@ -11,12 +12,13 @@ from stockkeeper.domain.propagation import (
     Verdict,
     judge,
     lag_alert,
-    retry_delay,
 )
 
 NEVER_TOLD = SyncState(0, 0, None, SyncStatus.SYNCED)
 IN_SYNC_AT_4 = SyncState(4, 4, 10, SyncStatus.SYNCED)
 DUE_AT_4 = SyncState(4, 3, 12, SyncStatus.PENDING)
+# What Propagation builds from propagation.backoff_base_ms 1000 and backoff_max_ms 30000.
+PUSH_BACKOFF = Backoff(1.0, 30.0)
 
 
 def test_a_level_not_newer_than_what_we_know_is_stale() -> None:
@@ -77,12 +79,12 @@ def test_a_dead_push_is_revived_by_a_newer_level() -> None:
     [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 30.0), (20, 30.0)],
 )
 def test_backoff_doubles_from_the_base_up_to_the_cap(attempt: int, expected: float) -> None:
-    assert retry_delay(attempt, 1000, 30_000) == expected
+    assert PUSH_BACKOFF.delay(attempt) == expected
 
 
 def test_backoff_is_never_sooner_than_retry_after() -> None:
-    assert retry_delay(1, 1000, 30_000, retry_after_s=7.5) == 7.5
-    assert retry_delay(5, 1000, 30_000, retry_after_s=2.0) == 16.0
+    assert PUSH_BACKOFF.delay(1, retry_after_s=7.5) == 7.5
+    assert PUSH_BACKOFF.delay(5, retry_after_s=2.0) == 16.0
 
 
 def test_the_lag_alert_fires_once_per_episode_and_recovers() -> None:

@@ -1,7 +1,8 @@
 """The sales-channel port: what the propagator needs of a channel, whatever its wire format.
 
 One adapter per channel type (``shopify``, ``amazon``, ``outbound_webhook``), each in its
-own module, each built from its connector config by :func:`make_channel`. An adapter
+own module, each built from its connector config by
+:func:`stockkeeper.connectors.channel_registry.make_channel`. An adapter
 speaks the channel's wire format through :class:`~stockkeeper.connectors.http.HttpCaller`
 (our pace, timeouts, retries of 429/5xx honouring ``Retry-After``) and never touches SQL:
 what it learns about a SKU (the channel's own id for it, what the channel shows) comes
@@ -23,16 +24,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
-
-from stockkeeper.config import (
-    AmazonChannelConfig,
-    ChannelConfig,
-    ConfigError,
-    OutboundWebhookChannelConfig,
-    ShopifyChannelConfig,
-)
-from stockkeeper.connectors.http import OnCall
-from stockkeeper.observability.metrics import Metrics
 
 PushStatus = Literal["ok", "unlisted", "rejected"]
 
@@ -90,41 +81,3 @@ class ChannelAdapter(Protocol):
         ``ConnectorUnavailable`` like push. Only called when :attr:`can_read`."""
 
     async def aclose(self) -> None: ...
-
-
-def make_channel(
-    cfg: ChannelConfig,
-    *,
-    token: str | None,
-    secret: str | None = None,
-    metrics: Metrics | None = None,
-    on_call: OnCall | None = None,
-) -> ChannelAdapter:
-    """The adapter for ``cfg``'s channel type.
-
-    Secrets are the caller's to resolve from the variables the config names (``token_env``,
-    ``secret_env``): ``token`` is the channel's API token (None: send none), ``secret``
-    the outbound webhook's signing secret (required there). Adapters never read the
-    environment.
-    """
-    # Imported here: the adapters import this module for Push and PushOutcome.
-    if isinstance(cfg, ShopifyChannelConfig):
-        from stockkeeper.connectors.shopify import ShopifyChannel
-
-        return ShopifyChannel(cfg, token=token, metrics=metrics, on_call=on_call)
-    if isinstance(cfg, AmazonChannelConfig):
-        from stockkeeper.connectors.amazon import AmazonChannel
-
-        return AmazonChannel(cfg, token=token, metrics=metrics, on_call=on_call)
-    if isinstance(cfg, OutboundWebhookChannelConfig):
-        from stockkeeper.connectors.outbound_webhook import OutboundWebhookChannel
-
-        if not secret:
-            raise ConfigError(
-                f"connectors: {cfg.id} needs its signing secret (environment variable "
-                f"{cfg.secret_env})"
-            )
-        return OutboundWebhookChannel(
-            cfg, secret=secret, token=token, metrics=metrics, on_call=on_call
-        )
-    raise ConfigError(f"connectors: {cfg.id}: no channel adapter for type {cfg.type!r}")

@@ -2,8 +2,9 @@
 
 Per channel and SKU we keep the newest level we know (*desired*) and what the channel
 was last told (*pushed*). These rules decide what a new level means for one channel
-(:func:`judge`), how long a failed push waits (:func:`retry_delay`), and when the sync
-lag is alarming (:func:`lag_alert`).
+(:func:`judge`) and when the sync lag is alarming (:func:`lag_alert`). How long a failed
+push waits is the one retry policy, :class:`stockkeeper.domain.backoff.Backoff`, built
+from ``propagation.backoff_base_ms`` and ``backoff_max_ms``.
 """
 
 from __future__ import annotations
@@ -66,15 +67,6 @@ def judge(state: SyncState, version: int, available: int, *, from_this_channel: 
         # the channel already shows the figure, so there is nothing to send.
         return Verdict.NOOP
     return Verdict.PUSH
-
-
-def retry_delay(
-    attempt: int, base_ms: int, max_ms: int, retry_after_s: float | None = None
-) -> float:
-    """Seconds before the next push after failed attempt ``attempt`` (1-based): the base,
-    doubling, capped; never sooner than the channel's ``Retry-After``."""
-    backoff_ms: int = min(max_ms, base_ms * 2 ** max(0, attempt - 1))
-    return max(backoff_ms / 1000, retry_after_s or 0.0)
 
 
 class AlertChange(StrEnum):

@@ -1,34 +1,39 @@
-"""Propagation use cases: record news of a level per channel, settle pushes, watch the lag.
+"""Propagation use cases: record news of a level per channel, push it, watch the lag.
 
 The ``channel.propagation`` consumer records each ``inventory.level_changed`` per channel
 (:meth:`Propagation.record`) in the transaction that marks the message processed: the
 newest version wins, a change from the channel itself is not sent back to it, and
 changes that arrive before the push is sent ride along with it (coalescing). Senders
-claim due rows per channel and settle them (:meth:`Propagation.settle`,
-:meth:`Propagation.failed`); every push the channel acknowledges is logged with its lag,
-from which :meth:`Propagation.check_lag` computes the percentiles and the alert.
+claim due rows per channel (:meth:`Propagation.claim`) and hand them to
+:meth:`Propagation.push_claimed`, the one place a push happens: it calls the channel's
+adapter, reads its answer or its failure, and settles each push (acknowledged, unlisted,
+retried after the backoff, or dead-lettered). Every push the channel acknowledges is
+logged with its lag, from which :meth:`Propagation.check_lag` computes the percentiles
+and the alert.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from stockkeeper.config import ChannelConfig, MonitoringConfig, PropagationConfig
-from stockkeeper.connectors.channels import ChannelAdapter, PushOutcome
+from stockkeeper.connectors.channels import ChannelAdapter, Push, PushOutcome
+from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
+from stockkeeper.domain.backoff import Backoff
 from stockkeeper.domain.events import Event
-from stockkeeper.domain.propagation import AlertChange, Verdict, judge, lag_alert, retry_delay
+from stockkeeper.domain.propagation import AlertChange, SyncStatus, Verdict, judge, lag_alert
 from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, transaction
-from stockkeeper.store import channels as repo
+from stockkeeper.store import channel_sync as repo
 from stockkeeper.store import outbox, stock
 from stockkeeper.store.pool import Conn, Pool
-from stockkeeper.store.sql import q
 
 log = get_logger("stockkeeper.propagation")
 
@@ -52,6 +57,16 @@ class Settled:
     dead: int = 0
     retried: int = 0
     lags_ms: list[float] = field(default_factory=list)
+
+    def add(self, other: Settled) -> Settled:
+        """This round and ``other`` together (a batch settled in parts)."""
+        self.pushed += other.pushed
+        self.noop += other.noop
+        self.unlisted += other.unlisted
+        self.dead += other.dead
+        self.retried += other.retried
+        self.lags_ms += other.lags_ms
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +94,9 @@ class Propagation:
         self.configs = {c.id: c for c in channels}
         self.ids = sorted(self.configs)
         self.cfg = cfg
+        # A failed push waits backoff_base_ms, doubling up to backoff_max_ms, and never
+        # less than the channel's Retry-After.
+        self.backoff = Backoff(cfg.backoff_base_ms / 1000, cfg.backoff_max_ms / 1000)
         self.monitoring = monitoring
         self.clock = clock
         # Changes from these sources came from the channel: not sent back to it.
@@ -112,7 +130,7 @@ class Propagation:
     async def rearm(self, conn: Conn, channel: str, skus: Sequence[str]) -> int:
         """A replayed dead letter: its SKUs are due again on the channel."""
         n = await repo.rearm(conn, channel, skus)
-        await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+        await repo.notify_senders(conn, NOTIFY_CHANNEL)
         return n
 
     # -- the senders -----------------------------------------------------------------
@@ -124,8 +142,63 @@ class Propagation:
         return max(60.0, c.max_attempts * (c.timeout_ms + c.backoff_max_ms) / 1000 * 2)
 
     async def claim(self, channel: str, limit: int) -> list[repo.Claimed]:
+        """Lease up to ``limit`` due pushes of ``channel`` to this sender, oldest first."""
         async with self.pool.acquire() as conn:
             return await repo.claim(conn, channel, limit, self.lease_s(channel))
+
+    async def push_next(self, adapter: ChannelAdapter) -> int:
+        """Claim one batch of the channel's due pushes and push it; how many were claimed."""
+        claimed = await self.claim(adapter.id, self.configs[adapter.id].batch_size)
+        if claimed:
+            await self.push_claimed(adapter, claimed)
+        return len(claimed)
+
+    async def push_claimed(
+        self, adapter: ChannelAdapter, claimed: Sequence[repo.Claimed]
+    ) -> Settled:
+        """Push claimed SKUs through the channel's adapter and settle every one.
+
+        Those the channel already shows are settled without a call. The adapter's
+        failure contract (see :mod:`stockkeeper.connectors.channels`) decides the rest:
+        a refused call is split into single pushes and a single refused item is
+        dead-lettered; a channel that cannot take the call now has the batch retried
+        after the backoff (never sooner than its ``Retry-After``); anything else the
+        adapter raises is logged and retried the same way.
+        """
+        channel = adapter.id
+        done = Settled()
+        noop = [c for c in claimed if c.previous == c.quantity]
+        if noop:
+            done.add(await self.noops(channel, noop))
+        todo = [c for c in claimed if c.previous != c.quantity]
+        if todo:
+            done.add(await self._call(adapter, todo))
+        return done
+
+    async def _call(self, adapter: ChannelAdapter, claimed: Sequence[repo.Claimed]) -> Settled:
+        channel = adapter.id
+        items = [Push(c.sku, c.quantity, c.version, c.previous, c.channel_ref) for c in claimed]
+        try:
+            outcomes = await adapter.push(items)
+        except ConnectorRejected as exc:
+            if len(claimed) > 1:
+                # One bad item must not hold the others back: push each on its own.
+                done = Settled()
+                for c in claimed:
+                    done.add(await self._call(adapter, [c]))
+                return done
+            refused = [PushOutcome(claimed[0].sku, "rejected", error=str(exc))]
+            return await self.settle(channel, claimed, refused)
+        except ConnectorUnavailable as exc:
+            return await self.failed(channel, claimed, str(exc), exc.retry_after)
+        except asyncio.CancelledError:
+            # Stopping: let go of the rows now rather than when the lease runs out.
+            await asyncio.shield(self.failed(channel, claimed, "propagator stopped"))
+            raise
+        except Exception as exc:
+            log.exception("propagator.adapter_failed", channel=channel)
+            return await self.failed(channel, claimed, f"{type(exc).__name__}: {exc}")
+        return await self.settle(channel, claimed, outcomes)
 
     async def settle(
         self, channel: str, claimed: Sequence[repo.Claimed], outcomes: Sequence[PushOutcome]
@@ -205,7 +278,7 @@ class Propagation:
         cfg = self.cfg
         spent = [c for c in claimed if c.attempts >= cfg.max_attempts]
         again = [
-            (c.sku, retry_delay(c.attempts, cfg.backoff_base_ms, cfg.backoff_max_ms, retry_after_s))
+            (c.sku, self.backoff.delay(c.attempts, retry_after_s))
             for c in claimed
             if c.attempts < cfg.max_attempts
         ]
@@ -260,16 +333,15 @@ class Propagation:
         if not self.ids:
             return changes
         async with self.pool.acquire() as conn:
-            await conn.execute(q("ensure_channel_states"), self.ids)
+            await repo.ensure_channel_states(conn, self.ids)
             lags = await repo.lag(conn, self.ids, mon.lag_window_s)
         for ch in self.ids:
             lag = lags[ch]
             async with transaction(self.pool) as conn:
-                row = await conn.fetchrow(q("lock_channel_state"), ch)
-                assert row is not None
-                change = lag_alert(lag.p99_ms, mon.p99_lag_alert_ms, row["alerting"])
-                alerting = row["alerting"] if change is None else change is AlertChange.FIRE
-                await conn.execute(q("set_channel_lag"), ch, alerting, lag.p50_ms, lag.p99_ms)
+                was = await repo.lock_alerting(conn, ch)
+                change = lag_alert(lag.p99_ms, mon.p99_lag_alert_ms, was)
+                alerting = was if change is None else change is AlertChange.FIRE
+                await repo.set_lag(conn, ch, alerting, lag.p50_ms, lag.p99_ms)
                 if change is not None:
                     await outbox.add(conn, [self._alert_event(ch, change, lag)])
             changes[ch] = change
@@ -308,11 +380,9 @@ class Propagation:
             log.warning(LAG_RECOVERED, channel=channel, p99_ms=lag.p99_ms)
 
     async def prune(self, limit: int = 10_000) -> int:
+        """Forget logged pushes past ``propagation.push_log_retention_s``; how many went."""
         async with self.pool.acquire() as conn:
-            status: str = await conn.execute(
-                q("prune_pushes"), self.cfg.push_log_retention_s, limit
-            )
-        return int(status.rsplit(" ", 1)[-1])
+            return await repo.prune_pushes(conn, self.cfg.push_log_retention_s, limit)
 
     async def status(self) -> dict[str, Any]:
         """Per channel: p50/p99 lag over the window, backlog, pushes and coalescing."""
@@ -321,10 +391,9 @@ class Propagation:
         window = self.monitoring.lag_window_s
         async with self.pool.acquire() as conn:
             lags = await repo.lag(conn, self.ids, window)
-            counts = {r["channel"]: r for r in await conn.fetch(q("channel_counts"), self.ids)}
-            pushes = await conn.fetch(q("channel_push_totals"), self.ids, window)
-            totals = {r["channel"]: r for r in pushes}
-            states = {r["channel"]: r for r in await conn.fetch(q("channel_states"), self.ids)}
+            counts = await repo.counts(conn, self.ids)
+            totals = await repo.push_totals(conn, self.ids, window)
+            states = await repo.channel_states(conn, self.ids)
         out: dict[str, Any] = {}
         for ch in self.ids:
             c, t, s, lag = counts[ch], totals[ch], states.get(ch), lags[ch]
@@ -332,19 +401,19 @@ class Propagation:
                 "type": self.configs[ch].type,
                 "lag_ms": {"p50": lag.p50_ms, "p99": lag.p99_ms, "samples": lag.samples},
                 "window_s": window,
-                "alerting": bool(s and s["alerting"]),
+                "alerting": bool(s and s.alerting),
                 "alert_threshold_ms": self.monitoring.p99_lag_alert_ms,
-                "pending": c["pending"],
-                "synced": c["synced"],
-                "unlisted": c["unlisted"],
-                "dead": c["dead"],
-                "oldest_pending_s": c["oldest_pending_s"],
-                "pushes_in_window": t["pushes"],
-                "changes_in_window": t["changes"],
+                "pending": c.pending,
+                "synced": c.synced,
+                "unlisted": c.unlisted,
+                "dead": c.dead,
+                "oldest_pending_s": c.oldest_pending_s,
+                "pushes_in_window": t.pushes,
+                "changes_in_window": t.changes,
                 "last_reconciled_at": (
-                    s["last_reconciled_at"].isoformat() if s and s["last_reconciled_at"] else None
+                    s.last_reconciled_at.isoformat() if s and s.last_reconciled_at else None
                 ),
-                "drift_repaired": s["drift_repaired"] if s else 0,
+                "drift_repaired": s.drift_repaired if s else 0,
             }
         return out
 
@@ -356,8 +425,8 @@ class Propagation:
         if interval <= 0:
             return False
         async with self.pool.acquire() as conn:
-            await conn.execute(q("ensure_channel_states"), [channel])
-            return await conn.fetchval(q("claim_reconcile"), channel, interval) is not None
+            await repo.ensure_channel_states(conn, [channel])
+            return await repo.claim_reconcile(conn, channel, interval)
 
     async def reconcile(self, adapter: ChannelAdapter, page: int = RECONCILE_PAGE) -> Drift:
         """Read every SKU's level back from the channel and, where it differs from ours,
@@ -368,37 +437,33 @@ class Propagation:
         after, checked, drifted, unlisted = "", 0, 0, 0
         while True:
             async with self.pool.acquire() as conn:
-                rows = await conn.fetch(q("reconcile_page"), channel, after, page)
+                rows = await repo.reconcile_page(conn, channel, after, page)
             if not rows:
                 break
-            after = rows[-1]["sku"]
-            todo = [r for r in rows if not r["in_flight"]]
-            refs = {r["sku"]: r["channel_ref"] for r in todo if r["channel_ref"]}
-            shown = await adapter.read([r["sku"] for r in todo], refs)
+            after = rows[-1].sku
+            todo = [r for r in rows if not r.in_flight]
+            refs = {r.sku: r.channel_ref for r in todo if r.channel_ref}
+            shown = await adapter.read([r.sku for r in todo], refs)
             async with transaction(self.pool) as conn:
-                levels = await stock.sku_levels(conn, [r["sku"] for r in todo], self.clock())
+                levels = await stock.sku_levels(conn, [r.sku for r in todo], self.clock())
                 for r in todo:
-                    lv = levels.get(r["sku"])
+                    lv = levels.get(r.sku)
                     if lv is None:
                         continue
-                    status = await conn.fetchval(
-                        q("repair_drift"),
-                        channel,
-                        r["sku"],
-                        shown.get(r["sku"]),
-                        lv.version,
-                        lv.level.available,
+                    there = shown.get(r.sku)
+                    status = await repo.repair_drift(
+                        conn, channel, r.sku, there, lv.version, lv.level.available
                     )
                     checked += 1
-                    if status == "PENDING" and shown.get(r["sku"]) != lv.level.available:
+                    if status is SyncStatus.PENDING and there != lv.level.available:
                         drifted += 1
-                    elif status == "UNLISTED":
+                    elif status is SyncStatus.UNLISTED:
                         unlisted += 1
                 if drifted:
-                    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+                    await repo.notify_senders(conn, NOTIFY_CHANNEL)
         async with self.pool.acquire() as conn:
-            await conn.execute(q("ensure_channel_states"), [channel])
-            await conn.execute(q("count_drift"), channel, drifted)
+            await repo.ensure_channel_states(conn, [channel])
+            await repo.count_drift(conn, channel, drifted)
         self.metrics.channel_drift.labels(channel=channel).inc(drifted)
         log.info(
             "propagation.reconciled",

@@ -5,32 +5,34 @@ records each ``inventory.level_changed`` per channel (newest version wins, echoe
 channel's own changes are left out, changes waiting for a push ride along with it) in
 the transaction that marks the message processed, so it never waits for a channel.
 Per channel, one loop claims due SKUs for every free slot (``concurrency`` calls in
-flight, ``batch_size`` SKUs each), pushes them through the channel's adapter within its
-rate limit, and books the answers; a failed push is retried
-with backoff and, past ``propagation.max_attempts``, dead-lettered. A slow or broken
-channel only ever holds up its own loop. A monitor computes the lag percentiles and
-the alert, prunes the push log and runs the scheduled drift repair.
+flight, ``batch_size`` SKUs each) and hands each batch to
+:meth:`~stockkeeper.services.propagation.Propagation.push_claimed`, which calls the
+channel's adapter and books the answers (a failed push is retried with backoff and,
+past ``propagation.max_attempts``, dead-lettered). This module only schedules and
+wakes: the loops run on :func:`~stockkeeper.workers.listener.listen_then_poll`, woken by
+one :class:`~stockkeeper.workers.listener.Listener`. A slow or broken channel only ever
+holds up its own loop. A monitor computes the lag percentiles and the alert, prunes the
+push log and runs the scheduled drift repair.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stockkeeper.connectors.channels import ChannelAdapter, Push, PushOutcome
-from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
+from stockkeeper.connectors.channels import ChannelAdapter
 from stockkeeper.domain.events import LEVEL_CHANGED
 from stockkeeper.messaging.consumer import EffectHandler, PermanentError
 from stockkeeper.messaging.envelope import Envelope, first_error
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.propagation import NOTIFY_CHANNEL, REARM, Propagation
-from stockkeeper.store.channels import Claimed
+from stockkeeper.store.channel_sync import Claimed
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.waiting import wait_any
+from stockkeeper.workers.listener import Listener, listen_then_poll
 
 log = get_logger("stockkeeper.propagator")
 
@@ -65,7 +67,11 @@ class Propagator:
         self.adapters = adapters
         self.pool = pool
         self.metrics = service.metrics
-        self.wake = {ch: asyncio.Event() for ch in adapters}
+        # One LISTEN connection; per channel, one wake-up for its loop and one to tell
+        # whether an idle wait ended in a NOTIFY (then it lingers before it claims).
+        self.listener = Listener(pool, "propagator")
+        self.wake = {ch: self.listener.subscribe(NOTIFY_CHANNEL) for ch in adapters}
+        self._notified = {ch: self.listener.subscribe(NOTIFY_CHANNEL) for ch in adapters}
 
     # -- the consumer half -----------------------------------------------------------
 
@@ -97,115 +103,28 @@ class Propagator:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("propagator.started", channels=sorted(self.adapters))
-        listener = await self.pool.acquire()
-        await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        tasks = [asyncio.ensure_future(self._channel(ch, stop)) for ch in self.adapters]
-        tasks.append(asyncio.ensure_future(self._monitor(stop)))
         try:
-            await asyncio.gather(*tasks)
+            async with self.listener:
+                loops = [self._channel(ch, stop) for ch in self.adapters]
+                await asyncio.gather(*loops, self._monitor(stop))
         finally:
-            with contextlib.suppress(Exception):
-                await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            await self.pool.release(listener)
             for adapter in self.adapters.values():
                 await adapter.aclose()
             log.info("propagator.stopped")
 
-    def _on_notify(self, *_args: object) -> None:
-        for event in self.wake.values():
-            event.set()
-
     async def _channel(self, channel: str, stop: asyncio.Event) -> None:
-        """One channel's loop: claim due pushes for every free slot (``concurrency``
-        calls in flight, ``batch_size`` SKUs each) and push them. Only this loop queries
-        for the channel's due rows, so a burst of changes is one claim, not one per
-        sender; it waits ``LINGER_S`` after a wake-up to let changes gather."""
-        cfg = self.service.configs[channel]
-        wake = self.wake[channel]
-        flying: set[asyncio.Task[None]] = set()
-        backoff = 0.5
-        while not stop.is_set():
-            if len(flying) >= cfg.concurrency:
-                await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            wake.clear()
-            free = cfg.concurrency - len(flying)
-            try:
-                claimed = await self.service.claim(channel, cfg.batch_size * free)
-                backoff = 0.5
-            except Exception:
-                # The database restarting, say: counted, logged, tried again shortly.
-                self.metrics.worker_errors.labels(worker="propagator").inc()
-                log.exception("propagator.claim_failed", channel=channel)
-                await wait_any(stop, at_most=backoff)
-                backoff = min(30.0, backoff * 2)
-                continue
-            for i in range(0, len(claimed), cfg.batch_size):
-                task = asyncio.ensure_future(
-                    self._guarded(channel, claimed[i : i + cfg.batch_size])
-                )
-                flying.add(task)
-                task.add_done_callback(flying.discard)
-            if not claimed:
-                await wait_any(stop, wake, at_most=IDLE_POLL_S)
-                if wake.is_set():
-                    await wait_any(stop, at_most=LINGER_S)
-        if flying:
-            # Stopping: pushes in flight get a moment to finish, then let go of their rows.
-            _, late = await asyncio.wait(flying, timeout=STOP_GRACE_S)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await _ChannelLoop(self, channel, stop).run()
 
     async def _guarded(self, channel: str, claimed: Sequence[Claimed]) -> None:
         try:
-            await self.push(channel, claimed)
+            await self.service.push_claimed(self.adapters[channel], claimed)
         except Exception:
             self.metrics.worker_errors.labels(worker="propagator").inc()
             log.exception("propagator.push_failed", channel=channel, skus=len(claimed))
 
     async def push_once(self, channel: str) -> int:
         """Claim one batch of due pushes of ``channel`` and push it; how many were claimed."""
-        claimed = await self.service.claim(channel, self.service.configs[channel].batch_size)
-        if claimed:
-            await self.push(channel, claimed)
-        return len(claimed)
-
-    async def push(self, channel: str, claimed: Sequence[Claimed]) -> None:
-        """Push claimed SKUs: those the channel already shows are settled without a call."""
-        noop = [c for c in claimed if c.previous == c.quantity]
-        if noop:
-            await self.service.noops(channel, noop)
-        todo = [c for c in claimed if c.previous != c.quantity]
-        if todo:
-            await self._push(channel, todo)
-
-    async def _push(self, channel: str, claimed: Sequence[Claimed]) -> None:
-        adapter = self.adapters[channel]
-        items = [Push(c.sku, c.quantity, c.version, c.previous, c.channel_ref) for c in claimed]
-        try:
-            outcomes = await adapter.push(items)
-        except ConnectorRejected as exc:
-            if len(claimed) > 1:
-                # One bad item must not hold the others back: push each on its own.
-                for c in claimed:
-                    await self._push(channel, [c])
-                return
-            refused = [PushOutcome(claimed[0].sku, "rejected", error=str(exc))]
-            await self.service.settle(channel, claimed, refused)
-            return
-        except ConnectorUnavailable as exc:
-            await self.service.failed(channel, claimed, str(exc), exc.retry_after)
-            return
-        except asyncio.CancelledError:
-            # Stopping: let go of the rows now rather than when the lease runs out.
-            await asyncio.shield(self.service.failed(channel, claimed, "propagator stopped"))
-            raise
-        except Exception as exc:
-            log.exception("propagator.adapter_failed", channel=channel)
-            await self.service.failed(channel, claimed, f"{type(exc).__name__}: {exc}")
-            return
-        await self.service.settle(channel, claimed, outcomes)
+        return await self.service.push_next(self.adapters[channel])
 
     # -- the monitor -----------------------------------------------------------------
 
@@ -235,3 +154,59 @@ class Propagator:
         for task in repairs.values():
             task.cancel()
         await asyncio.gather(*repairs.values(), return_exceptions=True)
+
+
+class _ChannelLoop:
+    """One channel's loop: claim due pushes for every free slot (``concurrency`` calls in
+    flight, ``batch_size`` SKUs each) and hand each batch to the service. Only this loop
+    queries for the channel's due rows, so a burst of changes is one claim, not one per
+    sender; after an idle wait that a NOTIFY ended it waits ``LINGER_S`` to let changes
+    gather."""
+
+    def __init__(self, worker: Propagator, channel: str, stop: asyncio.Event) -> None:
+        self.worker = worker
+        self.channel = channel
+        self.stop = stop
+        self.cfg = worker.service.configs[channel]
+        self.notified = worker._notified[channel]
+        self.flying: set[asyncio.Task[None]] = set()
+        self.idle = False
+
+    async def run(self) -> None:
+        wake = self.worker.wake[self.channel]
+        await listen_then_poll(
+            self.step, wake, self.stop, poll_s=IDLE_POLL_S, on_error=self.claim_failed
+        )
+        if self.flying:
+            # Stopping: pushes in flight get a moment to finish, then let go of their rows.
+            _, late = await asyncio.wait(self.flying, timeout=STOP_GRACE_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def step(self) -> bool:
+        """One round; True when there may be more to claim at once."""
+        woken, self.idle = self.idle and self.notified.is_set(), False
+        self.notified.clear()
+        if woken:
+            await wait_any(self.stop, at_most=LINGER_S)
+            if self.stop.is_set():
+                return False
+        if len(self.flying) >= self.cfg.concurrency:
+            await asyncio.wait(self.flying, return_when=asyncio.FIRST_COMPLETED)
+            return True
+        size = self.cfg.batch_size
+        claimed = await self.worker.service.claim(
+            self.channel, size * (self.cfg.concurrency - len(self.flying))
+        )
+        for i in range(0, len(claimed), size):
+            task = asyncio.ensure_future(self.worker._guarded(self.channel, claimed[i : i + size]))
+            self.flying.add(task)
+            task.add_done_callback(self.flying.discard)
+        self.idle = not claimed
+        return not self.idle
+
+    def claim_failed(self, exc: Exception) -> None:
+        # The database restarting, say: counted, logged, tried again shortly.
+        self.worker.metrics.worker_errors.labels(worker="propagator").inc()
+        log.error("propagator.claim_failed", channel=self.channel, exc_info=exc)

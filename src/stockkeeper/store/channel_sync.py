@@ -1,0 +1,280 @@
+"""Repository for channel propagation: per channel and SKU sync state (``channel_sync_state``),
+the push log (``channel_push``), and per channel lag, alert and drift repair state
+(``channel_state``). Every statement of the propagation use cases runs from here; the
+SQL is in ``queries/channel_sync.sql``. Functions run on the caller's connection and
+never open a transaction of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from stockkeeper.domain.propagation import SyncState, SyncStatus, Verdict
+from stockkeeper.store.pool import Conn
+from stockkeeper.store.sql import q
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A due push, leased to one sender."""
+
+    sku: str
+    version: int
+    quantity: int
+    # What the channel shows as far as we know; None: never told.
+    previous: int | None
+    channel_ref: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """A settled push: ``called`` False when the channel already showed the figure."""
+
+    sku: str
+    version: int
+    quantity: int
+    channel_ref: str | None
+    called: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    sku: str
+    changes: int
+    called: bool
+    lag_ms: float
+
+
+async def lock_states(conn: Conn, sku: str, channels: Sequence[str]) -> dict[str, SyncState]:
+    """One SKU's sync state per channel, locked; rows created as "never told" first for
+    a SKU a channel has no row for (one round trip when they all exist)."""
+    rows = await conn.fetch(q("lock_sync_rows"), sku, list(channels))
+    if len(rows) < len(channels):
+        await conn.execute(q("ensure_sync_rows"), list(channels), sku)
+        rows = await conn.fetch(q("lock_sync_rows"), sku, list(channels))
+    return {
+        r["channel"]: SyncState(
+            r["desired_version"],
+            r["pushed_version"],
+            r["pushed_quantity"],
+            SyncStatus(r["status"]),
+        )
+        for r in rows
+    }
+
+
+async def apply_level(
+    conn: Conn,
+    sku: str,
+    version: int,
+    available: int,
+    committed_at: datetime,
+    verdicts: Mapping[str, Verdict],
+    notify: str,
+) -> None:
+    """Record level ``version`` for each channel with its (non-stale) verdict; if a push
+    became due, NOTIFY ``notify`` (delivered at commit)."""
+    if not verdicts:
+        return
+    channels = sorted(verdicts)
+    await conn.execute(
+        q("apply_level"),
+        sku,
+        version,
+        available,
+        committed_at,
+        channels,
+        [verdicts[c].value for c in channels],
+        notify,
+    )
+
+
+async def claim(conn: Conn, channel: str, limit: int, lease_s: float) -> list[Claimed]:
+    rows = await conn.fetch(q("claim_pushes"), channel, limit, lease_s)
+    return [
+        Claimed(
+            r["sku"],
+            r["desired_version"],
+            r["desired_quantity"],
+            r["pushed_quantity"],
+            r["channel_ref"],
+            r["attempts"],
+        )
+        for r in rows
+    ]
+
+
+async def ack(conn: Conn, channel: str, items: Sequence[Acked]) -> list[Logged]:
+    if not items:
+        return []
+    rows = await conn.fetch(
+        q("ack_pushes"),
+        channel,
+        [i.sku for i in items],
+        [i.version for i in items],
+        [i.quantity for i in items],
+        [i.channel_ref for i in items],
+        [i.called for i in items],
+    )
+    return [Logged(r["sku"], r["changes"], r["called"], r["lag_ms"]) for r in rows]
+
+
+async def retry(conn: Conn, channel: str, delays: Sequence[tuple[str, float]], error: str) -> None:
+    await conn.execute(
+        q("retry_pushes"),
+        channel,
+        [sku for sku, _ in delays],
+        [delay for _, delay in delays],
+        error[:2000],
+    )
+
+
+async def dead(conn: Conn, channel: str, skus: Sequence[str], error: str) -> None:
+    await conn.execute(q("dead_pushes"), channel, list(skus), error[:2000])
+
+
+async def unlisted(conn: Conn, channel: str, skus: Sequence[str]) -> None:
+    await conn.execute(q("unlisted_pushes"), channel, list(skus))
+
+
+async def rearm(conn: Conn, channel: str, skus: Sequence[str]) -> int:
+    status: str = await conn.execute(q("rearm_pushes"), channel, list(skus))
+    return int(status.rsplit(" ", 1)[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    samples: int
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+async def lag(conn: Conn, channels: Sequence[str], window_s: int) -> dict[str, Lag]:
+    rows = await conn.fetch(q("channel_lag"), list(channels), window_s)
+    return {r["channel"]: Lag(r["samples"], r["p50_ms"], r["p99_ms"]) for r in rows}
+
+
+async def notify_senders(conn: Conn, notify: str) -> None:
+    """Wake the senders listening on ``notify`` (delivered at the caller's commit)."""
+    await conn.execute("SELECT pg_notify($1, '')", notify)
+
+
+async def prune_pushes(conn: Conn, retention_s: int, limit: int) -> int:
+    """Delete up to ``limit`` logged pushes older than ``retention_s``; how many went."""
+    status: str = await conn.execute(q("prune_pushes"), retention_s, limit)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# -- per channel state: the lag alert and the drift repair schedule ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    channel: str
+    alerting: bool
+    last_reconciled_at: datetime | None
+    drift_repaired: int
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """A channel's sync rows by status, and the age of its oldest due push."""
+
+    pending: int
+    synced: int
+    unlisted: int
+    dead: int
+    oldest_pending_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Acknowledged pushes in the window, and the changes they carried."""
+
+    pushes: int
+    changes: int
+
+
+async def ensure_channel_states(conn: Conn, channels: Sequence[str]) -> None:
+    await conn.execute(q("ensure_channel_states"), list(channels))
+
+
+async def lock_alerting(conn: Conn, channel: str) -> bool:
+    """Whether the channel's lag alert is on, its row locked until the caller commits
+    (so one replica decides per channel). The row must exist."""
+    row = await conn.fetchrow(q("lock_channel_state"), channel)
+    if row is None:
+        raise LookupError(f"no channel_state row for {channel!r}")
+    alerting: bool = row["alerting"]
+    return alerting
+
+
+async def set_lag(
+    conn: Conn, channel: str, alerting: bool, p50_ms: float | None, p99_ms: float | None
+) -> None:
+    await conn.execute(q("set_channel_lag"), channel, alerting, p50_ms, p99_ms)
+
+
+async def channel_states(conn: Conn, channels: Sequence[str]) -> dict[str, ChannelState]:
+    rows = await conn.fetch(q("channel_states"), list(channels))
+    return {
+        r["channel"]: ChannelState(
+            r["channel"], r["alerting"], r["last_reconciled_at"], r["drift_repaired"]
+        )
+        for r in rows
+    }
+
+
+async def counts(conn: Conn, channels: Sequence[str]) -> dict[str, Counts]:
+    rows = await conn.fetch(q("channel_counts"), list(channels))
+    return {
+        r["channel"]: Counts(
+            r["pending"], r["synced"], r["unlisted"], r["dead"], r["oldest_pending_s"]
+        )
+        for r in rows
+    }
+
+
+async def push_totals(conn: Conn, channels: Sequence[str], window_s: int) -> dict[str, Totals]:
+    rows = await conn.fetch(q("channel_push_totals"), list(channels), window_s)
+    return {r["channel"]: Totals(r["pushes"], r["changes"]) for r in rows}
+
+
+async def claim_reconcile(conn: Conn, channel: str, interval_s: float) -> bool:
+    """Whether this replica runs the channel's scheduled drift repair now (marked started)."""
+    return await conn.fetchval(q("claim_reconcile"), channel, interval_s) is not None
+
+
+async def count_drift(conn: Conn, channel: str, drifted: int) -> None:
+    await conn.execute(q("count_drift"), channel, drifted)
+
+
+# -- drift repair ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A SKU of ours with what we know of it on one channel (drift repair's page)."""
+
+    sku: str
+    channel_ref: str | None
+    in_flight: bool
+
+
+async def reconcile_page(conn: Conn, channel: str, after: str, limit: int) -> list[Listed]:
+    """The next ``limit`` SKUs after ``after`` (by name), with the channel's sync row."""
+    rows = await conn.fetch(q("reconcile_page"), channel, after, limit)
+    return [Listed(r["sku"], r["channel_ref"], r["in_flight"]) for r in rows]
+
+
+async def repair_drift(
+    conn: Conn, channel: str, sku: str, shown: int | None, version: int, available: int
+) -> SyncStatus | None:
+    """Record what the channel really shows (``shown``; None: not listed) against our
+    level; the row's status after, or None when it was left alone (a push in flight, or
+    a newer change known)."""
+    status: Any = await conn.fetchval(q("repair_drift"), channel, sku, shown, version, available)
+    return None if status is None else SyncStatus(status)
