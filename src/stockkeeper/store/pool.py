@@ -19,7 +19,9 @@ from stockkeeper.store.sql import q
 if TYPE_CHECKING:
     Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
     Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+    PooledConn: TypeAlias = PoolConnectionProxy[asyncpg.Record]
 else:
+    PooledConn = PoolConnectionProxy
     Conn = asyncpg.Connection | PoolConnectionProxy
     Pool = asyncpg.Pool
 
@@ -76,3 +78,14 @@ async def connection(pool: Pool) -> AsyncIterator[Conn]:
 async def ping(conn: Conn) -> None:
     """One round trip on ``conn``; raises if the connection no longer works."""
     await conn.execute(q("ping"))
+
+
+def is_open(conn: Conn | None) -> bool:
+    """Whether ``conn`` is still usable. The pool takes back a proxy whose connection
+    was lost, after which asking it anything raises: that counts as closed too."""
+    if conn is None:
+        return False
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False

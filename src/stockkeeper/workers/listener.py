@@ -16,14 +16,10 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.observability.logging import get_logger
-from stockkeeper.store.pool import Pool, ping
+from stockkeeper.store.pool import Pool, PooledConn, is_open, ping
 from stockkeeper.waiting import wait_any
 
 log = get_logger("stockkeeper.listener")
@@ -52,7 +48,7 @@ class Listener:
         self._subs: dict[str, dict[str | None, list[asyncio.Event]]] = defaultdict(
             lambda: defaultdict(list)
         )
-        self._conn: PoolConnectionProxy[Any] | None = None
+        self._conn: PooledConn | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.reconnects = 0
@@ -66,7 +62,7 @@ class Listener:
 
     @property
     def healthy(self) -> bool:
-        return _is_open(self._conn)
+        return is_open(self._conn)
 
     async def start(self) -> None:
         """Open the connection and LISTEN; then keep it healthy in the background."""
@@ -119,7 +115,7 @@ class Listener:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if _is_open(conn):
+        if is_open(conn):
             with contextlib.suppress(Exception):
                 for channel in self._subs:
                     await conn.remove_listener(channel, self._on_notify)
@@ -128,7 +124,7 @@ class Listener:
 
     async def _alive(self) -> bool:
         conn = self._conn
-        if conn is None or not _is_open(conn):
+        if conn is None or not is_open(conn):
             return False
         try:
             await asyncio.wait_for(ping(conn), HEALTH_CHECK_TIMEOUT_S)
@@ -158,17 +154,6 @@ class Listener:
             if self.on_reconnect is not None:
                 self.on_reconnect()
             self.wake_all()  # whatever was notified while away is found by one poll
-
-
-def _is_open(conn: PoolConnectionProxy[Any] | None) -> bool:
-    """Whether ``conn`` is still usable. The pool takes back a proxy whose connection
-    was lost, after which asking it anything raises: that is closed too."""
-    if conn is None:
-        return False
-    try:
-        return not conn.is_closed()
-    except asyncpg.InterfaceError:
-        return False
 
 
 async def listen_then_poll(
