@@ -85,6 +85,7 @@ async def run(
     one that records the key, and a repeat replays the recorded answer.
     """
     path = request.url.path
+    request.app.state.container.failpoints.hit("api.use_case")
     key = request.headers.get("idempotency-key")
     if key is None:
         return respond(await _answer(use, present, None, path))
