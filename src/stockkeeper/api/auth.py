@@ -100,6 +100,8 @@ BEARER = HTTPBearer(
     auto_error=False,
 )
 _CREDENTIALS = Depends(BEARER)
+# The request scope's key for the principals AuthenticatedRoute found, by scope.
+_CHECKED = "stockkeeper.principals"
 
 
 def authenticate(request: Request, scope: str) -> Principal:
@@ -133,7 +135,8 @@ class Require:
     async def __call__(
         self, request: Request, _: HTTPAuthorizationCredentials | None = _CREDENTIALS
     ) -> Principal:
-        return authenticate(request, self.scope)
+        checked: dict[str, Principal] = request.scope.get(_CHECKED, {})
+        return checked.get(self.scope) or authenticate(request, self.scope)
 
 
 def require(scope: str) -> Callable[..., Awaitable[Principal]]:
@@ -163,8 +166,7 @@ class AuthenticatedRoute(APIRoute):
             return handler
 
         async def authenticated(request: Request) -> Response:
-            for scope in scopes:
-                authenticate(request, scope)
+            request.scope[_CHECKED] = {s: authenticate(request, s) for s in scopes}
             return await handler(request)
 
         return authenticated
