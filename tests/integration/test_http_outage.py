@@ -128,7 +128,9 @@ async def one_request(http: httpx.AsyncClient, n: int) -> httpx.Response:
     if n % 2:
         return await http.get("/inventory/TEA", headers=W)
     body = {"order_id": f"o-{uuid.uuid4().hex}", "lines": [{"sku": "TEA", "quantity": 1}]}
-    return await http.post("/inventory/reserve", json=body, headers=W)
+    # Every other reserve under an Idempotency-Key: the key's transaction fails the same way.
+    headers = {**W, "Idempotency-Key": uuid.uuid4().hex} if n % 4 == 0 else W
+    return await http.post("/inventory/reserve", json=body, headers=headers)
 
 
 async def load(http: httpx.AsyncClient, count: int) -> list[httpx.Response]:
