@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.auth import Principal, require
-from stockkeeper.api.common import new_app
+from stockkeeper.api.common import RowId, new_app
 from stockkeeper.api.problems import JSONResponse
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
 from stockkeeper.services.ingest import connector_status
@@ -35,13 +35,14 @@ def create_admin_app(container: Container) -> FastAPI:
     @app.get(
         "/admin/dead-letters",
         response_model=schemas.DeadLetterListOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(422),
+        summary="List dead letters",
         tags=["dead letters"],
     )
     async def list_dead_letters(
         queue: Annotated[str | None, Query(max_length=200)] = None,
         status: Literal["DEAD", "REPLAYED", "DISCARDED"] | None = "DEAD",
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=schemas.MAX_ROW_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         who: Principal = ADMIN,
     ) -> Response:
@@ -52,10 +53,11 @@ def create_admin_app(container: Container) -> FastAPI:
     @app.post(
         "/admin/dead-letters/{dead_letter_id}/replay",
         response_model=schemas.DeadLetterOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 409, 422),
+        summary="Replay a dead letter",
         tags=["dead letters"],
     )
-    async def replay(dead_letter_id: int, who: Principal = ADMIN) -> Response:
+    async def replay(dead_letter_id: RowId, who: Principal = ADMIN) -> Response:
         """Send the message back to its queue as a first attempt."""
         dead = await (await ops()).replay(dead_letter_id, who.name)
         return _ok(schemas.DeadLetterOut.model_validate(dead))
@@ -63,10 +65,11 @@ def create_admin_app(container: Container) -> FastAPI:
     @app.post(
         "/admin/dead-letters/{dead_letter_id}/discard",
         response_model=schemas.DeadLetterOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 409, 422),
+        summary="Discard a dead letter",
         tags=["dead letters"],
     )
-    async def discard(dead_letter_id: int, who: Principal = ADMIN) -> Response:
+    async def discard(dead_letter_id: RowId, who: Principal = ADMIN) -> Response:
         """Drop the message for good (kept in the table, marked DISCARDED)."""
         dead = await (await ops()).discard(dead_letter_id, who.name)
         return _ok(schemas.DeadLetterOut.model_validate(dead))
@@ -75,7 +78,9 @@ def create_admin_app(container: Container) -> FastAPI:
         "/admin/wms/sync",
         status_code=202,
         response_model=schemas.WmsSyncOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 409, 413, 422),
+        summary="Force a WMS sync",
+        dependencies=[idempotency.KEY_HEADER],
         tags=["wms"],
     )
     async def force_wms_sync(
@@ -103,17 +108,19 @@ def create_admin_app(container: Container) -> FastAPI:
     @app.get(
         "/admin/wms/sync/{sync_request_id}",
         response_model=schemas.WmsSyncOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 422),
+        summary="A WMS sync request",
         tags=["wms"],
     )
-    async def wms_sync_status(sync_request_id: int, who: Principal = ADMIN) -> Response:
+    async def wms_sync_status(sync_request_id: RowId, who: Principal = ADMIN) -> Response:
         """PENDING, IN_PROGRESS, then DONE or FAILED (with the reason), and the tallies."""
         return _ok(schemas.WmsSyncOut.of(await container.wms.get_request(sync_request_id)))
 
     @app.get(
         "/admin/status",
         response_model=schemas.StatusOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(),
+        summary="Operator status",
         tags=["status"],
     )
     async def status(who: Principal = ADMIN) -> Response:

@@ -7,11 +7,16 @@ import hmac
 import os
 import secrets
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.responses import Response
 
 from stockkeeper.api.problems import ApiProblem
 from stockkeeper.config import Settings
@@ -86,26 +91,82 @@ def build_token_book(settings: Settings) -> TokenBook:
     return TokenBook(tokens)
 
 
-def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+# The OpenAPI securityScheme ("Authorize" in /docs). It reads nothing itself
+# (auto_error=False): the token is checked by authenticate(), with our own answers.
+BEARER = HTTPBearer(
+    scheme_name="bearer",
+    description="A token from api.tokens (or the generated admin token); its scopes "
+    "(inventory:read, inventory:write, admin) decide which routes it may call.",
+    auto_error=False,
+)
+_CREDENTIALS = Depends(BEARER)
+# The request scope's key for the principals AuthenticatedRoute found, by scope.
+_CHECKED = "stockkeeper.principals"
+
+
+def authenticate(request: Request, scope: str) -> Principal:
+    """The caller's principal from the Authorization header; 401 or 403 if it has none
+    holding ``scope``. Reads headers only."""
+    book: TokenBook = request.app.state.tokens
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiProblem(
+            "unauthorized", "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    principal = book.lookup(token.strip())
+    if principal is None:
+        raise ApiProblem(
+            "unauthorized",
+            "the bearer token is not valid",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    if scope not in principal.scopes:
+        raise ApiProblem("forbidden", f"this token lacks the {scope} scope")
+    return principal
+
+
+class Require:
     """A FastAPI dependency: the caller's principal, which must hold ``scope``."""
 
-    async def dependency(request: Request) -> Principal:
-        book: TokenBook = request.app.state.tokens
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiProblem(
-                "unauthorized", "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
-        principal = book.lookup(token.strip())
-        if principal is None:
-            raise ApiProblem(
-                "unauthorized",
-                "the bearer token is not valid",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        if scope not in principal.scopes:
-            raise ApiProblem("forbidden", f"this token lacks the {scope} scope")
-        return principal
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
 
-    return dependency
+    async def __call__(
+        self, request: Request, _: HTTPAuthorizationCredentials | None = _CREDENTIALS
+    ) -> Principal:
+        checked: dict[str, Principal] = request.scope.get(_CHECKED, {})
+        return checked.get(self.scope) or authenticate(request, self.scope)
+
+
+def require(scope: str) -> Callable[..., Awaitable[Principal]]:
+    """A FastAPI dependency: the caller's principal, which must hold ``scope``."""
+    return Require(scope)
+
+
+def _scopes(dependant: Dependant) -> list[str]:
+    found = [d.call.scope for d in dependant.dependencies if isinstance(d.call, Require)]
+    for sub in dependant.dependencies:
+        found += _scopes(sub)
+    return found
+
+
+class AuthenticatedRoute(APIRoute):
+    """A route whose token is checked before its body is read or validated.
+
+    FastAPI reads and parses the body before it solves dependencies, so without this an
+    anonymous caller with a malformed body would learn about the fields (422) instead
+    of getting 401, and would make us read its body first.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        scopes = _scopes(self.dependant)
+        if not scopes:
+            return handler
+
+        async def authenticated(request: Request) -> Response:
+            request.scope[_CHECKED] = {s: authenticate(request, s) for s in scopes}
+            return await handler(request)
+
+        return authenticated

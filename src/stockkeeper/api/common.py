@@ -1,18 +1,24 @@
-"""What both HTTP apps share: construction, health, readiness and metrics."""
+"""What both HTTP apps share: construction, health, readiness, metrics and /docs."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from importlib import resources
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
 from stockkeeper import __version__
 from stockkeeper.api import problems
-from stockkeeper.api.middleware import BodyLimit, RequestMetrics
-from stockkeeper.api.problems import ApiProblem, JSONResponse
+from stockkeeper.api.auth import AuthenticatedRoute
+from stockkeeper.api.middleware import BodyLimit, CatchAll, RequestMetrics
+from stockkeeper.api.problems import PROBLEM_TYPE, ApiProblem, JSONResponse
+from stockkeeper.api.schemas import MAX_ROW_ID
 from stockkeeper.store.pool import ping
 
 if TYPE_CHECKING:
@@ -24,14 +30,18 @@ def new_app(container: Container, name: str, title: str) -> FastAPI:
         title=title,
         version=__version__,
         default_response_class=JSONResponse,
-        docs_url="/docs",
+        docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
     )
+    app.router.route_class = AuthenticatedRoute
     app.state.container = container
     app.state.pool = container.pool
     app.state.tokens = container.tokens
     problems.install(app)
+    add_docs(app)
+    _file_errors_as_problems(app)
+    app.add_middleware(CatchAll, app_name=name)
     app.add_middleware(RequestMetrics, metrics=container.metrics, app_name=name)
     app.add_middleware(BodyLimit, limit=container.settings.api.max_body_bytes)
 
@@ -65,3 +75,67 @@ def checked_path(adapter: TypeAdapter[str], value: str, field: str) -> str:
             f"not a valid {field.replace('_', ' ')}: {value!r}",
             errors=[{"field": field, "message": exc.errors()[0]["msg"]}],
         ) from None
+
+
+# A row id in a path (a dead letter, a sync request): a bigint, so past 2^63 is a 422,
+# not an overflow in the driver.
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="a row id, 1 to 2^63 - 1")]
+
+
+def location(prefix: str, *ids: str) -> str:
+    """A path to put in a header (``Location``): each id percent-encoded, so an id in
+    any script (or with ?, #, %, spaces) stays ASCII and reads back as itself."""
+    return prefix + "".join("/" + quote(i, safe="") for i in ids)
+
+
+# Swagger UI and ReDoc, served from the fastapi-offline wheel (MIT; the bundled
+# swagger-ui and redoc are Apache-2.0 and MIT): /docs works with no network.
+ASSETS = "/docs/assets"
+
+
+def add_docs(app: FastAPI) -> None:
+    static = resources.files("fastapi_offline") / "static"
+    app.mount(ASSETS, StaticFiles(directory=str(static)), name="docs-assets")
+    title = app.title
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{title} - Swagger UI",
+            swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{ASSETS}/favicon.png",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{title} - ReDoc",
+            redoc_js_url=f"{root}{ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
+def _file_errors_as_problems(app: FastAPI) -> None:
+    """Every 4xx/5xx answer in the OpenAPI document is problem+json, as on the wire."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = build()
+            for methods in doc.get("paths", {}).values():
+                for op in methods.values():
+                    for status, answer in op.get("responses", {}).items():
+                        content = answer.get("content", {})
+                        if status[0] in "45" and "application/json" in content:
+                            answer["content"] = {PROBLEM_TYPE: content["application/json"]}
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

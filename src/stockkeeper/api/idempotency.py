@@ -8,9 +8,9 @@ the use case's result (or its domain error) becomes the HTTP answer that is reco
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import Request
+from fastapi import Depends, Header, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
@@ -26,6 +26,24 @@ T = TypeVar("T")
 UseCase = Callable[[Conn | None], Awaitable[T]]
 # A use case's result as HTTP: the status and the response model of the body.
 Present = Callable[[T], tuple[int, BaseModel]]
+
+
+async def _documented_key(
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description=f"Optional, 1 to {MAX_KEY_LENGTH} characters. The first answer "
+            "to this key is recorded with the change; a repeat with the same body gets "
+            "that answer again (Idempotency-Replayed: true), with another body 409.",
+        ),
+    ] = None,
+) -> None:
+    """Only documents the header (``run`` reads and checks it)."""
+
+
+# ``dependencies=[KEY_HEADER]`` on every route that answers through ``run``.
+KEY_HEADER = Depends(_documented_key)
 
 
 def respond(answer: Answer) -> Response:
@@ -67,6 +85,7 @@ async def run(
     one that records the key, and a repeat replays the recorded answer.
     """
     path = request.url.path
+    request.app.state.container.failpoints.hit("api.use_case")
     key = request.headers.get("idempotency-key")
     if key is None:
         return respond(await _answer(use, present, None, path))

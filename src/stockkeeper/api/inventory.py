@@ -27,6 +27,7 @@ WRITE = Depends(require("inventory:write"))
 ADMIN = Depends(require("admin"))
 MAX_BULK = 500
 _sku_adapter: TypeAdapter[str] = TypeAdapter(schemas.Sku)
+_order_id: TypeAdapter[str] = TypeAdapter(schemas.OrderId)
 
 
 def _check_sku(sku: str) -> str:
@@ -55,7 +56,9 @@ def create_inventory_app(container: Container) -> FastAPI:
         "/inventory/reserve",
         status_code=201,
         response_model=schemas.ReservationOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(409, 413, 422),
+        summary="Reserve stock for an order",
+        dependencies=[idempotency.KEY_HEADER],
         tags=["reservations"],
     )
     async def reserve(
@@ -79,7 +82,9 @@ def create_inventory_app(container: Container) -> FastAPI:
     @app.post(
         "/inventory/release",
         response_model=schemas.ReservationOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 409, 413, 422),
+        summary="Release a reservation",
+        dependencies=[idempotency.KEY_HEADER],
         tags=["reservations"],
     )
     async def release(
@@ -93,7 +98,9 @@ def create_inventory_app(container: Container) -> FastAPI:
     @app.post(
         "/inventory/confirm",
         response_model=schemas.ReservationOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 409, 413, 422),
+        summary="Confirm a reservation (payment taken)",
+        dependencies=[idempotency.KEY_HEADER],
         tags=["reservations"],
     )
     async def confirm(body: schemas.OrderRef, request: Request, who: Principal = WRITE) -> Response:
@@ -105,7 +112,9 @@ def create_inventory_app(container: Container) -> FastAPI:
     @app.post(
         "/inventory/fulfil",
         response_model=schemas.ReservationOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 409, 413, 422),
+        summary="Fulfil a reservation (shipped)",
+        dependencies=[idempotency.KEY_HEADER],
         tags=["reservations"],
     )
     async def fulfil(body: schemas.OrderRef, request: Request, who: Principal = WRITE) -> Response:
@@ -118,7 +127,9 @@ def create_inventory_app(container: Container) -> FastAPI:
         "/inventory/receipts",
         status_code=201,
         response_model=schemas.ReceiptOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(409, 413, 422),
+        summary="Receive stock",
+        dependencies=[idempotency.KEY_HEADER],
         tags=["stock"],
     )
     async def receipts(
@@ -145,7 +156,9 @@ def create_inventory_app(container: Container) -> FastAPI:
         "/inventory/adjustments",
         status_code=201,
         response_model=schemas.AdjustmentOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 409, 413, 422),
+        summary="Adjust a batch's figures",
+        dependencies=[idempotency.KEY_HEADER],
         tags=["stock"],
     )
     async def adjustments(
@@ -172,7 +185,8 @@ def create_inventory_app(container: Container) -> FastAPI:
     @app.get(
         "/inventory",
         response_model=schemas.StockListOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(422),
+        summary="Stock of several SKUs",
         tags=["stock"],
     )
     async def bulk(
@@ -193,7 +207,8 @@ def create_inventory_app(container: Container) -> FastAPI:
     @app.get(
         "/inventory/{sku}",
         response_model=schemas.StockOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 422),
+        summary="Stock of one SKU",
         tags=["stock"],
     )
     async def get_one(sku: str, who: Principal = READ) -> Response:
@@ -203,12 +218,13 @@ def create_inventory_app(container: Container) -> FastAPI:
     @app.get(
         "/inventory/{sku}/ledger",
         response_model=schemas.LedgerOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 422),
+        summary="A SKU's ledger",
         tags=["stock"],
     )
     async def ledger(
         sku: str,
-        after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+        after: Annotated[int, Query(ge=0, le=schemas.MAX_ROW_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         who: Principal = READ,
     ) -> Response:
@@ -219,12 +235,14 @@ def create_inventory_app(container: Container) -> FastAPI:
     @app.get(
         "/reservations/{order_id}",
         response_model=schemas.ReservationOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 422),
+        summary="A reservation",
         tags=["reservations"],
     )
     async def get_reservation(order_id: str, who: Principal = READ) -> Response:
         """A reservation as it stands."""
-        return _ok(schemas.ReservationOut.of(await svc.get(order_id)))
+        oid = checked_path(_order_id, order_id, "order_id")
+        return _ok(schemas.ReservationOut.of(await svc.get(oid)))
 
     if container.settings.api.expose_noop:
 

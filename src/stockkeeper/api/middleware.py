@@ -1,15 +1,22 @@
-"""Pure ASGI middleware: body size limit and request metrics."""
+"""Pure ASGI middleware: body size limit, request metrics, and the catch-all."""
 
 from __future__ import annotations
 
 import time
+import uuid
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stockkeeper.api.problems import PROBLEM_TYPE, problem_doc
+from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
+from stockkeeper.store.errors import StoreUnavailable, translate
+
+log = get_logger(__name__)
+# What a 503 asks the client to wait: a database outage is mostly a restart or failover.
+RETRY_AFTER_S = 1
 
 
 class _TooLarge(HTTPException):
@@ -19,22 +26,27 @@ class _TooLarge(HTTPException):
         super().__init__(413, "the body is too large")
 
 
-async def _send_413(send: Send, limit: int, path: str) -> None:
-    body = orjson.dumps(
-        problem_doc("payload-too-large", f"the body is larger than {limit} bytes", path)
-    )
+async def _send_problem(
+    send: Send, doc: dict[str, object], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = orjson.dumps(doc)
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": doc["status"],
             "headers": [
                 (b"content-type", PROBLEM_TYPE.encode()),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+                *(headers or []),
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_413(send: Send, limit: int, path: str) -> None:
+    doc = problem_doc("payload-too-large", f"the body is larger than {limit} bytes", path)
+    await _send_problem(send, doc, [(b"connection", b"close")])
 
 
 class BodyLimit:
@@ -111,3 +123,79 @@ class RequestMetrics:
             self.hist.labels(self.app_name, path, scope["method"], str(status)).observe(
                 time.perf_counter() - start
             )
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The database could not be reached: ``exc`` or one of its causes is an outage as
+    the store names it (a refused, reset or lost connection, a server shutting down),
+    or a socket error or timeout on the way to it."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, StoreUnavailable | OSError) or isinstance(
+            translate(cur), StoreUnavailable
+        ):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+class CatchAll:
+    """The one place an exception no handler took becomes an answer.
+
+    A database outage is 503 ``unavailable`` with ``Retry-After``; anything else is 500
+    ``internal``. Both are problem+json with a ``request_id`` that the log line carries
+    too, so an operator finds the traceback from what the client shows.
+    """
+
+    def __init__(self, app: ASGIApp, app_name: str) -> None:
+        self.app = app
+        self.app_name = app_name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            request_id = uuid.uuid4().hex
+            outage = is_outage(exc)
+            fields = {
+                "app": self.app_name,
+                "method": scope["method"],
+                "path": scope["path"],
+                "request_id": request_id,
+                "answered": not started,
+            }
+            if outage:
+                log.warning("http.unavailable", error=f"{type(exc).__name__}: {exc}", **fields)
+            else:
+                log.error("http.unexpected_error", exc_info=exc, **fields)
+            if started:  # too late for an answer: the client sees the connection close
+                raise
+            if outage:
+                doc = problem_doc(
+                    "unavailable",
+                    "the database is not reachable; try again shortly",
+                    scope["path"],
+                    request_id=request_id,
+                )
+                await _send_problem(send, doc, [(b"retry-after", str(RETRY_AFTER_S).encode())])
+            else:
+                doc = problem_doc(
+                    "internal",
+                    "an unexpected error; the log line has this request_id",
+                    scope["path"],
+                    request_id=request_id,
+                )
+                await _send_problem(send, doc)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
 
-from stockkeeper.api.schemas import CODE, Body, LineIn, OrderId, Reason, ReferenceId
+from stockkeeper.api.schemas import ID_TEXT, PRINTABLE, Body, LineIn, OrderId, Reason, ReferenceId
 
 if TYPE_CHECKING:
     from stockkeeper.services.orders import OrderView
@@ -25,8 +25,9 @@ def _date_text(value: Any) -> Any:
 
 
 IsoDate = Annotated[date, BeforeValidator(_date_text)]
-Text = Annotated[str, Field(min_length=1, max_length=200, pattern=CODE)]
-Short = Annotated[str, Field(min_length=1, max_length=100, pattern=CODE)]
+Text = Annotated[str, Field(min_length=1, max_length=200, description=PRINTABLE), ID_TEXT]
+Short = Annotated[str, Field(min_length=1, max_length=100, description=PRINTABLE), ID_TEXT]
+PostalCode = Annotated[str, Field(min_length=1, max_length=20, description=PRINTABLE), ID_TEXT]
 
 
 class AddressIn(Body):
@@ -35,7 +36,7 @@ class AddressIn(Body):
     line2: Text | None = None
     city: Short
     region: Short | None = None
-    postal_code: Annotated[str, Field(min_length=1, max_length=20, pattern=CODE)] | None = None
+    postal_code: PostalCode | None = None
     # ISO 3166-1 alpha-2: what carriers are routed by.
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
 

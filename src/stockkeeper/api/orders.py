@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.auth import Principal, require
-from stockkeeper.api.common import checked_path
+from stockkeeper.api.common import checked_path, location
 from stockkeeper.api.order_schemas import (
     CancelIn,
     OrderAcceptedOut,
@@ -47,7 +47,9 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
         "/orders",
         status_code=202,
         response_model=OrderAcceptedOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(409, 413, 422),
+        summary="Place an order",
+        dependencies=[idempotency.KEY_HEADER],
         tags=["orders"],
     )
     async def place_order(body: OrderIn, request: Request, who: Principal = WRITE) -> Response:
@@ -68,13 +70,14 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
             lambda view: (202 if view.created else 200, OrderAcceptedOut.of(view)),
         )
         if resp.status_code < 300:
-            resp.headers["Location"] = f"/orders/{body.order_id}"
+            resp.headers["Location"] = location("/orders", body.order_id)
         return resp
 
     @app.get(
         "/orders/{order_id}",
         response_model=OrderOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 422),
+        summary="An order's status",
         tags=["orders"],
     )
     async def get_order(order_id: str, who: Principal = READ) -> Response:
@@ -85,7 +88,9 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
     @app.post(
         "/orders/{order_id}/payment",
         response_model=OrderOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 409, 413, 422),
+        summary="Record an order's payment",
+        dependencies=[idempotency.KEY_HEADER],
         tags=["orders"],
     )
     async def pay_order(
@@ -109,7 +114,9 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
     @app.post(
         "/orders/{order_id}/cancel",
         response_model=OrderOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 409, 413, 422),
+        summary="Cancel an order",
+        dependencies=[idempotency.KEY_HEADER],
         tags=["orders"],
     )
     async def cancel_order(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from stockkeeper.domain.quantities import MAX_QUANTITY
 
@@ -13,13 +14,39 @@ if TYPE_CHECKING:
     from stockkeeper.services.stock import LedgerEntry, LedgerPage
     from stockkeeper.services.wms import SyncRequest
 
-# Printable, no surrounding whitespace: what a shopkeeper would type as a code.
-CODE = r"^[^\s\x00-\x1f](?:[^\x00-\x1f]*[^\s\x00-\x1f])?$"
-Sku = Annotated[str, Field(min_length=1, max_length=128, pattern=CODE)]
-OrderId = Annotated[str, Field(min_length=1, max_length=128, pattern=CODE)]
-ReferenceId = Annotated[str, Field(min_length=1, max_length=200, pattern=CODE)]
+# The one rule for the characters of an id (SKU, order id, reference id, lot number) and
+# of the short texts beside them (docs/http.md, "Ids"): any printable Unicode character,
+# no surrounding whitespace. Refused: controls (C0, DEL, C1: category Cc), format
+# characters (zero-width space and joiners, bidi controls, the byte order mark, soft
+# hyphen: Cf), the line and paragraph separators U+2028/U+2029 (Zl, Zp) and lone
+# surrogates (Cs). Invisible characters would make "A\u200bB" a second SKU beside "AB".
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+PRINTABLE = (
+    "printable text without surrounding whitespace; no control, zero-width, bidi-control "
+    "or line/paragraph separator characters"
+)
+
+
+def printable(value: str) -> str:
+    """``value`` if it may be an id, else ValueError naming the first character refused."""
+    if value != value.strip():
+        raise ValueError("must not begin or end with whitespace")
+    for ch in value:
+        if unicodedata.category(ch) in REFUSED_CATEGORIES:
+            name = unicodedata.name(ch, "a control character")
+            raise ValueError(f"must not contain U+{ord(ch):04X} ({name})")
+    return value
+
+
+# Every id-like text is Annotated[str, Field(min_length=1, max_length=N, ...), ID_TEXT].
+ID_TEXT = AfterValidator(printable)
+Sku = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
+OrderId = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
+ReferenceId = Annotated[str, Field(min_length=1, max_length=200, description=PRINTABLE), ID_TEXT]
 LocationCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
-LotNumber = Annotated[str, Field(min_length=1, max_length=128, pattern=CODE)]
+LotNumber = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
+# A row id (dead letter, sync request): a PostgreSQL bigint, so 1 to 2^63 - 1.
+MAX_ROW_ID = 2**63 - 1
 Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
 Reason = Annotated[str, Field(min_length=1, max_length=500)]
 
@@ -63,7 +90,7 @@ class AdjustmentIn(Body):
     quantity: Literal["on_hand", "unavailable"]
     reason: Reason
     reference_id: ReferenceId
-    batch_id: Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)] | None = None
+    batch_id: Annotated[int, Field(strict=True, ge=1, le=MAX_ROW_ID)] | None = None
     delta: Annotated[int, Field(strict=True, ge=-MAX_QUANTITY, le=MAX_QUANTITY)] | None = None
     set: Annotated[int, Field(strict=True, ge=0, le=MAX_QUANTITY)] | None = None
 
@@ -80,7 +107,7 @@ class WmsSyncIn(Body):
     reason: Reason
     requested_by: Annotated[str, Field(min_length=1, max_length=200)]
     sku: Sku | None = None
-    sku_batch_id: Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)] | None = None
+    sku_batch_id: Annotated[int, Field(strict=True, ge=1, le=MAX_ROW_ID)] | None = None
     priority: Literal["low", "normal", "high"] = "normal"
     connector: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
@@ -328,7 +355,25 @@ class Problem(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}}
-    for code in (401, 403, 404, 409, 413, 422)
+# What each error status means on our routes, for the OpenAPI document.
+ERROR_STATUSES: dict[int, str] = {
+    401: "No valid bearer token (or, on a webhook, no valid signature).",
+    403: "The token lacks the scope this route needs.",
+    404: "Nothing with that id.",
+    409: "The request contradicts the current state (insufficient-stock, "
+    "reservation-expired, conflict; also an Idempotency-Key reused with another body).",
+    413: "The body is larger than the configured limit.",
+    422: "The request is not valid; ``errors`` names each field.",
+    500: "An unexpected error; ``request_id`` is in the server's log line.",
+    503: "The database is not reachable; try again after ``Retry-After`` seconds.",
 }
+# Every route that needs a token can answer these.
+AUTHENTICATED = (401, 403, 500, 503)
+
+
+def problems(*statuses: int, authenticated: bool = True) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: each status with the problem+json schema."""
+    wanted = sorted({*statuses, *(AUTHENTICATED if authenticated else (500, 503))})
+    # The model registers the Problem schema; api/common.py's OpenAPI hook files it under
+    # application/problem+json, the media type these answers have.
+    return {code: {"model": Problem, "description": ERROR_STATUSES[code]} for code in wanted}

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from stockkeeper.api.problems import ApiProblem, JSONResponse
-from stockkeeper.api.schemas import WebhookOut
+from stockkeeper.api.schemas import WebhookOut, problems
 from stockkeeper.bootstrap import env_secret
 from stockkeeper.config import WebhookConnectorConfig
 from stockkeeper.connectors.signatures import SignatureError
@@ -38,7 +38,14 @@ def add_webhook_routes(app: FastAPI, container: Container) -> None:
         return ApiProblem(slug, detail, headers or None)
 
     @app.post(
-        "/webhooks/{connector}", status_code=202, response_model=WebhookOut, tags=["webhooks"]
+        "/webhooks/{connector}",
+        status_code=202,
+        response_model=WebhookOut,
+        responses=problems(401, 404, 413, 422, authenticated=False),
+        summary="Receive a signed webhook delivery",
+        # No bearer token: the connector's signature over the raw body is the check.
+        openapi_extra={"security": []},
+        tags=["webhooks"],
     )
     async def receive_webhook(connector: str, request: Request) -> Response:
         """A signed delivery of levels or sales from a configured webhook connector."""

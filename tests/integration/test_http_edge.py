@@ -1,0 +1,211 @@
+"""The HTTP edge never reports a stored change as a failure (issue 13, points 8, 9, 12):
+ids with any printable character round-trip through headers, ids past 2^63 are refused,
+and a request without a valid token is refused before its body is read. Both apps in
+process on a real PostgreSQL, over httpx."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from stockkeeper.api.admin import create_admin_app
+from stockkeeper.api.inventory import create_inventory_app
+from stockkeeper.bootstrap import Container
+from stockkeeper.services.stock import Receipt
+from tests.integration.orders_helpers import CARRIERS, SHIP_TO
+from tests.support import ADMIN_TOKEN, WRITER_TOKEN, auth
+
+PROBLEM = "application/problem+json"
+W = auth(WRITER_TOKEN)
+PAST_INT64 = "9223372036854775808"
+
+
+@pytest.fixture
+def config(config: dict[str, Any]) -> dict[str, Any]:
+    config["orders"] = {"payment_timeout_seconds": 600, "carriers": CARRIERS}
+    return config
+
+
+@pytest.fixture
+async def http(container: Container) -> AsyncIterator[httpx.AsyncClient]:
+    await container.stock.receive(Receipt("TEA", 50, f"rcpt-{uuid.uuid4().hex}"))
+    # raise_app_exceptions=False: an unhandled error is what a client would see (a 500),
+    # not an exception in the test.
+    transport = httpx.ASGITransport(app=create_inventory_app(container), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+        yield c
+
+
+@pytest.fixture
+async def admin(container: Container) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_admin_app(container), raise_app_exceptions=False)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://admin", headers=auth(ADMIN_TOKEN)
+    ) as c:
+        yield c
+
+
+def order(order_id: str) -> dict[str, Any]:
+    return {"order_id": order_id, "lines": [{"sku": "TEA", "quantity": 1}], "ship_to": SHIP_TO}
+
+
+def assert_problem(r: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    doc: dict[str, Any] = r.json()
+    assert (doc["status"], doc["type"]) == (status, slug), doc
+    return doc
+
+
+# -- point 8: any printable id round-trips; controls and invisible characters are refused --
+
+
+@pytest.mark.parametrize(
+    "order_id",
+    [
+        pytest.param("заказ-1", id="cyrillic"),
+        pytest.param("order-\U0001f4e6", id="emoji"),
+        pytest.param("注文 7 ?#%", id="cjk-with-url-characters"),
+    ],
+)
+async def test_an_order_with_a_non_latin1_id_answers_202_with_an_encoded_location(
+    http: httpx.AsyncClient, order_id: str
+) -> None:
+    first = await http.post("/orders", json=order(order_id), headers=W)
+    assert first.status_code == 202, first.text
+    location = first.headers["location"]
+    assert location == "/orders/" + quote(order_id, safe="")
+    assert location.isascii()
+
+    again = await http.post("/orders", json=order(order_id), headers=W)
+    assert again.status_code == 200, again.text
+    assert again.headers["location"] == location
+
+    polled = await http.get(location, headers=W)
+    assert polled.status_code == 200, polled.text
+    assert polled.json()["order_id"] == order_id
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param("заказ\x7f", id="U+007F"),
+        pytest.param("a\x85b", id="C1-NEL"),
+        pytest.param("a\u2028b", id="U+2028"),
+        pytest.param("a\u2029b", id="U+2029"),
+        pytest.param("A\u200bB", id="zero-width-space"),
+        pytest.param("A\u200dB", id="zero-width-joiner"),
+        pytest.param("\ufeffAB", id="byte-order-mark"),
+        pytest.param("A\u202eB", id="bidi-override"),
+    ],
+)
+async def test_an_id_with_a_control_or_invisible_character_is_422(
+    http: httpx.AsyncClient, container: Container, bad: str
+) -> None:
+    assert_problem(await http.post("/orders", json=order(bad), headers=W), 422, "validation")
+    receipt = {"sku": bad, "quantity": 1, "reference_id": "r-1"}
+    assert_problem(
+        await http.post("/inventory/receipts", json=receipt, headers=auth(ADMIN_TOKEN)),
+        422,
+        "validation",
+    )
+    reserve = {"order_id": bad, "lines": [{"sku": "TEA", "quantity": 1}]}
+    assert_problem(
+        await http.post("/inventory/reserve", json=reserve, headers=W), 422, "validation"
+    )
+    assert_problem(await http.get(f"/inventory/{quote(bad)}", headers=W), 422, "validation")
+    assert_problem(await http.get(f"/reservations/{quote(bad)}", headers=W), 422, "validation")
+    async with container.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM sku WHERE sku <> 'TEA'") == 0
+        assert await conn.fetchval("SELECT count(*) FROM orders") == 0
+
+
+async def test_a_zero_width_character_cannot_make_a_second_sku(
+    http: httpx.AsyncClient, container: Container
+) -> None:
+    made = await http.post(
+        "/inventory/receipts",
+        json={"sku": "AB", "quantity": 1, "reference_id": "r-ab"},
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert made.status_code == 201, made.text
+    twin = await http.post(
+        "/inventory/receipts",
+        json={"sku": "A\u200bB", "quantity": 1, "reference_id": "r-a-zw-b"},
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert_problem(twin, 422, "validation")
+    async with container.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM sku WHERE sku LIKE 'A%B'") == 1
+
+
+# -- point 9: ids past 2^63 in admin paths are 422, never 500 --------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        pytest.param("GET", f"/admin/wms/sync/{PAST_INT64}", id="wms-sync"),
+        pytest.param("POST", f"/admin/dead-letters/{PAST_INT64}/replay", id="replay"),
+        pytest.param("POST", f"/admin/dead-letters/{PAST_INT64}/discard", id="discard"),
+        pytest.param("GET", f"/admin/dead-letters?after={PAST_INT64}", id="list-after"),
+        pytest.param("GET", "/admin/wms/sync/0", id="wms-sync-zero"),
+        pytest.param("POST", "/admin/dead-letters/-1/replay", id="replay-negative"),
+    ],
+)
+async def test_an_id_out_of_range_is_422(admin: httpx.AsyncClient, method: str, path: str) -> None:
+    doc = assert_problem(await admin.request(method, path), 422, "validation")
+    assert doc["errors"], doc
+
+
+async def test_the_largest_id_is_simply_not_found(admin: httpx.AsyncClient) -> None:
+    largest = str(2**63 - 1)
+    assert_problem(await admin.get(f"/admin/wms/sync/{largest}"), 404, "not-found")
+    assert_problem(await admin.post(f"/admin/dead-letters/{largest}/replay"), 404, "not-found")
+
+
+# -- point 12: authentication before the body is read ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({}, id="empty-object"),
+        pytest.param("{not json", id="not-json"),
+        pytest.param({"order_id": "o", "lines": "x"}, id="wrong-types"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/inventory/reserve", "/orders", "/inventory/receipts"])
+async def test_an_anonymous_request_is_401_before_its_body_is_validated(
+    http: httpx.AsyncClient, path: str, body: Any
+) -> None:
+    kwargs: dict[str, Any] = (
+        {"content": body, "headers": {"Content-Type": "application/json"}}
+        if isinstance(body, str)
+        else {"json": body}
+    )
+    anonymous = await http.post(path, **kwargs)
+    assert_problem(anonymous, 401, "unauthorized")
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    kwargs["headers"] = {**kwargs.get("headers", {}), **auth("not-a-known-token-at-all")}
+    wrong = await http.post(path, **kwargs)
+    assert_problem(wrong, 401, "unauthorized")
+
+
+async def test_a_token_without_the_scope_is_403_before_its_body_is_validated(
+    admin: httpx.AsyncClient, http: httpx.AsyncClient
+) -> None:
+    # The writer lacks "admin": adjustments answer 403, not the body's 422.
+    assert_problem(await http.post("/inventory/adjustments", json={}, headers=W), 403, "forbidden")
+
+
+async def test_an_anonymous_admin_request_is_401_before_its_body_is_validated(
+    admin: httpx.AsyncClient,
+) -> None:
+    r = await admin.post("/admin/wms/sync", json={}, headers={"Authorization": ""})
+    assert_problem(r, 401, "unauthorized")
