@@ -865,7 +865,7 @@ async def pending_messages(pool: Pool) -> tuple[Msg, ...]:
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT id, event_id, event_type, sku, sequence, source, payload, occurred_at, "
-            "attempts FROM domain_event WHERE status = 'PENDING' ORDER BY id"
+            "attempts, ordering_key FROM domain_event WHERE status = 'PENDING' ORDER BY id"
         )
     out = []
     for r in rows:

@@ -129,8 +129,11 @@ async def test_dispatcher_killed_after_publish_before_sent(
 ) -> None:
     """The broker confirmed the batch, the dispatcher died before marking it SENT: the
     rows stay PENDING, the next dispatcher publishes them again, and the consumer takes
-    every event once, recognising each second copy as a duplicate."""
+    every event once, recognising each second copy on RabbitMQ as a duplicate. The
+    embedded queue's messages were written in the claiming transaction, which died with
+    the dispatcher, so there is no first copy to recognise (D-132)."""
     track(broker, cleanup_rabbit)
+    rabbit = bool(broker.get("url"))
     cfg = settings_for(db_url, broker)
     await write_receipts(cfg)
     events = await level_changed_ids(db)
@@ -146,21 +149,27 @@ async def test_dispatcher_killed_after_publish_before_sent(
         assert rc == SIGKILLED, doomed.log_tail()
         assert await outbox_status(db) == {"PENDING": total}
 
-        # The batch did reach the broker: the consumer applies all of it while every
-        # row is still PENDING.
-        await wait_until(
-            lambda: _count_is(db, RECEIPTS), timeout=WAIT, what="first copies", children=kids
-        )
+        if rabbit:
+            # The batch did reach the broker: the consumer applies all of it while every
+            # row is still PENDING.
+            await wait_until(
+                lambda: _count_is(db, RECEIPTS), timeout=WAIT, what="first copies", children=kids
+            )
+        else:
+            # Nothing reached the embedded queue: its rows rolled back with the claim.
+            assert await drained(broker, db)
+            assert await effect_count(db) == 0
         assert await outbox_status(db) == {"PENDING": total}
 
         kids.dispatcher(cfg)
         await wait_until(
             lambda: _all_sent(db, total), timeout=WAIT, what="all events SENT", children=kids
         )
+        copies = 2 * RECEIPTS if rabbit else RECEIPTS
 
         async def both_copies_handled() -> bool:
             await _count_is(db, RECEIPTS)  # fails at once on a second effect
-            return sum(consumer.consumer_outcomes().values()) >= 2 * RECEIPTS
+            return sum(consumer.consumer_outcomes().values()) >= copies
 
         await wait_until(
             both_copies_handled,
@@ -172,7 +181,8 @@ async def test_dispatcher_killed_after_publish_before_sent(
         await wait_until(
             lambda: drained(broker, db), timeout=WAIT, what="an empty queue", children=kids
         )
-        assert consumer.consumer_outcomes() == {"applied": RECEIPTS, "duplicate": RECEIPTS}
+        expected = {"applied": RECEIPTS, "duplicate": RECEIPTS} if rabbit else {"applied": RECEIPTS}
+        assert consumer.consumer_outcomes() == expected
     await assert_exactly_once(db, events)
 
 

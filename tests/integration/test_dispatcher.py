@@ -1,6 +1,7 @@
 """The dispatcher: outbox rows written by the services reach the broker and are marked
-SENT; an unavailable broker costs no attempts; per-SKU order holds while another
-dispatcher holds a SKU's earliest event; an event with no exchange ends FAILED."""
+SENT; an unavailable broker costs no attempts; order per ordering key (a SKU, an order)
+holds while another dispatcher holds the key's earliest event, and behind a refused row;
+an event with no exchange ends FAILED; the embedded queue's hand-off is exactly once."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import pytest
 
 from stockkeeper.bootstrap import Container
 from stockkeeper.domain.allocation import OrderLine
+from stockkeeper.domain.events import ALLOCATED, RELEASED
+from stockkeeper.failpoints import FailpointError, Failpoints
 from stockkeeper.messaging.broker import (
     Broker,
     BrokerUnavailable,
     Handler,
     OutgoingMessage,
+    PublishRejected,
     Subscription,
 )
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER, Envelope
@@ -88,6 +92,22 @@ class Recording:
         return await self.inner.queue_depths()
 
 
+class NacksOnce(Recording):
+    """The real broker, except that the first publish of each message in ``refuse`` is
+    refused (a nack) while the rest of its batch is confirmed, as RabbitMQ may."""
+
+    def __init__(self, inner: Broker, refuse: set[str]) -> None:
+        super().__init__(inner)
+        self.refuse = set(refuse)
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        refused = [m.message_id for m in messages if m.message_id in self.refuse]
+        self.refuse -= set(refused)
+        await super().publish([m for m in messages if m.message_id not in refused])
+        if refused:
+            raise PublishRejected(refused, "nacked")
+
+
 class Refusing:
     """A broker at the port whose every publish fails with ``error``."""
 
@@ -136,8 +156,8 @@ async def add_bogus_event(c: Container) -> int:
     """An outbox row whose type maps to no exchange (only a bug could write one)."""
     async with c.pool.acquire() as conn:
         row_id: int = await conn.fetchval(
-            """INSERT INTO domain_event (event_id, event_type, payload)
-               VALUES ($1, 'bogus.thing', '{}'::jsonb) RETURNING id""",
+            """INSERT INTO domain_event (event_id, event_type, payload, ordering_key)
+               VALUES ($1, 'bogus.thing', '{}'::jsonb, 'bogus.thing') RETURNING id""",
             uuid.uuid4(),
         )
     return row_id
@@ -337,3 +357,95 @@ async def test_the_backlog_metrics_show_the_oldest_pending_events_age(
     await d.dispatch_once()
     await d.refresh_backlog()
     assert metric(c, "stockkeeper_outbox_oldest_age_seconds") == 0
+
+
+async def test_a_refused_row_holds_back_the_rows_behind_it_with_the_same_key(
+    container: Container, pgqueue: PgQueueBroker
+) -> None:
+    c = container
+    await c.stock.receive(Receipt("MILK", 5, "m-1"))
+    await c.stock.receive(Receipt("EGGS", 5, "e-1"))
+    await c.stock.receive(Receipt("MILK", 5, "m-2"))
+    rows = await events(c)
+    milk = [r for r in rows if r["sku"] == "MILK"]
+    assert [r["sequence"] for r in milk] == [1, 2, 3, 4]
+    broker = NacksOnce(pgqueue, {str(milk[0]["event_id"])})
+    d = dispatcher(c, broker)
+
+    assert await d.dispatch_once() == 2  # EGGS goes out; MILK waits behind its first
+    after = {r["id"]: r for r in await events(c)}
+    assert [(after[r["id"]]["status"], after[r["id"]]["attempts"]) for r in milk] == [
+        ("PENDING", 1),
+        ("PENDING", 0),
+        ("PENDING", 0),
+        ("PENDING", 0),
+    ]
+    assert after[milk[0]["id"]]["last_error"] == "nacked"
+    assert {r["status"] for r in after.values() if r["sku"] == "EGGS"} == {"SENT"}
+
+    assert await d.dispatch_once() == 4
+    assert {r["status"] for r in await events(c)} == {"SENT"}
+    last = [Envelope.parse(m.body) for m in broker.batches[-1]]
+    assert [(e.sku, e.sequence) for e in last] == [("MILK", n) for n in (1, 2, 3, 4)]
+
+
+async def test_a_release_waits_while_another_dispatcher_holds_its_allocation(
+    container: Container, pgqueue: PgQueueBroker
+) -> None:
+    """Reservation events carry no SKU; their order's key keeps them in order."""
+    c = container
+    await c.stock.receive(Receipt("MILK", 5, "m-1"))
+    await c.reservations.reserve(ReserveRequest("o-1", (OrderLine("MILK", 2),)))
+    await c.reservations.release("o-1", "changed mind")
+    rows = await events(c)
+    allocated, released = (
+        next(r for r in rows if r["event_type"] == t) for t in (ALLOCATED, RELEASED)
+    )
+    assert allocated["sku"] is released["sku"] is None
+
+    broker = Recording(pgqueue)
+    d = dispatcher(c, broker)
+    async with c.pool.acquire() as other:
+        tx = other.transaction()
+        await tx.start()
+        try:
+            # Another dispatcher holds the order's allocation, as its claim would.
+            await other.execute(
+                "SELECT 1 FROM domain_event WHERE id = $1 FOR UPDATE", allocated["id"]
+            )
+            assert await d.dispatch_once() == len(rows) - 2
+            status = {r["id"]: r["status"] for r in await events(c)}
+            assert (status[allocated["id"]], status[released["id"]]) == ("PENDING", "PENDING")
+            assert await d.dispatch_once() == 0  # the release still waits
+        finally:
+            await tx.rollback()
+
+    assert await d.dispatch_once() == 2
+    last = [Envelope.parse(m.body) for m in broker.batches[-1]]
+    assert [(e.type, e.key) for e in last] == [(ALLOCATED, "order:o-1"), (RELEASED, "order:o-1")]
+
+
+async def test_the_embedded_queue_takes_the_messages_in_the_claiming_transaction(
+    container: Container, pgqueue: PgQueueBroker, broker_prefix: str
+) -> None:
+    """A dispatcher that dies after publishing, before SENT, leaves no message behind on
+    the embedded queue: the hand-off is exactly once (D-132)."""
+    c = container
+    await c.stock.receive(Receipt("MILK", 5, "m-1"))
+
+    async def queued() -> int:
+        async with c.pool.acquire() as conn:
+            n: int = await conn.fetchval(
+                "SELECT count(*) FROM queue_message WHERE queue LIKE $1", broker_prefix + "%"
+            )
+        return n
+
+    dying = dispatcher(c, pgqueue, failpoints=Failpoints({"dispatcher.after_publish": "raise"}))
+    with pytest.raises(FailpointError):
+        await dying.dispatch_once()
+    assert await queued() == 0
+    assert {(r["status"], r["attempts"]) for r in await events(c)} == {("PENDING", 0)}
+
+    assert await dispatcher(c, pgqueue).dispatch_once() == 2
+    assert await queued() > 0
+    assert {r["status"] for r in await events(c)} == {"SENT"}

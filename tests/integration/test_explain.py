@@ -135,3 +135,48 @@ async def test_batch_reads_and_ledger_pages_use_their_indexes(filled: Container)
             assert {r["sku"] for r in rows} == {"S-0042", "S-0007"}
         plan = await explain(conn, q("ledger_page"), "S-0042", 0, 100)
         assert_uses_index(plan, "inventory_ledger", "inventory_ledger_sku")
+
+
+async def test_the_outbox_hold_back_reads_only_the_rows_below_the_claim(
+    container: Container,
+) -> None:
+    """outbox_blocked_keys, run on every claim: on a long SENT history and a backlog of
+    PENDING rows over many keys, it reads the PENDING rows below the claim by range on
+    domain_event_pending (D-130), not the backlog."""
+    async with container.pool.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO domain_event (event_id, event_type, payload, status, ordering_key)
+            SELECT gen_random_uuid(), 'inventory.released', '{}'::jsonb,
+                   CASE WHEN g > $1::int - $2::int THEN 'PENDING' ELSE 'SENT' END,
+                   'order:o-' || (g % 2000)
+            FROM generate_series(1, $1::int) AS g
+            """,
+            2 * ROWS,
+            ROWS // 4,
+        )
+        await conn.execute("ANALYZE domain_event")
+        claimed = await conn.fetch(
+            "SELECT id, ordering_key FROM domain_event WHERE status = 'PENDING' "
+            "ORDER BY id OFFSET 100 LIMIT 50"
+        )
+        keys = sorted({r["ordering_key"] for r in claimed})
+        ids = [r["id"] for r in claimed]
+        plan = await explain(conn, q("outbox_blocked_keys"), keys, max(ids), ids)
+        assert_uses_index(plan, "domain_event", "domain_event_pending")
+        (scan,) = [n for n in plan if n.get("Relation Name") == "domain_event"]
+        assert scan["Plan Rows"] < 1000, scan  # the 150 below the claim, not the 5000
+        # The 100 PENDING rows below ours are another dispatcher's: every key with one
+        # of them is held, from its first one.
+        held = {
+            r["ordering_key"]: r["first_held"]
+            for r in await conn.fetch(q("outbox_blocked_keys"), keys, max(ids), ids)
+        }
+        expected = await conn.fetch(
+            "SELECT ordering_key, min(id) AS first FROM domain_event "
+            "WHERE status = 'PENDING' AND id < $1 AND ordering_key = ANY($2::text[]) "
+            "GROUP BY ordering_key",
+            min(ids),
+            keys,
+        )
+    assert held == {r["ordering_key"]: r["first"] for r in expected}

@@ -27,14 +27,38 @@ EVENT_FOR_STATUS: dict[Status, str] = {
 }
 
 
+def sku_key(sku: str) -> str:
+    """The ordering key of the events of one SKU."""
+    return f"sku:{sku}"
+
+
+def order_key(order_id: str) -> str:
+    """The ordering key of one order's events: its reservation's and its saga's."""
+    return f"order:{order_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One outbox row. ``sku`` set means it is ordered within that SKU's sequence."""
+    """One outbox row. ``sku`` set means it is numbered in that SKU's sequence.
+
+    Events of one ordering key reach the broker in the order they were written, with
+    any number of dispatchers (D-130): ``key`` when given (``order_key`` for an order's
+    events), else the SKU's key, else the event type.
+    """
 
     type: str
     payload: dict[str, Any]
     sku: str | None = None
     source: str | None = None
+    key: str | None = None
+
+    @property
+    def ordering_key(self) -> str:
+        if self.key is not None:
+            return self.key
+        if self.sku is not None:
+            return sku_key(self.sku)
+        return self.type
 
 
 @dataclass(slots=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
+
+from stockkeeper.store.pool import Conn
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,17 @@ class Broker(Protocol):
 
     async def queue_depths(self) -> dict[str, int]:
         """Messages waiting per queue."""
+
+
+@runtime_checkable
+class PublishesInTransaction(Protocol):
+    """A broker that keeps its messages in stockkeeper's own database (the embedded
+    queue): it can write them in the caller's transaction, so the outbox rows are marked
+    SENT in the same commit that makes the messages deliverable, exactly once (D-132)."""
+
+    async def publish_in(self, conn: Conn, messages: Sequence[OutgoingMessage]) -> None:
+        """Like ``Broker.publish``, on ``conn`` inside its open transaction: the messages
+        exist once that transaction commits, and not at all if it rolls back."""
 
 
 class BrokerUnavailable(Exception):

@@ -1,4 +1,4 @@
-"""The message envelope: ``{id, type, occurred_at, sku?, sequence?, source?, payload}``.
+"""The message envelope: ``{id, type, occurred_at, sku?, sequence?, source?, key?, payload}``.
 
 Every message on every queue is one of these, as JSON. Parsing is strict: a body that
 is not a valid envelope goes to the dead letters with the reason, never to a handler.
@@ -42,6 +42,8 @@ class Envelope(BaseModel):
     sku: str | None = Field(default=None, max_length=128)
     sequence: int | None = Field(default=None, ge=1)
     source: str | None = Field(default=None, max_length=200)
+    # The ordering key (D-130): events of one key were published in the order written.
+    key: str | None = Field(default=None, max_length=400)
     payload: dict[str, Any]
 
     def to_bytes(self) -> bytes:
@@ -64,6 +66,7 @@ class Envelope(BaseModel):
         sku: str | None = None,
         sequence: int | None = None,
         source: str | None = None,
+        key: str | None = None,
         id_: uuid.UUID | None = None,
     ) -> Envelope:
         return cls(
@@ -73,5 +76,6 @@ class Envelope(BaseModel):
             sku=sku,
             sequence=sequence,
             source=source,
+            key=key,
             payload=payload,
         )

@@ -21,7 +21,7 @@ from stockkeeper.messaging.topology import QUEUES, QueueSpec, queues_for
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.store import queue as store_queue
 from stockkeeper.store.errors import StoreError
-from stockkeeper.store.pool import Pool, connection
+from stockkeeper.store.pool import Conn, Pool, connection
 from stockkeeper.store.queue import NewMessage
 from stockkeeper.workers.listener import Listener, listen_then_poll
 
@@ -120,12 +120,20 @@ class PgQueueBroker:
             delay_ms,
         )
 
+    def _routed(self, messages: Sequence[OutgoingMessage]) -> list[NewMessage]:
+        return [
+            self._row(queue, m, 0)
+            for m in messages
+            for queue in queues_for(m.exchange, m.routing_key, self.queues)
+        ]
+
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        rows: list[NewMessage] = []
-        for m in messages:
-            for queue in queues_for(m.exchange, m.routing_key, self.queues):
-                rows.append(self._row(queue, m, 0))
-        await self._insert(rows)
+        await self._insert(self._routed(messages))
+
+    async def publish_in(self, conn: Conn, messages: Sequence[OutgoingMessage]) -> None:
+        """Route ``messages`` into their queues' rows in the caller's transaction: the
+        dispatcher's claim, so the hand-off from the outbox is exactly once."""
+        await store_queue.insert(conn, self._routed(messages))
 
     async def send_to_queue(self, queue: str, message: OutgoingMessage, delay_ms: int = 0) -> None:
         await self._insert([self._row(queue, message, delay_ms)])

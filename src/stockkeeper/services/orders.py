@@ -29,7 +29,7 @@ from stockkeeper.domain.errors import (
     NotFound,
     ReservationExpired,
 )
-from stockkeeper.domain.events import Event
+from stockkeeper.domain.events import Event, order_key
 from stockkeeper.domain.orders import (
     FINAL,
     NO_CARRIER,
@@ -122,7 +122,9 @@ class Orders:
                     f"order id {req.order_id} is already used by a reservation; "
                     "an order needs an id of its own"
                 )
-            await outbox.add(c, [Event(PLACED, {"order_id": req.order_id})])
+            await outbox.add(
+                c, [Event(PLACED, {"order_id": req.order_id}, key=order_key(req.order_id))]
+            )
         self.metrics.orders_placed.inc()
         row = OrderRow(
             id=oid,
@@ -191,7 +193,7 @@ class Orders:
                 )
             elif step.target is OrderStatus.PAID:
                 row = await self._move(c, row, step.target, payment_reference=reference)
-                await outbox.add(c, [Event(PAID, {"order_id": order_id})])
+                await outbox.add(c, [Event(PAID, {"order_id": order_id}, key=order_key(order_id))])
             elif step.target is not None:
                 row = await self._move(c, row, step.target, reason=f"payment {reference} failed")
         if expired:
@@ -287,7 +289,14 @@ class Orders:
             row = replace(row, reason=choice.reason, updated_at=self.clock())
             await repo.save(conn, row)
             await outbox.add(
-                conn, [Event(NO_CARRIER, {"order_id": order_id, "reason": choice.reason})]
+                conn,
+                [
+                    Event(
+                        NO_CARRIER,
+                        {"order_id": order_id, "reason": choice.reason},
+                        key=order_key(order_id),
+                    )
+                ],
             )
             self.metrics.orders_no_carrier.inc()
             return row.status

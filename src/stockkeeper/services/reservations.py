@@ -33,7 +33,7 @@ from stockkeeper.domain.errors import (
     NotFound,
     ReservationExpired,
 )
-from stockkeeper.domain.events import ALLOCATED, EVENT_FOR_STATUS, Event
+from stockkeeper.domain.events import ALLOCATED, EVENT_FOR_STATUS, Event, order_key
 from stockkeeper.domain.quantities import Delta
 from stockkeeper.domain.reservation import Action, EntryType, Status, movement, plan
 from stockkeeper.observability.metrics import Metrics
@@ -245,6 +245,7 @@ class Reservations:
                         "lines": event_lines(allocs),
                         "source": source,
                     },
+                    key=order_key(req.order_id),
                 )
             ],
         )
@@ -366,7 +367,7 @@ class Reservations:
             }
             if reason:
                 payload["reason"] = reason
-            events.append(Event(EVENT_FOR_STATUS[target], payload))
+            events.append(Event(EVENT_FOR_STATUS[target], payload, key=order_key(row.order_id)))
         try:
             await stock.apply_movements(conn, movements)
         except WouldGoNegative:

@@ -36,6 +36,7 @@ class PendingEvent:
     payload: Any
     occurred_at: datetime
     attempts: int
+    ordering_key: str
 
     @classmethod
     def from_row(cls, row: Any) -> PendingEvent:
@@ -50,6 +51,7 @@ class PendingEvent:
             row["payload"],
             row["occurred_at"],
             row["attempts"],
+            row["ordering_key"],
         )
 
 
@@ -72,6 +74,7 @@ async def add(conn: Conn, events: Sequence[Event]) -> list[uuid.UUID]:
         [e.source for e in events],
         [orjson.dumps(e.payload).decode() for e in events],
         NOTIFY_CHANNEL,
+        [e.ordering_key for e in events],
     )
     return ids
 
@@ -79,17 +82,17 @@ async def add(conn: Conn, events: Sequence[Event]) -> list[uuid.UUID]:
 async def claim(conn: Conn, limit: int) -> list[PendingEvent]:
     """Up to ``limit`` of the oldest PENDING events, locked until the transaction ends,
     that may go out now: an event waits while another dispatcher holds an earlier event
-    of its SKU, or it could reach the broker first."""
+    of its ordering key, or it could reach the broker first."""
     rows = [PendingEvent.from_row(r) for r in await conn.fetch(q("outbox_claim"), limit)]
     if not rows:
         return []
     ids = [r.id for r in rows]
-    skus = sorted({r.sku for r in rows if r.sku is not None})
-    held: dict[str, int] = {}
-    if skus:
-        for b in await conn.fetch(q("outbox_blocked_skus"), skus, max(ids), ids):
-            held[b["sku"]] = b["first_held"]
-    return [r for r in rows if r.sku is None or r.sku not in held or r.id < held[r.sku]]
+    keys = sorted({r.ordering_key for r in rows})
+    held: dict[str, int] = {
+        b["ordering_key"]: b["first_held"]
+        for b in await conn.fetch(q("outbox_blocked_keys"), keys, max(ids), ids)
+    }
+    return [r for r in rows if r.id < held.get(r.ordering_key, r.id + 1)]
 
 
 async def mark_sent(conn: Conn, ids: Sequence[int]) -> None:

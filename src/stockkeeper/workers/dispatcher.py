@@ -1,17 +1,21 @@
-"""The dispatcher: outbox rows to the broker, at least once, in order per SKU.
+"""The dispatcher: outbox rows to the broker, at least once, in order per ordering key.
 
 It claims PENDING ``domain_event`` rows in batches (``FOR UPDATE SKIP LOCKED``, so
-several dispatchers can run), holds back any row whose SKU has an earlier event held by
-another dispatcher, publishes with confirms and marks the rows SENT in the same
-transaction. A crash between publish and commit leaves the rows PENDING: they are
-published again and the consumers' idempotency absorbs the duplicate. Woken by
-``LISTEN/NOTIFY`` on new events, with a poll as fallback (``workers/listener``).
+several dispatchers can run), holds back any row whose ordering key (its SKU, its
+order, D-130) has an earlier event held by another dispatcher, publishes with confirms
+and marks the rows SENT in the same transaction. A row that does not go out (the broker
+refused it, or it has no exchange) holds back the rows behind it with the same key. A
+crash between publish and commit leaves the rows PENDING: they are published again and
+the consumers' idempotency absorbs the duplicate; on the embedded queue the messages
+are written in the claiming transaction itself, so there is no duplicate (D-132).
+Woken by ``LISTEN/NOTIFY`` on new events, with a poll as fallback (``workers/listener``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection, Sequence
 
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.failpoints import Failpoints
@@ -19,6 +23,7 @@ from stockkeeper.messaging.broker import (
     Broker,
     BrokerUnavailable,
     OutgoingMessage,
+    PublishesInTransaction,
     PublishRejected,
 )
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER, Envelope
@@ -43,6 +48,7 @@ def to_message(row: PendingEvent) -> OutgoingMessage:
         sku=row.sku,
         sequence=row.sequence,
         source=row.source,
+        key=row.ordering_key,
         id_=row.event_id,
     )
     return OutgoingMessage(
@@ -52,6 +58,19 @@ def to_message(row: PendingEvent) -> OutgoingMessage:
         str(row.event_id),
         {ATTEMPT_HEADER: 1},
     )
+
+
+def held_behind(rows: Sequence[PendingEvent], stopped: Collection[int]) -> set[int]:
+    """The ids of ``rows`` that come after a ``stopped`` row of their ordering key: they
+    must not be marked SENT before it, whatever the broker said about them."""
+    blocked: set[str] = set()
+    held: set[int] = set()
+    for r in sorted(rows, key=lambda r: r.id):
+        if r.id in stopped:
+            blocked.add(r.ordering_key)
+        elif r.ordering_key in blocked:
+            held.add(r.id)
+    return held
 
 
 class Dispatcher:
@@ -84,34 +103,49 @@ class Dispatcher:
         """Publish one batch; return how many events were marked SENT."""
         async with self.pool.acquire() as conn, conn.transaction():
             ready = await outbox.claim(conn, self.batch_size)
-            good: list[PendingEvent] = []
-            messages: list[OutgoingMessage] = []
-            bad: list[tuple[int, str]] = []
+            messages: dict[int, OutgoingMessage] = {}
+            bad: dict[int, str] = {}
             for r in ready:
                 try:
-                    messages.append(to_message(r))
-                    good.append(r)
+                    messages[r.id] = to_message(r)
                 except ValueError as exc:
-                    bad.append((r.id, str(exc)))
-            for row_id, error in bad:
+                    bad[r.id] = str(exc)
+            for row_id, error in bad.items():
                 await self._failed_attempt(conn, [row_id], error)
-            if not messages:
+            # A row that cannot go out keeps its key's later rows back until it is sent
+            # or FAILED; they are not even published.
+            held = held_behind(ready, bad)
+            good = [r for r in ready if r.id in messages and r.id not in held]
+            if not good:
                 return 0
+            for event_type in sorted({r.event_type for r in good}):
+                await self.failpoints.pause(f"dispatcher.before_publish.{event_type}")
             try:
-                await self.broker.publish(messages)
+                await self._publish(conn, [messages[r.id] for r in good])
             except PublishRejected as exc:
-                # The rest were confirmed: they are marked SENT below. The refused ones
-                # spend an attempt and become FAILED past the limit.
-                refused = set(exc.message_ids)
-                await self._failed_attempt(
-                    conn, [r.id for r in good if str(r.event_id) in refused], exc.reason
-                )
-                good = [r for r in good if str(r.event_id) not in refused]
+                # The rest were confirmed. The refused ones spend an attempt and become
+                # FAILED past the limit; the confirmed rows behind a refused one of the
+                # same key stay PENDING (no attempt spent) and go out again after it.
+                refused_ids = set(exc.message_ids)
+                refused = {r.id for r in good if str(r.event_id) in refused_ids}
+                await self._failed_attempt(conn, sorted(refused), exc.reason)
+                held = held_behind(good, refused)
+                good = [r for r in good if r.id not in refused and r.id not in held]
                 self.metrics.publish_failures.labels(reason="rejected").inc()
             self.failpoints.hit("dispatcher.after_publish")
             await outbox.mark_sent(conn, [r.id for r in good])
         self.metrics.events_published.inc(len(good))
         return len(good)
+
+    async def _publish(self, conn: Conn, messages: list[OutgoingMessage]) -> None:
+        """To the broker, with confirms. A broker in our own database writes the
+        messages in the claiming transaction: they exist exactly when the rows are SENT.
+        Any other is called with the transaction open, so the rows stay locked (and
+        PENDING if we die) until its confirms are in (D-132)."""
+        if isinstance(self.broker, PublishesInTransaction):
+            await self.broker.publish_in(conn, messages)
+        else:
+            await self.broker.publish(messages)
 
     async def _failed_attempt(self, conn: Conn, ids: list[int], error: str) -> None:
         for row_id in await outbox.fail_attempt(conn, ids, error, self.max_attempts):

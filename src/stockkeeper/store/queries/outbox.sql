@@ -2,10 +2,12 @@
 
 -- name: insert_events
 -- One statement for all events of a transaction. SKU-bound events take the next
--- numbers of their SKU's sequence; the SKU rows are already locked by bump_skus.
+-- numbers of their SKU's sequence; the SKU rows are already locked by bump_skus. Every
+-- event carries its ordering key ($7, D-130).
 WITH ev AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
-        WITH ORDINALITY AS e(event_id, event_type, sku, source, payload, ord)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $7::text[])
+        WITH ORDINALITY AS e(event_id, event_type, sku, source, payload, ordering_key, ord)
 ), counts AS (
     SELECT sku, count(*) AS n FROM ev WHERE sku IS NOT NULL GROUP BY sku
 ), bumped AS (
@@ -13,10 +15,11 @@ WITH ev AS (
     FROM counts WHERE s.sku = counts.sku
     RETURNING s.sku, s.event_seq - counts.n AS base
 ), inserted AS (
-    INSERT INTO domain_event (event_id, event_type, sku, sequence, source, payload)
+    INSERT INTO domain_event (event_id, event_type, sku, sequence, source, payload,
+                              ordering_key)
     SELECT ev.event_id, ev.event_type, ev.sku,
            bumped.base + row_number() OVER (PARTITION BY ev.sku ORDER BY ev.ord),
-           ev.source, ev.payload::jsonb
+           ev.source, ev.payload::jsonb, ev.ordering_key
     FROM ev LEFT JOIN bumped ON bumped.sku = ev.sku
     ORDER BY ev.ord
     RETURNING 1
@@ -33,22 +36,27 @@ SELECT count(*) FROM domain_event WHERE status = 'PENDING';
 SELECT count(*) FROM domain_event WHERE status = 'PENDING' AND event_type LIKE 'ingest.%';
 
 -- name: outbox_claim
--- Oldest PENDING events. SKIP LOCKED lets several dispatchers run at once; per-SKU
--- order is kept by outbox_blocked_skus below.
-SELECT id, event_id, event_type, sku, sequence, source, payload, occurred_at, attempts
+-- Oldest PENDING events. SKIP LOCKED lets several dispatchers run at once; the order
+-- per ordering key is kept by outbox_blocked_keys below.
+SELECT id, event_id, event_type, sku, sequence, source, payload, occurred_at, attempts,
+       ordering_key
 FROM domain_event
 WHERE status = 'PENDING'
 ORDER BY id
 LIMIT $1
 FOR UPDATE SKIP LOCKED;
 
--- name: outbox_blocked_skus
--- SKUs with an earlier PENDING event that another dispatcher holds: our later events of
--- those SKUs must wait, or they could reach the broker first.
-SELECT sku, min(id) AS first_held
+-- name: outbox_blocked_keys
+-- Ordering keys with an earlier PENDING event that another dispatcher holds: our later
+-- events of those keys must wait, or they could reach the broker first. Every lower
+-- unlocked PENDING row would have been in our claim (ORDER BY id), so a row found here
+-- is locked by another dispatcher. `id < $2` keeps it on domain_event_pending, over
+-- a few batches' rows whatever the backlog.
+SELECT ordering_key, min(id) AS first_held
 FROM domain_event
-WHERE status = 'PENDING' AND sku = ANY($1::text[]) AND id < $2 AND NOT (id = ANY($3::bigint[]))
-GROUP BY sku;
+WHERE status = 'PENDING' AND ordering_key = ANY($1::text[]) AND id < $2
+  AND NOT (id = ANY($3::bigint[]))
+GROUP BY ordering_key;
 
 -- name: outbox_mark_sent
 UPDATE domain_event
