@@ -7,6 +7,7 @@ Tables are filled with generate_series and ANALYZEd; the planner is left free to
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 
 from stockkeeper.bootstrap import Container
+from stockkeeper.store import retention
+from stockkeeper.store.retention import Pruned
 from stockkeeper.store.sql import q
 
 ROWS = 20_000
@@ -180,3 +183,139 @@ async def test_the_outbox_hold_back_reads_only_the_rows_below_the_claim(
             keys,
         )
     assert held == {r["ordering_key"]: r["first"] for r in expected}
+
+
+@pytest.fixture
+async def messaging_filled(container: Container) -> Container:
+    """The messaging tables as after weeks of traffic: 20k outbox events (almost all SENT,
+    sent over the last 20 days; 1 in 100 PENDING, 1 in 400 FAILED), 20k queue messages
+    over 20 busy queues and a quiet one (1 in 400), 20k channel rows over 2 channels
+    (1 in 50 due), and 20k rows each of processed_message, consumer_position and
+    idempotency_key spread over 20 days."""
+    async with container.pool.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO domain_event (event_id, event_type, payload, status, attempts,
+                                      occurred_at, sent_at, ordering_key)
+            SELECT gen_random_uuid(), 'stock.changed', '{}', st, 1, t, t, 'stock.changed'
+            FROM (SELECT CASE WHEN g % 100 = 0 THEN 'PENDING'
+                              WHEN g % 400 = 1 THEN 'FAILED' ELSE 'SENT' END AS st,
+                         now() - ($1::int - g) * interval '86 seconds' AS t
+                  FROM generate_series(1, $1::int) AS g) AS ev
+            """,
+            ROWS,
+        )
+        await conn.execute(
+            "UPDATE domain_event SET sent_at = NULL WHERE status <> 'SENT'",
+        )
+        await conn.execute(
+            """
+            INSERT INTO queue_message (queue, message_id, exchange, routing_key, body,
+                                       available_at)
+            SELECT CASE WHEN g % 400 = 0 THEN 'quiet' ELSE 'q' || g % 20 END,
+                   gen_random_uuid(), 'stockkeeper.events', 'stock.changed',
+                   '\\x00'::bytea, now() - interval '1 minute'
+            FROM generate_series(1, $1::int) AS g
+            """,
+            ROWS,
+        )
+        await conn.execute(
+            """
+            INSERT INTO channel_sync_state (channel, sku, status, pending_since, pending_changes)
+            SELECT 'ch' || g % 2, 'S-' || g,
+                   CASE WHEN g % 50 = 0 THEN 'PENDING' ELSE 'SYNCED' END,
+                   CASE WHEN g % 50 = 0 THEN now() - interval '1 second' END,
+                   CASE WHEN g % 50 = 0 THEN 1 ELSE 0 END
+            FROM generate_series(1, $1::int) AS g
+            """,
+            ROWS,
+        )
+        spread = "now() - g * interval '86 seconds'"
+        await conn.execute(
+            "INSERT INTO processed_message (consumer, message_id, processed_at) "
+            f"SELECT 'c' || g % 5, gen_random_uuid(), {spread} "
+            "FROM generate_series(1, $1::int) AS g",
+            ROWS,
+        )
+        await conn.execute(
+            "INSERT INTO consumer_position (consumer, sku, sequence, updated_at) "
+            f"SELECT 'c' || g % 5, 'S-' || g, g, {spread} FROM generate_series(1, $1::int) AS g",
+            ROWS,
+        )
+        await conn.execute(
+            "INSERT INTO idempotency_key (principal, key, method, path, request_hash, "
+            "status_code, response, created_at) "
+            f"SELECT 'p', 'k-' || g, 'POST', '/x', 'h', 200, 'null', {spread} "
+            "FROM generate_series(1, $1::int) AS g",
+            ROWS,
+        )
+        await conn.execute(
+            "ANALYZE domain_event, queue_message, channel_sync_state, processed_message, "
+            "consumer_position, idempotency_key"
+        )
+    return container
+
+
+async def test_outbox_claim_and_stats_stay_on_their_partial_indexes(
+    messaging_filled: Container,
+) -> None:
+    async with messaging_filled.pool.acquire() as conn:
+        plan = await explain(conn, q("outbox_claim"), 500)
+        assert_uses_index(plan, "domain_event", "domain_event_pending")
+        plan = await explain(conn, q("outbox_stats"))
+        assert_uses_index(plan, "domain_event", "domain_event_pending")
+        assert_uses_index(plan, "domain_event", "domain_event_failed")
+        # And the rewritten stats answer what the status IN (...) form answered.
+        row = await conn.fetchrow(q("outbox_stats"))
+        want = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE status = 'PENDING') AS pending, "
+            "count(*) FILTER (WHERE status = 'FAILED') AS failed, "
+            "EXTRACT(EPOCH FROM now() - min(occurred_at) FILTER (WHERE status = 'PENDING'))"
+            "::float8 AS oldest FROM domain_event"
+        )
+    assert (row["pending"], row["failed"]) == (want["pending"], want["failed"]) == (200, 50)
+    assert row["oldest_pending_s"] == pytest.approx(want["oldest"], abs=1.0)
+
+
+async def test_queue_and_push_claims_use_their_indexes(messaging_filled: Container) -> None:
+    async with messaging_filled.pool.acquire() as conn:
+        # A quiet queue beside busy ones: walking the whole table in id order would
+        # read every busy queue's messages to find its few.
+        plan = await explain(conn, q("queue_claim"), "quiet", 32, 30_000)
+        assert_uses_index(plan, "queue_message", "queue_message_ready")
+        # A busy queue: an index either way (walking the primary key finds its messages
+        # every few rows), never the table.
+        plan = await explain(conn, q("queue_claim"), "q7", 32, 30_000)
+        assert ("Seq Scan", None) not in scans_of(plan, "queue_message")
+        plan = await explain(conn, q("claim_pushes"), "ch1", 100, 30.0)
+        assert_uses_index(plan, "channel_sync_state", "channel_sync_due")
+
+
+async def test_mark_processed_checks_the_key_and_nothing_else(
+    messaging_filled: Container,
+) -> None:
+    async with messaging_filled.pool.acquire() as conn:
+        plan = await explain(conn, q("mark_processed"), "c1", uuid.uuid4())
+        (insert,) = [n for n in plan if n["Node Type"] == "ModifyTable"]
+        assert insert["Conflict Arbiter Indexes"] == ["processed_message_pkey"]
+        assert scans_of(plan, "processed_message") == [("ModifyTable", None)]
+
+
+@pytest.mark.parametrize(
+    ("table", "index"),
+    [
+        (Pruned.SENT_EVENTS, "domain_event_sent"),
+        (Pruned.PROCESSED_MESSAGES, "processed_message_at"),
+        (Pruned.CONSUMER_POSITIONS, "consumer_position_updated"),
+        (Pruned.IDEMPOTENCY_KEYS, "idempotency_key_created"),
+    ],
+)
+async def test_retention_deletes_walk_the_time_index(
+    messaging_filled: Container, table: Pruned, index: str
+) -> None:
+    """A third of each table is past a week's retention: the batch still reads the index
+    oldest first and deletes by ctid, never scanning the table."""
+    async with messaging_filled.pool.acquire() as conn:
+        plan = await explain(conn, q(retention.query_name(table)), 7 * 86_400.0, 1000)
+        assert_uses_index(plan, table.value, index)
+        assert ("Tid Scan", None) in scans_of(plan, table.value)

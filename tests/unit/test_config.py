@@ -437,3 +437,28 @@ def test_a_shopify_location_must_be_a_location_gid(tmp_path: Path) -> None:
     path = write(tmp_path, {"connectors": [shop]})
     with pytest.raises(ConfigError, match=r"connectors\.0\.location_id"):
         load_settings(path, environ={})
+
+
+# -- retention -------------------------------------------------------------------------
+
+
+def test_retention_defaults_outlast_the_redelivery_window() -> None:
+    s = Settings()
+    # 1+2+4+8+16+30x5 s of backoff plus one 30 s lease per attempt.
+    assert s.broker.redelivery_window_s() == 181 + 10 * 30
+    assert s.retention.processed_message_s > s.broker.redelivery_window_s()
+    assert s.retention.consumer_position_s > s.broker.redelivery_window_s()
+
+
+def test_redelivery_window_follows_the_retry_settings(tmp_path: Path) -> None:
+    doc = {"broker": {"retry_base_ms": 500, "retry_max_ms": 2000, "max_attempts": 4}}
+    s = load_settings(write(tmp_path, doc), environ={})
+    # 0.5 + 1 + 2 + 2 s, and four 30 s leases.
+    assert s.broker.redelivery_window_s() == 5.5 + 4 * 30
+
+
+@pytest.mark.parametrize("key", ["processed_message_s", "consumer_position_s"])
+def test_retention_shorter_than_the_redelivery_window_is_refused(tmp_path: Path, key: str) -> None:
+    doc = {"broker": {"max_attempts": 100}, "retention": {key: 3600}}
+    with pytest.raises(ConfigError, match=rf"retention.{key} \(3600 s\).*5881 s"):
+        load_settings(write(tmp_path, doc), environ={})

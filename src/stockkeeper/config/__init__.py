@@ -46,6 +46,7 @@ from stockkeeper.config.settings import OrdersConfig as OrdersConfig
 from stockkeeper.config.settings import Port as Port
 from stockkeeper.config.settings import PropagationConfig as PropagationConfig
 from stockkeeper.config.settings import ReservationsConfig as ReservationsConfig
+from stockkeeper.config.settings import RetentionConfig as RetentionConfig
 from stockkeeper.config.settings import Scope as Scope
 from stockkeeper.config.settings import Settings as Settings
 from stockkeeper.config.settings import Strategy as Strategy

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from stockkeeper.config.base import ConfigError, Section
 from stockkeeper.config.connectors import AnyConnector, ChannelConfig, ConnectorConfig
+from stockkeeper.domain.backoff import Backoff
 
 C = TypeVar("C", bound=ConnectorConfig)
 
@@ -45,6 +46,13 @@ class BrokerConfig(Section):
     # and how often idle consumers look for work when no notification arrives.
     lease_ms: int = Field(default=30_000, ge=100)
     poll_ms: int = Field(default=500, ge=10)
+
+    def redelivery_window_s(self) -> float:
+        """The longest a message can still come back after a consumer first saw it:
+        every retry's backoff (no jitter), plus one lease per attempt for a consumer
+        that dies holding it (embedded queue; RabbitMQ redelivers sooner)."""
+        backoff = Backoff.from_ms(self.retry_base_ms, self.retry_max_ms)
+        return backoff.total_s(self.max_attempts) + self.max_attempts * self.lease_ms / 1000
 
 
 class DispatcherConfig(Section):
@@ -151,6 +159,27 @@ class PropagationConfig(Section):
     push_log_retention_s: int = Field(default=86_400, ge=60)
 
 
+class RetentionConfig(Section):
+    """How long append-heavy tables keep their rows; the expiry worker prunes them in
+    small batches. The inventory ledger is never pruned: it is the stock's history."""
+
+    # Outbox rows the broker accepted (SENT), counted from sent_at. FAILED rows stay
+    # until an operator deals with them.
+    outbox_sent_s: int = Field(default=7 * 86_400, ge=60)
+    # Consumer idempotency records, from processed_at: longer than the longest
+    # redelivery window (broker.redelivery_window_s), or a late redelivery would apply
+    # twice. Checked at load.
+    processed_message_s: int = Field(default=7 * 86_400, ge=60)
+    # A consumer's per-SKU position, from its last advance: the same bound, or a late
+    # stale event would be applied over a newer one.
+    consumer_position_s: int = Field(default=30 * 86_400, ge=60)
+    # Rows deleted per statement (each its own short transaction), batches per table
+    # per run, and how often the expiry worker runs the pruning.
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
+    max_batches: int = Field(default=100, ge=1, le=100_000)
+    interval_s: float = Field(default=60.0, gt=0, le=86_400)
+
+
 class MonitoringConfig(Section):
     # Sync lag alert: p99 of commit-to-acknowledgement over the last lag_window_s.
     p99_lag_alert_ms: int = Field(default=5000, ge=1)
@@ -174,6 +203,7 @@ class Settings(Section):
     reservations: ReservationsConfig = ReservationsConfig()
     orders: OrdersConfig = OrdersConfig()
     propagation: PropagationConfig = PropagationConfig()
+    retention: RetentionConfig = RetentionConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     logging: LoggingConfig = LoggingConfig()
     connectors: list[AnyConnector] = Field(default_factory=list)
@@ -199,6 +229,19 @@ class Settings(Section):
                 "orders.payment_timeout_seconds must not exceed reservations.max_ttl_seconds "
                 f"({self.reservations.max_ttl_seconds})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _retention_outlasts_redelivery(self) -> Settings:
+        window = self.broker.redelivery_window_s()
+        for key in ("processed_message_s", "consumer_position_s"):
+            kept = getattr(self.retention, key)
+            if kept <= window:
+                raise ValueError(
+                    f"retention.{key} ({kept} s) must be longer than the longest redelivery "
+                    f"window, {window:.0f} s (from broker.retry_base_ms, retry_max_ms, "
+                    "max_attempts and lease_ms)"
+                )
         return self
 
     def connectors_of(self, kind: type[C]) -> list[C]:

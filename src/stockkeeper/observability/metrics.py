@@ -59,6 +59,12 @@ class Metrics:
             ["worker"],
             registry=r,
         )
+        self.retention_deleted = Counter(
+            "stockkeeper_retention_deleted_total",
+            "Rows deleted by retention, by table.",
+            ["table"],
+            registry=r,
+        )
         self.events_published = Counter(
             "stockkeeper_outbox_published_total",
             "Outbox events published with a broker confirm and marked SENT.",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from stockkeeper.store.errors import translated
@@ -41,12 +40,6 @@ async def get_key(conn: Conn, principal: str, key: str) -> StoredResponse | None
 @translated
 async def store_key(conn: Conn, principal: str, key: str, status: int, body: Any) -> None:
     await conn.execute(q("store_idempotent_response"), principal, key, status, body)
-
-
-@translated
-async def purge_keys(conn: Conn, older_than: datetime) -> int:
-    result: str = await conn.execute(q("purge_idempotency_keys"), older_than)
-    return int(result.split()[-1])
 
 
 @translated

@@ -1,14 +1,16 @@
-"""The expiry worker: gives back the stock of PENDING reservations past their expiry."""
+"""The expiry worker: gives back the stock of PENDING reservations past their expiry,
+and runs retention (old outbox, consumer and Idempotency-Key rows) every
+``retention.interval_s``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import timedelta
+import time
 
 from stockkeeper.bootstrap import Container
 from stockkeeper.observability.logging import get_logger
-from stockkeeper.store import idempotency
+from stockkeeper.services.retention import Policy, Retention
 
 log = get_logger("stockkeeper.expiry")
 
@@ -21,7 +23,10 @@ class ExpiryWorker:
         cfg = container.settings.reservations
         self.batch = cfg.expiry_batch_size
         self.interval = cfg.expiry_interval_ms / 1000
-        self.key_ttl = timedelta(seconds=container.settings.api.idempotency_ttl_seconds)
+        self.retention = Retention(
+            container.pool, Policy.from_settings(container.settings), container.metrics
+        )
+        self.retention_interval = container.settings.retention.interval_s
 
     async def sweep(self) -> int:
         """Expire everything due now; return how many reservations were expired."""
@@ -35,21 +40,25 @@ class ExpiryWorker:
             pass
         return total
 
-    async def purge_keys(self) -> int:
-        async with self.c.pool.acquire() as conn:
-            return await idempotency.purge_keys(conn, self.c.clock() - self.key_ttl)
+    async def prune(self) -> int:
+        """One retention pass; return how many rows it deleted in all."""
+        deleted = await self.retention.run()
+        total = sum(deleted.values())
+        if total:
+            log.info("retention.pruned", **{t.value: n for t, n in deleted.items()})
+        return total
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("expiry.started", batch=self.batch, interval_s=self.interval)
-        ticks = 0
+        last_prune: float | None = None
         while not stop.is_set():
             try:
                 n = await self.sweep()
                 if n:
                     log.info("expiry.swept", expired=n)
-                ticks += 1
-                if ticks % 600 == 1:
-                    await self.purge_keys()
+                if last_prune is None or time.monotonic() - last_prune >= self.retention_interval:
+                    last_prune = time.monotonic()
+                    await self.prune()
             except Exception:
                 # Counted and logged; the loop goes on (the database may be restarting).
                 self.c.metrics.worker_errors.labels(worker="expiry").inc()

@@ -17,9 +17,6 @@ WHERE principal = $1 AND key = $2;
 UPDATE idempotency_key SET status_code = $3, response = $4::jsonb
 WHERE principal = $1 AND key = $2;
 
--- name: purge_idempotency_keys
-DELETE FROM idempotency_key WHERE created_at < $1;
-
 -- name: claim_reference
 INSERT INTO applied_reference (kind, reference_id, request_hash, response)
 VALUES ($1, $2, $3, 'null'::jsonb)

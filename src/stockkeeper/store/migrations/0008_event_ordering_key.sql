@@ -1,5 +1,4 @@
--- stockkeeper schema, version 13: every outbox event has an ordering key (D-130).
--- (Numbered after issue 13; versions are applied in order, gaps allowed.)
+-- stockkeeper schema, version 8: every outbox event has an ordering key (D-130).
 --
 -- The dispatcher keeps events of one key in id order across dispatchers; the SKU of
 -- SKU-bound events, the order of reservation and order events, the event type of the

@@ -1,0 +1,47 @@
+-- Retention: each statement deletes at most $2 rows older than $1 seconds, in its own
+-- short transaction. The subquery walks the table's time index oldest first and stops
+-- at the limit; ctid lets the DELETE go straight to those tuples (a TID scan, no second
+-- index lookup) on every table, whatever its key. SKIP LOCKED: a row a consumer or a
+-- second pruner holds is left for the next batch, so pruning never waits on a lock.
+-- ARRAY(...) runs the subquery once (see queue_claim). The inventory ledger has no
+-- statement here: it is kept forever.
+
+-- name: prune_sent_events
+DELETE FROM domain_event
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM domain_event
+    WHERE status = 'SENT' AND sent_at < now() - make_interval(secs => $1)
+    ORDER BY sent_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+));
+
+-- name: prune_processed_messages
+DELETE FROM processed_message
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM processed_message
+    WHERE processed_at < now() - make_interval(secs => $1)
+    ORDER BY processed_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+));
+
+-- name: prune_consumer_positions
+DELETE FROM consumer_position
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM consumer_position
+    WHERE updated_at < now() - make_interval(secs => $1)
+    ORDER BY updated_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+));
+
+-- name: prune_idempotency_keys
+DELETE FROM idempotency_key
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_key
+    WHERE created_at < now() - make_interval(secs => $1)
+    ORDER BY created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+));
