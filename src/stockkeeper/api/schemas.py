@@ -284,7 +284,9 @@ class DeadLetterOut(BaseModel):
     message_id: str | None
     routing_key: str | None
     body: Any
-    raw_body: Any
+    raw_body_base64: str | None = Field(
+        description="The body exactly as it came, base64, when it is not JSON."
+    )
     headers: Any
     error: str | None
     attempts: int
