@@ -138,6 +138,7 @@ class BatchOut(BaseModel):
     unavailable: int
     reserved: int
     committed: int
+    oversold: int
     available: int
     shortfall: int
     expired: bool
@@ -150,6 +151,7 @@ class LevelOut(BaseModel):
     unavailable: int
     reserved: int
     committed: int
+    oversold: int
     available: int
     shortfall: int
     version: int
@@ -196,6 +198,7 @@ class LedgerEntryOut(BaseModel):
     unavailable: int
     reserved: int
     committed: int
+    oversold: int
     source: str
     reference_id: str | None
     reason: str | None
@@ -211,6 +214,7 @@ class LedgerEntryOut(BaseModel):
             unavailable=e.unavailable,
             reserved=e.reserved,
             committed=e.committed,
+            oversold=e.oversold,
             source=e.source,
             reference_id=e.reference_id,
             reason=e.reason,
