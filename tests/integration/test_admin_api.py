@@ -3,6 +3,7 @@ queue (no ``broker.url``), with the admin scope required everywhere."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -123,7 +124,10 @@ async def test_list_dead_letters_filters_and_pages(
     )
     assert (item["resolved_at"], item["resolved_by"]) == (None, None)
     unreadable = doc["items"][1]
-    assert (unreadable["body"], unreadable["raw_body"]) == (None, "\ufffdnot json")
+    assert (unreadable["body"], base64.b64decode(unreadable["raw_body_base64"])) == (
+        None,
+        b"\xffnot json",
+    )
 
     r = await client.get("/admin/dead-letters", params={"queue": "wms.outbound"}, headers=admin)
     assert [i["id"] for i in r.json()["items"]] == [first, third]
@@ -150,7 +154,7 @@ async def test_listed_dead_letter_shows_body_and_headers_as_json(
     (item,) = r.json()["items"]
     assert item["body"] == orjson.loads(env.to_bytes())
     assert item["headers"] == {ATTEMPT_HEADER: 3, "traceparent": "00-abc-def-01"}
-    assert item["raw_body"] is None
+    assert item["raw_body_base64"] is None
 
 
 async def test_discard_then_replay_is_a_conflict_and_unknown_ids_are_not_found(
@@ -213,6 +217,22 @@ async def test_replay_puts_the_message_back_on_its_queue(
     assert row["message_id"] == env.id
     assert row["headers"][ATTEMPT_HEADER] == 1
     assert row["headers"]["x-replayed-from"] == dead_id
+
+
+async def test_a_binary_dead_letter_is_shown_in_base64_and_replayed_byte_for_byte(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    body = b"\x00\xff binary"
+    dead_id, _ = await add_dead_letter(container, "inventory.ingest", body=body)
+    admin = auth(ADMIN_TOKEN)
+    (item,) = (await client.get("/admin/dead-letters", headers=admin)).json()["items"]
+    assert (item["body"], item["raw_body_base64"]) == (None, base64.b64encode(body).decode())
+
+    r = await client.post(f"/admin/dead-letters/{dead_id}/replay", headers=admin)
+    assert r.status_code == 200, r.text
+    async with container.pool.acquire() as conn:
+        sent = await conn.fetchval("SELECT body FROM queue_message")
+    assert bytes(sent) == body
 
 
 async def test_status_shows_the_outbox_backlog_dead_letters_and_queue_depths(

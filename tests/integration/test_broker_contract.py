@@ -21,6 +21,7 @@ import pytest
 
 from stockkeeper.bootstrap import Container
 from stockkeeper.domain.errors import Conflict, NotFound
+from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.broker import Broker, Delivery, OutgoingMessage, Subscription
 from stockkeeper.messaging.consumer import Consumer, PermanentError, RetryPolicy
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER, TRACEPARENT_HEADER, Envelope
@@ -503,7 +504,7 @@ async def test_failing_message_is_retried_then_dead_lettered_without_blocking(
     assert dead["attempts"] == POLICY.max_attempts
     assert dead["error"] == "RuntimeError: the WMS said no"
     assert dead["status"] == "DEAD"
-    assert dead["raw_body"] == bad.to_bytes().decode()
+    assert dead["raw_body"] == bad.to_bytes()
     async with c.pool.acquire() as conn:
         applied_at = await conn.fetchval("SELECT applied_at FROM test_effect")
         processed = await conn.fetch("SELECT message_id FROM processed_message")
@@ -609,11 +610,84 @@ async def test_invalid_envelope_goes_straight_to_the_dead_letters(
     (dead,) = await dead_letters(c)
     assert dead["error"].startswith(reason), dead["error"]
     assert (dead["attempts"], dead["status"], str(dead["message_id"])) == (1, "DEAD", mid)
-    assert dead["raw_body"] == body.decode("utf-8", errors="replace")
+    assert dead["raw_body"] == body
     retries = c.metrics.registry.get_sample_value(
         "stockkeeper_consumer_retries_total", {"consumer": "test-consumer"}
     )
     assert not retries
+
+
+BINARY = b"\x00\xff binary"
+
+
+def rejected(c: Container, consumer: str) -> float:
+    got = c.metrics.registry.get_sample_value(
+        "stockkeeper_consumer_messages_total", {"consumer": consumer, "outcome": "rejected"}
+    )
+    return got or 0.0
+
+
+async def test_a_message_that_is_not_text_is_dead_lettered_as_its_bytes(
+    effects: Container, broker: Broker, broker_prefix: str
+) -> None:
+    c = effects
+    called: list[Envelope] = []
+
+    async def handle(conn: Conn, env: Envelope) -> None:
+        called.append(env)
+
+    mid = str(uuid.uuid4())
+    await broker.send_to_queue(
+        "inventory.ingest", message("ingest.shop", body=BINARY, message_id=mid)
+    )
+    sub = await consumer(c, broker, handle, queue="inventory.ingest").start(prefetch=8)
+    await eventually(lambda: _has_dead_letters(c, 1), what="a dead letter")
+    await eventually(
+        lambda: _equals(broker.queue_depths(), depths_of(broker_prefix)), what="queue empty"
+    )
+    await sub.cancel()
+
+    assert called == []
+    (dead,) = await dead_letters(c)
+    assert (dead["queue"], str(dead["message_id"]), dead["body"]) == ("inventory.ingest", mid, None)
+    assert dead["raw_body"] == BINARY
+    assert rejected(c, "test-consumer") == 0
+
+
+async def test_an_unrecordable_failure_is_rejected_to_the_broker_after_max_attempts(
+    effects: Container, broker: Broker, broker_prefix: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    c = effects
+    calls: list[uuid.UUID] = []
+
+    async def handle(conn: Conn, env: Envelope) -> None:
+        calls.append(env.id)
+        raise PermanentError("poison")
+
+    env = envelope("poison")
+    # Recording the dead letter fails every time (as with the database away).
+    cannot_record = Failpoints({"consumer.before_dead_letter": "raise"})
+    await broker.publish([envelope_message(env)])
+    sub = await consumer(c, broker, handle, failpoints=cannot_record).start(prefetch=8)
+    await eventually(lambda: rejected(c, "test-consumer") == 1, what="rejected")
+    await eventually(
+        lambda: _equals(broker.queue_depths(), depths_of(broker_prefix)), what="queue empty"
+    )
+    await sub.cancel()
+
+    # Delivered max_attempts times, then given to the broker's dead-letter handling: it
+    # never comes back to us.
+    assert calls == [env.id] * POLICY.max_attempts
+    assert await dead_letters(c) == []
+    out, err = capfd.readouterr()
+    logged = [line for line in (out + err).splitlines() if "consumer.rejected_unrecorded" in line]
+    assert len(logged) == 1, out + err
+    assert str(env.id) in logged[0]
+    if isinstance(broker, PgQueueBroker):
+        async with c.pool.acquire() as conn:
+            dead = await conn.fetch("SELECT message_id, deliveries, dead_at FROM queue_message")
+        assert [(r["message_id"], r["deliveries"]) for r in dead] == [(env.id, 3)]
+        assert dead[0]["dead_at"] is not None
 
 
 async def test_replay_goes_through_the_consumer_and_takes_effect_once(

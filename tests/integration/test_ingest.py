@@ -160,7 +160,8 @@ async def test_a_sale_beyond_what_is_available_is_a_shortfall_not_a_refusal(
     assert (lv["on_hand"], lv["reserved"], lv["available"], lv["shortfall"]) == (2, 4, 0, 2)
     await deliver(c, "shop", sales=[sale("t-2", "C", -5)])  # more than is there at all
     lv = await on_hand(c, "C")
-    assert (lv["on_hand"], lv["shortfall"]) == (0, 4)
+    # Booked whole: the 3 units on_hand could not cover are oversold, owed like a promise.
+    assert (lv["on_hand"], lv["oversold"], lv["shortfall"]) == (0, 3, 7)
     async with c.pool.acquire() as conn:
         unbooked = await conn.fetchval(
             "SELECT unbooked FROM ingested_sale WHERE transaction_id = 't-2'"
@@ -172,6 +173,7 @@ async def test_a_sale_beyond_what_is_available_is_a_shortfall_not_a_refusal(
     assert shortfall_events == 2
     m = c.metrics.registry.get_sample_value
     assert m("stockkeeper_ingest_unbooked_sale_units_total", {"connector": "shop"}) == 3
+    assert m("stockkeeper_oversell_total", {"source": "shop"}) == 2 + 5
     await assert_clean(c)
 
 

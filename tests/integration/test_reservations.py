@@ -647,6 +647,7 @@ async def test_every_change_writes_ledger_levels_and_events_in_one_transaction(
             "unavailable": 0,
             "reserved": 0,
             "committed": 0,
+            "oversold": 0,
             "available": 10,
             "shortfall": 0,
             "cause": "RECEIPT",
@@ -759,7 +760,13 @@ async def test_shortfall_when_less_is_there_than_promised(container: Container) 
     )
     w = await journal.check("inventory.adjusted")
     (short,) = w.of_type(SHORTFALL)
-    assert short == {"sku": "A", "version": level["version"], "shortfall": 3, "cause": "ADJUSTMENT"}
+    assert short == {
+        "sku": "A",
+        "version": level["version"],
+        "shortfall": 3,
+        "oversold": 0,
+        "cause": "ADJUSTMENT",
+    }
     assert w.of_type(LEVEL)[0]["shortfall"] == 3
     assert (await container.stock.get("A"))["shortfall"] == 3
     # Nothing more can be sold, and the promise is kept rather than silently dropped.

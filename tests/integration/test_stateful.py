@@ -125,6 +125,7 @@ class MBatch:
             "unavailable": self.unavailable,
             "reserved": self.reserved,
             "committed": self.committed,
+            "oversold": 0,  # nothing here sells beyond on_hand
             "available": self.shown_available(now),
             "shortfall": self.shortfall,
             "expired": self.expired(now),

@@ -12,6 +12,7 @@ import pytest
 
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
+from stockkeeper.connectors.records import SaleRecord
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.errors import InsufficientStock, InvalidRequest, NotFound
 from stockkeeper.domain.wms import Counted, SyncKind, SyncStatus, outbound_lines
@@ -139,6 +140,10 @@ async def test_a_count_below_what_is_promised_is_a_shortfall_and_keeps_the_promi
         "stockkeeper_wms_shortfalls_total", {"connector": "wms-main"}
     )
     assert shortfalls == 1
+    oversell = c.metrics.registry.get_sample_value(
+        "stockkeeper_oversell_total", {"source": "wms:wms-main"}
+    )
+    assert oversell == 3
     (a,) = await c.stock.get_many(["A"])
     assert (a["on_hand"], a["reserved"], a["available"], a["shortfall"]) == (5, 8, 0, 3)
     events = await rows(
@@ -149,6 +154,21 @@ async def test_a_count_below_what_is_promised_is_a_shortfall_and_keeps_the_promi
     assert view.status.value == "PENDING"
     with pytest.raises(InsufficientStock):
         await c.reservations.reserve(ReserveRequest("o-2", (OrderLine("A", 1),)))
+    await assert_clean(c)
+
+
+async def test_a_count_settles_what_a_channel_oversold(wms_container: Container) -> None:
+    c = wms_container
+    await c.stock.receive(Receipt("A", 1, "r-1", None, None, None))
+    sold = SaleRecord(transaction_id="t-1", sku="A", delta=-3, source="shop")
+    async with c.pool.acquire() as conn, conn.transaction():
+        await c.ingest.apply(conn, "shop", [], [sold], reference="m-1")
+    (a,) = await c.stock.get_many(["A"])
+    assert (a["on_hand"], a["oversold"], a["shortfall"]) == (0, 2, 2)
+    job = await job_for(c, sku="A")
+    await c.wms.apply_page(job, [count("A", 4)], cursor=None)
+    (a,) = await c.stock.get_many(["A"])
+    assert (a["on_hand"], a["oversold"], a["available"], a["shortfall"]) == (4, 0, 4, 0)
     await assert_clean(c)
 
 

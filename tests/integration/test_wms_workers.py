@@ -198,7 +198,7 @@ async def test_a_wms_that_keeps_failing_means_retries_then_a_dead_letter_that_re
     assert tries == 4  # two sends, each with the connector's two tries
     # The WMS is back; the operator replays the dead letter (the consumer path).
     server.start()
-    replay = Envelope.parse(dead["raw_body"].encode())
+    replay = Envelope.parse(bytes(dead["raw_body"]))
     async with rig.c.pool.acquire() as conn, conn.transaction():
         await rig.handle(conn, replay)
     assert {(i["status"], i["attempts"]) for i in await rig.items()} == {("PENDING", 0)}

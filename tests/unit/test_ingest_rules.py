@@ -9,11 +9,13 @@ from stockkeeper.domain.allocation import BatchStock
 from stockkeeper.domain.ingest import (
     Level,
     PricingRule,
+    home_batch,
     level_moves,
     newest_per_key,
     sale_moves,
+    sale_return_moves,
 )
-from stockkeeper.domain.quantities import Delta, Figures
+from stockkeeper.domain.quantities import Delta, Figures, oversell
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -25,9 +27,11 @@ def batch(
     lot: str | None = None,
     days: int | None = None,
     reserved: int = 0,
+    oversold: int = 0,
 ) -> BatchStock:
     expires = NOW + timedelta(days=days) if days is not None else None
-    return BatchStock(bid, "S", "default", lot, expires, Figures(on_hand, 0, reserved, 0))
+    figures = Figures(on_hand, 0, reserved, 0, oversold)
+    return BatchStock(bid, "S", "default", lot, expires, figures)
 
 
 def lv(on_hand: int, seconds: int, location: str = "default") -> Level:
@@ -82,3 +86,35 @@ def test_pricing_marks_up_and_rounds_to_the_step() -> None:
     assert rule.price(Decimal("10.00")) == Decimal("12.50")
     assert rule.price(Decimal("9.99")) == Decimal("12.50")
     assert PricingRule().price(Decimal("3.333")) == Decimal("3.33")
+
+
+def test_oversold_units_are_owed_so_they_count_as_shortfall_not_as_available() -> None:
+    f = Figures(on_hand=0, oversold=2)
+    assert (f.available, f.shortfall, f.is_valid) == (0, 2, True)
+    after_receipt = f.apply(Delta(on_hand=5))
+    assert (after_receipt.available, after_receipt.shortfall) == (3, 0)
+    assert not Figures(oversold=-1).is_valid
+
+
+def test_oversell_is_the_shortfall_a_report_added() -> None:
+    before = Figures(on_hand=5, reserved=4)
+    assert oversell(before, before.apply(Delta(on_hand=-3))) == 2
+    assert oversell(before, before.apply(Delta(on_hand=-5, oversold=3))) == 7
+    assert oversell(Figures(oversold=2), Figures(on_hand=4)) == 0  # a count settled it
+
+
+def test_an_absolute_level_settles_what_was_oversold_at_the_place() -> None:
+    moves = level_moves([batch(1, 0, oversold=2), batch(2, 1, lot="L", days=5)], 4)
+    assert moves == [(1, Delta(on_hand=3, oversold=-2))]
+    assert level_moves([batch(1, 0, oversold=2)], 0) == [(1, Delta(oversold=-2))]
+
+
+def test_a_return_first_cancels_oversold_units_then_goes_on_the_shelf() -> None:
+    lots = [batch(1, 0, oversold=2), batch(2, 1, lot="L", days=5)]
+    assert sale_return_moves(lots, 1) == [(1, Delta(oversold=-1))]
+    assert sale_return_moves(lots, 5) == [(1, Delta(on_hand=3, oversold=-2))]
+
+
+def test_the_home_batch_is_the_lotless_one_at_the_default_location() -> None:
+    assert home_batch([batch(2, 0, lot="L", days=5), batch(3, 0)]).id == 3
+    assert home_batch([batch(2, 0, lot="L", days=5), batch(4, 0, lot="M")]).id == 2

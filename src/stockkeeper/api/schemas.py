@@ -165,6 +165,7 @@ class BatchOut(BaseModel):
     unavailable: int
     reserved: int
     committed: int
+    oversold: int
     available: int
     shortfall: int
     expired: bool
@@ -177,6 +178,7 @@ class LevelOut(BaseModel):
     unavailable: int
     reserved: int
     committed: int
+    oversold: int
     available: int
     shortfall: int
     version: int
@@ -223,6 +225,7 @@ class LedgerEntryOut(BaseModel):
     unavailable: int
     reserved: int
     committed: int
+    oversold: int
     source: str
     reference_id: str | None
     reason: str | None
@@ -238,6 +241,7 @@ class LedgerEntryOut(BaseModel):
             unavailable=e.unavailable,
             reserved=e.reserved,
             committed=e.committed,
+            oversold=e.oversold,
             source=e.source,
             reference_id=e.reference_id,
             reason=e.reason,
@@ -311,7 +315,9 @@ class DeadLetterOut(BaseModel):
     message_id: str | None
     routing_key: str | None
     body: Any
-    raw_body: Any
+    raw_body_base64: str | None = Field(
+        description="The body exactly as it came, base64, when it is not JSON."
+    )
     headers: Any
     error: str | None
     attempts: int

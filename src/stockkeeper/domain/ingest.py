@@ -56,23 +56,50 @@ def level_moves(batches: list[BatchStock], target: int) -> list[tuple[int, Delta
     A source that counts per SKU and location knows nothing of our lots. More units go
     to the batch without a lot (``batches[0]`` must be it); fewer come from it first,
     then from the lots that expire last, so the lots sold first keep their units.
+    The level is the whole truth of the place: units oversold there are settled by it
+    (D-120), as a count replaces a negative figure.
     """
+    moves: dict[int, Delta] = {}
     current = sum(b.figures.on_hand for b in batches)
     change = target - current
-    if change >= 0:
-        return [(batches[0].id, Delta(on_hand=change))] if change else []
-    moves: list[tuple[int, Delta]] = []
-    need = -change
+    if change > 0:
+        moves[batches[0].id] = Delta(on_hand=change)
+    need = max(0, -change)
     lotless, lots = batches[0], batches[1:]
-    order = [lotless, *sorted(lots, key=_expiry_desc)]
-    for b in order:
-        take = min(need, b.figures.on_hand)
-        if take:
-            moves.append((b.id, Delta(on_hand=-take)))
-            need -= take
+    for b in [lotless, *sorted(lots, key=_expiry_desc)]:
         if not need:
             break
-    return moves
+        take = min(need, b.figures.on_hand)
+        if take:
+            moves[b.id] = Delta(on_hand=-take)
+            need -= take
+    for b in batches:
+        if b.figures.oversold:
+            moves[b.id] = moves.get(b.id, Delta()) + Delta(oversold=-b.figures.oversold)
+    return list(moves.items())
+
+
+def home_batch(batches: list[BatchStock]) -> BatchStock:
+    """Where a SKU's units without a lot live: its lotless batch at the default location
+    if it has one, else its first lotless batch, else its first batch."""
+    return min(batches, key=lambda b: (b.lot_number is not None, b.location != "default", b.id))
+
+
+def sale_return_moves(batches: list[BatchStock], units: int) -> list[tuple[int, Delta]]:
+    """Units a channel took back (a return, a cancelled order). They first cancel units
+    it had oversold (no longer owed to anyone); the rest go back on the shelf of the
+    lotless batch at the default location, which must exist."""
+    moves: dict[int, Delta] = {}
+    left = units
+    for b in sorted(batches, key=lambda b: b.id):
+        n = min(left, b.figures.oversold)
+        if n:
+            moves[b.id] = Delta(oversold=-n)
+            left -= n
+    if left:
+        home = next(b for b in batches if b.location == "default" and b.lot_number is None)
+        moves[home.id] = moves.get(home.id, Delta()) + Delta(on_hand=left)
+    return sorted(moves.items())
 
 
 def _expiry_desc(b: BatchStock) -> tuple[bool, float, int]:
@@ -85,8 +112,8 @@ def _expiry_desc(b: BatchStock) -> tuple[bool, float, int]:
 def sale_moves(
     batches: list[BatchStock], units: int, now: datetime
 ) -> tuple[list[tuple[int, Delta]], int]:
-    """Take ``units`` sold elsewhere out of on_hand; return the moves and what could not
-    be booked because on_hand ran out.
+    """Take ``units`` sold elsewhere out of on_hand; return the moves and what on_hand
+    could not cover (the caller books it as oversold, D-120).
 
     The channel has already sold them, so nothing is refused: sellable units go first
     (earliest expiry first, as we would allocate), then units held for our own orders

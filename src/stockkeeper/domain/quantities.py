@@ -16,9 +16,12 @@ class Delta:
     unavailable: int = 0
     reserved: int = 0
     committed: int = 0
+    oversold: int = 0
 
     def __neg__(self) -> Delta:
-        return Delta(-self.on_hand, -self.unavailable, -self.reserved, -self.committed)
+        return Delta(
+            -self.on_hand, -self.unavailable, -self.reserved, -self.committed, -self.oversold
+        )
 
     def __add__(self, other: Delta) -> Delta:
         return Delta(
@@ -26,29 +29,35 @@ class Delta:
             self.unavailable + other.unavailable,
             self.reserved + other.reserved,
             self.committed + other.committed,
+            self.oversold + other.oversold,
         )
 
     @property
     def is_zero(self) -> bool:
-        return not (self.on_hand or self.unavailable or self.reserved or self.committed)
+        return not (
+            self.on_hand or self.unavailable or self.reserved or self.committed or self.oversold
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Figures:
-    """The four stored quantities and what follows from them.
+    """The stored quantities and what follows from them.
 
     ``available`` never goes below zero; when the physical truth reported by a WMS or
     an ERP is below what was already promised, the difference is the ``shortfall``.
+    ``oversold`` is what the outside world sold beyond ``on_hand`` (D-120): units owed
+    to buyers, so they count against ``available`` and in ``shortfall`` like a promise.
     """
 
     on_hand: int = 0
     unavailable: int = 0
     reserved: int = 0
     committed: int = 0
+    oversold: int = 0
 
     @property
     def net(self) -> int:
-        return self.on_hand - self.unavailable - self.reserved - self.committed
+        return self.on_hand - self.unavailable - self.reserved - self.committed - self.oversold
 
     @property
     def available(self) -> int:
@@ -64,6 +73,7 @@ class Figures:
             self.unavailable + delta.unavailable,
             self.reserved + delta.reserved,
             self.committed + delta.committed,
+            self.oversold + delta.oversold,
         )
 
     def __add__(self, other: Figures) -> Figures:
@@ -72,12 +82,21 @@ class Figures:
             self.unavailable + other.unavailable,
             self.reserved + other.reserved,
             self.committed + other.committed,
+            self.oversold + other.oversold,
         )
 
     @property
     def is_valid(self) -> bool:
         """No stored figure is ever negative."""
-        return min(self.on_hand, self.unavailable, self.reserved, self.committed) >= 0
+        return (
+            min(self.on_hand, self.unavailable, self.reserved, self.committed, self.oversold) >= 0
+        )
+
+
+def oversell(before: Figures, after: Figures) -> int:
+    """Units a report from outside (a sale, a level, a count) left us short by: how much
+    the batch's shortfall grew. What ``stockkeeper_oversell_total`` counts."""
+    return max(0, after.shortfall - before.shortfall)
 
 
 @dataclass(frozen=True, slots=True)

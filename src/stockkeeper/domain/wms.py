@@ -88,11 +88,13 @@ def reconcile(ours: Figures, theirs: Counted) -> Delta:
 
     Only what the WMS knows moves: on_hand and unavailable. Reserved and committed are
     our promises; if the count is below them the batch is in shortfall (available 0),
-    and the promises stay.
+    and the promises stay. A count is the batch's whole physical truth, so units
+    oversold on it are settled by it (D-120).
     """
     return Delta(
         on_hand=theirs.on_hand - ours.on_hand,
         unavailable=theirs.unavailable - ours.unavailable,
+        oversold=-ours.oversold,
     )
 
 

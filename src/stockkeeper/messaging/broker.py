@@ -21,7 +21,7 @@ class OutgoingMessage:
 
 
 class Delivery(Protocol):
-    """A message handed to a consumer. Exactly one of ack or requeue must follow."""
+    """A message handed to a consumer. Exactly one of ack, requeue or reject must follow."""
 
     @property
     def queue(self) -> str: ...
@@ -35,12 +35,21 @@ class Delivery(Protocol):
     def headers(self) -> dict[str, Any]: ...
     @property
     def redelivered(self) -> bool: ...
+    @property
+    def deliveries(self) -> int:
+        """How many times the broker has handed this message out, this time included."""
+        ...
 
     async def ack(self) -> None:
         """Done with it: the broker forgets the message."""
 
     async def requeue(self) -> None:
         """Not handled (shutting down): deliver it again, to us or another consumer."""
+
+    async def reject(self) -> None:
+        """Give up on it without requeueing: the broker's own dead-letter handling takes
+        it (RabbitMQ: the queue's dead-letter exchange, if one is set by policy; the
+        embedded queue: the row is marked dead). For failures we cannot even record."""
 
 
 Handler = Callable[[Delivery], Awaitable[None]]

@@ -5,7 +5,9 @@ For each message: parse the envelope; in one transaction record the message id i
 message finds its id and has no second effect. A failure is retried with exponential
 backoff through a delayed re-send (the messages behind it are not held up), and after
 the last attempt lands in ``dead_letter`` with its error, where the admin API can show,
-replay or discard it.
+replay or discard it. A failure that cannot even be recorded (the database away) leaves
+the message with the broker; after ``max_attempts`` deliveries it is rejected to the
+broker's own dead-letter handling, so nothing loops forever.
 """
 
 from __future__ import annotations
@@ -103,11 +105,25 @@ class Consumer:
         try:
             await self._process(d)
         except Exception:
-            # We could not even record the failure (database or broker down): leave
-            # the message with the broker and let it come back.
-            log.exception("consumer.unrecorded_failure", consumer=self.name)
-            await asyncio.sleep(1.0)
-            await d.requeue()
+            await self._unrecorded(d)
+
+    async def _unrecorded(self, d: Delivery) -> None:
+        """We could not even record the failure (database or broker down): leave the
+        message with the broker and let it come back, at most ``max_attempts`` times."""
+        where = {
+            "consumer": self.name,
+            "message_id": d.message_id,
+            "routing_key": d.routing_key,
+            "deliveries": d.deliveries,
+        }
+        if d.deliveries >= self.policy.max_attempts:
+            log.exception("consumer.rejected_unrecorded", **where)
+            self.metrics.consumer_messages.labels(consumer=self.name, outcome="rejected").inc()
+            await d.reject()
+            return
+        log.exception("consumer.unrecorded_failure", **where)
+        await asyncio.sleep(self.policy.backoff.delay(d.deliveries))
+        await d.requeue()
 
     async def _process(self, d: Delivery) -> None:
         attempt = attempt_of(d.headers)
@@ -165,6 +181,7 @@ class Consumer:
         return "applied"
 
     async def _dead(self, d: Delivery, error: str, attempt: int) -> None:
+        self.failpoints.hit("consumer.before_dead_letter")
         async with self.pool.acquire() as conn:
             row = await dead_letters.record(
                 conn,

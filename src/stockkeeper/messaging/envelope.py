@@ -17,8 +17,11 @@ ATTEMPT_HEADER = "x-attempt"
 # The routing key a message was first published with, kept across retries and replays
 # (a retry travels through the default exchange, which would replace it).
 ROUTING_KEY_HEADER = "x-routing-key"
-# Headers the broker adds on its own (dead-lettering of delay queues); not carried on.
-BROKER_HEADER_PREFIXES = ("x-death", "x-first-death", "x-last-death")
+# How many times a quorum queue has had the message back (RabbitMQ sets it).
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+# Headers the broker adds on its own (dead-lettering of delay queues, the delivery
+# count); not carried on.
+BROKER_HEADER_PREFIXES = ("x-death", "x-first-death", "x-last-death", DELIVERY_COUNT_HEADER)
 TRACEPARENT_HEADER = "traceparent"
 
 

@@ -38,6 +38,7 @@ class PgDelivery:
     body: bytes
     headers: dict[str, Any]
     redelivered: bool
+    deliveries: int
     _broker: PgQueueBroker = field(repr=False)
 
     async def ack(self) -> None:
@@ -47,6 +48,10 @@ class PgDelivery:
     async def requeue(self) -> None:
         async with self._broker.pool.acquire() as conn:
             await store_queue.requeue(conn, self.row_id)
+
+    async def reject(self) -> None:
+        async with self._broker.pool.acquire() as conn:
+            await store_queue.reject(conn, self.row_id)
 
 
 class PgSubscription:
@@ -182,6 +187,7 @@ class PgQueueBroker:
                     body=r.body,
                     headers=r.headers,
                     redelivered=r.deliveries > 1,
+                    deliveries=r.deliveries,
                     _broker=self,
                 )
             )

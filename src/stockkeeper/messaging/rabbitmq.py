@@ -29,7 +29,7 @@ from stockkeeper.messaging.broker import (
     OutgoingMessage,
     PublishRejected,
 )
-from stockkeeper.messaging.envelope import ROUTING_KEY_HEADER
+from stockkeeper.messaging.envelope import DELIVERY_COUNT_HEADER, ROUTING_KEY_HEADER
 from stockkeeper.messaging.topology import EXCHANGES, QUEUES, QueueSpec
 from stockkeeper.observability.logging import get_logger
 
@@ -65,11 +65,24 @@ class RabbitDelivery:
     def redelivered(self) -> bool:
         return bool(self._message.redelivered)
 
+    @property
+    def deliveries(self) -> int:
+        # A quorum queue counts the returned deliveries in x-delivery-count.
+        raw = (self._message.headers or {}).get(DELIVERY_COUNT_HEADER, 0)
+        try:
+            returned = int(str(raw or 0))
+        except ValueError:
+            returned = 0
+        return 1 + max(0, returned)
+
     async def ack(self) -> None:
         await self._message.ack()
 
     async def requeue(self) -> None:
         await self._message.nack(requeue=True)
+
+    async def reject(self) -> None:
+        await self._message.nack(requeue=False)
 
 
 class RabbitSubscription:

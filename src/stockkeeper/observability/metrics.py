@@ -39,8 +39,9 @@ class Metrics:
         )
         self.oversell = Counter(
             "stockkeeper_oversell_total",
-            "Times stock was found promised beyond what exists through a decision of ours. "
-            "Must stay 0.",
+            "Units the outside world sold or counted beyond what we held or had promised "
+            "(the shortfall a sale, a level or a count caused), by source (D-121).",
+            ["source"],
             registry=r,
         )
         self.outbox_backlog = Gauge(
@@ -94,7 +95,8 @@ class Metrics:
         )
         self.consumer_messages = Counter(
             "stockkeeper_consumer_messages_total",
-            "Messages handled by consumers, by outcome (applied, duplicate, stale).",
+            "Messages handled by consumers, by outcome (applied, duplicate, stale, rejected: "
+            "given back to the broker's dead-letter handling, the failure unrecorded).",
             ["consumer", "outcome"],
             registry=r,
         )
@@ -198,7 +200,7 @@ class Metrics:
         )
         self.ingest_unbooked_units = Counter(
             "stockkeeper_ingest_unbooked_sale_units_total",
-            "Units a channel sold that on_hand could not cover (shortfall beyond zero).",
+            "Units a channel sold that on_hand could not cover, booked as oversold.",
             ["connector"],
             registry=r,
         )

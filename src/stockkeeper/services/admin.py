@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
@@ -22,7 +23,10 @@ def dead_letter_json(r: DeadLetter) -> dict[str, Any]:
         "message_id": str(r.message_id) if r.message_id else None,
         "routing_key": r.routing_key,
         "body": r.body,
-        "raw_body": r.raw_body if r.body is None else None,
+        # The exact bytes, for a body that is not JSON (any bytes at all).
+        "raw_body_base64": (
+            base64.b64encode(r.raw_body).decode() if r.body is None and r.raw_body else None
+        ),
         "headers": r.headers,
         "error": r.error,
         "attempts": r.attempts,
@@ -63,7 +67,7 @@ class Operations:
             assert row.raw_body is not None
             await self.broker.send_to_queue(
                 row.queue,
-                OutgoingMessage("", row.routing_key, row.raw_body.encode(), message_id, headers),
+                OutgoingMessage("", row.routing_key, row.raw_body, message_id, headers),
             )
             await dead_letters.resolve(conn, dead_letter_id, "REPLAYED", who)
             row = await dead_letters.lock(conn, dead_letter_id)

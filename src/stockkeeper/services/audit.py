@@ -29,7 +29,7 @@ class AuditReport:
         return "\n".join([head + f": {len(self.problems)} problem(s)", *self.problems])
 
 
-FIELDS = ("on_hand", "unavailable", "reserved", "committed")
+FIELDS = ("on_hand", "unavailable", "reserved", "committed", "oversold")
 
 
 async def audit(conn: Conn) -> AuditReport:

@@ -33,11 +33,13 @@ from stockkeeper.domain.ingest import (
     Level,
     PricingRule,
     Sale,
+    home_batch,
     level_moves,
     newest_per_key,
     sale_moves,
+    sale_return_moves,
 )
-from stockkeeper.domain.quantities import Delta
+from stockkeeper.domain.quantities import Delta, oversell
 from stockkeeper.domain.reservation import EntryType
 from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.observability.metrics import Metrics
@@ -47,6 +49,7 @@ from stockkeeper.store.pool import Conn
 from stockkeeper.store.stock import Movement
 
 INGEST_QUEUE = "inventory.ingest"
+DEFAULT_LOCATION = "default"
 # Records per ingest message: a page of 5,000 ERP rows travels as 10 messages.
 RECORDS_PER_MESSAGE = 500
 
@@ -64,7 +67,11 @@ class Applied:
     sales: int = 0
     duplicate_sales: int = 0
     refused: int = 0
+    # Units sold beyond on_hand, booked as the batch's oversold quantity.
     unbooked_units: int = 0
+    # Units by which this message's sales and levels left us short (the shortfall they
+    # added): what stockkeeper_oversell_total counts.
+    oversell: int = 0
     skus: set[str] = field(default_factory=set)
 
 
@@ -182,10 +189,11 @@ class IngestService:
             return done
         await self._ensure_lotless(conn, winners, fresh)
         touched = sorted({lv.sku for lv in winners} | {s.sku for s in fresh})
-        batches = await stock.lock_batches_of(conn, touched)
+        batches = await self._lock_with_home(conn, touched, fresh)
+        before = {bid: b.figures for bid, b in batches.items()}
         now = self.clock()
         adjust = self._level_moves(batches, winners)
-        sales_moves, unbooked = self._sale_moves(batches, fresh, now)
+        sales_moves, oversold = self._sale_moves(batches, fresh, now)
         source = connector
         if adjust:
             await stock.apply_movements(conn, adjust, already_locked=True)
@@ -209,9 +217,10 @@ class IngestService:
                 now=now,
                 reason=f"sold on {connector}",
             )
-        for sale, units in unbooked.items():
+        for sale, units in oversold.items():
             await source_records.set_unbooked(conn, sale.source, sale.transaction_id, units)
             done.unbooked_units += units
+        done.oversell = sum(oversell(before[bid], b.figures) for bid, b in batches.items())
         await self._prices(conn, connector, cfg, winners)
         done.levels = len(winners)
         done.sales = len(fresh)
@@ -246,11 +255,24 @@ class IngestService:
 
     async def _ensure_lotless(self, conn: Conn, winners: list[Level], fresh: list[Sale]) -> None:
         keys = {(lv.sku, lv.location) for lv in winners}
-        keys |= {(s.sku, "default") for s in fresh if s.delta > 0}
+        keys |= {(s.sku, DEFAULT_LOCATION) for s in fresh if s.delta > 0}
         if not keys:
             return
         await stock.ensure_locations(conn, {loc for _, loc in keys})
         await stock.add_lotless_batches(conn, keys)
+
+    async def _lock_with_home(
+        self, conn: Conn, skus: list[str], fresh: list[Sale]
+    ) -> dict[int, BatchStock]:
+        """The SKUs' batches, locked; a SKU sold that has no batch at all (one just made
+        by ``auto_create_skus``) first gets its lotless batch, so the sale is booked."""
+        batches = await stock.lock_batches_of(conn, skus)
+        bare = {s.sku for s in fresh} - {b.sku for b in batches.values()}
+        if bare:
+            # New rows: their ids are above every id locked so far (lock order holds).
+            await stock.add_lotless_batches(conn, {(sku, DEFAULT_LOCATION) for sku in bare})
+            batches.update(await stock.lock_batches_of(conn, bare))
+        return batches
 
     def _level_moves(self, batches: dict[int, BatchStock], winners: list[Level]) -> list[Movement]:
         # No inventory.adjusted event per level: a sync of 500,000 SKUs would publish
@@ -270,22 +292,22 @@ class IngestService:
     def _sale_moves(
         self, batches: dict[int, BatchStock], fresh: list[Sale], now: Any
     ) -> tuple[list[Movement], dict[Sale, int]]:
+        """Every sale booked whole: what on_hand cannot cover is oversold (D-120)."""
         moves: list[Movement] = []
-        unbooked: dict[Sale, int] = {}
+        oversold: dict[Sale, int] = {}
         for sale in fresh:
             mine = [b for b in batches.values() if b.sku == sale.sku]
             if sale.delta > 0:
-                home = next(b for b in mine if b.location == "default" and b.lot_number is None)
-                pairs = [(home.id, Delta(on_hand=sale.delta))]
-                left = 0
+                pairs = sale_return_moves(mine, sale.delta)
             else:
                 pairs, left = sale_moves(mine, -sale.delta, now)
+                if left:
+                    pairs = _merged([*pairs, (home_batch(mine).id, Delta(oversold=left))])
+                    oversold[sale] = left
             for batch_id, delta in pairs:
                 moves.append(Movement(batch_id, sale.sku, delta, reference_id=sale.transaction_id))
                 _move(batches, batch_id, delta)
-            if left:
-                unbooked[sale] = left
-        return moves, unbooked
+        return moves, oversold
 
     async def _prices(
         self, conn: Conn, connector: str, cfg: IngestOptions | None, winners: list[Level]
@@ -316,6 +338,16 @@ class IngestService:
                 m.labels(connector=connector, outcome=outcome).inc(n)
         if d.unbooked_units:
             self.metrics.ingest_unbooked_units.labels(connector=connector).inc(d.unbooked_units)
+        if d.oversell:
+            self.metrics.oversell.labels(source=connector).inc(d.oversell)
+
+
+def _merged(pairs: list[tuple[int, Delta]]) -> list[tuple[int, Delta]]:
+    """One move per batch (one ledger entry per batch and sale), in batch order."""
+    out: dict[int, Delta] = {}
+    for batch_id, delta in pairs:
+        out[batch_id] = out.get(batch_id, Delta()) + delta
+    return sorted(out.items())
 
 
 def _move(batches: dict[int, BatchStock], batch_id: int, delta: Delta) -> None:

@@ -11,7 +11,7 @@ import orjson
 
 from stockkeeper.domain.errors import Conflict, InvalidRequest, NotFound
 from stockkeeper.domain.events import ADJUSTED, RECEIVED, Event
-from stockkeeper.domain.quantities import Delta, Figures
+from stockkeeper.domain.quantities import Delta
 from stockkeeper.domain.reservation import EntryType
 from stockkeeper.services.unit import Clock, record_change, transaction, utcnow
 from stockkeeper.store import idempotency, stock
@@ -61,6 +61,7 @@ class LedgerEntry:
     unavailable: int
     reserved: int
     committed: int
+    oversold: int
     source: str
     reference_id: str | None
     reason: str | None
@@ -88,6 +89,7 @@ def level_json(lv: SkuLevel) -> dict[str, Any]:
         "unavailable": f.unavailable,
         "reserved": f.reserved,
         "committed": f.committed,
+        "oversold": f.oversold,
         "available": lv.level.available,
         "shortfall": lv.level.shortfall,
         "version": lv.version,
@@ -96,7 +98,7 @@ def level_json(lv: SkuLevel) -> dict[str, Any]:
 
 
 def batch_json(r: Row, now: datetime) -> dict[str, Any]:
-    f = Figures(r["on_hand"], r["unavailable"], r["reserved"], r["committed"])
+    f = stock.figures_from_row(r)
     expired = r["expires_at"] is not None and r["expires_at"] <= now
     return {
         "batch_id": r["id"],
@@ -107,6 +109,7 @@ def batch_json(r: Row, now: datetime) -> dict[str, Any]:
         "unavailable": f.unavailable,
         "reserved": f.reserved,
         "committed": f.committed,
+        "oversold": f.oversold,
         "available": 0 if expired else f.available,
         "shortfall": f.shortfall,
         "expired": expired,
@@ -276,6 +279,7 @@ class Stock:
                 unavailable=r["d_unavailable"],
                 reserved=r["d_reserved"],
                 committed=r["d_committed"],
+                oversold=r["d_oversold"],
                 source=r["source"],
                 reference_id=r["reference_id"],
                 reason=r["reason"],

@@ -19,6 +19,7 @@ import orjson
 from stockkeeper.config import WmsConnectorConfig
 from stockkeeper.domain.errors import InvalidRequest, NotFound
 from stockkeeper.domain.events import ADJUSTED, Event
+from stockkeeper.domain.quantities import oversell
 from stockkeeper.domain.reservation import EntryType
 from stockkeeper.domain.wms import (
     PRIORITIES,
@@ -99,6 +100,8 @@ class PageResult:
     rejected: int = 0
     adjustments: int = 0
     shortfall_skus: int = 0
+    # Units by which the counts left us short of our promises (stockkeeper_oversell_total).
+    oversell: int = 0
     moved: dict[str, int] = field(default_factory=dict)
 
 
@@ -361,6 +364,7 @@ class WmsService:
                 delta = reconcile(batch.figures, row)
                 if delta.is_zero:
                     continue
+                result.oversell += oversell(batch.figures, batch.figures.apply(delta))
                 moves.append(Movement(batch.id, batch.sku, delta))
                 for name in ("on_hand", "unavailable"):
                     if getattr(delta, name):
@@ -432,6 +436,8 @@ class WmsService:
             m.wms_adjustments.labels(connector=connector, quantity=quantity).inc(n)
         if r.shortfall_skus:
             m.wms_shortfalls.labels(connector=connector).inc(r.shortfall_skus)
+        if r.oversell:
+            m.oversell.labels(source=f"wms:{connector}").inc(r.oversell)
 
     # -- outbound ------------------------------------------------------------------
 

@@ -62,8 +62,14 @@ async def ledger_mismatches(conn: Conn) -> list[LedgerMismatch]:
         LedgerMismatch(
             r["id"],
             r["sku"],
-            Figures(r["on_hand"], r["unavailable"], r["reserved"], r["committed"]),
-            Figures(r["l_on_hand"], r["l_unavailable"], r["l_reserved"], r["l_committed"]),
+            Figures(r["on_hand"], r["unavailable"], r["reserved"], r["committed"], r["oversold"]),
+            Figures(
+                r["l_on_hand"],
+                r["l_unavailable"],
+                r["l_reserved"],
+                r["l_committed"],
+                r["l_oversold"],
+            ),
         )
         for r in await conn.fetch(q("audit_ledger_mismatch"))
     ]
@@ -90,7 +96,7 @@ async def negative_batches(conn: Conn) -> list[NegativeBatch]:
         NegativeBatch(
             r["id"],
             r["sku"],
-            Figures(r["on_hand"], r["unavailable"], r["reserved"], r["committed"]),
+            Figures(r["on_hand"], r["unavailable"], r["reserved"], r["committed"], r["oversold"]),
         )
         for r in await conn.fetch(q("audit_negative"))
     ]

@@ -26,7 +26,7 @@ class DeadLetter:
     message_id: uuid.UUID | None
     routing_key: str
     body: Any
-    raw_body: str | None
+    raw_body: bytes | None
     headers: dict[str, Any]
     error: str
     attempts: int
@@ -43,7 +43,7 @@ def _letter(r: asyncpg.Record) -> DeadLetter:
         r["message_id"],
         r["routing_key"],
         r["body"],
-        r["raw_body"],
+        bytes(r["raw_body"]) if r["raw_body"] is not None else None,
         r["headers"],
         r["error"],
         r["attempts"],
@@ -95,10 +95,15 @@ async def record(
     error: str,
     attempts: int,
 ) -> int:
-    """Keep a message that failed for good; return the dead letter's id. A body that is
-    not JSON, or an id that is not a UUID, is kept as it came (raw body, no id)."""
+    """Keep a message that failed for good; return the dead letter's id.
+
+    Any message can be kept: the body as the bytes that came, and as JSON too when it
+    is JSON that PostgreSQL can hold (jsonb refuses ``\\u0000``); an id that is not a
+    UUID is kept as no id; NULs in the headers and the error (text refuses them) are
+    replaced by U+FFFD."""
     try:
-        parsed: str | None = orjson.dumps(orjson.loads(body)).decode()
+        loaded = orjson.loads(body)
+        parsed: str | None = None if _has_nul(loaded) else orjson.dumps(loaded).decode()
     except orjson.JSONDecodeError:
         parsed = None
     try:
@@ -109,11 +114,25 @@ async def record(
         q("insert_dead_letter"),
         queue,
         mid,
-        routing_key,
+        routing_key.replace("\x00", "\ufffd"),
         parsed,
-        body.decode("utf-8", errors="replace"),
-        orjson.dumps(headers, default=str).decode(),
-        error[:4000],
+        body,
+        orjson.dumps(_without_nul(headers), default=str).decode(),
+        error[:4000].replace("\x00", "\ufffd"),
         attempts,
     )
     return row_id
+
+
+def _has_nul(value: Any) -> bool:
+    return bool(_without_nul(value) != value)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value

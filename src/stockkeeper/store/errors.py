@@ -56,11 +56,11 @@ class CheckViolated(StoreError):
 
 
 class WouldGoNegative(CheckViolated):
-    """A stock figure (on hand, unavailable, reserved, committed) would drop below 0."""
+    """A stock figure (on hand, unavailable, reserved, committed, oversold) would drop below 0."""
 
 
-# The non-negative checks on the four figures: sku_batch_on_hand_check and the like.
-_FIGURE_CHECK = re.compile(r"_(on_hand|unavailable|reserved|committed)_check$")
+# The non-negative checks on the figures: sku_batch_on_hand_check and the like.
+_FIGURE_CHECK = re.compile(r"_(on_hand|unavailable|reserved|committed|oversold)_check$")
 
 _UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08

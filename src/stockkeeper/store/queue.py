@@ -88,6 +88,11 @@ async def requeue(conn: Conn, row_id: int) -> None:
     await conn.execute(q("queue_requeue"), row_id)
 
 
+async def reject(conn: Conn, row_id: int) -> None:
+    """Mark the message dead: it stays in the table and is never delivered again."""
+    await conn.execute(q("queue_reject"), row_id)
+
+
 async def depths(conn: Conn) -> dict[str, int]:
-    """Messages waiting or leased, per queue, of every queue in the table."""
+    """Messages waiting or leased (not dead), per queue, of every queue in the table."""
     return {r["queue"]: r["depth"] for r in await conn.fetch(q("queue_depths"))}

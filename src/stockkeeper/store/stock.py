@@ -37,6 +37,10 @@ class SkuLevel:
     level: StockLevel
 
 
+def figures_from_row(r: asyncpg.Record) -> Figures:
+    return Figures(r["on_hand"], r["unavailable"], r["reserved"], r["committed"], r["oversold"])
+
+
 def batch_from_row(r: asyncpg.Record) -> BatchStock:
     return BatchStock(
         id=r["id"],
@@ -44,7 +48,7 @@ def batch_from_row(r: asyncpg.Record) -> BatchStock:
         location=r["location"],
         lot_number=r["lot_number"],
         expires_at=r["expires_at"],
-        figures=Figures(r["on_hand"], r["unavailable"], r["reserved"], r["committed"]),
+        figures=figures_from_row(r),
         version=r["version"],
     )
 
@@ -158,7 +162,7 @@ async def apply_movements(
     for m in movements:
         merged[m.batch_id] = merged.get(m.batch_id, Delta()) + m.delta
     args = [
-        (bid, d.on_hand, d.unavailable, d.reserved, d.committed)
+        (bid, d.on_hand, d.unavailable, d.reserved, d.committed, d.oversold)
         for bid, d in sorted(merged.items())
         if not d.is_zero
     ]
@@ -196,6 +200,7 @@ async def insert_ledger(
         [source] * n,
         [m.reference_id or reference_id for m in rows],
         [reason] * n,
+        [m.delta.oversold for m in rows],
     )
 
 
@@ -211,7 +216,7 @@ async def lock_skus(conn: Conn, skus: Iterable[str]) -> None:
 
 
 def _level_from_row(r: asyncpg.Record) -> SkuLevel:
-    figures = Figures(r["on_hand"], r["unavailable"], r["reserved"], r["committed"])
+    figures = figures_from_row(r)
     return SkuLevel(
         r["sku"],
         r["version"],

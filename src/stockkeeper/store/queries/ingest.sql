@@ -29,7 +29,7 @@ UPDATE ingested_sale SET unbooked = $3 WHERE source = $1 AND transaction_id = $2
 -- name: lock_sku_batches
 -- Every batch of the SKUs, locked in id order (the global lock order).
 SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
-       committed, version
+       committed, oversold, version
 FROM sku_batch
 WHERE sku = ANY($1::text[])
 ORDER BY id

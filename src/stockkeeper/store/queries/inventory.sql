@@ -21,7 +21,7 @@ RETURNING id, expires_at;
 -- name: read_batches
 -- Plain read for the conditional and optimistic strategies: no lock is taken here.
 SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
-       committed, version
+       committed, oversold, version
 FROM sku_batch
 WHERE sku = ANY($1::text[])
 ORDER BY id;
@@ -30,7 +30,7 @@ ORDER BY id;
 -- row_lock strategy. LockRows sits above the Sort, so rows are locked in id order:
 -- every transaction takes batch locks in the same order and cannot deadlock.
 SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
-       committed, version
+       committed, oversold, version
 FROM sku_batch
 WHERE sku = ANY($1::text[])
 ORDER BY id
@@ -38,7 +38,7 @@ FOR UPDATE;
 
 -- name: lock_batch_by_id
 SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
-       committed, version
+       committed, oversold, version
 FROM sku_batch
 WHERE id = $1
 FOR UPDATE;
@@ -49,14 +49,14 @@ FOR UPDATE;
 -- guard holds however many requests race for the last unit.
 UPDATE sku_batch
 SET reserved = reserved + $2, version = version + 1, updated_at = now()
-WHERE id = $1 AND on_hand - unavailable - reserved - committed >= $2
+WHERE id = $1 AND on_hand - unavailable - reserved - committed - oversold >= $2
 RETURNING id;
 
 -- name: reserve_cas
 -- optimistic strategy: compare-and-swap on the version read before allocating.
 UPDATE sku_batch
 SET reserved = reserved + $2, version = version + 1, updated_at = now()
-WHERE id = $1 AND version = $3 AND on_hand - unavailable - reserved - committed >= $2
+WHERE id = $1 AND version = $3 AND on_hand - unavailable - reserved - committed - oversold >= $2
 RETURNING id;
 
 -- name: apply_delta
@@ -66,6 +66,7 @@ SET on_hand = on_hand + $2,
     unavailable = unavailable + $3,
     reserved = reserved + $4,
     committed = committed + $5,
+    oversold = oversold + $6,
     version = version + 1,
     updated_at = now()
 WHERE id = $1
@@ -79,17 +80,21 @@ SET on_hand = b.on_hand + d.on_hand,
     unavailable = b.unavailable + d.unavailable,
     reserved = b.reserved + d.reserved,
     committed = b.committed + d.committed,
+    oversold = b.oversold + d.oversold,
     version = b.version + 1,
     updated_at = now()
-FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
-     AS d (id, on_hand, unavailable, reserved, committed)
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+            $6::bigint[])
+     AS d (id, on_hand, unavailable, reserved, committed, oversold)
 WHERE b.id = d.id;
 
 -- name: insert_ledger
 INSERT INTO inventory_ledger (batch_id, sku, entry_type, d_on_hand, d_unavailable,
-                              d_reserved, d_committed, source, reference_id, reason)
+                              d_reserved, d_committed, source, reference_id, reason,
+                              d_oversold)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
-                     $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[]);
+                     $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[],
+                     $11::bigint[]);
 
 -- name: bump_skus
 -- Locks the SKU rows in name order (LockRows above Sort) and bumps their version.
@@ -117,11 +122,14 @@ SELECT s.sku, s.version, s.updated_at,
        COALESCE(sum(b.unavailable), 0)::bigint AS unavailable,
        COALESCE(sum(b.reserved), 0)::bigint AS reserved,
        COALESCE(sum(b.committed), 0)::bigint AS committed,
+       COALESCE(sum(b.oversold), 0)::bigint AS oversold,
        -- An expired lot is never sold, so it is never shown as available either.
-       COALESCE(sum(GREATEST(b.on_hand - b.unavailable - b.reserved - b.committed, 0))
+       COALESCE(sum(GREATEST(b.on_hand - b.unavailable - b.reserved - b.committed - b.oversold,
+                             0))
                 FILTER (WHERE b.expires_at IS NULL OR b.expires_at > $2), 0)::bigint
            AS available,
-       COALESCE(sum(GREATEST(b.reserved + b.committed + b.unavailable - b.on_hand, 0)), 0)::bigint
+       COALESCE(sum(GREATEST(b.reserved + b.committed + b.unavailable + b.oversold - b.on_hand,
+                             0)), 0)::bigint
            AS shortfall
 FROM sku s
 LEFT JOIN sku_batch b ON b.sku = s.sku
@@ -130,14 +138,14 @@ GROUP BY s.sku;
 
 -- name: sku_batches
 SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
-       committed, version, updated_at
+       committed, oversold, version, updated_at
 FROM sku_batch
 WHERE sku = ANY($1::text[])
 ORDER BY sku, expires_at NULLS LAST, id;
 
 -- name: ledger_page
 SELECT id, batch_id, sku, entry_type, d_on_hand, d_unavailable, d_reserved, d_committed,
-       source, reference_id, reason, created_at
+       d_oversold, source, reference_id, reason, created_at
 FROM inventory_ledger
 WHERE sku = $1 AND id > $2
 ORDER BY id
@@ -147,9 +155,9 @@ LIMIT $3;
 -- Lots past their expiry that still show sellable units: the expiry worker moves those
 -- units to unavailable through the ledger, so channels hear of it.
 SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
-       committed, version
+       committed, oversold, version
 FROM sku_batch
-WHERE expires_at <= $1 AND on_hand - unavailable - reserved - committed > 0
+WHERE expires_at <= $1 AND on_hand - unavailable - reserved - committed - oversold > 0
 ORDER BY id
 LIMIT $2
 FOR UPDATE SKIP LOCKED;

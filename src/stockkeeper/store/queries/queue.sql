@@ -20,7 +20,7 @@ UPDATE queue_message m
 SET leased_until = now() + make_interval(secs => $3 / 1000.0), deliveries = m.deliveries + 1
 WHERE m.id = ANY (ARRAY (
     SELECT id FROM queue_message
-    WHERE queue = $1 AND available_at <= now()
+    WHERE queue = $1 AND available_at <= now() AND dead_at IS NULL
       AND (leased_until IS NULL OR leased_until < now())
     ORDER BY id
     LIMIT $2
@@ -34,5 +34,9 @@ DELETE FROM queue_message WHERE id = $1;
 -- name: queue_requeue
 UPDATE queue_message SET leased_until = NULL WHERE id = $1;
 
+-- name: queue_reject
+-- The broker's own dead-letter handling: kept, never delivered again.
+UPDATE queue_message SET leased_until = NULL, dead_at = now() WHERE id = $1;
+
 -- name: queue_depths
-SELECT queue, count(*)::bigint AS depth FROM queue_message GROUP BY queue;
+SELECT queue, count(*)::bigint AS depth FROM queue_message WHERE dead_at IS NULL GROUP BY queue;

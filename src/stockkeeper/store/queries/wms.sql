@@ -23,7 +23,7 @@ ON CONFLICT (sku, location, COALESCE(lot_number, '')) DO NOTHING;
 -- order, so a sync and racing reservations wait on each other instead of deadlocking.
 -- The join key matches the sku_batch_identity index expression.
 SELECT b.id, b.sku, b.location, b.lot_number, b.expires_at, b.on_hand, b.unavailable,
-       b.reserved, b.committed, b.version
+       b.reserved, b.committed, b.oversold, b.version
 FROM unnest($1::text[], $2::text[], $3::text[]) AS k (sku, location, lot)
 JOIN sku_batch b
   ON b.sku = k.sku AND b.location = k.location
