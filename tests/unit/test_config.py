@@ -44,7 +44,7 @@ def test_defaults_without_a_file() -> None:
     assert s.api.inventory_port == 8080
     assert s.api.admin_port == 8081
     assert s.database.url is None
-    assert s.database.pool_size == 20
+    assert s.database.pool_size is None  # sized per service: wiring.CONNECTIONS
     assert s.concurrency.strategy is Strategy.CONDITIONAL
     assert s.reservations.default_ttl_seconds == 900
     assert s.logging.json_output is True
@@ -436,4 +436,10 @@ def test_a_shopify_location_must_be_a_location_gid(tmp_path: Path) -> None:
     }
     path = write(tmp_path, {"connectors": [shop]})
     with pytest.raises(ConfigError, match=r"connectors\.0\.location_id"):
+        load_settings(path, environ={})
+
+
+def test_pgbouncer_needs_a_direct_url(tmp_path: Path) -> None:
+    path = write(tmp_path, {"database": {"url": "postgresql://bouncer/sk", "pgbouncer": True}})
+    with pytest.raises(ConfigError, match="database.direct_url is required"):
         load_settings(path, environ={})

@@ -74,8 +74,11 @@ class PgQueueBroker:
         lease_ms: int = 30_000,
         poll_ms: int = 500,
         queues: tuple[QueueSpec, ...] = QUEUES,
+        listen_pool: Pool | None = None,
     ) -> None:
         self.pool = pool
+        # The LISTEN connection's pool: straight to PostgreSQL behind PgBouncer.
+        self.listen_pool = listen_pool or pool
         self.prefix = prefix
         self.lease_ms = lease_ms
         self.poll_ms = poll_ms
@@ -89,7 +92,7 @@ class PgQueueBroker:
     async def connect(self) -> None:
         # The topology lives in code (topology.QUEUES); the table is made by migrations.
         if self._listener is None:
-            self._listener = await self.pool.acquire()
+            self._listener = await self.listen_pool.acquire()
             await self._listener.add_listener(CHANNEL, self._on_notify)
 
     def _on_notify(self, _conn: Conn, _pid: int, _channel: str, payload: object) -> None:
@@ -100,7 +103,7 @@ class PgQueueBroker:
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.remove_listener(CHANNEL, self._on_notify)
-            await self.pool.release(self._listener)
+            await self.listen_pool.release(self._listener)
             self._listener = None
 
     async def _insert(self, rows: list[tuple[str, OutgoingMessage, int]]) -> None:

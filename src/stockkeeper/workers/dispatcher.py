@@ -67,8 +67,11 @@ class Dispatcher:
         max_attempts: int = 10,
         backoff_max_ms: int = 30_000,
         failpoints: Failpoints | None = None,
+        listen_pool: Pool | None = None,
     ) -> None:
         self.pool = pool
+        # The LISTEN connection's pool: straight to PostgreSQL behind PgBouncer.
+        self.listen_pool = listen_pool or pool
         self.broker = broker
         self.metrics = metrics
         self.batch_size = batch_size
@@ -140,7 +143,7 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener = await self.pool.acquire()
+        listener = await self.listen_pool.acquire()
         await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
         log.info("dispatcher.started", batch=self.batch_size)
         backoff = 0.5
@@ -175,5 +178,5 @@ class Dispatcher:
         finally:
             with contextlib.suppress(Exception):
                 await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            await self.pool.release(listener)
+            await self.listen_pool.release(listener)
             log.info("dispatcher.stopped")
