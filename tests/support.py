@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -193,3 +194,85 @@ async def reachable(url: str) -> bool:
 
 def auth(token: str = ADMIN_TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+PGBOUNCER_PATHS = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
+
+
+def pgbouncer_binary() -> str | None:
+    """The pgbouncer program (Debian package ``pgbouncer``), or None."""
+    import shutil
+
+    found = shutil.which("pgbouncer")
+    return found or next((p for p in PGBOUNCER_PATHS if Path(p).exists()), None)
+
+
+@contextmanager
+def running_pgbouncer(
+    server_url: str, *, pool_size: int = 2, binary: str | None = None
+) -> Iterator[str]:
+    """A private PgBouncer in transaction mode on a free port, in front of the server of
+    ``server_url`` (any database, trust); yields ``server_url`` pointed at it.
+
+    ``pool_size`` server connections per database and user, few on purpose: every
+    transaction of the test lands on whichever is free, as in production."""
+    import pwd
+    import shutil
+    import tempfile
+
+    program = binary or pgbouncer_binary()
+    if program is None:
+        raise RuntimeError("pgbouncer is not installed (apt-get install -y pgbouncer)")
+    server = urlsplit(server_url)
+    user = server.username or "postgres"
+    port = free_port()
+    # Not under pytest's tmp_path: pgbouncer refuses to run as root, and the user it
+    # switches to (-u) must be able to read its ini.
+    home = Path(tempfile.mkdtemp(prefix="sk-pgbouncer-"))
+    home.chmod(0o755)
+    (home / "users.txt").write_text(f'"{user}" ""\n')
+    (home / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host={server.hostname or '127.0.0.1'} port={server.port or 5432}\n"
+        "[pgbouncer]\n"
+        "listen_addr = 127.0.0.1\n"
+        f"listen_port = {port}\n"
+        "unix_socket_dir =\n"
+        "auth_type = trust\n"
+        f"auth_file = {home / 'users.txt'}\n"
+        "pool_mode = transaction\n"
+        f"default_pool_size = {pool_size}\n"
+        "max_client_conn = 200\n"
+        # asyncpg sends it at connect; PgBouncer would refuse the connection otherwise.
+        "ignore_startup_parameters = extra_float_digits\n"
+    )
+    for f in home.iterdir():
+        f.chmod(0o644)
+    args = [program]
+    if os.geteuid() == 0:
+        args += ["-u", pwd.getpwnam("postgres").pw_name]
+    log_path = home / "pgbouncer.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*args, str(home / "pgbouncer.ini")], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited early:\n{log_path.read_text()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pgbouncer not listening:\n{log_path.read_text()}")
+            time.sleep(0.05)
+        netloc = f"{user}@127.0.0.1:{port}"
+        yield urlunsplit(server._replace(netloc=netloc))
+    finally:
+        # SIGINT: shut down once no transaction is in flight (SIGTERM, from 1.23 on,
+        # waits for every client to leave).
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        stop_process(proc, grace=5)
+        shutil.rmtree(home, ignore_errors=True)

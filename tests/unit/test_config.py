@@ -441,5 +441,5 @@ def test_a_shopify_location_must_be_a_location_gid(tmp_path: Path) -> None:
 
 def test_pgbouncer_needs_a_direct_url(tmp_path: Path) -> None:
     path = write(tmp_path, {"database": {"url": "postgresql://bouncer/sk", "pgbouncer": True}})
-    with pytest.raises(ConfigError, match="database.direct_url is required"):
+    with pytest.raises(ConfigError, match=r"database\.direct_url is required"):
         load_settings(path, environ={})
