@@ -25,6 +25,12 @@ REQUIRE = os.environ.get("CI", "").lower() in {"1", "true", "yes"} or bool(
     os.environ.get("STOCKKEEPER_REQUIRE_SERVICES")
 )
 
+SUITE = uuid.uuid4().hex[:8]
+"""This run's mark, in the name of every database it creates: several suites may share
+one PostgreSQL, and the connection budget counts only this one's."""
+SUITE_CONNECTIONS = 40
+"""The suite's connection budget: never more connections to its databases at once."""
+
 ADMIN_TOKEN = "test-admin-token-0123456789"
 WRITER_TOKEN = "test-writer-token-0123456789"
 READER_TOKEN = "test-reader-token-0123456789"
@@ -50,7 +56,7 @@ async def scratch_database(
     admin_url: str, prefix: str, template: str | None = None
 ) -> AsyncIterator[str]:
     """A new database (a copy of ``template``, or empty), dropped afterwards; its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    name = suite_database_name(prefix)
     admin = await asyncpg.connect(admin_url)
     try:
         clause = f' TEMPLATE "{template}"' if template else ""
@@ -63,6 +69,11 @@ async def scratch_database(
         await admin.close()
 
 
+def suite_database_name(prefix: str) -> str:
+    """A new database name carrying the suite's mark (:data:`SUITE`)."""
+    return f"{prefix}_{SUITE}_{uuid.uuid4().hex[:12]}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,7 +82,9 @@ def free_port() -> int:
 
 def base_config(db_url: str, **sections: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
-        "database": {"url": db_url, "pool_size": 10},
+        # Small pools keep the suite within SUITE_CONNECTIONS; a test that needs more
+        # concurrency says so.
+        "database": {"url": db_url, "pool_size": 6},
         "api": {"tokens": TOKENS},
         "logging": {"level": "warning"},
     }
@@ -276,3 +289,62 @@ def running_pgbouncer(
             proc.send_signal(signal.SIGINT)
         stop_process(proc, grace=5)
         shutil.rmtree(home, ignore_errors=True)
+
+
+class ConnectionSampler:
+    """Counts, every ``every_s`` from a thread of its own, the server's connections to
+    the databases named with :data:`SUITE`; keeps the peak over the run and over the
+    current test. A sample every 100 ms misses bursts shorter than that: it is a
+    budget check, not a proof."""
+
+    def __init__(self, admin_url: str, every_s: float = 0.1) -> None:
+        import threading
+
+        self.admin_url = admin_url
+        self.every_s = every_s
+        self.peak = 0
+        self.peak_test = ""
+        self.test = ""
+        self.test_peak = 0
+        self.samples = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="connection-sampler", daemon=True)
+
+    def start(self) -> ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def begin(self, test: str) -> None:
+        self.test, self.test_peak = test, 0
+
+    def end(self) -> int:
+        """The peak seen since :meth:`begin`."""
+        peak, self.test = self.test_peak, ""
+        return peak
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._sample())
+        except BaseException as exc:  # reported by the fixture: no silent budget
+            self.error = exc
+
+    async def _sample(self) -> None:
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            while not self._stop.is_set():
+                n: int = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE $1",
+                    f"%\\_{SUITE}\\_%",
+                )
+                self.samples += 1
+                self.test_peak = max(self.test_peak, n)
+                if n > self.peak:
+                    self.peak, self.peak_test = n, self.test
+                await asyncio.to_thread(self._stop.wait, self.every_s)
+        finally:
+            await conn.close()
