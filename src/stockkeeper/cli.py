@@ -367,7 +367,8 @@ def migrate(config: ConfigOption = None) -> None:
         try:
             from stockkeeper.store.migrate import migrate as do_migrate
 
-            async with container.pool.acquire() as conn:
+            # Under an advisory lock: a session of its own (direct, behind PgBouncer).
+            async with container.session_pool.acquire() as conn:
                 applied = await do_migrate(conn)
             names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none"
             typer.echo(f"migrations applied: {names}")

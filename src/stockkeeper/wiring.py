@@ -247,8 +247,9 @@ CONNECTIONS: Final[Mapping[str, Callable[[Settings], Connections]]] = {
 """What each service holds at once. A consumer handles one message at a time, so it
 needs one connection whatever ``broker.prefetch`` is; a process gets one spare on top."""
 
-USES_BROKER: Final = frozenset(SERVICES) - {"inventory-api", "expiry", "pollers"}
-"""Services that connect to the broker: on the embedded queue, one LISTEN per process."""
+USES_BROKER: Final = frozenset(SERVICES) - {"inventory-api", "expiry"}
+"""Services that connect to the broker (pollers: for queue depths): on the embedded
+queue, one LISTEN per process."""
 
 
 def connections(settings: Settings, names: Iterable[str]) -> Connections:
