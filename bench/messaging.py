@@ -381,7 +381,7 @@ def _make_broker(job: Job, pool: Pool) -> Any:
 
 async def run_dispatcher(job: Job, out: Outcome) -> None:
     clock = _Clock(out, job.n)
-    pool = await create_pool(job.db_url, DatabaseConfig())
+    pool = await create_pool(job.db_url, DatabaseConfig(pool_size=20))
     broker = TimedBroker(_make_broker(job, pool))
     try:
         await broker.connect()
@@ -407,7 +407,7 @@ async def run_dispatcher(job: Job, out: Outcome) -> None:
 
 async def run_consumer(job: Job, out: Outcome) -> None:
     clock = _Clock(out, job.n)
-    pool = await create_pool(job.db_url, DatabaseConfig())
+    pool = await create_pool(job.db_url, DatabaseConfig(pool_size=20))
     broker = _make_broker(job, pool)
     applied = 0
 

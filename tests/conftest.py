@@ -32,6 +32,9 @@ from stockkeeper_sandbox.wms import create_app as create_wms_app
 from tests.support import (
     DEFAULT_ADMIN_URL,
     REQUIRE,
+    SUITE,
+    SUITE_CONNECTIONS,
+    ConnectionSampler,
     base_config,
     reachable,
     scratch_database,
@@ -70,7 +73,7 @@ async def admin_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[s
 @pytest.fixture(scope="session")
 async def template_db(admin_url: str) -> AsyncIterator[str]:
     """A database migrated once; every test gets a copy of it."""
-    name = f"sk_template_{uuid.uuid4().hex[:10]}"
+    name = f"sk_template_{SUITE}_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(admin_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
@@ -83,6 +86,39 @@ async def template_db(admin_url: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+def connection_budget(admin_url: str) -> Iterator[ConnectionSampler]:
+    """The suite's connection budget (SUITE_CONNECTIONS, stated in the README), sampled
+    from pg_stat_activity for the whole run; the run fails past it."""
+    sampler = ConnectionSampler(admin_url).start()
+    yield sampler
+    sampler.stop()
+    if sampler.error is not None:
+        pytest.fail(f"the connection sampler failed: {sampler.error!r}")
+    if sampler.peak > SUITE_CONNECTIONS:
+        pytest.fail(
+            f"the suite held {sampler.peak} connections at once (during {sampler.peak_test}), "
+            f"over its budget of {SUITE_CONNECTIONS}"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _within_connection_budget(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test that touches PostgreSQL stays within the suite's connection budget;
+    one that goes over fails, named, with the number it reached."""
+    if "admin_url" not in request.fixturenames:
+        yield
+        return
+    sampler: ConnectionSampler = request.getfixturevalue("connection_budget")
+    sampler.begin(request.node.nodeid)
+    yield
+    peak = sampler.end()
+    if peak > SUITE_CONNECTIONS:
+        pytest.fail(
+            f"held {peak} connections at once, over the suite's budget of {SUITE_CONNECTIONS}"
+        )
 
 
 @pytest.fixture
@@ -212,7 +248,7 @@ def webhook_channel() -> Iterator[tuple[WebhookReceiverState, SandboxServer]]:
 @pytest.fixture
 async def erp(admin_url: str) -> AsyncIterator[ErpSandbox]:
     """A sandbox ERP: a database of its own on the test PostgreSQL, dropped afterwards."""
-    url = await create_erp(admin_url)
+    url = await create_erp(admin_url, f"sk_erp_{SUITE}_{uuid.uuid4().hex[:8]}")
     try:
         yield ErpSandbox(url)
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,12 @@ DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REQUIRE = os.environ.get("CI", "").lower() in {"1", "true", "yes"} or bool(
     os.environ.get("STOCKKEEPER_REQUIRE_SERVICES")
 )
+
+SUITE = uuid.uuid4().hex[:8]
+"""This run's mark, in the name of every database it creates: several suites may share
+one PostgreSQL, and the connection budget counts only this one's."""
+SUITE_CONNECTIONS = 40
+"""The suite's connection budget: never more connections to its databases at once."""
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 WRITER_TOKEN = "test-writer-token-0123456789"
@@ -49,7 +56,7 @@ async def scratch_database(
     admin_url: str, prefix: str, template: str | None = None
 ) -> AsyncIterator[str]:
     """A new database (a copy of ``template``, or empty), dropped afterwards; its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    name = suite_database_name(prefix)
     admin = await asyncpg.connect(admin_url)
     try:
         clause = f' TEMPLATE "{template}"' if template else ""
@@ -62,6 +69,11 @@ async def scratch_database(
         await admin.close()
 
 
+def suite_database_name(prefix: str) -> str:
+    """A new database name carrying the suite's mark (:data:`SUITE`)."""
+    return f"{prefix}_{SUITE}_{uuid.uuid4().hex[:12]}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,7 +82,9 @@ def free_port() -> int:
 
 def base_config(db_url: str, **sections: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
-        "database": {"url": db_url, "pool_size": 10},
+        # Small pools keep the suite within SUITE_CONNECTIONS; a test that needs more
+        # concurrency says so.
+        "database": {"url": db_url, "pool_size": 6},
         "api": {"tokens": TOKENS},
         "logging": {"level": "warning"},
     }
@@ -193,3 +207,144 @@ async def reachable(url: str) -> bool:
 
 def auth(token: str = ADMIN_TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+PGBOUNCER_PATHS = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
+
+
+def pgbouncer_binary() -> str | None:
+    """The pgbouncer program (Debian package ``pgbouncer``), or None."""
+    import shutil
+
+    found = shutil.which("pgbouncer")
+    return found or next((p for p in PGBOUNCER_PATHS if Path(p).exists()), None)
+
+
+@contextmanager
+def running_pgbouncer(
+    server_url: str, *, pool_size: int = 2, binary: str | None = None
+) -> Iterator[str]:
+    """A private PgBouncer in transaction mode on a free port, in front of the server of
+    ``server_url`` (any database, trust); yields ``server_url`` pointed at it.
+
+    ``pool_size`` server connections per database and user, few on purpose: every
+    transaction of the test lands on whichever is free, as in production."""
+    import pwd
+    import shutil
+    import tempfile
+
+    program = binary or pgbouncer_binary()
+    if program is None:
+        raise RuntimeError("pgbouncer is not installed (apt-get install -y pgbouncer)")
+    server = urlsplit(server_url)
+    user = server.username or "postgres"
+    port = free_port()
+    # Not under pytest's tmp_path: pgbouncer refuses to run as root, and the user it
+    # switches to (-u) must be able to read its ini.
+    home = Path(tempfile.mkdtemp(prefix="sk-pgbouncer-"))
+    home.chmod(0o755)
+    (home / "users.txt").write_text(f'"{user}" ""\n')
+    (home / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host={server.hostname or '127.0.0.1'} port={server.port or 5432}\n"
+        "[pgbouncer]\n"
+        "listen_addr = 127.0.0.1\n"
+        f"listen_port = {port}\n"
+        "unix_socket_dir =\n"
+        "auth_type = trust\n"
+        f"auth_file = {home / 'users.txt'}\n"
+        "pool_mode = transaction\n"
+        f"default_pool_size = {pool_size}\n"
+        "max_client_conn = 200\n"
+        # asyncpg sends it at connect; PgBouncer would refuse the connection otherwise.
+        "ignore_startup_parameters = extra_float_digits\n"
+    )
+    for f in home.iterdir():
+        f.chmod(0o644)
+    args = [program]
+    if os.geteuid() == 0:
+        args += ["-u", pwd.getpwnam("postgres").pw_name]
+    log_path = home / "pgbouncer.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*args, str(home / "pgbouncer.ini")], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited early:\n{log_path.read_text()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pgbouncer not listening:\n{log_path.read_text()}")
+            time.sleep(0.05)
+        netloc = f"{user}@127.0.0.1:{port}"
+        yield urlunsplit(server._replace(netloc=netloc))
+    finally:
+        # SIGINT: shut down once no transaction is in flight (SIGTERM, from 1.23 on,
+        # waits for every client to leave).
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        stop_process(proc, grace=5)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+class ConnectionSampler:
+    """Counts, every ``every_s`` from a thread of its own, the server's connections to
+    the databases named with :data:`SUITE`; keeps the peak over the run and over the
+    current test. A sample every 100 ms misses bursts shorter than that: it is a
+    budget check, not a proof."""
+
+    def __init__(self, admin_url: str, every_s: float = 0.1) -> None:
+        import threading
+
+        self.admin_url = admin_url
+        self.every_s = every_s
+        self.peak = 0
+        self.peak_test = ""
+        self.test = ""
+        self.test_peak = 0
+        self.samples = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="connection-sampler", daemon=True)
+
+    def start(self) -> ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def begin(self, test: str) -> None:
+        self.test, self.test_peak = test, 0
+
+    def end(self) -> int:
+        """The peak seen since :meth:`begin`."""
+        peak, self.test = self.test_peak, ""
+        return peak
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._sample())
+        except BaseException as exc:  # reported by the fixture: no silent budget
+            self.error = exc
+
+    async def _sample(self) -> None:
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            while not self._stop.is_set():
+                n: int = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE $1",
+                    f"%\\_{SUITE}\\_%",
+                )
+                self.samples += 1
+                self.test_peak = max(self.test_peak, n)
+                if n > self.peak:
+                    self.peak, self.peak_test = n, self.test
+                await asyncio.to_thread(self._stop.wait, self.every_s)
+        finally:
+            await conn.close()

@@ -22,6 +22,7 @@ from stockkeeper.messaging.broker import Broker
 from stockkeeper.messaging.consumer import RetryPolicy
 from stockkeeper.messaging.pgqueue import PgQueueBroker
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker
+from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.admin import Operations
 from stockkeeper.services.ingest import IngestService
@@ -31,11 +32,14 @@ from stockkeeper.services.reservations import Reservations
 from stockkeeper.services.stock import Stock
 from stockkeeper.services.unit import Clock, utcnow
 from stockkeeper.services.wms import WmsService
+from stockkeeper.store.budget import server_room
 from stockkeeper.store.embedded import EmbeddedPostgres, start_embedded
 from stockkeeper.store.migrate import migrate
-from stockkeeper.store.pool import Pool, create_pool
+from stockkeeper.store.pool import ONE_OFF, Connections, Pool, create_pool, create_session_pool
 
 SECRET_KEYS = ("token_env", "secret_env", "dsn_env")
+
+log = get_logger("stockkeeper.bootstrap")
 
 
 @dataclass
@@ -53,6 +57,9 @@ class Container:
     propagation: Propagation
     orders: Orders
     broker: Broker
+    # Where LISTEN connections and advisory locks come from: ``pool`` itself, or behind
+    # PgBouncer a small pool straight to PostgreSQL (store/pool.py).
+    session_pool: Pool
     clock: Clock = utcnow
     embedded: EmbeddedPostgres | None = None
     failpoints: Failpoints = field(default_factory=Failpoints)
@@ -79,6 +86,8 @@ class Container:
     async def close(self) -> None:
         if self._broker_ready:
             await self.broker.close()
+        if self.session_pool is not self.pool:
+            await self.session_pool.close()
         await self.pool.close()
         if self.embedded is not None:
             self.embedded.stop()
@@ -115,14 +124,21 @@ def connector_token(cfg: HttpConnectorConfig) -> str | None:
     return env_secret(cfg, "token_env")
 
 
-def make_broker(settings: Settings, pool: Pool) -> Broker:
-    """RabbitMQ when ``broker.url`` is set, else the embedded PostgreSQL queue."""
+def make_broker(settings: Settings, pool: Pool, session_pool: Pool | None = None) -> Broker:
+    """RabbitMQ when ``broker.url`` is set, else the embedded PostgreSQL queue (its
+    LISTEN connection from ``session_pool``, default ``pool``)."""
     b = settings.broker
     if b.url:
         return RabbitMQBroker(
             b.url, prefix=b.prefix, reconnect_interval_s=b.reconnect_interval_ms / 1000
         )
-    return PgQueueBroker(pool, prefix=b.prefix, lease_ms=b.lease_ms, poll_ms=b.poll_ms)
+    return PgQueueBroker(
+        pool,
+        prefix=b.prefix,
+        lease_ms=b.lease_ms,
+        poll_ms=b.poll_ms,
+        listen_pool=session_pool,
+    )
 
 
 def database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
@@ -133,19 +149,70 @@ def database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
     return server.url, server
 
 
+async def open_pools(url: str, settings: Settings, needs: Connections) -> tuple[Pool, Pool]:
+    """The transaction pool and the session pool (the same one without PgBouncer)."""
+    cfg = settings.database
+    pool = await create_pool(url, cfg, size=needs.pool_size(cfg))
+    if not cfg.pgbouncer:
+        return pool, pool
+    try:
+        return pool, await create_session_pool(cfg, needs.session_pool_size())
+    except BaseException:
+        await pool.close()
+        raise
+
+
+async def check_room(pool: Pool, session_pool: Pool, settings: Settings) -> int:
+    """Warn, naming the numbers, when the server has fewer free connection slots than
+    this process may still open; return how many would find none (0: all fit)."""
+    via_pgbouncer = settings.database.pgbouncer
+    # Behind PgBouncer only the session pool is ours on the server; PgBouncer's own
+    # server pool (default_pool_size) is sized in its ini.
+    direct = session_pool if via_pgbouncer else pool
+    planned = direct.get_max_size()
+    async with session_pool.acquire() as conn:
+        room = await server_room(conn)
+    opened = direct.get_size()
+    short = room.short_by(planned - opened)
+    numbers = {
+        "max_connections": room.max_connections,
+        "reserved": room.reserved,
+        "in_use": room.in_use,
+        "free": room.free,
+        "this_process": planned,
+        "already_open": opened,
+    }
+    if short:
+        log.warning(
+            "database.connections_short",
+            short_by=short,
+            hint="lower database.pool_size, raise max_connections, or put PgBouncer "
+            "in front (database.pgbouncer)",
+            **numbers,
+        )
+    else:
+        log.info("database.connection_budget", **numbers)
+    return short
+
+
 async def build(
     settings: Settings,
     *,
     run_migrations: bool = True,
     clock: Clock = utcnow,
     metrics: Metrics | None = None,
+    needs: Connections = ONE_OFF,
 ) -> Container:
+    """Everything a process needs. ``needs`` is what its services hold at once
+    (``wiring.connections``); it sizes the pools unless ``database.pool_size`` is set."""
     check_connectors(settings)
     url, embedded = database_url(settings)
-    pool = await create_pool(url, settings.database)
+    pool, session_pool = await open_pools(url, settings, needs)
     try:
+        await check_room(pool, session_pool, settings)
         if run_migrations:
-            async with pool.acquire() as conn:
+            # An advisory lock for the whole run: a session of its own.
+            async with session_pool.acquire() as conn:
                 await migrate(conn)
         metrics = metrics or Metrics()
         reservations = Reservations(
@@ -182,11 +249,14 @@ async def build(
                 payment_timeout_seconds=settings.orders.payment_timeout_seconds,
                 clock=clock,
             ),
-            broker=make_broker(settings, pool),
+            broker=make_broker(settings, pool, session_pool),
+            session_pool=session_pool,
             clock=clock,
             embedded=embedded,
             failpoints=Failpoints.from_env(),
         )
     except BaseException:
+        if session_pool is not pool:
+            await session_pool.close()
         await pool.close()
         raise

@@ -17,6 +17,7 @@ from stockkeeper.observability.logging import configure
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
+    from stockkeeper.store.pool import Connections
 
 app = typer.Typer(
     name="stockkeeper",
@@ -56,22 +57,34 @@ def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return result
 
 
-async def _build(settings: Settings, *, run_migrations: bool = True) -> Container:
+async def _build(
+    settings: Settings, *, run_migrations: bool = True, needs: Connections | None = None
+) -> Container:
     """The container, or exit 2 naming what is wrong (a secret not set, say)."""
     from stockkeeper.bootstrap import build
+    from stockkeeper.store.pool import ONE_OFF
 
     try:
-        return await build(settings, run_migrations=run_migrations)
+        return await build(settings, run_migrations=run_migrations, needs=needs or ONE_OFF)
     except ConfigError as exc:
         typer.echo(f"stockkeeper: {exc}", err=True)
         raise typer.Exit(2) from None
 
 
 def _serve(settings: Settings, services: list[str], consumers: list[Any] | None = None) -> None:
+    from stockkeeper.store.pool import Connections
+    from stockkeeper.wiring import USES_BROKER, connections
     from stockkeeper.workers.runner import serve
 
+    # The services' connections, and one for each consumer of the user's own (with the
+    # embedded queue's LISTEN when no service brings it).
+    needs = connections(settings, services)
+    if consumers:
+        listen = 0 if settings.broker.url or USES_BROKER.intersection(services) else 1
+        needs += Connections(len(consumers), session=listen)
+
     async def main() -> None:
-        container = await _build(settings)
+        container = await _build(settings, needs=needs)
         try:
             await serve(container, services, consumers or [])
         finally:
@@ -354,7 +367,8 @@ def migrate(config: ConfigOption = None) -> None:
         try:
             from stockkeeper.store.migrate import migrate as do_migrate
 
-            async with container.pool.acquire() as conn:
+            # Under an advisory lock: a session of its own (direct, behind PgBouncer).
+            async with container.session_pool.acquire() as conn:
                 applied = await do_migrate(conn)
             names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none"
             typer.echo(f"migrations applied: {names}")

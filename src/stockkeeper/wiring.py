@@ -4,6 +4,9 @@
 A builder takes the container (:func:`stockkeeper.bootstrap.build`) and says what the
 service adds to the process: HTTP apps, worker loops, consumers. Running them together,
 and stopping them together, is :mod:`stockkeeper.workers.runner`'s job.
+
+:data:`CONNECTIONS` says, per service, how many database connections it holds at once;
+a process's pool is sized from the services it runs (``database.pool_size`` overrides).
 """
 
 from __future__ import annotations
@@ -19,11 +22,18 @@ from starlette.types import ASGIApp
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.api.inventory import create_inventory_app
 from stockkeeper.bootstrap import Container, connector_token, env_secret
-from stockkeeper.config import ChannelConfig, WmsConnectorConfig
+from stockkeeper.config import (
+    ChannelConfig,
+    ErpConnectorConfig,
+    MarketplaceConnectorConfig,
+    Settings,
+    WmsConnectorConfig,
+)
 from stockkeeper.connectors.channel_registry import make_channel
 from stockkeeper.connectors.http import CallRecord
 from stockkeeper.connectors.wms import WmsClient
 from stockkeeper.messaging.consumer import EffectHandler
+from stockkeeper.store.pool import Connections
 from stockkeeper.store.wms import CallRow
 from stockkeeper.workers.dispatcher import Dispatcher
 from stockkeeper.workers.expiry import ExpiryWorker
@@ -94,6 +104,7 @@ async def _dispatcher(container: Container) -> Service:
         poll_ms=d.poll_interval_ms,
         max_attempts=d.max_attempts,
         failpoints=container.failpoints,
+        listen_pool=container.session_pool,
     )
     return Service(loops=[dispatcher.run])
 
@@ -166,7 +177,9 @@ async def _propagator(container: Container) -> Service:
         )
         for cfg in container.settings.connectors_of(ChannelConfig)
     }
-    worker = Propagator(container.propagation, adapters, container.pool)
+    worker = Propagator(
+        container.propagation, adapters, container.pool, listen_pool=container.session_pool
+    )
     n = container.settings.propagation.consumers
     # One name: their idempotency scope is the same, whichever replica takes a message.
     specs = [ConsumerSpec("propagator", "channel.propagation", worker.handler())] * n
@@ -203,3 +216,50 @@ async def build_services(container: Container, names: Iterable[str]) -> Service:
         merged.loops += part.loops
         merged.consumers += part.consumers
     return merged
+
+
+# -- the connection budget -------------------------------------------------------------
+
+
+def _pollers_need(s: Settings) -> Connections:
+    n = len(s.connectors_of(ErpConnectorConfig)) + len(s.connectors_of(MarketplaceConnectorConfig))
+    return Connections(work=n, session=n)  # a tick each, and each holds its leader lock
+
+
+def _propagator_need(s: Settings) -> Connections:
+    # Its consumers, one sender loop per channel, the lag monitor; the wake-up LISTEN.
+    return Connections(s.propagation.consumers + len(s.connectors_of(ChannelConfig)) + 1, 1)
+
+
+CONNECTIONS: Final[Mapping[str, Callable[[Settings], Connections]]] = {
+    # One per request in flight; past that, requests queue for a connection in the
+    # process (pool.acquire) rather than for a slot on the server.
+    "inventory-api": lambda s: Connections(10),
+    "admin-api": lambda s: Connections(3),
+    "expiry": lambda s: Connections(1),
+    # The claim transaction; the embedded queue's insert runs beside it on another.
+    "dispatcher": lambda s: Connections(1 if s.broker.url else 2, session=1),
+    "wms-sync": lambda s: Connections(2),  # the sync loop and its consumer
+    "wms-outbound": lambda s: Connections(2),
+    "ingest": lambda s: Connections(1),  # one consumer: one message at a time
+    "pollers": _pollers_need,
+    "propagator": _propagator_need,
+    "saga": lambda s: Connections(s.orders.consumers),
+}
+"""What each service holds at once. A consumer handles one message at a time, so it
+needs one connection whatever ``broker.prefetch`` is; a process gets one spare on top."""
+
+USES_BROKER: Final = frozenset(SERVICES) - {"inventory-api", "expiry"}
+"""Services that connect to the broker (pollers: for queue depths): on the embedded
+queue, one LISTEN per process."""
+
+
+def connections(settings: Settings, names: Iterable[str]) -> Connections:
+    """What the services ``names`` hold at once, run together in one process."""
+    wanted = list(names)
+    total = Connections(0)
+    for name in wanted:
+        total += CONNECTIONS[name](settings)
+    if not settings.broker.url and USES_BROKER.intersection(wanted):
+        total += Connections(0, session=1)  # the embedded queue's LISTEN
+    return total

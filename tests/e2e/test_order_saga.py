@@ -70,7 +70,7 @@ async def stack(
     workdir = tmp_path_factory.mktemp("order-saga")
     cfg = base_config(
         module_db_url,
-        database={"pool_size": 20},
+        database={"pool_size": None},  # each service sizes its own pool (wiring.CONNECTIONS)
         broker={"url": rabbit_url, "prefix": prefix, **RETRY},
         dispatcher={"poll_interval_ms": 200},
         reservations={"expiry_interval_ms": 100},

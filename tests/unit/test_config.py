@@ -44,7 +44,7 @@ def test_defaults_without_a_file() -> None:
     assert s.api.inventory_port == 8080
     assert s.api.admin_port == 8081
     assert s.database.url is None
-    assert s.database.pool_size == 20
+    assert s.database.pool_size is None  # sized per service: wiring.CONNECTIONS
     assert s.concurrency.strategy is Strategy.CONDITIONAL
     assert s.reservations.default_ttl_seconds == 900
     assert s.logging.json_output is True
@@ -462,3 +462,9 @@ def test_retention_shorter_than_the_redelivery_window_is_refused(tmp_path: Path,
     doc = {"broker": {"max_attempts": 100}, "retention": {key: 3600}}
     with pytest.raises(ConfigError, match=rf"retention.{key} \(3600 s\).*5881 s"):
         load_settings(write(tmp_path, doc), environ={})
+
+
+def test_pgbouncer_needs_a_direct_url(tmp_path: Path) -> None:
+    path = write(tmp_path, {"database": {"url": "postgresql://bouncer/sk", "pgbouncer": True}})
+    with pytest.raises(ConfigError, match=r"database\.direct_url is required"):
+        load_settings(path, environ={})

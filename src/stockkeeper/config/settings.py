@@ -26,8 +26,27 @@ Scope = Literal["inventory:read", "inventory:write", "admin"]
 
 class DatabaseConfig(Section):
     url: str | None = None
-    pool_size: int = Field(default=20, ge=1, le=1000)
+    # Connections per process. Unset: what the services the process runs need
+    # (wiring.CONNECTIONS, e.g. 2 for an ingest consumer), so a default deployment
+    # fits PostgreSQL's default max_connections of 100.
+    pool_size: int | None = Field(default=None, ge=1, le=1000)
     statement_timeout_ms: int = Field(default=15000, ge=0)
+    # ``url`` points at PgBouncer in transaction mode: no prepared-statement cache, and
+    # what needs a session of its own (LISTEN, advisory locks, migrations) goes to
+    # ``direct_url``, PostgreSQL itself.
+    pgbouncer: bool = False
+    direct_url: str | None = None
+
+    @model_validator(mode="after")
+    def _direct_behind_pgbouncer(self) -> DatabaseConfig:
+        if self.pgbouncer and not self.direct_url:
+            raise ValueError(
+                "database.direct_url is required with database.pgbouncer: LISTEN, advisory "
+                "locks and migrations need a direct connection to PostgreSQL"
+            )
+        if self.pgbouncer and not self.url:
+            raise ValueError("database.url (PgBouncer's address) is required with pgbouncer")
+        return self
 
 
 class BrokerConfig(Section):

@@ -78,8 +78,11 @@ class PgQueueBroker:
         lease_ms: int = 30_000,
         poll_ms: int = 500,
         queues: tuple[QueueSpec, ...] = QUEUES,
+        listen_pool: Pool | None = None,
     ) -> None:
         self.pool = pool
+        # The LISTEN connection's pool: straight to PostgreSQL behind PgBouncer.
+        self.listen_pool = listen_pool or pool
         self.prefix = prefix
         self.lease_ms = lease_ms
         self.poll_ms = poll_ms
@@ -93,7 +96,7 @@ class PgQueueBroker:
     async def connect(self) -> None:
         # The topology lives in code (topology.QUEUES); the table is made by migrations.
         if self._listener is None:
-            listener = Listener(self.pool, "pgqueue")
+            listener = Listener(self.listen_pool, "pgqueue")
             # One wake-up per queue, set by a NOTIFY whose payload is the queue's name;
             # every consumer of that queue in this process waits on it.
             wakeups = {

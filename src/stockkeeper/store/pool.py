@@ -1,11 +1,19 @@
-"""The asyncpg pool, created by bootstrap and passed down; never at import time; and what
-every user of a connection shares: its health check, and driver errors made our own."""
+"""The asyncpg pools, created by bootstrap and passed down; never at import time; and what
+every user of a connection shares: its health check, and driver errors made our own.
+
+A process has one pool for its transactions and, behind PgBouncer in transaction mode,
+a second small one straight to PostgreSQL for what needs a session of its own: LISTEN
+connections, advisory locks and migrations (PgBouncer hands each transaction to any
+server connection, so a session's state does not follow the client). Without PgBouncer
+both are the same pool.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
@@ -28,22 +36,67 @@ else:
 # A row as some repositories return it, read by column name (``row["sku"]``).
 Row: TypeAlias = asyncpg.Record
 
+APPLICATION_NAME = "stockkeeper"
+
+
+@dataclass(frozen=True)
+class Connections:
+    """What a process holds at once: ``work`` connections for transactions (one per
+    request, consumer or loop in flight) and ``session`` ones kept for the whole run
+    (LISTEN, advisory locks). A process gets one spare on top."""
+
+    work: int
+    session: int = 0
+
+    def __add__(self, other: Connections) -> Connections:
+        return Connections(self.work + other.work, self.session + other.session)
+
+    def pool_size(self, cfg: DatabaseConfig) -> int:
+        """The transaction pool's size: ``database.pool_size`` when set, else the need.
+        Behind PgBouncer the session connections live in their own pool."""
+        if cfg.pool_size is not None:
+            return cfg.pool_size
+        return self.work + 1 + (0 if cfg.pgbouncer else self.session)
+
+    def session_pool_size(self) -> int:
+        """The direct pool's size behind PgBouncer (at least one: migrations)."""
+        return max(1, self.session)
+
+
+ONE_OFF = Connections(work=3, session=1)
+"""A command that is not a service (``migrate``, ``status``), a test or a benchmark."""
+
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, cfg: DatabaseConfig, **overrides: Any) -> Pool:
-    settings = {"application_name": "stockkeeper"}
-    if cfg.statement_timeout_ms:
+def _server_settings(cfg: DatabaseConfig, *, via_pgbouncer: bool) -> dict[str, str]:
+    settings = {"application_name": APPLICATION_NAME}
+    # PgBouncer refuses startup parameters it does not track (statement_timeout among
+    # them): there the timeout is the role's or the database's (ALTER ROLE ... SET).
+    if cfg.statement_timeout_ms and not via_pgbouncer:
         settings["statement_timeout"] = str(cfg.statement_timeout_ms)
+    return settings
+
+
+async def create_pool(
+    url: str, cfg: DatabaseConfig, *, size: int | None = None, **overrides: Any
+) -> Pool:
+    """The transaction pool on ``url`` (PgBouncer's address when ``cfg.pgbouncer``),
+    ``size`` connections at most (default: ``cfg.pool_size``, else a one-off's need)."""
+    max_size = size or ONE_OFF.pool_size(cfg)
+    if cfg.pgbouncer:
+        # Transaction mode: a prepared statement lives on a server connection the next
+        # transaction may not get.
+        overrides.setdefault("statement_cache_size", 0)
     pool: Pool = await asyncpg.create_pool(
         url,
-        min_size=min(2, cfg.pool_size),
-        max_size=cfg.pool_size,
+        min_size=min(2, max_size),
+        max_size=max_size,
         init=_init_connection,
-        server_settings=settings,
+        server_settings=_server_settings(cfg, via_pgbouncer=cfg.pgbouncer),
         **overrides,
     )
     return pool
@@ -89,3 +142,17 @@ def is_open(conn: Conn | None) -> bool:
         return not conn.is_closed()
     except asyncpg.InterfaceError:
         return False
+
+
+async def create_session_pool(cfg: DatabaseConfig, size: int) -> Pool:
+    """The pool straight to PostgreSQL (``database.direct_url``) behind PgBouncer.
+    Its connections open when first needed; a LISTEN holds one for the whole run."""
+    assert cfg.direct_url is not None, "validated with database.pgbouncer"
+    pool: Pool = await asyncpg.create_pool(
+        cfg.direct_url,
+        min_size=0,
+        max_size=size,
+        init=_init_connection,
+        server_settings=_server_settings(cfg, via_pgbouncer=False),
+    )
+    return pool

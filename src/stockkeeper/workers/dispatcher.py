@@ -85,8 +85,11 @@ class Dispatcher:
         max_attempts: int = 10,
         backoff_max_ms: int = 30_000,
         failpoints: Failpoints | None = None,
+        listen_pool: Pool | None = None,
     ) -> None:
         self.pool = pool
+        # The LISTEN connection's pool: straight to PostgreSQL behind PgBouncer.
+        self.listen_pool = listen_pool or pool
         self.broker = broker
         self.metrics = metrics
         self.batch_size = batch_size
@@ -161,7 +164,7 @@ class Dispatcher:
         self.metrics.outbox_failed_open.set(stats.failed)
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener = Listener(self.pool, "dispatcher")
+        listener = Listener(self.listen_pool, "dispatcher")
         wake = listener.subscribe(NOTIFY_CHANNEL)
         async with listener:
             log.info("dispatcher.started", batch=self.batch_size)

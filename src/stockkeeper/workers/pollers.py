@@ -60,7 +60,8 @@ class Poller:
         return pending + queued
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with self.c.pool.acquire() as holder:
+        # A session-level advisory lock: on a session of its own (not through PgBouncer).
+        async with self.c.session_pool.acquire() as holder:
             while not stop.is_set():
                 if await locks.try_hold(holder, lock_key(self.name)):
                     break

@@ -61,7 +61,11 @@ class _Rearm(BaseModel):
 
 class Propagator:
     def __init__(
-        self, service: Propagation, adapters: dict[str, ChannelAdapter], pool: Pool
+        self,
+        service: Propagation,
+        adapters: dict[str, ChannelAdapter],
+        pool: Pool,
+        listen_pool: Pool | None = None,
     ) -> None:
         self.service = service
         self.adapters = adapters
@@ -69,7 +73,8 @@ class Propagator:
         self.metrics = service.metrics
         # One LISTEN connection; per channel, one wake-up for its loop and one to tell
         # whether an idle wait ended in a NOTIFY (then it lingers before it claims).
-        self.listener = Listener(pool, "propagator")
+        # Behind PgBouncer the LISTEN needs a session of its own: the session pool.
+        self.listener = Listener(listen_pool or pool, "propagator")
         self.wake = {ch: self.listener.subscribe(NOTIFY_CHANNEL) for ch in adapters}
         self._notified = {ch: self.listener.subscribe(NOTIFY_CHANNEL) for ch in adapters}
 
