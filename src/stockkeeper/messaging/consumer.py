@@ -6,6 +6,11 @@ message finds its id and has no second effect. A failure is retried with exponen
 backoff through a delayed re-send (the messages behind it are not held up), and after
 the last attempt lands in ``dead_letter`` with its error, where the admin API can show,
 replay or discard it.
+
+A database that cannot be reached is not the message's fault: the consumer holds the
+message, waits for the database with growing pauses and tries again, without spending
+an attempt (so an outage of any length dead-letters nothing). Stopping while it waits
+hands the message back to the broker, uncounted.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.failpoints import Failpoints
@@ -27,7 +32,9 @@ from stockkeeper.messaging.envelope import (
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import consumer_log, dead_letters
+from stockkeeper.store.errors import is_unavailable
 from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.waiting import wait_any
 
 log = get_logger("stockkeeper.consumer")
 
@@ -37,9 +44,32 @@ EffectHandler = Callable[[Conn, Envelope], Awaitable[None]]
 # repository; new code calls store.dead_letters.record.
 dead_letter = dead_letters.record
 
+# The pauses while the database cannot be reached: short at first (a failover is over in
+# seconds), then every few seconds, for as long as it takes.
+DATABASE_OUTAGE = Backoff(0.2, 5.0)
+
+T = TypeVar("T")
+
 
 class PermanentError(Exception):
     """A message that can never succeed (bad content): dead-letter it at once."""
+
+
+class ConsumerStopped(Exception):
+    """The consumer was stopped while it waited for the database; the message goes
+    back to the broker without an attempt counted."""
+
+
+class _StoppingSubscription:
+    """The broker's subscription, which first tells the consumer to stop waiting."""
+
+    def __init__(self, stopping: asyncio.Event, inner: Subscription) -> None:
+        self._stopping = stopping
+        self._inner = inner
+
+    async def cancel(self) -> None:
+        self._stopping.set()
+        await self._inner.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +100,40 @@ def attempt_of(headers: dict[str, Any]) -> int:
         return 1
 
 
+async def through_outages(
+    work: Callable[[], Awaitable[T]],
+    stopping: asyncio.Event,
+    *,
+    consumer: str,
+    message_id: str,
+    metrics: Metrics,
+) -> T:
+    """``work()``, run again after a pause for as long as the database cannot be
+    reached (each pause counted in ``consumer_outage_waits``); any other failure is
+    raised. Raises :class:`ConsumerStopped` when ``stopping`` is set while waiting."""
+    waits = 0
+    while True:
+        try:
+            return await work()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            waits += 1
+            pause = DATABASE_OUTAGE.delay(waits)
+            metrics.consumer_outage_waits.labels(consumer=consumer).inc()
+            log.warning(
+                "consumer.database_unavailable",
+                consumer=consumer,
+                message_id=message_id,
+                waits=waits,
+                retry_in_s=pause,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        await wait_any(stopping, at_most=pause)
+        if stopping.is_set():
+            raise ConsumerStopped(message_id)
+
+
 class Consumer:
     """Runs one handler on one queue with idempotency, retries and dead letters."""
 
@@ -95,19 +159,31 @@ class Consumer:
         self.policy = policy
         self.drop_stale = drop_stale
         self.failpoints = failpoints or Failpoints()
+        self._stopping = asyncio.Event()
 
     async def start(self, prefetch: int = 32) -> Subscription:
-        return await self.broker.consume(self.queue, self.on_delivery, prefetch)
+        """Consume until the returned subscription is cancelled."""
+        self._stopping.clear()
+        sub = await self.broker.consume(self.queue, self.on_delivery, prefetch)
+        return _StoppingSubscription(self._stopping, sub)
 
     async def on_delivery(self, d: Delivery) -> None:
         try:
             await self._process(d)
-        except Exception:
-            # We could not even record the failure (database or broker down): leave
-            # the message with the broker and let it come back.
-            log.exception("consumer.unrecorded_failure", consumer=self.name)
-            await asyncio.sleep(1.0)
+        except ConsumerStopped:
+            log.info("consumer.stopped_waiting", consumer=self.name, message_id=d.message_id)
             await d.requeue()
+        except Exception:
+            # We could not even record the failure (the broker down): leave the message
+            # with the broker and let it come back.
+            log.exception("consumer.unrecorded_failure", consumer=self.name)
+            await wait_any(self._stopping, at_most=1.0)
+            await d.requeue()
+
+    async def _through_outages(self, work: Callable[[], Awaitable[T]], message_id: str) -> T:
+        return await through_outages(
+            work, self._stopping, consumer=self.name, message_id=message_id, metrics=self.metrics
+        )
 
     async def _process(self, d: Delivery) -> None:
         attempt = attempt_of(d.headers)
@@ -117,7 +193,9 @@ class Consumer:
             await self._dead(d, str(exc), attempt)
             return
         try:
-            outcome = await self._apply(env)
+            outcome = await self._through_outages(lambda: self._apply(env), str(env.id))
+        except ConsumerStopped:
+            raise
         except PermanentError as exc:
             await self._dead(d, f"{type(exc).__name__}: {exc}", attempt)
             return
@@ -165,17 +243,20 @@ class Consumer:
         return "applied"
 
     async def _dead(self, d: Delivery, error: str, attempt: int) -> None:
-        async with self.pool.acquire() as conn:
-            row = await dead_letters.record(
-                conn,
-                queue=self.queue,
-                message_id=d.message_id,
-                routing_key=d.routing_key,
-                body=d.body,
-                headers=carried_headers(d.headers),
-                error=error,
-                attempts=attempt,
-            )
+        async def record() -> int:
+            async with self.pool.acquire() as conn:
+                return await dead_letters.record(
+                    conn,
+                    queue=self.queue,
+                    message_id=d.message_id,
+                    routing_key=d.routing_key,
+                    body=d.body,
+                    headers=carried_headers(d.headers),
+                    error=error,
+                    attempts=attempt,
+                )
+
+        row = await self._through_outages(record, str(d.message_id))
         log.error(
             "consumer.dead_letter",
             consumer=self.name,

@@ -1,0 +1,112 @@
+"""Issue 14.8: a database outage does not use up a consumer's attempts.
+
+PostgreSQL (a private cluster) is stopped for several times ``max_attempts ×
+retry_max_ms`` while RabbitMQ keeps delivering; when it returns, every message has been
+applied exactly once and nothing is in ``dead_letter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from stockkeeper.config import DatabaseConfig
+from stockkeeper.messaging.broker import OutgoingMessage
+from stockkeeper.messaging.consumer import Consumer, RetryPolicy
+from stockkeeper.messaging.envelope import ATTEMPT_HEADER, Envelope
+from stockkeeper.messaging.rabbitmq import RabbitMQBroker, delete_topology
+from stockkeeper.messaging.topology import INVENTORY_EVENTS
+from stockkeeper.observability.metrics import Metrics
+from stockkeeper.store.pool import Conn, Pool, create_pool
+from tests.faults.conftest import eventually
+from tests.faults.servers import PrivatePostgres
+
+pytestmark = pytest.mark.slow
+
+POLICY = RetryPolicy(base_ms=50, max_ms=100, max_attempts=3)
+OUTAGE_S = 4.0  # more than ten times max_attempts × max_ms (0.3 s)
+QUEUE = "wms.outbound"
+
+
+async def record(conn: Conn, env: Envelope) -> None:
+    await conn.execute("INSERT INTO fault_effect (message_id) VALUES ($1)", env.id)
+
+
+def message(env: Envelope) -> OutgoingMessage:
+    return OutgoingMessage(
+        INVENTORY_EVENTS, "inventory.allocated", env.to_bytes(), str(env.id), {ATTEMPT_HEADER: 1}
+    )
+
+
+def envelopes(n: int) -> list[Envelope]:
+    now = datetime.now(UTC)
+    return [Envelope.new("inventory.allocated", {"n": i}, occurred_at=now) for i in range(n)]
+
+
+@pytest.fixture
+async def pool(private_pg: PrivatePostgres) -> AsyncIterator[Pool]:
+    pool = await create_pool(private_pg.url, DatabaseConfig(pool_size=4))
+    await pool.execute("CREATE TABLE fault_effect (message_id uuid NOT NULL)")
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def broker(rabbit_url: str) -> AsyncIterator[RabbitMQBroker]:
+    prefix = f"fault{uuid.uuid4().hex[:8]}."
+    broker = RabbitMQBroker(rabbit_url, prefix=prefix)
+    await broker.connect()
+    yield broker
+    await broker.close()
+    delays = [POLICY.delay_ms(a) for a in range(1, POLICY.max_attempts + 1)]
+    await delete_topology(rabbit_url, prefix, delays)
+
+
+async def applied(pool: Pool) -> list[uuid.UUID]:
+    try:
+        return [r[0] for r in await pool.fetch("SELECT message_id FROM fault_effect")]
+    except Exception:
+        return []  # the database is still coming back
+
+
+async def test_an_outage_longer_than_every_retry_dead_letters_nothing(
+    private_pg: PrivatePostgres, pool: Pool, broker: RabbitMQBroker
+) -> None:
+    metrics = Metrics()
+    consumer = Consumer(
+        "fault-consumer", QUEUE, record, pool=pool, broker=broker, metrics=metrics, policy=POLICY
+    )
+    sub = await consumer.start(prefetch=4)
+    before, during = envelopes(5), envelopes(20)
+    try:
+        await broker.publish([message(e) for e in before])
+        await eventually(lambda: _count(pool, 5), what="the first messages applied")
+
+        await asyncio.to_thread(private_pg.stop)
+        await broker.publish([message(e) for e in during])
+        await asyncio.sleep(OUTAGE_S)  # the outage itself: the consumer must ride it out
+        await asyncio.to_thread(private_pg.start)
+
+        await eventually(lambda: _count(pool, 25), timeout=30, what="every message applied")
+    finally:
+        await sub.cancel()
+
+    ids = await applied(pool)
+    assert sorted(ids) == sorted(e.id for e in before + during)  # each once
+    assert await pool.fetchval("SELECT count(*) FROM dead_letter") == 0
+    waits = metrics.registry.get_sample_value(
+        "stockkeeper_consumer_database_waits_total", {"consumer": "fault-consumer"}
+    )
+    assert (waits or 0) > 0  # it did meet the outage
+    retries = metrics.registry.get_sample_value(
+        "stockkeeper_consumer_retries_total", {"consumer": "fault-consumer"}
+    )
+    assert not retries  # and spent no attempt on it
+
+
+async def _count(pool: Pool, n: int) -> bool:
+    return len(await applied(pool)) >= n
