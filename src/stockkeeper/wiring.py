@@ -24,6 +24,8 @@ from stockkeeper.connectors.channels import make_channel
 from stockkeeper.connectors.http import CallRecord
 from stockkeeper.connectors.wms import WmsClient
 from stockkeeper.messaging.consumer import EffectHandler
+from stockkeeper.messaging.dead_letter_queue import DeadLetterDrain
+from stockkeeper.messaging.rabbitmq import RabbitMQBroker
 from stockkeeper.store.wms import CallRow
 from stockkeeper.workers.dispatcher import Dispatcher
 from stockkeeper.workers.expiry import ExpiryWorker
@@ -85,17 +87,23 @@ async def _expiry(container: Container) -> Service:
 
 
 async def _dispatcher(container: Container) -> Service:
+    """The dispatcher; on RabbitMQ also the drain of its dead-letter queue (D-160)."""
     d = container.settings.dispatcher
+    broker = await container.connected_broker()
     dispatcher = Dispatcher(
         container.pool,
-        await container.connected_broker(),
+        broker,
         container.metrics,
         batch_size=d.batch_size,
         poll_ms=d.poll_interval_ms,
         max_attempts=d.max_attempts,
         failpoints=container.failpoints,
     )
-    return Service(loops=[dispatcher.run])
+    loops: list[Loop] = [dispatcher.run]
+    if isinstance(broker, RabbitMQBroker):
+        prefix = container.settings.broker.prefix
+        loops.append(DeadLetterDrain(broker, container.pool, container.metrics, prefix).run)
+    return Service(loops=loops)
 
 
 def _keep_call(kept: list[CallRow], rec: CallRecord) -> None:
