@@ -115,14 +115,16 @@ def connector_token(cfg: HttpConnectorConfig) -> str | None:
     return env_secret(cfg, "token_env")
 
 
-def make_broker(settings: Settings, pool: Pool) -> Broker:
+def make_broker(settings: Settings, pool: Pool, metrics: Metrics | None = None) -> Broker:
     """RabbitMQ when ``broker.url`` is set, else the embedded PostgreSQL queue."""
     b = settings.broker
     if b.url:
         return RabbitMQBroker(
             b.url, prefix=b.prefix, reconnect_interval_s=b.reconnect_interval_ms / 1000
         )
-    return PgQueueBroker(pool, prefix=b.prefix, lease_ms=b.lease_ms, poll_ms=b.poll_ms)
+    return PgQueueBroker(
+        pool, prefix=b.prefix, lease_ms=b.lease_ms, poll_ms=b.poll_ms, metrics=metrics
+    )
 
 
 def database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
@@ -182,7 +184,7 @@ async def build(
                 payment_timeout_seconds=settings.orders.payment_timeout_seconds,
                 clock=clock,
             ),
-            broker=make_broker(settings, pool),
+            broker=make_broker(settings, pool, metrics),
             clock=clock,
             embedded=embedded,
             failpoints=Failpoints.from_env(),

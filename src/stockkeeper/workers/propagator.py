@@ -15,7 +15,6 @@ the alert, prunes the push log and runs the scheduled drift repair.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 
@@ -31,6 +30,7 @@ from stockkeeper.services.propagation import NOTIFY_CHANNEL, REARM, Propagation
 from stockkeeper.store.channels import Claimed
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.waiting import wait_any
+from stockkeeper.workers.listener import Listener
 
 log = get_logger("stockkeeper.propagator")
 
@@ -97,23 +97,20 @@ class Propagator:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("propagator.started", channels=sorted(self.adapters))
-        listener = await self.pool.acquire()
-        await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        tasks = [asyncio.ensure_future(self._channel(ch, stop)) for ch in self.adapters]
-        tasks.append(asyncio.ensure_future(self._monitor(stop)))
+        reconnects = self.metrics.listener_reconnects.labels(listener="propagator")
+        listener = Listener(self.pool, "propagator", on_reconnect=reconnects.inc)
+        # Every channel's loop wakes on a NOTIFY: one event each, all set together.
+        wakes = [listener.subscribe(NOTIFY_CHANNEL) for _ in self.adapters]
+        self.wake = dict(zip(self.adapters, wakes, strict=True))
         try:
-            await asyncio.gather(*tasks)
+            async with listener:
+                tasks = [asyncio.ensure_future(self._channel(ch, stop)) for ch in self.adapters]
+                tasks.append(asyncio.ensure_future(self._monitor(stop)))
+                await asyncio.gather(*tasks)
         finally:
-            with contextlib.suppress(Exception):
-                await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            await self.pool.release(listener)
             for adapter in self.adapters.values():
                 await adapter.aclose()
             log.info("propagator.stopped")
-
-    def _on_notify(self, *_args: object) -> None:
-        for event in self.wake.values():
-            event.set()
 
     async def _channel(self, channel: str, stop: asyncio.Event) -> None:
         """One channel's loop: claim due pushes for every free slot (``concurrency``
