@@ -68,6 +68,7 @@ async def _build(settings: Settings, *, run_migrations: bool = True) -> Containe
 
 
 def _serve(settings: Settings, services: list[str], consumers: list[Any] | None = None) -> None:
+    from stockkeeper.messaging.rabbitmq import TopologyMismatch
     from stockkeeper.workers.runner import serve
 
     async def main() -> None:
@@ -77,7 +78,11 @@ def _serve(settings: Settings, services: list[str], consumers: list[Any] | None 
         finally:
             await container.close()
 
-    _run(main)
+    try:
+        _run(main)
+    except TopologyMismatch as exc:  # an operator's decision (D-160): say it, no traceback
+        typer.echo(f"stockkeeper: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

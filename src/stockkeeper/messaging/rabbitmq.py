@@ -195,7 +195,11 @@ class RabbitMQBroker:
         except (OSError, aio_pika.exceptions.AMQPError) as exc:
             raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
         self._pub = await self._conn.channel(publisher_confirms=True)
-        await self.declare()
+        try:
+            await self.declare()
+        except BaseException:
+            await self.close()  # a topology we cannot declare: no half-open connection
+            raise
 
     async def declare(self) -> None:
         """Declare exchanges, queues and bindings; safe to repeat. Raises
