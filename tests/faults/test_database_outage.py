@@ -4,7 +4,8 @@ PostgreSQL (a private cluster) is stopped for far longer than ``max_attempts ×
 retry_max_ms`` while RabbitMQ keeps delivering; when it returns, every message has been
 applied exactly once, nothing is in ``dead_letter`` (the dead-letter drain runs too, so
 nothing reached it past a delivery limit either, D-160) and no attempt was spent: the
-consumer waited for the database instead of retrying (D-161).
+consumer waited for the database instead of retrying (D-161). And the other side: a
+connection error while the database answers is the message's own failure, counted.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from stockkeeper.bootstrap import Container
 from stockkeeper.config import DatabaseConfig
 from stockkeeper.messaging.broker import OutgoingMessage
-from stockkeeper.messaging.consumer import Consumer, RetryPolicy
+from stockkeeper.messaging.consumer import HEALTHY_BUT_FAILING, Consumer, RetryPolicy
 from stockkeeper.messaging.dead_letter_queue import DeadLetterDrain
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER, Envelope
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker, delete_topology
@@ -118,3 +120,39 @@ async def test_an_outage_longer_than_every_retry_dead_letters_nothing(
 
 async def _count(pool: Pool, n: int) -> bool:
     return len(await applied(pool)) >= n
+
+
+async def refuse(_conn: Conn, _env: Envelope) -> None:
+    raise ConnectionResetError("a socket of the handler's own, not the database's")
+
+
+async def test_a_connection_error_while_the_database_answers_is_the_messages_failure(
+    container: Container,
+) -> None:
+    c = container
+    policy = RetryPolicy(base_ms=10, max_ms=20, max_attempts=2)
+    broker = await c.connected_broker()  # the embedded queue, on the test's database
+    consumer = Consumer(
+        "refusing", QUEUE, refuse, pool=c.pool, broker=broker, metrics=c.metrics, policy=policy
+    )
+    env = envelopes(1)[0]
+    sub = await consumer.start(prefetch=1)
+    try:
+        await broker.publish([message(env)])
+
+        async def dead() -> bool:
+            return bool(await c.pool.fetchval("SELECT count(*) FROM dead_letter"))
+
+        await eventually(dead, what="the dead letter")
+    finally:
+        await sub.cancel()
+
+    row = await c.pool.fetchrow("SELECT message_id, error, attempts FROM dead_letter")
+    assert row["message_id"] == env.id
+    assert "ConnectionResetError" in row["error"]
+    assert row["attempts"] == policy.max_attempts
+    waits = c.metrics.registry.get_sample_value(
+        "stockkeeper_consumer_database_waits_total", {"consumer": "refusing"}
+    )
+    # Per attempt, the pauses before the third error in a row with the database up.
+    assert waits == policy.max_attempts * (HEALTHY_BUT_FAILING - 1)

@@ -32,8 +32,8 @@ from stockkeeper.messaging.envelope import (
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import consumer_log, dead_letters
-from stockkeeper.store.errors import is_unavailable
-from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.store.errors import StoreError, is_unavailable
+from stockkeeper.store.pool import Conn, Pool, connection, ping
 from stockkeeper.waiting import wait_any
 
 log = get_logger("stockkeeper.consumer")
@@ -47,6 +47,9 @@ dead_letter = dead_letters.record
 # The pauses while the database cannot be reached: short at first (a failover is over in
 # seconds), then every few seconds, for as long as it takes.
 DATABASE_OUTAGE = Backoff(0.2, 5.0)
+# Connection errors in a row, each while the database answered a ping, after which the
+# error is the message's failure after all (a bug that looks like a lost connection).
+HEALTHY_BUT_FAILING = 3
 
 T = TypeVar("T")
 
@@ -100,8 +103,19 @@ def attempt_of(headers: dict[str, Any]) -> int:
         return 1
 
 
+async def database_answers(pool: Pool) -> bool:
+    """Whether the database takes a round trip on a pooled connection right now."""
+    try:
+        async with connection(pool) as conn:
+            await ping(conn)
+    except StoreError:
+        return False
+    return True
+
+
 async def through_outages(
     work: Callable[[], Awaitable[T]],
+    pool: Pool,
     stopping: asyncio.Event,
     *,
     consumer: str,
@@ -110,14 +124,22 @@ async def through_outages(
 ) -> T:
     """``work()``, run again after a pause for as long as the database cannot be
     reached (each pause counted in ``consumer_outage_waits``); any other failure is
-    raised. Raises :class:`ConsumerStopped` when ``stopping`` is set while waiting."""
-    waits = 0
+    raised. So is a connection error that keeps coming while the database answers
+    (``HEALTHY_BUT_FAILING`` times in a row): that is no outage, and counts as a failure.
+    Raises :class:`ConsumerStopped` when ``stopping`` is set while waiting."""
+    waits = healthy_but_failing = 0
     while True:
         try:
             return await work()
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
+            if await database_answers(pool):
+                healthy_but_failing += 1
+                if healthy_but_failing >= HEALTHY_BUT_FAILING:
+                    raise
+            else:
+                healthy_but_failing = 0
             waits += 1
             pause = DATABASE_OUTAGE.delay(waits)
             metrics.consumer_outage_waits.labels(consumer=consumer).inc()
@@ -182,7 +204,12 @@ class Consumer:
 
     async def _through_outages(self, work: Callable[[], Awaitable[T]], message_id: str) -> T:
         return await through_outages(
-            work, self._stopping, consumer=self.name, message_id=message_id, metrics=self.metrics
+            work,
+            self.pool,
+            self._stopping,
+            consumer=self.name,
+            message_id=message_id,
+            metrics=self.metrics,
         )
 
     async def _process(self, d: Delivery) -> None:

@@ -110,6 +110,7 @@ class DeadLetterDrain:
         try:
             row = await through_outages(
                 record,
+                self.pool,
                 self._stopping,
                 consumer=DRAIN,
                 message_id=str(d.message_id),
