@@ -124,7 +124,12 @@ def connector_token(cfg: HttpConnectorConfig) -> str | None:
     return env_secret(cfg, "token_env")
 
 
-def make_broker(settings: Settings, pool: Pool, session_pool: Pool | None = None) -> Broker:
+def make_broker(
+    settings: Settings,
+    pool: Pool,
+    session_pool: Pool | None = None,
+    metrics: Metrics | None = None,
+) -> Broker:
     """RabbitMQ when ``broker.url`` is set, else the embedded PostgreSQL queue (its
     LISTEN connection from ``session_pool``, default ``pool``)."""
     b = settings.broker
@@ -138,6 +143,7 @@ def make_broker(settings: Settings, pool: Pool, session_pool: Pool | None = None
         lease_ms=b.lease_ms,
         poll_ms=b.poll_ms,
         listen_pool=session_pool,
+        metrics=metrics,
     )
 
 
@@ -249,7 +255,7 @@ async def build(
                 payment_timeout_seconds=settings.orders.payment_timeout_seconds,
                 clock=clock,
             ),
-            broker=make_broker(settings, pool, session_pool),
+            broker=make_broker(settings, pool, session_pool, metrics),
             session_pool=session_pool,
             clock=clock,
             embedded=embedded,

@@ -72,6 +72,7 @@ async def _build(
 
 
 def _serve(settings: Settings, services: list[str], consumers: list[Any] | None = None) -> None:
+    from stockkeeper.messaging.rabbitmq import TopologyMismatch
     from stockkeeper.store.pool import Connections
     from stockkeeper.wiring import USES_BROKER, connections
     from stockkeeper.workers.runner import serve
@@ -90,7 +91,11 @@ def _serve(settings: Settings, services: list[str], consumers: list[Any] | None 
         finally:
             await container.close()
 
-    _run(main)
+    try:
+        _run(main)
+    except TopologyMismatch as exc:  # an operator's decision (D-160): say it, no traceback
+        typer.echo(f"stockkeeper: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

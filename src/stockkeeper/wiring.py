@@ -33,6 +33,8 @@ from stockkeeper.connectors.channel_registry import make_channel
 from stockkeeper.connectors.http import CallRecord
 from stockkeeper.connectors.wms import WmsClient
 from stockkeeper.messaging.consumer import EffectHandler
+from stockkeeper.messaging.dead_letter_queue import DeadLetterDrain
+from stockkeeper.messaging.rabbitmq import RabbitMQBroker
 from stockkeeper.store.pool import Connections
 from stockkeeper.store.wms import CallRow
 from stockkeeper.workers.dispatcher import Dispatcher
@@ -95,10 +97,12 @@ async def _expiry(container: Container) -> Service:
 
 
 async def _dispatcher(container: Container) -> Service:
+    """The dispatcher; on RabbitMQ also the drain of its dead-letter queue (D-160)."""
     d = container.settings.dispatcher
+    broker = await container.connected_broker()
     dispatcher = Dispatcher(
         container.pool,
-        await container.connected_broker(),
+        broker,
         container.metrics,
         batch_size=d.batch_size,
         poll_ms=d.poll_interval_ms,
@@ -106,7 +110,11 @@ async def _dispatcher(container: Container) -> Service:
         failpoints=container.failpoints,
         listen_pool=container.session_pool,
     )
-    return Service(loops=[dispatcher.run])
+    loops: list[Loop] = [dispatcher.run]
+    if isinstance(broker, RabbitMQBroker):
+        prefix = container.settings.broker.prefix
+        loops.append(DeadLetterDrain(broker, container.pool, container.metrics, prefix).run)
+    return Service(loops=loops)
 
 
 def _keep_call(kept: list[CallRow], rec: CallRecord) -> None:

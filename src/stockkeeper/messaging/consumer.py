@@ -5,9 +5,14 @@ For each message: parse the envelope; in one transaction record the message id i
 message finds its id and has no second effect. A failure is retried with exponential
 backoff through a delayed re-send (the messages behind it are not held up), and after
 the last attempt lands in ``dead_letter`` with its error, where the admin API can show,
-replay or discard it. A failure that cannot even be recorded (the database away) leaves
-the message with the broker; after ``max_attempts`` deliveries it is rejected to the
-broker's own dead-letter handling, so nothing loops forever.
+replay or discard it. A failure that cannot even be recorded leaves the message with
+the broker; after ``max_attempts`` deliveries it is rejected to the broker's own
+dead-letter handling, so nothing loops forever.
+
+A database that cannot be reached is not the message's fault: the consumer holds the
+message, waits for the database with growing pauses and tries again, without spending
+an attempt (so an outage of any length dead-letters nothing). Stopping while it waits
+hands the message back to the broker, uncounted.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.failpoints import Failpoints
@@ -29,7 +34,9 @@ from stockkeeper.messaging.envelope import (
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import consumer_log, dead_letters
-from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.store.errors import StoreError, is_unavailable
+from stockkeeper.store.pool import Conn, Pool, connection, ping
+from stockkeeper.waiting import wait_any
 
 log = get_logger("stockkeeper.consumer")
 
@@ -39,9 +46,35 @@ EffectHandler = Callable[[Conn, Envelope], Awaitable[None]]
 # repository; new code calls store.dead_letters.record.
 dead_letter = dead_letters.record
 
+# The pauses while the database cannot be reached: short at first (a failover is over in
+# seconds), then every few seconds, for as long as it takes.
+DATABASE_OUTAGE = Backoff(0.2, 5.0)
+# Connection errors in a row, each while the database answered a ping, after which the
+# error is the message's failure after all (a bug that looks like a lost connection).
+HEALTHY_BUT_FAILING = 3
+
+T = TypeVar("T")
+
 
 class PermanentError(Exception):
     """A message that can never succeed (bad content): dead-letter it at once."""
+
+
+class ConsumerStopped(Exception):
+    """The consumer was stopped while it waited for the database; the message goes
+    back to the broker without an attempt counted."""
+
+
+class _StoppingSubscription:
+    """The broker's subscription, which first tells the consumer to stop waiting."""
+
+    def __init__(self, stopping: asyncio.Event, inner: Subscription) -> None:
+        self._stopping = stopping
+        self._inner = inner
+
+    async def cancel(self) -> None:
+        self._stopping.set()
+        await self._inner.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +105,59 @@ def attempt_of(headers: dict[str, Any]) -> int:
         return 1
 
 
+async def database_answers(pool: Pool) -> bool:
+    """Whether the database takes a round trip on a pooled connection right now."""
+    try:
+        async with connection(pool) as conn:
+            await ping(conn)
+    except StoreError:
+        return False
+    return True
+
+
+async def through_outages(
+    work: Callable[[], Awaitable[T]],
+    pool: Pool,
+    stopping: asyncio.Event,
+    *,
+    consumer: str,
+    message_id: str,
+    metrics: Metrics,
+) -> T:
+    """``work()``, run again after a pause for as long as the database cannot be
+    reached (each pause counted in ``consumer_outage_waits``); any other failure is
+    raised. So is a connection error that keeps coming while the database answers
+    (``HEALTHY_BUT_FAILING`` times in a row): that is no outage, and counts as a failure.
+    Raises :class:`ConsumerStopped` when ``stopping`` is set while waiting."""
+    waits = healthy_but_failing = 0
+    while True:
+        try:
+            return await work()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            if await database_answers(pool):
+                healthy_but_failing += 1
+                if healthy_but_failing >= HEALTHY_BUT_FAILING:
+                    raise
+            else:
+                healthy_but_failing = 0
+            waits += 1
+            pause = DATABASE_OUTAGE.delay(waits)
+            metrics.consumer_outage_waits.labels(consumer=consumer).inc()
+            log.warning(
+                "consumer.database_unavailable",
+                consumer=consumer,
+                message_id=message_id,
+                waits=waits,
+                retry_in_s=pause,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        await wait_any(stopping, at_most=pause)
+        if stopping.is_set():
+            raise ConsumerStopped(message_id)
+
+
 class Consumer:
     """Runs one handler on one queue with idempotency, retries and dead letters."""
 
@@ -97,19 +183,26 @@ class Consumer:
         self.policy = policy
         self.drop_stale = drop_stale
         self.failpoints = failpoints or Failpoints()
+        self._stopping = asyncio.Event()
 
     async def start(self, prefetch: int = 32) -> Subscription:
-        return await self.broker.consume(self.queue, self.on_delivery, prefetch)
+        """Consume until the returned subscription is cancelled."""
+        self._stopping.clear()
+        sub = await self.broker.consume(self.queue, self.on_delivery, prefetch)
+        return _StoppingSubscription(self._stopping, sub)
 
     async def on_delivery(self, d: Delivery) -> None:
         try:
             await self._process(d)
+        except ConsumerStopped:
+            log.info("consumer.stopped_waiting", consumer=self.name, message_id=d.message_id)
+            await d.requeue()
         except Exception:
             await self._unrecorded(d)
 
     async def _unrecorded(self, d: Delivery) -> None:
-        """We could not even record the failure (database or broker down): leave the
-        message with the broker and let it come back, at most ``max_attempts`` times."""
+        """We could not even record the failure: leave the message with the broker and
+        let it come back, at most ``max_attempts`` times."""
         where = {
             "consumer": self.name,
             "message_id": d.message_id,
@@ -122,8 +215,18 @@ class Consumer:
             await d.reject()
             return
         log.exception("consumer.unrecorded_failure", **where)
-        await asyncio.sleep(self.policy.backoff.delay(d.deliveries))
+        await wait_any(self._stopping, at_most=self.policy.backoff.delay(d.deliveries))
         await d.requeue()
+
+    async def _through_outages(self, work: Callable[[], Awaitable[T]], message_id: str) -> T:
+        return await through_outages(
+            work,
+            self.pool,
+            self._stopping,
+            consumer=self.name,
+            message_id=message_id,
+            metrics=self.metrics,
+        )
 
     async def _process(self, d: Delivery) -> None:
         attempt = attempt_of(d.headers)
@@ -133,7 +236,9 @@ class Consumer:
             await self._dead(d, str(exc), attempt)
             return
         try:
-            outcome = await self._apply(env)
+            outcome = await self._through_outages(lambda: self._apply(env), str(env.id))
+        except ConsumerStopped:
+            raise
         except PermanentError as exc:
             await self._dead(d, f"{type(exc).__name__}: {exc}", attempt)
             return
@@ -182,17 +287,21 @@ class Consumer:
 
     async def _dead(self, d: Delivery, error: str, attempt: int) -> None:
         self.failpoints.hit("consumer.before_dead_letter")
-        async with self.pool.acquire() as conn:
-            row = await dead_letters.record(
-                conn,
-                queue=self.queue,
-                message_id=d.message_id,
-                routing_key=d.routing_key,
-                body=d.body,
-                headers=carried_headers(d.headers),
-                error=error,
-                attempts=attempt,
-            )
+
+        async def record() -> int:
+            async with self.pool.acquire() as conn:
+                return await dead_letters.record(
+                    conn,
+                    queue=self.queue,
+                    message_id=d.message_id,
+                    routing_key=d.routing_key,
+                    body=d.body,
+                    headers=carried_headers(d.headers),
+                    error=error,
+                    attempts=attempt,
+                )
+
+        row = await self._through_outages(record, str(d.message_id))
         log.error(
             "consumer.dead_letter",
             consumer=self.name,

@@ -19,6 +19,7 @@ from typing import Any
 from stockkeeper.messaging.broker import Handler, OutgoingMessage
 from stockkeeper.messaging.topology import QUEUES, QueueSpec, queues_for
 from stockkeeper.observability.logging import get_logger
+from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import queue as store_queue
 from stockkeeper.store.errors import StoreError
 from stockkeeper.store.pool import Conn, Pool, connection
@@ -79,8 +80,10 @@ class PgQueueBroker:
         poll_ms: int = 500,
         queues: tuple[QueueSpec, ...] = QUEUES,
         listen_pool: Pool | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.pool = pool
+        self.metrics = metrics
         # The LISTEN connection's pool: straight to PostgreSQL behind PgBouncer.
         self.listen_pool = listen_pool or pool
         self.prefix = prefix
@@ -96,7 +99,10 @@ class PgQueueBroker:
     async def connect(self) -> None:
         # The topology lives in code (topology.QUEUES); the table is made by migrations.
         if self._listener is None:
-            listener = Listener(self.listen_pool, "pgqueue")
+            reconnected = None
+            if self.metrics is not None:
+                reconnected = self.metrics.listener_reconnects.labels(listener="pgqueue").inc
+            listener = Listener(self.listen_pool, "pgqueue", on_reconnect=reconnected)
             # One wake-up per queue, set by a NOTIFY whose payload is the queue's name;
             # every consumer of that queue in this process waits on it.
             wakeups = {

@@ -4,6 +4,15 @@ confirms, prefetch, and a robust connection that reconnects and restores consume
 Delayed retries use one quorum queue per delay (``<queue>.retry.<ms>``) whose messages
 expire into the default exchange, routed straight back to ``<queue>``: no plugin needed,
 and a message waiting for its retry never blocks the ones behind it.
+
+Every queue states its own delivery limit and dead-lettering rather than inheriting the
+broker's defaults (RabbitMQ 4 drops a quorum queue's message after 20 redeliveries
+unless told otherwise): a message handed back more than ``delivery_limit`` times (a
+consumer that crashes on it, again and again) is dead-lettered, at least once, to the
+``dead-letters`` queue, which :mod:`stockkeeper.messaging.dead_letter_queue` reads into
+``dead_letter``. The retry queues' expiry into their queue is at least once too. A
+queue declared by an older stockkeeper with other arguments cannot be re-declared
+(PRECONDITION_FAILED): :class:`TopologyMismatch` says which and what to do (D-160).
 """
 
 from __future__ import annotations
@@ -34,7 +43,61 @@ from stockkeeper.messaging.topology import EXCHANGES, QUEUES, QueueSpec
 from stockkeeper.observability.logging import get_logger
 
 QUORUM = {"x-queue-type": "quorum"}
+# Dead-lettering that waits for the target queue's confirm (never lost on the way);
+# RabbitMQ requires reject-publish overflow alongside it.
+AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+# Redeliveries (a consumer that died or handed the message back) before a message is
+# dead-lettered. Our own retries are new messages and do not count: this only catches a
+# message that kills its consumer. RabbitMQ 4's default would be 20, with dropping.
+DELIVERY_LIMIT = 10
+# Where messages past their delivery limit wait to be written to ``dead_letter``.
+DEAD_LETTER_QUEUE = "dead-letters"
+# The dead-letter queue is only acked once the row is written, so it is handed back only
+# by a stopping drain; its limit is far away, so RabbitMQ 4's default (20, then drop)
+# never applies to it. It dead-letters nowhere: it is the end of the line.
+DEAD_LETTER_QUEUE_LIMIT = 1_000_000
 log = get_logger("stockkeeper.rabbitmq")
+
+
+class TopologyMismatch(Exception):
+    """A queue exists on the broker with arguments other than ours (declared by an older
+    stockkeeper): RabbitMQ refuses to re-declare it. Not retried: an operator decides."""
+
+
+def queue_arguments(
+    name: str, prefix: str = "", delivery_limit: int = DELIVERY_LIMIT
+) -> dict[str, Any]:
+    """The arguments queue ``name`` (unprefixed) is declared with, every time."""
+    if name == DEAD_LETTER_QUEUE:
+        return {**QUORUM, "x-delivery-limit": DEAD_LETTER_QUEUE_LIMIT}
+    return {
+        **QUORUM,
+        **AT_LEAST_ONCE,
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": prefix + DEAD_LETTER_QUEUE,
+    }
+
+
+def retry_queue_arguments(target: str, delay_ms: int) -> dict[str, Any]:
+    """A retry queue's: expire after ``delay_ms`` into ``target`` (a full queue name),
+    at least once."""
+    return {
+        **QUORUM,
+        **AT_LEAST_ONCE,
+        "x-message-ttl": delay_ms,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": target,
+    }
+
+
+_MISMATCH_HELP = (
+    "RabbitMQ refused to declare queue {queue!r}: it already exists with other arguments "
+    "(declared by an older stockkeeper, before queues stated their own delivery limit "
+    "and dead-lettering; the broker said: {reply}). A queue's arguments cannot change in "
+    "place. Stop what publishes to it, let its consumers empty it, delete it "
+    "(rabbitmqctl delete_queue {queue}) and start again: see D-160 in docs/decisions.md."
+)
 
 
 @dataclass(slots=True)
@@ -115,7 +178,9 @@ class RabbitMQBroker:
         queues: tuple[QueueSpec, ...] = QUEUES,
         connection_name: str = "stockkeeper",
         reconnect_interval_s: float = 1.0,
+        delivery_limit: int = DELIVERY_LIMIT,
     ):
+        self.delivery_limit = delivery_limit
         self.reconnect_interval = reconnect_interval_s
         self.url = url
         self.prefix = prefix
@@ -143,21 +208,41 @@ class RabbitMQBroker:
         except (OSError, aio_pika.exceptions.AMQPError) as exc:
             raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
         self._pub = await self._conn.channel(publisher_confirms=True)
-        await self.declare()
+        try:
+            await self.declare()
+        except BaseException:
+            await self.close()  # a topology we cannot declare: no half-open connection
+            raise
 
     async def declare(self) -> None:
-        """Declare exchanges, queues and bindings; safe to repeat."""
+        """Declare exchanges, queues and bindings; safe to repeat. Raises
+        :class:`TopologyMismatch` for a queue that exists with other arguments."""
         assert self._pub is not None
         for name in EXCHANGES:
             self._exchanges[name] = await self._pub.declare_exchange(
                 self._n(name), aio_pika.ExchangeType.TOPIC, durable=True
             )
+        # First the dead-letter queue: at-least-once dead-lettering needs its target.
+        await self._declare_queue(self._pub, DEAD_LETTER_QUEUE)
         for spec in self.queues:
-            queue = await self._pub.declare_queue(
-                self._n(spec.name), durable=True, arguments=QUORUM
-            )
+            queue = await self._declare_queue(self._pub, spec.name)
             for b in spec.bindings:
                 await queue.bind(self._exchanges[b.exchange], routing_key=b.pattern)
+
+    async def _declare_queue(self, channel: AbstractChannel, name: str) -> AbstractQueue:
+        """Declare our queue ``name`` (unprefixed) with its arguments."""
+        args = queue_arguments(name, self.prefix, self.delivery_limit)
+        return await self._declare(channel, self._n(name), args)
+
+    async def _declare(
+        self, channel: AbstractChannel, full_name: str, args: dict[str, Any]
+    ) -> AbstractQueue:
+        try:
+            return await channel.declare_queue(full_name, durable=True, arguments=args)
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            error = TopologyMismatch(_MISMATCH_HELP.format(queue=full_name, reply=exc))
+            log.error("rabbitmq.topology_mismatch", queue=full_name, error=str(error))
+            raise error from exc
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -208,16 +293,7 @@ class RabbitMQBroker:
         name = f"{self._n(queue)}.retry.{delay_ms}"
         if name not in self._retry_queues:
             assert self._pub is not None
-            await self._pub.declare_queue(
-                name,
-                durable=True,
-                arguments={
-                    **QUORUM,
-                    "x-message-ttl": delay_ms,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": self._n(queue),
-                },
-            )
+            await self._declare(self._pub, name, retry_queue_arguments(self._n(queue), delay_ms))
             self._retry_queues.add(name)
         return name
 
@@ -240,7 +316,7 @@ class RabbitMQBroker:
         assert self._conn is not None, "connect() first"
         channel = await self._conn.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        q = await channel.declare_queue(self._n(queue), durable=True, arguments=QUORUM)
+        q = await self._declare_queue(channel, queue)
         lock = asyncio.Lock()  # FIFO: messages are handled one at a time, in order
 
         async def on_message(message: AbstractIncomingMessage) -> None:
@@ -273,6 +349,7 @@ async def delete_topology(url: str, prefix: str, retry_delays_ms: Sequence[int] 
         channel = await conn.channel()
         names = [prefix + spec.name for spec in QUEUES]
         names += [f"{n}.retry.{d}" for n in names for d in sorted(set(retry_delays_ms))]
+        names.append(prefix + DEAD_LETTER_QUEUE)
         for name in names:
             await channel.queue_delete(name)
         for exchange in EXCHANGES:

@@ -118,6 +118,19 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.consumer_outage_waits = Counter(
+            "stockkeeper_consumer_database_waits_total",
+            "Pauses a consumer took because the database could not be reached (the "
+            "message waited; no attempt was counted).",
+            ["consumer"],
+            registry=r,
+        )
+        self.listener_reconnects = Counter(
+            "stockkeeper_listener_reconnects_total",
+            "LISTEN connections found dead and opened again, by listener.",
+            ["listener"],
+            registry=r,
+        )
         # -- connectors (every outside system) ------------------------------------
         self.connector_calls = Counter(
             "stockkeeper_connector_calls_total",

@@ -97,6 +97,21 @@ def translate(exc: BaseException) -> StoreError | None:
     return None
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached (a refused or lost
+    connection, a server shutting down, a closed pool) rather than that a statement
+    failed: what a loop waits out instead of counting as a failure. Looks through
+    ``__cause__``, where a translated or wrapped driver error keeps the original."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # a chain of causes is short; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, (StoreUnavailable, OSError, *_UNAVAILABLE)):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 @contextmanager
 def translating() -> Iterator[None]:
     """Run a block of statements; a driver error leaves it as the store's own."""

@@ -164,7 +164,8 @@ class Dispatcher:
         self.metrics.outbox_failed_open.set(stats.failed)
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener = Listener(self.listen_pool, "dispatcher")
+        reconnects = self.metrics.listener_reconnects.labels(listener="dispatcher")
+        listener = Listener(self.listen_pool, "dispatcher", on_reconnect=reconnects.inc)
         wake = listener.subscribe(NOTIFY_CHANNEL)
         async with listener:
             log.info("dispatcher.started", batch=self.batch_size)

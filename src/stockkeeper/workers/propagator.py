@@ -74,7 +74,8 @@ class Propagator:
         # One LISTEN connection; per channel, one wake-up for its loop and one to tell
         # whether an idle wait ended in a NOTIFY (then it lingers before it claims).
         # Behind PgBouncer the LISTEN needs a session of its own: the session pool.
-        self.listener = Listener(listen_pool or pool, "propagator")
+        reconnects = self.metrics.listener_reconnects.labels(listener="propagator")
+        self.listener = Listener(listen_pool or pool, "propagator", on_reconnect=reconnects.inc)
         self.wake = {ch: self.listener.subscribe(NOTIFY_CHANNEL) for ch in adapters}
         self._notified = {ch: self.listener.subscribe(NOTIFY_CHANNEL) for ch in adapters}
 
