@@ -10,7 +10,7 @@ from stockkeeper.domain.quantities import MAX_QUANTITY
 
 if TYPE_CHECKING:
     from stockkeeper.services.reservations import ReservationView
-    from stockkeeper.services.stock import LedgerEntry, LedgerPage
+    from stockkeeper.services.stock import BatchStock, LedgerEntry, LedgerPage, SkuStock
     from stockkeeper.services.wms import SyncRequest
 
 # Printable, no surrounding whitespace: what a shopkeeper would type as a code.
@@ -143,6 +143,23 @@ class BatchOut(BaseModel):
     expired: bool
     version: int
 
+    @classmethod
+    def of(cls, b: BatchStock) -> BatchOut:
+        return cls(
+            batch_id=b.batch_id,
+            location=b.location,
+            lot_number=b.lot_number,
+            expires_at=b.expires_at.isoformat() if b.expires_at else None,
+            on_hand=b.on_hand,
+            unavailable=b.unavailable,
+            reserved=b.reserved,
+            committed=b.committed,
+            available=b.available,
+            shortfall=b.shortfall,
+            expired=b.expired,
+            version=b.version,
+        )
+
 
 class LevelOut(BaseModel):
     sku: str
@@ -158,6 +175,21 @@ class LevelOut(BaseModel):
 
 class StockOut(LevelOut):
     batches: list[BatchOut]
+
+    @classmethod
+    def of(cls, s: SkuStock) -> StockOut:
+        return cls(
+            sku=s.sku,
+            on_hand=s.on_hand,
+            unavailable=s.unavailable,
+            reserved=s.reserved,
+            committed=s.committed,
+            available=s.available,
+            shortfall=s.shortfall,
+            version=s.version,
+            updated_at=s.updated_at.isoformat(),
+            batches=[BatchOut.of(b) for b in s.batches],
+        )
 
 
 class ReceiptOut(BaseModel):
