@@ -19,7 +19,7 @@ from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.services.audit import audit
 from stockkeeper.services.reservations import ReserveRequest
-from stockkeeper.services.stock import Receipt
+from stockkeeper.services.stock import Receipt, SkuStock
 from stockkeeper.workers.ingest import ingest_handler
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -65,7 +65,7 @@ async def deliver(
         await handle(conn, env)
 
 
-async def on_hand(c: Container, sku: str) -> dict[str, Any]:
+async def on_hand(c: Container, sku: str) -> SkuStock:
     (lv,) = await c.stock.get_many([sku])
     return lv
 
@@ -96,11 +96,11 @@ async def test_a_thousand_levels_per_sku_shuffled_end_at_the_newest(ingesting: C
     # Four consumers at once, as four replicas of the ingest worker would be.
     await asyncio.gather(*(worker(messages[k::4]) for k in range(4)))
     for sku in skus:
-        assert (await on_hand(c, sku))["on_hand"] == newest[sku], sku
+        assert (await on_hand(c, sku)).on_hand == newest[sku], sku
     await assert_clean(c)
     # Older data delivered again later changes nothing.
     await deliver(c, "erp-main", [level(skus[0], 999_999, T0)])
-    assert (await on_hand(c, skus[0]))["on_hand"] == newest[skus[0]]
+    assert (await on_hand(c, skus[0])).on_hand == newest[skus[0]]
 
 
 async def test_a_level_is_per_location_and_the_guard_is_per_connector(
@@ -110,9 +110,9 @@ async def test_a_level_is_per_location_and_the_guard_is_per_connector(
     await deliver(c, "erp-main", [level("A", 10, T0 + timedelta(1), location="WH-2")])
     await deliver(c, "erp-main", [level("A", 4, T0)])  # another location: its own clock
     a = await on_hand(c, "A")
-    assert a["on_hand"] == 14
+    assert a.on_hand == 14
     await deliver(c, "shop", [level("A", 7, T0)])  # another connector: its own clock
-    assert (await on_hand(c, "A"))["on_hand"] == 17
+    assert (await on_hand(c, "A")).on_hand == 17
     await assert_clean(c)
 
 
@@ -125,7 +125,7 @@ async def test_a_lower_level_takes_from_the_unlotted_batch_then_the_latest_lots(
     await deliver(c, "erp-main", [level("M", 12, T0)])  # +2 on a new unlotted batch
     await deliver(c, "erp-main", [level("M", 4, T0 + timedelta(1))])  # -8
     m = await on_hand(c, "M")
-    by_lot = {b["lot_number"]: b["on_hand"] for b in m["batches"]}
+    by_lot = {b.lot_number: b.on_hand for b in m.batches}
     assert by_lot == {None: 0, "LATE": 0, "EARLY": 4}
     await assert_clean(c)
 
@@ -136,16 +136,16 @@ async def test_a_sale_takes_effect_once_per_transaction_id(ingesting: Container)
     for _ in range(3):
         await deliver(c, "shop", sales=[sale("t-1", "B", -3)])
     await deliver(c, "shop", sales=[sale("t-2", "B", -1), sale("t-2", "B", -1)])
-    assert (await on_hand(c, "B"))["on_hand"] == 6
+    assert (await on_hand(c, "B")).on_hand == 6
     await deliver(c, "shop", sales=[sale("t-1", "B", -3, source="amazon")])  # another source
-    assert (await on_hand(c, "B"))["on_hand"] == 3
+    assert (await on_hand(c, "B")).on_hand == 3
     async with c.pool.acquire() as conn:
         kinds = await conn.fetch(
             "SELECT entry_type, sum(d_on_hand) AS n FROM inventory_ledger GROUP BY 1 ORDER BY 1"
         )
     assert [(k["entry_type"], k["n"]) for k in kinds] == [("RECEIPT", 10), ("SALE", -7)]
     await deliver(c, "shop", sales=[sale("t-3", "B", 2)])  # a return
-    assert (await on_hand(c, "B"))["on_hand"] == 5
+    assert (await on_hand(c, "B")).on_hand == 5
     await assert_clean(c)
 
 
@@ -157,11 +157,11 @@ async def test_a_sale_beyond_what_is_available_is_a_shortfall_not_a_refusal(
     await c.reservations.reserve(ReserveRequest("o-1", (OrderLine("C", 4),)))
     await deliver(c, "shop", sales=[sale("t-1", "C", -3)])  # 1 available, 3 sold
     lv = await on_hand(c, "C")
-    assert (lv["on_hand"], lv["reserved"], lv["available"], lv["shortfall"]) == (2, 4, 0, 2)
+    assert (lv.on_hand, lv.reserved, lv.available, lv.shortfall) == (2, 4, 0, 2)
     await deliver(c, "shop", sales=[sale("t-2", "C", -5)])  # more than is there at all
     lv = await on_hand(c, "C")
     # Booked whole: the 3 units on_hand could not cover are oversold, owed like a promise.
-    assert (lv["on_hand"], lv["oversold"], lv["shortfall"]) == (0, 3, 7)
+    assert (lv.on_hand, lv.oversold, lv.shortfall) == (0, 3, 7)
     async with c.pool.acquire() as conn:
         unbooked = await conn.fetchval(
             "SELECT unbooked FROM ingested_sale WHERE transaction_id = 't-2'"
@@ -193,7 +193,7 @@ async def test_bad_records_become_dead_letters_and_the_rest_flows_on(
         ],
         [sale("t-1", "OK", 0)],
     )
-    assert (await on_hand(c, "OK"))["on_hand"] == 3
+    assert (await on_hand(c, "OK")).on_hand == 3
     assert await c.stock.get_many(["NEG", "PRICE", "NOTIME", "STR"]) == []
     async with c.pool.acquire() as conn:
         dead = await conn.fetch("SELECT queue, error FROM dead_letter ORDER BY id")
@@ -209,7 +209,7 @@ async def test_with_auto_create_off_an_unknown_sku_is_a_dead_letter(
     c = ingesting
     await c.stock.receive(Receipt("KNOWN", 1, "r-1", None, None, None))
     await deliver(c, "strict", [level("KNOWN", 5, T0), level("NEW", 5, T0)])
-    assert (await on_hand(c, "KNOWN"))["on_hand"] == 5
+    assert (await on_hand(c, "KNOWN")).on_hand == 5
     assert await c.stock.get_many(["NEW"]) == []
     async with c.pool.acquire() as conn:
         (dead,) = await conn.fetch("SELECT error FROM dead_letter")

@@ -82,7 +82,7 @@ async def reservation_status(c: Container, order_id: str) -> str | None:
 
 async def available(c: Container, sku: str) -> int:
     (level,) = await c.stock.get_many([sku])
-    return int(level["available"])
+    return int(level.available)
 
 
 async def events_of(c: Container, event_type: str) -> list[dict[str, Any]]:
@@ -281,7 +281,7 @@ async def test_cancelling_a_paid_order_gives_the_committed_stock_back(
     view = await container.orders.cancel("o-1", "customer changed their mind")
     assert (view.row.status, view.row.reason) == (S.CANCELLED, "customer changed their mind")
     (level,) = await container.stock.get_many(["TEA"])
-    assert (level["committed"], level["available"]) == (0, 5)
+    assert (level.committed, level.available) == (0, 5)
     assert (await container.orders.cancel("o-1")).row.status is S.CANCELLED  # a repeat
     await assert_audit_clean(container)
 

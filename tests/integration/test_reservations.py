@@ -287,11 +287,11 @@ async def test_reserve_allocates_fefo_across_lots(container: Container, clock: A
     ]
 
     level = await container.stock.get("MILK")
-    assert level["reserved"] == 20
-    by_id = {b["batch_id"]: b for b in level["batches"]}
-    assert by_id[soon]["reserved"] == 4
-    assert by_id[late]["reserved"] == 5
-    assert by_id[undated]["reserved"] == 3
+    assert level.reserved == 20
+    by_id = {b.batch_id: b for b in level.batches}
+    assert by_id[soon].reserved == 4
+    assert by_id[late].reserved == 5
+    assert by_id[undated].reserved == 3
 
     # What the service answers later is what it answered first.
     again = await container.reservations.get("o-1")
@@ -311,7 +311,7 @@ async def test_reserve_spans_lots_when_one_is_not_enough(container: Container) -
         (undated, "C", 1),
     ]
     level = await container.stock.get("EGG")
-    assert (level["on_hand"], level["reserved"], level["available"]) == (9, 7, 2)
+    assert (level.on_hand, level.reserved, level.available) == (9, 7, 2)
 
 
 async def test_expired_lot_is_not_sellable(container: Container) -> None:
@@ -340,13 +340,13 @@ async def test_release_gives_stock_back_and_a_repeat_changes_nothing(
     assert written.ledger[0]["reference_id"] == "o-1"
     assert written.of_type("inventory.released")[0]["previous_status"] == "PENDING"
     level = await container.stock.get("TEA")
-    assert (level["reserved"], level["available"]) == (0, 10)
+    assert (level.reserved, level.available) == (0, 10)
 
     again = await container.reservations.release("o-1")
     assert again.status.value == "CANCELLED"
     assert again.reason == "customer changed mind"
     await journal.check()  # nothing written
-    assert (await container.stock.get("TEA"))["available"] == 10
+    assert (await container.stock.get("TEA")).available == 10
 
     with pytest.raises(NotFound):
         await container.reservations.release("no-such-order")
@@ -369,7 +369,7 @@ async def test_confirm_then_fulfil(container: Container) -> None:
     written = await journal.check("inventory.confirmed")
     assert [(r["d_reserved"], r["d_committed"]) for r in written.ledger] == [(-4, 4)]
     level = await container.stock.get("JAM")
-    assert (level["on_hand"], level["reserved"], level["committed"], level["available"]) == (
+    assert (level.on_hand, level.reserved, level.committed, level.available) == (
         10,
         0,
         4,
@@ -383,7 +383,7 @@ async def test_confirm_then_fulfil(container: Container) -> None:
     written = await journal.check("inventory.fulfilled")
     assert [(r["d_on_hand"], r["d_committed"]) for r in written.ledger] == [(-4, -4)]
     level = await container.stock.get("JAM")
-    assert (level["on_hand"], level["reserved"], level["committed"], level["available"]) == (
+    assert (level.on_hand, level.reserved, level.committed, level.available) == (
         6,
         0,
         0,
@@ -403,7 +403,7 @@ async def test_release_of_a_confirmed_reservation_frees_committed(container: Con
     done = await container.reservations.release("o-1")
     assert done.status.value == "CANCELLED"
     level = await container.stock.get("OIL")
-    assert (level["reserved"], level["committed"], level["available"]) == (0, 0, 5)
+    assert (level.reserved, level.committed, level.available) == (0, 0, 5)
     await assert_audit_clean(container)
 
 
@@ -423,7 +423,7 @@ async def test_confirm_after_expiry_expires_and_gives_stock_back(
     assert [(r["entry_type"], r["d_reserved"]) for r in written.ledger] == [("ORDER_EXPIRE", -3)]
     assert (await container.reservations.get("o-1")).status.value == "EXPIRED"
     level = await container.stock.get("BREAD")
-    assert (level["reserved"], level["committed"], level["available"]) == (0, 0, 5)
+    assert (level.reserved, level.committed, level.available) == (0, 0, 5)
 
     with pytest.raises(ReservationExpired):
         await container.reservations.confirm("o-1")
@@ -453,7 +453,7 @@ async def test_release_of_an_overdue_reservation_expires_it(
     clock.advance(10)
     done = await container.reservations.release("o-1")
     assert done.status.value == "EXPIRED"
-    assert (await container.stock.get("RICE"))["available"] == 5
+    assert (await container.stock.get("RICE")).available == 5
     await assert_audit_clean(container)
 
 
@@ -513,8 +513,8 @@ async def test_expiry_worker_sweeps_overdue_in_batches(
 
     cake = await c.stock.get("CAKE")
     pie = await c.stock.get("PIE")
-    assert (cake["reserved"], cake["available"]) == (10, 90)
-    assert (pie["reserved"], pie["committed"], pie["available"]) == (0, 7, 93)
+    assert (cake.reserved, cake.available) == (10, 90)
+    assert (pie.reserved, pie.committed, pie.available) == (0, 7, 93)
     assert await worker.sweep() == 0
     await assert_audit_clean(c)
 
@@ -528,7 +528,7 @@ async def test_expiry_worker_handles_an_exact_multiple_of_the_batch(
         await c.reservations.reserve(order(f"o-{i}", ("FIG", 1), ttl_seconds=5))
     clock.advance(5)
     assert await ExpiryWorker(c).sweep() == 6
-    assert (await c.stock.get("FIG"))["available"] == 10
+    assert (await c.stock.get("FIG")).available == 10
     await assert_audit_clean(c)
 
 
@@ -556,7 +556,7 @@ async def test_same_order_same_lines_is_the_same_reservation(container: Containe
         await container.reservations.reserve(order("o-1", ("A", 2), ("B", 3), location="default"))
     await journal.check()
     a, b = await container.stock.get_many(["A", "B"])
-    assert (a["reserved"], b["reserved"]) == (2, 3)
+    assert (a.reserved, b.reserved) == (2, 3)
     assert await fetchval(container, "SELECT count(*) FROM reservation") == 1
 
     # A released order id is not reused: the same order again is the cancelled one.
@@ -566,7 +566,7 @@ async def test_same_order_same_lines_is_the_same_reservation(container: Containe
     assert (again.created, again.status.value) == (False, "CANCELLED")
     await journal.check()
     a, b = await container.stock.get_many(["A", "B"])
-    assert (a["reserved"], b["reserved"]) == (0, 0)
+    assert (a.reserved, b.reserved) == (0, 0)
 
 
 async def test_concurrent_copies_of_one_order_hold_stock_once(container: Container) -> None:
@@ -578,7 +578,7 @@ async def test_concurrent_copies_of_one_order_hold_stock_once(container: Contain
     assert {ReservationOut.of(v).model_dump_json() for v in views} == {
         ReservationOut.of(views[0]).model_dump_json()
     }
-    assert (await container.stock.get("A"))["reserved"] == 3
+    assert (await container.stock.get("A")).reserved == 3
     await assert_audit_clean(container)
 
 
@@ -603,7 +603,7 @@ async def test_all_or_nothing_reports_every_short_line(container: Container) -> 
     }
     assert await counts(container) == before
     for level in await container.stock.get_many(["A", "B", "C"]):
-        assert level["reserved"] == 0
+        assert level.reserved == 0
     # The order_id is not burnt: the same order can be placed once stock is there.
     await receive(container, "B", 2)
     await receive(container, "C", 2)
@@ -733,7 +733,7 @@ async def test_a_failure_mid_transaction_leaves_nothing_behind(container: Contai
     assert await counts(container) == before
     assert [tuple(r) for r in await fetch(container, sku_rows)] == versions
     level = await container.stock.get("A")
-    assert (level["on_hand"], level["version"]) == (5, 1)
+    assert (level.on_hand, level.version) == (5, 1)
 
     # The references were not burnt by the failures.
     done = await container.stock.adjust(Adjustment("A", "on_hand", "recount", "adj-1", delta=-2))
@@ -768,7 +768,7 @@ async def test_shortfall_when_less_is_there_than_promised(container: Container) 
         "cause": "ADJUSTMENT",
     }
     assert w.of_type(LEVEL)[0]["shortfall"] == 3
-    assert (await container.stock.get("A"))["shortfall"] == 3
+    assert (await container.stock.get("A")).shortfall == 3
     # Nothing more can be sold, and the promise is kept rather than silently dropped.
     with pytest.raises(InsufficientStock):
         await container.reservations.reserve(order("o-2", ("A", 1)))
@@ -778,7 +778,7 @@ async def test_shortfall_when_less_is_there_than_promised(container: Container) 
     w = await journal.check("inventory.released")
     assert w.of_type(SHORTFALL) == []
     level = await container.stock.get("A")
-    assert (level["available"], level["shortfall"]) == (5, 0)
+    assert (level.available, level.shortfall) == (5, 0)
     await assert_audit_clean(container)
 
 
@@ -808,7 +808,7 @@ async def test_reserve_many_applies_each_request_on_its_own(container: Container
     rows = await fetch(container, "SELECT order_id, status FROM reservation ORDER BY order_id")
     assert [(x["order_id"], x["status"]) for x in rows] == [("o-1", "PENDING"), ("o-3", "PENDING")]
     a, b = await container.stock.get_many(["A", "B"])
-    assert (a["reserved"], a["available"], b["reserved"], b["available"]) == (5, 0, 5, 0)
+    assert (a.reserved, a.available, b.reserved, b.available) == (5, 0, 5, 0)
     assert (
         await fetchval(
             container, "SELECT count(*) FROM inventory_ledger WHERE entry_type = 'ORDER_ALLOCATE'"
@@ -851,7 +851,7 @@ async def test_sixty_buyers_for_twenty_units(make_container: MakeContainer, stra
     won = _outcomes(results, allowed)
     assert len(won) == 20
     level = await c.stock.get("HOT")
-    assert (level["reserved"], level["available"]) == (20, 0)
+    assert (level.reserved, level.available) == (20, 0)
     assert await fetchval(c, "SELECT count(*) FROM reservation") == 20
     await assert_audit_clean(c)
 
@@ -890,9 +890,9 @@ async def test_concurrent_multi_line_orders_do_not_deadlock_or_oversell(
             held[li.sku] += li.quantity
             assert sum(a.quantity for a in li.allocations) == li.quantity
     for level in await c.stock.get_many(skus):
-        assert level["reserved"] == held[level["sku"]]
-        assert level["reserved"] <= supply[level["sku"]]
-        assert level["available"] == supply[level["sku"]] - held[level["sku"]]
+        assert level.reserved == held[level.sku]
+        assert level.reserved <= supply[level.sku]
+        assert level.available == supply[level.sku] - held[level.sku]
     await assert_audit_clean(c)
 
     # Second round: confirms, releases and new orders all at once.
@@ -911,8 +911,8 @@ async def test_concurrent_multi_line_orders_do_not_deadlock_or_oversell(
     assert not [x for x in results if isinstance(x, asyncpg.exceptions.DeadlockDetectedError)]
     _outcomes(results, (InsufficientStock, Conflict))
     for level in await c.stock.get_many(skus):
-        assert level["on_hand"] == supply[level["sku"]]
-        assert level["reserved"] + level["committed"] <= supply[level["sku"]]
+        assert level.on_hand == supply[level.sku]
+        assert level.reserved + level.committed <= supply[level.sku]
     await assert_audit_clean(c)
 
 
@@ -928,9 +928,9 @@ async def test_concurrent_receipts_of_new_lots_of_a_new_sku(container: Container
         x for x in results if isinstance(x, BaseException)
     ]
     level = await container.stock.get("NEW")
-    assert level["on_hand"] == sum(range(1, 31))
-    assert level["version"] == 30
-    assert len(level["batches"]) == 30
+    assert level.on_hand == sum(range(1, 31))
+    assert level.version == 30
+    assert len(level.batches) == 30
     seqs = await fetch(
         container, "SELECT sequence FROM domain_event WHERE sku = 'NEW' ORDER BY sequence"
     )
@@ -995,7 +995,7 @@ async def test_reserve_many_does_not_deadlock_with_a_multi_line_reserve(
         if isinstance(x, BaseException):
             raise x
     a, b = await c.stock.get_many(["A", "B"])
-    assert (a["reserved"], b["reserved"]) == (2, 2)
+    assert (a.reserved, b.reserved) == (2, 2)
     await assert_audit_clean(c)
 
 
@@ -1007,7 +1007,7 @@ async def test_available_is_what_a_reserve_can_get_when_a_lot_has_expired(
     with pytest.raises(InsufficientStock) as err:
         await container.reservations.reserve(order("o-1", ("OLD", 3)))
     (short,) = err.value.shortages
-    assert (await container.stock.get("OLD"))["available"] == short.available
+    assert (await container.stock.get("OLD")).available == short.available
 
 
 async def test_fulfil_of_a_confirmed_order_in_shortfall_answers_in_domain_terms(
@@ -1057,4 +1057,4 @@ async def test_a_lost_race_on_one_lot_lets_go_of_it_before_trying_the_next(
     assert allocations(view) == [[("LATER", 1)]]
     # (`one` wrote past the ledger, so the audit would rightly complain; check figures.)
     (level,) = await c.stock.get_many(["S"])
-    assert (level["reserved"], level["available"]) == (2, 0)
+    assert (level.reserved, level.available) == (2, 0)

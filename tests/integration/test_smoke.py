@@ -14,7 +14,7 @@ async def test_receipt_then_audit_clean(container: Container) -> None:
     again = await container.stock.receive(Receipt("SKU-1", 7, "rcpt-1"))
     assert not again.created
     level = await container.stock.get("SKU-1")
-    assert level["on_hand"] == 7
+    assert level.on_hand == 7
     async with container.pool.acquire() as conn:
         report = await audit(conn)
     assert report.clean, report.render()

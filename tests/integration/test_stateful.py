@@ -17,7 +17,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
@@ -115,12 +115,13 @@ class MBatch:
             return (1, 0.0, self.id)
         return (0, self.expires_at.timestamp(), self.id)
 
-    def as_json(self, now: datetime) -> dict[str, Any]:
+    def as_read(self, now: datetime) -> dict[str, Any]:
+        """What a stock read shows of this batch, less its version."""
         return {
             "batch_id": self.id,
             "location": self.location,
             "lot_number": self.lot,
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "expires_at": self.expires_at,
             "on_hand": self.on_hand,
             "unavailable": self.unavailable,
             "reserved": self.reserved,
@@ -621,14 +622,14 @@ class StockMachine(RuleBasedStateMachine):
 
         _, levels, *views = self.run(everything())
         # Unknown SKUs are simply absent.
-        assert [lv["sku"] for lv in levels] == [s for s in self.skus if s in self.known_skus]
+        assert [lv.sku for lv in levels] == [s for s in self.skus if s in self.known_skus]
         for got in levels:
-            self.check_level(got["sku"], got)
+            self.check_level(got.sku, asdict(got))
             have = sorted(
-                ({k: v for k, v in g.items() if k != "version"} for g in got["batches"]),
+                ({k: v for k, v in asdict(g).items() if k != "version"} for g in got.batches),
                 key=lambda g: g["batch_id"],
             )
-            assert have == [b.as_json(self.now) for b in self.sku_batches(got["sku"])]
+            assert have == [b.as_read(self.now) for b in self.sku_batches(got.sku)]
         for view, order in zip(views, self.orders.values(), strict=True):
             self.check_view(view, order)
 

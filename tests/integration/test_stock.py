@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,10 +66,10 @@ async def test_receipt_of_a_new_lot(container: Container) -> None:
         "reserved": 0,
         "version": 1,
     }
-    (batch,) = (await container.stock.get("MILK"))["batches"]
-    assert batch["batch_id"] == body["batch_id"]
-    assert (batch["lot_number"], batch["location"], batch["on_hand"]) == ("L-1", "default", 12)
-    assert batch["expires_at"] == SOON.isoformat()
+    (batch,) = (await container.stock.get("MILK")).batches
+    assert batch.batch_id == body["batch_id"]
+    assert (batch.lot_number, batch.location, batch.on_hand) == ("L-1", "default", 12)
+    assert batch.expires_at == SOON
     (entry,) = (await container.stock.ledger("MILK", 0, 10)).entries
     assert (entry.entry_type, entry.on_hand, entry.reference_id, entry.source) == (
         "RECEIPT",
@@ -89,9 +90,9 @@ async def test_receipt_into_an_existing_lot_adds_to_its_batch(container: Contain
     assert ids == {first.body["batch_id"]}
     assert other_lot.body["batch_id"] != first.body["batch_id"]
     level = await container.stock.get("MILK")
-    assert level["on_hand"] == 11
-    assert [(b["lot_number"], b["on_hand"]) for b in level["batches"]] == [("L-1", 10), ("L-2", 1)]
-    assert level["version"] == 4
+    assert level.on_hand == 11
+    assert [(b.lot_number, b.on_hand) for b in level.batches] == [("L-1", 10), ("L-2", 1)]
+    assert level.version == 4
     await assert_audit_clean(container)
 
 
@@ -100,7 +101,7 @@ async def test_receipts_without_a_lot_share_one_batch_per_location(container: Co
     b = await container.stock.receive(Receipt("TEA", 5, "r-2"))
     c = await container.stock.receive(Receipt("TEA", 5, "r-3", "wh-2"))
     assert a.body["batch_id"] == b.body["batch_id"] != c.body["batch_id"]
-    assert (await container.stock.get("TEA"))["on_hand"] == 15
+    assert (await container.stock.get("TEA")).on_hand == 15
 
 
 async def test_receipt_with_another_expiry_for_an_existing_lot_conflicts(
@@ -114,7 +115,7 @@ async def test_receipt_with_another_expiry_for_an_existing_lot_conflicts(
     with pytest.raises(Conflict):  # the lot was received without an expiry
         await container.stock.receive(Receipt("MILK", 5, "r-4", None, "L-0", LATE))
     assert await counts(container) == before
-    assert (await container.stock.get("MILK"))["on_hand"] == 10
+    assert (await container.stock.get("MILK")).on_hand == 10
     # The same lot at another location is another batch and may carry its own expiry.
     done = await container.stock.receive(Receipt("MILK", 5, "r-3", "wh-2", "L-1", LATE))
     assert done.created
@@ -133,7 +134,7 @@ async def test_same_reference_again_is_applied_once_with_the_first_answer(
     assert again.body == first.body  # the first answer, not the stock as it stands now
     assert again.body["level"]["on_hand"] == 5
     assert await counts(container) == before
-    assert (await container.stock.get("MILK"))["on_hand"] == 12
+    assert (await container.stock.get("MILK")).on_hand == 12
 
 
 async def test_same_reference_with_other_content_conflicts(container: Container) -> None:
@@ -159,7 +160,7 @@ async def test_concurrent_repeats_of_one_receipt_apply_it_once(container: Contai
     )
     assert sum(r.created for r in results) == 1
     assert all(r.body == results[0].body for r in results)
-    assert (await container.stock.get("MILK"))["on_hand"] == 4
+    assert (await container.stock.get("MILK")).on_hand == 4
     await assert_audit_clean(container)
 
 
@@ -168,8 +169,8 @@ async def test_receipt_at_an_unknown_location_creates_it(container: Container) -
     done = await container.stock.receive(Receipt("MILK", 5, "r-1", "wh-north", "L-1", SOON))
     assert done.body["location"] == "wh-north"
     assert len(await fetch(container, "SELECT code FROM location WHERE code = 'wh-north'")) == 1
-    (batch,) = (await container.stock.get("MILK"))["batches"]
-    assert batch["location"] == "wh-north"
+    (batch,) = (await container.stock.get("MILK")).batches
+    assert batch.location == "wh-north"
     # A second receipt there reuses the location.
     await container.stock.receive(Receipt("MILK", 5, "r-2", "wh-north", "L-2", SOON))
     assert len(await fetch(container, "SELECT code FROM location WHERE code = 'wh-north'")) == 1
@@ -223,7 +224,7 @@ async def test_adjustments_by_delta_and_to_a_value(container: Container) -> None
     assert again.body["level"]["on_hand"] == 13  # the first answer
     with pytest.raises(Conflict):
         await s.adjust(Adjustment("JAM", "on_hand", "found", "a-1", delta=4))
-    assert (await s.get("JAM"))["on_hand"] == 20
+    assert (await s.get("JAM")).on_hand == 20
     await assert_audit_clean(container)
 
 
@@ -246,7 +247,7 @@ async def test_adjustment_needs_the_batch_when_the_sku_has_several(container: Co
 
     done = await s.adjust(Adjustment("JAM", "on_hand", "count", "a-1", batch_id=two, delta=-4))
     assert done.body["batch_id"] == two
-    by_id = {b["batch_id"]: b["on_hand"] for b in (await s.get("JAM"))["batches"]}
+    by_id = {b.batch_id: b.on_hand for b in (await s.get("JAM")).batches}
     assert by_id == {one: 10, two: 6}
     # With a single batch the batch_id may be left out.
     done = await s.adjust(Adjustment("TEA", "on_hand", "count", "a-5", delta=-1))
@@ -310,14 +311,14 @@ async def test_get_many_keeps_the_asked_order_and_skips_unknown(container: Conta
 
     items = await s.get_many(["C", "NOPE", "A", "B"])
 
-    assert [i["sku"] for i in items] == ["C", "A", "B"]
+    assert [i.sku for i in items] == ["C", "A", "B"]
     c = items[0]
-    assert c["on_hand"] == 4
+    assert c.on_hand == 4
     # Batches: soonest expiry first, undated last (by id among themselves).
-    first_c = c["batches"][2]["batch_id"]
-    assert [b["batch_id"] for b in c["batches"]] == [soon, late, first_c, undated]
+    first_c = c.batches[2].batch_id
+    assert [b.batch_id for b in c.batches] == [soon, late, first_c, undated]
     assert first_c < undated
-    assert set(c) >= {
+    assert {f.name for f in fields(c)} >= {
         "on_hand",
         "unavailable",
         "reserved",

@@ -92,7 +92,7 @@ async def test_a_signed_delivery_is_queued_and_five_copies_apply_once(
     assert {r.json()["status"] for r in answers[1:]} == {"duplicate"}
     assert await apply_queued(c) == 2  # one message of levels, one of sales
     a, b = await c.stock.get_many(["A", "B"])
-    assert (a["on_hand"], b["on_hand"]) == (8, 4)
+    assert (a.on_hand, b.on_hand) == (8, 4)
     m = c.metrics.registry.get_sample_value
     assert m("stockkeeper_webhook_requests_total", {"connector": "hook", "status": "202"}) == 5
 
@@ -164,7 +164,7 @@ async def test_bad_records_in_a_good_delivery_are_dead_letters_and_the_rest_is_q
     assert (r.json()["records"], len(r.json()["refused"])) == (1, 1)
     await apply_queued(c)
     (ok,) = await c.stock.get_many(["OK"])
-    assert ok["on_hand"] == 3
+    assert ok.on_hand == 3
     async with c.pool.acquire() as conn:
         (dead,) = await conn.fetch("SELECT queue, error FROM dead_letter")
     assert dead["queue"] == "inventory.ingest"
@@ -202,7 +202,7 @@ async def test_shopify_orders_are_sales_once_and_cancellations_put_them_back(
     assert r.json()["status"] == "queued"  # a new delivery id, the same transactions
     await apply_queued(c)
     (tee,) = await c.stock.get_many(["TEE"])
-    assert tee["on_hand"] == 6
+    assert tee.on_hand == 6
     cancel = shopify_order(1001, (1, "TEE", 3))
     r = await http.post(
         "/webhooks/shop", content=cancel, headers=shopify_headers(cancel, "w-3", "orders/cancelled")
@@ -210,7 +210,7 @@ async def test_shopify_orders_are_sales_once_and_cancellations_put_them_back(
     assert r.status_code == 202
     await apply_queued(c)
     (tee,) = await c.stock.get_many(["TEE"])
-    assert tee["on_hand"] == 9
+    assert tee.on_hand == 9
     other = await http.post(
         "/webhooks/shop", content=b"{}", headers=shopify_headers(b"{}", "w-4", "products/update")
     )

@@ -102,8 +102,8 @@ async def test_a_page_creates_batches_and_adjusts_every_difference_once(
     result = await c.wms.apply_page(job, page, cursor="after-B")
     assert (result.rows, result.adjustments, result.rejected) == (3, 3, 0)
     a, b = await c.stock.get_many(["A", "B"])
-    assert (a["on_hand"], a["unavailable"], a["available"]) == (11, 1, 10)
-    assert b["on_hand"] == 3
+    assert (a.on_hand, a.unavailable, a.available) == (11, 1, 10)
+    assert b.on_hand == 3
     ledger = await rows(
         c,
         "SELECT sku, entry_type, d_on_hand, d_unavailable, reference_id, source "
@@ -145,7 +145,7 @@ async def test_a_count_below_what_is_promised_is_a_shortfall_and_keeps_the_promi
     )
     assert oversell == 3
     (a,) = await c.stock.get_many(["A"])
-    assert (a["on_hand"], a["reserved"], a["available"], a["shortfall"]) == (5, 8, 0, 3)
+    assert (a.on_hand, a.reserved, a.available, a.shortfall) == (5, 8, 0, 3)
     events = await rows(
         c, "SELECT payload FROM domain_event WHERE event_type = 'inventory.shortfall'"
     )
@@ -164,11 +164,11 @@ async def test_a_count_settles_what_a_channel_oversold(wms_container: Container)
     async with c.pool.acquire() as conn, conn.transaction():
         await c.ingest.apply(conn, "shop", [], [sold], reference="m-1")
     (a,) = await c.stock.get_many(["A"])
-    assert (a["on_hand"], a["oversold"], a["shortfall"]) == (0, 2, 2)
+    assert (a.on_hand, a.oversold, a.shortfall) == (0, 2, 2)
     job = await job_for(c, sku="A")
     await c.wms.apply_page(job, [count("A", 4)], cursor=None)
     (a,) = await c.stock.get_many(["A"])
-    assert (a["on_hand"], a["oversold"], a["available"], a["shortfall"]) == (4, 0, 4, 0)
+    assert (a.on_hand, a.oversold, a.available, a.shortfall) == (4, 0, 4, 0)
     await assert_clean(c)
 
 
@@ -192,7 +192,7 @@ async def test_refused_rows_become_dead_letters_and_the_rest_applies(
     assert "not a valid location code" in dead[1]["error"]
     assert "sku must be" in dead[2]["error"]
     (ok,) = await c.stock.get_many(["OK"])
-    assert ok["on_hand"] == 2
+    assert ok.on_hand == 2
     assert await c.stock.get_many(["A"]) == []
     await assert_clean(c)
 
@@ -224,13 +224,13 @@ async def test_a_page_racing_reservations_loses_no_update_and_never_oversells(
     granted = sum(1 for x in outcome[:-1] if x)
     levels = await c.stock.get_many(skus)
     for lv in levels:
-        assert lv["on_hand"] == 12  # the count, not lost under the reservations
-    assert sum(lv["reserved"] for lv in levels) == 2 * granted
+        assert lv.on_hand == 12  # the count, not lost under the reservations
+    assert sum(lv.reserved for lv in levels) == 2 * granted
     for lv in levels:
-        assert lv["reserved"] <= 20  # never more than there ever was
+        assert lv.reserved <= 20  # never more than there ever was
         # Whatever was promised beyond the count shows as shortfall, not as stock.
-        assert lv["shortfall"] == max(0, lv["reserved"] - 12)
-        assert lv["available"] == max(0, 12 - lv["reserved"])
+        assert lv.shortfall == max(0, lv.reserved - 12)
+        assert lv.available == max(0, 12 - lv.reserved)
     await assert_clean(c)
 
 

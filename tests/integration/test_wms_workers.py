@@ -149,7 +149,7 @@ async def test_real_reservation_events_reach_the_wms_books_in_one_batch(
     books = state.books()
     held = {b["lot_number"]: b["allocated"] for b in books["batches"]}
     (a,) = await rig.c.stock.get_many(["A"])
-    assert sum(held.values()) == a["reserved"] + a["committed"] == 5
+    assert sum(held.values()) == a.reserved + a.committed == 5
     async with rig.c.pool.acquire() as conn:
         audit_rows = await conn.fetch("SELECT operation, outcome, items FROM wms_call")
     assert [(r["operation"], r["outcome"], r["items"]) for r in audit_rows] == [("send", "ok", 7)]

@@ -200,9 +200,13 @@ def create_inventory_app(container: Container) -> FastAPI:
             raise ApiProblem("validation", f"at most {MAX_BULK} SKUs per request")
         wanted = list(dict.fromkeys(_check_sku(s) for s in sku))
         items = await stock.get_many(wanted)
-        found = {i["sku"] for i in items}
-        out = {"items": items, "not_found": [s for s in wanted if s not in found]}
-        return _ok(schemas.StockListOut.model_validate(out))
+        found = {i.sku for i in items}
+        return _ok(
+            schemas.StockListOut(
+                items=[schemas.StockOut.of(i) for i in items],
+                not_found=[s for s in wanted if s not in found],
+            )
+        )
 
     @app.get(
         "/inventory/{sku}",
@@ -213,7 +217,7 @@ def create_inventory_app(container: Container) -> FastAPI:
     )
     async def get_one(sku: str, who: Principal = READ) -> Response:
         """A SKU's figures and its batches."""
-        return _ok(schemas.StockOut.model_validate(await stock.get(_check_sku(sku))))
+        return _ok(schemas.StockOut.of(await stock.get(_check_sku(sku))))
 
     @app.get(
         "/inventory/{sku}/ledger",

@@ -11,7 +11,7 @@ from stockkeeper.domain.quantities import MAX_QUANTITY
 
 if TYPE_CHECKING:
     from stockkeeper.services.reservations import ReservationView
-    from stockkeeper.services.stock import LedgerEntry, LedgerPage
+    from stockkeeper.services.stock import BatchFigures, LedgerEntry, LedgerPage, SkuStock
     from stockkeeper.services.wms import SyncRequest
 
 # The one rule for the characters of an id (SKU, order id, reference id, lot number) and
@@ -171,6 +171,24 @@ class BatchOut(BaseModel):
     expired: bool
     version: int
 
+    @classmethod
+    def of(cls, b: BatchFigures) -> BatchOut:
+        return cls(
+            batch_id=b.batch_id,
+            location=b.location,
+            lot_number=b.lot_number,
+            expires_at=b.expires_at.isoformat() if b.expires_at else None,
+            on_hand=b.on_hand,
+            unavailable=b.unavailable,
+            reserved=b.reserved,
+            committed=b.committed,
+            oversold=b.oversold,
+            available=b.available,
+            shortfall=b.shortfall,
+            expired=b.expired,
+            version=b.version,
+        )
+
 
 class LevelOut(BaseModel):
     sku: str
@@ -187,6 +205,22 @@ class LevelOut(BaseModel):
 
 class StockOut(LevelOut):
     batches: list[BatchOut]
+
+    @classmethod
+    def of(cls, s: SkuStock) -> StockOut:
+        return cls(
+            sku=s.sku,
+            on_hand=s.on_hand,
+            unavailable=s.unavailable,
+            reserved=s.reserved,
+            committed=s.committed,
+            oversold=s.oversold,
+            available=s.available,
+            shortfall=s.shortfall,
+            version=s.version,
+            updated_at=s.updated_at.isoformat(),
+            batches=[BatchOut.of(b) for b in s.batches],
+        )
 
 
 class ReceiptOut(BaseModel):

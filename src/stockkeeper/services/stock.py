@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -97,24 +98,77 @@ def level_json(lv: SkuLevel) -> dict[str, Any]:
     }
 
 
-def batch_json(r: Row, now: datetime) -> dict[str, Any]:
-    f = stock.figures_from_row(r)
-    expired = r["expires_at"] is not None and r["expires_at"] <= now
-    return {
-        "batch_id": r["id"],
-        "location": r["location"],
-        "lot_number": r["lot_number"],
-        "expires_at": r["expires_at"].isoformat() if r["expires_at"] else None,
-        "on_hand": f.on_hand,
-        "unavailable": f.unavailable,
-        "reserved": f.reserved,
-        "committed": f.committed,
-        "oversold": f.oversold,
-        "available": 0 if expired else f.available,
-        "shortfall": f.shortfall,
-        "expired": expired,
-        "version": r["version"],
-    }
+@dataclass(frozen=True, slots=True)
+class BatchFigures:
+    """One batch's figures as they stand (an expired lot has nothing available)."""
+
+    batch_id: int
+    location: str
+    lot_number: str | None
+    expires_at: datetime | None
+    on_hand: int
+    unavailable: int
+    reserved: int
+    committed: int
+    oversold: int
+    available: int
+    shortfall: int
+    expired: bool
+    version: int
+
+    @classmethod
+    def of(cls, r: Row, now: datetime) -> BatchFigures:
+        f = stock.figures_from_row(r)
+        expired = r["expires_at"] is not None and r["expires_at"] <= now
+        return cls(
+            batch_id=r["id"],
+            location=r["location"],
+            lot_number=r["lot_number"],
+            expires_at=r["expires_at"],
+            on_hand=f.on_hand,
+            unavailable=f.unavailable,
+            reserved=f.reserved,
+            committed=f.committed,
+            oversold=f.oversold,
+            available=0 if expired else f.available,
+            shortfall=f.shortfall,
+            expired=expired,
+            version=r["version"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SkuStock:
+    """A SKU's figures (sums over its batches) and its batches, read in one snapshot."""
+
+    sku: str
+    on_hand: int
+    unavailable: int
+    reserved: int
+    committed: int
+    oversold: int
+    available: int
+    shortfall: int
+    version: int
+    updated_at: datetime
+    batches: tuple[BatchFigures, ...]
+
+    @classmethod
+    def of(cls, lv: SkuLevel, batches: Sequence[BatchFigures]) -> SkuStock:
+        f = lv.level.figures
+        return cls(
+            sku=lv.sku,
+            on_hand=f.on_hand,
+            unavailable=f.unavailable,
+            reserved=f.reserved,
+            committed=f.committed,
+            oversold=f.oversold,
+            available=lv.level.available,
+            shortfall=lv.level.shortfall,
+            version=lv.version,
+            updated_at=lv.updated_at,
+            batches=tuple(batches),
+        )
 
 
 class Stock:
@@ -245,13 +299,13 @@ class Stock:
             await idempotency.store_reference(c, "adjustment", a.reference_id, body)
         return Applied(body, created=True)
 
-    async def get(self, sku: str) -> dict[str, Any]:
+    async def get(self, sku: str) -> SkuStock:
         items = await self.get_many([sku])
         if not items:
             raise NotFound(f"unknown sku {sku}")
         return items[0]
 
-    async def get_many(self, skus: list[str]) -> list[dict[str, Any]]:
+    async def get_many(self, skus: list[str]) -> list[SkuStock]:
         now = self.clock()
         async with (
             self.pool.acquire() as c,
@@ -259,10 +313,10 @@ class Stock:
         ):
             levels = await stock.sku_levels(c, skus, now)
             batches = await stock.sku_batches(c, list(levels))
-        by_sku: dict[str, list[dict[str, Any]]] = {s: [] for s in levels}
+        by_sku: dict[str, list[BatchFigures]] = {s: [] for s in levels}
         for r in batches:
-            by_sku[r["sku"]].append(batch_json(r, now))
-        return [{**level_json(levels[s]), "batches": by_sku[s]} for s in skus if s in levels]
+            by_sku[r["sku"]].append(BatchFigures.of(r, now))
+        return [SkuStock.of(levels[s], by_sku[s]) for s in skus if s in levels]
 
     async def ledger(self, sku: str, after: int, limit: int) -> LedgerPage:
         """The SKU's ledger entries after ``after``, oldest first, ``limit`` at most."""
