@@ -19,7 +19,15 @@ from starlette.types import ASGIApp
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.api.inventory import create_inventory_app
 from stockkeeper.bootstrap import Container, connector_token, env_secret
-from stockkeeper.config import ChannelConfig, WmsConnectorConfig
+from stockkeeper.config import (
+    ChannelConfig,
+    ConnectorConfig,
+    ErpConnectorConfig,
+    MarketplaceConnectorConfig,
+    Settings,
+    WebhookConnectorConfig,
+    WmsConnectorConfig,
+)
 from stockkeeper.connectors.channels import make_channel
 from stockkeeper.connectors.http import CallRecord
 from stockkeeper.connectors.wms import WmsClient
@@ -203,3 +211,20 @@ async def build_services(container: Container, names: Iterable[str]) -> Service:
         merged.loops += part.loops
         merged.consumers += part.consumers
     return merged
+
+
+SERVICE_CONNECTORS: Final[Mapping[str, tuple[type[ConnectorConfig], ...]]] = {
+    "inventory-api": (WebhookConnectorConfig,),  # checks the webhooks' signatures
+    "wms-sync": (WmsConnectorConfig,),
+    "wms-outbound": (WmsConnectorConfig,),
+    "pollers": (ErpConnectorConfig, MarketplaceConnectorConfig),
+    "propagator": (ChannelConfig,),
+}
+"""The kinds of connector each service talks to; the others talk to none."""
+
+
+def connectors_used(settings: Settings, names: Iterable[str]) -> list[ConnectorConfig]:
+    """The configured connectors the services ``names`` talk to: the ones whose secrets
+    they need."""
+    kinds = tuple(k for name in names for k in SERVICE_CONNECTORS.get(name, ()))
+    return [cfg for cfg in settings.connectors if isinstance(cfg, kinds)]
