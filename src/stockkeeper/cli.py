@@ -260,6 +260,7 @@ def sandbox_wms(
     if token_env and not token:
         typer.echo(f"stockkeeper: environment variable {token_env} is not set", err=True)
         raise typer.Exit(2)
+    typer.echo(_wms_snippet(_base_url(host, port), token_env))
     typer.echo(f"sandbox WMS on http://{host}:{port} with {batches} batches", err=True)
     run_wms(host, port, seed_batches=batches, seed=seed, token=token)
 
@@ -267,13 +268,18 @@ def sandbox_wms(
 @sandbox_app.command("erp")
 def sandbox_erp(
     admin_url: Annotated[
-        str, typer.Option(help="a PostgreSQL where the ERP database may be created")
-    ] = "postgresql://postgres@127.0.0.1:5432/postgres",
-    name: Annotated[str | None, typer.Option(help="database name (kept; reused)")] = None,
+        str | None,
+        typer.Option(
+            help="a PostgreSQL where the ERP database may be created (default: stockkeeper's "
+            "own, database.url or the embedded one)"
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option(help="database name (kept; reused)")] = "sk_erp_sandbox",
     skus: Annotated[int, typer.Option(help="rows to seed an empty ERP with")] = 10_000,
     mutate_every: Annotated[float, typer.Option(help="seconds between changes")] = 5.0,
     mutate: Annotated[int, typer.Option(help="rows changed each time")] = 100,
     seed: Annotated[int, typer.Option(help="seed of the generated rows")] = 0,
+    config: ConfigOption = None,
 ) -> None:
     """An ERP in its own PostgreSQL database.
 
@@ -281,9 +287,33 @@ def sandbox_erp(
     rows it seeds and keeps changing. By default it uses the same PostgreSQL as
     stockkeeper (database.url, or the embedded one `stockkeeper up` runs in the data
     directory). Prints the connectors: entry for stockkeeper.yaml."""
+    from stockkeeper_sandbox.erp import UNREACHABLE
     from stockkeeper_sandbox.erp import run as run_erp
 
-    run_erp(admin_url, name, skus, mutate_every, mutate, seed)
+    embedded = None
+    if admin_url is None:
+        from stockkeeper.bootstrap import database_url
+
+        try:  # joins the embedded server (it stays up while we run), never makes one
+            admin_url, embedded = database_url(_settings(config), create=False)
+        except ConfigError as exc:
+            typer.echo(f"stockkeeper: {exc}", err=True)
+            raise typer.Exit(2) from None
+    try:
+        run_erp(admin_url, name, skus, mutate_every, mutate, seed, on_ready=_print_erp_snippet)
+    except UNREACHABLE as exc:
+        typer.echo(f"stockkeeper: cannot reach the PostgreSQL for the ERP: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _print_erp_snippet(url: str) -> None:
+    from stockkeeper_sandbox.erp import reader_url
+
+    typer.echo(_erp_snippet(reader_url(url)))
+    typer.echo(f"sandbox ERP in {url}; Ctrl-C stops it (the database is kept)", err=True)
 
 
 @sandbox_app.command("marketplace")
@@ -309,8 +339,44 @@ def sandbox_marketplace(
     if token_env and not token:
         typer.echo(f"stockkeeper: environment variable {token_env} is not set", err=True)
         raise typer.Exit(2)
+    typer.echo(_marketplace_snippet(_base_url(host, port), token_env))
     typer.echo(f"sandbox marketplace on http://{host}:{port}", err=True)
     run_marketplace(host, port, seed_skus=skus, token=token, seed=seed)
+
+
+def _base_url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def _wms_snippet(url: str, token_env: str | None) -> str:
+    """The ``connectors:`` entry that points stockkeeper at ``sandbox wms``."""
+    token = f"\n    token_env: {token_env}" if token_env else ""
+    return f"""connectors:
+  - id: wms-sandbox
+    type: wms
+    url: {url}{token}"""
+
+
+def _marketplace_snippet(url: str, token_env: str | None) -> str:
+    """The ``connectors:`` entry that points stockkeeper at ``sandbox marketplace``."""
+    token = f"\n    token_env: {token_env}" if token_env else ""
+    return f"""connectors:
+  - id: marketplace-sandbox
+    type: marketplace
+    adapter: generic
+    url: {url}{token}"""
+
+
+def _erp_snippet(url: str) -> str:
+    """The ``connectors:`` entry that points stockkeeper at ``sandbox erp``'s database
+    (``url``: a plain postgresql:// one; the poller's names its driver)."""
+    dsn = url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"""connectors:
+  - id: erp-sandbox
+    type: erp
+    dsn: "{dsn}"
+    view: stock_changes"""
 
 
 def _channels_snippet(
@@ -572,6 +638,10 @@ def version() -> None:
 _METAVARS = {str: "TEXT", int: "INTEGER", float: "NUMBER", Path: "PATH"}
 
 
+def _no_type(ctx: Any) -> None:
+    return None
+
+
 def _plain_metavars(command: Any) -> None:
     """Name values the usual way (``--port INTEGER``, ``QUEUE``) instead of the
     ``<int>``/``<list[str]>`` markers Typer puts in help, throughout ``command``."""
@@ -580,6 +650,8 @@ def _plain_metavars(command: Any) -> None:
             continue
         if param.param_type_name == "argument":
             param.metavar = param.name.upper()
+            # Its help line is "SERVICE  what it is"; Typer would add "<str>".
+            param.display_type_rich = _no_type
             continue
         annotation = param.type_descriptor.annotation
         for arg in (annotation, *typing.get_args(annotation)):
