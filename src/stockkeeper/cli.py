@@ -71,7 +71,8 @@ def _settings(config: Path | None) -> Settings:
     except ConfigError as exc:
         typer.echo(f"stockkeeper: {exc}", err=True)
         raise typer.Exit(2) from None
-    configure(settings.logging.level, settings.logging.json_output)
+    log = settings.logging
+    configure(log.level, log.json_output, access_log=log.access_log)
     return settings
 
 

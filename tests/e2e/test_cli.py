@@ -388,6 +388,23 @@ def test_help_reads_well_on_every_command(tmp_path: Path) -> None:
 # -- one `up` per data directory, and a crash does not leave PostgreSQL behind ------------------
 
 
+def assert_readable_log(stderr: str) -> None:
+    """Not a terminal: JSON lines; one server start line, an access line per request,
+    a stop line per worker."""
+    import json
+
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert "\x1b[" not in stderr  # no colours in a file
+    starts = [e for e in events if str(e["event"]).startswith("Started server process")]
+    assert len(starts) == 1, starts
+    access = [e for e in events if e["event"] == "http.request"]
+    assert access, stderr
+    assert {"method", "path", "status", "duration_ms", "request_id"} <= set(access[0])
+    assert access[0]["path"] == "/readyz", access[0]
+    stopped = {e["name"] for e in events if e["event"] == "worker.stopped"}
+    assert {"Dispatcher.run", "ExpiryWorker.run"} <= stopped, stopped
+
+
 def run_up_again(data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = clean_env(
         STOCKKEEPER_DATA_DIR=str(data_dir),
@@ -432,6 +449,7 @@ def test_a_second_up_says_already_running_and_a_kill_9_leaves_nothing_behind(
         assert third.terminate() == 0, third.stderr
     finally:
         third.kill()
+    assert_readable_log(third.stderr)
     leftover = stop_leftover_postgres(data_dir / "pg")
     assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived stockkeeper up"
 
