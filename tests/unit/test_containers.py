@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from stockkeeper.config import load_settings
-from stockkeeper.workers.runner import SERVICES
+from stockkeeper.wiring import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
