@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from stockkeeper.api.auth import TokenBook, build_token_book
@@ -105,11 +106,16 @@ def env_secret(cfg: ConnectorConfig, key: str) -> str | None:
     return value
 
 
-def check_connectors(settings: Settings) -> None:
-    """What the config alone cannot check: secrets present, adapters known."""
+def check_connectors(settings: Settings, uses: Iterable[ConnectorConfig] | None = None) -> None:
+    """What the config alone cannot check: secrets present, adapters known. Only for the
+    connectors in ``uses`` when given (a command that calls no webhook needs no webhook
+    secret); for every configured connector when not."""
     from stockkeeper.connectors.marketplace import ADAPTERS
 
+    wanted = None if uses is None else {id(cfg) for cfg in uses}
     for i, cfg in enumerate(settings.connectors):
+        if wanted is not None and id(cfg) not in wanted:
+            continue
         for key in SECRET_KEYS:
             env_secret(cfg, key)  # a missing secret stops the start, naming the variable
         if isinstance(cfg, MarketplaceConnectorConfig) and cfg.adapter not in ADAPTERS:
@@ -147,11 +153,12 @@ def make_broker(
     )
 
 
-def database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
-    """The configured URL, or the embedded server's when none is set."""
+def database_url(settings: Settings, *, create: bool = True) -> tuple[str, EmbeddedPostgres | None]:
+    """The configured URL, or the embedded server's when none is set (made in the data
+    directory when there is none yet, unless ``create`` is false)."""
     if settings.database.url:
         return settings.database.url, None
-    server = start_embedded(settings.data_dir)
+    server = start_embedded(settings.data_dir, create=create)
     return server.url, server
 
 
@@ -208,11 +215,15 @@ async def build(
     clock: Clock = utcnow,
     metrics: Metrics | None = None,
     needs: Connections = ONE_OFF,
+    uses: Iterable[ConnectorConfig] | None = None,
+    create_database: bool = True,
 ) -> Container:
     """Everything a process needs. ``needs`` is what its services hold at once
-    (``wiring.connections``); it sizes the pools unless ``database.pool_size`` is set."""
-    check_connectors(settings)
-    url, embedded = database_url(settings)
+    (``wiring.connections``); it sizes the pools unless ``database.pool_size`` is set.
+    ``uses``: the connectors whose secrets must be set (default: all);
+    ``create_database``: whether a missing embedded database is made."""
+    check_connectors(settings, uses)
+    url, embedded = database_url(settings, create=create_database)
     pool, session_pool = await open_pools(url, settings, needs)
     try:
         await check_room(pool, session_pool, settings)

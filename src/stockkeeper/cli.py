@@ -3,28 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Coroutine
+import typing
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from stockkeeper import __version__
-from stockkeeper.config import ConfigError, Settings, load_settings
+from stockkeeper.config import ConfigError, ConnectorConfig, Settings, load_settings
 from stockkeeper.observability.logging import configure
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
     from stockkeeper.store.pool import Connections
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="stockkeeper",
     help="Inventory system of record: reservations that never oversell, and a ledger.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: paragraphs re-wrapped to the terminal, no "<str>" type markers.
+    rich_markup_mode=None,
+    context_settings=HELP_OPTIONS,
 )
 
 ConfigOption = Annotated[
@@ -38,13 +44,36 @@ ConfigOption = Annotated[
 T = TypeVar("T")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"stockkeeper {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def stockkeeper(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print the version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Inventory system of record: reservations that never oversell, and a ledger."""
+
+
 def _settings(config: Path | None) -> Settings:
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         typer.echo(f"stockkeeper: {exc}", err=True)
         raise typer.Exit(2) from None
-    configure(settings.logging.level, settings.logging.json_output)
+    log = settings.logging
+    configure(log.level, log.json_output, access_log=log.access_log)
     return settings
 
 
@@ -58,14 +87,30 @@ def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 async def _build(
-    settings: Settings, *, run_migrations: bool = True, needs: Connections | None = None
+    settings: Settings,
+    *,
+    run_migrations: bool = True,
+    needs: Connections | None = None,
+    uses: Iterable[ConnectorConfig] | None = (),
+    create_database: bool = False,
 ) -> Container:
-    """The container, or exit 2 naming what is wrong (a secret not set, say)."""
+    """The container, or exit 2 naming what is wrong (a secret not set, no database).
+
+    ``uses``: the connectors the command talks to, whose secrets it needs (None: all);
+    ``create_database``: whether a missing embedded database may be made (only the
+    commands that serve do; the others would report on an empty one).
+    """
     from stockkeeper.bootstrap import build
     from stockkeeper.store.pool import ONE_OFF
 
     try:
-        return await build(settings, run_migrations=run_migrations, needs=needs or ONE_OFF)
+        return await build(
+            settings,
+            run_migrations=run_migrations,
+            needs=needs or ONE_OFF,
+            uses=uses,
+            create_database=create_database,
+        )
     except ConfigError as exc:
         typer.echo(f"stockkeeper: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -74,7 +119,7 @@ async def _build(
 def _serve(settings: Settings, services: list[str], consumers: list[Any] | None = None) -> None:
     from stockkeeper.messaging.rabbitmq import TopologyMismatch
     from stockkeeper.store.pool import Connections
-    from stockkeeper.wiring import USES_BROKER, connections
+    from stockkeeper.wiring import USES_BROKER, connections, connectors_used
     from stockkeeper.workers.runner import serve
 
     # The services' connections, and one for each consumer of the user's own (with the
@@ -84,8 +129,10 @@ def _serve(settings: Settings, services: list[str], consumers: list[Any] | None 
         listen = 0 if settings.broker.url or USES_BROKER.intersection(services) else 1
         needs += Connections(len(consumers), session=listen)
 
+    uses = connectors_used(settings, services)
+
     async def main() -> None:
-        container = await _build(settings, needs=needs)
+        container = await _build(settings, needs=needs, uses=uses, create_database=True)
         try:
             await serve(container, services, consumers or [])
         finally:
@@ -100,10 +147,25 @@ def _serve(settings: Settings, services: list[str], consumers: list[Any] | None 
 
 @app.command()
 def up(config: ConfigOption = None) -> None:
-    """Run everything in one process: inventory-api, admin-api and the workers."""
+    """Run everything in one process.
+
+    inventory-api, admin-api and every worker; with no database.url, an embedded
+    PostgreSQL in the data directory (made on the first start). One `up` per data
+    directory: a second one says which pid already runs it."""
+    from stockkeeper.instance_lock import AlreadyRunning, instance_lock
     from stockkeeper.wiring import SERVICES
 
     settings = _settings(config)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(instance_lock(settings.data_dir))
+        except AlreadyRunning as exc:
+            typer.echo(f"stockkeeper: {exc}", err=True)
+            raise typer.Exit(1) from None
+        _up(settings, list(SERVICES))
+
+
+def _up(settings: Settings, services: list[str]) -> None:
     api = settings.api
     typer.echo(
         f"stockkeeper {__version__}: inventory-api on http://{api.host}:{api.inventory_port}, "
@@ -111,7 +173,7 @@ def up(config: ConfigOption = None) -> None:
         + ("" if settings.database.url else f", embedded PostgreSQL in {settings.data_dir}"),
         err=True,
     )
-    _serve(settings, list(SERVICES))
+    _serve(settings, services)
 
 
 @app.command()
@@ -150,8 +212,10 @@ def consume(
     ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Run a consumer of your own through the standard runner (idempotency, retries,
-    dead letters). The handler's effect commits with the message's processed mark."""
+    """Run a consumer of your own.
+
+    It runs through the standard runner (idempotency, retries, dead letters); the
+    handler's effect commits with the message's processed mark."""
     import importlib
 
     from stockkeeper.wiring import ConsumerSpec
@@ -167,8 +231,13 @@ def consume(
 
 
 sandbox_app = typer.Typer(
-    help="Working stand-ins for the systems around stockkeeper, for trials and tests.",
+    help="Stand-ins for the systems around stockkeeper.\n\n"
+    "A WMS, an ERP database, a marketplace and sales channels speaking their owners' "
+    "wire formats, for trials and tests. Each prints the connectors: entries to paste "
+    "into stockkeeper.yaml; their control routes are in docs/sandboxes.md.",
     no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings=HELP_OPTIONS,
 )
 app.add_typer(sandbox_app, name="sandbox")
 SANDBOX_MISSING = (
@@ -199,9 +268,11 @@ def sandbox_wms(
         str | None, typer.Option(help="require this variable's value as bearer token")
     ] = None,
 ) -> None:
-    """A WMS with its own stock: paged snapshots, changes since a token, batch
-    allocate/release with de-duplication, a rate limit and fault injection
-    (PUT /_sandbox/faults)."""
+    """A WMS with its own stock.
+
+    Paged snapshots, changes since a token, batch allocate/release with
+    de-duplication, a rate limit and fault injection (PUT /_sandbox/faults). Prints
+    the connectors: entry for stockkeeper.yaml."""
     import os
 
     from stockkeeper_sandbox.wms import run as run_wms
@@ -210,6 +281,7 @@ def sandbox_wms(
     if token_env and not token:
         typer.echo(f"stockkeeper: environment variable {token_env} is not set", err=True)
         raise typer.Exit(2)
+    typer.echo(_wms_snippet(_base_url(host, port), token_env))
     typer.echo(f"sandbox WMS on http://{host}:{port} with {batches} batches", err=True)
     run_wms(host, port, seed_batches=batches, seed=seed, token=token)
 
@@ -217,20 +289,52 @@ def sandbox_wms(
 @sandbox_app.command("erp")
 def sandbox_erp(
     admin_url: Annotated[
-        str, typer.Option(help="a PostgreSQL where the ERP database may be created")
-    ] = "postgresql://postgres@127.0.0.1:5432/postgres",
-    name: Annotated[str | None, typer.Option(help="database name (kept; reused)")] = None,
+        str | None,
+        typer.Option(
+            help="a PostgreSQL where the ERP database may be created (default: stockkeeper's "
+            "own, database.url or the embedded one)"
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option(help="database name (kept; reused)")] = "sk_erp_sandbox",
     skus: Annotated[int, typer.Option(help="rows to seed an empty ERP with")] = 10_000,
     mutate_every: Annotated[float, typer.Option(help="seconds between changes")] = 5.0,
     mutate: Annotated[int, typer.Option(help="rows changed each time")] = 100,
     seed: Annotated[int, typer.Option(help="seed of the generated rows")] = 0,
+    config: ConfigOption = None,
 ) -> None:
-    """An ERP in its own PostgreSQL database: a read-only view stock_changes (sku,
-    location, on_hand, price, last_modified) over rows it seeds and keeps changing.
-    Prints the database URL; point an erp connector's dsn at it (as erp_reader)."""
+    """An ERP in its own PostgreSQL database.
+
+    A read-only view stock_changes (sku, location, on_hand, price, last_modified) over
+    rows it seeds and keeps changing. By default it uses the same PostgreSQL as
+    stockkeeper (database.url, or the embedded one `stockkeeper up` runs in the data
+    directory). Prints the connectors: entry for stockkeeper.yaml."""
+    from stockkeeper_sandbox.erp import UNREACHABLE
     from stockkeeper_sandbox.erp import run as run_erp
 
-    run_erp(admin_url, name, skus, mutate_every, mutate, seed)
+    embedded = None
+    if admin_url is None:
+        from stockkeeper.bootstrap import database_url
+
+        try:  # joins the embedded server (it stays up while we run), never makes one
+            admin_url, embedded = database_url(_settings(config), create=False)
+        except ConfigError as exc:
+            typer.echo(f"stockkeeper: {exc}", err=True)
+            raise typer.Exit(2) from None
+    try:
+        run_erp(admin_url, name, skus, mutate_every, mutate, seed, on_ready=_print_erp_snippet)
+    except UNREACHABLE as exc:
+        typer.echo(f"stockkeeper: cannot reach the PostgreSQL for the ERP: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _print_erp_snippet(url: str) -> None:
+    from stockkeeper_sandbox.erp import reader_url
+
+    typer.echo(_erp_snippet(reader_url(url)))
+    typer.echo(f"sandbox ERP in {url}; Ctrl-C stops it (the database is kept)", err=True)
 
 
 @sandbox_app.command("marketplace")
@@ -243,8 +347,11 @@ def sandbox_marketplace(
         str | None, typer.Option(help="require this variable's value as bearer token")
     ] = None,
 ) -> None:
-    """A marketplace with a delta feed (GET /v1/deltas?since=), sales you can add
-    (POST /_sandbox/sales) and fault injection (PUT /_sandbox/faults)."""
+    """A marketplace with a delta feed.
+
+    GET /v1/deltas?since=, sales you can add (POST /_sandbox/sales) and fault
+    injection (PUT /_sandbox/faults). Prints the connectors: entry for
+    stockkeeper.yaml."""
     import os
 
     from stockkeeper_sandbox.marketplace import run as run_marketplace
@@ -253,8 +360,44 @@ def sandbox_marketplace(
     if token_env and not token:
         typer.echo(f"stockkeeper: environment variable {token_env} is not set", err=True)
         raise typer.Exit(2)
+    typer.echo(_marketplace_snippet(_base_url(host, port), token_env))
     typer.echo(f"sandbox marketplace on http://{host}:{port}", err=True)
     run_marketplace(host, port, seed_skus=skus, token=token, seed=seed)
+
+
+def _base_url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def _wms_snippet(url: str, token_env: str | None) -> str:
+    """The ``connectors:`` entry that points stockkeeper at ``sandbox wms``."""
+    token = f"\n    token_env: {token_env}" if token_env else ""
+    return f"""connectors:
+  - id: wms-sandbox
+    type: wms
+    url: {url}{token}"""
+
+
+def _marketplace_snippet(url: str, token_env: str | None) -> str:
+    """The ``connectors:`` entry that points stockkeeper at ``sandbox marketplace``."""
+    token = f"\n    token_env: {token_env}" if token_env else ""
+    return f"""connectors:
+  - id: marketplace-sandbox
+    type: marketplace
+    adapter: generic
+    url: {url}{token}"""
+
+
+def _erp_snippet(url: str) -> str:
+    """The ``connectors:`` entry that points stockkeeper at ``sandbox erp``'s database
+    (``url``: a plain postgresql:// one; the poller's names its driver)."""
+    dsn = url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"""connectors:
+  - id: erp-sandbox
+    type: erp
+    dsn: "{dsn}"
+    view: stock_changes"""
 
 
 def _channels_snippet(
@@ -307,10 +450,12 @@ def sandbox_channels(
         typer.Option(help="require this variable's value as Shopify's and Amazon's access token"),
     ] = None,
 ) -> None:
-    """Three sales channels in one process: Shopify's Admin GraphQL API (cost bucket,
-    changeFromQuantity), Amazon's Listings Items API (5 requests/s) and a webhook
-    receiver checking signatures. Prints the connectors: entries for stockkeeper.yaml;
-    each has fault injection and control routes under /_sandbox (docs/channels.md)."""
+    """Three sales channels in one process.
+
+    Shopify's Admin GraphQL API (cost bucket, changeFromQuantity), Amazon's Listings
+    Items API (5 requests/s) and a webhook receiver checking signatures. Prints the
+    connectors: entries for stockkeeper.yaml; each has fault injection and control
+    routes under /_sandbox (docs/sandboxes.md)."""
     import os
     import secrets
     import time
@@ -363,12 +508,14 @@ def sandbox_channels(
 
 @app.command()
 def migrate(config: ConfigOption = None) -> None:
-    """Apply pending database migrations (also done at every start)."""
+    """Apply pending database migrations.
+
+    Also done at every start. It never makes a new embedded database."""
 
     settings = _settings(config)
 
     async def main() -> None:
-        container = await _build(settings, run_migrations=False)
+        container = await _build(settings, run_migrations=False)  # no connector, no new db
         try:
             from stockkeeper.store.migrate import migrate as do_migrate
 
@@ -385,7 +532,10 @@ def migrate(config: ConfigOption = None) -> None:
 
 @app.command()
 def audit(config: ConfigOption = None) -> None:
-    """Check the stock invariant; exit 1 with a report if anything is off."""
+    """Check the stock invariant.
+
+    Exits 1 with a report if anything is off. It reads the existing database and never
+    makes a new embedded one."""
     from stockkeeper.services.audit import audit as run_audit
 
     settings = _settings(config)
@@ -411,8 +561,10 @@ def reconcile_channels(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Drift repair: read every SKU's level back from the channels that can report it
-    and, where it differs from ours, make a push due (the propagator sends it)."""
+    """Drift repair: compare the channels' levels with ours.
+
+    Reads every SKU's level back from the channels that can report it and, where it
+    differs from ours, makes a push due (the propagator sends it)."""
     from stockkeeper.bootstrap import connector_token, env_secret
     from stockkeeper.config import ChannelConfig
     from stockkeeper.connectors.channel_registry import make_channel
@@ -426,7 +578,7 @@ def reconcile_channels(
     chosen = [c for c in configs if not channel or c.id in channel]
 
     async def main() -> None:
-        container = await _build(settings)
+        container = await _build(settings, uses=chosen)
         try:
             for cfg in chosen:
                 adapter = make_channel(
@@ -478,7 +630,7 @@ def status(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
 ) -> None:
-    """Show what the running instance's /admin/status knows, as tables.
+    """Show the running instance's /admin/status, as tables.
 
     It asks the running admin-api over HTTP and never starts a database of its own.
     """
@@ -505,8 +657,42 @@ def version() -> None:
     typer.echo(__version__)
 
 
+_METAVARS = {str: "TEXT", int: "INTEGER", float: "NUMBER", Path: "PATH"}
+
+
+def _no_type(ctx: Any) -> None:
+    return None
+
+
+def _plain_metavars(command: Any) -> None:
+    """Name values the usual way (``--port INTEGER``, ``QUEUE``) instead of the
+    ``<int>``/``<list[str]>`` markers Typer puts in help, throughout ``command``."""
+    for param in command.params:
+        if param.metavar is not None or getattr(param, "is_flag", False):
+            continue
+        if param.param_type_name == "argument":
+            param.metavar = param.name.upper()
+            # Its help line is "SERVICE  what it is"; Typer would add "<str>".
+            param.display_type_rich = _no_type
+            continue
+        annotation = param.type_descriptor.annotation
+        for arg in (annotation, *typing.get_args(annotation)):
+            if arg in _METAVARS:
+                param.metavar = _METAVARS[arg]
+                break
+    for sub in getattr(command, "commands", {}).values():
+        _plain_metavars(sub)
+
+
+def cli() -> Any:
+    """The command tree, with help that reads well."""
+    command = typer.main.get_command(app)
+    _plain_metavars(command)
+    return command
+
+
 def main() -> None:
     try:
-        app()
+        cli()(prog_name="stockkeeper")
     except KeyboardInterrupt:
         sys.exit(130)

@@ -24,9 +24,11 @@ from stockkeeper.api.inventory import create_inventory_app
 from stockkeeper.bootstrap import Container, connector_token, env_secret
 from stockkeeper.config import (
     ChannelConfig,
+    ConnectorConfig,
     ErpConnectorConfig,
     MarketplaceConnectorConfig,
     Settings,
+    WebhookConnectorConfig,
     WmsConnectorConfig,
 )
 from stockkeeper.connectors.channel_registry import make_channel
@@ -271,3 +273,20 @@ def connections(settings: Settings, names: Iterable[str]) -> Connections:
     if not settings.broker.url and USES_BROKER.intersection(wanted):
         total += Connections(0, session=1)  # the embedded queue's LISTEN
     return total
+
+
+SERVICE_CONNECTORS: Final[Mapping[str, tuple[type[ConnectorConfig], ...]]] = {
+    "inventory-api": (WebhookConnectorConfig,),  # checks the webhooks' signatures
+    "wms-sync": (WmsConnectorConfig,),
+    "wms-outbound": (WmsConnectorConfig,),
+    "pollers": (ErpConnectorConfig, MarketplaceConnectorConfig),
+    "propagator": (ChannelConfig,),
+}
+"""The kinds of connector each service talks to; the others talk to none."""
+
+
+def connectors_used(settings: Settings, names: Iterable[str]) -> list[ConnectorConfig]:
+    """The configured connectors the services ``names`` talk to: the ones whose secrets
+    they need."""
+    kinds = tuple(k for name in names for k in SERVICE_CONNECTORS.get(name, ()))
+    return [cfg for cfg in settings.connectors if isinstance(cfg, kinds)]

@@ -20,7 +20,7 @@ import random
 import re
 import secrets
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -33,6 +33,15 @@ DEFAULT_WAREHOUSE = "default"
 # Seeded rows are stamped from here on, one second per group of ties: the same arguments
 # give the same rows, and every later change (stamped by the ERP's clock) is newer.
 SEED_START = datetime(2024, 1, 1, tzinfo=UTC)
+
+# What a database that went away looks like: a refused or dropped connection, or a
+# server shutting down or starting up.
+UNREACHABLE = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+)
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -312,20 +321,32 @@ async def simulate(
     *,
     seed: int = 0,
     rounds: int | None = None,
+    on_ready: Callable[[str], None] | None = None,
 ) -> str:
-    """Create (or reuse) the ERP ``name``, seed it if it is empty, print its URL, then
-    change ``mutate_n`` rows every ``mutate_every_s`` seconds, ``rounds`` times (None:
-    until cancelled). Returns the URL."""
+    """Create (or reuse) the ERP ``name``, seed it if it is empty, say its URL (print
+    it, or call ``on_ready`` with it), then change ``mutate_n`` rows every
+    ``mutate_every_s`` seconds, ``rounds`` times (None: until cancelled). Returns the URL.
+
+    A round that cannot reach the database (its server restarted, say) is skipped with
+    one line on stderr; each round connects afresh, so the next one picks up again."""
     url = await create_erp(admin_url, name)
     erp = ErpSandbox(url)
     if await erp.count() == 0:
         await erp.seed(skus, seed=seed)
-    print(url, flush=True)  # the answer, on stdout for scripts
+    if on_ready is None:
+        print(url, flush=True)  # the answer, on stdout for scripts
+    else:
+        on_ready(url)
     done = 0
     while rounds is None or done < rounds:
         await asyncio.sleep(mutate_every_s)
-        changed = await erp.mutate(mutate_n, seed=(seed << 32) + done)
-        done += 1
+        try:
+            changed = await erp.mutate(mutate_n, seed=(seed << 32) + done)
+        except UNREACHABLE as exc:
+            print(f"ERP database unreachable ({exc!r}); trying again", file=sys.stderr)
+            continue
+        finally:
+            done += 1
         print(f"changed {len(changed)} rows", file=sys.stderr, flush=True)
     return url
 
@@ -337,8 +358,11 @@ def run(
     mutate_every_s: float = 5.0,
     mutate_n: int = 100,
     seed: int = 0,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Run a sandbox ERP in the foreground until interrupted (see :func:`simulate`).
     The database is kept afterwards; run again with the same ``name`` to reuse it."""
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(simulate(admin_url, name, skus, mutate_every_s, mutate_n, seed=seed))
+        asyncio.run(
+            simulate(admin_url, name, skus, mutate_every_s, mutate_n, seed=seed, on_ready=on_ready)
+        )

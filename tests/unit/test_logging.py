@@ -46,3 +46,53 @@ def test_a_library_traceback_is_rendered_as_text(capsys: pytest.CaptureFixture[s
     assert "traceback object" not in json.dumps(line)
     assert "Traceback (most recent call last)" in line["exception"]
     assert "ZeroDivisionError: division by zero" in line["exception"]
+
+
+def test_unset_json_means_json_off_a_terminal_and_console_lines_carry_no_colours(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    try:
+        configure("info", json_output=None)  # captured stderr is not a terminal
+        get_logger("stockkeeper.test").info("auto", n=1)
+        (line,) = capsys.readouterr().err.splitlines()
+        assert json.loads(line)["event"] == "auto"
+
+        configure("info", json_output=False)
+        get_logger("stockkeeper.test").info("console", n=2)
+        (line,) = capsys.readouterr().err.splitlines()
+    finally:
+        logging.getLogger().handlers = []
+        structlog.reset_defaults()
+    assert "console" in line
+    assert "n=2" in line
+    assert "\x1b[" not in line  # no ANSI codes where no terminal reads them
+
+
+def test_uvicorn_says_started_server_process_once_per_process(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure("info", json_output=True)
+    try:
+        for pid in (42, 42):  # two servers in one process
+            logging.getLogger("uvicorn.error").info("Started server process [%d]", pid)
+        logging.getLogger("uvicorn.error").info("Uvicorn running on http://x")
+        events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    finally:
+        logging.getLogger().handlers = []
+        structlog.reset_defaults()
+    assert events == ["Started server process [42]", "Uvicorn running on http://x"]
+
+
+def test_the_access_log_switch(capsys: pytest.CaptureFixture[str]) -> None:
+    from stockkeeper.observability.logging import access_log_enabled
+
+    try:
+        configure("info", json_output=True, access_log=False)
+        assert not access_log_enabled()
+        configure("info", json_output=True)
+        assert access_log_enabled()
+        configure("warning", json_output=True)
+        assert not access_log_enabled()
+    finally:
+        logging.getLogger().handlers = []
+        structlog.reset_defaults()

@@ -1,7 +1,9 @@
-"""Pure ASGI middleware: body size limit, request metrics, and the catch-all."""
+"""Pure ASGI middleware: body size limit, request metrics and the access log, and the
+catch-all."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
@@ -10,13 +12,25 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stockkeeper.api.problems import PROBLEM_TYPE, problem_doc
-from stockkeeper.observability.logging import get_logger
+from stockkeeper.observability.logging import access_log_enabled, get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store.errors import StoreUnavailable, translate
 
 log = get_logger(__name__)
 # What a 503 asks the client to wait: a database outage is mostly a restart or failover.
 RETRY_AFTER_S = 1
+
+access_log = get_logger("stockkeeper.access")
+# A caller's X-Request-ID is kept when it is a plain token; anything else gets a new one.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            given: str = value.decode()
+            return given
+    return uuid.uuid4().hex[:16]
 
 
 class _TooLarge(HTTPException):
@@ -95,7 +109,9 @@ class BodyLimit:
 
 
 class RequestMetrics:
-    """Latency histogram by route template, method and status."""
+    """Latency histogram by route template, method and status, and one access log line
+    per request at info (``logging.access_log``) with its request id, which the
+    response carries as X-Request-ID."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, app_name: str) -> None:
         self.app = app
@@ -108,11 +124,13 @@ class RequestMetrics:
             return
         start = time.perf_counter()
         status = 500
+        request_id = _request_id(scope)
 
         async def send_wrapper(msg: Message) -> None:
             nonlocal status
             if msg["type"] == "http.response.start":
                 status = msg["status"]
+                msg["headers"] = [*msg.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(msg)
 
         try:
@@ -120,9 +138,18 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            self.hist.labels(self.app_name, path, scope["method"], str(status)).observe(
-                time.perf_counter() - start
-            )
+            took = time.perf_counter() - start
+            self.hist.labels(self.app_name, path, scope["method"], str(status)).observe(took)
+            if access_log_enabled():
+                access_log.info(
+                    "http.request",
+                    app=self.app_name,
+                    method=scope["method"],
+                    path=path,
+                    status=status,
+                    duration_ms=round(took * 1000, 1),
+                    request_id=request_id,
+                )
 
 
 def is_outage(exc: BaseException) -> bool:

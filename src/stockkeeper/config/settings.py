@@ -209,7 +209,11 @@ class MonitoringConfig(Section):
 
 class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    json_output: bool = Field(default=True, alias="json")
+    # JSON lines, or a readable console format; unset: console on a terminal, JSON
+    # otherwise (a file, a pipe, a container's log).
+    json_output: bool | None = Field(default=None, alias="json")
+    # A line per HTTP request at info: method, route template, status, duration, id.
+    access_log: bool = True
 
 
 class Settings(Section):

@@ -1,4 +1,4 @@
-"""Structured JSON logs, one event per line."""
+"""Structured logs, one event per line: JSON, or a readable console format on a terminal."""
 
 from __future__ import annotations
 
@@ -15,9 +15,37 @@ LEVELS = {
 }
 
 
-def configure(level: str = "info", json_output: bool = True) -> None:
+ACCESS_LOGGER = "stockkeeper.access"
+"""The HTTP access log's logger: its standard-library level is the on/off switch."""
+
+
+class _FirstServerStartOnly(logging.Filter):
+    """uvicorn says "Started server process [pid]" once per server, and a process runs
+    two or three: let the first through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Started server process"):
+            return True
+        first, self.seen = not self.seen, True
+        return first
+
+
+def configure(
+    level: str = "info", json_output: bool | None = True, *, access_log: bool = True
+) -> None:
+    """Log at ``level`` to stderr: JSON lines when ``json_output`` (None: unless stderr
+    is a terminal), else the console format, coloured only on a terminal."""
+    tty = sys.stderr.isatty()
+    if json_output is None:
+        json_output = not tty
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer()
+        if json_output
+        else structlog.dev.ConsoleRenderer(colors=tty)
     )
     # Libraries log through the standard library (uvicorn, asyncpg, aio-pika): their
     # records are rendered the same way, so the output stays one JSON object per line.
@@ -43,6 +71,13 @@ def configure(level: str = "info", json_output: bool = True) -> None:
     root.setLevel(LEVELS[level])
     # A line per outgoing HTTP request is noise: connector metrics and wms_call keep them.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, LEVELS[level]))
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.setLevel(LEVELS[level] if access_log else logging.WARNING)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.filters = [
+        f for f in uvicorn_log.filters if not isinstance(f, _FirstServerStartOnly)
+    ]
+    uvicorn_log.addFilter(_FirstServerStartOnly())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -55,6 +90,11 @@ def configure(level: str = "info", json_output: bool = True) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def access_log_enabled() -> bool:
+    """Whether an access line per HTTP request is wanted (``logging.access_log``)."""
+    return logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

