@@ -450,3 +450,48 @@ async def test_the_running_propagator_is_woken_by_a_recorded_change_and_pushes_i
     finally:
         stop.set()
         await asyncio.wait_for(running, 20)
+
+
+async def expire_leases(c: Container, channel: str) -> None:
+    """The leases of the channel's pushes in flight run out (their senders are slow)."""
+    async with c.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE channel_sync_state SET leased_until = now() - interval '1 second' "
+            "WHERE channel = $1 AND claimed_version IS NOT NULL",
+            channel,
+        )
+
+
+async def test_a_push_that_outlived_its_lease_never_writes_an_older_figure_over_a_newer_one(
+    rig: tuple[Container, Propagator],
+    shopify_channel: tuple[ShopifyState, SandboxServer],
+) -> None:
+    c, worker = rig
+    p, shopify, ch = c.propagation, shopify_channel[0], "shopify-main"
+    await c.stock.receive(Receipt("TEE-1", 10, "r-1"))
+    await sync_all(c, worker)
+    assert shopify.level("TEE-1") == 10
+    # A first sender claims level 15; it is slow, and its lease runs out.
+    await c.stock.receive(Receipt("TEE-1", 5, "r-2"))
+    await record_all(c, worker)
+    slow = await p.claim(ch, 10)
+    assert [(x.quantity, x.previous) for x in slow] == [(15, 10)]
+    await expire_leases(c, ch)
+    # Meanwhile level 18: a second sender claims it and Shopify shows it.
+    await c.stock.receive(Receipt("TEE-1", 3, "r-3"))
+    await record_all(c, worker)
+    [cfg] = [x for x in c.settings.connectors_of(ChannelConfig) if x.id == ch]
+    second = Propagator(p, {ch: make_channel(cfg, token=None)}, c.pool)
+    try:
+        assert await second.push_once(ch) == 1
+    finally:
+        await second.adapters[ch].aclose()
+    assert shopify.level("TEE-1") == 18
+    # The first sender's write is now stale; it re-reads 18, and its fence stops it
+    # from setting 15 over it.
+    done = await p.push_claimed(worker.adapters[ch], slow)
+    assert (done.pushed, done.dead, done.retried) == (0, 0, 0)
+    assert shopify.pushed("TEE-1") == [10, 18]
+    assert shopify.level("TEE-1") == 18
+    row = await state(c, ch, "TEE-1")
+    assert (row["status"], row["pushed_quantity"], row["claimed_version"]) == ("SYNCED", 18, None)

@@ -23,6 +23,7 @@ from typing import Any
 from stockkeeper.config import ChannelConfig, MonitoringConfig, PropagationConfig
 from stockkeeper.connectors.channels import ChannelAdapter, Push, PushOutcome
 from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
+from stockkeeper.connectors.shopify import MAX_PACE_WAIT_S
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.domain.events import Event
 from stockkeeper.domain.propagation import AlertChange, SyncStatus, Verdict, judge, lag_alert
@@ -136,10 +137,14 @@ class Propagation:
     # -- the senders -----------------------------------------------------------------
 
     def lease_s(self, channel: str) -> float:
-        """Longer than every try of one call, so a push in flight is never pushed twice
-        at once; a crashed sender's rows come back when it ends."""
+        """Longer than the worst case of one write: its wait for a turn in the channel's
+        rate limit plus every try of the call. A push that writes again (Shopify's
+        re-read and set, a throttled mutation) renews it first through the fence, so a
+        push in flight is never pushed twice at once; a crashed sender's rows come back
+        when it ends."""
         c = self.configs[channel]
-        return max(60.0, c.max_attempts * (c.timeout_ms + c.backoff_max_ms) / 1000 * 2)
+        tries_s = c.max_attempts * (c.timeout_ms + c.backoff_max_ms) / 1000
+        return max(60.0, 2 * (MAX_PACE_WAIT_S + tries_s))
 
     async def claim(self, channel: str, limit: int) -> list[repo.Claimed]:
         """Lease up to ``limit`` due pushes of ``channel`` to this sender, oldest first."""
@@ -178,8 +183,16 @@ class Propagation:
     async def _call(self, adapter: ChannelAdapter, claimed: Sequence[repo.Claimed]) -> Settled:
         channel = adapter.id
         items = [Push(c.sku, c.quantity, c.version, c.previous, c.channel_ref) for c in claimed]
+
+        async def fence(skus: Sequence[str]) -> set[str]:
+            wanted = set(skus)
+            async with self.pool.acquire() as conn:
+                return await repo.hold(
+                    conn, channel, [c for c in claimed if c.sku in wanted], self.lease_s(channel)
+                )
+
         try:
-            outcomes = await adapter.push(items)
+            outcomes = await adapter.push(items, fence)
         except ConnectorRejected as exc:
             if len(claimed) > 1:
                 # One bad item must not hold the others back: push each on its own.
@@ -206,7 +219,7 @@ class Propagation:
         """Book what the channel answered for each claimed push."""
         by_sku = {o.sku: o for o in outcomes}
         acked: list[repo.Acked] = []
-        unlisted: list[str] = []
+        unlisted: list[repo.Claimed] = []
         rejected: list[tuple[repo.Claimed, str]] = []
         missing: list[repo.Claimed] = []
         for c in claimed:
@@ -215,9 +228,12 @@ class Propagation:
                 missing.append(c)
             elif o.status == "ok":
                 qty = c.quantity if o.quantity is None else o.quantity
-                acked.append(repo.Acked(c.sku, c.version, qty, o.channel_ref))
+                acked.append(repo.Acked(c.sku, c.version, qty, o.channel_ref, c.token))
             elif o.status == "unlisted":
-                unlisted.append(c.sku)
+                unlisted.append(c)
+            elif o.status == "superseded":
+                # Another sender holds it now (this lease ran out): its push settles it.
+                continue
             else:
                 rejected.append((c, o.error or "rejected by the channel"))
         done = Settled()
@@ -242,7 +258,9 @@ class Propagation:
 
     async def noops(self, channel: str, claimed: Sequence[repo.Claimed]) -> Settled:
         """Settle pushes the channel needs no call for: it shows the figure already."""
-        acked = [repo.Acked(c.sku, c.version, c.quantity, None, called=False) for c in claimed]
+        acked = [
+            repo.Acked(c.sku, c.version, c.quantity, None, c.token, called=False) for c in claimed
+        ]
         async with self.pool.acquire() as conn:
             logged = await repo.ack(conn, channel, acked)
         done = Settled()
@@ -278,7 +296,7 @@ class Propagation:
         cfg = self.cfg
         spent = [c for c in claimed if c.attempts >= cfg.max_attempts]
         again = [
-            (c.sku, self.backoff.delay(c.attempts, retry_after_s))
+            (c, self.backoff.delay(c.attempts, retry_after_s))
             for c in claimed
             if c.attempts < cfg.max_attempts
         ]
@@ -306,7 +324,7 @@ class Propagation:
     ) -> None:
         """Dead-letter pushes: the operator sees them, and a replay makes them due again."""
         skus = [c.sku for c in claimed]
-        await repo.dead(conn, channel, skus, error)
+        await repo.dead(conn, channel, claimed, error)
         env = Envelope.new(REARM, {"channel": channel, "skus": skus}, occurred_at=self.clock())
         await dead_letter(
             conn,

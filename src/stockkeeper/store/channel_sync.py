@@ -27,6 +27,9 @@ class Claimed:
     previous: int | None
     channel_ref: str | None
     attempts: int
+    # The claim's fencing token (claim_seq): every statement settling this push, and
+    # every write after its first try, is checked against it.
+    token: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,7 @@ class Acked:
     version: int
     quantity: int
     channel_ref: str | None
+    token: int
     called: bool = True
 
 
@@ -102,9 +106,29 @@ async def claim(conn: Conn, channel: str, limit: int, lease_s: float) -> list[Cl
             r["pushed_quantity"],
             r["channel_ref"],
             r["attempts"],
+            r["claim_seq"],
         )
         for r in rows
     ]
+
+
+async def hold(conn: Conn, channel: str, claimed: Sequence[Claimed], lease_s: float) -> set[str]:
+    """The SKUs of ``claimed`` still held by their claim's token, leases renewed."""
+    rows = await conn.fetch(
+        q("hold_pushes"),
+        channel,
+        [c.sku for c in claimed],
+        [c.token for c in claimed],
+        lease_s,
+    )
+    return {r["sku"] for r in rows}
+
+
+async def release(conn: Conn, channel: str, claimed: Sequence[Claimed]) -> None:
+    """Let go of unfinished pushes (stopping): due again, their attempt given back."""
+    await conn.execute(
+        q("release_pushes"), channel, [c.sku for c in claimed], [c.token for c in claimed]
+    )
 
 
 async def ack(conn: Conn, channel: str, items: Sequence[Acked]) -> list[Logged]:
@@ -118,26 +142,38 @@ async def ack(conn: Conn, channel: str, items: Sequence[Acked]) -> list[Logged]:
         [i.quantity for i in items],
         [i.channel_ref for i in items],
         [i.called for i in items],
+        [i.token for i in items],
     )
     return [Logged(r["sku"], r["changes"], r["called"], r["lag_ms"]) for r in rows]
 
 
-async def retry(conn: Conn, channel: str, delays: Sequence[tuple[str, float]], error: str) -> None:
+async def retry(
+    conn: Conn, channel: str, delays: Sequence[tuple[Claimed, float]], error: str
+) -> None:
     await conn.execute(
         q("retry_pushes"),
         channel,
-        [sku for sku, _ in delays],
+        [c.sku for c, _ in delays],
         [delay for _, delay in delays],
+        error[:2000],
+        [c.token for c, _ in delays],
+    )
+
+
+async def dead(conn: Conn, channel: str, claimed: Sequence[Claimed], error: str) -> None:
+    await conn.execute(
+        q("dead_pushes"),
+        channel,
+        [c.sku for c in claimed],
+        [c.token for c in claimed],
         error[:2000],
     )
 
 
-async def dead(conn: Conn, channel: str, skus: Sequence[str], error: str) -> None:
-    await conn.execute(q("dead_pushes"), channel, list(skus), error[:2000])
-
-
-async def unlisted(conn: Conn, channel: str, skus: Sequence[str]) -> None:
-    await conn.execute(q("unlisted_pushes"), channel, list(skus))
+async def unlisted(conn: Conn, channel: str, claimed: Sequence[Claimed]) -> None:
+    await conn.execute(
+        q("unlisted_pushes"), channel, [c.sku for c in claimed], [c.token for c in claimed]
+    )
 
 
 async def rearm(conn: Conn, channel: str, skus: Sequence[str]) -> int:

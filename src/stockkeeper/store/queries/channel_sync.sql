@@ -49,10 +49,13 @@ SELECT pg_notify($7, '') FROM applied WHERE verdict = 'push' LIMIT 1;
 
 -- name: claim_pushes
 -- Due rows of one channel, oldest change first, leased to this sender. The lease
--- outlasts every try of the call, so two senders never push one SKU at once.
+-- outlasts every try of one call, and a sender renews it (hold_pushes) before each
+-- write after the first, so two senders never push one SKU at once; each claim takes
+-- the next claim_seq, the token every later statement of this push is checked against.
 UPDATE channel_sync_state s
 SET leased_until = now() + make_interval(secs => $3),
     attempts = s.attempts + 1,
+    claim_seq = s.claim_seq + 1,
     claimed_version = s.desired_version,
     claimed_changes = s.pending_changes,
     late_since = NULL
@@ -65,7 +68,17 @@ WHERE s.channel = $1 AND s.sku = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 RETURNING s.sku, s.desired_version, s.desired_quantity, s.pushed_quantity, s.channel_ref,
-          s.attempts;
+          s.attempts, s.claim_seq;
+
+-- name: hold_pushes
+-- Before a write that is not a push's first try: the SKUs whose claim is still this
+-- sender's (token $3), their lease renewed for $4 seconds. A SKU missing from the answer
+-- was claimed by another sender after this one's lease ran out: do not write it.
+UPDATE channel_sync_state s SET leased_until = now() + make_interval(secs => $4)
+FROM unnest($2::text[], $3::bigint[]) AS h (sku, token)
+WHERE s.channel = $1 AND s.sku = h.sku AND s.claim_seq = h.token
+  AND s.claimed_version IS NOT NULL
+RETURNING s.sku;
 
 -- name: ack_pushes
 -- The channel acknowledged (or, $6 false, needed no call: it already showed the
@@ -76,9 +89,9 @@ WITH was AS (
     SELECT s.sku, s.pending_since, s.claimed_changes, s.attempts,
            a.version, a.quantity, a.ref, a.called
     FROM channel_sync_state s
-    JOIN unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bool[])
-         AS a (sku, version, quantity, ref, called) ON s.sku = a.sku
-    WHERE s.channel = $1 AND s.claimed_version = a.version
+    JOIN unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bool[], $7::bigint[])
+         AS a (sku, version, quantity, ref, called, token) ON s.sku = a.sku
+    WHERE s.channel = $1 AND s.claim_seq = a.token AND s.claimed_version = a.version
     FOR UPDATE OF s
 ), acked AS (
     UPDATE channel_sync_state s SET
@@ -111,22 +124,38 @@ UPDATE channel_sync_state s SET
     leased_until = NULL, claimed_version = NULL, claimed_changes = NULL, late_since = NULL,
     next_attempt_at = now() + make_interval(secs => r.delay_s), last_error = $4,
     updated_at = now()
-FROM unnest($2::text[], $3::float8[]) AS r (sku, delay_s)
-WHERE s.channel = $1 AND s.sku = r.sku AND s.claimed_version IS NOT NULL;
+FROM unnest($2::text[], $3::float8[], $5::bigint[]) AS r (sku, delay_s, token)
+WHERE s.channel = $1 AND s.sku = r.sku AND s.claim_seq = r.token
+  AND s.claimed_version IS NOT NULL;
+
+-- name: release_pushes
+-- A stopping sender lets go of pushes it did not finish: due again at once, and the
+-- attempt its claim counted is given back (a shutdown is not the channel failing).
+UPDATE channel_sync_state s SET
+    leased_until = NULL, claimed_version = NULL, claimed_changes = NULL, late_since = NULL,
+    attempts = GREATEST(0, s.attempts - 1), next_attempt_at = now(), updated_at = now()
+FROM unnest($2::text[], $3::bigint[]) AS r (sku, token)
+WHERE s.channel = $1 AND s.sku = r.sku AND s.claim_seq = r.token
+  AND s.claimed_version IS NOT NULL;
 
 -- name: dead_pushes
-UPDATE channel_sync_state SET
+UPDATE channel_sync_state s SET
     status = 'DEAD', leased_until = NULL, claimed_version = NULL, claimed_changes = NULL,
-    late_since = NULL, last_error = $3, updated_at = now()
-WHERE channel = $1 AND sku = ANY($2::text[]) AND claimed_version IS NOT NULL;
+    late_since = NULL, last_error = $4, updated_at = now()
+FROM unnest($2::text[], $3::bigint[]) AS d (sku, token)
+WHERE s.channel = $1 AND s.sku = d.sku AND s.claim_seq = d.token
+  AND s.claimed_version IS NOT NULL;
 
 -- name: unlisted_pushes
--- The channel does not list these SKUs: nothing to push until drift repair finds them.
-UPDATE channel_sync_state SET
+-- The channel does not list these SKUs: nothing to push until drift repair finds them
+-- or a new level probes them again (after the channel's unlisted_recheck_s).
+UPDATE channel_sync_state s SET
     status = 'UNLISTED', pending_since = NULL, pending_changes = 0, leased_until = NULL,
     claimed_version = NULL, claimed_changes = NULL, late_since = NULL, attempts = 0,
-    last_error = NULL, updated_at = now()
-WHERE channel = $1 AND sku = ANY($2::text[]) AND claimed_version IS NOT NULL;
+    last_error = NULL, unlisted_at = now(), updated_at = now()
+FROM unnest($2::text[], $3::bigint[]) AS u (sku, token)
+WHERE s.channel = $1 AND s.sku = u.sku AND s.claim_seq = u.token
+  AND s.claimed_version IS NOT NULL;
 
 -- name: rearm_pushes
 -- A replayed dead letter: the SKUs are due again with a fresh count.
