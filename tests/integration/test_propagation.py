@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from stockkeeper.api.admin import create_admin_app
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import ChannelConfig, Settings
 from stockkeeper.connectors.channel_registry import make_channel
-from stockkeeper.connectors.channels import PushOutcome
+from stockkeeper.connectors.channels import ChannelAdapter, Fence, Push, PushOutcome
 from stockkeeper.domain.events import LEVEL_CHANGED
 from stockkeeper.domain.propagation import AlertChange, Verdict
 from stockkeeper.messaging.consumer import PermanentError
@@ -495,3 +495,55 @@ async def test_a_push_that_outlived_its_lease_never_writes_an_older_figure_over_
     assert shopify.level("TEE-1") == 18
     row = await state(c, ch, "TEE-1")
     assert (row["status"], row["pushed_quantity"], row["claimed_version"]) == ("SYNCED", 18, None)
+
+
+class PushDuringRead:
+    """A channel's real adapter, with the channel's due pushes sent between its read of
+    the levels and its answer (drift repair running while pushes go out)."""
+
+    def __init__(self, inner: ChannelAdapter, meanwhile: Callable[[], Awaitable[object]]) -> None:
+        self.inner = inner
+        self.meanwhile = meanwhile
+
+    @property
+    def id(self) -> str:
+        return self.inner.id
+
+    @property
+    def can_read(self) -> bool:
+        return self.inner.can_read
+
+    async def push(self, items: Sequence[Push], fence: Fence | None = None) -> list[PushOutcome]:
+        return await self.inner.push(items, fence)
+
+    async def read(self, skus: Sequence[str], refs: Mapping[str, str]) -> dict[str, int | None]:
+        shown = await self.inner.read(skus, refs)
+        await self.meanwhile()
+        return shown
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_drift_repair_never_overwrites_a_push_acknowledged_after_its_read(
+    rig: tuple[Container, Propagator],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> None:
+    c, worker = rig
+    amazon, ch = amazon_channel[0], "amazon-eu"
+    await c.stock.receive(Receipt("TEE-1", 5, "r-1"))
+    await record_all(c, worker)
+    # The repair reads TEE-1 before its first push (Amazon lists it on that push: not
+    # listed yet); the push goes out and Amazon acknowledges 5 before the repair applies.
+    racing = PushDuringRead(worker.adapters[ch], lambda: worker.push_once(ch))
+    drift = await c.propagation.reconcile(racing)
+    assert amazon.level("TEE-1") == 5
+    assert drift.unlisted == 0
+    row = await state(c, ch, "TEE-1")
+    assert (row["status"], row["pushed_quantity"]) == ("SYNCED", 5)
+    # And the next change reaches Amazon.
+    await c.stock.receive(Receipt("TEE-1", 2, "r-2"))
+    await record_all(c, worker)
+    while await worker.push_once(ch):
+        pass
+    assert amazon.level("TEE-1") == 7

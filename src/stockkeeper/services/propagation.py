@@ -470,7 +470,7 @@ class Propagation:
                         continue
                     there = shown.get(r.sku)
                     status = await repo.repair_drift(
-                        conn, channel, r.sku, there, lv.version, lv.level.available
+                        conn, channel, r.sku, there, lv.version, lv.level.available, r.claim_seq
                     )
                     checked += 1
                     if status is SyncStatus.PENDING and there != lv.level.available:

@@ -298,19 +298,31 @@ class Listed:
     sku: str
     channel_ref: str | None
     in_flight: bool
+    # The row's claim_seq when the page was read: the repair is applied only if no push
+    # was claimed since.
+    claim_seq: int
 
 
 async def reconcile_page(conn: Conn, channel: str, after: str, limit: int) -> list[Listed]:
     """The next ``limit`` SKUs after ``after`` (by name), with the channel's sync row."""
     rows = await conn.fetch(q("reconcile_page"), channel, after, limit)
-    return [Listed(r["sku"], r["channel_ref"], r["in_flight"]) for r in rows]
+    return [Listed(r["sku"], r["channel_ref"], r["in_flight"], r["claim_seq"]) for r in rows]
 
 
 async def repair_drift(
-    conn: Conn, channel: str, sku: str, shown: int | None, version: int, available: int
+    conn: Conn,
+    channel: str,
+    sku: str,
+    shown: int | None,
+    version: int,
+    available: int,
+    seen_seq: int,
 ) -> SyncStatus | None:
     """Record what the channel really shows (``shown``; None: not listed) against our
-    level; the row's status after, or None when it was left alone (a push in flight, or
-    a newer change known)."""
-    status: Any = await conn.fetchval(q("repair_drift"), channel, sku, shown, version, available)
+    level; the row's status after, or None when it was left alone (a push in flight, a
+    newer change known, or a push claimed since the read: its claim_seq is no longer
+    ``seen_seq``)."""
+    status: Any = await conn.fetchval(
+        q("repair_drift"), channel, sku, shown, version, available, seen_seq
+    )
     return None if status is None else SyncStatus(status)

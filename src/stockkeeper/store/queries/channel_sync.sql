@@ -242,8 +242,10 @@ UPDATE channel_state SET drift_repaired = drift_repaired + $2, last_reconciled_a
 WHERE channel = $1;
 
 -- name: reconcile_page
--- A page of SKUs (keyset on the name) with this channel's sync row, if any.
-SELECT k.sku, s.channel_ref, s.status, s.claimed_version IS NOT NULL AS in_flight
+-- A page of SKUs (keyset on the name) with this channel's sync row, if any, and its
+-- claim_seq as of now (0: no row yet), which the repair compares.
+SELECT k.sku, s.channel_ref, s.status, s.claimed_version IS NOT NULL AS in_flight,
+       COALESCE(s.claim_seq, 0) AS claim_seq
 FROM sku k
 LEFT JOIN channel_sync_state s ON s.channel = $1 AND s.sku = k.sku
 WHERE k.sku > $2
@@ -252,8 +254,9 @@ LIMIT $3;
 
 -- name: repair_drift
 -- What the channel really shows ($3, NULL: not listed) against our level now (version
--- $4, available $5). Left alone while a push is in flight or when a newer change is
--- already known: that push or change settles it.
+-- $4, available $5). Left alone while a push is in flight, when a newer change is
+-- already known, or when a push was claimed since the read (claim_seq no longer $6): a
+-- push that succeeded after the read is newer than what the read saw.
 INSERT INTO channel_sync_state AS s (channel, sku, desired_version, desired_quantity,
                                      pushed_version, pushed_quantity, status,
                                      pending_since, pending_changes)
@@ -266,6 +269,7 @@ ON CONFLICT (channel, sku) DO UPDATE SET
     desired_version = GREATEST(s.desired_version, $4),
     desired_quantity = $5,
     pushed_quantity = $3,
+    unlisted_at = CASE WHEN $3::bigint IS NULL THEN now() END,
     status = CASE WHEN $3::bigint IS NULL THEN 'UNLISTED'
                   WHEN $3::bigint = $5 AND s.status <> 'PENDING' THEN 'SYNCED'
                   WHEN $3::bigint = $5 THEN s.status
@@ -281,7 +285,7 @@ ON CONFLICT (channel, sku) DO UPDATE SET
     attempts = CASE WHEN $3::bigint IS NOT NULL AND $3::bigint <> $5 THEN 0 ELSE s.attempts END,
     next_attempt_at = now(),
     updated_at = now()
-WHERE s.claimed_version IS NULL AND s.desired_version <= $4
+WHERE s.claimed_version IS NULL AND s.desired_version <= $4 AND s.claim_seq = $6
 RETURNING s.status;
 
 -- name: prune_pushes
