@@ -547,3 +547,48 @@ async def test_drift_repair_never_overwrites_a_push_acknowledged_after_its_read(
     while await worker.push_once(ch):
         pass
     assert amazon.level("TEE-1") == 7
+
+
+@pytest.fixture
+def quick_stop(config: dict[str, Any]) -> None:
+    """A stopping propagator lets pushes in flight finish for 0.2 s, not 5."""
+    config.setdefault("propagation", {})["shutdown_grace_s"] = 0.2
+
+
+@pytest.mark.usefixtures("quick_stop")
+async def test_a_shutdown_lets_go_of_a_push_on_its_last_attempt_without_dead_lettering_it(
+    rig: tuple[Container, Propagator],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> None:
+    c, worker = rig
+    ch, last = "amazon-eu", c.settings.propagation.max_attempts - 1
+    await c.stock.receive(Receipt("TEE-1", 5, "r-1"))
+    await record_all(c, worker)
+    async with c.pool.acquire() as conn:  # it failed every attempt but its last
+        await conn.execute(
+            "UPDATE channel_sync_state SET attempts = $2 WHERE channel = $1", ch, last
+        )
+    put_faults(amazon_channel[1], hang=True)
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 20
+        while (await state(c, ch, "TEE-1"))["claimed_version"] is None:
+            assert time.monotonic() < deadline, "the push was never claimed"
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 20)
+        put_faults(amazon_channel[1])
+    row = await state(c, ch, "TEE-1")
+    assert (row["status"], row["claimed_version"], row["attempts"]) == ("PENDING", None, last)
+    async with c.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM dead_letter") == 0
+    # Started again (new adapters: the stopped propagator closed its own), it is pushed.
+    [cfg] = [x for x in c.settings.connectors_of(ChannelConfig) if x.id == ch]
+    again = Propagator(c.propagation, {ch: make_channel(cfg, token=None)}, c.pool)
+    try:
+        assert await again.push_once(ch) == 1
+    finally:
+        await again.adapters[ch].aclose()
+    assert amazon_channel[0].level("TEE-1") == 5

@@ -205,8 +205,9 @@ class Propagation:
         except ConnectorUnavailable as exc:
             return await self.failed(channel, claimed, str(exc), exc.retry_after)
         except asyncio.CancelledError:
-            # Stopping: let go of the rows now rather than when the lease runs out.
-            await asyncio.shield(self.failed(channel, claimed, "propagator stopped"))
+            # Stopping: let go of the rows now rather than when the lease runs out, and
+            # give back the attempt (a shutdown is not the channel failing).
+            await asyncio.shield(self.release(channel, claimed))
             raise
         except Exception as exc:
             log.exception("propagator.adapter_failed", channel=channel)
@@ -283,6 +284,13 @@ class Propagation:
             m.channel_pushes.labels(channel=channel, result="ok").inc(done.pushed)
         if done.noop:
             m.channel_pushes.labels(channel=channel, result="noop").inc(done.noop)
+
+    async def release(self, channel: str, claimed: Sequence[repo.Claimed]) -> None:
+        """Let go of pushes this sender will not finish (it is stopping): due again at
+        once, without counting an attempt, so a shutdown never dead-letters a push."""
+        async with self.pool.acquire() as conn:
+            await repo.release(conn, channel, claimed)
+        log.info("propagation.released", channel=channel, skus=len(claimed))
 
     async def failed(
         self,

@@ -41,9 +41,6 @@ IDLE_POLL_S = 1.0
 # under a stream of changes, one claim per channel every few milliseconds at most.
 LINGER_S = 0.01
 PRUNE_EVERY_S = 60.0
-# How long a stopping propagator lets pushes in flight finish before it abandons them
-# (their leases run out and another sender takes them).
-STOP_GRACE_S = 5.0
 
 
 class _Level(BaseModel):
@@ -178,8 +175,10 @@ class _ChannelLoop:
             self.step, wake, self.stop, poll_s=IDLE_POLL_S, on_error=self.claim_failed
         )
         if self.flying:
-            # Stopping: pushes in flight get a moment to finish, then let go of their rows.
-            _, late = await asyncio.wait(self.flying, timeout=STOP_GRACE_S)
+            # Stopping: pushes in flight get propagation.shutdown_grace_s to finish; the
+            # rest are cancelled, and let go of their rows without counting an attempt.
+            grace = self.worker.service.cfg.shutdown_grace_s
+            _, late = await asyncio.wait(self.flying, timeout=grace)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
