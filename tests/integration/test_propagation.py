@@ -592,3 +592,46 @@ async def test_a_shutdown_lets_go_of_a_push_on_its_last_attempt_without_dead_let
     finally:
         await again.adapters[ch].aclose()
     assert amazon_channel[0].level("TEE-1") == 5
+
+
+async def test_an_unlisted_sku_is_probed_again_after_its_recheck_and_flows_once_listed(
+    rig: tuple[Container, Propagator],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> None:
+    c, worker = rig
+    amazon, ch = amazon_channel[0], "amazon-eu"
+    amazon.unlist_skus(["TEE-1"])
+    await c.stock.receive(Receipt("TEE-1", 5, "r-1"))
+    await sync_all(c, worker)
+    assert (await state(c, ch, "TEE-1"))["status"] == "UNLISTED"
+    # The operator sees it: counted per channel, listed by the admin API, in a metric.
+    transport = httpx.ASGITransport(app=create_admin_app(c))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+        doc = (await http.get("/admin/status", headers=auth(ADMIN_TOKEN))).json()
+        assert doc["channels"][ch]["unlisted"] == 1
+        page = await http.get(doc["channels"][ch]["unlisted_skus"], headers=auth(ADMIN_TOKEN))
+        assert page.status_code == 200
+        assert [i["sku"] for i in page.json()["items"]] == ["TEE-1"]
+        assert page.json()["next"] is None
+        missing = await http.get("/admin/channels/nowhere/unlisted", headers=auth(ADMIN_TOKEN))
+        assert missing.status_code == 404
+    gauge = c.metrics.registry.get_sample_value("stockkeeper_channel_unlisted", {"channel": ch})
+    assert gauge == 1
+    # Listed on the channel; a change within unlisted_recheck_s (an hour) does not probe.
+    amazon.list_skus(["TEE-1"])
+    await c.stock.receive(Receipt("TEE-1", 1, "r-2"))
+    await record_all(c, worker)
+    assert await worker.push_once(ch) == 0
+    # Once the hour has passed, the next change probes it, and it flows again.
+    async with c.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE channel_sync_state SET unlisted_at = now() - interval '3601 seconds' "
+            "WHERE channel = $1",
+            ch,
+        )
+    await c.stock.receive(Receipt("TEE-1", 1, "r-3"))
+    await record_all(c, worker)
+    while await worker.push_once(ch):
+        pass
+    assert amazon.level("TEE-1") == 7
+    assert (await state(c, ch, "TEE-1"))["status"] == "SYNCED"

@@ -285,6 +285,13 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.channel_unlisted = Gauge(
+            "stockkeeper_channel_unlisted",
+            "SKUs the channel said it does not list (probed again by a level change "
+            "after unlisted_recheck_s; listed through GET /admin/channels/{channel}/unlisted).",
+            ["channel"],
+            registry=r,
+        )
         self.channel_drift = Counter(
             "stockkeeper_channel_drift_repaired_total",
             "SKUs a drift repair found showing another level on the channel than ours.",

@@ -25,6 +25,7 @@ from stockkeeper.connectors.channels import ChannelAdapter, Push, PushOutcome
 from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
 from stockkeeper.connectors.shopify import MAX_PACE_WAIT_S
 from stockkeeper.domain.backoff import Backoff
+from stockkeeper.domain.errors import NotFound
 from stockkeeper.domain.events import Event
 from stockkeeper.domain.propagation import AlertChange, SyncStatus, Verdict, judge, lag_alert
 from stockkeeper.messaging.consumer import dead_letter
@@ -68,6 +69,15 @@ class Settled:
         self.retried += other.retried
         self.lags_ms += other.lags_ms
         return self
+
+
+@dataclass(frozen=True, slots=True)
+class UnlistedPage:
+    """A page of a channel's UNLISTED SKUs; ``next`` is the cursor of the next page."""
+
+    channel: str
+    items: list[repo.Unlisted]
+    next: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +129,13 @@ class Propagation:
             return {}
         states = await repo.lock_states(conn, sku, self.ids)
         verdicts = {
-            ch: judge(states[ch], version, available, from_this_channel=source in self.echo[ch])
+            ch: judge(
+                states[ch],
+                version,
+                available,
+                from_this_channel=source in self.echo[ch],
+                recheck_s=self.configs[ch].unlisted_recheck_s,
+            )
             for ch in self.ids
         }
         live = {ch: v for ch, v in verdicts.items() if v is not Verdict.STALE}
@@ -423,6 +439,8 @@ class Propagation:
         out: dict[str, Any] = {}
         for ch in self.ids:
             c, t, s, lag = counts[ch], totals[ch], states.get(ch), lags[ch]
+            self.metrics.channel_pending.labels(channel=ch).set(c.pending)
+            self.metrics.channel_unlisted.labels(channel=ch).set(c.unlisted)
             out[ch] = {
                 "type": self.configs[ch].type,
                 "lag_ms": {"p50": lag.p50_ms, "p99": lag.p99_ms, "samples": lag.samples},
@@ -432,6 +450,8 @@ class Propagation:
                 "pending": c.pending,
                 "synced": c.synced,
                 "unlisted": c.unlisted,
+                "unlisted_skus": f"/admin/channels/{ch}/unlisted",
+                "unlisted_recheck_s": self.configs[ch].unlisted_recheck_s,
                 "dead": c.dead,
                 "oldest_pending_s": c.oldest_pending_s,
                 "pushes_in_window": t.pushes,
@@ -442,6 +462,16 @@ class Propagation:
                 "drift_repaired": s.drift_repaired if s else 0,
             }
         return out
+
+    async def unlisted(self, channel: str, after: str = "", limit: int = 100) -> UnlistedPage:
+        """The channel's SKUs it does not list, by name after ``after``."""
+        if channel not in self.configs:
+            raise NotFound(f"no channel {channel!r} is configured")
+        async with self.pool.acquire() as conn:
+            rows = await repo.unlisted_page(conn, channel, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return UnlistedPage(channel, rows, rows[-1].sku if more else None)
 
     # -- drift repair ----------------------------------------------------------------
 

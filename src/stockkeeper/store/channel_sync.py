@@ -65,6 +65,7 @@ async def lock_states(conn: Conn, sku: str, channels: Sequence[str]) -> dict[str
             r["pushed_version"],
             r["pushed_quantity"],
             SyncStatus(r["status"]),
+            r["unlisted_for_s"],
         )
         for r in rows
     }
@@ -326,3 +327,17 @@ async def repair_drift(
         q("repair_drift"), channel, sku, shown, version, available, seen_seq
     )
     return None if status is None else SyncStatus(status)
+
+
+@dataclass(frozen=True, slots=True)
+class Unlisted:
+    """A SKU the channel said it does not list, and since when (None: not recorded)."""
+
+    sku: str
+    since: datetime | None
+
+
+async def unlisted_page(conn: Conn, channel: str, after: str, limit: int) -> list[Unlisted]:
+    """The channel's UNLISTED SKUs after ``after`` (by name), at most ``limit``."""
+    rows = await conn.fetch(q("unlisted_page"), channel, after, limit)
+    return [Unlisted(r["sku"], r["unlisted_at"]) for r in rows]

@@ -132,9 +132,7 @@ class Propagator:
         while not stop.is_set():
             try:
                 await self.service.check_lag()
-                status = await self.service.status()
-                for ch, doc in status.items():
-                    self.metrics.channel_pending.labels(channel=ch).set(doc["pending"])
+                await self.service.status()  # sets the pending and unlisted gauges
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     await self.service.prune()
                     last_prune = time.monotonic()

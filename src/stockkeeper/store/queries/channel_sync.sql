@@ -9,7 +9,8 @@ ON CONFLICT (channel, sku) DO NOTHING;
 -- name: lock_sync_rows
 -- One SKU's rows across the channels, locked in channel order. A consumer transaction
 -- touches one SKU and a sender's acknowledgement one channel, so they cannot deadlock.
-SELECT channel, desired_version, pushed_version, pushed_quantity, status
+SELECT channel, desired_version, pushed_version, pushed_quantity, status,
+       EXTRACT(EPOCH FROM now() - unlisted_at)::float8 AS unlisted_for_s
 FROM channel_sync_state
 WHERE sku = $1 AND channel = ANY($2::text[])
 ORDER BY channel
@@ -296,3 +297,10 @@ WHERE id = ANY(ARRAY(
     ORDER BY id
     LIMIT $2
 ));
+
+-- name: unlisted_page
+-- A channel's UNLISTED SKUs after $2 (keyset on the SKU, on channel_sync_unlisted).
+SELECT sku, unlisted_at FROM channel_sync_state
+WHERE channel = $1 AND status = 'UNLISTED' AND sku > $2
+ORDER BY sku
+LIMIT $3;
