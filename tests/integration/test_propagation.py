@@ -635,3 +635,34 @@ async def test_an_unlisted_sku_is_probed_again_after_its_recheck_and_flows_once_
         pass
     assert amazon.level("TEE-1") == 7
     assert (await state(c, ch, "TEE-1"))["status"] == "SYNCED"
+
+
+async def test_the_divergence_sample_finds_a_figure_edited_behind_our_back_and_pushes_ours(
+    rig: tuple[Container, Propagator],
+    shopify_channel: tuple[ShopifyState, SandboxServer],
+) -> None:
+    c, worker = rig
+    shopify, ch = shopify_channel[0], "shopify-main"
+    for sku, qty in [("TEE-1", 10), ("TEE-2", 4)]:
+        await c.stock.receive(Receipt(sku, qty, f"r-{sku}"))
+    await sync_all(c, worker)
+    shopify.set_level("TEE-1", 25)  # someone edits the channel behind our back
+    sampled = await c.propagation.sample(worker.adapters[ch])
+    assert sampled is not None
+    assert (sampled.checked, sampled.diverged) == (2, 1)
+    assert await c.propagation.sample(worker.adapters[ch]) is None  # next one not due yet
+    divergence = c.metrics.registry.get_sample_value(
+        "stockkeeper_channel_divergence_total", {"channel": ch}
+    )
+    assert divergence == 1
+    transport = httpx.ASGITransport(app=create_admin_app(c))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+        doc = (await http.get("/admin/status", headers=auth(ADMIN_TOKEN))).json()
+    assert doc["channels"][ch]["divergence_found"] == 1
+    assert doc["channels"][ch]["last_sampled_at"] is not None
+    # Repaired through the normal push path, from what the channel really showed.
+    while await worker.push_once(ch):
+        pass
+    assert shopify.level("TEE-1") == 10
+    assert shopify.pushed("TEE-1")[-1] == 10
+    assert (await state(c, ch, "TEE-1"))["status"] == "SYNCED"

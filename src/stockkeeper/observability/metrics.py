@@ -292,6 +292,13 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.channel_divergence = Counter(
+            "stockkeeper_channel_divergence_total",
+            "SKUs the divergence sample found the channel showing something other than "
+            "what it acknowledged (edited behind our back); each is pushed again.",
+            ["channel"],
+            registry=r,
+        )
         self.channel_drift = Counter(
             "stockkeeper_channel_drift_repaired_total",
             "SKUs a drift repair found showing another level on the channel than ours.",

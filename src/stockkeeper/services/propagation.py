@@ -81,6 +81,15 @@ class UnlistedPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Sampled:
+    """What one divergence sample of a channel found."""
+
+    channel: str
+    checked: int
+    diverged: int
+
+
+@dataclass(frozen=True, slots=True)
 class Drift:
     """What a drift repair of one channel found."""
 
@@ -460,6 +469,10 @@ class Propagation:
                     s.last_reconciled_at.isoformat() if s and s.last_reconciled_at else None
                 ),
                 "drift_repaired": s.drift_repaired if s else 0,
+                "divergence_found": s.divergence_found if s else 0,
+                "last_sampled_at": (
+                    s.last_sampled_at.isoformat() if s and s.last_sampled_at else None
+                ),
             }
         return out
 
@@ -472,6 +485,47 @@ class Propagation:
         more = len(rows) > limit
         rows = rows[:limit]
         return UnlistedPage(channel, rows, rows[-1].sku if more else None)
+
+    # -- the divergence sample -------------------------------------------------------
+
+    async def sample(self, adapter: ChannelAdapter) -> Sampled | None:
+        """If the channel's sample is due (one replica runs it): read back the next
+        ``divergence_sample_size`` SKUs we believe in sync and, where the channel shows
+        something else, make our level due from what it shows (pushed by the senders),
+        counted in ``stockkeeper_channel_divergence_total``; None when not due."""
+        channel, cfg = adapter.id, self.configs[adapter.id]
+        if not adapter.can_read or cfg.divergence_sample_s <= 0:
+            return None
+        async with self.pool.acquire() as conn:
+            await repo.ensure_channel_states(conn, [channel])
+            after = await repo.claim_sample(conn, channel, cfg.divergence_sample_s)
+            if after is None:
+                return None
+            size = cfg.divergence_sample_size
+            rows = await repo.sample_page(conn, channel, after, size)
+            if not rows and after:  # the walk reached the end: from the start again
+                rows = await repo.sample_page(conn, channel, "", size)
+            if not rows:
+                return Sampled(channel, 0, 0)
+        shown = await adapter.read(
+            [r.sku for r in rows], {r.sku: r.channel_ref for r in rows if r.channel_ref}
+        )
+        found: list[str] = []
+        async with transaction(self.pool) as conn:
+            for r in rows:
+                there = shown.get(r.sku)
+                if there == r.quantity:
+                    continue
+                if await repo.diverged(conn, channel, r.sku, there, r.claim_seq) is not None:
+                    found.append(r.sku)
+            nxt = rows[-1].sku if len(rows) == size else ""
+            await repo.sampled(conn, channel, nxt, len(found))
+            if found:
+                await repo.notify_senders(conn, NOTIFY_CHANNEL)
+        if found:
+            self.metrics.channel_divergence.labels(channel=channel).inc(len(found))
+            log.warning("propagation.divergence", channel=channel, skus=found[:20])
+        return Sampled(channel, len(rows), len(found))
 
     # -- drift repair ----------------------------------------------------------------
 

@@ -214,6 +214,8 @@ class ChannelState:
     alerting: bool
     last_reconciled_at: datetime | None
     drift_repaired: int
+    last_sampled_at: datetime | None
+    divergence_found: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +261,12 @@ async def channel_states(conn: Conn, channels: Sequence[str]) -> dict[str, Chann
     rows = await conn.fetch(q("channel_states"), list(channels))
     return {
         r["channel"]: ChannelState(
-            r["channel"], r["alerting"], r["last_reconciled_at"], r["drift_repaired"]
+            r["channel"],
+            r["alerting"],
+            r["last_reconciled_at"],
+            r["drift_repaired"],
+            r["last_sampled_at"],
+            r["divergence_found"],
         )
         for r in rows
     }
@@ -341,3 +348,43 @@ async def unlisted_page(conn: Conn, channel: str, after: str, limit: int) -> lis
     """The channel's UNLISTED SKUs after ``after`` (by name), at most ``limit``."""
     rows = await conn.fetch(q("unlisted_page"), channel, after, limit)
     return [Unlisted(r["sku"], r["unlisted_at"]) for r in rows]
+
+
+# -- the divergence sample -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Believed:
+    """A SKU we believe the channel shows ``quantity`` of (the divergence sample's page)."""
+
+    sku: str
+    channel_ref: str | None
+    quantity: int
+    claim_seq: int
+
+
+async def claim_sample(conn: Conn, channel: str, interval_s: float) -> str | None:
+    """Where the channel's sample walk stands if this replica samples it now (marked
+    started), else None."""
+    after: str | None = await conn.fetchval(q("claim_sample"), channel, interval_s)
+    return after
+
+
+async def sample_page(conn: Conn, channel: str, after: str, limit: int) -> list[Believed]:
+    rows = await conn.fetch(q("sample_page"), channel, after, limit)
+    return [
+        Believed(r["sku"], r["channel_ref"], r["pushed_quantity"], r["claim_seq"]) for r in rows
+    ]
+
+
+async def diverged(
+    conn: Conn, channel: str, sku: str, shown: int | None, seen_seq: int
+) -> SyncStatus | None:
+    """The channel shows ``shown``, not what it acknowledged: due again (or UNLISTED);
+    None when left alone (a push claimed since the read, or no longer in sync)."""
+    status: Any = await conn.fetchval(q("diverged"), channel, sku, shown, seen_seq)
+    return None if status is None else SyncStatus(status)
+
+
+async def sampled(conn: Conn, channel: str, after: str, found: int) -> None:
+    await conn.execute(q("sampled"), channel, after, found)

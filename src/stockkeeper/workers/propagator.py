@@ -129,6 +129,7 @@ class Propagator:
         interval = self.service.monitoring.lag_check_interval_s
         last_prune = 0.0
         repairs: dict[str, asyncio.Task[object]] = {}
+        samples: dict[str, asyncio.Task[object]] = {}
         while not stop.is_set():
             try:
                 await self.service.check_lag()
@@ -142,13 +143,25 @@ class Propagator:
                         continue
                     if adapter.can_read and await self.service.due_for_reconcile(ch):
                         repairs[ch] = asyncio.ensure_future(self.service.reconcile(adapter))
+                for ch, adapter in self.adapters.items():
+                    sampling = samples.get(ch)
+                    if adapter.can_read and (sampling is None or sampling.done()):
+                        samples[ch] = asyncio.ensure_future(self._sample(adapter))
             except Exception:
                 self.metrics.worker_errors.labels(worker="propagator").inc()
                 log.exception("propagator.monitor_failed")
             await wait_any(stop, at_most=interval)
-        for task in repairs.values():
+        tasks = [*repairs.values(), *samples.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*repairs.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _sample(self, adapter: ChannelAdapter) -> None:
+        try:
+            await self.service.sample(adapter)
+        except Exception:
+            self.metrics.worker_errors.labels(worker="propagator").inc()
+            log.exception("propagator.sample_failed", channel=adapter.id)
 
 
 class _ChannelLoop:

@@ -212,7 +212,7 @@ ON CONFLICT (channel) DO NOTHING;
 
 -- name: channel_states
 SELECT channel, alerting, alert_since, last_p50_ms, last_p99_ms, last_checked_at,
-       last_reconciled_at, drift_repaired
+       last_reconciled_at, drift_repaired, last_sampled_at, divergence_found
 FROM channel_state WHERE channel = ANY($1::text[]) ORDER BY channel;
 
 -- name: lock_channel_state
@@ -304,3 +304,43 @@ SELECT sku, unlisted_at FROM channel_sync_state
 WHERE channel = $1 AND status = 'UNLISTED' AND sku > $2
 ORDER BY sku
 LIMIT $3;
+
+-- name: claim_sample
+-- Whether this channel's divergence sample is due; the one replica that gets the row
+-- marks it started and gets where the walk through the SKUs stands.
+UPDATE channel_state SET last_sampled_at = now()
+WHERE channel = (
+    SELECT channel FROM channel_state
+    WHERE channel = $1
+      AND (last_sampled_at IS NULL OR last_sampled_at < now() - make_interval(secs => $2))
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING sample_after;
+
+-- name: sample_page
+-- The next $3 SKUs after $2 that we believe the channel shows (SYNCED, no push in
+-- flight), with what it should show and the claim_seq the repair compares.
+SELECT sku, channel_ref, pushed_quantity, claim_seq FROM channel_sync_state
+WHERE channel = $1 AND sku > $2 AND status = 'SYNCED' AND claimed_version IS NULL
+  AND pushed_quantity IS NOT NULL
+ORDER BY sku
+LIMIT $3;
+
+-- name: diverged
+-- The channel shows $3 (NULL: no longer lists it), not what it acknowledged: a push of
+-- our level is due from that figure (or the SKU is UNLISTED). Only if nothing was
+-- claimed since the read (claim_seq still $4) and we still believe it in sync.
+UPDATE channel_sync_state SET
+    pushed_quantity = $3,
+    status = CASE WHEN $3::bigint IS NULL THEN 'UNLISTED' ELSE 'PENDING' END,
+    pending_since = CASE WHEN $3::bigint IS NULL THEN NULL ELSE now() END,
+    pending_changes = CASE WHEN $3::bigint IS NULL THEN 0 ELSE GREATEST(1, pending_changes) END,
+    unlisted_at = CASE WHEN $3::bigint IS NULL THEN now() END,
+    attempts = 0, next_attempt_at = now(), updated_at = now()
+WHERE channel = $1 AND sku = $2 AND claim_seq = $4 AND claimed_version IS NULL
+  AND status = 'SYNCED'
+RETURNING status;
+
+-- name: sampled
+UPDATE channel_state SET sample_after = $2, divergence_found = divergence_found + $3
+WHERE channel = $1;
