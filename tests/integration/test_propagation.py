@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from stockkeeper.api.admin import create_admin_app
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import ChannelConfig, Settings
 from stockkeeper.connectors.channel_registry import make_channel
-from stockkeeper.connectors.channels import PushOutcome
+from stockkeeper.connectors.channels import ChannelAdapter, Fence, Push, PushOutcome
 from stockkeeper.domain.events import LEVEL_CHANGED
 from stockkeeper.domain.propagation import AlertChange, Verdict
 from stockkeeper.messaging.consumer import PermanentError
@@ -450,3 +450,219 @@ async def test_the_running_propagator_is_woken_by_a_recorded_change_and_pushes_i
     finally:
         stop.set()
         await asyncio.wait_for(running, 20)
+
+
+async def expire_leases(c: Container, channel: str) -> None:
+    """The leases of the channel's pushes in flight run out (their senders are slow)."""
+    async with c.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE channel_sync_state SET leased_until = now() - interval '1 second' "
+            "WHERE channel = $1 AND claimed_version IS NOT NULL",
+            channel,
+        )
+
+
+async def test_a_push_that_outlived_its_lease_never_writes_an_older_figure_over_a_newer_one(
+    rig: tuple[Container, Propagator],
+    shopify_channel: tuple[ShopifyState, SandboxServer],
+) -> None:
+    c, worker = rig
+    p, shopify, ch = c.propagation, shopify_channel[0], "shopify-main"
+    await c.stock.receive(Receipt("TEE-1", 10, "r-1"))
+    await sync_all(c, worker)
+    assert shopify.level("TEE-1") == 10
+    # A first sender claims level 15; it is slow, and its lease runs out.
+    await c.stock.receive(Receipt("TEE-1", 5, "r-2"))
+    await record_all(c, worker)
+    slow = await p.claim(ch, 10)
+    assert [(x.quantity, x.previous) for x in slow] == [(15, 10)]
+    await expire_leases(c, ch)
+    # Meanwhile level 18: a second sender claims it and Shopify shows it.
+    await c.stock.receive(Receipt("TEE-1", 3, "r-3"))
+    await record_all(c, worker)
+    [cfg] = [x for x in c.settings.connectors_of(ChannelConfig) if x.id == ch]
+    second = Propagator(p, {ch: make_channel(cfg, token=None)}, c.pool)
+    try:
+        assert await second.push_once(ch) == 1
+    finally:
+        await second.adapters[ch].aclose()
+    assert shopify.level("TEE-1") == 18
+    # The first sender's write is now stale; it re-reads 18, and its fence stops it
+    # from setting 15 over it.
+    done = await p.push_claimed(worker.adapters[ch], slow)
+    assert (done.pushed, done.dead, done.retried) == (0, 0, 0)
+    assert shopify.pushed("TEE-1") == [10, 18]
+    assert shopify.level("TEE-1") == 18
+    row = await state(c, ch, "TEE-1")
+    assert (row["status"], row["pushed_quantity"], row["claimed_version"]) == ("SYNCED", 18, None)
+
+
+class PushDuringRead:
+    """A channel's real adapter, with the channel's due pushes sent between its read of
+    the levels and its answer (drift repair running while pushes go out)."""
+
+    def __init__(self, inner: ChannelAdapter, meanwhile: Callable[[], Awaitable[object]]) -> None:
+        self.inner = inner
+        self.meanwhile = meanwhile
+
+    @property
+    def id(self) -> str:
+        return self.inner.id
+
+    @property
+    def can_read(self) -> bool:
+        return self.inner.can_read
+
+    async def push(self, items: Sequence[Push], fence: Fence | None = None) -> list[PushOutcome]:
+        return await self.inner.push(items, fence)
+
+    async def read(self, skus: Sequence[str], refs: Mapping[str, str]) -> dict[str, int | None]:
+        shown = await self.inner.read(skus, refs)
+        await self.meanwhile()
+        return shown
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_drift_repair_never_overwrites_a_push_acknowledged_after_its_read(
+    rig: tuple[Container, Propagator],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> None:
+    c, worker = rig
+    amazon, ch = amazon_channel[0], "amazon-eu"
+    await c.stock.receive(Receipt("TEE-1", 5, "r-1"))
+    await record_all(c, worker)
+    # The repair reads TEE-1 before its first push (Amazon lists it on that push: not
+    # listed yet); the push goes out and Amazon acknowledges 5 before the repair applies.
+    racing = PushDuringRead(worker.adapters[ch], lambda: worker.push_once(ch))
+    drift = await c.propagation.reconcile(racing)
+    assert amazon.level("TEE-1") == 5
+    assert drift.unlisted == 0
+    row = await state(c, ch, "TEE-1")
+    assert (row["status"], row["pushed_quantity"]) == ("SYNCED", 5)
+    # And the next change reaches Amazon.
+    await c.stock.receive(Receipt("TEE-1", 2, "r-2"))
+    await record_all(c, worker)
+    while await worker.push_once(ch):
+        pass
+    assert amazon.level("TEE-1") == 7
+
+
+@pytest.fixture
+def quick_stop(config: dict[str, Any]) -> None:
+    """A stopping propagator lets pushes in flight finish for 0.2 s, not 5."""
+    config.setdefault("propagation", {})["shutdown_grace_s"] = 0.2
+
+
+@pytest.mark.usefixtures("quick_stop")
+async def test_a_shutdown_lets_go_of_a_push_on_its_last_attempt_without_dead_lettering_it(
+    rig: tuple[Container, Propagator],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> None:
+    c, worker = rig
+    ch, last = "amazon-eu", c.settings.propagation.max_attempts - 1
+    await c.stock.receive(Receipt("TEE-1", 5, "r-1"))
+    await record_all(c, worker)
+    async with c.pool.acquire() as conn:  # it failed every attempt but its last
+        await conn.execute(
+            "UPDATE channel_sync_state SET attempts = $2 WHERE channel = $1", ch, last
+        )
+    put_faults(amazon_channel[1], hang=True)
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 20
+        while (await state(c, ch, "TEE-1"))["claimed_version"] is None:
+            assert time.monotonic() < deadline, "the push was never claimed"
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 20)
+        put_faults(amazon_channel[1])
+    row = await state(c, ch, "TEE-1")
+    assert (row["status"], row["claimed_version"], row["attempts"]) == ("PENDING", None, last)
+    async with c.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM dead_letter") == 0
+    # Started again (new adapters: the stopped propagator closed its own), it is pushed.
+    [cfg] = [x for x in c.settings.connectors_of(ChannelConfig) if x.id == ch]
+    again = Propagator(c.propagation, {ch: make_channel(cfg, token=None)}, c.pool)
+    try:
+        assert await again.push_once(ch) == 1
+    finally:
+        await again.adapters[ch].aclose()
+    assert amazon_channel[0].level("TEE-1") == 5
+
+
+async def test_an_unlisted_sku_is_probed_again_after_its_recheck_and_flows_once_listed(
+    rig: tuple[Container, Propagator],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> None:
+    c, worker = rig
+    amazon, ch = amazon_channel[0], "amazon-eu"
+    amazon.unlist_skus(["TEE-1"])
+    await c.stock.receive(Receipt("TEE-1", 5, "r-1"))
+    await sync_all(c, worker)
+    assert (await state(c, ch, "TEE-1"))["status"] == "UNLISTED"
+    # The operator sees it: counted per channel, listed by the admin API, in a metric.
+    transport = httpx.ASGITransport(app=create_admin_app(c))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+        doc = (await http.get("/admin/status", headers=auth(ADMIN_TOKEN))).json()
+        assert doc["channels"][ch]["unlisted"] == 1
+        page = await http.get(doc["channels"][ch]["unlisted_skus"], headers=auth(ADMIN_TOKEN))
+        assert page.status_code == 200
+        assert [i["sku"] for i in page.json()["items"]] == ["TEE-1"]
+        assert page.json()["next"] is None
+        missing = await http.get("/admin/channels/nowhere/unlisted", headers=auth(ADMIN_TOKEN))
+        assert missing.status_code == 404
+    gauge = c.metrics.registry.get_sample_value("stockkeeper_channel_unlisted", {"channel": ch})
+    assert gauge == 1
+    # Listed on the channel; a change within unlisted_recheck_s (an hour) does not probe.
+    amazon.list_skus(["TEE-1"])
+    await c.stock.receive(Receipt("TEE-1", 1, "r-2"))
+    await record_all(c, worker)
+    assert await worker.push_once(ch) == 0
+    # Once the hour has passed, the next change probes it, and it flows again.
+    async with c.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE channel_sync_state SET unlisted_at = now() - interval '3601 seconds' "
+            "WHERE channel = $1",
+            ch,
+        )
+    await c.stock.receive(Receipt("TEE-1", 1, "r-3"))
+    await record_all(c, worker)
+    while await worker.push_once(ch):
+        pass
+    assert amazon.level("TEE-1") == 7
+    assert (await state(c, ch, "TEE-1"))["status"] == "SYNCED"
+
+
+async def test_the_divergence_sample_finds_a_figure_edited_behind_our_back_and_pushes_ours(
+    rig: tuple[Container, Propagator],
+    shopify_channel: tuple[ShopifyState, SandboxServer],
+) -> None:
+    c, worker = rig
+    shopify, ch = shopify_channel[0], "shopify-main"
+    for sku, qty in [("TEE-1", 10), ("TEE-2", 4)]:
+        await c.stock.receive(Receipt(sku, qty, f"r-{sku}"))
+    await sync_all(c, worker)
+    shopify.set_level("TEE-1", 25)  # someone edits the channel behind our back
+    sampled = await c.propagation.sample(worker.adapters[ch])
+    assert sampled is not None
+    assert (sampled.checked, sampled.diverged) == (2, 1)
+    assert await c.propagation.sample(worker.adapters[ch]) is None  # next one not due yet
+    divergence = c.metrics.registry.get_sample_value(
+        "stockkeeper_channel_divergence_total", {"channel": ch}
+    )
+    assert divergence == 1
+    transport = httpx.ASGITransport(app=create_admin_app(c))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+        doc = (await http.get("/admin/status", headers=auth(ADMIN_TOKEN))).json()
+    assert doc["channels"][ch]["divergence_found"] == 1
+    assert doc["channels"][ch]["last_sampled_at"] is not None
+    # Repaired through the normal push path, from what the channel really showed.
+    while await worker.push_once(ch):
+        pass
+    assert shopify.level("TEE-1") == 10
+    assert shopify.pushed("TEE-1")[-1] == 10
+    assert (await state(c, ch, "TEE-1"))["status"] == "SYNCED"

@@ -69,6 +69,15 @@ def test_an_unlisted_sku_keeps_the_newest_level_without_a_push() -> None:
     assert judge(unlisted, 4, 7, from_this_channel=False) is Verdict.STALE
 
 
+def test_an_unlisted_sku_is_probed_again_once_its_recheck_is_due() -> None:
+    unlisted = SyncState(4, 0, None, SyncStatus.UNLISTED, unlisted_for_s=30.0)
+    assert judge(unlisted, 5, 7, from_this_channel=False, recheck_s=60) is Verdict.HELD
+    assert judge(unlisted, 5, 7, from_this_channel=False, recheck_s=30) is Verdict.PUSH
+    never_said = SyncState(4, 0, None, SyncStatus.UNLISTED)
+    assert judge(never_said, 5, 7, from_this_channel=False, recheck_s=60) is Verdict.PUSH
+    assert judge(unlisted, 4, 7, from_this_channel=False, recheck_s=0) is Verdict.STALE
+
+
 def test_a_dead_push_is_revived_by_a_newer_level() -> None:
     dead = SyncState(4, 2, 5, SyncStatus.DEAD)
     assert judge(dead, 5, 7, from_this_channel=False) is Verdict.PUSH

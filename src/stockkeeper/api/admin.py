@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
@@ -115,6 +115,30 @@ def create_admin_app(container: Container) -> FastAPI:
     async def wms_sync_status(sync_request_id: RowId, who: Principal = ADMIN) -> Response:
         """PENDING, IN_PROGRESS, then DONE or FAILED (with the reason), and the tallies."""
         return _ok(schemas.WmsSyncOut.of(await container.wms.get_request(sync_request_id)))
+
+    @app.get(
+        "/admin/channels/{channel}/unlisted",
+        response_model=schemas.UnlistedListOut,
+        responses=schemas.PROBLEMS,
+        tags=["channels"],
+    )
+    async def channel_unlisted(
+        channel: Annotated[str, Path(max_length=200)],
+        after: Annotated[str, Query(max_length=128)] = "",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        who: Principal = ADMIN,
+    ) -> Response:
+        """The SKUs the channel said it does not list, by SKU (keyset: ``after``). Each is
+        probed again by its next level change once the channel's unlisted_recheck_s has
+        passed; listed on the channel, it flows again."""
+        page = await container.propagation.unlisted(channel, after, limit)
+        return _ok(
+            schemas.UnlistedListOut(
+                channel=page.channel,
+                items=[schemas.UnlistedSkuOut(sku=u.sku, since=u.since) for u in page.items],
+                next=page.next,
+            )
+        )
 
     @app.get(
         "/admin/status",

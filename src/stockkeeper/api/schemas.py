@@ -366,6 +366,19 @@ class DeadLetterListOut(BaseModel):
     next: int | None
 
 
+class UnlistedSkuOut(BaseModel):
+    sku: str
+    since: AwareDatetime | None
+
+
+class UnlistedListOut(BaseModel):
+    """A page of a channel's UNLISTED SKUs; pass ``next`` as ``after`` for the next."""
+
+    channel: str
+    items: list[UnlistedSkuOut]
+    next: str | None
+
+
 class StatusOut(BaseModel):
     """The operator's page; each section is as its service reports it."""
 

@@ -142,6 +142,14 @@ class ChannelConfig(HttpConnectorConfig):
     # Read levels back and re-push where they differ, every this many seconds (channels
     # that can report levels); 0: only when `stockkeeper reconcile-channels` runs.
     reconcile_interval_s: float = Field(default=0.0, ge=0)
+    # A SKU the channel said it does not list is probed again by its next level change,
+    # at most once per this many seconds (listed meanwhile, it flows again).
+    unlisted_recheck_s: float = Field(default=3600.0, ge=0)
+    # Divergence sample (channels that can report levels): every this many seconds, read
+    # back divergence_sample_size SKUs we believe in sync (walking through them all in
+    # turn) and re-push where the channel shows something else; 0: off.
+    divergence_sample_s: float = Field(default=300.0, ge=0)
+    divergence_sample_size: int = Field(default=20, ge=1, le=250)
 
 
 class ShopifyChannelConfig(ChannelConfig):

@@ -176,6 +176,9 @@ class PropagationConfig(Section):
     consumers: int = Field(default=4, ge=1, le=64)
     # How long pushes are kept in channel_push (lag percentiles, audit).
     push_log_retention_s: int = Field(default=86_400, ge=60)
+    # On shutdown, how long pushes in flight may finish; those still going are then let
+    # go (due again at once, no attempt counted), never dead-lettered.
+    shutdown_grace_s: float = Field(default=5.0, ge=0, le=600)
 
 
 class RetentionConfig(Section):

@@ -29,7 +29,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from stockkeeper.config import AmazonChannelConfig
-from stockkeeper.connectors.channels import Push, PushOutcome
+from stockkeeper.connectors.channels import Fence, Push, PushOutcome
 from stockkeeper.connectors.http import ConnectorRejected, HttpCaller, InvalidResponse, OnCall
 from stockkeeper.observability.metrics import Metrics
 
@@ -125,8 +125,10 @@ class AmazonChannel:
     def _path(self, sku: str) -> str:
         return f"{API}/{quote(self.cfg.seller_id, safe='')}/{quote(sku, safe='')}"
 
-    async def push(self, items: Sequence[Push]) -> list[PushOutcome]:
-        """One PATCH per item, in order (the config allows one item per push)."""
+    async def push(self, items: Sequence[Push], fence: Fence | None = None) -> list[PushOutcome]:
+        """One PATCH per item, in order (the config allows one item per push). Each
+        item is written by one call (its own retries resend the same PATCH of an absolute
+        figure), so ``fence`` is never needed."""
         return [await self._push(item) for item in items]
 
     async def _push(self, item: Push) -> PushOutcome:

@@ -21,11 +21,17 @@ Failure contract of :meth:`ChannelAdapter.push`:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-PushStatus = Literal["ok", "unlisted", "rejected"]
+PushStatus = Literal["ok", "unlisted", "rejected", "superseded"]
+
+# Asked before every write of a push that is not its first try (a re-read and set, a
+# throttled call sent again): which of these SKUs this push may still write. A SKU left
+# out was claimed by another sender after this push's lease ran out; writing it would
+# put an older figure over a newer one. The propagator renews the lease of the others.
+Fence = Callable[[Sequence[str]], Awaitable[set[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,7 @@ class PushOutcome:
     ``unlisted``: the channel has no listing for the SKU (not sold there); nothing to do
     until it is listed.
     ``rejected``: the channel refused this item for good; ``error`` says why.
+    ``superseded``: the fence said the push is no longer ours; nothing was written after.
     """
 
     sku: str
@@ -71,9 +78,11 @@ class ChannelAdapter(Protocol):
     def can_read(self) -> bool:
         """Whether :meth:`read` can report the channel's levels (drift repair)."""
 
-    async def push(self, items: Sequence[Push]) -> list[PushOutcome]:
+    async def push(self, items: Sequence[Push], fence: Fence | None = None) -> list[PushOutcome]:
         """Set each item's available quantity on the channel (at most ``batch_size``
-        items, distinct SKUs). See the module docstring for the failure contract."""
+        items, distinct SKUs). See the module docstring for the failure contract. An
+        adapter that writes an item more than once asks ``fence`` before every write
+        after the first (see :data:`Fence`)."""
 
     async def read(self, skus: Sequence[str], refs: Mapping[str, str]) -> dict[str, int | None]:
         """What the channel shows as available per SKU; None for a SKU it does not list.

@@ -30,7 +30,7 @@ from contextvars import ContextVar
 import httpx
 
 from stockkeeper.config import OutboundWebhookChannelConfig
-from stockkeeper.connectors.channels import Push, PushOutcome
+from stockkeeper.connectors.channels import Fence, Push, PushOutcome
 from stockkeeper.connectors.http import HttpCaller, OnCall
 from stockkeeper.connectors.signatures import sign_generic
 from stockkeeper.observability.metrics import Metrics
@@ -115,8 +115,10 @@ class OutboundWebhookChannel:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def push(self, items: Sequence[Push]) -> list[PushOutcome]:
-        """One signed POST of every item; a 2xx acknowledges them all."""
+    async def push(self, items: Sequence[Push], fence: Fence | None = None) -> list[PushOutcome]:
+        """One signed POST of every item; a 2xx acknowledges them all. Each item is
+        written by one call (its own retries resend the same delivery), so ``fence`` is
+        never needed."""
         if not items:
             return []
         body = {

@@ -37,7 +37,7 @@ import httpx
 from pydantic import BaseModel
 
 from stockkeeper.config import ShopifyChannelConfig
-from stockkeeper.connectors.channels import Push, PushOutcome
+from stockkeeper.connectors.channels import Fence, Push, PushOutcome
 from stockkeeper.connectors.http import (
     ConnectorRejected,
     ConnectorUnavailable,
@@ -88,6 +88,14 @@ D = TypeVar("D", bound=BaseModel)
 
 
 # -- the adapter ---------------------------------------------------------------------
+
+
+class _Superseded(Exception):
+    """The fence said some items are no longer this push's: ``kept`` are."""
+
+    def __init__(self, kept: set[str]) -> None:
+        super().__init__(f"{len(kept)} items still ours")
+        self.kept = kept
 
 
 class _TooCostly(ConnectorUnavailable):
@@ -160,8 +168,10 @@ class ShopifyChannel:
 
     # -- push ------------------------------------------------------------------------
 
-    async def push(self, items: Sequence[Push]) -> list[PushOutcome]:
-        """Set the available quantity of every item (see the module docstring)."""
+    async def push(self, items: Sequence[Push], fence: Fence | None = None) -> list[PushOutcome]:
+        """Set the available quantity of every item (see the module docstring). Every
+        write after the first (a round after stale re-reads, a throttled mutation sent
+        again) asks ``fence`` first and leaves out the items no longer ours."""
         outcomes: dict[str, PushOutcome] = {}
         looked_up = await self._resolve([i.sku for i in items if not i.channel_ref], outcomes)
         pending: dict[str, _Pending] = {}
@@ -171,8 +181,24 @@ class ShopifyChannel:
                 pending[item.sku] = _Pending(item, gid, item.previous, item.sku in looked_up)
         reference = f"gid://stockkeeper/ChannelPush/{uuid.uuid4()}"
         stale_rounds = 0
+        writes = 0
+
+        async def still_ours() -> None:
+            if fence is not None and writes:
+                kept = await fence(list(pending))
+                if kept != set(pending):
+                    raise _Superseded(kept)
+
         while pending:
-            errors = await self._set(list(pending.values()), reference)
+            try:
+                await still_ours()
+                writes += 1
+                errors = await self._set(list(pending.values()), reference, still_ours)
+            except _Superseded as lost:
+                for sku in set(pending) - lost.kept:
+                    outcomes[sku] = PushOutcome(sku, "superseded")
+                    pending.pop(sku)
+                continue
             if not errors:
                 for p in pending.values():
                     outcomes[p.item.sku] = PushOutcome(p.item.sku, "ok", p.item.quantity, p.gid)
@@ -365,7 +391,9 @@ class ShopifyChannel:
         await self._in_chunks(list(dict.fromkeys(gids)), 1, 3, read)
         return shown
 
-    async def _set(self, pending: list[_Pending], reference: str) -> list[UserError]:
+    async def _set(
+        self, pending: list[_Pending], reference: str, again: Callable[[], Awaitable[None]]
+    ) -> list[UserError]:
         """One inventorySetQuantities of every pending item; its userErrors."""
         variables: dict[str, Any] = {
             "input": {
@@ -385,7 +413,13 @@ class ShopifyChannel:
             },
         }
         data = await self._graphql(
-            "set_available", SET_AVAILABLE, variables, len(pending), SetData, fresh_key=True
+            "set_available",
+            SET_AVAILABLE,
+            variables,
+            len(pending),
+            SetData,
+            fresh_key=True,
+            again=again,
         )
         return data.inventorySetQuantities.userErrors
 
@@ -398,11 +432,15 @@ class ShopifyChannel:
         model: type[D],
         *,
         fresh_key: bool = False,
+        again: Callable[[], Awaitable[None]] | None = None,
     ) -> D:
-        """One GraphQL call, paced by the cost bucket, tried again while THROTTLED."""
+        """One GraphQL call, paced by the cost bucket, tried again while THROTTLED
+        (after ``again``, which may raise to stop it, when one is given)."""
         parse = parser(model)
         cost = self._costs.get((operation, items)) or estimate(operation, items)
         for attempt in range(1, THROTTLED_TRIES + 1):
+            if attempt > 1 and again is not None:
+                await again()
             if fresh_key:
                 # A throttled mutation was not run; a new attempt gets a new key. The
                 # HttpCaller's own retries (5xx, timeouts) resend the same key.

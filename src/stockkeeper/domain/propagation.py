@@ -24,7 +24,8 @@ class Verdict(StrEnum):
     """What a new level means for one channel."""
 
     STALE = "stale"  # not newer than a level we already know: dropped
-    PUSH = "push"  # push it (joining a push already due, if there is one)
+    PUSH = "push"  # push it (joining a push already due, if there is one; or, for an
+    # unlisted SKU whose recheck is due, probe whether the channel lists it now)
     ECHO = "echo"  # the change came from this channel, which already shows it
     NOOP = "noop"  # the channel already shows this quantity (reserved became committed)
     HELD = "held"  # newest level kept, not pushed (the channel does not list the SKU)
@@ -38,9 +39,18 @@ class SyncState:
     pushed_version: int
     pushed_quantity: int | None
     status: SyncStatus
+    # Seconds since the channel last said it does not list the SKU; None: not known.
+    unlisted_for_s: float | None = None
 
 
-def judge(state: SyncState, version: int, available: int, *, from_this_channel: bool) -> Verdict:
+def judge(
+    state: SyncState,
+    version: int,
+    available: int,
+    *,
+    from_this_channel: bool,
+    recheck_s: float | None = None,
+) -> Verdict:
     """What level ``version`` of a SKU (``available`` to sell) means for a channel.
 
     Versions of a SKU are contiguous: every change writes the next one, and each carries
@@ -50,10 +60,17 @@ def judge(state: SyncState, version: int, available: int, *, from_this_channel: 
     due, or we never told it anything, leaving the change out would leave the channel
     showing stock that another change took, so the newest figure is pushed instead.
     A channel that shows the figure already needs no push either.
+
+    A SKU the channel does not list is kept, not pushed, except that a new level probes
+    it again (a push: listed now, it flows again) once ``recheck_s`` has passed since the
+    channel last said so; ``recheck_s`` None: never.
     """
     if version <= state.desired_version:
         return Verdict.STALE
     if state.status is SyncStatus.UNLISTED:
+        since = state.unlisted_for_s
+        if recheck_s is not None and (since is None or since >= recheck_s):
+            return Verdict.PUSH
         return Verdict.HELD
     in_sync = (
         state.status is SyncStatus.SYNCED

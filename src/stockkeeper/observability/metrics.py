@@ -306,6 +306,20 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.channel_unlisted = Gauge(
+            "stockkeeper_channel_unlisted",
+            "SKUs the channel said it does not list (probed again by a level change "
+            "after unlisted_recheck_s; listed through GET /admin/channels/{channel}/unlisted).",
+            ["channel"],
+            registry=r,
+        )
+        self.channel_divergence = Counter(
+            "stockkeeper_channel_divergence_total",
+            "SKUs the divergence sample found the channel showing something other than "
+            "what it acknowledged (edited behind our back); each is pushed again.",
+            ["channel"],
+            registry=r,
+        )
         self.channel_drift = Counter(
             "stockkeeper_channel_drift_repaired_total",
             "SKUs a drift repair found showing another level on the channel than ours.",

@@ -23,7 +23,9 @@ from typing import Any
 from stockkeeper.config import ChannelConfig, MonitoringConfig, PropagationConfig
 from stockkeeper.connectors.channels import ChannelAdapter, Push, PushOutcome
 from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
+from stockkeeper.connectors.shopify import MAX_PACE_WAIT_S
 from stockkeeper.domain.backoff import Backoff
+from stockkeeper.domain.errors import NotFound
 from stockkeeper.domain.events import Event
 from stockkeeper.domain.propagation import AlertChange, SyncStatus, Verdict, judge, lag_alert
 from stockkeeper.messaging.consumer import dead_letter
@@ -67,6 +69,24 @@ class Settled:
         self.retried += other.retried
         self.lags_ms += other.lags_ms
         return self
+
+
+@dataclass(frozen=True, slots=True)
+class UnlistedPage:
+    """A page of a channel's UNLISTED SKUs; ``next`` is the cursor of the next page."""
+
+    channel: str
+    items: list[repo.Unlisted]
+    next: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sampled:
+    """What one divergence sample of a channel found."""
+
+    channel: str
+    checked: int
+    diverged: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +138,13 @@ class Propagation:
             return {}
         states = await repo.lock_states(conn, sku, self.ids)
         verdicts = {
-            ch: judge(states[ch], version, available, from_this_channel=source in self.echo[ch])
+            ch: judge(
+                states[ch],
+                version,
+                available,
+                from_this_channel=source in self.echo[ch],
+                recheck_s=self.configs[ch].unlisted_recheck_s,
+            )
             for ch in self.ids
         }
         live = {ch: v for ch, v in verdicts.items() if v is not Verdict.STALE}
@@ -136,10 +162,14 @@ class Propagation:
     # -- the senders -----------------------------------------------------------------
 
     def lease_s(self, channel: str) -> float:
-        """Longer than every try of one call, so a push in flight is never pushed twice
-        at once; a crashed sender's rows come back when it ends."""
+        """Longer than the worst case of one write: its wait for a turn in the channel's
+        rate limit plus every try of the call. A push that writes again (Shopify's
+        re-read and set, a throttled mutation) renews it first through the fence, so a
+        push in flight is never pushed twice at once; a crashed sender's rows come back
+        when it ends."""
         c = self.configs[channel]
-        return max(60.0, c.max_attempts * (c.timeout_ms + c.backoff_max_ms) / 1000 * 2)
+        tries_s = c.max_attempts * (c.timeout_ms + c.backoff_max_ms) / 1000
+        return max(60.0, 2 * (MAX_PACE_WAIT_S + tries_s))
 
     async def claim(self, channel: str, limit: int) -> list[repo.Claimed]:
         """Lease up to ``limit`` due pushes of ``channel`` to this sender, oldest first."""
@@ -178,8 +208,16 @@ class Propagation:
     async def _call(self, adapter: ChannelAdapter, claimed: Sequence[repo.Claimed]) -> Settled:
         channel = adapter.id
         items = [Push(c.sku, c.quantity, c.version, c.previous, c.channel_ref) for c in claimed]
+
+        async def fence(skus: Sequence[str]) -> set[str]:
+            wanted = set(skus)
+            async with self.pool.acquire() as conn:
+                return await repo.hold(
+                    conn, channel, [c for c in claimed if c.sku in wanted], self.lease_s(channel)
+                )
+
         try:
-            outcomes = await adapter.push(items)
+            outcomes = await adapter.push(items, fence)
         except ConnectorRejected as exc:
             if len(claimed) > 1:
                 # One bad item must not hold the others back: push each on its own.
@@ -192,8 +230,9 @@ class Propagation:
         except ConnectorUnavailable as exc:
             return await self.failed(channel, claimed, str(exc), exc.retry_after)
         except asyncio.CancelledError:
-            # Stopping: let go of the rows now rather than when the lease runs out.
-            await asyncio.shield(self.failed(channel, claimed, "propagator stopped"))
+            # Stopping: let go of the rows now rather than when the lease runs out, and
+            # give back the attempt (a shutdown is not the channel failing).
+            await asyncio.shield(self.release(channel, claimed))
             raise
         except Exception as exc:
             log.exception("propagator.adapter_failed", channel=channel)
@@ -206,7 +245,7 @@ class Propagation:
         """Book what the channel answered for each claimed push."""
         by_sku = {o.sku: o for o in outcomes}
         acked: list[repo.Acked] = []
-        unlisted: list[str] = []
+        unlisted: list[repo.Claimed] = []
         rejected: list[tuple[repo.Claimed, str]] = []
         missing: list[repo.Claimed] = []
         for c in claimed:
@@ -215,9 +254,12 @@ class Propagation:
                 missing.append(c)
             elif o.status == "ok":
                 qty = c.quantity if o.quantity is None else o.quantity
-                acked.append(repo.Acked(c.sku, c.version, qty, o.channel_ref))
+                acked.append(repo.Acked(c.sku, c.version, qty, o.channel_ref, c.token))
             elif o.status == "unlisted":
-                unlisted.append(c.sku)
+                unlisted.append(c)
+            elif o.status == "superseded":
+                # Another sender holds it now (this lease ran out): its push settles it.
+                continue
             else:
                 rejected.append((c, o.error or "rejected by the channel"))
         done = Settled()
@@ -242,7 +284,9 @@ class Propagation:
 
     async def noops(self, channel: str, claimed: Sequence[repo.Claimed]) -> Settled:
         """Settle pushes the channel needs no call for: it shows the figure already."""
-        acked = [repo.Acked(c.sku, c.version, c.quantity, None, called=False) for c in claimed]
+        acked = [
+            repo.Acked(c.sku, c.version, c.quantity, None, c.token, called=False) for c in claimed
+        ]
         async with self.pool.acquire() as conn:
             logged = await repo.ack(conn, channel, acked)
         done = Settled()
@@ -266,6 +310,13 @@ class Propagation:
         if done.noop:
             m.channel_pushes.labels(channel=channel, result="noop").inc(done.noop)
 
+    async def release(self, channel: str, claimed: Sequence[repo.Claimed]) -> None:
+        """Let go of pushes this sender will not finish (it is stopping): due again at
+        once, without counting an attempt, so a shutdown never dead-letters a push."""
+        async with self.pool.acquire() as conn:
+            await repo.release(conn, channel, claimed)
+        log.info("propagation.released", channel=channel, skus=len(claimed))
+
     async def failed(
         self,
         channel: str,
@@ -278,7 +329,7 @@ class Propagation:
         cfg = self.cfg
         spent = [c for c in claimed if c.attempts >= cfg.max_attempts]
         again = [
-            (c.sku, self.backoff.delay(c.attempts, retry_after_s))
+            (c, self.backoff.delay(c.attempts, retry_after_s))
             for c in claimed
             if c.attempts < cfg.max_attempts
         ]
@@ -306,7 +357,7 @@ class Propagation:
     ) -> None:
         """Dead-letter pushes: the operator sees them, and a replay makes them due again."""
         skus = [c.sku for c in claimed]
-        await repo.dead(conn, channel, skus, error)
+        await repo.dead(conn, channel, claimed, error)
         env = Envelope.new(REARM, {"channel": channel, "skus": skus}, occurred_at=self.clock())
         await dead_letter(
             conn,
@@ -397,6 +448,8 @@ class Propagation:
         out: dict[str, Any] = {}
         for ch in self.ids:
             c, t, s, lag = counts[ch], totals[ch], states.get(ch), lags[ch]
+            self.metrics.channel_pending.labels(channel=ch).set(c.pending)
+            self.metrics.channel_unlisted.labels(channel=ch).set(c.unlisted)
             out[ch] = {
                 "type": self.configs[ch].type,
                 "lag_ms": {"p50": lag.p50_ms, "p99": lag.p99_ms, "samples": lag.samples},
@@ -406,6 +459,8 @@ class Propagation:
                 "pending": c.pending,
                 "synced": c.synced,
                 "unlisted": c.unlisted,
+                "unlisted_skus": f"/admin/channels/{ch}/unlisted",
+                "unlisted_recheck_s": self.configs[ch].unlisted_recheck_s,
                 "dead": c.dead,
                 "oldest_pending_s": c.oldest_pending_s,
                 "pushes_in_window": t.pushes,
@@ -414,8 +469,63 @@ class Propagation:
                     s.last_reconciled_at.isoformat() if s and s.last_reconciled_at else None
                 ),
                 "drift_repaired": s.drift_repaired if s else 0,
+                "divergence_found": s.divergence_found if s else 0,
+                "last_sampled_at": (
+                    s.last_sampled_at.isoformat() if s and s.last_sampled_at else None
+                ),
             }
         return out
+
+    async def unlisted(self, channel: str, after: str = "", limit: int = 100) -> UnlistedPage:
+        """The channel's SKUs it does not list, by name after ``after``."""
+        if channel not in self.configs:
+            raise NotFound(f"no channel {channel!r} is configured")
+        async with self.pool.acquire() as conn:
+            rows = await repo.unlisted_page(conn, channel, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return UnlistedPage(channel, rows, rows[-1].sku if more else None)
+
+    # -- the divergence sample -------------------------------------------------------
+
+    async def sample(self, adapter: ChannelAdapter) -> Sampled | None:
+        """If the channel's sample is due (one replica runs it): read back the next
+        ``divergence_sample_size`` SKUs we believe in sync and, where the channel shows
+        something else, make our level due from what it shows (pushed by the senders),
+        counted in ``stockkeeper_channel_divergence_total``; None when not due."""
+        channel, cfg = adapter.id, self.configs[adapter.id]
+        if not adapter.can_read or cfg.divergence_sample_s <= 0:
+            return None
+        async with self.pool.acquire() as conn:
+            await repo.ensure_channel_states(conn, [channel])
+            after = await repo.claim_sample(conn, channel, cfg.divergence_sample_s)
+            if after is None:
+                return None
+            size = cfg.divergence_sample_size
+            rows = await repo.sample_page(conn, channel, after, size)
+            if not rows and after:  # the walk reached the end: from the start again
+                rows = await repo.sample_page(conn, channel, "", size)
+            if not rows:
+                return Sampled(channel, 0, 0)
+        shown = await adapter.read(
+            [r.sku for r in rows], {r.sku: r.channel_ref for r in rows if r.channel_ref}
+        )
+        found: list[str] = []
+        async with transaction(self.pool) as conn:
+            for r in rows:
+                there = shown.get(r.sku)
+                if there == r.quantity:
+                    continue
+                if await repo.diverged(conn, channel, r.sku, there, r.claim_seq) is not None:
+                    found.append(r.sku)
+            nxt = rows[-1].sku if len(rows) == size else ""
+            await repo.sampled(conn, channel, nxt, len(found))
+            if found:
+                await repo.notify_senders(conn, NOTIFY_CHANNEL)
+        if found:
+            self.metrics.channel_divergence.labels(channel=channel).inc(len(found))
+            log.warning("propagation.divergence", channel=channel, skus=found[:20])
+        return Sampled(channel, len(rows), len(found))
 
     # -- drift repair ----------------------------------------------------------------
 
@@ -452,7 +562,7 @@ class Propagation:
                         continue
                     there = shown.get(r.sku)
                     status = await repo.repair_drift(
-                        conn, channel, r.sku, there, lv.version, lv.level.available
+                        conn, channel, r.sku, there, lv.version, lv.level.available, r.claim_seq
                     )
                     checked += 1
                     if status is SyncStatus.PENDING and there != lv.level.available:

@@ -27,6 +27,9 @@ class Claimed:
     previous: int | None
     channel_ref: str | None
     attempts: int
+    # The claim's fencing token (claim_seq): every statement settling this push, and
+    # every write after its first try, is checked against it.
+    token: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,7 @@ class Acked:
     version: int
     quantity: int
     channel_ref: str | None
+    token: int
     called: bool = True
 
 
@@ -61,6 +65,7 @@ async def lock_states(conn: Conn, sku: str, channels: Sequence[str]) -> dict[str
             r["pushed_version"],
             r["pushed_quantity"],
             SyncStatus(r["status"]),
+            r["unlisted_for_s"],
         )
         for r in rows
     }
@@ -102,9 +107,29 @@ async def claim(conn: Conn, channel: str, limit: int, lease_s: float) -> list[Cl
             r["pushed_quantity"],
             r["channel_ref"],
             r["attempts"],
+            r["claim_seq"],
         )
         for r in rows
     ]
+
+
+async def hold(conn: Conn, channel: str, claimed: Sequence[Claimed], lease_s: float) -> set[str]:
+    """The SKUs of ``claimed`` still held by their claim's token, leases renewed."""
+    rows = await conn.fetch(
+        q("hold_pushes"),
+        channel,
+        [c.sku for c in claimed],
+        [c.token for c in claimed],
+        lease_s,
+    )
+    return {r["sku"] for r in rows}
+
+
+async def release(conn: Conn, channel: str, claimed: Sequence[Claimed]) -> None:
+    """Let go of unfinished pushes (stopping): due again, their attempt given back."""
+    await conn.execute(
+        q("release_pushes"), channel, [c.sku for c in claimed], [c.token for c in claimed]
+    )
 
 
 async def ack(conn: Conn, channel: str, items: Sequence[Acked]) -> list[Logged]:
@@ -118,26 +143,38 @@ async def ack(conn: Conn, channel: str, items: Sequence[Acked]) -> list[Logged]:
         [i.quantity for i in items],
         [i.channel_ref for i in items],
         [i.called for i in items],
+        [i.token for i in items],
     )
     return [Logged(r["sku"], r["changes"], r["called"], r["lag_ms"]) for r in rows]
 
 
-async def retry(conn: Conn, channel: str, delays: Sequence[tuple[str, float]], error: str) -> None:
+async def retry(
+    conn: Conn, channel: str, delays: Sequence[tuple[Claimed, float]], error: str
+) -> None:
     await conn.execute(
         q("retry_pushes"),
         channel,
-        [sku for sku, _ in delays],
+        [c.sku for c, _ in delays],
         [delay for _, delay in delays],
+        error[:2000],
+        [c.token for c, _ in delays],
+    )
+
+
+async def dead(conn: Conn, channel: str, claimed: Sequence[Claimed], error: str) -> None:
+    await conn.execute(
+        q("dead_pushes"),
+        channel,
+        [c.sku for c in claimed],
+        [c.token for c in claimed],
         error[:2000],
     )
 
 
-async def dead(conn: Conn, channel: str, skus: Sequence[str], error: str) -> None:
-    await conn.execute(q("dead_pushes"), channel, list(skus), error[:2000])
-
-
-async def unlisted(conn: Conn, channel: str, skus: Sequence[str]) -> None:
-    await conn.execute(q("unlisted_pushes"), channel, list(skus))
+async def unlisted(conn: Conn, channel: str, claimed: Sequence[Claimed]) -> None:
+    await conn.execute(
+        q("unlisted_pushes"), channel, [c.sku for c in claimed], [c.token for c in claimed]
+    )
 
 
 async def rearm(conn: Conn, channel: str, skus: Sequence[str]) -> int:
@@ -177,6 +214,8 @@ class ChannelState:
     alerting: bool
     last_reconciled_at: datetime | None
     drift_repaired: int
+    last_sampled_at: datetime | None
+    divergence_found: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +261,12 @@ async def channel_states(conn: Conn, channels: Sequence[str]) -> dict[str, Chann
     rows = await conn.fetch(q("channel_states"), list(channels))
     return {
         r["channel"]: ChannelState(
-            r["channel"], r["alerting"], r["last_reconciled_at"], r["drift_repaired"]
+            r["channel"],
+            r["alerting"],
+            r["last_reconciled_at"],
+            r["drift_repaired"],
+            r["last_sampled_at"],
+            r["divergence_found"],
         )
         for r in rows
     }
@@ -262,19 +306,85 @@ class Listed:
     sku: str
     channel_ref: str | None
     in_flight: bool
+    # The row's claim_seq when the page was read: the repair is applied only if no push
+    # was claimed since.
+    claim_seq: int
 
 
 async def reconcile_page(conn: Conn, channel: str, after: str, limit: int) -> list[Listed]:
     """The next ``limit`` SKUs after ``after`` (by name), with the channel's sync row."""
     rows = await conn.fetch(q("reconcile_page"), channel, after, limit)
-    return [Listed(r["sku"], r["channel_ref"], r["in_flight"]) for r in rows]
+    return [Listed(r["sku"], r["channel_ref"], r["in_flight"], r["claim_seq"]) for r in rows]
 
 
 async def repair_drift(
-    conn: Conn, channel: str, sku: str, shown: int | None, version: int, available: int
+    conn: Conn,
+    channel: str,
+    sku: str,
+    shown: int | None,
+    version: int,
+    available: int,
+    seen_seq: int,
 ) -> SyncStatus | None:
     """Record what the channel really shows (``shown``; None: not listed) against our
-    level; the row's status after, or None when it was left alone (a push in flight, or
-    a newer change known)."""
-    status: Any = await conn.fetchval(q("repair_drift"), channel, sku, shown, version, available)
+    level; the row's status after, or None when it was left alone (a push in flight, a
+    newer change known, or a push claimed since the read: its claim_seq is no longer
+    ``seen_seq``)."""
+    status: Any = await conn.fetchval(
+        q("repair_drift"), channel, sku, shown, version, available, seen_seq
+    )
     return None if status is None else SyncStatus(status)
+
+
+@dataclass(frozen=True, slots=True)
+class Unlisted:
+    """A SKU the channel said it does not list, and since when (None: not recorded)."""
+
+    sku: str
+    since: datetime | None
+
+
+async def unlisted_page(conn: Conn, channel: str, after: str, limit: int) -> list[Unlisted]:
+    """The channel's UNLISTED SKUs after ``after`` (by name), at most ``limit``."""
+    rows = await conn.fetch(q("unlisted_page"), channel, after, limit)
+    return [Unlisted(r["sku"], r["unlisted_at"]) for r in rows]
+
+
+# -- the divergence sample -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Believed:
+    """A SKU we believe the channel shows ``quantity`` of (the divergence sample's page)."""
+
+    sku: str
+    channel_ref: str | None
+    quantity: int
+    claim_seq: int
+
+
+async def claim_sample(conn: Conn, channel: str, interval_s: float) -> str | None:
+    """Where the channel's sample walk stands if this replica samples it now (marked
+    started), else None."""
+    after: str | None = await conn.fetchval(q("claim_sample"), channel, interval_s)
+    return after
+
+
+async def sample_page(conn: Conn, channel: str, after: str, limit: int) -> list[Believed]:
+    rows = await conn.fetch(q("sample_page"), channel, after, limit)
+    return [
+        Believed(r["sku"], r["channel_ref"], r["pushed_quantity"], r["claim_seq"]) for r in rows
+    ]
+
+
+async def diverged(
+    conn: Conn, channel: str, sku: str, shown: int | None, seen_seq: int
+) -> SyncStatus | None:
+    """The channel shows ``shown``, not what it acknowledged: due again (or UNLISTED);
+    None when left alone (a push claimed since the read, or no longer in sync)."""
+    status: Any = await conn.fetchval(q("diverged"), channel, sku, shown, seen_seq)
+    return None if status is None else SyncStatus(status)
+
+
+async def sampled(conn: Conn, channel: str, after: str, found: int) -> None:
+    await conn.execute(q("sampled"), channel, after, found)

@@ -41,9 +41,6 @@ IDLE_POLL_S = 1.0
 # under a stream of changes, one claim per channel every few milliseconds at most.
 LINGER_S = 0.01
 PRUNE_EVERY_S = 60.0
-# How long a stopping propagator lets pushes in flight finish before it abandons them
-# (their leases run out and another sender takes them).
-STOP_GRACE_S = 5.0
 
 
 class _Level(BaseModel):
@@ -138,12 +135,11 @@ class Propagator:
         interval = self.service.monitoring.lag_check_interval_s
         last_prune = 0.0
         repairs: dict[str, asyncio.Task[object]] = {}
+        samples: dict[str, asyncio.Task[object]] = {}
         while not stop.is_set():
             try:
                 await self.service.check_lag()
-                status = await self.service.status()
-                for ch, doc in status.items():
-                    self.metrics.channel_pending.labels(channel=ch).set(doc["pending"])
+                await self.service.status()  # sets the pending and unlisted gauges
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     await self.service.prune()
                     last_prune = time.monotonic()
@@ -153,13 +149,25 @@ class Propagator:
                         continue
                     if adapter.can_read and await self.service.due_for_reconcile(ch):
                         repairs[ch] = asyncio.ensure_future(self.service.reconcile(adapter))
+                for ch, adapter in self.adapters.items():
+                    sampling = samples.get(ch)
+                    if adapter.can_read and (sampling is None or sampling.done()):
+                        samples[ch] = asyncio.ensure_future(self._sample(adapter))
             except Exception:
                 self.metrics.worker_errors.labels(worker="propagator").inc()
                 log.exception("propagator.monitor_failed")
             await wait_any(stop, at_most=interval)
-        for task in repairs.values():
+        tasks = [*repairs.values(), *samples.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*repairs.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _sample(self, adapter: ChannelAdapter) -> None:
+        try:
+            await self.service.sample(adapter)
+        except Exception:
+            self.metrics.worker_errors.labels(worker="propagator").inc()
+            log.exception("propagator.sample_failed", channel=adapter.id)
 
 
 class _ChannelLoop:
@@ -184,8 +192,10 @@ class _ChannelLoop:
             self.step, wake, self.stop, poll_s=IDLE_POLL_S, on_error=self.claim_failed
         )
         if self.flying:
-            # Stopping: pushes in flight get a moment to finish, then let go of their rows.
-            _, late = await asyncio.wait(self.flying, timeout=STOP_GRACE_S)
+            # Stopping: pushes in flight get propagation.shutdown_grace_s to finish; the
+            # rest are cancelled, and let go of their rows without counting an attempt.
+            grace = self.worker.service.cfg.shutdown_grace_s
+            _, late = await asyncio.wait(self.flying, timeout=grace)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)

@@ -9,7 +9,8 @@ ON CONFLICT (channel, sku) DO NOTHING;
 -- name: lock_sync_rows
 -- One SKU's rows across the channels, locked in channel order. A consumer transaction
 -- touches one SKU and a sender's acknowledgement one channel, so they cannot deadlock.
-SELECT channel, desired_version, pushed_version, pushed_quantity, status
+SELECT channel, desired_version, pushed_version, pushed_quantity, status,
+       EXTRACT(EPOCH FROM now() - unlisted_at)::float8 AS unlisted_for_s
 FROM channel_sync_state
 WHERE sku = $1 AND channel = ANY($2::text[])
 ORDER BY channel
@@ -49,10 +50,13 @@ SELECT pg_notify($7, '') FROM applied WHERE verdict = 'push' LIMIT 1;
 
 -- name: claim_pushes
 -- Due rows of one channel, oldest change first, leased to this sender. The lease
--- outlasts every try of the call, so two senders never push one SKU at once.
+-- outlasts every try of one call, and a sender renews it (hold_pushes) before each
+-- write after the first, so two senders never push one SKU at once; each claim takes
+-- the next claim_seq, the token every later statement of this push is checked against.
 UPDATE channel_sync_state s
 SET leased_until = now() + make_interval(secs => $3),
     attempts = s.attempts + 1,
+    claim_seq = s.claim_seq + 1,
     claimed_version = s.desired_version,
     claimed_changes = s.pending_changes,
     late_since = NULL
@@ -65,7 +69,17 @@ WHERE s.channel = $1 AND s.sku = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 RETURNING s.sku, s.desired_version, s.desired_quantity, s.pushed_quantity, s.channel_ref,
-          s.attempts;
+          s.attempts, s.claim_seq;
+
+-- name: hold_pushes
+-- Before a write that is not a push's first try: the SKUs whose claim is still this
+-- sender's (token $3), their lease renewed for $4 seconds. A SKU missing from the answer
+-- was claimed by another sender after this one's lease ran out: do not write it.
+UPDATE channel_sync_state s SET leased_until = now() + make_interval(secs => $4)
+FROM unnest($2::text[], $3::bigint[]) AS h (sku, token)
+WHERE s.channel = $1 AND s.sku = h.sku AND s.claim_seq = h.token
+  AND s.claimed_version IS NOT NULL
+RETURNING s.sku;
 
 -- name: ack_pushes
 -- The channel acknowledged (or, $6 false, needed no call: it already showed the
@@ -76,9 +90,9 @@ WITH was AS (
     SELECT s.sku, s.pending_since, s.claimed_changes, s.attempts,
            a.version, a.quantity, a.ref, a.called
     FROM channel_sync_state s
-    JOIN unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bool[])
-         AS a (sku, version, quantity, ref, called) ON s.sku = a.sku
-    WHERE s.channel = $1 AND s.claimed_version = a.version
+    JOIN unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bool[], $7::bigint[])
+         AS a (sku, version, quantity, ref, called, token) ON s.sku = a.sku
+    WHERE s.channel = $1 AND s.claim_seq = a.token AND s.claimed_version = a.version
     FOR UPDATE OF s
 ), acked AS (
     UPDATE channel_sync_state s SET
@@ -111,22 +125,38 @@ UPDATE channel_sync_state s SET
     leased_until = NULL, claimed_version = NULL, claimed_changes = NULL, late_since = NULL,
     next_attempt_at = now() + make_interval(secs => r.delay_s), last_error = $4,
     updated_at = now()
-FROM unnest($2::text[], $3::float8[]) AS r (sku, delay_s)
-WHERE s.channel = $1 AND s.sku = r.sku AND s.claimed_version IS NOT NULL;
+FROM unnest($2::text[], $3::float8[], $5::bigint[]) AS r (sku, delay_s, token)
+WHERE s.channel = $1 AND s.sku = r.sku AND s.claim_seq = r.token
+  AND s.claimed_version IS NOT NULL;
+
+-- name: release_pushes
+-- A stopping sender lets go of pushes it did not finish: due again at once, and the
+-- attempt its claim counted is given back (a shutdown is not the channel failing).
+UPDATE channel_sync_state s SET
+    leased_until = NULL, claimed_version = NULL, claimed_changes = NULL, late_since = NULL,
+    attempts = GREATEST(0, s.attempts - 1), next_attempt_at = now(), updated_at = now()
+FROM unnest($2::text[], $3::bigint[]) AS r (sku, token)
+WHERE s.channel = $1 AND s.sku = r.sku AND s.claim_seq = r.token
+  AND s.claimed_version IS NOT NULL;
 
 -- name: dead_pushes
-UPDATE channel_sync_state SET
+UPDATE channel_sync_state s SET
     status = 'DEAD', leased_until = NULL, claimed_version = NULL, claimed_changes = NULL,
-    late_since = NULL, last_error = $3, updated_at = now()
-WHERE channel = $1 AND sku = ANY($2::text[]) AND claimed_version IS NOT NULL;
+    late_since = NULL, last_error = $4, updated_at = now()
+FROM unnest($2::text[], $3::bigint[]) AS d (sku, token)
+WHERE s.channel = $1 AND s.sku = d.sku AND s.claim_seq = d.token
+  AND s.claimed_version IS NOT NULL;
 
 -- name: unlisted_pushes
--- The channel does not list these SKUs: nothing to push until drift repair finds them.
-UPDATE channel_sync_state SET
+-- The channel does not list these SKUs: nothing to push until drift repair finds them
+-- or a new level probes them again (after the channel's unlisted_recheck_s).
+UPDATE channel_sync_state s SET
     status = 'UNLISTED', pending_since = NULL, pending_changes = 0, leased_until = NULL,
     claimed_version = NULL, claimed_changes = NULL, late_since = NULL, attempts = 0,
-    last_error = NULL, updated_at = now()
-WHERE channel = $1 AND sku = ANY($2::text[]) AND claimed_version IS NOT NULL;
+    last_error = NULL, unlisted_at = now(), updated_at = now()
+FROM unnest($2::text[], $3::bigint[]) AS u (sku, token)
+WHERE s.channel = $1 AND s.sku = u.sku AND s.claim_seq = u.token
+  AND s.claimed_version IS NOT NULL;
 
 -- name: rearm_pushes
 -- A replayed dead letter: the SKUs are due again with a fresh count.
@@ -182,7 +212,7 @@ ON CONFLICT (channel) DO NOTHING;
 
 -- name: channel_states
 SELECT channel, alerting, alert_since, last_p50_ms, last_p99_ms, last_checked_at,
-       last_reconciled_at, drift_repaired
+       last_reconciled_at, drift_repaired, last_sampled_at, divergence_found
 FROM channel_state WHERE channel = ANY($1::text[]) ORDER BY channel;
 
 -- name: lock_channel_state
@@ -213,8 +243,10 @@ UPDATE channel_state SET drift_repaired = drift_repaired + $2, last_reconciled_a
 WHERE channel = $1;
 
 -- name: reconcile_page
--- A page of SKUs (keyset on the name) with this channel's sync row, if any.
-SELECT k.sku, s.channel_ref, s.status, s.claimed_version IS NOT NULL AS in_flight
+-- A page of SKUs (keyset on the name) with this channel's sync row, if any, and its
+-- claim_seq as of now (0: no row yet), which the repair compares.
+SELECT k.sku, s.channel_ref, s.status, s.claimed_version IS NOT NULL AS in_flight,
+       COALESCE(s.claim_seq, 0) AS claim_seq
 FROM sku k
 LEFT JOIN channel_sync_state s ON s.channel = $1 AND s.sku = k.sku
 WHERE k.sku > $2
@@ -223,8 +255,9 @@ LIMIT $3;
 
 -- name: repair_drift
 -- What the channel really shows ($3, NULL: not listed) against our level now (version
--- $4, available $5). Left alone while a push is in flight or when a newer change is
--- already known: that push or change settles it.
+-- $4, available $5). Left alone while a push is in flight, when a newer change is
+-- already known, or when a push was claimed since the read (claim_seq no longer $6): a
+-- push that succeeded after the read is newer than what the read saw.
 INSERT INTO channel_sync_state AS s (channel, sku, desired_version, desired_quantity,
                                      pushed_version, pushed_quantity, status,
                                      pending_since, pending_changes)
@@ -237,6 +270,7 @@ ON CONFLICT (channel, sku) DO UPDATE SET
     desired_version = GREATEST(s.desired_version, $4),
     desired_quantity = $5,
     pushed_quantity = $3,
+    unlisted_at = CASE WHEN $3::bigint IS NULL THEN now() END,
     status = CASE WHEN $3::bigint IS NULL THEN 'UNLISTED'
                   WHEN $3::bigint = $5 AND s.status <> 'PENDING' THEN 'SYNCED'
                   WHEN $3::bigint = $5 THEN s.status
@@ -252,7 +286,7 @@ ON CONFLICT (channel, sku) DO UPDATE SET
     attempts = CASE WHEN $3::bigint IS NOT NULL AND $3::bigint <> $5 THEN 0 ELSE s.attempts END,
     next_attempt_at = now(),
     updated_at = now()
-WHERE s.claimed_version IS NULL AND s.desired_version <= $4
+WHERE s.claimed_version IS NULL AND s.desired_version <= $4 AND s.claim_seq = $6
 RETURNING s.status;
 
 -- name: prune_pushes
@@ -263,3 +297,50 @@ WHERE id = ANY(ARRAY(
     ORDER BY id
     LIMIT $2
 ));
+
+-- name: unlisted_page
+-- A channel's UNLISTED SKUs after $2 (keyset on the SKU, on channel_sync_unlisted).
+SELECT sku, unlisted_at FROM channel_sync_state
+WHERE channel = $1 AND status = 'UNLISTED' AND sku > $2
+ORDER BY sku
+LIMIT $3;
+
+-- name: claim_sample
+-- Whether this channel's divergence sample is due; the one replica that gets the row
+-- marks it started and gets where the walk through the SKUs stands.
+UPDATE channel_state SET last_sampled_at = now()
+WHERE channel = (
+    SELECT channel FROM channel_state
+    WHERE channel = $1
+      AND (last_sampled_at IS NULL OR last_sampled_at < now() - make_interval(secs => $2))
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING sample_after;
+
+-- name: sample_page
+-- The next $3 SKUs after $2 that we believe the channel shows (SYNCED, no push in
+-- flight), with what it should show and the claim_seq the repair compares.
+SELECT sku, channel_ref, pushed_quantity, claim_seq FROM channel_sync_state
+WHERE channel = $1 AND sku > $2 AND status = 'SYNCED' AND claimed_version IS NULL
+  AND pushed_quantity IS NOT NULL
+ORDER BY sku
+LIMIT $3;
+
+-- name: diverged
+-- The channel shows $3 (NULL: no longer lists it), not what it acknowledged: a push of
+-- our level is due from that figure (or the SKU is UNLISTED). Only if nothing was
+-- claimed since the read (claim_seq still $4) and we still believe it in sync.
+UPDATE channel_sync_state SET
+    pushed_quantity = $3,
+    status = CASE WHEN $3::bigint IS NULL THEN 'UNLISTED' ELSE 'PENDING' END,
+    pending_since = CASE WHEN $3::bigint IS NULL THEN NULL ELSE now() END,
+    pending_changes = CASE WHEN $3::bigint IS NULL THEN 0 ELSE GREATEST(1, pending_changes) END,
+    unlisted_at = CASE WHEN $3::bigint IS NULL THEN now() END,
+    attempts = 0, next_attempt_at = now(), updated_at = now()
+WHERE channel = $1 AND sku = $2 AND claim_seq = $4 AND claimed_version IS NULL
+  AND status = 'SYNCED'
+RETURNING status;
+
+-- name: sampled
+UPDATE channel_state SET sample_after = $2, divergence_found = divergence_found + $3
+WHERE channel = $1;
