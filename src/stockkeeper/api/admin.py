@@ -119,7 +119,8 @@ def create_admin_app(container: Container) -> FastAPI:
     @app.get(
         "/admin/channels/{channel}/unlisted",
         response_model=schemas.UnlistedListOut,
-        responses=schemas.PROBLEMS,
+        responses=schemas.problems(404, 422),
+        summary="A channel's SKUs it does not list",
         tags=["channels"],
     )
     async def channel_unlisted(
