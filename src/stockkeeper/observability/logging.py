@@ -74,6 +74,10 @@ def configure(
     access = logging.getLogger(ACCESS_LOGGER)
     access.setLevel(LEVELS[level] if access_log else logging.WARNING)
     uvicorn_log = logging.getLogger("uvicorn.error")
+    # uvicorn sets its loggers' own level from its log_level when a server starts (the
+    # in-process sandboxes run at warning): ours decides, through the root.
+    uvicorn_log.setLevel(logging.NOTSET)
+    uvicorn_log.propagate = True
     uvicorn_log.filters = [
         f for f in uvicorn_log.filters if not isinstance(f, _FirstServerStartOnly)
     ]
