@@ -30,6 +30,11 @@ SUITE = uuid.uuid4().hex[:8]
 one PostgreSQL, and the connection budget counts only this one's."""
 SUITE_CONNECTIONS = 40
 """The suite's connection budget: never more connections to its databases at once."""
+WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or "1"))
+"""How many pytest-xdist workers share this run (1 without xdist)."""
+WORKER_CONNECTIONS = SUITE_CONNECTIONS // WORKERS
+"""One worker's share of the budget: each worker has its own :data:`SUITE` mark and
+counts only its own databases, so the shares add up to :data:`SUITE_CONNECTIONS`."""
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 WRITER_TOKEN = "test-writer-token-0123456789"

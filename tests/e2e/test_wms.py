@@ -54,7 +54,8 @@ def wms_config(
         db_url,
         broker={"url": rabbit_url, "prefix": prefix, "retry_base_ms": 50, "retry_max_ms": 500},
         connectors=[connector],
-        database={"pool_size": None},  # each service sizes its own pool (wiring.CONNECTIONS)
+        # One pool for all of `up`, within a worker's share of the suite's budget (D-153).
+        database={"pool_size": 12},
     )
 
 
