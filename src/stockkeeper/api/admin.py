@@ -13,6 +13,7 @@ from stockkeeper.api.admin_lists import add_list_routes
 from stockkeeper.api.auth import Principal, require
 from stockkeeper.api.common import RowId, new_app
 from stockkeeper.api.problems import JSONResponse
+from stockkeeper.api.ui.pages import add_ui_routes
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
 from stockkeeper.services.ingest import connector_status
 from stockkeeper.services.listing import Listing
@@ -166,5 +167,7 @@ def create_admin_app(container: Container) -> FastAPI:
         doc["channels"] = await container.propagation.status()
         return _ok(schemas.StatusOut.model_validate(doc))
 
-    add_list_routes(app, Listing(container.pool, container.settings, container.clock))
+    listing = Listing(container.pool, container.settings, container.clock)
+    add_list_routes(app, listing)
+    add_ui_routes(app, container, listing)
     return app

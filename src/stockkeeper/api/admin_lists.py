@@ -17,6 +17,7 @@ from stockkeeper.api.auth import Principal, require
 from stockkeeper.api.list_schemas import (
     ChannelSkuListOut,
     ChannelSkuOut,
+    LagHistoryOut,
     OrderListOut,
     PollRequestOut,
     ReservationListOut,
@@ -162,6 +163,23 @@ def add_list_routes(app: FastAPI, listing: Listing) -> None:
             channel=channel, items=[ChannelSkuOut.of(c) for c in page.items], next=page.next
         )
         return JSONResponse(schemas.as_json(body))
+
+    @app.get(
+        "/admin/channels/lag",
+        response_model=LagHistoryOut,
+        responses=schemas.problems(422),
+        summary="Sync lag over time, per channel",
+        tags=["channels"],
+    )
+    async def channel_lag(
+        window_s: Annotated[int, Query(ge=60, le=86_400)] = 3600,
+        bucket_s: Annotated[int, Query(ge=10, le=3600)] = 60,
+        who: Principal = ADMIN,
+    ) -> Response:
+        """p50 and p99 of the lag of acknowledged pushes per bucket over the window,
+        from the push log every propagator writes (kept push_log_retention_s)."""
+        series = await listing.lag_history(window_s=window_s, bucket_s=bucket_s)
+        return JSONResponse(schemas.as_json(LagHistoryOut.of(window_s, bucket_s, series)))
 
     @app.post(
         "/admin/connectors/{connector}/poll",

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from stockkeeper.api.schemas import WmsSyncOut
 from stockkeeper.services.listing import (
     ChannelSku,
+    LagPoint,
     OrderSummary,
     Page,
     ReservationSummary,
@@ -208,4 +209,35 @@ class PollRequestOut(BaseModel):
             status="PENDING",
             requested_at=p.requested_at,
             requested_by=p.requested_by,
+        )
+
+
+class LagPointOut(BaseModel):
+    at: datetime
+    p50_ms: float
+    p99_ms: float
+    pushes: int
+
+
+class LagHistoryOut(BaseModel):
+    """Per channel, the sync lag of acknowledged pushes per bucket (oldest first)."""
+
+    window_s: int
+    bucket_s: int
+    channels: dict[str, list[LagPointOut]]
+
+    @classmethod
+    def of(
+        cls, window_s: int, bucket_s: int, series: dict[str, tuple[LagPoint, ...]]
+    ) -> LagHistoryOut:
+        return cls(
+            window_s=window_s,
+            bucket_s=bucket_s,
+            channels={
+                ch: [
+                    LagPointOut(at=p.at, p50_ms=p.p50_ms, p99_ms=p.p99_ms, pushes=p.pushes)
+                    for p in points
+                ]
+                for ch, points in series.items()
+            },
         )
