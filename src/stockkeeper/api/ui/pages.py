@@ -73,20 +73,37 @@ def _path(*parts: str) -> str:
 
 
 def lag_chart(points: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
-    """Inline SVG polylines (p50, p99) of an hour of lag buckets."""
+    """Inline SVG of an hour of lag buckets: a p50 and a p99 line, a dot per bucket."""
     start = now - timedelta(seconds=LAG_WINDOW_S)
     top = max([p["p99_ms"] for p in points] + [1.0])
+    dots: list[tuple[float, float, float]] = []
+    for p in points:
+        at = datetime.fromisoformat(p["at"])
+        x = max(0.0, min(CHART_W, (at - start).total_seconds() / LAG_WINDOW_S * CHART_W))
+        dots.append(
+            (
+                round(x, 1),
+                round(CHART_H - p["p50_ms"] / top * (CHART_H - 6) - 2, 1),
+                round(CHART_H - p["p99_ms"] / top * (CHART_H - 6) - 2, 1),
+            )
+        )
+    return {
+        "p50": " ".join(f"{x},{y}" for x, y, _ in dots),
+        "p99": " ".join(f"{x},{y}" for x, _, y in dots),
+        "dots": dots,
+        "top_ms": top,
+        "n": len(points),
+    }
 
-    def line(key: str) -> str:
-        out = []
-        for p in points:
-            at = datetime.fromisoformat(p["at"])
-            x = (at - start).total_seconds() / LAG_WINDOW_S * CHART_W
-            y = CHART_H - p[key] / top * (CHART_H - 4)
-            out.append(f"{max(0.0, min(CHART_W, x)):.1f},{y:.1f}")
-        return " ".join(out)
 
-    return {"p50": line("p50_ms"), "p99": line("p99_ms"), "top_ms": top, "n": len(points)}
+def dead_per_queue(depths: dict[str, int], dead: dict[str, int]) -> dict[str, int]:
+    """Open dead letters beside each broker queue (whose name carries the prefix)."""
+    return {
+        name: n
+        for name in depths
+        for queue, n in dead.items()
+        if name == queue or name.endswith("." + queue)
+    }
 
 
 def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
@@ -176,6 +193,7 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
             who=who,
             status=status,
             dead=dead["items"],
+            dead_by_queue=dead_per_queue(status.get("queues") or {}, status["dead_letters"]),
             charts=charts,
             chart_w=CHART_W,
             chart_h=CHART_H,
