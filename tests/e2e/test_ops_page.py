@@ -12,6 +12,7 @@ how docs/ops-page.png was made).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -41,7 +42,9 @@ WAIT_S = 120  # how long the browser waits for the page to show a change (never 
 
 
 @pytest.fixture
-def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def browser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> Iterator[Any]:
     """Headless Chromium under Selenium; a skip on a machine without it (a failure in CI)."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         msg = (
@@ -68,7 +71,10 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         f"--user-data-dir={tmp_path / 'chromium'}",
     ):
         options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    with caplog.at_level(logging.DEBUG, logger="selenium.webdriver.common.driver_finder"):
+        driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    # Selenium says when it skips its manager: the driver came from our path.
+    assert "Skipping Selenium Manager" in caplog.text
     try:
         yield driver
     finally:
