@@ -21,11 +21,20 @@ UI = "/admin/ui"
 
 
 @pytest.fixture
-def config(config: dict[str, Any], broker_prefix: str) -> dict[str, Any]:
+def config(
+    config: dict[str, Any], broker_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    monkeypatch.setenv("SHOP_HOOK_SECRET", "s3cret")
     config["broker"] = {"prefix": broker_prefix, "poll_ms": 50}
     config["connectors"] = [
         {"id": "wms-main", "type": "wms", "url": "http://127.0.0.1:9"},
         {"id": "mp", "type": "marketplace", "url": "http://127.0.0.1:9"},
+        {
+            "id": "shop",
+            "type": "outbound_webhook",
+            "url": "http://127.0.0.1:9/hook",
+            "secret_env": "SHOP_HOOK_SECRET",
+        },
     ]
     return config
 
@@ -140,3 +149,26 @@ async def test_the_sku_pages_and_the_sync_fragment_render(
     fragment = await browser.get(f"{UI}/syncs")
     assert 'data-status="PENDING"' in fragment.text
     assert (await browser.get("/admin/ui/static/ops.js")).status_code == 200
+
+
+async def test_a_channels_page_lists_its_skus_not_in_sync(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    async with container.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO channel_sync_state (channel, sku, desired_version, desired_quantity,"
+            " pushed_version, status, last_error) VALUES"
+            " ('shop', 'LATE', 3, 4, 2, 'PENDING', '503 from the channel'),"
+            " ('shop', 'FINE', 2, 4, 2, 'SYNCED', NULL)"
+        )
+    await log_in(browser)
+    main = await browser.get(UI)
+    assert 'href="/admin/ui/channels/shop"' in main.text
+    page = await browser.get(f"{UI}/channels/shop")
+    assert page.status_code == 200
+    assert "LATE" in page.text
+    assert "503 from the channel" in page.text
+    assert "FINE" not in page.text
+    unlisted = await browser.get(f"{UI}/channels/shop", params={"state": "unlisted"})
+    assert "Every SKU is in sync." in unlisted.text
+    assert (await browser.get(f"{UI}/channels/nope")).status_code == 404

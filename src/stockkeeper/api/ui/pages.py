@@ -22,7 +22,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from stockkeeper.api import schemas
 from stockkeeper.api.auth import Principal
-from stockkeeper.api.list_schemas import ReservationListOut, SkuListOut
+from stockkeeper.api.list_schemas import (
+    ChannelSkuListOut,
+    ChannelSkuOut,
+    ReservationListOut,
+    SkuListOut,
+)
 from stockkeeper.api.ui import session
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
 from stockkeeper.domain.errors import NotFound
@@ -257,6 +262,32 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
             stock=stock,
             ledger=ledger,
             reservations=schemas.as_json(ReservationListOut.of(held))["items"],
+        )
+
+    @app.get(UI + "/channels/{channel}", include_in_schema=False)
+    async def channel_page(request: Request, channel: str) -> Response:
+        who = session.principal(request, book)
+        if who is None:
+            return _to_login()
+        state = request.query_params.get("state", "all")
+        if state not in ("all", "pending", "unlisted", "failing"):
+            state = "all"
+        try:
+            found = await listing.channel_skus(
+                channel, state=state, after=request.query_params.get("after") or None, limit=100
+            )
+        except NotFound:
+            return page(request, "channel.html", 404, who=who, channel=channel, result=None)
+        result = ChannelSkuListOut(
+            channel=channel, items=[ChannelSkuOut.of(c) for c in found.items], next=found.next
+        )
+        return page(
+            request,
+            "channel.html",
+            who=who,
+            channel=channel,
+            state=state,
+            result=schemas.as_json(result),
         )
 
     # -- actions -----------------------------------------------------------------------
