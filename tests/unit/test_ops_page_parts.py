@@ -59,3 +59,30 @@ def test_cursors_read_back_and_refuse_anything_else() -> None:
     for bad in ("x", "2026-12-02~", "2026-12-02T00:00:00~1", f"{NOW.isoformat()}~a"):
         with pytest.raises(InvalidRequest):
             _after_pair(bad)
+
+
+def sync_doc(**extra: object) -> dict[str, object]:
+    return {
+        "sync_request_id": 3,
+        "connector": "wms-main",
+        "kind": "full",
+        "sku": None,
+        "status": "IN_PROGRESS",
+        "error": None,
+        "rows_seen": 250,
+        "adjustments": 1,
+        "requested_by": "ops",
+        **extra,
+    }
+
+
+def test_the_sync_table_shows_a_percentage_when_the_sync_has_one() -> None:
+    from stockkeeper.api.ui.pages import _ENV
+
+    table = _ENV.get_template("syncs.html")
+    with_total = table.render(syncs=[sync_doc(total=1000, percent=25.0, eta_seconds=30.0)])
+    assert '<progress value="25.0" max="100">' in with_total
+    assert "ETA 30 s" in with_total
+    assert "250 / 1000" in with_total
+    without = table.render(syncs=[sync_doc()])
+    assert "<progress>working</progress>" in without  # no total: the status only

@@ -31,10 +31,13 @@ from stockkeeper.api.list_schemas import (
 from stockkeeper.api.ui import session
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
 from stockkeeper.domain.errors import NotFound
+from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.listing import Listing
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
+
+log = get_logger("stockkeeper.ui")
 
 UI = session.PATH
 STATIC = f"{UI}/static"
@@ -156,10 +159,12 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
         token = form.get("token", "").strip()
         who = book.lookup(token) if token else None
         if who is None or "admin" not in who.scopes:
+            log.warning("ui.login_refused", known_token=who is not None)
             nonce = session.new_login_csrf()
             refused = _render("login.html", 401, csrf=nonce, error="Not an admin token.")
             session.set_cookie(request, refused, session.LOGIN_CSRF_COOKIE, nonce)
             return refused
+        log.info("ui.login", principal=who.name)
         resp = _back()
         session.set_cookie(request, resp, session.COOKIE, token)
         session.clear_cookie(request, resp, session.LOGIN_CSRF_COOKIE)
@@ -198,6 +203,7 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
             who=who,
             status=status,
             dead=dead["items"],
+            more_dead=dead["next"],
             dead_by_queue=dead_per_queue(status.get("queues") or {}, status["dead_letters"]),
             charts=charts,
             chart_w=CHART_W,
