@@ -9,11 +9,14 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from stockkeeper.api import idempotency, schemas
+from stockkeeper.api.admin_lists import add_list_routes
 from stockkeeper.api.auth import Principal, require
 from stockkeeper.api.common import RowId, new_app
 from stockkeeper.api.problems import JSONResponse
+from stockkeeper.api.ui.pages import add_ui_routes
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
 from stockkeeper.services.ingest import connector_status
+from stockkeeper.services.listing import Listing
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -164,4 +167,7 @@ def create_admin_app(container: Container) -> FastAPI:
         doc["channels"] = await container.propagation.status()
         return _ok(schemas.StatusOut.model_validate(doc))
 
+    listing = Listing(container.pool, container.settings, container.clock)
+    add_list_routes(app, listing)
+    add_ui_routes(app, container, listing)
     return app

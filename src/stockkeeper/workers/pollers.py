@@ -7,6 +7,10 @@ the per-transaction sale ids make a page read twice harmless). One poller per
 connector runs at a time across every replica (a PostgreSQL advisory lock): a second
 ``stockkeeper run pollers`` waits as a standby, so syncs never overlap. Polling pauses
 while the ingest backlog is above the connector's high-water mark.
+
+"Poll now" (``POST /admin/connectors/{id}/poll``) is a ``poll_request`` row and a NOTIFY
+heard on the connection that holds the lock: the poller takes the row and polls at once
+instead of waiting out its interval, on whichever replica it runs.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.circuit import CircuitBreaker, CircuitOpen
 from stockkeeper.services.ingest import INGEST_QUEUE, queue_records
 from stockkeeper.services.unit import transaction
-from stockkeeper.store import cursors, locks, outbox
+from stockkeeper.store import cursors, locks, outbox, poll_requests
 from stockkeeper.store.cursors import Cursor
 from stockkeeper.store.pool import Conn
 from stockkeeper.waiting import wait_any
@@ -47,6 +51,7 @@ class Poller:
     def __init__(self, container: Container) -> None:
         self.c = container
         self.metrics = container.metrics
+        self.wake = asyncio.Event()  # set by a "poll now" request for this connector
 
     async def backlog(self) -> int:
         """Ingest messages not yet applied: in the outbox and on the broker."""
@@ -69,17 +74,40 @@ class Poller:
                 await wait_any(stop, at_most=self.interval_s)
             else:
                 return
+            unlisten = await poll_requests.listen(holder, self.name, self.wake)
             try:
                 log.info("poller.started", connector=self.name)
                 await self._loop(stop)
             finally:
+                await unlisten()
                 await locks.release(holder, lock_key(self.name))
                 await self.close()
 
     async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            # Cleared before the request is taken: one made during this round wakes the
+            # wait below at once.
+            self.wake.clear()
+            await self.take_request()
             if not await self.tick():
-                await wait_any(stop, at_most=self.interval_s)
+                await wait_any(stop, self.wake, at_most=self.interval_s)
+
+    async def take_request(self) -> None:
+        """Take a pending "poll now" request: this round is the poll it asked for."""
+        try:
+            async with self.c.pool.acquire() as conn:
+                asked = await poll_requests.take(conn, self.name)
+        except Exception:
+            self.metrics.worker_errors.labels(worker=f"poller:{self.name}").inc()
+            log.exception("poller.request_failed", connector=self.name)
+            return
+        if asked is not None:
+            log.info(
+                "poller.poll_now",
+                connector=self.name,
+                requested_by=asked.requested_by,
+                waited_s=round((datetime.now(UTC) - asked.requested_at).total_seconds(), 3),
+            )
 
     async def tick(self) -> bool:
         """One round: a page if the backlog allows; True when more is waiting."""
