@@ -1,7 +1,8 @@
 """Propagation use cases: record news of a level per channel, push it, watch the lag.
 
 The ``channel.propagation`` consumer records each ``inventory.level_changed`` per channel
-(:meth:`Propagation.record`) in the transaction that marks the message processed: the
+(:meth:`Propagation.record`; an ``inventory.levels_changed`` of many SKUs set-based by
+:meth:`Propagation.record_many`) in the transaction that marks the message processed: the
 newest version wins, a change from the channel itself is not sent back to it, and
 changes that arrive before the push is sent ride along with it (coalescing). Senders
 claim due rows per channel (:meth:`Propagation.claim`) and hand them to
@@ -152,6 +153,48 @@ class Propagation:
         for ch, v in verdicts.items():
             self.metrics.channel_changes.labels(channel=ch, verdict=v.value).inc()
         return verdicts
+
+    async def record_many(
+        self,
+        conn: Conn,
+        levels: Sequence[tuple[str, int, int]],
+        committed_at: datetime,
+        source: str | None,
+    ) -> dict[str, dict[str, Verdict]]:
+        """:meth:`record` for a bulk message, (sku, version, available) each, set-based:
+        the states of every SKU and channel locked in one statement, judged here, and
+        recorded in one more, whatever the number of SKUs (D-220)."""
+        if not self.ids or not levels:
+            return {}
+        newest: dict[str, tuple[str, int, int]] = {}
+        for lv in levels:
+            seen = newest.get(lv[0])
+            if seen is None or lv[1] > seen[1]:
+                newest[lv[0]] = lv
+        states = await repo.lock_states_bulk(conn, sorted(newest), self.ids)
+        out: dict[str, dict[str, Verdict]] = {}
+        news: list[repo.LevelNews] = []
+        counts: dict[tuple[str, Verdict], int] = {}
+        for sku, version, available in newest.values():
+            verdicts = {
+                ch: judge(
+                    states[(sku, ch)],
+                    version,
+                    available,
+                    from_this_channel=source in self.echo[ch],
+                    recheck_s=self.configs[ch].unlisted_recheck_s,
+                )
+                for ch in self.ids
+            }
+            out[sku] = verdicts
+            live = {ch: v for ch, v in verdicts.items() if v is not Verdict.STALE}
+            news.append(repo.LevelNews(sku, version, available, live))
+            for ch, v in verdicts.items():
+                counts[(ch, v)] = counts.get((ch, v), 0) + 1
+        await repo.apply_levels(conn, news, committed_at, NOTIFY_CHANNEL)
+        for (ch, v), n in counts.items():
+            self.metrics.channel_changes.labels(channel=ch, verdict=v.value).inc(n)
+        return out
 
     async def rearm(self, conn: Conn, channel: str, skus: Sequence[str]) -> int:
         """A replayed dead letter: its SKUs are due again on the channel."""

@@ -170,11 +170,15 @@ class WmsService:
         metrics: Metrics,
         connectors: Sequence[WmsConnectorConfig],
         clock: Clock = utcnow,
+        *,
+        levels_per_message: int = 0,
     ) -> None:
         self.pool = pool
         self.metrics = metrics
         self.connectors = {c.id: c for c in connectors}
         self.clock = clock
+        # A snapshot page's new levels as inventory.levels_changed messages (D-220).
+        self.levels_per_message = levels_per_message
 
     # -- force sync (admin) --------------------------------------------------------
 
@@ -397,6 +401,7 @@ class WmsService:
                     now=self.clock(),
                     reason="WMS count",
                     events=events,
+                    levels_per_message=self.levels_per_message,
                 )
                 result.shortfall_skus = sum(1 for lv in levels.values() if lv.level.shortfall)
             result.adjustments = len(moves)
