@@ -32,11 +32,10 @@ from stockkeeper.domain.wms import (
     reconcile,
     sync_kind,
 )
-from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, record_change, transaction, utcnow
-from stockkeeper.store import outbox, stock
+from stockkeeper.store import dead_letters, outbox, stock
 from stockkeeper.store import wms as repo
 from stockkeeper.store.pool import Conn, Pool, Row
 from stockkeeper.store.stock import Movement
@@ -406,17 +405,22 @@ class WmsService:
                 result.shortfall_skus = sum(1 for lv in levels.values() if lv.level.shortfall)
             result.adjustments = len(moves)
             await repo.upsert_snapshots(c, job.connector, job.id, pairs)
-            for bad in refused:
-                await dead_letter(
-                    c,
-                    queue=SYNC_DEAD_LETTER_QUEUE,
-                    message_id=None,
-                    routing_key=f"wms.snapshot.{job.connector}",
-                    body=orjson.dumps(bad.raw, default=str),
-                    headers={"sync_request_id": job.id},
-                    error=f"WMS row refused: {bad.error}",
-                    attempts=1,
-                )
+            # Each refused row its own dead letter, all in one statement.
+            await dead_letters.record_many(
+                c,
+                [
+                    dead_letters.Letter(
+                        queue=SYNC_DEAD_LETTER_QUEUE,
+                        message_id=None,
+                        routing_key=f"wms.snapshot.{job.connector}",
+                        body=orjson.dumps(bad.raw, default=str),
+                        headers={"sync_request_id": job.id},
+                        error=f"WMS row refused: {bad.error}",
+                        attempts=1,
+                    )
+                    for bad in refused
+                ],
+            )
             await repo.record_progress(
                 c,
                 job.id,

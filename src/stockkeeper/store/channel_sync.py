@@ -387,6 +387,36 @@ async def repair_drift(
 
 
 @dataclass(frozen=True, slots=True)
+class ReadBack:
+    """What a channel showed for one SKU when read back, against our level then."""
+
+    sku: str
+    shown: int | None
+    version: int
+    available: int
+    seen_seq: int
+
+
+async def repair_drift_many(
+    conn: Conn, channel: str, reads: Sequence[ReadBack]
+) -> dict[str, SyncStatus]:
+    """:func:`repair_drift` for a page of SKUs in one statement; the status after of
+    each SKU not left alone."""
+    if not reads:
+        return {}
+    rows = await conn.fetch(
+        q("repair_drift_bulk"),
+        channel,
+        [r.sku for r in reads],
+        [r.shown for r in reads],
+        [r.version for r in reads],
+        [r.available for r in reads],
+        [r.seen_seq for r in reads],
+    )
+    return {r["sku"]: SyncStatus(r["status"]) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
 class Unlisted:
     """A SKU the channel said it does not list, and since when (None: not recorded)."""
 

@@ -341,6 +341,52 @@ ON CONFLICT (channel, sku) DO UPDATE SET
 WHERE s.claimed_version IS NULL AND s.desired_version <= $4 AND s.claim_seq = $6
 RETURNING s.status;
 
+-- name: repair_drift_bulk
+-- repair_drift for a page of SKUs in one statement: per SKU ($2) what the channel
+-- shows ($3, NULL: not listed), our version ($4) and available ($5) now, and the
+-- claim_seq seen when it was read ($6). A new row takes the claim_seq seen (0: there
+-- was no row), so EXCLUDED.claim_seq is that value for the guard. Rows in SKU order.
+INSERT INTO channel_sync_state AS s (channel, sku, desired_version, desired_quantity,
+                                     pushed_version, pushed_quantity, status,
+                                     pending_since, pending_changes, claim_seq)
+SELECT $1, d.sku, d.version, d.available, 0, d.shown,
+       CASE WHEN d.shown IS NULL THEN 'UNLISTED'
+            WHEN d.shown = d.available THEN 'SYNCED' ELSE 'PENDING' END,
+       CASE WHEN d.shown IS NOT NULL AND d.shown <> d.available THEN now() END,
+       CASE WHEN d.shown IS NOT NULL AND d.shown <> d.available THEN 1 ELSE 0 END,
+       d.seen_seq
+FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+     AS d (sku, shown, version, available, seen_seq)
+ORDER BY d.sku
+ON CONFLICT (channel, sku) DO UPDATE SET
+    desired_version = GREATEST(s.desired_version, EXCLUDED.desired_version),
+    desired_quantity = EXCLUDED.desired_quantity,
+    pushed_quantity = EXCLUDED.pushed_quantity,
+    unlisted_at = CASE WHEN EXCLUDED.pushed_quantity IS NULL THEN now() END,
+    status = CASE WHEN EXCLUDED.pushed_quantity IS NULL THEN 'UNLISTED'
+                  WHEN EXCLUDED.pushed_quantity = EXCLUDED.desired_quantity
+                       AND s.status <> 'PENDING' THEN 'SYNCED'
+                  WHEN EXCLUDED.pushed_quantity = EXCLUDED.desired_quantity THEN s.status
+                  ELSE 'PENDING' END,
+    pending_since = CASE WHEN EXCLUDED.pushed_quantity IS NOT NULL
+                              AND EXCLUDED.pushed_quantity <> EXCLUDED.desired_quantity
+                         THEN COALESCE(s.pending_since, now())
+                         WHEN EXCLUDED.pushed_quantity IS NULL THEN NULL
+                         ELSE s.pending_since END,
+    pending_changes = CASE WHEN EXCLUDED.pushed_quantity IS NOT NULL
+                                AND EXCLUDED.pushed_quantity <> EXCLUDED.desired_quantity
+                           THEN GREATEST(1, s.pending_changes)
+                           WHEN EXCLUDED.pushed_quantity IS NULL THEN 0
+                           ELSE s.pending_changes END,
+    attempts = CASE WHEN EXCLUDED.pushed_quantity IS NOT NULL
+                         AND EXCLUDED.pushed_quantity <> EXCLUDED.desired_quantity
+                    THEN 0 ELSE s.attempts END,
+    next_attempt_at = now(),
+    updated_at = now()
+WHERE s.claimed_version IS NULL AND s.desired_version <= EXCLUDED.desired_version
+  AND s.claim_seq = EXCLUDED.claim_seq
+RETURNING s.sku, s.status;
+
 -- name: prune_pushes
 DELETE FROM channel_push
 WHERE id = ANY(ARRAY(
