@@ -389,6 +389,11 @@ class WmsService:
                         source=source,
                     )
                 )
+            if self.levels_per_message and len({m.sku for m in moves}) > 1:
+                # A bulk page (D-224): no inventory.adjusted per batch, which no queue is
+                # bound to; the ledger holds each batch's move (reference
+                # wms-sync:<id>) and levels_changed each SKU's new figures.
+                events = []
             if moves:
                 await stock.apply_movements(c, moves, already_locked=True)
                 levels = await record_change(
