@@ -17,7 +17,12 @@ One run:
    body validation, no database) as the HTTP ceiling of the same server.
 
     python bench/ingest.py --skus 50000 --webhook-seconds 5     # quick
+    python bench/ingest.py --broker both --webhook-seconds 0    # both brokers, no webhooks
     python bench/ingest.py                                      # the full run
+
+``--records-per-message`` (the ERP connector's ``records_per_message``) and
+``--levels-per-message`` (``bulk.levels_per_message``; 0: one level_changed per SKU, as
+before issue 15) set the bulk shapes.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ ENV = {"BENCH_WEBHOOK_SECRET": SECRET}
 # -- 1. the ERP sync ----------------------------------------------------------------
 
 
-async def erp_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+async def erp_sync(args: argparse.Namespace, workdir: Path, broker_kind: str) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     erp_url = await create_erp(args.database_url, f"bench_erp_{run}")
     erp = ErpSandbox(erp_url)
@@ -73,7 +78,7 @@ async def erp_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         print(f"sandbox ERP seeded with {args.skus:,} rows in {time.perf_counter() - t0:.1f}s")
         db_url = await create_database(args.database_url, ours, migrated=True)
         broker: dict[str, Any] = {"prefix": f"b{run}."}
-        if await rabbit_ok(args.amqp_url):
+        if broker_kind == "rabbitmq":
             broker["url"] = args.amqp_url
         cfg = {
             "data_dir": str(workdir / "data"),
@@ -89,8 +94,10 @@ async def erp_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     "page_size": args.page_size,
                     "interval_s": 0.5,
                     "backlog_high_water": 50,
+                    "records_per_message": args.records_per_message,
                 }
             ],
+            "bulk": {"levels_per_message": args.levels_per_message},
         }
         started = time.perf_counter()
         for service in ("pollers", "dispatcher", "ingest"):
@@ -268,24 +275,50 @@ async def webhooks(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 async def amain(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    sync = await erp_sync(args, workdir)
-    print(f"\nERP sync of {sync['rows']:,} SKUs ({sync['broker']} broker, page {args.page_size})\n")
-    rows = [
-        [
-            "pollers + dispatcher + ingest",
-            f"{sync['wall_s']:.1f}",
-            f"{sync['rows_per_s']:,.0f}",
-            f"{sync['vs_floor']:.1f}",
-        ],
-        [
-            "floor: COPY out, COPY in, one upsert",
-            f"{sync['floor_s']:.1f}",
-            f"{sync['rows'] / sync['floor_s']:,.0f}",
-            "1.0",
-        ],
-    ]
-    print(markdown_table(("run", "wall s", "rows/s", "× floor"), rows, "lrrr"))
-    print("\npeak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in sync["peak_mb"].items() if v))
+    kinds = ["rabbitmq", "embedded"] if args.broker == "both" else [args.broker]
+    if args.broker == "auto":
+        kinds = ["rabbitmq" if await rabbit_ok(args.amqp_url) else "embedded"]
+    for kind in kinds:
+        (workdir / kind).mkdir()
+    syncs = [await erp_sync(args, workdir / kind, kind) for kind in kinds]
+    print(
+        f"\nERP sync of {args.skus:,} SKUs (page {args.page_size}, "
+        f"{args.records_per_message} records a message, "
+        f"{args.levels_per_message} levels a levels_changed)\n"
+    )
+    rows = []
+    for sync in syncs:
+        peak = max((v for v in sync["peak_mb"].values() if v), default=0.0)
+        rows.append(
+            [
+                f"pollers + dispatcher + ingest, {sync['broker']}",
+                f"{sync['wall_s']:.1f}",
+                f"{sync['rows_per_s']:,.0f}",
+                f"{sync['vs_floor']:.1f}",
+                f"{peak:.0f}",
+            ]
+        )
+        rows.append(
+            [
+                "floor: COPY out, COPY in, one upsert",
+                f"{sync['floor_s']:.1f}",
+                f"{sync['rows'] / sync['floor_s']:,.0f}",
+                "1.0",
+                "",
+            ]
+        )
+    head = ("run", "wall s", "rows/s", "× floor", "peak RSS MB/process")
+    print(markdown_table(head, rows, "lrrrr"))
+    for sync in syncs:
+        print(
+            f"\npeak RSS MB ({sync['broker']}): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in sync["peak_mb"].items() if v)
+        )
+    sync = syncs[0]
+    if args.webhook_seconds <= 0:
+        out = harness.write_results("ingest", {"args": vars(args), "erp_sync": syncs})
+        print(f"\nkept in {out}")
+        return 0
     hooks = await webhooks(args, workdir)
     print(f"\nwebhooks, {args.connections} connections, {args.webhook_seconds}s each\n")
     rows = [
@@ -300,7 +333,8 @@ async def amain(args: argparse.Namespace) -> int:
     ]
     head = ("endpoint", "accepted/s", "p50 ms", "p99 ms", "× noop")
     print(markdown_table(head, rows, "lrrrr"))
-    out = harness.write_results("ingest", {"args": vars(args), "erp_sync": sync, "webhooks": hooks})
+    results = {"args": vars(args), "erp_sync": syncs, "webhooks": hooks}
+    out = harness.write_results("ingest", results)
     print(f"\nkept in {out}")
     return 0
 
@@ -313,6 +347,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--database-url", default=DEFAULT_ADMIN_URL)
     p.add_argument("--amqp-url", default=DEFAULT_AMQP_URL)
+    p.add_argument(
+        "--broker",
+        choices=("auto", "rabbitmq", "embedded", "both"),
+        default="auto",
+        help="auto: RabbitMQ if it answers, else the embedded queue; both: a row each",
+    )
+    p.add_argument("--records-per-message", type=int, default=5000)
+    p.add_argument("--levels-per-message", type=int, default=500)
     return p.parse_args(argv)
 
 

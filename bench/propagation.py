@@ -250,14 +250,18 @@ async def figures(db_url: str, since: datetime, until: datetime) -> dict[str, An
                 "AS lag_ms "
                 "FROM domain_event e JOIN processed_message p "
                 "ON p.message_id = e.event_id AND p.consumer = 'propagator' "
-                "WHERE e.event_type = 'inventory.level_changed' "
+                "WHERE e.event_type IN ('inventory.level_changed', 'inventory.levels_changed') "
                 "AND e.occurred_at BETWEEN $1 AND $2",
                 since,
                 until,
             )
         ]
+        # A levels_changed message (D-220) carries one change per SKU in it.
         changes = await conn.fetchval(
-            "SELECT count(*) FROM domain_event WHERE event_type = 'inventory.level_changed' "
+            "SELECT coalesce(sum(CASE WHEN event_type = 'inventory.levels_changed' "
+            "THEN jsonb_array_length(payload->'levels') ELSE 1 END), 0) "
+            "FROM domain_event "
+            "WHERE event_type IN ('inventory.level_changed', 'inventory.levels_changed') "
             "AND occurred_at BETWEEN $1 AND $2",
             since,
             until,

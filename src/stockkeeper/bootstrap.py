@@ -248,8 +248,19 @@ async def build(
             tokens=build_token_book(settings),
             reservations=reservations,
             stock=Stock(pool, clock),
-            wms=WmsService(pool, metrics, settings.connectors_of(WmsConnectorConfig), clock),
-            ingest=IngestService(metrics, settings.connectors_of(IngestOptions), clock),
+            wms=WmsService(
+                pool,
+                metrics,
+                settings.connectors_of(WmsConnectorConfig),
+                clock,
+                levels_per_message=settings.bulk.levels_per_message,
+            ),
+            ingest=IngestService(
+                metrics,
+                settings.connectors_of(IngestOptions),
+                clock,
+                levels_per_message=settings.bulk.levels_per_message,
+            ),
             propagation=Propagation(
                 pool,
                 metrics,

@@ -19,6 +19,7 @@ from stockkeeper.observability.logging import configure
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
+    from stockkeeper.services.propagation import Drift
     from stockkeeper.store.pool import Connections
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
@@ -559,6 +560,9 @@ def reconcile_channels(
     channel: Annotated[
         list[str] | None, typer.Option(help="only this channel (repeat for several)")
     ] = None,
+    progress_pages: Annotated[
+        int, typer.Option(min=1, help="print a progress line every this many pages of SKUs")
+    ] = 10,
     config: ConfigOption = None,
 ) -> None:
     """Drift repair: compare the channels' levels with ours.
@@ -591,7 +595,9 @@ def reconcile_channels(
                     if not adapter.can_read:
                         typer.echo(f"{cfg.id}: cannot report its levels; skipped")
                         continue
-                    d = await container.propagation.reconcile(adapter)
+                    d = await container.propagation.reconcile(
+                        adapter, progress=_reconcile_progress, progress_every=progress_pages
+                    )
                 finally:
                     await adapter.aclose()
                 typer.echo(
@@ -602,6 +608,10 @@ def reconcile_channels(
             await container.close()
 
     _run(main)
+
+
+def _reconcile_progress(d: Drift) -> None:
+    typer.echo(f"{d.channel}: {d.checked} SKUs checked so far, {d.drifted} differed")
 
 
 @app.command("check-config")

@@ -36,6 +36,7 @@ from stockkeeper.config.loader import NOT_SETTINGS as NOT_SETTINGS
 from stockkeeper.config.loader import load_settings as load_settings
 from stockkeeper.config.settings import ApiConfig as ApiConfig
 from stockkeeper.config.settings import BrokerConfig as BrokerConfig
+from stockkeeper.config.settings import BulkConfig as BulkConfig
 from stockkeeper.config.settings import CarrierConfig as CarrierConfig
 from stockkeeper.config.settings import ConcurrencyConfig as ConcurrencyConfig
 from stockkeeper.config.settings import DatabaseConfig as DatabaseConfig

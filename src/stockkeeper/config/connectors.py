@@ -66,6 +66,9 @@ class IngestOptions(ConnectorConfig):
     auto_create_skus: bool = True
     # Applied where the source carries prices; none: prices are not kept.
     pricing: PricingConfig | None = None
+    # Records per ingest message (one consumer transaction applies a message set-based,
+    # D-221): bigger messages mean fewer transactions, memory grows with it.
+    records_per_message: int = Field(default=500, ge=1, le=50_000)
 
 
 class ErpConnectorConfig(IngestOptions):

@@ -181,6 +181,14 @@ class PropagationConfig(Section):
     shutdown_grace_s: float = Field(default=5.0, ge=0, le=600)
 
 
+class BulkConfig(Section):
+    """How changes of many SKUs at once travel (D-220)."""
+
+    # SKUs per inventory.levels_changed message written by a transaction that changed
+    # several (an ingest page, a WMS snapshot page); 0: one level_changed per SKU.
+    levels_per_message: int = Field(default=500, ge=0, le=10_000)
+
+
 class RetentionConfig(Section):
     """How long append-heavy tables keep their rows; the expiry worker prunes them in
     small batches. The inventory ledger is never pruned: it is the stock's history."""
@@ -229,6 +237,7 @@ class Settings(Section):
     reservations: ReservationsConfig = ReservationsConfig()
     orders: OrdersConfig = OrdersConfig()
     propagation: PropagationConfig = PropagationConfig()
+    bulk: BulkConfig = BulkConfig()
     retention: RetentionConfig = RetentionConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -16,6 +16,9 @@ FULFILLED = "inventory.fulfilled"
 RECEIVED = "inventory.received"
 ADJUSTED = "inventory.adjusted"
 LEVEL_CHANGED = "inventory.level_changed"
+# Many SKUs' levels in one message: what a transaction that changed many SKUs (a sync
+# page, a WMS snapshot) sends instead of one level_changed per SKU (D-220).
+LEVELS_CHANGED = "inventory.levels_changed"
 SHORTFALL = "inventory.shortfall"
 
 EVENT_FOR_STATUS: dict[Status, str] = {
@@ -71,9 +74,10 @@ class LevelChange:
     cause: str
     source: str | None = None
 
-    def events(self) -> list[Event]:
+    def figures(self) -> dict[str, Any]:
+        """The absolute figures and version, as every level message carries them."""
         f = self.level.figures
-        payload: dict[str, Any] = {
+        return {
             "sku": self.sku,
             "version": self.version,
             "on_hand": f.on_hand,
@@ -83,9 +87,16 @@ class LevelChange:
             "oversold": f.oversold,
             "available": self.level.available,
             "shortfall": self.level.shortfall,
-            "cause": self.cause,
         }
-        out = [Event(LEVEL_CHANGED, payload, sku=self.sku, source=self.source)]
+
+    def events(self) -> list[Event]:
+        payload = {**self.figures(), "cause": self.cause}
+        return [Event(LEVEL_CHANGED, payload, sku=self.sku, source=self.source), *self.shortfall()]
+
+    def shortfall(self) -> list[Event]:
+        """The ``inventory.shortfall`` event of this change, if it left the SKU short."""
+        f = self.level.figures
+        out: list[Event] = []
         if self.level.shortfall > 0:
             out.append(
                 Event(
@@ -102,3 +113,25 @@ class LevelChange:
                 )
             )
         return out
+
+
+def level_events(changes: list[LevelChange], per_message: int) -> list[Event]:
+    """The outbox events for the levels of one transaction.
+
+    One SKU (or ``per_message`` 0): ``inventory.level_changed`` per SKU, as always.
+    Several: ``inventory.levels_changed`` messages of up to ``per_message`` SKUs each,
+    every SKU with its absolute figures and version, so a consumer applies them in any
+    order against the versions it has seen; shortfalls stay one event per SKU. A bulk
+    message has an ordering key of its own (its first SKU's, prefixed): the versions,
+    not the order, make it safe beside single-SKU messages of the same SKUs.
+    """
+    if per_message <= 0 or len(changes) <= 1:
+        return [e for ch in changes for e in ch.events()]
+    out: list[Event] = []
+    for i in range(0, len(changes), per_message):
+        part = changes[i : i + per_message]
+        head = part[0]
+        payload = {"cause": head.cause, "levels": [ch.figures() for ch in part]}
+        out.append(Event(LEVELS_CHANGED, payload, source=head.source, key=f"levels:{head.sku}"))
+    out.extend(e for ch in changes for e in ch.shortfall())
+    return out

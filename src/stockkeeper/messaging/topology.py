@@ -35,7 +35,14 @@ QUEUES = (
             for k in ("allocated", "released", "confirmed", "expired")
         ),
     ),
-    QueueSpec("channel.propagation", (Binding(INVENTORY_EVENTS, "inventory.level_changed"),)),
+    QueueSpec(
+        "channel.propagation",
+        (
+            Binding(INVENTORY_EVENTS, "inventory.level_changed"),
+            # Many SKUs' levels in one message (D-220): the same consumer contract.
+            Binding(INVENTORY_EVENTS, "inventory.levels_changed"),
+        ),
+    ),
     QueueSpec("wms.sync", (Binding(WMS_COMMANDS, "wms.sync.*"),)),
     QueueSpec("inventory.ingest", (Binding(INVENTORY_INGEST, "ingest.*"),)),
     # The saga's own commands, and what happened to reservations (an order's among

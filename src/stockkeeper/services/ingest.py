@@ -41,10 +41,9 @@ from stockkeeper.domain.ingest import (
 )
 from stockkeeper.domain.quantities import Delta, oversell
 from stockkeeper.domain.reservation import EntryType
-from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, record_change, utcnow
-from stockkeeper.store import connector_state, outbox, source_records, stock
+from stockkeeper.store import connector_state, dead_letters, outbox, source_records, stock
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.stock import Movement
 
@@ -78,18 +77,25 @@ class Applied:
 async def refuse(
     conn: Conn, connector: str, refused: Sequence[Refused], *, kind: str, reason_prefix: str = ""
 ) -> None:
-    """Dead-letter records that cannot be booked, each with its reason."""
-    for r in refused:
-        await dead_letter(
-            conn,
-            queue=INGEST_QUEUE,
-            message_id=None,
-            routing_key=f"ingest.{connector}",
-            body=orjson.dumps({"connector": connector, "kind": kind, "record": r.raw}, default=str),
-            headers={"connector": connector},
-            error=f"{reason_prefix}{r.error}",
-            attempts=1,
-        )
+    """Dead-letter records that cannot be booked, each its own dead letter with its
+    reason, all in one statement."""
+    await dead_letters.record_many(
+        conn,
+        [
+            dead_letters.Letter(
+                queue=INGEST_QUEUE,
+                message_id=None,
+                routing_key=f"ingest.{connector}",
+                body=orjson.dumps(
+                    {"connector": connector, "kind": kind, "record": r.raw}, default=str
+                ),
+                headers={"connector": connector},
+                error=f"{reason_prefix}{r.error}",
+                attempts=1,
+            )
+            for r in refused
+        ],
+    )
 
 
 async def queue_records(
@@ -145,10 +151,14 @@ class IngestService:
         metrics: Metrics,
         connectors: Sequence[IngestOptions],
         clock: Clock = utcnow,
+        *,
+        levels_per_message: int = 0,
     ) -> None:
         self.metrics = metrics
         self.connectors = {c.id: c for c in connectors}
         self.clock = clock
+        # A page's new levels as inventory.levels_changed messages (D-220).
+        self.levels_per_message = levels_per_message
 
     async def apply(
         self,
@@ -205,6 +215,7 @@ class IngestService:
                 reference_id=reference,
                 now=now,
                 reason=f"level from {connector}",
+                levels_per_message=self.levels_per_message,
             )
         if sales_moves:
             await stock.apply_movements(conn, sales_moves, already_locked=True)
@@ -216,10 +227,12 @@ class IngestService:
                 reference_id=reference,
                 now=now,
                 reason=f"sold on {connector}",
+                levels_per_message=self.levels_per_message,
             )
-        for sale, units in oversold.items():
-            await source_records.set_unbooked(conn, sale.source, sale.transaction_id, units)
-            done.unbooked_units += units
+        await source_records.set_unbooked_many(
+            conn, [(sale.source, sale.transaction_id, units) for sale, units in oversold.items()]
+        )
+        done.unbooked_units += sum(oversold.values())
         done.oversell = sum(oversell(before[bid], b.figures) for bid, b in batches.items())
         await self._prices(conn, connector, cfg, winners)
         done.levels = len(winners)

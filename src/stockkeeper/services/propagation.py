@@ -1,7 +1,8 @@
 """Propagation use cases: record news of a level per channel, push it, watch the lag.
 
 The ``channel.propagation`` consumer records each ``inventory.level_changed`` per channel
-(:meth:`Propagation.record`) in the transaction that marks the message processed: the
+(:meth:`Propagation.record`; an ``inventory.levels_changed`` of many SKUs set-based by
+:meth:`Propagation.record_many`) in the transaction that marks the message processed: the
 newest version wins, a change from the channel itself is not sent back to it, and
 changes that arrive before the push is sent ride along with it (coalescing). Senders
 claim due rows per channel (:meth:`Propagation.claim`) and hand them to
@@ -15,7 +16,7 @@ and the alert.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,7 +47,9 @@ LAG_ALERT = "sync.lag_alert"
 LAG_RECOVERED = "sync.lag_recovered"
 # Senders LISTEN here; a consumer transaction that makes a push due wakes them at commit.
 NOTIFY_CHANNEL = "stockkeeper_channels"
-RECONCILE_PAGE = 100
+# SKUs per reconcile page: Shopify's largest nodes() read; each adapter splits a
+# page into its own batch shape.
+RECONCILE_PAGE = 250
 
 
 @dataclass(slots=True)
@@ -152,6 +155,48 @@ class Propagation:
         for ch, v in verdicts.items():
             self.metrics.channel_changes.labels(channel=ch, verdict=v.value).inc()
         return verdicts
+
+    async def record_many(
+        self,
+        conn: Conn,
+        levels: Sequence[tuple[str, int, int]],
+        committed_at: datetime,
+        source: str | None,
+    ) -> dict[str, dict[str, Verdict]]:
+        """:meth:`record` for a bulk message, (sku, version, available) each, set-based:
+        the states of every SKU and channel locked in one statement, judged here, and
+        recorded in one more, whatever the number of SKUs (D-220)."""
+        if not self.ids or not levels:
+            return {}
+        newest: dict[str, tuple[str, int, int]] = {}
+        for lv in levels:
+            seen = newest.get(lv[0])
+            if seen is None or lv[1] > seen[1]:
+                newest[lv[0]] = lv
+        states = await repo.lock_states_bulk(conn, sorted(newest), self.ids)
+        out: dict[str, dict[str, Verdict]] = {}
+        news: list[repo.LevelNews] = []
+        counts: dict[tuple[str, Verdict], int] = {}
+        for sku, version, available in newest.values():
+            verdicts = {
+                ch: judge(
+                    states[(sku, ch)],
+                    version,
+                    available,
+                    from_this_channel=source in self.echo[ch],
+                    recheck_s=self.configs[ch].unlisted_recheck_s,
+                )
+                for ch in self.ids
+            }
+            out[sku] = verdicts
+            live = {ch: v for ch, v in verdicts.items() if v is not Verdict.STALE}
+            news.append(repo.LevelNews(sku, version, available, live))
+            for ch, v in verdicts.items():
+                counts[(ch, v)] = counts.get((ch, v), 0) + 1
+        await repo.apply_levels(conn, news, committed_at, NOTIFY_CHANNEL)
+        for (ch, v), n in counts.items():
+            self.metrics.channel_changes.labels(channel=ch, verdict=v.value).inc(n)
+        return out
 
     async def rearm(self, conn: Conn, channel: str, skus: Sequence[str]) -> int:
         """A replayed dead letter: its SKUs are due again on the channel."""
@@ -538,13 +583,25 @@ class Propagation:
             await repo.ensure_channel_states(conn, [channel])
             return await repo.claim_reconcile(conn, channel, interval)
 
-    async def reconcile(self, adapter: ChannelAdapter, page: int = RECONCILE_PAGE) -> Drift:
+    async def reconcile(
+        self,
+        adapter: ChannelAdapter,
+        page: int = RECONCILE_PAGE,
+        *,
+        progress: Callable[[Drift], None] | None = None,
+        progress_every: int = 10,
+    ) -> Drift:
         """Read every SKU's level back from the channel and, where it differs from ours,
-        make a push due (with what the channel really shows as its starting point)."""
+        make a push due (with what the channel really shows as its starting point).
+
+        Per page of ``page`` SKUs: one read-back through the adapter (in the channel's
+        own batch shape), one statement for our levels and one to compare and mark
+        them all; ``progress`` hears the running totals every ``progress_every`` pages.
+        """
         channel = adapter.id
         if not adapter.can_read:
             return Drift(channel, 0, 0, 0)
-        after, checked, drifted, unlisted = "", 0, 0, 0
+        after, checked, drifted, unlisted, pages = "", 0, 0, 0, 0
         while True:
             async with self.pool.acquire() as conn:
                 rows = await repo.reconcile_page(conn, channel, after, page)
@@ -555,22 +612,34 @@ class Propagation:
             refs = {r.sku: r.channel_ref for r in todo if r.channel_ref}
             shown = await adapter.read([r.sku for r in todo], refs)
             async with transaction(self.pool) as conn:
+                # Compared and marked set-based: one statement for the page (D-222).
                 levels = await stock.sku_levels(conn, [r.sku for r in todo], self.clock())
-                for r in todo:
-                    lv = levels.get(r.sku)
-                    if lv is None:
-                        continue
-                    there = shown.get(r.sku)
-                    status = await repo.repair_drift(
-                        conn, channel, r.sku, there, lv.version, lv.level.available, r.claim_seq
+                reads = [
+                    repo.ReadBack(
+                        r.sku,
+                        shown.get(r.sku),
+                        levels[r.sku].version,
+                        levels[r.sku].level.available,
+                        r.claim_seq,
                     )
-                    checked += 1
-                    if status is SyncStatus.PENDING and there != lv.level.available:
-                        drifted += 1
+                    for r in todo
+                    if r.sku in levels
+                ]
+                after_repair = await repo.repair_drift_many(conn, channel, reads)
+                checked += len(reads)
+                page_drifted = 0
+                for rb in reads:
+                    status = after_repair.get(rb.sku)
+                    if status is SyncStatus.PENDING and rb.shown != rb.available:
+                        page_drifted += 1
                     elif status is SyncStatus.UNLISTED:
                         unlisted += 1
-                if drifted:
+                drifted += page_drifted
+                if page_drifted:
                     await repo.notify_senders(conn, NOTIFY_CHANNEL)
+            pages += 1
+            if progress is not None and pages % progress_every == 0:
+                progress(Drift(channel, checked, drifted, unlisted))
         async with self.pool.acquire() as conn:
             await repo.ensure_channel_states(conn, [channel])
             await repo.count_drift(conn, channel, drifted)

@@ -350,14 +350,20 @@ class Reservations:
         entry_type: EntryType,
         reason: str | None,
         source: str,
+        *,
+        bulk: bool = False,
     ) -> None:
+        """``bulk`` (the expiry worker's batch): a constant number of statements however
+        many reservations: the batches locked in id order first, then one statement
+        each for the statuses, the batch figures, the ledger and the events."""
         movements: list[Movement] = []
         events: list[Event] = []
         for row, allocs in items:
             for a in allocs:
                 delta = movement(entry_type, row.status, a.quantity)
                 movements.append(Movement(a.batch_id, a.sku, delta, reference_id=row.order_id))
-            await repo.set_status(conn, row.id, target, reason)
+            if not bulk:
+                await repo.set_status(conn, row.id, target, reason)
             payload: dict[str, Any] = {
                 "order_id": row.order_id,
                 "status": target.value,
@@ -368,8 +374,11 @@ class Reservations:
             if reason:
                 payload["reason"] = reason
             events.append(Event(EVENT_FOR_STATUS[target], payload, key=order_key(row.order_id)))
+        if bulk:
+            await repo.set_statuses(conn, [row.id for row, _ in items], target, reason)
+            await stock.lock_batches_of(conn, {m.sku for m in movements})
         try:
-            await stock.apply_movements(conn, movements)
+            await stock.apply_movements(conn, movements, already_locked=bulk)
         except WouldGoNegative:
             # Only FULFIL can get here: a count (adjustment) put on_hand below what was
             # committed, so shipping would take it below zero. Refuse in domain terms;
@@ -405,6 +414,7 @@ class Reservations:
                 EntryType.ORDER_EXPIRE,
                 "expired",
                 source,
+                bulk=True,
             )
         self.metrics.reservations_expired.inc(len(rows))
         return len(rows)

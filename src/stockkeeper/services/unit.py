@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from stockkeeper.domain.events import Event, LevelChange
+from stockkeeper.domain.events import Event, LevelChange, level_events
 from stockkeeper.domain.reservation import EntryType
 from stockkeeper.store import outbox, stock
 from stockkeeper.store.pool import Conn, Pool
@@ -45,11 +45,15 @@ async def record_change(
     now: datetime,
     reason: str | None = None,
     events: Sequence[Event] = (),
+    levels_per_message: int = 0,
 ) -> dict[str, SkuLevel]:
     """After the batch rows have moved: the ledger, the SKU versions, the events.
 
     All in the caller's transaction, so the stock, its history and the news of it
-    commit together or not at all.
+    commit together or not at all. ``levels_per_message`` above 0 (a bulk change: a sync
+    page, a WMS snapshot): the new levels of several SKUs travel as
+    ``inventory.levels_changed`` messages of up to that many SKUs (D-220); 0: one
+    ``inventory.level_changed`` per SKU.
     """
     await stock.insert_ledger(
         conn,
@@ -65,9 +69,9 @@ async def record_change(
         return {}
     await stock.bump_skus(conn, skus)
     levels = await stock.sku_levels(conn, skus, now)
-    out = list(events)
-    for sku in sorted(levels):
-        lv = levels[sku]
-        out.extend(LevelChange(sku, lv.version, lv.level, entry_type.value, source).events())
-    await outbox.add(conn, out)
+    changes = [
+        LevelChange(sku, levels[sku].version, levels[sku].level, entry_type.value, source)
+        for sku in sorted(levels)
+    ]
+    await outbox.add(conn, [*events, *level_events(changes, levels_per_message)])
     return levels

@@ -32,11 +32,10 @@ from stockkeeper.domain.wms import (
     reconcile,
     sync_kind,
 )
-from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, record_change, transaction, utcnow
-from stockkeeper.store import outbox, stock
+from stockkeeper.store import dead_letters, outbox, stock
 from stockkeeper.store import wms as repo
 from stockkeeper.store.pool import Conn, Pool, Row
 from stockkeeper.store.stock import Movement
@@ -170,11 +169,15 @@ class WmsService:
         metrics: Metrics,
         connectors: Sequence[WmsConnectorConfig],
         clock: Clock = utcnow,
+        *,
+        levels_per_message: int = 0,
     ) -> None:
         self.pool = pool
         self.metrics = metrics
         self.connectors = {c.id: c for c in connectors}
         self.clock = clock
+        # A snapshot page's new levels as inventory.levels_changed messages (D-220).
+        self.levels_per_message = levels_per_message
 
     # -- force sync (admin) --------------------------------------------------------
 
@@ -386,6 +389,11 @@ class WmsService:
                         source=source,
                     )
                 )
+            if self.levels_per_message and len({m.sku for m in moves}) > 1:
+                # A bulk page (D-224): no inventory.adjusted per batch, which no queue is
+                # bound to; the ledger holds each batch's move (reference
+                # wms-sync:<id>) and levels_changed each SKU's new figures.
+                events = []
             if moves:
                 await stock.apply_movements(c, moves, already_locked=True)
                 levels = await record_change(
@@ -397,21 +405,27 @@ class WmsService:
                     now=self.clock(),
                     reason="WMS count",
                     events=events,
+                    levels_per_message=self.levels_per_message,
                 )
                 result.shortfall_skus = sum(1 for lv in levels.values() if lv.level.shortfall)
             result.adjustments = len(moves)
             await repo.upsert_snapshots(c, job.connector, job.id, pairs)
-            for bad in refused:
-                await dead_letter(
-                    c,
-                    queue=SYNC_DEAD_LETTER_QUEUE,
-                    message_id=None,
-                    routing_key=f"wms.snapshot.{job.connector}",
-                    body=orjson.dumps(bad.raw, default=str),
-                    headers={"sync_request_id": job.id},
-                    error=f"WMS row refused: {bad.error}",
-                    attempts=1,
-                )
+            # Each refused row its own dead letter, all in one statement.
+            await dead_letters.record_many(
+                c,
+                [
+                    dead_letters.Letter(
+                        queue=SYNC_DEAD_LETTER_QUEUE,
+                        message_id=None,
+                        routing_key=f"wms.snapshot.{job.connector}",
+                        body=orjson.dumps(bad.raw, default=str),
+                        headers={"sync_request_id": job.id},
+                        error=f"WMS row refused: {bad.error}",
+                        attempts=1,
+                    )
+                    for bad in refused
+                ],
+            )
             await repo.record_progress(
                 c,
                 job.id,

@@ -97,6 +97,56 @@ async def apply_level(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class LevelNews:
+    """One SKU's level in a bulk message, with its verdict per channel."""
+
+    sku: str
+    version: int
+    available: int
+    verdicts: Mapping[str, Verdict]
+
+
+async def lock_states_bulk(
+    conn: Conn, skus: Sequence[str], channels: Sequence[str]
+) -> dict[tuple[str, str], SyncState]:
+    """Many SKUs' sync states per channel, locked in (sku, channel) order, rows created
+    as "never told" first where missing: two statements whatever the number of SKUs."""
+    ordered = sorted(set(skus))
+    await conn.execute(q("ensure_sync_rows_bulk"), list(channels), ordered)
+    rows = await conn.fetch(q("lock_sync_rows_bulk"), ordered, list(channels))
+    return {
+        (r["sku"], r["channel"]): SyncState(
+            r["desired_version"],
+            r["pushed_version"],
+            r["pushed_quantity"],
+            SyncStatus(r["status"]),
+            r["unlisted_for_s"],
+        )
+        for r in rows
+    }
+
+
+async def apply_levels(
+    conn: Conn, news: Sequence[LevelNews], committed_at: datetime, notify: str
+) -> None:
+    """Record each SKU's level for each channel with its (non-stale) verdict, in one
+    statement; if a push became due, NOTIFY ``notify`` (delivered at commit)."""
+    rows = [(n, ch, v) for n in news for ch, v in sorted(n.verdicts.items())]
+    if not rows:
+        return
+    await conn.execute(
+        q("apply_levels"),
+        [n.sku for n, _, _ in rows],
+        [n.version for n, _, _ in rows],
+        [n.available for n, _, _ in rows],
+        [ch for _, ch, _ in rows],
+        [v.value for _, _, v in rows],
+        committed_at,
+        notify,
+    )
+
+
 async def claim(conn: Conn, channel: str, limit: int, lease_s: float) -> list[Claimed]:
     rows = await conn.fetch(q("claim_pushes"), channel, limit, lease_s)
     return [
@@ -334,6 +384,36 @@ async def repair_drift(
         q("repair_drift"), channel, sku, shown, version, available, seen_seq
     )
     return None if status is None else SyncStatus(status)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBack:
+    """What a channel showed for one SKU when read back, against our level then."""
+
+    sku: str
+    shown: int | None
+    version: int
+    available: int
+    seen_seq: int
+
+
+async def repair_drift_many(
+    conn: Conn, channel: str, reads: Sequence[ReadBack]
+) -> dict[str, SyncStatus]:
+    """:func:`repair_drift` for a page of SKUs in one statement; the status after of
+    each SKU not left alone."""
+    if not reads:
+        return {}
+    rows = await conn.fetch(
+        q("repair_drift_bulk"),
+        channel,
+        [r.sku for r in reads],
+        [r.shown for r in reads],
+        [r.version for r in reads],
+        [r.available for r in reads],
+        [r.seen_seq for r in reads],
+    )
+    return {r["sku"]: SyncStatus(r["status"]) for r in rows}
 
 
 @dataclass(frozen=True, slots=True)

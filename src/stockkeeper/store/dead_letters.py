@@ -7,6 +7,7 @@ Functions take a connection inside the caller's transaction; none opens its own.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -101,27 +102,54 @@ async def record(
     is JSON that PostgreSQL can hold (jsonb refuses ``\\u0000``); an id that is not a
     UUID is kept as no id; NULs in the headers and the error (text refuses them) are
     replaced by U+FFFD."""
+    letter = Letter(queue, message_id, routing_key, body, headers, error, attempts)
+    row_id: int = await conn.fetchval(q("insert_dead_letter"), *_values(letter))
+    return row_id
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """One message to keep as a dead letter (the arguments of :func:`record`)."""
+
+    queue: str
+    message_id: str | None
+    routing_key: str
+    body: bytes
+    headers: dict[str, Any]
+    error: str
+    attempts: int
+
+
+@translated
+async def record_many(conn: Conn, letters: Sequence[Letter]) -> None:
+    """:func:`record` for many messages at once, each its own dead letter, in one
+    statement (the bad records of an ingest page)."""
+    if not letters:
+        return
+    columns = list(zip(*(_values(letter) for letter in letters), strict=True))
+    await conn.execute(q("insert_dead_letters"), *map(list, columns))
+
+
+def _values(d: Letter) -> tuple[Any, ...]:
     try:
-        loaded = orjson.loads(body)
+        loaded = orjson.loads(d.body)
         parsed: str | None = None if _has_nul(loaded) else orjson.dumps(loaded).decode()
     except orjson.JSONDecodeError:
         parsed = None
     try:
-        mid = uuid.UUID(message_id) if message_id else None
+        mid = uuid.UUID(d.message_id) if d.message_id else None
     except ValueError:
         mid = None
-    row_id: int = await conn.fetchval(
-        q("insert_dead_letter"),
-        queue,
+    return (
+        d.queue,
         mid,
-        routing_key.replace("\x00", "\ufffd"),
+        d.routing_key.replace("\x00", "\ufffd"),
         parsed,
-        body,
-        orjson.dumps(_without_nul(headers), default=str).decode(),
-        error[:4000].replace("\x00", "\ufffd"),
-        attempts,
+        d.body,
+        orjson.dumps(_without_nul(d.headers), default=str).decode(),
+        d.error[:4000].replace("\x00", "\ufffd"),
+        d.attempts,
     )
-    return row_id
 
 
 def _has_nul(value: Any) -> bool:

@@ -111,5 +111,13 @@ async def set_status(
 
 
 @translated
+async def set_statuses(
+    conn: Conn, reservation_ids: Sequence[int], status: Status, reason: str | None = None
+) -> None:
+    """Many reservations to one status, in one statement."""
+    await conn.execute(q("set_reservation_statuses"), list(reservation_ids), status.value, reason)
+
+
+@translated
 async def claim_overdue(conn: Conn, now: datetime, limit: int) -> list[ReservationRow]:
     return [_row(r) for r in await conn.fetch(q("claim_overdue_reservations"), now, limit)]

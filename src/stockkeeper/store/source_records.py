@@ -57,6 +57,15 @@ async def set_unbooked(conn: Conn, source: str, transaction_id: str, units: int)
 
 
 @translated
+async def set_unbooked_many(conn: Conn, rows: Sequence[tuple[str, str, int]]) -> None:
+    """:func:`set_unbooked` for (source, transaction_id, units) each, in one statement."""
+    if not rows:
+        return
+    sources, ids, units = (list(c) for c in zip(*rows, strict=True))
+    await conn.execute(q("set_unbooked_many"), sources, ids, units)
+
+
+@translated
 async def save_prices(
     conn: Conn,
     connector: str,

@@ -161,7 +161,14 @@ class ErpPoller(Poller):
         if page.last is None:
             return False
         async with transaction(self.c.pool) as conn:
-            await queue_records(conn, self.name, page.levels, [], page.refused)
+            await queue_records(
+                conn,
+                self.name,
+                page.levels,
+                [],
+                page.refused,
+                per_message=self.cfg.records_per_message,
+            )
             last = page.last
             await cursors.advance(
                 conn,
@@ -216,7 +223,14 @@ class MarketplacePoller(Poller):
             log.warning("poller.source_failed", connector=self.name, error=str(exc))
             return False
         async with transaction(self.c.pool) as conn:
-            await queue_records(conn, self.name, page.levels, page.sales, page.refused)
+            await queue_records(
+                conn,
+                self.name,
+                page.levels,
+                page.sales,
+                page.refused,
+                per_message=self.cfg.records_per_message,
+            )
             await cursors.advance(
                 conn, self.name, Cursor(None, None, None, page.next_token), page.records
             )

@@ -1,7 +1,8 @@
 """The propagator: pushes availability to every sales channel.
 
 Two halves, joined by ``channel_sync_state``. The ``channel.propagation`` consumer
-records each ``inventory.level_changed`` per channel (newest version wins, echoes of a
+records each ``inventory.level_changed`` (and each SKU of an ``inventory.levels_changed``,
+set-based: one contract, two shapes) per channel (newest version wins, echoes of a
 channel's own changes are left out, changes waiting for a push ride along with it) in
 the transaction that marks the message processed, so it never waits for a channel.
 Per channel, one loop claims due SKUs for every free slot (``concurrency`` calls in
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stockkeeper.connectors.channels import ChannelAdapter
-from stockkeeper.domain.events import LEVEL_CHANGED
+from stockkeeper.domain.events import LEVEL_CHANGED, LEVELS_CHANGED
 from stockkeeper.messaging.consumer import EffectHandler, PermanentError
 from stockkeeper.messaging.envelope import Envelope, first_error
 from stockkeeper.observability.logging import get_logger
@@ -48,6 +49,13 @@ class _Level(BaseModel):
     sku: str = Field(min_length=1, max_length=128)
     version: int = Field(ge=1)
     available: int = Field(ge=0)
+
+
+class _Levels(BaseModel):
+    """``inventory.levels_changed``: many SKUs, each what one level_changed carries."""
+
+    model_config = ConfigDict(extra="ignore")
+    levels: list[_Level] = Field(min_length=1)
 
 
 class _Rearm(BaseModel):
@@ -88,6 +96,18 @@ class Propagator:
                     raise PermanentError(error) from None
                 await self.service.record(
                     conn, level.sku, level.version, level.available, env.occurred_at, env.source
+                )
+            elif env.type == LEVELS_CHANGED:
+                try:
+                    bulk = _Levels.model_validate(env.payload)
+                except ValidationError as exc:
+                    error = f"bad levels_changed payload: {first_error(exc)}"
+                    raise PermanentError(error) from None
+                await self.service.record_many(
+                    conn,
+                    [(lv.sku, lv.version, lv.available) for lv in bulk.levels],
+                    env.occurred_at,
+                    env.source,
                 )
             elif env.type == REARM:
                 try:

@@ -48,6 +48,56 @@ RETURNING u.verdict
 )
 SELECT pg_notify($7, '') FROM applied WHERE verdict = 'push' LIMIT 1;
 
+-- name: ensure_sync_rows_bulk
+-- A row per channel for each SKU of a bulk level message ($2), in (sku, channel) order.
+INSERT INTO channel_sync_state (channel, sku)
+SELECT c, k FROM unnest($2::text[]) AS k CROSS JOIN unnest($1::text[]) AS c
+ORDER BY k, c
+ON CONFLICT (channel, sku) DO NOTHING;
+
+-- name: lock_sync_rows_bulk
+-- Many SKUs' rows across the channels, locked in (sku, channel) order: one SKU's
+-- consumer locks a prefix of that order, and a sender's acknowledgement (one channel)
+-- locks in SKU order too, so none of them can deadlock with another.
+SELECT sku, channel, desired_version, pushed_version, pushed_quantity, status,
+       EXTRACT(EPOCH FROM now() - unlisted_at)::float8 AS unlisted_for_s
+FROM channel_sync_state
+WHERE sku = ANY($1::text[]) AND channel = ANY($2::text[])
+ORDER BY sku, channel
+FOR UPDATE;
+
+-- name: apply_levels
+-- apply_level for many SKUs at once: one row per (sku, channel) with its version,
+-- available quantity and (non-stale) verdict, all committed at $6. When a push became
+-- due, the senders listening on $7 are woken at commit.
+WITH applied AS (
+UPDATE channel_sync_state s SET
+    desired_version = u.version,
+    desired_quantity = u.available,
+    status = CASE WHEN u.verdict = 'push' THEN 'PENDING'
+                  WHEN u.verdict IN ('echo', 'noop') THEN 'SYNCED' ELSE s.status END,
+    attempts = CASE WHEN u.verdict = 'push' AND s.status = 'DEAD' THEN 0 ELSE s.attempts END,
+    next_attempt_at = CASE WHEN u.verdict = 'push' AND s.status <> 'PENDING' THEN now()
+                           ELSE s.next_attempt_at END,
+    pending_since = CASE WHEN u.verdict = 'push' THEN COALESCE(s.pending_since, $6)
+                         WHEN u.verdict IN ('echo', 'noop') THEN NULL
+                         ELSE s.pending_since END,
+    pending_changes = CASE WHEN u.verdict = 'push' THEN s.pending_changes + 1
+                           WHEN u.verdict IN ('echo', 'noop') THEN 0
+                           ELSE s.pending_changes END,
+    late_since = CASE WHEN u.verdict = 'push' AND s.claimed_version IS NOT NULL
+                      THEN COALESCE(s.late_since, $6) ELSE s.late_since END,
+    pushed_version = CASE WHEN u.verdict IN ('echo', 'noop') THEN u.version
+                          ELSE s.pushed_version END,
+    pushed_quantity = CASE WHEN u.verdict = 'echo' THEN u.available ELSE s.pushed_quantity END,
+    updated_at = now()
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])
+     AS u (sku, version, available, channel, verdict)
+WHERE s.channel = u.channel AND s.sku = u.sku
+RETURNING u.verdict
+)
+SELECT pg_notify($7, '') FROM applied WHERE verdict = 'push' LIMIT 1;
+
 -- name: claim_pushes
 -- Due rows of one channel, oldest change first, leased to this sender. The lease
 -- outlasts every try of one call, and a sender renews it (hold_pushes) before each
@@ -93,6 +143,8 @@ WITH was AS (
     JOIN unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bool[], $7::bigint[])
          AS a (sku, version, quantity, ref, called, token) ON s.sku = a.sku
     WHERE s.channel = $1 AND s.claim_seq = a.token AND s.claimed_version = a.version
+    -- In SKU order, as a bulk level message locks its rows (D-220): no lock cycle.
+    ORDER BY s.sku
     FOR UPDATE OF s
 ), acked AS (
     UPDATE channel_sync_state s SET
@@ -288,6 +340,52 @@ ON CONFLICT (channel, sku) DO UPDATE SET
     updated_at = now()
 WHERE s.claimed_version IS NULL AND s.desired_version <= $4 AND s.claim_seq = $6
 RETURNING s.status;
+
+-- name: repair_drift_bulk
+-- repair_drift for a page of SKUs in one statement: per SKU ($2) what the channel
+-- shows ($3, NULL: not listed), our version ($4) and available ($5) now, and the
+-- claim_seq seen when it was read ($6). A new row takes the claim_seq seen (0: there
+-- was no row), so EXCLUDED.claim_seq is that value for the guard. Rows in SKU order.
+INSERT INTO channel_sync_state AS s (channel, sku, desired_version, desired_quantity,
+                                     pushed_version, pushed_quantity, status,
+                                     pending_since, pending_changes, claim_seq)
+SELECT $1, d.sku, d.version, d.available, 0, d.shown,
+       CASE WHEN d.shown IS NULL THEN 'UNLISTED'
+            WHEN d.shown = d.available THEN 'SYNCED' ELSE 'PENDING' END,
+       CASE WHEN d.shown IS NOT NULL AND d.shown <> d.available THEN now() END,
+       CASE WHEN d.shown IS NOT NULL AND d.shown <> d.available THEN 1 ELSE 0 END,
+       d.seen_seq
+FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+     AS d (sku, shown, version, available, seen_seq)
+ORDER BY d.sku
+ON CONFLICT (channel, sku) DO UPDATE SET
+    desired_version = GREATEST(s.desired_version, EXCLUDED.desired_version),
+    desired_quantity = EXCLUDED.desired_quantity,
+    pushed_quantity = EXCLUDED.pushed_quantity,
+    unlisted_at = CASE WHEN EXCLUDED.pushed_quantity IS NULL THEN now() END,
+    status = CASE WHEN EXCLUDED.pushed_quantity IS NULL THEN 'UNLISTED'
+                  WHEN EXCLUDED.pushed_quantity = EXCLUDED.desired_quantity
+                       AND s.status <> 'PENDING' THEN 'SYNCED'
+                  WHEN EXCLUDED.pushed_quantity = EXCLUDED.desired_quantity THEN s.status
+                  ELSE 'PENDING' END,
+    pending_since = CASE WHEN EXCLUDED.pushed_quantity IS NOT NULL
+                              AND EXCLUDED.pushed_quantity <> EXCLUDED.desired_quantity
+                         THEN COALESCE(s.pending_since, now())
+                         WHEN EXCLUDED.pushed_quantity IS NULL THEN NULL
+                         ELSE s.pending_since END,
+    pending_changes = CASE WHEN EXCLUDED.pushed_quantity IS NOT NULL
+                                AND EXCLUDED.pushed_quantity <> EXCLUDED.desired_quantity
+                           THEN GREATEST(1, s.pending_changes)
+                           WHEN EXCLUDED.pushed_quantity IS NULL THEN 0
+                           ELSE s.pending_changes END,
+    attempts = CASE WHEN EXCLUDED.pushed_quantity IS NOT NULL
+                         AND EXCLUDED.pushed_quantity <> EXCLUDED.desired_quantity
+                    THEN 0 ELSE s.attempts END,
+    next_attempt_at = now(),
+    updated_at = now()
+WHERE s.claimed_version IS NULL AND s.desired_version <= EXCLUDED.desired_version
+  AND s.claim_seq = EXCLUDED.claim_seq
+RETURNING s.sku, s.status;
 
 -- name: prune_pushes
 DELETE FROM channel_push

@@ -6,6 +6,15 @@ INSERT INTO dead_letter (queue, message_id, routing_key, body, raw_body, headers
 VALUES ($1, $2, $3, $4::text::jsonb, $5, $6::text::jsonb, $7, $8)
 RETURNING id;
 
+-- name: insert_dead_letters
+-- Many dead letters, one row each, in one statement (the bad records of a page).
+INSERT INTO dead_letter (queue, message_id, routing_key, body, raw_body, headers, error, attempts)
+SELECT d.queue, d.message_id, d.routing_key, d.body::jsonb, d.raw_body, d.headers::jsonb,
+       d.error, d.attempts
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::text[],
+            $7::text[], $8::int[])
+     AS d (queue, message_id, routing_key, body, raw_body, headers, error, attempts);
+
 -- name: list_dead_letters
 SELECT id, queue, message_id, routing_key, body, raw_body, headers, error, attempts, status,
        created_at, resolved_at, resolved_by

@@ -26,6 +26,11 @@ RETURNING source, transaction_id;
 -- name: set_unbooked
 UPDATE ingested_sale SET unbooked = $3 WHERE source = $1 AND transaction_id = $2;
 
+-- name: set_unbooked_many
+UPDATE ingested_sale s SET unbooked = u.units
+FROM unnest($1::text[], $2::text[], $3::int[]) AS u (source, transaction_id, units)
+WHERE s.source = u.source AND s.transaction_id = u.transaction_id;
+
 -- name: lock_sku_batches
 -- Every batch of the SKUs, locked in id order (the global lock order).
 SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,

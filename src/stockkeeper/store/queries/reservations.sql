@@ -36,6 +36,12 @@ UPDATE reservation
 SET status = $2, reason = COALESCE($3, reason), updated_at = now()
 WHERE id = $1;
 
+-- name: set_reservation_statuses
+-- A batch of reservations (the expiry worker's) to one status in one statement.
+UPDATE reservation
+SET status = $2, reason = COALESCE($3, reason), updated_at = now()
+WHERE id = ANY($1::bigint[]);
+
 -- name: claim_overdue_reservations
 -- The expiry worker's batch. SKIP LOCKED lets several expiry workers share the work
 -- and never waits on a reservation a client is confirming right now.
