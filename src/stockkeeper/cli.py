@@ -15,6 +15,7 @@ import typer
 
 from stockkeeper import __version__
 from stockkeeper.config import ConfigError, ConnectorConfig, Settings, load_settings
+from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import configure
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ def _settings(config: Path | None) -> Settings:
         raise typer.Exit(2) from None
     log = settings.logging
     configure(log.level, log.json_output, access_log=log.access_log)
+    tracing.configure(settings.tracing)
     return settings
 
 

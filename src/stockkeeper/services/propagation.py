@@ -30,6 +30,7 @@ from stockkeeper.domain.events import Event
 from stockkeeper.domain.propagation import AlertChange, SyncStatus, Verdict, judge, lag_alert
 from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, transaction
@@ -217,7 +218,14 @@ class Propagation:
                 )
 
         try:
-            outcomes = await adapter.push(items, fence)
+            # The channel call continues the trace of the change that made it due (the
+            # httpx instrumentation adds the client span and sends its traceparent).
+            with tracing.continuing(
+                f"push {channel}",
+                [c.trace_context for c in claimed],
+                **{"stockkeeper.channel": channel, "stockkeeper.skus": len(claimed)},
+            ):
+                outcomes = await adapter.push(items, fence)
         except ConnectorRejected as exc:
             if len(claimed) > 1:
                 # One bad item must not hold the others back: push each on its own.
