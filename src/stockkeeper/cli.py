@@ -17,6 +17,7 @@ from stockkeeper import __version__
 from stockkeeper.config import ConfigError, ConnectorConfig, Settings, load_settings
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import configure
+from stockkeeper.observability.progress import progress
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -519,11 +520,13 @@ def migrate(config: ConfigOption = None) -> None:
     async def main() -> None:
         container = await _build(settings, run_migrations=False)  # no connector, no new db
         try:
+            from stockkeeper.store.migrate import available
             from stockkeeper.store.migrate import migrate as do_migrate
 
             # Under an advisory lock: a session of its own (direct, behind PgBouncer).
             async with container.session_pool.acquire() as conn:
-                applied = await do_migrate(conn)
+                with progress(len(available()), "migrate", every=1) as bar:
+                    applied = await do_migrate(conn, on_step=lambda _m: bar.advance())
             names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none"
             typer.echo(f"migrations applied: {names}")
         finally:
@@ -538,6 +541,7 @@ def audit(config: ConfigOption = None) -> None:
 
     Exits 1 with a report if anything is off. It reads the existing database and never
     makes a new embedded one."""
+    from stockkeeper.services.audit import STEPS
     from stockkeeper.services.audit import audit as run_audit
 
     settings = _settings(config)
@@ -546,7 +550,8 @@ def audit(config: ConfigOption = None) -> None:
         container = await _build(settings)
         try:
             async with container.pool.acquire() as conn:
-                report = await run_audit(conn)
+                with progress(len(STEPS), "audit", every=1) as bar:
+                    report = await run_audit(conn, on_step=lambda _s: bar.advance())
             typer.echo(report.render())
             return report.clean
         finally:
@@ -593,7 +598,9 @@ def reconcile_channels(
                     if not adapter.can_read:
                         typer.echo(f"{cfg.id}: cannot report its levels; skipped")
                         continue
-                    d = await container.propagation.reconcile(adapter)
+                    total = await container.propagation.sku_count()
+                    with progress(total, f"reconcile {cfg.id}") as bar:
+                        d = await container.propagation.reconcile(adapter, on_page=bar.advance)
                 finally:
                     await adapter.aclose()
                 typer.echo(

@@ -15,7 +15,7 @@ and the alert.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -546,9 +546,21 @@ class Propagation:
             await repo.ensure_channel_states(conn, [channel])
             return await repo.claim_reconcile(conn, channel, interval)
 
-    async def reconcile(self, adapter: ChannelAdapter, page: int = RECONCILE_PAGE) -> Drift:
+    async def sku_count(self) -> int:
+        """How many SKUs a drift repair walks (every SKU we know)."""
+        async with self.pool.acquire() as conn:
+            return await repo.sku_count(conn)
+
+    async def reconcile(
+        self,
+        adapter: ChannelAdapter,
+        page: int = RECONCILE_PAGE,
+        on_page: Callable[[int], None] | None = None,
+    ) -> Drift:
         """Read every SKU's level back from the channel and, where it differs from ours,
-        make a push due (with what the channel really shows as its starting point)."""
+        make a push due (with what the channel really shows as its starting point).
+        ``on_page(n)`` after each page of ``n`` SKUs (a progress bar's tick; the total
+        is :meth:`sku_count`)."""
         channel = adapter.id
         if not adapter.can_read:
             return Drift(channel, 0, 0, 0)
@@ -579,6 +591,8 @@ class Propagation:
                         unlisted += 1
                 if drifted:
                     await repo.notify_senders(conn, NOTIFY_CHANNEL)
+            if on_page is not None:
+                on_page(len(rows))
         async with self.pool.acquire() as conn:
             await repo.ensure_channel_states(conn, [channel])
             await repo.count_drift(conn, channel, drifted)

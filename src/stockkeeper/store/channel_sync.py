@@ -316,6 +316,12 @@ class Listed:
     claim_seq: int
 
 
+async def sku_count(conn: Conn) -> int:
+    """Every SKU we know: what a drift repair walks."""
+    n: int = await conn.fetchval(q("sku_count"))
+    return n
+
+
 async def reconcile_page(conn: Conn, channel: str, after: str, limit: int) -> list[Listed]:
     """The next ``limit`` SKUs after ``after`` (by name), with the channel's sync row."""
     rows = await conn.fetch(q("reconcile_page"), channel, after, limit)

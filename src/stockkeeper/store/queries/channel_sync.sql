@@ -245,6 +245,10 @@ RETURNING channel;
 UPDATE channel_state SET drift_repaired = drift_repaired + $2, last_reconciled_at = now()
 WHERE channel = $1;
 
+-- name: sku_count
+-- The total of a drift repair's walk, for its progress bar (one index-only count).
+SELECT count(*) FROM sku;
+
 -- name: reconcile_page
 -- A page of SKUs (keyset on the name) with this channel's sync row, if any, and its
 -- claim_seq as of now (0: no row yet), which the repair compares.
