@@ -8,6 +8,7 @@ one trace id and link up parent to child in that order.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -30,7 +31,7 @@ from stockkeeper.workers.dispatcher import Dispatcher
 from stockkeeper.workers.propagator import Propagator
 from stockkeeper_sandbox.channel_webhook import WebhookReceiverState
 from stockkeeper_sandbox.server import SandboxServer
-from tests.conftest import CHANNEL_WEBHOOK_SECRET, FakeClock
+from tests.conftest import CHANNEL_WEBHOOK_SECRET, DEFAULT_BROKER_URL, FakeClock
 from tests.support import auth
 
 CHANNEL = "hooks"
@@ -57,14 +58,21 @@ def spans() -> Iterator[InMemorySpanExporter]:
         tracing.uninstall()
 
 
-@pytest.fixture
+@pytest.fixture(params=["pgqueue", "rabbitmq"])
 async def c(
+    request: pytest.FixtureRequest,
     config: dict[str, Any],
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
+    broker_prefix: str,
     webhook_channel: tuple[WebhookReceiverState, SandboxServer],
 ) -> AsyncIterator[Container]:
+    """The embedded queue, then RabbitMQ: both carry the traceparent header."""
     monkeypatch.setenv(SECRET_ENV, CHANNEL_WEBHOOK_SECRET)
+    config["broker"] = {"prefix": broker_prefix, "poll_ms": 50}
+    if request.param == "rabbitmq":
+        # The URL the rabbit_url fixture checks (an async fixture cannot be asked for here).
+        config["broker"]["url"] = os.environ.get("STOCKKEEPER_TEST_BROKER_URL", DEFAULT_BROKER_URL)
     config["connectors"] = [
         {
             "id": CHANNEL,
