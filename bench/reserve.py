@@ -568,6 +568,11 @@ def table_row(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def cpu_ms_per_ok(r: dict[str, Any]) -> float:
+    """Server CPU milliseconds per successful request over the measured window."""
+    return 1000 * r["cpu_cores"]["server"] / r["ok_rps"] if r["ok_rps"] else float("nan")
+
+
 def print_tracing_overhead(rows: list[dict[str, Any]]) -> None:
     """2xx/s and p50 with tracing on over the same strategy and scenario with it off."""
     off = {(r["strategy"], r["scenario"]): r for r in rows if not r.get("tracing")}
@@ -577,10 +582,13 @@ def print_tracing_overhead(rows: list[dict[str, Any]]) -> None:
         base = off.get((r["strategy"].removesuffix("+tracing"), r["scenario"]))
         if base is None or not base["ok_rps"]:
             continue
+        # Server CPU per successful request: steadier than req/s on a busy machine.
+        on, off_ = cpu_ms_per_ok(r), cpu_ms_per_ok(base)
         print(
             f"tracing overhead, {r['strategy']} {r['scenario']}: 2xx/s {r['ok_rps']:.0f} vs "
             f"{base['ok_rps']:.0f} off (ratio {r['ok_rps'] / base['ok_rps']:.3f}), "
-            f"p50 {r['p50_ms']:.1f} vs {base['p50_ms']:.1f} ms",
+            f"p50 {r['p50_ms']:.1f} vs {base['p50_ms']:.1f} ms, server CPU per 2xx "
+            f"{on:.2f} vs {off_:.2f} ms (ratio {on / off_ if off_ else float('nan'):.2f})",
             flush=True,
         )
     print()
