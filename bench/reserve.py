@@ -323,7 +323,14 @@ def cpu_cores(a: CpuSample, b: CpuSample, seconds: float, loadgen: float) -> dic
 class Server:
     """``python -m stockkeeper run inventory-api`` as a child process."""
 
-    def __init__(self, db_url: str, strategy: str, workdir: Path, tracing: bool = False) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        strategy: str,
+        workdir: Path,
+        tracing: bool = False,
+        db_spans: bool = True,
+    ) -> None:
         self.dbname = urlsplit(db_url).path.lstrip("/")
         self.port = free_port()
         self.cfg = {
@@ -348,7 +355,7 @@ class Server:
         if tracing:
             # The SDK records every span (FastAPI, asyncpg) and drops it: its whole cost
             # without a collector's.
-            self.cfg["tracing"] = {"exporter": "discard"}
+            self.cfg["tracing"] = {"exporter": "discard", "database_spans": db_spans}
         self.workdir = workdir
         self.label = f"server-{strategy}{'+tracing' if tracing else ''}"
         self.proc: Proc | None = None
@@ -496,7 +503,7 @@ class Bench:
     async def strategy_run(
         self, strategy: str, db_url: str, workdir: Path, tracing: bool = False
     ) -> list[dict[str, Any]]:
-        server = Server(db_url, strategy, workdir, tracing)
+        server = Server(db_url, strategy, workdir, tracing, self.args.tracing_db_spans == "on")
         label = f"{strategy}+tracing" if tracing else strategy
         await server.start()
         rows: list[dict[str, Any]] = []
@@ -633,6 +640,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run each strategy twice, tracing off then on (tracing.exporter: discard),\n"
         "and print the traced/untraced ratio per scenario",
+    )
+    p.add_argument(
+        "--tracing-db-spans",
+        choices=["on", "off"],
+        default="on",
+        help="with --tracing: tracing.database_spans (a span per SQL statement)",
     )
     args = p.parse_args(argv)
     if args.duration is None:

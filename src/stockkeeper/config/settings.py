@@ -232,6 +232,10 @@ class TracingConfig(Section):
     service_name: str = Field(default="stockkeeper", min_length=1, max_length=200)
     # Share of new traces recorded (parent-based: a continued trace follows its parent).
     sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    # A span per SQL statement (the asyncpg instrumentation): the most detail and most
+    # of the cost (bench/reserve.py --tracing); false keeps the request, outbox,
+    # broker, consumer and channel spans only.
+    database_spans: bool = True
 
     @model_validator(mode="after")
     def _endpoint_for_otlp(self) -> TracingConfig:

@@ -53,6 +53,7 @@ class _State:
 
     enabled = False
     instrumented = False
+    database_spans = False
 
 
 def enabled() -> bool:
@@ -98,13 +99,14 @@ def configure(config: TracingConfig, *, service: str | None = None) -> TracerPro
         sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
     )
     provider.add_span_processor(BatchSpanProcessor(exporter))
-    install(provider)
+    install(provider, database_spans=config.database_spans)
     return provider
 
 
-def install(provider: TracerProvider) -> None:
-    """Make ``provider`` this process's tracer provider and apply the asyncpg and httpx
-    instrumentations (the tests install one with an in-memory exporter)."""
+def install(provider: TracerProvider, *, database_spans: bool = True) -> None:
+    """Make ``provider`` this process's tracer provider and apply the httpx and (with
+    ``database_spans``) asyncpg instrumentations (the tests install one with an
+    in-memory exporter)."""
     if trace.get_tracer_provider() is not provider:
         trace.set_tracer_provider(provider)
     _State.enabled = True
@@ -113,7 +115,9 @@ def install(provider: TracerProvider) -> None:
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
+    if database_spans:
+        AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
+        _State.database_spans = True
     HTTPXClientInstrumentor().instrument()
     _State.instrumented = True
 
@@ -127,7 +131,9 @@ def uninstall() -> None:
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    AsyncPGInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
+    if _State.database_spans:
+        AsyncPGInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
+        _State.database_spans = False
     HTTPXClientInstrumentor().uninstrument()
     _State.instrumented = False
 
