@@ -104,6 +104,14 @@ class _PublishSpans:
         self._spans[str(row.event_id)] = span
         return tracing.traceparent_of(span)
 
+    def held(self, published: Collection[str]) -> None:
+        """End the spans of rows that are not published this time (held behind an
+        earlier row of their key, or not publishable), saying so."""
+        for message_id in [m for m in self._spans if m not in published]:
+            span = self._spans.pop(message_id)
+            span.set_attribute("stockkeeper.held_back", True)
+            span.end()
+
     def failed(self, message_ids: set[str] | None, reason: str) -> None:
         for message_id, span in self._spans.items():
             if message_ids is None or message_id in message_ids:
@@ -162,6 +170,7 @@ class Dispatcher:
             # or FAILED; they are not even published.
             held = held_behind(ready, bad)
             good = [r for r in ready if r.id in messages and r.id not in held]
+            spans.held({str(r.event_id) for r in good})
             if not good:
                 spans.end()
                 return 0
