@@ -32,7 +32,7 @@ from stockkeeper.bootstrap import build
 from stockkeeper.config import ChannelConfig, Settings
 from stockkeeper.connectors.channel_registry import make_channel
 from stockkeeper.connectors.records import LevelRecord
-from stockkeeper.services.propagation import RECONCILE_PAGE, Drift
+from stockkeeper.services.propagation import RECONCILE_PAGE
 from stockkeeper_sandbox.server import SandboxServer
 from stockkeeper_sandbox.shopify import ShopifyState, create_app, graphql_url
 
@@ -84,14 +84,16 @@ async def main(args: argparse.Namespace) -> int:
                 (cfg,) = settings.connectors_of(ChannelConfig)
                 adapter = make_channel(cfg, token=None)
 
-                def progress(d: Drift) -> None:
-                    print(f"  {d.checked:,} SKUs checked, {d.drifted:,} differed", flush=True)
+                seen = [0]
+
+                def progress(n: int) -> None:
+                    seen[0] += n
+                    if seen[0] % (args.progress_pages * 250) < n:
+                        print(f"  {seen[0]:,} SKUs checked", flush=True)
 
                 try:
                     t0 = time.perf_counter()
-                    drift = await c.propagation.reconcile(
-                        adapter, progress=progress, progress_every=args.progress_pages
-                    )
+                    drift = await c.propagation.reconcile(adapter, on_page=progress)
                     wall = time.perf_counter() - t0
                 finally:
                     await adapter.aclose()

@@ -323,7 +323,14 @@ def cpu_cores(a: CpuSample, b: CpuSample, seconds: float, loadgen: float) -> dic
 class Server:
     """``python -m stockkeeper run inventory-api`` as a child process."""
 
-    def __init__(self, db_url: str, strategy: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        strategy: str,
+        workdir: Path,
+        tracing: bool = False,
+        db_spans: bool = True,
+    ) -> None:
         self.dbname = urlsplit(db_url).path.lstrip("/")
         self.port = free_port()
         self.cfg = {
@@ -345,8 +352,12 @@ class Server:
             "monitoring": {"metrics_port": 0},
             "logging": {"level": "warning"},
         }
+        if tracing:
+            # The SDK records every span (FastAPI, asyncpg) and drops it: its whole cost
+            # without a collector's.
+            self.cfg["tracing"] = {"exporter": "discard", "database_spans": db_spans}
         self.workdir = workdir
-        self.label = f"server-{strategy}"
+        self.label = f"server-{strategy}{'+tracing' if tracing else ''}"
         self.proc: Proc | None = None
 
     @property
@@ -489,18 +500,22 @@ class Bench:
             "cpu_cores": cpu,
         }
 
-    async def strategy_run(self, strategy: str, db_url: str, workdir: Path) -> list[dict[str, Any]]:
-        server = Server(db_url, strategy, workdir)
+    async def strategy_run(
+        self, strategy: str, db_url: str, workdir: Path, tracing: bool = False
+    ) -> list[dict[str, Any]]:
+        server = Server(db_url, strategy, workdir, tracing, self.args.tracing_db_spans == "on")
+        label = f"{strategy}+tracing" if tracing else strategy
         await server.start()
         rows: list[dict[str, Any]] = []
         try:
             for scenario in self.args.scenarios:
                 waited, busy = await wait_quiet(self.args.quiet_below, self.args.quiet_wait)
-                row = await self.measure(server, strategy, scenario)
+                row = await self.measure(server, label, scenario)
+                row["tracing"] = tracing
                 row["quiet_wait"] = {"waited_s": round(waited, 1), "busy_cores_before": busy}
                 rows.append(row)
                 print(
-                    f"  {strategy:<11} {scenario:<6} {row['rps']:8.0f} req/s  "
+                    f"  {label:<11} {scenario:<6} {row['rps']:8.0f} req/s  "
                     f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
                     f"non-2xx {row['errors']}  cpu {row['cpu_cores']}",
                     flush=True,
@@ -515,11 +530,10 @@ class Bench:
         for r in rows:
             r["db_check"] = check["clean"]
         if not check["clean"]:
-            print(f"  {strategy}: DATABASE CHECK FAILED: {check['problems']}", flush=True)
+            print(f"  {label}: DATABASE CHECK FAILED: {check['problems']}", flush=True)
         else:
             print(
-                f"  {strategy}: audit clean, {check['reservations']} reservations "
-                "= every 2xx answer",
+                f"  {label}: audit clean, {check['reservations']} reservations = every 2xx answer",
                 flush=True,
             )
         return rows
@@ -561,6 +575,32 @@ def table_row(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def cpu_ms_per_ok(r: dict[str, Any]) -> float:
+    """Server CPU milliseconds per successful request over the measured window."""
+    return 1000 * r["cpu_cores"]["server"] / r["ok_rps"] if r["ok_rps"] else float("nan")
+
+
+def print_tracing_overhead(rows: list[dict[str, Any]]) -> None:
+    """2xx/s and p50 with tracing on over the same strategy and scenario with it off."""
+    off = {(r["strategy"], r["scenario"]): r for r in rows if not r.get("tracing")}
+    for r in rows:
+        if not r.get("tracing"):
+            continue
+        base = off.get((r["strategy"].removesuffix("+tracing"), r["scenario"]))
+        if base is None or not base["ok_rps"]:
+            continue
+        # Server CPU per successful request: steadier than req/s on a busy machine.
+        on, off_ = cpu_ms_per_ok(r), cpu_ms_per_ok(base)
+        print(
+            f"tracing overhead, {r['strategy']} {r['scenario']}: 2xx/s {r['ok_rps']:.0f} vs "
+            f"{base['ok_rps']:.0f} off (ratio {r['ok_rps'] / base['ok_rps']:.3f}), "
+            f"p50 {r['p50_ms']:.1f} vs {base['p50_ms']:.1f} ms, server CPU per 2xx "
+            f"{on:.2f} vs {off_:.2f} ms (ratio {on / off_ if off_ else float('nan'):.2f})",
+            flush=True,
+        )
+    print()
+
+
 # -- main ----------------------------------------------------------------------------
 
 
@@ -595,6 +635,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quiet-below", type=float, default=0.3, help="idle means under this many busy cores"
     )
     p.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
+    p.add_argument(
+        "--tracing",
+        action="store_true",
+        help="run each strategy twice, tracing off then on (tracing.exporter: discard),\n"
+        "and print the traced/untraced ratio per scenario",
+    )
+    p.add_argument(
+        "--tracing-db-spans",
+        choices=["on", "off"],
+        default="on",
+        help="with --tracing: tracing.database_spans (a span per SQL statement)",
+    )
     args = p.parse_args(argv)
     if args.duration is None:
         args.duration = 2.0 if args.quick else 10.0
@@ -663,16 +715,23 @@ async def amain(args: argparse.Namespace) -> int:
                 f"({(args.skus + 1) / seed_s:.0f}/s)",
                 flush=True,
             )
-            for strategy in args.strategies:
-                db = f"{base}_{strategy}"
+            # --tracing: each strategy twice, tracing off then on, each on its own copy.
+            runs = [
+                (s, t)
+                for s in args.strategies
+                for t in ((False, True) if args.tracing else (False,))
+            ]
+            for strategy, tracing in runs:
+                name = f"{strategy}+tracing" if tracing else strategy
+                db = f"{base}_{strategy}{'_traced' if tracing else ''}"
                 db_url = await dbs.create(db, template=seed_db)
                 with contextlib.suppress(asyncpg.PostgresError):
                     await admin_execute(admin, "CHECKPOINT")
                 try:
-                    rows.extend(await bench.strategy_run(strategy, db_url, workdir))
+                    rows.extend(await bench.strategy_run(strategy, db_url, workdir, tracing))
                 except Exception as exc:  # one strategy failing should not lose the others
-                    failures[strategy] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
-                    print(f"  {strategy}: FAILED: {failures[strategy]}", flush=True)
+                    failures[name] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
+                    print(f"  {name}: FAILED: {failures[name]}", flush=True)
                 await dbs.drop(db)
 
     table = markdown_table(HEAD, map(table_row, rows), "llrrrrlrl")
@@ -692,6 +751,8 @@ async def amain(args: argparse.Namespace) -> int:
     print()
     print(table)
     print()
+    if args.tracing:
+        print_tracing_overhead(rows)
     print(
         "2xx/s vs noop: successful requests/s over the /noop requests/s of the same server\n"
         "process. p50/p99: over every answer in the window. CPU in cores (1.00 = one core\n"

@@ -15,11 +15,12 @@ import typer
 
 from stockkeeper import __version__
 from stockkeeper.config import ConfigError, ConnectorConfig, Settings, load_settings
+from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import configure
+from stockkeeper.observability.progress import progress
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
-    from stockkeeper.services.propagation import Drift
     from stockkeeper.store.pool import Connections
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
@@ -75,6 +76,7 @@ def _settings(config: Path | None) -> Settings:
         raise typer.Exit(2) from None
     log = settings.logging
     configure(log.level, log.json_output, access_log=log.access_log)
+    tracing.configure(settings.tracing)
     return settings
 
 
@@ -518,11 +520,13 @@ def migrate(config: ConfigOption = None) -> None:
     async def main() -> None:
         container = await _build(settings, run_migrations=False)  # no connector, no new db
         try:
+            from stockkeeper.store.migrate import available
             from stockkeeper.store.migrate import migrate as do_migrate
 
             # Under an advisory lock: a session of its own (direct, behind PgBouncer).
             async with container.session_pool.acquire() as conn:
-                applied = await do_migrate(conn)
+                with progress(len(available()), "migrate", every=1) as bar:
+                    applied = await do_migrate(conn, on_step=lambda _m: bar.advance())
             names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none"
             typer.echo(f"migrations applied: {names}")
         finally:
@@ -537,6 +541,7 @@ def audit(config: ConfigOption = None) -> None:
 
     Exits 1 with a report if anything is off. It reads the existing database and never
     makes a new embedded one."""
+    from stockkeeper.services.audit import STEPS
     from stockkeeper.services.audit import audit as run_audit
 
     settings = _settings(config)
@@ -545,7 +550,8 @@ def audit(config: ConfigOption = None) -> None:
         container = await _build(settings)
         try:
             async with container.pool.acquire() as conn:
-                report = await run_audit(conn)
+                with progress(len(STEPS), "audit", every=1) as bar:
+                    report = await run_audit(conn, on_step=lambda _s: bar.advance())
             typer.echo(report.render())
             return report.clean
         finally:
@@ -560,9 +566,6 @@ def reconcile_channels(
     channel: Annotated[
         list[str] | None, typer.Option(help="only this channel (repeat for several)")
     ] = None,
-    progress_pages: Annotated[
-        int, typer.Option(min=1, help="print a progress line every this many pages of SKUs")
-    ] = 10,
     config: ConfigOption = None,
 ) -> None:
     """Drift repair: compare the channels' levels with ours.
@@ -595,9 +598,9 @@ def reconcile_channels(
                     if not adapter.can_read:
                         typer.echo(f"{cfg.id}: cannot report its levels; skipped")
                         continue
-                    d = await container.propagation.reconcile(
-                        adapter, progress=_reconcile_progress, progress_every=progress_pages
-                    )
+                    total = await container.propagation.sku_count()
+                    with progress(total, f"reconcile {cfg.id}") as bar:
+                        d = await container.propagation.reconcile(adapter, on_page=bar.advance)
                 finally:
                     await adapter.aclose()
                 typer.echo(
@@ -608,10 +611,6 @@ def reconcile_channels(
             await container.close()
 
     _run(main)
-
-
-def _reconcile_progress(d: Drift) -> None:
-    typer.echo(f"{d.channel}: {d.checked} SKUs checked so far, {d.drifted} differed")
 
 
 @app.command("check-config")

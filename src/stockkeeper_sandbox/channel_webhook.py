@@ -119,9 +119,12 @@ class WebhookReceiverState(ChannelBook):
         self.tolerance_s = tolerance_s
         self._unix_clock = unix_clock
         self._deliveries: OrderedDict[str, None] = OrderedDict()
+        # The W3C traceparent of each accepted delivery that carried one (tracing).
+        self.traceparents: list[str] = []
 
     def on_reset(self) -> None:
         self._deliveries.clear()
+        self.traceparents.clear()
 
     def deliveries(self) -> list[str]:
         """The ids of the deliveries applied, oldest first."""
@@ -211,6 +214,8 @@ def create_app(
                 {"error": "invalid", "detail": f"{DELIVERY_HEADER} is missing"}, 422
             )
         applied = state.receive(delivery, levels)
+        if traceparent := headers.get("traceparent"):
+            state.traceparents.append(traceparent)
         return json_response({"status": "applied" if applied else "duplicate"})
 
     return app

@@ -251,6 +251,18 @@ class WmsState:
                 found.append(key)
             return [self._batches[k].wire() for k in found], None
 
+    def count(
+        self,
+        *,
+        sku: str | None = None,
+        location: str | None = None,
+        lot_number: str | None = None,
+    ) -> int:
+        """How many batches a snapshot with these filters has, over all its pages."""
+        with self._lock:
+            start = 0 if sku is None else bisect_left(self._order, (sku, "", False, ""))
+            return sum(1 for _ in self._scan(start, sku, location, lot_number))
+
     def _scan(
         self, start: int, sku: str | None, location: str | None, lot_number: str | None
     ) -> Iterator[SortKey]:
@@ -394,7 +406,10 @@ def create_app(
             )
         except BadToken as exc:
             raise HTTPException(422, str(exc)) from None
-        return json_response({"items": items, "next_cursor": next_cursor})
+        # The snapshot's size over all pages (optional in the contract): the client
+        # shows a percentage and an ETA with it.
+        total = state.count(sku=sku, location=location, lot_number=lot_number)
+        return json_response({"items": items, "next_cursor": next_cursor, "total": total})
 
     @app.get("/v1/stock/token", dependencies=auth)
     async def stock_token() -> Response:

@@ -303,3 +303,66 @@ async def test_incremental_sync_reads_only_what_changed_and_falls_back_when_refu
     assert await rig.sync.run_job(job) is SyncStatus.DONE
     assert (await c.wms.get_request(job.id)).rows_seen == 40
     assert await c.wms.sync_token(NAME) != "not-a-token-it-knows"
+
+
+async def test_a_sync_request_shows_the_wms_total_a_percentage_and_an_eta(
+    rig_factory: Any, wms: tuple[WmsState, SandboxServer]
+) -> None:
+    from datetime import timedelta
+
+    from stockkeeper.api.admin import create_admin_app
+    from stockkeeper.workers.wms_sync import counted
+    from tests.support import auth
+
+    state, _ = wms
+    state.seed(250, skus=50, seed=4)
+    rig: Rig = await rig_factory(page_size=100)
+    c = rig.c
+    req = await c.wms.request_sync(reason="count", requested_by="ops")
+    job = await c.wms.claim(stale_after_s=60)
+    assert job is not None
+    page = await rig.sync_client.stock_page()
+    assert page.total == 250  # the sandbox says how big the snapshot is
+    await c.wms.apply_page(
+        job, [counted(r) for r in page.items], cursor=page.next_cursor, total=page.total
+    )
+    doc = await c.wms.get_request(req.id)
+    assert doc.started_at is not None
+    # 100 of 250 rows in 20 s: 150 more take 30 s at that rate.
+    c.clock.now = doc.started_at + timedelta(seconds=20)  # type: ignore[attr-defined]
+    app = create_admin_app(c)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://admin"
+    ) as client:
+        r = await client.get(f"/admin/wms/sync/{req.id}", headers=auth())
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["status"], body["total"], body["percent"], body["eta_seconds"]) == (
+            "IN_PROGRESS",
+            250,
+            40.0,
+            30.0,
+        )
+        resumed = await c.wms.claim(stale_after_s=0)
+        assert resumed is not None
+        assert await rig.sync.run_job(resumed) is SyncStatus.DONE
+        body = (await client.get(f"/admin/wms/sync/{req.id}", headers=auth())).json()
+    assert (body["total"], body["percent"], body["eta_seconds"]) == (250, 100.0, 0.0)
+
+
+async def test_a_failed_sync_is_logged_at_error_with_its_reason(rig_factory: Any) -> None:
+    import structlog
+
+    rig: Rig = await rig_factory(url="http://127.0.0.1:9", max_attempts=1)
+    c = rig.c
+    req = await c.wms.request_sync(reason="count", requested_by="ops")
+    job = await c.wms.claim(stale_after_s=60)
+    assert job is not None
+    with structlog.testing.capture_logs() as logs:
+        assert await rig.sync.run_job(job) is SyncStatus.FAILED
+    (failed,) = [e for e in logs if e["event"] == "wms_sync.job_failed"]
+    assert failed["log_level"] == "error"
+    assert failed["request"] == req.id
+    assert "WMS unavailable" in failed["error"]
+    doc = await c.wms.get_request(req.id)
+    assert (doc.status, doc.progress(c.clock()).percent) == ("FAILED", None)

@@ -105,7 +105,7 @@ def create_admin_app(container: Container) -> FastAPI:
                 connector=body.connector,
                 conn=conn,
             ),
-            lambda req: (202, schemas.WmsSyncOut.of(req)),
+            lambda req: (202, schemas.WmsSyncOut.of(req, container.clock())),
         )
 
     @app.get(
@@ -117,7 +117,11 @@ def create_admin_app(container: Container) -> FastAPI:
     )
     async def wms_sync_status(sync_request_id: RowId, who: Principal = ADMIN) -> Response:
         """PENDING, IN_PROGRESS, then DONE or FAILED (with the reason), and the tallies."""
-        return _ok(schemas.WmsSyncOut.of(await container.wms.get_request(sync_request_id)))
+        return _ok(
+            schemas.WmsSyncOut.of(
+                await container.wms.get_request(sync_request_id), container.clock()
+            )
+        )
 
     @app.get(
         "/admin/channels/{channel}/unlisted",

@@ -139,7 +139,7 @@ def add_list_routes(app: FastAPI, listing: Listing) -> None:
     ) -> Response:
         """Force and scheduled sync requests, newest first, with how far each got."""
         page = await listing.sync_requests(status=status, after=after, limit=limit)
-        return JSONResponse(schemas.as_json(WmsSyncListOut.of(page)))
+        return JSONResponse(schemas.as_json(WmsSyncListOut.of(page, listing.clock())))
 
     @app.get(
         "/admin/channels/{channel}/skus",

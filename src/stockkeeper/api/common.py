@@ -19,6 +19,7 @@ from stockkeeper.api.auth import AuthenticatedRoute
 from stockkeeper.api.middleware import BodyLimit, CatchAll, RequestMetrics
 from stockkeeper.api.problems import PROBLEM_TYPE, ApiProblem, JSONResponse
 from stockkeeper.api.schemas import MAX_ROW_ID
+from stockkeeper.observability import tracing
 from stockkeeper.store.pool import ping
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def new_app(container: Container, name: str, title: str) -> FastAPI:
     app.add_middleware(CatchAll, app_name=name)
     app.add_middleware(RequestMetrics, metrics=container.metrics, app_name=name)
     app.add_middleware(BodyLimit, limit=container.settings.api.max_body_bytes)
+    tracing.instrument_app(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

@@ -148,8 +148,8 @@ class WmsSyncListOut(BaseModel):
     next: str | None
 
     @classmethod
-    def of(cls, page: Page[SyncRequest]) -> WmsSyncListOut:
-        return cls(items=[WmsSyncOut.of(r) for r in page.items], next=page.next)
+    def of(cls, page: Page[SyncRequest], now: datetime) -> WmsSyncListOut:
+        return cls(items=[WmsSyncOut.of(r, now) for r in page.items], next=page.next)
 
 
 class ChannelSkuOut(BaseModel):

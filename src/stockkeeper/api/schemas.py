@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -315,9 +316,17 @@ class WmsSyncOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    total: int | None = Field(
+        description="Rows of the whole snapshot, when the WMS gives it (not for incremental)"
+    )
+    percent: float | None = Field(description="rows_seen of total, 0-100; null without a total")
+    eta_seconds: float | None = Field(
+        description="Seconds left at the average rate so far (IN_PROGRESS with a total)"
+    )
 
     @classmethod
-    def of(cls, r: SyncRequest) -> WmsSyncOut:
+    def of(cls, r: SyncRequest, now: datetime) -> WmsSyncOut:
+        p = r.progress(now)
         return cls.model_validate(
             {
                 "sync_request_id": r.id,
@@ -339,6 +348,9 @@ class WmsSyncOut(BaseModel):
                 "created_at": r.created_at.isoformat(),
                 "started_at": r.started_at.isoformat() if r.started_at else None,
                 "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                "total": p.total,
+                "percent": p.percent,
+                "eta_seconds": p.eta_seconds,
             }
         )
 

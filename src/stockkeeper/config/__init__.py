@@ -52,3 +52,4 @@ from stockkeeper.config.settings import Scope as Scope
 from stockkeeper.config.settings import Settings as Settings
 from stockkeeper.config.settings import Strategy as Strategy
 from stockkeeper.config.settings import TokenConfig as TokenConfig
+from stockkeeper.config.settings import TracingConfig as TracingConfig

@@ -227,6 +227,31 @@ class LoggingConfig(Section):
     access_log: bool = True
 
 
+class TracingConfig(Section):
+    """OpenTelemetry traces (D-240). Off unless ``exporter`` is set: no SDK tracer
+    provider is installed and every span is the API's no-op."""
+
+    # otlp: OTLP over HTTP/protobuf to ``endpoint``; console: spans as JSON on stdout;
+    # discard: spans recorded and dropped (to measure the overhead, bench/reserve.py).
+    exporter: Literal["otlp", "console", "discard"] | None = None
+    # The collector's traces URL, e.g. http://localhost:4318/v1/traces (otlp only).
+    endpoint: str | None = None
+    # service.name of every span; the process's services are added as an attribute.
+    service_name: str = Field(default="stockkeeper", min_length=1, max_length=200)
+    # Share of new traces recorded (parent-based: a continued trace follows its parent).
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    # A span per SQL statement (the asyncpg instrumentation): the most detail and most
+    # of the cost (bench/reserve.py --tracing); false keeps the request, outbox,
+    # broker, consumer and channel spans only.
+    database_spans: bool = True
+
+    @model_validator(mode="after")
+    def _endpoint_for_otlp(self) -> TracingConfig:
+        if self.exporter == "otlp" and not self.endpoint:
+            raise ValueError("tracing.endpoint is required with tracing.exporter: otlp")
+        return self
+
+
 class Settings(Section):
     data_dir: Path = Path("./.stockkeeper")
     database: DatabaseConfig = DatabaseConfig()
@@ -241,6 +266,7 @@ class Settings(Section):
     retention: RetentionConfig = RetentionConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
     connectors: list[AnyConnector] = Field(default_factory=list)
 
     @model_validator(mode="after")

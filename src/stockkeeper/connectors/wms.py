@@ -74,6 +74,8 @@ class StockPage:
     items: tuple[WmsStockRow, ...]
     next_cursor: str | None
     rejected: tuple[RejectedRow, ...] = ()
+    # Rows of the whole snapshot (all pages), when the WMS says.
+    total: int | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class _Row(BaseModel):
 class _StockEnvelope(BaseModel):
     items: list[Any]
     next_cursor: str | None = Field(min_length=1)
+    total: int | None = Field(default=None, ge=0)
 
 
 class _ChangesEnvelope(BaseModel):
@@ -260,7 +263,7 @@ class WmsClient:
         def parse(response: httpx.Response) -> StockPage:
             envelope = _envelope(_StockEnvelope, response)
             items, rejected = _rows(envelope.items)
-            return StockPage(items, envelope.next_cursor, rejected)
+            return StockPage(items, envelope.next_cursor, rejected, envelope.total)
 
         return await self.http.call("stock_page", "GET", "/v1/stock", parse, params=params)
 

@@ -143,3 +143,41 @@ def outbound_lines(message_id: str, event_type: str, payload: dict[str, Any]) ->
         for (sku, batch_id), qty in sorted(merged.items(), key=lambda kv: kv[0][1])
         if qty > 0
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncProgress:
+    """How far a sync request has got: a percentage and an ETA when the WMS gave the
+    snapshot's total, else both None (an incremental sync has no total)."""
+
+    total: int | None
+    percent: float | None
+    eta_seconds: float | None
+
+
+def sync_progress(
+    status: str,
+    rows_seen: int,
+    total: int | None,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+    now: datetime,
+) -> SyncProgress:
+    """Percent of ``total`` seen, and the seconds left at the average rate so far.
+
+    DONE is 100 % with no time left whatever the counts say (the WMS's total is its
+    count when the first page was read; rows may come and go while we page)."""
+    if status == "DONE":
+        return SyncProgress(total, 100.0 if total is not None else None, 0.0)
+    if total is None:
+        return SyncProgress(None, None, None)
+    if total == 0:
+        return SyncProgress(0, 100.0, 0.0)
+    seen = min(rows_seen, total)
+    percent = round(100 * seen / total, 1)
+    if status != "IN_PROGRESS" or started_at is None or seen == 0 or finished_at is not None:
+        return SyncProgress(total, percent, None)
+    elapsed = (now - started_at).total_seconds()
+    if elapsed <= 0:
+        return SyncProgress(total, percent, None)
+    return SyncProgress(total, percent, round((total - seen) * elapsed / seen, 1))

@@ -31,6 +31,7 @@ from stockkeeper.messaging.envelope import (
     Envelope,
     InvalidEnvelope,
 )
+from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import consumer_log, dead_letters
@@ -229,6 +230,19 @@ class Consumer:
         )
 
     async def _process(self, d: Delivery) -> None:
+        # The consumer span continues the publisher's traceparent (D-241); the events
+        # the handler writes to the outbox carry it on.
+        with tracing.consuming(
+            f"consume {d.routing_key}",
+            d.headers,
+            **{
+                "messaging.consumer.group.name": self.name,
+                "messaging.destination.name": self.queue,
+            },
+        ):
+            await self._process_traced(d)
+
+    async def _process_traced(self, d: Delivery) -> None:
         attempt = attempt_of(d.headers)
         try:
             env = Envelope.parse(d.body)

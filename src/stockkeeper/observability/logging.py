@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from stockkeeper.observability.tracing import add_trace_id
+
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -56,6 +58,7 @@ def configure(
                 structlog.stdlib.add_log_level,
                 structlog.stdlib.add_logger_name,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
+                add_trace_id,
             ],
             # exc_info of a library's record is a tuple: render it as text first, or the
             # JSON line says "<traceback object at 0x…>" instead of the traceback.
@@ -87,6 +90,7 @@ def configure(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            add_trace_id,
             structlog.processors.format_exc_info,
             renderer,
         ],

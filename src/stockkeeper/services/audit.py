@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stockkeeper.store import audit as checks
@@ -32,11 +33,19 @@ class AuditReport:
 FIELDS = ("on_hand", "unavailable", "reserved", "committed", "oversold")
 
 
-async def audit(conn: Conn) -> AuditReport:
-    """Run every check in one consistent snapshot."""
+# The checks audit() runs, in order: each is one scan of a table (or two) and can take
+# minutes on a large database; ``on_step`` hears of each as it ends.
+STEPS = ("counts", "ledger", "reservations", "negative figures")
+
+
+async def audit(conn: Conn, on_step: Callable[[str], None] | None = None) -> AuditReport:
+    """Run every check in one consistent snapshot; ``on_step(name)`` after each of
+    :data:`STEPS` (a progress bar's tick)."""
     report = AuditReport()
+    step = on_step or (lambda _name: None)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         counts = await checks.counts(conn)
+        step(STEPS[0])
         report.batches = counts.batches
         report.ledger_entries = counts.ledger_entries
         report.reservations = counts.reservations
@@ -47,15 +56,18 @@ async def audit(conn: Conn) -> AuditReport:
                 if getattr(m.figures, f) != getattr(m.ledger, f)
             )
             report.problems.append(f"batch {m.batch_id} ({m.sku}): {diffs}")
+        step(STEPS[1])
         for r in await checks.reservation_mismatches(conn):
             report.problems.append(
                 f"batch {r.batch_id} ({r.sku}): reserved {r.reserved} vs open PENDING "
                 f"lines {r.open_reserved}, committed {r.committed} vs open CONFIRMED "
                 f"lines {r.open_committed}"
             )
+        step(STEPS[2])
         for n in await checks.negative_batches(conn):
             report.problems.append(
                 f"batch {n.batch_id} ({n.sku}): negative figure "
                 + ", ".join(f"{f}={getattr(n.figures, f)}" for f in FIELDS)
             )
+        step(STEPS[3])
     return report

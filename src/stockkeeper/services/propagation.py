@@ -31,6 +31,7 @@ from stockkeeper.domain.events import Event
 from stockkeeper.domain.propagation import AlertChange, SyncStatus, Verdict, judge, lag_alert
 from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, transaction
@@ -262,7 +263,14 @@ class Propagation:
                 )
 
         try:
-            outcomes = await adapter.push(items, fence)
+            # The channel call continues the trace of the change that made it due (the
+            # httpx instrumentation adds the client span and sends its traceparent).
+            with tracing.continuing(
+                f"push {channel}",
+                [c.trace_context for c in claimed],
+                **{"stockkeeper.channel": channel, "stockkeeper.skus": len(claimed)},
+            ):
+                outcomes = await adapter.push(items, fence)
         except ConnectorRejected as exc:
             if len(claimed) > 1:
                 # One bad item must not hold the others back: push each on its own.
@@ -583,25 +591,29 @@ class Propagation:
             await repo.ensure_channel_states(conn, [channel])
             return await repo.claim_reconcile(conn, channel, interval)
 
+    async def sku_count(self) -> int:
+        """How many SKUs a drift repair walks (every SKU we know)."""
+        async with self.pool.acquire() as conn:
+            return await repo.sku_count(conn)
+
     async def reconcile(
         self,
         adapter: ChannelAdapter,
         page: int = RECONCILE_PAGE,
-        *,
-        progress: Callable[[Drift], None] | None = None,
-        progress_every: int = 10,
+        on_page: Callable[[int], None] | None = None,
     ) -> Drift:
         """Read every SKU's level back from the channel and, where it differs from ours,
         make a push due (with what the channel really shows as its starting point).
 
         Per page of ``page`` SKUs: one read-back through the adapter (in the channel's
         own batch shape), one statement for our levels and one to compare and mark
-        them all; ``progress`` hears the running totals every ``progress_every`` pages.
+        them all; ``on_page(n)`` after each page of ``n`` SKUs (a progress bar's tick;
+        the total is :meth:`sku_count`).
         """
         channel = adapter.id
         if not adapter.can_read:
             return Drift(channel, 0, 0, 0)
-        after, checked, drifted, unlisted, pages = "", 0, 0, 0, 0
+        after, checked, drifted, unlisted = "", 0, 0, 0
         while True:
             async with self.pool.acquire() as conn:
                 rows = await repo.reconcile_page(conn, channel, after, page)
@@ -637,9 +649,8 @@ class Propagation:
                 drifted += page_drifted
                 if page_drifted:
                     await repo.notify_senders(conn, NOTIFY_CHANNEL)
-            pages += 1
-            if progress is not None and pages % progress_every == 0:
-                progress(Drift(channel, checked, drifted, unlisted))
+            if on_page is not None:
+                on_page(len(rows))
         async with self.pool.acquire() as conn:
             await repo.ensure_channel_states(conn, [channel])
             await repo.count_drift(conn, channel, drifted)

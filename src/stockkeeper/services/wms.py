@@ -26,11 +26,13 @@ from stockkeeper.domain.wms import (
     Counted,
     OutboundLine,
     SyncKind,
+    SyncProgress,
     SyncStatus,
     identity_problem,
     latest_per_batch,
     reconcile,
     sync_kind,
+    sync_progress,
 )
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.observability.metrics import Metrics
@@ -131,6 +133,14 @@ class SyncRequest:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # Rows of the whole snapshot, when the WMS gave it.
+    rows_total: int | None = None
+
+    def progress(self, now: datetime) -> SyncProgress:
+        """Percentage and ETA, from the rows seen so far against the WMS's total."""
+        return sync_progress(
+            self.status, self.rows_seen, self.rows_total, self.started_at, self.finished_at, now
+        )
 
     @classmethod
     def of(cls, r: Row) -> SyncRequest:
@@ -154,6 +164,7 @@ class SyncRequest:
             created_at=r["created_at"],
             started_at=r["started_at"],
             finished_at=r["finished_at"],
+            rows_total=r.get("rows_total"),
         )
 
 
@@ -340,11 +351,13 @@ class WmsService:
         *,
         cursor: str | None,
         token: str | None = None,
+        total: int | None = None,
     ) -> PageResult:
         """Reconcile one page of WMS counts into our books, in one transaction.
 
         ``cursor`` is where a resumed sync would go on after this page; ``token``, for
-        an incremental page, is the change token to save with it.
+        an incremental page, is the change token to save with it; ``total``, the rows of
+        the whole snapshot when the WMS says (the request's progress).
         """
         refused = list(rejected)
         good: list[Counted] = []
@@ -434,6 +447,7 @@ class WmsService:
                 rejected=result.rejected,
                 adjustments=result.adjustments,
                 shortfalls=result.shortfall_skus,
+                total=total,
             )
             if token is not None:
                 await repo.save_token(c, job.connector, token, job.kind.value)

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from stockkeeper.domain.propagation import SyncState, SyncStatus, Verdict
+from stockkeeper.observability.tracing import current_traceparent
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
 
@@ -30,6 +31,8 @@ class Claimed:
     # The claim's fencing token (claim_seq): every statement settling this push, and
     # every write after its first try, is checked against it.
     token: int
+    # The W3C traceparent of the change that made it due (tracing on), D-241.
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ async def apply_level(
         channels,
         [verdicts[c].value for c in channels],
         notify,
+        current_traceparent(),
     )
 
 
@@ -158,6 +162,7 @@ async def claim(conn: Conn, channel: str, limit: int, lease_s: float) -> list[Cl
             r["channel_ref"],
             r["attempts"],
             r["claim_seq"],
+            r["trace_context"],
         )
         for r in rows
     ]
@@ -359,6 +364,12 @@ class Listed:
     # The row's claim_seq when the page was read: the repair is applied only if no push
     # was claimed since.
     claim_seq: int
+
+
+async def sku_count(conn: Conn) -> int:
+    """Every SKU we know: what a drift repair walks."""
+    n: int = await conn.fetchval(q("sku_count"))
+    return n
 
 
 async def reconcile_page(conn: Conn, channel: str, after: str, limit: int) -> list[Listed]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -44,8 +45,13 @@ def available() -> list[Migration]:
     return found
 
 
-async def migrate(conn: Conn) -> list[Migration]:
-    """Apply every pending migration; return the ones applied by this call."""
+async def migrate(
+    conn: Conn, on_step: Callable[[Migration], None] | None = None
+) -> list[Migration]:
+    """Apply every pending migration; return the ones applied by this call.
+
+    ``on_step`` is told of each of ``available()`` once it is in place (applied now or
+    before): a progress bar's tick."""
     applied: list[Migration] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     try:
@@ -67,6 +73,8 @@ async def migrate(conn: Conn) -> list[Migration]:
                         f"migration {mig.version:04d}_{mig.name} was changed after it was "
                         "applied; add a new migration instead"
                     )
+                if on_step is not None:
+                    on_step(mig)
                 continue
             async with conn.transaction():
                 await conn.execute(mig.sql)
@@ -77,6 +85,8 @@ async def migrate(conn: Conn) -> list[Migration]:
                     mig.checksum,
                 )
             applied.append(mig)
+            if on_step is not None:
+                on_step(mig)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
     return applied

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from stockkeeper.domain.events import Event
+from stockkeeper.observability.tracing import current_traceparent
 from stockkeeper.store.errors import translated
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
@@ -37,6 +38,8 @@ class PendingEvent:
     occurred_at: datetime
     attempts: int
     ordering_key: str
+    # The W3C traceparent of the span that wrote the event (tracing on), D-241.
+    trace_context: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> PendingEvent:
@@ -52,6 +55,7 @@ class PendingEvent:
             row["occurred_at"],
             row["attempts"],
             row["ordering_key"],
+            row["trace_context"],
         )
 
 
@@ -66,6 +70,7 @@ async def add(conn: Conn, events: Sequence[Event]) -> list[uuid.UUID]:
     if not events:
         return []
     ids = [uuid.uuid4() for _ in events]
+    traceparent = current_traceparent()
     await conn.execute(
         q("insert_events"),
         ids,
@@ -75,6 +80,7 @@ async def add(conn: Conn, events: Sequence[Event]) -> list[uuid.UUID]:
         [orjson.dumps(e.payload).decode() for e in events],
         NOTIFY_CHANNEL,
         [e.ordering_key for e in events],
+        traceparent,
     )
     return ids
 

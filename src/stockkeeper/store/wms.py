@@ -144,9 +144,18 @@ async def record_progress(
     adjustments: int,
     shortfalls: int,
     start_token: str | None = None,
+    total: int | None = None,
 ) -> None:
     await conn.execute(
-        q("sync_progress"), request_id, cursor, start_token, rows, rejected, adjustments, shortfalls
+        q("sync_progress"),
+        request_id,
+        cursor,
+        start_token,
+        rows,
+        rejected,
+        adjustments,
+        shortfalls,
+        total,
     )
 
 

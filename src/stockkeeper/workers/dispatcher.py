@@ -17,6 +17,8 @@ import asyncio
 import time
 from collections.abc import Collection, Sequence
 
+from opentelemetry.trace import Span, StatusCode
+
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.broker import (
@@ -26,8 +28,9 @@ from stockkeeper.messaging.broker import (
     PublishesInTransaction,
     PublishRejected,
 )
-from stockkeeper.messaging.envelope import ATTEMPT_HEADER, Envelope
+from stockkeeper.messaging.envelope import ATTEMPT_HEADER, TRACEPARENT_HEADER, Envelope
 from stockkeeper.messaging.topology import exchange_for
+from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import outbox
@@ -40,7 +43,9 @@ STATS_EVERY_S = 5.0
 OUTAGE_BASE_MS = 500
 
 
-def to_message(row: PendingEvent) -> OutgoingMessage:
+def to_message(row: PendingEvent, traceparent: str | None = None) -> OutgoingMessage:
+    """The message for ``row``; ``traceparent`` (the publish span's, else the row's
+    stored context) goes in the headers, so the consumer continues the trace."""
     env = Envelope.new(
         row.event_type,
         row.payload,
@@ -51,12 +56,16 @@ def to_message(row: PendingEvent) -> OutgoingMessage:
         key=row.ordering_key,
         id_=row.event_id,
     )
+    headers: dict[str, object] = {ATTEMPT_HEADER: 1}
+    traceparent = traceparent or row.trace_context
+    if traceparent:
+        headers[TRACEPARENT_HEADER] = traceparent
     return OutgoingMessage(
         exchange_for(row.event_type),
         row.event_type,
         env.to_bytes(),
         str(row.event_id),
-        {ATTEMPT_HEADER: 1},
+        headers,
     )
 
 
@@ -71,6 +80,47 @@ def held_behind(rows: Sequence[PendingEvent], stopped: Collection[int]) -> set[i
         elif r.ordering_key in blocked:
             held.add(r.id)
     return held
+
+
+class _PublishSpans:
+    """One ``publish <type>`` producer span per outbox row, child of the context stored
+    with the row, open from the claim until the broker's confirm (D-241). Nothing at all
+    when tracing is off."""
+
+    def __init__(self) -> None:
+        self._spans: dict[str, Span] = {}
+
+    def start(self, row: PendingEvent) -> str | None:
+        span = tracing.producer_span(
+            f"publish {row.event_type}",
+            row.trace_context,
+            **{
+                "messaging.message.id": str(row.event_id),
+                "messaging.destination.name": row.event_type,
+            },
+        )
+        if span is None:
+            return None
+        self._spans[str(row.event_id)] = span
+        return tracing.traceparent_of(span)
+
+    def held(self, published: Collection[str]) -> None:
+        """End the spans of rows that are not published this time (held behind an
+        earlier row of their key, or not publishable), saying so."""
+        for message_id in [m for m in self._spans if m not in published]:
+            span = self._spans.pop(message_id)
+            span.set_attribute("stockkeeper.held_back", True)
+            span.end()
+
+    def failed(self, message_ids: set[str] | None, reason: str) -> None:
+        for message_id, span in self._spans.items():
+            if message_ids is None or message_id in message_ids:
+                span.set_status(StatusCode.ERROR, reason)
+
+    def end(self) -> None:
+        for span in self._spans.values():
+            span.end()
+        self._spans.clear()
 
 
 class Dispatcher:
@@ -108,9 +158,10 @@ class Dispatcher:
             ready = await outbox.claim(conn, self.batch_size)
             messages: dict[int, OutgoingMessage] = {}
             bad: dict[int, str] = {}
+            spans = _PublishSpans()
             for r in ready:
                 try:
-                    messages[r.id] = to_message(r)
+                    messages[r.id] = to_message(r, spans.start(r))
                 except ValueError as exc:
                     bad[r.id] = str(exc)
             for row_id, error in bad.items():
@@ -119,13 +170,16 @@ class Dispatcher:
             # or FAILED; they are not even published.
             held = held_behind(ready, bad)
             good = [r for r in ready if r.id in messages and r.id not in held]
+            spans.held({str(r.event_id) for r in good})
             if not good:
+                spans.end()
                 return 0
             for event_type in sorted({r.event_type for r in good}):
                 await self.failpoints.pause(f"dispatcher.before_publish.{event_type}")
             try:
                 await self._publish(conn, [messages[r.id] for r in good])
             except PublishRejected as exc:
+                spans.failed({str(i) for i in exc.message_ids}, exc.reason)
                 # The rest were confirmed. The refused ones spend an attempt and become
                 # FAILED past the limit; the confirmed rows behind a refused one of the
                 # same key stay PENDING (no attempt spent) and go out again after it.
@@ -135,6 +189,11 @@ class Dispatcher:
                 held = held_behind(good, refused)
                 good = [r for r in good if r.id not in refused and r.id not in held]
                 self.metrics.publish_failures.labels(reason="rejected").inc()
+            except BaseException as exc:
+                spans.failed(None, repr(exc))
+                raise
+            finally:
+                spans.end()
             self.failpoints.hit("dispatcher.after_publish")
             await outbox.mark_sent(conn, [r.id for r in good])
         self.metrics.events_published.inc(len(good))

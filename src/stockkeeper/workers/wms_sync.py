@@ -154,7 +154,18 @@ class WmsSyncWorker:
         self.metrics.wms_sync_duration.labels(
             connector=job.connector, kind=job.kind.value, result=status.value.lower()
         ).observe(elapsed)
-        log.info("wms_sync.job_finished", request=job.id, status=status, error=error, s=elapsed)
+        if status is SyncStatus.FAILED:
+            # An operator must hear of a sync that did not happen: at error, with why.
+            log.error(
+                "wms_sync.job_failed",
+                request=job.id,
+                connector=job.connector,
+                kind=job.kind.value,
+                error=error,
+                s=elapsed,
+            )
+        else:
+            log.info("wms_sync.job_finished", request=job.id, status=status, s=elapsed)
         return status
 
     async def _sync(self, job: SyncJob, client: WmsClient) -> str | None:
@@ -208,6 +219,7 @@ class WmsSyncWorker:
                 [counted(r) for r in page.items],
                 refused(page.rejected),
                 cursor=page.next_cursor,
+                total=page.total,
             )
             if page.next_cursor is None:
                 return

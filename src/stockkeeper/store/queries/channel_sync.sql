@@ -41,6 +41,9 @@ UPDATE channel_sync_state s SET
     pushed_version = CASE WHEN u.verdict IN ('echo', 'noop') THEN $2
                           ELSE s.pushed_version END,
     pushed_quantity = CASE WHEN u.verdict = 'echo' THEN $3 ELSE s.pushed_quantity END,
+    -- The newest due change's trace context ($8, NULL when tracing is off): the push
+    -- continues its trace (D-241).
+    trace_context = CASE WHEN u.verdict = 'push' THEN $8::text ELSE s.trace_context END,
     updated_at = now()
 FROM unnest($5::text[], $6::text[]) AS u (channel, verdict)
 WHERE s.channel = u.channel AND s.sku = $1
@@ -119,7 +122,7 @@ WHERE s.channel = $1 AND s.sku = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 RETURNING s.sku, s.desired_version, s.desired_quantity, s.pushed_quantity, s.channel_ref,
-          s.attempts, s.claim_seq;
+          s.attempts, s.claim_seq, s.trace_context;
 
 -- name: hold_pushes
 -- Before a write that is not a push's first try: the SKUs whose claim is still this
@@ -293,6 +296,10 @@ RETURNING channel;
 -- name: count_drift
 UPDATE channel_state SET drift_repaired = drift_repaired + $2, last_reconciled_at = now()
 WHERE channel = $1;
+
+-- name: sku_count
+-- The total of a drift repair's walk, for its progress bar (one index-only count).
+SELECT count(*) FROM sku;
 
 -- name: reconcile_page
 -- A page of SKUs (keyset on the name) with this channel's sync row, if any, and its

@@ -3,7 +3,8 @@
 -- name: insert_events
 -- One statement for all events of a transaction. SKU-bound events take the next
 -- numbers of their SKU's sequence; the SKU rows are already locked by bump_skus. Every
--- event carries its ordering key ($7, D-130).
+-- event carries its ordering key ($7, D-130), and all carry the trace context of the
+-- span that wrote them ($8, a W3C traceparent, NULL when tracing is off; D-241).
 WITH ev AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                          $7::text[])
@@ -16,10 +17,10 @@ WITH ev AS (
     RETURNING s.sku, s.event_seq - counts.n AS base
 ), inserted AS (
     INSERT INTO domain_event (event_id, event_type, sku, sequence, source, payload,
-                              ordering_key)
+                              ordering_key, trace_context)
     SELECT ev.event_id, ev.event_type, ev.sku,
            bumped.base + row_number() OVER (PARTITION BY ev.sku ORDER BY ev.ord),
-           ev.source, ev.payload::jsonb, ev.ordering_key
+           ev.source, ev.payload::jsonb, ev.ordering_key, $8::text
     FROM ev LEFT JOIN bumped ON bumped.sku = ev.sku
     ORDER BY ev.ord
     RETURNING 1
@@ -39,7 +40,7 @@ SELECT count(*) FROM domain_event WHERE status = 'PENDING' AND event_type LIKE '
 -- Oldest PENDING events. SKIP LOCKED lets several dispatchers run at once; the order
 -- per ordering key is kept by outbox_blocked_keys below.
 SELECT id, event_id, event_type, sku, sequence, source, payload, occurred_at, attempts,
-       ordering_key
+       ordering_key, trace_context
 FROM domain_event
 WHERE status = 'PENDING'
 ORDER BY id

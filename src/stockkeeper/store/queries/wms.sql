@@ -89,6 +89,8 @@ SET cursor = $2,
     rows_rejected = rows_rejected + $5,
     adjustments = adjustments + $6,
     shortfalls = shortfalls + $7,
+    -- The WMS's total for the snapshot, when a page gave one ($8); kept otherwise.
+    rows_total = COALESCE($8::bigint, rows_total),
     heartbeat_at = now()
 WHERE id = $1;
 
