@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from stockkeeper.api.auth import TokenBook, build_token_book
 from stockkeeper.config import (
+    AmazonChannelConfig,
     ChannelConfig,
     ConfigError,
     ConnectorConfig,
@@ -18,6 +19,8 @@ from stockkeeper.config import (
     WmsConnectorConfig,
 )
 from stockkeeper.connectors.carriers import ConfiguredCarriers
+from stockkeeper.connectors.channels import ChannelAdapter
+from stockkeeper.connectors.lwa import LwaCredentials
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.broker import Broker
 from stockkeeper.messaging.consumer import RetryPolicy
@@ -38,7 +41,14 @@ from stockkeeper.store.embedded import EmbeddedPostgres, start_embedded
 from stockkeeper.store.migrate import migrate
 from stockkeeper.store.pool import ONE_OFF, Connections, Pool, create_pool, create_session_pool
 
-SECRET_KEYS = ("token_env", "secret_env", "dsn_env")
+SECRET_KEYS = (
+    "token_env",
+    "secret_env",
+    "dsn_env",
+    "client_id_env",
+    "client_secret_env",
+    "refresh_token_env",
+)
 
 log = get_logger("stockkeeper.bootstrap")
 
@@ -128,6 +138,32 @@ def check_connectors(settings: Settings, uses: Iterable[ConnectorConfig] | None 
 def connector_token(cfg: HttpConnectorConfig) -> str | None:
     """The API token of a connector, from the environment variable its config names."""
     return env_secret(cfg, "token_env")
+
+
+def lwa_credentials(cfg: ChannelConfig) -> LwaCredentials | None:
+    """Amazon's Login with Amazon credentials, from the variables the config names;
+    None for a channel without them."""
+    if not isinstance(cfg, AmazonChannelConfig) or cfg.refresh_token_env is None:
+        return None
+    client_id = env_secret(cfg, "client_id_env")
+    client_secret = env_secret(cfg, "client_secret_env")
+    refresh_token = env_secret(cfg, "refresh_token_env")
+    if not (client_id and client_secret and refresh_token):  # env_secret raised already
+        raise ConfigError(f"connector {cfg.id}: Login with Amazon credentials are incomplete")
+    return LwaCredentials(client_id, client_secret, refresh_token, token_url=cfg.lwa_url)
+
+
+def channel_adapter(cfg: ChannelConfig, metrics: Metrics | None = None) -> ChannelAdapter:
+    """The adapter of one channel, with the secrets its config names."""
+    from stockkeeper.connectors.channel_registry import make_channel
+
+    return make_channel(
+        cfg,
+        token=connector_token(cfg),
+        secret=env_secret(cfg, "secret_env"),
+        lwa=lwa_credentials(cfg),
+        metrics=metrics,
+    )
 
 
 def make_broker(

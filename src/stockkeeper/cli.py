@@ -572,9 +572,8 @@ def reconcile_channels(
 
     Reads every SKU's level back from the channels that can report it and, where it
     differs from ours, makes a push due (the propagator sends it)."""
-    from stockkeeper.bootstrap import connector_token, env_secret
+    from stockkeeper.bootstrap import channel_adapter
     from stockkeeper.config import ChannelConfig
-    from stockkeeper.connectors.channel_registry import make_channel
 
     settings = _settings(config)
     configs = settings.connectors_of(ChannelConfig)
@@ -588,12 +587,7 @@ def reconcile_channels(
         container = await _build(settings, uses=chosen)
         try:
             for cfg in chosen:
-                adapter = make_channel(
-                    cfg,
-                    token=connector_token(cfg),
-                    secret=env_secret(cfg, "secret_env"),
-                    metrics=container.metrics,
-                )
+                adapter = channel_adapter(cfg, container.metrics)
                 try:
                     if not adapter.can_read:
                         typer.echo(f"{cfg.id}: cannot report its levels; skipped")

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.api.inventory import create_inventory_app
-from stockkeeper.bootstrap import Container, connector_token, env_secret
+from stockkeeper.bootstrap import Container, channel_adapter, connector_token
 from stockkeeper.config import (
     ChannelConfig,
     ConnectorConfig,
@@ -31,7 +31,6 @@ from stockkeeper.config import (
     WebhookConnectorConfig,
     WmsConnectorConfig,
 )
-from stockkeeper.connectors.channel_registry import make_channel
 from stockkeeper.connectors.http import CallRecord
 from stockkeeper.connectors.wms import WmsClient
 from stockkeeper.messaging.consumer import EffectHandler
@@ -179,12 +178,7 @@ async def _pollers(container: Container) -> Service:
 async def _propagator(container: Container) -> Service:
     """The propagator with one adapter per channel, and its consumers."""
     adapters = {
-        cfg.id: make_channel(
-            cfg,
-            token=connector_token(cfg),
-            secret=env_secret(cfg, "secret_env"),
-            metrics=container.metrics,
-        )
+        cfg.id: channel_adapter(cfg, container.metrics)
         for cfg in container.settings.connectors_of(ChannelConfig)
     }
     worker = Propagator(

@@ -2,11 +2,20 @@
 
 * ``PATCH /listings/2021-08-01/items/{sellerId}/{sku}?marketplaceIds=...`` with
   ``{"productType", "patches": [...]}``: a patch of ``/attributes/fulfillment_availability``
-  sets the SKU's quantity (other attributes are accepted and ignored). Answers
-  ``{"sku", "status": "ACCEPTED"|"INVALID", "submissionId", "issues"}``; 404 for a SKU
-  Amazon does not list; 400 for a body that is not a listings patch;
-* ``GET`` of the same resource with ``includedData`` (``summaries``,
-  ``fulfillmentAvailability``): the listing, 404 when there is none.
+  sets the SKU's quantity (other attributes are accepted and ignored); ``replace`` sets
+  the whole attribute value, ``merge`` merges each value into the one of the same
+  ``fulfillment_channel_code`` (its ``lead_time_to_ship_max_days``, ``restock_date``...
+  stay). Answers ``{"sku", "status": "ACCEPTED"|"INVALID", "submissionId", "issues"}``
+  (issues as the model has them, with ``categories``); for a SKU Amazon does not list,
+  no 404 (patchListingsItem documents none): an ``INVALID`` submission naming the
+  required attribute a new listing lacks (``90220``, ``MISSING_ATTRIBUTE``); 400 for a
+  body that is not a listings patch;
+* ``GET`` of the same resource with ``includedData`` (``summaries``, ``attributes``,
+  ``fulfillmentAvailability``): the listing, 404 when there is none;
+* ``POST /auth/o2/token`` (Login with Amazon), when :meth:`AmazonState.use_lwa` turned it
+  on: a form-encoded refresh-token grant answered with a short-lived access token; the
+  Listings calls then take only unexpired tokens it issued (403 "The access token you
+  provided has expired." for an expired one).
 
 Like Amazon: the access token in ``x-amz-access-token`` (403 when wrong), errors as
 ``{"errors": [{"code", "message", "details"}]}``, and a token bucket per operation
@@ -20,11 +29,13 @@ State lives in :class:`AmazonState` (a :class:`ChannelBook`).
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, params
 from fastapi.exceptions import RequestValidationError
@@ -44,6 +55,7 @@ from stockkeeper_sandbox.server import (
 API = "/listings/2021-08-01/items"
 ATTRIBUTE_PATH = "/attributes/fulfillment_availability"
 DEFAULT_MARKETPLACE = "ATVPDKIKX0DER"
+DENIED = "Access to requested resource is denied."
 
 
 def _errors(
@@ -74,6 +86,22 @@ class Availability(BaseModel):
     quantity: int = Field(ge=0, strict=True)
 
 
+class LoginWithAmazon:
+    """The sandbox LWA: one app (client id and secret) and the refresh tokens sellers
+    gave it; issues access tokens living ``lifetime_s``. Counters on the state:
+    ``token_exchanges``, ``token_refused``, ``token_expired`` (calls with an expired
+    token)."""
+
+    def __init__(
+        self, client_id: str, client_secret: str, refresh_tokens: Iterable[str], lifetime_s: float
+    ) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.refresh_tokens = set(refresh_tokens)
+        self.lifetime_s = lifetime_s
+        self.issued: dict[str, float] = {}  # access token -> when it expires (monotonic)
+
+
 class AmazonState(ChannelBook):
     """One seller's listings: the quantity of each SKU's fulfillment channel.
 
@@ -99,7 +127,103 @@ class AmazonState(ChannelBook):
         self.marketplace_ids = frozenset(marketplace_ids or ())
         self._product_types: dict[str, str] = {}
         self._codes: dict[str, str] = {}
+        # The fulfillment_availability attribute per SKU: its values by channel code.
+        self._offers: dict[str, dict[str, dict[str, Any]]] = {}
+        self._created: dict[str, datetime] = {}
+        self.lwa: LoginWithAmazon | None = None
         self.limit_rates(patch_rate, patch_burst, get_rate, get_burst)
+
+    # -- Login with Amazon -----------------------------------------------------------
+
+    def use_lwa(
+        self,
+        client_id: str,
+        client_secret: str,
+        refresh_tokens: Iterable[str],
+        lifetime_s: float = 3600.0,
+    ) -> None:
+        """Require access tokens from the sandbox's own LWA endpoint from now on."""
+        with self.lock:
+            self.lwa = LoginWithAmazon(client_id, client_secret, refresh_tokens, lifetime_s)
+
+    def exchange(self, form: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """A refresh-token grant: (status, body) as LWA answers it."""
+        with self.lock:
+            lwa = self.lwa
+            if lwa is None:
+                return 404, {"error": "not_found", "error_description": "LWA is off"}
+            if form.get("grant_type") != "refresh_token":
+                self.count("token_refused")
+                return 400, {
+                    "error": "unsupported_grant_type",
+                    "error_description": "The authorization grant type is not supported",
+                }
+            if form.get("client_id") != lwa.client_id or not secrets.compare_digest(
+                form.get("client_secret", "").encode(), lwa.client_secret.encode()
+            ):
+                self.count("token_refused")
+                return 401, {
+                    "error": "invalid_client",
+                    "error_description": "Client authentication failed",
+                }
+            if form.get("refresh_token") not in lwa.refresh_tokens:
+                self.count("token_refused")
+                return 400, {
+                    "error": "invalid_grant",
+                    "error_description": "The request has an invalid grant parameter : "
+                    "refresh_token",
+                }
+            self.count("token_exchanges")
+            token = "Atza|" + secrets.token_urlsafe(24)
+            lwa.issued[token] = time.monotonic() + lwa.lifetime_s
+            return 200, {
+                "access_token": token,
+                "refresh_token": form["refresh_token"],
+                "token_type": "bearer",
+                "expires_in": lwa.lifetime_s,
+            }
+
+    def expire_tokens(self) -> None:
+        """Make every access token issued so far expired (an hour passing, at once)."""
+        with self.lock:
+            if self.lwa is not None:
+                self.lwa.issued = dict.fromkeys(self.lwa.issued, 0.0)
+
+    def revoke(self, refresh_token: str) -> None:
+        """The seller revoked the app's authorisation: the refresh token is refused."""
+        with self.lock:
+            if self.lwa is not None:
+                self.lwa.refresh_tokens.discard(refresh_token)
+
+    def check_access_token(self, token: str | None) -> str | None:
+        """Why an LWA-issued ``token`` is refused (None: it is good)."""
+        with self.lock:
+            assert self.lwa is not None
+            expires = self.lwa.issued.get(token or "")
+            if expires is None:
+                return "Access to requested resource is denied."
+            if time.monotonic() >= expires:
+                self.count("token_expired")
+                return "The access token you provided has expired."
+            return None
+
+    # -- listings --------------------------------------------------------------------
+
+    def offer(self, sku: str) -> list[dict[str, Any]]:
+        """The SKU's fulfillment_availability attribute as the seller has it."""
+        with self.lock:
+            return [dict(v) for v in self._offers.get(sku, {}).values()]
+
+    def set_offer(self, sku: str, values: Iterable[Mapping[str, Any]]) -> None:
+        """Set the SKU's fulfillment_availability (as the seller would in Seller Central),
+        listing it; its quantity becomes the first value's."""
+        with self.lock:
+            offers = {str(v["fulfillment_channel_code"]): dict(v) for v in values}
+            self._offers[sku] = offers
+            for code, value in offers.items():
+                self._codes[sku] = code
+                self.set_level(sku, int(value.get("quantity", 0)), source="channel")
+                break
 
     def limit_rates(
         self, patch_rate: float, patch_burst: float, get_rate: float, get_burst: float
@@ -117,13 +241,20 @@ class AmazonState(ChannelBook):
                 self.count("throttled")
             return wait
 
+    def on_listed(self, sku: str) -> None:
+        self._created[sku] = self._clock()
+
     def on_unlisted(self, sku: str) -> None:
+        self._created.pop(sku, None)
         self._product_types.pop(sku, None)
         self._codes.pop(sku, None)
+        self._offers.pop(sku, None)
 
     def on_reset(self) -> None:
         self._product_types.clear()
         self._codes.clear()
+        self._offers.clear()
+        self._created.clear()
         self.limit_rates(*self.rates["patch"], *self.rates["get"])
 
     def patch(self, sku: str, request: PatchRequest) -> dict[str, Any] | None:
@@ -131,17 +262,32 @@ class AmazonState(ChannelBook):
         with self.lock:
             self.count("patches")
             if not self.listed(sku):
+                # No listing: the patch would create one, and a listing made of its
+                # availability alone lacks what every listing needs.
                 self.count("not_found")
-                return None
+                missing = _issue(
+                    "90220",
+                    "'item_name' is required but not supplied.",
+                    "item_name",
+                    "MISSING_ATTRIBUTE",
+                )
+                return {
+                    "sku": sku,
+                    "status": "INVALID",
+                    "submissionId": uuid.uuid4().hex,
+                    "issues": [missing],
+                }
             listed_as = self._product_types.setdefault(sku, request.productType)
             issues = []
             if listed_as != request.productType:
                 message = f"productType {request.productType} is not the listing's {listed_as}"
                 issues.append(_issue("PRODUCT_TYPE_MISMATCH", message, "productType"))
             values: list[Availability] = []
+            merge = False
             for patch in request.patches:
                 if patch.path == ATTRIBUTE_PATH:
                     values, problem = _availability(patch)
+                    merge = patch.op == "merge"
                     if problem:
                         issues.append(problem)
             submission_id = uuid.uuid4().hex
@@ -149,9 +295,14 @@ class AmazonState(ChannelBook):
             if issues:
                 self.count("invalid")
                 return submission | {"status": "INVALID"}
+            offers = self._offers.setdefault(sku, {}) if merge else {}
             for value in values:
-                self._codes[sku] = value.fulfillment_channel_code
+                code = value.fulfillment_channel_code
+                offers.setdefault(code, {}).update(value.model_dump())
+                self._codes[sku] = code
                 self.set_level(sku, value.quantity, source="push", ref=submission_id)
+            if values:
+                self._offers[sku] = offers
             self.count("accepted")
             return submission | {"status": "ACCEPTED"}
 
@@ -172,8 +323,16 @@ class AmazonState(ChannelBook):
                         "conditionType": "new_new",
                         "status": ["BUYABLE"] if quantity > 0 else ["DISCOVERABLE"],
                         "itemName": sku,
+                        "createdDate": _iso(self._created.get(sku) or self._clock()),
+                        "lastUpdatedDate": _iso(self._clock()),
                     }
                 ]
+            if "attributes" in included:
+                code = self._codes.get(sku, "DEFAULT")
+                offers = list(self._offers.get(sku, {}).values()) or [
+                    {"fulfillment_channel_code": code, "quantity": quantity}
+                ]
+                item["attributes"] = {"fulfillment_availability": [dict(v) for v in offers]}
             if "fulfillmentAvailability" in included:
                 code = self._codes.get(sku, "DEFAULT")
                 item["fulfillmentAvailability"] = [
@@ -182,8 +341,20 @@ class AmazonState(ChannelBook):
             return item
 
 
-def _issue(code: str, message: str, attribute: str) -> dict[str, Any]:
-    return {"code": code, "message": message, "severity": "ERROR", "attributeNames": [attribute]}
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _issue(
+    code: str, message: str, attribute: str, category: str = "INVALID_ATTRIBUTE"
+) -> dict[str, Any]:
+    return {
+        "code": code,
+        "message": message,
+        "severity": "ERROR",
+        "attributeNames": [attribute],
+        "categories": [category],
+    }
 
 
 def _availability(patch: PatchOperation) -> tuple[list[Availability], dict[str, Any] | None]:
@@ -198,7 +369,7 @@ def _availability(patch: PatchOperation) -> tuple[list[Availability], dict[str, 
         where = ".".join(str(p) for p in first["loc"])
         return [], _issue("INVALID_VALUE", f"{name}.{where}: {first['msg']}", name)
     if not values:
-        return [], _issue("MISSING_VALUE", f"{name} needs a value", name)
+        return [], _issue("MISSING_VALUE", f"{name} needs a value", name, "MISSING_ATTRIBUTE")
     for value in values:
         if value.fulfillment_channel_code.startswith("AMAZON_"):
             message = "Amazon sets the quantity of its own fulfillment network"
@@ -219,6 +390,20 @@ def access_token_required(token: str | None) -> params.Depends:
     return guard
 
 
+def lwa_token_required(state: AmazonState) -> params.Depends:
+    """With LWA on (:meth:`AmazonState.use_lwa`), an unexpired token it issued, or 403."""
+
+    async def authorized(x_amz_access_token: Annotated[str | None, Header()] = None) -> None:
+        if state.lwa is None:
+            return
+        refused = state.check_access_token(x_amz_access_token)
+        if refused is not None:
+            raise HTTPException(403, refused)
+
+    guard: params.Depends = Depends(authorized)
+    return guard
+
+
 def create_app(
     state: AmazonState,
     token: str | None = None,
@@ -229,13 +414,22 @@ def create_app(
     app = faulty_app("sandbox Amazon", faults)
     app.state.amazon = state
     app.include_router(book_router(state))
-    auth = [access_token_required(token)]
+    auth = [access_token_required(token), lwa_token_required(state)]
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         codes = {403: "Unauthorized", 404: "NOT_FOUND", 429: "QuotaExceeded"}
         code = codes.get(exc.status_code, "InvalidInput")
+        if exc.status_code == 403:  # Amazon says why in the details
+            body = {"errors": [{"code": code, "message": DENIED, "details": str(exc.detail)}]}
+            return json_response(body, 403, dict(exc.headers or {}))
         return _errors(exc.status_code, code, str(exc.detail), exc.headers)
+
+    @app.post("/auth/o2/token")
+    async def lwa_token(request: Request) -> Response:
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        status, body = state.exchange(form)
+        return json_response(body, status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

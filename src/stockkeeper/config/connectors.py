@@ -182,6 +182,33 @@ class AmazonChannelConfig(ChannelConfig):
     rate_limit_rps: float = Field(default=5.0, gt=0, le=5)
     concurrency: int = Field(default=5, ge=1, le=64)
     batch_size: Literal[1] = 1
+    # Login with Amazon: the variables holding the app's client id and secret and the
+    # seller's refresh token. With them the adapter gets (and renews) its own access
+    # tokens at lwa_url; without them token_env holds a ready access token.
+    client_id_env: EnvName | None = None
+    client_secret_env: EnvName | None = None
+    refresh_token_env: EnvName | None = None
+    lwa_url: str = Field(
+        default="https://api.amazon.com/auth/o2/token", pattern=r"^https?://[^\s]+$"
+    )
+    # A refused refresh token is not asked again for this long (every push meanwhile is
+    # dead-lettered at once, naming the refusal).
+    lwa_refused_pause_s: float = Field(default=300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _lwa_whole(self) -> AmazonChannelConfig:
+        lwa = (self.client_id_env, self.client_secret_env, self.refresh_token_env)
+        given = [v is not None for v in lwa]
+        if any(given) and not all(given):
+            raise ValueError(
+                "Login with Amazon needs all of client_id_env, client_secret_env and "
+                "refresh_token_env"
+            )
+        if all(given) and self.token_env is not None:
+            raise ValueError(
+                "token_env and Login with Amazon (refresh_token_env) exclude each other"
+            )
+        return self
 
 
 class OutboundWebhookChannelConfig(ChannelConfig):

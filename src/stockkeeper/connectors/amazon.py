@@ -1,13 +1,19 @@
 """The Amazon channel: SP-API Listings Items 2021-08-01, one SKU per call.
 
 Wire contract (docs/channels.md), every call through :class:`HttpCaller` with the LWA
-access token in ``x-amz-access-token``:
+access token in ``x-amz-access-token`` (a static one from ``token_env``, or one
+:class:`~stockkeeper.connectors.lwa.LwaTokens` gets and renews from the seller's
+refresh token; a 403 saying the token expired renews it and sends the call once more):
 
 * push: ``PATCH /listings/2021-08-01/items/{sellerId}/{sku}?marketplaceIds=...`` with
-  ``{"productType", "patches": [{"op": "replace", "path":
+  ``{"productType", "patches": [{"op": "merge", "path":
   "/attributes/fulfillment_availability", "value": [{"fulfillment_channel_code",
-  "quantity"}]}]}``. ``ACCEPTED`` is ok; ``INVALID`` is rejected with the issues' text;
-  404 is unlisted (Amazon has no listing of the SKU);
+  "quantity"}]}]}``: ``merge``, so the rest of the seller's availability value
+  (``lead_time_to_ship_max_days``, ``restock_date``) stays as it is. ``ACCEPTED`` is
+  ok. ``INVALID`` is rejected with the issues' text, unless ``getListingsItem`` then
+  answers 404: the SKU has no listing, and is unlisted. patchListingsItem documents no
+  404 (a PATCH creates a listing where there is none, and one with only availability
+  is INVALID for its missing attributes); one is still taken as unlisted;
 * read: ``GET`` of the same resource with ``includedData=fulfillmentAvailability``.
 
 ``patchListingsItem`` allows 5 requests a second with a burst of 5 per seller and app.
@@ -31,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 from stockkeeper.config import AmazonChannelConfig
 from stockkeeper.connectors.channels import Fence, Push, PushOutcome
 from stockkeeper.connectors.http import ConnectorRejected, HttpCaller, InvalidResponse, OnCall
+from stockkeeper.connectors.lwa import LwaCredentials, LwaTokens, token_expired
 from stockkeeper.observability.metrics import Metrics
 
 API = "/listings/2021-08-01/items"
@@ -38,6 +45,7 @@ ACCESS_TOKEN_HEADER = "x-amz-access-token"  # noqa: S105 - a header name
 ATTRIBUTE_PATH = "/attributes/fulfillment_availability"
 # Our pace, as a share of the configured rate (see the module docstring).
 PACE_HEADROOM = 0.9
+NO_LISTING = "Amazon has no listing of the SKU"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -99,15 +107,28 @@ class AmazonChannel:
         cfg: AmazonChannelConfig,
         *,
         token: str | None = None,
+        lwa: LwaCredentials | None = None,
         metrics: Metrics | None = None,
         on_call: OnCall | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.cfg = cfg
         paced = cfg.model_copy(update={"rate_limit_rps": cfg.rate_limit_rps * PACE_HEADROOM})
-        headers = {ACCESS_TOKEN_HEADER: token} if token else {}
+        headers = {ACCESS_TOKEN_HEADER: token} if token and lwa is None else {}
         self.http = HttpCaller(
             paced, metrics=metrics, on_call=on_call, transport=transport, headers=headers
+        )
+        self.tokens = (
+            None
+            if lwa is None
+            else LwaTokens(
+                cfg.id,
+                lwa,
+                timeout_s=cfg.timeout_ms / 1000,
+                refused_pause_s=cfg.lwa_refused_pause_s,
+                metrics=metrics,
+                transport=transport,
+            )
         )
         self._marketplaces = ",".join(cfg.marketplace_ids)
 
@@ -121,6 +142,48 @@ class AmazonChannel:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self.tokens is not None:
+            await self.tokens.aclose()
+
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        sku: str,
+        parse: Callable[[httpx.Response], M],
+        *,
+        params: Mapping[str, str],
+        json: object = None,
+    ) -> M:
+        """One SP-API call with the current access token; renewed once if Amazon says it
+        expired."""
+        path = self._path(sku)
+        if self.tokens is None:
+            return await self.http.call(operation, method, path, parse, params=params, json=json)
+        token = await self.tokens.token()
+        try:
+            return await self.http.call(
+                operation,
+                method,
+                path,
+                parse,
+                params=params,
+                json=json,
+                headers={ACCESS_TOKEN_HEADER: token},
+            )
+        except ConnectorRejected as exc:
+            if not token_expired(exc.status, exc.body):
+                raise
+        token = await self.tokens.expired(token)
+        return await self.http.call(
+            operation,
+            method,
+            path,
+            parse,
+            params=params,
+            json=json,
+            headers={ACCESS_TOKEN_HEADER: token},
+        )
 
     def _path(self, sku: str) -> str:
         return f"{API}/{quote(self.cfg.seller_id, safe='')}/{quote(sku, safe='')}"
@@ -138,23 +201,27 @@ class AmazonChannel:
         }
         body = {
             "productType": self.cfg.product_type,
-            "patches": [{"op": "replace", "path": ATTRIBUTE_PATH, "value": [value]}],
+            "patches": [{"op": "merge", "path": ATTRIBUTE_PATH, "value": [value]}],
         }
         try:
-            submission = await self.http.call(
+            submission = await self._call(
                 "patch_listing",
                 "PATCH",
-                self._path(item.sku),
+                item.sku,
                 _parser(_Submission, item.sku),
                 params={"marketplaceIds": self._marketplaces},
                 json=body,
             )
         except ConnectorRejected as exc:
             if exc.status == 404:
-                return PushOutcome(item.sku, "unlisted", error="Amazon has no listing of the SKU")
+                return PushOutcome(item.sku, "unlisted", error=NO_LISTING)
             raise
         if submission.status == "ACCEPTED":
             return PushOutcome(item.sku, "ok", item.quantity)
+        # INVALID: for a SKU with no listing Amazon names the attributes a new listing
+        # would lack; only getListingsItem can say the listing is not there.
+        if await self._read(item.sku) is None:
+            return PushOutcome(item.sku, "unlisted", error=NO_LISTING)
         return PushOutcome(item.sku, "rejected", error=_issues(submission))
 
     async def read(self, skus: Sequence[str], refs: Mapping[str, str]) -> dict[str, int | None]:
@@ -173,10 +240,10 @@ class AmazonChannel:
 
     async def _read(self, sku: str) -> int | None:
         try:
-            item = await self.http.call(
+            item = await self._call(
                 "get_listing",
                 "GET",
-                self._path(sku),
+                sku,
                 _parser(_Item, sku),
                 params={
                     "marketplaceIds": self._marketplaces,

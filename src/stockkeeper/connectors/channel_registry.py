@@ -20,6 +20,7 @@ from stockkeeper.config import (
 from stockkeeper.connectors.amazon import AmazonChannel
 from stockkeeper.connectors.channels import ChannelAdapter
 from stockkeeper.connectors.http import OnCall
+from stockkeeper.connectors.lwa import LwaCredentials
 from stockkeeper.connectors.outbound_webhook import OutboundWebhookChannel
 from stockkeeper.connectors.shopify import ShopifyChannel
 from stockkeeper.observability.metrics import Metrics
@@ -34,6 +35,7 @@ class Wiring:
     secret: str | None
     metrics: Metrics | None
     on_call: OnCall | None
+    lwa: LwaCredentials | None = None
 
 
 Factory = Callable[[ChannelConfig, Wiring], ChannelAdapter]
@@ -46,7 +48,7 @@ def _shopify(cfg: ChannelConfig, w: Wiring) -> ChannelAdapter:
 
 def _amazon(cfg: ChannelConfig, w: Wiring) -> ChannelAdapter:
     assert isinstance(cfg, AmazonChannelConfig)
-    return AmazonChannel(cfg, token=w.token, metrics=w.metrics, on_call=w.on_call)
+    return AmazonChannel(cfg, token=w.token, lwa=w.lwa, metrics=w.metrics, on_call=w.on_call)
 
 
 def _outbound_webhook(cfg: ChannelConfig, w: Wiring) -> ChannelAdapter:
@@ -74,15 +76,16 @@ def make_channel(
     secret: str | None = None,
     metrics: Metrics | None = None,
     on_call: OnCall | None = None,
+    lwa: LwaCredentials | None = None,
 ) -> ChannelAdapter:
     """The adapter for ``cfg``'s channel type.
 
     Secrets are the caller's to resolve from the variables the config names (``token_env``,
     ``secret_env``): ``token`` is the channel's API token (None: send none), ``secret``
-    the outbound webhook's signing secret (required there). Adapters never read the
-    environment.
+    the outbound webhook's signing secret (required there), ``lwa`` Amazon's Login with
+    Amazon credentials. Adapters never read the environment.
     """
     factory = ADAPTERS.get(cfg.type)
     if factory is None:
         raise ConfigError(f"connectors: {cfg.id}: no channel adapter for type {cfg.type!r}")
-    return factory(cfg, Wiring(token, secret, metrics, on_call))
+    return factory(cfg, Wiring(token, secret, metrics, on_call, lwa))

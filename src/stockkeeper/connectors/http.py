@@ -210,12 +210,14 @@ class HttpCaller:
         params: Mapping[str, str | int] | None = None,
         json: Any = None,
         deadline_s: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> T:
         """Send one request under the policy and return ``parse(response)`` of a 2xx.
 
         ``parse`` raises :class:`InvalidResponse` when the answer breaks the contract; that
         try counts as ``invalid_response`` and is retried. ``deadline_s`` bounds the whole
-        call, waits and retries included.
+        call, waits and retries included. ``headers`` are added to this call's requests
+        (a token that changes between calls).
         """
         give_up_at = None if deadline_s is None else time.monotonic() + deadline_s
 
@@ -233,7 +235,7 @@ class HttpCaller:
             with attempt:
                 number = attempt.retry_state.attempt_number
                 return await self._try(
-                    operation, number, method, path, parse, params, json, remaining()
+                    operation, number, method, path, parse, params, json, remaining(), headers
                 )
         raise AssertionError("tenacity ends with a result or the last error")
 
@@ -249,6 +251,7 @@ class HttpCaller:
         params: Mapping[str, str | int] | None,
         json: Any,
         remaining: float,
+        headers: Mapping[str, str] | None = None,
     ) -> T:
         await self._pace(operation, remaining)
         timeout = min(self.timeout_s, self._left(remaining))
@@ -257,7 +260,7 @@ class HttpCaller:
         try:
             async with asyncio.timeout(timeout):
                 response = await self.client.request(
-                    method, path, params=params, json=json, timeout=timeout
+                    method, path, params=params, json=json, timeout=timeout, headers=headers
                 )
             status = response.status_code
             outcome, retry_after = self._classify(response)

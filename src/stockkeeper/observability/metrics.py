@@ -293,6 +293,13 @@ class Metrics:
             ["channel", "result"],
             registry=r,
         )
+        self.channel_token_exchanges = Counter(
+            "stockkeeper_channel_token_exchanges_total",
+            "Access-token exchanges of a channel (Login with Amazon) by result (ok, refused, "
+            "unavailable); a refused one needs new credentials.",
+            ["channel", "result"],
+            registry=r,
+        )
         self.channel_coalesced = Counter(
             "stockkeeper_channel_coalesced_total",
             "Level changes that needed no push of their own (they rode along with a newer "
