@@ -17,7 +17,7 @@ multi-line orders cannot deadlock each other.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -166,11 +166,17 @@ class Reservations:
         return view
 
     async def reserve_many(
-        self, reqs: Sequence[ReserveRequest], *, source: str = "api"
+        self,
+        reqs: Sequence[ReserveRequest],
+        *,
+        source: str = "api",
+        after_each: Callable[[], None] | None = None,
     ) -> list[ReservationView | DomainError]:
         """Apply many reservations in one transaction, each all-or-nothing on its own.
 
-        The shape request coalescing for hot SKUs builds on: one commit for many orders.
+        Requests are applied in the order given, so an earlier one gets the stock first
+        (the coalescer's fairness, D-200). ``after_each`` runs after every request,
+        inside the transaction (a failpoint for crash tests).
         """
         results: list[ReservationView | DomainError] = []
         skus = sorted({li.sku for req in reqs for li in req.lines})
@@ -191,6 +197,8 @@ class Reservations:
                     results.append(
                         Conflict(f"order {req.order_id} is being reserved concurrently; try again")
                     )
+                if after_each is not None:
+                    after_each()
         return results
 
     async def _reserve(self, conn: Conn, req: ReserveRequest, source: str) -> ReservationView:
