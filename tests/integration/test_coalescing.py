@@ -18,6 +18,7 @@ from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.errors import Conflict, DomainError, InsufficientStock, InvalidRequest
+from stockkeeper.failpoints import FailpointError, Failpoints
 from stockkeeper.services.audit import audit
 from stockkeeper.services.coalescer import ReserveCoalescer
 from stockkeeper.services.reservations import ReservationView, ReserveRequest
@@ -161,3 +162,20 @@ async def test_a_short_window_still_serves_a_lone_request(container: Container) 
     view = await co.reserve(order("lone-2", ("ONE", 1)))
     assert view.created
     assert co.batches == 2
+
+
+async def test_a_batch_that_fails_as_a_whole_commits_nothing(container: Container) -> None:
+    await container.stock.receive(Receipt("WHOLE", 10, "r-whole"))
+    co = ReserveCoalescer(
+        container.reservations,
+        window_ms=NEVER_MS,
+        max_batch=5,
+        failpoints=Failpoints({"reserve.coalesced_request": "raise@3"}),
+    )
+    results = await asyncio.gather(
+        *(co.reserve(order(f"w-{i}", ("WHOLE", 1))) for i in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(r, FailpointError) for r in results)
+    assert await reservation_ids(container) == set()
+    assert (await container.stock.get("WHOLE")).available == 10
+    await assert_audit_clean(container)

@@ -57,7 +57,12 @@ def create_inventory_app(container: Container) -> FastAPI:
     # key's transaction instead, so it is applied on its own.
     conc = container.settings.concurrency
     coalescer = (
-        ReserveCoalescer(svc, window_ms=conc.coalesce_window_ms, max_batch=conc.coalesce_max_batch)
+        ReserveCoalescer(
+            svc,
+            window_ms=conc.coalesce_window_ms,
+            max_batch=conc.coalesce_max_batch,
+            failpoints=container.failpoints,
+        )
         if conc.coalesce_max_batch > 1
         else None
     )

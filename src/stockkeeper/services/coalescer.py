@@ -46,7 +46,7 @@ class ReserveCoalescer:
         failpoints: Failpoints | None = None,
     ) -> None:
         self.reservations = reservations
-        self.failpoints = failpoints or Failpoints()
+        self.failpoints = Failpoints() if failpoints is None else failpoints
         self.window_s = window_ms / 1000
         self.max_batch = max_batch
         self._queue: list[_Waiting] = []
