@@ -61,6 +61,7 @@ def create_inventory_app(container: Container) -> FastAPI:
             svc,
             window_ms=conc.coalesce_window_ms,
             max_batch=conc.coalesce_max_batch,
+            max_in_flight=conc.coalesce_max_in_flight,
             failpoints=container.failpoints,
         )
         if conc.coalesce_max_batch > 1

@@ -129,6 +129,8 @@ class ConcurrencyConfig(Section):
     coalesce_window_ms: float = Field(default=2.0, ge=0, le=1000)
     # At most this many requests per coalesced transaction; 1 turns coalescing off.
     coalesce_max_batch: int = Field(default=64, ge=1, le=1000)
+    # Coalesced transactions in flight at once per process (each holds a connection).
+    coalesce_max_in_flight: int = Field(default=4, ge=1, le=64)
 
 
 class ReservationsConfig(Section):

@@ -43,9 +43,12 @@ class ReserveCoalescer:
         *,
         window_ms: float = 2.0,
         max_batch: int = 64,
+        max_in_flight: int = 1,
         failpoints: Failpoints | None = None,
     ) -> None:
         self.reservations = reservations
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._running: set[asyncio.Task[None]] = set()
         self.failpoints = Failpoints() if failpoints is None else failpoints
         self.window_s = window_ms / 1000
         self.max_batch = max_batch
@@ -65,15 +68,25 @@ class ReserveCoalescer:
         return await waiting.answer
 
     async def _flush_loop(self) -> None:
-        # One batch at a time: while it commits, the next one gathers. Ends when nothing
-        # is waiting, so an idle process holds no task.
+        # At most ``max_in_flight`` batches at once (each on its own connection); while
+        # they commit, the next one gathers. Ends when nothing is waiting, so an idle
+        # process holds no task.
         while self._queue:
+            await self._slots.acquire()
             if len(self._queue) < self.max_batch and self.window_s > 0:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.window_s)
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Waiting]) -> None:
+        try:
             await self._apply(batch)
+        finally:
+            self._slots.release()
 
     async def _apply(self, batch: list[_Waiting]) -> None:
         self.batches += 1
