@@ -171,6 +171,7 @@ class Reservations:
         *,
         source: str = "api",
         after_each: Callable[[], None] | None = None,
+        conn: Conn | None = None,
     ) -> list[ReservationView | DomainError]:
         """Apply many reservations in one transaction, each all-or-nothing on its own.
 
@@ -180,7 +181,7 @@ class Reservations:
         """
         results: list[ReservationView | DomainError] = []
         skus = sorted({li.sku for req in reqs for li in req.lines})
-        async with transaction(self.pool) as c:
+        async with transaction(self.pool, conn) as c:
             # Take every batch and SKU lock the batch can need up front, in the global
             # order; request by request, later requests would lock out of order.
             await stock.read_batches(c, skus, lock=True)
