@@ -26,6 +26,7 @@ import contextlib
 import math
 import random
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,7 +62,10 @@ from harness import (
     warn_if_busy,
 )
 
-STRATEGIES = ("conditional", "row_lock", "optimistic")
+STRATEGIES = ("conditional", "row_lock", "optimistic", "naive")
+# ``naive`` is not a stockkeeper strategy: bench/naive_reserve.py, the same reservation as a
+# plain FastAPI service would do it (one transaction of SELECT ... FOR UPDATE, UPDATE,
+# inserts), on the same schema and seeded copy, as the baseline row.
 SCENARIOS = ("noop", "hot", "random")
 Scenario = Literal["noop", "hot", "random"]
 ClientKind = Literal["raw", "httpx"]
@@ -374,6 +378,42 @@ class Server:
             self.proc.stop()
 
 
+class NaiveServer(Server):
+    """bench/naive_reserve.py as a child process: the hand-written baseline."""
+
+    def __init__(self, db_url: str, workdir: Path) -> None:
+        super().__init__(db_url, "conditional", workdir)
+        self.db_url = db_url
+        self.label = "server-naive"
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def spawn(self, log: Path) -> subprocess.Popen[bytes]:
+        script = Path(__file__).with_name("naive_reserve.py")
+        args = ["--port", str(self.port), "--database-url", self.db_url, "--token", TOKEN]
+        with log.open("wb") as out:  # the child keeps its own copy of the fd
+            return subprocess.Popen(
+                [sys.executable, str(script), *args, "--pool-size", "20"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def start(self, ready_within: float = 60.0) -> None:
+        log = self.workdir / f"{self.label}.log"
+        self.popen = self.spawn(log)
+        url = f"http://127.0.0.1:{self.port}/readyz"
+        if not await asyncio.to_thread(harness.wait_ready, self.popen, url, ready_within, log):
+            await self.stop()
+            raise RuntimeError(f"{self.label} not ready in {ready_within}s")
+
+    async def stop(self) -> None:
+        harness.stop_process(self.popen)
+
+
 async def seed(port: int, n_skus: int) -> float:
     """Receive stock for the hot SKU and ``n_skus`` others through POST /inventory/receipts."""
     todo: Iterator[tuple[str, int]] = iter(
@@ -503,7 +543,11 @@ class Bench:
     async def strategy_run(
         self, strategy: str, db_url: str, workdir: Path, tracing: bool = False
     ) -> list[dict[str, Any]]:
-        server = Server(db_url, strategy, workdir, tracing, self.args.tracing_db_spans == "on")
+        server: Server = (
+            NaiveServer(db_url, workdir)
+            if strategy == "naive"
+            else Server(db_url, strategy, workdir, tracing, self.args.tracing_db_spans == "on")
+        )
         label = f"{strategy}+tracing" if tracing else strategy
         await server.start()
         rows: list[dict[str, Any]] = []

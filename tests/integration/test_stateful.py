@@ -48,6 +48,7 @@ from stockkeeper.domain.errors import (
 )
 from stockkeeper.domain.reservation import Status
 from stockkeeper.services.audit import audit
+from stockkeeper.services.coalescer import ReserveCoalescer
 from stockkeeper.services.reservations import ReservationView, ReserveRequest
 from stockkeeper.services.stock import Adjustment, Receipt
 from tests.conftest import FakeClock
@@ -155,6 +156,8 @@ class StockMachine(RuleBasedStateMachine):
     loop: ClassVar[asyncio.AbstractEventLoop]
     container: ClassVar[Container]
     clock: ClassVar[FakeClock]
+    # Set when reservations go through request coalescing (D-200) instead.
+    coalescer: ClassVar[ReserveCoalescer | None] = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -179,6 +182,11 @@ class StockMachine(RuleBasedStateMachine):
         assert type(info.value) is error, f"expected {error.__name__}, got {info.value!r}"
         SEEN[error.__name__] += 1
         return info.value
+
+    def reserve_call(self, req: ReserveRequest) -> Coroutine[Any, Any, ReservationView]:
+        if self.coalescer is not None:
+            return self.coalescer.reserve(req)
+        return self.container.reservations.reserve(req)
 
     def ref(self, kind: str) -> str:
         self.counter += 1
@@ -429,12 +437,50 @@ class StockMachine(RuleBasedStateMachine):
             lines = (*lines, OrderLine(lines[0].sku, 1))
         self.place(lines, location, ttl)
 
+    @precondition(lambda self: self.coalescer is not None and self.known_skus)
+    @rule(
+        data=st.data(),
+        qtys=st.lists(st.integers(1, 10), min_size=3, max_size=3),
+        location=st.sampled_from(ORDER_LOCATIONS),
+    )
+    def reserve_together(self, data: st.DataObject, qtys: list[int], location: str | None) -> None:
+        """Three new orders sent at once share a coalesced batch and are applied in the
+        order they were sent: the model serves them one after another."""
+        known = sorted(self.known_skus)
+        orders = []
+        for q in qtys:
+            sku = data.draw(st.sampled_from(known))
+            orders.append((self.ref("order"), (OrderLine(sku, q),)))
+
+        async def together() -> list[Any]:
+            return await asyncio.gather(
+                *(self.reserve_call(ReserveRequest(o, li, None, location)) for o, li in orders),
+                return_exceptions=True,
+            )
+
+        results = self.run(together())
+
+        async def settled(r: Any) -> Any:
+            if isinstance(r, BaseException):
+                raise r
+            return r
+
+        for (order_id, lines), result in zip(orders, results, strict=True):
+            self.place(lines, location, None, order_id=order_id, call=settled(result))
+        SEEN["reserved together"] += 1
+
     def place(
-        self, lines: tuple[OrderLine, ...], location: str | None, ttl: int | None
+        self,
+        lines: tuple[OrderLine, ...],
+        location: str | None,
+        ttl: int | None,
+        *,
+        order_id: str | None = None,
+        call: Coroutine[Any, Any, ReservationView] | None = None,
     ) -> MReservation | None:
         """Reserve ``lines`` as a new order: the service must do what the model says."""
-        order_id = self.ref("order")
-        call = self.container.reservations.reserve(ReserveRequest(order_id, lines, ttl, location))
+        order_id = order_id or self.ref("order")
+        call = call or self.reserve_call(ReserveRequest(order_id, lines, ttl, location))
         if len({li.sku for li in lines}) < len(lines) or any(
             li.sku not in self.known_skus for li in lines
         ):
@@ -488,9 +534,7 @@ class StockMachine(RuleBasedStateMachine):
         lines = order.lines
         if not same:
             lines = (OrderLine(lines[0].sku, lines[0].quantity + 1), *lines[1:])
-        call = self.container.reservations.reserve(
-            ReserveRequest(order.order_id, lines, None, order.location)
-        )
+        call = self.reserve_call(ReserveRequest(order.order_id, lines, None, order.location))
         if not same:
             self.expect(Conflict, call)
             return
@@ -649,9 +693,14 @@ def own_loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
+@pytest.mark.parametrize("coalesced", [False, True], ids=["direct", "coalesced"])
 @pytest.mark.parametrize("strategy", list(Strategy), ids=str)
 def test_services_follow_the_model(
-    db_url: str, clock: FakeClock, own_loop: asyncio.AbstractEventLoop, strategy: Strategy
+    db_url: str,
+    clock: FakeClock,
+    own_loop: asyncio.AbstractEventLoop,
+    strategy: Strategy,
+    coalesced: bool,
 ) -> None:
     cfg = base_config(db_url, concurrency={"strategy": strategy.value})
     container = own_loop.run_until_complete(build(Settings.model_validate(cfg), clock=clock))
@@ -659,6 +708,9 @@ def test_services_follow_the_model(
         StockMachine.loop = own_loop
         StockMachine.container = container
         StockMachine.clock = clock
+        StockMachine.coalescer = (
+            ReserveCoalescer(container.reservations, window_ms=1) if coalesced else None
+        )
         SEEN.clear()
         run_state_machine_as_test(
             StockMachine,
@@ -673,6 +725,8 @@ def test_services_follow_the_model(
         own_loop.run_until_complete(container.close())
     # The run reached the places worth checking, not only the error paths.
     wanted = ["reserved", "confirmed", "fulfilled", "released", "InsufficientStock", "adjusted"]
+    if coalesced:
+        wanted.append("reserved together")
     missing = [w for w in wanted if not SEEN[w]]
     assert not missing, f"never reached {missing}: {dict(SEEN)}"
 

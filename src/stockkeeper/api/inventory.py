@@ -16,8 +16,10 @@ from stockkeeper.api.orders import add_order_routes
 from stockkeeper.api.problems import ApiProblem, JSONResponse
 from stockkeeper.api.webhooks import add_webhook_routes
 from stockkeeper.domain.allocation import OrderLine
+from stockkeeper.services.coalescer import ReserveCoalescer
 from stockkeeper.services.reservations import ReservationView, ReserveRequest
 from stockkeeper.services.stock import Adjustment, Applied, Receipt
+from stockkeeper.store.pool import Conn
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -51,6 +53,26 @@ def create_inventory_app(container: Container) -> FastAPI:
     app = new_app(container, "inventory-api", "stockkeeper inventory-api")
     svc = container.reservations
     stock = container.stock
+    # One coalescer per process (D-200); a request with an Idempotency-Key runs in the
+    # key's transaction instead, so it is applied on its own.
+    conc = container.settings.concurrency
+    coalescer = (
+        ReserveCoalescer(
+            svc,
+            window_ms=conc.coalesce_window_ms,
+            max_batch=conc.coalesce_max_batch,
+            max_in_flight=conc.coalesce_max_in_flight,
+            failpoints=container.failpoints,
+        )
+        if conc.coalesce_max_batch > 1
+        else None
+    )
+    app.state.coalescer = coalescer
+
+    async def reserve_one(req: ReserveRequest, conn: Conn | None) -> ReservationView:
+        if conn is None and coalescer is not None:
+            return await coalescer.reserve(req)
+        return await svc.reserve(req, conn)
 
     @app.post(
         "/inventory/reserve",
@@ -75,7 +97,7 @@ def create_inventory_app(container: Container) -> FastAPI:
             request,
             who,
             body,
-            lambda conn: svc.reserve(req, conn),
+            lambda conn: reserve_one(req, conn),
             lambda view: (201 if view.created else 200, schemas.ReservationOut.of(view)),
         )
 

@@ -17,7 +17,7 @@ multi-line orders cannot deadlock each other.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -156,9 +156,14 @@ class Reservations:
         self, req: ReserveRequest, conn: Conn | None = None, *, source: str = "api"
     ) -> ReservationView:
         """Hold stock for every line of an order, or for none of them."""
+        return await self._reserve_counted(req, conn, source, locked=False)
+
+    async def _reserve_counted(
+        self, req: ReserveRequest, conn: Conn | None, source: str, *, locked: bool
+    ) -> ReservationView:
         try:
             async with transaction(self.pool, conn) as c:
-                view = await self._reserve(c, req, source)
+                view = await self._reserve(c, req, source, locked=locked)
         except DomainError as exc:
             self.metrics.reservations.labels(result=exc.slug).inc()
             raise
@@ -166,22 +171,29 @@ class Reservations:
         return view
 
     async def reserve_many(
-        self, reqs: Sequence[ReserveRequest], *, source: str = "api"
+        self,
+        reqs: Sequence[ReserveRequest],
+        *,
+        source: str = "api",
+        after_each: Callable[[], None] | None = None,
+        conn: Conn | None = None,
     ) -> list[ReservationView | DomainError]:
         """Apply many reservations in one transaction, each all-or-nothing on its own.
 
-        The shape request coalescing for hot SKUs builds on: one commit for many orders.
+        Requests are applied in the order given, so an earlier one gets the stock first
+        (the coalescer's fairness, D-200). ``after_each`` runs after every request,
+        inside the transaction (a failpoint for crash tests).
         """
         results: list[ReservationView | DomainError] = []
         skus = sorted({li.sku for req in reqs for li in req.lines})
-        async with transaction(self.pool) as c:
+        async with transaction(self.pool, conn) as c:
             # Take every batch and SKU lock the batch can need up front, in the global
             # order; request by request, later requests would lock out of order.
             await stock.read_batches(c, skus, lock=True)
             await stock.lock_skus(c, skus)
             for req in reqs:
                 try:
-                    results.append(await self.reserve(req, c, source=source))
+                    results.append(await self._reserve_counted(req, c, source, locked=True))
                 except DomainError as exc:
                     results.append(exc)
                 except Deadlock:
@@ -191,9 +203,13 @@ class Reservations:
                     results.append(
                         Conflict(f"order {req.order_id} is being reserved concurrently; try again")
                     )
+                if after_each is not None:
+                    after_each()
         return results
 
-    async def _reserve(self, conn: Conn, req: ReserveRequest, source: str) -> ReservationView:
+    async def _reserve(
+        self, conn: Conn, req: ReserveRequest, source: str, *, locked: bool = False
+    ) -> ReservationView:
         check_lines(req.lines)
         now = self.clock()
         ttl = req.ttl_seconds or self.default_ttl
@@ -205,7 +221,7 @@ class Reservations:
         if rid is None:
             return await self._existing(conn, req, asked)
         try:
-            plan_ = await self._allocate(conn, req, now)
+            plan_ = await self._allocate(conn, req, now, locked=locked)
         except InsufficientStock:
             # Only now ask whether a SKU is unknown: the happy path saves the query.
             skus = [li.sku for li in req.lines]
@@ -261,7 +277,11 @@ class Reservations:
         allocs = (await repo.allocations(conn, [row.id]))[row.id]
         return _view(row, allocs, created=False)
 
-    async def _allocate(self, conn: Conn, req: ReserveRequest, now: datetime) -> list[Any]:
+    async def _allocate(
+        self, conn: Conn, req: ReserveRequest, now: datetime, *, locked: bool = False
+    ) -> list[Any]:
+        """``locked``: the caller holds every batch row of these SKUs (``reserve_many``),
+        so no rival can move them and the guarded write needs no savepoint."""
         skus = [li.sku for li in req.lines]
         lock = self.strategy is Strategy.ROW_LOCK
         for attempt in range(self.max_retries + 1):
@@ -278,6 +298,12 @@ class Reservations:
                 if self.strategy is Strategy.CONDITIONAL
                 else stock.reserve_cas
             )
+            if locked:
+                # Our own locks make a miss impossible; were it to happen, failing the
+                # whole batch (its transaction rolled back) is the safe answer.
+                if not await guarded(conn, allocs):
+                    raise RuntimeError("a guarded reserve missed under the batch's own locks")
+                return result
             # Every try runs in a savepoint, even a single guarded UPDATE: an UPDATE whose
             # guard fails after waiting for a concurrent writer still holds the row lock
             # (PostgreSQL locks the newest version before re-checking the WHERE). The
