@@ -105,7 +105,9 @@ class WebhookConnectorConfig(IngestOptions):
     # shopify: X-Shopify-Hmac-Sha256 (base64 HMAC-SHA256 of the body).
     preset: Literal["generic", "shopify"] = "generic"
     secret_env: EnvName
-    # generic: how far X-Timestamp may be from our clock, against replays.
+    # How far the sender's time may be from our clock, against replays: X-Timestamp
+    # (generic) or X-Shopify-Triggered-At (shopify; Shopify keeps the first trigger time
+    # on its retries, so a retry later than this is refused too).
     tolerance_s: int = Field(default=300, ge=1, le=86_400)
     max_body_bytes: int = Field(default=262_144, ge=256, le=16 * 1024 * 1024)
 
