@@ -75,13 +75,14 @@ async def apply_level(
     conn: Conn,
     sku: str,
     version: int,
-    available: int,
+    figures: Mapping[str, tuple[int, str | None]],
     committed_at: datetime,
     verdicts: Mapping[str, Verdict],
     notify: str,
 ) -> None:
-    """Record level ``version`` for each channel with its (non-stale) verdict; if a push
-    became due, NOTIFY ``notify`` (delivered at commit)."""
+    """Record level ``version`` for each channel with its (non-stale) verdict and its
+    figure (quantity, and the text of the rule that produced it); if a push became due,
+    NOTIFY ``notify`` (delivered at commit)."""
     if not verdicts:
         return
     channels = sorted(verdicts)
@@ -89,11 +90,12 @@ async def apply_level(
         q("apply_level"),
         sku,
         version,
-        available,
+        [figures[c][0] for c in channels],
         committed_at,
         channels,
         [verdicts[c].value for c in channels],
         notify,
+        [figures[c][1] for c in channels],
     )
 
 
