@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.auth import Principal, require
+from stockkeeper.api.channel_rules import add_rule_routes
 from stockkeeper.api.common import RowId, new_app
 from stockkeeper.api.problems import JSONResponse
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
@@ -164,4 +165,5 @@ def create_admin_app(container: Container) -> FastAPI:
         doc["channels"] = await container.propagation.status()
         return _ok(schemas.StatusOut.model_validate(doc))
 
+    add_rule_routes(app, container)
     return app
