@@ -66,7 +66,8 @@ SELECT sku FROM sku WHERE sku > $1 ORDER BY sku LIMIT $2;
 -- current versions $5). A row whose figure or rule changed, or every row when $6
 -- (force: a resync), is due now; a SKU the channel has no row for gets one, due now
 -- (never told anything). Without force a DEAD or UNLISTED row keeps its status (replay
--- or the recheck moves it); with force it is due again with a fresh count.
+-- or the recheck moves it); with force it is due again with a fresh count, and what we
+-- believed the channel shows is forgotten.
 -- A push in flight whose figure changed loses its claim: claim_seq moves on, so its
 -- later writes and its acknowledgement are fenced out, and the row is due at once.
 INSERT INTO channel_sync_state AS s (channel, sku, desired_version, desired_quantity,
@@ -84,6 +85,10 @@ ON CONFLICT (channel, sku) DO UPDATE SET
                   ELSE s.status END,
     attempts = CASE WHEN $6 AND s.status IN ('DEAD', 'UNLISTED') THEN 0 ELSE s.attempts END,
     last_error = CASE WHEN $6 THEN NULL ELSE s.last_error END,
+    -- A resync forgets what we believe the channel shows, so the figure is sent even
+    -- where we think it is there already (Shopify: with changeFromQuantity null).
+    pushed_quantity = CASE WHEN $6 AND s.claimed_version IS NULL THEN NULL
+                           ELSE s.pushed_quantity END,
     next_attempt_at = CASE WHEN $6 OR s.status = 'SYNCED' OR s.claimed_version IS NOT NULL
                            THEN now() ELSE s.next_attempt_at END,
     pending_since = CASE WHEN $6 OR s.status IN ('SYNCED', 'PENDING')
