@@ -63,13 +63,20 @@ SELECT sku FROM sku WHERE sku > $1 ORDER BY sku LIMIT $2;
 
 -- name: refigure
 -- New figures for SKUs $2 on channel $1 (quantities $3, the rules' text $4, the SKUs'
--- current versions $5). A row whose figure or rule changed, or every row when $6
--- (force: a resync), is due now; a SKU the channel has no row for gets one, due now
--- (never told anything). Without force a DEAD or UNLISTED row keeps its status (replay
--- or the recheck moves it); with force it is due again with a fresh count, and what we
--- believed the channel shows is forgotten.
+-- current versions $5). A row whose figure changed, or every row when $6 (force: a
+-- resync), is due now; a SKU the channel has no row for gets one, due now (never told
+-- anything). A row whose rule text alone changed only records it. Without force a DEAD
+-- or UNLISTED row keeps its status (replay or the recheck moves it); with force it is
+-- due again with a fresh count, and what we believed the channel shows is forgotten.
 -- A push in flight whose figure changed loses its claim: claim_seq moves on, so its
 -- later writes and its acknowledgement are fenced out, and the row is due at once.
+-- Answers one row per SKU made due.
+WITH was AS (
+    SELECT sku, desired_quantity FROM channel_sync_state
+    WHERE channel = $1 AND sku = ANY($2::text[])
+    ORDER BY sku
+    FOR UPDATE
+), put AS (
 INSERT INTO channel_sync_state AS s (channel, sku, desired_version, desired_quantity,
                                      desired_rule, status, pending_since, pending_changes,
                                      next_attempt_at)
@@ -81,28 +88,46 @@ ON CONFLICT (channel, sku) DO UPDATE SET
     desired_version = GREATEST(s.desired_version, EXCLUDED.desired_version),
     desired_quantity = EXCLUDED.desired_quantity,
     desired_rule = EXCLUDED.desired_rule,
-    status = CASE WHEN $6 OR s.status IN ('SYNCED', 'PENDING') THEN 'PENDING'
-                  ELSE s.status END,
+    status = CASE WHEN $6 OR (s.desired_quantity <> EXCLUDED.desired_quantity
+                              AND s.status IN ('SYNCED', 'PENDING'))
+                  THEN 'PENDING' ELSE s.status END,
     attempts = CASE WHEN $6 AND s.status IN ('DEAD', 'UNLISTED') THEN 0 ELSE s.attempts END,
     last_error = CASE WHEN $6 THEN NULL ELSE s.last_error END,
     -- A resync forgets what we believe the channel shows, so the figure is sent even
     -- where we think it is there already (Shopify: with changeFromQuantity null).
     pushed_quantity = CASE WHEN $6 AND s.claimed_version IS NULL THEN NULL
                            ELSE s.pushed_quantity END,
-    next_attempt_at = CASE WHEN $6 OR s.status = 'SYNCED' OR s.claimed_version IS NOT NULL
+    next_attempt_at = CASE WHEN $6 OR (s.desired_quantity <> EXCLUDED.desired_quantity
+                                       AND (s.status = 'SYNCED'
+                                            OR s.claimed_version IS NOT NULL))
                            THEN now() ELSE s.next_attempt_at END,
-    pending_since = CASE WHEN $6 OR s.status IN ('SYNCED', 'PENDING')
+    pending_since = CASE WHEN $6 OR (s.desired_quantity <> EXCLUDED.desired_quantity
+                                     AND s.status IN ('SYNCED', 'PENDING'))
                          THEN COALESCE(s.pending_since, now()) ELSE s.pending_since END,
-    pending_changes = CASE WHEN $6 OR s.status IN ('SYNCED', 'PENDING')
+    pending_changes = CASE WHEN $6 OR (s.desired_quantity <> EXCLUDED.desired_quantity
+                                       AND s.status IN ('SYNCED', 'PENDING'))
                            THEN s.pending_changes + 1 ELSE s.pending_changes END,
-    claim_seq = CASE WHEN s.claimed_version IS NOT NULL THEN s.claim_seq + 1
-                     ELSE s.claim_seq END,
-    claimed_version = NULL, claimed_changes = NULL, late_since = NULL, leased_until = NULL,
+    claim_seq = CASE WHEN s.claimed_version IS NOT NULL
+                          AND s.desired_quantity <> EXCLUDED.desired_quantity
+                     THEN s.claim_seq + 1 ELSE s.claim_seq END,
+    claimed_version = CASE WHEN s.desired_quantity <> EXCLUDED.desired_quantity THEN NULL
+                           ELSE s.claimed_version END,
+    claimed_changes = CASE WHEN s.desired_quantity <> EXCLUDED.desired_quantity THEN NULL
+                           ELSE s.claimed_changes END,
+    late_since = CASE WHEN s.desired_quantity <> EXCLUDED.desired_quantity THEN NULL
+                      ELSE s.late_since END,
+    leased_until = CASE WHEN s.desired_quantity <> EXCLUDED.desired_quantity THEN NULL
+                        ELSE s.leased_until END,
     updated_at = now()
 WHERE s.desired_quantity <> EXCLUDED.desired_quantity
    OR s.desired_rule IS DISTINCT FROM EXCLUDED.desired_rule
    OR ($6 AND s.claimed_version IS NULL)
-RETURNING s.sku, s.status;
+RETURNING s.sku, s.status, s.desired_quantity
+)
+SELECT put.sku FROM put
+LEFT JOIN was ON was.sku = put.sku
+WHERE put.status = 'PENDING'
+  AND ($6 OR was.sku IS NULL OR was.desired_quantity <> put.desired_quantity);
 
 -- name: sku_state
 -- One channel's sync row for one SKU, as the admin API shows it.
