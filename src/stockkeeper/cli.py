@@ -607,6 +607,75 @@ def reconcile_channels(
     _run(main)
 
 
+channels_app = typer.Typer(
+    help="Sales channels: push every SKU again.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings=HELP_OPTIONS,
+)
+app.add_typer(channels_app, name="channels")
+
+
+@channels_app.command("resync")
+def channels_resync(
+    channel: Annotated[str, typer.Argument(help="the channel's connector id")],
+    sku: Annotated[
+        list[str] | None, typer.Option("--sku", help="only this SKU (repeat for several)")
+    ] = None,
+    every: Annotated[
+        int, typer.Option("--every", min=1, help="a progress line per this many SKUs")
+    ] = 500,
+    config: ConfigOption = None,
+) -> None:
+    """Push every SKU (or the ones named) to a channel again.
+
+    For a new channel or after a rule change: each SKU is made due with its current
+    figure and pushed through the normal claim path (coalescing, the channel's rate
+    limit), with a progress line per --every SKUs and a summary. What fails is retried
+    by the propagator as usual."""
+    from stockkeeper.bootstrap import connector_token, env_secret
+    from stockkeeper.config import ChannelConfig
+    from stockkeeper.connectors.channel_registry import make_channel
+    from stockkeeper.services.channel_resync import ResyncProgress, resync
+
+    settings = _settings(config)
+    chosen = [c for c in settings.connectors_of(ChannelConfig) if c.id == channel]
+    if not chosen:
+        typer.echo(f"stockkeeper: no channel named {channel}", err=True)
+        raise typer.Exit(2)
+    cfg = chosen[0]
+
+    def line(p: ResyncProgress) -> None:
+        share = 100.0 * p.done / p.total if p.total else 100.0
+        typer.echo(
+            f"{p.channel}: {p.done}/{p.total} SKUs ({share:.1f}%) in {p.elapsed_s:.1f}s: "
+            f"{p.pushed} pushed, {p.noop} already shown, {p.unlisted} not listed, "
+            f"{p.dead} dead-lettered, {p.retried} to retry"
+        )
+
+    async def main() -> int:
+        container = await _build(settings, uses=chosen)
+        adapter = make_channel(
+            cfg,
+            token=connector_token(cfg),
+            secret=env_secret(cfg, "secret_env"),
+            metrics=container.metrics,
+        )
+        try:
+            done = await resync(container.propagation, adapter, sku, every=every, report=line)
+        finally:
+            await adapter.aclose()
+            await container.close()
+        left = done.total - done.done
+        if left:
+            typer.echo(f"{channel}: {left} SKUs still due (retrying: the propagator finishes them)")
+        return 1 if done.dead else 0
+
+    code = _run(main)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate the configuration and say so."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -180,11 +181,16 @@ def shopify_order(order_id: int, *lines: tuple[int, str, int]) -> bytes:
     )
 
 
-def shopify_headers(body: bytes, webhook_id: str, topic: str = "orders/create") -> dict[str, str]:
+def shopify_headers(
+    body: bytes, webhook_id: str, topic: str = "orders/create", age_s: float = 0
+) -> dict[str, str]:
+    fired = datetime.now(UTC) - timedelta(seconds=age_s)
     return {
         "X-Shopify-Hmac-Sha256": sign_shopify(SECRET, body),
         "X-Shopify-Webhook-Id": webhook_id,
         "X-Shopify-Topic": topic,
+        # Shopify's own shape: nanoseconds and a Z.
+        "X-Shopify-Triggered-At": fired.strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z",
         "Content-Type": "application/json",
     }
 
@@ -217,3 +223,24 @@ async def test_shopify_orders_are_sales_once_and_cancellations_put_them_back(
     assert (other.status_code, other.json()["status"]) == (202, "ignored")
     bad = {**shopify_headers(order, "w-5"), "X-Shopify-Hmac-Sha256": sign_shopify(b"other", order)}
     assert (await http.post("/webhooks/shop", content=order, headers=bad)).status_code == 401
+
+
+async def test_a_shopify_delivery_older_than_the_tolerance_is_refused_and_stores_nothing(
+    hooked: tuple[httpx.AsyncClient, Container],
+) -> None:
+    http, c = hooked
+    order = shopify_order(2001, (1, "TEE", 1))
+    before = await counts(c)
+    stale = shopify_headers(order, "w-old", age_s=301)  # the default tolerance is 300 s
+    r = await http.post("/webhooks/shop", content=order, headers=stale)
+    assert r.status_code == 401
+    assert "stale" in r.json()["detail"]
+    ahead = shopify_headers(order, "w-ahead", age_s=-301)  # a clock far ahead is no better
+    assert (await http.post("/webhooks/shop", content=order, headers=ahead)).status_code == 401
+    absent = shopify_headers(order, "w-none")
+    del absent["X-Shopify-Triggered-At"]
+    assert (await http.post("/webhooks/shop", content=order, headers=absent)).status_code == 401
+    assert await counts(c) == before  # not even the delivery id is kept
+    fresh = shopify_headers(order, "w-old", age_s=200)  # the same id, now inside the window
+    r = await http.post("/webhooks/shop", content=order, headers=fresh)
+    assert (r.status_code, r.json()["status"]) == (202, "queued")

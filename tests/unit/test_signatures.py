@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -15,6 +16,7 @@ from stockkeeper.connectors.signatures import (
     GENERIC_TIMESTAMP_HEADER,
     Reason,
     SignatureError,
+    check_shopify_triggered_at,
     generic_headers,
     sign_generic,
     sign_shopify,
@@ -200,3 +202,41 @@ def test_the_error_names_its_reason() -> None:
     assert str(error) == "stale: too old"
     assert str(SignatureError(Reason.MISSING)) == "missing"
     assert [r.value for r in Reason] == ["missing", "malformed", "mismatch", "stale"]
+
+
+# -- Shopify's trigger time (the replay window) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2026-04-01T10:00:00.123456789Z", "2026-04-01T10:00:00Z", "2026-04-01T12:00:00+02:00"],
+)
+def test_shopify_trigger_time_inside_the_window(value: str) -> None:
+    at = datetime(2026, 4, 1, 10, 0, tzinfo=UTC).timestamp()
+    check_shopify_triggered_at(value, now=at + 299, tolerance_s=300)
+    check_shopify_triggered_at(value, now=at - 299, tolerance_s=300)
+
+
+def test_shopify_trigger_time_outside_the_window_is_stale() -> None:
+    at = datetime(2026, 4, 1, 10, 0, tzinfo=UTC).timestamp()
+    value = "2026-04-01T10:00:00.000000001Z"
+    for now in (at + 301, at - 301):
+        with pytest.raises(SignatureError) as caught:
+            check_shopify_triggered_at(value, now=now, tolerance_s=300)
+        assert caught.value.reason is Reason.STALE
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, Reason.MISSING),
+        ("", Reason.MISSING),
+        ("yesterday", Reason.MALFORMED),
+        ("2026-04-01T10:00:00", Reason.MALFORMED),  # no offset: which clock?
+        ("1775037600", Reason.MALFORMED),
+    ],
+)
+def test_shopify_trigger_time_missing_or_malformed(value: str | None, reason: Reason) -> None:
+    with pytest.raises(SignatureError) as caught:
+        check_shopify_triggered_at(value, now=0, tolerance_s=300)
+    assert caught.value.reason is reason

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.admin_lists import add_list_routes
 from stockkeeper.api.auth import Principal, require
+from stockkeeper.api.channel_rules import add_rule_routes
 from stockkeeper.api.common import RowId, new_app
 from stockkeeper.api.problems import JSONResponse
 from stockkeeper.api.ui.pages import add_ui_routes
@@ -174,4 +175,5 @@ def create_admin_app(container: Container) -> FastAPI:
     listing = Listing(container.pool, container.settings, container.clock)
     add_list_routes(app, listing)
     add_ui_routes(app, container, listing)
+    add_rule_routes(app, container)
     return app

@@ -16,6 +16,9 @@ from stockkeeper.config.base import Section as Section
 from stockkeeper.config.connectors import CONNECTOR_TYPES as CONNECTOR_TYPES
 from stockkeeper.config.connectors import AmazonChannelConfig as AmazonChannelConfig
 from stockkeeper.config.connectors import AnyConnector as AnyConnector
+from stockkeeper.config.connectors import (
+    AvailabilityRulesConfig as AvailabilityRulesConfig,
+)
 from stockkeeper.config.connectors import ChannelConfig as ChannelConfig
 from stockkeeper.config.connectors import ConnectorConfig as ConnectorConfig
 from stockkeeper.config.connectors import ErpConnectorConfig as ErpConnectorConfig
@@ -26,6 +29,7 @@ from stockkeeper.config.connectors import (
     OutboundWebhookChannelConfig as OutboundWebhookChannelConfig,
 )
 from stockkeeper.config.connectors import PricingConfig as PricingConfig
+from stockkeeper.config.connectors import RuleOverrideConfig as RuleOverrideConfig
 from stockkeeper.config.connectors import ShopifyChannelConfig as ShopifyChannelConfig
 from stockkeeper.config.connectors import WebhookConnectorConfig as WebhookConnectorConfig
 from stockkeeper.config.connectors import WmsConnectorConfig as WmsConnectorConfig

@@ -108,7 +108,9 @@ class WebhookConnectorConfig(IngestOptions):
     # shopify: X-Shopify-Hmac-Sha256 (base64 HMAC-SHA256 of the body).
     preset: Literal["generic", "shopify"] = "generic"
     secret_env: EnvName
-    # generic: how far X-Timestamp may be from our clock, against replays.
+    # How far the sender's time may be from our clock, against replays: X-Timestamp
+    # (generic) or X-Shopify-Triggered-At (shopify; Shopify keeps the first trigger time
+    # on its retries, so a retry later than this is refused too).
     tolerance_s: int = Field(default=300, ge=1, le=86_400)
     max_body_bytes: int = Field(default=262_144, ge=256, le=16 * 1024 * 1024)
 
@@ -132,8 +134,40 @@ class MarketplaceConnectorConfig(HttpConnectorConfig, IngestOptions):
     cooldown_s: float = Field(default=30.0, gt=0)
 
 
+LocationName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class RuleOverrideConfig(Section):
+    """A SKU's override of its channel's availability rule; an unset field keeps the
+    channel's value (``cap: null`` with ``clear_cap: true`` lifts the cap)."""
+
+    locations: list[LocationName] | None = None
+    buffer: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    cap: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    share_percent: int | None = Field(default=None, ge=0, le=100)
+    clear_cap: bool = False
+
+
+class AvailabilityRulesConfig(Section):
+    """What a channel is shown: max(0, min(cap, floor(share% x available at its
+    locations)) - buffer) (docs/channels.md). Changed at run time through the admin API,
+    the stored rule wins over this one."""
+
+    # Our locations that feed the channel; null: all of them.
+    locations: list[LocationName] | None = None
+    buffer: int = Field(default=0, ge=0, le=1_000_000_000)
+    cap: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    share_percent: int = Field(default=100, ge=0, le=100)
+    skus: dict[Annotated[str, Field(min_length=1, max_length=128)], RuleOverrideConfig] = Field(
+        default_factory=dict
+    )
+
+
 class ChannelConfig(HttpConnectorConfig):
     """A sales channel: the propagator pushes our availability to it."""
+
+    # Which locations feed the channel, a buffer, a cap, a share, per-SKU overrides.
+    rules: AvailabilityRulesConfig = Field(default_factory=AvailabilityRulesConfig)
 
     # Pushes (calls) in flight at once on this channel.
     concurrency: int = Field(default=4, ge=1, le=64)

@@ -8,8 +8,10 @@ Two presets:
   replays only inside the tolerance window, and within it duplicate deliveries are caught
   by their event id. An unsigned timestamp would make the window no defence at all.
 - Shopify: ``X-Shopify-Hmac-Sha256`` is the base64 HMAC-SHA256 of the raw body with the
-  app's secret. There is no timestamp, so there is no replay window either; Shopify's
-  deliveries are de-duplicated by their event id alone.
+  app's secret. ``X-Shopify-Triggered-At`` (ISO 8601, UTC) says when Shopify fired the
+  delivery; it is not covered by the signature, but Shopify always sends it, so a
+  delivery older than the tolerance is refused as stale, and within the window duplicate
+  deliveries are caught by their ``X-Shopify-Webhook-Id``.
 
 Always verify the bytes as they arrived: parsing and re-serialising JSON changes
 whitespace and key order, and with them the digest. Pure functions, no I/O.
@@ -22,11 +24,13 @@ import binascii
 import hashlib
 import hmac
 import string
+from datetime import datetime
 from enum import StrEnum
 
 GENERIC_SIGNATURE_HEADER = "X-Signature"
 GENERIC_TIMESTAMP_HEADER = "X-Timestamp"
 SHOPIFY_SIGNATURE_HEADER = "X-Shopify-Hmac-Sha256"
+SHOPIFY_TRIGGERED_AT_HEADER = "X-Shopify-Triggered-At"
 
 _DIGEST_SIZE = hashlib.sha256().digest_size
 _HEX = frozenset(string.hexdigits)
@@ -151,3 +155,36 @@ def verify_shopify(secret: bytes, body: bytes, signature: str | None) -> None:
     given = _parse_base64_digest(signature)
     if not hmac.compare_digest(given, _mac(secret, body)):
         raise SignatureError(Reason.MISMATCH, "the signature does not match the body")
+
+
+def _parse_triggered_at(value: str) -> float:
+    # Shopify writes nanoseconds ("2026-04-01T10:00:00.123456789Z"); Python's parser takes
+    # at most microseconds, so the fraction is cut to six digits first.
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    head, dot, rest = text.partition(".")
+    if dot:
+        digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
+        text = f"{head}.{digits[:6]}{rest[len(digits) :]}" if digits else head + rest
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SignatureError(Reason.MALFORMED, "the trigger time is not ISO 8601") from None
+    if moment.tzinfo is None:
+        raise SignatureError(Reason.MALFORMED, "the trigger time has no UTC offset")
+    return moment.timestamp()
+
+
+def check_shopify_triggered_at(triggered_at: str | None, *, now: float, tolerance_s: float) -> None:
+    """Refuse a Shopify delivery fired outside the tolerance window, both ways (raises
+    :class:`SignatureError`); ``triggered_at`` is ``X-Shopify-Triggered-At`` as sent.
+
+    Check it after :func:`verify_shopify`, so ``stale`` means a genuine delivery."""
+    if not triggered_at:
+        raise SignatureError(Reason.MISSING, "X-Shopify-Triggered-At is absent")
+    fired = _parse_triggered_at(triggered_at)
+    if abs(now - fired) > tolerance_s:
+        raise SignatureError(
+            Reason.STALE, f"triggered {now - fired:.0f}s from now, past the window"
+        )

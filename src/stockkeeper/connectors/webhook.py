@@ -27,6 +27,8 @@ from stockkeeper.connectors.signatures import (
     GENERIC_SIGNATURE_HEADER,
     GENERIC_TIMESTAMP_HEADER,
     SHOPIFY_SIGNATURE_HEADER,
+    SHOPIFY_TRIGGERED_AT_HEADER,
+    check_shopify_triggered_at,
     verify_generic,
     verify_shopify,
 )
@@ -138,15 +140,22 @@ class ShopifyPreset:
     """Shopify's order webhooks as sales: ``orders/create`` sells every line item
     (transaction ``<order id>:<line item id>``), ``orders/cancelled`` puts them back.
     Other topics are acknowledged and ignored. Signed with ``X-Shopify-Hmac-Sha256``;
-    ``X-Shopify-Webhook-Id`` identifies the delivery."""
+    ``X-Shopify-Webhook-Id`` identifies the delivery; one whose ``X-Shopify-Triggered-At``
+    lies outside the connector's ``tolerance_s`` is refused as a replay."""
 
     name: ClassVar[str] = "shopify"
     TOPICS: ClassVar[dict[str, int]] = {"orders/create": -1, "orders/cancelled": 1}
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self.clock = clock
 
     def verify(
         self, cfg: WebhookConnectorConfig, secret: bytes, headers: Mapping[str, str], body: bytes
     ) -> None:
         verify_shopify(secret, body, headers.get(SHOPIFY_SIGNATURE_HEADER))
+        check_shopify_triggered_at(
+            headers.get(SHOPIFY_TRIGGERED_AT_HEADER), now=self.clock(), tolerance_s=cfg.tolerance_s
+        )
 
     def parse(
         self, cfg: WebhookConnectorConfig, headers: Mapping[str, str], body: bytes

@@ -34,6 +34,7 @@ from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
+from stockkeeper.services.channel_rules import RulesService, passes_sales_through
 from stockkeeper.services.unit import Clock, transaction
 from stockkeeper.store import channel_sync as repo
 from stockkeeper.store import outbox, stock
@@ -125,6 +126,8 @@ class Propagation:
         self.clock = clock
         # Changes from these sources came from the channel: not sent back to it.
         self.echo = {c.id: {c.id, *c.echo_sources} for c in channels}
+        # Per-channel availability rules: the figure each channel is shown.
+        self.rules = RulesService(pool, channels, clock)
 
     # -- the consumer's effect -----------------------------------------------------
 
@@ -141,18 +144,23 @@ class Propagation:
         if not self.ids:
             return {}
         states = await repo.lock_states(conn, sku, self.ids)
+        # After the lock: a rule change committed meanwhile is seen (see RulesService).
+        figures = await self.rules.figures(conn, self.ids, sku, available)
         verdicts = {
             ch: judge(
                 states[ch],
                 version,
-                available,
-                from_this_channel=source in self.echo[ch],
+                figures[ch][0],
+                # A sale moves a capped, shared or location-fed figure by something else
+                # than the units sold: the channel's own change is pushed like any other.
+                from_this_channel=source in self.echo[ch] and passes_sales_through(figures[ch][1]),
                 recheck_s=self.configs[ch].unlisted_recheck_s,
             )
             for ch in self.ids
         }
         live = {ch: v for ch, v in verdicts.items() if v is not Verdict.STALE}
-        await repo.apply_level(conn, sku, version, available, committed_at, live, NOTIFY_CHANNEL)
+        shown = {ch: (q, rule.describe()) for ch, (q, rule) in figures.items()}
+        await repo.apply_level(conn, sku, version, shown, committed_at, live, NOTIFY_CHANNEL)
         for ch, v in verdicts.items():
             self.metrics.channel_changes.labels(channel=ch, verdict=v.value).inc()
         return verdicts
@@ -175,23 +183,29 @@ class Propagation:
             if seen is None or lv[1] > seen[1]:
                 newest[lv[0]] = lv
         states = await repo.lock_states_bulk(conn, sorted(newest), self.ids)
+        # After the locks, as in record: a rule change committed meanwhile is seen.
+        figures = await self.rules.figures_many(
+            conn, self.ids, {sku: lv[2] for sku, lv in newest.items()}
+        )
         out: dict[str, dict[str, Verdict]] = {}
         news: list[repo.LevelNews] = []
         counts: dict[tuple[str, Verdict], int] = {}
-        for sku, version, available in newest.values():
+        for sku, version, _ in newest.values():
+            mine = figures[sku]
             verdicts = {
                 ch: judge(
                     states[(sku, ch)],
                     version,
-                    available,
-                    from_this_channel=source in self.echo[ch],
+                    mine[ch][0],
+                    from_this_channel=source in self.echo[ch] and passes_sales_through(mine[ch][1]),
                     recheck_s=self.configs[ch].unlisted_recheck_s,
                 )
                 for ch in self.ids
             }
             out[sku] = verdicts
             live = {ch: v for ch, v in verdicts.items() if v is not Verdict.STALE}
-            news.append(repo.LevelNews(sku, version, available, live))
+            shown = {ch: (q, rule.describe()) for ch, (q, rule) in mine.items()}
+            news.append(repo.LevelNews(sku, version, live, shown))
             for ch, v in verdicts.items():
                 counts[(ch, v)] = counts.get((ch, v), 0) + 1
         await repo.apply_levels(conn, news, committed_at, NOTIFY_CHANNEL)

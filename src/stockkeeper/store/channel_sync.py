@@ -78,13 +78,14 @@ async def apply_level(
     conn: Conn,
     sku: str,
     version: int,
-    available: int,
+    figures: Mapping[str, tuple[int, str | None]],
     committed_at: datetime,
     verdicts: Mapping[str, Verdict],
     notify: str,
 ) -> None:
-    """Record level ``version`` for each channel with its (non-stale) verdict; if a push
-    became due, NOTIFY ``notify`` (delivered at commit)."""
+    """Record level ``version`` for each channel with its (non-stale) verdict and its
+    figure (quantity, and the text of the rule that produced it); if a push became due,
+    NOTIFY ``notify`` (delivered at commit)."""
     if not verdicts:
         return
     channels = sorted(verdicts)
@@ -92,23 +93,25 @@ async def apply_level(
         q("apply_level"),
         sku,
         version,
-        available,
+        [figures[c][0] for c in channels],
         committed_at,
         channels,
         [verdicts[c].value for c in channels],
         notify,
+        [figures[c][1] for c in channels],
         current_traceparent(),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class LevelNews:
-    """One SKU's level in a bulk message, with its verdict per channel."""
+    """One SKU's level in a bulk message: per channel its verdict and its figure (the
+    quantity, and the text of the rule that produced it)."""
 
     sku: str
     version: int
-    available: int
     verdicts: Mapping[str, Verdict]
+    figures: Mapping[str, tuple[int, str | None]]
 
 
 async def lock_states_bulk(
@@ -134,8 +137,8 @@ async def lock_states_bulk(
 async def apply_levels(
     conn: Conn, news: Sequence[LevelNews], committed_at: datetime, notify: str
 ) -> None:
-    """Record each SKU's level for each channel with its (non-stale) verdict, in one
-    statement; if a push became due, NOTIFY ``notify`` (delivered at commit)."""
+    """Record each SKU's level for each channel with its (non-stale) verdict and figure,
+    in one statement; if a push became due, NOTIFY ``notify`` (delivered at commit)."""
     rows = [(n, ch, v) for n in news for ch, v in sorted(n.verdicts.items())]
     if not rows:
         return
@@ -143,11 +146,13 @@ async def apply_levels(
         q("apply_levels"),
         [n.sku for n, _, _ in rows],
         [n.version for n, _, _ in rows],
-        [n.available for n, _, _ in rows],
+        [n.figures[ch][0] for n, ch, _ in rows],
         [ch for _, ch, _ in rows],
         [v.value for _, _, v in rows],
         committed_at,
         notify,
+        [n.figures[ch][1] for n, ch, _ in rows],
+        current_traceparent(),
     )
 
 

@@ -17,14 +17,16 @@ ORDER BY channel
 FOR UPDATE;
 
 -- name: apply_level
--- A newer level of SKU $1 (version $2, available $3, committed at $4) for each channel
--- with its verdict: push (due, joining any push already due), echo or noop (the channel
--- already shows it), held (kept, not pushed). A due push keeps its backoff; a new one is
--- due now. When a push became due, the senders listening on $7 are woken at commit.
+-- A newer level of SKU $1 (version $2, committed at $4) for each channel with its
+-- verdict and its figure ($3, from the channel's availability rule, whose text is $8):
+-- push (due, joining any push already due), echo or noop (the channel already shows
+-- it), held (kept, not pushed). A due push keeps its backoff; a new one is due now.
+-- When a push became due, the senders listening on $7 are woken at commit.
 WITH applied AS (
 UPDATE channel_sync_state s SET
     desired_version = $2,
-    desired_quantity = $3,
+    desired_quantity = u.quantity,
+    desired_rule = u.rule,
     status = CASE WHEN u.verdict = 'push' THEN 'PENDING'
                   WHEN u.verdict IN ('echo', 'noop') THEN 'SYNCED' ELSE s.status END,
     attempts = CASE WHEN u.verdict = 'push' AND s.status = 'DEAD' THEN 0 ELSE s.attempts END,
@@ -40,12 +42,12 @@ UPDATE channel_sync_state s SET
                       THEN COALESCE(s.late_since, $4) ELSE s.late_since END,
     pushed_version = CASE WHEN u.verdict IN ('echo', 'noop') THEN $2
                           ELSE s.pushed_version END,
-    pushed_quantity = CASE WHEN u.verdict = 'echo' THEN $3 ELSE s.pushed_quantity END,
-    -- The newest due change's trace context ($8, NULL when tracing is off): the push
+    pushed_quantity = CASE WHEN u.verdict = 'echo' THEN u.quantity ELSE s.pushed_quantity END,
+    -- The newest due change's trace context ($9, NULL when tracing is off): the push
     -- continues its trace (D-241).
-    trace_context = CASE WHEN u.verdict = 'push' THEN $8::text ELSE s.trace_context END,
+    trace_context = CASE WHEN u.verdict = 'push' THEN $9::text ELSE s.trace_context END,
     updated_at = now()
-FROM unnest($5::text[], $6::text[]) AS u (channel, verdict)
+FROM unnest($5::text[], $6::text[], $3::bigint[], $8::text[]) AS u (channel, verdict, quantity, rule)
 WHERE s.channel = u.channel AND s.sku = $1
 RETURNING u.verdict
 )
@@ -70,13 +72,15 @@ ORDER BY sku, channel
 FOR UPDATE;
 
 -- name: apply_levels
--- apply_level for many SKUs at once: one row per (sku, channel) with its version,
--- available quantity and (non-stale) verdict, all committed at $6. When a push became
--- due, the senders listening on $7 are woken at commit.
+-- apply_level for many SKUs at once: one row per (sku, channel) with its version, the
+-- channel's figure (from its availability rule, whose text is $8) and its (non-stale)
+-- verdict, all committed at $6, the push continuing trace $9. When a push became due,
+-- the senders listening on $7 are woken at commit.
 WITH applied AS (
 UPDATE channel_sync_state s SET
     desired_version = u.version,
-    desired_quantity = u.available,
+    desired_quantity = u.quantity,
+    desired_rule = u.rule,
     status = CASE WHEN u.verdict = 'push' THEN 'PENDING'
                   WHEN u.verdict IN ('echo', 'noop') THEN 'SYNCED' ELSE s.status END,
     attempts = CASE WHEN u.verdict = 'push' AND s.status = 'DEAD' THEN 0 ELSE s.attempts END,
@@ -92,10 +96,11 @@ UPDATE channel_sync_state s SET
                       THEN COALESCE(s.late_since, $6) ELSE s.late_since END,
     pushed_version = CASE WHEN u.verdict IN ('echo', 'noop') THEN u.version
                           ELSE s.pushed_version END,
-    pushed_quantity = CASE WHEN u.verdict = 'echo' THEN u.available ELSE s.pushed_quantity END,
+    pushed_quantity = CASE WHEN u.verdict = 'echo' THEN u.quantity ELSE s.pushed_quantity END,
+    trace_context = CASE WHEN u.verdict = 'push' THEN $9::text ELSE s.trace_context END,
     updated_at = now()
-FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])
-     AS u (sku, version, available, channel, verdict)
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $8::text[])
+     AS u (sku, version, quantity, channel, verdict, rule)
 WHERE s.channel = u.channel AND s.sku = u.sku
 RETURNING u.verdict
 )

@@ -1,0 +1,273 @@
+"""Per-channel availability rules: the effective rule of a channel and SKU, the figure
+it gives, run-time changes (stored, logged, and re-pushing the SKUs they affect), the
+per-channel SKU state, and the resync of a channel.
+
+The effective rule of a SKU on a channel: the channel's stored rule if the admin API
+set one, else the rule in its config; then the SKU's stored override if there is one,
+else the override in the config (docs/channels.md). The figure itself is the pure
+:func:`stockkeeper.domain.availability.channel_figure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from stockkeeper.config import AvailabilityRulesConfig, ChannelConfig, RuleOverrideConfig
+from stockkeeper.domain.availability import AvailabilityRule, RuleOverride, channel_figure
+from stockkeeper.domain.errors import NotFound
+from stockkeeper.services.unit import Clock, transaction
+from stockkeeper.store import channel_rules as repo
+from stockkeeper.store import stock
+from stockkeeper.store.pool import Conn, Pool
+
+PAGE = 500
+
+
+def rule_of(cfg: AvailabilityRulesConfig) -> AvailabilityRule:
+    return AvailabilityRule(
+        None if cfg.locations is None else frozenset(cfg.locations),
+        cfg.buffer,
+        cfg.cap,
+        cfg.share_percent,
+    )
+
+
+def override_of(cfg: RuleOverrideConfig) -> RuleOverride:
+    return RuleOverride(
+        None if cfg.locations is None else frozenset(cfg.locations),
+        cfg.buffer,
+        cfg.cap,
+        cfg.share_percent,
+        cfg.clear_cap,
+    )
+
+
+def passes_sales_through(rule: AvailabilityRule) -> bool:
+    """Whether a sale on the channel moves its figure by exactly the units sold (every
+    location, no cap, no share): only then may the channel's own change be left out."""
+    return rule.locations is None and rule.cap is None and rule.share_percent == 100
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRules:
+    """A channel's rule as it stands, where it comes from, and its SKU overrides."""
+
+    channel: str
+    rule: AvailabilityRule
+    source: str  # "config" or "stored"
+    overrides: dict[str, tuple[RuleOverride, str]]  # sku -> (override, source)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleChanged:
+    """A rule change and how many of the channel's SKUs it made due."""
+
+    channel: str
+    sku: str | None
+    repushed: int
+
+
+@dataclass(frozen=True, slots=True)
+class SkuChannelState:
+    state: repo.SkuState
+    rule: AvailabilityRule
+
+
+class RulesService:
+    def __init__(self, pool: Pool, channels: Sequence[ChannelConfig], clock: Clock) -> None:
+        self.pool = pool
+        self.configs = {c.id: c for c in channels}
+        self.clock = clock
+
+    def _config(self, channel: str) -> ChannelConfig:
+        cfg = self.configs.get(channel)
+        if cfg is None:
+            raise NotFound(f"no channel {channel!r} is configured")
+        return cfg
+
+    def _effective(
+        self, channel: str, sku: str, stored: Mapping[tuple[str, str], repo.StoredRule]
+    ) -> AvailabilityRule:
+        cfg = self.configs[channel].rules
+        own = stored.get((channel, repo.CHANNEL_ROW))
+        base = own.as_rule() if own is not None else rule_of(cfg)
+        mine = stored.get((channel, sku))
+        if mine is not None:
+            return base.overridden(mine.as_override())
+        configured = cfg.skus.get(sku)
+        return base.overridden(override_of(configured) if configured else None)
+
+    # -- the propagation consumer's figure -------------------------------------------
+
+    async def figures(
+        self, conn: Conn, channels: Sequence[str], sku: str, available: int
+    ) -> dict[str, tuple[int, AvailabilityRule]]:
+        """Per channel, the figure it is shown for ``sku`` and the rule that gave it.
+        ``available`` is the SKU's total; per-location figures are read only for a
+        channel fed by some locations. Call after the SKU's sync rows are locked, so a
+        rule change committed meanwhile is seen (its re-figuring held those rows)."""
+        return (await self.figures_many(conn, channels, {sku: available}))[sku]
+
+    async def figures_many(
+        self, conn: Conn, channels: Sequence[str], available: Mapping[str, int]
+    ) -> dict[str, dict[str, tuple[int, AvailabilityRule]]]:
+        """:meth:`figures` for many SKUs (SKU → its total available) in at most two
+        statements whatever their number: the rules, and the per-location figures if a
+        channel is fed by some locations."""
+        skus = list(available)
+        stored = {(r.channel, r.sku): r for r in await repo.rules_for_skus(conn, channels, skus)}
+        by_location: dict[str, dict[str, int]] | None = None
+        out: dict[str, dict[str, tuple[int, AvailabilityRule]]] = {}
+        for sku in skus:
+            mine: dict[str, tuple[int, AvailabilityRule]] = {}
+            for ch in channels:
+                rule = self._effective(ch, sku, stored)
+                if rule.locations is None:
+                    mine[ch] = (channel_figure(rule, {"": available[sku]}), rule)
+                    continue
+                if by_location is None:
+                    by_location = await repo.available_by_location(conn, skus, self.clock())
+                mine[ch] = (channel_figure(rule, by_location[sku]), rule)
+            out[sku] = mine
+        return out
+
+    # -- reading and changing the rules ----------------------------------------------
+
+    async def rules(self, channel: str) -> ChannelRules:
+        cfg = self._config(channel).rules
+        async with self.pool.acquire() as conn:
+            stored = await repo.rules_of_channel(conn, channel)
+        own = next((r for r in stored if r.sku == repo.CHANNEL_ROW), None)
+        overrides: dict[str, tuple[RuleOverride, str]] = {
+            sku: (override_of(o), "config") for sku, o in cfg.skus.items()
+        }
+        for r in stored:
+            if r.sku != repo.CHANNEL_ROW:
+                overrides[r.sku] = (r.as_override(), "stored")
+        if own is None:
+            return ChannelRules(channel, rule_of(cfg), "config", overrides)
+        return ChannelRules(channel, own.as_rule(), "stored", overrides)
+
+    async def set_rule(self, channel: str, rule: AvailabilityRule, by: str) -> RuleChanged:
+        """Store the channel's rule and re-push every SKU whose figure it changes."""
+        self._config(channel)
+        row = repo.StoredRule(
+            channel,
+            repo.CHANNEL_ROW,
+            None if rule.locations is None else sorted(rule.locations),
+            rule.buffer,
+            rule.cap,
+            rule.share_percent,
+            False,
+        )
+        return await self._change(channel, repo.CHANNEL_ROW, row, by)
+
+    async def set_override(
+        self, channel: str, sku: str, override: RuleOverride, by: str
+    ) -> RuleChanged:
+        self._config(channel)
+        row = repo.StoredRule(
+            channel,
+            sku,
+            None if override.locations is None else sorted(override.locations),
+            override.buffer,
+            override.cap,
+            override.share_percent,
+            override.clear_cap,
+        )
+        return await self._change(channel, sku, row, by)
+
+    async def clear_override(self, channel: str, sku: str, by: str) -> RuleChanged:
+        self._config(channel)
+        return await self._change(channel, sku, None, by)
+
+    async def _change(
+        self, channel: str, sku: str, row: repo.StoredRule | None, by: str
+    ) -> RuleChanged:
+        async with transaction(self.pool) as conn:
+            before = await repo.lock_rule(conn, channel, sku)
+            if row is None:
+                if before is None:
+                    raise NotFound(f"SKU {sku!r} has no stored override on {channel!r}")
+                await repo.delete_rule(conn, channel, sku)
+            else:
+                await repo.put_rule(conn, row, by)
+            skus = None if sku == repo.CHANNEL_ROW else [sku]
+            repushed = await self._refigure(conn, channel, skus, force=False)
+            await repo.log_change(
+                conn,
+                channel,
+                sku,
+                before.wire() if before else None,
+                row.wire() if row else None,
+                by,
+                repushed,
+            )
+        return RuleChanged(channel, sku or None, repushed)
+
+    async def changes(self, channel: str, after: int, limit: int) -> list[repo.RuleChange]:
+        self._config(channel)
+        async with self.pool.acquire() as conn:
+            return await repo.changes(conn, channel, after, limit)
+
+    async def sku_state(self, channel: str, sku: str) -> SkuChannelState:
+        self._config(channel)
+        async with self.pool.acquire() as conn:
+            state = await repo.sku_state(conn, channel, sku)
+            stored = {(r.channel, r.sku): r for r in await repo.rules_for_sku(conn, [channel], sku)}
+        if state is None:
+            raise NotFound(f"{channel!r} has no state for SKU {sku!r}")
+        return SkuChannelState(state, self._effective(channel, sku, stored))
+
+    # -- re-figuring -----------------------------------------------------------------
+
+    async def resync(self, channel: str, skus: Sequence[str] | None) -> int:
+        """Make every SKU (or ``skus``) due on the channel with its current figure, in
+        pages, each its own transaction; how many are due."""
+        self._config(channel)
+        if skus is not None:
+            async with transaction(self.pool) as conn:
+                return await self._figure_page(conn, channel, sorted(set(skus)), force=True)
+        due, after = 0, ""
+        while True:
+            async with transaction(self.pool) as conn:
+                page = await repo.sku_page(conn, after, PAGE)
+                if not page:
+                    return due
+                due += await self._figure_page(conn, channel, page, force=True)
+            after = page[-1]
+
+    async def due(self, channel: str, skus: Sequence[str] | None) -> int:
+        async with self.pool.acquire() as conn:
+            return await repo.due_count(conn, channel, skus)
+
+    async def _refigure(
+        self, conn: Conn, channel: str, skus: Sequence[str] | None, *, force: bool
+    ) -> int:
+        if skus is not None:
+            return await self._figure_page(conn, channel, skus, force=force)
+        due, after = 0, ""
+        while page := await repo.sku_page(conn, after, PAGE):
+            due += await self._figure_page(conn, channel, page, force=force)
+            after = page[-1]
+        return due
+
+    async def _figure_page(
+        self, conn: Conn, channel: str, skus: Sequence[str], *, force: bool
+    ) -> int:
+        now = self.clock()
+        levels = await stock.sku_levels(conn, skus, now)
+        known = [s for s in skus if s in levels]
+        stored = {(r.channel, r.sku): r for r in await repo.rules_of_channel(conn, channel)}
+        rules = {sku: self._effective(channel, sku, stored) for sku in known}
+        located = [s for s in known if rules[s].locations is not None]
+        by_location = await repo.available_by_location(conn, located, now) if located else {}
+        figures = []
+        for sku in known:
+            rule = rules[sku]
+            held = by_location[sku] if sku in by_location else {"": levels[sku].level.available}
+            figures.append(
+                repo.Figure(sku, channel_figure(rule, held), rule.describe(), levels[sku].version)
+            )
+        return await repo.refigure(conn, channel, figures, force)
