@@ -633,9 +633,8 @@ def channels_resync(
     figure and pushed through the normal claim path (coalescing, the channel's rate
     limit), with a progress line per --every SKUs and a summary. What fails is retried
     by the propagator as usual."""
-    from stockkeeper.bootstrap import connector_token, env_secret
+    from stockkeeper.bootstrap import channel_adapter
     from stockkeeper.config import ChannelConfig
-    from stockkeeper.connectors.channel_registry import make_channel
     from stockkeeper.services.channel_resync import ResyncProgress, resync
 
     settings = _settings(config)
@@ -645,9 +644,9 @@ def channels_resync(
         raise typer.Exit(2)
     cfg = chosen[0]
 
-    def line(p: ResyncProgress) -> None:
+    def line(p: ResyncProgress) -> str:
         share = 100.0 * p.done / p.total if p.total else 100.0
-        typer.echo(
+        return (
             f"{p.channel}: {p.done}/{p.total} SKUs ({share:.1f}%) in {p.elapsed_s:.1f}s: "
             f"{p.pushed} pushed, {p.noop} already shown, {p.unlisted} not listed, "
             f"{p.dead} dead-lettered, {p.retried} to retry"
@@ -655,14 +654,29 @@ def channels_resync(
 
     async def main() -> int:
         container = await _build(settings, uses=chosen)
-        adapter = make_channel(
-            cfg,
-            token=connector_token(cfg),
-            secret=env_secret(cfg, "secret_env"),
-            metrics=container.metrics,
-        )
+        adapter = channel_adapter(cfg, container.metrics)
         try:
-            done = await resync(container.propagation, adapter, sku, every=every, report=line)
+            if sys.stdout.isatty():  # a bar with count, rate and ETA; the summary after
+                with progress(None, f"resync {channel}", tty=True) as bar:
+                    seen = [0]
+
+                    def tick(p: ResyncProgress) -> None:
+                        bar.set_total(p.total)
+                        bar.advance(p.done - seen[0])
+                        seen[0] = p.done
+
+                    done = await resync(
+                        container.propagation, adapter, sku, every=every, report=tick
+                    )
+                typer.echo(line(done))
+            else:  # a line per --every SKUs, the last one the summary
+                done = await resync(
+                    container.propagation,
+                    adapter,
+                    sku,
+                    every=every,
+                    report=lambda p: typer.echo(line(p)),
+                )
         finally:
             await adapter.aclose()
             await container.close()
