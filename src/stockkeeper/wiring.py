@@ -61,6 +61,9 @@ class ConsumerSpec:
     queue: str
     handler: EffectHandler
     drop_stale: bool = False
+    # The handler can share a transaction with other messages (each in its own
+    # savepoint): the runner applies batches (``broker.consumer_batch_size``).
+    batch: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,7 @@ async def _propagator(container: Container) -> Service:
     )
     n = container.settings.propagation.consumers
     # One name: their idempotency scope is the same, whichever replica takes a message.
-    specs = [ConsumerSpec("propagator", "channel.propagation", worker.handler())] * n
+    specs = [ConsumerSpec("propagator", "channel.propagation", worker.handler(), batch=True)] * n
     return Service(loops=[worker.run], consumers=specs)
 
 
