@@ -201,7 +201,11 @@ class Consumer:
         self._stopping.clear()
         if self.batch_size > 1:
             batcher = _Batcher(self, max(prefetch, self.batch_size))
-            sub = await self.broker.consume(self.queue, batcher.put, prefetch)
+            try:
+                sub = await self.broker.consume(self.queue, batcher.put, prefetch)
+            except BaseException:
+                batcher.abandon()
+                raise
             return batcher.subscription(sub)
         sub = await self.broker.consume(self.queue, self.on_delivery, prefetch)
         return _StoppingSubscription(self._stopping, sub)
@@ -429,6 +433,10 @@ class _Batcher:
             finally:
                 for _ in batch:
                     self._buffer.task_done()
+
+    def abandon(self) -> None:
+        """The broker never subscribed: nothing was handed out, stop the task."""
+        self._task.cancel()
 
     def subscription(self, inner: Subscription) -> Subscription:
         return _BatchSubscription(self, inner)
