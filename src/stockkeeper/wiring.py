@@ -195,7 +195,7 @@ async def _propagator(container: Container) -> Service:
     )
     n = container.settings.propagation.consumers
     # One name: their idempotency scope is the same, whichever replica takes a message.
-    specs = [ConsumerSpec("propagator", "channel.propagation", worker.handler(), batch=True)] * n
+    specs = [ConsumerSpec("propagator", "channel.propagation", worker.handler())] * n
     return Service(loops=[worker.run], consumers=specs)
 
 
