@@ -112,6 +112,7 @@ class Job:
     batch: int
     prefetch: int
     timeout: float
+    consumer_batch: int = 1  # the runner's batch_size (1: a transaction per message)
     start_at: float = 0.0  # time.time() at which every process of the run starts
     messages: tuple[Msg, ...] = ()  # raw_publish only
     # (done queue, release event), manager proxies: each process says when its measured
@@ -363,12 +364,22 @@ class TimedConsumer(Consumer):
         self.redelivered += bool(d.redelivered)
         await super().on_delivery(d)  # returns after the ack
         self.delivery_s += time.perf_counter() - t0
+
+    async def _done(self, d: Any, outcome: str) -> None:
+        await super()._done(d, outcome)  # returns after the ack
         self.clock.add()
 
     async def _apply(self, env: Envelope) -> str:
         t0 = time.perf_counter()
         try:
             return await super()._apply(env)
+        finally:
+            self.apply_s += time.perf_counter() - t0
+
+    async def _apply_batch(self, envs: list[Envelope]) -> list[str | Exception]:
+        t0 = time.perf_counter()
+        try:
+            return await super()._apply_batch(envs)
         finally:
             self.apply_s += time.perf_counter() - t0
 
@@ -418,7 +429,14 @@ async def run_consumer(job: Job, out: Outcome) -> None:
     try:
         await broker.connect()
         c = TimedConsumer(
-            CONSUMER, QUEUE, handle, pool=pool, broker=broker, metrics=Metrics(), clock=clock
+            CONSUMER,
+            QUEUE,
+            handle,
+            pool=pool,
+            broker=broker,
+            metrics=Metrics(),
+            clock=clock,
+            batch_size=job.consumer_batch,
         )
         await clock.start(job.start_at)
         sub = await c.start(job.prefetch)
@@ -671,6 +689,7 @@ class Bench:
             batch=a.batch,
             prefetch=a.prefetch,
             timeout=max(120.0, a.events / 50),
+            consumer_batch=a.consumer_batch,
         )
 
     async def settle(self, conn: Conn) -> None:
@@ -995,6 +1014,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--batch", type=int, default=500, help="dispatcher batch / raw publish batch")
     p.add_argument("--prefetch", type=int, default=32, help="consumer prefetch (both sides)")
+    p.add_argument(
+        "--consumer-batch",
+        type=int,
+        default=64,
+        help="the Consumer runner's batch_size (1: one transaction per message, as before)",
+    )
     p.add_argument("--database-url", default=DEFAULT_ADMIN_URL, help="an admin connection URL")
     p.add_argument("--amqp-url", default=DEFAULT_AMQP_URL, help="RabbitMQ")
     p.add_argument(
@@ -1140,6 +1165,7 @@ async def amain(args: argparse.Namespace) -> int:
                 "skus": args.skus,
                 "batch": args.batch,
                 "prefetch": args.prefetch,
+                "consumer_batch": args.consumer_batch,
                 "brokers": args.brokers,
                 "processes": "publisher and consumer in separate worker processes",
                 "py_spy": str(args.py_spy) if args.py_spy else None,

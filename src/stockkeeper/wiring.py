@@ -60,6 +60,9 @@ class ConsumerSpec:
     queue: str
     handler: EffectHandler
     drop_stale: bool = False
+    # The handler can share a transaction with other messages (each in its own
+    # savepoint): the runner applies batches (``broker.consumer_batch_size``).
+    batch: bool = False
 
 
 @dataclass(frozen=True)

@@ -780,3 +780,68 @@ async def test_drop_stale_skips_an_older_sequence_of_the_same_sku(
     async with c.pool.acquire() as conn:
         positions = await conn.fetch("SELECT sku, sequence FROM consumer_position ORDER BY sku")
     assert [tuple(r) for r in positions] == [("SKU-A", 3), ("SKU-B", 1)]
+
+
+# -- batches: one transaction for what the prefetch handed out -----------------------------
+
+
+async def test_a_batch_with_a_poison_message_commits_the_others_once(
+    effects: Container, broker: Broker
+) -> None:
+    c = effects
+    calls: list[str] = []
+
+    async def handle(conn: Conn, env: Envelope) -> None:
+        calls.append(env.payload["note"])
+        await record(conn, env)  # rolled back with its savepoint when the message fails
+        if env.payload["note"] == "poison":
+            raise RuntimeError("the WMS said no")
+
+    envs = [envelope(f"good-{i}") for i in range(3)]
+    poison = envelope("poison")
+    envs.insert(1, poison)
+    envs += [envelope(f"good-{i}") for i in range(3, 6)]
+    await broker.publish([envelope_message(e) for e in envs])
+    sub = await consumer(c, broker, handle, batch_size=16).start(prefetch=16)
+    await eventually(lambda: _has_dead_letters(c, 1), what="a dead letter")
+    await sub.cancel()
+
+    good = [e for e in envs if e is not poison]
+    assert await effect_rows(c) == [(e.id, e.payload["note"]) for e in good]
+    assert calls.count("poison") == POLICY.max_attempts
+    assert [n for n in calls if n != "poison"] == [e.payload["note"] for e in good]
+    (dead,) = await dead_letters(c)
+    assert dead["message_id"] == poison.id
+    assert dead["attempts"] == POLICY.max_attempts
+    assert dead["error"] == "RuntimeError: the WMS said no"
+    async with c.pool.acquire() as conn:
+        processed = await conn.fetch("SELECT message_id FROM processed_message")
+    assert {r["message_id"] for r in processed} == {e.id for e in good}
+    assert outcomes(c, "test-consumer") == {"applied": len(good), "duplicate": 0, "stale": 0}
+
+
+async def test_a_redelivered_batch_is_a_no_op(effects: Container, broker: Broker) -> None:
+    c = effects
+    envs = [envelope(f"n-{i}") for i in range(5)]
+    await broker.publish([envelope_message(e) for e in envs])
+    await broker.publish([envelope_message(e) for e in envs])  # the same batch again
+    sub = await consumer(c, broker, record, batch_size=16).start(prefetch=16)
+    await eventually(lambda: sum(outcomes(c, "test-consumer").values()) == 10, what="10 handled")
+    await sub.cancel()
+
+    assert await effect_rows(c) == [(e.id, e.payload["note"]) for e in envs]
+    assert outcomes(c, "test-consumer") == {"applied": 5, "duplicate": 5, "stale": 0}
+
+
+async def test_a_batch_keeps_the_order_of_its_messages_and_drops_stale_ones(
+    effects: Container, broker: Broker
+) -> None:
+    c = effects
+    envs = [envelope(f"s-{seq}", sku="SKU-B", sequence=seq) for seq in (1, 3, 2, 4)]
+    await broker.publish([envelope_message(e) for e in envs])
+    sub = await consumer(c, broker, record, batch_size=16, drop_stale=True).start(prefetch=16)
+    await eventually(lambda: sum(outcomes(c, "test-consumer").values()) == 4, what="4 handled")
+    await sub.cancel()
+
+    assert [note for _, note in await effect_rows(c)] == ["s-1", "s-3", "s-4"]
+    assert outcomes(c, "test-consumer") == {"applied": 3, "duplicate": 0, "stale": 1}

@@ -13,11 +13,20 @@ A database that cannot be reached is not the message's fault: the consumer holds
 message, waits for the database with growing pauses and tries again, without spending
 an attempt (so an outage of any length dead-letters nothing). Stopping while it waits
 hands the message back to the broker, uncounted.
+
+Batches (``batch_size`` > 1, for handlers that can share a transaction): the messages
+the broker has already handed out (its prefetch) are applied in ONE transaction: the
+marks in ``processed_message`` in one statement, then each message's effect in its own
+savepoint, in delivery order (so the order per key holds). A message whose effect fails
+is rolled back to its savepoint (its mark taken back) and, after the commit, retried or
+dead-lettered alone, exactly as without batches; the others commit once. Acks follow
+the commit. A batch that fails as a whole is applied again one message at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -174,6 +183,7 @@ class Consumer:
         policy: RetryPolicy = RetryPolicy(),
         drop_stale: bool = False,
         failpoints: Failpoints | None = None,
+        batch_size: int = 1,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -184,11 +194,20 @@ class Consumer:
         self.policy = policy
         self.drop_stale = drop_stale
         self.failpoints = failpoints or Failpoints()
+        self.batch_size = max(1, batch_size)
         self._stopping = asyncio.Event()
 
     async def start(self, prefetch: int = 32) -> Subscription:
         """Consume until the returned subscription is cancelled."""
         self._stopping.clear()
+        if self.batch_size > 1:
+            batcher = _Batcher(self, max(prefetch, self.batch_size))
+            try:
+                sub = await self.broker.consume(self.queue, batcher.put, prefetch)
+            except BaseException:
+                batcher.abandon()
+                raise
+            return batcher.subscription(sub)
         sub = await self.broker.consume(self.queue, self.on_delivery, prefetch)
         return _StoppingSubscription(self._stopping, sub)
 
@@ -253,36 +272,101 @@ class Consumer:
             outcome = await self._through_outages(lambda: self._apply(env), str(env.id))
         except ConsumerStopped:
             raise
-        except PermanentError as exc:
-            await self._dead(d, f"{type(exc).__name__}: {exc}", attempt)
-            return
         except Exception as exc:
-            if attempt >= self.policy.max_attempts:
-                await self._dead(d, f"{type(exc).__name__}: {exc}", attempt)
-                return
-            delay = self.policy.delay_ms(attempt)
-            log.warning(
-                "consumer.retry",
-                consumer=self.name,
-                message_id=str(env.id),
-                attempt=attempt,
-                delay_ms=delay,
-                error=repr(exc),
-            )
-            retry = OutgoingMessage(
-                "",
-                d.routing_key,
-                d.body,
-                str(env.id),
-                {**carried_headers(d.headers), ATTEMPT_HEADER: attempt + 1},
-            )
-            await self.broker.send_to_queue(self.queue, retry, delay)
-            self.metrics.consumer_retries.labels(consumer=self.name).inc()
-            await d.ack()
+            await self._failed(d, env, attempt, exc)
             return
+        await self._done(d, outcome)
+
+    async def _done(self, d: Delivery, outcome: str) -> None:
         self.metrics.consumer_messages.labels(consumer=self.name, outcome=outcome).inc()
         self.failpoints.hit("consumer.before_ack")
         await d.ack()
+
+    async def _failed(self, d: Delivery, env: Envelope, attempt: int, exc: Exception) -> None:
+        """The effect failed (and was rolled back): retry later or dead-letter."""
+        if isinstance(exc, PermanentError) or attempt >= self.policy.max_attempts:
+            await self._dead(d, f"{type(exc).__name__}: {exc}", attempt)
+            return
+        delay = self.policy.delay_ms(attempt)
+        log.warning(
+            "consumer.retry",
+            consumer=self.name,
+            message_id=str(env.id),
+            attempt=attempt,
+            delay_ms=delay,
+            error=repr(exc),
+        )
+        retry = OutgoingMessage(
+            "",
+            d.routing_key,
+            d.body,
+            str(env.id),
+            {**carried_headers(d.headers), ATTEMPT_HEADER: attempt + 1},
+        )
+        await self.broker.send_to_queue(self.queue, retry, delay)
+        self.metrics.consumer_retries.labels(consumer=self.name).inc()
+        await d.ack()
+
+    async def process_batch(self, batch: list[Delivery]) -> None:
+        """Apply ``batch`` in one transaction (see the module's notes), then settle each
+        message: ack, retry or dead letter."""
+        parsed: list[tuple[Delivery, Envelope]] = []
+        for d in batch:
+            try:
+                parsed.append((d, Envelope.parse(d.body)))
+            except InvalidEnvelope as exc:
+                await self._dead(d, str(exc), attempt_of(d.headers))
+        if not parsed:
+            return
+        envs = [env for _, env in parsed]
+        try:
+            results = await self._through_outages(lambda: self._apply_batch(envs), str(envs[0].id))
+        except ConsumerStopped:
+            raise
+        except Exception:
+            # The batch failed as a whole (its commit, say): one message at a time.
+            log.warning("consumer.batch_failed", consumer=self.name, size=len(parsed))
+            for d, _ in parsed:
+                await self.on_delivery(d)
+            return
+        for (d, env), result in zip(parsed, results, strict=True):
+            if isinstance(result, Exception):
+                await self._failed(d, env, attempt_of(d.headers), result)
+            else:
+                await self._done(d, result)
+
+    async def _apply_batch(self, envs: list[Envelope]) -> list[str | Exception]:
+        results: list[str | Exception] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await consumer_log.mark_processed_many(
+                conn, self.name, [env.id for env in envs]
+            )
+            for env in envs:
+                if env.id not in fresh:
+                    results.append("duplicate")
+                    continue
+                fresh.discard(env.id)  # a second copy in the same batch is a duplicate
+                try:
+                    async with conn.transaction():
+                        results.append(await self._effect(conn, env))
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        raise
+                    await consumer_log.unmark_processed(conn, self.name, env.id)
+                    results.append(exc)
+            self.failpoints.hit("consumer.before_commit")
+        return results
+
+    async def _effect(self, conn: Conn, env: Envelope) -> str:
+        if (
+            self.drop_stale
+            and env.sku is not None
+            and env.sequence is not None
+            and not await consumer_log.advance_position(conn, self.name, env.sku, env.sequence)
+        ):
+            return "stale"
+        await self.handle(conn, env)
+        return "applied"
 
     async def _apply(self, env: Envelope) -> str:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -326,3 +410,65 @@ class Consumer:
         )
         self.metrics.dead_letters.labels(queue=self.queue).inc()
         await d.ack()
+
+
+class _Batcher:
+    """Takes the broker's deliveries at once (they stay unacked) and hands what has
+    gathered to :meth:`Consumer.process_batch`, one batch at a time, in order. The
+    buffer is bounded, so the broker's prefetch (or the embedded queue's claim) waits
+    when it is full."""
+
+    def __init__(self, consumer: Consumer, bound: int) -> None:
+        self._consumer = consumer
+        self._buffer: asyncio.Queue[Delivery] = asyncio.Queue(bound)
+        self._closing = False
+        self._task = asyncio.create_task(self._run())
+
+    async def put(self, d: Delivery) -> None:
+        if self._closing:
+            await d.requeue()
+            return
+        await self._buffer.put(d)
+
+    async def _run(self) -> None:
+        c = self._consumer
+        while True:
+            batch = [await self._buffer.get()]
+            while len(batch) < c.batch_size and not self._buffer.empty():
+                batch.append(self._buffer.get_nowait())
+            try:
+                await c.process_batch(batch)
+            except ConsumerStopped:
+                for d in batch:
+                    await d.requeue()
+            except Exception:
+                for d in batch:
+                    await c._unrecorded(d)
+            finally:
+                for _ in batch:
+                    self._buffer.task_done()
+
+    def abandon(self) -> None:
+        """The broker never subscribed: nothing was handed out, stop the task."""
+        self._task.cancel()
+
+    def subscription(self, inner: Subscription) -> Subscription:
+        return _BatchSubscription(self, inner)
+
+    async def close(self, inner: Subscription) -> None:
+        self._closing = True
+        self._consumer._stopping.set()
+        await self._buffer.join()  # what was handed out is settled first
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await inner.cancel()
+
+
+class _BatchSubscription:
+    def __init__(self, batcher: _Batcher, inner: Subscription) -> None:
+        self._batcher = batcher
+        self._inner = inner
+
+    async def cancel(self) -> None:
+        await self._batcher.close(self._inner)

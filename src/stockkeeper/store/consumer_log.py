@@ -23,3 +23,16 @@ async def advance_position(conn: Conn, consumer: str, sku: str, sequence: int) -
     """Move ``consumer``'s position on ``sku`` to ``sequence``: False, and no move, when
     it is already there or past it (the event is stale)."""
     return await conn.fetchval(q("advance_position"), consumer, sku, sequence) is not None
+
+
+async def mark_processed_many(
+    conn: Conn, consumer: str, message_ids: list[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Record a batch at once: the ids ``consumer`` had not applied yet."""
+    rows = await conn.fetch(q("mark_processed_many"), consumer, message_ids)
+    return {r["message_id"] for r in rows}
+
+
+async def unmark_processed(conn: Conn, consumer: str, message_id: uuid.UUID) -> None:
+    """Take back a mark of :func:`mark_processed_many` whose effect did not happen."""
+    await conn.execute(q("unmark_processed"), consumer, message_id)

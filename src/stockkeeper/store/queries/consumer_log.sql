@@ -14,3 +14,15 @@ INSERT INTO consumer_position (consumer, sku, sequence) VALUES ($1, $2, $3)
 ON CONFLICT (consumer, sku) DO UPDATE SET sequence = EXCLUDED.sequence, updated_at = now()
 WHERE consumer_position.sequence < EXCLUDED.sequence
 RETURNING sequence;
+
+-- name: mark_processed_many
+-- A batch's marks in one statement: the ids returned are the ones not seen before (a
+-- repeat inside the batch is returned once).
+INSERT INTO processed_message (consumer, message_id)
+SELECT $1, m FROM unnest($2::uuid[]) AS m
+ON CONFLICT (consumer, message_id) DO NOTHING
+RETURNING message_id;
+
+-- name: unmark_processed
+-- Takes back a mark of a batch whose message's effect was rolled back to its savepoint.
+DELETE FROM processed_message WHERE consumer = $1 AND message_id = $2;
