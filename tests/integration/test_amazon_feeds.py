@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -275,3 +275,43 @@ async def test_below_the_threshold_pushes_stay_patches(
     assert sorted(p.rsplit("/", 1)[-1] for m, p in calls(recorder) if m == "PATCH") == ["A", "B"]
     assert state.counters().get("feeds", 0) == 0
     assert not [p for _, p in calls(recorder) if p.startswith(FEEDS)]
+
+
+async def test_each_poll_renews_the_claim_and_a_sku_no_longer_held_is_superseded(
+    adapter: AmazonChannel, amazon: Amazon
+) -> None:
+    state, _, _ = amazon
+    state.feed_delay_s = 3600.0
+    fenced: list[list[str]] = []
+
+    async def fence(skus: Sequence[str]) -> set[str]:
+        fenced.append(list(skus))
+        if len(fenced) == 2:  # B's lease ran out and another sender claimed it
+            for feed in state.feeds():
+                feed.due = 0.0
+            return {"A"}
+        return set(skus)
+
+    outcomes = await adapter.push([Push("A", 1, 1), Push("B", 2, 1)], fence)
+    assert [(o.sku, o.status) for o in outcomes] == [("A", "ok"), ("B", "superseded")]
+    assert fenced == [["A", "B"], ["A", "B"]]
+
+
+async def test_a_feed_is_claimed_for_longer_than_its_timeout(
+    rig: tuple[Container, Propagator],
+) -> None:
+    c, worker = rig
+    await receive(c, {"A": 1, "B": 2, "C": 3, "D": 4})
+    await record_all(c, worker)
+    feed = await c.propagation.claim_feed(worker.adapters["amazon-eu"])
+    assert feed is not None
+    claimed, lease_s = feed
+    assert len(claimed) == 4
+    assert lease_s > 30  # feed_timeout_s
+    async with c.pool.acquire() as conn:
+        shortest = await conn.fetchval(
+            "SELECT min(extract(epoch FROM leased_until - now())) FROM channel_sync_state "
+            "WHERE channel = 'amazon-eu'"
+        )
+    assert shortest > 30
+    assert await c.propagation.due_count("amazon-eu", 3) == 0
