@@ -315,3 +315,12 @@ async def test_a_feed_is_claimed_for_longer_than_its_timeout(
         )
     assert shortest > 30
     assert await c.propagation.due_count("amazon-eu", 3) == 0
+
+
+def test_feed_config_bounds(amazon: Amazon) -> None:
+    _, server, _ = amazon
+    assert amazon_cfg(server).feed_threshold == 0  # feeds are off unless asked for
+    with pytest.raises(ValueError, match="less than or equal to 25000"):
+        amazon_cfg(server, feed_max_skus=25_001)
+    with pytest.raises(ValueError, match="shorter than feed_timeout_s"):
+        amazon_cfg(server, feed_poll_s=60, feed_timeout_s=60)

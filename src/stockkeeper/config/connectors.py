@@ -204,6 +204,12 @@ class AmazonChannelConfig(ChannelConfig):
     feed_timeout_s: float = Field(default=3600.0, gt=0)
 
     @model_validator(mode="after")
+    def _feed_polls_in_time(self) -> AmazonChannelConfig:
+        if self.feed_poll_s >= self.feed_timeout_s:
+            raise ValueError("feed_poll_s must be shorter than feed_timeout_s")
+        return self
+
+    @model_validator(mode="after")
     def _lwa_whole(self) -> AmazonChannelConfig:
         lwa = (self.client_id_env, self.client_secret_env, self.refresh_token_env)
         given = [v is not None for v in lwa]
