@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
+import httpx
 import pytest
 from jsonschema import Draft4Validator, Draft7Validator
 
@@ -324,3 +325,36 @@ def test_feed_config_bounds(amazon: Amazon) -> None:
         amazon_cfg(server, feed_max_skus=25_001)
     with pytest.raises(ValueError, match="shorter than feed_timeout_s"):
         amazon_cfg(server, feed_poll_s=60, feed_timeout_s=60)
+
+
+async def test_the_sandbox_feed_answers_fit_the_feeds_model(
+    adapter: AmazonChannel, amazon: Amazon
+) -> None:
+    _, server, _ = amazon
+    assert adapter.tokens is not None
+    headers = {"x-amz-access-token": await adapter.tokens.token()}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers) as client:
+        made = await client.post(f"{FEEDS}/documents", json={"contentType": "application/json"})
+        assert made.status_code == 201
+        assert not list(feeds_validator("CreateFeedDocumentResponse").iter_errors(made.json()))
+        document = adapter.feed_document([Push("A", 3, 1), Push("B", 4, 1)])
+        uploaded = await client.put(made.json()["url"], json=document)
+        assert uploaded.status_code == 200
+        spec = {
+            "feedType": "JSON_LISTINGS_FEED",
+            "marketplaceIds": ["A1PA6795UKMFR9"],
+            "inputFeedDocumentId": made.json()["feedDocumentId"],
+        }
+        created = await client.post(f"{FEEDS}/feeds", json=spec)
+        assert created.status_code == 202
+        assert not list(feeds_validator("CreateFeedResponse").iter_errors(created.json()))
+        feed = await client.get(f"{FEEDS}/feeds/{created.json()['feedId']}")
+        assert not list(feeds_validator("Feed").iter_errors(feed.json()))
+        where = await client.get(f"{FEEDS}/documents/{feed.json()['resultFeedDocumentId']}")
+        assert not list(feeds_validator("FeedDocument").iter_errors(where.json()))
+        report = await client.get(where.json()["url"])
+    errors = list(
+        schema("listings-feed-processing-report-schema-v2.json").iter_errors(report.json())
+    )
+    assert not errors, errors
+    assert report.json()["summary"]["messagesAccepted"] == 2
