@@ -358,3 +358,23 @@ async def test_the_sandbox_feed_answers_fit_the_feeds_model(
     )
     assert not errors, errors
     assert report.json()["summary"]["messagesAccepted"] == 2
+
+
+async def test_the_running_propagator_sends_a_backlog_as_one_feed(
+    rig: tuple[Container, Propagator], amazon: Amazon
+) -> None:
+    c, worker = rig
+    state, _, recorder = amazon
+    await receive(c, {f"R-{i}": i + 1 for i in range(5)})
+    await record_all(c, worker)
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(worker.run(stop))
+    try:
+        while (await c.propagation.status())["amazon-eu"]["pending"]:
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await running
+    assert state.levels() == {f"R-{i}": i + 1 for i in range(5)}
+    assert state.counters()["feeds"] == 1
+    assert not [p for m, p in calls(recorder) if m == "PATCH"]
