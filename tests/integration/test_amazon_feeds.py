@@ -235,6 +235,9 @@ async def test_a_fatal_feed_is_retried_and_then_succeeds(
         pass
     assert state.counters()["feeds"] == 2
     assert state.levels() == {"A": 1, "B": 2, "C": 3}
+    feeds = c.metrics.channel_feeds
+    assert feeds.labels(channel="amazon-eu", result="fatal")._value.get() == 1
+    assert feeds.labels(channel="amazon-eu", result="done")._value.get() == 1
     assert {v[0] for v in (await states(c)).values()} == {"SYNCED"}
 
 

@@ -179,6 +179,7 @@ class AmazonChannel:
         # A static token goes with each SP-API call, not to the presigned document URLs.
         self._static = {ACCESS_TOKEN_HEADER: token} if token and lwa is None else {}
         self.http = HttpCaller(paced, metrics=metrics, on_call=on_call, transport=transport)
+        self.metrics = metrics
         self.tokens = (
             None
             if lwa is None
@@ -335,8 +336,10 @@ class AmazonChannel:
         while True:
             feed = await self._call("get_feed", "GET", f"{FEEDS}/feeds/{feed_id}", _parser(_Feed))
             if feed.processingStatus == "DONE":
+                self._count_feed("done")
                 break
             if feed.processingStatus in ("FATAL", "CANCELLED"):
+                self._count_feed(feed.processingStatus.lower())
                 raise ConnectorUnavailable(
                     self.id,
                     "get_feed",
@@ -344,6 +347,7 @@ class AmazonChannel:
                     f"feed {created.feedId} ended {feed.processingStatus}",
                 )
             if time.monotonic() >= give_up_at:
+                self._count_feed("timeout")
                 raise ConnectorUnavailable(
                     self.id,
                     "get_feed",
@@ -382,6 +386,10 @@ class AmazonChannel:
                 text = "; ".join(f"{i.code}: {i.message}" for i in errors[n])[:500]
                 outcomes.append(PushOutcome(item.sku, "rejected", error=text))
         return outcomes
+
+    def _count_feed(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.channel_feeds.labels(channel=self.id, result=result).inc()
 
     async def _report(self, document_id: str) -> _Report:
         where = await self._call(
