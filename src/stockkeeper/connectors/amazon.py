@@ -357,6 +357,8 @@ class AmazonChannel:
             await asyncio.sleep(self.cfg.feed_poll_s)
             if fence is not None:
                 held = await fence(sorted(held))
+                if not held:  # every SKU claimed by another sender: theirs to settle
+                    return [PushOutcome(item.sku, "superseded") for item in items]
         if feed.resultFeedDocumentId is None:
             raise ConnectorUnavailable(
                 self.id, "get_feed", "invalid_response", f"feed {created.feedId} has no report"
