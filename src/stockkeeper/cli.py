@@ -445,6 +445,9 @@ def sandbox_channels(
         float, typer.Option(help="Shopify cost points restored per second", min=0.1)
     ] = 100.0,
     seller_id: Annotated[str, typer.Option(help="the Amazon seller id to accept")] = "A1SANDBOX",
+    amazon_feed_delay: Annotated[
+        float, typer.Option(help="seconds Amazon's sandbox takes to process a feed", min=0)
+    ] = 0.0,
     unlisted: Annotated[
         list[str] | None, typer.Option(help="a SKU every channel keeps unlisted (repeatable)")
     ] = None,
@@ -487,7 +490,12 @@ def sandbox_channels(
     servers = [
         SandboxServer(shopify_app(shopify, token), host, shopify_port),
         SandboxServer(
-            amazon_app(AmazonState(seller_id=seller_id, unlisted=keep), token), host, amazon_port
+            amazon_app(
+                AmazonState(seller_id=seller_id, unlisted=keep, feed_delay_s=amazon_feed_delay),
+                token,
+            ),
+            host,
+            amazon_port,
         ),
         SandboxServer(receiver_app(WebhookReceiverState(secret), None), host, webhook_port),
     ]

@@ -17,6 +17,20 @@
   Listings calls then take only unexpired tokens it issued (403 "The access token you
   provided has expired." for an expired one).
 
+* the Feeds API 2021-06-30 for ``JSON_LISTINGS_FEED``: ``POST /feeds/2021-06-30/documents``
+  (createFeedDocument) answers an upload URL on the sandbox itself
+  (``PUT /_sandbox/uploads/{id}``, no token, as a presigned URL); ``POST
+  /feeds/2021-06-30/feeds`` (createFeed, its own token bucket: Amazon's 0.0083 a second,
+  burst 15, unless configured) queues the feed; ``GET /feeds/2021-06-30/feeds/{feedId}``
+  (getFeed) shows it ``IN_QUEUE`` until ``feed_delay_s`` passed, then processes it there
+  and then: each message's patches applied as patchListingsItem applies them, the
+  issues collected into a processing report (listings-feed-processing-report-schema-v2)
+  and the feed ``DONE`` with its ``resultFeedDocumentId``; ``GET
+  /feeds/2021-06-30/documents/{id}`` (getFeedDocument) answers the report's download
+  URL (``GET /_sandbox/downloads/{id}``, gzipped with ``compressionAlgorithm: GZIP``
+  when :attr:`AmazonState.gzip_reports`). :meth:`AmazonState.fail_next_feeds` makes the
+  next feeds ``FATAL``, nothing applied.
+
 Like Amazon: the access token in ``x-amz-access-token`` (403 when wrong), errors as
 ``{"errors": [{"code", "message", "details"}]}``, and a token bucket per operation
 (``patchListingsItem`` 5 requests a second, burst 5; ``getListingsItem`` 5, burst 10)
@@ -28,11 +42,14 @@ State lives in :class:`AmazonState` (a :class:`ChannelBook`).
 
 from __future__ import annotations
 
+import gzip
+import json
 import secrets
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
@@ -86,6 +103,25 @@ class Availability(BaseModel):
     quantity: int = Field(ge=0, strict=True)
 
 
+FEEDS = "/feeds/2021-06-30"
+FeedStatus = Literal["CANCELLED", "DONE", "FATAL", "IN_PROGRESS", "IN_QUEUE"]
+
+
+@dataclass(slots=True)
+class Feed:
+    """One feed as createFeed queued it; processed on the first getFeed after its delay."""
+
+    feed_id: str
+    document_id: str
+    marketplace_ids: list[str]
+    created: datetime
+    due: float  # monotonic: when it is processed
+    doomed: bool  # fail_next_feeds: FATAL, nothing applied
+    status: FeedStatus = "IN_QUEUE"
+    ended: datetime | None = None
+    result_id: str | None = None
+
+
 class LoginWithAmazon:
     """The sandbox LWA: one app (client id and secret) and the refresh tokens sellers
     gave it; issues access tokens living ``lifetime_s``. Counters on the state:
@@ -118,6 +154,9 @@ class AmazonState(ChannelBook):
         patch_burst: float = 5.0,
         get_rate: float = 5.0,
         get_burst: float = 10.0,
+        feed_rate: float = 0.0083,
+        feed_burst: float = 15.0,
+        feed_delay_s: float = 0.0,
         auto_list: bool = True,
         unlisted: Iterable[str] = (),
         clock: Callable[[], datetime] = utcnow,
@@ -131,6 +170,13 @@ class AmazonState(ChannelBook):
         self._offers: dict[str, dict[str, dict[str, Any]]] = {}
         self._created: dict[str, datetime] = {}
         self.lwa: LoginWithAmazon | None = None
+        self.feed_rate = (feed_rate, feed_burst)
+        self.feed_delay_s = feed_delay_s
+        self.gzip_reports = False
+        self._uploads: dict[str, bytes | None] = {}  # feed document id -> its content
+        self._reports: dict[str, bytes] = {}  # result document id -> the report
+        self._feeds: dict[str, Feed] = {}
+        self._fail_feeds = 0
         self.limit_rates(patch_rate, patch_burst, get_rate, get_burst)
 
     # -- Login with Amazon -----------------------------------------------------------
@@ -230,10 +276,21 @@ class AmazonState(ChannelBook):
     ) -> None:
         """Set (and refill) the rate limits of the two operations."""
         with self.lock:
-            self.rates = {"patch": (patch_rate, patch_burst), "get": (get_rate, get_burst)}
+            self.rates = {
+                "patch": (patch_rate, patch_burst),
+                "get": (get_rate, get_burst),
+                "feed": self.feed_rate,
+            }
             self._buckets = {op: TokenBucket(r, b) for op, (r, b) in self.rates.items()}
 
-    def admit(self, operation: Literal["patch", "get"]) -> float:
+    def limit_feeds(self, rate: float, burst: float) -> None:
+        """Set (and refill) createFeed's rate limit."""
+        with self.lock:
+            self.feed_rate = (rate, burst)
+            self.rates["feed"] = self.feed_rate
+            self._buckets["feed"] = TokenBucket(rate, burst)
+
+    def admit(self, operation: Literal["patch", "get", "feed"]) -> float:
         """Take a token for ``operation``: 0.0, or the seconds until one is there."""
         with self.lock:
             wait = self._buckets[operation].take()
@@ -255,7 +312,144 @@ class AmazonState(ChannelBook):
         self._codes.clear()
         self._offers.clear()
         self._created.clear()
+        self._uploads.clear()
+        self._reports.clear()
+        self._feeds.clear()
+        self._fail_feeds = 0
         self.limit_rates(*self.rates["patch"], *self.rates["get"])
+
+    # -- feeds -------------------------------------------------------------------------
+
+    def fail_next_feeds(self, n: int) -> None:
+        """The next ``n`` feeds created end ``FATAL``, nothing of them applied."""
+        with self.lock:
+            self._fail_feeds = n
+
+    def feeds(self) -> list[Feed]:
+        with self.lock:
+            return list(self._feeds.values())
+
+    def create_document(self) -> str:
+        with self.lock:
+            document_id = "amzn1.tortuga.4." + uuid.uuid4().hex
+            self._uploads[document_id] = None
+            return document_id
+
+    def upload(self, document_id: str, content: bytes) -> bool:
+        """The document's content, PUT to its upload URL; False for an unknown one."""
+        with self.lock:
+            if document_id not in self._uploads:
+                return False
+            self._uploads[document_id] = content
+            return True
+
+    def create_feed(self, document_id: str, marketplace_ids: list[str]) -> str | None:
+        """Queue a feed of an uploaded document; its id, or None (not uploaded)."""
+        with self.lock:
+            if self._uploads.get(document_id) is None:
+                return None
+            self.count("feeds")
+            feed_id = str(50_000 + len(self._feeds) + 1)
+            doomed = self._fail_feeds > 0
+            self._fail_feeds -= 1 if doomed else 0
+            due = time.monotonic() + self.feed_delay_s
+            self._feeds[feed_id] = Feed(
+                feed_id, document_id, marketplace_ids, self._clock(), due, doomed
+            )
+            return feed_id
+
+    def feed(self, feed_id: str) -> dict[str, Any] | None:
+        """The feed as getFeed shows it, processed first if its delay has passed."""
+        with self.lock:
+            feed = self._feeds.get(feed_id)
+            if feed is None:
+                return None
+            if feed.status == "IN_QUEUE" and time.monotonic() >= feed.due:
+                self._process(feed)
+            shown: dict[str, Any] = {
+                "feedId": feed.feed_id,
+                "feedType": "JSON_LISTINGS_FEED",
+                "marketplaceIds": feed.marketplace_ids,
+                "createdTime": _iso(feed.created),
+                "processingStatus": feed.status,
+            }
+            if feed.ended is not None:
+                shown["processingStartTime"] = _iso(feed.ended)
+                shown["processingEndTime"] = _iso(feed.ended)
+            if feed.result_id is not None:
+                shown["resultFeedDocumentId"] = feed.result_id
+            return shown
+
+    def report(self, document_id: str) -> bytes | None:
+        with self.lock:
+            return self._reports.get(document_id)
+
+    def _process(self, feed: Feed) -> None:
+        feed.ended = self._clock()
+        content = self._uploads.get(feed.document_id) or b""
+        try:
+            document = json.loads(content)
+            messages = document["messages"]
+            if not isinstance(messages, list) or not messages:
+                raise ValueError("no messages")
+        except (ValueError, KeyError, TypeError):
+            document, messages = None, []
+        if feed.doomed or document is None:
+            self.count("feeds_fatal")
+            feed.status = "FATAL"
+            return
+        issues: list[dict[str, Any]] = []
+        accepted = 0
+        for message in messages:
+            found = self._apply_message(message)
+            issues += found
+            accepted += not any(i["severity"] == "ERROR" for i in found)
+        report = {
+            "header": {"sellerId": self.seller_id or "", "version": "2.0", "feedId": feed.feed_id},
+            "issues": issues,
+            "summary": {
+                "errors": sum(i["severity"] == "ERROR" for i in issues),
+                "warnings": sum(i["severity"] == "WARNING" for i in issues),
+                "messagesProcessed": len(messages),
+                "messagesAccepted": accepted,
+                "messagesInvalid": len(messages) - accepted,
+            },
+        }
+        body = json.dumps(report).encode()
+        result_id = "amzn1.tortuga.4." + uuid.uuid4().hex
+        self._reports[result_id] = gzip.compress(body) if self.gzip_reports else body
+        feed.result_id = result_id
+        feed.status = "DONE"
+
+    def _apply_message(self, message: Any) -> list[dict[str, Any]]:
+        """One feed message applied as patchListingsItem applies it; its report issues."""
+        self.count("feed_messages")
+        message_id = message.get("messageId") if isinstance(message, dict) else None
+        sku = message.get("sku") if isinstance(message, dict) else None
+        where = {"messageId": message_id, "sku": sku}
+        where = {k: v for k, v in where.items() if v is not None}
+        if not isinstance(message, dict) or not isinstance(sku, str) or not sku:
+            return [where | _feed_issue("4000001", "The message has no SKU.")]
+        if message.get("operationType") != "PATCH":
+            text = f"the sandbox takes PATCH messages, not {message.get('operationType')!r}"
+            return [where | _feed_issue("4000002", text)]
+        try:
+            request = PatchRequest.model_validate(
+                {"productType": message.get("productType"), "patches": message.get("patches")}
+            )
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            text = ".".join(str(p) for p in first["loc"]) + f": {first['msg']}"
+            return [where | _feed_issue("4000003", text)]
+        submission = self.patch(sku, request)
+        assert submission is not None
+        out = []
+        for issue in submission["issues"]:
+            found = where | _feed_issue(issue["code"], issue["message"], issue["severity"])
+            if issue.get("attributeNames"):
+                found["attributeName"] = issue["attributeNames"][0]
+            out.append(found)
+        return out
 
     def patch(self, sku: str, request: PatchRequest) -> dict[str, Any] | None:
         """Apply a listings patch; the submission, or None when the SKU is not listed."""
@@ -357,6 +551,23 @@ def _issue(
     }
 
 
+def _feed_issue(code: str, message: str, severity: str = "ERROR") -> dict[str, Any]:
+    return {"code": code, "severity": severity, "message": message}
+
+
+class FeedDocumentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    contentType: str = Field(min_length=1)
+
+
+class FeedSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    feedType: str = Field(min_length=1)
+    marketplaceIds: list[str] = Field(min_length=1, max_length=25)
+    inputFeedDocumentId: str = Field(min_length=1)
+    feedOptions: dict[str, str] | None = None
+
+
 def _availability(patch: PatchOperation) -> tuple[list[Availability], dict[str, Any] | None]:
     """The values of a fulfillment_availability patch, or the issue with it."""
     name = "fulfillment_availability"
@@ -436,6 +647,62 @@ def create_app(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         return _errors(400, "InvalidInput", f"{where}: {first['msg']}")
+
+    @app.post(FEEDS + "/documents", dependencies=auth)
+    async def create_feed_document(request: Request, body: FeedDocumentSpec) -> Response:
+        document_id = state.create_document()
+        url = f"{str(request.base_url).rstrip('/')}/_sandbox/uploads/{document_id}"
+        return json_response({"feedDocumentId": document_id, "url": url}, 201)
+
+    @app.put("/_sandbox/uploads/{document_id}")
+    async def upload_feed_document(document_id: str, request: Request) -> Response:
+        if not state.upload(document_id, await request.body()):
+            return Response(status_code=404)
+        return Response(status_code=200)
+
+    @app.post(FEEDS + "/feeds", dependencies=auth)
+    async def create_feed(body: FeedSpec) -> Response:
+        wait = state.admit("feed")
+        if wait > 0:
+            message = "You exceeded your quota for the requested resource."
+            raise HTTPException(429, message, headers={"Retry-After": format_retry_after(wait)})
+        if body.feedType != "JSON_LISTINGS_FEED":
+            raise HTTPException(400, f"the sandbox takes JSON_LISTINGS_FEED, not {body.feedType}")
+        unknown = [
+            m
+            for m in body.marketplaceIds
+            if state.marketplace_ids and m not in state.marketplace_ids
+        ]
+        if unknown:
+            raise HTTPException(400, f"invalid marketplaceIds: {unknown!r}")
+        feed_id = state.create_feed(body.inputFeedDocumentId, body.marketplaceIds)
+        if feed_id is None:
+            raise HTTPException(400, f"no uploaded feed document {body.inputFeedDocumentId!r}")
+        return json_response({"feedId": feed_id}, 202)
+
+    @app.get(FEEDS + "/feeds/{feed_id}", dependencies=auth)
+    async def get_feed(feed_id: str) -> Response:
+        feed = state.feed(feed_id)
+        if feed is None:
+            return _errors(404, "NotFound", f"no feed {feed_id}")
+        return json_response(feed)
+
+    @app.get(FEEDS + "/documents/{document_id}", dependencies=auth)
+    async def get_feed_document(request: Request, document_id: str) -> Response:
+        if state.report(document_id) is None:
+            return _errors(404, "NotFound", f"no feed document {document_id}")
+        url = f"{str(request.base_url).rstrip('/')}/_sandbox/downloads/{document_id}"
+        answer = {"feedDocumentId": document_id, "url": url}
+        if state.gzip_reports:
+            answer["compressionAlgorithm"] = "GZIP"
+        return json_response(answer)
+
+    @app.get("/_sandbox/downloads/{document_id}")
+    async def download_feed_report(document_id: str) -> Response:
+        report = state.report(document_id)
+        if report is None:
+            return Response(status_code=404)
+        return Response(report, media_type="application/json")
 
     def check(seller_id: str, marketplace_ids: str, operation: Literal["patch", "get"]) -> str:
         """The first marketplace id; raises what Amazon answers to a bad request."""

@@ -228,6 +228,20 @@ class AmazonChannelConfig(ChannelConfig):
     # A refused refresh token is not asked again for this long (every push meanwhile is
     # dead-lettered at once, naming the refusal).
     lwa_refused_pause_s: float = Field(default=300.0, ge=0)
+    # Bulk through the Feeds API (JSON_LISTINGS_FEED): when the channel's due backlog is
+    # at least feed_threshold SKUs (0: never), up to feed_max_skus of them go as one feed
+    # (the feed schema allows 25,000 messages), its status polled every feed_poll_s
+    # until done, or until feed_timeout_s, when the batch is retried as a failure.
+    feed_threshold: int = Field(default=0, ge=0)
+    feed_max_skus: int = Field(default=10_000, ge=1, le=25_000)
+    feed_poll_s: float = Field(default=30.0, gt=0)
+    feed_timeout_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _feed_polls_in_time(self) -> AmazonChannelConfig:
+        if self.feed_poll_s >= self.feed_timeout_s:
+            raise ValueError("feed_poll_s must be shorter than feed_timeout_s")
+        return self
 
     @model_validator(mode="after")
     def _lwa_whole(self) -> AmazonChannelConfig:

@@ -211,13 +211,16 @@ class HttpCaller:
         json: Any = None,
         deadline_s: float | None = None,
         headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
     ) -> T:
         """Send one request under the policy and return ``parse(response)`` of a 2xx.
 
         ``parse`` raises :class:`InvalidResponse` when the answer breaks the contract; that
         try counts as ``invalid_response`` and is retried. ``deadline_s`` bounds the whole
         call, waits and retries included. ``headers`` are added to this call's requests
-        (a token that changes between calls).
+        (a token that changes between calls). ``content``: a raw body instead of ``json``
+        (with its Content-Type in ``headers``). An absolute ``path`` (a presigned URL)
+        is sent there rather than to the connector's URL.
         """
         give_up_at = None if deadline_s is None else time.monotonic() + deadline_s
 
@@ -235,7 +238,16 @@ class HttpCaller:
             with attempt:
                 number = attempt.retry_state.attempt_number
                 return await self._try(
-                    operation, number, method, path, parse, params, json, remaining(), headers
+                    operation,
+                    number,
+                    method,
+                    path,
+                    parse,
+                    params,
+                    json,
+                    remaining(),
+                    headers,
+                    content,
                 )
         raise AssertionError("tenacity ends with a result or the last error")
 
@@ -252,6 +264,7 @@ class HttpCaller:
         json: Any,
         remaining: float,
         headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
     ) -> T:
         await self._pace(operation, remaining)
         timeout = min(self.timeout_s, self._left(remaining))
@@ -260,7 +273,13 @@ class HttpCaller:
         try:
             async with asyncio.timeout(timeout):
                 response = await self.client.request(
-                    method, path, params=params, json=json, timeout=timeout, headers=headers
+                    method,
+                    path,
+                    params=params,
+                    json=json,
+                    content=content,
+                    timeout=timeout,
+                    headers=headers,
                 )
             status = response.status_code
             outcome, retry_after = self._classify(response)

@@ -300,6 +300,13 @@ class Metrics:
             ["channel", "result"],
             registry=r,
         )
+        self.channel_feeds = Counter(
+            "stockkeeper_channel_feeds_total",
+            "Bulk feeds a channel finished (Amazon JSON_LISTINGS_FEED) by result (done, "
+            "fatal, cancelled, timeout); all but done are retried as a batch.",
+            ["channel", "result"],
+            registry=r,
+        )
         self.channel_coalesced = Counter(
             "stockkeeper_channel_coalesced_total",
             "Level changes that needed no push of their own (they rode along with a newer "

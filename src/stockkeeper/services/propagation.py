@@ -231,20 +231,49 @@ class Propagation:
         tries_s = c.max_attempts * (c.timeout_ms + c.backoff_max_ms) / 1000
         return max(60.0, 2 * (MAX_PACE_WAIT_S + tries_s))
 
-    async def claim(self, channel: str, limit: int) -> list[repo.Claimed]:
-        """Lease up to ``limit`` due pushes of ``channel`` to this sender, oldest first."""
+    async def claim(
+        self, channel: str, limit: int, lease_s: float | None = None
+    ) -> list[repo.Claimed]:
+        """Lease up to ``limit`` due pushes of ``channel`` to this sender, oldest first,
+        for :meth:`lease_s` or, for a push that takes longer (a feed), ``lease_s``."""
         async with self.pool.acquire() as conn:
-            return await repo.claim(conn, channel, limit, self.lease_s(channel))
+            return await repo.claim(conn, channel, limit, lease_s or self.lease_s(channel))
+
+    async def due_count(self, channel: str, limit: int) -> int:
+        """The channel's due pushes, counted up to ``limit`` (is the backlog that big?)."""
+        async with self.pool.acquire() as conn:
+            return await repo.count_due(conn, channel, limit)
+
+    async def claim_feed(self, adapter: ChannelAdapter) -> tuple[list[repo.Claimed], float] | None:
+        """For an adapter that sends feeds (a ``feed_threshold`` above 0: Amazon's
+        JSON_LISTINGS_FEED), when the channel's due backlog reaches the threshold: up to
+        its ``feed_max_skus`` due pushes, leased for its ``feed_lease_s``, to push as one
+        call; None otherwise (push as usual). Other adapters are left as they are."""
+        threshold: int = getattr(adapter, "feed_threshold", 0)
+        if threshold <= 0 or await self.due_count(adapter.id, threshold) < threshold:
+            return None
+        lease_s: float = adapter.feed_lease_s  # type: ignore[attr-defined]
+        size: int = adapter.feed_max_skus  # type: ignore[attr-defined]
+        claimed = await self.claim(adapter.id, size, lease_s)
+        return (claimed, lease_s) if claimed else None
 
     async def push_next(self, adapter: ChannelAdapter) -> int:
-        """Claim one batch of the channel's due pushes and push it; how many were claimed."""
+        """Claim one batch of the channel's due pushes (a feed's worth, for an adapter
+        whose backlog reaches its feed threshold) and push it; how many were claimed."""
+        feed = await self.claim_feed(adapter)
+        if feed is not None:
+            await self.push_claimed(adapter, feed[0], feed[1])
+            return len(feed[0])
         claimed = await self.claim(adapter.id, self.configs[adapter.id].batch_size)
         if claimed:
             await self.push_claimed(adapter, claimed)
         return len(claimed)
 
     async def push_claimed(
-        self, adapter: ChannelAdapter, claimed: Sequence[repo.Claimed]
+        self,
+        adapter: ChannelAdapter,
+        claimed: Sequence[repo.Claimed],
+        lease_s: float | None = None,
     ) -> Settled:
         """Push claimed SKUs through the channel's adapter and settle every one.
 
@@ -253,7 +282,8 @@ class Propagation:
         a refused call is split into single pushes and a single refused item is
         dead-lettered; a channel that cannot take the call now has the batch retried
         after the backoff (never sooner than its ``Retry-After``); anything else the
-        adapter raises is logged and retried the same way.
+        adapter raises is logged and retried the same way. ``lease_s``: the lease the
+        rows were claimed with, renewed for as long on each fence.
         """
         channel = adapter.id
         done = Settled()
@@ -262,18 +292,24 @@ class Propagation:
             done.add(await self.noops(channel, noop))
         todo = [c for c in claimed if c.previous != c.quantity]
         if todo:
-            done.add(await self._call(adapter, todo))
+            done.add(await self._call(adapter, todo, lease_s))
         return done
 
-    async def _call(self, adapter: ChannelAdapter, claimed: Sequence[repo.Claimed]) -> Settled:
+    async def _call(
+        self,
+        adapter: ChannelAdapter,
+        claimed: Sequence[repo.Claimed],
+        lease_s: float | None = None,
+    ) -> Settled:
         channel = adapter.id
+        lease = lease_s or self.lease_s(channel)
         items = [Push(c.sku, c.quantity, c.version, c.previous, c.channel_ref) for c in claimed]
 
         async def fence(skus: Sequence[str]) -> set[str]:
             wanted = set(skus)
             async with self.pool.acquire() as conn:
                 return await repo.hold(
-                    conn, channel, [c for c in claimed if c.sku in wanted], self.lease_s(channel)
+                    conn, channel, [c for c in claimed if c.sku in wanted], lease
                 )
 
         try:

@@ -173,6 +173,12 @@ async def claim(conn: Conn, channel: str, limit: int, lease_s: float) -> list[Cl
     ]
 
 
+async def count_due(conn: Conn, channel: str, limit: int) -> int:
+    """The channel's due pushes, counted up to ``limit``."""
+    n: int = await conn.fetchval(q("count_due"), channel, limit)
+    return n
+
+
 async def hold(conn: Conn, channel: str, claimed: Sequence[Claimed], lease_s: float) -> set[str]:
     """The SKUs of ``claimed`` still held by their claim's token, leases renewed."""
     rows = await conn.fetch(

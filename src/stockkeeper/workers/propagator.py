@@ -138,9 +138,11 @@ class Propagator:
     async def _channel(self, channel: str, stop: asyncio.Event) -> None:
         await _ChannelLoop(self, channel, stop).run()
 
-    async def _guarded(self, channel: str, claimed: Sequence[Claimed]) -> None:
+    async def _guarded(
+        self, channel: str, claimed: Sequence[Claimed], lease_s: float | None = None
+    ) -> None:
         try:
-            await self.service.push_claimed(self.adapters[channel], claimed)
+            await self.service.push_claimed(self.adapters[channel], claimed, lease_s)
         except Exception:
             self.metrics.worker_errors.labels(worker="propagator").inc()
             log.exception("propagator.push_failed", channel=channel, skus=len(claimed))
@@ -231,6 +233,8 @@ class _ChannelLoop:
         if len(self.flying) >= self.cfg.concurrency:
             await asyncio.wait(self.flying, return_when=asyncio.FIRST_COMPLETED)
             return True
+        if await self._feed():
+            return True
         size = self.cfg.batch_size
         claimed = await self.worker.service.claim(
             self.channel, size * (self.cfg.concurrency - len(self.flying))
@@ -241,6 +245,20 @@ class _ChannelLoop:
             task.add_done_callback(self.flying.discard)
         self.idle = not claimed
         return not self.idle
+
+    async def _feed(self) -> bool:
+        """A feed's worth of the backlog claimed and pushed as one task, when the
+        adapter sends feeds and the backlog reaches its threshold; whether it was."""
+        adapter = self.worker.adapters[self.channel]
+        feed = await self.worker.service.claim_feed(adapter)
+        if feed is None:
+            return False
+        claimed, lease_s = feed
+        log.info("propagator.feed", channel=self.channel, skus=len(claimed))
+        task = asyncio.ensure_future(self.worker._guarded(self.channel, claimed, lease_s))
+        self.flying.add(task)
+        task.add_done_callback(self.flying.discard)
+        return True
 
     def claim_failed(self, exc: Exception) -> None:
         # The database restarting, say: counted, logged, tried again shortly.

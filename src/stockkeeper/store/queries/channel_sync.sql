@@ -129,6 +129,16 @@ WHERE s.channel = $1 AND s.sku = ANY(ARRAY(
 RETURNING s.sku, s.desired_version, s.desired_quantity, s.pushed_quantity, s.channel_ref,
           s.attempts, s.claim_seq, s.trace_context;
 
+-- name: count_due
+-- How many pushes of one channel are due now, counted up to $2 (whether the backlog
+-- reaches the feed threshold; the LIMIT bounds the walk of a large backlog).
+SELECT count(*) FROM (
+    SELECT 1 FROM channel_sync_state
+    WHERE channel = $1 AND status = 'PENDING' AND next_attempt_at <= now()
+      AND (leased_until IS NULL OR leased_until < now())
+    LIMIT $2
+) AS due;
+
 -- name: hold_pushes
 -- Before a write that is not a push's first try: the SKUs whose claim is still this
 -- sender's (token $3), their lease renewed for $4 seconds. A SKU missing from the answer
