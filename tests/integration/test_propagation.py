@@ -389,8 +389,8 @@ async def test_drift_repair_finds_what_a_channel_shows_wrongly_and_pushes_ours(
     assert shopify.levels() == {"TEE-1": 10, "TEE-2": 4, "TEE-3": 6}
     assert amazon.levels() == {"TEE-1": 10, "TEE-2": 4}
     status = await c.propagation.status()
-    assert status["shopify-main"]["drift_repaired"] == 1
-    assert status["amazon-eu"]["unlisted"] == 1
+    assert status["shopify-main"].drift_repaired == 1
+    assert status["amazon-eu"].unlisted == 1
     # Listed again: the next repair finds it and pushes it.
     amazon.list_skus(["TEE-3"], quantity=0)
     assert (await c.propagation.reconcile(worker.adapters["amazon-eu"])).drifted == 1

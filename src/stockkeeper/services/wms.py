@@ -105,8 +105,18 @@ class PageResult:
     moved: dict[str, int] = field(default_factory=dict)
 
 
-def _iso(v: datetime | None) -> str | None:
-    return v.isoformat() if v else None
+@dataclass(frozen=True, slots=True)
+class WmsStatus:
+    """One WMS on the status page: its sync schedule, open syncs, outbound backlog."""
+
+    has_change_token: bool
+    last_full_sync_at: datetime | None
+    last_incremental_sync_at: datetime | None
+    next_incremental_sync_at: datetime | None
+    open_syncs: int
+    outbound_pending: int
+    outbound_dead: int
+    outbound_oldest_pending_seconds: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,26 +271,25 @@ class WmsService:
         rid: int = row["id"]
         return rid
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, WmsStatus]:
         """Per WMS: its schedule, open syncs and the outbound backlog."""
         if not self.connectors:
             return {}
         async with self.pool.acquire() as c:
             rows = await repo.status(c, list(self.connectors))
-        out: dict[str, Any] = {}
+        out: dict[str, WmsStatus] = {}
         for r in rows:
-            out[r["connector"]] = {
-                "has_change_token": bool(r["has_token"]),
-                "last_full_sync_at": _iso(r["last_full_at"]),
-                "last_incremental_sync_at": _iso(r["last_incremental_at"]),
-                "next_incremental_sync_at": _iso(r["next_incremental_at"]),
-                "open_syncs": r["open_syncs"],
-                "outbound_pending": r["outbound_pending"],
-                "outbound_dead": r["outbound_dead"],
-                "outbound_oldest_pending_seconds": (
-                    float(r["oldest_pending_s"]) if r["oldest_pending_s"] is not None else None
-                ),
-            }
+            oldest = r["oldest_pending_s"]
+            out[r["connector"]] = WmsStatus(
+                has_change_token=bool(r["has_token"]),
+                last_full_sync_at=r["last_full_at"],
+                last_incremental_sync_at=r["last_incremental_at"],
+                next_incremental_sync_at=r["next_incremental_at"],
+                open_syncs=r["open_syncs"],
+                outbound_pending=r["outbound_pending"],
+                outbound_dead=r["outbound_dead"],
+                outbound_oldest_pending_seconds=float(oldest) if oldest is not None else None,
+            )
             self.metrics.wms_outbound_pending.labels(connector=r["connector"]).set(
                 r["outbound_pending"]
             )
