@@ -19,7 +19,7 @@ from stockkeeper.services.admin import PipesStatus
 from stockkeeper.services.ingest import connector_status
 from stockkeeper.services.propagation import ChannelStatus
 from stockkeeper.services.wms import WmsStatus
-from stockkeeper.store.connector_state import Overview
+from stockkeeper.store.connector_state import Failure, Overview
 from stockkeeper.store.dead_letters import DeadLetter
 
 if TYPE_CHECKING:
@@ -58,8 +58,11 @@ def dead_letter_out(r: DeadLetter) -> schemas.DeadLetterOut:
     )
 
 
+def failure_out(f: Failure | None) -> schemas.FailureOut | None:
+    return schemas.FailureOut(message=f.message, at=f.at.isoformat()) if f else None
+
+
 def connector_out(r: Overview) -> schemas.ConnectorStatusOut:
-    f = r.last_failure
     return schemas.ConnectorStatusOut(
         cursor=schemas.CursorOut(
             last_modified=_iso(r.last_modified),
@@ -73,7 +76,7 @@ def connector_out(r: Overview) -> schemas.ConnectorStatusOut:
         consecutive_failures=r.failures or 0,
         circuit_opened_at=_iso(r.opened_at),
         last_error=r.last_error,
-        last_failure=schemas.FailureOut(message=f.message, at=f.at.isoformat()) if f else None,
+        last_failure=failure_out(r.last_failure),
     )
 
 
@@ -87,6 +90,7 @@ def wms_out(w: WmsStatus) -> schemas.WmsStatusOut:
         outbound_pending=w.outbound_pending,
         outbound_dead=w.outbound_dead,
         outbound_oldest_pending_seconds=w.outbound_oldest_pending_seconds,
+        last_failure=failure_out(w.last_failure),
     )
 
 
@@ -110,6 +114,7 @@ def channel_out(ch: str, c: ChannelStatus) -> schemas.ChannelStatusOut:
         drift_repaired=c.drift_repaired,
         divergence_found=c.divergence_found,
         last_sampled_at=_iso(c.last_sampled_at),
+        last_failure=failure_out(c.last_failure),
     )
 
 

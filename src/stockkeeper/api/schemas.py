@@ -399,6 +399,9 @@ class WmsStatusOut(BaseModel):
     outbound_pending: int
     outbound_dead: int
     outbound_oldest_pending_seconds: float | None
+    last_failure: FailureOut | None = Field(
+        description="The WMS's last failed sync or outbound send and when; kept on success."
+    )
 
 
 class CursorOut(BaseModel):
@@ -451,6 +454,9 @@ class ChannelStatusOut(BaseModel):
     drift_repaired: int
     divergence_found: int
     last_sampled_at: str | None
+    last_failure: FailureOut | None = Field(
+        description="The channel's last failed or refused push and when; kept on success."
+    )
 
 
 class StatusOut(BaseModel):

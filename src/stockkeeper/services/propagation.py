@@ -35,6 +35,7 @@ from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, transaction
 from stockkeeper.store import channel_sync as repo
 from stockkeeper.store import connector_state, outbox, stock
+from stockkeeper.store.connector_state import Failure
 from stockkeeper.store.pool import Conn, Pool
 
 log = get_logger("stockkeeper.propagation")
@@ -95,6 +96,7 @@ class ChannelStatus:
     drift_repaired: int
     divergence_found: int
     last_sampled_at: datetime | None
+    last_failure: Failure | None  # the last failed or refused push, kept on success
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +477,7 @@ class Propagation:
             counts = await repo.counts(conn, self.ids)
             totals = await repo.push_totals(conn, self.ids, window)
             states = await repo.channel_states(conn, self.ids)
+            failures = await connector_state.last_failures(conn, self.ids)
         out: dict[str, ChannelStatus] = {}
         for ch in self.ids:
             c, t, s, lag = counts[ch], totals[ch], states.get(ch), lags[ch]
@@ -500,6 +503,7 @@ class Propagation:
                 drift_repaired=s.drift_repaired if s else 0,
                 divergence_found=s.divergence_found if s else 0,
                 last_sampled_at=s.last_sampled_at if s else None,
+                last_failure=failures.get(ch),
             )
         return out
 

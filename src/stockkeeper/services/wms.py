@@ -36,8 +36,9 @@ from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, record_change, transaction, utcnow
-from stockkeeper.store import outbox, stock
+from stockkeeper.store import connector_state, outbox, stock
 from stockkeeper.store import wms as repo
+from stockkeeper.store.connector_state import Failure
 from stockkeeper.store.pool import Conn, Pool, Row
 from stockkeeper.store.stock import Movement
 
@@ -117,6 +118,7 @@ class WmsStatus:
     outbound_pending: int
     outbound_dead: int
     outbound_oldest_pending_seconds: float | None
+    last_failure: Failure | None  # the last failed sync or outbound send, kept on success
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +279,7 @@ class WmsService:
             return {}
         async with self.pool.acquire() as c:
             rows = await repo.status(c, list(self.connectors))
+            failures = await connector_state.last_failures(c, list(self.connectors))
         out: dict[str, WmsStatus] = {}
         for r in rows:
             oldest = r["oldest_pending_s"]
@@ -289,6 +292,7 @@ class WmsService:
                 outbound_pending=r["outbound_pending"],
                 outbound_dead=r["outbound_dead"],
                 outbound_oldest_pending_seconds=float(oldest) if oldest is not None else None,
+                last_failure=failures.get(r["connector"]),
             )
             self.metrics.wms_outbound_pending.labels(connector=r["connector"]).set(
                 r["outbound_pending"]
@@ -335,6 +339,9 @@ class WmsService:
         """End the request; a finished full sync hands its start token to the schedule."""
         async with transaction(self.pool) as c:
             await repo.finish_request(c, job.id, status.value, error)
+            if status is SyncStatus.FAILED:  # the status page keeps it, and when
+                note = f"sync {job.id} ({job.kind.value}) failed: {error}"
+                await connector_state.record_failure(c, job.connector, note, self.clock())
             if token is not None and status is SyncStatus.DONE:
                 await repo.save_token(c, job.connector, token, job.kind.value)
 
