@@ -1,6 +1,8 @@
 """Issue 13 point 3, end to end and stochastic: two ``stockkeeper run propagator``
 processes push one SKU to a slow, throttled sandbox Shopify while a stream of changes
-(receipts and adjustments, each its own transaction) and the channel's own edits hit it.
+(receipts and adjustments, each its own transaction), the channel's own edits and leases
+cut short (a push outliving its lease, so the other propagator claims the SKU meanwhile)
+hit it.
 
 Every change adds units, so each version of the SKU has a larger availability than the
 one before: the channel's write log, read in order, must never go down between two of
@@ -136,6 +138,15 @@ async def test_two_propagators_on_a_slow_throttled_channel_never_write_an_older_
                 else:
                     await books.stock.adjust(Adjustment(SKU, "on_hand", "count", ref, delta=k))
                 added.append(k)
+                if i % 5 == 2:
+                    # The push in flight outlives its lease (as a slow push can): the
+                    # other propagator may claim the SKU and push a newer figure while
+                    # the first one is still waiting on the slow channel.
+                    async with books.pool.acquire() as conn:
+                        await conn.execute(
+                            "UPDATE channel_sync_state SET leased_until = now() "
+                            "WHERE leased_until IS NOT NULL"
+                        )
                 if i % 10 == 5 and (shown := state.level(SKU)):
                     # The channel sells a unit behind our back: the next push finds its
                     # changeFromQuantity stale and has to read again and set.
