@@ -408,3 +408,34 @@ async def test_status_shows_each_polled_connectors_cursor_and_circuit(
         assert shown["erp"]["cursor"]["pages"] == 0
     finally:
         await c.close()
+
+
+async def test_status_shows_a_failing_connectors_last_failure_and_keeps_it(
+    config: dict[str, Any], clock: Any
+) -> None:
+    """A marketplace poll that fails (nothing listens on its port) shows in /admin/status
+    as the connector's last failure with its time; a later success keeps it."""
+    from stockkeeper.workers.pollers import MarketplacePoller
+
+    mp = {"id": "mp", "type": "marketplace", "url": "http://127.0.0.1:1", "timeout_ms": 500}
+    c = await build(Settings.model_validate({**config, "connectors": [mp]}), clock=clock)
+    poller = MarketplacePoller(c, c.settings.connectors[0])  # type: ignore[arg-type]
+    try:
+        transport = httpx.ASGITransport(app=create_admin_app(c))
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+            before = (await http.get("/admin/status", headers=auth(ADMIN_TOKEN))).json()
+            assert before["connectors"]["mp"]["last_failure"] is None
+            assert await poller.poll_once() is False
+            failed = (await http.get("/admin/status", headers=auth(ADMIN_TOKEN))).json()
+            async with poller.breaker.guard():  # a call that succeeds clears nothing
+                pass
+            after = (await http.get("/admin/status", headers=auth(ADMIN_TOKEN))).json()
+        shown = failed["connectors"]["mp"]["last_failure"]
+        assert shown is not None
+        assert "ConnectorUnavailable" in shown["message"], shown
+        assert shown["at"] == clock().isoformat()
+        assert after["connectors"]["mp"]["last_failure"] == shown
+        assert after["connectors"]["mp"]["consecutive_failures"] == 0
+    finally:
+        await poller.close()
+        await c.close()

@@ -712,8 +712,8 @@ async def test_replay_goes_through_the_consumer_and_takes_effect_once(
         broken = False
         ops = Operations(c.pool, broker, c.metrics)
         done = await ops.replay(dead["id"], "tester")
-        assert (done["status"], done["resolved_by"]) == ("REPLAYED", "tester")
-        assert done["resolved_at"] is not None
+        assert (done.status, done.resolved_by) == ("REPLAYED", "tester")
+        assert done.resolved_at is not None
         await eventually(lambda: _effects(c, 1), what="the replay applied")
         await eventually(lambda: outcomes(c, "test-consumer")["applied"] == 1, what="counted")
 
@@ -750,14 +750,14 @@ async def test_discard_marks_the_dead_letter_and_replay_is_then_refused(
 
     ops = Operations(c.pool, broker, c.metrics)
     done = await ops.discard(dead["id"], "tester")
-    assert (done["status"], done["resolved_by"]) == ("DISCARDED", "tester")
+    assert (done.status, done.resolved_by) == ("DISCARDED", "tester")
     again = await ops.discard(dead["id"], "someone-else")  # a repeat changes nothing
-    assert (again["status"], again["resolved_by"]) == ("DISCARDED", "tester")
+    assert (again.status, again.resolved_by) == ("DISCARDED", "tester")
     with pytest.raises(Conflict):
         await ops.replay(dead["id"], "tester")
     with pytest.raises(NotFound):
         await ops.discard(dead["id"] + 1000, "tester")
-    assert (await ops.dead_letters(None, "DEAD", 0, 10))["items"] == []
+    assert (await ops.dead_letters(None, "DEAD", 0, 10)).items == []
     assert await broker.queue_depths() == depths_of(broker.prefix)  # type: ignore[attr-defined]
 
 

@@ -39,6 +39,21 @@ async def test_every_2xx_answer_has_a_real_schema(container: Container, create: 
     assert plain == {}
 
 
+@pytest.mark.parametrize("create", [create_inventory_app, create_admin_app])
+async def test_no_2xx_answer_is_an_untyped_object(container: Container, create: Any) -> None:
+    """Each 2xx answer names a model whose members are declared (no bare object, no
+    free-form dict at the top), so the document tells a client what it gets."""
+    app = create(container)
+    components = app.openapi()["components"]["schemas"]
+    untyped = {}
+    for route, schema in success_schemas(app).items():
+        ref = schema.get("$ref", "")
+        model = components.get(ref.rsplit("/", 1)[-1]) if ref else schema
+        if not model or model.get("type") != "object" or not model.get("properties"):
+            untyped[route] = schema
+    assert untyped == {}
+
+
 async def test_the_schemas_name_their_models(container: Container) -> None:
     schemas = success_schemas(create_inventory_app(container))
     ref = "#/components/schemas/"

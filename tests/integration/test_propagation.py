@@ -257,8 +257,8 @@ async def test_the_lag_alert_fires_once_with_an_event_and_recovers(c: Container)
     assert events[0]["payload"]["p99_ms"] > 1000
     assert c.metrics.sync_lag_alerts.labels(channel=A)._value.get() == 1
     status = await p.status()
-    assert status[A]["alerting"] is True
-    assert status[A]["pending"] == 1
+    assert status[A].alerting is True
+    assert status[A].pending == 1
     # The channels catch up; the window keeps the late push, then it ages out.
     for ch in (A, B):
         claimed = await p.claim(ch, 10)
@@ -266,7 +266,7 @@ async def test_the_lag_alert_fires_once_with_an_event_and_recovers(c: Container)
     async with c.pool.acquire() as conn:
         await conn.execute("UPDATE channel_push SET acked_at = now() - interval '2 minutes'")
     assert await p.check_lag() == {A: AlertChange.RECOVER, B: AlertChange.RECOVER}
-    assert (await p.status())[A]["alerting"] is False
+    assert (await p.status())[A].alerting is False
 
 
 # -- against the sandbox channels over TCP ---------------------------------------------
@@ -354,8 +354,8 @@ async def test_a_refused_batch_is_split_and_a_channel_that_is_down_backs_off(
     assert (done.pushed, done.dead, done.retried) == (0, 0, 2)
     assert await p.claim("amazon-eu", 10) == []  # backing off
     status = await p.status()
-    assert status["amazon-eu"]["pending"] == 2
-    assert status["shopify-main"]["dead"] == 2
+    assert status["amazon-eu"].pending == 2
+    assert status["shopify-main"].dead == 2
 
 
 async def test_drift_repair_finds_what_a_channel_shows_wrongly_and_pushes_ours(
@@ -389,8 +389,8 @@ async def test_drift_repair_finds_what_a_channel_shows_wrongly_and_pushes_ours(
     assert shopify.levels() == {"TEE-1": 10, "TEE-2": 4, "TEE-3": 6}
     assert amazon.levels() == {"TEE-1": 10, "TEE-2": 4}
     status = await c.propagation.status()
-    assert status["shopify-main"]["drift_repaired"] == 1
-    assert status["amazon-eu"]["unlisted"] == 1
+    assert status["shopify-main"].drift_repaired == 1
+    assert status["amazon-eu"].unlisted == 1
     # Listed again: the next repair finds it and pushes it.
     amazon.list_skus(["TEE-3"], quantity=0)
     assert (await c.propagation.reconcile(worker.adapters["amazon-eu"])).drifted == 1
@@ -666,3 +666,42 @@ async def test_the_divergence_sample_finds_a_figure_edited_behind_our_back_and_p
     assert shopify.level("TEE-1") == 10
     assert shopify.pushed("TEE-1")[-1] == 10
     assert (await state(c, ch, "TEE-1"))["status"] == "SYNCED"
+
+
+async def test_status_shows_each_channels_last_failed_push_and_when(
+    rig: tuple[Container, Propagator],
+    clock: FakeClock,
+    shopify_channel: tuple[ShopifyState, SandboxServer],
+    amazon_channel: tuple[AmazonState, SandboxServer],
+) -> None:
+    c, worker = rig
+    p = c.propagation
+    await c.stock.receive(Receipt("TEE-1", 3, "r-TEE-1"))
+    await record_all(c, worker)
+    transport = httpx.ASGITransport(app=create_admin_app(c))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+
+        async def channels() -> dict[str, Any]:
+            r = await http.get("/admin/status", headers=auth(ADMIN_TOKEN))
+            assert r.status_code == 200, r.text
+            shown: dict[str, Any] = r.json()["channels"]
+            return shown
+
+        assert {ch: s["last_failure"] for ch, s in (await channels()).items()} == {
+            "shopify-main": None,
+            "amazon-eu": None,
+        }
+        # Shopify refuses the push; Amazon is down.
+        put_faults(shopify_channel[1], error_rate=1.0, error_status=400)
+        await p.push_claimed(worker.adapters["shopify-main"], await p.claim("shopify-main", 10))
+        amazon_channel[1].stop()
+        await p.push_claimed(worker.adapters["amazon-eu"], await p.claim("amazon-eu", 10))
+        failed = await channels()
+        shopify, amazon = (
+            failed["shopify-main"]["last_failure"],
+            failed["amazon-eu"]["last_failure"],
+        )
+        assert "refused TEE-1" in shopify["message"], shopify
+        assert shopify["at"] == clock().isoformat()
+        assert amazon is not None
+        assert amazon["at"] == clock().isoformat()

@@ -71,7 +71,7 @@ async def receive(
     ref = ref or f"rcpt-{uuid.uuid4().hex}"
     done = await c.stock.receive(Receipt(sku, qty, ref, location, lot, expires_at))
     assert done.created
-    return int(done.body["batch_id"])
+    return done.result.batch_id
 
 
 async def assert_audit_clean(c: Container) -> None:
@@ -738,7 +738,7 @@ async def test_a_failure_mid_transaction_leaves_nothing_behind(container: Contai
     # The references were not burnt by the failures.
     done = await container.stock.adjust(Adjustment("A", "on_hand", "recount", "adj-1", delta=-2))
     assert done.created
-    assert done.body["level"]["on_hand"] == 3
+    assert done.result.level.on_hand == 3
     await assert_audit_clean(container)
 
 
@@ -750,9 +750,9 @@ async def test_shortfall_when_less_is_there_than_promised(container: Container) 
 
     done = await container.stock.adjust(Adjustment("A", "on_hand", "wms count", "adj-1", set=5))
 
-    assert done.body["applied_delta"] == -5
-    level = done.body["level"]
-    assert (level["on_hand"], level["reserved"], level["available"], level["shortfall"]) == (
+    assert done.result.applied_delta == -5
+    level = done.result.level
+    assert (level.on_hand, level.reserved, level.available, level.shortfall) == (
         5,
         8,
         0,
@@ -762,7 +762,7 @@ async def test_shortfall_when_less_is_there_than_promised(container: Container) 
     (short,) = w.of_type(SHORTFALL)
     assert short == {
         "sku": "A",
-        "version": level["version"],
+        "version": level.version,
         "shortfall": 3,
         "oversold": 0,
         "cause": "ADJUSTMENT",

@@ -10,7 +10,7 @@ from stockkeeper.services.stock import Receipt
 async def test_receipt_then_audit_clean(container: Container) -> None:
     done = await container.stock.receive(Receipt("SKU-1", 7, "rcpt-1"))
     assert done.created
-    assert done.body["level"]["available"] == 7
+    assert done.result.level.available == 7
     again = await container.stock.receive(Receipt("SKU-1", 7, "rcpt-1"))
     assert not again.created
     level = await container.stock.get("SKU-1")

@@ -275,7 +275,7 @@ class StockMachine(RuleBasedStateMachine):
             return
         done = self.run(self.container.stock.receive(r))
         assert done.created
-        body = done.body
+        body = done.result.model_dump()
         if existing is None:
             assert body["batch_id"] not in {b.id for b in self.batches.values()}
             existing = MBatch(body["batch_id"], sku, key[1], lot, expires_at)
@@ -337,7 +337,7 @@ class StockMachine(RuleBasedStateMachine):
         if repeat == "same":
             again = self.run(self.container.stock.receive(first.receipt))
             assert not again.created
-            assert again.body == first.body
+            assert again.result.model_dump() == first.body
             SEEN["receipt repeated"] += 1
         else:
             r = first.receipt
@@ -397,10 +397,10 @@ class StockMachine(RuleBasedStateMachine):
             return
         done = self.run(call)
         assert done.created
-        assert done.body["batch_id"] == b.id
-        assert done.body["applied_delta"] == target - current
+        assert done.result.batch_id == b.id
+        assert done.result.applied_delta == target - current
         setattr(b, quantity, target)
-        self.check_level(sku, done.body["level"])
+        self.check_level(sku, done.result.level.model_dump())
         SEEN["adjusted"] += 1
         if b.shortfall:
             SEEN["shortfall"] += 1

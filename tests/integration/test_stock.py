@@ -48,7 +48,7 @@ async def assert_audit_clean(c: Container) -> None:
 async def test_receipt_of_a_new_lot(container: Container) -> None:
     done = await container.stock.receive(Receipt("MILK", 12, "r-1", None, "L-1", SOON))
     assert done.created
-    body = done.body
+    body = done.result.model_dump()
     assert {k: v for k, v in body.items() if k != "level"} == {
         "reference_id": "r-1",
         "batch_id": body["batch_id"],
@@ -56,7 +56,7 @@ async def test_receipt_of_a_new_lot(container: Container) -> None:
         "quantity": 12,
         "location": "default",
         "lot_number": "L-1",
-        "expires_at": SOON.isoformat(),
+        "expires_at": SOON,
     }
     level = body["level"]
     assert {k: level[k] for k in ("sku", "on_hand", "available", "reserved", "version")} == {
@@ -86,9 +86,9 @@ async def test_receipt_into_an_existing_lot_adds_to_its_batch(container: Contain
     # Without an expiry the receipt does not contradict the lot's.
     no_expiry = await container.stock.receive(Receipt("MILK", 2, "r-3", None, "L-1"))
     other_lot = await container.stock.receive(Receipt("MILK", 1, "r-4", None, "L-2", LATE))
-    ids = {d.body["batch_id"] for d in (first, same_expiry, no_expiry)}
-    assert ids == {first.body["batch_id"]}
-    assert other_lot.body["batch_id"] != first.body["batch_id"]
+    ids = {d.result.batch_id for d in (first, same_expiry, no_expiry)}
+    assert ids == {first.result.batch_id}
+    assert other_lot.result.batch_id != first.result.batch_id
     level = await container.stock.get("MILK")
     assert level.on_hand == 11
     assert [(b.lot_number, b.on_hand) for b in level.batches] == [("L-1", 10), ("L-2", 1)]
@@ -100,7 +100,7 @@ async def test_receipts_without_a_lot_share_one_batch_per_location(container: Co
     a = await container.stock.receive(Receipt("TEA", 5, "r-1"))
     b = await container.stock.receive(Receipt("TEA", 5, "r-2"))
     c = await container.stock.receive(Receipt("TEA", 5, "r-3", "wh-2"))
-    assert a.body["batch_id"] == b.body["batch_id"] != c.body["batch_id"]
+    assert a.result.batch_id == b.result.batch_id != c.result.batch_id
     assert (await container.stock.get("TEA")).on_hand == 15
 
 
@@ -131,8 +131,8 @@ async def test_same_reference_again_is_applied_once_with_the_first_answer(
     again = await container.stock.receive(Receipt("MILK", 5, "r-1", None, "L-1", SOON))
 
     assert not again.created
-    assert again.body == first.body  # the first answer, not the stock as it stands now
-    assert again.body["level"]["on_hand"] == 5
+    assert again.result == first.result  # the first answer, not the stock as it stands now
+    assert again.result.level.on_hand == 5
     assert await counts(container) == before
     assert (await container.stock.get("MILK")).on_hand == 12
 
@@ -159,7 +159,7 @@ async def test_concurrent_repeats_of_one_receipt_apply_it_once(container: Contai
         *(container.stock.receive(Receipt("MILK", 4, "r-1")) for _ in range(20))
     )
     assert sum(r.created for r in results) == 1
-    assert all(r.body == results[0].body for r in results)
+    assert all(r.result == results[0].result for r in results)
     assert (await container.stock.get("MILK")).on_hand == 4
     await assert_audit_clean(container)
 
@@ -167,7 +167,7 @@ async def test_concurrent_repeats_of_one_receipt_apply_it_once(container: Contai
 async def test_receipt_at_an_unknown_location_creates_it(container: Container) -> None:
     assert await fetch(container, "SELECT code FROM location WHERE code = 'wh-north'") == []
     done = await container.stock.receive(Receipt("MILK", 5, "r-1", "wh-north", "L-1", SOON))
-    assert done.body["location"] == "wh-north"
+    assert done.result.location == "wh-north"
     assert len(await fetch(container, "SELECT code FROM location WHERE code = 'wh-north'")) == 1
     (batch,) = (await container.stock.get("MILK")).batches
     assert batch.location == "wh-north"
@@ -185,21 +185,21 @@ async def test_adjustments_by_delta_and_to_a_value(container: Container) -> None
 
     done = await s.adjust(Adjustment("JAM", "on_hand", "found", "a-1", delta=3))
     assert done.created
-    assert done.body["applied_delta"] == 3
-    assert done.body["level"]["on_hand"] == 13
+    assert done.result.applied_delta == 3
+    assert done.result.level.on_hand == 13
 
     done = await s.adjust(Adjustment("JAM", "on_hand", "lost", "a-2", delta=-5))
-    assert (done.body["applied_delta"], done.body["level"]["on_hand"]) == (-5, 8)
+    assert (done.result.applied_delta, done.result.level.on_hand) == (-5, 8)
 
     done = await s.adjust(Adjustment("JAM", "on_hand", "recount", "a-3", set=20))
-    assert (done.body["applied_delta"], done.body["level"]["on_hand"]) == (12, 20)
+    assert (done.result.applied_delta, done.result.level.on_hand) == (12, 20)
 
     done = await s.adjust(Adjustment("JAM", "unavailable", "damaged", "a-4", set=4))
-    assert done.body["applied_delta"] == 4
-    assert (done.body["level"]["unavailable"], done.body["level"]["available"]) == (4, 16)
+    assert done.result.applied_delta == 4
+    assert (done.result.level.unavailable, done.result.level.available) == (4, 16)
 
     done = await s.adjust(Adjustment("JAM", "unavailable", "repaired", "a-5", delta=-1))
-    assert (done.body["level"]["unavailable"], done.body["level"]["available"]) == (3, 17)
+    assert (done.result.level.unavailable, done.result.level.available) == (3, 17)
 
     page = await s.ledger("JAM", 0, 100)
     assert [
@@ -221,7 +221,7 @@ async def test_adjustments_by_delta_and_to_a_value(container: Container) -> None
 
     again = await s.adjust(Adjustment("JAM", "on_hand", "found", "a-1", delta=3))
     assert not again.created
-    assert again.body["level"]["on_hand"] == 13  # the first answer
+    assert again.result.level.on_hand == 13  # the first answer
     with pytest.raises(Conflict):
         await s.adjust(Adjustment("JAM", "on_hand", "found", "a-1", delta=4))
     assert (await s.get("JAM")).on_hand == 20
@@ -230,9 +230,9 @@ async def test_adjustments_by_delta_and_to_a_value(container: Container) -> None
 
 async def test_adjustment_needs_the_batch_when_the_sku_has_several(container: Container) -> None:
     s = container.stock
-    one = (await s.receive(Receipt("JAM", 10, "r-1", None, "L-1", SOON))).body["batch_id"]
-    two = (await s.receive(Receipt("JAM", 10, "r-2", None, "L-2", LATE))).body["batch_id"]
-    other = (await s.receive(Receipt("TEA", 10, "r-3"))).body["batch_id"]
+    one = (await s.receive(Receipt("JAM", 10, "r-1", None, "L-1", SOON))).result.batch_id
+    two = (await s.receive(Receipt("JAM", 10, "r-2", None, "L-2", LATE))).result.batch_id
+    other = (await s.receive(Receipt("TEA", 10, "r-3"))).result.batch_id
     before = await counts(container)
 
     with pytest.raises(InvalidRequest):
@@ -246,7 +246,7 @@ async def test_adjustment_needs_the_batch_when_the_sku_has_several(container: Co
     assert await counts(container) == before
 
     done = await s.adjust(Adjustment("JAM", "on_hand", "count", "a-1", batch_id=two, delta=-4))
-    assert done.body["batch_id"] == two
+    assert done.result.batch_id == two
     by_id = {b.batch_id: b.on_hand for b in (await s.get("JAM")).batches}
     assert by_id == {one: 10, two: 6}
     # With a single batch the batch_id may be left out.
@@ -258,17 +258,17 @@ async def test_adjustment_needs_the_batch_when_the_sku_has_several(container: Co
 
 async def test_adjustment_answer_names_the_batch_it_adjusted(container: Container) -> None:
     s = container.stock
-    batch = (await s.receive(Receipt("TEA", 10, "r-1"))).body["batch_id"]
+    batch = (await s.receive(Receipt("TEA", 10, "r-1"))).result.batch_id
     done = await s.adjust(Adjustment("TEA", "on_hand", "count", "a-1", delta=-1))
     (event,) = await fetch(
         container, "SELECT payload FROM domain_event WHERE event_type = 'inventory.adjusted'"
     )
-    assert (done.body["batch_id"], event["payload"]["batch_id"]) == (batch, batch)
+    assert (done.result.batch_id, event["payload"]["batch_id"]) == (batch, batch)
 
 
 async def test_adjustment_below_zero_is_refused(container: Container) -> None:
     s = container.stock
-    batch = (await s.receive(Receipt("JAM", 5, "r-1"))).body["batch_id"]
+    batch = (await s.receive(Receipt("JAM", 5, "r-1"))).result.batch_id
     before = await counts(container)
     refused = [
         Adjustment("JAM", "on_hand", "x", "a-1", delta=-6),
@@ -283,7 +283,7 @@ async def test_adjustment_below_zero_is_refused(container: Container) -> None:
     assert await counts(container) == before
     # Exactly to zero is fine.
     done = await s.adjust(Adjustment("JAM", "on_hand", "x", "a-1", delta=-5))
-    assert done.body["level"]["on_hand"] == 0
+    assert done.result.level.on_hand == 0
 
 
 async def test_adjustment_below_what_is_promised_records_a_shortfall(
@@ -293,8 +293,8 @@ async def test_adjustment_below_what_is_promised_records_a_shortfall(
     await s.receive(Receipt("JAM", 10, "r-1"))
     await container.reservations.reserve(ReserveRequest("o-1", (OrderLine("JAM", 6),)))
     done = await s.adjust(Adjustment("JAM", "unavailable", "quarantine", "a-1", set=7))
-    level = done.body["level"]
-    assert (level["available"], level["shortfall"], level["reserved"]) == (0, 3, 6)
+    level = done.result.level
+    assert (level.available, level.shortfall, level.reserved) == (0, 3, 6)
     await assert_audit_clean(container)
 
 
@@ -305,9 +305,9 @@ async def test_get_many_keeps_the_asked_order_and_skips_unknown(container: Conta
     s = container.stock
     for sku in ("A", "B", "C"):
         await s.receive(Receipt(sku, 1, f"r-{sku}"))
-    undated = (await s.receive(Receipt("C", 1, "r-C2", None, "L-9"))).body["batch_id"]
-    late = (await s.receive(Receipt("C", 1, "r-C3", None, "L-8", LATE))).body["batch_id"]
-    soon = (await s.receive(Receipt("C", 1, "r-C4", None, "L-7", SOON))).body["batch_id"]
+    undated = (await s.receive(Receipt("C", 1, "r-C2", None, "L-9"))).result.batch_id
+    late = (await s.receive(Receipt("C", 1, "r-C3", None, "L-8", LATE))).result.batch_id
+    soon = (await s.receive(Receipt("C", 1, "r-C4", None, "L-7", SOON))).result.batch_id
 
     items = await s.get_many(["C", "NOPE", "A", "B"])
 

@@ -80,7 +80,7 @@ async def test_force_sync_refuses_what_it_cannot_do(wms_container: Container) ->
     done = await c.stock.receive(Receipt("A", 1, "r-1", None, None, None))
     with pytest.raises(InvalidRequest, match="not a batch of sku B"):
         await c.wms.request_sync(
-            reason="r", requested_by="o", sku="B", sku_batch_id=done.body["batch_id"]
+            reason="r", requested_by="o", sku="B", sku_batch_id=done.result.batch_id
         )
     with pytest.raises(NotFound):
         await c.wms.get_request(12345)
@@ -290,8 +290,8 @@ async def test_outbound_items_are_recorded_once_per_event_and_batch(
     payload = {
         "order_id": "o-1",
         "lines": [
-            {"sku": "A", "batch_id": a.body["batch_id"], "quantity": 2},
-            {"sku": "A", "batch_id": a.body["batch_id"], "quantity": 1},
+            {"sku": "A", "batch_id": a.result.batch_id, "quantity": 2},
+            {"sku": "A", "batch_id": a.result.batch_id, "quantity": 1},
         ],
     }
     lines = outbound_lines(str(message), "inventory.allocated", payload)
@@ -304,7 +304,7 @@ async def test_outbound_items_are_recorded_once_per_event_and_batch(
     )
     assert items == [
         {
-            "event_id": f"{message}:{a.body['batch_id']}",
+            "event_id": f"{message}:{a.result.batch_id}",
             "action": "allocate",
             "location": "default",
             "lot_number": "LOT-1",

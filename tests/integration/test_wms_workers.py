@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stockkeeper.api.admin import create_admin_app
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings, WmsConnectorConfig
 from stockkeeper.connectors.wms import WmsClient
@@ -25,6 +26,7 @@ from stockkeeper.workers.wms_outbound import WmsOutboundWorker
 from stockkeeper.workers.wms_sync import WmsSyncWorker
 from stockkeeper_sandbox.server import SandboxServer
 from stockkeeper_sandbox.wms import WmsState
+from tests.support import ADMIN_TOKEN, auth
 
 NAME = "wms-main"
 
@@ -366,3 +368,35 @@ async def test_a_failed_sync_is_logged_at_error_with_its_reason(rig_factory: Any
     assert "WMS unavailable" in failed["error"]
     doc = await c.wms.get_request(req.id)
     assert (doc.status, doc.progress(c.clock()).percent) == ("FAILED", None)
+
+
+async def test_a_failed_sync_shows_as_the_wms_last_failure_in_the_status(
+    rig_factory: Any, clock: Any, wms: tuple[WmsState, SandboxServer]
+) -> None:
+    _, server = wms
+    rig: Rig = await rig_factory()
+    c = rig.c
+    transport = httpx.ASGITransport(app=create_admin_app(c))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+
+        async def shown() -> Any:
+            r = await http.get("/admin/status", headers=auth(ADMIN_TOKEN))
+            assert r.status_code == 200, r.text
+            return r.json()["wms"][NAME]["last_failure"]
+
+        assert await shown() is None
+        server.stop()
+        await c.wms.request_sync(reason="count", requested_by="ops")
+        job = await c.wms.claim(stale_after_s=60)
+        assert job is not None
+        assert await rig.sync.run_job(job) is SyncStatus.FAILED
+        failure = await shown()
+        assert failure["message"].startswith(f"sync {job.id} (full) failed: WMS unavailable")
+        assert failure["at"] == clock().isoformat()
+        # Back up, the next sync succeeds; the failure stays on the page.
+        server.start()
+        await c.wms.request_sync(reason="count", requested_by="ops")
+        again = await c.wms.claim(stale_after_s=60)
+        assert again is not None
+        assert await rig.sync.run_job(again) is SyncStatus.DONE
+        assert await shown() == failure

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request
@@ -16,8 +18,13 @@ from stockkeeper.api.common import RowId, new_app
 from stockkeeper.api.problems import JSONResponse
 from stockkeeper.api.ui.pages import add_ui_routes
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
+from stockkeeper.services.admin import PipesStatus
 from stockkeeper.services.ingest import connector_status
 from stockkeeper.services.listing import Listing
+from stockkeeper.services.propagation import ChannelStatus
+from stockkeeper.services.wms import WmsStatus
+from stockkeeper.store.connector_state import Failure, Overview
+from stockkeeper.store.dead_letters import DeadLetter
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -28,6 +35,117 @@ ADMIN = Depends(require("admin"))
 
 def _ok(model: BaseModel) -> Response:
     return JSONResponse(schemas.as_json(model))
+
+
+def _iso(v: datetime | None) -> str | None:
+    return v.isoformat() if v else None
+
+
+def dead_letter_out(r: DeadLetter) -> schemas.DeadLetterOut:
+    return schemas.DeadLetterOut(
+        id=r.id,
+        queue=r.queue,
+        message_id=str(r.message_id) if r.message_id else None,
+        routing_key=r.routing_key,
+        body=r.body,
+        # The exact bytes, for a body that is not JSON (any bytes at all).
+        raw_body_base64=(
+            base64.b64encode(r.raw_body).decode() if r.body is None and r.raw_body else None
+        ),
+        headers=r.headers,
+        error=r.error,
+        attempts=r.attempts,
+        status=r.status,
+        created_at=r.created_at.isoformat(),
+        resolved_at=_iso(r.resolved_at),
+        resolved_by=r.resolved_by,
+    )
+
+
+def failure_out(f: Failure | None) -> schemas.FailureOut | None:
+    return schemas.FailureOut(message=f.message, at=f.at.isoformat()) if f else None
+
+
+def connector_out(r: Overview) -> schemas.ConnectorStatusOut:
+    return schemas.ConnectorStatusOut(
+        cursor=schemas.CursorOut(
+            last_modified=_iso(r.last_modified),
+            sku=r.sku,
+            token=r.token,
+            pages=r.pages or 0,
+            records=r.records or 0,
+            updated_at=_iso(r.cursor_updated_at),
+        ),
+        circuit=r.circuit or "closed",
+        consecutive_failures=r.failures or 0,
+        circuit_opened_at=_iso(r.opened_at),
+        last_error=r.last_error,
+        last_failure=failure_out(r.last_failure),
+    )
+
+
+def wms_out(w: WmsStatus) -> schemas.WmsStatusOut:
+    return schemas.WmsStatusOut(
+        has_change_token=w.has_change_token,
+        last_full_sync_at=_iso(w.last_full_sync_at),
+        last_incremental_sync_at=_iso(w.last_incremental_sync_at),
+        next_incremental_sync_at=_iso(w.next_incremental_sync_at),
+        open_syncs=w.open_syncs,
+        outbound_pending=w.outbound_pending,
+        outbound_dead=w.outbound_dead,
+        outbound_oldest_pending_seconds=w.outbound_oldest_pending_seconds,
+        last_failure=failure_out(w.last_failure),
+    )
+
+
+def channel_out(ch: str, c: ChannelStatus) -> schemas.ChannelStatusOut:
+    return schemas.ChannelStatusOut(
+        type=c.type,
+        lag_ms=schemas.LagOut(p50=c.lag_p50_ms, p99=c.lag_p99_ms, samples=c.lag_samples),
+        window_s=c.window_s,
+        alerting=c.alerting,
+        alert_threshold_ms=c.alert_threshold_ms,
+        pending=c.pending,
+        synced=c.synced,
+        unlisted=c.unlisted,
+        unlisted_skus=f"/admin/channels/{ch}/unlisted",
+        unlisted_recheck_s=c.unlisted_recheck_s,
+        dead=c.dead,
+        oldest_pending_s=c.oldest_pending_s,
+        pushes_in_window=c.pushes_in_window,
+        changes_in_window=c.changes_in_window,
+        last_reconciled_at=_iso(c.last_reconciled_at),
+        drift_repaired=c.drift_repaired,
+        divergence_found=c.divergence_found,
+        last_sampled_at=_iso(c.last_sampled_at),
+        last_failure=failure_out(c.last_failure),
+    )
+
+
+def status_out(
+    pipes: PipesStatus,
+    wms: dict[str, WmsStatus],
+    connectors: list[Overview],
+    channels: dict[str, ChannelStatus],
+) -> schemas.StatusOut:
+    broker = schemas.BrokerStatusOut(kind=pipes.broker)
+    if pipes.broker_error is not None:
+        broker.error = pipes.broker_error
+    out = schemas.StatusOut(
+        outbox=schemas.OutboxStatusOut(
+            pending=pipes.outbox.pending,
+            failed=pipes.outbox.failed,
+            oldest_pending_seconds=pipes.outbox.oldest_pending_s,
+        ),
+        dead_letters=pipes.dead_letters,
+        broker=broker,
+        wms={k: wms_out(v) for k, v in wms.items()},
+        connectors={r.connector: connector_out(r) for r in connectors},
+        channels={k: channel_out(k, v) for k, v in channels.items()},
+    )
+    if pipes.queues is not None:
+        out.queues = pipes.queues
+    return out
 
 
 def create_admin_app(container: Container) -> FastAPI:
@@ -52,7 +170,11 @@ def create_admin_app(container: Container) -> FastAPI:
     ) -> Response:
         """Messages that failed every attempt (or could not be read), oldest first."""
         page = await (await ops()).dead_letters(queue, status, after, limit)
-        return _ok(schemas.DeadLetterListOut.model_validate(page))
+        return _ok(
+            schemas.DeadLetterListOut(
+                items=[dead_letter_out(r) for r in page.items], next=page.next
+            )
+        )
 
     @app.post(
         "/admin/dead-letters/{dead_letter_id}/replay",
@@ -64,7 +186,7 @@ def create_admin_app(container: Container) -> FastAPI:
     async def replay(dead_letter_id: RowId, who: Principal = ADMIN) -> Response:
         """Send the message back to its queue as a first attempt."""
         dead = await (await ops()).replay(dead_letter_id, who.name)
-        return _ok(schemas.DeadLetterOut.model_validate(dead))
+        return _ok(dead_letter_out(dead))
 
     @app.post(
         "/admin/dead-letters/{dead_letter_id}/discard",
@@ -76,7 +198,7 @@ def create_admin_app(container: Container) -> FastAPI:
     async def discard(dead_letter_id: RowId, who: Principal = ADMIN) -> Response:
         """Drop the message for good (kept in the table, marked DISCARDED)."""
         dead = await (await ops()).discard(dead_letter_id, who.name)
-        return _ok(schemas.DeadLetterOut.model_validate(dead))
+        return _ok(dead_letter_out(dead))
 
     @app.post(
         "/admin/wms/sync",
@@ -158,19 +280,19 @@ def create_admin_app(container: Container) -> FastAPI:
     )
     async def status(who: Principal = ADMIN) -> Response:
         """Outbox backlog, queue depths, open dead letters; per WMS its sync schedule,
-        open syncs and outbound backlog; per polled connector its cursor and circuit;
-        per sales channel its sync lag (p50, p99), backlog and alert."""
-        doc = await (await ops()).status()
-        doc["wms"] = await container.wms.status()
+        open syncs and outbound backlog; per polled connector its cursor, circuit and last
+        failure; per sales channel its sync lag (p50, p99), backlog and alert."""
+        pipes = await (await ops()).status()
+        wms = await container.wms.status()
         polled = [
             c.id
             for c in container.settings.connectors
             if isinstance(c, ErpConnectorConfig | MarketplaceConnectorConfig)
         ]
         async with container.pool.acquire() as conn:
-            doc["connectors"] = await connector_status(conn, polled)
-        doc["channels"] = await container.propagation.status()
-        return _ok(schemas.StatusOut.model_validate(doc))
+            connectors = await connector_status(conn, polled)
+        channels = await container.propagation.status()
+        return _ok(status_out(pipes, wms, connectors, channels))
 
     listing = Listing(container.pool, container.settings, container.clock)
     add_list_routes(app, listing)

@@ -18,7 +18,14 @@ from stockkeeper.api.webhooks import add_webhook_routes
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.services.coalescer import ReserveCoalescer
 from stockkeeper.services.reservations import ReservationView, ReserveRequest
-from stockkeeper.services.stock import Adjustment, Applied, Receipt
+from stockkeeper.services.stock import (
+    Adjusted,
+    Adjustment,
+    Applied,
+    LevelView,
+    Receipt,
+    Received,
+)
 from stockkeeper.store.pool import Conn
 
 if TYPE_CHECKING:
@@ -40,9 +47,50 @@ def _held(view: ReservationView) -> tuple[int, BaseModel]:
     return 200, schemas.ReservationOut.of(view)
 
 
-def _applied(done: Applied, model: type[BaseModel]) -> tuple[int, BaseModel]:
-    """A receipt or adjustment: 201 when applied now, 200 with the first answer on a repeat."""
-    return (201 if done.created else 200), model.model_validate(done.body)
+def _level_out(lv: LevelView) -> schemas.LevelOut:
+    return schemas.LevelOut(
+        sku=lv.sku,
+        on_hand=lv.on_hand,
+        unavailable=lv.unavailable,
+        reserved=lv.reserved,
+        committed=lv.committed,
+        oversold=lv.oversold,
+        available=lv.available,
+        shortfall=lv.shortfall,
+        version=lv.version,
+        updated_at=lv.updated_at.isoformat(),
+    )
+
+
+def _received(done: Applied[Received]) -> tuple[int, BaseModel]:
+    """A receipt: 201 when applied now, 200 with the first answer on a repeat."""
+    r = done.result
+    return (201 if done.created else 200), schemas.ReceiptOut(
+        reference_id=r.reference_id,
+        batch_id=r.batch_id,
+        sku=r.sku,
+        quantity=r.quantity,
+        location=r.location,
+        lot_number=r.lot_number,
+        expires_at=r.expires_at.isoformat() if r.expires_at else None,
+        level=_level_out(r.level),
+    )
+
+
+def _adjusted(done: Applied[Adjusted]) -> tuple[int, BaseModel]:
+    """An adjustment: 201 when applied now, 200 with the first answer on a repeat."""
+    a = done.result
+    return (201 if done.created else 200), schemas.AdjustmentOut(
+        reference_id=a.reference_id,
+        sku=a.sku,
+        batch_id=a.batch_id,
+        quantity=a.quantity,
+        delta=a.delta,
+        set=a.set,
+        reason=a.reason,
+        applied_delta=a.applied_delta,
+        level=_level_out(a.level),
+    )
 
 
 def _ok(model: BaseModel) -> Response:
@@ -171,7 +219,7 @@ def create_inventory_app(container: Container) -> FastAPI:
             who,
             body,
             lambda conn: stock.receive(r, conn),
-            lambda done: _applied(done, schemas.ReceiptOut),
+            _received,
         )
 
     @app.post(
@@ -201,7 +249,7 @@ def create_inventory_app(container: Container) -> FastAPI:
             who,
             body,
             lambda conn: stock.adjust(a, conn),
-            lambda done: _applied(done, schemas.AdjustmentOut),
+            _adjusted,
         )
 
     @app.get(

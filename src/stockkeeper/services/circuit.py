@@ -74,6 +74,8 @@ class CircuitBreaker:
             await connector_state.save_circuit(
                 conn, self.name, Circuit(self.state, self.failures, self.opened_at), error
             )
+            if error is not None:  # a call failed: the status page keeps it, and when
+                await connector_state.record_failure(conn, self.name, error, self.clock())
         self.metrics.circuit_state.labels(connector=self.name).set(GAUGE[self.state])
 
     async def _move(self, state: str, error: str | None = None) -> None:

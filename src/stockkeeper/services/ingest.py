@@ -44,6 +44,7 @@ from stockkeeper.domain.reservation import EntryType
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, record_change, utcnow
 from stockkeeper.store import connector_state, dead_letters, outbox, source_records, stock
+from stockkeeper.store.connector_state import Overview
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.stock import Movement
 
@@ -122,25 +123,9 @@ async def queue_records(
     return len(events)
 
 
-async def connector_status(conn: Conn, connectors: Sequence[str]) -> dict[str, Any]:
-    """Per polled connector: its cursor and its circuit breaker."""
-    out: dict[str, Any] = {}
-    for r in await connector_state.overview(conn, connectors):
-        out[r.connector] = {
-            "cursor": {
-                "last_modified": r.last_modified.isoformat() if r.last_modified else None,
-                "sku": r.sku,
-                "token": r.token,
-                "pages": r.pages or 0,
-                "records": r.records or 0,
-                "updated_at": r.cursor_updated_at.isoformat() if r.cursor_updated_at else None,
-            },
-            "circuit": r.circuit or "closed",
-            "consecutive_failures": r.failures or 0,
-            "circuit_opened_at": r.opened_at.isoformat() if r.opened_at else None,
-            "last_error": r.last_error,
-        }
-    return out
+async def connector_status(conn: Conn, connectors: Sequence[str]) -> list[Overview]:
+    """Per polled connector: its cursor, its circuit breaker and its last error."""
+    return await connector_state.overview(conn, connectors)
 
 
 class IngestService:

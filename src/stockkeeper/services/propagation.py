@@ -37,7 +37,8 @@ from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.channel_rules import RulesService, passes_sales_through
 from stockkeeper.services.unit import Clock, transaction
 from stockkeeper.store import channel_sync as repo
-from stockkeeper.store import outbox, stock
+from stockkeeper.store import connector_state, outbox, stock
+from stockkeeper.store.connector_state import Failure
 from stockkeeper.store.pool import Conn, Pool
 
 log = get_logger("stockkeeper.propagation")
@@ -74,6 +75,33 @@ class Settled:
         self.retried += other.retried
         self.lags_ms += other.lags_ms
         return self
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStatus:
+    """One sales channel on the status page: sync lag over the window, backlog, pushes
+    and coalescing, the alert, drift repair and the divergence sample."""
+
+    type: str
+    lag_p50_ms: float | None
+    lag_p99_ms: float | None
+    lag_samples: int
+    window_s: float
+    alerting: bool
+    alert_threshold_ms: float
+    pending: int
+    synced: int
+    unlisted: int
+    unlisted_recheck_s: float
+    dead: int
+    oldest_pending_s: float | None
+    pushes_in_window: int
+    changes_in_window: int
+    last_reconciled_at: datetime | None
+    drift_repaired: int
+    divergence_found: int
+    last_sampled_at: datetime | None
+    last_failure: Failure | None  # the last failed or refused push, kept on success
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +399,9 @@ class Propagation:
             await repo.unlisted(conn, channel, unlisted)
             for c, error in rejected:
                 await self._dead(conn, channel, [c], f"{channel} refused it: {error}")
+            if rejected:
+                note = f"{channel} refused {rejected[-1][0].sku}: {rejected[-1][1]}"
+                await connector_state.record_failure(conn, channel, note, self.clock())
         self._count_acks(channel, logged, done)
         done.unlisted = len(unlisted)
         done.dead = len(rejected)
@@ -437,6 +468,7 @@ class Propagation:
             if c.attempts < cfg.max_attempts
         ]
         async with transaction(self.pool) as conn:
+            await connector_state.record_failure(conn, channel, error, self.clock())
             if again:
                 await repo.retry(conn, channel, again, error)
             if spent:
@@ -538,7 +570,7 @@ class Propagation:
         async with self.pool.acquire() as conn:
             return await repo.prune_pushes(conn, self.cfg.push_log_retention_s, limit)
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, ChannelStatus]:
         """Per channel: p50/p99 lag over the window, backlog, pushes and coalescing."""
         if not self.ids:
             return {}
@@ -548,35 +580,34 @@ class Propagation:
             counts = await repo.counts(conn, self.ids)
             totals = await repo.push_totals(conn, self.ids, window)
             states = await repo.channel_states(conn, self.ids)
-        out: dict[str, Any] = {}
+            failures = await connector_state.last_failures(conn, self.ids)
+        out: dict[str, ChannelStatus] = {}
         for ch in self.ids:
             c, t, s, lag = counts[ch], totals[ch], states.get(ch), lags[ch]
             self.metrics.channel_pending.labels(channel=ch).set(c.pending)
             self.metrics.channel_unlisted.labels(channel=ch).set(c.unlisted)
-            out[ch] = {
-                "type": self.configs[ch].type,
-                "lag_ms": {"p50": lag.p50_ms, "p99": lag.p99_ms, "samples": lag.samples},
-                "window_s": window,
-                "alerting": bool(s and s.alerting),
-                "alert_threshold_ms": self.monitoring.p99_lag_alert_ms,
-                "pending": c.pending,
-                "synced": c.synced,
-                "unlisted": c.unlisted,
-                "unlisted_skus": f"/admin/channels/{ch}/unlisted",
-                "unlisted_recheck_s": self.configs[ch].unlisted_recheck_s,
-                "dead": c.dead,
-                "oldest_pending_s": c.oldest_pending_s,
-                "pushes_in_window": t.pushes,
-                "changes_in_window": t.changes,
-                "last_reconciled_at": (
-                    s.last_reconciled_at.isoformat() if s and s.last_reconciled_at else None
-                ),
-                "drift_repaired": s.drift_repaired if s else 0,
-                "divergence_found": s.divergence_found if s else 0,
-                "last_sampled_at": (
-                    s.last_sampled_at.isoformat() if s and s.last_sampled_at else None
-                ),
-            }
+            out[ch] = ChannelStatus(
+                type=self.configs[ch].type,
+                lag_p50_ms=lag.p50_ms,
+                lag_p99_ms=lag.p99_ms,
+                lag_samples=lag.samples,
+                window_s=window,
+                alerting=bool(s and s.alerting),
+                alert_threshold_ms=self.monitoring.p99_lag_alert_ms,
+                pending=c.pending,
+                synced=c.synced,
+                unlisted=c.unlisted,
+                unlisted_recheck_s=self.configs[ch].unlisted_recheck_s,
+                dead=c.dead,
+                oldest_pending_s=c.oldest_pending_s,
+                pushes_in_window=t.pushes,
+                changes_in_window=t.changes,
+                last_reconciled_at=s.last_reconciled_at if s else None,
+                drift_repaired=s.drift_repaired if s else 0,
+                divergence_found=s.divergence_found if s else 0,
+                last_sampled_at=s.last_sampled_at if s else None,
+                last_failure=failures.get(ch),
+            )
         return out
 
     async def unlisted(self, channel: str, after: str = "", limit: int = 100) -> UnlistedPage:

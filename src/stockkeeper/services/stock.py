@@ -6,9 +6,10 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import orjson
+from pydantic import BaseModel, ConfigDict
 
 from stockkeeper.domain.errors import Conflict, InvalidRequest, NotFound
 from stockkeeper.domain.events import ADJUSTED, RECEIVED, Event
@@ -20,6 +21,7 @@ from stockkeeper.store.pool import Conn, Pool, Row
 from stockkeeper.store.stock import Movement, SkuLevel
 
 DEFAULT_LOCATION = "default"
+R = TypeVar("R", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +45,77 @@ class Adjustment:
     set: int | None = None
 
 
+class LevelView(BaseModel):
+    """A SKU's figures right after a receipt or adjustment."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sku: str
+    on_hand: int
+    unavailable: int
+    reserved: int
+    committed: int
+    oversold: int
+    available: int
+    shortfall: int
+    version: int
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, lv: SkuLevel) -> LevelView:
+        f = lv.level.figures
+        return cls(
+            sku=lv.sku,
+            on_hand=f.on_hand,
+            unavailable=f.unavailable,
+            reserved=f.reserved,
+            committed=f.committed,
+            oversold=f.oversold,
+            available=lv.level.available,
+            shortfall=lv.level.shortfall,
+            version=lv.version,
+            updated_at=lv.updated_at,
+        )
+
+
+class Received(BaseModel):
+    """A receipt as applied: the batch it went to, and the SKU's figures after it. Kept
+    with its reference_id (as JSON), so a repeat answers the same."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reference_id: str
+    batch_id: int
+    sku: str
+    quantity: int
+    location: str
+    lot_number: str | None
+    expires_at: datetime | None
+    level: LevelView
+
+
+class Adjusted(BaseModel):
+    """An adjustment as applied: the change it made (0 when already at the asked value)
+    and the SKU's figures after it. Kept with its reference_id, as a receipt is."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reference_id: str
+    sku: str
+    batch_id: int
+    quantity: Literal["on_hand", "unavailable"]
+    delta: int | None
+    set: int | None
+    reason: str
+    applied_delta: int
+    level: LevelView
+
+
 @dataclass(frozen=True, slots=True)
-class Applied:
+class Applied(Generic[R]):
     """The result of a request applied once per reference: ``created`` False on a repeat."""
 
-    body: dict[str, Any]
+    result: R
     created: bool
 
 
@@ -80,22 +148,6 @@ class LedgerPage:
 
 def _hash(doc: Any) -> str:
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def level_json(lv: SkuLevel) -> dict[str, Any]:
-    f = lv.level.figures
-    return {
-        "sku": lv.sku,
-        "on_hand": f.on_hand,
-        "unavailable": f.unavailable,
-        "reserved": f.reserved,
-        "committed": f.committed,
-        "oversold": f.oversold,
-        "available": lv.level.available,
-        "shortfall": lv.level.shortfall,
-        "version": lv.version,
-        "updated_at": lv.updated_at.isoformat(),
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +230,9 @@ class Stock:
         self.pool = pool
         self.clock = clock
 
-    async def _claim(self, conn: Conn, kind: str, reference_id: str, doc: Any) -> Applied | None:
+    async def _claim(
+        self, conn: Conn, kind: str, reference_id: str, doc: Any, result: type[R]
+    ) -> Applied[R] | None:
         """Claim ``reference_id``; a repeat returns the first result (or Conflict)."""
         h = _hash(doc)
         if await idempotency.claim_reference(conn, kind, reference_id, h):
@@ -187,11 +241,11 @@ class Stock:
         assert stored is not None
         if stored.request_hash != h:
             raise Conflict(f"reference_id {reference_id} was already used for another {kind}")
-        return Applied(stored.body, created=False)
+        return Applied(result.model_validate(stored.body), created=False)
 
     async def receive(
         self, r: Receipt, conn: Conn | None = None, *, source: str = "api"
-    ) -> Applied:
+    ) -> Applied[Received]:
         """Add received units to a batch (created on first receipt), once per reference."""
         doc = {
             "sku": r.sku,
@@ -202,7 +256,7 @@ class Stock:
         }
         location = r.location or DEFAULT_LOCATION
         async with transaction(self.pool, conn) as c:
-            repeat = await self._claim(c, "receipt", r.reference_id, doc)
+            repeat = await self._claim(c, "receipt", r.reference_id, doc, Received)
             if repeat:
                 return repeat
             await stock.ensure_sku(c, r.sku)
@@ -231,13 +285,15 @@ class Stock:
                 now=self.clock(),
                 events=[Event(RECEIVED, body, sku=r.sku, source=source)],
             )
-            body["level"] = level_json(levels[r.sku])
-            await idempotency.store_reference(c, "receipt", r.reference_id, body)
-        return Applied(body, created=True)
+            done = Received.model_validate({**body, "level": LevelView.of(levels[r.sku])})
+            await idempotency.store_reference(
+                c, "receipt", r.reference_id, done.model_dump(mode="json")
+            )
+        return Applied(done, created=True)
 
     async def adjust(
         self, a: Adjustment, conn: Conn | None = None, *, source: str = "api"
-    ) -> Applied:
+    ) -> Applied[Adjusted]:
         """Correct on_hand or unavailable of one batch, by a delta or to a value."""
         if (a.delta is None) == (a.set is None):
             raise InvalidRequest("give exactly one of delta or set")
@@ -250,7 +306,7 @@ class Stock:
             "reason": a.reason,
         }
         async with transaction(self.pool, conn) as c:
-            repeat = await self._claim(c, "adjustment", a.reference_id, doc)
+            repeat = await self._claim(c, "adjustment", a.reference_id, doc, Adjusted)
             if repeat:
                 return repeat
             if a.batch_id is not None:
@@ -295,9 +351,11 @@ class Stock:
             else:
                 # Already at the asked value: nothing moves, nothing to tell anyone.
                 levels = await stock.sku_levels(c, [a.sku], self.clock())
-            body["level"] = level_json(levels[a.sku])
-            await idempotency.store_reference(c, "adjustment", a.reference_id, body)
-        return Applied(body, created=True)
+            adjusted = Adjusted.model_validate({**body, "level": LevelView.of(levels[a.sku])})
+            await idempotency.store_reference(
+                c, "adjustment", a.reference_id, adjusted.model_dump(mode="json")
+            )
+        return Applied(adjusted, created=True)
 
     async def get(self, sku: str) -> SkuStock:
         items = await self.get_many([sku])

@@ -37,8 +37,9 @@ from stockkeeper.domain.wms import (
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, record_change, transaction, utcnow
-from stockkeeper.store import dead_letters, outbox, stock
+from stockkeeper.store import connector_state, dead_letters, outbox, stock
 from stockkeeper.store import wms as repo
+from stockkeeper.store.connector_state import Failure
 from stockkeeper.store.pool import Conn, Pool, Row
 from stockkeeper.store.stock import Movement
 
@@ -106,8 +107,19 @@ class PageResult:
     moved: dict[str, int] = field(default_factory=dict)
 
 
-def _iso(v: datetime | None) -> str | None:
-    return v.isoformat() if v else None
+@dataclass(frozen=True, slots=True)
+class WmsStatus:
+    """One WMS on the status page: its sync schedule, open syncs, outbound backlog."""
+
+    has_change_token: bool
+    last_full_sync_at: datetime | None
+    last_incremental_sync_at: datetime | None
+    next_incremental_sync_at: datetime | None
+    open_syncs: int
+    outbound_pending: int
+    outbound_dead: int
+    outbound_oldest_pending_seconds: float | None
+    last_failure: Failure | None  # the last failed sync or outbound send, kept on success
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,26 +287,27 @@ class WmsService:
         rid: int = row["id"]
         return rid
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, WmsStatus]:
         """Per WMS: its schedule, open syncs and the outbound backlog."""
         if not self.connectors:
             return {}
         async with self.pool.acquire() as c:
             rows = await repo.status(c, list(self.connectors))
-        out: dict[str, Any] = {}
+            failures = await connector_state.last_failures(c, list(self.connectors))
+        out: dict[str, WmsStatus] = {}
         for r in rows:
-            out[r["connector"]] = {
-                "has_change_token": bool(r["has_token"]),
-                "last_full_sync_at": _iso(r["last_full_at"]),
-                "last_incremental_sync_at": _iso(r["last_incremental_at"]),
-                "next_incremental_sync_at": _iso(r["next_incremental_at"]),
-                "open_syncs": r["open_syncs"],
-                "outbound_pending": r["outbound_pending"],
-                "outbound_dead": r["outbound_dead"],
-                "outbound_oldest_pending_seconds": (
-                    float(r["oldest_pending_s"]) if r["oldest_pending_s"] is not None else None
-                ),
-            }
+            oldest = r["oldest_pending_s"]
+            out[r["connector"]] = WmsStatus(
+                has_change_token=bool(r["has_token"]),
+                last_full_sync_at=r["last_full_at"],
+                last_incremental_sync_at=r["last_incremental_at"],
+                next_incremental_sync_at=r["next_incremental_at"],
+                open_syncs=r["open_syncs"],
+                outbound_pending=r["outbound_pending"],
+                outbound_dead=r["outbound_dead"],
+                outbound_oldest_pending_seconds=float(oldest) if oldest is not None else None,
+                last_failure=failures.get(r["connector"]),
+            )
             self.metrics.wms_outbound_pending.labels(connector=r["connector"]).set(
                 r["outbound_pending"]
             )
@@ -340,6 +353,9 @@ class WmsService:
         """End the request; a finished full sync hands its start token to the schedule."""
         async with transaction(self.pool) as c:
             await repo.finish_request(c, job.id, status.value, error)
+            if status is SyncStatus.FAILED:  # the status page keeps it, and when
+                note = f"sync {job.id} ({job.kind.value}) failed: {error}"
+                await connector_state.record_failure(c, job.connector, note, self.clock())
             if token is not None and status is SyncStatus.DONE:
                 await repo.save_token(c, job.connector, token, job.kind.value)
 

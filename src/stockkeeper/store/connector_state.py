@@ -1,5 +1,6 @@
 """Repository for ``connector_state``: each polled connector's circuit breaker, shared
-by every process, and the per-connector overview (with its cursor) for the status page.
+by every process, every connector's last failure (a poll, push or sync), and the
+per-connector overview (with its cursor) for the status page.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ class Circuit:
 
 
 @dataclass(frozen=True, slots=True)
+class Failure:
+    """A connector's last failed poll, push or sync, and when it happened."""
+
+    message: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     """One connector's cursor and breaker; a field is None where nothing was saved yet."""
 
@@ -35,6 +44,7 @@ class Overview:
     failures: int | None
     opened_at: datetime | None
     last_error: str | None
+    last_failure: Failure | None
 
 
 @translated
@@ -66,6 +76,20 @@ async def overview(conn: Conn, connectors: Sequence[str]) -> list[Overview]:
             r["failures"],
             r["opened_at"],
             r["last_error"],
+            Failure(r["last_failure"], r["last_failure_at"]) if r["last_failure_at"] else None,
         )
         for r in rows
     ]
+
+
+@translated
+async def record_failure(conn: Conn, connector: str, message: str, at: datetime) -> None:
+    """Keep ``message`` as the connector's last failure (an older one never replaces a
+    newer one)."""
+    await conn.execute(q("record_failure"), connector, message[:2000], at)
+
+
+@translated
+async def last_failures(conn: Conn, connectors: Sequence[str]) -> dict[str, Failure]:
+    rows = await conn.fetch(q("last_failures"), list(connectors))
+    return {r["connector"]: Failure(r["last_failure"], r["last_failure_at"]) for r in rows}

@@ -29,6 +29,7 @@ from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, transaction
 from stockkeeper.services.wms import OUTBOUND_QUEUE, OUTBOUND_REARM, WmsService
+from stockkeeper.store import connector_state
 from stockkeeper.store import wms as repo
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.waiting import wait_any
@@ -205,6 +206,7 @@ class WmsOutboundWorker:
         async with transaction(self.pool) as c:
             await self._insert_calls(c, name, items)
             await repo.outbound_retry(c, [i.id for i in items], delay_s, str(exc)[:2000])
+            await connector_state.record_failure(c, name, f"send failed: {exc}", self.clock())
         self.metrics.wms_outbound_sent.labels(connector=name, result="retried").inc(len(items))
         log.warning(
             "wms_outbound.retry", connector=name, items=len(items), delay_s=delay_s, error=str(exc)
@@ -216,6 +218,7 @@ class WmsOutboundWorker:
         async with transaction(self.pool) as c:
             await self._insert_calls(c, name, items)
             await repo.outbound_dead(c, [i.id for i in items], error[:2000])
+            await connector_state.record_failure(c, name, error, self.clock())
             await dead_letter(
                 c,
                 queue=OUTBOUND_QUEUE,

@@ -77,9 +77,23 @@ ON CONFLICT (connector) DO UPDATE
 SET circuit = EXCLUDED.circuit, failures = EXCLUDED.failures,
     opened_at = EXCLUDED.opened_at, last_error = EXCLUDED.last_error, updated_at = now();
 
+-- name: record_failure
+-- A poll, push or sync of the connector failed: keep the last one and its time.
+INSERT INTO connector_state AS s (connector, last_failure, last_failure_at)
+VALUES ($1, $2, $3)
+ON CONFLICT (connector) DO UPDATE
+SET last_failure = EXCLUDED.last_failure, last_failure_at = EXCLUDED.last_failure_at,
+    updated_at = now()
+WHERE s.last_failure_at IS NULL OR s.last_failure_at <= EXCLUDED.last_failure_at;
+
+-- name: last_failures
+SELECT connector, last_failure, last_failure_at
+FROM connector_state
+WHERE connector = ANY($1::text[]) AND last_failure_at IS NOT NULL;
+
 -- name: connector_states
 SELECT k.connector, c.last_modified, c.sku, c.token, c.pages, c.records, c.updated_at,
-       s.circuit, s.failures, s.opened_at, s.last_error
+       s.circuit, s.failures, s.opened_at, s.last_error, s.last_failure, s.last_failure_at
 FROM unnest($1::text[]) AS k (connector)
 LEFT JOIN source_cursor c ON c.connector = k.connector
 LEFT JOIN connector_state s ON s.connector = k.connector;
