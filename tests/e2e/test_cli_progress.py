@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from stockkeeper.bootstrap import Container
+from stockkeeper.services.propagation import RECONCILE_PAGE
 from stockkeeper.services.stock import Receipt
 from stockkeeper_sandbox.server import SandboxServer
 from stockkeeper_sandbox.shopify import ShopifyState, graphql_url
@@ -41,9 +42,10 @@ async def test_reconcile_audit_and_migrate_write_progress_lines_when_not_on_a_te
     tmp_path: Path,
     shopify_channel: tuple[ShopifyState, SandboxServer],
 ) -> None:
-    # 150 SKUs: two pages of the drift repair's walk (100 each).
-    for i in range(150):
-        await container.stock.receive(Receipt(f"PRG-{i:03d}", 1, f"prg-{i}"))
+    # Two pages of the drift repair's walk: a full one and 50 more.
+    n = RECONCILE_PAGE + 50
+    for i in range(n):
+        await container.stock.receive(Receipt(f"PRG-{i:04d}", 1, f"prg-{i}"))
     cfg = base_config(db_url)
     cfg["connectors"] = [
         {
@@ -57,8 +59,8 @@ async def test_reconcile_audit_and_migrate_write_progress_lines_when_not_on_a_te
 
     r = run_cli("reconcile-channels", "--config", str(path), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "shop: 150 SKUs checked" in r.stdout  # the summary stays on stdout
-    assert progress_lines(r.stderr, "reconcile shop") == [(100, 150), (150, 150)], r.stderr
+    assert f"shop: {n} SKUs checked" in r.stdout  # the summary stays on stdout
+    assert progress_lines(r.stderr, "reconcile shop") == [(RECONCILE_PAGE, n), (n, n)], r.stderr
     assert "done in" in r.stderr.splitlines()[-1]
 
     r = run_cli("audit", "--config", str(path), cwd=tmp_path)
