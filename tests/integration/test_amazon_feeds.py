@@ -373,7 +373,7 @@ async def test_the_running_propagator_sends_a_backlog_as_one_feed(
     stop = asyncio.Event()
     running = asyncio.ensure_future(worker.run(stop))
     try:
-        while (await c.propagation.status())["amazon-eu"]["pending"]:
+        while (await c.propagation.status())["amazon-eu"].pending:
             await asyncio.sleep(0.02)
     finally:
         stop.set()

@@ -239,29 +239,22 @@ class AmazonChannel:
                 operation, method, path, parse, params=params, json=json, headers=self._static
             )
         token = await self.tokens.token()
-        try:
-            return await self.http.call(
-                operation,
-                method,
-                path,
-                parse,
-                params=params,
-                json=json,
-                headers={ACCESS_TOKEN_HEADER: token},
-            )
-        except ConnectorRejected as exc:
-            if not token_expired(exc.status, exc.body):
-                raise
-        token = await self.tokens.expired(token)
-        return await self.http.call(
-            operation,
-            method,
-            path,
-            parse,
-            params=params,
-            json=json,
-            headers={ACCESS_TOKEN_HEADER: token},
-        )
+        for renewed in (False, True):
+            try:
+                return await self.http.call(
+                    operation,
+                    method,
+                    path,
+                    parse,
+                    params=params,
+                    json=json,
+                    headers={ACCESS_TOKEN_HEADER: token},
+                )
+            except ConnectorRejected as exc:
+                if renewed or not token_expired(exc.status, exc.body):
+                    raise
+            token = await self.tokens.expired(token)
+        raise AssertionError("the second try returns or raises")
 
     def _path(self, sku: str) -> str:
         return f"{API}/{quote(self.cfg.seller_id, safe='')}/{quote(sku, safe='')}"

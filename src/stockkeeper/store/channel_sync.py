@@ -13,7 +13,7 @@ from typing import Any
 
 from stockkeeper.domain.propagation import SyncState, SyncStatus, Verdict
 from stockkeeper.observability.tracing import current_traceparent
-from stockkeeper.store.pool import Conn
+from stockkeeper.store.pool import Conn, Row
 from stockkeeper.store.sql import q
 
 
@@ -62,16 +62,17 @@ async def lock_states(conn: Conn, sku: str, channels: Sequence[str]) -> dict[str
     if len(rows) < len(channels):
         await conn.execute(q("ensure_sync_rows"), list(channels), sku)
         rows = await conn.fetch(q("lock_sync_rows"), sku, list(channels))
-    return {
-        r["channel"]: SyncState(
-            r["desired_version"],
-            r["pushed_version"],
-            r["pushed_quantity"],
-            SyncStatus(r["status"]),
-            r["unlisted_for_s"],
-        )
-        for r in rows
-    }
+    return {r["channel"]: _state(r) for r in rows}
+
+
+def _state(r: Row) -> SyncState:
+    return SyncState(
+        r["desired_version"],
+        r["pushed_version"],
+        r["pushed_quantity"],
+        SyncStatus(r["status"]),
+        r["unlisted_for_s"],
+    )
 
 
 async def apply_level(
@@ -85,22 +86,10 @@ async def apply_level(
 ) -> None:
     """Record level ``version`` for each channel with its (non-stale) verdict and its
     figure (quantity, and the text of the rule that produced it); if a push became due,
-    NOTIFY ``notify`` (delivered at commit)."""
-    if not verdicts:
-        return
-    channels = sorted(verdicts)
-    await conn.execute(
-        q("apply_level"),
-        sku,
-        version,
-        [figures[c][0] for c in channels],
-        committed_at,
-        channels,
-        [verdicts[c].value for c in channels],
-        notify,
-        [figures[c][1] for c in channels],
-        current_traceparent(),
-    )
+    NOTIFY ``notify`` (delivered at commit). :func:`apply_levels` for one SKU."""
+    if verdicts:
+        news = LevelNews(sku, version, verdicts, figures)
+        await apply_levels(conn, [news], committed_at, notify)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,16 +111,7 @@ async def lock_states_bulk(
     ordered = sorted(set(skus))
     await conn.execute(q("ensure_sync_rows_bulk"), list(channels), ordered)
     rows = await conn.fetch(q("lock_sync_rows_bulk"), ordered, list(channels))
-    return {
-        (r["sku"], r["channel"]): SyncState(
-            r["desired_version"],
-            r["pushed_version"],
-            r["pushed_quantity"],
-            SyncStatus(r["status"]),
-            r["unlisted_for_s"],
-        )
-        for r in rows
-    }
+    return {(r["sku"], r["channel"]): _state(r) for r in rows}
 
 
 async def apply_levels(

@@ -16,43 +16,6 @@ WHERE sku = $1 AND channel = ANY($2::text[])
 ORDER BY channel
 FOR UPDATE;
 
--- name: apply_level
--- A newer level of SKU $1 (version $2, committed at $4) for each channel with its
--- verdict and its figure ($3, from the channel's availability rule, whose text is $8):
--- push (due, joining any push already due), echo or noop (the channel already shows
--- it), held (kept, not pushed). A due push keeps its backoff; a new one is due now.
--- When a push became due, the senders listening on $7 are woken at commit.
-WITH applied AS (
-UPDATE channel_sync_state s SET
-    desired_version = $2,
-    desired_quantity = u.quantity,
-    desired_rule = u.rule,
-    status = CASE WHEN u.verdict = 'push' THEN 'PENDING'
-                  WHEN u.verdict IN ('echo', 'noop') THEN 'SYNCED' ELSE s.status END,
-    attempts = CASE WHEN u.verdict = 'push' AND s.status = 'DEAD' THEN 0 ELSE s.attempts END,
-    next_attempt_at = CASE WHEN u.verdict = 'push' AND s.status <> 'PENDING' THEN now()
-                           ELSE s.next_attempt_at END,
-    pending_since = CASE WHEN u.verdict = 'push' THEN COALESCE(s.pending_since, $4)
-                         WHEN u.verdict IN ('echo', 'noop') THEN NULL
-                         ELSE s.pending_since END,
-    pending_changes = CASE WHEN u.verdict = 'push' THEN s.pending_changes + 1
-                           WHEN u.verdict IN ('echo', 'noop') THEN 0
-                           ELSE s.pending_changes END,
-    late_since = CASE WHEN u.verdict = 'push' AND s.claimed_version IS NOT NULL
-                      THEN COALESCE(s.late_since, $4) ELSE s.late_since END,
-    pushed_version = CASE WHEN u.verdict IN ('echo', 'noop') THEN $2
-                          ELSE s.pushed_version END,
-    pushed_quantity = CASE WHEN u.verdict = 'echo' THEN u.quantity ELSE s.pushed_quantity END,
-    -- The newest due change's trace context ($9, NULL when tracing is off): the push
-    -- continues its trace (D-241).
-    trace_context = CASE WHEN u.verdict = 'push' THEN $9::text ELSE s.trace_context END,
-    updated_at = now()
-FROM unnest($5::text[], $6::text[], $3::bigint[], $8::text[]) AS u (channel, verdict, quantity, rule)
-WHERE s.channel = u.channel AND s.sku = $1
-RETURNING u.verdict
-)
-SELECT pg_notify($7, '') FROM applied WHERE verdict = 'push' LIMIT 1;
-
 -- name: ensure_sync_rows_bulk
 -- A row per channel for each SKU of a bulk level message ($2), in (sku, channel) order.
 INSERT INTO channel_sync_state (channel, sku)
@@ -72,9 +35,11 @@ ORDER BY sku, channel
 FOR UPDATE;
 
 -- name: apply_levels
--- apply_level for many SKUs at once: one row per (sku, channel) with its version, the
--- channel's figure (from its availability rule, whose text is $8) and its (non-stale)
--- verdict, all committed at $6, the push continuing trace $9. When a push became due,
+-- Newer levels of SKUs, one row per (sku, channel) with its version, the channel's
+-- figure (from its availability rule, whose text is $8) and its (non-stale)
+-- verdict, all committed at $6, the push continuing trace $9: push (due, joining any
+-- push already due), echo or noop (the channel already shows it), held (kept, not
+-- pushed). A due push keeps its backoff; a new one is due now. When a push became due,
 -- the senders listening on $7 are woken at commit.
 WITH applied AS (
 UPDATE channel_sync_state s SET
