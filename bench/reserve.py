@@ -352,7 +352,13 @@ class Server:
                     }
                 ],
             },
-            "concurrency": {"strategy": strategy},
+            # "<strategy>-direct": the same strategy with coalescing off (one transaction
+            # per request), to compare with the coalesced default.
+            "concurrency": (
+                {"strategy": strategy.removesuffix("-direct"), "coalesce_max_batch": 1}
+                if strategy.endswith("-direct")
+                else {"strategy": strategy}
+            ),
             "monitoring": {"metrics_port": 0},
             "logging": {"level": "warning"},
         }
@@ -656,7 +662,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--strategies",
         default=",".join(STRATEGIES),
-        help=f"comma-separated subset of {','.join(STRATEGIES)}",
+        help=f"comma-separated subset of {','.join(STRATEGIES)}; '<strategy>-direct' runs it "
+        "with coalescing off",
     )
     p.add_argument(
         "--scenarios",
@@ -701,7 +708,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for s in args.strategies:
-        if s not in STRATEGIES:
+        if s.removesuffix("-direct") not in STRATEGIES or s == "naive-direct":
             p.error(f"unknown strategy {s!r}")
     for s in args.scenarios:
         if s not in SCENARIOS:

@@ -53,11 +53,12 @@ def assert_no_deadlock_logged(log: Path) -> None:
     assert "traceback" not in text, text[-4000:]
 
 
+@pytest.mark.parametrize("coalesce", [1, 64], ids=["direct", "coalesced"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_300_clients_for_100_units_get_exactly_100(
-    strategy: str, db_url: str, tmp_path: Path
+    strategy: str, coalesce: int, db_url: str, tmp_path: Path
 ) -> None:
-    cfg = base_config(db_url, concurrency=concurrency(strategy))
+    cfg = base_config(db_url, concurrency=concurrency(strategy) | {"coalesce_max_batch": coalesce})
     with running_server(cfg, tmp_path) as server:
         async with client(server, connections=300) as http:
             await receive(http, "HOT-1", 100)
