@@ -22,7 +22,6 @@ from stockkeeper.services.stock import (
     Adjusted,
     Adjustment,
     Applied,
-    LevelView,
     Receipt,
     Received,
 )
@@ -47,21 +46,6 @@ def _held(view: ReservationView) -> tuple[int, BaseModel]:
     return 200, schemas.ReservationOut.of(view)
 
 
-def _level_out(lv: LevelView) -> schemas.LevelOut:
-    return schemas.LevelOut(
-        sku=lv.sku,
-        on_hand=lv.on_hand,
-        unavailable=lv.unavailable,
-        reserved=lv.reserved,
-        committed=lv.committed,
-        oversold=lv.oversold,
-        available=lv.available,
-        shortfall=lv.shortfall,
-        version=lv.version,
-        updated_at=lv.updated_at.isoformat(),
-    )
-
-
 def _received(done: Applied[Received]) -> tuple[int, BaseModel]:
     """A receipt: 201 when applied now, 200 with the first answer on a repeat."""
     r = done.result
@@ -73,7 +57,7 @@ def _received(done: Applied[Received]) -> tuple[int, BaseModel]:
         location=r.location,
         lot_number=r.lot_number,
         expires_at=r.expires_at.isoformat() if r.expires_at else None,
-        level=_level_out(r.level),
+        level=schemas.LevelOut.from_level(r.level),
     )
 
 
@@ -89,7 +73,7 @@ def _adjusted(done: Applied[Adjusted]) -> tuple[int, BaseModel]:
         set=a.set,
         reason=a.reason,
         applied_delta=a.applied_delta,
-        level=_level_out(a.level),
+        level=schemas.LevelOut.from_level(a.level),
     )
 
 

@@ -9,54 +9,26 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from stockkeeper.api.schemas import WmsSyncOut
+from stockkeeper.api.schemas import LevelOut, WmsSyncOut
 from stockkeeper.services.listing import (
     ChannelSku,
     LagPoint,
     OrderSummary,
     Page,
     ReservationSummary,
-    SkuSummary,
 )
+from stockkeeper.services.stock import LevelView
 from stockkeeper.services.wms import SyncRequest
 from stockkeeper.store.poll_requests import PollRequest
 
 
-class SkuSummaryOut(BaseModel):
-    sku: str
-    on_hand: int
-    unavailable: int
-    reserved: int
-    committed: int
-    oversold: int
-    available: int
-    shortfall: int
-    version: int
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, s: SkuSummary) -> SkuSummaryOut:
-        return cls(
-            sku=s.sku,
-            on_hand=s.on_hand,
-            unavailable=s.unavailable,
-            reserved=s.reserved,
-            committed=s.committed,
-            oversold=s.oversold,
-            available=s.available,
-            shortfall=s.shortfall,
-            version=s.version,
-            updated_at=s.updated_at,
-        )
-
-
 class SkuListOut(BaseModel):
-    items: list[SkuSummaryOut]
+    items: list[LevelOut]
     next: str | None
 
     @classmethod
-    def of(cls, page: Page[SkuSummary]) -> SkuListOut:
-        return cls(items=[SkuSummaryOut.of(s) for s in page.items], next=page.next)
+    def of(cls, page: Page[LevelView]) -> SkuListOut:
+        return cls(items=[LevelOut.from_level(s) for s in page.items], next=page.next)
 
 
 class RequestedLineOut(BaseModel):

@@ -12,7 +12,13 @@ from stockkeeper.domain.quantities import MAX_QUANTITY
 
 if TYPE_CHECKING:
     from stockkeeper.services.reservations import ReservationView
-    from stockkeeper.services.stock import BatchFigures, LedgerEntry, LedgerPage, SkuStock
+    from stockkeeper.services.stock import (
+        BatchFigures,
+        LedgerEntry,
+        LedgerPage,
+        LevelView,
+        SkuStock,
+    )
     from stockkeeper.services.wms import SyncRequest
 
 # The one rule for the characters of an id (SKU, order id, reference id, lot number) and
@@ -202,6 +208,21 @@ class LevelOut(BaseModel):
     shortfall: int
     version: int
     updated_at: str
+
+    @classmethod
+    def from_level(cls, lv: LevelView) -> LevelOut:
+        return cls(
+            sku=lv.sku,
+            on_hand=lv.on_hand,
+            unavailable=lv.unavailable,
+            reserved=lv.reserved,
+            committed=lv.committed,
+            oversold=lv.oversold,
+            available=lv.available,
+            shortfall=lv.shortfall,
+            version=lv.version,
+            updated_at=lv.updated_at.isoformat(),
+        )
 
 
 class StockOut(LevelOut):

@@ -20,6 +20,7 @@ from stockkeeper.config import (
     Settings,
 )
 from stockkeeper.domain.errors import InvalidRequest, NotFound
+from stockkeeper.services.stock import LevelView
 from stockkeeper.services.unit import Clock, transaction
 from stockkeeper.services.wms import SyncRequest
 from stockkeeper.store import listing, poll_requests
@@ -34,20 +35,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class Page(Generic[T]):
     items: tuple[T, ...]
     next: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SkuSummary:
-    sku: str
-    on_hand: int
-    unavailable: int
-    reserved: int
-    committed: int
-    oversold: int
-    available: int
-    shortfall: int
-    version: int
-    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +139,7 @@ class Listing:
         unavailable_only: bool = False,
         shortfall_only: bool = False,
         limit: int = 100,
-    ) -> Page[SkuSummary]:
+    ) -> Page[LevelView]:
         """SKUs by SKU (byte order), optionally starting with ``prefix``, only those with
         nothing available, or only those short of their promises."""
         async with self.pool.acquire() as conn:
@@ -168,7 +155,7 @@ class Listing:
         return _page(
             rows,
             limit,
-            lambda r: SkuSummary(
+            lambda r: LevelView(
                 sku=r["sku"],
                 on_hand=r["on_hand"],
                 unavailable=r["unavailable"],
