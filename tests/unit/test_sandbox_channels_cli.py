@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import yaml
 
-from stockkeeper.cli import _channels_snippet, _erp_snippet, _marketplace_snippet, _wms_snippet
+from stockkeeper.cli_sandbox import (
+    _channels_snippet,
+    _erp_snippet,
+    _marketplace_snippet,
+    _wms_snippet,
+)
 from stockkeeper.config import (
     ChannelConfig,
     ErpConnectorConfig,

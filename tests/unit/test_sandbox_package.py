@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import stockkeeper_sandbox
-from stockkeeper.cli import SANDBOX_MISSING
+from stockkeeper.cli_sandbox import SANDBOX_MISSING
 
 SANDBOX = Path(stockkeeper_sandbox.__file__).parent
 
