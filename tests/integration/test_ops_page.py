@@ -5,6 +5,7 @@ tests/e2e/test_ops_page.py)."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from stockkeeper.api.admin import create_admin_app
+from stockkeeper.api.ui import session
 from stockkeeper.bootstrap import Container
 from stockkeeper.services.stock import Receipt
 from stockkeeper.store import dead_letters
@@ -77,6 +79,37 @@ async def test_the_page_needs_a_login_and_the_cookie_is_locked_down(
     assert "Outbox" in page.text
     assert "Poll now" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+async def test_the_session_cookie_is_signed_and_never_holds_the_token(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    r = await log_in(browser)
+    cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith("sk_admin="))
+    value = cookie.split(";")[0].removeprefix("sk_admin=").strip('"')
+    assert ADMIN_TOKEN not in cookie
+    assert f"max-age={session.SESSION_TTL_S}" in cookie.lower()
+    assert (await browser.get(UI)).status_code == 200
+
+    def with_cookie(v: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=create_admin_app(container))
+        return httpx.AsyncClient(
+            transport=transport, base_url="http://admin", cookies={"sk_admin": v}
+        )
+
+    fingerprint, expires, sig = value.split(".")
+    forged = [
+        ADMIN_TOKEN,  # the old format: the raw token is no longer a session
+        f"{fingerprint}.{int(expires) + 3600}.{sig}",  # a longer life, same signature
+        f"{fingerprint}.{expires}.{'0' * len(sig)}",  # a made-up signature
+        session.session_value(ADMIN_TOKEN, now=time.time() - session.SESSION_TTL_S - 1),
+        session.session_value(READER_TOKEN),  # signed, but not an admin's
+    ]
+    for v in forged:
+        async with with_cookie(v) as c:
+            r = await c.get(UI)
+        assert r.status_code == 303, v
+        assert r.headers["location"] == f"{UI}/login"
 
 
 async def test_the_cookie_is_secure_over_tls(container: Container) -> None:

@@ -36,10 +36,22 @@ class TokenBook:
 
     def __init__(self, tokens: dict[str, Principal]) -> None:
         self._by_hash = {self._digest(t): p for t, p in tokens.items()}
+        # For the ops page's session cookie, which names a token by its fingerprint
+        # (a prefix of its SHA-256, which does not reveal it) instead of carrying it.
+        self._by_fingerprint = {self.fingerprint(t): t for t in tokens}
 
     @staticmethod
     def _digest(token: str) -> bytes:
         return hashlib.sha256(token.encode()).digest()
+
+    @classmethod
+    def fingerprint(cls, token: str) -> str:
+        """A public name for a token: 16 bytes of its SHA-256, in hex."""
+        return cls._digest(token)[:16].hex()
+
+    def token_for(self, fingerprint: str) -> str | None:
+        """The token behind a fingerprint (for a session cookie's check), or None."""
+        return self._by_fingerprint.get(fingerprint)
 
     def lookup(self, token: str) -> Principal | None:
         digest = self._digest(token)

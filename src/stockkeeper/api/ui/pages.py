@@ -124,7 +124,7 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
     }
 
     def api(request: Request) -> httpx.AsyncClient:
-        token = session.session_token(request) or ""
+        token = session.session_token(request, book) or ""
         return httpx.AsyncClient(
             transport=httpx.ASGITransport(app=request.app),
             base_url="http://admin-ui.internal",
@@ -139,7 +139,7 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
         return r.json()
 
     def page(request: Request, name: str, code: int = 200, **values: Any) -> HTMLResponse:
-        token = session.session_token(request) or ""
+        token = session.session_token(request, book) or ""
         return _render(name, code, csrf=session.csrf_for(token), **values)
 
     # -- login -------------------------------------------------------------------------
@@ -166,14 +166,20 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
             return refused
         log.info("ui.login", principal=who.name)
         resp = _back()
-        session.set_cookie(request, resp, session.COOKIE, token)
+        session.set_cookie(
+            request,
+            resp,
+            session.COOKIE,
+            session.session_value(token),
+            max_age=session.SESSION_TTL_S,
+        )
         session.clear_cookie(request, resp, session.LOGIN_CSRF_COOKIE)
         return resp
 
     @app.post(f"{UI}/logout", include_in_schema=False)
     async def logout(request: Request) -> Response:
         form = await session.read_form(request)
-        if session.principal(request, book) is None or not session.csrf_ok(request, form):
+        if session.principal(request, book) is None or not session.csrf_ok(request, book, form):
             return _to_login()
         resp = _to_login()
         session.clear_cookie(request, resp, session.COOKIE)
@@ -314,7 +320,7 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
         who = session.principal(request, book)
         if who is None:
             return _to_login()
-        if not session.csrf_ok(request, form):
+        if not session.csrf_ok(request, book, form):
             return _render("error.html", 403, error="CSRF token missing or wrong.")
         return form, who
 

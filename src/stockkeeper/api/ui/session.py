@@ -1,7 +1,12 @@
-"""The ops page's login: the admin token kept in a cookie, and CSRF tokens.
+"""The ops page's login: a signed session cookie, and CSRF tokens.
 
-The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's
-page sends it) and ``Secure`` when the page is served over TLS. Every POST carries a
+The session cookie never carries the admin token. It holds the token's fingerprint (a
+prefix of its SHA-256), an expiry and an HMAC of both keyed by the token, so only a
+holder of the token can make one, a stolen cookie stops working at its expiry
+(:data:`SESSION_TTL_S`) or when the token is removed from ``api.tokens``, and the
+token itself is never written to the browser. The cookie is ``HttpOnly`` (no script
+reads it), ``SameSite=Strict`` (no other site's page sends it) and ``Secure`` when the
+page is served over TLS. Every POST carries a
 CSRF token in a hidden field as well: after login, an HMAC of a fixed label keyed by the
 session's token (every replica computes the same one, nothing is stored); on the login
 form itself, a random value also set as a cookie (double submit).
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
@@ -24,6 +30,8 @@ LOGIN_CSRF_COOKIE = "sk_login_csrf"
 PATH = "/admin/ui"
 _LABEL = b"stockkeeper ops page csrf v1"
 MAX_FORM_BYTES = 64 * 1024
+SESSION_TTL_S = 8 * 3600
+_SESSION_LABEL = "stockkeeper ops page session v1"
 
 
 def csrf_for(token: str) -> str:
@@ -31,13 +39,36 @@ def csrf_for(token: str) -> str:
     return hmac.new(token.encode(), _LABEL, hashlib.sha256).hexdigest()
 
 
-def session_token(request: Request) -> str | None:
-    return request.cookies.get(COOKIE) or None
+def _session_sig(token: str, fingerprint: str, expires: int) -> str:
+    msg = f"{_SESSION_LABEL}|{fingerprint}|{expires}".encode()
+    return hmac.new(token.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def session_value(token: str, *, now: float | None = None) -> str:
+    """The session cookie's value for ``token``: ``fingerprint.expires.signature``."""
+    fingerprint = TokenBook.fingerprint(token)
+    expires = int(time.time() if now is None else now) + SESSION_TTL_S
+    return f"{fingerprint}.{expires}.{_session_sig(token, fingerprint, expires)}"
+
+
+def session_token(request: Request, book: TokenBook, *, now: float | None = None) -> str | None:
+    """The admin token behind a valid, unexpired session cookie, or None."""
+    fingerprint, _, rest = request.cookies.get(COOKIE, "").partition(".")
+    expires_s, _, sig = rest.partition(".")
+    token = book.token_for(fingerprint) if fingerprint else None
+    if token is None or not expires_s.isdigit():
+        return None
+    expires = int(expires_s)
+    if expires <= (time.time() if now is None else now):
+        return None
+    if not hmac.compare_digest(_session_sig(token, fingerprint, expires), sig):
+        return None
+    return token
 
 
 def principal(request: Request, book: TokenBook) -> Principal | None:
     """The admin behind the session cookie, or None (no cookie, unknown, not admin)."""
-    token = session_token(request)
+    token = session_token(request, book)
     if token is None:
         return None
     who = book.lookup(token)
@@ -46,8 +77,8 @@ def principal(request: Request, book: TokenBook) -> Principal | None:
     return who
 
 
-def csrf_ok(request: Request, form: dict[str, str]) -> bool:
-    token = session_token(request)
+def csrf_ok(request: Request, book: TokenBook, form: dict[str, str]) -> bool:
+    token = session_token(request, book)
     sent = form.get("csrf", "")
     return token is not None and hmac.compare_digest(csrf_for(token), sent)
 
@@ -66,10 +97,13 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-def set_cookie(request: Request, response: Response, name: str, value: str) -> None:
+def set_cookie(
+    request: Request, response: Response, name: str, value: str, *, max_age: int | None = None
+) -> None:
     response.set_cookie(
         name,
         value,
+        max_age=max_age,
         path=PATH,
         httponly=True,
         secure=_secure(request),
