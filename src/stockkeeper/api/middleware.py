@@ -108,6 +108,22 @@ class BodyLimit:
                 await _send_413(send, self.limit, scope["path"])
 
 
+def _route_path(scope: Scope) -> str:
+    """The route template that served the request, or ``unmatched`` (a 404: the raw
+    path would make the metric's labels unbounded). FastAPI's own routes set
+    ``scope["route"]``; Starlette's plain routes (``/openapi.json``, ``/docs``) only
+    set the endpoint, so their template is found by it."""
+    route = scope.get("route")
+    if route is None and (endpoint := scope.get("endpoint")) is not None:
+        app = scope.get("app")
+        for candidate in getattr(app, "routes", ()):
+            if getattr(candidate, "endpoint", None) is endpoint:
+                route = candidate
+                break
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
 class RequestMetrics:
     """Latency histogram by route template, method and status, and one access log line
     per request at info (``logging.access_log``) with its request id, which the
@@ -136,8 +152,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            path = _route_path(scope)
             took = time.perf_counter() - start
             self.hist.labels(self.app_name, path, scope["method"], str(status)).observe(took)
             if access_log_enabled():
