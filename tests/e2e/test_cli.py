@@ -169,7 +169,7 @@ async def test_audit_is_clean_then_reports_a_batch_that_disagrees_with_the_ledge
 
     broken = audit_cli(db_url, tmp_path)
     assert broken.returncode == 1, broken.stdout + broken.stderr
-    assert "1 problem(s)" in broken.stdout
+    assert ": 1 problem\n" in broken.stdout
     assert f"batch {bid} (AUD-1): on_hand 11 vs ledger 10" in broken.stdout
     assert "Traceback" not in broken.stderr
 

@@ -22,12 +22,14 @@ class AuditReport:
 
     def render(self) -> str:
         head = (
-            f"audited {self.batches} batches, {self.ledger_entries} ledger entries, "
-            f"{self.reservations} reservations"
+            f"audited {_count(self.batches, 'batch', 'batches')}, "
+            f"{_count(self.ledger_entries, 'ledger entry', 'ledger entries')}, "
+            f"{_count(self.reservations, 'reservation', 'reservations')}"
         )
         if self.clean:
             return head + ": clean"
-        return "\n".join([head + f": {len(self.problems)} problem(s)", *self.problems])
+        found = _count(len(self.problems), "problem", "problems")
+        return "\n".join([head + f": {found}", *self.problems])
 
 
 FIELDS = ("on_hand", "unavailable", "reserved", "committed", "oversold")
@@ -71,3 +73,7 @@ async def audit(conn: Conn, on_step: Callable[[str], None] | None = None) -> Aud
             )
         step(STEPS[3])
     return report
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
