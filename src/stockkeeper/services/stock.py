@@ -33,6 +33,12 @@ class Receipt:
     lot_number: str | None = None
     expires_at: datetime | None = None
 
+    def __post_init__(self) -> None:
+        # The HTTP schema refuses these first; a receipt built in code (a WMS receipt,
+        # a script) gets the same clear answer instead of failing deeper down.
+        if self.quantity <= 0:
+            raise InvalidRequest(f"a receipt's quantity must be positive, not {self.quantity}")
+
 
 @dataclass(frozen=True, slots=True)
 class Adjustment:
