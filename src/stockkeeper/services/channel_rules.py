@@ -22,6 +22,7 @@ from stockkeeper.domain.availability import (
 )
 from stockkeeper.domain.errors import NotFound
 from stockkeeper.services.unit import Clock, transaction
+from stockkeeper.store import channel_locations as locations_repo
 from stockkeeper.store import channel_rules as repo
 from stockkeeper.store import stock
 from stockkeeper.store.pool import Conn, Pool
@@ -77,6 +78,8 @@ class RuleChanged:
 class SkuChannelState:
     state: repo.SkuState
     rule: AvailabilityRule
+    # A channel with several locations: each location's figures, by location.
+    locations: tuple[locations_repo.LocationState, ...] = ()
 
 
 class RulesService:
@@ -246,9 +249,12 @@ class RulesService:
         async with self.pool.acquire() as conn:
             state = await repo.sku_state(conn, channel, sku)
             stored = {(r.channel, r.sku): r for r in await repo.rules_for_sku(conn, [channel], sku)}
+            at = (await locations_repo.states(conn, channel, [sku])).get(sku, {})
         if state is None:
             raise NotFound(f"{channel!r} has no state for SKU {sku!r}")
-        return SkuChannelState(state, self._effective(channel, sku, stored))
+        mapped = [gid for gid, _ in self.configs[channel].location_map() or ()]
+        ordered = tuple(at[gid] for gid in mapped if gid in at)
+        return SkuChannelState(state, self._effective(channel, sku, stored), ordered)
 
     # -- re-figuring -----------------------------------------------------------------
 
