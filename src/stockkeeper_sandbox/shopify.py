@@ -149,6 +149,7 @@ class ShopifyState(ChannelBook):
         self._gids: dict[str, str] = {}
         self._skus: dict[str, str] = {}
         self._unstocked: set[str] = set()
+        self._unstocked_at: set[tuple[str, str]] = set()
         self._keys: OrderedDict[str, tuple[bytes, dict[str, Any]]] = OrderedDict()
         self._groups = 0
         super().__init__(auto_list=auto_list, unlisted=unlisted, clock=clock)
@@ -172,6 +173,7 @@ class ShopifyState(ChannelBook):
         self._gids.clear()
         self._skus.clear()
         self._unstocked.clear()
+        self._unstocked_at.clear()
         for levels in self._at.values():
             levels.clear()
         self._keys.clear()
@@ -182,10 +184,14 @@ class ShopifyState(ChannelBook):
         with self.lock:
             return self._gids.get(sku)
 
-    def unstock(self, skus: Iterable[str]) -> None:
-        """The items of ``skus`` exist but are not stocked at the location."""
+    def unstock(self, skus: Iterable[str], location_id: str | None = None) -> None:
+        """The items of ``skus`` exist but are not stocked at ``location_id`` (None: at
+        any location)."""
         with self.lock:
-            self._unstocked.update(skus)
+            if location_id is None:
+                self._unstocked.update(skus)
+            else:
+                self._unstocked_at.update((sku, location_id) for sku in skus)
 
     def stock(self, skus: Iterable[str]) -> None:
         with self.lock:
@@ -198,6 +204,8 @@ class ShopifyState(ChannelBook):
         stock there."""
         with self.lock:
             if location_id not in self.location_ids or sku in self._unstocked:
+                return None
+            if (sku, location_id) in self._unstocked_at:
                 return None
             if sku not in self._gids:
                 return None
@@ -407,7 +415,7 @@ class ShopifyState(ChannelBook):
             return "INVALID_LOCATION", "locationId"
         if sku is None:
             return "INVALID_INVENTORY_ITEM", "inventoryItemId"
-        if sku in self._unstocked:
+        if sku in self._unstocked or (sku, q.locationId) in self._unstocked_at:
             return "ITEM_NOT_STOCKED_AT_LOCATION", "inventoryItemId"
         if (q.inventoryItemId, q.locationId) in seen:
             return ("NO_DUPLICATE_INVENTORY_ITEM_ID_GROUP_ID_PAIR",)

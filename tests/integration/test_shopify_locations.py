@@ -13,8 +13,10 @@ import pytest
 
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.bootstrap import Container, build
-from stockkeeper.config import ChannelConfig, Settings
+from stockkeeper.config import ChannelConfig, Settings, ShopifyChannelConfig
 from stockkeeper.connectors.channel_registry import make_channel
+from stockkeeper.connectors.channels import AtLocation, Push
+from stockkeeper.connectors.shopify import ShopifyChannel
 from stockkeeper.services.stock import Adjustment, Receipt
 from stockkeeper.workers.propagator import Propagator
 from stockkeeper_sandbox.server import SandboxServer
@@ -161,3 +163,86 @@ async def test_a_stale_location_is_read_again_and_set_there(
     await record_and_push(c, worker)
     assert at(state, "BAG") == (5, 6)
     assert state.counters()["stale"] == 1
+
+
+# -- the adapter and the sandbox shop, without a database ---------------------------------
+
+
+@pytest.fixture
+async def adapter(shop: tuple[ShopifyState, SandboxServer]) -> AsyncIterator[ShopifyChannel]:
+    cfg = ShopifyChannelConfig.model_validate(
+        {
+            "id": CHANNEL,
+            "type": "shopify",
+            "url": graphql_url(shop[1].url),
+            "rate_limit_rps": 1000,
+            "locations": [
+                {"location_id": BERLIN_GID, "our_locations": ["berlin"]},
+                {"location_id": PARIS_GID, "our_locations": ["paris"]},
+            ],
+        }
+    )
+    channel = ShopifyChannel(cfg)
+    yield channel
+    await channel.aclose()
+
+
+async def test_a_location_that_does_not_stock_the_item_is_left_out(
+    adapter: ShopifyChannel, shop: tuple[ShopifyState, SandboxServer]
+) -> None:
+    state, _ = shop
+    state.list_skus(["ONLY-BERLIN"])
+    state.unstock(["ONLY-BERLIN"], PARIS_GID)
+    spots = (AtLocation(BERLIN_GID, 4), AtLocation(PARIS_GID, 2))
+    [outcome] = await adapter.push([Push("ONLY-BERLIN", 6, 1, locations=spots)])
+    assert (outcome.status, outcome.quantity, outcome.locations) == ("ok", 4, {BERLIN_GID: 4})
+    assert outcome.error == f"not stocked at {PARIS_GID}"
+    assert at(state, "ONLY-BERLIN") == (4, None)
+    state.unlist_skus(["NOWHERE"])
+    shown = await adapter.read_locations(["ONLY-BERLIN", "NOWHERE"], {})
+    assert shown == {"ONLY-BERLIN": {BERLIN_GID: 4, PARIS_GID: None}, "NOWHERE": None}
+    # Stocked nowhere we map: the SKU is unlisted on the channel.
+    state.list_skus(["AWAY"])
+    state.unstock(["AWAY"])
+    [away] = await adapter.push([Push("AWAY", 1, 1, locations=(AtLocation(PARIS_GID, 1),))])
+    assert away.status == "unlisted"
+
+
+async def test_the_sandbox_answers_per_location_as_shopify_does(
+    shop: tuple[ShopifyState, SandboxServer],
+) -> None:
+    state, server = shop
+    state.list_skus(["MUG"], quantity=3)
+    gid = state.gid("MUG")
+    url = graphql_url(server.url)
+    mutation = (
+        "mutation M($input: InventorySetQuantitiesInput!, $k: String!) {"
+        " inventorySetQuantities(input: $input) @idempotent(key: $k) {"
+        " userErrors { code field message } } }"
+    )
+
+    def entry(location: str, quantity: int, change_from: int | None) -> dict[str, Any]:
+        return {
+            "inventoryItemId": gid,
+            "locationId": location,
+            "quantity": quantity,
+            "changeFromQuantity": change_from,
+        }
+
+    async with httpx.AsyncClient() as client:
+        body = {
+            "name": "available",
+            "reason": "correction",
+            "quantities": [entry(PARIS_GID, 5, 0), entry("gid://shopify/Location/99", 1, None)],
+        }
+        r = await client.post(url, json={"query": mutation, "variables": {"input": body, "k": "1"}})
+        errors = r.json()["data"]["inventorySetQuantities"]["userErrors"]
+        assert [(e["code"], e["field"]) for e in errors] == [
+            ("INVALID_LOCATION", ["input", "quantities", "1", "locationId"])
+        ]
+        assert at(state, "MUG") == (3, 0)  # all or nothing
+        body["quantities"] = [entry(PARIS_GID, 5, 0), entry(BERLIN_GID, 1, 3)]
+        r = await client.post(url, json={"query": mutation, "variables": {"input": body, "k": "2"}})
+        assert r.json()["data"]["inventorySetQuantities"]["userErrors"] == []
+    assert at(state, "MUG") == (1, 5)
+    assert state.levels_by_location() == {BERLIN_GID: {"MUG": 1}, PARIS_GID: {"MUG": 5}}
