@@ -105,6 +105,9 @@ async def test_each_location_gets_its_figure_and_only_changed_ones_are_sent(
     shown = {loc["location_id"]: loc for loc in doc["locations"]}
     assert shown[BERLIN_GID]["pushed_quantity"] == 9
     assert shown[PARIS_GID]["pushed_quantity"] == 3
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+        r = await client.get("/admin/status", headers=auth(ADMIN_TOKEN))
+    assert r.json()["channels"][CHANNEL]["locations"] == [BERLIN_GID, PARIS_GID]
 
 
 async def test_a_move_between_our_locations_moves_the_figures(

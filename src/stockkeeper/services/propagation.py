@@ -111,6 +111,9 @@ class ChannelStatus:
     divergence_found: int
     last_sampled_at: datetime | None
     last_failure: Failure | None  # the last failed or refused push, kept on success
+    # The channel's own locations (Shopify location gids), each with a figure per SKU;
+    # None: one figure per SKU.
+    locations: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,8 +661,13 @@ class Propagation:
                 divergence_found=s.divergence_found if s else 0,
                 last_sampled_at=s.last_sampled_at if s else None,
                 last_failure=failures.get(ch),
+                locations=self._locations_of(ch),
             )
         return out
+
+    def _locations_of(self, channel: str) -> tuple[str, ...] | None:
+        mapping = self.configs[channel].location_map()
+        return None if mapping is None else tuple(gid for gid, _ in mapping)
 
     async def unlisted(self, channel: str, after: str = "", limit: int = 100) -> UnlistedPage:
         """The channel's SKUs it does not list, by name after ``after``."""
