@@ -223,6 +223,13 @@ def sandbox_channels(
     shopify_restore_rate: Annotated[
         float, typer.Option(help="Shopify cost points restored per second", min=0.1)
     ] = 100.0,
+    shopify_location: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a location of the sandbox shop, gid://shopify/Location/<n> (repeatable; "
+            "default: gid://shopify/Location/1 alone)"
+        ),
+    ] = None,
     seller_id: Annotated[str, typer.Option(help="the Amazon seller id to accept")] = "A1SANDBOX",
     amazon_feed_delay: Annotated[
         float, typer.Option(help="seconds Amazon's sandbox takes to process a feed", min=0)
@@ -262,7 +269,10 @@ def sandbox_channels(
         typer.echo(f"  export {webhook_secret_env}={secret}", err=True)
     keep = unlisted or []
     shopify = ShopifyState(
-        bucket_size=shopify_bucket, restore_rate=shopify_restore_rate, unlisted=keep
+        bucket_size=shopify_bucket,
+        restore_rate=shopify_restore_rate,
+        unlisted=keep,
+        location_ids=shopify_location or (),
     )
     servers = [
         SandboxServer(shopify_app(shopify, token), host, shopify_port),

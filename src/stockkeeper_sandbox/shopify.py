@@ -16,6 +16,9 @@ shape). What it enforces, like Shopify:
   ``IDEMPOTENCY_KEY_PARAMETER_MISMATCH``.
 
 State lives in :class:`ShopifyState` (a :class:`ChannelBook` plus inventory item gids).
+A shop may have several locations (``location_ids``): the first is the book's (its
+levels, history and control routes), the others keep their own level per item; every
+listed item is stocked at every location unless :meth:`ShopifyState.unstock` says so.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +35,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from stockkeeper_sandbox.channel_book import ChannelBook, book_router, utcnow
+from stockkeeper_sandbox.channel_book import ChannelBook, Source, book_router, utcnow
 from stockkeeper_sandbox.server import (
     CONTROL_PREFIX,
     FaultController,
@@ -95,6 +98,15 @@ USER_ERRORS = {  # inventorySetQuantities userErrors the sandbox gives, as Shopi
 }
 
 
+class LocationLevelIn(BaseModel):
+    """The shop's own change of one SKU at one location (a sale, a count)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sku: str = Field(min_length=1)
+    location_id: str
+    quantity: int = Field(ge=0, le=MAX_QUANTITY)
+
+
 class BucketIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     maximum_available: float = Field(gt=0)
@@ -120,6 +132,7 @@ class ShopifyState(ChannelBook):
         self,
         *,
         location_id: str = DEFAULT_LOCATION,
+        location_ids: Sequence[str] = (),
         bucket_size: float = DEFAULT_BUCKET,
         restore_rate: float = DEFAULT_RESTORE_RATE,
         auto_list: bool = True,
@@ -127,12 +140,16 @@ class ShopifyState(ChannelBook):
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.location_id = location_id
+        # The shop's locations: the first is the book's; the others keep their own levels.
+        self.location_ids = list(dict.fromkeys(location_ids or [location_id]))
+        self.location_id = self.location_ids[0]
+        self._at: dict[str, dict[str, int]] = {loc: {} for loc in self.location_ids[1:]}
         self._monotonic = monotonic
         self._next_id = 1000
         self._gids: dict[str, str] = {}
         self._skus: dict[str, str] = {}
         self._unstocked: set[str] = set()
+        self._unstocked_at: set[tuple[str, str]] = set()
         self._keys: OrderedDict[str, tuple[bytes, dict[str, Any]]] = OrderedDict()
         self._groups = 0
         super().__init__(auto_list=auto_list, unlisted=unlisted, clock=clock)
@@ -149,11 +166,16 @@ class ShopifyState(ChannelBook):
         gid = self._gids.pop(sku, None)
         if gid is not None:
             self._skus.pop(gid, None)
+        for levels in self._at.values():
+            levels.pop(sku, None)
 
     def on_reset(self) -> None:
         self._gids.clear()
         self._skus.clear()
         self._unstocked.clear()
+        self._unstocked_at.clear()
+        for levels in self._at.values():
+            levels.clear()
         self._keys.clear()
         self.configure_bucket(self.maximum_available, self.restore_rate)
 
@@ -162,14 +184,55 @@ class ShopifyState(ChannelBook):
         with self.lock:
             return self._gids.get(sku)
 
-    def unstock(self, skus: Iterable[str]) -> None:
-        """The items of ``skus`` exist but are not stocked at the location."""
+    def unstock(self, skus: Iterable[str], location_id: str | None = None) -> None:
+        """The items of ``skus`` exist but are not stocked at ``location_id`` (None: at
+        any location)."""
         with self.lock:
-            self._unstocked.update(skus)
+            if location_id is None:
+                self._unstocked.update(skus)
+            else:
+                self._unstocked_at.update((sku, location_id) for sku in skus)
 
     def stock(self, skus: Iterable[str]) -> None:
         with self.lock:
             self._unstocked.difference_update(skus)
+
+    # -- levels per location ---------------------------------------------------------
+
+    def level_at(self, sku: str, location_id: str) -> int | None:
+        """What ``location_id`` shows for ``sku``; None: no such location, item or
+        stock there."""
+        with self.lock:
+            if location_id not in self.location_ids or sku in self._unstocked:
+                return None
+            if (sku, location_id) in self._unstocked_at:
+                return None
+            if sku not in self._gids:
+                return None
+            if location_id == self.location_id:
+                return self.level(sku)
+            return self._at[location_id].get(sku, 0)
+
+    def set_level_at(
+        self, sku: str, location_id: str, quantity: int, source: Source = "channel"
+    ) -> None:
+        """Set what ``location_id`` shows (the shop's own change, unless ``source``)."""
+        with self.lock:
+            if location_id == self.location_id:
+                self.set_level(sku, quantity, source=source)
+                return
+            self.listed(sku)
+            self._at[location_id][sku] = quantity
+
+    def levels_by_location(self) -> dict[str, dict[str, int]]:
+        """Every location's levels of the listed, stocked items."""
+        with self.lock:
+            out = {self.location_id: self.levels()}
+            for loc, levels in self._at.items():
+                out[loc] = {
+                    sku: levels.get(sku, 0) for sku in self._gids if sku not in self._unstocked
+                }
+            return out
 
     # -- the cost bucket -----------------------------------------------------------
 
@@ -240,8 +303,7 @@ class ShopifyState(ChannelBook):
                 if sku is None:
                     nodes.append(None)
                     continue
-                stocked = location_id == self.location_id and sku not in self._unstocked
-                level = self.level(sku) if stocked else None
+                level = self.level_at(sku, location_id)
                 quantities = [{"name": "available", "quantity": level}]
                 nodes.append(
                     {
@@ -250,6 +312,29 @@ class ShopifyState(ChannelBook):
                         "inventoryLevel": {"quantities": quantities} if level is not None else None,
                     }
                 )
+            return nodes
+
+    def levels_at(self, ids: list[str], aliases: Mapping[str, str]) -> list[dict[str, Any] | None]:
+        """``nodes(ids:)`` with one aliased ``inventoryLevel(locationId:)`` per entry of
+        ``aliases`` (alias -> location gid); an alias is null where the item is not
+        stocked at that location (or there is no such location)."""
+        with self.lock:
+            self.count("reads")
+            nodes: list[dict[str, Any] | None] = []
+            for gid in ids:
+                sku = self._skus.get(gid)
+                if sku is None:
+                    nodes.append(None)
+                    continue
+                node: dict[str, Any] = {"id": gid, "sku": sku}
+                for alias, location_id in aliases.items():
+                    level = self.level_at(sku, location_id)
+                    node[alias] = (
+                        None
+                        if level is None
+                        else {"quantities": [{"name": "available", "quantity": level}]}
+                    )
+                nodes.append(node)
             return nodes
 
     def set_quantities(self, data: SetInput, key: str) -> dict[str, Any]:
@@ -279,11 +364,22 @@ class ShopifyState(ChannelBook):
         changes = []
         for q in data.quantities:
             sku = self._skus[q.inventoryItemId]
-            before = self.level(sku) or 0
+            before = self.level_at(sku, q.locationId) or 0
             if q.quantity == before:
                 continue
-            self.set_level(sku, q.quantity, source="push", ref=data.referenceDocumentUri)
-            changes.append({"name": data.name, "delta": q.quantity - before, "sku": sku})
+            if q.locationId == self.location_id:
+                self.set_level(sku, q.quantity, source="push", ref=data.referenceDocumentUri)
+            else:
+                self._at[q.locationId][sku] = q.quantity
+            self.count("location_sets")
+            changes.append(
+                {
+                    "name": data.name,
+                    "delta": q.quantity - before,
+                    "sku": sku,
+                    "location": q.locationId,
+                }
+            )
         if not changes:
             # Nothing changed: Shopify answers without an adjustment group.
             return {"inventoryAdjustmentGroup": None, "userErrors": []}
@@ -303,31 +399,32 @@ class ShopifyState(ChannelBook):
             errors.append(
                 _user_error("INVALID_REFERENCE_DOCUMENT", "input", "referenceDocumentUri")
             )
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         for i, q in enumerate(data.quantities):
             problem = self._problem(q, seen)
             if problem is not None:
                 code, *field = problem
                 errors.append(_user_error(code, "input", "quantities", i, *field))
-            seen.add(q.inventoryItemId)
+            seen.add((q.inventoryItemId, q.locationId))
         return errors
 
-    def _problem(self, q: QuantityIn, seen: set[str]) -> tuple[str, ...] | None:
+    def _problem(self, q: QuantityIn, seen: set[tuple[str, str]]) -> tuple[str, ...] | None:
         """What is wrong with one quantity: its error code and field, or None."""
         sku = self._skus.get(q.inventoryItemId)
-        if q.locationId != self.location_id:
+        if q.locationId not in self.location_ids:
             return "INVALID_LOCATION", "locationId"
         if sku is None:
             return "INVALID_INVENTORY_ITEM", "inventoryItemId"
-        if sku in self._unstocked:
+        if sku in self._unstocked or (sku, q.locationId) in self._unstocked_at:
             return "ITEM_NOT_STOCKED_AT_LOCATION", "inventoryItemId"
-        if q.inventoryItemId in seen:
+        if (q.inventoryItemId, q.locationId) in seen:
             return ("NO_DUPLICATE_INVENTORY_ITEM_ID_GROUP_ID_PAIR",)
         if q.quantity < 0:
             return "INVALID_QUANTITY_NEGATIVE", "quantity"
         if q.quantity > MAX_QUANTITY:
             return "INVALID_QUANTITY_TOO_HIGH", "quantity"
-        if q.changeFromQuantity is not None and q.changeFromQuantity != (self.level(sku) or 0):
+        shown = self.level_at(sku, q.locationId) or 0
+        if q.changeFromQuantity is not None and q.changeFromQuantity != shown:
             return "CHANGE_FROM_QUANTITY_STALE", "changeFromQuantity"
         return None
 
@@ -355,7 +452,21 @@ def create_app(
     async def items() -> Response:
         with state.lock:
             listed = {sku: state.gid(sku) for sku in state.levels()}
-        return json_response({"items": listed, "location_id": state.location_id})
+        return json_response(
+            {
+                "items": listed,
+                "location_id": state.location_id,
+                "location_ids": state.location_ids,
+                "levels": state.levels_by_location(),
+            }
+        )
+
+    @app.put(f"{CONTROL_PREFIX}/locations/levels", tags=["sandbox"])
+    async def put_location_level(body: LocationLevelIn) -> Response:
+        if body.location_id not in state.location_ids:
+            return json_response({"error": f"no location {body.location_id}"}, 404)
+        state.set_level_at(body.sku, body.location_id, body.quantity)
+        return json_response({"levels": state.levels_by_location()})
 
     @app.get(f"{CONTROL_PREFIX}/bucket", tags=["sandbox"])
     async def get_bucket() -> Response:

@@ -26,6 +26,8 @@ Int = Annotated[int, Strict()]
 
 ROOT_FIELDS = ("inventorySetQuantities", "inventoryItems", "nodes")
 _ROOT = re.compile(r"\b(" + "|".join(ROOT_FIELDS) + r")\s*\(")
+# One aliased level per location: ``at0: inventoryLevel(locationId: $at0)``.
+_ALIASED_LEVEL = re.compile(r"\b(\w+)\s*:\s*inventoryLevel\s*\(\s*locationId\s*:\s*\$(\w+)\s*\)")
 _IDEMPOTENT = re.compile(r'@idempotent\s*\(\s*key\s*:\s*(?:\$(\w+)|"([^"]*)")\s*\)')
 _SKU_TERM = re.compile(r'sku:(?:"((?:[^"\\]|\\.)*)"|([^\s()"]+))')
 _UNESCAPE = re.compile(r"\\(.)")
@@ -44,6 +46,10 @@ class ItemsVars(_Vars):
 class NodesVars(_Vars):
     ids: list[str] = Field(max_length=250)
     locationId: str
+
+
+class IdsVars(_Vars):
+    ids: list[str] = Field(max_length=250)
 
 
 class QuantityIn(BaseModel):
@@ -127,7 +133,7 @@ def _offset(cursor: str | None) -> int:
     raise GraphQLError(f"Invalid cursor for current pagination: {cursor!r}", "INVALID_VARIABLE")
 
 
-def _requested_cost(operation: str, variables: dict[str, Any]) -> float:
+def _requested_cost(operation: str, query: str, variables: dict[str, Any]) -> float:
     """Shopify's rules, simplified: a mutation is 10; a connection 2 plus one per item
     asked for; nodes() one plus two per id (the item and its level)."""
     if operation == "inventorySetQuantities":
@@ -136,7 +142,9 @@ def _requested_cost(operation: str, variables: dict[str, Any]) -> float:
         first = variables.get("first")
         return 2.0 + (first if isinstance(first, int) else 0)
     ids = variables.get("ids")
-    return 1.0 + 2.0 * (len(ids) if isinstance(ids, list) else 0)
+    # One level per location asked for (aliased levels: one per alias).
+    per_id = 1.0 + max(1, len(_ALIASED_LEVEL.findall(query)))
+    return 1.0 + per_id * (len(ids) if isinstance(ids, list) else 0)
 
 
 def _run(
@@ -151,6 +159,19 @@ def _run(
         end = start + len(nodes)
         page = {"hasNextPage": end < len(matches), "endCursor": _cursor(end) if nodes else None}
         return {"inventoryItems": {"nodes": nodes, "pageInfo": page}}, 2.0 + len(nodes)
+    aliased = dict(_ALIASED_LEVEL.findall(query)) if operation == "nodes" else {}
+    if aliased:
+        ids = _vars(IdsVars, variables).ids
+        locations: dict[str, str] = {}
+        for alias, name in aliased.items():
+            value = variables.get(name)
+            if not isinstance(value, str):
+                message = f"Variable ${name} of type ID! was not provided."
+                raise GraphQLError(message, "INVALID_VARIABLE")
+            locations[alias] = value
+        found = state.levels_at(ids, locations)
+        levels = sum(1 for n in found if n is not None for a in locations if n[a] is not None)
+        return {"nodes": found}, 1.0 + len(ids) + levels
     if operation == "nodes":
         args = _vars(NodesVars, variables)
         found = state.available(args.ids, args.locationId)
@@ -173,7 +194,7 @@ def _run(
 def answer(state: ShopifyState, body: GraphQLRequest) -> dict[str, Any]:
     variables = body.variables or {}
     operation = _operation(body.query)
-    requested = _requested_cost(operation, variables)
+    requested = _requested_cost(operation, body.query, variables)
     cost: dict[str, Any] = {"requestedQueryCost": requested, "actualQueryCost": None}
     if requested > MAX_QUERY_COST:
         message = (

@@ -21,11 +21,12 @@ from graphql import GraphQLSchema, build_client_schema, parse, validate
 from graphql.execution.values import get_variable_values
 
 from stockkeeper.config import ShopifyChannelConfig
-from stockkeeper.connectors.channels import Push
+from stockkeeper.connectors.channels import AtLocation, Push
 from stockkeeper.connectors.shopify import ShopifyChannel
 from stockkeeper.connectors.shopify_wire import SET_AVAILABLE
 from stockkeeper_sandbox.server import SandboxServer
 from stockkeeper_sandbox.shopify import ShopifyState, graphql_url
+from stockkeeper_sandbox.shopify import create_app as create_shopify_app
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"  # the owners' own (D-253)
 INTROSPECTION = SPECS / "shopify" / "admin-2026-04.introspection.json.gz"
@@ -115,6 +116,77 @@ async def test_every_request_validates_against_shopify_2026_04(
         # 2026-04 refuses an input without it; the key of @idempotent must be there).
         if "inventorySetQuantities" in body["query"]:
             assert body["variables"]["idempotencyKey"]
+            for quantity in body["variables"]["input"]["quantities"]:
+                assert "changeFromQuantity" in quantity
+
+
+async def test_a_multi_location_push_and_read_validate_against_shopify_2026_04() -> None:
+    l1, l2 = "gid://shopify/Location/11", "gid://shopify/Location/22"
+    state = ShopifyState(location_ids=[l1, l2])
+    recorded = Recorder()
+    with SandboxServer(create_shopify_app(state)) as server:
+        cfg = ShopifyChannelConfig.model_validate(
+            {
+                "id": "shopify-contract",
+                "type": "shopify",
+                "url": graphql_url(server.url),
+                "locations": [
+                    {"location_id": l1, "our_locations": ["berlin"]},
+                    {"location_id": l2, "our_locations": ["paris"]},
+                ],
+                "rate_limit_rps": 1000,
+            }
+        )
+        adapter = ShopifyChannel(cfg, transport=recorded)
+        try:
+            state.list_skus(["A", "B"], quantity=0)
+            state.set_level_at("B", l2, 9)  # B's changeFromQuantity at l2 is stale
+            first = await adapter.push(
+                [
+                    Push(
+                        "A",
+                        7,
+                        1,
+                        previous=0,
+                        locations=(AtLocation(l1, 5, 0), AtLocation(l2, 2, 0)),
+                    ),
+                    Push(
+                        "B",
+                        4,
+                        1,
+                        previous=0,
+                        locations=(AtLocation(l1, 1, 0), AtLocation(l2, 3, 0)),
+                    ),
+                ]
+            )
+            assert [(o.status, o.locations) for o in first] == [
+                ("ok", {l1: 5, l2: 2}),
+                ("ok", {l1: 1, l2: 3}),
+            ]
+            refs = {o.sku: o.channel_ref for o in first if o.channel_ref}
+            assert await adapter.read_locations(["A", "B"], refs) == {
+                "A": {l1: 5, l2: 2},
+                "B": {l1: 1, l2: 3},
+            }
+        finally:
+            await adapter.aclose()
+    mutations = [b for b in recorded.bodies if "inventorySetQuantities" in b["query"]]
+    # One mutation carries every location of the batch, each with its changeFromQuantity.
+    entries = [m["variables"]["input"]["quantities"] for m in mutations]
+    assert [(q["inventoryItemId"], q["locationId"]) for q in entries[0]] == [
+        (refs[sku], loc) for sku in ("A", "B") for loc in (l1, l2)
+    ]
+    # B is stale at l2 alone: re-read at that location, and the mutation (all or
+    # nothing, so nothing was applied) sent again comparing from what l2 shows.
+    rereads = [b["variables"] for b in recorded.bodies if "StockkeeperAvailable(" in b["query"]]
+    assert rereads == [{"ids": [refs["B"]], "locationId": l2}]
+    assert len(mutations) == 2
+    assert [q["changeFromQuantity"] for q in entries[1]] == [0, 0, 0, 9]
+    names = {parse(b["query"]).definitions[0].name.value for b in recorded.bodies}  # type: ignore[attr-defined]
+    assert {"StockkeeperSetAvailable", "StockkeeperAvailable", "StockkeeperAvailableAt"} <= names
+    for body in recorded.bodies:
+        assert problems(body) == [], body
+        if "inventorySetQuantities" in body["query"]:
             for quantity in body["variables"]["input"]["quantities"]:
                 assert "changeFromQuantity" in quantity
 

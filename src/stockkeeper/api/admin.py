@@ -119,6 +119,7 @@ def channel_out(ch: str, c: ChannelStatus) -> schemas.ChannelStatusOut:
         divergence_found=c.divergence_found,
         last_sampled_at=_iso(c.last_sampled_at),
         last_failure=failure_out(c.last_failure),
+        locations=None if c.locations is None else list(c.locations),
     )
 
 

@@ -108,6 +108,15 @@ class RuleChangesOut(BaseModel):
     next: int | None
 
 
+class LocationFigureOut(BaseModel):
+    location_id: str = Field(description="the channel's location (a Shopify location gid)")
+    desired_quantity: int = Field(description="the figure last computed and sent there")
+    pushed_quantity: int | None = Field(
+        description="what the location shows as far as we know (acknowledged or read back)"
+    )
+    pushed_at: datetime | None
+
+
 class ChannelSkuOut(BaseModel):
     channel: str
     sku: str
@@ -124,6 +133,10 @@ class ChannelSkuOut(BaseModel):
     pending_since: datetime | None
     updated_at: datetime
     rule: RuleOut = Field(description="the SKU's effective rule now")
+    locations: list[LocationFigureOut] = Field(
+        default_factory=list,
+        description="a channel with several locations (Shopify): the figure at each",
+    )
 
 
 def _rule_out(rule: AvailabilityRule) -> RuleOut:
@@ -151,6 +164,15 @@ def _sku_out(found: SkuChannelState) -> ChannelSkuOut:
         pending_since=s.pending_since,
         updated_at=s.updated_at,
         rule=_rule_out(found.rule),
+        locations=[
+            LocationFigureOut(
+                location_id=at.location_id,
+                desired_quantity=at.figure,
+                pushed_quantity=at.shown,
+                pushed_at=at.pushed_at,
+            )
+            for at in found.locations
+        ],
     )
 
 

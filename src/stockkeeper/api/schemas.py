@@ -490,6 +490,13 @@ class ChannelStatusOut(BaseModel):
     last_failure: FailureOut | None = Field(
         description="The channel's last failed or refused push and when; kept on success."
     )
+    locations: list[str] | None = Field(
+        default=None,
+        description=(
+            "The channel's own locations (Shopify location gids), each with its own figure "
+            "per SKU (see /admin/channels/{channel}/skus/{sku}); null: one figure per SKU."
+        ),
+    )
 
 
 class StatusOut(BaseModel):

@@ -24,6 +24,7 @@ from stockkeeper.config.connectors import ConnectorConfig as ConnectorConfig
 from stockkeeper.config.connectors import ErpConnectorConfig as ErpConnectorConfig
 from stockkeeper.config.connectors import HttpConnectorConfig as HttpConnectorConfig
 from stockkeeper.config.connectors import IngestOptions as IngestOptions
+from stockkeeper.config.connectors import LocationMap as LocationMap
 from stockkeeper.config.connectors import MarketplaceConnectorConfig as MarketplaceConnectorConfig
 from stockkeeper.config.connectors import (
     OutboundWebhookChannelConfig as OutboundWebhookChannelConfig,
@@ -31,6 +32,7 @@ from stockkeeper.config.connectors import (
 from stockkeeper.config.connectors import PricingConfig as PricingConfig
 from stockkeeper.config.connectors import RuleOverrideConfig as RuleOverrideConfig
 from stockkeeper.config.connectors import ShopifyChannelConfig as ShopifyChannelConfig
+from stockkeeper.config.connectors import ShopifyLocationConfig as ShopifyLocationConfig
 from stockkeeper.config.connectors import WebhookConnectorConfig as WebhookConnectorConfig
 from stockkeeper.config.connectors import WmsConnectorConfig as WmsConnectorConfig
 from stockkeeper.config.loader import CONFIG_ENV as CONFIG_ENV

@@ -188,18 +188,91 @@ class ChannelConfig(HttpConnectorConfig):
     divergence_sample_s: float = Field(default=300.0, ge=0)
     divergence_sample_size: int = Field(default=20, ge=1, le=250)
 
+    def location_map(self) -> LocationMap | None:
+        """The channel's own locations, each fed by some of ours (Shopify's); None: the
+        channel has one figure per SKU."""
+        return None
+
+
+ShopifyLocationGid = Annotated[str, Field(pattern=r"^gid://shopify/Location/[0-9]+$")]
+# Our locations mapped to one Shopify location: "*" alone means all of them.
+ALL_LOCATIONS = "*"
+
+
+class ShopifyLocationConfig(Section):
+    """One Shopify location and the locations of ours whose stock it shows (D-280)."""
+
+    location_id: ShopifyLocationGid
+    our_locations: list[LocationName] = Field(min_length=1)
+
+
+# A Shopify location's gid and the locations of ours that feed it (None: all of them).
+LocationMap = tuple[tuple[str, frozenset[str] | None], ...]
+
 
 class ShopifyChannelConfig(ChannelConfig):
-    """Shopify's Admin GraphQL API: ``inventorySetQuantities`` at one location."""
+    """Shopify's Admin GraphQL API: ``inventorySetQuantities`` at one location
+    (``location_id``) or at several, each fed by some of our locations (``locations``)."""
 
     type: Literal["shopify"]
     # The GraphQL endpoint, e.g. https://shop.myshopify.com/admin/api/2026-04/graphql.json;
     # token_env names the variable holding the Admin API access token.
-    location_id: str = Field(pattern=r"^gid://shopify/Location/[0-9]+$")
+    # One location showing all our stock (a single-location shop) ...
+    location_id: ShopifyLocationGid | None = None
+    # ... or several, each with the locations of ours that feed it (docs/channels.md).
+    locations: list[ShopifyLocationConfig] | None = Field(default=None, min_length=1)
     # One of Shopify's inventory change reasons.
     reason: str = Field(default="correction", pattern=r"^[a-z_]{1,64}$")
     batch_size: int = Field(default=50, ge=1, le=250)
     rate_limit_rps: float = Field(default=20.0, gt=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _locations_mapped_once(self) -> ShopifyChannelConfig:
+        if (self.location_id is None) == (self.locations is None):
+            raise ValueError("give exactly one of location_id or locations")
+        if self.locations is None:
+            return self
+        gids = [m.location_id for m in self.locations]
+        twice = sorted({g for g in gids if gids.count(g) > 1})
+        if twice:
+            raise ValueError(f"locations: Shopify location mapped twice: {', '.join(twice)}")
+        ours = [o for m in self.locations for o in m.our_locations]
+        if ALL_LOCATIONS in ours and len(ours) > 1:
+            raise ValueError('locations: "*" (all our locations) must be the only location mapped')
+        twice = sorted({o for o in ours if ours.count(o) > 1})
+        if twice:
+            raise ValueError(
+                f"locations: our location mapped to two Shopify locations: {', '.join(twice)}"
+            )
+        feeding = self.rules.locations
+        unknown = sorted(set(ours) - {ALL_LOCATIONS} - set(feeding or ours))
+        if unknown:
+            raise ValueError(
+                f"locations: {', '.join(unknown)} not among the locations that feed the "
+                f"channel (rules.locations: {', '.join(feeding or [])})"
+            )
+        return self
+
+    @property
+    def primary_location(self) -> str:
+        """The one location of a single-location shop (the first mapped otherwise)."""
+        if self.location_id is not None:
+            return self.location_id
+        assert self.locations  # the validator saw to it
+        return self.locations[0].location_id
+
+    def location_map(self) -> LocationMap | None:
+        """Per Shopify location, our locations feeding it; None: ``location_id`` alone
+        (every location into one, kept on the per-SKU row as before)."""
+        if self.locations is None:
+            return None
+        return tuple(
+            (
+                m.location_id,
+                None if m.our_locations == [ALL_LOCATIONS] else frozenset(m.our_locations),
+            )
+            for m in self.locations
+        )
 
 
 class AmazonChannelConfig(ChannelConfig):

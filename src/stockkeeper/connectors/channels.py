@@ -35,6 +35,16 @@ Fence = Callable[[Sequence[str]], Awaitable[set[str]]]
 
 
 @dataclass(frozen=True, slots=True)
+class AtLocation:
+    """A SKU's figure at one location of a channel that has several (a Shopify location):
+    ``quantity`` to show there, ``previous`` what we believe it shows (None: never told)."""
+
+    location_id: str
+    quantity: int
+    previous: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Push:
     """Show ``quantity`` as available for ``sku`` (our level at ``version``)."""
 
@@ -47,6 +57,9 @@ class Push:
     # The channel's own id for the SKU, as an earlier outcome reported it (Shopify's
     # inventory item gid); None: the adapter looks it up.
     channel_ref: str | None = None
+    # A channel with several locations: the figure at each (``quantity`` is their sum);
+    # empty: the channel has one figure per SKU.
+    locations: tuple[AtLocation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +71,8 @@ class PushOutcome:
     until it is listed.
     ``rejected``: the channel refused this item for good; ``error`` says why.
     ``superseded``: the fence said the push is no longer ours; nothing was written after.
+    ``locations`` (a push with locations, ``ok``): what each location shows now; one
+    that does not stock the item is left out (``error`` names it).
     """
 
     sku: str
@@ -65,6 +80,7 @@ class PushOutcome:
     quantity: int | None = None
     channel_ref: str | None = None
     error: str | None = None
+    locations: Mapping[str, int] | None = None
 
 
 class ChannelAdapter(Protocol):

@@ -47,6 +47,34 @@ query StockkeeperAvailable($ids: [ID!]!, $locationId: ID!) {
   }
 }
 """
+LEVEL_ALIAS = "at"  # at0, at1, ...: one inventoryLevel per mapped location
+
+
+def available_at(locations: int) -> str:
+    """The read of a shop with several locations: per inventory item, one aliased
+    ``inventoryLevel(locationId:)`` per mapped location (``$at0``, ``$at1``, ...). Only
+    aliases and variable names are generated; every value is a variable."""
+    names = [f"{LEVEL_ALIAS}{i}" for i in range(locations)]
+    params = "".join(f", ${n}: ID!" for n in names)
+    levels = "".join(
+        f"""
+      {n}: inventoryLevel(locationId: ${n}) {{
+        quantities(names: ["available"]) {{ name quantity }}
+      }}"""
+        for n in names
+    )
+    return f"""
+query StockkeeperAvailableAt($ids: [ID!]!{params}) {{
+  nodes(ids: $ids) {{
+    ... on InventoryItem {{
+      id
+      sku{levels}
+    }}
+  }}
+}}
+"""
+
+
 SET_AVAILABLE = """
 mutation StockkeeperSetAvailable(
   $input: InventorySetQuantitiesInput!, $idempotencyKey: String!
@@ -133,6 +161,21 @@ class NodesData(Wire):
     nodes: list[LevelNode | None]
 
 
+class LevelsNode(Wire):
+    """An inventory item with its aliased levels (``at0``, ...; null: not stocked)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    id: str | None = None
+
+    def level(self, index: int) -> Level | None:
+        raw = (self.model_extra or {}).get(f"{LEVEL_ALIAS}{index}")
+        return None if raw is None else Level.model_validate(raw)
+
+
+class LevelsData(Wire):
+    nodes: list[LevelsNode | None]
+
+
 class UserError(Wire):
     code: str | None = None
     field: list[str] | None = None
@@ -190,14 +233,14 @@ def parser(model: type[D]) -> Callable[[httpx.Response], Answer[D]]:
     return parse
 
 
-def estimate(operation: str, items: int) -> float:
+def estimate(operation: str, items: int, locations: int = 1) -> float:
     """Requested cost before Shopify has told us: its published rules (a mutation is 10
     points, a connection 2 plus one per item asked for, an object 1)."""
     if operation == "set_available":
         return 10.0
     if operation == "lookup_items":
         return 2.0 + items
-    return 1.0 + 3.0 * items  # nodes: item, level, quantities per id
+    return 1.0 + (1.0 + 2.0 * locations) * items  # nodes: item, level and quantities
 
 
 def fitting(items: int, base: float, per_item: float, bucket_size: float | None) -> int:

@@ -17,7 +17,7 @@ locations hold.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 
@@ -84,3 +84,26 @@ def channel_figure(rule: AvailabilityRule, available_by_location: Mapping[str, i
     shared = fed * rule.share_percent // 100
     capped = shared if rule.cap is None else min(rule.cap, shared)
     return max(0, capped - rule.buffer)
+
+
+def location_figures(
+    rule: AvailabilityRule,
+    mapping: Sequence[tuple[str, frozenset[str] | None]],
+    available_by_location: Mapping[str, int],
+) -> dict[str, int]:
+    """Per location of a channel that has several (Shopify's), its figure under ``rule``:
+    the rule applied whole (share, cap, buffer) to the locations of ours mapped to it
+    that also feed the channel. ``mapping`` is (channel location, ours feeding it, None:
+    all). Each figure obeys the rule on its own, so their sum never exceeds what the
+    feeding locations hold."""
+    out: dict[str, int] = {}
+    for channel_location, ours in mapping:
+        if ours is None:
+            feeding = rule.locations
+        elif rule.locations is None:
+            feeding = ours
+        else:
+            feeding = ours & rule.locations
+        restricted = replace(rule, locations=feeding)
+        out[channel_location] = channel_figure(restricted, available_by_location)
+    return out

@@ -14,9 +14,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from stockkeeper.config import AvailabilityRulesConfig, ChannelConfig, RuleOverrideConfig
-from stockkeeper.domain.availability import AvailabilityRule, RuleOverride, channel_figure
+from stockkeeper.domain.availability import (
+    AvailabilityRule,
+    RuleOverride,
+    channel_figure,
+    location_figures,
+)
 from stockkeeper.domain.errors import NotFound
 from stockkeeper.services.unit import Clock, transaction
+from stockkeeper.store import channel_locations as locations_repo
 from stockkeeper.store import channel_rules as repo
 from stockkeeper.store import stock
 from stockkeeper.store.pool import Conn, Pool
@@ -72,6 +78,8 @@ class RuleChanged:
 class SkuChannelState:
     state: repo.SkuState
     rule: AvailabilityRule
+    # A channel with several locations: each location's figures, by location.
+    locations: tuple[locations_repo.LocationState, ...] = ()
 
 
 class RulesService:
@@ -123,14 +131,39 @@ class RulesService:
             mine: dict[str, tuple[int, AvailabilityRule]] = {}
             for ch in channels:
                 rule = self._effective(ch, sku, stored)
-                if rule.locations is None:
+                mapping = self.configs[ch].location_map()
+                if rule.locations is None and mapping is None:
                     mine[ch] = (channel_figure(rule, {"": available[sku]}), rule)
                     continue
                 if by_location is None:
                     by_location = await repo.available_by_location(conn, skus, self.clock())
-                mine[ch] = (channel_figure(rule, by_location[sku]), rule)
+                mine[ch] = (self._figure(ch, rule, by_location[sku]), rule)
             out[sku] = mine
         return out
+
+    def _figure(self, channel: str, rule: AvailabilityRule, held: Mapping[str, int]) -> int:
+        """The SKU's figure on the channel: for one with several locations, the sum of
+        each location's own figure (D-280)."""
+        mapping = self.configs[channel].location_map()
+        if mapping is None:
+            return channel_figure(rule, held)
+        return sum(location_figures(rule, mapping, held).values())
+
+    async def located_figures(
+        self, conn: Conn, channel: str, skus: Sequence[str]
+    ) -> dict[str, dict[str, int]]:
+        """Per SKU, the figure at each location of a channel that has several (Shopify
+        locations), from the stock each of our locations holds now and the SKU's
+        effective rule (two statements whatever the number of SKUs)."""
+        mapping = self.configs[channel].location_map()
+        if mapping is None or not skus:
+            return {}
+        stored = {(r.channel, r.sku): r for r in await repo.rules_for_skus(conn, [channel], skus)}
+        by_location = await repo.available_by_location(conn, skus, self.clock())
+        return {
+            sku: location_figures(self._effective(channel, sku, stored), mapping, by_location[sku])
+            for sku in skus
+        }
 
     # -- reading and changing the rules ----------------------------------------------
 
@@ -216,9 +249,12 @@ class RulesService:
         async with self.pool.acquire() as conn:
             state = await repo.sku_state(conn, channel, sku)
             stored = {(r.channel, r.sku): r for r in await repo.rules_for_sku(conn, [channel], sku)}
+            at = (await locations_repo.states(conn, channel, [sku])).get(sku, {})
         if state is None:
             raise NotFound(f"{channel!r} has no state for SKU {sku!r}")
-        return SkuChannelState(state, self._effective(channel, sku, stored))
+        mapped = [gid for gid, _ in self.configs[channel].location_map() or ()]
+        ordered = tuple(at[gid] for gid in mapped if gid in at)
+        return SkuChannelState(state, self._effective(channel, sku, stored), ordered)
 
     # -- re-figuring -----------------------------------------------------------------
 
@@ -261,13 +297,16 @@ class RulesService:
         known = [s for s in skus if s in levels]
         stored = {(r.channel, r.sku): r for r in await repo.rules_of_channel(conn, channel)}
         rules = {sku: self._effective(channel, sku, stored) for sku in known}
-        located = [s for s in known if rules[s].locations is not None]
+        mapped = self.configs[channel].location_map() is not None
+        located = [s for s in known if rules[s].locations is not None or mapped]
         by_location = await repo.available_by_location(conn, located, now) if located else {}
         figures = []
         for sku in known:
             rule = rules[sku]
             held = by_location[sku] if sku in by_location else {"": levels[sku].level.available}
             figures.append(
-                repo.Figure(sku, channel_figure(rule, held), rule.describe(), levels[sku].version)
+                repo.Figure(
+                    sku, self._figure(channel, rule, held), rule.describe(), levels[sku].version
+                )
             )
         return await repo.refigure(conn, channel, figures, force)

@@ -22,19 +22,28 @@ from datetime import datetime
 from typing import Any
 
 from stockkeeper.config import ChannelConfig, MonitoringConfig, PropagationConfig
-from stockkeeper.connectors.channels import ChannelAdapter, Push, PushOutcome
+from stockkeeper.connectors.channels import AtLocation, ChannelAdapter, Push, PushOutcome
 from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
 from stockkeeper.connectors.shopify import MAX_PACE_WAIT_S
+from stockkeeper.domain.availability import AvailabilityRule
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.domain.errors import NotFound
 from stockkeeper.domain.events import Event
-from stockkeeper.domain.propagation import AlertChange, SyncStatus, Verdict, judge, lag_alert
+from stockkeeper.domain.propagation import (
+    AlertChange,
+    SyncState,
+    SyncStatus,
+    Verdict,
+    judge,
+    lag_alert,
+)
 from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.channel_rules import RulesService, passes_sales_through
+from stockkeeper.services.located import Located, LocatedReader
 from stockkeeper.services.unit import Clock, transaction
 from stockkeeper.store import channel_sync as repo
 from stockkeeper.store import connector_state, outbox, stock
@@ -102,6 +111,9 @@ class ChannelStatus:
     divergence_found: int
     last_sampled_at: datetime | None
     last_failure: Failure | None  # the last failed or refused push, kept on success
+    # The channel's own locations (Shopify location gids), each with a figure per SKU;
+    # None: one figure per SKU.
+    locations: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +168,36 @@ class Propagation:
         self.echo = {c.id: {c.id, *c.echo_sources} for c in channels}
         # Per-channel availability rules: the figure each channel is shown.
         self.rules = RulesService(pool, channels, clock)
+        # Channels with several locations (Shopify locations): figures per location.
+        self.located = {c.id for c in channels if c.location_map() is not None}
+        self.locations = Located(pool, self.rules, clock, NOTIFY_CHANNEL)
+
+    def _judge(
+        self,
+        ch: str,
+        state: SyncState,
+        version: int,
+        figure: int,
+        rule: AvailabilityRule,
+        source: str | None,
+    ) -> Verdict:
+        """:func:`judge` for one channel. On a channel with several locations the total
+        says nothing of its split (a transfer between our locations keeps it) and a
+        sale there is not known to come out of the location that sold it: such a
+        channel's change is pushed, and the push decides per location (D-280)."""
+        located = ch in self.located
+        verdict = judge(
+            state,
+            version,
+            figure,
+            # A sale moves a capped, shared or location-fed figure by something else
+            # than the units sold: the channel's own change is pushed like any other.
+            from_this_channel=not located
+            and source in self.echo[ch]
+            and passes_sales_through(rule),
+            recheck_s=self.configs[ch].unlisted_recheck_s,
+        )
+        return Verdict.PUSH if located and verdict is Verdict.NOOP else verdict
 
     # -- the consumer's effect -----------------------------------------------------
 
@@ -175,15 +217,7 @@ class Propagation:
         # After the lock: a rule change committed meanwhile is seen (see RulesService).
         figures = await self.rules.figures(conn, self.ids, sku, available)
         verdicts = {
-            ch: judge(
-                states[ch],
-                version,
-                figures[ch][0],
-                # A sale moves a capped, shared or location-fed figure by something else
-                # than the units sold: the channel's own change is pushed like any other.
-                from_this_channel=source in self.echo[ch] and passes_sales_through(figures[ch][1]),
-                recheck_s=self.configs[ch].unlisted_recheck_s,
-            )
+            ch: self._judge(ch, states[ch], version, figures[ch][0], figures[ch][1], source)
             for ch in self.ids
         }
         live = {ch: v for ch, v in verdicts.items() if v is not Verdict.STALE}
@@ -221,13 +255,7 @@ class Propagation:
         for sku, version, _ in newest.values():
             mine = figures[sku]
             verdicts = {
-                ch: judge(
-                    states[(sku, ch)],
-                    version,
-                    mine[ch][0],
-                    from_this_channel=source in self.echo[ch] and passes_sales_through(mine[ch][1]),
-                    recheck_s=self.configs[ch].unlisted_recheck_s,
-                )
+                ch: self._judge(ch, states[(sku, ch)], version, mine[ch][0], mine[ch][1], source)
                 for ch in self.ids
             }
             out[sku] = verdicts
@@ -315,6 +343,8 @@ class Propagation:
         """
         channel = adapter.id
         done = Settled()
+        if channel in self.located:
+            return await self._push_located(adapter, claimed, lease_s)
         noop = [c for c in claimed if c.previous == c.quantity]
         if noop:
             done.add(await self.noops(channel, noop))
@@ -323,15 +353,36 @@ class Propagation:
             done.add(await self._call(adapter, todo, lease_s))
         return done
 
+    async def _push_located(
+        self, adapter: ChannelAdapter, claimed: Sequence[repo.Claimed], lease_s: float | None
+    ) -> Settled:
+        """:meth:`push_claimed` on a channel with several locations: each SKU's figure
+        per location now; one whose every location shows it needs no call."""
+        at, noop = await self.locations.figures(adapter.id, claimed)
+        done = await self.noops(adapter.id, noop) if noop else Settled()
+        todo = [c for c in claimed if c not in noop]
+        return done.add(await self._call(adapter, todo, lease_s, at)) if todo else done
+
     async def _call(
         self,
         adapter: ChannelAdapter,
         claimed: Sequence[repo.Claimed],
         lease_s: float | None = None,
+        at: dict[str, tuple[AtLocation, ...]] | None = None,
     ) -> Settled:
         channel = adapter.id
         lease = lease_s or self.lease_s(channel)
-        items = [Push(c.sku, c.quantity, c.version, c.previous, c.channel_ref) for c in claimed]
+        items = [
+            Push(
+                c.sku,
+                sum(a.quantity for a in at[c.sku]) if at else c.quantity,
+                c.version,
+                c.previous,
+                c.channel_ref,
+                at[c.sku] if at else (),
+            )
+            for c in claimed
+        ]
 
         async def fence(skus: Sequence[str]) -> set[str]:
             wanted = set(skus)
@@ -354,7 +405,7 @@ class Propagation:
                 # One bad item must not hold the others back: push each on its own.
                 done = Settled()
                 for c in claimed:
-                    done.add(await self._call(adapter, [c]))
+                    done.add(await self._call(adapter, [c], lease_s, at))
                 return done
             refused = [PushOutcome(claimed[0].sku, "rejected", error=str(exc))]
             return await self.settle(channel, claimed, refused)
@@ -396,6 +447,9 @@ class Propagation:
         done = Settled()
         async with transaction(self.pool) as conn:
             logged = await repo.ack(conn, channel, acked)
+            if channel in self.located:
+                settled = {row.sku for row in logged}
+                await self.locations.acknowledged(conn, channel, outcomes, settled)
             await repo.unlisted(conn, channel, unlisted)
             for c, error in rejected:
                 await self._dead(conn, channel, [c], f"{channel} refused it: {error}")
@@ -607,8 +661,13 @@ class Propagation:
                 divergence_found=s.divergence_found if s else 0,
                 last_sampled_at=s.last_sampled_at if s else None,
                 last_failure=failures.get(ch),
+                locations=self._locations_of(ch),
             )
         return out
+
+    def _locations_of(self, channel: str) -> tuple[str, ...] | None:
+        mapping = self.configs[channel].location_map()
+        return None if mapping is None else tuple(gid for gid, _ in mapping)
 
     async def unlisted(self, channel: str, after: str = "", limit: int = 100) -> UnlistedPage:
         """The channel's SKUs it does not list, by name after ``after``."""
@@ -694,6 +753,9 @@ class Propagation:
         channel = adapter.id
         if not adapter.can_read:
             return Drift(channel, 0, 0, 0)
+        if channel in self.located and isinstance(adapter, LocatedReader):
+            found = await self.locations.reconcile(adapter, page, on_page)
+            return await self._reconciled(channel, found.checked, found.drifted, found.unlisted)
         after, checked, drifted, unlisted = "", 0, 0, 0
         while True:
             async with self.pool.acquire() as conn:
@@ -732,6 +794,9 @@ class Propagation:
                     await repo.notify_senders(conn, NOTIFY_CHANNEL)
             if on_page is not None:
                 on_page(len(rows))
+        return await self._reconciled(channel, checked, drifted, unlisted)
+
+    async def _reconciled(self, channel: str, checked: int, drifted: int, unlisted: int) -> Drift:
         async with self.pool.acquire() as conn:
             await repo.ensure_channel_states(conn, [channel])
             await repo.count_drift(conn, channel, drifted)
