@@ -161,3 +161,46 @@ WHERE expires_at <= $1 AND on_hand - unavailable - reserved - committed - overso
 ORDER BY id
 LIMIT $2
 FOR UPDATE SKIP LOCKED;
+
+-- name: ledger_and_bump
+-- insert_ledger and bump_skus in one round trip (D-300). The ledger CTE takes no lock
+-- of its own (its foreign keys take KEY SHARE, which our batch and SKU locks allow);
+-- the SKU rows are locked in name order, after the batch locks the caller's earlier
+-- statements took, as bump_skus does.
+WITH ledger AS (
+    INSERT INTO inventory_ledger (batch_id, sku, entry_type, d_on_hand, d_unavailable,
+                                  d_reserved, d_committed, source, reference_id, reason,
+                                  d_oversold)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                         $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[],
+                         $11::bigint[])
+), locked AS (
+    SELECT sku FROM sku WHERE sku = ANY($12::text[]) ORDER BY sku FOR NO KEY UPDATE
+)
+UPDATE sku s
+SET version = s.version + 1, updated_at = now()
+FROM locked
+WHERE s.sku = locked.sku
+RETURNING s.sku, s.version;
+
+-- name: lines_ledger_and_bump
+-- A new reservation's lines with its ledger rows and SKU bump (ledger_and_bump), one
+-- round trip (D-300).
+WITH lines AS (
+    INSERT INTO reservation_line (reservation_id, line_no, sku, batch_id, quantity)
+    SELECT $13, * FROM unnest($14::int[], $15::text[], $16::bigint[], $17::bigint[])
+), ledger AS (
+    INSERT INTO inventory_ledger (batch_id, sku, entry_type, d_on_hand, d_unavailable,
+                                  d_reserved, d_committed, source, reference_id, reason,
+                                  d_oversold)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                         $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[],
+                         $11::bigint[])
+), locked AS (
+    SELECT sku FROM sku WHERE sku = ANY($12::text[]) ORDER BY sku FOR NO KEY UPDATE
+)
+UPDATE sku s
+SET version = s.version + 1, updated_at = now()
+FROM locked
+WHERE s.sku = locked.sku
+RETURNING s.sku, s.version;
