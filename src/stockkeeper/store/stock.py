@@ -108,6 +108,36 @@ async def upsert_batch(
 
 
 @translated
+async def receive_start(
+    conn: Conn,
+    reference_id: str,
+    request_hash: str,
+    sku: str,
+    location: str,
+    lot_number: str | None,
+    expires_at: datetime | None,
+    quantity: int,
+) -> tuple[int, datetime | None] | None:
+    """A receipt's claim of its reference, its SKU, location and batch, and the units
+    added to the batch, in one round trip: the batch's id and expiry, or None when the
+    reference was already claimed (nothing written)."""
+    row = await conn.fetchrow(
+        q("receive_start"),
+        reference_id,
+        request_hash,
+        sku,
+        location,
+        lot_number,
+        expires_at,
+        quantity,
+    )
+    assert row is not None
+    if not row["claimed"]:
+        return None
+    return row["id"], row["expires_at"]
+
+
+@translated
 async def read_batches(conn: Conn, skus: Sequence[str], *, lock: bool = False) -> list[BatchStock]:
     rows = await conn.fetch(q("lock_batches" if lock else "read_batches"), list(skus))
     return [batch_from_row(r) for r in rows]

@@ -204,3 +204,34 @@ SET version = s.version + 1, updated_at = now()
 FROM locked
 WHERE s.sku = locked.sku
 RETURNING s.sku, s.version;
+
+-- name: receive_start
+-- A receipt's first round trip (D-300): claim_reference, ensure_sku, ensure_location,
+-- upsert_batch and the batch's on_hand delta (apply_delta's). A repeat (the claim
+-- conflicted) writes nothing else. The batch's foreign keys are checked at the end of
+-- the statement, when the SKU and location rows of the sibling inserts are there.
+WITH claim AS (
+    INSERT INTO applied_reference (kind, reference_id, request_hash, response)
+    VALUES ('receipt', $1, $2, 'null'::jsonb)
+    ON CONFLICT (kind, reference_id) DO NOTHING
+    RETURNING reference_id
+), new_sku AS (
+    INSERT INTO sku (sku) SELECT $3 WHERE EXISTS (SELECT 1 FROM claim)
+    ON CONFLICT (sku) DO NOTHING
+), new_location AS (
+    INSERT INTO location (code) SELECT $4 WHERE EXISTS (SELECT 1 FROM claim)
+    ON CONFLICT (code) DO NOTHING
+), batch AS (
+    INSERT INTO sku_batch (sku, location, lot_number, expires_at, on_hand, version)
+    SELECT $3, $4, $5, $6, $7, CASE WHEN $7::bigint <> 0 THEN 1 ELSE 0 END
+    WHERE EXISTS (SELECT 1 FROM claim)
+    ON CONFLICT (sku, location, COALESCE(lot_number, ''))
+    DO UPDATE SET on_hand = sku_batch.on_hand + excluded.on_hand,
+                  version = sku_batch.version + excluded.version,
+                  updated_at = CASE WHEN excluded.on_hand <> 0 THEN now()
+                                    ELSE sku_batch.updated_at END
+    RETURNING id, expires_at
+)
+SELECT EXISTS (SELECT 1 FROM claim) AS claimed, batch.id, batch.expires_at
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN batch ON true;
