@@ -31,9 +31,9 @@ STRATEGIES = ["conditional", "row_lock", "optimistic"]
 # Statements per use case, at most (before D-300: 12, 10, 15 (13 row_lock), 5, 10).
 BOUNDS = {
     "receipt": 7,
-    "adjustment": 9,
+    "adjustment": 8,
     "reserve": 7,
-    "reserve repeat": 5,
+    "reserve repeat": 4,
     "confirm": 7,
     "fulfil": 7,
     "release": 7,

@@ -302,11 +302,11 @@ class Reservations:
     async def _existing(
         self, conn: Conn, req: ReserveRequest, asked: list[dict[str, Any]]
     ) -> ReservationView:
-        row = await repo.get(conn, req.order_id)
-        assert row is not None  # the insert conflicted on it
+        found = await repo.with_allocations(conn, req.order_id)
+        assert found is not None  # the insert conflicted on it
+        row, allocs = found
         if row.lines != asked or row.location != req.location:
             raise Conflict(f"order {req.order_id} already holds a reservation for other lines")
-        allocs = (await repo.allocations(conn, [row.id]))[row.id]
         return _view(row, allocs, created=False)
 
     async def _allocate(
@@ -401,7 +401,7 @@ class Reservations:
         source: str,
     ) -> ReservationView:
         async with transaction(self.pool, conn) as c:
-            found = await repo.lock_with_allocations(c, order_id)
+            found = await repo.with_allocations(c, order_id, lock=True)
             if found is None:
                 raise NotFound(f"no reservation for order {order_id}")
             row, allocs = found

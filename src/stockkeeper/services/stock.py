@@ -230,15 +230,6 @@ class Stock:
         self.pool = pool
         self.clock = clock
 
-    async def _claim(
-        self, conn: Conn, kind: str, reference_id: str, doc: Any, result: type[R]
-    ) -> Applied[R] | None:
-        """Claim ``reference_id``; a repeat returns the first result (or Conflict)."""
-        h = _hash(doc)
-        if await idempotency.claim_reference(conn, kind, reference_id, h):
-            return None
-        return await self._repeat(conn, kind, reference_id, h, result)
-
     async def _repeat(
         self, conn: Conn, kind: str, reference_id: str, h: str, result: type[R]
     ) -> Applied[R]:
@@ -312,15 +303,16 @@ class Stock:
             "reason": a.reason,
         }
         async with transaction(self.pool, conn) as c:
-            repeat = await self._claim(c, "adjustment", a.reference_id, doc, Adjusted)
-            if repeat:
-                return repeat
+            h = _hash(doc)
+            # The claim and the batch locks in one round trip (D-300).
+            batches = await stock.adjust_start(c, a.reference_id, h, a.sku, a.batch_id)
+            if batches is None:
+                return await self._repeat(c, "adjustment", a.reference_id, h, Adjusted)
             if a.batch_id is not None:
-                batch = await stock.lock_batch(c, a.batch_id)
-                if batch is None or batch.sku != a.sku:
+                if not batches or batches[0].sku != a.sku:
                     raise NotFound(f"no batch {a.batch_id} of sku {a.sku}")
+                batch = batches[0]
             else:
-                batches = await stock.read_batches(c, [a.sku], lock=True)
                 if not batches:
                     raise NotFound(f"unknown sku {a.sku}")
                 if len(batches) > 1:

@@ -97,11 +97,13 @@ async def start(
 
 
 @translated
-async def lock_with_allocations(
-    conn: Conn, order_id: str
+async def with_allocations(
+    conn: Conn, order_id: str, *, lock: bool = False
 ) -> tuple[ReservationRow, list[AllocationRow]] | None:
-    """``get(lock=True)`` and its ``allocations`` in one round trip."""
-    rows = await conn.fetch(q("lock_reservation_allocations"), order_id)
+    """``get`` and its ``allocations`` in one round trip."""
+    rows = await conn.fetch(
+        q("lock_reservation_allocations" if lock else "reservation_with_allocations"), order_id
+    )
     if not rows:
         return None
     allocs = [

@@ -138,6 +138,22 @@ async def receive_start(
 
 
 @translated
+async def adjust_start(
+    conn: Conn, reference_id: str, request_hash: str, sku: str, batch_id: int | None
+) -> list[BatchStock] | None:
+    """An adjustment's claim of its reference and the lock of its batch (``batch_id``)
+    or of every batch of ``sku`` in id order, one round trip: the batches, or None when
+    the reference was already claimed (nothing locked)."""
+    if batch_id is not None:
+        rows = await conn.fetch(q("adjust_start_batch"), reference_id, request_hash, batch_id)
+    else:
+        rows = await conn.fetch(q("adjust_start_sku"), reference_id, request_hash, sku)
+    if not rows[0]["claimed"]:
+        return None
+    return [batch_from_row(r) for r in rows if r["id"] is not None]
+
+
+@translated
 async def read_batches(conn: Conn, skus: Sequence[str], *, lock: bool = False) -> list[BatchStock]:
     rows = await conn.fetch(q("lock_batches" if lock else "read_batches"), list(skus))
     return [batch_from_row(r) for r in rows]

@@ -136,3 +136,14 @@ JOIN unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]
             $6::bigint[]) AS d (id, on_hand, unavailable, reserved, committed, oversold)
      ON d.id = locked.id
 WHERE b.id = locked.id;
+
+-- name: reservation_with_allocations
+-- get_reservation and reservation_allocations in one round trip (D-300), unlocked.
+SELECT r.id, r.order_id, r.status, r.location, r.lines, r.expires_at, r.reason,
+       r.created_at, r.updated_at, l.line_no, l.sku, l.batch_id, l.quantity, b.lot_number,
+       b.location AS batch_location
+FROM reservation r
+LEFT JOIN reservation_line l ON l.reservation_id = r.id
+LEFT JOIN sku_batch b ON b.id = l.batch_id
+WHERE r.order_id = $1
+ORDER BY l.line_no, b.expires_at NULLS LAST, l.batch_id;
