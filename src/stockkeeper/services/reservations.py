@@ -314,14 +314,13 @@ class Reservations:
         conn: Conn,
         req: ReserveRequest,
         now: datetime,
-        batches: list[BatchStock],
+        batches: list[BatchStock] | None = None,
         *,
         locked: bool = False,
     ) -> list[LineAllocation]:
-        """``batches``: the SKUs' batches as the reservation's insert read them (locked
-        for ``row_lock``). ``locked``: the caller holds every batch row of these SKUs
-        (``reserve_many``), so no rival can move them and the guarded write needs no
-        savepoint."""
+        """``batches``: as the reservation's insert read them (locked for ``row_lock``),
+        None: read here. ``locked``: the caller holds every batch row of these SKUs
+        (``reserve_many``), so the guarded write needs no savepoint."""
         skus = [li.sku for li in req.lines]
         lock = self.strategy is Strategy.ROW_LOCK
         guarded = (
@@ -330,7 +329,7 @@ class Reservations:
         # A retry after a first try rolled back (D-301) counts that try as the first.
         first = 1 if retrying() else 0
         for attempt in range(first, self.max_retries + 1):
-            if attempt > first:
+            if attempt > first or batches is None:
                 batches = await stock.read_batches(conn, skus, lock=lock)
             result = allocate(req.lines, batches, now=now, location=req.location)
             allocs = [a for la in result for a in la.allocations]
