@@ -1,10 +1,13 @@
 """Statements (round trips) per use case, counted on the connection that runs it.
 
 Each use case gets a connection with an asyncpg query logger and runs on it as it would
-on its own (``BEGIN`` ... ``COMMIT`` included); the pool's reset on release (asyncpg's
-default ``Connection.reset()``, one more round trip per checkout) is counted apart. The
-coalesced row runs ``reserve_many`` over a batch of ``--batch`` one-line orders and
-reports statements per request.
+on its own (``BEGIN`` ... ``COMMIT`` included); what the pool sends when it takes the
+connection back (its reset) is counted apart, per checkout. Each use case runs twice on
+one connection and the second run is counted: every statement is prepared by then, as
+on a server that has been up a while (the first run on a connection also prepares them
+and introspects a type or two). The keyed rows run the use case through
+``idempotency.once`` (an Idempotency-Key). The coalesced row runs ``reserve_many`` over a
+batch of ``--batch`` one-line orders and reports statements per request.
 
     python bench/statements.py
 """
@@ -15,7 +18,6 @@ import argparse
 import asyncio
 import secrets
 import tempfile
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,25 +26,18 @@ from harness import DEFAULT_ADMIN_URL, Databases
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
 from stockkeeper.domain.allocation import OrderLine
+from stockkeeper.services import idempotency
+from stockkeeper.services.idempotency import Answer, IdempotencyKey
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Adjustment, Receipt
 from stockkeeper.store.pool import Conn
+from stockkeeper.store.roundtrips import Statements, count
+
+Use = Callable[[Conn, Any, str], Awaitable[Any]]
 
 
-async def counted(c: Container, use: Callable[[Conn], Awaitable[Any]]) -> Counter[str]:
-    seen: Counter[str] = Counter()
-
-    def log(record: Any) -> None:
-        word = record.query.strip().split(None, 1)[0].upper() if record.query.strip() else "?"
-        seen[word] += 1
-
-    async with c.pool.acquire() as conn:
-        conn.add_query_logger(log)
-        try:
-            await use(conn)
-        finally:
-            conn.remove_query_logger(log)
-    return seen
+async def measure(c: Container, use: Use, n: str) -> Statements:
+    return await count(c.pool, lambda conn, lent: use(conn, lent, n))
 
 
 async def amain(args: argparse.Namespace) -> None:
@@ -50,45 +45,59 @@ async def amain(args: argparse.Namespace) -> None:
     async with Databases(args.database_url) as dbs:
         url = await dbs.create(f"bench_{run}_statements")
         cfg = {
-            "database": {"url": url, "pool_size": 3},
+            "database": {"url": url, "pool_size": 1},
             "api": {"tokens": [{"token": harness.TOKEN, "scopes": ["admin"]}]},
             "data_dir": tempfile.mkdtemp(prefix="stockkeeper-statements-"),
             "concurrency": {"strategy": args.strategy},
         }
         c = await build(Settings.model_validate(cfg))
+        rows: list[tuple[str, Statements, int]] = []
         try:
             await c.stock.receive(Receipt("S-1", 1000, "seed-1"))
             await c.stock.receive(Receipt("S-2", 1000, "seed-2"))
-            one = ReserveRequest("o-1", (OrderLine("S-1", 1),))
-            rows: list[tuple[str, Counter[str], int]] = [
-                (
-                    "receipt",
-                    await counted(c, lambda k: c.stock.receive(Receipt("S-1", 5, "r-x"), k)),
-                    1,
-                ),
+            r = c.reservations
+
+            async def reserve(k: Conn, order: str, sku: str = "S-1") -> Any:
+                return await r.reserve(ReserveRequest(order, (OrderLine(sku, 1),)), k)
+
+            async def receipt(k: Conn, ref: str) -> Any:
+                return await c.stock.receive(Receipt("S-1", 5, ref), k)
+
+            def keyed(name: str, run_: Callable[[Conn, str], Awaitable[Any]]) -> Use:
+                async def use(conn: Conn, pool: Any, n: str) -> Any:
+                    key = IdempotencyKey("bench", f"{name}-{n}", "POST", f"/{name}", "fp")
+
+                    async def recorded(k: Conn) -> Answer:
+                        await run_(k, f"{name}-{n}")
+                        return Answer(201, {"n": n})
+
+                    return await idempotency.once(pool, key, recorded)
+
+                return use
+
+            # (name, use(conn, lent_pool, n), prepare(n)): the run "warm" first, then "n".
+            cases: list[tuple[str, Use]] = [
+                ("receipt", lambda k, _p, n: receipt(k, f"r-{n}")),
+                ("receipt, Idempotency-Key", keyed("receipt", receipt)),
                 (
                     "adjustment",
-                    await counted(
-                        c,
-                        lambda k: c.stock.adjust(
-                            Adjustment("S-1", "unavailable", "count", "a-x", delta=1), k
-                        ),
+                    lambda k, _p, n: c.stock.adjust(
+                        Adjustment("S-1", "unavailable", "count", f"a-{n}", delta=1), k
                     ),
-                    1,
                 ),
-                ("reserve (1 line)", await counted(c, lambda k: c.reservations.reserve(one, k)), 1),
-                (
-                    "reserve repeat",
-                    await counted(c, lambda k: c.reservations.reserve(one, k)),
-                    1,
-                ),
-                ("confirm", await counted(c, lambda k: c.reservations.confirm("o-1", k)), 1),
-                ("fulfil", await counted(c, lambda k: c.reservations.fulfil("o-1", k)), 1),
+                ("reserve (1 line)", lambda k, _p, n: reserve(k, f"o-{n}")),
+                ("reserve repeat", lambda k, _p, n: reserve(k, f"o-{n}")),
+                ("reserve, Idempotency-Key", keyed("reserve", reserve)),
+                ("confirm", lambda k, _p, n: r.confirm(f"o-{n}", k)),
+                ("fulfil", lambda k, _p, n: r.fulfil(f"o-{n}", k)),
+                ("release", lambda k, _p, n: r.release(f"p-{n}", None, k)),
             ]
-            await c.reservations.reserve(ReserveRequest("o-2", (OrderLine("S-2", 1),)))
-            rows.append(
-                ("release", await counted(c, lambda k: c.reservations.release("o-2", None, k)), 1)
-            )
+            for n in ("warm", "n"):
+                await r.reserve(ReserveRequest(f"p-{n}", (OrderLine("S-2", 1),)))
+                for name, use in cases:
+                    seen = await measure(c, use, n)
+                    if n == "n":
+                        rows.append((name, seen, 1))
             batch = [
                 ReserveRequest(f"b-{i}", (OrderLine("S-1" if i % 2 else "S-2", 1),))
                 for i in range(args.batch)
@@ -96,19 +105,19 @@ async def amain(args: argparse.Namespace) -> None:
             rows.append(
                 (
                     f"coalesced reserve, batch of {args.batch}",
-                    await counted(c, lambda k: c.reservations.reserve_many(batch, conn=k)),
+                    await count(c.pool, lambda k, _p: r.reserve_many(batch, conn=k)),
                     args.batch,
                 )
             )
         finally:
             await c.close()
-    print(f"strategy {args.strategy}; +1 reset query per pool checkout (asyncpg default)\n")
-    print("| use case | statements | per request | of which |")
-    print("|---|---:|---:|---|")
+    print(f"strategy {args.strategy}; second run on a connection (statements prepared)\n")
+    print("| use case | statements | per request | on release | of which |")
+    print("|---|---:|---:|---:|---|")
     for name, seen, n in rows:
-        total = sum(seen.values())
-        parts = ", ".join(f"{k} {v}" for k, v in sorted(seen.items()))
-        print(f"| {name} | {total} | {total / n:.1f} | {parts} |")
+        print(
+            f"| {name} | {seen.total} | {seen.total / n:.1f} | {seen.on_release} | {seen.parts()} |"
+        )
 
 
 def main() -> None:

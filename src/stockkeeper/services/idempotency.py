@@ -1,8 +1,11 @@
 """Idempotency-Key: a use case applied once per key, its answer recorded with it.
 
-The key is claimed first, in the same transaction as the effect it guards: a repeat
-sent while the first is still running waits on that row and then replays the first
-answer, errors included. The same key with another request is refused (``KeyReused``).
+The key is written last, with its answer, in the transaction of the effect it guards:
+one statement on top of the use case's own (D-302). A repeat runs the use case too, in
+its own transaction, until its key insert meets the first one's row (waiting for that
+transaction to end if it still runs); then its effects roll back and it replays the
+first answer, errors included. The same key with another request is refused
+(``KeyReused``), its effects rolled back alike.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import orjson
 
 from stockkeeper.domain.errors import InvalidRequest
+from stockkeeper.services.unit import retried, solo
 from stockkeeper.store import idempotency as repo
 from stockkeeper.store.pool import Conn, Pool
 
@@ -51,22 +55,59 @@ def fingerprint(method: str, path: str, payload: Any) -> str:
     return hashlib.sha256(doc).hexdigest()
 
 
+class _Taken(Exception):
+    """Another request holds the key: roll our transaction back and replay its answer."""
+
+
+@dataclass(slots=True)
+class _Failed(Exception):
+    """The use case failed: its effects roll back, its answer is still recorded."""
+
+    answer: Answer
+
+
 async def once(pool: Pool, key: IdempotencyKey, run: Callable[[Conn], Awaitable[Answer]]) -> Answer:
     """Run ``run`` once per key, in the transaction that records its answer.
 
-    ``run`` gets the transaction's connection and hands it to the use case, which
-    works in a savepoint of it; a use case's error is an answer too, recorded and
-    replayed. Only the key's own failure (``KeyReused``) is raised.
+    ``run`` gets the transaction's connection and hands it to the use case, which has
+    that transaction to itself (``unit.solo``: no savepoint); a use case's error is an
+    answer too, recorded (after its effects rolled back) and replayed. Only the key's
+    own failure (``KeyReused``) is raised.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        if not await repo.claim_key(
-            conn, key.principal, key.key, key.method, key.path, key.fingerprint
-        ):
-            stored = await repo.get_key(conn, key.principal, key.key)
-            assert stored is not None
-            if stored.request_hash != key.fingerprint:
-                raise KeyReused("this Idempotency-Key was already used with another request")
-            return Answer(stored.status_code, stored.body, replayed=True)
-        answer = await run(conn)
-        await repo.store_key(conn, key.principal, key.key, answer.status, answer.body)
-    return answer
+    async with pool.acquire() as conn:
+
+        async def attempt() -> Answer:
+            async with conn.transaction():
+                async with solo(conn) as state:
+                    answer = await run(conn)
+                if state.failed:
+                    raise _Failed(answer)
+                if not await _record(conn, key, answer):
+                    raise _Taken
+            return answer
+
+        try:
+            return await retried(attempt)
+        except _Failed as failed:
+            if await _record(conn, key, failed.answer):
+                return failed.answer
+        except _Taken:
+            pass
+        stored = await repo.get_key(conn, key.principal, key.key)
+        assert stored is not None  # the insert conflicted on it
+        if stored.request_hash != key.fingerprint:
+            raise KeyReused("this Idempotency-Key was already used with another request")
+        return Answer(stored.status_code, stored.body, replayed=True)
+
+
+async def _record(conn: Conn, key: IdempotencyKey, answer: Answer) -> bool:
+    return await repo.record_key(
+        conn,
+        key.principal,
+        key.key,
+        key.method,
+        key.path,
+        key.fingerprint,
+        answer.status,
+        answer.body,
+    )

@@ -23,7 +23,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from stockkeeper.config import Strategy
-from stockkeeper.domain.allocation import OrderLine, allocate, check_lines
+from stockkeeper.domain.allocation import (
+    BatchStock,
+    LineAllocation,
+    OrderLine,
+    allocate,
+    check_lines,
+)
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.domain.errors import (
     Conflict,
@@ -37,7 +43,16 @@ from stockkeeper.domain.events import ALLOCATED, EVENT_FOR_STATUS, Event, order_
 from stockkeeper.domain.quantities import Delta
 from stockkeeper.domain.reservation import Action, EntryType, Status, movement, plan
 from stockkeeper.observability.metrics import Metrics
-from stockkeeper.services.unit import Clock, record_change, transaction, utcnow
+from stockkeeper.services.unit import (
+    Clock,
+    RetryTransaction,
+    alone,
+    record_change,
+    retried,
+    retrying,
+    transaction,
+    utcnow,
+)
 from stockkeeper.store import reservations as repo
 from stockkeeper.store import stock
 from stockkeeper.store.errors import Deadlock, WouldGoNegative
@@ -162,8 +177,11 @@ class Reservations:
         self, req: ReserveRequest, conn: Conn | None, source: str, *, locked: bool
     ) -> ReservationView:
         try:
-            async with transaction(self.pool, conn) as c:
-                view = await self._reserve(c, req, source, locked=locked)
+            if conn is None or not conn.is_in_transaction():
+                view = await retried(lambda: self._reserve_alone(req, source, conn))
+            else:
+                async with transaction(self.pool, conn) as c:
+                    view = await self._reserve(c, req, source, locked=locked)
         except DomainError as exc:
             self.metrics.reservations.labels(result=exc.slug).inc()
             raise
@@ -207,21 +225,35 @@ class Reservations:
                     after_each()
         return results
 
+    async def _reserve_alone(
+        self, req: ReserveRequest, source: str, conn: Conn | None
+    ) -> ReservationView:
+        async with transaction(self.pool, conn) as c:
+            return await self._reserve(c, req, source)
+
     async def _reserve(
         self, conn: Conn, req: ReserveRequest, source: str, *, locked: bool = False
     ) -> ReservationView:
         check_lines(req.lines)
+        if retrying() and self.strategy is Strategy.OPTIMISTIC:
+            # The first try lost its race and was rolled back (D-301): back off before
+            # reading again, holding no lock yet.
+            await asyncio.sleep(LOST_RACE_BACKOFF.delay(1))
         now = self.clock()
         ttl = req.ttl_seconds or self.default_ttl
         if ttl > self.max_ttl:
             raise InvalidRequest(f"ttl_seconds may be at most {self.max_ttl}")
         expires_at = now + timedelta(seconds=ttl)
         asked = req.lines_doc()
-        rid = await repo.insert(conn, req.order_id, req.location, asked, expires_at)
+        skus = [li.sku for li in req.lines]
+        lock = self.strategy is Strategy.ROW_LOCK and not locked
+        rid, batches = await repo.start(
+            conn, req.order_id, req.location, asked, expires_at, skus, lock=lock
+        )
         if rid is None:
             return await self._existing(conn, req, asked)
         try:
-            plan_ = await self._allocate(conn, req, now, locked=locked)
+            plan_ = await self._allocate(conn, req, now, batches, locked=locked)
         except InsufficientStock:
             # Only now ask whether a SKU is unknown: the happy path saves the query.
             skus = [li.sku for li in req.lines]
@@ -229,7 +261,6 @@ class Reservations:
             if missing:
                 raise InvalidRequest(f"unknown sku: {', '.join(sorted(missing))}") from None
             raise
-        await repo.insert_lines(conn, rid, plan_)
         movements = [
             Movement(a.batch_id, a.sku, Delta(reserved=a.quantity))
             for la in plan_
@@ -251,6 +282,7 @@ class Reservations:
             source=source,
             reference_id=req.order_id,
             now=now,
+            reservation_lines=(rid, plan_),
             events=[
                 Event(
                     ALLOCATED,
@@ -270,22 +302,35 @@ class Reservations:
     async def _existing(
         self, conn: Conn, req: ReserveRequest, asked: list[dict[str, Any]]
     ) -> ReservationView:
-        row = await repo.get(conn, req.order_id)
-        assert row is not None  # the insert conflicted on it
+        found = await repo.with_allocations(conn, req.order_id)
+        assert found is not None  # the insert conflicted on it
+        row, allocs = found
         if row.lines != asked or row.location != req.location:
             raise Conflict(f"order {req.order_id} already holds a reservation for other lines")
-        allocs = (await repo.allocations(conn, [row.id]))[row.id]
         return _view(row, allocs, created=False)
 
     async def _allocate(
-        self, conn: Conn, req: ReserveRequest, now: datetime, *, locked: bool = False
-    ) -> list[Any]:
-        """``locked``: the caller holds every batch row of these SKUs (``reserve_many``),
-        so no rival can move them and the guarded write needs no savepoint."""
+        self,
+        conn: Conn,
+        req: ReserveRequest,
+        now: datetime,
+        batches: list[BatchStock] | None = None,
+        *,
+        locked: bool = False,
+    ) -> list[LineAllocation]:
+        """``batches``: as the reservation's insert read them (locked for ``row_lock``),
+        None: read here. ``locked``: the caller holds every batch row of these SKUs
+        (``reserve_many``), so the guarded write needs no savepoint."""
         skus = [li.sku for li in req.lines]
         lock = self.strategy is Strategy.ROW_LOCK
-        for attempt in range(self.max_retries + 1):
-            batches = await stock.read_batches(conn, skus, lock=lock)
+        guarded = (
+            stock.reserve_guarded if self.strategy is Strategy.CONDITIONAL else stock.reserve_cas
+        )
+        # A retry after a first try rolled back (D-301) counts that try as the first.
+        first = 1 if retrying() else 0
+        for attempt in range(first, self.max_retries + 1):
+            if attempt > first or batches is None:
+                batches = await stock.read_batches(conn, skus, lock=lock)
             result = allocate(req.lines, batches, now=now, location=req.location)
             allocs = [a for la in result for a in la.allocations]
             if lock:
@@ -293,17 +338,20 @@ class Reservations:
                     conn, [Movement(a.batch_id, a.sku, Delta(reserved=a.quantity)) for a in allocs]
                 )
                 return result
-            guarded = (
-                stock.reserve_guarded
-                if self.strategy is Strategy.CONDITIONAL
-                else stock.reserve_cas
-            )
             if locked:
                 # Our own locks make a miss impossible; were it to happen, failing the
                 # whole batch (its transaction rolled back) is the safe answer.
                 if not await guarded(conn, allocs):
                     raise RuntimeError("a guarded reserve missed under the batch's own locks")
                 return result
+            if alone(conn):
+                # The use case has the transaction to itself (D-301): a miss rolls all of
+                # it back, which lets go of every row the failed guard still holds, and
+                # the whole reservation runs again. No savepoint on the happy path.
+                if await guarded(conn, allocs):
+                    return result
+                self.metrics.reservation_retries.labels(strategy=self.strategy.value).inc()
+                raise RetryTransaction
             # Every try runs in a savepoint, even a single guarded UPDATE: an UPDATE whose
             # guard fails after waiting for a concurrent writer still holds the row lock
             # (PostgreSQL locks the newest version before re-checking the WHERE). The
@@ -352,11 +400,11 @@ class Reservations:
         source: str,
     ) -> ReservationView:
         async with transaction(self.pool, conn) as c:
-            row = await repo.get(c, order_id, lock=True)
-            if row is None:
+            found = await repo.with_allocations(c, order_id, lock=True)
+            if found is None:
                 raise NotFound(f"no reservation for order {order_id}")
+            row, allocs = found
             step = plan(action, row.status, row.expires_at, self.clock())
-            allocs = (await repo.allocations(c, [row.id]))[row.id]
             if step.target is not None:
                 assert step.entry_type is not None
                 await self._move(c, [(row, allocs)], step.target, step.entry_type, reason, source)
@@ -388,8 +436,6 @@ class Reservations:
             for a in allocs:
                 delta = movement(entry_type, row.status, a.quantity)
                 movements.append(Movement(a.batch_id, a.sku, delta, reference_id=row.order_id))
-            if not bulk:
-                await repo.set_status(conn, row.id, target, reason)
             payload: dict[str, Any] = {
                 "order_id": row.order_id,
                 "status": target.value,
@@ -400,11 +446,18 @@ class Reservations:
             if reason:
                 payload["reason"] = reason
             events.append(Event(EVENT_FOR_STATUS[target], payload, key=order_key(row.order_id)))
-        if bulk:
-            await repo.set_statuses(conn, [row.id for row, _ in items], target, reason)
-            await stock.lock_batches_of(conn, {m.sku for m in movements})
         try:
-            await stock.apply_movements(conn, movements, already_locked=bulk)
+            if bulk:
+                await repo.set_statuses(conn, [row.id for row, _ in items], target, reason)
+                await stock.lock_batches_of(conn, {m.sku for m in movements})
+                await stock.apply_movements(conn, movements, already_locked=True)
+            else:
+                # One reservation: its status and its batches in one round trip (D-300).
+                (row, _), *more = items
+                assert not more, "one reservation at a time unless bulk"
+                await repo.move(
+                    conn, row.id, target, reason, [(m.batch_id, m.delta) for m in movements]
+                )
         except WouldGoNegative:
             # Only FULFIL can get here: a count (adjustment) put on_hand below what was
             # committed, so shipping would take it below zero. Refuse in domain terms;

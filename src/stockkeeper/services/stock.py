@@ -236,13 +236,10 @@ class Stock:
         self.pool = pool
         self.clock = clock
 
-    async def _claim(
-        self, conn: Conn, kind: str, reference_id: str, doc: Any, result: type[R]
-    ) -> Applied[R] | None:
-        """Claim ``reference_id``; a repeat returns the first result (or Conflict)."""
-        h = _hash(doc)
-        if await idempotency.claim_reference(conn, kind, reference_id, h):
-            return None
+    async def _repeat(
+        self, conn: Conn, kind: str, reference_id: str, h: str, result: type[R]
+    ) -> Applied[R]:
+        """The first result of a claimed ``reference_id`` (or Conflict: another request)."""
         stored = await idempotency.get_reference(conn, kind, reference_id)
         assert stored is not None
         if stored.request_hash != h:
@@ -262,20 +259,20 @@ class Stock:
         }
         location = r.location or DEFAULT_LOCATION
         async with transaction(self.pool, conn) as c:
-            repeat = await self._claim(c, "receipt", r.reference_id, doc, Received)
-            if repeat:
-                return repeat
-            await stock.ensure_sku(c, r.sku)
-            await stock.ensure_location(c, location)
-            batch_id, expiry = await stock.upsert_batch(
-                c, r.sku, location, r.lot_number, r.expires_at
+            h = _hash(doc)
+            # The claim, the SKU, location and batch and the units in one round trip
+            # (D-300).
+            started = await stock.receive_start(
+                c, r.reference_id, h, r.sku, location, r.lot_number, r.expires_at, r.quantity
             )
+            if started is None:
+                return await self._repeat(c, "receipt", r.reference_id, h, Received)
+            batch_id, expiry = started
             if r.expires_at is not None and expiry != r.expires_at:
                 raise Conflict(
                     f"lot {r.lot_number!r} of {r.sku} at {location} already has expiry {expiry}"
                 )
             moves = [Movement(batch_id, r.sku, Delta(on_hand=r.quantity))]
-            await stock.apply_movements(c, moves)
             body = {
                 "reference_id": r.reference_id,
                 "batch_id": batch_id,
@@ -312,15 +309,16 @@ class Stock:
             "reason": a.reason,
         }
         async with transaction(self.pool, conn) as c:
-            repeat = await self._claim(c, "adjustment", a.reference_id, doc, Adjusted)
-            if repeat:
-                return repeat
+            h = _hash(doc)
+            # The claim and the batch locks in one round trip (D-300).
+            batches = await stock.adjust_start(c, a.reference_id, h, a.sku, a.batch_id)
+            if batches is None:
+                return await self._repeat(c, "adjustment", a.reference_id, h, Adjusted)
             if a.batch_id is not None:
-                batch = await stock.lock_batch(c, a.batch_id)
-                if batch is None or batch.sku != a.sku:
+                if not batches or batches[0].sku != a.sku:
                     raise NotFound(f"no batch {a.batch_id} of sku {a.sku}")
+                batch = batches[0]
             else:
-                batches = await stock.read_batches(c, [a.sku], lock=True)
                 if not batches:
                     raise NotFound(f"unknown sku {a.sku}")
                 if len(batches) > 1:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
+from stockkeeper.domain.allocation import LineAllocation
 from stockkeeper.domain.events import Event, LevelChange, level_events
 from stockkeeper.domain.reservation import EntryType
 from stockkeeper.store import outbox, stock
@@ -13,10 +17,68 @@ from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.store.stock import Movement, SkuLevel
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class RetryTransaction(Exception):
+    """A use case alone in its transaction lost a race in a write it ran without a
+    savepoint (``alone``): roll the whole transaction back and run it again, once, with
+    ``retrying()`` true, when the use case takes its savepoints as before (D-301)."""
+
+
+@dataclass(slots=True)
+class _Solo:
+    """A transaction that runs one use case only, owned by a caller (``solo``)."""
+
+    conn: Conn
+    entered: bool = False
+    failed: bool = False
+
+
+_solo: ContextVar[_Solo | None] = ContextVar("stockkeeper_solo", default=None)
+# The connection whose innermost transaction block is the whole transaction, the use
+# case alone in it: a failure there may abandon all of it, so no savepoint is needed.
+_alone: ContextVar[Conn | None] = ContextVar("stockkeeper_alone", default=None)
+_retrying: ContextVar[bool] = ContextVar("stockkeeper_retrying", default=False)
+
+
+def alone(conn: Conn) -> bool:
+    """Whether the current use case has ``conn``'s transaction to itself and whoever owns
+    it rolls all of it back when the use case fails or raises ``RetryTransaction``."""
+    return _alone.get() is conn and not _retrying.get()
+
+
+def retrying() -> bool:
+    return _retrying.get()
+
+
+@asynccontextmanager
+async def solo(conn: Conn) -> AsyncIterator[_Solo]:
+    """Inside: the first use case that opens ``transaction(pool, conn)`` runs in
+    ``conn``'s transaction itself, with no savepoint; ``failed`` tells the owner an
+    error left that block, so it must roll the whole transaction back (D-302)."""
+    state = _Solo(conn)
+    token = _solo.set(state)
+    try:
+        yield state
+    finally:
+        _solo.reset(token)
+
+
+async def retried(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run ``attempt`` (a whole transaction); once more, retrying, if it asks to."""
+    try:
+        return await attempt()
+    except RetryTransaction:
+        token = _retrying.set(True)
+        try:
+            return await attempt()
+        finally:
+            _retrying.reset(token)
 
 
 @asynccontextmanager
@@ -25,14 +87,36 @@ async def transaction(pool: Pool, conn: Conn | None = None) -> AsyncIterator[Con
 
     Passing ``conn`` lets a caller put several use cases in one transaction (a batch
     of reservations, or an Idempotency-Key record with the effect it guards); each
-    use case still fails alone, rolled back to its savepoint.
+    use case still fails alone, rolled back to its savepoint. Under ``solo(conn)`` the
+    first use case gets the caller's transaction itself, no savepoint (D-302).
     """
     if conn is not None:
-        async with conn.transaction():
-            yield conn
+        state = _solo.get()
+        if state is not None and state.conn is conn and not state.entered:
+            state.entered = True
+            token = _alone.set(conn)
+            try:
+                yield conn
+            except BaseException:
+                state.failed = True
+                raise
+            finally:
+                _alone.reset(token)
+            return
+        # Not in a transaction yet: the one we open is the use case's alone.
+        token = _alone.set(None if conn.is_in_transaction() else conn)
+        try:
+            async with conn.transaction():
+                yield conn
+        finally:
+            _alone.reset(token)
         return
     async with pool.acquire() as own, own.transaction():
-        yield own
+        token = _alone.set(own)
+        try:
+            yield own
+        finally:
+            _alone.reset(token)
 
 
 async def record_change(
@@ -46,6 +130,7 @@ async def record_change(
     reason: str | None = None,
     events: Sequence[Event] = (),
     levels_per_message: int = 0,
+    reservation_lines: tuple[int, Sequence[LineAllocation]] | None = None,
 ) -> dict[str, SkuLevel]:
     """After the batch rows have moved: the ledger, the SKU versions, the events.
 
@@ -53,21 +138,26 @@ async def record_change(
     commit together or not at all. ``levels_per_message`` above 0 (a bulk change: a sync
     page, a WMS snapshot): the new levels of several SKUs travel as
     ``inventory.levels_changed`` messages of up to that many SKUs (D-220); 0: one
-    ``inventory.level_changed`` per SKU.
+    ``inventory.level_changed`` per SKU. ``reservation_lines``: a new reservation's
+    lines, written in the ledger's round trip.
+
+    Three round trips: the ledger with the SKU bump (D-300), the levels, the events.
+    The levels need a statement of their own: it starts after the SKU locks are held,
+    so its snapshot holds every earlier version's change (``sku_levels``).
     """
-    await stock.insert_ledger(
+    await stock.ledger_and_bump(
         conn,
         movements,
         entry_type=entry_type,
         source=source,
         reference_id=reference_id,
         reason=reason,
+        reservation_lines=reservation_lines,
     )
     skus = {m.sku for m in movements if not m.delta.is_zero}
     if not skus:
         await outbox.add(conn, list(events))
         return {}
-    await stock.bump_skus(conn, skus)
     levels = await stock.sku_levels(conn, skus, now)
     changes = [
         LevelChange(sku, levels[sku].version, levels[sku].level, entry_type.value, source)

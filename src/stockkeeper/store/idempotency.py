@@ -28,6 +28,24 @@ async def claim_key(
 
 
 @translated
+async def record_key(
+    conn: Conn,
+    principal: str,
+    key: str,
+    method: str,
+    path: str,
+    req_hash: str,
+    status: int,
+    body: Any,
+) -> bool:
+    """Write the key with its answer; False when another request holds the key."""
+    got = await conn.fetchval(
+        q("record_idempotency_key"), principal, key, method, path, req_hash, status, body
+    )
+    return got is not None
+
+
+@translated
 async def get_key(conn: Conn, principal: str, key: str) -> StoredResponse | None:
     r = await conn.fetchrow(q("get_idempotency_key"), principal, key)
     if r is None:

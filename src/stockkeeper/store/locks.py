@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from stockkeeper.store.errors import translated
-from stockkeeper.store.pool import Conn
+from stockkeeper.store.pool import Conn, mark_session_state
 from stockkeeper.store.sql import q
 
 
@@ -21,6 +21,7 @@ def key_of(name: str) -> int:
 @translated
 async def try_hold(conn: Conn, key: int) -> bool:
     """Take the lock on this connection if nobody holds it; True when we now hold it."""
+    mark_session_state(conn)
     got: bool = await conn.fetchval(q("try_advisory_lock"), key)
     return got
 

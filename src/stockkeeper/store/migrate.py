@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
-from stockkeeper.store.pool import Conn
+from stockkeeper.store.pool import Conn, mark_session_state
 
 # Any fixed 64-bit number; "stockkeeper migrate" in ASCII, truncated.
 MIGRATION_LOCK_ID = 0x73746F636B6D6967
@@ -53,6 +53,7 @@ async def migrate(
     ``on_step`` is told of each of ``available()`` once it is in place (applied now or
     before): a progress bar's tick."""
     applied: list[Migration] = []
+    mark_session_state(conn)
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     try:
         await conn.execute(

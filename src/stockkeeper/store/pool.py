@@ -67,6 +67,62 @@ ONE_OFF = Connections(work=3, session=1)
 """A command that is not a service (``migrate``, ``status``), a test or a benchmark."""
 
 
+# Every named query of store/queries stays prepared on a connection once it has run
+# (asyncpg's default cache holds 100; we have more), D-303.
+STATEMENT_CACHE_SIZE = 512
+
+
+class TrackedConnection(asyncpg.Connection):
+    """A connection that knows whether it took session state: a LISTEN, a session-level
+    advisory lock (``mark_session_state``). Only such a connection needs asyncpg's reset
+    query when it goes back to the pool (D-303)."""
+
+    session_state = False
+
+    def mark_session_state(self) -> None:
+        self.session_state = True
+
+    async def add_listener(self, channel: str, callback: Any) -> None:
+        self.session_state = True
+        await super().add_listener(channel, callback)
+
+
+def mark_session_state(conn: Conn) -> None:
+    """Tell ``conn``'s pool to reset it on release: it took session state (an advisory
+    lock, a LISTEN, a session setting). A proxy forwards the call to its connection."""
+    mark = getattr(conn, "mark_session_state", None)
+    if mark is not None:
+        mark()
+
+
+async def _reset_if_needed(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """The pool's reset on release. asyncpg has already rolled back an open transaction
+    and dropped the client's listener callbacks; what the server keeps for the session
+    (advisory locks, LISTEN, settings, cursors held past a transaction) is only there
+    if the connection took it, which ``mark_session_state`` records. A plain use case's
+    connection (``BEGIN`` ... ``COMMIT``) goes back without a round trip."""
+    if getattr(conn, "session_state", True):
+        reset_query = conn.get_reset_query()
+        if reset_query:
+            await conn.execute(reset_query)
+        if isinstance(conn, TrackedConnection):
+            conn.session_state = False
+
+
+def _pool_options(cfg: DatabaseConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "connection_class": TrackedConnection,
+        "reset": _reset_if_needed,
+        "statement_cache_size": STATEMENT_CACHE_SIZE,
+    }
+    if cfg.pgbouncer:
+        # Transaction mode: a prepared statement lives on a server connection the next
+        # transaction may not get.
+        options["statement_cache_size"] = 0
+    options.update(overrides)
+    return options
+
+
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -87,17 +143,13 @@ async def create_pool(
     """The transaction pool on ``url`` (PgBouncer's address when ``cfg.pgbouncer``),
     ``size`` connections at most (default: ``cfg.pool_size``, else a one-off's need)."""
     max_size = size or ONE_OFF.pool_size(cfg)
-    if cfg.pgbouncer:
-        # Transaction mode: a prepared statement lives on a server connection the next
-        # transaction may not get.
-        overrides.setdefault("statement_cache_size", 0)
     pool: Pool = await asyncpg.create_pool(
         url,
         min_size=min(2, max_size),
         max_size=max_size,
         init=_init_connection,
         server_settings=_server_settings(cfg, via_pgbouncer=cfg.pgbouncer),
-        **overrides,
+        **_pool_options(cfg, overrides),
     )
     return pool
 
@@ -154,5 +206,8 @@ async def create_session_pool(cfg: DatabaseConfig, size: int) -> Pool:
         max_size=size,
         init=_init_connection,
         server_settings=_server_settings(cfg, via_pgbouncer=False),
+        connection_class=TrackedConnection,
+        reset=_reset_if_needed,
+        statement_cache_size=STATEMENT_CACHE_SIZE,
     )
     return pool

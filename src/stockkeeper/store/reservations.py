@@ -9,11 +9,13 @@ from typing import Any
 
 import asyncpg
 
-from stockkeeper.domain.allocation import LineAllocation
+from stockkeeper.domain.allocation import BatchStock, LineAllocation
+from stockkeeper.domain.quantities import Delta
 from stockkeeper.domain.reservation import Status
 from stockkeeper.store.errors import translated
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
+from stockkeeper.store.stock import batch_from_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,79 @@ async def insert(
         q("insert_reservation"), order_id, location, lines, expires_at
     )
     return rid
+
+
+@translated
+async def start(
+    conn: Conn,
+    order_id: str,
+    location: str | None,
+    lines: list[dict[str, Any]],
+    expires_at: datetime,
+    skus: Sequence[str],
+    *,
+    lock: bool = False,
+) -> tuple[int | None, list[BatchStock]]:
+    """``insert`` and the SKUs' batches (``stock.read_batches``, locked in id order with
+    ``lock``) in one round trip: the new reservation's id (None: the order_id already
+    has one, and no batch is read) and the batches."""
+    rows = await conn.fetch(
+        q("reserve_start_lock" if lock else "reserve_start_read"),
+        order_id,
+        location,
+        lines,
+        expires_at,
+        list(skus),
+    )
+    rid: int | None = rows[0]["reservation_id"]
+    return rid, [batch_from_row(r) for r in rows if r["id"] is not None]
+
+
+@translated
+async def with_allocations(
+    conn: Conn, order_id: str, *, lock: bool = False
+) -> tuple[ReservationRow, list[AllocationRow]] | None:
+    """``get`` and its ``allocations`` in one round trip."""
+    rows = await conn.fetch(
+        q("lock_reservation_allocations" if lock else "reservation_with_allocations"), order_id
+    )
+    if not rows:
+        return None
+    allocs = [
+        AllocationRow(
+            r["line_no"],
+            r["sku"],
+            r["batch_id"],
+            r["quantity"],
+            r["lot_number"],
+            r["batch_location"],
+        )
+        for r in rows
+        if r["batch_id"] is not None
+    ]
+    return _row(rows[0]), allocs
+
+
+@translated
+async def move(
+    conn: Conn,
+    reservation_id: int,
+    status: Status,
+    reason: str | None,
+    deltas: Sequence[tuple[int, Delta]],
+) -> None:
+    """``set_status`` and the batches' deltas (``stock.apply_movements``) in one round
+    trip; the batch rows are locked in id order first."""
+    merged: dict[int, Delta] = {}
+    for bid, d in deltas:
+        merged[bid] = merged.get(bid, Delta()) + d
+    args = [
+        (bid, d.on_hand, d.unavailable, d.reserved, d.committed, d.oversold)
+        for bid, d in sorted(merged.items())
+        if not d.is_zero
+    ]
+    cols: list[list[int]] = [list(c) for c in zip(*args, strict=True)] if args else [[]] * 6
+    await conn.execute(q("move_reservation"), *cols, reservation_id, status.value, reason)
 
 
 @translated

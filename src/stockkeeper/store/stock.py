@@ -11,7 +11,7 @@ from datetime import datetime
 
 import asyncpg
 
-from stockkeeper.domain.allocation import Allocation, BatchStock
+from stockkeeper.domain.allocation import Allocation, BatchStock, LineAllocation
 from stockkeeper.domain.quantities import Delta, Figures, StockLevel
 from stockkeeper.domain.reservation import EntryType
 from stockkeeper.store.errors import translated
@@ -108,6 +108,52 @@ async def upsert_batch(
 
 
 @translated
+async def receive_start(
+    conn: Conn,
+    reference_id: str,
+    request_hash: str,
+    sku: str,
+    location: str,
+    lot_number: str | None,
+    expires_at: datetime | None,
+    quantity: int,
+) -> tuple[int, datetime | None] | None:
+    """A receipt's claim of its reference, its SKU, location and batch, and the units
+    added to the batch, in one round trip: the batch's id and expiry, or None when the
+    reference was already claimed (nothing written)."""
+    row = await conn.fetchrow(
+        q("receive_start"),
+        reference_id,
+        request_hash,
+        sku,
+        location,
+        lot_number,
+        expires_at,
+        quantity,
+    )
+    assert row is not None
+    if not row["claimed"]:
+        return None
+    return row["id"], row["expires_at"]
+
+
+@translated
+async def adjust_start(
+    conn: Conn, reference_id: str, request_hash: str, sku: str, batch_id: int | None
+) -> list[BatchStock] | None:
+    """An adjustment's claim of its reference and the lock of its batch (``batch_id``)
+    or of every batch of ``sku`` in id order, one round trip: the batches, or None when
+    the reference was already claimed (nothing locked)."""
+    if batch_id is not None:
+        rows = await conn.fetch(q("adjust_start_batch"), reference_id, request_hash, batch_id)
+    else:
+        rows = await conn.fetch(q("adjust_start_sku"), reference_id, request_hash, sku)
+    if not rows[0]["claimed"]:
+        return None
+    return [batch_from_row(r) for r in rows if r["id"] is not None]
+
+
+@translated
 async def read_batches(conn: Conn, skus: Sequence[str], *, lock: bool = False) -> list[BatchStock]:
     rows = await conn.fetch(q("lock_batches" if lock else "read_batches"), list(skus))
     return [batch_from_row(r) for r in rows]
@@ -174,6 +220,29 @@ async def apply_movements(
         await conn.executemany(q("apply_delta"), args)
 
 
+def _ledger_columns(
+    rows: Sequence[Movement],
+    entry_type: EntryType,
+    source: str,
+    reference_id: str | None,
+    reason: str | None,
+) -> list[list[object]]:
+    n = len(rows)
+    return [
+        [m.batch_id for m in rows],
+        [m.sku for m in rows],
+        [entry_type.value] * n,
+        [m.delta.on_hand for m in rows],
+        [m.delta.unavailable for m in rows],
+        [m.delta.reserved for m in rows],
+        [m.delta.committed for m in rows],
+        [source] * n,
+        [m.reference_id or reference_id for m in rows],
+        [reason] * n,
+        [m.delta.oversold for m in rows],
+    ]
+
+
 @translated
 async def insert_ledger(
     conn: Conn,
@@ -187,21 +256,46 @@ async def insert_ledger(
     rows = [m for m in movements if not m.delta.is_zero]
     if not rows:
         return
-    n = len(rows)
     await conn.execute(
-        q("insert_ledger"),
-        [m.batch_id for m in rows],
-        [m.sku for m in rows],
-        [entry_type.value] * n,
-        [m.delta.on_hand for m in rows],
-        [m.delta.unavailable for m in rows],
-        [m.delta.reserved for m in rows],
-        [m.delta.committed for m in rows],
-        [source] * n,
-        [m.reference_id or reference_id for m in rows],
-        [reason] * n,
-        [m.delta.oversold for m in rows],
+        q("insert_ledger"), *_ledger_columns(rows, entry_type, source, reference_id, reason)
     )
+
+
+@translated
+async def ledger_and_bump(
+    conn: Conn,
+    movements: Sequence[Movement],
+    *,
+    entry_type: EntryType,
+    source: str,
+    reference_id: str | None,
+    reason: str | None = None,
+    reservation_lines: tuple[int, Sequence[LineAllocation]] | None = None,
+) -> dict[str, int]:
+    """``insert_ledger`` then ``bump_skus`` of the SKUs that moved, in one round trip;
+    with ``reservation_lines`` (a new reservation's id and lines) those lines too.
+    Returns the SKUs' new versions."""
+    rows = [m for m in movements if not m.delta.is_zero]
+    skus = sorted({m.sku for m in rows})
+    cols = _ledger_columns(rows, entry_type, source, reference_id, reason)
+    if reservation_lines is None:
+        if not rows:
+            return {}
+        found = await conn.fetch(q("ledger_and_bump"), *cols, skus)
+    else:
+        rid, lines = reservation_lines
+        allocs = [(no, a) for no, la in enumerate(lines) for a in la.allocations]
+        found = await conn.fetch(
+            q("lines_ledger_and_bump"),
+            *cols,
+            skus,
+            rid,
+            [no for no, _ in allocs],
+            [a.sku for _, a in allocs],
+            [a.batch_id for _, a in allocs],
+            [a.quantity for _, a in allocs],
+        )
+    return {r["sku"]: r["version"] for r in found}
 
 
 @translated

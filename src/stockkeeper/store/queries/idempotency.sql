@@ -28,3 +28,12 @@ SELECT request_hash, response FROM applied_reference WHERE kind = $1 AND referen
 
 -- name: store_reference_response
 UPDATE applied_reference SET response = $3::jsonb WHERE kind = $1 AND reference_id = $2;
+
+-- name: record_idempotency_key
+-- The key with its answer, written last in the transaction of the effect it guards
+-- (D-302). A conflict means another request holds the key: DO NOTHING waits for that
+-- one's commit (or rollback, after which this insert goes in), then answers no row.
+INSERT INTO idempotency_key (principal, key, method, path, request_hash, status_code, response)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+ON CONFLICT (principal, key) DO NOTHING
+RETURNING key;

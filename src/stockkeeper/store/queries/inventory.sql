@@ -161,3 +161,116 @@ WHERE expires_at <= $1 AND on_hand - unavailable - reserved - committed - overso
 ORDER BY id
 LIMIT $2
 FOR UPDATE SKIP LOCKED;
+
+-- name: ledger_and_bump
+-- insert_ledger and bump_skus in one round trip (D-300). The ledger CTE takes no lock
+-- of its own (its foreign keys take KEY SHARE, which our batch and SKU locks allow);
+-- the SKU rows are locked in name order, after the batch locks the caller's earlier
+-- statements took, as bump_skus does.
+WITH ledger AS (
+    INSERT INTO inventory_ledger (batch_id, sku, entry_type, d_on_hand, d_unavailable,
+                                  d_reserved, d_committed, source, reference_id, reason,
+                                  d_oversold)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                         $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[],
+                         $11::bigint[])
+), locked AS (
+    SELECT sku FROM sku WHERE sku = ANY($12::text[]) ORDER BY sku FOR NO KEY UPDATE
+)
+UPDATE sku s
+SET version = s.version + 1, updated_at = now()
+FROM locked
+WHERE s.sku = locked.sku
+RETURNING s.sku, s.version;
+
+-- name: lines_ledger_and_bump
+-- A new reservation's lines with its ledger rows and SKU bump (ledger_and_bump), one
+-- round trip (D-300).
+WITH lines AS (
+    INSERT INTO reservation_line (reservation_id, line_no, sku, batch_id, quantity)
+    SELECT $13, * FROM unnest($14::int[], $15::text[], $16::bigint[], $17::bigint[])
+), ledger AS (
+    INSERT INTO inventory_ledger (batch_id, sku, entry_type, d_on_hand, d_unavailable,
+                                  d_reserved, d_committed, source, reference_id, reason,
+                                  d_oversold)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                         $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[],
+                         $11::bigint[])
+), locked AS (
+    SELECT sku FROM sku WHERE sku = ANY($12::text[]) ORDER BY sku FOR NO KEY UPDATE
+)
+UPDATE sku s
+SET version = s.version + 1, updated_at = now()
+FROM locked
+WHERE s.sku = locked.sku
+RETURNING s.sku, s.version;
+
+-- name: receive_start
+-- A receipt's first round trip (D-300): claim_reference, ensure_sku, ensure_location,
+-- upsert_batch and the batch's on_hand delta (apply_delta's). A repeat (the claim
+-- conflicted) writes nothing else. The batch's foreign keys are checked at the end of
+-- the statement, when the SKU and location rows of the sibling inserts are there.
+WITH claim AS (
+    INSERT INTO applied_reference (kind, reference_id, request_hash, response)
+    VALUES ('receipt', $1, $2, 'null'::jsonb)
+    ON CONFLICT (kind, reference_id) DO NOTHING
+    RETURNING reference_id
+), new_sku AS (
+    INSERT INTO sku (sku) SELECT $3 WHERE EXISTS (SELECT 1 FROM claim)
+    ON CONFLICT (sku) DO NOTHING
+), new_location AS (
+    INSERT INTO location (code) SELECT $4 WHERE EXISTS (SELECT 1 FROM claim)
+    ON CONFLICT (code) DO NOTHING
+), batch AS (
+    INSERT INTO sku_batch (sku, location, lot_number, expires_at, on_hand, version)
+    SELECT $3, $4, $5, $6, $7, CASE WHEN $7::bigint <> 0 THEN 1 ELSE 0 END
+    WHERE EXISTS (SELECT 1 FROM claim)
+    ON CONFLICT (sku, location, COALESCE(lot_number, ''))
+    DO UPDATE SET on_hand = sku_batch.on_hand + excluded.on_hand,
+                  version = sku_batch.version + excluded.version,
+                  updated_at = CASE WHEN excluded.on_hand <> 0 THEN now()
+                                    ELSE sku_batch.updated_at END
+    RETURNING id, expires_at
+)
+SELECT EXISTS (SELECT 1 FROM claim) AS claimed, batch.id, batch.expires_at
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN batch ON true;
+
+-- name: adjust_start_batch
+-- An adjustment's claim_reference and lock_batch_by_id in one round trip (D-300); a
+-- repeat (the claim conflicted) locks nothing. One row of NULLs when no batch matched.
+WITH claim AS (
+    INSERT INTO applied_reference (kind, reference_id, request_hash, response)
+    VALUES ('adjustment', $1, $2, 'null'::jsonb)
+    ON CONFLICT (kind, reference_id) DO NOTHING
+    RETURNING reference_id
+), batches AS (
+    SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
+           committed, oversold, version
+    FROM sku_batch
+    WHERE id = $3 AND EXISTS (SELECT 1 FROM claim)
+    FOR UPDATE
+)
+SELECT EXISTS (SELECT 1 FROM claim) AS claimed, b.*
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN batches b ON true;
+
+-- name: adjust_start_sku
+-- As adjust_start_batch, every batch of the SKU locked in id order (lock_batches).
+WITH claim AS (
+    INSERT INTO applied_reference (kind, reference_id, request_hash, response)
+    VALUES ('adjustment', $1, $2, 'null'::jsonb)
+    ON CONFLICT (kind, reference_id) DO NOTHING
+    RETURNING reference_id
+), batches AS (
+    SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
+           committed, oversold, version
+    FROM sku_batch
+    WHERE sku = $3 AND EXISTS (SELECT 1 FROM claim)
+    ORDER BY id
+    FOR UPDATE
+)
+SELECT EXISTS (SELECT 1 FROM claim) AS claimed, b.*
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN batches b ON true
+ORDER BY b.id;

@@ -51,3 +51,99 @@ WHERE status = 'PENDING' AND expires_at <= $1
 ORDER BY expires_at
 LIMIT $2
 FOR UPDATE SKIP LOCKED;
+
+-- name: reserve_start_read
+-- insert_reservation and read_batches in one round trip (D-300). The batches are read
+-- only once the insert went in (the InitPlan on `ins` runs first), so a repeat reads
+-- nothing; one row per batch, or one row of NULLs when there is none, every row with
+-- the new reservation's id (NULL: the order_id already has one).
+WITH ins AS (
+    INSERT INTO reservation (order_id, status, location, lines, expires_at)
+    VALUES ($1, 'PENDING', $2, $3::jsonb, $4)
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING id
+), batches AS (
+    SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
+           committed, oversold, version
+    FROM sku_batch
+    WHERE sku = ANY($5::text[]) AND EXISTS (SELECT 1 FROM ins)
+)
+SELECT (SELECT id FROM ins) AS reservation_id, b.*
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN batches b ON true
+ORDER BY b.id;
+
+-- name: reserve_start_lock
+-- row_lock: as reserve_start_read, the batches locked in id order (LockRows above the
+-- Sort) after the reservation row went in, as insert_reservation then lock_batches did.
+WITH ins AS (
+    INSERT INTO reservation (order_id, status, location, lines, expires_at)
+    VALUES ($1, 'PENDING', $2, $3::jsonb, $4)
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING id
+), batches AS (
+    SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
+           committed, oversold, version
+    FROM sku_batch
+    WHERE sku = ANY($5::text[]) AND EXISTS (SELECT 1 FROM ins)
+    ORDER BY id
+    FOR UPDATE
+)
+SELECT (SELECT id FROM ins) AS reservation_id, b.*
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN batches b ON true
+ORDER BY b.id;
+
+-- name: lock_reservation_allocations
+-- lock_reservation and reservation_allocations in one round trip (D-300): one row per
+-- allocation (one row of NULL allocation columns when it holds none). The lines never
+-- change after the reservation's insert, so the statement's snapshot reads them right.
+WITH r AS (
+    SELECT id, order_id, status, location, lines, expires_at, reason, created_at, updated_at
+    FROM reservation
+    WHERE order_id = $1
+    FOR UPDATE
+)
+SELECT r.*, l.line_no, l.sku, l.batch_id, l.quantity, b.lot_number,
+       b.location AS batch_location
+FROM r
+LEFT JOIN reservation_line l ON l.reservation_id = r.id
+LEFT JOIN sku_batch b ON b.id = l.batch_id
+ORDER BY l.line_no, b.expires_at NULLS LAST, l.batch_id;
+
+-- name: move_reservation
+-- set_reservation_status and the batch movements in one round trip (D-300). The batch
+-- rows are locked in id order by `locked` (LockRows above the Sort) before the UPDATE
+-- writes them, so the join may visit them in any order; the CHECK constraints refuse
+-- any negative figure, as apply_delta's.
+WITH st AS (
+    UPDATE reservation
+    SET status = $8, reason = COALESCE($9, reason), updated_at = now()
+    WHERE id = $7
+), locked AS (
+    SELECT id FROM sku_batch WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
+)
+UPDATE sku_batch b
+SET on_hand = b.on_hand + d.on_hand,
+    unavailable = b.unavailable + d.unavailable,
+    reserved = b.reserved + d.reserved,
+    committed = b.committed + d.committed,
+    oversold = b.oversold + d.oversold,
+    version = b.version + 1,
+    updated_at = now()
+FROM locked
+JOIN unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+            $6::bigint[]) AS d (id, on_hand, unavailable, reserved, committed, oversold)
+     ON d.id = locked.id
+WHERE b.id = locked.id;
+
+-- name: reservation_with_allocations
+-- get_reservation and reservation_allocations in one round trip (D-300), unlocked.
+SELECT r.id, r.order_id, r.status, r.location, r.lines, r.expires_at, r.reason,
+       r.created_at, r.updated_at, l.line_no, l.sku, l.batch_id, l.quantity, b.lot_number,
+       b.location AS batch_location
+FROM reservation r
+LEFT JOIN reservation_line l ON l.reservation_id = r.id
+LEFT JOIN sku_batch b ON b.id = l.batch_id
+WHERE r.order_id = $1
+ORDER BY l.line_no, b.expires_at NULLS LAST, l.batch_id;

@@ -1,0 +1,200 @@
+"""Round trips per use case (issue 12, points 2 and 3; D-300..D-303).
+
+Counted as ``bench/statements.py`` counts them (``store/roundtrips.py``): every
+statement the use case sends on its connection, ``BEGIN`` and ``COMMIT`` included, and
+apart from them what the pool sends when it takes the connection back. Each use case
+runs once on the connection first, so its statements are prepared, as on a server that
+has been up a while. The bounds are the counts after D-300; before they were 12 to 15.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from stockkeeper.bootstrap import Container, build
+from stockkeeper.config import Settings
+from stockkeeper.domain.allocation import OrderLine
+from stockkeeper.services import idempotency
+from stockkeeper.services.audit import audit
+from stockkeeper.services.idempotency import Answer, IdempotencyKey
+from stockkeeper.services.reservations import ReserveRequest
+from stockkeeper.services.stock import Adjustment, Receipt
+from stockkeeper.store.pool import Conn
+from stockkeeper.store.roundtrips import Statements, count
+
+STRATEGIES = ["conditional", "row_lock", "optimistic"]
+
+# Statements per use case, at most (before D-300: 12, 10, 15 (13 row_lock), 5, 10).
+BOUNDS = {
+    "receipt": 7,
+    "adjustment": 8,
+    "reserve": 7,
+    "reserve repeat": 4,
+    "confirm": 7,
+    "fulfil": 7,
+    "release": 7,
+}
+
+
+@pytest.fixture(params=STRATEGIES)
+async def c(request: pytest.FixtureRequest, config: dict[str, Any], clock: Any) -> Any:
+    cfg = {**config, "concurrency": {**config.get("concurrency", {}), "strategy": request.param}}
+    container = await build(Settings.model_validate(cfg), clock=clock)
+    await container.stock.receive(Receipt("RT-1", 1000, "seed-1"))
+    await container.stock.receive(Receipt("RT-2", 1000, "seed-2"))
+    yield container
+    await container.close()
+
+
+Use = Callable[[Conn, str], Awaitable[Any]]
+
+
+async def assert_audit_clean(c: Container) -> None:
+    async with c.pool.acquire() as conn:
+        report = await audit(conn)
+    assert report.clean, report.render()
+
+
+def use_cases(c: Container) -> dict[str, Use]:
+    r = c.reservations
+
+    async def reserve(k: Conn, n: str) -> Any:
+        return await r.reserve(ReserveRequest(f"o-{n}", (OrderLine("RT-1", 1),)), k)
+
+    return {
+        "receipt": lambda k, n: c.stock.receive(Receipt("RT-1", 5, f"r-{n}"), k),
+        "adjustment": lambda k, n: c.stock.adjust(
+            Adjustment("RT-1", "unavailable", "count", f"a-{n}", delta=1), k
+        ),
+        "reserve": reserve,
+        "reserve repeat": reserve,
+        "confirm": lambda k, n: r.confirm(f"o-{n}", k),
+        "fulfil": lambda k, n: r.fulfil(f"o-{n}", k),
+        "release": lambda k, n: r.release(f"p-{n}", None, k),
+    }
+
+
+async def counted_runs(c: Container) -> dict[str, Statements]:
+    """Every use case twice (``warm``, then ``n``), the second run counted."""
+    out: dict[str, Statements] = {}
+    for n in ("warm", "n"):
+        await c.reservations.reserve(ReserveRequest(f"p-{n}", (OrderLine("RT-2", 1),)))
+        for name, use in use_cases(c).items():
+            seen = await count(c.pool, lambda conn, _lent, use=use, n=n: use(conn, n))
+            out[name] = seen
+    return out
+
+
+async def test_every_write_path_stays_within_its_round_trips(c: Container) -> None:
+    seen = await counted_runs(c)
+
+    assert {name: s.total for name, s in seen.items()} == {
+        name: min(s.total, BOUNDS[name]) for name, s in seen.items()
+    }, {name: s.queries for name, s in seen.items()}
+    # The pool takes a use case's connection back without a reset query (D-303).
+    assert {name: s.on_release for name, s in seen.items()} == dict.fromkeys(seen, 0)
+    # A reservation alone in its transaction takes no savepoint (D-301).
+    assert seen["reserve"].by_word["SAVEPOINT"] == 0
+    await assert_audit_clean(c)
+
+
+async def keyed(c: Container, key: str, use: Use, n: str) -> Statements:
+    async def run(conn: Conn, lent: Any) -> Answer:
+        async def recorded(k: Conn) -> Answer:
+            await use(k, n)
+            return Answer(201, {"n": n})
+
+        return await idempotency.once(
+            lent, IdempotencyKey("tests", key, "POST", "/x", f"fp-{key}"), recorded
+        )
+
+    return await count(c.pool, run)
+
+
+@pytest.mark.parametrize("name", ["reserve", "receipt"])
+async def test_an_idempotency_key_costs_one_statement_more(c: Container, name: str) -> None:
+    use = use_cases(c)[name]
+    await use(None, "plain-warm")  # type: ignore[arg-type]
+    await keyed(c, "k-warm", use, "keyed-warm")
+    plain = await count(c.pool, lambda conn, _lent: use(conn, "plain"))
+
+    with_key = await keyed(c, "k-1", use, "keyed")
+
+    assert with_key.total <= plain.total + 1, with_key.queries
+    assert with_key.by_word["SAVEPOINT"] == 0
+    # And the key replays: a repeat answers the first answer, its effects rolled back.
+    again = await idempotency.once(
+        c.pool,
+        IdempotencyKey("tests", "k-1", "POST", "/x", "fp-k-1"),
+        lambda k: _never(k),
+    )
+    assert (again.status, again.body, again.replayed) == (201, {"n": "keyed"}, True)
+
+
+async def _never(conn: Conn) -> Answer:
+    return Answer(500, {"unexpected": True})
+
+
+@pytest.mark.parametrize("keyed_path", [False, True])
+async def test_a_lost_race_reruns_the_whole_transaction(
+    config: dict[str, Any], clock: Any, keyed_path: bool
+) -> None:
+    """optimistic: a batch changed between the read and the compare-and-swap. The first
+    try ran without a savepoint, so its transaction is rolled back and run again: the
+    reservation is made once, the ledger and the audit agree."""
+    cfg = {**config, "concurrency": {**config.get("concurrency", {}), "strategy": "optimistic"}}
+    c = await build(Settings.model_validate(cfg), clock=clock)
+    try:
+        await c.stock.receive(Receipt("RACE-1", 10, "seed"))
+        req = ReserveRequest("race-1", (OrderLine("RACE-1", 3),))
+        retries = c.metrics.reservation_retries.labels(strategy="optimistic")
+        before = retries._value.get()
+
+        async def reserve(conn: Conn, lent: Any) -> Any:
+            if not keyed_path:
+                return await c.reservations.reserve(req, conn)
+
+            async def recorded(k: Conn) -> Answer:
+                view = await c.reservations.reserve(req, k)
+                return Answer(201 if view.created else 200, {"created": view.created})
+
+            key = IdempotencyKey("tests", "race", "POST", "/x", "fp")
+            return await idempotency.once(lent, key, recorded)
+
+        async with c.pool.acquire() as rival:
+            tx = rival.transaction()
+            await tx.start()
+            # The rival changes the batch (its version) and holds the row until commit.
+            await rival.execute("UPDATE sku_batch SET version = version + 1 WHERE sku = 'RACE-1'")
+            counting = asyncio.create_task(count(c.pool, reserve))
+            # The reservation read the batch (the rival's change is not committed), and
+            # its compare-and-swap waits for the rival's row lock: a condition, polled.
+            for _ in range(500):
+                async with c.pool.acquire() as k:
+                    waiting = await k.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'"
+                    )
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the reservation never waited for the batch row")
+            await tx.commit()
+            seen = await counting
+
+        assert retries._value.get() == before + 1
+        # The transaction ran twice: rolled back whole after the lost race, then again.
+        assert (seen.by_word["BEGIN"], seen.by_word["COMMIT"]) == (2, 1), seen.queries
+        view = await c.reservations.get("race-1")
+        assert [a.quantity for li in view.lines for a in li.allocations] == [3]
+        async with c.pool.acquire() as k:
+            reserved = await k.fetchval("SELECT reserved FROM sku_batch WHERE sku = 'RACE-1'")
+        assert reserved == 3
+        await assert_audit_clean(c)
+    finally:
+        await c.close()
