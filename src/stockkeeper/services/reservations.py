@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -128,6 +129,13 @@ def _view(row: ReservationRow, allocs: Sequence[AllocationRow], created: bool) -
     )
 
 
+def _savepoint_unless(
+    conn: Conn | None, savepoint: bool
+) -> AbstractAsyncContextManager[Conn] | None:
+    """The caller's transaction as it is, when it asks for no savepoint of ours."""
+    return None if savepoint or conn is None else nullcontext(conn)
+
+
 class Reservations:
     """The reservation use cases."""
 
@@ -153,17 +161,38 @@ class Reservations:
     # -- reserve ---------------------------------------------------------------------
 
     async def reserve(
-        self, req: ReserveRequest, conn: Conn | None = None, *, source: str = "api"
+        self,
+        req: ReserveRequest,
+        conn: Conn | None = None,
+        *,
+        source: str = "api",
+        now: datetime | None = None,
+        savepoint: bool = True,
     ) -> ReservationView:
-        """Hold stock for every line of an order, or for none of them."""
-        return await self._reserve_counted(req, conn, source, locked=False)
+        """Hold stock for every line of an order, or for none of them.
+
+        ``now``: the caller's clock reading (the reservation expires ``ttl`` after it).
+        ``savepoint=False`` with ``conn`` (the order saga, D-310): no savepoint of its
+        own; a refusal (a DomainError) leaves at most the reservation row, without lines,
+        in the caller's transaction, which the caller takes back or rolls back.
+        """
+        return await self._reserve_counted(
+            req, conn, source, locked=False, now=now, savepoint=savepoint
+        )
 
     async def _reserve_counted(
-        self, req: ReserveRequest, conn: Conn | None, source: str, *, locked: bool
+        self,
+        req: ReserveRequest,
+        conn: Conn | None,
+        source: str,
+        *,
+        locked: bool,
+        now: datetime | None = None,
+        savepoint: bool = True,
     ) -> ReservationView:
         try:
-            async with transaction(self.pool, conn) as c:
-                view = await self._reserve(c, req, source, locked=locked)
+            async with _savepoint_unless(conn, savepoint) or transaction(self.pool, conn) as c:
+                view = await self._reserve(c, req, source, locked=locked, now=now)
         except DomainError as exc:
             self.metrics.reservations.labels(result=exc.slug).inc()
             raise
@@ -208,10 +237,16 @@ class Reservations:
         return results
 
     async def _reserve(
-        self, conn: Conn, req: ReserveRequest, source: str, *, locked: bool = False
+        self,
+        conn: Conn,
+        req: ReserveRequest,
+        source: str,
+        *,
+        locked: bool = False,
+        now: datetime | None = None,
     ) -> ReservationView:
         check_lines(req.lines)
-        now = self.clock()
+        now = now or self.clock()
         ttl = req.ttl_seconds or self.default_ttl
         if ttl > self.max_ttl:
             raise InvalidRequest(f"ttl_seconds may be at most {self.max_ttl}")
