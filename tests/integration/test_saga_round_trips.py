@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from stockkeeper.bootstrap import Container
+from stockkeeper.domain import events
 from stockkeeper.domain.allocation import OrderLine
-from stockkeeper.domain.orders import PLACED, OrderStatus
+from stockkeeper.domain.orders import PAID, PLACED, OrderStatus
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.services.audit import audit
@@ -28,11 +29,13 @@ from stockkeeper.workers.saga import saga_handler
 from tests.integration.orders_helpers import CARRIERS, SHIP_TO
 
 # Before D-310 a reserve step was 17 round trips (18 with the pool's reset), a refused
-# one 10, and placing an order 5 (6).
+# one 10, routing 6, a reservation's news 5, and placing an order 5 (6).
 RESERVE_STEP_MAX = 14
 REFUSED_STEP_MAX = 8
 MOVED_ON_STEP_MAX = 4
 PLACE_MAX = 1
+ROUTE_STEP_MAX = 5
+NEWS_STEP_MAX = 4
 
 
 @pytest.fixture
@@ -142,3 +145,23 @@ async def test_placing_an_order_is_one_statement(container: Container, conn: Con
             view = await container.orders.place(order(oid, "TEA", 2), conn)
         assert view.created
     assert len(seen) <= PLACE_MAX, "\n".join(seen)
+
+
+async def test_routing_and_the_reservations_news_are_one_statement_each(
+    container: Container, conn: Conn
+) -> None:
+    await container.stock.receive(Receipt("TEA", 10, f"r-{uuid.uuid4().hex}"))
+    for oid in ("warm", "o-1"):
+        await container.orders.place(order(oid, "TEA", 2))
+        await step(container, conn, PLACED, oid)
+        await container.orders.pay(oid, succeeded=True, reference=f"pay-{oid}")
+        routed = await step(container, conn, PAID, oid)
+        assert await status(container, oid) is OrderStatus.READY_TO_SHIP
+        await container.reservations.fulfil(oid)
+        shipped = await step(container, conn, events.FULFILLED, oid)
+        assert await status(container, oid) is OrderStatus.SHIPPED
+    # BEGIN, the mark, the read before the quotes, the guarded move, COMMIT (was 6).
+    assert len(routed) <= ROUTE_STEP_MAX, "\n".join(routed)
+    # BEGIN, the mark, the guarded move, COMMIT (was 5).
+    assert len(shipped) <= NEWS_STEP_MAX, "\n".join(shipped)
+    await assert_clean(container)

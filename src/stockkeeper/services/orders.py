@@ -40,6 +40,7 @@ from stockkeeper.domain.orders import (
     StockAction,
     Trigger,
     check_payment_repeat,
+    moves,
     plan,
 )
 from stockkeeper.domain.reservation import Status
@@ -301,12 +302,17 @@ class Orders:
             self.clock().date(),
         )
         choice = choose(await self.carriers.quotes(shipment), row.required_delivery_date)
-        row = await self._lock(conn, order_id)
-        if plan(Trigger.ROUTED, row.status).target is None:
-            return None
+        # The order's lock, its guard (still PAID) and the move in one statement (D-312).
+        sources, target = moves(Trigger.ROUTED)
+        now = self.clock()
         if isinstance(choice, NoCarrier):
-            row = replace(row, reason=choice.reason, updated_at=self.clock())
-            await repo.save(conn, row)
+            # It stays PAID, with the reason.
+            stays = OrderStatus.PAID
+            reason = choice.reason
+            if not await repo.move_from(
+                conn, order_id, sources, stays, now, reason=reason, set_reason=True
+            ):
+                return None
             await outbox.add(
                 conn,
                 [
@@ -318,29 +324,32 @@ class Orders:
                 ],
             )
             self.metrics.orders_no_carrier.inc()
-            return row.status
-        row = await self._move(conn, row, OrderStatus.READY_TO_SHIP, carrier=choice.to_json())
-        return row.status
+            return OrderStatus.PAID
+        if not await repo.move_from(conn, order_id, sources, target, now, carrier=choice.to_json()):
+            return None
+        return target
 
     async def reservation_changed(
         self, conn: Conn, order_id: str, trigger: Trigger, reason: str | None = None
     ) -> OrderStatus | None:
         """The order's reservation expired, was released or fulfilled elsewhere.
 
-        A reservation that belongs to no order is none of the saga's business: None.
+        One statement (D-312): the order moves if it is in a state the trigger moves it
+        from. A reservation that belongs to no order is none of the saga's business: None.
         """
-        row = await repo.get(conn, order_id, lock=True)
-        if row is None:
-            return None
-        step = plan(trigger, row.status)
-        if step.target is None:
-            return None
+        sources, target = moves(trigger)
         if trigger is Trigger.RESERVATION_EXPIRED:
             reason = "payment not received before the reservation expired"
         elif trigger is Trigger.RESERVATION_RELEASED:
             reason = f"the reservation was released: {reason or 'no reason given'}"
-        row = await self._move(conn, row, step.target, reason=reason)
-        return row.status
+        moved = await repo.move_from(
+            conn, order_id, sources, target, self.clock(), reason=reason, set_reason=True
+        )
+        if not moved:
+            return None
+        if target in FINAL:
+            self.metrics.orders_final.labels(status=target.value).inc()
+        return target
 
     # -- helpers ---------------------------------------------------------------------
 

@@ -196,3 +196,30 @@ async def refuse(
 @translated
 async def set_payment_due(conn: Conn, oid: int, payment_due_at: datetime) -> None:
     await conn.execute(q("set_payment_due"), oid, payment_due_at)
+
+
+@translated
+async def move_from(
+    conn: Conn,
+    order_id: str,
+    sources: frozenset[OrderStatus],
+    target: OrderStatus,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    set_reason: bool = False,
+    carrier: dict[str, Any] | None = None,
+) -> bool:
+    """Move the order to ``target`` if it is in one of ``sources``; whether it was.
+    ``set_reason``: its reason becomes ``reason`` (None clears it); ``carrier`` when given."""
+    oid = await conn.fetchval(
+        q("move_order_from"),
+        order_id,
+        sorted(s.value for s in sources),
+        target.value,
+        reason,
+        carrier,
+        now,
+        set_reason,
+    )
+    return oid is not None

@@ -105,3 +105,13 @@ WHERE id = $2;
 
 -- name: set_payment_due
 UPDATE orders SET payment_due_at = $2 WHERE id = $1;
+
+-- name: move_order_from
+-- A saga step's move with its guard in one statement (D-312): the order's lock, the
+-- check of its state ($2: the states the step moves it from) and the move. No row: the
+-- order is in none of them, or there is no such order. $7: set the reason to $4.
+UPDATE orders
+SET status = $3, reason = CASE WHEN $7::boolean THEN $4 ELSE reason END,
+    carrier = COALESCE($5::jsonb, carrier), updated_at = $6
+WHERE order_id = $1 AND status = ANY($2::text[])
+RETURNING id;
