@@ -128,6 +128,7 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     late_starts: int = 0  # requests the generator could not start on time (>10 ms late)
+    polls: int = 0  # GET /orders/{id} sent while waiting for decisions
     wall_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -191,6 +192,7 @@ def placing(
         while True:
             await asyncio.sleep(poll)
             status, body = await http.send("GET", f"/orders/{oid}")
+            phase.polls += 1
             if status != 200:
                 phase.outcomes[f"GET {status}"] += 1
                 return
@@ -404,7 +406,10 @@ async def amain(args: argparse.Namespace) -> int:
         for label, r in rows
     ]
     print(markdown_table(head, lines, "lrrrrr"))
-    print(f"\noutcomes: {dict(orders.outcomes)}; late starts: {orders.late_starts}")
+    print(
+        f"\noutcomes: {dict(orders.outcomes)}; late starts: {orders.late_starts}; "
+        f"polls per order: {orders.polls / max(1, len(orders.latencies)):.1f}"
+    )
     print("CPU (cores) while measured: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
     print(
         "CPU ms per order: "
