@@ -57,30 +57,6 @@ def _row(r: asyncpg.Record) -> OrderRow:
 
 
 @translated
-async def insert(
-    conn: Conn,
-    order_id: str,
-    lines: list[dict[str, Any]],
-    ship_to: dict[str, Any],
-    required_delivery_date: date | None,
-    now: datetime,
-) -> int | None:
-    """The new order's id, or None if the order_id is taken."""
-    oid: int | None = await conn.fetchval(
-        q("insert_order"), order_id, lines, ship_to, required_delivery_date, now
-    )
-    return oid
-
-
-@translated
-async def check_new(conn: Conn, order_id: str, skus: list[str]) -> tuple[list[str], bool]:
-    """For a new order: its SKUs we do not know, and whether its id holds a reservation."""
-    r = await conn.fetchrow(q("check_new_order"), skus, order_id)
-    assert r is not None
-    return list(r["unknown"]), bool(r["reserved"])
-
-
-@translated
 async def get(conn: Conn, order_id: str, *, lock: bool = False) -> OrderRow | None:
     r = await conn.fetchrow(q("lock_order" if lock else "get_order"), order_id)
     return _row(r) if r else None
