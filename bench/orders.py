@@ -18,7 +18,10 @@ Baselines, measured in the same run at the same rate and on the same server:
   the saga does for each order, plus HTTP).
 
 Also reported, from the database: ``decided_at - created_at`` of each measured order
-(the saga's own latency, without the polling's granularity).
+(the saga's own latency, without the polling's granularity), and the decisions per
+second from the first order placed to the last decided (at a rate the saga cannot keep
+up with, its capacity); and the CPU per order of each process (the API's share includes
+the order's polls).
 
     python bench/orders.py --quick                 # 5 s of orders
     python bench/orders.py                         # 200 orders/s for 20 s
@@ -71,6 +74,9 @@ from stockkeeper.messaging import rabbitmq
 N_SKUS = 200
 SCARCE = "SCARCE-1"
 SHIP_TO = {"name": "Bench", "line1": "1 Main St", "city": "Berlin", "country": "DE"}
+# Not in the CPU per order: the load generator; RabbitMQ apart (on a shared machine its
+# figure holds other users' traffic too).
+SIDE = ("client", "rabbitmq")
 CARRIERS = [{"id": "post", "cost": "4.00", "reliability": "0.9", "transit_days": 3}]
 
 
@@ -122,6 +128,7 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     late_starts: int = 0  # requests the generator could not start on time (>10 ms late)
+    polls: int = 0  # GET /orders/{id} sent while waiting for decisions
     wall_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -185,6 +192,7 @@ def placing(
         while True:
             await asyncio.sleep(poll)
             status, body = await http.send("GET", f"/orders/{oid}")
+            phase.polls += 1
             if status != 200:
                 phase.outcomes[f"GET {status}"] += 1
                 return
@@ -279,6 +287,11 @@ async def server_side(db_url: str, ids: list[str]) -> dict[str, Any]:
             "WHERE order_id = ANY($1::text[]) AND decided_at IS NOT NULL",
             ids,
         )
+        span = await conn.fetchval(
+            "SELECT extract(epoch FROM max(decided_at) - min(created_at))::float8 FROM orders "
+            "WHERE order_id = ANY($1::text[]) AND decided_at IS NOT NULL",
+            ids,
+        )
         by_status = await conn.fetch(
             "SELECT status, count(*) AS n FROM orders WHERE order_id = ANY($1::text[]) GROUP BY 1",
             ids,
@@ -292,6 +305,9 @@ async def server_side(db_url: str, ids: list[str]) -> dict[str, Any]:
         "p99_ms": percentile(lat, 99) * 1000,
         "max_ms": (lat[-1] if lat else 0.0) * 1000,
         "outcomes": {r["status"]: r["n"] for r in by_status},
+        # Decisions per second, from the first order placed to the last one decided: the
+        # offered rate while the saga keeps up, its capacity when it does not.
+        "rate_per_s": len(lat) / span if span else 0.0,
     }
 
 
@@ -343,6 +359,14 @@ async def amain(args: argparse.Namespace) -> int:
         )
         cpu1, wall = cpu_seconds(procs, postmaster, name), time.perf_counter() - t0
         cores = {k: (cpu1[k] - cpu0[k]) / wall for k in cpu0}
+        # CPU per order placed while measured (its POST, its polls, its saga step, its
+        # events), per process and for the processes that serve orders together.
+        n_orders = max(1, int(args.rate * args.duration))
+        per_order = {
+            k: (cpu1[k] - cpu0[k]) / n_orders * 1000 for k in cpu0 if k not in ("machine",)
+        }
+        per_order["total"] = sum(v for k, v in per_order.items() if k not in SIDE)
+        per_order["total with rabbitmq"] = per_order["total"] + per_order["rabbitmq"]
         cores["other"] = cores["machine"] - sum(v for k, v in cores.items() if k != "machine")
         for p in procs:
             p.check()
@@ -382,8 +406,17 @@ async def amain(args: argparse.Namespace) -> int:
         for label, r in rows
     ]
     print(markdown_table(head, lines, "lrrrrr"))
-    print(f"\noutcomes: {dict(orders.outcomes)}; late starts: {orders.late_starts}")
+    print(
+        f"\noutcomes: {dict(orders.outcomes)}; late starts: {orders.late_starts}; "
+        f"polls per order: {orders.polls / max(1, len(orders.latencies)):.1f}"
+    )
     print("CPU (cores) while measured: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
+    print(
+        "CPU ms per order: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in per_order.items())
+        + f" (total: all but {', '.join(SIDE)}; PostgreSQL's and RabbitMQ's figures include"
+        " their shared processes)"
+    )
     if http.errors:
         print(f"transport errors: {http.errors}", file=sys.stderr)
     out = harness.write_results(
@@ -394,6 +427,7 @@ async def amain(args: argparse.Namespace) -> int:
             "load": [load0, load1],
             "quiet_wait": {"waited_s": waited, "busy_cores": busy},
             "cpu_cores": cores,
+            "cpu_ms_per_order": per_order,
             "rows": dict(rows),
         },
     )

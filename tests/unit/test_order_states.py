@@ -18,6 +18,7 @@ from stockkeeper.domain.orders import (
     StockAction,
     Trigger,
     check_payment_repeat,
+    moves,
     plan,
 )
 
@@ -156,3 +157,20 @@ def test_the_same_payment_again_is_a_repeat_and_another_is_a_conflict() -> None:
     check_payment_repeat(None, "pay-1")  # shipped before it was paid: nothing to compare
     with pytest.raises(Conflict, match="pay-1"):
         check_payment_repeat("pay-1", "pay-2")
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        Trigger.RESERVED,
+        Trigger.REFUSED,
+        Trigger.ROUTED,
+        Trigger.RESERVATION_EXPIRED,
+        Trigger.RESERVATION_RELEASED,
+        Trigger.RESERVATION_FULFILLED,
+    ],
+)
+def test_moves_is_what_plan_says_for_the_sagas_triggers(trigger: Trigger) -> None:
+    sources, target = moves(trigger)
+    for status in OrderStatus:
+        assert plan(trigger, status).target == (target if status in sources else None)

@@ -16,8 +16,9 @@ so the saga and the HTTP calls take turns on one order and never wait on another
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Protocol
 
 from stockkeeper.domain.allocation import OrderLine, check_lines
@@ -39,6 +40,7 @@ from stockkeeper.domain.orders import (
     StockAction,
     Trigger,
     check_payment_repeat,
+    moves,
     plan,
 )
 from stockkeeper.domain.reservation import Status
@@ -47,7 +49,6 @@ from stockkeeper.services.reservations import Reservations, ReserveRequest
 from stockkeeper.services.unit import Clock, transaction, utcnow
 from stockkeeper.store import orders as repo
 from stockkeeper.store import outbox
-from stockkeeper.store import reservations as reservation_repo
 from stockkeeper.store.orders import OrderRow
 from stockkeeper.store.pool import Conn, Pool
 
@@ -100,37 +101,48 @@ class Orders:
     # -- HTTP ------------------------------------------------------------------------
 
     async def place(self, req: PlaceOrder, conn: Conn | None = None) -> OrderView:
-        """Record the order and the command to reserve it; nothing is reserved yet."""
+        """Record the order and the command to reserve it; nothing is reserved yet.
+
+        One statement (D-311): the checks, the order and its command go in together or
+        not at all, so no transaction of its own."""
         check_lines(req.lines)
         now = self.clock()
-        async with transaction(self.pool, conn) as c:
-            oid = await repo.insert(
-                c, req.order_id, req.lines_doc(), req.ship_to, req.required_delivery_date, now
+        date_ok = req.required_delivery_date is None or req.required_delivery_date >= now.date()
+        lines = req.lines_doc()
+        event = Event(PLACED, {"order_id": req.order_id}, key=order_key(req.order_id))
+        async with self._conn(conn) as c:
+            placed = await repo.place(
+                c,
+                req.order_id,
+                lines,
+                req.ship_to,
+                req.required_delivery_date,
+                now,
+                date_ok=date_ok,
+                event=event,
             )
-            if oid is None:  # placed before (or concurrently, and committed meanwhile)
+            if placed.id is None:
+                # Placed before (or concurrently, and committed meanwhile), or refused.
                 row = await repo.get(c, req.order_id)
-                assert row is not None
-                return self._repeat(row, req)
-            # Refusing now rolls the insert back with the rest.
-            if req.required_delivery_date is not None and req.required_delivery_date < now.date():
+                if row is not None:
+                    return self._repeat(row, req)
+        if placed.id is None:
+            if not date_ok:
                 raise InvalidRequest("required_delivery_date is in the past")
-            unknown, reserved = await repo.check_new(c, req.order_id, [li.sku for li in req.lines])
-            if unknown:
-                raise InvalidRequest(f"unknown sku: {', '.join(sorted(unknown))}")
-            if reserved:
+            if placed.unknown:
+                raise InvalidRequest(f"unknown sku: {', '.join(sorted(placed.unknown))}")
+            if placed.reserved:
                 raise Conflict(
                     f"order id {req.order_id} is already used by a reservation; "
                     "an order needs an id of its own"
                 )
-            await outbox.add(
-                c, [Event(PLACED, {"order_id": req.order_id}, key=order_key(req.order_id))]
-            )
+            raise AssertionError("the order went in neither now nor before")
         self.metrics.orders_placed.inc()
         row = OrderRow(
-            id=oid,
+            id=placed.id,
             order_id=req.order_id,
             status=OrderStatus.PENDING,
-            lines=req.lines_doc(),
+            lines=lines,
             ship_to=req.ship_to,
             required_delivery_date=req.required_delivery_date,
             reason=None,
@@ -143,6 +155,10 @@ class Orders:
             updated_at=now,
         )
         return OrderView(row, created=True)
+
+    def _conn(self, conn: Conn | None) -> AbstractAsyncContextManager[Conn]:
+        """The caller's connection, or one of the pool's (no transaction: one statement)."""
+        return nullcontext(conn) if conn is not None else self.pool.acquire()
 
     @staticmethod
     def _repeat(row: OrderRow, req: PlaceOrder) -> OrderView:
@@ -221,51 +237,55 @@ class Orders:
 
         Returns the new status, or None when the order had already moved on. A lost
         optimistic race raises Conflict: the message is retried, the order stays PENDING.
+
+        Few round trips (D-310): one statement locks the order, checks it is PENDING and
+        moves it to AWAITING_PAYMENT; the reservation runs in the consumer's transaction
+        without a savepoint of its own; a refusal is one more statement (FAILED, and the
+        refused reservation's row taken back). All of it commits with the message's mark.
         """
-        row = await self._lock(conn, order_id)
-        if plan(Trigger.RESERVED, row.status).target is None:
+        now = self.clock()
+        ttl = self.payment_timeout or self.reservations.default_ttl
+        due = now + timedelta(seconds=ttl)
+        start = await repo.start_reserve(conn, order_id, due, now)
+        if start is None:
+            raise NotFound(f"no order {order_id}")
+        if not start.moved:
             return None
         req = ReserveRequest(
             order_id,
-            tuple(OrderLine(li["sku"], li["quantity"]) for li in row.lines),
+            tuple(OrderLine(sku, qty) for sku, qty in start.lines),
             ttl_seconds=self.payment_timeout,
         )
         refusal: dict[str, Any] | None = None
         try:
-            view = await self.reservations.reserve(req, conn, source=SOURCE)
+            view = await self.reservations.reserve(
+                req, conn, source=SOURCE, now=now, savepoint=False
+            )
         except InsufficientStock as exc:
             refusal = {"reason": "insufficient stock", **exc.extensions()}
         except InvalidRequest as exc:
             refusal = {"reason": exc.detail}
         except Conflict as exc:
-            if await reservation_repo.get(conn, order_id) is None:
+            if not start.reserved_before:
                 raise  # lost the race too often: try the whole step again later
             refusal = {"reason": exc.detail}  # the id holds a reservation for other lines
         else:
             if view.status is not Status.PENDING:
                 refusal = {"reason": f"the order's reservation is already {view.status}"}
-        now = self.clock()
+            elif view.expires_at != due:  # not with one clock reading; kept right anyway
+                await repo.set_payment_due(conn, start.id, view.expires_at)
         if refusal is None:
-            row = await self._move(
-                conn,
-                row,
-                OrderStatus.AWAITING_PAYMENT,
-                payment_due_at=view.expires_at,
-                decided_at=now,
-            )
+            status = OrderStatus.AWAITING_PAYMENT
         else:
-            row = await self._move(
-                conn,
-                row,
-                OrderStatus.FAILED,
-                reason=refusal["reason"],
-                shortages=refusal.get("shortages"),
-                decided_at=now,
+            status = OrderStatus.FAILED
+            await repo.refuse(
+                conn, order_id, start.id, refusal["reason"], refusal.get("shortages"), now
             )
-        self.metrics.order_decision.labels(status=row.status.value).observe(
-            max(0.0, (now - row.created_at).total_seconds())
+            self.metrics.orders_final.labels(status=status.value).inc()
+        self.metrics.order_decision.labels(status=status.value).observe(
+            max(0.0, (now - start.created_at).total_seconds())
         )
-        return row.status
+        return status
 
     async def route(self, conn: Conn, order_id: str) -> OrderStatus | None:
         """order.paid: choose the carrier (READY_TO_SHIP), or say why none can take it."""
@@ -282,12 +302,17 @@ class Orders:
             self.clock().date(),
         )
         choice = choose(await self.carriers.quotes(shipment), row.required_delivery_date)
-        row = await self._lock(conn, order_id)
-        if plan(Trigger.ROUTED, row.status).target is None:
-            return None
+        # The order's lock, its guard (still PAID) and the move in one statement (D-312).
+        sources, target = moves(Trigger.ROUTED)
+        now = self.clock()
         if isinstance(choice, NoCarrier):
-            row = replace(row, reason=choice.reason, updated_at=self.clock())
-            await repo.save(conn, row)
+            # It stays PAID, with the reason.
+            stays = OrderStatus.PAID
+            reason = choice.reason
+            if not await repo.move_from(
+                conn, order_id, sources, stays, now, reason=reason, set_reason=True
+            ):
+                return None
             await outbox.add(
                 conn,
                 [
@@ -299,29 +324,32 @@ class Orders:
                 ],
             )
             self.metrics.orders_no_carrier.inc()
-            return row.status
-        row = await self._move(conn, row, OrderStatus.READY_TO_SHIP, carrier=choice.to_json())
-        return row.status
+            return OrderStatus.PAID
+        if not await repo.move_from(conn, order_id, sources, target, now, carrier=choice.to_json()):
+            return None
+        return target
 
     async def reservation_changed(
         self, conn: Conn, order_id: str, trigger: Trigger, reason: str | None = None
     ) -> OrderStatus | None:
         """The order's reservation expired, was released or fulfilled elsewhere.
 
-        A reservation that belongs to no order is none of the saga's business: None.
+        One statement (D-312): the order moves if it is in a state the trigger moves it
+        from. A reservation that belongs to no order is none of the saga's business: None.
         """
-        row = await repo.get(conn, order_id, lock=True)
-        if row is None:
-            return None
-        step = plan(trigger, row.status)
-        if step.target is None:
-            return None
+        sources, target = moves(trigger)
         if trigger is Trigger.RESERVATION_EXPIRED:
             reason = "payment not received before the reservation expired"
         elif trigger is Trigger.RESERVATION_RELEASED:
             reason = f"the reservation was released: {reason or 'no reason given'}"
-        row = await self._move(conn, row, step.target, reason=reason)
-        return row.status
+        moved = await repo.move_from(
+            conn, order_id, sources, target, self.clock(), reason=reason, set_reason=True
+        )
+        if not moved:
+            return None
+        if target in FINAL:
+            self.metrics.orders_final.labels(status=target.value).inc()
+        return target
 
     # -- helpers ---------------------------------------------------------------------
 

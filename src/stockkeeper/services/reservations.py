@@ -168,20 +168,44 @@ class Reservations:
     # -- reserve ---------------------------------------------------------------------
 
     async def reserve(
-        self, req: ReserveRequest, conn: Conn | None = None, *, source: str = "api"
+        self,
+        req: ReserveRequest,
+        conn: Conn | None = None,
+        *,
+        source: str = "api",
+        now: datetime | None = None,
+        savepoint: bool = True,
     ) -> ReservationView:
-        """Hold stock for every line of an order, or for none of them."""
-        return await self._reserve_counted(req, conn, source, locked=False)
+        """Hold stock for every line of an order, or for none of them.
+
+        ``now``: the caller's clock reading (the reservation expires ``ttl`` after it).
+        ``savepoint=False`` with ``conn`` (the order saga, D-310): no savepoint of its
+        own; a refusal (a DomainError) leaves at most the reservation row, without lines,
+        in the caller's transaction, which the caller takes back or rolls back.
+        """
+        return await self._reserve_counted(
+            req, conn, source, locked=False, now=now, savepoint=savepoint
+        )
 
     async def _reserve_counted(
-        self, req: ReserveRequest, conn: Conn | None, source: str, *, locked: bool
+        self,
+        req: ReserveRequest,
+        conn: Conn | None,
+        source: str,
+        *,
+        locked: bool,
+        now: datetime | None = None,
+        savepoint: bool = True,
     ) -> ReservationView:
         try:
-            if conn is None or not conn.is_in_transaction():
-                view = await retried(lambda: self._reserve_alone(req, source, conn))
+            if conn is not None and not savepoint:
+                # The caller's transaction as it is (the order saga, D-310).
+                view = await self._reserve(conn, req, source, locked=locked, now=now)
+            elif conn is None or not conn.is_in_transaction():
+                view = await retried(lambda: self._reserve_alone(req, source, conn, now))
             else:
                 async with transaction(self.pool, conn) as c:
-                    view = await self._reserve(c, req, source, locked=locked)
+                    view = await self._reserve(c, req, source, locked=locked, now=now)
         except DomainError as exc:
             self.metrics.reservations.labels(result=exc.slug).inc()
             raise
@@ -226,20 +250,26 @@ class Reservations:
         return results
 
     async def _reserve_alone(
-        self, req: ReserveRequest, source: str, conn: Conn | None
+        self, req: ReserveRequest, source: str, conn: Conn | None, now: datetime | None
     ) -> ReservationView:
         async with transaction(self.pool, conn) as c:
-            return await self._reserve(c, req, source)
+            return await self._reserve(c, req, source, now=now)
 
     async def _reserve(
-        self, conn: Conn, req: ReserveRequest, source: str, *, locked: bool = False
+        self,
+        conn: Conn,
+        req: ReserveRequest,
+        source: str,
+        *,
+        locked: bool = False,
+        now: datetime | None = None,
     ) -> ReservationView:
         check_lines(req.lines)
         if retrying() and self.strategy is Strategy.OPTIMISTIC:
             # The first try lost its race and was rolled back (D-301): back off before
             # reading again, holding no lock yet.
             await asyncio.sleep(LOST_RACE_BACKOFF.delay(1))
-        now = self.clock()
+        now = now or self.clock()
         ttl = req.ttl_seconds or self.default_ttl
         if ttl > self.max_ttl:
             raise InvalidRequest(f"ttl_seconds may be at most {self.max_ttl}")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
+from stockkeeper.domain.events import Event
 from stockkeeper.domain.orders import OrderStatus
+from stockkeeper.observability.tracing import current_traceparent
 from stockkeeper.store.errors import translated
+from stockkeeper.store.outbox import NOTIFY_CHANNEL
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
 
@@ -52,30 +57,6 @@ def _row(r: asyncpg.Record) -> OrderRow:
 
 
 @translated
-async def insert(
-    conn: Conn,
-    order_id: str,
-    lines: list[dict[str, Any]],
-    ship_to: dict[str, Any],
-    required_delivery_date: date | None,
-    now: datetime,
-) -> int | None:
-    """The new order's id, or None if the order_id is taken."""
-    oid: int | None = await conn.fetchval(
-        q("insert_order"), order_id, lines, ship_to, required_delivery_date, now
-    )
-    return oid
-
-
-@translated
-async def check_new(conn: Conn, order_id: str, skus: list[str]) -> tuple[list[str], bool]:
-    """For a new order: its SKUs we do not know, and whether its id holds a reservation."""
-    r = await conn.fetchrow(q("check_new_order"), skus, order_id)
-    assert r is not None
-    return list(r["unknown"]), bool(r["reserved"])
-
-
-@translated
 async def get(conn: Conn, order_id: str, *, lock: bool = False) -> OrderRow | None:
     r = await conn.fetchrow(q("lock_order" if lock else "get_order"), order_id)
     return _row(r) if r else None
@@ -96,3 +77,125 @@ async def save(conn: Conn, row: OrderRow) -> None:
         row.decided_at,
         row.updated_at,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """What :func:`place` did: the new order's id, or None and the checks' findings."""
+
+    id: int | None
+    unknown: list[str]
+    reserved: bool
+
+
+@translated
+async def place(
+    conn: Conn,
+    order_id: str,
+    lines: list[dict[str, Any]],
+    ship_to: dict[str, Any],
+    required_delivery_date: date | None,
+    now: datetime,
+    *,
+    date_ok: bool,
+    event: Event,
+) -> Placed:
+    """A new order and its saga's first command ``event``, in one statement, if every
+    check passes (its SKUs known, its id holding no reservation, ``date_ok``) and its
+    order_id is free; else nothing is written. Atomic on its own: no transaction needed."""
+    r = await conn.fetchrow(
+        q("place_order"),
+        order_id,
+        lines,
+        ship_to,
+        required_delivery_date,
+        now,
+        [li["sku"] for li in lines],
+        date_ok,
+        uuid.uuid4(),
+        event.type,
+        orjson.dumps(event.payload).decode(),
+        event.ordering_key,
+        current_traceparent(),
+        NOTIFY_CHANNEL,
+    )
+    assert r is not None  # one row: the checks'
+    return Placed(r["id"], list(r["unknown"]), bool(r["reserved"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveStart:
+    """The order as the saga's reserve step found it: ``moved`` to AWAITING_PAYMENT (the
+    step goes on, with its lines), or not (it had left PENDING: nothing to do)."""
+
+    id: int
+    moved: bool
+    created_at: datetime
+    lines: list[tuple[str, int]]
+    reserved_before: bool  # its order_id held a reservation before the step
+
+
+@translated
+async def start_reserve(
+    conn: Conn, order_id: str, payment_due_at: datetime, now: datetime
+) -> ReserveStart | None:
+    """Lock the order and, if PENDING, move it to AWAITING_PAYMENT, due at
+    ``payment_due_at``, decided ``now``; None: no such order."""
+    rows = await conn.fetch(q("start_reserve_order"), order_id, payment_due_at, now)
+    if not rows:
+        return None
+    r = rows[0]
+    if not r["moved"]:
+        return ReserveStart(r["id"], False, r["created_at"], [], False)
+    return ReserveStart(
+        r["id"],
+        True,
+        r["created_at"],
+        list(zip(r["skus"], r["quantities"], strict=True)),
+        bool(r["reserved"]),
+    )
+
+
+@translated
+async def refuse(
+    conn: Conn,
+    order_id: str,
+    oid: int,
+    reason: str,
+    shortages: list[dict[str, Any]] | None,
+    now: datetime,
+) -> None:
+    """The reserve step refused: FAILED, the refused reserve's reservation row dropped."""
+    await conn.execute(q("refuse_order"), order_id, oid, reason, shortages, now)
+
+
+@translated
+async def set_payment_due(conn: Conn, oid: int, payment_due_at: datetime) -> None:
+    await conn.execute(q("set_payment_due"), oid, payment_due_at)
+
+
+@translated
+async def move_from(
+    conn: Conn,
+    order_id: str,
+    sources: frozenset[OrderStatus],
+    target: OrderStatus,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    set_reason: bool = False,
+    carrier: dict[str, Any] | None = None,
+) -> bool:
+    """Move the order to ``target`` if it is in one of ``sources``; whether it was.
+    ``set_reason``: its reason becomes ``reason`` (None clears it); ``carrier`` when given."""
+    oid = await conn.fetchval(
+        q("move_order_from"),
+        order_id,
+        sorted(s.value for s in sources),
+        target.value,
+        reason,
+        carrier,
+        now,
+        set_reason,
+    )
+    return oid is not None

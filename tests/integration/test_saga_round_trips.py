@@ -1,0 +1,167 @@
+"""Round trips of the order saga, counted on the connection that runs them (D-310,
+D-311): one saga step as the consumer runner applies it (BEGIN, the message's
+``processed_message`` mark, the step, COMMIT; the pool's reset on release is the
+runner's and not counted), and POST /orders's use case. Each count is taken on a
+connection that has run the same path once, as in steady state (asyncpg asks the
+server about a statement's types once per connection)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from stockkeeper.bootstrap import Container
+from stockkeeper.domain import events
+from stockkeeper.domain.allocation import OrderLine
+from stockkeeper.domain.orders import PAID, PLACED, OrderStatus
+from stockkeeper.failpoints import Failpoints
+from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.services.audit import audit
+from stockkeeper.services.orders import PlaceOrder
+from stockkeeper.services.stock import Receipt
+from stockkeeper.store import consumer_log
+from stockkeeper.store.pool import Conn
+from stockkeeper.workers.saga import saga_handler
+from tests.integration.orders_helpers import CARRIERS, SHIP_TO
+
+# Before D-310 a reserve step was 17 round trips (18 with the pool's reset), a refused
+# one 10, routing 6, a reservation's news 5, and placing an order 5 (6).
+RESERVE_STEP_MAX = 14
+REFUSED_STEP_MAX = 8
+MOVED_ON_STEP_MAX = 4
+PLACE_MAX = 1
+ROUTE_STEP_MAX = 5
+NEWS_STEP_MAX = 4
+
+
+@pytest.fixture
+def config(config: dict[str, Any]) -> dict[str, Any]:
+    config["orders"] = {"carriers": CARRIERS}
+    return config
+
+
+@pytest.fixture
+async def conn(container: Container) -> AsyncIterator[Conn]:
+    async with container.pool.acquire() as conn:
+        yield conn
+
+
+def first_line(sql: str) -> str:
+    """The statement's first line that is not a comment (what the failures show)."""
+    lines = [ln.strip() for ln in sql.strip().splitlines() if not ln.lstrip().startswith("--")]
+    return lines[0][:70] if lines else "?"
+
+
+class Counted:
+    """The statements run on ``conn`` while counting."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.seen: list[str] = []
+
+    async def __aenter__(self) -> list[str]:
+        self.conn.add_query_logger(self._log)
+        return self.seen
+
+    async def __aexit__(self, *exc: object) -> None:
+        # asyncpg calls query loggers with loop.call_soon: let the last call run.
+        await asyncio.sleep(0)
+        self.conn.remove_query_logger(self._log)
+
+    def _log(self, record: Any) -> None:
+        self.seen.append(first_line(record.query))
+
+
+async def step(c: Container, conn: Conn, kind: str, order_id: str) -> list[str]:
+    """One saga message applied as the consumer runner applies it; its statements."""
+    handler = saga_handler(c.orders, Failpoints())
+    env = Envelope.new(kind, {"order_id": order_id}, occurred_at=c.orders.clock())
+    async with Counted(conn) as seen, conn.transaction():
+        assert await consumer_log.mark_processed(conn, "saga", env.id)
+        await handler(conn, env)
+    return seen
+
+
+def order(order_id: str, sku: str, qty: int) -> PlaceOrder:
+    return PlaceOrder(order_id, (OrderLine(sku, qty),), SHIP_TO)
+
+
+async def status(c: Container, order_id: str) -> OrderStatus:
+    return (await c.orders.get(order_id)).row.status
+
+
+async def assert_clean(c: Container) -> None:
+    async with c.pool.acquire() as conn:
+        report = await audit(conn)
+        stray = await conn.fetchval(
+            "SELECT count(*) FROM reservation r WHERE NOT EXISTS "
+            "(SELECT 1 FROM reservation_line l WHERE l.reservation_id = r.id)"
+        )
+    assert report.clean, report.render()
+    assert stray == 0
+
+
+async def test_a_reserve_step_takes_few_round_trips(container: Container, conn: Conn) -> None:
+    await container.stock.receive(Receipt("TEA", 10, f"r-{uuid.uuid4().hex}"))
+    for oid in ("warm", "o-1"):
+        await container.orders.place(order(oid, "TEA", 2))
+        seen = await step(container, conn, PLACED, oid)
+        assert await status(container, oid) is OrderStatus.AWAITING_PAYMENT
+    assert len(seen) <= RESERVE_STEP_MAX, "\n".join(seen)
+    # The consumer's transaction is the reservation's: no savepoint around it.
+    assert sum(line.startswith("SAVEPOINT") for line in seen) <= 1, "\n".join(seen)
+    await assert_clean(container)
+
+
+async def test_a_refused_step_takes_few_round_trips(container: Container, conn: Conn) -> None:
+    await container.stock.receive(Receipt("TEA", 1, f"r-{uuid.uuid4().hex}"))
+    for oid in ("warm", "o-1"):
+        await container.orders.place(order(oid, "TEA", 2))
+        seen = await step(container, conn, PLACED, oid)
+        assert await status(container, oid) is OrderStatus.FAILED
+    assert len(seen) <= REFUSED_STEP_MAX, "\n".join(seen)
+    await assert_clean(container)  # the refused reserve left no reservation row behind
+
+
+async def test_a_step_for_an_order_that_moved_on_is_one_statement(
+    container: Container, conn: Conn
+) -> None:
+    await container.stock.receive(Receipt("TEA", 10, f"r-{uuid.uuid4().hex}"))
+    await container.orders.place(order("o-1", "TEA", 2))
+    await step(container, conn, PLACED, "o-1")
+    seen = await step(container, conn, PLACED, "o-1")  # a new message id: a no-op
+    assert await status(container, "o-1") is OrderStatus.AWAITING_PAYMENT
+    assert len(seen) <= MOVED_ON_STEP_MAX, "\n".join(seen)
+
+
+async def test_placing_an_order_is_one_statement(container: Container, conn: Conn) -> None:
+    await container.stock.receive(Receipt("TEA", 10, f"r-{uuid.uuid4().hex}"))
+    for oid in ("warm", "o-1"):
+        async with Counted(conn) as seen:
+            view = await container.orders.place(order(oid, "TEA", 2), conn)
+        assert view.created
+    assert len(seen) <= PLACE_MAX, "\n".join(seen)
+
+
+async def test_routing_and_the_reservations_news_are_one_statement_each(
+    container: Container, conn: Conn
+) -> None:
+    await container.stock.receive(Receipt("TEA", 10, f"r-{uuid.uuid4().hex}"))
+    for oid in ("warm", "o-1"):
+        await container.orders.place(order(oid, "TEA", 2))
+        await step(container, conn, PLACED, oid)
+        await container.orders.pay(oid, succeeded=True, reference=f"pay-{oid}")
+        routed = await step(container, conn, PAID, oid)
+        assert await status(container, oid) is OrderStatus.READY_TO_SHIP
+        await container.reservations.fulfil(oid)
+        shipped = await step(container, conn, events.FULFILLED, oid)
+        assert await status(container, oid) is OrderStatus.SHIPPED
+    # BEGIN, the mark, the read before the quotes, the guarded move, COMMIT (was 6).
+    assert len(routed) <= ROUTE_STEP_MAX, "\n".join(routed)
+    # BEGIN, the mark, the guarded move, COMMIT (was 5).
+    assert len(shipped) <= NEWS_STEP_MAX, "\n".join(shipped)
+    await assert_clean(container)
