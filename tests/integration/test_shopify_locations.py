@@ -249,3 +249,22 @@ async def test_the_sandbox_answers_per_location_as_shopify_does(
         assert r.json()["data"]["inventorySetQuantities"]["userErrors"] == []
     assert at(state, "MUG") == (1, 5)
     assert state.levels_by_location() == {BERLIN_GID: {"MUG": 1}, PARIS_GID: {"MUG": 5}}
+
+
+def test_the_sandbox_control_routes_set_and_show_levels_per_location(
+    shop: tuple[ShopifyState, SandboxServer],
+) -> None:
+    state, server = shop
+    state.list_skus(["MUG"], quantity=2)
+    body = {"sku": "MUG", "location_id": PARIS_GID, "quantity": 8}
+    r = httpx.put(f"{server.url}/_sandbox/locations/levels", json=body, timeout=5)
+    assert r.status_code == 200
+    assert at(state, "MUG") == (2, 8)
+    items = httpx.get(f"{server.url}/_sandbox/items", timeout=5).json()
+    assert items["location_ids"] == [BERLIN_GID, PARIS_GID]
+    assert items["levels"] == {BERLIN_GID: {"MUG": 2}, PARIS_GID: {"MUG": 8}}
+    unknown = {**body, "location_id": "gid://shopify/Location/99"}
+    assert (
+        httpx.put(f"{server.url}/_sandbox/locations/levels", json=unknown, timeout=5).status_code
+        == 404
+    )

@@ -184,7 +184,7 @@ class Propagation:
         """:func:`judge` for one channel. On a channel with several locations the total
         says nothing of its split (a transfer between our locations keeps it) and a
         sale there is not known to come out of the location that sold it: such a
-        channel's change is pushed, and the push decides per location (D-280)."""
+        channel's change is pushed, and the push decides per location (D-282)."""
         located = ch in self.located
         verdict = judge(
             state,
