@@ -3,8 +3,8 @@
 Each use case gets a connection with an asyncpg query logger and runs on it as it would
 on its own (``BEGIN`` ... ``COMMIT`` included); the pool's reset on release (asyncpg's
 default ``Connection.reset()``, one more round trip per checkout) is counted apart. The
-coalesced row runs ``reserve_many`` over a batch of ``--batch`` one-line orders and
-reports statements per request.
+coalesced row runs the set-based batch the coalescer uses (``BatchReserver``, D-290)
+over a batch of ``--batch`` one-line orders and reports statements per request.
 
     python bench/statements.py
 """
@@ -25,6 +25,7 @@ from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.services.reservations import ReserveRequest
+from stockkeeper.services.reserve_batch import BatchReserver
 from stockkeeper.services.stock import Adjustment, Receipt
 from stockkeeper.store.pool import Conn
 
@@ -96,7 +97,9 @@ async def amain(args: argparse.Namespace) -> None:
             rows.append(
                 (
                     f"coalesced reserve, batch of {args.batch}",
-                    await counted(c, lambda k: c.reservations.reserve_many(batch, conn=k)),
+                    await counted(
+                        c, lambda k: BatchReserver(c.reservations).reserve_batch(batch, conn=k)
+                    ),
                     args.batch,
                 )
             )
