@@ -80,18 +80,19 @@ class BatchReserver:
         repeat) or its own domain error. ``after_each`` runs once per request after the
         batch's writes, before its commit (a failpoint for crash tests)."""
         svc = self.reservations
-        for attempt in range(DEADLOCK_RETRIES + 1):
+        answers: list[Answer] | None = None
+        for _ in range(DEADLOCK_RETRIES + 1):
             try:
                 answers = await self._apply(reqs, source, after_each, conn)
                 break
             except Deadlock:
-                if conn is not None or attempt == DEADLOCK_RETRIES:
-                    if conn is not None:
-                        raise
-                    answers = [
-                        Conflict(f"order {r.order_id} is being reserved concurrently; try again")
-                        for r in reqs
-                    ]
+                if conn is not None:
+                    raise  # the caller's transaction is lost; it decides
+        if answers is None:
+            answers = [
+                Conflict(f"order {r.order_id} is being reserved concurrently; try again")
+                for r in reqs
+            ]
         for a in answers:
             result = a.slug if isinstance(a, DomainError) else "created" if a.created else "repeat"
             svc.metrics.reservations.labels(result=result).inc()
