@@ -6,8 +6,9 @@ connection back (its reset) is counted apart, per checkout. Each use case runs t
 one connection and the second run is counted: every statement is prepared by then, as
 on a server that has been up a while (the first run on a connection also prepares them
 and introspects a type or two). The keyed rows run the use case through
-``idempotency.once`` (an Idempotency-Key). The coalesced row runs ``reserve_many`` over a
-batch of ``--batch`` one-line orders and reports statements per request.
+``idempotency.once`` (an Idempotency-Key). The coalesced row runs the set-based batch
+the coalescer uses (``BatchReserver``, D-290) over a batch of ``--batch`` one-line
+orders and reports statements per request.
 
     python bench/statements.py
 """
@@ -29,6 +30,7 @@ from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.services import idempotency
 from stockkeeper.services.idempotency import Answer, IdempotencyKey
 from stockkeeper.services.reservations import ReserveRequest
+from stockkeeper.services.reserve_batch import BatchReserver
 from stockkeeper.services.stock import Adjustment, Receipt
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.roundtrips import Statements, count
@@ -105,7 +107,10 @@ async def amain(args: argparse.Namespace) -> None:
             rows.append(
                 (
                     f"coalesced reserve, batch of {args.batch}",
-                    await count(c.pool, lambda k, _p: r.reserve_many(batch, conn=k)),
+                    await count(
+                        c.pool,
+                        lambda k, _p: BatchReserver(c.reservations).reserve_batch(batch, conn=k),
+                    ),
                     args.batch,
                 )
             )

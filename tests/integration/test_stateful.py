@@ -65,6 +65,8 @@ EXPIRY_OFFSETS = (None, None, 300, 1200, 4000)
 RECEIPT_LOCATIONS = (None, None, "default", "east")
 ORDER_LOCATIONS = (None, None, None, "default", "east", "north")
 TTLS = (None, None, 60, 1800)
+# What a request of a coalesced batch may be (the ``reserve_together`` rule).
+TOGETHER = ("new",) * 4 + ("unknown_sku", "duplicate_line", "repeat", "repeat_changed", "again")
 
 # Outcomes seen across all examples, to show the run reached the interesting places.
 SEEN: Counter[str] = Counter()
@@ -440,22 +442,42 @@ class StockMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.coalescer is not None and self.known_skus)
     @rule(
         data=st.data(),
-        qtys=st.lists(st.integers(1, 10), min_size=3, max_size=3),
+        kinds=st.lists(st.sampled_from(TOGETHER), min_size=2, max_size=6),
         location=st.sampled_from(ORDER_LOCATIONS),
     )
-    def reserve_together(self, data: st.DataObject, qtys: list[int], location: str | None) -> None:
-        """Three new orders sent at once share a coalesced batch and are applied in the
-        order they were sent: the model serves them one after another."""
+    def reserve_together(self, data: st.DataObject, kinds: list[str], location: str | None) -> None:
+        """Requests sent at once share a coalesced batch (D-290) and are applied in the
+        order they were sent: the model serves them one after another. Besides new
+        orders a batch may hold an unknown SKU, a SKU named twice, a repeat of a stored
+        order (same or other lines) and a copy of a request sent earlier in the batch
+        (its repeat if that one was served, a new attempt if it was refused)."""
         known = sorted(self.known_skus)
-        orders = []
-        for q in qtys:
-            sku = data.draw(st.sampled_from(known))
-            orders.append((self.ref("order"), (OrderLine(sku, q),)))
+        never = [s for s in self.skus if s not in self.known_skus]
+        reqs: list[ReserveRequest] = []
+        for kind in kinds:
+            if kind.startswith("repeat") and self.orders:
+                o = self.pick_order(data)
+                lines = o.lines
+                if kind == "repeat_changed":
+                    lines = (OrderLine(lines[0].sku, lines[0].quantity + 1), *lines[1:])
+                reqs.append(ReserveRequest(o.order_id, lines, None, o.location))
+            elif kind == "again" and reqs:
+                reqs.append(reqs[data.draw(st.integers(0, len(reqs) - 1), label="copy of")])
+            else:
+                skus = data.draw(
+                    st.lists(st.sampled_from(known), min_size=1, max_size=2, unique=True)
+                )
+                qtys = data.draw(st.lists(st.integers(1, 10), min_size=2, max_size=2))
+                if kind == "unknown_sku" and never:
+                    skus.append(never[0])
+                lines = tuple(OrderLine(sku, q) for sku, q in zip(skus, qtys, strict=False))
+                if kind == "duplicate_line":
+                    lines = (*lines, OrderLine(lines[0].sku, 1))
+                reqs.append(ReserveRequest(self.ref("order"), lines, None, location))
 
         async def together() -> list[Any]:
             return await asyncio.gather(
-                *(self.reserve_call(ReserveRequest(o, li, None, location)) for o, li in orders),
-                return_exceptions=True,
+                *(self.reserve_call(r) for r in reqs), return_exceptions=True
             )
 
         results = self.run(together())
@@ -465,8 +487,19 @@ class StockMachine(RuleBasedStateMachine):
                 raise r
             return r
 
-        for (order_id, lines), result in zip(orders, results, strict=True):
-            self.place(lines, location, None, order_id=order_id, call=settled(result))
+        for req, result in zip(reqs, results, strict=True):
+            held = self.orders.get(req.order_id)
+            if held is None:
+                self.place(
+                    req.lines, req.location, None, order_id=req.order_id, call=settled(result)
+                )
+            elif held.lines != req.lines or held.location != req.location:
+                self.expect(Conflict, settled(result))
+            else:
+                view = self.run(settled(result))
+                assert not view.created
+                self.check_view(view, held)
+                SEEN["reserve repeated"] += 1
         SEEN["reserved together"] += 1
 
     def place(

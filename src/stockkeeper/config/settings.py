@@ -130,10 +130,10 @@ class ConcurrencyConfig(Section):
     # Request coalescing of POST /inventory/reserve (services/coalescer.py): requests
     # arriving within this window of the first are applied in one transaction.
     coalesce_window_ms: float = Field(default=2.0, ge=0, le=1000)
-    # At most this many requests per coalesced transaction; 1 (the default) turns
-    # coalescing off. Until a batch is applied set-based it wins on one hot SKU and
-    # loses on spread ones (D-271): turn it on (e.g. 64) for flash sales.
-    coalesce_max_batch: int = Field(default=1, ge=1, le=1000)
+    # At most this many requests per coalesced transaction; 1 turns coalescing off.
+    # A batch costs a constant number of statements whatever its size (D-290), so it
+    # is on by default (D-291).
+    coalesce_max_batch: int = Field(default=64, ge=1, le=1000)
     # Coalesced transactions in flight at once per process (each holds a connection).
     coalesce_max_in_flight: int = Field(default=4, ge=1, le=64)
 

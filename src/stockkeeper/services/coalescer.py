@@ -3,7 +3,8 @@
 Concurrent ``POST /inventory/reserve`` requests that arrive within
 ``concurrency.coalesce_window_ms`` of the first one, up to
 ``concurrency.coalesce_max_batch``, are applied together by
-``Reservations.reserve_many``: one transaction, one commit, each request still all or
+``BatchReserver.reserve_batch`` (services/reserve_batch.py): one transaction, a constant
+number of set-based statements and one commit per batch, each request still all or
 none on its own and answered on its own (201, 200 repeat, 409 with its shortages, 422).
 
 Fairness: requests are applied in the order they reached the coalescer, so with one
@@ -11,8 +12,8 @@ unit left the earliest request of a batch gets it; batches run one after another
 the order holds across batches too.
 
 The coalescer is a per-process optimisation, never a correctness device: stock is
-guarded by the statements ``reserve_many`` runs, so other processes (and requests that
-bypass it, such as ones with an Idempotency-Key) race correctly with it.
+guarded by the row locks and the guarded write of the batch, so other processes (and
+requests that bypass it, such as ones with an Idempotency-Key) race correctly with it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from stockkeeper.domain.errors import DomainError
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.services.reservations import Reservations, ReservationView, ReserveRequest
+from stockkeeper.services.reserve_batch import BatchReserver
 
 
 @dataclass(slots=True)
@@ -47,6 +49,7 @@ class ReserveCoalescer:
         failpoints: Failpoints | None = None,
     ) -> None:
         self.reservations = reservations
+        self.batch = BatchReserver(reservations)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._running: set[asyncio.Task[None]] = set()
         self.failpoints = Failpoints() if failpoints is None else failpoints
@@ -91,7 +94,7 @@ class ReserveCoalescer:
     async def _apply(self, batch: list[_Waiting]) -> None:
         self.batches += 1
         try:
-            results = await self.reservations.reserve_many(
+            results = await self.batch.reserve_batch(
                 [w.req for w in batch],
                 after_each=lambda: self.failpoints.hit("reserve.coalesced_request"),
             )
