@@ -19,8 +19,11 @@ the broker has already handed out (its prefetch) are applied in ONE transaction:
 marks in ``processed_message`` in one statement, then each message's effect in its own
 savepoint, in delivery order (so the order per key holds). A message whose effect fails
 is rolled back to its savepoint (its mark taken back) and, after the commit, retried or
-dead-lettered alone, exactly as without batches; the others commit once. Acks follow
-the commit. A batch that fails as a whole is applied again one message at a time.
+dead-lettered alone, exactly as without batches; the others commit once. A handler
+that can apply a whole batch set-based (``handle_many``, D-320) is called once instead,
+in one savepoint; should it fail, the batch goes the savepoint-per-message way. After
+the commit the failures are settled one by one, then one ack covers the rest (D-321).
+A batch that fails as a whole is applied again one message at a time.
 """
 
 from __future__ import annotations
