@@ -29,11 +29,23 @@ SECRET_ENV = "SK_TEST_CHANNEL_SECRET"
 T0 = datetime.now(UTC) - timedelta(minutes=5)
 
 
+@pytest.fixture(params=["pgqueue", "rabbitmq"])
+def amqp_url(request: pytest.FixtureRequest) -> str | None:
+    """RabbitMQ's URL for the rabbitmq runs; None: the embedded queue."""
+    return None if request.param == "pgqueue" else str(request.getfixturevalue("rabbit_url"))
+
+
 @pytest.fixture
 async def c(
-    config: dict[str, Any], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    config: dict[str, Any],
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    amqp_url: str | None,
+    broker_prefix: str,
 ) -> AsyncIterator[Container]:
     monkeypatch.setenv(SECRET_ENV, "s3cret-for-tests")
+    if amqp_url is not None:
+        config["broker"] = {"url": amqp_url, "prefix": broker_prefix}
     config["connectors"] = [
         {"id": ch, "type": "outbound_webhook", "url": f"http://127.0.0.1:9/{ch}",
          "secret_env": SECRET_ENV}
