@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
@@ -67,10 +68,10 @@ from harness import (
     wait_quiet,
     warn_if_busy,
 )
-from stockkeeper.config import DatabaseConfig
+from stockkeeper.config import BrokerConfig, DatabaseConfig
 from stockkeeper.domain.events import LEVEL_CHANGED, Event
 from stockkeeper.messaging import rabbitmq
-from stockkeeper.messaging.consumer import Consumer
+from stockkeeper.messaging.consumer import Consumer, Incoming
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.messaging.pgqueue import PgQueueBroker
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker
@@ -358,6 +359,7 @@ class TimedConsumer(Consumer):
         self.delivery_s = 0.0
         self.apply_s = 0.0
         self.redelivered = 0
+        self.batches = 0
 
     async def on_delivery(self, d: Any) -> None:
         t0 = time.perf_counter()
@@ -369,6 +371,12 @@ class TimedConsumer(Consumer):
         await super()._done(d, outcome)  # returns after the ack
         self.clock.add()
 
+    async def _done_many(self, done: list[Any], counts: Any) -> None:
+        await super()._done_many(done, counts)  # returns after the acks
+        self.batches += 1
+        if done:
+            self.clock.add(len(done))
+
     async def _apply(self, env: Envelope) -> str:
         t0 = time.perf_counter()
         try:
@@ -376,10 +384,14 @@ class TimedConsumer(Consumer):
         finally:
             self.apply_s += time.perf_counter() - t0
 
-    async def _apply_batch(self, envs: list[Envelope]) -> list[str | Exception]:
+    async def process_batch(self, batch: list[Any]) -> None:
+        self.redelivered += sum(bool(d.redelivered) for d in batch)
+        await super().process_batch(batch)
+
+    async def _apply_batch(self, items: list[Incoming]) -> list[str | Exception]:
         t0 = time.perf_counter()
         try:
-            return await super()._apply_batch(envs)
+            return await super()._apply_batch(items)
         finally:
             self.apply_s += time.perf_counter() - t0
 
@@ -426,6 +438,10 @@ async def run_consumer(job: Job, out: Outcome) -> None:
         nonlocal applied
         applied += 1
 
+    async def handle_many(_conn: Conn, items: Sequence[Incoming]) -> None:
+        nonlocal applied
+        applied += len(items)
+
     try:
         await broker.connect()
         c = TimedConsumer(
@@ -437,6 +453,8 @@ async def run_consumer(job: Job, out: Outcome) -> None:
             metrics=Metrics(),
             clock=clock,
             batch_size=job.consumer_batch,
+            # As the propagator's consumer runs (D-322): a set-based effect per batch.
+            handle_many=handle_many if job.consumer_batch > 1 else None,
         )
         await clock.start(job.start_at)
         sub = await c.start(job.prefetch)
@@ -446,6 +464,8 @@ async def run_consumer(job: Job, out: Outcome) -> None:
         out.extra = {
             "applied": applied,
             "redelivered": c.redelivered,
+            "batches": c.batches,
+            "prefetch": c.prefetch_for(job.prefetch),
             "in_on_delivery_s": round(c.delivery_s, 3),
             "in_idempotency_txn_s": round(c.apply_s, 3),
             "txn_share": round(c.apply_s / busy, 3) if busy == busy else None,
@@ -884,7 +904,8 @@ async def pending_messages(pool: Pool) -> tuple[Msg, ...]:
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT id, event_id, event_type, sku, sequence, source, payload, occurred_at, "
-            "attempts, ordering_key FROM domain_event WHERE status = 'PENDING' ORDER BY id"
+            "attempts, ordering_key, trace_context FROM domain_event WHERE status = 'PENDING' "
+            "ORDER BY id"
         )
     out = []
     for r in rows:
@@ -1013,12 +1034,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--brokers", default=",".join(BROKERS), help="comma-separated subset of rabbitmq,pgqueue"
     )
     p.add_argument("--batch", type=int, default=500, help="dispatcher batch / raw publish batch")
-    p.add_argument("--prefetch", type=int, default=32, help="consumer prefetch (both sides)")
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=BrokerConfig().prefetch,
+        help="consumer prefetch (both sides; the runner in batch mode widens it to two\n"
+        "batches, as in production: Consumer.prefetch_for)",
+    )
     p.add_argument(
         "--consumer-batch",
         type=int,
-        default=64,
-        help="the Consumer runner's batch_size (1: one transaction per message, as before)",
+        default=BrokerConfig().consumer_batch_size,
+        help="the Consumer runner's batch_size, default broker.consumer_batch_size, with a\n"
+        "set-based batch effect as the propagator's (1: one transaction per message)",
     )
     p.add_argument("--database-url", default=DEFAULT_ADMIN_URL, help="an admin connection URL")
     p.add_argument("--amqp-url", default=DEFAULT_AMQP_URL, help="RabbitMQ")

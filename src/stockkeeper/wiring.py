@@ -33,7 +33,7 @@ from stockkeeper.config import (
 )
 from stockkeeper.connectors.http import CallRecord
 from stockkeeper.connectors.wms import WmsClient
-from stockkeeper.messaging.consumer import EffectHandler
+from stockkeeper.messaging.consumer import BatchEffectHandler, EffectHandler
 from stockkeeper.messaging.dead_letter_queue import DeadLetterDrain
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker
 from stockkeeper.store.pool import Connections
@@ -63,6 +63,8 @@ class ConsumerSpec:
     # The handler can share a transaction with other messages (each in its own
     # savepoint): the runner applies batches (``broker.consumer_batch_size``).
     batch: bool = False
+    # The effect of a whole batch at once (set-based), for a batch consumer (D-320).
+    handle_many: BatchEffectHandler | None = None
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,14 @@ async def _propagator(container: Container) -> Service:
     )
     n = container.settings.propagation.consumers
     # One name: their idempotency scope is the same, whichever replica takes a message.
-    specs = [ConsumerSpec("propagator", "channel.propagation", worker.handler())] * n
+    spec = ConsumerSpec(
+        "propagator",
+        "channel.propagation",
+        worker.handler(),
+        batch=True,
+        handle_many=worker.batch_handler(),
+    )
+    specs = [spec] * n
     return Service(loops=[worker.run], consumers=specs)
 
 

@@ -56,7 +56,8 @@ class BrokerConfig(Section):
     # Messages a consumer takes ahead of the one it is handling.
     prefetch: int = Field(default=32, ge=1, le=10_000)
     # Consumers whose handlers can share a transaction apply up to this many of the
-    # messages handed out at once in one transaction (1: one transaction per message).
+    # messages handed out at once in one transaction (1: one transaction per message);
+    # they take max(prefetch, 2 x this) ahead (D-321).
     consumer_batch_size: int = Field(default=64, ge=1, le=10_000)
     # RabbitMQ only: wait before reconnecting after the connection drops.
     reconnect_interval_ms: int = Field(default=1000, ge=100)

@@ -97,6 +97,17 @@ class PublishesInTransaction(Protocol):
         exist once that transaction commits, and not at all if it rolls back."""
 
 
+@runtime_checkable
+class AcksMany(Protocol):
+    """A broker that settles a batch's acks at once (RabbitMQ: one ``basic.ack`` with
+    ``multiple``; the embedded queue: one DELETE), for the batched consumer runner."""
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack ``deliveries``, all handed out by one subscription. Every delivery that
+        subscription handed out before the last of them must be settled already or be
+        among them (the runner settles a batch's failures first)."""
+
+
 class BrokerUnavailable(Exception):
     """The broker cannot take messages right now; retry later."""
 

@@ -19,60 +19,78 @@ the broker has already handed out (its prefetch) are applied in ONE transaction:
 marks in ``processed_message`` in one statement, then each message's effect in its own
 savepoint, in delivery order (so the order per key holds). A message whose effect fails
 is rolled back to its savepoint (its mark taken back) and, after the commit, retried or
-dead-lettered alone, exactly as without batches; the others commit once. Acks follow
-the commit. A batch that fails as a whole is applied again one message at a time.
+dead-lettered alone, exactly as without batches; the others commit once. A handler
+that can apply a whole batch set-based (``handle_many``, D-320) is called once instead,
+in one savepoint; should it fail, the batch goes the savepoint-per-message way. After
+the commit the failures are settled one by one, then one ack covers the rest (D-321).
+A batch that fails as a whole is applied again one message at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.failpoints import Failpoints
-from stockkeeper.messaging.broker import Broker, Delivery, OutgoingMessage, Subscription
+from stockkeeper.messaging.batches import Batcher
+from stockkeeper.messaging.broker import (
+    AcksMany,
+    Broker,
+    Delivery,
+    OutgoingMessage,
+    Subscription,
+)
 from stockkeeper.messaging.envelope import (
     ATTEMPT_HEADER,
     BROKER_HEADER_PREFIXES,
     Envelope,
     InvalidEnvelope,
 )
+from stockkeeper.messaging.outages import DATABASE_OUTAGE as DATABASE_OUTAGE
+from stockkeeper.messaging.outages import HEALTHY_BUT_FAILING as HEALTHY_BUT_FAILING
+from stockkeeper.messaging.outages import ConsumerStopped as ConsumerStopped
+from stockkeeper.messaging.outages import database_answers as database_answers
+from stockkeeper.messaging.outages import through_outages as through_outages
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import consumer_log, dead_letters
-from stockkeeper.store.errors import StoreError, is_unavailable
-from stockkeeper.store.pool import Conn, Pool, connection, ping
+from stockkeeper.store.errors import is_unavailable
+from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.waiting import wait_any
 
 log = get_logger("stockkeeper.consumer")
 
 EffectHandler = Callable[[Conn, Envelope], Awaitable[None]]
 
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message of a batch: its envelope, and the ``traceparent`` of its consumer span
+    (tracing on) to store with what it makes due."""
+
+    env: Envelope
+    traceparent: str | None = None
+
+
+BatchEffectHandler = Callable[[Conn, Sequence[Incoming]], Awaitable[None]]
+"""The effect of a whole batch at once (set-based), in delivery order; all or none. If
+it raises, the runner applies the batch's messages one by one with the per-message
+handler instead, each in its own savepoint (D-320)."""
+
 # Where the other workers and services wrote their dead letters before the table got its
 # repository; new code calls store.dead_letters.record.
 dead_letter = dead_letters.record
-
-# The pauses while the database cannot be reached: short at first (a failover is over in
-# seconds), then every few seconds, for as long as it takes.
-DATABASE_OUTAGE = Backoff(0.2, 5.0)
-# Connection errors in a row, each while the database answered a ping, after which the
-# error is the message's failure after all (a bug that looks like a lost connection).
-HEALTHY_BUT_FAILING = 3
 
 T = TypeVar("T")
 
 
 class PermanentError(Exception):
     """A message that can never succeed (bad content): dead-letter it at once."""
-
-
-class ConsumerStopped(Exception):
-    """The consumer was stopped while it waited for the database; the message goes
-    back to the broker without an attempt counted."""
 
 
 class _StoppingSubscription:
@@ -115,59 +133,6 @@ def attempt_of(headers: dict[str, Any]) -> int:
         return 1
 
 
-async def database_answers(pool: Pool) -> bool:
-    """Whether the database takes a round trip on a pooled connection right now."""
-    try:
-        async with connection(pool) as conn:
-            await ping(conn)
-    except StoreError:
-        return False
-    return True
-
-
-async def through_outages(
-    work: Callable[[], Awaitable[T]],
-    pool: Pool,
-    stopping: asyncio.Event,
-    *,
-    consumer: str,
-    message_id: str,
-    metrics: Metrics,
-) -> T:
-    """``work()``, run again after a pause for as long as the database cannot be
-    reached (each pause counted in ``consumer_outage_waits``); any other failure is
-    raised. So is a connection error that keeps coming while the database answers
-    (``HEALTHY_BUT_FAILING`` times in a row): that is no outage, and counts as a failure.
-    Raises :class:`ConsumerStopped` when ``stopping`` is set while waiting."""
-    waits = healthy_but_failing = 0
-    while True:
-        try:
-            return await work()
-        except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            if await database_answers(pool):
-                healthy_but_failing += 1
-                if healthy_but_failing >= HEALTHY_BUT_FAILING:
-                    raise
-            else:
-                healthy_but_failing = 0
-            waits += 1
-            pause = DATABASE_OUTAGE.delay(waits)
-            metrics.consumer_outage_waits.labels(consumer=consumer).inc()
-            log.warning(
-                "consumer.database_unavailable",
-                consumer=consumer,
-                message_id=message_id,
-                waits=waits,
-                retry_in_s=pause,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-        await wait_any(stopping, at_most=pause)
-        if stopping.is_set():
-            raise ConsumerStopped(message_id)
-
-
 class Consumer:
     """Runs one handler on one queue with idempotency, retries and dead letters."""
 
@@ -184,6 +149,7 @@ class Consumer:
         drop_stale: bool = False,
         failpoints: Failpoints | None = None,
         batch_size: int = 1,
+        handle_many: BatchEffectHandler | None = None,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -195,15 +161,23 @@ class Consumer:
         self.drop_stale = drop_stale
         self.failpoints = failpoints or Failpoints()
         self.batch_size = max(1, batch_size)
+        # Set-based batches need no per-message position moves: not with drop_stale.
+        self.handle_many = None if drop_stale else handle_many
         self._stopping = asyncio.Event()
+
+    def prefetch_for(self, prefetch: int) -> int:
+        """What the broker may hand out at once: in batch mode two batches, so that one
+        gathers while the other is applied (its acks only follow its commit), D-321."""
+        return max(prefetch, 2 * self.batch_size) if self.batch_size > 1 else prefetch
 
     async def start(self, prefetch: int = 32) -> Subscription:
         """Consume until the returned subscription is cancelled."""
         self._stopping.clear()
         if self.batch_size > 1:
-            batcher = _Batcher(self, max(prefetch, self.batch_size))
+            window = self.prefetch_for(prefetch)
+            batcher = Batcher(self, window)
             try:
-                sub = await self.broker.consume(self.queue, batcher.put, prefetch)
+                sub = await self.broker.consume(self.queue, batcher.put, window)
             except BaseException:
                 batcher.abandon()
                 raise
@@ -309,7 +283,8 @@ class Consumer:
 
     async def process_batch(self, batch: list[Delivery]) -> None:
         """Apply ``batch`` in one transaction (see the module's notes), then settle each
-        message: ack, retry or dead letter."""
+        message: failures first (retry or dead letter, one by one), then one ack for all
+        the others."""
         parsed: list[tuple[Delivery, Envelope]] = []
         for d in batch:
             try:
@@ -318,9 +293,25 @@ class Consumer:
                 await self._dead(d, str(exc), attempt_of(d.headers))
         if not parsed:
             return
-        envs = [env for _, env in parsed]
+        spans = [
+            tracing.consumer_span(
+                f"consume {d.routing_key}",
+                d.headers,
+                **{
+                    "messaging.consumer.group.name": self.name,
+                    "messaging.destination.name": self.queue,
+                },
+            )
+            for d, _ in parsed
+        ]
+        items = [
+            Incoming(env, tracing.traceparent_of(span) if span is not None else None)
+            for (_, env), span in zip(parsed, spans, strict=True)
+        ]
         try:
-            results = await self._through_outages(lambda: self._apply_batch(envs), str(envs[0].id))
+            results = await self._through_outages(
+                lambda: self._apply_batch(items), str(items[0].env.id)
+            )
         except ConsumerStopped:
             raise
         except Exception:
@@ -329,31 +320,75 @@ class Consumer:
             for d, _ in parsed:
                 await self.on_delivery(d)
             return
+        finally:
+            for span in spans:
+                if span is not None:
+                    span.end()
+        done: list[Delivery] = []
+        counts: Counter[str] = Counter()
         for (d, env), result in zip(parsed, results, strict=True):
-            if isinstance(result, Exception):
+            if isinstance(result, str):
+                done.append(d)
+                counts[result] += 1
+                continue
+            try:
                 await self._failed(d, env, attempt_of(d.headers), result)
-            else:
-                await self._done(d, result)
+            except ConsumerStopped:
+                await d.requeue()
+            except Exception:
+                await self._unrecorded(d)
+        await self._done_many(done, counts)
 
-    async def _apply_batch(self, envs: list[Envelope]) -> list[str | Exception]:
+    async def _done_many(self, done: list[Delivery], counts: Counter[str]) -> None:
+        for outcome, n in counts.items():
+            self.metrics.consumer_messages.labels(consumer=self.name, outcome=outcome).inc(n)
+        if not done:
+            return
+        self.failpoints.hit("consumer.before_ack")
+        if isinstance(self.broker, AcksMany):
+            await self.broker.ack_many(done)
+            return
+        for d in done:
+            await d.ack()
+
+    async def _apply_batch(self, items: list[Incoming]) -> list[str | Exception]:
         results: list[str | Exception] = []
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = await consumer_log.mark_processed_many(
-                conn, self.name, [env.id for env in envs]
+                conn, self.name, [it.env.id for it in items]
             )
-            for env in envs:
-                if env.id not in fresh:
+            todo: list[int] = []
+            for i, it in enumerate(items):
+                if it.env.id in fresh:
+                    fresh.discard(it.env.id)  # a second copy in the same batch is a duplicate
+                    todo.append(i)
+                    results.append("applied")
+                else:
                     results.append("duplicate")
-                    continue
-                fresh.discard(env.id)  # a second copy in the same batch is a duplicate
+            if todo and self.handle_many is not None:
                 try:
                     async with conn.transaction():
-                        results.append(await self._effect(conn, env))
+                        await self.handle_many(conn, [items[i] for i in todo])
+                    todo = []
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        raise
+                    log.warning(
+                        "consumer.batch_effect_failed",
+                        consumer=self.name,
+                        size=len(todo),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+            for i in todo:  # one message at a time, each all-or-none in its savepoint
+                env = items[i].env
+                try:
+                    async with conn.transaction():
+                        results[i] = await self._effect(conn, env)
                 except Exception as exc:
                     if is_unavailable(exc):
                         raise
                     await consumer_log.unmark_processed(conn, self.name, env.id)
-                    results.append(exc)
+                    results[i] = exc
             self.failpoints.hit("consumer.before_commit")
         return results
 
@@ -410,65 +445,3 @@ class Consumer:
         )
         self.metrics.dead_letters.labels(queue=self.queue).inc()
         await d.ack()
-
-
-class _Batcher:
-    """Takes the broker's deliveries at once (they stay unacked) and hands what has
-    gathered to :meth:`Consumer.process_batch`, one batch at a time, in order. The
-    buffer is bounded, so the broker's prefetch (or the embedded queue's claim) waits
-    when it is full."""
-
-    def __init__(self, consumer: Consumer, bound: int) -> None:
-        self._consumer = consumer
-        self._buffer: asyncio.Queue[Delivery] = asyncio.Queue(bound)
-        self._closing = False
-        self._task = asyncio.create_task(self._run())
-
-    async def put(self, d: Delivery) -> None:
-        if self._closing:
-            await d.requeue()
-            return
-        await self._buffer.put(d)
-
-    async def _run(self) -> None:
-        c = self._consumer
-        while True:
-            batch = [await self._buffer.get()]
-            while len(batch) < c.batch_size and not self._buffer.empty():
-                batch.append(self._buffer.get_nowait())
-            try:
-                await c.process_batch(batch)
-            except ConsumerStopped:
-                for d in batch:
-                    await d.requeue()
-            except Exception:
-                for d in batch:
-                    await c._unrecorded(d)
-            finally:
-                for _ in batch:
-                    self._buffer.task_done()
-
-    def abandon(self) -> None:
-        """The broker never subscribed: nothing was handed out, stop the task."""
-        self._task.cancel()
-
-    def subscription(self, inner: Subscription) -> Subscription:
-        return _BatchSubscription(self, inner)
-
-    async def close(self, inner: Subscription) -> None:
-        self._closing = True
-        self._consumer._stopping.set()
-        await self._buffer.join()  # what was handed out is settled first
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await inner.cancel()
-
-
-class _BatchSubscription:
-    def __init__(self, batcher: _Batcher, inner: Subscription) -> None:
-        self._batcher = batcher
-        self._inner = inner
-
-    async def cancel(self) -> None:
-        await self._batcher.close(self._inner)

@@ -53,6 +53,47 @@ class Envelope(BaseModel):
         return orjson.dumps(self.model_dump(mode="json"))
 
     @classmethod
+    def dump(
+        cls,
+        id_: uuid.UUID,
+        type_: str,
+        payload: dict[str, Any],
+        *,
+        occurred_at: datetime,
+        sku: str | None = None,
+        sequence: int | None = None,
+        source: str | None = None,
+        key: str | None = None,
+    ) -> bytes:
+        """``Envelope.new(...).to_bytes()`` without building the model: the same bytes
+        and the same checks (a field out of bounds raises :class:`InvalidEnvelope`), at
+        a fifth of the cost, for the dispatcher's hot path (D-323)."""
+        if (
+            not 1 <= len(type_) <= 200
+            or (sku is not None and len(sku) > 128)
+            or (source is not None and len(source) > 200)
+            or (key is not None and len(key) > 400)
+            or (sequence is not None and sequence < 1)
+            or occurred_at.utcoffset() is None
+            or not isinstance(payload, dict)
+        ):
+            # Let the model say which field, in its words.
+            cls.new(type_, payload, occurred_at=occurred_at, sku=sku, sequence=sequence,
+                    source=source, key=key, id_=id_)  # fmt: skip
+            raise InvalidEnvelope("invalid envelope")  # pragma: no cover (new raised)
+        doc = {
+            "id": str(id_),  # asyncpg hands its own UUID type, which orjson does not know
+            "type": type_,
+            "occurred_at": occurred_at,
+            "sku": sku,
+            "sequence": sequence,
+            "source": source,
+            "key": key,
+            "payload": payload,
+        }
+        return orjson.dumps(doc, option=orjson.OPT_UTC_Z)
+
+    @classmethod
     def parse(cls, body: bytes) -> Envelope:
         try:
             return cls.model_validate_json(body)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from stockkeeper.messaging.broker import Handler, OutgoingMessage
+from stockkeeper.messaging.broker import Delivery, Handler, OutgoingMessage
 from stockkeeper.messaging.topology import QUEUES, QueueSpec, queues_for
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
@@ -201,6 +201,15 @@ class PgQueueBroker:
                 )
             )
         return len(rows) >= prefetch
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """The rows of ``deliveries`` deleted in one statement."""
+        ids = []
+        for d in deliveries:
+            assert isinstance(d, PgDelivery)
+            ids.append(d.row_id)
+        async with self.pool.acquire() as conn:
+            await store_queue.ack_many(conn, ids)
 
     def _on_error(self, name: str, exc: Exception) -> None:
         # A handler that raised (the consumer runner catches its own failures, so this

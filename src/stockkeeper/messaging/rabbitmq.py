@@ -34,6 +34,7 @@ from aio_pika.abc import (
 
 from stockkeeper.messaging.broker import (
     BrokerUnavailable,
+    Delivery,
     Handler,
     OutgoingMessage,
     PublishRejected,
@@ -137,6 +138,9 @@ class RabbitDelivery:
         except ValueError:
             returned = 0
         return 1 + max(0, returned)
+
+    def _channel(self) -> object:
+        return self._message.channel
 
     async def ack(self) -> None:
         await self._message.ack()
@@ -325,6 +329,21 @@ class RabbitMQBroker:
 
         tag = await q.consume(on_message, no_ack=False)
         return RabbitSubscription(q, tag, lock, channel)
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """One ``basic.ack`` with ``multiple`` for the newest of ``deliveries`` per
+        channel: it settles every delivery of that channel up to it, which the port's
+        precondition makes exactly these (the others before it were settled)."""
+        newest: dict[int, RabbitDelivery] = {}
+        for d in deliveries:
+            assert isinstance(d, RabbitDelivery)
+            tag = d._message.delivery_tag or 0
+            key = id(d._channel())
+            seen = newest.get(key)
+            if seen is None or tag > (seen._message.delivery_tag or 0):
+                newest[key] = d
+        for d in newest.values():
+            await d._message.ack(multiple=True)
 
     async def queue_depths(self) -> dict[str, int]:
         assert self._conn is not None, "connect() first"

@@ -176,6 +176,20 @@ def producer_span(name: str, traceparent: str | None, **attributes: Any) -> Span
     )
 
 
+def consumer_span(name: str, headers: Mapping[str, Any], **attributes: Any) -> Span | None:
+    """A started ``CONSUMER`` span continuing the ``traceparent`` of ``headers``, for a
+    message applied in a batch (not made current: the batch's messages share one
+    task); the caller ends it. None when tracing is off."""
+    if not _State.enabled:
+        return None
+    return tracer().start_span(
+        name,
+        context=_parent(headers.get(TRACEPARENT)),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    )
+
+
 def traceparent_of(span: Span) -> str | None:
     """The ``traceparent`` header value that makes a receiver's span a child of ``span``."""
     carrier: dict[str, str] = {}

@@ -64,6 +64,19 @@ NOTIFY_CHANNEL = "stockkeeper_channels"
 RECONCILE_PAGE = 250
 
 
+@dataclass(frozen=True, slots=True)
+class LevelChange:
+    """News of one SKU's level for the channels, as a message brought it."""
+
+    sku: str
+    version: int
+    available: int
+    committed_at: datetime
+    source: str | None
+    # The consumer span's traceparent, stored with the push it makes due (D-241).
+    traceparent: str | None = None
+
+
 @dataclass(slots=True)
 class Settled:
     """What one sender round did, for the caller's logs and the metrics."""
@@ -244,27 +257,63 @@ class Propagation:
             seen = newest.get(lv[0])
             if seen is None or lv[1] > seen[1]:
                 newest[lv[0]] = lv
-        states = await repo.lock_states_bulk(conn, sorted(newest), self.ids)
+        news = [
+            LevelChange(sku, version, available, committed_at, source)
+            for sku, version, available in newest.values()
+        ]
+        return await self._record_round(conn, news)
+
+    async def record_batch(
+        self, conn: Conn, changes: Sequence[LevelChange]
+    ) -> list[dict[str, dict[str, Verdict]]]:
+        """:meth:`record` for a batch of messages' changes, in delivery order, set-based
+        (D-322): every SKU's rows locked in one statement in (sku, channel) order, the
+        order of a bulk message and of the senders' acknowledgements, so batches of
+        replicas and senders never wait on each other in a cycle. A SKU changed more
+        than once in the batch is recorded in rounds (its first change in the first,
+        its second in the second...), each round judged against what the previous one
+        wrote: the same outcome as one message at a time. The verdicts per round."""
+        if not self.ids or not changes:
+            return []
+        rounds: list[list[LevelChange]] = []
+        seen: dict[str, int] = {}
+        for ch in changes:
+            n = seen.get(ch.sku, 0)
+            seen[ch.sku] = n + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(ch)
+        return [await self._record_round(conn, r) for r in rounds]
+
+    async def _record_round(
+        self, conn: Conn, changes: Sequence[LevelChange]
+    ) -> dict[str, dict[str, Verdict]]:
+        """Changes of distinct SKUs: locked, judged and recorded in three statements."""
+        states = await repo.lock_states_bulk(conn, [c.sku for c in changes], self.ids)
         # After the locks, as in record: a rule change committed meanwhile is seen.
         figures = await self.rules.figures_many(
-            conn, self.ids, {sku: lv[2] for sku, lv in newest.items()}
+            conn, self.ids, {c.sku: c.available for c in changes}
         )
         out: dict[str, dict[str, Verdict]] = {}
         news: list[repo.LevelNews] = []
         counts: dict[tuple[str, Verdict], int] = {}
-        for sku, version, _ in newest.values():
-            mine = figures[sku]
+        for c in changes:
+            mine = figures[c.sku]
             verdicts = {
-                ch: self._judge(ch, states[(sku, ch)], version, mine[ch][0], mine[ch][1], source)
+                ch: self._judge(
+                    ch, states[(c.sku, ch)], c.version, mine[ch][0], mine[ch][1], c.source
+                )
                 for ch in self.ids
             }
-            out[sku] = verdicts
+            out[c.sku] = verdicts
             live = {ch: v for ch, v in verdicts.items() if v is not Verdict.STALE}
             shown = {ch: (q, rule.describe()) for ch, (q, rule) in mine.items()}
-            news.append(repo.LevelNews(sku, version, live, shown))
+            news.append(
+                repo.LevelNews(c.sku, c.version, live, shown, c.committed_at, c.traceparent)
+            )
             for ch, v in verdicts.items():
                 counts[(ch, v)] = counts.get((ch, v), 0) + 1
-        await repo.apply_levels(conn, news, committed_at, NOTIFY_CHANNEL)
+        await repo.apply_levels(conn, news, changes[0].committed_at, NOTIFY_CHANNEL)
         for (ch, v), n in counts.items():
             self.metrics.channel_changes.labels(channel=ch, verdict=v.value).inc(n)
         return out

@@ -101,6 +101,10 @@ class LevelNews:
     version: int
     verdicts: Mapping[str, Verdict]
     figures: Mapping[str, tuple[int, str | None]]
+    # When its change committed (the push's lag starts there) and the trace to continue;
+    # None: the call's committed_at, the current span.
+    committed_at: datetime | None = None
+    trace_context: str | None = None
 
 
 async def lock_states_bulk(
@@ -118,10 +122,12 @@ async def apply_levels(
     conn: Conn, news: Sequence[LevelNews], committed_at: datetime, notify: str
 ) -> None:
     """Record each SKU's level for each channel with its (non-stale) verdict and figure,
-    in one statement; if a push became due, NOTIFY ``notify`` (delivered at commit)."""
+    in one statement; if a push became due, NOTIFY ``notify`` (delivered at commit).
+    Each news' own ``committed_at`` and ``trace_context`` when it has them."""
     rows = [(n, ch, v) for n in news for ch, v in sorted(n.verdicts.items())]
     if not rows:
         return
+    trace = current_traceparent()
     await conn.execute(
         q("apply_levels"),
         [n.sku for n, _, _ in rows],
@@ -129,11 +135,18 @@ async def apply_levels(
         [n.figures[ch][0] for n, ch, _ in rows],
         [ch for _, ch, _ in rows],
         [v.value for _, _, v in rows],
-        committed_at,
+        [n.committed_at or committed_at for n, _, _ in rows],
         notify,
         [n.figures[ch][1] for n, ch, _ in rows],
-        current_traceparent(),
+        [n.trace_context or trace for n, _, _ in rows],
     )
+
+
+def by_sku(claimed: Sequence[Claimed]) -> list[Claimed]:
+    """Pushes in SKU order: the statements settling them lock their rows in the order
+    they are given, and a consumer's batch locks in (sku, channel) order (D-322), so
+    neither waits for the other in a cycle."""
+    return sorted(claimed, key=lambda c: c.sku)
 
 
 async def claim(conn: Conn, channel: str, limit: int, lease_s: float) -> list[Claimed]:
@@ -161,6 +174,7 @@ async def count_due(conn: Conn, channel: str, limit: int) -> int:
 
 async def hold(conn: Conn, channel: str, claimed: Sequence[Claimed], lease_s: float) -> set[str]:
     """The SKUs of ``claimed`` still held by their claim's token, leases renewed."""
+    claimed = by_sku(claimed)
     rows = await conn.fetch(
         q("hold_pushes"),
         channel,
@@ -173,6 +187,7 @@ async def hold(conn: Conn, channel: str, claimed: Sequence[Claimed], lease_s: fl
 
 async def release(conn: Conn, channel: str, claimed: Sequence[Claimed]) -> None:
     """Let go of unfinished pushes (stopping): due again, their attempt given back."""
+    claimed = by_sku(claimed)
     await conn.execute(
         q("release_pushes"), channel, [c.sku for c in claimed], [c.token for c in claimed]
     )
@@ -197,6 +212,7 @@ async def ack(conn: Conn, channel: str, items: Sequence[Acked]) -> list[Logged]:
 async def retry(
     conn: Conn, channel: str, delays: Sequence[tuple[Claimed, float]], error: str
 ) -> None:
+    delays = sorted(delays, key=lambda d: d[0].sku)
     await conn.execute(
         q("retry_pushes"),
         channel,
@@ -208,6 +224,7 @@ async def retry(
 
 
 async def dead(conn: Conn, channel: str, claimed: Sequence[Claimed], error: str) -> None:
+    claimed = by_sku(claimed)
     await conn.execute(
         q("dead_pushes"),
         channel,
@@ -218,6 +235,7 @@ async def dead(conn: Conn, channel: str, claimed: Sequence[Claimed], error: str)
 
 
 async def unlisted(conn: Conn, channel: str, claimed: Sequence[Claimed]) -> None:
+    claimed = by_sku(claimed)
     await conn.execute(
         q("unlisted_pushes"), channel, [c.sku for c in claimed], [c.token for c in claimed]
     )

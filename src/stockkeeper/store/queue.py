@@ -83,6 +83,11 @@ async def ack(conn: Conn, row_id: int) -> None:
     await conn.execute(q("queue_ack"), row_id)
 
 
+async def ack_many(conn: Conn, row_ids: list[int]) -> None:
+    """A batch of messages done with: deleted in one statement."""
+    await conn.execute(q("queue_ack_many"), row_ids)
+
+
 async def requeue(conn: Conn, row_id: int) -> None:
     """Give the message back at once, not after its lease."""
     await conn.execute(q("queue_requeue"), row_id)

@@ -46,7 +46,8 @@ OUTAGE_BASE_MS = 500
 def to_message(row: PendingEvent, traceparent: str | None = None) -> OutgoingMessage:
     """The message for ``row``; ``traceparent`` (the publish span's, else the row's
     stored context) goes in the headers, so the consumer continues the trace."""
-    env = Envelope.new(
+    body = Envelope.dump(
+        row.event_id,
         row.event_type,
         row.payload,
         occurred_at=row.occurred_at,
@@ -54,7 +55,6 @@ def to_message(row: PendingEvent, traceparent: str | None = None) -> OutgoingMes
         sequence=row.sequence,
         source=row.source,
         key=row.ordering_key,
-        id_=row.event_id,
     )
     headers: dict[str, object] = {ATTEMPT_HEADER: 1}
     traceparent = traceparent or row.trace_context
@@ -63,7 +63,7 @@ def to_message(row: PendingEvent, traceparent: str | None = None) -> OutgoingMes
     return OutgoingMessage(
         exchange_for(row.event_type),
         row.event_type,
-        env.to_bytes(),
+        body,
         str(row.event_id),
         headers,
     )

@@ -26,10 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stockkeeper.connectors.channels import ChannelAdapter
 from stockkeeper.domain.events import LEVEL_CHANGED, LEVELS_CHANGED
-from stockkeeper.messaging.consumer import EffectHandler, PermanentError
+from stockkeeper.messaging.consumer import (
+    BatchEffectHandler,
+    EffectHandler,
+    Incoming,
+    PermanentError,
+)
 from stockkeeper.messaging.envelope import Envelope, first_error
 from stockkeeper.observability.logging import get_logger
-from stockkeeper.services.propagation import NOTIFY_CHANNEL, REARM, Propagation
+from stockkeeper.services.propagation import NOTIFY_CHANNEL, REARM, LevelChange, Propagation
 from stockkeeper.store.channel_sync import Claimed
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.waiting import wait_any
@@ -121,6 +126,55 @@ class Propagator:
             # Anything else bound to the queue later is not for the channels.
 
         return handle
+
+    def batch_handler(self) -> BatchEffectHandler:
+        """The consumer's effect for a batch of messages (D-322): every level change of
+        the batch (a level_changed, each SKU of a levels_changed) recorded set-based by
+        :meth:`Propagation.record_batch`, then any other message one by one. A bad
+        payload fails the batch's effect; the runner then takes its messages one at a
+        time, and only that one is dead-lettered."""
+        handle = self.handler()
+
+        async def handle_many(conn: Conn, items: Sequence[Incoming]) -> None:
+            changes: list[LevelChange] = []
+            others: list[Envelope] = []
+            for it in items:
+                env = it.env
+                if env.type == LEVEL_CHANGED:
+                    lv = _Level.model_validate(env.payload)
+                    changes.append(
+                        LevelChange(
+                            lv.sku,
+                            lv.version,
+                            lv.available,
+                            env.occurred_at,
+                            env.source,
+                            it.traceparent,
+                        )
+                    )
+                elif env.type == LEVELS_CHANGED:
+                    newest: dict[str, _Level] = {}
+                    for lv in _Levels.model_validate(env.payload).levels:
+                        if lv.sku not in newest or lv.version > newest[lv.sku].version:
+                            newest[lv.sku] = lv
+                    changes += [
+                        LevelChange(
+                            lv.sku,
+                            lv.version,
+                            lv.available,
+                            env.occurred_at,
+                            env.source,
+                            it.traceparent,
+                        )
+                        for lv in newest.values()
+                    ]
+                else:
+                    others.append(env)
+            await self.service.record_batch(conn, changes)
+            for env in others:
+                await handle(conn, env)
+
+        return handle_many
 
     # -- the sender half -------------------------------------------------------------
 

@@ -83,6 +83,7 @@ async def _run_consumer(container: Container, spec: ConsumerSpec, stop: asyncio.
         drop_stale=spec.drop_stale,
         failpoints=container.failpoints,
         batch_size=container.settings.broker.consumer_batch_size if spec.batch else 1,
+        handle_many=spec.handle_many,
     )
     sub = await consumer.start(container.settings.broker.prefetch)
     log.info("consumer.started", consumer=spec.name, queue=spec.queue)

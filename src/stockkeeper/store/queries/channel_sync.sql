@@ -37,7 +37,7 @@ FOR UPDATE;
 -- name: apply_levels
 -- Newer levels of SKUs, one row per (sku, channel) with its version, the channel's
 -- figure (from its availability rule, whose text is $8) and its (non-stale)
--- verdict, all committed at $6, the push continuing trace $9: push (due, joining any
+-- verdict, each committed at its $6, its push continuing trace $9: push (due, joining any
 -- push already due), echo or noop (the channel already shows it), held (kept, not
 -- pushed). A due push keeps its backoff; a new one is due now. When a push became due,
 -- the senders listening on $7 are woken at commit.
@@ -51,21 +51,22 @@ UPDATE channel_sync_state s SET
     attempts = CASE WHEN u.verdict = 'push' AND s.status = 'DEAD' THEN 0 ELSE s.attempts END,
     next_attempt_at = CASE WHEN u.verdict = 'push' AND s.status <> 'PENDING' THEN now()
                            ELSE s.next_attempt_at END,
-    pending_since = CASE WHEN u.verdict = 'push' THEN COALESCE(s.pending_since, $6)
+    pending_since = CASE WHEN u.verdict = 'push' THEN COALESCE(s.pending_since, u.committed_at)
                          WHEN u.verdict IN ('echo', 'noop') THEN NULL
                          ELSE s.pending_since END,
     pending_changes = CASE WHEN u.verdict = 'push' THEN s.pending_changes + 1
                            WHEN u.verdict IN ('echo', 'noop') THEN 0
                            ELSE s.pending_changes END,
     late_since = CASE WHEN u.verdict = 'push' AND s.claimed_version IS NOT NULL
-                      THEN COALESCE(s.late_since, $6) ELSE s.late_since END,
+                      THEN COALESCE(s.late_since, u.committed_at) ELSE s.late_since END,
     pushed_version = CASE WHEN u.verdict IN ('echo', 'noop') THEN u.version
                           ELSE s.pushed_version END,
     pushed_quantity = CASE WHEN u.verdict = 'echo' THEN u.quantity ELSE s.pushed_quantity END,
-    trace_context = CASE WHEN u.verdict = 'push' THEN $9::text ELSE s.trace_context END,
+    trace_context = CASE WHEN u.verdict = 'push' THEN u.trace ELSE s.trace_context END,
     updated_at = now()
-FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $8::text[])
-     AS u (sku, version, quantity, channel, verdict, rule)
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $8::text[],
+            $6::timestamptz[], $9::text[])
+     AS u (sku, version, quantity, channel, verdict, rule, committed_at, trace)
 WHERE s.channel = u.channel AND s.sku = u.sku
 RETURNING u.verdict
 )

@@ -31,6 +31,9 @@ RETURNING m.id, m.message_id, m.routing_key, m.body, m.headers, m.deliveries;
 -- name: queue_ack
 DELETE FROM queue_message WHERE id = $1;
 
+-- name: queue_ack_many
+DELETE FROM queue_message WHERE id = ANY($1::bigint[]);
+
 -- name: queue_requeue
 UPDATE queue_message SET leased_until = NULL WHERE id = $1;
 
