@@ -22,7 +22,10 @@ One run:
 
 ``--records-per-message`` (the ERP connector's ``records_per_message``) and
 ``--levels-per-message`` (``bulk.levels_per_message``; 0: one level_changed per SKU, as
-before issue 15) set the bulk shapes.
+before issue 15) set the bulk shapes. ``--profile DIR`` runs each child process under
+pyinstrument (``pip install pyinstrument`` in the venv) and writes one text report per
+process into DIR (wall-clock samples, idle and database waits included; its CPU time is
+in the header): where the time goes, process by process.
 """
 
 from __future__ import annotations
