@@ -22,7 +22,10 @@ One run:
 
 ``--records-per-message`` (the ERP connector's ``records_per_message``) and
 ``--levels-per-message`` (``bulk.levels_per_message``; 0: one level_changed per SKU, as
-before issue 15) set the bulk shapes.
+before issue 15) set the bulk shapes. ``--profile DIR`` runs each child process under
+pyinstrument (``pip install pyinstrument`` in the venv) and writes one text report per
+process into DIR (wall-clock samples, idle and database waits included; its CPU time is
+in the header): where the time goes, process by process.
 """
 
 from __future__ import annotations
@@ -273,8 +276,18 @@ async def webhooks(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         await drop_database(args.database_url, name)
 
 
+def profile_children(out: Path) -> None:
+    """Each child process runs under pyinstrument (bench/profiling/sitecustomize.py) and
+    writes its report into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    ENV["SK_PROFILE_OUT"] = str(out.resolve())
+    ENV["PYTHONPATH"] = str(Path(__file__).parent / "profiling")
+
+
 async def amain(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    if args.profile:
+        profile_children(Path(args.profile))
     kinds = ["rabbitmq", "embedded"] if args.broker == "both" else [args.broker]
     if args.broker == "auto":
         kinds = ["rabbitmq" if await rabbit_ok(args.amqp_url) else "embedded"]
@@ -355,6 +368,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--records-per-message", type=int, default=5000)
     p.add_argument("--levels-per-message", type=int, default=500)
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="profile each child process with pyinstrument (pip install pyinstrument): "
+        "a text report per process in DIR",
+    )
     return p.parse_args(argv)
 
 

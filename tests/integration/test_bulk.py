@@ -268,3 +268,84 @@ async def test_the_expiry_worker_expires_a_batch_at_once(c: Container, clock: Fa
     assert [r["status"] for r in statuses] == ["EXPIRED"]
     assert entries == 240  # one per allocation: two lines of one batch each
     await assert_clean(c)
+
+
+async def test_a_page_of_new_plain_lotted_and_oversold_places_costs_the_same_at_10_and_5000(
+    c: Container,
+) -> None:
+    """Every kind of place in one page, at two sizes: a new one (created holding its
+    level), a lotless one, one with lots (computed by level_moves), one that had oversold
+    (settled by the level), one left short by the level. Same statements either way."""
+    oversell = 0.0
+    statements = []
+    for n in (10, 5_000):
+        p = f"S{n}"
+        await c.stock.receive(Receipt(f"{p}-PLAIN", 10, f"{p}-r1"))
+        await c.stock.receive(Receipt(f"{p}-LOTS", 5, f"{p}-r2", None, "L1", T0 + timedelta(30)))
+        await c.stock.receive(Receipt(f"{p}-SHORT", 5, f"{p}-r3"))
+        await c.reservations.reserve(ReserveRequest(f"{p}-o", (OrderLine(f"{p}-SHORT", 4),)))
+        await deliver(c, ingest_message(c, [], [sale(f"{p}-t", f"{p}-OVER", -4)]))
+        later = T0 + timedelta(hours=1)
+        special = [
+            level(f"{p}-PLAIN", 3, later),
+            level(f"{p}-LOTS", 8, later),
+            level(f"{p}-OVER", 6, later),
+            level(f"{p}-SHORT", 1, later),
+        ]
+        new = [level(f"{p}-N{i:05}", i % 7, later) for i in range(n)]
+        statements.append(
+            await deliver(c, ingest_message(c, [*new[: n // 2], *special, *new[n // 2 :]]))
+        )
+
+        got = {s.sku: s for s in await c.stock.get_many([r["sku"] for r in [*special, *new]])}
+        assert got[f"{p}-PLAIN"].on_hand == 3
+        lots = {b.lot_number: b.on_hand for b in got[f"{p}-LOTS"].batches}
+        assert lots == {None: 3, "L1": 5}
+        over = got[f"{p}-OVER"]
+        assert (over.on_hand, over.oversold) == (6, 0)
+        short = got[f"{p}-SHORT"]
+        assert (short.on_hand, short.reserved, short.shortfall) == (1, 4, 3)
+        assert all(got[r["sku"]].on_hand == r["on_hand"] for r in new)
+        m = c.metrics.registry.get_sample_value
+        now = m("stockkeeper_oversell_total", {"source": ERP}) or 0.0
+        assert now - oversell == 3 + 4  # the level's shortfall, and the oversold sale's
+        oversell = now
+        async with c.pool.acquire() as conn:
+            moved_skus = await conn.fetchval(
+                "SELECT count(DISTINCT sku) FROM inventory_ledger "
+                "WHERE entry_type = 'ADJUSTMENT' AND sku LIKE $1",
+                f"{p}-%",
+            )
+            announced = await conn.fetchval(
+                "SELECT sum(jsonb_array_length(payload->'levels')) FROM domain_event "
+                "WHERE event_type = $1 AND payload->'levels'->0->>'sku' LIKE $2",
+                LEVELS_CHANGED,
+                f"{p}-%",
+            )
+        # One ledger entry per moved place; each moved SKU announced once.
+        assert moved_skus == 4 + sum(1 for r in new if r["on_hand"])
+        assert announced == moved_skus
+    assert statements[0] == statements[1]
+    await assert_clean(c)
+
+
+async def test_a_first_sync_page_writes_each_new_batch_once(c: Container) -> None:
+    """A page of 5,000 places we have never seen: each batch is inserted holding its
+    level, not inserted empty and then updated (an update of a row inserted in the same
+    transaction re-runs its foreign-key checks: twice the writes, per row, D-330)."""
+    levels = [level(f"F-{i:05}", i % 9, T0) for i in range(5_000)]
+    handle = ingest_handler(c.ingest)
+    async with c.pool.acquire() as conn, conn.transaction():
+        await handle(conn, ingest_message(c, levels))
+        rows = await conn.fetch(
+            "SELECT relname, n_tup_ins, n_tup_upd FROM pg_stat_xact_user_tables "
+            "WHERE relname = ANY($1)",
+            ["sku_batch", "inventory_ledger"],
+        )
+    writes = {r["relname"]: (r["n_tup_ins"], r["n_tup_upd"]) for r in rows}
+    moved = sum(1 for r in levels if r["on_hand"])
+    assert writes["sku_batch"] == (5_000, 0)
+    assert writes["inventory_ledger"] == (moved, 0)
+    got = await c.stock.get_many([r["sku"] for r in levels[:50]])
+    assert [s.on_hand for s in got] == [r["on_hand"] for r in levels[:50]]
+    await assert_clean(c)

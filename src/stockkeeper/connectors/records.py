@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from stockkeeper.domain.ingest import Level, Sale
 from stockkeeper.domain.quantities import MAX_QUANTITY
@@ -73,31 +73,76 @@ def _json(item: Any) -> bytes:
     return orjson.dumps(item, default=str)
 
 
+R = TypeVar("R", bound=_Strict)
+
+_LEVELS: TypeAdapter[list[LevelRecord]] = TypeAdapter(list[LevelRecord])
+_SALES: TypeAdapter[list[SaleRecord]] = TypeAdapter(list[SaleRecord])
+
+
+def _validated(raw: Sequence[Any], adapter: TypeAdapter[list[R]], model: type[R]) -> list[R | str]:
+    """Per record, in order: the record, or why it is refused (the reason its own
+    validation gives). A page is validated in one call (D-331); only when that fails
+    are the records it names set aside and the rest validated again in one call."""
+    try:
+        return list(adapter.validate_json(orjson.dumps(list(raw), default=str)))
+    except ValidationError as exc:
+        errors = exc.errors()
+    except TypeError:  # a value orjson cannot write: record by record
+        return _one_by_one(raw, model)
+    reasons: dict[int, str] = {}
+    for err in errors:
+        loc = err["loc"]
+        if not loc or not isinstance(loc[0], int):
+            return _one_by_one(raw, model)
+        if loc[0] not in reasons:
+            where = ".".join(str(p) for p in loc[1:]) or "(record)"
+            reasons[loc[0]] = f"{where}: {err['msg']}"
+    rest = [item for i, item in enumerate(raw) if i not in reasons]
+    try:
+        good = iter(adapter.validate_json(orjson.dumps(rest, default=str)))
+    except ValidationError:
+        return _one_by_one(raw, model)
+    return [reasons[i] if i in reasons else next(good) for i in range(len(raw))]
+
+
+def _one_by_one(raw: Sequence[Any], model: type[R]) -> list[R | str]:
+    out: list[R | str] = []
+    for item in raw:
+        try:
+            out.append(model.model_validate_json(_json(item)))
+        except ValidationError as exc:
+            out.append(_reason(exc))
+    return out
+
+
 def parse_levels(raw: Sequence[Any]) -> tuple[list[LevelRecord], list[Refused]]:
     good: list[LevelRecord] = []
     bad: list[Refused] = []
-    for item in raw:
-        try:
-            good.append(LevelRecord.model_validate_json(_json(item)))
-        except ValidationError as exc:
-            bad.append(Refused(item, _reason(exc)))
+    for item, result in zip(raw, _validated(raw, _LEVELS, LevelRecord), strict=True):
+        if isinstance(result, str):
+            bad.append(Refused(item, result))
+        else:
+            good.append(result)
     return good, bad
 
 
 def parse_sales(raw: Sequence[Any]) -> tuple[list[SaleRecord], list[Refused]]:
     good: list[SaleRecord] = []
     bad: list[Refused] = []
-    for item in raw:
-        try:
-            record = SaleRecord.model_validate_json(_json(item))
-        except ValidationError as exc:
-            bad.append(Refused(item, _reason(exc)))
-            continue
-        if record.delta == 0:
+    for item, result in zip(raw, _validated(raw, _SALES, SaleRecord), strict=True):
+        if isinstance(result, str):
+            bad.append(Refused(item, result))
+        elif result.delta == 0:
             bad.append(Refused(item, "delta: must not be 0"))
         else:
-            good.append(record)
+            good.append(result)
     return good, bad
+
+
+def levels_json(records: Sequence[LevelRecord]) -> list[dict[str, Any]]:
+    """:func:`level_json` of each, in one call."""
+    out: list[dict[str, Any]] = _LEVELS.dump_python(list(records), mode="json", exclude_none=True)
+    return out
 
 
 def level_json(r: LevelRecord) -> dict[str, Any]:

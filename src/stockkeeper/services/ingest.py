@@ -25,6 +25,7 @@ from stockkeeper.connectors.records import (
     Refused,
     SaleRecord,
     level_json,
+    levels_json,
     sale_json,
 )
 from stockkeeper.domain.allocation import BatchStock
@@ -42,7 +43,7 @@ from stockkeeper.domain.ingest import (
 from stockkeeper.domain.quantities import Delta, oversell
 from stockkeeper.domain.reservation import EntryType
 from stockkeeper.observability.metrics import Metrics
-from stockkeeper.services.unit import Clock, record_change, utcnow
+from stockkeeper.services.unit import Clock, announce_levels, record_change, utcnow
 from stockkeeper.store import connector_state, dead_letters, outbox, source_records, stock
 from stockkeeper.store.connector_state import Overview
 from stockkeeper.store.pool import Conn
@@ -113,7 +114,7 @@ async def queue_records(
     events: list[Event] = []
     kind = ingest_event_type(connector)
     for i in range(0, len(levels), per_message):
-        chunk = [level_json(r) for r in levels[i : i + per_message]]
+        chunk = levels_json(levels[i : i + per_message])
         events.append(Event(kind, {"connector": connector, "levels": chunk, "sales": []}))
     for i in range(0, len(sales), per_message):
         chunk = [sale_json(r) for r in sales[i : i + per_message]]
@@ -182,24 +183,47 @@ class IngestService:
         if not winners and not fresh:
             self._count(connector, done)
             return done
-        await self._ensure_lotless(conn, winners, fresh)
         touched = sorted({lv.sku for lv in winners} | {s.sku for s in fresh})
-        batches = await self._lock_with_home(conn, touched, fresh)
-        before = {bid: b.figures for bid, b in batches.items()}
         now = self.clock()
-        adjust = self._level_moves(batches, winners)
-        sales_moves, oversold = self._sale_moves(batches, fresh, now)
         source = connector
+        reason = f"level from {connector}"
+        # The page's levels in SQL (D-330): new places are created holding their level,
+        # places whose only batch is the lotless one move in one statement; places with
+        # lots, and sales, are computed here.
+        created = await self._ensure_lotless(
+            conn, winners, fresh, source=source, reference=reference, reason=reason
+        )
+        await source_records.lock_batches(conn, touched)
+        plain = await source_records.apply_plain_levels(
+            conn, winners, source=source, reference_id=reference, reason=reason
+        )
+        with_lots = [lv for lv in winners if lv.key in plain.with_lots]
+        # A place with lots and no lotless batch yet gets one (its id is above every id
+        # locked so far, so the lock order holds).
+        await stock.add_lotless_batches(conn, {lv.key for lv in with_lots})
+        rest = sorted({lv.sku for lv in with_lots} | {s.sku for s in fresh})
+        batches = await self._lock_with_home(conn, rest, fresh) if rest else {}
+        before = {bid: b.figures for bid, b in batches.items()}
+        adjust = self._level_moves(batches, with_lots)
+        sales_moves, oversold = self._sale_moves(batches, fresh, now)
         if adjust:
             await stock.apply_movements(conn, adjust, already_locked=True)
-            await record_change(
+            await stock.insert_ledger(
                 conn,
                 adjust,
                 entry_type=EntryType.ADJUSTMENT,
                 source=source,
                 reference_id=reference,
+                reason=reason,
+            )
+        adjusted = created | plain.moved | {m.sku for m in adjust if not m.delta.is_zero}
+        if adjusted:
+            await announce_levels(
+                conn,
+                adjusted,
+                entry_type=EntryType.ADJUSTMENT,
+                source=source,
                 now=now,
-                reason=f"level from {connector}",
                 levels_per_message=self.levels_per_message,
             )
         if sales_moves:
@@ -218,7 +242,9 @@ class IngestService:
             conn, [(sale.source, sale.transaction_id, units) for sale, units in oversold.items()]
         )
         done.unbooked_units += sum(oversold.values())
-        done.oversell = sum(oversell(before[bid], b.figures) for bid, b in batches.items())
+        done.oversell = plain.oversell + sum(
+            oversell(before[bid], b.figures) for bid, b in batches.items()
+        )
         await self._prices(conn, connector, cfg, winners)
         done.levels = len(winners)
         done.sales = len(fresh)
@@ -251,13 +277,29 @@ class IngestService:
         new = await source_records.claim_sales(conn, unique)
         return [s for s in unique if (s.source, s.transaction_id) in new]
 
-    async def _ensure_lotless(self, conn: Conn, winners: list[Level], fresh: list[Sale]) -> None:
-        keys = {(lv.sku, lv.location) for lv in winners}
-        keys |= {(s.sku, DEFAULT_LOCATION) for s in fresh if s.delta > 0}
-        if not keys:
-            return
-        await stock.ensure_locations(conn, {loc for _, loc in keys})
-        await stock.add_lotless_batches(conn, keys)
+    async def _ensure_lotless(
+        self,
+        conn: Conn,
+        winners: list[Level],
+        fresh: list[Sale],
+        *,
+        source: str,
+        reference: str,
+        reason: str,
+    ) -> set[str]:
+        """Every place a level or a return goes to exists: a level's new place is created
+        holding the level (with its ledger entry), a return's home is an empty lotless
+        batch at the default location. The SKUs whose new batch holds units."""
+        returns = {(s.sku, DEFAULT_LOCATION) for s in fresh if s.delta > 0}
+        codes = {lv.location for lv in winners} | {loc for _, loc in returns}
+        if not codes:
+            return set()
+        await stock.ensure_locations(conn, codes)
+        created = await source_records.create_level_batches(
+            conn, winners, source=source, reference_id=reference, reason=reason
+        )
+        await stock.add_lotless_batches(conn, returns)
+        return created
 
     async def _lock_with_home(
         self, conn: Conn, skus: list[str], fresh: list[Sale]

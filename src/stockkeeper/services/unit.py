@@ -155,6 +155,30 @@ async def record_change(
         reservation_lines=reservation_lines,
     )
     skus = {m.sku for m in movements if not m.delta.is_zero}
+    return await announce_levels(
+        conn,
+        skus,
+        entry_type=entry_type,
+        source=source,
+        now=now,
+        events=events,
+        levels_per_message=levels_per_message,
+    )
+
+
+async def announce_levels(
+    conn: Conn,
+    skus: set[str],
+    *,
+    entry_type: EntryType,
+    source: str,
+    now: datetime,
+    events: Sequence[Event] = (),
+    levels_per_message: int = 0,
+) -> dict[str, SkuLevel]:
+    """The second half of :func:`record_change`, for a caller that wrote the batches and
+    their ledger entries itself (the set-based level statement of an ingest page): the
+    SKUs' versions bumped, their new levels read and written to the outbox as events."""
     if not skus:
         await outbox.add(conn, list(events))
         return {}

@@ -6,7 +6,8 @@ Functions take a connection inside the caller's transaction; none opens its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -76,3 +77,73 @@ async def save_prices(
         return
     skus, source_prices, prices, stamps = (list(c) for c in zip(*rows, strict=True))
     await conn.execute(q("upsert_prices"), connector, skus, source_prices, prices, stamps)
+
+
+@dataclass(frozen=True, slots=True)
+class PlainLevels:
+    """What :func:`apply_plain_levels` did: the SKUs whose batch moved, the units of
+    shortfall the levels added, and the places with lots it left to the caller."""
+
+    moved: set[str]
+    oversell: int
+    with_lots: set[tuple[str, str]]
+
+
+@translated
+async def create_level_batches(
+    conn: Conn,
+    levels: Sequence[Level],
+    *,
+    source: str,
+    reference_id: str,
+    reason: str,
+) -> set[str]:
+    """Each level at a place without any batch creates the place's lotless batch holding
+    it, with its ledger entry (one statement); the SKUs whose new batch holds units."""
+    if not levels:
+        return set()
+    rows = await conn.fetch(
+        q("create_level_batches"),
+        [lv.sku for lv in levels],
+        [lv.location for lv in levels],
+        [lv.on_hand for lv in levels],
+        source,
+        reference_id,
+        reason,
+    )
+    return {r["sku"] for r in rows}
+
+
+@translated
+async def lock_batches(conn: Conn, skus: Iterable[str]) -> None:
+    """Lock every batch of the SKUs in id order (the global lock order), reading nothing."""
+    await conn.execute(q("lock_sku_batches_quietly"), sorted(set(skus)))
+
+
+@translated
+async def apply_plain_levels(
+    conn: Conn,
+    levels: Sequence[Level],
+    *,
+    source: str,
+    reference_id: str,
+    reason: str,
+) -> PlainLevels:
+    """Set-based level arithmetic (one statement): each level at a place whose only batch
+    is the lotless one becomes that batch's on_hand, with its ledger entry; places with
+    lots are returned untouched. The caller holds the batches' locks."""
+    if not levels:
+        return PlainLevels(set(), 0, set())
+    rows = await conn.fetch(
+        q("apply_plain_levels"),
+        [lv.sku for lv in levels],
+        [lv.location for lv in levels],
+        [lv.on_hand for lv in levels],
+        source,
+        reference_id,
+        reason,
+    )
+    moved = {r["sku"] for r in rows if r["kind"] == "moved"}
+    oversell = sum(r["oversell"] for r in rows if r["kind"] == "moved")
+    lots = {(r["sku"], r["location"]) for r in rows if r["kind"] == "lots"}
+    return PlainLevels(moved, oversell, lots)

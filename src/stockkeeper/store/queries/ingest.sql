@@ -97,3 +97,90 @@ SELECT k.connector, c.last_modified, c.sku, c.token, c.pages, c.records, c.updat
 FROM unnest($1::text[]) AS k (connector)
 LEFT JOIN source_cursor c ON c.connector = k.connector
 LEFT JOIN connector_state s ON s.connector = k.connector;
+
+-- name: create_level_batches
+-- A level for a place that has no batch at all (the first sync of a catalogue): its
+-- lotless batch is created holding the level, with its ADJUSTMENT ledger entry, instead
+-- of created empty and then moved (an UPDATE of a row inserted in the same transaction
+-- runs its foreign-key checks again, one per row). A place taken meanwhile by another
+-- transaction is left alone (ON CONFLICT): apply_plain_levels moves it. Returns the SKUs
+-- whose new batch holds units.
+WITH l AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS l (sku, location, on_hand)
+),
+created AS (
+    INSERT INTO sku_batch (sku, location, on_hand)
+    SELECT l.sku, l.location, l.on_hand
+    FROM l
+    WHERE NOT EXISTS (
+        SELECT 1 FROM sku_batch b WHERE b.sku = l.sku AND b.location = l.location
+    )
+    ORDER BY l.sku, l.location
+    ON CONFLICT (sku, location, COALESCE(lot_number, '')) DO NOTHING
+    RETURNING id, sku, on_hand
+),
+ledger AS (
+    INSERT INTO inventory_ledger (batch_id, sku, entry_type, d_on_hand, source, reference_id,
+                                  reason)
+    SELECT c.id, c.sku, 'ADJUSTMENT', c.on_hand, $4, $5, $6
+    FROM created c
+    WHERE c.on_hand > 0
+    ORDER BY c.id
+)
+SELECT c.sku FROM created c WHERE c.on_hand > 0;
+
+-- name: lock_sku_batches_quietly
+-- lock_sku_batches without sending the rows back: the page's levels are computed in
+-- SQL (apply_plain_levels), so only the locks, taken in id order, are needed here.
+SELECT count(*) FROM (
+    SELECT 1 FROM sku_batch WHERE sku = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE
+) AS locked;
+
+-- name: apply_plain_levels
+-- The page's new levels at places whose one batch is the lotless one (a place with lots
+-- is left to domain.ingest.level_moves), in one statement: the batch takes the level
+-- (on_hand := level, what it had oversold settled, D-120) and gets its ADJUSTMENT
+-- ledger entry. The caller holds every batch's lock (lock_sku_batches_quietly), so the
+-- join may visit them in any order. Returns each batch moved (kind 'moved': its SKU and
+-- how much its shortfall grew) and each place left to the caller (kind 'lots').
+WITH l AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS l (sku, location, on_hand)
+),
+lots AS MATERIALIZED (
+    SELECT l.sku, l.location
+    FROM l
+    WHERE EXISTS (
+        SELECT 1 FROM sku_batch o
+        WHERE o.sku = l.sku AND o.location = l.location AND o.lot_number IS NOT NULL
+    )
+),
+moved AS MATERIALIZED (
+    SELECT b.id, b.sku, l.on_hand - b.on_hand AS d_on_hand, -b.oversold AS d_oversold,
+           GREATEST(b.reserved + b.committed + b.unavailable - l.on_hand, 0)
+           - GREATEST(b.reserved + b.committed + b.unavailable + b.oversold - b.on_hand, 0)
+           AS short_grew
+    FROM l
+    JOIN sku_batch b ON b.sku = l.sku AND b.location = l.location AND b.lot_number IS NULL
+    WHERE (b.on_hand <> l.on_hand OR b.oversold <> 0)
+      AND NOT EXISTS (SELECT 1 FROM lots WHERE lots.sku = l.sku AND lots.location = l.location)
+),
+updated AS (
+    UPDATE sku_batch b
+    SET on_hand = b.on_hand + m.d_on_hand,
+        oversold = b.oversold + m.d_oversold,
+        version = b.version + 1,
+        updated_at = now()
+    FROM moved m
+    WHERE b.id = m.id
+),
+ledger AS (
+    INSERT INTO inventory_ledger (batch_id, sku, entry_type, d_on_hand, source, reference_id,
+                                  reason, d_oversold)
+    SELECT m.id, m.sku, 'ADJUSTMENT', m.d_on_hand, $4, $5, $6, m.d_oversold
+    FROM moved m
+    ORDER BY m.id
+)
+SELECT 'moved' AS kind, m.sku, NULL::text AS location, GREATEST(m.short_grew, 0) AS oversell
+FROM moved m
+UNION ALL
+SELECT 'lots', lots.sku, lots.location, 0 FROM lots;
