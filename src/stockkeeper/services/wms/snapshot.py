@@ -14,13 +14,13 @@ from typing import Any
 import orjson
 
 from stockkeeper.domain.events import ADJUSTED, Event
-from stockkeeper.domain.quantities import oversell
+from stockkeeper.domain.quantities import Delta
 from stockkeeper.domain.reservation import EntryType
-from stockkeeper.domain.wms import Counted, identity_problem, latest_per_batch, reconcile
+from stockkeeper.domain.wms import Counted, identity_problem, latest_per_batch
 from stockkeeper.services.unit import record_change, transaction
 from stockkeeper.services.wms.base import WmsBase
 from stockkeeper.services.wms.requests import SyncJob
-from stockkeeper.store import dead_letters, stock
+from stockkeeper.store import dead_letters
 from stockkeeper.store import wms as repo
 from stockkeeper.store.stock import Movement
 
@@ -77,44 +77,27 @@ class SnapshotSync(WmsBase):
         source = f"wms:{job.connector}"
         result = PageResult(rows=len(counted) + len(rejected), rejected=len(refused))
         async with transaction(self.pool) as c:
-            batches = await repo.lock_counted_batches(c, good) if good else []
-            by_key = {(b.sku, b.location, b.lot_number or ""): b for b in batches}
-            pairs = [(by_key[r.key], r) for r in good]
-            moves: list[Movement] = []
+            # Set-based (D-340): the differences are worked out, and the batches and
+            # snapshots written, in SQL over the page; here only the ledger and events.
+            moved = await repo.reconcile_page(c, job.connector, job.id, good)
+            moves = [
+                Movement(m.id, m.sku, Delta(m.d_on_hand, m.d_unavailable, oversold=m.d_oversold))
+                for m in moved
+            ]
+            result.adjustments = len(moves)
+            for m in moved:
+                result.oversell += m.oversell
+                if m.d_on_hand:
+                    result.moved["on_hand"] = result.moved.get("on_hand", 0) + 1
+                if m.d_unavailable:
+                    result.moved["unavailable"] = result.moved.get("unavailable", 0) + 1
             events: list[Event] = []
-            for batch, row in pairs:
-                delta = reconcile(batch.figures, row)
-                if delta.is_zero:
-                    continue
-                result.oversell += oversell(batch.figures, batch.figures.apply(delta))
-                moves.append(Movement(batch.id, batch.sku, delta))
-                for name in ("on_hand", "unavailable"):
-                    if getattr(delta, name):
-                        result.moved[name] = result.moved.get(name, 0) + 1
-                events.append(
-                    Event(
-                        ADJUSTED,
-                        {
-                            "sku": batch.sku,
-                            "batch_id": batch.id,
-                            "location": batch.location,
-                            "lot_number": batch.lot_number,
-                            "on_hand": delta.on_hand,
-                            "unavailable": delta.unavailable,
-                            "reason": "WMS count",
-                            "sync_request_id": job.id,
-                        },
-                        sku=batch.sku,
-                        source=source,
-                    )
-                )
-            if self.levels_per_message and len({m.sku for m in moves}) > 1:
-                # A bulk page (D-224): no inventory.adjusted per batch, which no queue is
-                # bound to; the ledger holds each batch's move (reference
+            if not self.levels_per_message or len({m.sku for m in moved}) <= 1:
+                # A bulk page (D-224) writes no inventory.adjusted per batch, which no
+                # queue is bound to; the ledger holds each batch's move (reference
                 # wms-sync:<id>) and levels_changed each SKU's new figures.
-                events = []
+                events = [self._adjusted(job, m, source) for m in moved]
             if moves:
-                await stock.apply_movements(c, moves, already_locked=True)
                 levels = await record_change(
                     c,
                     moves,
@@ -127,8 +110,6 @@ class SnapshotSync(WmsBase):
                     levels_per_message=self.levels_per_message,
                 )
                 result.shortfall_skus = sum(1 for lv in levels.values() if lv.level.shortfall)
-            result.adjustments = len(moves)
-            await repo.upsert_snapshots(c, job.connector, job.id, pairs)
             # Each refused row its own dead letter, all in one statement.
             await dead_letters.record_many(
                 c,
@@ -159,6 +140,24 @@ class SnapshotSync(WmsBase):
                 await repo.save_token(c, job.connector, token, job.kind.value)
         self._count(job.connector, result)
         return result
+
+    @staticmethod
+    def _adjusted(job: SyncJob, m: repo.MovedBatch, source: str) -> Event:
+        return Event(
+            ADJUSTED,
+            {
+                "sku": m.sku,
+                "batch_id": m.id,
+                "location": m.location,
+                "lot_number": m.lot_number,
+                "on_hand": m.d_on_hand,
+                "unavailable": m.d_unavailable,
+                "reason": "WMS count",
+                "sync_request_id": job.id,
+            },
+            sku=m.sku,
+            source=source,
+        )
 
     def _count(self, connector: str, r: PageResult) -> None:
         m = self.metrics
