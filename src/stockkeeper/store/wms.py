@@ -12,12 +12,10 @@ from typing import Any
 
 import asyncpg
 
-from stockkeeper.domain.allocation import BatchStock
 from stockkeeper.domain.wms import Counted
 from stockkeeper.store.errors import translated
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
-from stockkeeper.store.stock import batch_from_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,40 +49,64 @@ class CallRow:
     last_item: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class MovedBatch:
+    """A batch a page of counts moved: its ADJUSTMENT, and how far short it left us."""
+
+    id: int
+    sku: str
+    location: str
+    lot_number: str | None
+    d_on_hand: int
+    d_unavailable: int
+    d_oversold: int
+    oversell: int
+
+
 @translated
-async def lock_counted_batches(conn: Conn, rows: Sequence[Counted]) -> list[BatchStock]:
-    """Create the batches we do not know yet, then lock every one of them in id order."""
-    skus = sorted({r.sku for r in rows})
-    locations = sorted({r.location for r in rows})
-    sku_col = [r.sku for r in rows]
-    loc_col = [r.location for r in rows]
-    lot_col = [r.lot_number for r in rows]
-    await conn.execute(q("ensure_locations"), locations)
-    await conn.execute(q("ensure_skus"), skus)
-    await conn.execute(
-        q("insert_missing_batches"), sku_col, loc_col, lot_col, [r.expires_at for r in rows]
+async def reconcile_page(
+    conn: Conn, connector: str, request_id: int | None, rows: Sequence[Counted]
+) -> list[MovedBatch]:
+    """A page of counts (one per batch, in page order) into the batches, set-based.
+
+    A constant number of statements whatever the page's size: the SKUs and locations
+    made, the batches we did not know created at the count, every batch of the page
+    locked in id order, then one statement that moves the batches that differ, upserts
+    the snapshot rows and returns the moves (the caller writes their ledger entries).
+    """
+    if not rows:
+        return []
+    skus = [r.sku for r in rows]
+    locations = [r.location for r in rows]
+    lots = [r.lot_number for r in rows]
+    on_hand = [r.on_hand for r in rows]
+    unavailable = [r.unavailable for r in rows]
+    await conn.execute(q("plan_page"))
+    await conn.execute(q("ensure_locations"), sorted(set(locations)))
+    await conn.execute(q("ensure_skus"), sorted(set(skus)))
+    created = await conn.fetch(
+        q("insert_counted_batches"),
+        skus,
+        locations,
+        lots,
+        [r.expires_at for r in rows],
+        on_hand,
+        unavailable,
     )
-    found = await conn.fetch(q("lock_batches_by_identity"), sku_col, loc_col, lot_col)
-    return [batch_from_row(r) for r in found]
-
-
-@translated
-async def upsert_snapshots(
-    conn: Conn,
-    connector: str,
-    request_id: int | None,
-    pairs: Sequence[tuple[BatchStock, Counted]],
-) -> None:
-    await conn.execute(
-        q("upsert_snapshots"),
+    await conn.fetchval(q("lock_page_batches"), skus, locations, lots)
+    moved = await conn.fetch(
+        q("reconcile_counts"),
+        skus,
+        locations,
+        lots,
+        on_hand,
+        unavailable,
+        [r.counted_at for r in rows],
+        [r["id"] for r in created],
         connector,
-        [b.id for b, _ in pairs],
-        [b.sku for b, _ in pairs],
-        [c.on_hand for _, c in pairs],
-        [c.unavailable for _, c in pairs],
-        [c.counted_at for _, c in pairs],
         request_id,
     )
+    return [MovedBatch(*r) for r in moved]
 
 
 @translated

@@ -211,19 +211,31 @@ class WmsSyncWorker:
         )
 
     async def _snapshot(self, job: SyncJob, client: WmsClient, sku: str | None = None) -> None:
-        cursor = job.cursor
+        """Page through the snapshot, reading the next page while this one is applied
+        (D-342): the cursor saved with a page is still the one after it, and a page
+        read ahead of a failure is dropped unread."""
+        page = await client.stock_page(cursor=job.cursor, sku=sku)
         while True:
-            page = await client.stock_page(cursor=cursor, sku=sku)
-            await self.service.apply_page(
-                job,
-                [counted(r) for r in page.items],
-                refused(page.rejected),
-                cursor=page.next_cursor,
-                total=page.total,
-            )
-            if page.next_cursor is None:
+            ahead = None
+            if page.next_cursor is not None:
+                ahead = asyncio.ensure_future(client.stock_page(cursor=page.next_cursor, sku=sku))
+            try:
+                await self.service.apply_page(
+                    job,
+                    [counted(r) for r in page.items],
+                    refused(page.rejected),
+                    cursor=page.next_cursor,
+                    total=page.total,
+                )
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                    with contextlib.suppress(BaseException):
+                        await ahead
+                raise
+            if ahead is None:
                 return
-            cursor = page.next_cursor
+            page = await ahead
 
     async def _changes(self, job: SyncJob, client: WmsClient, since: str) -> None:
         while True:

@@ -1,3 +1,10 @@
+-- name: plan_page
+-- A sync page's statements run on batches in cache: index look-ups are cheap, and
+-- none of them is worth compiling (PostgreSQL's JIT took 180 ms on a page of 1,000,
+-- costed from statistics a fresh table had not caught up with; D-341).
+-- For this transaction only (set_config's is_local), like SET LOCAL.
+SELECT set_config('jit', 'off', true), set_config('random_page_cost', '1.1', true);
+
 -- name: ensure_skus
 -- In name order, so two syncs creating the same new SKUs wait on each other in order.
 INSERT INTO sku (sku)
@@ -18,31 +25,116 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
 ORDER BY k.sku, k.location, COALESCE(k.lot, '')
 ON CONFLICT (sku, location, COALESCE(lot_number, '')) DO NOTHING;
 
--- name: lock_batches_by_identity
--- The page's batches, locked in id order (LockRows sits above the Sort): the global lock
--- order, so a sync and racing reservations wait on each other instead of deadlocking.
--- The join key matches the sku_batch_identity index expression.
-SELECT b.id, b.sku, b.location, b.lot_number, b.expires_at, b.on_hand, b.unavailable,
-       b.reserved, b.committed, b.oversold, b.version
-FROM unnest($1::text[], $2::text[], $3::text[]) AS k (sku, location, lot)
-JOIN sku_batch b
-  ON b.sku = k.sku AND b.location = k.location
- AND COALESCE(b.lot_number, '') = COALESCE(k.lot, '')
-ORDER BY b.id
-FOR NO KEY UPDATE OF b;
+-- name: insert_counted_batches
+-- A page's batches we do not know yet, created at the figures the WMS counted (as if
+-- created empty and adjusted: version 1 when the count moved anything). The page's
+-- ADJUSTMENT entries from zero are written with the rest; the ids made are returned.
+-- In identity order, so two syncs creating the same batches wait on each other in order.
+INSERT INTO sku_batch AS b (sku, location, lot_number, expires_at, on_hand, unavailable,
+                            version)
+SELECT k.sku, k.location, k.lot, k.expires_at, k.on_hand, k.unavailable,
+       CASE WHEN k.on_hand <> 0 OR k.unavailable <> 0 THEN 1 ELSE 0 END
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
+            $6::bigint[])
+     AS k (sku, location, lot, expires_at, on_hand, unavailable)
+ORDER BY k.sku, k.location, COALESCE(k.lot, '')
+ON CONFLICT (sku, location, COALESCE(lot_number, '')) DO NOTHING
+RETURNING b.id;
 
--- name: upsert_snapshots
-INSERT INTO wms_inventory_snapshot AS s
-    (connector, batch_id, sku, on_hand, unavailable, wms_updated_at, sync_request_id)
-SELECT $1, r.batch_id, r.sku, r.on_hand, r.unavailable, r.counted_at, $7
-FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::timestamptz[])
-     AS r (batch_id, sku, on_hand, unavailable, counted_at)
-ON CONFLICT (connector, batch_id) DO UPDATE
-SET on_hand = EXCLUDED.on_hand,
-    unavailable = EXCLUDED.unavailable,
-    wms_updated_at = EXCLUDED.wms_updated_at,
-    sync_request_id = EXCLUDED.sync_request_id,
-    synced_at = now();
+-- name: lock_page_batches
+-- The page's batches, locked in id order: the global lock order, so a sync and racing
+-- reservations wait on each other instead of deadlocking. Only the locks:
+-- reconcile_counts, the next statement, reads the figures they hold. Each batch is
+-- found by its own sku_batch_identity index look-up (LATERAL, LIMIT 1: the identity is
+-- unique) and locked by its own primary-key look-up in id order (the nested loop keeps
+-- its outer order): a join the planner could answer with a scan of every batch would
+-- make a full sync quadratic while the table grows faster than its statistics.
+WITH ids AS MATERIALIZED (
+    SELECT x.id
+    FROM unnest($1::text[], $2::text[], $3::text[]) AS k (sku, location, lot)
+    CROSS JOIN LATERAL (
+        SELECT b.id FROM sku_batch b
+        WHERE b.sku = k.sku AND b.location = k.location
+          AND COALESCE(b.lot_number, '') = COALESCE(k.lot, '')
+        LIMIT 1
+    ) AS x
+)
+SELECT count(*)
+FROM (SELECT id FROM ids ORDER BY id) AS o
+CROSS JOIN LATERAL (
+    SELECT b.id FROM sku_batch b WHERE b.id = o.id FOR NO KEY UPDATE
+) AS locked;
+
+-- name: reconcile_counts
+-- A page of counts against our batches (locked by lock_page_batches), set-based: each
+-- batch's ADJUSTMENT is the count minus our figures (domain/wms.reconcile: on_hand,
+-- unavailable, and the oversold the count settles); the batches that differ take the
+-- count; every batch's snapshot row is upserted. A batch this page created ($7) holds
+-- the count already, and its adjustment runs from zero. Returns the moved batches in
+-- page order, with the units by which each left us short of our promises (oversell:
+-- how much its shortfall grew, domain/quantities.oversell).
+WITH page AS (
+    SELECT *
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                $6::timestamptz[]) WITH ORDINALITY
+         AS p (sku, location, lot, on_hand, unavailable, counted_at, ord)
+),
+-- Each batch by its own identity look-up (see lock_page_batches).
+ours AS MATERIALIZED (
+    SELECT b.id, b.sku, b.location, b.lot_number, p.ord, p.counted_at,
+           p.on_hand AS c_on_hand, p.unavailable AS c_unavailable,
+           b.id = ANY($7::bigint[]) AS created,
+           CASE WHEN b.id = ANY($7::bigint[]) THEN 0 ELSE b.on_hand END AS on_hand,
+           CASE WHEN b.id = ANY($7::bigint[]) THEN 0 ELSE b.unavailable END AS unavailable,
+           b.reserved, b.committed, b.oversold
+    FROM page p
+    CROSS JOIN LATERAL (
+        SELECT * FROM sku_batch b
+        WHERE b.sku = p.sku AND b.location = p.location
+          AND COALESCE(b.lot_number, '') = COALESCE(p.lot, '')
+        LIMIT 1
+    ) AS b
+),
+moved AS MATERIALIZED (
+    SELECT o.*
+    FROM ours o
+    WHERE o.c_on_hand <> o.on_hand OR o.c_unavailable <> o.unavailable OR o.oversold <> 0
+),
+changed AS (
+    UPDATE sku_batch b
+    SET on_hand = m.c_on_hand,
+        unavailable = m.c_unavailable,
+        oversold = 0,
+        version = b.version + 1,
+        updated_at = now()
+    FROM moved m
+    -- The = ANY gives the planner the batches' ids to look up by key, so it never
+    -- hashes the page against a scan of every batch.
+    WHERE b.id = m.id AND NOT m.created
+      AND b.id = ANY(ARRAY(SELECT id FROM moved WHERE NOT created))
+),
+snapshots AS (
+    INSERT INTO wms_inventory_snapshot AS s
+        (connector, batch_id, sku, on_hand, unavailable, wms_updated_at, sync_request_id)
+    SELECT $8, o.id, o.sku, o.c_on_hand, o.c_unavailable, o.counted_at, $9
+    FROM ours o
+    ORDER BY o.id
+    ON CONFLICT (connector, batch_id) DO UPDATE
+    SET on_hand = EXCLUDED.on_hand,
+        unavailable = EXCLUDED.unavailable,
+        wms_updated_at = EXCLUDED.wms_updated_at,
+        sync_request_id = EXCLUDED.sync_request_id,
+        synced_at = now()
+)
+SELECT m.id, m.sku, m.location, m.lot_number,
+       m.c_on_hand - m.on_hand AS d_on_hand,
+       m.c_unavailable - m.unavailable AS d_unavailable,
+       -m.oversold AS d_oversold,
+       GREATEST(0, GREATEST(0, m.c_unavailable + m.reserved + m.committed - m.c_on_hand)
+                   - GREATEST(0, m.unavailable + m.reserved + m.committed + m.oversold
+                                 - m.on_hand)) AS oversell
+FROM moved m
+ORDER BY m.ord;
 
 -- name: batch_identity
 SELECT id, sku, location, lot_number FROM sku_batch WHERE id = ANY($1::bigint[]);
