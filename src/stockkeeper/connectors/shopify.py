@@ -163,6 +163,12 @@ class ShopifyChannel:
     def can_read(self) -> bool:
         return True
 
+    @property
+    def max_batch_size(self) -> int:
+        """The SKUs one push may carry under a backlog (services/push_pipeline):
+        ``inventorySetQuantities`` takes 250 quantities, for 10 points however many."""
+        return MAX_PAGE
+
     async def aclose(self) -> None:
         await self.http.aclose()
 
