@@ -43,6 +43,7 @@ from floors import amazon_feeds_floor, shopify_push_floor, webhook_floor
 from harness import DEFAULT_ADMIN_URL, Proc, create_database, drop_database
 from stockkeeper.bootstrap import Container, build, channel_adapter
 from stockkeeper.config import ChannelConfig, Settings
+from stockkeeper.connectors.channels import Push
 from stockkeeper.connectors.records import LevelRecord
 from stockkeeper.domain.events import LEVEL_CHANGED, LEVELS_CHANGED
 from stockkeeper.messaging.envelope import Envelope
@@ -152,6 +153,30 @@ async def record_all(c: Container, worker: Propagator) -> None:
             await handle(conn, env)
 
 
+async def raw_calls(settings: Settings, skus: int) -> float:
+    """The webhook's calls without us: the adapter posting every SKU again (a figure
+    more), ``concurrency`` calls at a time under its rate limit, nothing claimed or
+    settled. What this machine lets the receiver take now: the same run's baseline."""
+    [cfg] = [c for c in settings.connectors_of(ChannelConfig) if c.id == "hooks"]
+    adapter = channel_adapter(cfg)
+    gate = asyncio.Semaphore(cfg.concurrency)
+    batches = [
+        [Push(f"SKU-{n:07d}", on_hand(n) + 1, 2) for n in range(i, min(skus, i + cfg.batch_size))]
+        for i in range(0, skus, cfg.batch_size)
+    ]
+
+    async def one(batch: list[Push]) -> None:
+        async with gate:
+            await adapter.push(batch)
+
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(one(b) for b in batches))
+    finally:
+        await adapter.aclose()
+    return time.perf_counter() - t0
+
+
 def call_figures(c: Container) -> dict[str, tuple[float, float, float]]:
     """Per channel, from the metrics: calls, seconds in them, seconds of pacing waits."""
     out: dict[str, list[float]] = {}
@@ -222,6 +247,7 @@ async def main(args: argparse.Namespace) -> int:
     mismatched: dict[str, int] = {}
     counters: dict[str, Any] = {}
     stuck: dict[str, int] = {}
+    raw_s: float | None = None
     try:
         sandbox = Proc(
             [
@@ -311,6 +337,9 @@ async def main(args: argparse.Namespace) -> int:
                 )
                 resp = await http.get(f"http://127.0.0.1:{ports[ch]}/_sandbox/counters")
                 counters[ch] = resp.json()
+        if "hooks" in args.channels:
+            raw_s = await raw_calls(settings, args.skus)
+            print(f"  the same calls to the receiver straight, no database: {raw_s:.1f}s")
     finally:
         for p in reversed(procs):
             p.stop()
@@ -334,14 +363,24 @@ async def main(args: argparse.Namespace) -> int:
                 f"{floor:,.1f}",
                 f"{args.skus / floor:,.0f}" if floor else "-",
                 f"{t / floor:.2f}" if t and floor else "-",
+                f"{t / raw_s:.2f}" if t and raw_s and ch == "hooks" else "-",
                 how,
             ]
         )
     print(
         harness.markdown_table(
-            ("channel", "s to in sync", "SKUs/s", "floor s", "floor SKUs/s", "× floor", "floor"),
+            (
+                "channel",
+                "s to in sync",
+                "SKUs/s",
+                "floor s",
+                "floor SKUs/s",
+                "× floor",
+                "× raw calls",
+                "floor",
+            ),
             rows,
-            "lrrrrrl",
+            "lrrrrrrl",
         )
     )
     print(f"\nnot shown as ours at the end: {mismatched}")
@@ -353,6 +392,7 @@ async def main(args: argparse.Namespace) -> int:
             "args": vars(args),
             "ingest_s": ingest_s,
             "record_s": record_s,
+            "raw_calls_s": raw_s,
             "took_s": took,
             "floors_s": {ch: limits[ch][0] for ch in args.channels},
             "mismatched": mismatched,

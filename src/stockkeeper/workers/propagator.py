@@ -5,8 +5,9 @@ records each ``inventory.level_changed`` (and each SKU of an ``inventory.levels_
 set-based: one contract, two shapes) per channel (newest version wins, echoes of a
 channel's own changes are left out, changes waiting for a push ride along with it) in
 the transaction that marks the message processed, so it never waits for a channel.
-Per channel, one loop claims due SKUs for every free slot (``concurrency`` calls in
-flight, ``batch_size`` SKUs each) and hands each batch to
+Per channel, one loop keeps up to ``concurrency`` calls in flight with a claimed batch
+ready behind each (``batch_size`` SKUs, the adapter's largest batch under a backlog:
+D-350, D-351) and hands each batch to
 :meth:`~stockkeeper.services.propagation.Propagation.push_claimed`, which calls the
 channel's adapter and books the answers (a failed push is retried with backoff and,
 past ``propagation.max_attempts``, dead-lettered). This module only schedules and
