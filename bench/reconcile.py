@@ -21,12 +21,12 @@ One run:
 from __future__ import annotations
 
 import argparse
-import math
 import time
 import uuid
 from datetime import UTC, datetime
 
 import harness
+from floors import shopify_read_points
 from harness import DEFAULT_ADMIN_URL, create_database, drop_database, markdown_table
 from stockkeeper.bootstrap import build
 from stockkeeper.config import ChannelConfig, Settings
@@ -36,15 +36,10 @@ from stockkeeper.services.propagation import RECONCILE_PAGE
 from stockkeeper_sandbox.server import SandboxServer
 from stockkeeper_sandbox.shopify import ShopifyState, create_app, graphql_url
 
-CHUNK = 250  # Shopify's largest page (connectors/shopify_wire.MAX_PAGE)
-
 
 def read_points(skus: int) -> float:
-    """What reading ``skus`` SKUs back costs in the sandbox's points."""
-    pages = math.ceil(skus / RECONCILE_PAGE)
-    per_page = min(skus, RECONCILE_PAGE)
-    chunks = math.ceil(per_page / CHUNK)
-    return pages * (chunks * (2 + 1) + per_page * (1 + 2))
+    """What reading ``skus`` SKUs back costs in the sandbox's points (bench/floors.py)."""
+    return shopify_read_points(skus, RECONCILE_PAGE)
 
 
 async def main(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ from stockkeeper.connectors.shopify_calls import (
     MAX_PACE_WAIT_S as MAX_PACE_WAIT_S,
 )
 from stockkeeper.connectors.shopify_calls import ShopifyCalls
-from stockkeeper.connectors.shopify_wire import UserError
+from stockkeeper.connectors.shopify_wire import MAX_PAGE, UserError
 
 # Rounds of re-reading stale changeFromQuantity values before the push is given back.
 STALE_ROUNDS = 3
@@ -129,6 +129,12 @@ class ShopifyChannel(ShopifyCalls):
     def located(self) -> bool:
         """Whether the shop has several mapped locations (pushes carry each figure)."""
         return self.cfg.location_map() is not None
+
+    @property
+    def max_batch_size(self) -> int:
+        """The SKUs one push may carry under a backlog (services/push_pipeline):
+        ``inventorySetQuantities`` takes 250 quantities, for 10 points however many."""
+        return MAX_PAGE
 
     # -- push ------------------------------------------------------------------------
 

@@ -379,6 +379,7 @@ class Propagation:
         adapter: ChannelAdapter,
         claimed: Sequence[repo.Claimed],
         lease_s: float | None = None,
+        on_called: Callable[[], None] | None = None,
     ) -> Settled:
         """Push claimed SKUs through the channel's adapter and settle every one.
 
@@ -388,29 +389,42 @@ class Propagation:
         dead-lettered; a channel that cannot take the call now has the batch retried
         after the backoff (never sooner than its ``Retry-After``); anything else the
         adapter raises is logged and retried the same way. ``lease_s``: the lease the
-        rows were claimed with, renewed for as long on each fence.
+        rows were claimed with, renewed for as long on each fence. ``on_called``: told
+        when the channel's call is over (or none was needed), before the settling, so
+        a sender can start its next call meanwhile (D-351); told again, harmlessly, by
+        the single pushes of a split batch.
         """
         channel = adapter.id
         done = Settled()
         if channel in self.located:
-            return await self._push_located(adapter, claimed, lease_s)
+            return await self._push_located(adapter, claimed, lease_s, on_called)
+        todo = [c for c in claimed if c.previous != c.quantity]
+        if not todo and on_called is not None:
+            on_called()
         noop = [c for c in claimed if c.previous == c.quantity]
         if noop:
             done.add(await self.noops(channel, noop))
-        todo = [c for c in claimed if c.previous != c.quantity]
         if todo:
-            done.add(await self._call(adapter, todo, lease_s))
+            done.add(await self._call(adapter, todo, lease_s, on_called=on_called))
         return done
 
     async def _push_located(
-        self, adapter: ChannelAdapter, claimed: Sequence[repo.Claimed], lease_s: float | None
+        self,
+        adapter: ChannelAdapter,
+        claimed: Sequence[repo.Claimed],
+        lease_s: float | None,
+        on_called: Callable[[], None] | None,
     ) -> Settled:
         """:meth:`push_claimed` on a channel with several locations: each SKU's figure
         per location now; one whose every location shows it needs no call."""
         at, noop = await self.locations.figures(adapter.id, claimed)
-        done = await self.noops(adapter.id, noop) if noop else Settled()
         todo = [c for c in claimed if c not in noop]
-        return done.add(await self._call(adapter, todo, lease_s, at)) if todo else done
+        if not todo and on_called is not None:
+            on_called()
+        done = await self.noops(adapter.id, noop) if noop else Settled()
+        if not todo:
+            return done
+        return done.add(await self._call(adapter, todo, lease_s, at, on_called))
 
     async def _call(
         self,
@@ -418,6 +432,7 @@ class Propagation:
         claimed: Sequence[repo.Claimed],
         lease_s: float | None = None,
         at: dict[str, tuple[AtLocation, ...]] | None = None,
+        on_called: Callable[[], None] | None = None,
     ) -> Settled:
         channel = adapter.id
         lease = lease_s or self.lease_s(channel)
@@ -448,7 +463,11 @@ class Propagation:
                 [c.trace_context for c in claimed],
                 **{"stockkeeper.channel": channel, "stockkeeper.skus": len(claimed)},
             ):
-                outcomes = await adapter.push(items, fence)
+                try:
+                    outcomes = await adapter.push(items, fence)
+                finally:
+                    if on_called is not None:
+                        on_called()
         except ConnectorRejected as exc:
             if len(claimed) > 1:
                 # One bad item must not hold the others back: push each on its own.

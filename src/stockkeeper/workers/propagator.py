@@ -5,8 +5,9 @@ records each ``inventory.level_changed`` (and each SKU of an ``inventory.levels_
 set-based: one contract, two shapes) per channel (newest version wins, echoes of a
 channel's own changes are left out, changes waiting for a push ride along with it) in
 the transaction that marks the message processed, so it never waits for a channel.
-Per channel, one loop claims due SKUs for every free slot (``concurrency`` calls in
-flight, ``batch_size`` SKUs each) and hands each batch to
+Per channel, one loop keeps up to ``concurrency`` calls in flight with a claimed batch
+ready behind each (``batch_size`` SKUs, the adapter's largest batch under a backlog:
+D-350, D-351) and hands each batch to
 :meth:`~stockkeeper.services.propagation.Propagation.push_claimed`, which calls the
 channel's adapter and books the answers (a failed push is retried with backoff and,
 past ``propagation.max_attempts``, dead-lettered). This module only schedules and
@@ -20,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -35,6 +37,7 @@ from stockkeeper.messaging.consumer import (
 from stockkeeper.messaging.envelope import Envelope, first_error
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.propagation import NOTIFY_CHANNEL, REARM, LevelChange, Propagation
+from stockkeeper.services.push_pipeline import ClaimSizer
 from stockkeeper.store.channel_sync import Claimed
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.waiting import wait_any
@@ -193,10 +196,14 @@ class Propagator:
         await _ChannelLoop(self, channel, stop).run()
 
     async def _guarded(
-        self, channel: str, claimed: Sequence[Claimed], lease_s: float | None = None
+        self,
+        channel: str,
+        claimed: Sequence[Claimed],
+        lease_s: float | None = None,
+        on_called: Callable[[], None] | None = None,
     ) -> None:
         try:
-            await self.service.push_claimed(self.adapters[channel], claimed, lease_s)
+            await self.service.push_claimed(self.adapters[channel], claimed, lease_s, on_called)
         except Exception:
             self.metrics.worker_errors.labels(worker="propagator").inc()
             log.exception("propagator.push_failed", channel=channel, skus=len(claimed))
@@ -247,19 +254,28 @@ class Propagator:
 
 
 class _ChannelLoop:
-    """One channel's loop: claim due pushes for every free slot (``concurrency`` calls in
-    flight, ``batch_size`` SKUs each) and hand each batch to the service. Only this loop
-    queries for the channel's due rows, so a burst of changes is one claim, not one per
-    sender; after an idle wait that a NOTIFY ended it waits ``LINGER_S`` to let changes
-    gather."""
+    """One channel's loop, a pipeline (D-351): up to ``concurrency`` calls in flight, and
+    a claimed batch ready for each, so a call starts the moment another's answer is in,
+    without waiting for a claim's round trip; the settling of an answered call goes on
+    beside the next calls (at most ``concurrency`` of them at once). Claims are sized by
+    :class:`~stockkeeper.services.push_pipeline.ClaimSizer`: ``batch_size`` under a
+    trickle, the adapter's largest batch under a backlog. Only this loop queries for the
+    channel's due rows, so a burst of changes is one claim, not one per sender; after an
+    idle wait that a NOTIFY ended it waits ``LINGER_S`` to let changes gather."""
 
     def __init__(self, worker: Propagator, channel: str, stop: asyncio.Event) -> None:
         self.worker = worker
         self.channel = channel
         self.stop = stop
         self.cfg = worker.service.configs[channel]
+        self.adapter = worker.adapters[channel]
         self.notified = worker._notified[channel]
+        self.sizer = ClaimSizer.of(self.adapter, self.cfg)
+        # Claimed, not started yet; calling the channel; calling or settling.
+        self.ready: deque[list[Claimed]] = deque()
+        self.calling: set[asyncio.Task[None]] = set()
         self.flying: set[asyncio.Task[None]] = set()
+        self.slot = asyncio.Event()  # set when a call or a settling ends
         self.idle = False
 
     async def run(self) -> None:
@@ -267,6 +283,11 @@ class _ChannelLoop:
         await listen_then_poll(
             self.step, wake, self.stop, poll_s=IDLE_POLL_S, on_error=self.claim_failed
         )
+        if self.ready:
+            # Stopping: batches claimed but never sent are due again at once.
+            unsent = [c for batch in self.ready for c in batch]
+            self.ready.clear()
+            await self.worker.service.release(self.channel, unsent)
         if self.flying:
             # Stopping: pushes in flight get propagation.shutdown_grace_s to finish; the
             # rest are cancelled, and let go of their rows without counting an attempt.
@@ -276,42 +297,69 @@ class _ChannelLoop:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
 
+    def _full(self) -> bool:
+        slots = self.cfg.concurrency
+        return len(self.calling) >= slots or len(self.flying) >= 2 * slots
+
     async def step(self) -> bool:
-        """One round; True when there may be more to claim at once."""
+        """One round; True when there may be more to claim or send at once."""
         woken, self.idle = self.idle and self.notified.is_set(), False
         self.notified.clear()
         if woken:
             await wait_any(self.stop, at_most=LINGER_S)
             if self.stop.is_set():
                 return False
-        if len(self.flying) >= self.cfg.concurrency:
-            await asyncio.wait(self.flying, return_when=asyncio.FIRST_COMPLETED)
+        if not self.ready and not self._full() and await self._feed():
             return True
-        if await self._feed():
+        got = 0
+        room = self.cfg.concurrency - len(self.ready)
+        if room > 0:
+            size = self.sizer.size
+            claimed = await self.worker.service.claim(self.channel, size * room)
+            self.sizer.claimed(size * room, len(claimed))
+            got = len(claimed)
+            self.ready.extend(list(claimed[i : i + size]) for i in range(0, got, size))
+        while self.ready and not self._full():
+            self._start(self.ready.popleft())
+        if self.ready:
+            # Every slot busy and the next batches claimed: wait for a call to end.
+            while self._full() and not self.stop.is_set():
+                self.slot.clear()
+                await wait_any(self.stop, self.slot)
             return True
-        size = self.cfg.batch_size
-        claimed = await self.worker.service.claim(
-            self.channel, size * (self.cfg.concurrency - len(self.flying))
-        )
-        for i in range(0, len(claimed), size):
-            task = asyncio.ensure_future(self.worker._guarded(self.channel, claimed[i : i + size]))
-            self.flying.add(task)
-            task.add_done_callback(self.flying.discard)
-        self.idle = not claimed
+        self.idle = not got
         return not self.idle
+
+    def _start(self, batch: Sequence[Claimed], lease_s: float | None = None) -> None:
+        task = asyncio.ensure_future(self._push(batch, lease_s))
+        self.calling.add(task)
+        self.flying.add(task)
+        task.add_done_callback(self._ended)
+
+    async def _push(self, batch: Sequence[Claimed], lease_s: float | None) -> None:
+        task = asyncio.current_task()
+
+        def called() -> None:
+            if task in self.calling:
+                self.calling.discard(task)
+                self.slot.set()
+
+        await self.worker._guarded(self.channel, batch, lease_s, called)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self.calling.discard(task)
+        self.flying.discard(task)
+        self.slot.set()
 
     async def _feed(self) -> bool:
         """A feed's worth of the backlog claimed and pushed as one task, when the
         adapter sends feeds and the backlog reaches its threshold; whether it was."""
-        adapter = self.worker.adapters[self.channel]
-        feed = await self.worker.service.claim_feed(adapter)
+        feed = await self.worker.service.claim_feed(self.adapter)
         if feed is None:
             return False
         claimed, lease_s = feed
         log.info("propagator.feed", channel=self.channel, skus=len(claimed))
-        task = asyncio.ensure_future(self.worker._guarded(self.channel, claimed, lease_s))
-        self.flying.add(task)
-        task.add_done_callback(self.flying.discard)
+        self._start(claimed, lease_s)
         return True
 
     def claim_failed(self, exc: Exception) -> None:
