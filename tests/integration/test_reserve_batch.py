@@ -197,3 +197,50 @@ async def test_an_order_id_sent_twice_in_one_batch(
     # A repeat answered from the store reads back the same reservation.
     again = await c.reservations.get("retry")
     assert [(li.sku, li.quantity) for li in again.lines] == [("B", 1)]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_batch_waiting_on_an_order_id_holds_no_stock_lock(
+    strategy: str, make_container: MakeContainer, db_url: str
+) -> None:
+    """The batch takes its order ids before any batch row, as a single reserve does: a
+    rival still inserting one of them makes it wait holding nothing another writer
+    needs, so a reserve of the same SKUs goes through meanwhile (D-290)."""
+    c = await make_container(strategy)
+    await c.stock.receive(Receipt("B", 10, "r-b"))
+    await c.stock.receive(Receipt("A", 10, "r-a"))
+    blocker = await asyncpg.connect(db_url)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute(
+            "INSERT INTO reservation (order_id, status, lines, expires_at) "
+            "VALUES ('o-2', 'PENDING', '[]', now())"
+        )
+        co = ReserveCoalescer(c.reservations, window_ms=NEVER_MS, max_batch=2)
+        many = asyncio.gather(
+            outcome(co, order("o-1", ("A", 1))), outcome(co, order("o-2", ("B", 1)))
+        )
+        async with c.pool.acquire() as conn:
+            for _ in range(1500):  # until the batch waits on the blocker's row
+                n = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                if n:
+                    break
+                await asyncio.sleep(0.01)
+            assert n == 1
+        single = await asyncio.wait_for(
+            c.reservations.reserve(order("o-3", ("A", 1), ("B", 1))), timeout=10
+        )
+        assert single.created
+        await tx.rollback()  # the batch goes on and serves both
+        results = await many
+    finally:
+        await blocker.close()
+    assert all(isinstance(r, ReservationView) and r.created for r in results), results
+    a, b = await c.stock.get("A"), await c.stock.get("B")
+    assert (a.reserved, b.reserved) == (2, 2)
+    async with c.pool.acquire() as conn:
+        assert (await audit(conn)).clean
