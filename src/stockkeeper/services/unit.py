@@ -163,6 +163,7 @@ async def record_change(
         now=now,
         events=events,
         levels_per_message=levels_per_message,
+        bumped=True,
     )
 
 
@@ -175,13 +176,17 @@ async def announce_levels(
     now: datetime,
     events: Sequence[Event] = (),
     levels_per_message: int = 0,
+    bumped: bool = False,
 ) -> dict[str, SkuLevel]:
     """The second half of :func:`record_change`, for a caller that wrote the batches and
     their ledger entries itself (the set-based level statement of an ingest page): the
-    SKUs' versions bumped, their new levels read and written to the outbox as events."""
+    SKUs' versions bumped (unless ``bumped``: :func:`record_change` bumps them with the
+    ledger), their new levels read and written to the outbox as events."""
     if not skus:
         await outbox.add(conn, list(events))
         return {}
+    if not bumped:
+        await stock.bump_skus(conn, skus)
     levels = await stock.sku_levels(conn, skus, now)
     changes = [
         LevelChange(sku, levels[sku].version, levels[sku].level, entry_type.value, source)
