@@ -89,7 +89,8 @@ def reconcile(ours: Figures, theirs: Counted) -> Delta:
     Only what the WMS knows moves: on_hand and unavailable. Reserved and committed are
     our promises; if the count is below them the batch is in shortfall (available 0),
     and the promises stay. A count is the batch's whole physical truth, so units
-    oversold on it are settled by it (D-120).
+    oversold on it are settled by it (D-120). A sync page applies this rule in SQL over
+    the whole page (``store/queries/wms.sql: reconcile_counts``, D-340).
     """
     return Delta(
         on_hand=theirs.on_hand - ours.on_hand,
