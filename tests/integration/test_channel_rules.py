@@ -173,3 +173,30 @@ async def test_rules_are_checked_and_channels_must_exist(
     r = await http.delete("/admin/channels/shop/rules/skus/NONE", headers=ADMIN)
     assert r.status_code == 404
     assert (await http.get("/admin/channels/shop/skus/NONE", headers=ADMIN)).status_code == 404
+
+
+async def test_drift_repair_compares_with_the_ruled_figure_not_the_raw_stock(
+    ruled: tuple[httpx.AsyncClient, Container, ShopifyState],
+) -> None:
+    _, c, shop = ruled
+    await c.stock.receive(Receipt("TEE", 10, "r-1"))
+    await c.stock.receive(Receipt("RARE", 9, "r-2"))
+    for sku in ("TEE", "RARE"):
+        await deliver(c, sku)
+    await drain(c)
+    assert shop.levels() == {"TEE": 9, "RARE": 1}  # a buffer of 1; RARE capped at 2
+    adapter = make_channel(c.settings.connectors_of(ChannelConfig)[0], token=None)
+    try:
+        # The channel shows what the rule says: no drift, nothing to push.
+        found = await c.propagation.reconcile(adapter)
+        assert (found.checked, found.drifted) == (2, 0)
+        assert await drain(c) == 0
+        assert shop.levels() == {"TEE": 9, "RARE": 1}
+        # A real drift is repaired back to the ruled figure, never to the raw stock.
+        shop.set_level("TEE", 4)
+        found = await c.propagation.reconcile(adapter)
+        assert (found.checked, found.drifted) == (2, 1)
+    finally:
+        await adapter.aclose()
+    await drain(c)
+    assert shop.levels() == {"TEE": 9, "RARE": 1}

@@ -837,12 +837,17 @@ class Propagation:
             async with transaction(self.pool) as conn:
                 # Compared and marked set-based: one statement for the page (D-222).
                 levels = await stock.sku_levels(conn, [r.sku for r in todo], self.clock())
+                # The channel is compared with what its rule shows it (buffer, cap,
+                # share, locations), not with our raw stock: a buffer is no drift.
+                figures = await self.rules.figures_many(
+                    conn, [channel], {sku: lv.level.available for sku, lv in levels.items()}
+                )
                 reads = [
                     repo.ReadBack(
                         r.sku,
                         shown.get(r.sku),
                         levels[r.sku].version,
-                        levels[r.sku].level.available,
+                        figures[r.sku][channel][0],
                         r.claim_seq,
                     )
                     for r in todo
