@@ -33,6 +33,7 @@ from stockkeeper.domain.errors import (
 )
 from stockkeeper.services.audit import audit
 from stockkeeper.services.reservations import Allocation, ReservationView, ReserveRequest
+from stockkeeper.services.reserve_batch import BatchReserver
 from stockkeeper.services.stock import Adjustment, Receipt
 from stockkeeper.store.pool import Pool
 from stockkeeper.workers.expiry import ExpiryWorker
@@ -782,10 +783,10 @@ async def test_shortfall_when_less_is_there_than_promised(container: Container) 
     await assert_audit_clean(container)
 
 
-async def test_reserve_many_applies_each_request_on_its_own(container: Container) -> None:
+async def test_a_coalesced_batch_applies_each_request_on_its_own(container: Container) -> None:
     await receive(container, "A", 5)
     await receive(container, "B", 5)
-    results = await container.reservations.reserve_many(
+    results = await BatchReserver(container.reservations).reserve_batch(
         [
             order("o-1", ("A", 2)),
             order("o-2", ("A", 2), ("B", 9)),  # B is short: this one alone fails
@@ -959,44 +960,6 @@ async def _until_waiting(c: Container, n: int, task: asyncio.Task[Any]) -> None:
         if waiting >= n:
             return
         assert time.monotonic() < deadline, "the sessions never reached the expected waits"
-
-
-@pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_reserve_many_does_not_deadlock_with_a_multi_line_reserve(
-    make_container: MakeContainer, db_url: str, strategy: str
-) -> None:
-    c = await make_container(concurrency={"strategy": strategy})
-    low = await receive(c, "B", 10)
-    high = await receive(c, "A", 10)
-    assert low < high
-    # A third session makes the batch pause between its two requests, deterministically:
-    # its insert of order o-2 waits until this session's uncommitted o-2 is gone.
-    blocker = await asyncpg.connect(db_url)
-    try:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute(
-            "INSERT INTO reservation (order_id, status, lines, expires_at) "
-            "VALUES ('o-2', 'PENDING', '[]', now())"
-        )
-        # Holds batch A (and SKU A) and waits for the blocker.
-        many = asyncio.create_task(
-            c.reservations.reserve_many([order("o-1", ("A", 1)), order("o-2", ("B", 1))])
-        )
-        await _until_waiting(c, 1, many)
-        # Locks batch B (lower id) first, then waits for batch A.
-        single = asyncio.create_task(c.reservations.reserve(order("o-3", ("A", 1), ("B", 1))))
-        await _until_waiting(c, 2, single)
-        await tx.rollback()  # the batch goes on to batch B: a cycle
-        results = await asyncio.gather(many, single, return_exceptions=True)
-    finally:
-        await blocker.close()
-    for x in results:
-        if isinstance(x, BaseException):
-            raise x
-    a, b = await c.stock.get_many(["A", "B"])
-    assert (a.reserved, b.reserved) == (2, 2)
-    await assert_audit_clean(c)
 
 
 async def test_available_is_what_a_reserve_can_get_when_a_lot_has_expired(

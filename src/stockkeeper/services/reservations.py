@@ -17,7 +17,7 @@ multi-line orders cannot deadlock each other.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,7 +55,7 @@ from stockkeeper.services.unit import (
 )
 from stockkeeper.store import reservations as repo
 from stockkeeper.store import stock
-from stockkeeper.store.errors import Deadlock, WouldGoNegative
+from stockkeeper.store.errors import WouldGoNegative
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.store.reservations import AllocationRow, ReservationRow
 from stockkeeper.store.stock import Movement
@@ -183,9 +183,7 @@ class Reservations:
         own; a refusal (a DomainError) leaves at most the reservation row, without lines,
         in the caller's transaction, which the caller takes back or rolls back.
         """
-        return await self._reserve_counted(
-            req, conn, source, locked=False, now=now, savepoint=savepoint
-        )
+        return await self._reserve_counted(req, conn, source, now=now, savepoint=savepoint)
 
     async def _reserve_counted(
         self,
@@ -193,61 +191,23 @@ class Reservations:
         conn: Conn | None,
         source: str,
         *,
-        locked: bool,
         now: datetime | None = None,
         savepoint: bool = True,
     ) -> ReservationView:
         try:
             if conn is not None and not savepoint:
                 # The caller's transaction as it is (the order saga, D-310).
-                view = await self._reserve(conn, req, source, locked=locked, now=now)
+                view = await self._reserve(conn, req, source, now=now)
             elif conn is None or not conn.is_in_transaction():
                 view = await retried(lambda: self._reserve_alone(req, source, conn, now))
             else:
                 async with transaction(self.pool, conn) as c:
-                    view = await self._reserve(c, req, source, locked=locked, now=now)
+                    view = await self._reserve(c, req, source, now=now)
         except DomainError as exc:
             self.metrics.reservations.labels(result=exc.slug).inc()
             raise
         self.metrics.reservations.labels(result="created" if view.created else "repeat").inc()
         return view
-
-    async def reserve_many(
-        self,
-        reqs: Sequence[ReserveRequest],
-        *,
-        source: str = "api",
-        after_each: Callable[[], None] | None = None,
-        conn: Conn | None = None,
-    ) -> list[ReservationView | DomainError]:
-        """Apply many reservations in one transaction, each all-or-nothing on its own.
-
-        Requests are applied in the order given, so an earlier one gets the stock first
-        (the coalescer's fairness, D-200). ``after_each`` runs after every request,
-        inside the transaction (a failpoint for crash tests).
-        """
-        results: list[ReservationView | DomainError] = []
-        skus = sorted({li.sku for req in reqs for li in req.lines})
-        async with transaction(self.pool, conn) as c:
-            # Take every batch and SKU lock the batch can need up front, in the global
-            # order; request by request, later requests would lock out of order.
-            await stock.read_batches(c, skus, lock=True)
-            await stock.lock_skus(c, skus)
-            for req in reqs:
-                try:
-                    results.append(await self._reserve_counted(req, c, source, locked=True))
-                except DomainError as exc:
-                    results.append(exc)
-                except Deadlock:
-                    # Another transaction inserting the same order_id waits on our locks
-                    # while we wait on its row: PostgreSQL broke the cycle at this
-                    # request (its savepoint is rolled back); the others go on.
-                    results.append(
-                        Conflict(f"order {req.order_id} is being reserved concurrently; try again")
-                    )
-                if after_each is not None:
-                    after_each()
-        return results
 
     async def _reserve_alone(
         self, req: ReserveRequest, source: str, conn: Conn | None, now: datetime | None
@@ -261,7 +221,6 @@ class Reservations:
         req: ReserveRequest,
         source: str,
         *,
-        locked: bool = False,
         now: datetime | None = None,
     ) -> ReservationView:
         check_lines(req.lines)
@@ -276,14 +235,14 @@ class Reservations:
         expires_at = now + timedelta(seconds=ttl)
         asked = req.lines_doc()
         skus = [li.sku for li in req.lines]
-        lock = self.strategy is Strategy.ROW_LOCK and not locked
+        lock = self.strategy is Strategy.ROW_LOCK
         rid, batches = await repo.start(
             conn, req.order_id, req.location, asked, expires_at, skus, lock=lock
         )
         if rid is None:
             return await self._existing(conn, req, asked)
         try:
-            plan_ = await self._allocate(conn, req, now, batches, locked=locked)
+            plan_ = await self._allocate(conn, req, now, batches)
         except InsufficientStock:
             # Only now ask whether a SKU is unknown: the happy path saves the query.
             skus = [li.sku for li in req.lines]
@@ -345,12 +304,9 @@ class Reservations:
         req: ReserveRequest,
         now: datetime,
         batches: list[BatchStock] | None = None,
-        *,
-        locked: bool = False,
     ) -> list[LineAllocation]:
         """``batches``: as the reservation's insert read them (locked for ``row_lock``),
-        None: read here. ``locked``: the caller holds every batch row of these SKUs
-        (``reserve_many``), so the guarded write needs no savepoint."""
+        None: read here."""
         skus = [li.sku for li in req.lines]
         lock = self.strategy is Strategy.ROW_LOCK
         guarded = (
@@ -367,12 +323,6 @@ class Reservations:
                 await stock.apply_movements(
                     conn, [Movement(a.batch_id, a.sku, Delta(reserved=a.quantity)) for a in allocs]
                 )
-                return result
-            if locked:
-                # Our own locks make a miss impossible; were it to happen, failing the
-                # whole batch (its transaction rolled back) is the safe answer.
-                if not await guarded(conn, allocs):
-                    raise RuntimeError("a guarded reserve missed under the batch's own locks")
                 return result
             if alone(conn):
                 # The use case has the transaction to itself (D-301): a miss rolls all of
