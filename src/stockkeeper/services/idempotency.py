@@ -1,25 +1,30 @@
 """Idempotency-Key: a use case applied once per key, its answer recorded with it.
 
-The key is written last, with its answer, in the transaction of the effect it guards:
-one statement on top of the use case's own (D-302). A repeat runs the use case too, in
-its own transaction, until its key insert meets the first one's row (waiting for that
-transaction to end if it still runs); then its effects roll back and it replays the
-first answer, errors included. The same key with another request is refused
-(``KeyReused``), its effects rolled back alike.
+The key is written last, with its answer, in the transaction of the effect it guards
+(D-302), and in the same statement as the use case's events, which wait for it
+(``unit.add_events``): no statement on top of the use case's own (D-365). A use case
+without events (a repeat of an order or a reference, an adjustment that changes
+nothing) and an error answer still write the key in a statement of its own. A repeat
+runs the use case too, in its own transaction, until its key insert meets the first
+one's row (waiting for that transaction to end if it still runs); then its effects roll
+back and it replays the first answer, errors included. The same key with another
+request is refused (``KeyReused``), its effects rolled back alike.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from stockkeeper.domain.errors import InvalidRequest
+from stockkeeper.domain.events import Event
 from stockkeeper.services.unit import retried, solo
 from stockkeeper.store import idempotency as repo
+from stockkeeper.store import outbox
 from stockkeeper.store.pool import Conn, Pool
 
 MAX_KEY_LENGTH = 255
@@ -82,7 +87,7 @@ async def once(pool: Pool, key: IdempotencyKey, run: Callable[[Conn], Awaitable[
                     answer = await run(conn)
                 if state.failed:
                     raise _Failed(answer)
-                if not await _record(conn, key, answer):
+                if not await _record(conn, key, answer, state.held):
                     raise _Taken
             return answer
 
@@ -100,14 +105,14 @@ async def once(pool: Pool, key: IdempotencyKey, run: Callable[[Conn], Awaitable[
         return Answer(stored.status_code, stored.body, replayed=True)
 
 
-async def _record(conn: Conn, key: IdempotencyKey, answer: Answer) -> bool:
-    return await repo.record_key(
-        conn,
-        key.principal,
-        key.key,
-        key.method,
-        key.path,
-        key.fingerprint,
-        answer.status,
-        answer.body,
+async def _record(
+    conn: Conn, key: IdempotencyKey, answer: Answer, events: Sequence[Event] = ()
+) -> bool:
+    """The key with its answer, and the use case's held ``events`` in the same
+    statement; False when another request holds the key."""
+    record = repo.KeyRecord(
+        key.principal, key.key, key.method, key.path, key.fingerprint, answer.status, answer.body
     )
+    if events:
+        return await outbox.add_with_key(conn, events, record)
+    return await repo.record_key(conn, record)

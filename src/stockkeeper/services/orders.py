@@ -46,9 +46,8 @@ from stockkeeper.domain.orders import (
 from stockkeeper.domain.reservation import Status
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.reservations import Reservations, ReserveRequest
-from stockkeeper.services.unit import Clock, transaction, utcnow
+from stockkeeper.services.unit import Clock, add_events, transaction, utcnow
 from stockkeeper.store import orders as repo
-from stockkeeper.store import outbox
 from stockkeeper.store.orders import OrderRow
 from stockkeeper.store.pool import Conn, Pool
 
@@ -209,7 +208,7 @@ class Orders:
                 )
             elif step.target is OrderStatus.PAID:
                 row = await self._move(c, row, step.target, payment_reference=reference)
-                await outbox.add(c, [Event(PAID, {"order_id": order_id}, key=order_key(order_id))])
+                await add_events(c, [Event(PAID, {"order_id": order_id}, key=order_key(order_id))])
             elif step.target is not None:
                 row = await self._move(c, row, step.target, reason=f"payment {reference} failed")
         if expired:
@@ -313,7 +312,7 @@ class Orders:
                 conn, order_id, sources, stays, now, reason=reason, set_reason=True
             ):
                 return None
-            await outbox.add(
+            await add_events(
                 conn,
                 [
                     Event(
