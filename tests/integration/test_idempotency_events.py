@@ -5,6 +5,7 @@ a key, none of a savepoint rolled back, and a key someone else holds writes none
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -70,19 +71,32 @@ async def test_a_savepoint_rolled_back_drops_the_events_it_held(container: Conta
 
 
 @pytest.mark.parametrize("rival_commits", [True, False])
+@pytest.mark.parametrize("use", ["events", "place"])
 async def test_a_key_held_by_another_request_writes_none_of_our_events(
-    container: Container, rival_commits: bool
+    container: Container, rival_commits: bool, use: str
 ) -> None:
-    """Another request holds the key, uncommitted: our events' statement waits for it at
-    the key. It commits: our events roll back with our transaction and its answer is
-    replayed. It rolls back: our key and events go in."""
+    """Another request holds the key, uncommitted: our events' statement (or the order's
+    one statement, D-366) waits for it at the key. It commits: nothing of ours is
+    written and its answer is replayed. It rolls back: our key and events go in."""
     c = container
-    name = f"race-{rival_commits}"
+    name = f"race-{rival_commits}-{use}"
+    await c.stock.receive(Receipt("EV-1", 10, f"seed-{name}"))
 
-    async def run(k: Conn) -> Answer:
+    async def with_events(k: Conn) -> Answer:
         async with transaction(c.pool, k):
-            await add_events(k, [Event("test.race", {"ours": True}, key=name)])
+            await add_events(k, [Event("test.race", {"ours": True}, key=f"order:{name}")])
         return Answer(201, {"ours": True})
+
+    async def place(k: Conn) -> Answer:
+        await c.orders.place(PlaceOrder(name, (OrderLine("EV-1", 1),), SHIP_TO), k)
+        return Answer(201, {"ours": True})
+
+    def run() -> Awaitable[Answer]:
+        if use == "events":
+            return idempotency.once(c.pool, key(name), with_events)
+        return idempotency.once(
+            c.pool, key(name), place, render=lambda _view: Answer(201, {"ours": True})
+        )
 
     async with c.pool.acquire() as rival:
         tx = rival.transaction()
@@ -93,12 +107,12 @@ async def test_a_key_held_by_another_request_writes_none_of_our_events(
             " '{\"ours\": false}')",
             name,
         )
-        ours = asyncio.create_task(idempotency.once(c.pool, key(name), run))
+        ours = asyncio.create_task(run())
         for _ in range(500):
             async with c.pool.acquire() as k:
                 waiting = await k.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND query LIKE '%idempotency_key%'"
+                    "AND wait_event_type = 'Lock'"
                 )
             if waiting:
                 break
@@ -111,12 +125,16 @@ async def test_a_key_held_by_another_request_writes_none_of_our_events(
             await tx.rollback()
         answer = await ours
 
+    ours_written = [t for t, _ in await events_by_key(c, f"order:{name}")]
     if rival_commits:
         assert (answer.status, answer.body, answer.replayed) == (200, {"ours": False}, True)
-        assert await events_by_key(c, name) == []
+        assert ours_written == []
     else:
         assert (answer.status, answer.body, answer.replayed) == (201, {"ours": True}, False)
-        assert await events_by_key(c, name) == [("test.race", {"ours": True})]
+        assert ours_written == ["test.race" if use == "events" else "order.placed"]
+    async with c.pool.acquire() as conn:
+        orders = await conn.fetchval("SELECT count(*) FROM orders WHERE order_id = $1", name)
+    assert orders == (1 if use == "place" and not rival_commits else 0)
 
 
 async def test_pay_and_cancel_with_a_key_write_the_events_they_write_without_one(

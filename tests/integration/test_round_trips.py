@@ -21,6 +21,7 @@ from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.services import idempotency
 from stockkeeper.services.audit import audit
 from stockkeeper.services.idempotency import Answer, IdempotencyKey
+from stockkeeper.services.orders import PlaceOrder
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Adjustment, Receipt
 from stockkeeper.store.pool import Conn
@@ -140,6 +141,36 @@ async def test_an_idempotency_key_costs_no_statement_more(c: Container) -> None:
     )
     assert (again.status, again.body, again.replayed) == (201, {"n": "kn"}, True)
     await assert_audit_clean(c)
+
+
+async def test_an_order_placed_with_a_key_is_still_one_statement(c: Container) -> None:
+    """Placing an order is one statement without a transaction; with a key too: the key
+    goes in that statement, with the answer to the order (D-366)."""
+    ship_to = {"name": "Ada", "line1": "Unter den Linden 1", "city": "Berlin", "country": "DE"}
+
+    def place(k: Conn, order: str) -> Any:
+        return c.orders.place(PlaceOrder(order, (OrderLine("RT-1", 1),), ship_to), k)
+
+    async def keyed_place(lent: Any, order: str) -> Answer:
+        async def recorded(k: Conn) -> Answer:
+            await place(k, order)
+            return Answer(202, {"order": order})
+
+        return await idempotency.once(
+            lent,
+            IdempotencyKey("tests", order, "POST", "/orders", "fp"),
+            recorded,
+            render=lambda _view: Answer(202, {"order": order}),
+        )
+
+    seen = {}
+    for n in ("warm", "n"):
+        seen["plain"] = await count(c.pool, lambda conn, _lent, n=n: place(conn, f"po-{n}"))
+        seen["keyed"] = await count(c.pool, lambda _conn, lent, n=n: keyed_place(lent, f"pk-{n}"))
+
+    assert (seen["plain"].total, seen["keyed"].total) == (1, 1), seen
+    again = await keyed_place(c.pool, "pk-n")
+    assert (again.status, again.body, again.replayed) == (202, {"order": "pk-n"}, True)
 
 
 async def _never(conn: Conn) -> Answer:

@@ -13,6 +13,7 @@ from stockkeeper.domain.allocation import LineAllocation
 from stockkeeper.domain.events import Event, LevelChange, level_events
 from stockkeeper.domain.reservation import EntryType
 from stockkeeper.store import outbox, stock
+from stockkeeper.store.idempotency import KeyRecord
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.store.stock import Movement, SkuLevel
 
@@ -71,6 +72,55 @@ async def solo(conn: Conn) -> AsyncIterator[_Solo]:
         yield state
     finally:
         _solo.reset(token)
+
+
+@dataclass(slots=True)
+class _KeyInStatement:
+    """An Idempotency-Key for a use case of one statement and no transaction (orders'
+    ``place``): that statement writes the key, with the answer ``record`` renders from
+    the use case's result as it will be, and its effect (D-366)."""
+
+    conn: Conn
+    record: Callable[[object], KeyRecord]
+    written: bool = False
+
+
+_key_in_statement: ContextVar[_KeyInStatement | None] = ContextVar(
+    "stockkeeper_key_in_statement", default=None
+)
+
+
+@asynccontextmanager
+async def key_in_statement(
+    conn: Conn, record: Callable[[object], KeyRecord]
+) -> AsyncIterator[_KeyInStatement]:
+    """Inside: a use case of one statement on ``conn`` may write the key itself
+    (``key_for``, ``key_written``); ``written`` tells the owner it did."""
+    state = _KeyInStatement(conn, record)
+    token = _key_in_statement.set(state)
+    try:
+        yield state
+    finally:
+        _key_in_statement.reset(token)
+
+
+def key_for(conn: Conn, result: Callable[[], object]) -> KeyRecord | None:
+    """The Idempotency-Key row to write in the use case's one statement, its answer
+    rendered from ``result()`` (what the use case returns if the statement applies its
+    effect), or None when no key is waiting for it (D-366). The statement writes it only
+    with the effect, and fails, writing nothing, if another request holds the key."""
+    state = _key_in_statement.get()
+    if state is None or state.conn is not conn:
+        return None
+    return state.record(result())
+
+
+def key_written(conn: Conn) -> None:
+    """The use case's statement wrote the key ``key_for`` gave it."""
+    state = _key_in_statement.get()
+    assert state is not None, "no key_for before it"
+    assert state.conn is conn, "key_for was on another connection"
+    state.written = True
 
 
 async def retried(attempt: Callable[[], Awaitable[T]]) -> T:

@@ -37,8 +37,12 @@ class KeyRecord:
         )
 
 
-# ``insert_events`` without a key.
+# ``insert_events`` (and ``place_order``) without a key.
 NO_KEY: tuple[None, ...] = (None,) * 7
+
+# The key's primary key: a statement that writes a key without ON CONFLICT (the order's,
+# D-366) fails on it when another request holds the key.
+KEY_CONSTRAINT = "idempotency_key_pkey"
 
 
 @dataclass(frozen=True, slots=True)
