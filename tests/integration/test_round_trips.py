@@ -1,10 +1,12 @@
-"""Round trips per use case (issue 12, points 2 and 3; D-300..D-303).
+"""Round trips per use case (issue 12, points 2 and 3; D-300..D-303, D-365..D-367).
 
 Counted as ``bench/statements.py`` counts them (``store/roundtrips.py``): every
 statement the use case sends on its connection, ``BEGIN`` and ``COMMIT`` included, and
 apart from them what the pool sends when it takes the connection back. Each use case
 runs once on the connection first, so its statements are prepared, as on a server that
 has been up a while. The bounds are the counts after D-300; before they were 12 to 15.
+With an Idempotency-Key a use case costs what it costs without one (D-365, D-366),
+but for the paths of D-367.
 """
 
 from __future__ import annotations
