@@ -154,6 +154,36 @@ async def test_idempotency_key_replays_the_first_answer(
     assert b.headers.get("idempotency-replayed") == "true"
 
 
+async def test_an_order_placed_with_a_key_writes_it_in_its_one_statement(
+    http: httpx.AsyncClient, container: Container
+) -> None:
+    """The key goes in with the order (D-366): the same key with another order is 422
+    and places nothing; a repeat of a placed order under a new key (200) and a refused
+    order (422) have their key recorded after, and replayed too."""
+    first = await http.post("/orders", json=order(), headers={**W, "Idempotency-Key": "k-1"})
+    assert first.status_code == 202
+    assert first.headers["location"].endswith("/orders/o-1")
+    async with container.pool.acquire() as conn:
+        stored = await conn.fetchrow(
+            "SELECT status_code, response FROM idempotency_key WHERE key = 'k-1'"
+        )
+    assert (stored["status_code"], stored["response"]) == (202, first.json())
+
+    other = await http.post("/orders", json=order("o-2"), headers={**W, "Idempotency-Key": "k-1"})
+    assert_problem(other, 422, "validation")
+    assert await written(container) == (1, 1)
+
+    for key, body, status in (
+        ("k-2", order(), 200),
+        ("k-3", order("o-3") | {"lines": [{"sku": "NOPE", "quantity": 1}]}, 422),
+    ):
+        a = await http.post("/orders", json=body, headers={**W, "Idempotency-Key": key})
+        b = await http.post("/orders", json=body, headers={**W, "Idempotency-Key": key})
+        assert (a.status_code, b.status_code) == (status, status), (a.text, b.text)
+        assert (b.json(), b.headers.get("idempotency-replayed")) == (a.json(), "true")
+    assert await written(container) == (1, 1)
+
+
 async def test_scopes(http: httpx.AsyncClient) -> None:
     assert_problem(await http.post("/orders", json=order()), 401, "unauthorized")
     reader = auth(READER_TOKEN)

@@ -1,10 +1,12 @@
-"""Round trips per use case (issue 12, points 2 and 3; D-300..D-303).
+"""Round trips per use case (issue 12, points 2 and 3; D-300..D-303, D-365..D-367).
 
 Counted as ``bench/statements.py`` counts them (``store/roundtrips.py``): every
 statement the use case sends on its connection, ``BEGIN`` and ``COMMIT`` included, and
 apart from them what the pool sends when it takes the connection back. Each use case
 runs once on the connection first, so its statements are prepared, as on a server that
 has been up a while. The bounds are the counts after D-300; before they were 12 to 15.
+With an Idempotency-Key a use case costs what it costs without one (D-365, D-366),
+but for the paths of D-367.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.services import idempotency
 from stockkeeper.services.audit import audit
 from stockkeeper.services.idempotency import Answer, IdempotencyKey
+from stockkeeper.services.orders import PlaceOrder
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Adjustment, Receipt
 from stockkeeper.store.pool import Conn
@@ -78,13 +81,17 @@ def use_cases(c: Container) -> dict[str, Use]:
     }
 
 
-async def counted_runs(c: Container) -> dict[str, Statements]:
-    """Every use case twice (``warm``, then ``n``), the second run counted."""
+async def counted_runs(c: Container, *, key: bool = False) -> dict[str, Statements]:
+    """Every use case twice (``warm``, then ``n``), the second run counted; with ``key``
+    through ``idempotency.once`` (an Idempotency-Key of its own per run)."""
     out: dict[str, Statements] = {}
-    for n in ("warm", "n"):
+    for n in ("kwarm", "kn") if key else ("warm", "n"):
         await c.reservations.reserve(ReserveRequest(f"p-{n}", (OrderLine("RT-2", 1),)))
         for name, use in use_cases(c).items():
-            seen = await count(c.pool, lambda conn, _lent, use=use, n=n: use(conn, n))
+            if key:
+                seen = await keyed(c, f"{name}-{n}", use, n)
+            else:
+                seen = await count(c.pool, lambda conn, _lent, use=use, n=n: use(conn, n))
             out[name] = seen
     return out
 
@@ -115,24 +122,57 @@ async def keyed(c: Container, key: str, use: Use, n: str) -> Statements:
     return await count(c.pool, run)
 
 
-@pytest.mark.parametrize("name", ["reserve", "receipt"])
-async def test_an_idempotency_key_costs_one_statement_more(c: Container, name: str) -> None:
-    use = use_cases(c)[name]
-    await use(None, "plain-warm")  # type: ignore[arg-type]
-    await keyed(c, "k-warm", use, "keyed-warm")
-    plain = await count(c.pool, lambda conn, _lent: use(conn, "plain"))
+async def test_an_idempotency_key_costs_no_statement_more(c: Container) -> None:
+    """The key goes in with the use case's events, in their statement (D-365): a use
+    case that writes events costs with a key what it costs without. One without (a
+    repeat of an order) writes the key in a statement of its own."""
+    plain = await counted_runs(c)
 
-    with_key = await keyed(c, "k-1", use, "keyed")
+    with_key = await counted_runs(c, key=True)
 
-    assert with_key.total <= plain.total + 1, with_key.queries
-    assert with_key.by_word["SAVEPOINT"] == 0
+    extra = {name: with_key[name].total - plain[name].total for name in plain}
+    assert extra == {**dict.fromkeys(plain, 0), "reserve repeat": 1}, {
+        name: s.queries for name, s in with_key.items()
+    }
+    assert all(s.by_word["SAVEPOINT"] == 0 for s in with_key.values())
     # And the key replays: a repeat answers the first answer, its effects rolled back.
     again = await idempotency.once(
         c.pool,
-        IdempotencyKey("tests", "k-1", "POST", "/x", "fp-k-1"),
+        IdempotencyKey("tests", "reserve-kn", "POST", "/x", "fp-reserve-kn"),
         lambda k: _never(k),
     )
-    assert (again.status, again.body, again.replayed) == (201, {"n": "keyed"}, True)
+    assert (again.status, again.body, again.replayed) == (201, {"n": "kn"}, True)
+    await assert_audit_clean(c)
+
+
+async def test_an_order_placed_with_a_key_is_still_one_statement(c: Container) -> None:
+    """Placing an order is one statement without a transaction; with a key too: the key
+    goes in that statement, with the answer to the order (D-366)."""
+    ship_to = {"name": "Ada", "line1": "Unter den Linden 1", "city": "Berlin", "country": "DE"}
+
+    def place(k: Conn, order: str) -> Any:
+        return c.orders.place(PlaceOrder(order, (OrderLine("RT-1", 1),), ship_to), k)
+
+    async def keyed_place(lent: Any, order: str) -> Answer:
+        async def recorded(k: Conn) -> Answer:
+            await place(k, order)
+            return Answer(202, {"order": order})
+
+        return await idempotency.once(
+            lent,
+            IdempotencyKey("tests", order, "POST", "/orders", "fp"),
+            recorded,
+            render=lambda _view: Answer(202, {"order": order}),
+        )
+
+    seen = {}
+    for n in ("warm", "n"):
+        seen["plain"] = await count(c.pool, lambda conn, _lent, n=n: place(conn, f"po-{n}"))
+        seen["keyed"] = await count(c.pool, lambda _conn, lent, n=n: keyed_place(lent, f"pk-{n}"))
+
+    assert (seen["plain"].total, seen["keyed"].total) == (1, 1), seen
+    again = await keyed_place(c.pool, "pk-n")
+    assert (again.status, again.body, again.replayed) == (202, {"order": "pk-n"}, True)
 
 
 async def _never(conn: Conn) -> Answer:

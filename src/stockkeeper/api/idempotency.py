@@ -54,9 +54,14 @@ def respond(answer: Answer) -> Response:
 
 async def _answer(use: UseCase[T], present: Present[T], conn: Conn | None, path: str) -> Answer:
     try:
-        status, model = present(await use(conn))
+        result = await use(conn)
     except DomainError as exc:
         return Answer(*domain_problem(exc, path))
+    return _rendered(present, result)
+
+
+def _rendered(present: Present[T], result: T) -> Answer:
+    status, model = present(result)
     return Answer(status, as_json(model))
 
 
@@ -78,11 +83,16 @@ async def run(
     payload: BaseModel | None,
     use: UseCase[T],
     present: Present[T],
+    *,
+    one_statement: bool = False,
 ) -> Response:
     """Answer with ``present(await use(conn))``, once per Idempotency-Key if one is sent.
 
     Without the header the use case runs in a transaction of its own; with it, in the
     one that records the key, and a repeat replays the recorded answer.
+    ``one_statement``: the use case is one statement with no transaction (placing an
+    order), which writes the key itself, its answer rendered here by ``present``
+    (D-366).
     """
     path = request.url.path
     request.app.state.container.failpoints.hit("api.use_case")
@@ -93,5 +103,14 @@ async def run(
     async def recorded(conn: Conn) -> Answer:
         return await _answer(use, present, conn, path)
 
+    def render(result: T) -> Answer:
+        return _rendered(present, result)
+
     pool = request.app.state.pool
-    return respond(await idempotency.once(pool, _key(request, principal, key, payload), recorded))
+    answer = await idempotency.once(
+        pool,
+        _key(request, principal, key, payload),
+        recorded,
+        render=render if one_statement else None,
+    )
+    return respond(answer)

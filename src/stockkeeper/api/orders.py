@@ -68,6 +68,7 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
             body,
             lambda conn: orders.place(req, conn),
             lambda view: (202 if view.created else 200, OrderAcceptedOut.of(view)),
+            one_statement=True,
         )
         if resp.status_code < 300:
             resp.headers["Location"] = location("/orders", body.order_id)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from stockkeeper.domain.allocation import OrderLine, check_lines
@@ -46,9 +46,15 @@ from stockkeeper.domain.orders import (
 from stockkeeper.domain.reservation import Status
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.reservations import Reservations, ReserveRequest
-from stockkeeper.services.unit import Clock, transaction, utcnow
+from stockkeeper.services.unit import (
+    Clock,
+    add_events,
+    key_for,
+    key_written,
+    transaction,
+    utcnow,
+)
 from stockkeeper.store import orders as repo
-from stockkeeper.store import outbox
 from stockkeeper.store.orders import OrderRow
 from stockkeeper.store.pool import Conn, Pool
 
@@ -78,6 +84,26 @@ class OrderView:
     created: bool = False
 
 
+def _placed_row(id_: int, req: PlaceOrder, now: datetime) -> OrderRow:
+    """The order as ``place`` writes it."""
+    return OrderRow(
+        id=id_,
+        order_id=req.order_id,
+        status=OrderStatus.PENDING,
+        lines=req.lines_doc(),
+        ship_to=req.ship_to,
+        required_delivery_date=req.required_delivery_date,
+        reason=None,
+        shortages=None,
+        carrier=None,
+        payment_reference=None,
+        payment_due_at=None,
+        created_at=now,
+        decided_at=None,
+        updated_at=now,
+    )
+
+
 class Orders:
     """The order use cases, and the saga's steps."""
 
@@ -104,7 +130,9 @@ class Orders:
         """Record the order and the command to reserve it; nothing is reserved yet.
 
         One statement (D-311): the checks, the order and its command go in together or
-        not at all, so no transaction of its own."""
+        not at all, so no transaction of its own; under an Idempotency-Key that statement
+        writes the key too, with the answer to the order as it will be placed (its id
+        aside, which it does not know yet), D-366."""
         check_lines(req.lines)
         now = self.clock()
         date_ok = req.required_delivery_date is None or req.required_delivery_date >= now.date()
@@ -120,7 +148,10 @@ class Orders:
                 now,
                 date_ok=date_ok,
                 event=event,
+                key=key_for(c, lambda: OrderView(_placed_row(0, req, now), created=True)),
             )
+            if placed.keyed:
+                key_written(c)
             if placed.id is None:
                 # Placed before (or concurrently, and committed meanwhile), or refused.
                 row = await repo.get(c, req.order_id)
@@ -138,23 +169,7 @@ class Orders:
                 )
             raise AssertionError("the order went in neither now nor before")
         self.metrics.orders_placed.inc()
-        row = OrderRow(
-            id=placed.id,
-            order_id=req.order_id,
-            status=OrderStatus.PENDING,
-            lines=lines,
-            ship_to=req.ship_to,
-            required_delivery_date=req.required_delivery_date,
-            reason=None,
-            shortages=None,
-            carrier=None,
-            payment_reference=None,
-            payment_due_at=None,
-            created_at=now,
-            decided_at=None,
-            updated_at=now,
-        )
-        return OrderView(row, created=True)
+        return OrderView(_placed_row(placed.id, req, now), created=True)
 
     def _conn(self, conn: Conn | None) -> AbstractAsyncContextManager[Conn]:
         """The caller's connection, or one of the pool's (no transaction: one statement)."""
@@ -209,7 +224,7 @@ class Orders:
                 )
             elif step.target is OrderStatus.PAID:
                 row = await self._move(c, row, step.target, payment_reference=reference)
-                await outbox.add(c, [Event(PAID, {"order_id": order_id}, key=order_key(order_id))])
+                await add_events(c, [Event(PAID, {"order_id": order_id}, key=order_key(order_id))])
             elif step.target is not None:
                 row = await self._move(c, row, step.target, reason=f"payment {reference} failed")
         if expired:
@@ -313,7 +328,7 @@ class Orders:
                 conn, order_id, sources, stays, now, reason=reason, set_reason=True
             ):
                 return None
-            await outbox.add(
+            await add_events(
                 conn,
                 [
                     Event(

@@ -50,6 +50,7 @@ from stockkeeper.services.unit import (
     record_change,
     retried,
     retrying,
+    savepoint,
     transaction,
     utcnow,
 )
@@ -338,7 +339,7 @@ class Reservations:
             # rollback lets that row go; kept, it would be held out of lock order while
             # the retry locks another lot, and two orders could deadlock.
             try:
-                async with conn.transaction():
+                async with savepoint(conn):
                     if not await guarded(conn, allocs):
                         raise _LostRace
                 return result

@@ -11,6 +11,41 @@ from stockkeeper.store.sql import q
 
 
 @dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """An Idempotency-Key row as it is written: whose key, the request's fingerprint and
+    the answer given to it."""
+
+    principal: str
+    key: str
+    method: str
+    path: str
+    request_hash: str
+    status: int
+    body: Any
+
+    def params(self) -> tuple[str, str, str, str, str, int, Any]:
+        """The row as the bound parameters of ``record_idempotency_key`` (and of the
+        key's part of ``insert_events``)."""
+        return (
+            self.principal,
+            self.key,
+            self.method,
+            self.path,
+            self.request_hash,
+            self.status,
+            self.body,
+        )
+
+
+# ``insert_events`` (and ``place_order``) without a key.
+NO_KEY: tuple[None, ...] = (None,) * 7
+
+# The key's primary key: a statement that writes a key without ON CONFLICT (the order's,
+# D-366) fails on it when another request holds the key.
+KEY_CONSTRAINT = "idempotency_key_pkey"
+
+
+@dataclass(frozen=True, slots=True)
 class StoredResponse:
     request_hash: str
     status_code: int
@@ -28,20 +63,9 @@ async def claim_key(
 
 
 @translated
-async def record_key(
-    conn: Conn,
-    principal: str,
-    key: str,
-    method: str,
-    path: str,
-    req_hash: str,
-    status: int,
-    body: Any,
-) -> bool:
+async def record_key(conn: Conn, record: KeyRecord) -> bool:
     """Write the key with its answer; False when another request holds the key."""
-    got = await conn.fetchval(
-        q("record_idempotency_key"), principal, key, method, path, req_hash, status, body
-    )
+    got = await conn.fetchval(q("record_idempotency_key"), *record.params())
     return got is not None
 
 

@@ -14,6 +14,7 @@ from stockkeeper.domain.events import Event
 from stockkeeper.domain.orders import OrderStatus
 from stockkeeper.observability.tracing import current_traceparent
 from stockkeeper.store.errors import translated
+from stockkeeper.store.idempotency import NO_KEY, KeyRecord
 from stockkeeper.store.outbox import NOTIFY_CHANNEL
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
@@ -86,6 +87,7 @@ class Placed:
     id: int | None
     unknown: list[str]
     reserved: bool
+    keyed: bool = False  # the Idempotency-Key went in with the order
 
 
 @translated
@@ -99,10 +101,15 @@ async def place(
     *,
     date_ok: bool,
     event: Event,
+    key: KeyRecord | None = None,
 ) -> Placed:
     """A new order and its saga's first command ``event``, in one statement, if every
     check passes (its SKUs known, its id holding no reservation, ``date_ok``) and its
-    order_id is free; else nothing is written. Atomic on its own: no transaction needed."""
+    order_id is free; else nothing is written. Atomic on its own: no transaction needed.
+
+    ``key``: an Idempotency-Key row, written with the order (only if it goes in); when
+    another request holds the key nothing is written and ``UniqueViolated`` (on
+    ``idempotency.KEY_CONSTRAINT``) is raised (D-366)."""
     r = await conn.fetchrow(
         q("place_order"),
         order_id,
@@ -118,9 +125,10 @@ async def place(
         event.ordering_key,
         current_traceparent(),
         NOTIFY_CHANNEL,
+        *(key.params() if key is not None else NO_KEY),
     )
     assert r is not None  # one row: the checks'
-    return Placed(r["id"], list(r["unknown"]), bool(r["reserved"]))
+    return Placed(r["id"], list(r["unknown"]), bool(r["reserved"]), bool(r["keyed"]))
 
 
 @dataclass(frozen=True, slots=True)

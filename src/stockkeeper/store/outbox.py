@@ -17,6 +17,7 @@ import orjson
 from stockkeeper.domain.events import Event
 from stockkeeper.observability.tracing import current_traceparent
 from stockkeeper.store.errors import translated
+from stockkeeper.store.idempotency import NO_KEY, KeyRecord
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.sql import q
 
@@ -70,19 +71,35 @@ async def add(conn: Conn, events: Sequence[Event]) -> list[uuid.UUID]:
     if not events:
         return []
     ids = [uuid.uuid4() for _ in events]
-    traceparent = current_traceparent()
-    await conn.execute(
-        q("insert_events"),
-        ids,
+    await conn.execute(q("insert_events"), *_event_columns(ids, events), *NO_KEY)
+    return ids
+
+
+@translated
+async def add_with_key(conn: Conn, events: Sequence[Event], key: KeyRecord) -> bool:
+    """``events`` (at least one) and the Idempotency-Key row ``key`` in one round trip
+    (D-365); False when another request holds the key (nothing of it written, the
+    events are: the caller rolls its transaction back)."""
+    assert events, "a key alone is idempotency.record_key"
+    ids = [uuid.uuid4() for _ in events]
+    row = await conn.fetchrow(q("insert_events"), *_event_columns(ids, events), *key.params())
+    assert row is not None  # one row: the aggregate's
+    keyed: bool = row["keyed"]
+    return keyed
+
+
+def _event_columns(ids: Sequence[uuid.UUID], events: Sequence[Event]) -> tuple[Any, ...]:
+    """``insert_events``' parameters $1 to $8."""
+    return (
+        list(ids),
         [e.type for e in events],
         [e.sku for e in events],
         [e.source for e in events],
         [orjson.dumps(e.payload).decode() for e in events],
         NOTIFY_CHANNEL,
         [e.ordering_key for e in events],
-        traceparent,
+        current_traceparent(),
     )
-    return ids
 
 
 async def claim(conn: Conn, limit: int) -> list[PendingEvent]:

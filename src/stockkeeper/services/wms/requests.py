@@ -17,9 +17,9 @@ from stockkeeper.domain.wms import (
     sync_kind,
     sync_progress,
 )
-from stockkeeper.services.unit import transaction
+from stockkeeper.services.unit import add_events, transaction
 from stockkeeper.services.wms.base import WmsBase
-from stockkeeper.store import connector_state, outbox
+from stockkeeper.store import connector_state
 from stockkeeper.store import wms as repo
 from stockkeeper.store.connector_state import Failure
 from stockkeeper.store.pool import Conn, Row
@@ -184,7 +184,7 @@ class SyncRequests(WmsBase):
             row = await repo.insert_request(
                 c, name, kind.value, sku, sku_batch_id, reason, requested_by, PRIORITIES[priority]
             )
-            await outbox.add(c, [self._command(FORCE_COMMAND, row)])
+            await add_events(c, [self._command(FORCE_COMMAND, row)])
         return SyncRequest.of(row)
 
     @staticmethod
@@ -225,7 +225,7 @@ class SyncRequests(WmsBase):
                 "schedule",
                 PRIORITIES["low"],
             )
-            await outbox.add(c, [self._command(SCHEDULED_COMMAND, row)])
+            await add_events(c, [self._command(SCHEDULED_COMMAND, row)])
         rid: int = row["id"]
         return rid
 

@@ -44,9 +44,21 @@ WITH checks AS (
                               trace_context)
     SELECT $8, $9, NULL, $10::text::jsonb, $11, $12::text FROM ins
     RETURNING 1
+), key_row AS (
+    -- Under an Idempotency-Key ($14 not NULL, D-366): the key with the answer to the
+    -- order placed, only if it is. No ON CONFLICT: another request holding the key
+    -- fails this whole statement (unique_violation, after waiting for that one's end),
+    -- so the order never goes in without its key.
+    INSERT INTO idempotency_key (principal, key, method, path, request_hash, status_code,
+                                 response)
+    SELECT $14::text, $15::text, $16::text, $17::text, $18::text, $19::integer, $20::jsonb
+    FROM ins
+    WHERE $14::text IS NOT NULL
+    RETURNING 1
 )
 SELECT (SELECT id FROM ins) AS id, checks.unknown, checks.reserved,
-       (SELECT pg_notify($13, '') FROM ev) IS NOT NULL AS notified
+       (SELECT pg_notify($13, '') FROM ev) IS NOT NULL AS notified,
+       EXISTS (SELECT 1 FROM key_row) AS keyed
 FROM checks;
 
 -- name: start_reserve_order

@@ -5,6 +5,10 @@
 -- numbers of their SKU's sequence; the SKU rows are already locked by bump_skus. Every
 -- event carries its ordering key ($7, D-130), and all carry the trace context of the
 -- span that wrote them ($8, a W3C traceparent, NULL when tracing is off; D-241).
+-- In an Idempotency-Key's transaction ($9 not NULL) the key goes in with its answer in
+-- this same round trip (D-365), as record_idempotency_key would: after the events (its
+-- SELECT reads their count, so it runs once they are in, the order D-302 had), and
+-- `keyed` false when another request holds the key (DO NOTHING waited for its end).
 WITH ev AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                          $7::text[])
@@ -24,10 +28,20 @@ WITH ev AS (
     FROM ev LEFT JOIN bumped ON bumped.sku = ev.sku
     ORDER BY ev.ord
     RETURNING 1
+), done AS (
+    SELECT count(*) AS n FROM inserted
+), key_row AS (
+    INSERT INTO idempotency_key (principal, key, method, path, request_hash, status_code,
+                                 response)
+    SELECT $9::text, $10::text, $11::text, $12::text, $13::text, $14::integer, $15::jsonb
+    FROM done
+    WHERE $9::text IS NOT NULL
+    ON CONFLICT (principal, key) DO NOTHING
+    RETURNING 1
 )
 -- Wake the dispatchers in the same round trip. Delivered at commit, only if the
 -- transaction commits; repeats in one transaction fold into one notification.
-SELECT pg_notify($6, '') FROM (SELECT count(*) FROM inserted) AS c;
+SELECT pg_notify($6, ''), EXISTS (SELECT 1 FROM key_row) AS keyed FROM done;
 
 -- name: outbox_backlog
 SELECT count(*) FROM domain_event WHERE status = 'PENDING';
