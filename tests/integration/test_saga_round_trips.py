@@ -1,7 +1,7 @@
 """Round trips of the order saga, counted on the connection that runs them (D-310,
-D-311): one saga step as the consumer runner applies it (BEGIN, the message's
-``processed_message`` mark, the step, COMMIT; the pool's reset on release is the
-runner's and not counted), and POST /orders's use case. Each count is taken on a
+D-311, D-370): one saga step as the consumer runner applies it (BEGIN, the message's
+``processed_message`` mark, the step alone in the transaction, COMMIT), and POST
+/orders's use case. Each count is taken on a
 connection that has run the same path once, as in steady state (asyncpg asks the
 server about a statement's types once per connection)."""
 
@@ -14,23 +14,28 @@ from typing import Any
 
 import pytest
 
-from stockkeeper.bootstrap import Container
+from stockkeeper.bootstrap import Container, build
+from stockkeeper.config import Settings
 from stockkeeper.domain import events
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.orders import PAID, PLACED, OrderStatus
 from stockkeeper.failpoints import Failpoints
+from stockkeeper.messaging.consumer import Consumer
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.services.audit import audit
 from stockkeeper.services.orders import PlaceOrder
 from stockkeeper.services.stock import Receipt
+from stockkeeper.services.unit import owned
 from stockkeeper.store import consumer_log
 from stockkeeper.store.pool import Conn
-from stockkeeper.workers.saga import saga_handler
+from stockkeeper.store.roundtrips import count
+from stockkeeper.workers.saga import QUEUE, saga_handler
 from tests.integration.orders_helpers import CARRIERS, SHIP_TO
 
 # Before D-310 a reserve step was 17 round trips (18 with the pool's reset), a refused
-# one 10, routing 6, a reservation's news 5, and placing an order 5 (6).
-RESERVE_STEP_MAX = 14
+# one 10, routing 6, a reservation's news 5, and placing an order 5 (6). Before D-370 a
+# reserve step was 11 (its reservation's guarded write in a savepoint).
+RESERVE_STEP_MAX = 9
 REFUSED_STEP_MAX = 8
 MOVED_ON_STEP_MAX = 4
 PLACE_MAX = 1
@@ -80,7 +85,7 @@ async def step(c: Container, conn: Conn, kind: str, order_id: str) -> list[str]:
     """One saga message applied as the consumer runner applies it; its statements."""
     handler = saga_handler(c.orders, Failpoints())
     env = Envelope.new(kind, {"order_id": order_id}, occurred_at=c.orders.clock())
-    async with Counted(conn) as seen, conn.transaction():
+    async with Counted(conn) as seen, conn.transaction(), owned(conn):
         assert await consumer_log.mark_processed(conn, "saga", env.id)
         await handler(conn, env)
     return seen
@@ -112,8 +117,8 @@ async def test_a_reserve_step_takes_few_round_trips(container: Container, conn: 
         seen = await step(container, conn, PLACED, oid)
         assert await status(container, oid) is OrderStatus.AWAITING_PAYMENT
     assert len(seen) <= RESERVE_STEP_MAX, "\n".join(seen)
-    # The consumer's transaction is the reservation's: no savepoint around it.
-    assert sum(line.startswith("SAVEPOINT") for line in seen) <= 1, "\n".join(seen)
+    # The consumer's transaction is the reservation's: no savepoint at all (D-370).
+    assert not [line for line in seen if line.startswith("SAVEPOINT")], "\n".join(seen)
     await assert_clean(container)
 
 
@@ -165,3 +170,73 @@ async def test_routing_and_the_reservations_news_are_one_statement_each(
     # BEGIN, the mark, the guarded move, COMMIT (was 5).
     assert len(shipped) <= NEWS_STEP_MAX, "\n".join(shipped)
     await assert_clean(container)
+
+
+async def test_a_lost_race_in_a_reserve_step_reruns_the_consumers_transaction(
+    config: dict[str, Any], clock: Any
+) -> None:
+    """optimistic: the batch changed between the step's read and its compare-and-swap.
+    The reservation wrote without a savepoint (D-370), so the consumer runner rolls its
+    whole transaction back, mark included, and runs the message again once: the order
+    is reserved once, its message marked once, the ledger and the audit agree."""
+    cfg = {
+        **config,
+        "orders": {"carriers": CARRIERS},
+        "concurrency": {**config.get("concurrency", {}), "strategy": "optimistic"},
+    }
+    c = await build(Settings.model_validate(cfg), clock=clock)
+    try:
+        await c.stock.receive(Receipt("RACE-1", 10, "seed"))
+        await c.orders.place(order("race-1", "RACE-1", 3))
+        retries = c.metrics.reservation_retries.labels(strategy="optimistic")
+        before = retries._value.get()
+        env = Envelope.new(PLACED, {"order_id": "race-1"}, occurred_at=c.orders.clock())
+
+        async def apply(conn: Conn, lent: Any) -> str:
+            consumer = Consumer(
+                "saga",
+                QUEUE,
+                saga_handler(c.orders, Failpoints()),
+                pool=lent,
+                broker=c.broker,
+                metrics=c.metrics,
+            )
+            return await consumer._apply(env)
+
+        async with c.pool.acquire() as rival:
+            tx = rival.transaction()
+            await tx.start()
+            # The rival changes the batch (its version) and holds the row until commit.
+            await rival.execute("UPDATE sku_batch SET version = version + 1 WHERE sku = 'RACE-1'")
+            counting = asyncio.create_task(count(c.pool, apply))
+            # The step read the batch and its compare-and-swap waits for the rival's row
+            # lock: a condition, polled.
+            for _ in range(500):
+                async with c.pool.acquire() as k:
+                    waiting = await k.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'"
+                    )
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the step never waited for the batch row")
+            await tx.commit()
+            seen = await counting
+
+        assert retries._value.get() == before + 1
+        # Rolled back whole after the lost race (its mark too), then run again.
+        assert (seen.by_word["BEGIN"], seen.by_word["COMMIT"]) == (2, 1), seen.queries
+        assert await status(c, "race-1") is OrderStatus.AWAITING_PAYMENT
+        view = await c.reservations.get("race-1")
+        assert [a.quantity for li in view.lines for a in li.allocations] == [3]
+        async with c.pool.acquire() as k:
+            reserved = await k.fetchval("SELECT reserved FROM sku_batch WHERE sku = 'RACE-1'")
+            marks = await k.fetchval(
+                "SELECT count(*) FROM processed_message WHERE message_id = $1", env.id
+            )
+        assert (reserved, marks) == (3, 1)
+        await assert_clean(c)
+    finally:
+        await c.close()

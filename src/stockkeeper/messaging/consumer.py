@@ -58,6 +58,7 @@ from stockkeeper.messaging.outages import through_outages as through_outages
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
+from stockkeeper.services.unit import owned, retried
 from stockkeeper.store import consumer_log, dead_letters
 from stockkeeper.store.errors import is_unavailable
 from stockkeeper.store.pool import Conn, Pool
@@ -404,7 +405,13 @@ class Consumer:
         return "applied"
 
     async def _apply(self, env: Envelope) -> str:
-        async with self.pool.acquire() as conn, conn.transaction():
+        # The effect has the transaction to itself, the mark aside (D-370): a use case
+        # in it may write without a savepoint and ask for the whole transaction, mark
+        # included, to be run again once (RetryTransaction), as a direct one does.
+        return await retried(lambda: self._apply_once(env))
+
+    async def _apply_once(self, env: Envelope) -> str:
+        async with self.pool.acquire() as conn, conn.transaction(), owned(conn):
             if not await consumer_log.mark_processed(conn, self.name, env.id):
                 return "duplicate"
             if (
