@@ -20,7 +20,7 @@ from stockkeeper.domain import events
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.orders import PAID, PLACED, OrderStatus
 from stockkeeper.failpoints import Failpoints
-from stockkeeper.messaging.consumer import Consumer
+from stockkeeper.messaging.consumer import Consumer, Incoming, PermanentError
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.services.audit import audit
 from stockkeeper.services.orders import PlaceOrder
@@ -29,7 +29,7 @@ from stockkeeper.services.unit import owned
 from stockkeeper.store import consumer_log
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.roundtrips import count
-from stockkeeper.workers.saga import QUEUE, saga_handler
+from stockkeeper.workers.saga import QUEUE, saga_batch_handler, saga_handler
 from tests.integration.orders_helpers import CARRIERS, SHIP_TO
 
 # Before D-310 a reserve step was 17 round trips (18 with the pool's reset), a refused
@@ -41,6 +41,8 @@ MOVED_ON_STEP_MAX = 4
 PLACE_MAX = 1
 ROUTE_STEP_MAX = 5
 NEWS_STEP_MAX = 4
+# A batch of order.placed steps, whatever its size (D-371).
+BATCH_STEP_MAX = 13
 
 
 @pytest.fixture
@@ -240,3 +242,101 @@ async def test_a_lost_race_in_a_reserve_step_reruns_the_consumers_transaction(
         await assert_clean(c)
     finally:
         await c.close()
+
+
+def batch_consumer(c: Container, pool: Any) -> Consumer:
+    """The saga's consumer as ``stockkeeper run saga`` builds it (D-371)."""
+    return Consumer(
+        "saga",
+        QUEUE,
+        saga_handler(c.orders, Failpoints()),
+        pool=pool,
+        broker=c.broker,
+        metrics=c.metrics,
+        batch_size=64,
+        handle_many=saga_batch_handler(c.orders, Failpoints()),
+        one_as_single=True,
+    )
+
+
+def placed(c: Container, order_id: str) -> Incoming:
+    return Incoming(Envelope.new(PLACED, {"order_id": order_id}, occurred_at=c.orders.clock()))
+
+
+async def test_a_batch_of_reserve_steps_costs_the_same_statements_whatever_its_size(
+    container: Container,
+) -> None:
+    """The saga's batch (D-371): every order.placed of it reserved set-based in one
+    transaction, each order all or none; the statements do not grow with the batch."""
+    c = container
+    await c.stock.receive(Receipt("TEA", 100, f"r-{uuid.uuid4().hex}"))
+    await c.stock.receive(Receipt("SCARCE", 3, f"r-{uuid.uuid4().hex}"))
+    counts: list[int] = []
+    for n, size in enumerate((2, 2, 6)):  # the first batch warms the connection up
+        ids = [f"b{n}-{i}" for i in range(size)]
+        for oid in ids:
+            await c.orders.place(order(oid, "TEA", 2))
+        items = [placed(c, oid) for oid in ids]
+        seen = await count(
+            c.pool, lambda _conn, lent, items=items: batch_consumer(c, lent)._apply_batch(items)
+        )
+        assert seen.by_word["ROLLBACK"] == 0, seen.queries  # no fallback to one by one
+        counts.append(seen.total)
+        for oid in ids:
+            assert await status(c, oid) is OrderStatus.AWAITING_PAYMENT
+    assert counts[2] == counts[1], counts
+    # BEGIN, marks, SAVEPOINT, the orders, the reservations (insert, batches, lines, the
+    # write, ledger, levels, events), RELEASE, COMMIT.
+    assert counts[2] <= BATCH_STEP_MAX, counts
+    await assert_clean(c)
+
+
+async def test_a_batch_decides_each_order_alone(container: Container) -> None:
+    """Short, reserved, moved on, a copy of the same order and a redelivered message in
+    one batch: each order gets what it would get alone (FAILED with its shortages), and
+    the batch commits once."""
+    c = container
+    await c.stock.receive(Receipt("TEA", 100, f"r-{uuid.uuid4().hex}"))
+    await c.stock.receive(Receipt("SCARCE", 3, f"r-{uuid.uuid4().hex}"))
+    for oid, sku, qty in [
+        ("ok-1", "TEA", 2),
+        ("short", "SCARCE", 5),
+        ("ok-2", "SCARCE", 3),
+        ("done", "TEA", 1),
+    ]:
+        await c.orders.place(order(oid, sku, qty))
+    async with c.pool.acquire() as conn:
+        await step(c, conn, PLACED, "done")  # decided before the batch
+    again = placed(c, "ok-1")
+    items = [placed(c, "ok-1"), placed(c, "short"), placed(c, "done"), placed(c, "ok-2"), again]
+    results = await batch_consumer(c, c.pool)._apply_batch(items)
+    assert results == ["applied"] * 5
+    assert [await status(c, o) for o in ("ok-1", "short", "ok-2", "done")] == [
+        OrderStatus.AWAITING_PAYMENT,
+        OrderStatus.FAILED,
+        OrderStatus.AWAITING_PAYMENT,
+        OrderStatus.AWAITING_PAYMENT,
+    ]
+    short = (await c.orders.get("short")).row
+    assert short.reason == "insufficient stock"
+    assert short.shortages == [{"sku": "SCARCE", "requested": 5, "available": 3}]
+    # The same message again (a redelivery) is a duplicate; nothing moves.
+    assert await batch_consumer(c, c.pool)._apply_batch([again]) == ["duplicate"]
+    view = await c.reservations.get("ok-2")
+    assert [a.quantity for li in view.lines for a in li.allocations] == [3]
+    await assert_clean(c)
+
+
+async def test_a_batch_with_a_message_for_no_order_applies_the_others(
+    container: Container,
+) -> None:
+    """An order.placed for no order fails the set-based effect; the runner applies the
+    batch one message at a time (D-320): the culprit alone fails, the rest commit."""
+    c = container
+    await c.stock.receive(Receipt("TEA", 100, f"r-{uuid.uuid4().hex}"))
+    await c.orders.place(order("real", "TEA", 2))
+    results = await batch_consumer(c, c.pool)._apply_batch([placed(c, "ghost"), placed(c, "real")])
+    assert results[1] == "applied"
+    assert isinstance(results[0], PermanentError)
+    assert await status(c, "real") is OrderStatus.AWAITING_PAYMENT
+    await assert_clean(c)
