@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ from stockkeeper.services.stock import Receipt
 from stockkeeper.services.unit import owned
 from stockkeeper.store import consumer_log
 from stockkeeper.store.pool import Conn
-from stockkeeper.store.roundtrips import count
+from stockkeeper.store.roundtrips import Statements, count
 from stockkeeper.workers.saga import QUEUE, saga_batch_handler, saga_handler
 from tests.integration.orders_helpers import CARRIERS, SHIP_TO
 
@@ -340,4 +341,53 @@ async def test_a_batch_with_a_message_for_no_order_applies_the_others(
     assert results[1] == "applied"
     assert isinstance(results[0], PermanentError)
     assert await status(c, "real") is OrderStatus.AWAITING_PAYMENT
+    await assert_clean(c)
+
+
+@dataclass
+class Handed:
+    """A delivery as the broker hands it over (the ``Delivery`` port), settled here."""
+
+    body: bytes
+    queue: str = QUEUE
+    routing_key: str = PLACED
+    message_id: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    redelivered: bool = False
+    deliveries: int = 1
+    settled: list[str] = field(default_factory=list)
+
+    async def ack(self) -> None:
+        self.settled.append("ack")
+
+    async def requeue(self) -> None:
+        self.settled.append("requeue")
+
+    async def reject(self) -> None:
+        self.settled.append("reject")
+
+
+async def test_a_lone_message_of_a_batch_goes_the_one_message_way(
+    container: Container,
+) -> None:
+    """A batch of one order.placed is applied as without batches (D-371): the reserve
+    step's 9 statements, no savepoint (the batch way would add a savepoint pair)."""
+    c = container
+    await c.stock.receive(Receipt("TEA", 100, f"r-{uuid.uuid4().hex}"))
+    seen: dict[int, Statements] = {}
+    for size in (1, 1):  # the first warms the connection up
+        ids = [f"lone-{len(seen)}-{i}" for i in range(size)]
+        for oid in ids:
+            await c.orders.place(order(oid, "TEA", 1))
+        handed = [Handed(placed(c, oid).env.to_bytes()) for oid in ids]
+
+        async def run(_conn: Conn, lent: Any, handed: list[Handed] = handed) -> None:
+            await batch_consumer(c, lent).process_batch(list(handed))
+
+        seen[len(seen)] = await count(c.pool, run)
+        assert [h.settled for h in handed] == [["ack"]] * size
+        for oid in ids:
+            assert await status(c, oid) is OrderStatus.AWAITING_PAYMENT
+    assert seen[1].total <= RESERVE_STEP_MAX, seen[1].queries
+    assert seen[1].by_word["SAVEPOINT"] == 0, seen[1].queries
     await assert_clean(c)
