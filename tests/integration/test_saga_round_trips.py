@@ -25,6 +25,7 @@ from stockkeeper.messaging.consumer import Consumer, Incoming, PermanentError
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.services.audit import audit
 from stockkeeper.services.orders import PlaceOrder
+from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
 from stockkeeper.services.unit import owned
 from stockkeeper.store import consumer_log
@@ -390,4 +391,35 @@ async def test_a_lone_message_of_a_batch_goes_the_one_message_way(
             assert await status(c, oid) is OrderStatus.AWAITING_PAYMENT
     assert seen[1].total <= RESERVE_STEP_MAX, seen[1].queries
     assert seen[1].by_word["SAVEPOINT"] == 0, seen[1].queries
+    await assert_clean(c)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_a_reservation_made_between_placing_and_the_step_is_judged_alike(
+    container: Container, batched: bool
+) -> None:
+    """A direct reserve of the order's id that raced in after the order was placed: for
+    other lines the order FAILs with the reason, for the same lines it takes that
+    reservation (its expiry is the payment's due time); one message or a batch alike."""
+    c = container
+    await c.stock.receive(Receipt("TEA", 100, f"r-{uuid.uuid4().hex}"))
+    await c.orders.place(order("clash", "TEA", 2))
+    await c.orders.place(order("same", "TEA", 2))
+    await c.reservations.reserve(ReserveRequest("clash", (OrderLine("TEA", 1),)))
+    held = await c.reservations.reserve(ReserveRequest("same", (OrderLine("TEA", 2),)))
+    if batched:
+        results = await batch_consumer(c, c.pool)._apply_batch(
+            [placed(c, "clash"), placed(c, "same")]
+        )
+        assert results == ["applied", "applied"]
+    else:
+        async with c.pool.acquire() as conn:
+            await step(c, conn, PLACED, "clash")
+            await step(c, conn, PLACED, "same")
+    clash = (await c.orders.get("clash")).row
+    assert clash.status is OrderStatus.FAILED
+    assert clash.reason == "order clash already holds a reservation for other lines"
+    same = (await c.orders.get("same")).row
+    assert same.status is OrderStatus.AWAITING_PAYMENT
+    assert same.payment_due_at == held.expires_at
     await assert_clean(c)
