@@ -44,7 +44,7 @@ from stockkeeper.workers.ingest import ingest_handler
 from stockkeeper.workers.pollers import run_pollers
 from stockkeeper.workers.propagator import Propagator
 from stockkeeper.workers.saga import QUEUE as SAGA_QUEUE
-from stockkeeper.workers.saga import saga_handler
+from stockkeeper.workers.saga import saga_batch_handler, saga_handler
 from stockkeeper.workers.wms_outbound import WmsOutboundWorker
 from stockkeeper.workers.wms_sync import WmsSyncWorker
 
@@ -65,6 +65,8 @@ class ConsumerSpec:
     batch: bool = False
     # The effect of a whole batch at once (set-based), for a batch consumer (D-320).
     handle_many: BatchEffectHandler | None = None
+    # A batch of one message goes the one-message way (no savepoint), D-371.
+    one_as_single: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,17 @@ async def _propagator(container: Container) -> Service:
 async def _saga(container: Container) -> Service:
     handler = saga_handler(container.orders, container.failpoints)
     n = container.settings.orders.consumers
-    return Service(consumers=[ConsumerSpec("saga", SAGA_QUEUE, handler) for _ in range(n)])
+    # Batches of what the broker has handed out (D-371): the reserve of several orders
+    # set-based in one transaction; a lone message the one-message way.
+    spec = ConsumerSpec(
+        "saga",
+        SAGA_QUEUE,
+        handler,
+        batch=True,
+        handle_many=saga_batch_handler(container.orders, container.failpoints),
+        one_as_single=True,
+    )
+    return Service(consumers=[spec] * n)
 
 
 SERVICES: Final[Mapping[str, Builder]] = {

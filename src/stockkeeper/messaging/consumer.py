@@ -58,6 +58,7 @@ from stockkeeper.messaging.outages import through_outages as through_outages
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
+from stockkeeper.services.unit import owned, retried
 from stockkeeper.store import consumer_log, dead_letters
 from stockkeeper.store.errors import is_unavailable
 from stockkeeper.store.pool import Conn, Pool
@@ -150,6 +151,7 @@ class Consumer:
         failpoints: Failpoints | None = None,
         batch_size: int = 1,
         handle_many: BatchEffectHandler | None = None,
+        one_as_single: bool = False,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -163,6 +165,10 @@ class Consumer:
         self.batch_size = max(1, batch_size)
         # Set-based batches need no per-message position moves: not with drop_stale.
         self.handle_many = None if drop_stale else handle_many
+        # A batch of one message is applied as without batches (its effect alone in the
+        # transaction, no savepoint): for a handler whose one-message path is the
+        # cheaper one for a lone message (the saga's, D-371).
+        self.one_as_single = one_as_single
         self._stopping = asyncio.Event()
 
     def prefetch_for(self, prefetch: int) -> int:
@@ -285,6 +291,9 @@ class Consumer:
         """Apply ``batch`` in one transaction (see the module's notes), then settle each
         message: failures first (retry or dead letter, one by one), then one ack for all
         the others."""
+        if self.one_as_single and len(batch) == 1:
+            await self.on_delivery(batch[0])
+            return
         parsed: list[tuple[Delivery, Envelope]] = []
         for d in batch:
             try:
@@ -404,7 +413,13 @@ class Consumer:
         return "applied"
 
     async def _apply(self, env: Envelope) -> str:
-        async with self.pool.acquire() as conn, conn.transaction():
+        # The effect has the transaction to itself, the mark aside (D-370): a use case
+        # in it may write without a savepoint and ask for the whole transaction, mark
+        # included, to be run again once (RetryTransaction), as a direct one does.
+        return await retried(lambda: self._apply_once(env))
+
+    async def _apply_once(self, env: Envelope) -> str:
+        async with self.pool.acquire() as conn, conn.transaction(), owned(conn):
             if not await consumer_log.mark_processed(conn, self.name, env.id):
                 return "duplicate"
             if (

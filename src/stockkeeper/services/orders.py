@@ -16,6 +16,7 @@ so the saga and the HTTP calls take turns on one order and never wait on another
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
@@ -25,6 +26,7 @@ from stockkeeper.domain.allocation import OrderLine, check_lines
 from stockkeeper.domain.carriers import NoCarrier, Quote, Shipment, choose
 from stockkeeper.domain.errors import (
     Conflict,
+    DomainError,
     InsufficientStock,
     InvalidRequest,
     NotFound,
@@ -45,12 +47,14 @@ from stockkeeper.domain.orders import (
 )
 from stockkeeper.domain.reservation import Status
 from stockkeeper.observability.metrics import Metrics
-from stockkeeper.services.reservations import Reservations, ReserveRequest
+from stockkeeper.services.reservations import Reservations, ReservationView, ReserveRequest
+from stockkeeper.services.reserve_batch import BatchReserver
 from stockkeeper.services.unit import (
     Clock,
     add_events,
     key_for,
     key_written,
+    solo,
     transaction,
     utcnow,
 )
@@ -120,6 +124,7 @@ class Orders:
         self.pool = pool
         self.metrics = metrics
         self.reservations = reservations
+        self.batch = BatchReserver(reservations)
         self.carriers = carriers
         self.payment_timeout = payment_timeout_seconds
         self.clock = clock
@@ -271,31 +276,88 @@ class Orders:
             tuple(OrderLine(sku, qty) for sku, qty in start.lines),
             ttl_seconds=self.payment_timeout,
         )
-        refusal: dict[str, Any] | None = None
+        answer: ReservationView | DomainError
         try:
-            view = await self.reservations.reserve(
+            answer = await self.reservations.reserve(
                 req, conn, source=SOURCE, now=now, savepoint=False
             )
-        except InsufficientStock as exc:
-            refusal = {"reason": "insufficient stock", **exc.extensions()}
-        except InvalidRequest as exc:
-            refusal = {"reason": exc.detail}
-        except Conflict as exc:
-            if not start.reserved_before:
-                raise  # lost the race too often: try the whole step again later
-            refusal = {"reason": exc.detail}  # the id holds a reservation for other lines
-        else:
-            if view.status is not Status.PENDING:
-                refusal = {"reason": f"the order's reservation is already {view.status}"}
-            elif view.expires_at != due:  # not with one clock reading; kept right anyway
-                await repo.set_payment_due(conn, start.id, view.expires_at)
-        if refusal is None:
-            status = OrderStatus.AWAITING_PAYMENT
-        else:
-            status = OrderStatus.FAILED
-            await repo.refuse(
-                conn, order_id, start.id, refusal["reason"], refusal.get("shortages"), now
+        except (InsufficientStock, InvalidRequest, Conflict) as exc:
+            answer = exc
+        refusal = await self._judge(conn, start, answer, due)
+        if refusal is not None:
+            await repo.refuse(conn, order_id, start.id, refusal.reason, refusal.shortages, now)
+        return self._decided(start, refusal, now)
+
+    async def reserve_many(self, conn: Conn, order_ids: Sequence[str]) -> None:
+        """order.placed for several orders at once (the saga's batches, D-371): each
+        order reserved all or none, AWAITING_PAYMENT or FAILED, as ``reserve`` decides,
+        in a constant number of statements: the orders locked and moved in one, the
+        reservations made set-based (``BatchReserver``, in the consumer's transaction
+        itself), the refused ones FAILED in one. Raises NotFound for an order_id that is
+        no order, and what ``reserve`` raises to have the step tried again: the caller
+        (the consumer runner) then applies the messages one by one."""
+        ids = list(dict.fromkeys(order_ids))  # a copy in the batch finds its order moved on
+        now = self.clock()
+        ttl = self.payment_timeout or self.reservations.default_ttl
+        due = now + timedelta(seconds=ttl)
+        starts = await repo.start_reserve_many(conn, ids, due, now)
+        if missing := [o for o in ids if o not in starts]:
+            raise NotFound(f"no order {missing[0]}")
+        todo = [(o, starts[o]) for o in ids if starts[o].moved]
+        if not todo:
+            return
+        reqs = [
+            ReserveRequest(
+                o,
+                tuple(OrderLine(sku, qty) for sku, qty in st.lines),
+                ttl_seconds=self.payment_timeout,
             )
+            for o, st in todo
+        ]
+        async with solo(conn):  # the consumer's transaction itself, no savepoint
+            answers = await self.batch.reserve_batch(reqs, source=SOURCE, conn=conn, now=now)
+        refusals: list[repo.Refusal] = []
+        for (_, st), answer in zip(todo, answers, strict=True):
+            refusal = await self._judge(conn, st, answer, due)
+            if refusal is not None:
+                refusals.append(refusal)
+            self._decided(st, refusal, now)
+        await repo.refuse_many(conn, refusals, now)
+
+    async def _judge(
+        self,
+        conn: Conn,
+        start: repo.ReserveStart,
+        answer: ReservationView | DomainError,
+        due: datetime,
+    ) -> repo.Refusal | None:
+        """Why the reserve's answer refuses the order (None: it holds its stock). Raises
+        what must have the step tried again (a race lost too often)."""
+        if isinstance(answer, InsufficientStock):
+            return repo.Refusal(start.id, "insufficient stock", answer.extensions()["shortages"])
+        if isinstance(answer, InvalidRequest):
+            return repo.Refusal(start.id, answer.detail, None)
+        if isinstance(answer, Conflict):
+            if not start.reserved_before:
+                raise answer  # lost the race too often: try the whole step again later
+            # The id holds a reservation for other lines.
+            return repo.Refusal(start.id, answer.detail, None)
+        if isinstance(answer, DomainError):
+            raise answer
+        if answer.status is not Status.PENDING:
+            return repo.Refusal(
+                start.id, f"the order's reservation is already {answer.status}", None
+            )
+        if answer.expires_at != due:  # not with one clock reading; kept right anyway
+            await repo.set_payment_due(conn, start.id, answer.expires_at)
+        return None
+
+    def _decided(
+        self, start: repo.ReserveStart, refusal: repo.Refusal | None, now: datetime
+    ) -> OrderStatus:
+        """The decision's status, counted."""
+        status = OrderStatus.AWAITING_PAYMENT if refusal is None else OrderStatus.FAILED
+        if refusal is not None:
             self.metrics.orders_final.labels(status=status.value).inc()
         self.metrics.order_decision.labels(status=status.value).observe(
             max(0.0, (now - start.created_at).total_seconds())

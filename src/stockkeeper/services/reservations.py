@@ -34,7 +34,6 @@ from stockkeeper.domain.backoff import Backoff
 from stockkeeper.domain.errors import (
     Conflict,
     DomainError,
-    InsufficientStock,
     InvalidRequest,
     NotFound,
     ReservationExpired,
@@ -237,20 +236,14 @@ class Reservations:
         asked = req.lines_doc()
         skus = [li.sku for li in req.lines]
         lock = self.strategy is Strategy.ROW_LOCK
-        rid, batches = await repo.start(
+        rid, batches, unknown = await repo.start(
             conn, req.order_id, req.location, asked, expires_at, skus, lock=lock
         )
         if rid is None:
             return await self._existing(conn, req, asked)
-        try:
-            plan_ = await self._allocate(conn, req, now, batches)
-        except InsufficientStock:
-            # Only now ask whether a SKU is unknown: the happy path saves the query.
-            skus = [li.sku for li in req.lines]
-            missing = set(skus) - await stock.known_skus(conn, skus)
-            if missing:
-                raise InvalidRequest(f"unknown sku: {', '.join(sorted(missing))}") from None
-            raise
+        if unknown:  # told by the insert's statement (D-372)
+            raise InvalidRequest(f"unknown sku: {', '.join(sorted(unknown))}")
+        plan_ = await self._allocate(conn, req, now, batches)
         movements = [
             Movement(a.batch_id, a.sku, Delta(reserved=a.quantity))
             for la in plan_

@@ -75,15 +75,17 @@ class BatchReserver:
         source: str = "api",
         after_each: Callable[[], None] | None = None,
         conn: Conn | None = None,
+        now: datetime | None = None,
     ) -> list[Answer]:
         """Each request's answer, in order: a view (201 when ``created``, else the 200
         repeat) or its own domain error. ``after_each`` runs once per request after the
-        batch's writes, before its commit (a failpoint for crash tests)."""
+        batch's writes, before its commit (a failpoint for crash tests). ``now``: the
+        caller's clock reading (each reservation expires its ttl after it)."""
         svc = self.reservations
         answers: list[Answer] | None = None
         for _ in range(DEADLOCK_RETRIES + 1):
             try:
-                answers = await self._apply(reqs, source, after_each, conn)
+                answers = await self._apply(reqs, source, after_each, conn, now)
                 break
             except Deadlock:
                 if conn is not None:
@@ -104,9 +106,10 @@ class BatchReserver:
         source: str,
         after_each: Callable[[], None] | None,
         conn: Conn | None,
+        now: datetime | None,
     ) -> list[Answer]:
         svc = self.reservations
-        now = svc.clock()
+        now = now or svc.clock()
         checked_reqs: list[BatchRequest | DomainError] = []
         for asked in reqs:
             try:

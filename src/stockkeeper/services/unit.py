@@ -123,6 +123,19 @@ def key_written(conn: Conn) -> None:
     state.written = True
 
 
+@asynccontextmanager
+async def owned(conn: Conn) -> AsyncIterator[Conn]:
+    """Inside: the work runs in ``conn``'s transaction as a use case alone in it (its
+    ``alone(conn)`` is true): the caller, who opened that transaction, rolls all of it
+    back when the work raises, and runs it again under ``retried`` when it raises
+    ``RetryTransaction``. The consumer runner's transaction of one message (D-370)."""
+    token = _alone.set(conn)
+    try:
+        yield conn
+    finally:
+        _alone.reset(token)
+
+
 async def retried(attempt: Callable[[], Awaitable[T]]) -> T:
     """Run ``attempt`` (a whole transaction); once more, retrying, if it asks to."""
     try:

@@ -165,6 +165,49 @@ async def start_reserve(
 
 
 @translated
+async def start_reserve_many(
+    conn: Conn, order_ids: list[str], payment_due_at: datetime, now: datetime
+) -> dict[str, ReserveStart]:
+    """``start_reserve`` for several orders in one statement (D-371), the orders locked in
+    order_id order; an order_id missing from the answer is no order."""
+    rows = await conn.fetch(q("start_reserve_orders"), order_ids, payment_due_at, now)
+    return {
+        r["order_id"]: ReserveStart(
+            r["id"],
+            r["moved"],
+            r["created_at"],
+            list(zip(r["skus"], r["quantities"], strict=True)) if r["moved"] else [],
+            bool(r["reserved"]),
+        )
+        for r in rows
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An order the reserve step refused, and why."""
+
+    id: int
+    reason: str
+    shortages: list[dict[str, Any]] | None
+
+
+@translated
+async def refuse_many(conn: Conn, refusals: list[Refusal], now: datetime) -> None:
+    """``refuse`` for several orders in one statement, their reservation rows already
+    taken back (the batch reserve drops the rows of the requests it refused)."""
+    if not refusals:
+        return
+    await conn.execute(
+        q("refuse_orders"),
+        [r.id for r in refusals],
+        [r.reason for r in refusals],
+        [None if r.shortages is None else orjson.dumps(r.shortages).decode() for r in refusals],
+        now,
+    )
+
+
+@translated
 async def refuse(
     conn: Conn,
     order_id: str,

@@ -80,10 +80,11 @@ async def start(
     skus: Sequence[str],
     *,
     lock: bool = False,
-) -> tuple[int | None, list[BatchStock]]:
+) -> tuple[int | None, list[BatchStock], set[str]]:
     """``insert`` and the SKUs' batches (``stock.read_batches``, locked in id order with
     ``lock``) in one round trip: the new reservation's id (None: the order_id already
-    has one, and no batch is read) and the batches."""
+    has one, and no batch is read), the batches, and which of ``skus`` do not exist
+    (none looked up for a repeat)."""
     rows = await conn.fetch(
         q("reserve_start_lock" if lock else "reserve_start_read"),
         order_id,
@@ -93,7 +94,8 @@ async def start(
         list(skus),
     )
     rid: int | None = rows[0]["reservation_id"]
-    return rid, [batch_from_row(r) for r in rows if r["id"] is not None]
+    unknown = set(rows[0]["unknown"])
+    return rid, [batch_from_row(r) for r in rows if r["id"] is not None], unknown
 
 
 @translated

@@ -84,6 +84,7 @@ async def _run_consumer(container: Container, spec: ConsumerSpec, stop: asyncio.
         failpoints=container.failpoints,
         batch_size=container.settings.broker.consumer_batch_size if spec.batch else 1,
         handle_many=spec.handle_many,
+        one_as_single=spec.one_as_single,
     )
     sub = await consumer.start(container.settings.broker.prefetch)
     log.info("consumer.started", consumer=spec.name, queue=spec.queue)

@@ -100,6 +100,44 @@ SET status = 'FAILED', reason = $3, shortages = $4::jsonb, payment_due_at = NULL
     decided_at = $5, updated_at = $5
 WHERE id = $2;
 
+-- name: start_reserve_orders
+-- start_reserve_order for a batch of order.placed commands (D-371): the orders locked
+-- in order_id order (LockRows above the Sort) before any is moved, so two batches that
+-- share an order wait on each other in one order; the PENDING ones moved to
+-- AWAITING_PAYMENT. One row per order found: moved or not; an order_id with no row is
+-- no order. The lines as two arrays per order, its reservation before the step too.
+WITH locked AS (
+    SELECT id FROM orders WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE
+), moved AS (
+    UPDATE orders AS o
+    SET status = 'AWAITING_PAYMENT', payment_due_at = $2, decided_at = $3, updated_at = $3
+    FROM locked AS k
+    WHERE o.id = k.id AND o.status = 'PENDING'
+    RETURNING o.id, o.order_id, o.lines, o.created_at
+)
+SELECT m.id, m.order_id, true AS moved, m.created_at,
+       ARRAY(SELECT e.l->>'sku' FROM jsonb_array_elements(m.lines) WITH ORDINALITY AS e(l, n)
+             ORDER BY e.n) AS skus,
+       ARRAY(SELECT (e.l->>'quantity')::int
+             FROM jsonb_array_elements(m.lines) WITH ORDINALITY AS e(l, n)
+             ORDER BY e.n) AS quantities,
+       EXISTS (SELECT 1 FROM reservation AS r WHERE r.order_id = m.order_id) AS reserved
+FROM moved AS m
+UNION ALL
+SELECT o.id, o.order_id, false, o.created_at, NULL, NULL, NULL
+FROM orders AS o
+JOIN locked AS k ON k.id = o.id
+WHERE NOT EXISTS (SELECT 1 FROM moved AS m WHERE m.id = o.id);
+
+-- name: refuse_orders
+-- refuse_order for the refused orders of a batch (D-371): FAILED with each one's
+-- reason and shortages. The batch reserve took their reservation rows back itself.
+UPDATE orders AS o
+SET status = 'FAILED', reason = u.reason, shortages = u.shortages::jsonb,
+    payment_due_at = NULL, decided_at = $4, updated_at = $4
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u (id, reason, shortages)
+WHERE o.id = u.id;
+
 -- name: set_payment_due
 UPDATE orders SET payment_due_at = $2 WHERE id = $1;
 

@@ -56,7 +56,9 @@ FOR UPDATE SKIP LOCKED;
 -- insert_reservation and read_batches in one round trip (D-300). The batches are read
 -- only once the insert went in (the InitPlan on `ins` runs first), so a repeat reads
 -- nothing; one row per batch, or one row of NULLs when there is none, every row with
--- the new reservation's id (NULL: the order_id already has one).
+-- the new reservation's id (NULL: the order_id already has one) and the SKUs asked for
+-- that do not exist (`unknown`, D-372: a SKU with a batch exists, so only the SKUs
+-- without one are looked up, which on the happy path is none).
 WITH ins AS (
     INSERT INTO reservation (order_id, status, location, lines, expires_at)
     VALUES ($1, 'PENDING', $2, $3::jsonb, $4)
@@ -68,14 +70,20 @@ WITH ins AS (
     FROM sku_batch
     WHERE sku = ANY($5::text[]) AND EXISTS (SELECT 1 FROM ins)
 )
-SELECT (SELECT id FROM ins) AS reservation_id, b.*
+SELECT (SELECT id FROM ins) AS reservation_id,
+       ARRAY(SELECT a.sku FROM unnest($5::text[]) AS a (sku)
+             WHERE EXISTS (SELECT 1 FROM ins)
+               AND NOT EXISTS (SELECT 1 FROM batches AS k WHERE k.sku = a.sku)
+               AND NOT EXISTS (SELECT 1 FROM sku AS s WHERE s.sku = a.sku)) AS unknown,
+       b.*
 FROM (VALUES (1)) AS one (x)
 LEFT JOIN batches b ON true
 ORDER BY b.id;
 
 -- name: reserve_start_lock
 -- row_lock: as reserve_start_read, the batches locked in id order (LockRows above the
--- Sort) after the reservation row went in, as insert_reservation then lock_batches did.
+-- Sort) after the reservation row went in, as insert_reservation then lock_batches did;
+-- `unknown` as there.
 WITH ins AS (
     INSERT INTO reservation (order_id, status, location, lines, expires_at)
     VALUES ($1, 'PENDING', $2, $3::jsonb, $4)
@@ -89,7 +97,12 @@ WITH ins AS (
     ORDER BY id
     FOR UPDATE
 )
-SELECT (SELECT id FROM ins) AS reservation_id, b.*
+SELECT (SELECT id FROM ins) AS reservation_id,
+       ARRAY(SELECT a.sku FROM unnest($5::text[]) AS a (sku)
+             WHERE EXISTS (SELECT 1 FROM ins)
+               AND NOT EXISTS (SELECT 1 FROM batches AS k WHERE k.sku = a.sku)
+               AND NOT EXISTS (SELECT 1 FROM sku AS s WHERE s.sku = a.sku)) AS unknown,
+       b.*
 FROM (VALUES (1)) AS one (x)
 LEFT JOIN batches b ON true
 ORDER BY b.id;
