@@ -19,7 +19,9 @@ every strategy runs this same path.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from stockkeeper.domain.allocation import OrderLine
@@ -58,6 +60,59 @@ DEADLOCK_RETRIES = 2
 Answer = ReservationView | DomainError
 
 
+@dataclass(slots=True, eq=False)
+class Turn:
+    """A batch's place in its coalescer's cut order (D-360).
+
+    Several batches of one process may be in flight; each waits for the batch cut
+    before it (``previous``) to have taken its order ids before it takes a connection
+    and takes its own, and to have had its locking statement return before it sends
+    its own. Row locks are then requested, and so granted, in cut order: the first
+    request to arrive gets the stock first whatever the number in flight. Every wait
+    is on an earlier batch, which never waits on a later one, so the chain cannot
+    close a cycle; and a batch waiting on it holds a connection only when the one it
+    waits on holds one too. ``release`` (always reached) lets the next batch go
+    whatever became of this one.
+    """
+
+    previous: Turn | None = None
+    on_locked: Callable[[], None] | None = None
+    inserted: asyncio.Event = field(default_factory=asyncio.Event)
+    locked: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: bool = False  # on the previous batch, for tests
+
+    async def _wait(self, step: Callable[[Turn], asyncio.Event]) -> None:
+        prev = self.previous
+        if prev is None or step(prev).is_set():
+            return
+        self.waiting = True
+        try:
+            await step(prev).wait()
+        finally:
+            self.waiting = False
+
+    async def before_insert(self) -> None:
+        await self._wait(lambda t: t.inserted)
+
+    def has_inserted(self) -> None:
+        self.inserted.set()
+
+    async def before_lock(self) -> None:
+        await self._wait(lambda t: t.locked)
+
+    def has_locked(self) -> None:
+        self.inserted.set()
+        if not self.locked.is_set():
+            self.locked.set()
+            self.previous = None  # no chain of references through every batch
+            if self.on_locked is not None:
+                self.on_locked()
+
+    def release(self) -> None:
+        """The batch is done with the order (it failed, retries, or has locked)."""
+        self.has_locked()
+
+
 def _doc(lines: Sequence[OrderLine]) -> list[dict[str, int | str]]:
     return [{"sku": li.sku, "quantity": li.quantity} for li in lines]
 
@@ -75,19 +130,29 @@ class BatchReserver:
         source: str = "api",
         after_each: Callable[[], None] | None = None,
         conn: Conn | None = None,
+        turn: Turn | None = None,
     ) -> list[Answer]:
         """Each request's answer, in order: a view (201 when ``created``, else the 200
         repeat) or its own domain error. ``after_each`` runs once per request after the
-        batch's writes, before its commit (a failpoint for crash tests)."""
+        batch's writes, before its commit (a failpoint for crash tests). ``turn``: the
+        batch's place in the order of the batches in flight (released on return)."""
         svc = self.reservations
         answers: list[Answer] | None = None
-        for _ in range(DEADLOCK_RETRIES + 1):
-            try:
-                answers = await self._apply(reqs, source, after_each, conn)
-                break
-            except Deadlock:
-                if conn is not None:
-                    raise  # the caller's transaction is lost; it decides
+        try:
+            for _ in range(DEADLOCK_RETRIES + 1):
+                try:
+                    answers = await self._apply(reqs, source, after_each, conn, turn)
+                    break
+                except Deadlock:
+                    if conn is not None:
+                        raise  # the caller's transaction is lost; it decides
+                # A retry goes after the batches cut later: its turn has passed.
+                if turn is not None:
+                    turn.release()
+                    turn = None
+        finally:
+            if turn is not None:
+                turn.release()
         if answers is None:
             answers = [
                 Conflict(f"order {r.order_id} is being reserved concurrently; try again")
@@ -104,6 +169,7 @@ class BatchReserver:
         source: str,
         after_each: Callable[[], None] | None,
         conn: Conn | None,
+        turn: Turn | None,
     ) -> list[Answer]:
         svc = self.reservations
         now = svc.clock()
@@ -130,6 +196,8 @@ class BatchReserver:
         first: dict[str, BatchRequest] = {}
         for r in valid:
             first.setdefault(r.order_id, r)
+        if turn is not None:
+            await turn.before_insert()
         async with transaction(svc.pool, conn) as c:
             ids = await repo.insert_reservations(
                 c,
@@ -138,6 +206,8 @@ class BatchReserver:
                     for r in first.values()
                 ],
             )
+            if turn is not None:
+                turn.has_inserted()
             taken_ids = [o for o in first if o not in ids]
             existing = await repo.stored(c, taken_ids)
             held: dict[str, Held | None] = dict.fromkeys(taken_ids)
@@ -146,7 +216,11 @@ class BatchReserver:
                     tuple(OrderLine(li["sku"], li["quantity"]) for li in row.lines), row.location
                 )
             skus = sorted({li.sku for r in valid for li in r.lines})
+            if turn is not None:
+                await turn.before_lock()
             batches = await stock.read_batches(c, skus, lock=True)
+            if turn is not None:
+                turn.has_locked()
             known = {b.sku for b in batches}
             if without := [s for s in skus if s not in known]:
                 known |= await stock.known_skus(c, without)
