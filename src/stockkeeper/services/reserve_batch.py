@@ -6,8 +6,9 @@ whatever the batch's size (D-290).
 2. lock and read the batch rows of every SKU of the batch, in id order (one statement;
    one more to tell unknown SKUs from SKUs without batches, only when there are some);
 3. decide in memory, request by request in arrival order (``domain.reserve_batch``);
-4. one statement per table: refused rows dropped, lines, the guarded write of the batch
-   figures, then ``record_change`` (ledger, SKU versions, levels, events and NOTIFY).
+4. refused rows dropped (only when there are some), then one statement for the lines,
+   the guarded write of the batch figures, the ledger and the SKU versions (D-362),
+   then the levels and the events with their NOTIFY (``announce_levels``).
 
 The order ids are taken before any stock lock, as a single reserve takes its one, so a
 batch and a direct reserve of the same order id cannot wait on each other in a cycle.
@@ -45,7 +46,7 @@ from stockkeeper.services.reservations import (
     _view,
     event_lines,
 )
-from stockkeeper.services.unit import record_change, transaction
+from stockkeeper.services.unit import announce_levels, transaction
 from stockkeeper.store import reserve_batch as repo
 from stockkeeper.store import stock
 from stockkeeper.store.errors import Deadlock
@@ -260,7 +261,6 @@ class BatchReserver:
 
         lines: list[repo.NewLine] = []
         movements: list[Movement] = []
-        taken: dict[int, int] = {}
         events: list[Event] = []
         views: dict[int, ReservationView] = {}
         for o, i in owners.items():
@@ -275,7 +275,6 @@ class BatchReserver:
                     movements.append(
                         Movement(a.batch_id, a.sku, Delta(reserved=a.quantity), reference_id=o)
                     )
-                    taken[a.batch_id] = taken.get(a.batch_id, 0) + a.quantity
                     allocs.append(
                         AllocationRow(no, a.sku, a.batch_id, a.quantity, a.lot_number, a.location)
                     )
@@ -296,20 +295,20 @@ class BatchReserver:
                     key=order_key(o),
                 )
             )
-        await repo.insert_lines(c, lines)
-        if not await repo.reserve_locked(c, taken):
-            # Impossible under the batch's own locks; were it to happen, the whole batch
-            # rolls back rather than keep a half-applied write.
-            raise RuntimeError("a guarded reserve missed under the batch's own locks")
         if movements:
-            await record_change(
+            if not await repo.write_reserved(c, lines, movements, source=source):
+                # Impossible under the batch's own locks; were it to happen, the whole
+                # batch rolls back rather than keep a half-applied write.
+                raise RuntimeError("a guarded reserve missed under the batch's own locks")
+            # record_change's second half: the ledger and the bump went with the lines.
+            await announce_levels(
                 c,
-                movements,
+                {m.sku for m in movements},
                 entry_type=EntryType.ORDER_ALLOCATE,
                 source=source,
-                reference_id=None,
                 now=now,
                 events=events,
+                bumped=True,
             )
         answers: list[Answer] = []
         for i, outcome in enumerate(outcomes):
