@@ -14,10 +14,13 @@ takes its order ids after the one cut before it has taken its own, and sends its
 locking statement only after that one's has returned, so row locks are granted in cut
 order and the order holds across batches too.
 
-Cutting (D-361): with nothing in flight a batch gathers for the window (or until it is
-full); with batches in flight the next one is cut as soon as a slot is free and the
-last batch cut holds its row locks (or the queue is full), so it is ready to lock the
-moment the one before it commits while the server answers and PostgreSQL writes.
+Cutting (D-361): with nothing in flight a batch gathers for the window, or until a
+share of ``max_batch / max_in_flight`` requests waits; what waits is split among the
+free slots, a share at least each, so requests that arrived together do not all wait
+on one transaction. With batches in flight the next one is cut when a slot is free and
+either the last batch cut holds its row locks or a share waits: on one hot SKU a batch
+gathers while the one before it waits for the locks, and is ready to lock the moment
+that one has them, while the server answers and PostgreSQL writes.
 
 The coalescer is a per-process optimisation, never a correctness device: stock is
 guarded by the row locks and the guarded write of the batch, so other processes (and
@@ -65,7 +68,7 @@ class ReserveCoalescer:
         self.window_s = window_ms / 1000
         self.max_batch = max_batch
         self._queue: list[_Waiting] = []
-        # Set when the queue is full.
+        # Set when a share of a batch is waiting or a batch in flight took its locks.
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._last: Turn | None = None  # of the last batch cut
@@ -77,7 +80,7 @@ class ReserveCoalescer:
         """Hold stock for the order within the next batch; raise its own domain error."""
         waiting = _Waiting(req)
         self._queue.append(waiting)
-        if len(self._queue) >= self.max_batch:
+        if len(self._queue) >= self._floor():
             self._wake.set()
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_loop())
@@ -88,15 +91,22 @@ class ReserveCoalescer:
         # when nothing is waiting, so an idle process holds no task.
         while self._queue:
             await self._slots.acquire()
+            # While the last batch cut waits for its row locks, the next one gathers
+            # until it has a share of its own (D-361).
+            last = self._last
+            while (
+                last is not None and not last.locked.is_set() and len(self._queue) < self._floor()
+            ):
+                self._wake.clear()
+                await self._wake.wait()
             if self._in_flight == 0 and not self._full() and self.window_s > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.window_s)
             n = self._cut_size()
             batch, self._queue = self._queue[:n], self._queue[n:]
-            last = self._last
             previous = last if last is not None and not last.locked.is_set() else None
-            turn = self._last = Turn(previous)
+            turn = self._last = Turn(previous, on_locked=self._wake.set)
             self._turns.append(turn)
             self._in_flight += 1
             task = asyncio.create_task(self._run(batch, turn))
@@ -111,7 +121,12 @@ class ReserveCoalescer:
         waiting = len(self._queue)
         free = self.max_in_flight - self._in_flight
         share = -(-waiting // free)
-        return min(waiting, self.max_batch, max(share, self.max_batch // self.max_in_flight))
+        return min(waiting, self.max_batch, max(share, self._floor()))
+
+    def _floor(self) -> int:
+        """A batch's share: the most requests a batch waits for while others are in
+        flight, and the least it takes when the waiting requests are split."""
+        return max(1, self.max_batch // self.max_in_flight)
 
     def waiting_for_turn(self) -> int:
         """Batches in flight waiting for the batch cut before them (tests)."""
