@@ -21,6 +21,7 @@ every strategy runs this same path.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -159,9 +160,13 @@ class BatchReserver:
                 Conflict(f"order {r.order_id} is being reserved concurrently; try again")
                 for r in reqs
             ]
-        for a in answers:
-            result = a.slug if isinstance(a, DomainError) else "created" if a.created else "repeat"
-            svc.metrics.reservations.labels(result=result).inc()
+        # One increment per outcome, not per request.
+        outcomes = Counter(
+            a.slug if isinstance(a, DomainError) else "created" if a.created else "repeat"
+            for a in answers
+        )
+        for result, n in outcomes.items():
+            svc.metrics.reservations.labels(result=result).inc(n)
         return answers
 
     async def _apply(
