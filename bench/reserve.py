@@ -321,6 +321,29 @@ def cpu_cores(a: CpuSample, b: CpuSample, seconds: float, loadgen: float) -> dic
     }
 
 
+async def batch_counts(port: int) -> tuple[float, float] | None:
+    """The coalescer's ``stockkeeper_reserve_batch_size`` histogram: (requests, batches)
+    so far, or None when the server does not export it (the naive one)."""
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    except httpx.HTTPError:
+        return None
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("stockkeeper_reserve_batch_size_sum", "stockkeeper_reserve_batch_size_count"):
+            found[name.rpartition("_")[2]] = float(value)
+    return (found["sum"], found["count"]) if len(found) == 2 else None
+
+
+def mean_batch(a: tuple[float, float] | None, b: tuple[float, float] | None) -> float | None:
+    """Requests per coalesced batch between two ``batch_counts``."""
+    if a is None or b is None or b[1] == a[1]:
+        return None
+    return (b[0] - a[0]) / (b[1] - a[1])
+
+
 # -- databases and server processes --------------------------------------------------
 
 
@@ -515,8 +538,10 @@ class Bench:
         # Sample CPU over the same window the load processes count in.
         await asyncio.sleep(max(0.0, start_at + a.warmup - time.time()))
         before, w0 = self.cpu_sample(server), time.perf_counter()
+        batches0 = await batch_counts(server.port)
         await asyncio.sleep(max(0.0, start_at + a.warmup + a.duration - time.time()))
         after, w1 = self.cpu_sample(server), time.perf_counter()
+        batches1 = await batch_counts(server.port)
         results: list[LoadResult] = await asyncio.gather(*futures)
 
         lat = sorted(x for r in results for x in r.latencies)
@@ -544,6 +569,8 @@ class Bench:
             "total_ok": sum(r.total_ok for r in results),
             "per_second": per_second,
             "cpu_cores": cpu,
+            "server_ms_per_2xx": 1000 * cpu["server"] / (ok / a.duration) if ok else None,
+            "requests_per_batch": mean_batch(batches0, batches1),
         }
 
     async def strategy_run(
@@ -567,7 +594,8 @@ class Bench:
                 print(
                     f"  {label:<11} {scenario:<6} {row['rps']:8.0f} req/s  "
                     f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
-                    f"non-2xx {row['errors']}  cpu {row['cpu_cores']}",
+                    f"non-2xx {row['errors']}  server ms/2xx {fmt(row['server_ms_per_2xx'], '.3f')}"
+                    f"  req/batch {fmt(row['requests_per_batch'], '.1f')}  cpu {row['cpu_cores']}",
                     flush=True,
                 )
         finally:
@@ -601,6 +629,8 @@ HEAD = (
     "p99 ms",
     "non-2xx",
     "2xx/s vs noop",
+    "server CPU ms/2xx",
+    "req/batch",
     "CPU cores: server / PG / loadgen / other",
 )
 
@@ -621,6 +651,8 @@ def table_row(r: dict[str, Any]) -> list[str]:
         fmt(r["p99_ms"], ".1f"),
         errs,
         fmt(r["vs_noop"], ".3f"),
+        fmt(r.get("server_ms_per_2xx"), ".3f"),
+        fmt(r.get("requests_per_batch"), ".1f"),
         f"{c['server']:.2f} / {c['postgres']:.2f} / {c['loadgen']:.2f} / {c['other']:.2f}",
     ]
 
@@ -785,7 +817,7 @@ async def amain(args: argparse.Namespace) -> int:
                     print(f"  {name}: FAILED: {failures[name]}", flush=True)
                 await dbs.drop(db)
 
-    table = markdown_table(HEAD, map(table_row, rows), "llrrrrlrl")
+    table = markdown_table(HEAD, map(table_row, rows), "llrrrrlrrrl")
     print()
     print(
         f"Machine: nproc {info['nproc']} ({info['cpu_model']}), Python {info['python']}, "
@@ -806,7 +838,10 @@ async def amain(args: argparse.Namespace) -> int:
         print_tracing_overhead(rows)
     print(
         "2xx/s vs noop: successful requests/s over the /noop requests/s of the same server\n"
-        "process. p50/p99: over every answer in the window. CPU in cores (1.00 = one core\n"
+        "process. p50/p99: over every answer in the window. server CPU ms/2xx: the server\n"
+        "process's CPU over the window per successful request. req/batch: requests per\n"
+        "coalesced transaction (the server's stockkeeper_reserve_batch_size histogram).\n"
+        "CPU in cores (1.00 = one core\n"
         "busy) over the window: the server process; PostgreSQL (this database's backends and\n"
         "the cluster's background processes); the load generator; other = everything else on\n"
         "the machine at the time."

@@ -67,13 +67,14 @@ async def reservation_ids(c: Container) -> set[str]:
         return {r["order_id"] for r in await conn.fetch("SELECT order_id FROM reservation")}
 
 
+@pytest.mark.parametrize("in_flight", [1, 4])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_300_coalesced_requests_for_100_units(
-    strategy: str, make_container: MakeContainer
+    strategy: str, in_flight: int, make_container: MakeContainer
 ) -> None:
     c = await make_container(strategy)
     await c.stock.receive(Receipt("HOT", 100, "r-hot"))
-    co = ReserveCoalescer(c.reservations, window_ms=NEVER_MS, max_batch=60)
+    co = ReserveCoalescer(c.reservations, window_ms=NEVER_MS, max_batch=60, max_in_flight=in_flight)
 
     results = await asyncio.gather(
         *(outcome(co, order(f"o-{i:03d}", ("HOT", 1))) for i in range(300))
@@ -150,6 +151,38 @@ async def test_the_earliest_request_of_a_batch_gets_the_last_unit(
     assert isinstance(results[0], ReservationView)
     assert all(isinstance(r, InsufficientStock) for r in results[1:])
     await assert_audit_clean(c)
+
+
+async def test_batches_in_flight_take_the_stock_in_the_order_they_were_cut(
+    container: Container,
+) -> None:
+    """Two batches in flight, one unit left: the first batch cut gets it even when the
+    second could lock first. Here the first waits on its order id, which a rival
+    transaction holds; the second, cut after it, waits for it instead of taking the
+    unit meanwhile (D-360)."""
+    await container.stock.receive(Receipt("LAST", 1, "r-last"))
+    co = ReserveCoalescer(container.reservations, window_ms=NEVER_MS, max_batch=2, max_in_flight=2)
+    async with container.pool.acquire() as rival:
+        held = rival.transaction()
+        await held.start()
+        await rival.execute(
+            "INSERT INTO reservation (order_id, status, lines, expires_at)"
+            " VALUES ('first', 'PENDING', '[]', now())"
+        )
+        ids = ["first", "second", "third", "fourth"]
+        answers = [asyncio.ensure_future(outcome(co, order(o, ("LAST", 1)))) for o in ids]
+        # Batches [first, second] and [third, fourth]: wait until the second batch
+        # has either answered (it did not wait) or waits for the first.
+        while not (all(a.done() for a in answers[2:]) or co.waiting_for_turn()):
+            await asyncio.sleep(0.01)
+        assert co.batches == 2
+        await held.rollback()
+        results = await asyncio.gather(*answers)
+
+    assert isinstance(results[0], ReservationView), results
+    assert all(isinstance(r, InsufficientStock) for r in results[1:]), results
+    assert await reservation_ids(container) == {"first"}
+    await assert_audit_clean(container)
 
 
 async def test_a_short_window_still_serves_a_lone_request(container: Container) -> None:

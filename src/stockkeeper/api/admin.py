@@ -207,7 +207,7 @@ def create_admin_app(container: Container) -> FastAPI:
         response_model=schemas.WmsSyncOut,
         responses=schemas.problems(404, 409, 413, 422),
         summary="Force a WMS sync",
-        dependencies=[idempotency.KEY_HEADER],
+        openapi_extra=idempotency.key_header(),
         tags=["wms"],
     )
     async def force_wms_sync(

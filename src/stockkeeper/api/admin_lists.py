@@ -187,7 +187,7 @@ def add_list_routes(app: FastAPI, listing: Listing) -> None:
         response_model=PollRequestOut,
         responses=schemas.problems(404, 422),
         summary="Poll now",
-        dependencies=[idempotency.KEY_HEADER],
+        openapi_extra=idempotency.key_header(),
         tags=["connectors"],
     )
     async def poll_now(

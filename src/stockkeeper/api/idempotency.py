@@ -8,9 +8,9 @@ the use case's result (or its domain error) becomes the HTTP answer that is reco
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import Depends, Header, Request
+from fastapi import Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
@@ -24,26 +24,39 @@ from stockkeeper.store.pool import Conn
 
 T = TypeVar("T")
 UseCase = Callable[[Conn | None], Awaitable[T]]
-# A use case's result as HTTP: the status and the response model of the body.
-Present = Callable[[T], tuple[int, BaseModel]]
+# A use case's result as HTTP: the status and the response model of the body, or the
+# body already as the model's JSON (``as_json``).
+Present = Callable[[T], tuple[int, BaseModel | dict[str, Any]]]
 
 
-async def _documented_key(
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description=f"Optional, 1 to {MAX_KEY_LENGTH} characters. The first answer "
-            "to this key is recorded with the change; a repeat with the same body gets "
-            "that answer again (Idempotency-Replayed: true), with another body 409.",
-        ),
-    ] = None,
-) -> None:
-    """Only documents the header (``run`` reads and checks it)."""
+_KEY_DESCRIPTION = (
+    f"Optional, 1 to {MAX_KEY_LENGTH} characters. The first answer to this key is "
+    "recorded with the change; a repeat with the same body gets that answer again "
+    "(Idempotency-Replayed: true), with another body 422."
+)
 
 
-# ``dependencies=[KEY_HEADER]`` on every route that answers through ``run``.
-KEY_HEADER = Depends(_documented_key)
+def key_header() -> dict[str, Any]:
+    """``openapi_extra=key_header()`` on every route that answers through ``run``: the
+    Idempotency-Key header in the route's OpenAPI, as a declared optional header would
+    show it. Documented, not declared: a declared header is a dependency FastAPI
+    solves on every request, and ``run`` reads the header itself (D-363)."""
+    schema = {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "description": _KEY_DESCRIPTION,
+        "title": "Idempotency-Key",
+    }
+    return {
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": schema,
+                "description": _KEY_DESCRIPTION,
+            }
+        ]
+    }
 
 
 def respond(answer: Answer) -> Response:
@@ -62,7 +75,7 @@ async def _answer(use: UseCase[T], present: Present[T], conn: Conn | None, path:
 
 def _rendered(present: Present[T], result: T) -> Answer:
     status, model = present(result)
-    return Answer(status, as_json(model))
+    return Answer(status, model if isinstance(model, dict) else as_json(model))
 
 
 def _key(

@@ -3,7 +3,7 @@ the order routes (api/orders.py) and webhooks (api/webhooks.py) join it here."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from pydantic import BaseModel, TypeAdapter
@@ -42,8 +42,8 @@ def _check_sku(sku: str) -> str:
     return checked_path(_sku_adapter, sku, "sku")
 
 
-def _held(view: ReservationView) -> tuple[int, BaseModel]:
-    return 200, schemas.ReservationOut.of(view)
+def _held(view: ReservationView) -> tuple[int, dict[str, Any]]:
+    return 200, schemas.reservation_json(view)
 
 
 def _received(done: Applied[Received]) -> tuple[int, BaseModel]:
@@ -112,7 +112,7 @@ def create_inventory_app(container: Container) -> FastAPI:
         response_model=schemas.ReservationOut,
         responses=schemas.problems(409, 413, 422),
         summary="Reserve stock for an order",
-        dependencies=[idempotency.KEY_HEADER],
+        openapi_extra=idempotency.key_header(),
         tags=["reservations"],
     )
     async def reserve(
@@ -130,7 +130,7 @@ def create_inventory_app(container: Container) -> FastAPI:
             who,
             body,
             lambda conn: reserve_one(req, conn),
-            lambda view: (201 if view.created else 200, schemas.ReservationOut.of(view)),
+            lambda view: (201 if view.created else 200, schemas.reservation_json(view)),
         )
 
     @app.post(
@@ -138,7 +138,7 @@ def create_inventory_app(container: Container) -> FastAPI:
         response_model=schemas.ReservationOut,
         responses=schemas.problems(404, 409, 413, 422),
         summary="Release a reservation",
-        dependencies=[idempotency.KEY_HEADER],
+        openapi_extra=idempotency.key_header(),
         tags=["reservations"],
     )
     async def release(
@@ -154,7 +154,7 @@ def create_inventory_app(container: Container) -> FastAPI:
         response_model=schemas.ReservationOut,
         responses=schemas.problems(404, 409, 413, 422),
         summary="Confirm a reservation (payment taken)",
-        dependencies=[idempotency.KEY_HEADER],
+        openapi_extra=idempotency.key_header(),
         tags=["reservations"],
     )
     async def confirm(body: schemas.OrderRef, request: Request, who: Principal = WRITE) -> Response:
@@ -168,7 +168,7 @@ def create_inventory_app(container: Container) -> FastAPI:
         response_model=schemas.ReservationOut,
         responses=schemas.problems(404, 409, 413, 422),
         summary="Fulfil a reservation (shipped)",
-        dependencies=[idempotency.KEY_HEADER],
+        openapi_extra=idempotency.key_header(),
         tags=["reservations"],
     )
     async def fulfil(body: schemas.OrderRef, request: Request, who: Principal = WRITE) -> Response:
@@ -183,7 +183,7 @@ def create_inventory_app(container: Container) -> FastAPI:
         response_model=schemas.ReceiptOut,
         responses=schemas.problems(409, 413, 422),
         summary="Receive stock",
-        dependencies=[idempotency.KEY_HEADER],
+        openapi_extra=idempotency.key_header(),
         tags=["stock"],
     )
     async def receipts(
@@ -212,7 +212,7 @@ def create_inventory_app(container: Container) -> FastAPI:
         response_model=schemas.AdjustmentOut,
         responses=schemas.problems(404, 409, 413, 422),
         summary="Adjust a batch's figures",
-        dependencies=[idempotency.KEY_HEADER],
+        openapi_extra=idempotency.key_header(),
         tags=["stock"],
     )
     async def adjustments(

@@ -49,7 +49,7 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
         response_model=OrderAcceptedOut,
         responses=schemas.problems(409, 413, 422),
         summary="Place an order",
-        dependencies=[idempotency.KEY_HEADER],
+        openapi_extra=idempotency.key_header(),
         tags=["orders"],
     )
     async def place_order(body: OrderIn, request: Request, who: Principal = WRITE) -> Response:
@@ -91,7 +91,7 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
         response_model=OrderOut,
         responses=schemas.problems(404, 409, 413, 422),
         summary="Record an order's payment",
-        dependencies=[idempotency.KEY_HEADER],
+        openapi_extra=idempotency.key_header(),
         tags=["orders"],
     )
     async def pay_order(
@@ -117,7 +117,7 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
         response_model=OrderOut,
         responses=schemas.problems(404, 409, 413, 422),
         summary="Cancel an order",
-        dependencies=[idempotency.KEY_HEADER],
+        openapi_extra=idempotency.key_header(),
         tags=["orders"],
     )
     async def cancel_order(

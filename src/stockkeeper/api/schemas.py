@@ -163,6 +163,38 @@ class ReservationOut(BaseModel):
         return cls.model_validate(doc)
 
 
+def reservation_json(v: ReservationView) -> dict[str, Any]:
+    """``as_json(ReservationOut.of(v))`` built directly, without the models: the answer
+    of the reserve and reservation routes, the hottest ones (D-363). The view's types
+    are the models' already; tests/unit/test_schemas.py holds the two equal."""
+    doc: dict[str, Any] = {
+        "order_id": v.order_id,
+        "status": v.status.value,
+        "expires_at": v.expires_at.isoformat(),
+        "lines": [
+            {
+                "sku": li.sku,
+                "quantity": li.quantity,
+                "allocations": [
+                    {
+                        "batch_id": a.batch_id,
+                        "lot_number": a.lot_number,
+                        "location": a.location,
+                        "quantity": a.quantity,
+                    }
+                    for a in li.allocations
+                ],
+            }
+            for li in v.lines
+        ],
+    }
+    if v.location is not None:
+        doc["location"] = v.location
+    if v.reason is not None:
+        doc["reason"] = v.reason
+    return doc
+
+
 class BatchOut(BaseModel):
     batch_id: int
     location: str

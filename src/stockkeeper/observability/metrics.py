@@ -26,6 +26,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.reserve_batch_size = Histogram(
+            "stockkeeper_reserve_batch_size",
+            "Requests per coalesced reservation batch (one transaction each, D-200).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+            registry=r,
+        )
         self.reservation_retries = Counter(
             "stockkeeper_reservation_retries_total",
             "Reservation attempts that lost a race and re-read the stock.",

@@ -6,8 +6,9 @@ whatever the batch's size (D-290).
 2. lock and read the batch rows of every SKU of the batch, in id order (one statement;
    one more to tell unknown SKUs from SKUs without batches, only when there are some);
 3. decide in memory, request by request in arrival order (``domain.reserve_batch``);
-4. one statement per table: refused rows dropped, lines, the guarded write of the batch
-   figures, then ``record_change`` (ledger, SKU versions, levels, events and NOTIFY).
+4. refused rows dropped (only when there are some), then one statement for the lines,
+   the guarded write of the batch figures, the ledger and the SKU versions (D-362),
+   then the levels and the events with their NOTIFY (``announce_levels``).
 
 The order ids are taken before any stock lock, as a single reserve takes its one, so a
 batch and a direct reserve of the same order id cannot wait on each other in a cycle.
@@ -19,7 +20,10 @@ every strategy runs this same path.
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from stockkeeper.domain.allocation import OrderLine
@@ -43,7 +47,7 @@ from stockkeeper.services.reservations import (
     _view,
     event_lines,
 )
-from stockkeeper.services.unit import record_change, transaction
+from stockkeeper.services.unit import announce_levels, transaction
 from stockkeeper.store import reserve_batch as repo
 from stockkeeper.store import stock
 from stockkeeper.store.errors import Deadlock
@@ -56,6 +60,59 @@ from stockkeeper.store.stock import Movement
 DEADLOCK_RETRIES = 2
 
 Answer = ReservationView | DomainError
+
+
+@dataclass(slots=True, eq=False)
+class Turn:
+    """A batch's place in its coalescer's cut order (D-360).
+
+    Several batches of one process may be in flight; each waits for the batch cut
+    before it (``previous``) to have taken its order ids before it takes a connection
+    and takes its own, and to have had its locking statement return before it sends
+    its own. Row locks are then requested, and so granted, in cut order: the first
+    request to arrive gets the stock first whatever the number in flight. Every wait
+    is on an earlier batch, which never waits on a later one, so the chain cannot
+    close a cycle; and a batch waiting on it holds a connection only when the one it
+    waits on holds one too. ``release`` (always reached) lets the next batch go
+    whatever became of this one.
+    """
+
+    previous: Turn | None = None
+    on_locked: Callable[[], None] | None = None
+    inserted: asyncio.Event = field(default_factory=asyncio.Event)
+    locked: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: bool = False  # on the previous batch, for tests
+
+    async def _wait(self, step: Callable[[Turn], asyncio.Event]) -> None:
+        prev = self.previous
+        if prev is None or step(prev).is_set():
+            return
+        self.waiting = True
+        try:
+            await step(prev).wait()
+        finally:
+            self.waiting = False
+
+    async def before_insert(self) -> None:
+        await self._wait(lambda t: t.inserted)
+
+    def has_inserted(self) -> None:
+        self.inserted.set()
+
+    async def before_lock(self) -> None:
+        await self._wait(lambda t: t.locked)
+
+    def has_locked(self) -> None:
+        self.inserted.set()
+        if not self.locked.is_set():
+            self.locked.set()
+            self.previous = None  # no chain of references through every batch
+            if self.on_locked is not None:
+                self.on_locked()
+
+    def release(self) -> None:
+        """The batch is done with the order (it failed, retries, or has locked)."""
+        self.has_locked()
 
 
 def _doc(lines: Sequence[OrderLine]) -> list[dict[str, int | str]]:
@@ -76,28 +133,42 @@ class BatchReserver:
         after_each: Callable[[], None] | None = None,
         conn: Conn | None = None,
         now: datetime | None = None,
+        turn: Turn | None = None,
     ) -> list[Answer]:
         """Each request's answer, in order: a view (201 when ``created``, else the 200
         repeat) or its own domain error. ``after_each`` runs once per request after the
         batch's writes, before its commit (a failpoint for crash tests). ``now``: the
-        caller's clock reading (each reservation expires its ttl after it)."""
+        caller's clock reading (each reservation expires its ttl after it). ``turn``: the
+        batch's place in the order of the batches in flight (released on return)."""
         svc = self.reservations
         answers: list[Answer] | None = None
-        for _ in range(DEADLOCK_RETRIES + 1):
-            try:
-                answers = await self._apply(reqs, source, after_each, conn, now)
-                break
-            except Deadlock:
-                if conn is not None:
-                    raise  # the caller's transaction is lost; it decides
+        try:
+            for _ in range(DEADLOCK_RETRIES + 1):
+                try:
+                    answers = await self._apply(reqs, source, after_each, conn, now, turn)
+                    break
+                except Deadlock:
+                    if conn is not None:
+                        raise  # the caller's transaction is lost; it decides
+                # A retry goes after the batches cut later: its turn has passed.
+                if turn is not None:
+                    turn.release()
+                    turn = None
+        finally:
+            if turn is not None:
+                turn.release()
         if answers is None:
             answers = [
                 Conflict(f"order {r.order_id} is being reserved concurrently; try again")
                 for r in reqs
             ]
-        for a in answers:
-            result = a.slug if isinstance(a, DomainError) else "created" if a.created else "repeat"
-            svc.metrics.reservations.labels(result=result).inc()
+        # One increment per outcome, not per request.
+        outcomes = Counter(
+            a.slug if isinstance(a, DomainError) else "created" if a.created else "repeat"
+            for a in answers
+        )
+        for result, n in outcomes.items():
+            svc.metrics.reservations.labels(result=result).inc(n)
         return answers
 
     async def _apply(
@@ -107,6 +178,7 @@ class BatchReserver:
         after_each: Callable[[], None] | None,
         conn: Conn | None,
         now: datetime | None,
+        turn: Turn | None,
     ) -> list[Answer]:
         svc = self.reservations
         now = now or svc.clock()
@@ -133,6 +205,8 @@ class BatchReserver:
         first: dict[str, BatchRequest] = {}
         for r in valid:
             first.setdefault(r.order_id, r)
+        if turn is not None:
+            await turn.before_insert()
         async with transaction(svc.pool, conn) as c:
             ids = await repo.insert_reservations(
                 c,
@@ -141,6 +215,8 @@ class BatchReserver:
                     for r in first.values()
                 ],
             )
+            if turn is not None:
+                turn.has_inserted()
             taken_ids = [o for o in first if o not in ids]
             existing = await repo.stored(c, taken_ids)
             held: dict[str, Held | None] = dict.fromkeys(taken_ids)
@@ -149,7 +225,11 @@ class BatchReserver:
                     tuple(OrderLine(li["sku"], li["quantity"]) for li in row.lines), row.location
                 )
             skus = sorted({li.sku for r in valid for li in r.lines})
+            if turn is not None:
+                await turn.before_lock()
             batches = await stock.read_batches(c, skus, lock=True)
+            if turn is not None:
+                turn.has_locked()
             known = {b.sku for b in batches}
             if without := [s for s in skus if s not in known]:
                 known |= await stock.known_skus(c, without)
@@ -189,7 +269,6 @@ class BatchReserver:
 
         lines: list[repo.NewLine] = []
         movements: list[Movement] = []
-        taken: dict[int, int] = {}
         events: list[Event] = []
         views: dict[int, ReservationView] = {}
         for o, i in owners.items():
@@ -204,7 +283,6 @@ class BatchReserver:
                     movements.append(
                         Movement(a.batch_id, a.sku, Delta(reserved=a.quantity), reference_id=o)
                     )
-                    taken[a.batch_id] = taken.get(a.batch_id, 0) + a.quantity
                     allocs.append(
                         AllocationRow(no, a.sku, a.batch_id, a.quantity, a.lot_number, a.location)
                     )
@@ -225,20 +303,20 @@ class BatchReserver:
                     key=order_key(o),
                 )
             )
-        await repo.insert_lines(c, lines)
-        if not await repo.reserve_locked(c, taken):
-            # Impossible under the batch's own locks; were it to happen, the whole batch
-            # rolls back rather than keep a half-applied write.
-            raise RuntimeError("a guarded reserve missed under the batch's own locks")
         if movements:
-            await record_change(
+            if not await repo.write_reserved(c, lines, movements, source=source):
+                # Impossible under the batch's own locks; were it to happen, the whole
+                # batch rolls back rather than keep a half-applied write.
+                raise RuntimeError("a guarded reserve missed under the batch's own locks")
+            # record_change's second half: the ledger and the bump went with the lines.
+            await announce_levels(
                 c,
-                movements,
+                {m.sku for m in movements},
                 entry_type=EntryType.ORDER_ALLOCATE,
                 source=source,
-                reference_id=None,
                 now=now,
                 events=events,
+                bumped=True,
             )
         answers: list[Answer] = []
         for i, outcome in enumerate(outcomes):

@@ -12,12 +12,14 @@ from typing import Any
 
 import orjson
 
+from stockkeeper.domain.reservation import EntryType
 from stockkeeper.store.errors import translated
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.reservations import AllocationRow, ReservationRow
 from stockkeeper.store.reservations import _row as reservation_row
 from stockkeeper.store.reservations import allocations as reservation_allocations
 from stockkeeper.store.sql import q
+from stockkeeper.store.stock import Movement, ledger_columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,25 +95,32 @@ async def rewrite_reservations(conn: Conn, rows: Mapping[int, NewReservation]) -
 
 
 @translated
-async def insert_lines(conn: Conn, lines: Sequence[NewLine]) -> None:
-    if not lines:
-        return
-    await conn.execute(
-        q("batch_insert_reservation_lines"),
+async def write_reserved(
+    conn: Conn,
+    lines: Sequence[NewLine],
+    movements: Sequence[Movement],
+    *,
+    source: str,
+) -> bool:
+    """The lines, the guarded write of each batch row's summed ``reserved`` delta, the
+    ledger rows and the SKU bump, in one statement; whether every batch row took its
+    part. The caller holds the batch rows' locks."""
+    taken: dict[int, int] = {}
+    for m in movements:
+        taken[m.batch_id] = taken.get(m.batch_id, 0) + m.delta.reserved
+    ids = sorted(taken)
+    row = await conn.fetchrow(
+        q("batch_reserve_write"),
+        *ledger_columns(movements, EntryType.ORDER_ALLOCATE, source, None, None),
+        sorted({m.sku for m in movements}),
         [li.reservation_id for li in lines],
         [li.line_no for li in lines],
         [li.sku for li in lines],
         [li.batch_id for li in lines],
         [li.quantity for li in lines],
+        ids,
+        [taken[i] for i in ids],
     )
-
-
-@translated
-async def reserve_locked(conn: Conn, taken: Mapping[int, int]) -> bool:
-    """Add ``taken[batch_id]`` to each batch row's ``reserved``, guarded; whether every
-    row took its part. The caller holds the rows' locks."""
-    if not taken:
-        return True
-    ids = sorted(taken)
-    rows = await conn.fetch(q("batch_reserve_locked"), ids, [taken[i] for i in ids])
-    return len(rows) == len(ids)
+    assert row is not None
+    moved: int = row["moved"]
+    return moved == len(ids)

@@ -220,7 +220,7 @@ async def apply_movements(
         await conn.executemany(q("apply_delta"), args)
 
 
-def _ledger_columns(
+def ledger_columns(
     rows: Sequence[Movement],
     entry_type: EntryType,
     source: str,
@@ -257,7 +257,7 @@ async def insert_ledger(
     if not rows:
         return
     await conn.execute(
-        q("insert_ledger"), *_ledger_columns(rows, entry_type, source, reference_id, reason)
+        q("insert_ledger"), *ledger_columns(rows, entry_type, source, reference_id, reason)
     )
 
 
@@ -277,7 +277,7 @@ async def ledger_and_bump(
     Returns the SKUs' new versions."""
     rows = [m for m in movements if not m.delta.is_zero]
     skus = sorted({m.sku for m in rows})
-    cols = _ledger_columns(rows, entry_type, source, reference_id, reason)
+    cols = ledger_columns(rows, entry_type, source, reference_id, reason)
     if reservation_lines is None:
         if not rows:
             return {}

@@ -31,17 +31,36 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[])
      AS u (id, location, lines, expires_at)
 WHERE r.id = u.id;
 
--- name: batch_insert_reservation_lines
-INSERT INTO reservation_line (reservation_id, line_no, sku, batch_id, quantity)
-SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::bigint[]);
-
--- name: batch_reserve_locked
--- One guarded write for every batch row the batch allocated (summed per row). The
--- batch holds these rows' locks, so the guard cannot miss; the caller checks the count
--- and fails the whole batch were it to.
-UPDATE sku_batch b
-SET reserved = b.reserved + d.quantity, version = b.version + 1, updated_at = now()
-FROM unnest($1::bigint[], $2::bigint[]) AS d (id, quantity)
-WHERE b.id = d.id
-  AND b.on_hand - b.unavailable - b.reserved - b.committed - b.oversold >= d.quantity
-RETURNING b.id;
+-- name: batch_reserve_write
+-- The batch's writes under its own row locks in one round trip (D-362): its lines, one
+-- guarded write of the summed quantities per batch row, its ledger rows and the bump
+-- of its SKUs (ledger_and_bump's; the SKU rows locked in name order after the batch
+-- rows). The batch holds these batch rows' locks, so the guard cannot miss; the caller
+-- checks ``moved`` and fails the whole batch were it to.
+WITH lines AS (
+    INSERT INTO reservation_line (reservation_id, line_no, sku, batch_id, quantity)
+    SELECT * FROM unnest($13::bigint[], $14::int[], $15::text[], $16::bigint[], $17::bigint[])
+), moved AS (
+    UPDATE sku_batch b
+    SET reserved = b.reserved + d.quantity, version = b.version + 1, updated_at = now()
+    FROM unnest($18::bigint[], $19::bigint[]) AS d (id, quantity)
+    WHERE b.id = d.id
+      AND b.on_hand - b.unavailable - b.reserved - b.committed - b.oversold >= d.quantity
+    RETURNING b.id
+), ledger AS (
+    INSERT INTO inventory_ledger (batch_id, sku, entry_type, d_on_hand, d_unavailable,
+                                  d_reserved, d_committed, source, reference_id, reason,
+                                  d_oversold)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                         $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[],
+                         $11::bigint[])
+), locked AS (
+    SELECT sku FROM sku WHERE sku = ANY($12::text[]) ORDER BY sku FOR NO KEY UPDATE
+), bumped AS (
+    UPDATE sku s
+    SET version = s.version + 1, updated_at = now()
+    FROM locked
+    WHERE s.sku = locked.sku
+    RETURNING s.sku
+)
+SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM bumped) AS bumped;
