@@ -8,6 +8,8 @@ refused it, or it has no exchange) holds back the rows behind it with the same k
 crash between publish and commit leaves the rows PENDING: they are published again and
 the consumers' idempotency absorbs the duplicate; on the embedded queue the messages
 are written in the claiming transaction itself, so there is no duplicate (D-132).
+On RabbitMQ one batch stays in flight: the next is claimed and sent while its confirms
+come in, and a row it could not send holds back its key's rows in the next (D-376).
 Woken by ``LISTEN/NOTIFY`` on new events, with a poll as fallback (``workers/listener``).
 """
 
