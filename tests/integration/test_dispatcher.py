@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from stockkeeper.bootstrap import Container
+from stockkeeper.config import DatabaseConfig
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.events import ALLOCATED, RELEASED
 from stockkeeper.failpoints import FailpointError, Failpoints
@@ -32,6 +33,7 @@ from stockkeeper.messaging.pgqueue import PgQueueBroker
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
+from stockkeeper.store.pool import create_pool
 from stockkeeper.workers.dispatcher import Dispatcher
 from tests.integration.test_broker_contract import Adapters, Collector, eventually
 from tests.support import free_port
@@ -601,3 +603,29 @@ async def test_a_batch_in_flight_that_fails_takes_the_next_one_down_with_it(
     finally:
         with contextlib.suppress(Exception):
             await d.land()
+
+
+async def test_a_dispatcher_on_a_pool_of_one_connection_does_not_keep_a_batch_in_flight(
+    container: Container, db_url: str, pgqueue: PgQueueBroker
+) -> None:
+    """The next claim would wait for the connection the batch in flight holds."""
+    await container.stock.receive(Receipt("MILK", 5, "m-1"))
+    broker = Recording(pgqueue)  # publishes outside the claim: would be pipelined
+    assert dispatcher(container, broker).pipelined
+    one = await create_pool(db_url, DatabaseConfig(), size=1)
+    stop = asyncio.Event()
+    try:
+        d = Dispatcher(one, broker, container.metrics, batch_size=1, listen_pool=container.pool)
+        assert not d.pipelined
+        worker = asyncio.ensure_future(d.run(stop))
+        try:
+            await eventually(
+                lambda: metric(container, "stockkeeper_outbox_published_total") == 2,
+                what="sent",
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 10)
+    finally:
+        await one.close()
+    assert {r["status"] for r in await events(container)} == {"SENT"}

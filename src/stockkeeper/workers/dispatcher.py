@@ -194,9 +194,10 @@ class Dispatcher:
         self._failures = 0
         self._last_stats = 0.0
         # A broker outside our database confirms while we claim the next batch: one
-        # batch stays in flight between steps (D-375). The embedded queue writes in the
-        # claiming transaction, its confirm is the commit: nothing to overlap.
-        self.pipelined = not isinstance(broker, PublishesInTransaction)
+        # batch stays in flight between steps (D-376), on a second connection (a pool of
+        # one would wait for itself). The embedded queue writes in the claiming
+        # transaction, its confirm is the commit: nothing to overlap.
+        self.pipelined = not isinstance(broker, PublishesInTransaction) and pool.get_max_size() >= 2
         self._in_flight: _Batch | None = None
 
     async def dispatch_once(self) -> int:
