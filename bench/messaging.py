@@ -343,13 +343,18 @@ class TimedDispatcher(Dispatcher):
         self.clock = clock
         self.batch_s = 0.0
 
-    async def dispatch_once(self) -> int:
+    async def _step(self) -> bool:
         t0 = time.perf_counter()
-        n = await super().dispatch_once()
-        self.batch_s += time.perf_counter() - t0
+        try:
+            return await super()._step()
+        finally:
+            self.batch_s += time.perf_counter() - t0
+
+    async def _settle(self, batch: Any, stopped: Any = None) -> tuple[int, dict[str, int]]:
+        n, held = await super()._settle(batch, stopped)  # returns after the commit
         if n:
             self.clock.add(n)
-        return n
+        return n, held
 
 
 class TimedConsumer(Consumer):
@@ -418,7 +423,7 @@ async def run_dispatcher(job: Job, out: Outcome) -> None:
         busy = out.done_at - out.started if out.done_at else float("nan")
         out.extra = {
             "batches": broker.publishes,
-            "in_dispatch_once_s": round(d.batch_s, 3),
+            "in_step_s": round(d.batch_s, 3),
             "in_broker_publish_s": round(broker.publish_s, 3),
             "publish_share": round(broker.publish_s / busy, 3) if busy == busy else None,
         }

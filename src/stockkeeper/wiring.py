@@ -265,8 +265,9 @@ CONNECTIONS: Final[Mapping[str, Callable[[Settings], Connections]]] = {
     "inventory-api": lambda s: Connections(10),
     "admin-api": lambda s: Connections(3),
     "expiry": lambda s: Connections(1),
-    # The claim transaction; the embedded queue's insert runs beside it on another.
-    "dispatcher": lambda s: Connections(1 if s.broker.url else 2, session=1),
+    # Two claim transactions on RabbitMQ (a batch in flight while the next is claimed,
+    # D-376); on the embedded queue, one, and the queue's insert beside it on another.
+    "dispatcher": lambda s: Connections(2, session=1),
     "wms-sync": lambda s: Connections(2),  # the sync loop and its consumer
     "wms-outbound": lambda s: Connections(2),
     "ingest": lambda s: Connections(1),  # one consumer: one message at a time

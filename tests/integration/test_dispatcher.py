@@ -6,6 +6,7 @@ an event with no exchange ends FAILED; the embedded queue's hand-off is exactly 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ import orjson
 import pytest
 
 from stockkeeper.bootstrap import Container
+from stockkeeper.config import DatabaseConfig
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.events import ALLOCATED, RELEASED
 from stockkeeper.failpoints import FailpointError, Failpoints
@@ -31,6 +33,7 @@ from stockkeeper.messaging.pgqueue import PgQueueBroker
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
+from stockkeeper.store.pool import create_pool
 from stockkeeper.workers.dispatcher import Dispatcher
 from tests.integration.test_broker_contract import Adapters, Collector, eventually
 from tests.support import free_port
@@ -449,3 +452,180 @@ async def test_the_embedded_queue_takes_the_messages_in_the_claiming_transaction
     assert await dispatcher(c, pgqueue).dispatch_once() == 2
     assert await queued() > 0
     assert {r["status"] for r in await events(c)} == {"SENT"}
+
+
+class ConfirmsLate(Recording):
+    """The real broker, whose confirms of a batch arrive only once the next batch has
+    begun to go out (or after a second): shows whether the dispatcher claims and sends
+    its next batch while it waits for the confirms of the one before (D-375)."""
+
+    def __init__(self, inner: Broker) -> None:
+        super().__init__(inner)
+        self._begun = asyncio.Event()
+        self.overlapped = 0
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        self._begun.set()  # the batch before may have its confirms now
+        self._begun = begun = asyncio.Event()
+        await super().publish(messages)
+        try:
+            await asyncio.wait_for(begun.wait(), 1.0)
+            self.overlapped += 1
+        except TimeoutError:
+            pass
+
+
+class FailsFirst(Recording):
+    """The real broker, except that the first publish is not confirmed (the connection
+    went away once its messages were written)."""
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        first = not self.batches
+        await super().publish(messages)
+        if first:
+            raise BrokerUnavailable("publish not confirmed: connection lost")
+
+
+async def test_the_dispatcher_sends_its_next_batch_while_the_last_is_confirmed(
+    container: Container, rabbit_url: str, broker_prefix: str
+) -> None:
+    c = container
+    for n in range(2):
+        for sku in ("A", "B", "C"):
+            await c.stock.receive(Receipt(sku, 5, f"{sku}-{n}"))
+    rows = await events(c)
+    assert len(rows) == 12  # a receipt and a level change per receipt
+    rabbit = RabbitMQBroker(rabbit_url, prefix=broker_prefix)
+    await rabbit.connect()
+    try:
+        broker = ConfirmsLate(rabbit)
+        d = dispatcher(c, broker, batch_size=2)
+        stop = asyncio.Event()
+        worker = asyncio.ensure_future(d.run(stop))
+        await eventually(
+            lambda: metric(c, "stockkeeper_outbox_published_total") == 12, what="all sent"
+        )
+        stop.set()
+        await asyncio.wait_for(worker, 10)
+        assert len(broker.batches) == 6
+        assert broker.overlapped == 5  # every batch but the last, as the next went out
+        after = await events(c)
+        assert {(r["status"], r["attempts"]) for r in after} == {("SENT", 1)}
+
+        # Each message once, each SKU's in its order.
+        levels = [r for r in rows if r["event_type"] == "inventory.level_changed"]
+        got = Collector()
+        sub = await rabbit.consume("channel.propagation", got, prefetch=16)
+        await eventually(lambda: len(got.got) == len(levels), what="the level changes")
+        await sub.cancel()
+        seen = [Envelope.parse(m.body) for m in got.got]
+        assert sorted(e.id for e in seen) == sorted(r["event_id"] for r in levels)
+        for sku in ("A", "B", "C"):
+            sequences = [e.sequence for e in seen if e.sku == sku]
+            assert sequences == sorted(sequences)
+    finally:
+        await rabbit.close()
+
+
+async def test_a_row_refused_in_the_batch_in_flight_holds_back_its_key_in_the_next(
+    container: Container, pgqueue: PgQueueBroker
+) -> None:
+    c = container
+    await c.stock.receive(Receipt("MILK", 5, "m-1"))
+    await c.stock.receive(Receipt("MILK", 5, "m-2"))
+    await c.stock.receive(Receipt("EGGS", 5, "e-1"))
+    rows = await events(c)
+    broker = NacksOnce(pgqueue, {str(rows[0]["event_id"])})
+    d = dispatcher(c, broker, batch_size=2)
+    assert d.pipelined
+    try:
+        await refused_then_sent_in_order(c, d, broker, rows)
+    finally:
+        with contextlib.suppress(Exception):
+            await d.land()  # a failure here leaves no transaction open
+
+
+async def refused_then_sent_in_order(
+    c: Container, d: Dispatcher, broker: Recording, rows: list[asyncpg.Record]
+) -> None:
+    r1, r2, r3, r4, e1, e2 = (r["id"] for r in rows)
+
+    async def state() -> dict[int, tuple[str, int]]:
+        return {r["id"]: (r["status"], r["attempts"]) for r in await events(c)}
+
+    assert await d.dispatch_ahead()  # [r1, r2] sent, in flight
+    assert await d.dispatch_ahead()  # [r3, r4] sent ahead of r1's nack; r1, r2 settled
+    s = await state()
+    assert [s[i] for i in (r1, r2, r3, r4)] == [
+        ("PENDING", 1),
+        ("PENDING", 0),
+        ("PENDING", 0),
+        ("PENDING", 0),
+    ]
+    assert await d.dispatch_ahead()  # [r1, r2] again; [r3, r4] confirmed, yet not SENT
+    s = await state()
+    assert [s[i] for i in (r3, r4)] == [("PENDING", 0), ("PENDING", 0)]
+    assert await d.dispatch_ahead()  # [r3, r4] again; [r1, r2] SENT
+    s = await state()
+    assert [s[i][0] for i in (r1, r2, r3, r4)] == ["SENT", "SENT", "PENDING", "PENDING"]
+    assert await d.dispatch_ahead()  # [e1, e2]; [r3, r4] SENT
+    assert not await d.dispatch_ahead()  # nothing more; [e1, e2] SENT
+    s = await state()
+    assert {s[i] for i in (r2, r3, r4, e1, e2)} == {("SENT", 1)}
+    assert s[r1] == ("SENT", 2)
+    published = [[m.message_id for m in b] for b in broker.batches]
+    ids = {r["id"]: str(r["event_id"]) for r in rows}
+    assert published == [
+        [ids[r2]],  # r1 was refused
+        [ids[r3], ids[r4]],
+        [ids[r1], ids[r2]],
+        [ids[r3], ids[r4]],
+        [ids[e1], ids[e2]],
+    ]
+
+
+async def test_a_batch_in_flight_that_fails_takes_the_next_one_down_with_it(
+    container: Container, pgqueue: PgQueueBroker
+) -> None:
+    c = container
+    await c.stock.receive(Receipt("MILK", 5, "m-1"))
+    await c.stock.receive(Receipt("MILK", 5, "m-2"))
+    broker = FailsFirst(pgqueue)
+    d = dispatcher(c, broker, batch_size=2)
+    try:
+        assert await d.dispatch_ahead()  # in flight; its confirms will not come
+        with pytest.raises(BrokerUnavailable):
+            await d.dispatch_ahead()  # the next batch (if it went out) is rolled back too
+        assert {(r["status"], r["attempts"]) for r in await events(c)} == {("PENDING", 0)}
+        while await d.dispatch_ahead():
+            pass
+        assert {(r["status"], r["attempts"]) for r in await events(c)} == {("SENT", 1)}
+    finally:
+        with contextlib.suppress(Exception):
+            await d.land()
+
+
+async def test_a_dispatcher_on_a_pool_of_one_connection_does_not_keep_a_batch_in_flight(
+    container: Container, db_url: str, pgqueue: PgQueueBroker
+) -> None:
+    """The next claim would wait for the connection the batch in flight holds."""
+    await container.stock.receive(Receipt("MILK", 5, "m-1"))
+    broker = Recording(pgqueue)  # publishes outside the claim: would be pipelined
+    assert dispatcher(container, broker).pipelined
+    one = await create_pool(db_url, DatabaseConfig(), size=1)
+    stop = asyncio.Event()
+    try:
+        d = Dispatcher(one, broker, container.metrics, batch_size=1, listen_pool=container.pool)
+        assert not d.pipelined
+        worker = asyncio.ensure_future(d.run(stop))
+        try:
+            await eventually(
+                lambda: metric(container, "stockkeeper_outbox_published_total") == 2,
+                what="sent",
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 10)
+    finally:
+        await one.close()
+    assert {r["status"] for r in await events(container)} == {"SENT"}

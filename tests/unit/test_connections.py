@@ -34,7 +34,7 @@ def test_the_default_deployment_fits_a_default_postgresql_twice() -> None:
         "inventory-api": 11,
         "admin-api": 4,
         "expiry": 2,
-        "dispatcher": 3,
+        "dispatcher": 4,
         "wms-sync": 3,
         "wms-outbound": 3,
         "ingest": 2,
@@ -43,9 +43,9 @@ def test_the_default_deployment_fits_a_default_postgresql_twice() -> None:
         "saga": 5,
     }
     total = sum(per_service.values())
-    assert total == 41  # was 10 x 20 = 200
+    assert total == 42  # was 10 x 20 = 200
     assert 2 * total <= 100 - 3  # two replicas each, superuser_reserved_connections 3
-    assert "41 connections" in README.read_text(encoding="utf-8")
+    assert "42 connections" in README.read_text(encoding="utf-8")
 
 
 def test_consumers_and_channels_add_to_their_services() -> None:

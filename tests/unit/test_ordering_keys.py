@@ -12,7 +12,7 @@ from stockkeeper.domain.events import LEVEL_CHANGED, Event, order_key, sku_key
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.store.outbox import PendingEvent
-from stockkeeper.workers.dispatcher import held_behind, to_message
+from stockkeeper.workers.dispatcher import first_unsent, held_behind, to_message
 
 
 def row(id_: int, key: str) -> PendingEvent:
@@ -45,6 +45,15 @@ def test_a_stopped_row_holds_back_only_later_rows_of_its_key() -> None:
     assert held_behind(rows, {3}) == {4}
     assert held_behind(rows, {1, 5}) == {3, 4}
     assert held_behind(rows, set()) == set()
+
+
+def test_a_batch_names_per_key_its_first_row_not_sent() -> None:
+    """What the next batch in the pipeline must wait behind (D-375)."""
+    rows = [row(1, "a"), row(2, "b"), row(3, "a"), row(4, "a"), row(5, "b"), row(6, "c")]
+    assert first_unsent(rows, {1, 2, 3, 4, 5, 6}) == {}
+    assert first_unsent(rows, {1, 2, 5, 6}) == {"a": 3}
+    assert first_unsent(rows, {6}) == {"a": 1, "b": 2}
+    assert first_unsent(list(reversed(rows)), {2, 6}) == {"a": 1, "b": 5}
 
 
 def test_a_delay_failpoint_is_parsed_and_waits() -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -265,22 +266,49 @@ class RabbitMQBroker:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
 
+    @staticmethod
+    def _properties(m: OutgoingMessage) -> aiormq.spec.Basic.Properties:
+        """What :meth:`_message` would send (``aio_pika.Message.properties``), built
+        without the message object: the publish path's per-message cost (D-375)."""
+        return aiormq.spec.Basic.Properties(
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=m.headers,
+            message_id=m.message_id,
+            priority=0,
+        )
+
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish ``messages`` in order and wait for every confirm. The lock covers
+        only the writing, not the wait: a second call's messages follow this call's on
+        the channel (so on the queues), and it may write while these are confirmed,
+        which is how the dispatcher keeps a batch in flight (D-375)."""
         if self._pub is None:
             raise BrokerUnavailable("not connected")
         try:
-            async with self._publish_lock:  # one writer keeps the batch in order
+            async with self._publish_lock:  # one writer at a time keeps the order
+                channel = await self._pub.get_underlay_channel()
+                assert isinstance(channel, aiormq.Channel)  # basic_publish with wait=
+                # Straight to aiormq (what aio-pika's Exchange.publish calls), without
+                # an aio_pika.Message per message and without a socket drain each
+                # (wait=False): the confirm is what we wait for. The tasks start in
+                # this order and take the channel's FIFO lock in it, so the frames go
+                # out in this order.
                 confirms = [
                     asyncio.ensure_future(
-                        self._exchanges[m.exchange].publish(
-                            self._message(m),
+                        channel.basic_publish(
+                            m.body,
+                            exchange=self._exchanges[m.exchange].name,
                             routing_key=m.routing_key,
+                            properties=self._properties(m),
+                            mandatory=True,
                             timeout=self.publish_timeout,
+                            wait=False,
                         )
                     )
                     for m in messages
                 ]
-                results = await asyncio.gather(*confirms, return_exceptions=True)
+            results = await asyncio.gather(*confirms, return_exceptions=True)
         except (TimeoutError, OSError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
             raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from exc
         refused = aio_pika.exceptions.DeliveryError

@@ -102,18 +102,24 @@ def _event_columns(ids: Sequence[uuid.UUID], events: Sequence[Event]) -> tuple[A
     )
 
 
-async def claim(conn: Conn, limit: int) -> list[PendingEvent]:
+async def claim(conn: Conn, limit: int, ahead_of: Sequence[int] = ()) -> list[PendingEvent]:
     """Up to ``limit`` of the oldest PENDING events, locked until the transaction ends,
     that may go out now: an event waits while another dispatcher holds an earlier event
-    of its ordering key, or it could reach the broker first."""
+    of its ordering key, or it could reach the broker first.
+
+    ``ahead_of``: rows this dispatcher holds in an earlier transaction, still open, and
+    has already handed to the broker ahead of whatever this claim publishes (its batch
+    in flight, D-375); they do not hold back their keys' later rows. Its other rows (not
+    published) do, as another dispatcher's would."""
     rows = [PendingEvent.from_row(r) for r in await conn.fetch(q("outbox_claim"), limit)]
     if not rows:
         return []
     ids = [r.id for r in rows]
     keys = sorted({r.ordering_key for r in rows})
+    ours = [*ids, *ahead_of]
     held: dict[str, int] = {
         b["ordering_key"]: b["first_held"]
-        for b in await conn.fetch(q("outbox_blocked_keys"), keys, max(ids), ids)
+        for b in await conn.fetch(q("outbox_blocked_keys"), keys, max(ids), ours)
     }
     return [r for r in rows if r.id < held.get(r.ordering_key, r.id + 1)]
 

@@ -8,14 +8,18 @@ refused it, or it has no exchange) holds back the rows behind it with the same k
 crash between publish and commit leaves the rows PENDING: they are published again and
 the consumers' idempotency absorbs the duplicate; on the embedded queue the messages
 are written in the claiming transaction itself, so there is no duplicate (D-132).
+On RabbitMQ one batch stays in flight: the next is claimed and sent while its confirms
+come in, and a row it could not send holds back its key's rows in the next (D-376).
 Woken by ``LISTEN/NOTIFY`` on new events, with a poll as fallback (``workers/listener``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from opentelemetry.trace import Span, StatusCode
 
@@ -82,6 +86,16 @@ def held_behind(rows: Sequence[PendingEvent], stopped: Collection[int]) -> set[i
     return held
 
 
+def first_unsent(published: Sequence[PendingEvent], sent: Collection[int]) -> dict[str, int]:
+    """Per ordering key, the lowest id among ``published`` rows not in ``sent``: the
+    rows after it of its key must wait for it, in this batch and the next (D-375)."""
+    first: dict[str, int] = {}
+    for r in published:
+        if r.id not in sent and r.id < first.get(r.ordering_key, r.id + 1):
+            first[r.ordering_key] = r.id
+    return first
+
+
 class _PublishSpans:
     """One ``publish <type>`` producer span per outbox row, child of the context stored
     with the row, open from the claim until the broker's confirm (D-241). Nothing at all
@@ -123,6 +137,34 @@ class _PublishSpans:
         self._spans.clear()
 
 
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """A claimed batch whose messages are with the broker: its transaction stays open
+    (the rows locked and PENDING) until it is settled, committed or rolled back."""
+
+    txn: contextlib.AsyncExitStack
+    conn: Conn
+    good: list[PendingEvent]  # published, in id order
+    spans: _PublishSpans
+    confirms: asyncio.Future[None]
+    # The batch before this one's rows not SENT, by key (the lowest id): this batch's
+    # later rows of those keys are not marked SENT either.
+    stopped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def published(self) -> list[int]:
+        return [r.id for r in self.good]
+
+    async def abort(self, exc: BaseException) -> None:
+        """Roll back: the rows stay PENDING, no attempt spent, and go out again (at
+        least once; the consumers drop what they already had)."""
+        self.confirms.cancel()
+        await asyncio.gather(self.confirms, return_exceptions=True)
+        self.spans.failed(None, repr(exc))
+        self.spans.end()
+        await self.txn.__aexit__(type(exc), exc, exc.__traceback__)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -151,14 +193,31 @@ class Dispatcher:
         self.failpoints = failpoints or Failpoints()
         self._failures = 0
         self._last_stats = 0.0
+        # A broker outside our database confirms while we claim the next batch: one
+        # batch stays in flight between steps (D-376), on a second connection (a pool of
+        # one would wait for itself). The embedded queue writes in the claiming
+        # transaction, its confirm is the commit: nothing to overlap.
+        self.pipelined = not isinstance(broker, PublishesInTransaction) and pool.get_max_size() >= 2
+        self._in_flight: _Batch | None = None
 
     async def dispatch_once(self) -> int:
         """Publish one batch; return how many events were marked SENT."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            ready = await outbox.claim(conn, self.batch_size)
+        batch = await self._send()
+        return 0 if batch is None else (await self._settle(batch))[0]
+
+    async def _send(self, ahead: _Batch | None = None) -> _Batch | None:
+        """Claim a batch and hand its messages to the broker (confirms not awaited);
+        None when nothing went out (a row that cannot be sent has spent its attempt,
+        committed). ``ahead``: our batch still in flight, whose published rows do not
+        hold back their keys here (they are on the channel before these)."""
+        txn = contextlib.AsyncExitStack()
+        conn = await txn.enter_async_context(self.pool.acquire())
+        spans = _PublishSpans()
+        try:
+            await txn.enter_async_context(conn.transaction())
+            ready = await outbox.claim(conn, self.batch_size, ahead.published if ahead else ())
             messages: dict[int, OutgoingMessage] = {}
             bad: dict[int, str] = {}
-            spans = _PublishSpans()
             for r in ready:
                 try:
                     messages[r.id] = to_message(r, spans.start(r))
@@ -173,11 +232,29 @@ class Dispatcher:
             spans.held({str(r.event_id) for r in good})
             if not good:
                 spans.end()
-                return 0
+                await txn.aclose()
+                return None
             for event_type in sorted({r.event_type for r in good}):
                 await self.failpoints.pause(f"dispatcher.before_publish.{event_type}")
+            confirms = asyncio.ensure_future(self._publish(conn, [messages[r.id] for r in good]))
+        except BaseException as exc:
+            spans.failed(None, repr(exc))
+            spans.end()
+            await txn.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return _Batch(txn, conn, good, spans, confirms)
+
+    async def _settle(
+        self, batch: _Batch, stopped: Mapping[str, int] | None = None
+    ) -> tuple[int, dict[str, int]]:
+        """Wait for ``batch``'s confirms, mark SENT what may be and commit. ``stopped``:
+        the rows of the batch before (published ahead of this one) that were not SENT,
+        as key to lowest id; this batch's later rows of those keys are not SENT either.
+        Returns how many were SENT, and this batch's own ``stopped``."""
+        conn, good, spans = batch.conn, batch.good, batch.spans
+        try:
             try:
-                await self._publish(conn, [messages[r.id] for r in good])
+                await batch.confirms
             except PublishRejected as exc:
                 spans.failed({str(i) for i in exc.message_ids}, exc.reason)
                 # The rest were confirmed. The refused ones spend an attempt and become
@@ -194,10 +271,16 @@ class Dispatcher:
                 raise
             finally:
                 spans.end()
+            if stopped:
+                good = [r for r in good if r.id < stopped.get(r.ordering_key, r.id + 1)]
             self.failpoints.hit("dispatcher.after_publish")
             await outbox.mark_sent(conn, [r.id for r in good])
+        except BaseException as exc:
+            await batch.txn.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        await batch.txn.aclose()  # the commit: SENT only once confirmed
         self.metrics.events_published.inc(len(good))
-        return len(good)
+        return len(good), first_unsent(batch.good, {r.id for r in good})
 
     async def _publish(self, conn: Conn, messages: list[OutgoingMessage]) -> None:
         """To the broker, with confirms. A broker in our own database writes the
@@ -237,18 +320,74 @@ class Dispatcher:
                     on_error=self._on_error,
                     errors=self.outage,
                 )
+                await self.land()
+            except BaseException as exc:
+                await self._abandon(exc)
+                raise
             finally:
                 log.info("dispatcher.stopped")
 
     async def _step(self) -> bool:
         """One batch, and the backlog metrics now and then; True while a full batch
         went out (more may be waiting)."""
-        n = await self.dispatch_once()
+        more = await self.dispatch_ahead() if self.pipelined else await self._single_step()
         if time.monotonic() - self._last_stats > STATS_EVERY_S:
-            await self.refresh_backlog()
+            try:
+                await self.refresh_backlog()
+            except BaseException as exc:
+                await self._abandon(exc)  # not in flight through the error's backoff
+                raise
             self._last_stats = time.monotonic()
         self._failures = 0  # in step with listen_then_poll's count of failures in a row
-        return n >= self.batch_size
+        return more
+
+    async def _single_step(self) -> bool:
+        return await self.dispatch_once() >= self.batch_size
+
+    async def dispatch_ahead(self) -> bool:
+        """Claim and send the next batch while the one in flight is confirmed, then
+        settle that one; True when a full batch went out, which stays in flight for the
+        next call (``land`` settles it). A partial one (the backlog is drained) is
+        settled at once, so no rows stay locked while we wait for work (D-375).
+
+        Order per key: the batch in flight was written to the channel before this one,
+        so its rows do not hold back theirs; its rows not sent (refused) do stop their
+        keys' rows here from being marked SENT, and a batch in flight that fails takes
+        this one down with it (both roll back and go out again, at least once)."""
+        ahead, self._in_flight = self._in_flight, None
+        try:
+            batch = await self._send(ahead)
+        except BaseException as exc:
+            if ahead is not None:
+                await ahead.abort(exc)
+            raise
+        stopped: dict[str, int] = {}
+        if ahead is not None:
+            try:
+                _, stopped = await self._settle(ahead, ahead.stopped)
+            except BaseException as exc:
+                if batch is not None:
+                    await batch.abort(exc)
+                raise
+        if batch is None:
+            return False
+        if len(batch.good) >= self.batch_size:
+            batch.stopped = stopped
+            self._in_flight = batch
+            return True
+        await self._settle(batch, stopped)
+        return False
+
+    async def land(self) -> None:
+        """Settle the batch still in flight (the dispatcher stops)."""
+        batch, self._in_flight = self._in_flight, None
+        if batch is not None:
+            await self._settle(batch, batch.stopped)
+
+    async def _abandon(self, exc: BaseException) -> None:
+        batch, self._in_flight = self._in_flight, None
+        if batch is not None:
+            await batch.abort(exc)
 
     def _on_error(self, exc: Exception) -> None:
         self._failures += 1

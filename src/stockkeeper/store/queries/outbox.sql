@@ -65,8 +65,10 @@ FOR UPDATE SKIP LOCKED;
 -- Ordering keys with an earlier PENDING event that another dispatcher holds: our later
 -- events of those keys must wait, or they could reach the broker first. Every lower
 -- unlocked PENDING row would have been in our claim (ORDER BY id), so a row found here
--- is locked by another dispatcher. `id < $2` keeps it on domain_event_pending, over
--- a few batches' rows whatever the backlog.
+-- is locked by another dispatcher. $3: the rows of our claim, and those of our own
+-- batch in flight that are already on their way to the broker ahead of this one
+-- (D-375). `id < $2` keeps it on domain_event_pending, over a few batches' rows
+-- whatever the backlog.
 SELECT ordering_key, min(id) AS first_held
 FROM domain_event
 WHERE status = 'PENDING' AND ordering_key = ANY($1::text[]) AND id < $2
