@@ -353,3 +353,19 @@ class ConnectionSampler:
                 await asyncio.to_thread(self._stop.wait, self.every_s)
         finally:
             await conn.close()
+
+
+async def until_lock_waits(pool: Any, what: str, *, n: int = 1, timeout: float = 15) -> None:
+    """Until ``n`` sessions of ``pool``'s database wait on a lock: a condition, polled
+    (``what`` names the wait in the failure)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with pool.acquire() as conn:
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        if waiting >= n:
+            return
+        assert time.monotonic() < deadline, f"{what} never waited on a lock"
+        await asyncio.sleep(0.01)

@@ -22,6 +22,7 @@ from stockkeeper.store.pool import Conn
 from stockkeeper.store.roundtrips import count
 from stockkeeper.store.sql import q
 from tests.integration.orders_helpers import SHIP_TO
+from tests.support import until_lock_waits
 
 
 def key(name: str, fingerprint: str = "fp") -> IdempotencyKey:
@@ -108,17 +109,7 @@ async def test_a_key_held_by_another_request_writes_none_of_our_events(
             name,
         )
         ours = asyncio.create_task(run())
-        for _ in range(500):
-            async with c.pool.acquire() as k:
-                waiting = await k.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'"
-                )
-            if waiting:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("our request never waited for the key")
+        await until_lock_waits(c.pool, "our request")
         if rival_commits:
             await tx.commit()
         else:

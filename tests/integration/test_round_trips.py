@@ -28,6 +28,7 @@ from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Adjustment, Receipt
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.roundtrips import Statements, count
+from tests.support import until_lock_waits
 
 STRATEGIES = ["conditional", "row_lock", "optimistic"]
 
@@ -213,17 +214,7 @@ async def test_a_lost_race_reruns_the_whole_transaction(
             counting = asyncio.create_task(count(c.pool, reserve))
             # The reservation read the batch (the rival's change is not committed), and
             # its compare-and-swap waits for the rival's row lock: a condition, polled.
-            for _ in range(500):
-                async with c.pool.acquire() as k:
-                    waiting = await k.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'"
-                    )
-                if waiting:
-                    break
-                await asyncio.sleep(0.01)
-            else:
-                raise AssertionError("the reservation never waited for the batch row")
+            await until_lock_waits(c.pool, "the reservation")
             await tx.commit()
             seen = await counting
 

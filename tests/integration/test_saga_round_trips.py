@@ -33,6 +33,7 @@ from stockkeeper.store.pool import Conn
 from stockkeeper.store.roundtrips import Statements, count
 from stockkeeper.workers.saga import QUEUE, saga_batch_handler, saga_handler
 from tests.integration.orders_helpers import CARRIERS, SHIP_TO
+from tests.support import until_lock_waits
 
 # Before D-310 a reserve step was 17 round trips (18 with the pool's reset), a refused
 # one 10, routing 6, a reservation's news 5, and placing an order 5 (6). Before D-370 a
@@ -216,17 +217,7 @@ async def test_a_lost_race_in_a_reserve_step_reruns_the_consumers_transaction(
             counting = asyncio.create_task(count(c.pool, apply))
             # The step read the batch and its compare-and-swap waits for the rival's row
             # lock: a condition, polled.
-            for _ in range(500):
-                async with c.pool.acquire() as k:
-                    waiting = await k.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'"
-                    )
-                if waiting:
-                    break
-                await asyncio.sleep(0.01)
-            else:
-                raise AssertionError("the step never waited for the batch row")
+            await until_lock_waits(c.pool, "the step")
             await tx.commit()
             seen = await counting
 
