@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stockkeeper.connectors.shopify_bucket import CostBucket, ThrottleStatus
+from stockkeeper.connectors.shopify_bucket import CostBucket, CostPacer, ThrottleStatus
+from stockkeeper.connectors.shopify_wire import Cost, Throttle
 
 
 def bucket(maximum: float = 100.0, available: float = 100.0, rate: float = 50.0) -> CostBucket:
@@ -105,3 +106,30 @@ def test_calls_sent_when_told_never_overdraw_the_real_bucket(
         at = when
         assert level - cost >= -1e-6 * maximum
         level -= cost
+
+
+def _answer(available: float, maximum: float = 100.0, rate: float = 50.0) -> Cost:
+    return Cost(
+        throttleStatus=Throttle(
+            maximumAvailable=maximum, currentlyAvailable=available, restoreRate=rate
+        )
+    )
+
+
+async def test_an_answer_that_comes_back_after_a_later_calls_is_not_taken() -> None:
+    """Two calls in flight; the later one's answer arrives first and is taken. The
+    earlier one's answer, measured before the later call was charged, would put that
+    call's cost back (it is no longer outstanding): it is older news, and ignored."""
+    now = [0.0]
+    pacer = CostPacer("shop", max_wait_s=10, metrics=None, clock=lambda: now[0])
+    probe = await pacer.admit("lookup", 10)
+    pacer.settle(probe, _answer(60))  # the bucket is known: 60 of 100 points
+    first = await pacer.admit("lookup", 20)
+    second = await pacer.admit("lookup", 20)
+    pacer.settle(second, _answer(20))  # Shopify charged both: 60 - 20 - 20
+    pacer.settle(first, _answer(40))  # measured before the second was charged
+    # Never more than Shopify holds (20; the first answer would have made it 40). Less
+    # is allowed: the second's reading already had the first charged, and the first
+    # was still counted outstanding then; the refill corrects that within the window.
+    assert pacer.bucket.available(now[0]) <= 20
+    assert pacer.wait_for(30) >= 10 / 50

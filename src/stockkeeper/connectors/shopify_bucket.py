@@ -11,7 +11,10 @@ one estimate of that bucket per adapter, shared by all its calls in flight:
   callers queue up behind each other instead of all waking at the same instant;
 * :meth:`CostBucket.observe` replaces the estimate with what Shopify reported, less the
   costs of our other calls that are reserved but not answered yet (Shopify may not have
-  charged them when it measured).
+  charged them when it measured). Answers can come back out of order; one to a call
+  sent before the call whose answer was taken last is older news and is not taken
+  (:meth:`CostPacer.settle`): it would put back the cost of the later call, already
+  charged and no longer outstanding.
 
 :class:`CostBucket` is pure: the caller passes the clock reading (seconds, monotonic).
 :class:`CostPacer` is the asyncio gate the adapter's calls pass through, built on it.
@@ -108,10 +111,12 @@ class CostBucket:
 
 @dataclass(frozen=True)
 class Ticket:
-    """One admitted call: the points it reserved, and whether it is the probe."""
+    """One admitted call: the points it reserved, whether it is the probe, and its place
+    in the order calls were admitted (``seq``)."""
 
     cost: float
     probing: bool
+    seq: int = 0
 
 
 class CostPacer:
@@ -135,6 +140,8 @@ class CostPacer:
         self._clock = clock
         self._probe = asyncio.Lock()
         self._outstanding = 0.0
+        self._admitted = 0  # calls admitted so far: the next ticket's seq
+        self._observed = -1  # seq of the call whose answer the estimate is from
 
     async def admit(self, operation: str, cost: float) -> Ticket:
         """Wait until the bucket should hold ``cost`` points, and take them."""
@@ -157,6 +164,7 @@ class CostPacer:
                 retry_after=wait,
             )
         self._outstanding += cost
+        seq, self._admitted = self._admitted, self._admitted + 1
         try:
             if wait > 0:
                 if self._metrics is not None:
@@ -170,7 +178,7 @@ class CostPacer:
             if probing:
                 self._probe.release()
             raise
-        return Ticket(cost, probing)
+        return Ticket(cost, probing, seq)
 
     def wait_for(self, cost: float) -> float:
         """Seconds until the bucket should hold ``cost`` points (taking nothing)."""
@@ -180,7 +188,9 @@ class CostPacer:
         """The call of ``ticket`` is over; ``cost`` is what its answer reported, if any."""
         self._outstanding = max(0.0, self._outstanding - ticket.cost)
         status = cost.throttleStatus if cost is not None else None
-        if status is not None:
+        # An answer to a call admitted before the one last taken is older than it.
+        if status is not None and ticket.seq > self._observed:
+            self._observed = ticket.seq
             self.bucket.observe(
                 ThrottleStatus(
                     status.maximumAvailable, status.currentlyAvailable, status.restoreRate
