@@ -586,6 +586,12 @@ class Bench:
         rows: list[dict[str, Any]] = []
         try:
             for scenario in self.args.scenarios:
+                if self.args.vacuum:
+                    # What autovacuum does within a minute on a running system: the
+                    # previous load's row versions go, the tables' statistics and with
+                    # them every connection's cached plans are renewed. Without it a
+                    # load measures the leftovers of the one before (D-380).
+                    await admin_execute(db_url, "VACUUM ANALYZE")
                 waited, busy = await wait_quiet(self.args.quiet_below, self.args.quiet_wait)
                 row = await self.measure(server, label, scenario)
                 row["tracing"] = tracing
@@ -696,6 +702,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(STRATEGIES),
         help=f"comma-separated subset of {','.join(STRATEGIES)}; '<strategy>-direct' runs it "
         "with coalescing off",
+    )
+    p.add_argument(
+        "--no-vacuum",
+        dest="vacuum",
+        action="store_false",
+        help="no VACUUM ANALYZE of the database before each load (the default runs one)",
     )
     p.add_argument(
         "--scenarios",
