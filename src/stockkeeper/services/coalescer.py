@@ -73,7 +73,6 @@ class ReserveCoalescer:
         self._flusher: asyncio.Task[None] | None = None
         self._last: Turn | None = None  # of the last batch cut
         self._turns: list[Turn] = []  # of the batches in flight
-        self._in_flight = 0
         self.batches = 0  # batches applied, for tests and the bench
 
     async def reserve(self, req: ReserveRequest) -> ReservationView:
@@ -99,7 +98,7 @@ class ReserveCoalescer:
             ):
                 self._wake.clear()
                 await self._wake.wait()
-            if self._in_flight == 0 and not self._full() and self.window_s > 0:
+            if not self._turns and not self._full() and self.window_s > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.window_s)
@@ -108,7 +107,6 @@ class ReserveCoalescer:
             previous = last if last is not None and not last.locked.is_set() else None
             turn = self._last = Turn(previous, on_locked=self._wake.set)
             self._turns.append(turn)
-            self._in_flight += 1
             task = asyncio.create_task(self._run(batch, turn))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -119,7 +117,7 @@ class ReserveCoalescer:
         so the requests that arrived together do not all wait on one transaction
         while the others' slots stay idle (D-361)."""
         waiting = len(self._queue)
-        free = self.max_in_flight - self._in_flight
+        free = self.max_in_flight - len(self._turns)
         share = -(-waiting // free)
         return min(waiting, self.max_batch, max(share, self._floor()))
 
@@ -141,7 +139,6 @@ class ReserveCoalescer:
         finally:
             turn.release()
             self._turns.remove(turn)
-            self._in_flight -= 1
             self._slots.release()
 
     async def _apply(self, batch: list[_Waiting], turn: Turn) -> None:
