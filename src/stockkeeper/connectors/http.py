@@ -3,7 +3,9 @@
 :class:`HttpCaller` holds one connector's policy, built from its
 :class:`~stockkeeper.config.HttpConnectorConfig`:
 
-* our own pace: an ``aiolimiter`` token bucket of ``rate_limit_rps`` (burst ``max(1, rps)``);
+* our own pace: an ``aiolimiter`` token bucket of ``rate_limit_rps`` (burst ``max(1, rps - 1)``:
+  one call of the system's own burst is kept as slack, so calls we paced apart but that
+  reach it bunched, late from a busy event loop, still fit its bucket);
 * a timeout on every try (``timeout_ms``) and, optionally, a deadline for the whole call;
 * retries (tenacity) of 429, 5xx, timeouts, dropped connections and unreadable answers, up
   to ``max_attempts``, waiting what :class:`~stockkeeper.domain.backoff.Backoff` says
@@ -172,7 +174,7 @@ class HttpCaller:
         self.on_call = on_call
         self.timeout_s = cfg.timeout_ms / 1000
         self.backoff = Backoff(cfg.backoff_base_ms / 1000, cfg.backoff_max_ms / 1000, HTTP_JITTER)
-        burst = max(1.0, cfg.rate_limit_rps)
+        burst = max(1.0, cfg.rate_limit_rps - 1)
         self.limiter = AsyncLimiter(burst, burst / cfg.rate_limit_rps)
         all_headers = {"User-Agent": f"stockkeeper/{__version__}", "Accept": "application/json"}
         if token:
