@@ -398,11 +398,20 @@ def channels_resync(
 
 
 @app.command("check-config")
-def check_config(config: ConfigOption = None) -> None:
-    """Validate the configuration and say so."""
+def check_config(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="the YAML file to check (or give it with --config)"),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Validate the configuration and say so: ``check-config FILE`` or ``-c FILE``."""
     from stockkeeper.bootstrap import check_connectors
 
-    settings = _settings(config)
+    if file is not None and config is not None and file != config:
+        typer.echo("stockkeeper: give the file once, as FILE or as --config", err=True)
+        raise typer.Exit(2)
+    settings = _settings(file or config)
     try:
         check_connectors(settings)  # secrets present, adapters known
     except ConfigError as exc:

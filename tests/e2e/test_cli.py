@@ -45,6 +45,19 @@ def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     assert "configuration is valid" in result.stdout
 
 
+def test_check_config_takes_the_file_as_its_argument(tmp_path: Path) -> None:
+    good = write_config(tmp_path / "ok.yaml", base_config("postgresql://nowhere/db"))
+    bad = write_config(tmp_path / "bad.yaml", {**base_config("x"), "databse": {}})
+
+    ok = run_cli("check-config", str(good), cwd=tmp_path)
+    refused = run_cli("check-config", str(bad), cwd=tmp_path)
+
+    assert ok.returncode == 0, ok.stderr
+    assert "configuration is valid" in ok.stdout
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    assert "databse" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("change", "key"),
     [

@@ -185,3 +185,23 @@ async def test_an_unexpected_error_is_500_problem_json_with_the_request_id_in_th
     assert lines[0]["event"] == "http.unexpected_error"
     assert lines[0]["log_level"] == "error"
     assert "FailpointError" in repr(lines[0]["exc_info"])
+    # One id per request: the header the client sees is the body's id (README, "Logs").
+    assert r.headers["x-request-id"] == doc["request_id"], (r.headers, doc)
+
+
+async def test_a_problem_keeps_the_callers_own_request_id(
+    app_on_cluster: tuple[Container, httpx.AsyncClient],
+) -> None:
+    container, http = app_on_cluster
+    container.failpoints.points["api.use_case"] = "raise"
+    body = {"order_id": "o-mine", "lines": [{"sku": "TEA", "quantity": 1}]}
+    with structlog.testing.capture_logs() as logs:
+        r = await http.post(
+            "/inventory/reserve", json=body, headers={**W, "X-Request-ID": "mine-123"}
+        )
+    assert r.status_code == 500, r.text
+    assert r.json()["request_id"] == "mine-123"
+    assert r.headers["x-request-id"] == "mine-123"
+    assert [e["event"] for e in logs if e.get("request_id") == "mine-123"] == [
+        "http.unexpected_error"
+    ]

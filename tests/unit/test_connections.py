@@ -14,6 +14,7 @@ PRODUCTION = Settings.model_validate(
     {"database": {"url": "postgresql://db/sk"}, "broker": {"url": "amqp://mq/"}}
 )
 README = Path(__file__).resolve().parents[2] / "README.md"
+EXAMPLE = README.with_name("stockkeeper.example.yaml")
 
 
 def pool_of(settings: Settings, *names: str) -> int:
@@ -46,6 +47,11 @@ def test_the_default_deployment_fits_a_default_postgresql_twice() -> None:
     assert total == 42  # was 10 x 20 = 200
     assert 2 * total <= 100 - 3  # two replicas each, superuser_reserved_connections 3
     assert "42 connections" in README.read_text(encoding="utf-8")
+    # The example file's comment on database.pool_size gives the same figures.
+    example = " ".join(EXAMPLE.read_text(encoding="utf-8").split())
+    for name in ("inventory-api", "admin-api", "expiry", "dispatcher", "wms-sync", "ingest"):
+        assert f"{name} {per_service[name]}" in example, name
+    assert f"hold {total} together" in example
 
 
 def test_consumers_and_channels_add_to_their_services() -> None:

@@ -25,12 +25,23 @@ access_log = get_logger("stockkeeper.access")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 
+# Where RequestMetrics leaves the request's id in the ASGI scope, for CatchAll's answer.
+REQUEST_ID_KEY = "stockkeeper.request_id"
+
+
 def _request_id(scope: Scope) -> str:
+    """The request's one id: the caller's X-Request-ID when it is a plain token, else a
+    new one; chosen once per request and kept in the scope, so the access log line,
+    the X-Request-ID header and a problem's ``request_id`` all carry the same."""
+    known = scope.get(REQUEST_ID_KEY)
+    if isinstance(known, str):
+        return known
     for name, value in scope["headers"]:
         if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-            given: str = value.decode()
-            return given
-    return uuid.uuid4().hex[:16]
+            scope[REQUEST_ID_KEY] = value.decode()
+            return str(scope[REQUEST_ID_KEY])
+    scope[REQUEST_ID_KEY] = uuid.uuid4().hex[:16]
+    return str(scope[REQUEST_ID_KEY])
 
 
 class _TooLarge(HTTPException):
@@ -210,7 +221,7 @@ class CatchAll:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
-            request_id = uuid.uuid4().hex
+            request_id = _request_id(scope)
             outage = is_outage(exc)
             fields = {
                 "app": self.app_name,
