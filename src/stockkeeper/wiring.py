@@ -39,6 +39,7 @@ from stockkeeper.messaging.rabbitmq import RabbitMQBroker
 from stockkeeper.store.pool import Connections
 from stockkeeper.store.wms import CallRow
 from stockkeeper.workers.dispatcher import Dispatcher
+from stockkeeper.workers.embedded_watch import EmbeddedWatch
 from stockkeeper.workers.expiry import ExpiryWorker
 from stockkeeper.workers.ingest import ingest_handler
 from stockkeeper.workers.pollers import run_pollers
@@ -243,6 +244,9 @@ async def build_services(container: Container, names: Iterable[str]) -> Service:
         merged.apps += part.apps
         merged.loops += part.loops
         merged.consumers += part.consumers
+    if container.embedded is not None:
+        # Ours to keep: started again if it goes away (workers/embedded_watch.py).
+        merged.loops.append(EmbeddedWatch(container.embedded, container.metrics).run)
     return merged
 
 

