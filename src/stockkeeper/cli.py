@@ -235,7 +235,8 @@ def migrate(config: ConfigOption = None) -> None:
                 with progress(len(available()), "migrate", every=1) as bar:
                     applied = await do_migrate(conn, on_step=lambda _m: bar.advance())
             names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none"
-            typer.echo(f"migrations applied: {names}")
+            # The bar counts every migration in place; say which of them were new.
+            typer.echo(f"migrations applied: {names} ({len(available())} in place)")
         finally:
             await container.close()
 
@@ -293,6 +294,8 @@ def reconcile_channels(
     async def main() -> None:
         container = await _build(settings, uses=chosen)
         try:
+            if not chosen:  # nothing to compare: say so, rather than print nothing
+                typer.echo("no channels configured: nothing to reconcile")
             for cfg in chosen:
                 adapter = channel_adapter(cfg, container.metrics)
                 try:

@@ -362,7 +362,8 @@ def test_up_starts_its_embedded_postgres_again_when_it_is_killed(
                 if answer.status_code == 200:
                     break
             time.sleep(0.2)
-        assert answer is not None and answer.status_code == 200, (answer, up.stderr)
+        assert answer is not None, up.stderr
+        assert answer.status_code == 200, (answer.text, up.stderr)
         assert answer.json()["on_hand"] == 5  # the committed receipt survived
         again = {"sku": "KEPT-1", "quantity": 2, "reference_id": "kept-2"}
         resp = httpx.post(up.url + "/inventory/receipts", json=again, headers=auth, timeout=10)

@@ -12,6 +12,7 @@ import yaml
 from stockkeeper.bootstrap import Container
 from stockkeeper.services.propagation import RECONCILE_PAGE
 from stockkeeper.services.stock import Receipt
+from stockkeeper.store.migrate import available
 from stockkeeper_sandbox.server import SandboxServer
 from stockkeeper_sandbox.shopify import ShopifyState, graphql_url
 from tests.e2e.helpers import run_cli
@@ -72,4 +73,16 @@ async def test_reconcile_audit_and_migrate_write_progress_lines_when_not_on_a_te
     lines = progress_lines(r.stderr, "migrate")
     assert lines, r.stderr
     assert lines[-1][0] == lines[-1][1], r.stderr  # every migration in place
-    assert "migrations applied: none" in r.stdout
+    assert "migrations applied: none (" in r.stdout
+    assert f"({len(available())} in place)" in r.stdout
+
+
+async def test_reconcile_with_no_channels_says_so(
+    container: Container, db_url: str, tmp_path: Path
+) -> None:
+    path = write(tmp_path, base_config(db_url))  # no connectors at all
+
+    r = run_cli("reconcile-channels", "--config", str(path), cwd=tmp_path)
+
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == "no channels configured: nothing to reconcile", r.stdout
