@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,32 @@ TOKENS = [
     {"name": "writer", "token": WRITER_TOKEN, "scopes": ["inventory:read", "inventory:write"]},
     {"name": "reader", "token": READER_TOKEN, "scopes": ["inventory:read"]},
 ]
+
+
+async def rabbit_leftovers(url: str, queues: Iterable[str], exchanges: Iterable[str]) -> list[str]:
+    """Which of ``queues`` and ``exchanges`` still exist on the RabbitMQ at ``url``: each
+    asked for by a passive declare, which RabbitMQ answers with 404 (closing the channel)
+    for a name it does not have. For teardowns that check they left nothing behind."""
+    import aio_pika
+
+    left: list[str] = []
+    conn = await aio_pika.connect(url, timeout=5)
+    try:
+        for kind, names in (("queue", queues), ("exchange", exchanges)):
+            for name in sorted(set(names)):
+                channel = await conn.channel()
+                try:
+                    if kind == "queue":
+                        await channel.declare_queue(name, passive=True)
+                    else:
+                        await channel.declare_exchange(name, passive=True)
+                except aio_pika.exceptions.ChannelNotFoundEntity:
+                    continue  # gone, as it should be (the broker closed the channel)
+                left.append(f"{kind} {name}")
+                await channel.close()
+    finally:
+        await conn.close()
+    return left
 
 
 def with_database(url: str, dbname: str) -> str:

@@ -26,15 +26,15 @@ from stockkeeper.messaging.broker import Broker, Delivery, OutgoingMessage, Subs
 from stockkeeper.messaging.consumer import Consumer, PermanentError, RetryPolicy
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER, TRACEPARENT_HEADER, Envelope
 from stockkeeper.messaging.pgqueue import PgQueueBroker
-from stockkeeper.messaging.rabbitmq import RabbitMQBroker
+from stockkeeper.messaging.rabbitmq import RabbitMQBroker, delete_topology
 from stockkeeper.messaging.topology import (
-    EXCHANGES,
     INVENTORY_EVENTS,
     QUEUES,
     WMS_COMMANDS,
 )
 from stockkeeper.services.admin import Operations
 from stockkeeper.store.pool import Conn
+from tests.support import rabbit_leftovers
 
 LEASE_MS = 1500
 POLL_MS = 50
@@ -76,21 +76,6 @@ def amqp_url(broker_kind: str, request: pytest.FixtureRequest) -> str | None:
     return str(request.getfixturevalue("rabbit_url"))
 
 
-async def delete_rabbit_names(url: str, prefix: str) -> None:
-    import aio_pika
-
-    conn = await aio_pika.connect(url)
-    try:
-        channel = await conn.channel()
-        for spec in QUEUES:
-            for name in [spec.name, *(f"{spec.name}.retry.{ms}" for ms in RETRY_DELAYS)]:
-                await channel.queue_delete(prefix + name)
-        for exchange in EXCHANGES:
-            await channel.exchange_delete(prefix + exchange)
-    finally:
-        await conn.close()
-
-
 class Adapters:
     """Builds brokers of one kind for one test, and closes and cleans up after it."""
 
@@ -122,11 +107,21 @@ class Adapters:
             await sub.cancel()  # the lease is all that is left; it has to lapse
 
     async def close(self) -> None:
+        """Close the brokers, delete the prefix's topology from RabbitMQ, and check that
+        every queue and exchange the brokers declared is gone (a test that left its
+        dead-letter queue behind once did, run after run: D-410)."""
         for broker in reversed(self.opened):
             await broker.close()
         if self.kind == "rabbitmq":
             assert self.amqp_url is not None
-            await delete_rabbit_names(self.amqp_url, self.prefix)
+            await delete_topology(self.amqp_url, self.prefix, sorted(RETRY_DELAYS))
+            rabbits = [b for b in self.opened if isinstance(b, RabbitMQBroker)]
+            left = await rabbit_leftovers(
+                self.amqp_url,
+                [q for b in rabbits for q in b.declared_queues],
+                [x for b in rabbits for x in b.declared_exchanges],
+            )
+            assert not left, f"the test left these on RabbitMQ: {left}"
 
 
 @pytest.fixture

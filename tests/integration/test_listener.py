@@ -7,8 +7,8 @@ import asyncio
 
 import asyncpg
 
+from stockkeeper.store.listener import Listener, listen_then_poll
 from stockkeeper.store.pool import Pool
-from stockkeeper.workers.listener import Listener, listen_then_poll
 
 
 async def _pool(db_url: str) -> Pool:

@@ -27,10 +27,10 @@ from stockkeeper.services.audit import audit
 from stockkeeper.services.orders import PlaceOrder
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
-from stockkeeper.services.unit import owned
 from stockkeeper.store import consumer_log
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.roundtrips import Statements, count
+from stockkeeper.store.transactions import owned
 from stockkeeper.workers.saga import QUEUE, saga_batch_handler, saga_handler
 from tests.integration.orders_helpers import CARRIERS, SHIP_TO
 from tests.support import until_lock_waits

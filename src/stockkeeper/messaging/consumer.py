@@ -58,10 +58,10 @@ from stockkeeper.messaging.outages import through_outages as through_outages
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
-from stockkeeper.services.unit import owned, retried
 from stockkeeper.store import consumer_log, dead_letters
 from stockkeeper.store.errors import is_unavailable
 from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.store.transactions import owned, retried
 from stockkeeper.waiting import wait_any
 
 log = get_logger("stockkeeper.consumer")

@@ -22,9 +22,9 @@ from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import queue as store_queue
 from stockkeeper.store.errors import StoreError
+from stockkeeper.store.listener import Listener, listen_then_poll
 from stockkeeper.store.pool import Conn, Pool, connection
 from stockkeeper.store.queue import NewMessage
-from stockkeeper.workers.listener import Listener, listen_then_poll
 
 CHANNEL = store_queue.NOTIFY_CHANNEL
 log = get_logger("stockkeeper.pgqueue")

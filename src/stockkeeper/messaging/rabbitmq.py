@@ -197,6 +197,10 @@ class RabbitMQBroker:
         self._exchanges: dict[str, AbstractExchange] = {}
         self._retry_queues: set[str] = set()
         self._publish_lock = asyncio.Lock()
+        # Every name this broker has declared on RabbitMQ, kept across reconnects: what
+        # a test checks is gone after deleting its prefix's topology (D-410).
+        self.declared_queues: set[str] = set()
+        self.declared_exchanges: set[str] = set()
 
     def _n(self, name: str) -> str:
         return self.prefix + name
@@ -227,6 +231,7 @@ class RabbitMQBroker:
             self._exchanges[name] = await self._pub.declare_exchange(
                 self._n(name), aio_pika.ExchangeType.TOPIC, durable=True
             )
+            self.declared_exchanges.add(self._n(name))
         # First the dead-letter queue: at-least-once dead-lettering needs its target.
         await self._declare_queue(self._pub, DEAD_LETTER_QUEUE)
         for spec in self.queues:
@@ -243,11 +248,13 @@ class RabbitMQBroker:
         self, channel: AbstractChannel, full_name: str, args: dict[str, Any]
     ) -> AbstractQueue:
         try:
-            return await channel.declare_queue(full_name, durable=True, arguments=args)
+            queue = await channel.declare_queue(full_name, durable=True, arguments=args)
         except aio_pika.exceptions.ChannelPreconditionFailed as exc:
             error = TopologyMismatch(_MISMATCH_HELP.format(queue=full_name, reply=exc))
             log.error("rabbitmq.topology_mismatch", queue=full_name, error=str(error))
             raise error from exc
+        self.declared_queues.add(full_name)
+        return queue
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -22,11 +22,12 @@ import orjson
 
 from stockkeeper.domain.errors import InvalidRequest
 from stockkeeper.domain.events import Event
-from stockkeeper.services.unit import key_in_statement, retried, solo
+from stockkeeper.services.unit import key_in_statement, solo
 from stockkeeper.store import idempotency as repo
 from stockkeeper.store import outbox
 from stockkeeper.store.errors import UniqueViolated
 from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.store.transactions import retried
 
 MAX_KEY_LENGTH = 255
 

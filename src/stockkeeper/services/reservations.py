@@ -42,23 +42,14 @@ from stockkeeper.domain.events import ALLOCATED, EVENT_FOR_STATUS, Event, order_
 from stockkeeper.domain.quantities import Delta
 from stockkeeper.domain.reservation import Action, EntryType, Status, movement, plan
 from stockkeeper.observability.metrics import Metrics
-from stockkeeper.services.unit import (
-    Clock,
-    RetryTransaction,
-    alone,
-    record_change,
-    retried,
-    retrying,
-    savepoint,
-    transaction,
-    utcnow,
-)
+from stockkeeper.services.unit import Clock, record_change, savepoint, transaction, utcnow
 from stockkeeper.store import reservations as repo
 from stockkeeper.store import stock
 from stockkeeper.store.errors import WouldGoNegative
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.store.reservations import AllocationRow, ReservationRow
 from stockkeeper.store.stock import Movement
+from stockkeeper.store.transactions import RetryTransaction, alone, retried, retrying
 
 
 @dataclass(frozen=True, slots=True)

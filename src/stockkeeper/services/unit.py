@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from stockkeeper.domain.allocation import LineAllocation
 from stockkeeper.domain.events import Event, LevelChange, level_events
@@ -16,19 +15,13 @@ from stockkeeper.store import outbox, stock
 from stockkeeper.store.idempotency import KeyRecord
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.store.stock import Movement, SkuLevel
+from stockkeeper.store.transactions import alone_in
 
 Clock = Callable[[], datetime]
-T = TypeVar("T")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class RetryTransaction(Exception):
-    """A use case alone in its transaction lost a race in a write it ran without a
-    savepoint (``alone``): roll the whole transaction back and run it again, once, with
-    ``retrying()`` true, when the use case takes its savepoints as before (D-301)."""
 
 
 @dataclass(slots=True)
@@ -44,20 +37,6 @@ class _Solo:
 
 
 _solo: ContextVar[_Solo | None] = ContextVar("stockkeeper_solo", default=None)
-# The connection whose innermost transaction block is the whole transaction, the use
-# case alone in it: a failure there may abandon all of it, so no savepoint is needed.
-_alone: ContextVar[Conn | None] = ContextVar("stockkeeper_alone", default=None)
-_retrying: ContextVar[bool] = ContextVar("stockkeeper_retrying", default=False)
-
-
-def alone(conn: Conn) -> bool:
-    """Whether the current use case has ``conn``'s transaction to itself and whoever owns
-    it rolls all of it back when the use case fails or raises ``RetryTransaction``."""
-    return _alone.get() is conn and not _retrying.get()
-
-
-def retrying() -> bool:
-    return _retrying.get()
 
 
 @asynccontextmanager
@@ -124,31 +103,6 @@ def key_written(conn: Conn) -> None:
 
 
 @asynccontextmanager
-async def owned(conn: Conn) -> AsyncIterator[Conn]:
-    """Inside: the work runs in ``conn``'s transaction as a use case alone in it (its
-    ``alone(conn)`` is true): the caller, who opened that transaction, rolls all of it
-    back when the work raises, and runs it again under ``retried`` when it raises
-    ``RetryTransaction``. The consumer runner's transaction of one message (D-370)."""
-    token = _alone.set(conn)
-    try:
-        yield conn
-    finally:
-        _alone.reset(token)
-
-
-async def retried(attempt: Callable[[], Awaitable[T]]) -> T:
-    """Run ``attempt`` (a whole transaction); once more, retrying, if it asks to."""
-    try:
-        return await attempt()
-    except RetryTransaction:
-        token = _retrying.set(True)
-        try:
-            return await attempt()
-        finally:
-            _retrying.reset(token)
-
-
-@asynccontextmanager
 async def transaction(pool: Pool, conn: Conn | None = None) -> AsyncIterator[Conn]:
     """A transaction of our own, or a savepoint inside the caller's.
 
@@ -161,29 +115,21 @@ async def transaction(pool: Pool, conn: Conn | None = None) -> AsyncIterator[Con
         state = _solo.get()
         if state is not None and state.conn is conn and not state.entered:
             state.entered = True
-            token = _alone.set(conn)
-            try:
-                yield conn
-            except BaseException:
-                state.failed = True
-                raise
-            finally:
-                _alone.reset(token)
+            with alone_in(conn):
+                try:
+                    yield conn
+                except BaseException:
+                    state.failed = True
+                    raise
             return
         # Not in a transaction yet: the one we open is the use case's alone.
-        token = _alone.set(None if conn.is_in_transaction() else conn)
-        try:
+        with alone_in(None if conn.is_in_transaction() else conn):
             async with savepoint(conn):
                 yield conn
-        finally:
-            _alone.reset(token)
         return
     async with pool.acquire() as own, own.transaction():
-        token = _alone.set(own)
-        try:
+        with alone_in(own):
             yield own
-        finally:
-            _alone.reset(token)
 
 
 @asynccontextmanager

@@ -10,7 +10,7 @@ the consumers' idempotency absorbs the duplicate; on the embedded queue the mess
 are written in the claiming transaction itself, so there is no duplicate (D-132).
 On RabbitMQ one batch stays in flight: the next is claimed and sent while its confirms
 come in, and a row it could not send holds back its key's rows in the next (D-376).
-Woken by ``LISTEN/NOTIFY`` on new events, with a poll as fallback (``workers/listener``).
+Woken by ``LISTEN/NOTIFY`` on new events, with a poll as fallback (``store/listener``).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import outbox
+from stockkeeper.store.listener import Listener, listen_then_poll
 from stockkeeper.store.outbox import NOTIFY_CHANNEL, PendingEvent
 from stockkeeper.store.pool import Conn, Pool
-from stockkeeper.workers.listener import Listener, listen_then_poll
 
 log = get_logger("stockkeeper.dispatcher")
 STATS_EVERY_S = 5.0

@@ -11,8 +11,8 @@ D-350, D-351) and hands each batch to
 :meth:`~stockkeeper.services.propagation.Propagation.push_claimed`, which calls the
 channel's adapter and books the answers (a failed push is retried with backoff and,
 past ``propagation.max_attempts``, dead-lettered). This module only schedules and
-wakes: the loops run on :func:`~stockkeeper.workers.listener.listen_then_poll`, woken by
-one :class:`~stockkeeper.workers.listener.Listener`. A slow or broken channel only ever
+wakes: the loops run on :func:`~stockkeeper.store.listener.listen_then_poll`, woken by
+one :class:`~stockkeeper.store.listener.Listener`. A slow or broken channel only ever
 holds up its own loop. A monitor computes the lag percentiles and the alert, prunes the
 push log and runs the scheduled drift repair.
 """
@@ -39,9 +39,9 @@ from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.propagation import NOTIFY_CHANNEL, REARM, LevelChange, Propagation
 from stockkeeper.services.push_pipeline import ClaimSizer
 from stockkeeper.store.channel_sync import Claimed
+from stockkeeper.store.listener import Listener, listen_then_poll
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.waiting import wait_any
-from stockkeeper.workers.listener import Listener, listen_then_poll
 
 log = get_logger("stockkeeper.propagator")
 

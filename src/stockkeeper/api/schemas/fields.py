@@ -1,0 +1,57 @@
+"""What every body is made of: the one rule for the characters of an id, the id and
+quantity types built on it, the strict base of every request body (``Body``), and
+``as_json``, how a response model becomes its JSON body."""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from stockkeeper.domain.quantities import MAX_QUANTITY
+
+# The one rule for the characters of an id (SKU, order id, reference id, lot number) and
+# of the short texts beside them (docs/http.md, "Ids"): any printable Unicode character,
+# no surrounding whitespace. Refused: controls (C0, DEL, C1: category Cc), format
+# characters (zero-width space and joiners, bidi controls, the byte order mark, soft
+# hyphen: Cf), the line and paragraph separators U+2028/U+2029 (Zl, Zp) and lone
+# surrogates (Cs). Invisible characters would make "A\u200bB" a second SKU beside "AB".
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+PRINTABLE = (
+    "printable text without surrounding whitespace; no control, zero-width, bidi-control "
+    "or line/paragraph separator characters"
+)
+
+
+def printable(value: str) -> str:
+    """``value`` if it may be an id, else ValueError naming the first character refused."""
+    if value != value.strip():
+        raise ValueError("must not begin or end with whitespace")
+    for ch in value:
+        if unicodedata.category(ch) in REFUSED_CATEGORIES:
+            name = unicodedata.name(ch, "a control character")
+            raise ValueError(f"must not contain U+{ord(ch):04X} ({name})")
+    return value
+
+
+# Every id-like text is Annotated[str, Field(min_length=1, max_length=N, ...), ID_TEXT].
+ID_TEXT = AfterValidator(printable)
+Sku = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
+OrderId = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
+ReferenceId = Annotated[str, Field(min_length=1, max_length=200, description=PRINTABLE), ID_TEXT]
+LocationCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+LotNumber = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
+# A row id (dead letter, sync request): a PostgreSQL bigint, so 1 to 2^63 - 1.
+MAX_ROW_ID = 2**63 - 1
+Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
+Reason = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def as_json(model: BaseModel) -> dict[str, Any]:
+    """A response model as its JSON body; optional members never set are left out."""
+    return model.model_dump(mode="json", exclude_unset=True)
