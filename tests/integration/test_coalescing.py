@@ -118,7 +118,7 @@ async def test_two_processes_coalescing_share_100_units_without_oversell(
     won = {r.order_id for r in results if isinstance(r, ReservationView)}
     assert await reservation_ids(a) == won
     for side in (0, 1):
-        mine = [i for i in range(side, 300, 2)]
+        mine = list(range(side, 300, 2))
         served = [i for i in mine if isinstance(results[i], ReservationView)]
         # First come, first served within the process: its winners are its earliest.
         assert served == mine[: len(served)], (side, served)

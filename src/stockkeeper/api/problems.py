@@ -23,6 +23,7 @@ def request_path(request: Request) -> str:
     path: str = request.scope["path"]
     return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
 
+
 TITLES = {
     "insufficient-stock": "Insufficient stock",
     "reservation-expired": "Reservation expired",
