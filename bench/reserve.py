@@ -1,7 +1,8 @@
 """Reservation throughput of inventory-api, per concurrency strategy, against its ceiling.
 
 For each strategy (conditional, row_lock, optimistic) one real server process
-(``python -m stockkeeper run inventory-api``) is started on a copy of a seeded database,
+(``python -m stockkeeper run inventory-api``; ``--server-procs 2``: two, each on its own
+port, the connections dealt to them in turn) is started on a copy of a seeded database,
 and three closed-loop loads are measured, each for a fixed time at a fixed number of
 keep-alive connections:
 
@@ -87,7 +88,7 @@ def sku_name(i: int) -> str:
 @dataclass(frozen=True)
 class LoadSpec:
     host: str
-    port: int
+    ports: tuple[int, ...]  # one per server process; connections are dealt round robin
     scenario: Scenario
     connections: int
     warmup: float
@@ -97,6 +98,12 @@ class LoadSpec:
     client: ClientKind = "raw"
     n_skus: int = N_SKUS
     seed: int = 0
+    first_connection: int = 0  # this process's first connection number over all processes
+
+    def port_of(self, no: int) -> int:
+        """The server port of this process's connection ``no``: connections over all load
+        processes are dealt to the server processes in turn, so each gets an equal share."""
+        return self.ports[(self.first_connection + no) % len(self.ports)]
 
     @property
     def path(self) -> str:
@@ -194,19 +201,20 @@ async def _load(spec: LoadSpec) -> LoadResult:
     n_buckets = max(1, math.ceil(spec.duration))
     buckets = [0] * n_buckets
 
-    client: httpx.AsyncClient | None = None
+    clients: dict[int, httpx.AsyncClient] = {}
     if spec.client == "httpx":
-        limits = httpx.Limits(
-            max_connections=spec.connections, max_keepalive_connections=spec.connections
-        )
-        client = httpx.AsyncClient(
-            base_url=f"http://{spec.host}:{spec.port}",
-            limits=limits,
-            timeout=60,
-            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-        )
-    raws = [RawHttp(spec.host, spec.port) for _ in range(spec.connections)]
-    if client is None:
+        for port in spec.ports:
+            limits = httpx.Limits(
+                max_connections=spec.connections, max_keepalive_connections=spec.connections
+            )
+            clients[port] = httpx.AsyncClient(
+                base_url=f"http://{spec.host}:{port}",
+                limits=limits,
+                timeout=60,
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            )
+    raws = [RawHttp(spec.host, spec.port_of(i)) for i in range(spec.connections)]
+    if not clients:
         await asyncio.gather(*(r.open() for r in raws))
 
     # perf_counter deadlines aligned on the shared wall-clock start.
@@ -217,22 +225,25 @@ async def _load(spec: LoadSpec) -> LoadResult:
     if (delay := t_start - time.perf_counter()) > 0:
         await asyncio.sleep(delay)
 
-    async def httpx_sender(body: bytes) -> tuple[int, bytes]:
-        assert client is not None
-        r = await client.post(spec.path, content=body)
-        return r.status_code, r.content
+    def httpx_sender(client: httpx.AsyncClient) -> Sender:
+        async def send(body: bytes) -> tuple[int, bytes]:
+            r = await client.post(spec.path, content=body)
+            return r.status_code, r.content
+
+        return send
 
     async def worker(no: int) -> None:
         raw = raws[no]
-        send: Sender = httpx_sender if client is not None else raw.send
+        port = spec.port_of(no)
+        send: Sender = httpx_sender(clients[port]) if clients else raw.send
         seq = 0
         while (t0 := time.perf_counter()) < t_end:
             seq += 1
             oid = f"{spec.order_prefix}-{no}-{seq}"
             sku = skus[rng.randrange(spec.n_skus)] if spec.scenario == "random" else HOT_SKU
             body = reserve_body(oid, sku)
-            if client is None:
-                body = request_bytes(spec.host, spec.port, spec.path, body)
+            if not clients:
+                body = request_bytes(spec.host, port, spec.path, body)
             res.total_sent += 1
             try:
                 status, answer = await send(body)
@@ -270,7 +281,7 @@ async def _load(spec: LoadSpec) -> LoadResult:
     await probe
     for r in raws:
         r.close()
-    if client is not None:
+    for client in clients.values():
         await client.aclose()
     res.statuses = dict(statuses)
     res.per_second = buckets
@@ -294,11 +305,13 @@ class CpuSample:
     me: float
 
     @classmethod
-    def take(cls, server_pid: int, postmaster: int | None, dbname: str) -> CpuSample:
+    def take(cls, server_pids: list[int], postmaster: int | None, dbname: str) -> CpuSample:
+        """``server``: summed over the server processes."""
         busy, steal = machine_cpu()
         pids = cluster_processes(postmaster, dbname) if postmaster else []
         pg = {pid: proc_cpu(pid) for pid in pids}
-        return cls(proc_cpu(server_pid), pg, busy, steal, time.process_time())
+        server = sum(proc_cpu(pid) for pid in server_pids)
+        return cls(server, pg, busy, steal, time.process_time())
 
 
 def cpu_cores(a: CpuSample, b: CpuSample, seconds: float, loadgen: float) -> dict[str, float]:
@@ -321,20 +334,30 @@ def cpu_cores(a: CpuSample, b: CpuSample, seconds: float, loadgen: float) -> dic
     }
 
 
-async def batch_counts(port: int) -> tuple[float, float] | None:
-    """The coalescer's ``stockkeeper_reserve_batch_size`` histogram: (requests, batches)
-    so far, or None when the server does not export it (the naive one)."""
-    try:
-        async with httpx.AsyncClient(timeout=5) as client:
-            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-    except httpx.HTTPError:
-        return None
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("stockkeeper_reserve_batch_size_sum", "stockkeeper_reserve_batch_size_count"):
-            found[name.rpartition("_")[2]] = float(value)
-    return (found["sum"], found["count"]) if len(found) == 2 else None
+async def batch_counts(ports: list[int]) -> tuple[float, float] | None:
+    """The coalescers' ``stockkeeper_reserve_batch_size`` histograms: (requests, batches)
+    so far, summed over the server processes, or None when a server does not export it
+    (the naive one)."""
+    requests = batches = 0.0
+    async with httpx.AsyncClient(timeout=5) as client:
+        for port in ports:
+            try:
+                text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            except httpx.HTTPError:
+                return None
+            found: dict[str, float] = {}
+            for line in text.splitlines():
+                name, _, value = line.partition(" ")
+                if name in (
+                    "stockkeeper_reserve_batch_size_sum",
+                    "stockkeeper_reserve_batch_size_count",
+                ):
+                    found[name.rpartition("_")[2]] = float(value)
+            if len(found) != 2:
+                return None
+            requests += found["sum"]
+            batches += found["count"]
+    return requests, batches
 
 
 def mean_batch(a: tuple[float, float] | None, b: tuple[float, float] | None) -> float | None:
@@ -357,6 +380,7 @@ class Server:
         workdir: Path,
         tracing: bool = False,
         db_spans: bool = True,
+        no: int = 0,
     ) -> None:
         self.dbname = urlsplit(db_url).path.lstrip("/")
         self.port = free_port()
@@ -390,7 +414,7 @@ class Server:
             # without a collector's.
             self.cfg["tracing"] = {"exporter": "discard", "database_spans": db_spans}
         self.workdir = workdir
-        self.label = f"server-{strategy}{'+tracing' if tracing else ''}"
+        self.label = f"server-{strategy}{'+tracing' if tracing else ''}-{no}"
         self.proc: Proc | None = None
 
     @property
@@ -410,10 +434,10 @@ class Server:
 class NaiveServer(Server):
     """bench/naive_reserve.py as a child process: the hand-written baseline."""
 
-    def __init__(self, db_url: str, workdir: Path) -> None:
-        super().__init__(db_url, "conditional", workdir)
+    def __init__(self, db_url: str, workdir: Path, no: int = 0) -> None:
+        super().__init__(db_url, "conditional", workdir, no=no)
         self.db_url = db_url
-        self.label = "server-naive"
+        self.label = f"server-naive-{no}"
         self.popen: subprocess.Popen[bytes] | None = None
 
     @property
@@ -441,6 +465,35 @@ class NaiveServer(Server):
 
     async def stop(self) -> None:
         harness.stop_process(self.popen)
+
+
+class Servers:
+    """``n`` server processes of one strategy on one database, each on its own port
+    (``--server-procs``): what two replicas behind a load balancer would be. Each has
+    its own pool, coalescer and event loop; they meet only in PostgreSQL."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        self.servers = servers
+        self.dbname = servers[0].dbname
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.servers]
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.port for s in self.servers]
+
+    async def start(self) -> None:
+        try:
+            await asyncio.gather(*(s.start() for s in self.servers))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        for s in self.servers:
+            await s.stop()
 
 
 async def seed(port: int, n_skus: int) -> float:
@@ -507,27 +560,29 @@ class Bench:
     run_id: str
     postmaster: int | None
 
-    def cpu_sample(self, server: Server) -> CpuSample:
-        return CpuSample.take(server.pid, self.postmaster, server.dbname)
+    def cpu_sample(self, servers: Servers) -> CpuSample:
+        return CpuSample.take(servers.pids, self.postmaster, servers.dbname)
 
-    async def measure(self, server: Server, strategy: str, scenario: Scenario) -> dict[str, Any]:
+    async def measure(
+        self, servers: Servers, strategy: str, scenario: Scenario, procs: int
+    ) -> dict[str, Any]:
         a = self.args
-        procs: int = a.loadgen_procs
         start_at = time.time() + 1.0
         shares = [a.concurrency // procs + (i < a.concurrency % procs) for i in range(procs)]
         specs = [
             LoadSpec(
                 host="127.0.0.1",
-                port=server.port,
+                ports=tuple(servers.ports),
                 scenario=scenario,
                 connections=n,
                 warmup=a.warmup,
                 duration=a.duration,
                 start_at=start_at,
-                order_prefix=f"{self.run_id}-{strategy}-{scenario}-{i}",
+                order_prefix=f"{self.run_id}-{strategy}-{scenario}-l{procs}-{i}",
                 client=a.client,
                 n_skus=a.skus,
                 seed=random.randrange(2**32),
+                first_connection=sum(shares[:i]),
             )
             for i, n in enumerate(shares)
             if n
@@ -537,11 +592,11 @@ class Bench:
 
         # Sample CPU over the same window the load processes count in.
         await asyncio.sleep(max(0.0, start_at + a.warmup - time.time()))
-        before, w0 = self.cpu_sample(server), time.perf_counter()
-        batches0 = await batch_counts(server.port)
+        before, w0 = self.cpu_sample(servers), time.perf_counter()
+        batches0 = await batch_counts(servers.ports)
         await asyncio.sleep(max(0.0, start_at + a.warmup + a.duration - time.time()))
-        after, w1 = self.cpu_sample(server), time.perf_counter()
-        batches1 = await batch_counts(server.port)
+        after, w1 = self.cpu_sample(servers), time.perf_counter()
+        batches1 = await batch_counts(servers.ports)
         results: list[LoadResult] = await asyncio.gather(*futures)
 
         lat = sorted(x for r in results for x in r.latencies)
@@ -556,6 +611,8 @@ class Bench:
         return {
             "strategy": strategy,
             "scenario": scenario,
+            "server_procs": len(servers.servers),
+            "loadgen_procs": procs,
             "requests": ok + errors,
             "rps": (ok + errors) / a.duration,
             "ok_rps": ok / a.duration,
@@ -574,18 +631,28 @@ class Bench:
         }
 
     async def strategy_run(
-        self, strategy: str, db_url: str, workdir: Path, tracing: bool = False
+        self,
+        strategy: str,
+        db_url: str,
+        workdir: Path,
+        tracing: bool = False,
+        server_procs: int = 1,
     ) -> list[dict[str, Any]]:
-        server: Server = (
-            NaiveServer(db_url, workdir)
-            if strategy == "naive"
-            else Server(db_url, strategy, workdir, tracing, self.args.tracing_db_spans == "on")
+        db_spans = self.args.tracing_db_spans == "on"
+        servers = Servers(
+            [
+                NaiveServer(db_url, workdir, no)
+                if strategy == "naive"
+                else Server(db_url, strategy, workdir, tracing, db_spans, no)
+                for no in range(server_procs)
+            ]
         )
         label = f"{strategy}+tracing" if tracing else strategy
-        await server.start()
+        await servers.start()
         rows: list[dict[str, Any]] = []
+        loads = [(lp, sc) for lp in self.args.loadgen_procs for sc in self.args.scenarios]
         try:
-            for scenario in self.args.scenarios:
+            for procs, scenario in loads:
                 if self.args.vacuum:
                     # What autovacuum does within a minute on a running system: the
                     # previous load's row versions go, the tables' statistics and with
@@ -593,24 +660,29 @@ class Bench:
                     # load measures the leftovers of the one before (D-380).
                     await admin_execute(db_url, "VACUUM ANALYZE")
                 waited, busy = await wait_quiet(self.args.quiet_below, self.args.quiet_wait)
-                row = await self.measure(server, label, scenario)
+                row = await self.measure(servers, label, scenario, procs)
                 row["tracing"] = tracing
                 row["quiet_wait"] = {"waited_s": round(waited, 1), "busy_cores_before": busy}
                 rows.append(row)
                 print(
-                    f"  {label:<11} {scenario:<6} {row['rps']:8.0f} req/s  "
+                    f"  {label:<11} {scenario:<6} server x{server_procs} loadgen x{procs} "
+                    f"{row['rps']:8.0f} req/s  "
                     f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
                     f"non-2xx {row['errors']}  server ms/2xx {fmt(row['server_ms_per_2xx'], '.3f')}"
                     f"  req/batch {fmt(row['requests_per_batch'], '.1f')}  cpu {row['cpu_cores']}",
                     flush=True,
                 )
         finally:
-            await server.stop()
-        noop = next((r["rps"] for r in rows if r["scenario"] == "noop"), None)
+            await servers.stop()
+        # The ceiling of the same server processes under the same load generator.
+        noops = {r["loadgen_procs"]: r["rps"] for r in rows if r["scenario"] == "noop"}
         for r in rows:
+            noop = noops.get(r["loadgen_procs"])
             r["vs_noop"] = r["ok_rps"] / noop if noop else None
-        by = {r["scenario"]: r["total_ok"] for r in rows}
-        check = await check_database(db_url, by.get("hot", 0), by.get("random", 0))
+        by: Counter[str] = Counter()
+        for r in rows:
+            by[r["scenario"]] += r["total_ok"]
+        check = await check_database(db_url, by["hot"], by["random"])
         for r in rows:
             r["db_check"] = check["clean"]
         if not check["clean"]:
@@ -629,6 +701,7 @@ class Bench:
 HEAD = (
     "strategy",
     "scenario",
+    "procs server / loadgen",
     "req/s",
     "2xx/s",
     "p50 ms",
@@ -651,6 +724,7 @@ def table_row(r: dict[str, Any]) -> list[str]:
     return [
         r["strategy"],
         r["scenario"],
+        f"{r.get('server_procs', 1)} / {r.get('loadgen_procs', 1)}",
         fmt(r["rps"], ",.0f"),
         fmt(r["ok_rps"], ",.0f"),
         fmt(r["p50_ms"], ".1f"),
@@ -717,7 +791,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="2 s per load, 0.5 s warmup: a smoke run")
     p.add_argument("--database-url", default=DEFAULT_ADMIN_URL, help="an admin connection URL")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load client")
-    p.add_argument("--loadgen-procs", type=int, default=1, help="load processes (default 1)")
+    p.add_argument(
+        "--loadgen-procs",
+        default="1",
+        help="load generator processes (default 1); a comma-separated list (1,2) measures\n"
+        "every scenario, noop included, once per count",
+    )
+    p.add_argument(
+        "--server-procs",
+        default="1",
+        help="server processes per strategy, each on its own port, one database (default 1);\n"
+        "connections are dealt to them in turn, and their CPU is summed. A list (1,2)\n"
+        "runs each strategy once per count, on its own copy of the database",
+    )
     p.add_argument("--skus", type=int, default=N_SKUS, help=argparse.SUPPRESS)
     p.add_argument(
         "--quiet-wait",
@@ -757,8 +843,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for s in args.scenarios:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}")
-    if args.duration <= 0 or args.concurrency < 1 or args.loadgen_procs < 1:
-        p.error("duration, concurrency and loadgen-procs must be positive")
+    try:
+        args.loadgen_procs = [int(x) for x in args.loadgen_procs.split(",") if x.strip()]
+        args.server_procs = [int(x) for x in args.server_procs.split(",") if x.strip()]
+    except ValueError:
+        p.error("loadgen-procs and server-procs take numbers: 2 or 1,2")
+    counts = [*args.loadgen_procs, *args.server_procs]
+    if args.duration <= 0 or args.concurrency < 1 or not counts or min(counts) < 1:
+        p.error("duration, concurrency, loadgen-procs and server-procs must be positive")
     return args
 
 
@@ -771,7 +863,7 @@ async def amain(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
     with (
-        ProcessPoolExecutor(max_workers=args.loadgen_procs, mp_context=ctx) as pool,
+        ProcessPoolExecutor(max_workers=max(args.loadgen_procs), mp_context=ctx) as pool,
         tempfile.TemporaryDirectory(prefix="stockkeeper-bench-") as tmp,
     ):
         dbs = Databases(admin)
@@ -779,7 +871,10 @@ async def amain(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         loop_impl = (
             await asyncio.gather(
-                *(loop.run_in_executor(pool, harness.loop_name) for _ in range(args.loadgen_procs))
+                *(
+                    loop.run_in_executor(pool, harness.loop_name)
+                    for _ in range(max(args.loadgen_procs))
+                )
             )
         )[0]
         info = await machine_info(admin, loop_impl)
@@ -787,7 +882,8 @@ async def amain(args: argparse.Namespace) -> int:
             f"stockkeeper reserve bench {run_id}: {info['nproc']} CPUs, Python {info['python']}, "
             f"PostgreSQL {info['postgresql']}; {args.duration:g} s per load after "
             f"{args.warmup:g} s warmup, {args.concurrency} connections, "
-            f"client {args.client} x{args.loadgen_procs} ({loop_impl})",
+            f"client {args.client} x{'/'.join(map(str, args.loadgen_procs))} ({loop_impl}), "
+            f"server processes {'/'.join(map(str, args.server_procs))}",
             flush=True,
         )
         bench = Bench(args, pool, run_id, info["postmaster_pid"])
@@ -812,24 +908,25 @@ async def amain(args: argparse.Namespace) -> int:
             )
             # --tracing: each strategy twice, tracing off then on, each on its own copy.
             runs = [
-                (s, t)
+                (s, n, t)
                 for s in args.strategies
+                for n in args.server_procs
                 for t in ((False, True) if args.tracing else (False,))
             ]
-            for strategy, tracing in runs:
-                name = f"{strategy}+tracing" if tracing else strategy
-                db = f"{base}_{strategy}{'_traced' if tracing else ''}"
+            for strategy, n, tracing in runs:
+                name = f"{strategy}{'+tracing' if tracing else ''} x{n}"
+                db = f"{base}_{strategy}_s{n}{'_traced' if tracing else ''}"
                 db_url = await dbs.create(db, template=seed_db)
                 with contextlib.suppress(asyncpg.PostgresError):
                     await admin_execute(admin, "CHECKPOINT")
                 try:
-                    rows.extend(await bench.strategy_run(strategy, db_url, workdir, tracing))
+                    rows.extend(await bench.strategy_run(strategy, db_url, workdir, tracing, n))
                 except Exception as exc:  # one strategy failing should not lose the others
                     failures[name] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
                     print(f"  {name}: FAILED: {failures[name]}", flush=True)
                 await dbs.drop(db)
 
-    table = markdown_table(HEAD, map(table_row, rows), "llrrrrlrrrl")
+    table = markdown_table(HEAD, map(table_row, rows), "llcrrrrlrrrl")
     print()
     print(
         f"Machine: nproc {info['nproc']} ({info['cpu_model']}), Python {info['python']}, "
@@ -841,7 +938,9 @@ async def amain(args: argparse.Namespace) -> int:
     print(
         f"Load: {args.concurrency} keep-alive connections, closed loop, {args.duration:g} s "
         f"measured after {args.warmup:g} s warmup, client {args.client} in "
-        f"{args.loadgen_procs} process(es); stock seeded in {seed_s:.1f} s."
+        f"{'/'.join(map(str, args.loadgen_procs))} process(es), dealt to "
+        f"{'/'.join(map(str, args.server_procs))} server process(es) (pool_size 20 each); "
+        f"stock seeded in {seed_s:.1f} s."
     )
     print()
     print(table)
@@ -850,13 +949,13 @@ async def amain(args: argparse.Namespace) -> int:
         print_tracing_overhead(rows)
     print(
         "2xx/s vs noop: successful requests/s over the /noop requests/s of the same server\n"
-        "process. p50/p99: over every answer in the window. server CPU ms/2xx: the server\n"
-        "process's CPU over the window per successful request. req/batch: requests per\n"
-        "coalesced transaction (the server's stockkeeper_reserve_batch_size histogram).\n"
-        "CPU in cores (1.00 = one core\n"
-        "busy) over the window: the server process; PostgreSQL (this database's backends and\n"
-        "the cluster's background processes); the load generator; other = everything else on\n"
-        "the machine at the time."
+        "process(es) under the same load generator processes. p50/p99: over every answer in\n"
+        "the window. server CPU ms/2xx: the server processes' CPU over the window per\n"
+        "successful request. req/batch: requests per coalesced transaction (the servers'\n"
+        "stockkeeper_reserve_batch_size histograms). CPU in cores (1.00 = one core\n"
+        "busy) over the window: the server processes (summed); PostgreSQL (this database's\n"
+        "backends and the cluster's background processes); the load generator; other =\n"
+        "everything else on the machine at the time."
     )
     warn_if_busy(rows, "other", args.quiet_below, "other processes used", "a measurement")
     all_clean = all(r.get("db_check", True) for r in rows)
@@ -873,6 +972,7 @@ async def amain(args: argparse.Namespace) -> int:
                 "concurrency": args.concurrency,
                 "client": args.client,
                 "loadgen_procs": args.loadgen_procs,
+                "server_procs": args.server_procs,
                 "skus": args.skus,
                 "pool_size": 20,
                 "seed_seconds": seed_s,

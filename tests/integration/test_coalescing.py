@@ -95,6 +95,38 @@ async def test_300_coalesced_requests_for_100_units(
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_two_processes_coalescing_share_100_units_without_oversell(
+    strategy: str, make_container: MakeContainer
+) -> None:
+    """Two server processes (``--server-procs 2``, two replicas) each coalesce their own
+    requests on their own pool; only PostgreSQL's row locks stand between them (D-401).
+    300 requests for 100 units, dealt to them in turn: exactly 100 hold stock, the rest
+    are refused, and within each process the first to arrive are the ones served."""
+    a, b = await make_container(strategy), await make_container(strategy)
+    await a.stock.receive(Receipt("HOT", 100, "r-hot"))
+    coalescers = [
+        ReserveCoalescer(c.reservations, window_ms=NEVER_MS, max_batch=30, max_in_flight=4)
+        for c in (a, b)
+    ]
+
+    results = await asyncio.gather(
+        *(outcome(coalescers[i % 2], order(f"o-{i:03d}", ("HOT", 1))) for i in range(300))
+    )
+
+    kinds = Counter(type(r).__name__ for r in results)
+    assert kinds == {"ReservationView": 100, "InsufficientStock": 200}, kinds
+    won = {r.order_id for r in results if isinstance(r, ReservationView)}
+    assert await reservation_ids(a) == won
+    for side in (0, 1):
+        mine = list(range(side, 300, 2))
+        served = [i for i in mine if isinstance(results[i], ReservationView)]
+        # First come, first served within the process: its winners are its earliest.
+        assert served == mine[: len(served)], (side, served)
+    assert (await a.stock.get("HOT")).available == 0
+    await assert_audit_clean(a)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_each_request_of_a_batch_gets_its_own_answer(
     strategy: str, make_container: MakeContainer
 ) -> None:

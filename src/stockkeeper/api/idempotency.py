@@ -15,7 +15,13 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from stockkeeper.api.auth import Principal
-from stockkeeper.api.problems import ApiProblem, JSONResponse, ProblemResponse, domain_problem
+from stockkeeper.api.problems import (
+    ApiProblem,
+    JSONResponse,
+    ProblemResponse,
+    domain_problem,
+    request_path,
+)
 from stockkeeper.api.schemas import as_json
 from stockkeeper.domain.errors import DomainError
 from stockkeeper.services import idempotency
@@ -83,7 +89,7 @@ def _key(
 ) -> IdempotencyKey:
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise ApiProblem("validation", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
-    method, path = request.method, request.url.path
+    method, path = request.method, request_path(request)
     doc = payload.model_dump(mode="json") if payload is not None else {}
     return IdempotencyKey(
         principal.name, key, method, path, idempotency.fingerprint(method, path, doc)
@@ -107,7 +113,7 @@ async def run(
     order), which writes the key itself, its answer rendered here by ``present``
     (D-366).
     """
-    path = request.url.path
+    path = request_path(request)
     request.app.state.container.failpoints.hit("api.use_case")
     key = request.headers.get("idempotency-key")
     if key is None:

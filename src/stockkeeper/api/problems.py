@@ -15,6 +15,15 @@ from stockkeeper.domain.errors import DomainError
 
 PROBLEM_TYPE = "application/problem+json"
 
+
+def request_path(request: Request) -> str:
+    """``request.url.path``, without building the URL: Starlette parses the Host
+    header, assembles the whole URL and splits it again only to give back the scope's
+    path with ``?``, ``#`` and ``\\`` escaped, about 6 µs a request (D-403)."""
+    path: str = request.scope["path"]
+    return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+
+
 TITLES = {
     "insufficient-stock": "Insufficient stock",
     "reservation-expired": "Reservation expired",
@@ -115,19 +124,19 @@ def install(app: FastAPI) -> None:
 
     async def on_domain(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, DomainError)
-        status, doc = domain_problem(exc, request.url.path)
+        status, doc = domain_problem(exc, request_path(request))
         return ProblemResponse(doc, status_code=status)
 
     async def on_api_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiProblem)
-        return problem(exc.slug, exc.detail, request.url.path, exc.headers, **exc.extensions)
+        return problem(exc.slug, exc.detail, request_path(request), exc.headers, **exc.extensions)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         return problem(
             "validation",
             "the request is not valid",
-            request.url.path,
+            request_path(request),
             errors=_validation_errors(exc),
         )
 
@@ -142,7 +151,7 @@ def install(app: FastAPI) -> None:
         }.get(exc.status_code, "validation")
         # Anything else FastAPI refuses while reading the body (not UTF-8, say) is a
         # validation problem: 422, so a type always comes with its usual status.
-        doc = problem_doc(slug, str(exc.detail), request.url.path)
+        doc = problem_doc(slug, str(exc.detail), request_path(request))
         return ProblemResponse(doc, status_code=doc["status"], headers=exc.headers)
 
     app.add_exception_handler(DomainError, on_domain)

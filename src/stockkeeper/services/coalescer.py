@@ -25,6 +25,9 @@ that one has them, while the server answers and PostgreSQL writes.
 The coalescer is a per-process optimisation, never a correctness device: stock is
 guarded by the row locks and the guarded write of the batch, so other processes (and
 requests that bypass it, such as ones with an Idempotency-Key) race correctly with it.
+First come, first served is therefore a promise within a process: between requests
+that reached different processes, PostgreSQL grants the row locks in the order the
+processes' batches ask for them (D-401).
 """
 
 from __future__ import annotations

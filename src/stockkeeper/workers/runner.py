@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Sequence
@@ -135,6 +136,20 @@ async def _run_together(
         raise SystemExit(f"stockkeeper: {failed[0]}")
 
 
+def freeze_startup_heap() -> None:
+    """Leave what the process built to start (modules, the apps and their routes and
+    models, the container) out of every later garbage collection.
+
+    Those objects live as long as the process, but the collector's full passes walked
+    them all again: about 120 ms with the event loop stopped, several times a minute
+    under load, which made the reserve bench's p99 and about a quarter of its server
+    CPU per reservation (D-402). ``gc.freeze`` moves them to the permanent generation;
+    objects made afterwards are collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(
     container: Container, services: Iterable[str], consumers: Sequence[ConsumerSpec] = ()
 ) -> None:
@@ -154,5 +169,6 @@ async def serve(
         metrics_port = container.settings.monitoring.metrics_port
         if not named and metrics_port:
             start_http_server(metrics_port, registry=container.metrics.registry)
+        freeze_startup_heap()
         log.info("runner.started", services=wanted, pid=os.getpid())
         await _run_together(tasks, [srv for _, srv in named], stop)
