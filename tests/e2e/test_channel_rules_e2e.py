@@ -75,6 +75,16 @@ async def test_a_rule_change_through_the_admin_api_re_pushes_what_it_affects(
             await wait_until(
                 shows(state, "BIG", 25), timeout=30, what="BIG capped", children=children
             )
+
+            async def booked() -> bool:
+                # The sandbox shows the figure when the call arrives; the propagator books
+                # it when the answer is back: wait for that, not for the sandbox alone.
+                r = await http.get(
+                    "/admin/channels/shopify-main/skus/BIG", headers=auth(ADMIN_TOKEN)
+                )
+                return bool(r.json()["pushed_quantity"] == 25)
+
+            await wait_until(booked, timeout=30, what="BIG booked", children=children)
             doc = (
                 await http.get("/admin/channels/shopify-main/skus/BIG", headers=auth(ADMIN_TOKEN))
             ).json()
