@@ -408,7 +408,9 @@ def check_config(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Validate the configuration and say so: ``check-config FILE`` or ``-c FILE``."""
+    """Validate the configuration and say so.
+
+    The file is FILE, or the one --config names."""
     from stockkeeper.bootstrap import check_connectors
 
     if file is not None and config is not None and file != config:
