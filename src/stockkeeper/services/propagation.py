@@ -286,14 +286,16 @@ class Propagation:
         return [await self._record_round(conn, r) for r in rounds]
 
     async def _record_round(
-        self, conn: Conn, changes: Sequence[LevelChange]
+        self, conn: Conn, changes: Sequence[LevelChange], ids: Sequence[str] | None = None
     ) -> dict[str, dict[str, Verdict]]:
-        """Changes of distinct SKUs: locked, judged and recorded in three statements."""
-        states = await repo.lock_states_bulk(conn, [c.sku for c in changes], self.ids)
+        """Changes of distinct SKUs: locked, judged and recorded in three statements, for
+        the channels ``ids`` (all by default). A row another transaction created between
+        the lock and the write is locked and judged again (D-420)."""
+        ids = self.ids if ids is None else ids
+        locked = await repo.lock_states_bulk(conn, [c.sku for c in changes], ids)
+        states = locked.states
         # After the locks, as in record: a rule change committed meanwhile is seen.
-        figures = await self.rules.figures_many(
-            conn, self.ids, {c.sku: c.available for c in changes}
-        )
+        figures = await self.rules.figures_many(conn, ids, {c.sku: c.available for c in changes})
         out: dict[str, dict[str, Verdict]] = {}
         news: list[repo.LevelNews] = []
         counts: dict[tuple[str, Verdict], int] = {}
@@ -303,7 +305,7 @@ class Propagation:
                 ch: self._judge(
                     ch, states[(c.sku, ch)], c.version, mine[ch][0], mine[ch][1], c.source
                 )
-                for ch in self.ids
+                for ch in ids
             }
             out[c.sku] = verdicts
             live = {ch: v for ch, v in verdicts.items() if v is not Verdict.STALE}
@@ -311,11 +313,21 @@ class Propagation:
             news.append(
                 repo.LevelNews(c.sku, c.version, live, shown, c.committed_at, c.traceparent)
             )
-            for ch, v in verdicts.items():
-                counts[(ch, v)] = counts.get((ch, v), 0) + 1
-        await repo.apply_levels(conn, news, changes[0].committed_at, NOTIFY_CHANNEL)
+        lost = await repo.apply_levels(
+            conn, news, changes[0].committed_at, NOTIFY_CHANNEL, locked.missing
+        )
+        for c in changes:
+            for ch, v in out[c.sku].items():
+                if (c.sku, ch) not in lost:
+                    counts[(ch, v)] = counts.get((ch, v), 0) + 1
         for (ch, v), n in counts.items():
             self.metrics.channel_changes.labels(channel=ch, verdict=v.value).inc(n)
+        # Rare: rows another transaction inserted since the lock, judged again per
+        # channel against what it wrote.
+        for ch in sorted({ch for _, ch in lost}):
+            again = [c for c in changes if (c.sku, ch) in lost]
+            for sku, verdicts in (await self._record_round(conn, again, [ch])).items():
+                out[sku] |= verdicts
         return out
 
     async def rearm(self, conn: Conn, channel: str, skus: Sequence[str]) -> int:
