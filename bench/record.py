@@ -151,6 +151,7 @@ async def main(args: argparse.Namespace) -> int:
         # The baseline: the same rows written by one plain statement, in a copy of the
         # table (same columns, indexes and constraints), in this run.
         async with c.pool.acquire() as conn:
+            await conn.execute("SET statement_timeout = 0")  # the pool sets one
             await conn.execute("CREATE TABLE bench_sync (LIKE channel_sync_state INCLUDING ALL)")
             t1 = time.perf_counter()
             await conn.execute(
