@@ -17,7 +17,7 @@ import pytest
 from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
 from stockkeeper.services.propagation import LevelChange
-from stockkeeper.store.sql import q
+from stockkeeper.store.sql import q, rows_param
 from tests.conftest import FakeClock
 
 A, B = "shop-a", "shop-b"
@@ -121,9 +121,7 @@ async def test_the_bulk_lock_probes_the_primary_key_on_a_table_never_analyzed(
         pairs = [(f"S-{i:06}", ch) for i in range(7_000, 7_500) for ch in (A, B)]
         async with conn.transaction():
             got = await conn.fetchval(
-                "EXPLAIN (FORMAT JSON) " + q("lock_sync_rows_bulk"),
-                [k for k, _ in pairs],
-                [ch for _, ch in pairs],
+                "EXPLAIN (FORMAT JSON) " + q("lock_sync_rows_bulk"), rows_param(pairs)
             )
     plan = (json.loads(got) if isinstance(got, str) else got)[0]["Plan"]
     scans = [n for n in _nodes(plan) if n.get("Relation Name") == "channel_sync_state"]

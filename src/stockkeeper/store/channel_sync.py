@@ -14,7 +14,7 @@ from typing import Any
 from stockkeeper.domain.propagation import SyncState, SyncStatus, Verdict
 from stockkeeper.observability.tracing import current_traceparent
 from stockkeeper.store.pool import Conn, Row
-from stockkeeper.store.sql import q
+from stockkeeper.store.sql import q, rows_param
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +126,7 @@ async def lock_states_bulk(conn: Conn, skus: Sequence[str], channels: Sequence[s
     order: one statement whatever the number of SKUs. A row that is not there is not
     created here: :func:`apply_levels` writes it once, holding its level (D-420)."""
     pairs = [(k, ch) for k in sorted(set(skus)) for ch in sorted(channels)]
-    rows = await conn.fetch(
-        q("lock_sync_rows_bulk"), [k for k, _ in pairs], [ch for _, ch in pairs]
-    )
+    rows = await conn.fetch(q("lock_sync_rows_bulk"), rows_param(pairs))
     states = {(r["sku"], r["channel"]): _state(r) for r in rows}
     missing = frozenset(p for p in pairs if p not in states)
     states.update(dict.fromkeys(missing, NEVER_TOLD))
@@ -154,16 +152,21 @@ async def apply_levels(
     trace = current_traceparent()
     row = await conn.fetchrow(
         q("apply_levels"),
-        [n.sku for n, _, _ in rows],
-        [n.version for n, _, _ in rows],
-        [n.figures[ch][0] for n, ch, _ in rows],
-        [ch for _, ch, _ in rows],
-        [v.value for _, _, v in rows],
-        [n.committed_at or committed_at for n, _, _ in rows],
+        rows_param(
+            (
+                n.sku,
+                n.version,
+                n.figures[ch][0],
+                ch,
+                v.value,
+                n.figures[ch][1],
+                n.committed_at or committed_at,
+                n.trace_context or trace,
+                (n.sku, ch) in missing,
+            )
+            for n, ch, v in rows
+        ),
         notify,
-        [n.figures[ch][1] for n, ch, _ in rows],
-        [n.trace_context or trace for n, _, _ in rows],
-        [(n.sku, ch) in missing for n, ch, _ in rows],
     )
     assert row is not None
     written = set(zip(row["skus"], row["channels"], strict=True))

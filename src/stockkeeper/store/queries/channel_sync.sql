@@ -25,31 +25,35 @@ FOR UPDATE;
 -- table: `sku = ANY(..) AND channel = ANY(..)` on a table not analyzed since it grew
 -- (a first sync of a catalogue, autovacuum behind) was planned as a scan of the
 -- channels' whole key range filtered by the SKU array, 170 ms a 500-SKU message at
--- 600,000 rows and growing with the table (D-420).
+-- 600,000 rows and growing with the table (D-420). $1: the pairs as a JSON array of
+-- [sku, channel] (store.sql.rows_param).
 SELECT s.sku, s.channel, s.desired_version, s.pushed_version, s.pushed_quantity, s.status,
        EXTRACT(EPOCH FROM now() - s.unlisted_at)::float8 AS unlisted_for_s
-FROM unnest($1::text[], $2::text[]) AS p (sku, channel)
+FROM jsonb_array_elements($1::text::jsonb) AS p
 CROSS JOIN LATERAL (
     SELECT * FROM channel_sync_state s
-    WHERE s.channel = p.channel AND s.sku = p.sku
+    WHERE s.channel = p->>1 AND s.sku = p->>0
     FOR UPDATE
 ) AS s;
 
 -- name: apply_levels
--- Newer levels of SKUs, one row per (sku, channel) with its version, the channel's
--- figure (from its availability rule, whose text is $8) and its (non-stale)
--- verdict, each committed at its $6, its push continuing trace $9: push (due, joining any
--- push already due), echo or noop (the channel already shows it), held (kept, not
--- pushed). A due push keeps its backoff; a new one is due now. A row that was not there
--- when the caller locked ($10) is inserted holding its level, judged as never told: one
--- write per row for a SKU new to the channel, not an insert and an update (D-420). If
--- another transaction inserted it meanwhile, it is left alone and returned, for the
--- caller to judge again against what that one wrote. When a push became due, the
--- senders listening on $7 are woken at commit.
+-- Newer levels of SKUs ($1: a JSON array of rows [sku, version, quantity, channel,
+-- verdict, rule, committed_at, trace, fresh], store.sql.rows_param), one row per (sku,
+-- channel) with its version, the channel's figure (from its availability rule, whose
+-- text is the rule) and its (non-stale) verdict, each committed at its committed_at,
+-- its push continuing its trace: push (due, joining any push already due), echo or
+-- noop (the channel already shows it), held (kept, not pushed). A due push keeps its
+-- backoff; a new one is due now. A row that was not there when the caller locked
+-- (fresh) is inserted holding its level, judged as never told: one write per row for a
+-- SKU new to the channel, not an insert and an update (D-420). If another transaction
+-- inserted it meanwhile, it is left alone and returned, for the caller to judge again
+-- against what that one wrote. When a push became due, the senders listening on $2
+-- are woken at commit.
 WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
-                         $8::text[], $6::timestamptz[], $9::text[], $10::bool[])
-        AS u (sku, version, quantity, channel, verdict, rule, committed_at, trace, fresh)
+    SELECT e->>0 AS sku, (e->>1)::bigint AS version, (e->>2)::bigint AS quantity,
+           e->>3 AS channel, e->>4 AS verdict, e->>5 AS rule,
+           (e->>6)::timestamptz AS committed_at, e->>7 AS trace, (e->>8)::bool AS fresh
+    FROM jsonb_array_elements($1::text::jsonb) AS e
 ), applied AS (
 UPDATE channel_sync_state s SET
     desired_version = u.version,
@@ -92,7 +96,7 @@ ORDER BY u.sku, u.channel
 ON CONFLICT (channel, sku) DO NOTHING
 RETURNING s.sku, s.channel, s.status
 ), woken AS (
-SELECT pg_notify($7, '')
+SELECT pg_notify($2, '')
 FROM (SELECT verdict FROM applied WHERE verdict = 'push'
       UNION ALL SELECT 'push' FROM inserted WHERE status = 'PENDING' LIMIT 1) AS due
 )
