@@ -6,10 +6,12 @@ the sandbox channels over real TCP."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
 
+from stockkeeper.config import MarketplaceConnectorConfig
 from stockkeeper.connectors import http
 from stockkeeper.connectors.amazon import AmazonChannel
 from stockkeeper.connectors.channels import Push
@@ -20,6 +22,7 @@ from stockkeeper.connectors.http import (
     ConnectorUnavailable,
     parse_retry_after,
 )
+from stockkeeper.connectors.marketplace import MarketplaceClient
 from stockkeeper.connectors.shopify import ShopifyChannel
 from tests.integration.test_channel_adapters import (
     Amazon,
@@ -105,3 +108,15 @@ def test_an_absurd_retry_after_is_read_as_a_day_at_most(header: str, seconds: fl
 @pytest.mark.parametrize("header", ["inf", "nan", "-inf", ""])
 def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(header: str) -> None:
     assert parse_retry_after(header) is None
+
+
+async def test_only_the_channels_bound_their_waits() -> None:
+    # A poll or a WMS sync would only come back sooner: they wait out a Retry-After.
+    cfg = MarketplaceConnectorConfig.model_validate(
+        {"id": "m", "type": "marketplace", "url": "http://127.0.0.1:9"}
+    )
+    client = MarketplaceClient(cfg)
+    try:
+        assert client.http.wait_budget_s == math.inf
+    finally:
+        await client.aclose()

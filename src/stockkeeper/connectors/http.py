@@ -11,15 +11,17 @@
   to ``max_attempts``, waiting what :class:`~stockkeeper.domain.backoff.Backoff` says
   (doubling from ``backoff_base_ms`` up to ``backoff_max_ms``, jittered), never sooner
   than the system's ``Retry-After``; any other 4xx is final;
-* a bounded call: its waits between tries add up to at most :meth:`HttpCaller.wait_budget_s`
+* for a caller working under a lease (``bounded_waits``: the channel adapters), a bounded
+  call: its waits between tries add up to at most :attr:`HttpCaller.wait_budget_s`
   (``max_attempts`` × ``backoff_max_ms``, plus :data:`RETRY_AFTER_SLACK_S`). A
   ``Retry-After`` that would take it past that is not slept through here: the call gives
-  up at once, as :class:`ConnectorUnavailable` carrying the wait, and its caller comes
-  back no sooner (the propagator's and the WMS worker's backoff take it as their floor).
-  A channel push is leased for its rate-limit wait plus every try of its call
-  (``services/propagation``, ``lease_s``); a call asleep past that would write after
-  its lease ran out, over what a newer push wrote meanwhile. ``Retry-After`` itself is
-  read up to :data:`MAX_RETRY_AFTER_S` (a larger one is taken as that);
+  up at once, as :class:`ConnectorUnavailable` carrying the wait, and the propagator,
+  whose backoff takes it as its floor, comes back no sooner. A channel push is leased for
+  its rate-limit wait plus every try of its call (``services/propagation``,
+  ``lease_s``); a call asleep past that would write after its lease ran out, over what a
+  newer push wrote meanwhile (D-416). Other callers wait out any ``Retry-After`` in the
+  call, as before. ``Retry-After`` itself is read up to :data:`MAX_RETRY_AFTER_S` (a
+  larger one is taken as that);
 * every try counted in the ``connector_*`` metrics and reported to ``on_call``.
 
 When it gives up it raises :class:`ConnectorUnavailable` (try again later) or
@@ -181,9 +183,11 @@ class HttpCaller:
         on_call: OnCall | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
+        bounded_waits: bool = False,
     ) -> None:
         self.cfg = cfg
         self.connector = cfg.id
+        self.bounded_waits = bounded_waits
         self.metrics = metrics
         self.on_call = on_call
         self.timeout_s = cfg.timeout_ms / 1000
@@ -420,7 +424,10 @@ class HttpCaller:
 
     @property
     def wait_budget_s(self) -> float:
-        """What the waits between the tries of one call may add up to."""
+        """What the waits between the tries of one call may add up to (unbounded unless
+        ``bounded_waits``)."""
+        if not self.bounded_waits:
+            return math.inf
         return self.cfg.max_attempts * self.backoff.cap_s + RETRY_AFTER_SLACK_S
 
     def _stop(self, rs: RetryCallState, remaining: float) -> bool:

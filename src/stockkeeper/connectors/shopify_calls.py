@@ -88,8 +88,14 @@ class ShopifyCalls:
     ) -> None:
         self.cfg = cfg
         headers = {ACCESS_TOKEN_HEADER: token} if token else {}
+        # Pushes run under a lease: a call never sleeps past it (HttpCaller, D-416).
         self.http = HttpCaller(
-            cfg, metrics=metrics, on_call=on_call, transport=transport, headers=headers
+            cfg,
+            metrics=metrics,
+            on_call=on_call,
+            transport=transport,
+            headers=headers,
+            bounded_waits=True,
         )
         self.pacer = CostPacer(cfg.id, MAX_PACE_WAIT_S, metrics)
         # Requested cost Shopify reported per (operation, items), to pace the next one.
