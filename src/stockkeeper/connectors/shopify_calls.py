@@ -5,6 +5,7 @@ the cost bucket (see :mod:`stockkeeper.connectors.shopify`, whose
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -292,6 +293,12 @@ class ShopifyCalls:
                         f"({status.maximumAvailable:.0f})",
                     )
                 wait = self.pacer.wait_for(cost)
+                if wait <= 0:
+                    # No throttleStatus to wait for (or none that explains the refusal):
+                    # back off as HttpCaller would, rather than ask again at once.
+                    wait = self.http.backoff.delay(attempt)
+                    if attempt < THROTTLED_TRIES:
+                        await asyncio.sleep(wait)
                 log.warning(
                     "shopify.throttled",
                     connector=self.id,
