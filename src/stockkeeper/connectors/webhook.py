@@ -85,7 +85,8 @@ class _GenericBody(BaseModel):
 
 class GenericPreset:
     """``{"event_id", "levels": [LevelRecord...], "sales": [SaleRecord without source]}``,
-    signed with ``X-Signature`` over ``"<X-Timestamp>.<body>"``."""
+    signed with ``X-Signature`` over ``"<X-Timestamp>.<body>"``. A sale's source is the
+    connector's id; one naming another source is refused (a dead letter)."""
 
     name: ClassVar[str] = "generic"
 
@@ -112,26 +113,34 @@ class GenericPreset:
         except ValidationError as exc:
             raise Unparseable(_first_error(exc)) from None
         levels, bad_levels = parse_levels(doc.levels)
-        raw_sales = [
-            {**s, "source": s.get("source", cfg.id)} if isinstance(s, dict) else s
-            for s in doc.sales
-        ]
+        # A sale's source is this connector: it is what a sale is applied once per (with
+        # its transaction_id) and what echo suppression matches, so a sender must not
+        # name another connector's (one that stands for a channel, say).
+        raw_sales: list[Any] = []
+        foreign: list[Refused] = []
+        for s in doc.sales:
+            if isinstance(s, dict) and s.get("source", cfg.id) != cfg.id:
+                foreign.append(Refused(s, f"source: must be this connector's id ({cfg.id!r})"))
+            else:
+                raw_sales.append({**s, "source": cfg.id} if isinstance(s, dict) else s)
         sales, bad_sales = parse_sales(raw_sales)
-        return Delivery(doc.event_id, levels, sales, bad_levels + bad_sales)
+        return Delivery(doc.event_id, levels, sales, bad_levels + foreign + bad_sales)
 
 
 # -- Shopify ----------------------------------------------------------------------------
 
 
+# Strict, as every record (connectors/records.py): Shopify writes integers, so true, "3"
+# or 3.0 for a quantity or an id is not one (lax parsing would book true as 1 unit).
 class _LineItem(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     id: int
     sku: str | None = None
     quantity: int
 
 
 class _Order(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     id: int
     line_items: list[_LineItem] = Field(max_length=10_000)
 
