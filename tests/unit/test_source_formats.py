@@ -52,22 +52,22 @@ def test_empty_non_utf8_or_null_bodies_do_not_parse(body: bytes) -> None:
         ShopifyPreset().parse(SHOP, shopify_headers(), body)
 
 
-def test_a_generic_sale_comes_from_this_connector_and_may_not_name_another() -> None:
+def test_a_generic_sale_comes_from_this_connector_whatever_source_it_names() -> None:
     sales = [
         {"transaction_id": "t-1", "sku": "A", "delta": -1},
         {"transaction_id": "t-2", "sku": "A", "delta": -1, "source": "hook"},
         # Naming the Shopify channel's own connector would make it an echo (not pushed
-        # back to Shopify) and share that connector's transaction ids.
+        # back to Shopify) and share that connector's transaction ids: the sale is
+        # booked as this connector's, not refused (a sale is never dropped).
         {"transaction_id": "t-3", "sku": "A", "delta": -1, "source": "shopify-orders"},
     ]
     delivery = GenericPreset().parse(HOOK, {}, orjson.dumps({"event_id": "e", "sales": sales}))
     assert [(s.transaction_id, s.source) for s in delivery.sales] == [
         ("t-1", "hook"),
         ("t-2", "hook"),
+        ("t-3", "hook"),
     ]
-    [refused] = delivery.refused
-    assert refused.raw == sales[2]
-    assert "source" in refused.error
+    assert delivery.refused == []
 
 
 @pytest.mark.parametrize("quantity", [True, False, 0, -2, 1.5, "2", None])

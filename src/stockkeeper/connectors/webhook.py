@@ -86,7 +86,7 @@ class _GenericBody(BaseModel):
 class GenericPreset:
     """``{"event_id", "levels": [LevelRecord...], "sales": [SaleRecord without source]}``,
     signed with ``X-Signature`` over ``"<X-Timestamp>.<body>"``. A sale's source is the
-    connector's id; one naming another source is refused (a dead letter)."""
+    connector's id, whatever ``source`` the body gives."""
 
     name: ClassVar[str] = "generic"
 
@@ -113,18 +113,13 @@ class GenericPreset:
         except ValidationError as exc:
             raise Unparseable(_first_error(exc)) from None
         levels, bad_levels = parse_levels(doc.levels)
-        # A sale's source is this connector: it is what a sale is applied once per (with
-        # its transaction_id) and what echo suppression matches, so a sender must not
-        # name another connector's (one that stands for a channel, say).
-        raw_sales: list[Any] = []
-        foreign: list[Refused] = []
-        for s in doc.sales:
-            if isinstance(s, dict) and s.get("source", cfg.id) != cfg.id:
-                foreign.append(Refused(s, f"source: must be this connector's id ({cfg.id!r})"))
-            else:
-                raw_sales.append({**s, "source": cfg.id} if isinstance(s, dict) else s)
+        # A sale's source is this connector, whatever the body says: it is what a sale
+        # is applied once per (with its transaction_id) and what echo suppression
+        # matches, so a sender must not pass for another connector (a channel's own,
+        # say). The sale itself is still booked: a sale is never dropped (D-417).
+        raw_sales = [{**s, "source": cfg.id} if isinstance(s, dict) else s for s in doc.sales]
         sales, bad_sales = parse_sales(raw_sales)
-        return Delivery(doc.event_id, levels, sales, bad_levels + foreign + bad_sales)
+        return Delivery(doc.event_id, levels, sales, bad_levels + bad_sales)
 
 
 # -- Shopify ----------------------------------------------------------------------------
