@@ -182,24 +182,38 @@ def create_admin_app(container: Container) -> FastAPI:
         response_model=schemas.DeadLetterOut,
         responses=schemas.problems(404, 409, 422),
         summary="Replay a dead letter",
+        openapi_extra=idempotency.key_header(),
         tags=["dead letters"],
     )
-    async def replay(dead_letter_id: RowId, who: Principal = ADMIN) -> Response:
+    async def replay(dead_letter_id: RowId, request: Request, who: Principal = ADMIN) -> Response:
         """Send the message back to its queue as a first attempt."""
-        dead = await (await ops()).replay(dead_letter_id, who.name)
-        return _ok(dead_letter_out(dead))
+        operations = await ops()
+        return await idempotency.run(
+            request,
+            who,
+            None,
+            lambda conn: operations.replay(dead_letter_id, who.name, conn),
+            lambda dead: (200, dead_letter_out(dead)),
+        )
 
     @app.post(
         "/admin/dead-letters/{dead_letter_id}/discard",
         response_model=schemas.DeadLetterOut,
         responses=schemas.problems(404, 409, 422),
         summary="Discard a dead letter",
+        openapi_extra=idempotency.key_header(),
         tags=["dead letters"],
     )
-    async def discard(dead_letter_id: RowId, who: Principal = ADMIN) -> Response:
+    async def discard(dead_letter_id: RowId, request: Request, who: Principal = ADMIN) -> Response:
         """Drop the message for good (kept in the table, marked DISCARDED)."""
-        dead = await (await ops()).discard(dead_letter_id, who.name)
-        return _ok(dead_letter_out(dead))
+        operations = await ops()
+        return await idempotency.run(
+            request,
+            who,
+            None,
+            lambda conn: operations.discard(dead_letter_id, who.name, conn),
+            lambda dead: (200, dead_letter_out(dead)),
+        )
 
     @app.post(
         "/admin/wms/sync",
