@@ -209,3 +209,71 @@ async def test_an_anonymous_admin_request_is_401_before_its_body_is_validated(
 ) -> None:
     r = await admin.post("/admin/wms/sync", json={}, headers={"Authorization": ""})
     assert_problem(r, 401, "unauthorized")
+
+
+# -- every 422 says what is wrong in `errors`, whichever layer refused the request --
+
+A = auth(ADMIN_TOKEN)
+REFUSED_LATE = [
+    pytest.param(
+        "POST",
+        "/inventory/reserve",
+        {"order_id": "o-ttl", "lines": [{"sku": "TEA", "quantity": 1}], "ttl_seconds": 10**8},
+        "body.ttl_seconds",
+        id="ttl-past-the-maximum",
+    ),
+    pytest.param(
+        "POST",
+        "/inventory/reserve",
+        {"order_id": "o-unknown", "lines": [{"sku": "NO-SUCH-SKU", "quantity": 1}]},
+        "body.lines",
+        id="unknown-sku",
+    ),
+    pytest.param(
+        "POST",
+        "/inventory/reserve",
+        {"order_id": "o-twice", "lines": [{"sku": "TEA", "quantity": 1}] * 2},
+        "body.lines",
+        id="sku-on-two-lines",
+    ),
+    pytest.param(
+        "POST",
+        "/orders",
+        {**order("o-late"), "required_delivery_date": "2001-01-01"},
+        "body.required_delivery_date",
+        id="delivery-date-in-the-past",
+    ),
+    pytest.param(
+        "POST",
+        "/inventory/adjustments",
+        {"sku": "TEA", "quantity": "on_hand", "delta": -51, "reason": "count", "reference_id": "a"},
+        "body.delta",
+        id="adjustment-below-zero",
+    ),
+    pytest.param("GET", "/inventory", None, "query.sku", id="no-sku-asked-for"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), REFUSED_LATE)
+async def test_a_422_from_the_use_case_names_the_field_in_errors(
+    http: httpx.AsyncClient, method: str, path: str, body: Any, field: str
+) -> None:
+    r = await http.request(method, path, json=body, headers=A)
+    doc = assert_problem(r, 422, "validation")
+    assert doc["errors"] == [{"field": field, "message": doc["detail"]}]
+
+
+async def test_a_reused_idempotency_key_is_a_422_naming_the_header(
+    http: httpx.AsyncClient,
+) -> None:
+    key = {**W, "Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    first = await http.post("/inventory/release", json={"order_id": "o-1"}, headers=key)
+    assert_problem(first, 404, "not-found")
+    other = await http.post("/inventory/release", json={"order_id": "o-2"}, headers=key)
+    doc = assert_problem(other, 422, "validation")
+    assert doc["errors"] == [{"field": "header.Idempotency-Key", "message": doc["detail"]}]
+    too_long = await http.post(
+        "/inventory/release", json={"order_id": "o-1"}, headers={**W, "Idempotency-Key": "k" * 256}
+    )
+    doc = assert_problem(too_long, 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == ["header.Idempotency-Key"]

@@ -88,7 +88,9 @@ def _key(
     request: Request, principal: Principal, key: str, payload: BaseModel | None
 ) -> IdempotencyKey:
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
-        raise ApiProblem("validation", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+        raise ApiProblem.invalid(
+            "header.Idempotency-Key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters"
+        )
     method, path = request.method, request_path(request)
     doc = payload.model_dump(mode="json") if payload is not None else {}
     return IdempotencyKey(

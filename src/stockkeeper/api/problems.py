@@ -79,6 +79,11 @@ class ApiProblem(Exception):
         self.headers = headers
         self.extensions = extensions
 
+    @classmethod
+    def invalid(cls, field: str | None, message: str) -> ApiProblem:
+        """A 422 ``validation`` problem naming the input at fault, as FastAPI's own do."""
+        return cls("validation", message, errors=[{"field": field, "message": message}])
+
 
 def problem_doc(
     slug: str, detail: str, instance: str | None = None, **extensions: Any
@@ -92,6 +97,9 @@ def problem_doc(
     if instance:
         doc["instance"] = instance
     doc.update(extensions)
+    if slug == "validation" and "errors" not in doc:
+        # Every 422 lists what is wrong in ``errors``, whichever layer refused it (D-390).
+        doc["errors"] = [{"field": None, "message": detail}]
     return doc
 
 
