@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from stockkeeper import __version__
-from stockkeeper.cli_common import HELP_OPTIONS, ConfigOption
+from stockkeeper.cli_common import HELP_OPTIONS, ROOT_CONFIG, ConfigOption
 from stockkeeper.cli_common import settings_from as _settings
 from stockkeeper.cli_sandbox import sandbox_app
 from stockkeeper.config import ConfigError, ConnectorConfig, Settings
@@ -56,8 +56,12 @@ def stockkeeper(
             is_eager=True,
         ),
     ] = False,
+    config: ConfigOption = None,
 ) -> None:
     """Inventory system of record: reservations that never oversell, and a ledger."""
+    # `stockkeeper --config FILE up` as well as `stockkeeper up --config FILE`: the
+    # commands read it through settings_from (D-392).
+    ROOT_CONFIG.set(config)
 
 
 def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
