@@ -277,3 +277,15 @@ async def test_a_reused_idempotency_key_is_a_422_naming_the_header(
     )
     doc = assert_problem(too_long, 422, "validation")
     assert [e["field"] for e in doc["errors"]] == ["header.Idempotency-Key"]
+
+
+# -- the probes answer HEAD as well as GET (D-393) --
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_health_and_readiness_answer_head_without_a_token(
+    http: httpx.AsyncClient, admin: httpx.AsyncClient, path: str
+) -> None:
+    for client in (http, admin):
+        r = await client.head(path, headers={"Authorization": ""})
+        assert r.status_code == 200, (path, r.status_code, r.text)
