@@ -415,13 +415,14 @@ def check_config(
     """Validate the configuration and say so.
 
     The file is FILE, or the one --config names."""
-    from stockkeeper.bootstrap import check_connectors
+    from stockkeeper.bootstrap import check_connectors, check_tokens
 
     if file is not None and config is not None and file != config:
         typer.echo("stockkeeper: give the file once, as FILE or as --config", err=True)
         raise typer.Exit(2)
     settings = _settings(file or config)
     try:
+        check_tokens(settings)  # the API's token variables set
         check_connectors(settings)  # secrets present, adapters known
     except ConfigError as exc:
         typer.echo(f"stockkeeper: {exc}", err=True)

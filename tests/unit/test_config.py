@@ -499,3 +499,22 @@ def test_config_is_read_whether_given_before_or_after_the_command(
     assert "api.inventory_prot: unknown key" in out
     code, out = check(good)
     assert (code, out.strip()) == (0, "configuration is valid (0 connectors)")
+
+
+def test_check_config_refuses_a_token_variable_that_is_not_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `up` would stop on it (D-394): check-config says so instead of "valid".
+    from typer.testing import CliRunner
+
+    from stockkeeper.cli import app
+
+    monkeypatch.delenv("SK_TEST_UNSET_TOKEN", raising=False)
+    path = write(
+        tmp_path, {"api": {"tokens": [{"token_env": "SK_TEST_UNSET_TOKEN", "scopes": ["admin"]}]}}
+    )
+    result = CliRunner().invoke(app, ["check-config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "SK_TEST_UNSET_TOKEN is not set" in result.output
+    monkeypatch.setenv("SK_TEST_UNSET_TOKEN", "a-token-from-the-environment")
+    assert CliRunner().invoke(app, ["check-config", str(path)]).exit_code == 0
