@@ -116,6 +116,17 @@ def env_secret(cfg: ConnectorConfig, key: str) -> str | None:
     return value
 
 
+def oversell_sources(settings: Settings) -> list[str]:
+    """The ``source`` labels ``stockkeeper_oversell_total`` can take here: ``api`` (our
+    own decisions, which never oversell) and every connector whose sales or counts are
+    booked (D-395)."""
+    return [
+        "api",
+        *(c.id for c in settings.connectors_of(IngestOptions)),
+        *(f"wms:{c.id}" for c in settings.connectors_of(WmsConnectorConfig)),
+    ]
+
+
 def check_tokens(settings: Settings) -> None:
     """Every ``api.tokens`` entry that names a variable finds it set (what the config
     alone cannot check), so a missing one stops the start before anything is made."""
@@ -276,6 +287,7 @@ async def build(
             async with session_pool.acquire() as conn:
                 await migrate(conn)
         metrics = metrics or Metrics()
+        metrics.start_at_zero(oversell_sources(settings))
         reservations = Reservations(
             pool,
             metrics,

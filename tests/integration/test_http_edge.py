@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.api.inventory import create_inventory_app
@@ -289,3 +290,20 @@ async def test_health_and_readiness_answer_head_without_a_token(
     for client in (http, admin):
         r = await client.head(path, headers={"Authorization": ""})
         assert r.status_code == 200, (path, r.status_code, r.text)
+
+
+async def test_the_oversell_counter_reads_zero_from_the_first_scrape(
+    http: httpx.AsyncClient,
+) -> None:
+    # "stockkeeper_oversell_total (must stay 0)": a sample at 0, not a family with none
+    # (D-395).
+    text = (await http.get("/metrics")).text
+    samples = [
+        s
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "stockkeeper_oversell_total"
+    ]
+    assert samples, text
+    assert {s.labels["source"] for s in samples} >= {"api"}
+    assert sum(s.value for s in samples) == 0
