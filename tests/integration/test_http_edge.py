@@ -307,3 +307,27 @@ async def test_the_oversell_counter_reads_zero_from_the_first_scrape(
     assert samples, text
     assert {s.labels["source"] for s in samples} >= {"api"}
     assert sum(s.value for s in samples) == 0
+
+
+# -- a problem's instance is a URI reference: the path percent-encoded (D-397) --
+
+
+def _q(id_: str) -> str:
+    return quote(id_, safe="")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "slug"),
+    [
+        pytest.param("GET", f"/inventory/{_q('заказ-1')}", "not-found", id="cyrillic-sku"),
+        pytest.param("GET", f"/inventory/{_q('a' + chr(0x2028) + 'b')}", "validation", id="u2028"),
+        pytest.param("GET", f"/orders/{_q('注文 7 ?#%')}", "not-found", id="cjk-and-url-chars"),
+        pytest.param("POST", f"/orders/{_q('заказ-1')}/cancel", "not-found", id="idempotent"),
+    ],
+)
+async def test_a_problems_instance_is_the_path_percent_encoded(
+    http: httpx.AsyncClient, method: str, path: str, slug: str
+) -> None:
+    r = await http.request(method, path, headers={**W, "Idempotency-Key": uuid.uuid4().hex})
+    doc = assert_problem(r, {"not-found": 404, "validation": 422}[slug], slug)
+    assert doc["instance"] == path

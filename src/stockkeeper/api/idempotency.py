@@ -20,6 +20,7 @@ from stockkeeper.api.problems import (
     JSONResponse,
     ProblemResponse,
     domain_problem,
+    problem_instance,
     request_path,
 )
 from stockkeeper.api.schemas import as_json
@@ -71,11 +72,13 @@ def respond(answer: Answer) -> Response:
     return cls(answer.body, status_code=answer.status, headers=headers)
 
 
-async def _answer(use: UseCase[T], present: Present[T], conn: Conn | None, path: str) -> Answer:
+async def _answer(
+    use: UseCase[T], present: Present[T], conn: Conn | None, request: Request
+) -> Answer:
     try:
         result = await use(conn)
     except DomainError as exc:
-        return Answer(*domain_problem(exc, path))
+        return Answer(*domain_problem(exc, problem_instance(request.scope)))
     return _rendered(present, result)
 
 
@@ -115,14 +118,13 @@ async def run(
     order), which writes the key itself, its answer rendered here by ``present``
     (D-366).
     """
-    path = request_path(request)
     request.app.state.container.failpoints.hit("api.use_case")
     key = request.headers.get("idempotency-key")
     if key is None:
-        return respond(await _answer(use, present, None, path))
+        return respond(await _answer(use, present, None, request))
 
     async def recorded(conn: Conn) -> Answer:
-        return await _answer(use, present, conn, path)
+        return await _answer(use, present, conn, request)
 
     def render(result: T) -> Answer:
         return _rendered(present, result)
