@@ -331,3 +331,20 @@ async def test_a_problems_instance_is_the_path_percent_encoded(
     r = await http.request(method, path, headers={**W, "Idempotency-Key": uuid.uuid4().hex})
     doc = assert_problem(r, {"not-found": 404, "validation": 422}[slug], slug)
     assert doc["instance"] == path
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/x-www-form-urlencoded", "text/plain"],
+    ids=["none", "curl-d-form", "text"],
+)
+async def test_a_json_body_without_a_json_content_type_says_so(
+    http: httpx.AsyncClient, content_type: str | None
+) -> None:
+    # curl -d without -H "Content-Type: application/json" sends a form type.
+    body = b'{"order_id": "o-1", "lines": [{"sku": "TEA", "quantity": 1}]}'
+    headers = {**W, **({"Content-Type": content_type} if content_type else {})}
+    r = await http.post("/inventory/reserve", content=body, headers=headers)
+    doc = assert_problem(r, 422, "validation")
+    message = "the body must be JSON, sent with Content-Type: application/json"
+    assert doc["errors"] == [{"field": "body", "message": message}]

@@ -133,11 +133,19 @@ def problem(
     return ProblemResponse(doc, status_code=doc["status"], headers=headers)
 
 
+NOT_JSON = "the body must be JSON, sent with Content-Type: application/json"
+
+
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]
-        out.append({"field": ".".join(loc), "message": err.get("msg", "invalid")})
+        message = err.get("msg", "invalid")
+        if loc == ["body"] and isinstance(err.get("input"), bytes):
+            # FastAPI parses a body as JSON only under a JSON Content-Type (none, or
+            # curl -d's form type, leaves it bytes); say that, not "a valid dictionary".
+            message = NOT_JSON
+        out.append({"field": ".".join(loc), "message": message})
     return out
 
 
