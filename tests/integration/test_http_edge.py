@@ -348,3 +348,62 @@ async def test_a_json_body_without_a_json_content_type_says_so(
     doc = assert_problem(r, 422, "validation")
     message = "the body must be JSON, sent with Content-Type: application/json"
     assert doc["errors"] == [{"field": "body", "message": message}]
+
+
+# -- U+0000 anywhere is a 422, never the database's 500 (D-399) --
+
+NUL = "a\x00b"
+INVENTORY_NUL = [
+    pytest.param(
+        "/inventory/adjustments",
+        {"sku": "TEA", "quantity": "on_hand", "delta": 1, "reason": NUL, "reference_id": "r"},
+        "body.reason",
+        id="adjustment-reason",
+    ),
+    pytest.param(
+        "/inventory/release", {"order_id": "o-1", "reason": NUL}, "body.reason", id="release"
+    ),
+    pytest.param("/orders/o-1/cancel", {"reason": NUL}, "body.reason", id="order-cancel"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), INVENTORY_NUL)
+async def test_a_nul_in_a_reason_is_422(
+    http: httpx.AsyncClient, path: str, body: dict[str, Any], field: str
+) -> None:
+    r = await http.post(path, json=body, headers=A)
+    doc = assert_problem(r, 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == [field]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field"),
+    [
+        pytest.param("/admin/dead-letters", {"queue": NUL}, "query.queue", id="dead-letter-queue"),
+        pytest.param("/admin/skus", {"prefix": NUL}, "query.prefix", id="sku-prefix"),
+        pytest.param("/admin/skus", {"after": NUL}, "query.after", id="sku-cursor"),
+        pytest.param("/admin/reservations", {"sku": NUL}, "query.sku", id="reservations-sku"),
+        pytest.param("/admin/orders", {"after": NUL}, "query.after", id="orders-cursor"),
+    ],
+)
+async def test_a_nul_in_an_admin_filter_is_422(
+    admin: httpx.AsyncClient, path: str, params: dict[str, str], field: str
+) -> None:
+    doc = assert_problem(await admin.get(path, params=params), 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == [field]
+
+
+async def test_a_prefix_may_end_in_a_space_but_holds_no_invisible_character(
+    admin: httpx.AsyncClient, container: Container
+) -> None:
+    await container.stock.receive(Receipt("TEA POT", 1, f"rcpt-{uuid.uuid4().hex}"))
+    found = await admin.get("/admin/skus", params={"prefix": "TEA "})
+    assert [i["sku"] for i in found.json()["items"]] == ["TEA POT"]
+    refused = await admin.get("/admin/skus", params={"prefix": "TEA\u200b"})
+    assert_problem(refused, 422, "validation")
+
+
+async def test_a_nul_in_who_asked_for_a_wms_sync_is_422(admin: httpx.AsyncClient) -> None:
+    body = {"reason": "count", "requested_by": NUL}
+    doc = assert_problem(await admin.post("/admin/wms/sync", json=body), 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == ["body.requested_by"]

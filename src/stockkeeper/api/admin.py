@@ -163,7 +163,7 @@ def create_admin_app(container: Container) -> FastAPI:
         tags=["dead letters"],
     )
     async def list_dead_letters(
-        queue: Annotated[str | None, Query(max_length=200)] = None,
+        queue: Annotated[str | None, Query(max_length=200), schemas.ID_TEXT] = None,
         status: Literal["DEAD", "REPLAYED", "DISCARDED"] | None = "DEAD",
         after: Annotated[int, Query(ge=0, le=schemas.MAX_ROW_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -270,7 +270,7 @@ def create_admin_app(container: Container) -> FastAPI:
     )
     async def channel_unlisted(
         channel: Annotated[str, Path(max_length=200)],
-        after: Annotated[str, Query(max_length=128)] = "",
+        after: Annotated[str, Query(max_length=128), schemas.ID_TEXT] = "",
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         who: Principal = ADMIN,
     ) -> Response:

@@ -28,6 +28,12 @@ def printable(value: str) -> str:
     """``value`` if it may be an id, else ValueError naming the first character refused."""
     if value != value.strip():
         raise ValueError("must not begin or end with whitespace")
+    return printable_part(value)
+
+
+def printable_part(value: str) -> str:
+    """``value`` if it may be part of an id (a prefix to search by, which may end in a
+    space), else ValueError naming the first character refused."""
     for ch in value:
         if unicodedata.category(ch) in REFUSED_CATEGORIES:
             name = unicodedata.name(ch, "a control character")
@@ -35,8 +41,17 @@ def printable(value: str) -> str:
     return value
 
 
+def storable(value: str) -> str:
+    """Free text (a reason): anything but U+0000, which PostgreSQL's text cannot hold,
+    so the request is a 422 and not a 500 from the database (D-399)."""
+    if "\x00" in value:
+        raise ValueError("must not contain U+0000 (NULL)")
+    return value
+
+
 # Every id-like text is Annotated[str, Field(min_length=1, max_length=N, ...), ID_TEXT].
 ID_TEXT = AfterValidator(printable)
+ID_PART = AfterValidator(printable_part)
 Sku = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
 OrderId = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
 ReferenceId = Annotated[str, Field(min_length=1, max_length=200, description=PRINTABLE), ID_TEXT]
@@ -45,7 +60,7 @@ LotNumber = Annotated[str, Field(min_length=1, max_length=128, description=PRINT
 # A row id (dead letter, sync request): a PostgreSQL bigint, so 1 to 2^63 - 1.
 MAX_ROW_ID = 2**63 - 1
 Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
-Reason = Annotated[str, Field(min_length=1, max_length=500)]
+Reason = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(storable)]
 
 
 class Body(BaseModel):
