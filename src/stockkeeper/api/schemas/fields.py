@@ -4,41 +4,39 @@ quantity types built on it, the strict base of every request body (``Body``), an
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from stockkeeper.domain.ids import REFUSED_CATEGORIES, printable, printable_part
 from stockkeeper.domain.quantities import MAX_QUANTITY
 
-# The one rule for the characters of an id (SKU, order id, reference id, lot number) and
-# of the short texts beside them (docs/http.md, "Ids"): any printable Unicode character,
-# no surrounding whitespace. Refused: controls (C0, DEL, C1: category Cc), format
-# characters (zero-width space and joiners, bidi controls, the byte order mark, soft
-# hyphen: Cf), the line and paragraph separators U+2028/U+2029 (Zl, Zp) and lone
-# surrogates (Cs). Invisible characters would make "A\u200bB" a second SKU beside "AB".
-REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+__all__ = [
+    "ID_PART",
+    "ID_TEXT",
+    "MAX_ROW_ID",
+    "PRINTABLE",
+    "REFUSED_CATEGORIES",
+    "Body",
+    "LocationCode",
+    "LotNumber",
+    "OrderId",
+    "Quantity",
+    "Reason",
+    "ReferenceId",
+    "Sku",
+    "as_json",
+    "printable",
+    "printable_part",
+    "storable",
+]
+
+# The one rule for the characters of an id lives in the domain (domain/ids.py), shared
+# with the connectors' records; here it becomes the validators of every id field.
 PRINTABLE = (
     "printable text without surrounding whitespace; no control, zero-width, bidi-control "
     "or line/paragraph separator characters"
 )
-
-
-def printable(value: str) -> str:
-    """``value`` if it may be an id, else ValueError naming the first character refused."""
-    if value != value.strip():
-        raise ValueError("must not begin or end with whitespace")
-    return printable_part(value)
-
-
-def printable_part(value: str) -> str:
-    """``value`` if it may be part of an id (a prefix to search by, which may end in a
-    space), else ValueError naming the first character refused."""
-    for ch in value:
-        if unicodedata.category(ch) in REFUSED_CATEGORIES:
-            name = unicodedata.name(ch, "a control character")
-            raise ValueError(f"must not contain U+{ord(ch):04X} ({name})")
-    return value
 
 
 def storable(value: str) -> str:
