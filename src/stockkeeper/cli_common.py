@@ -1,17 +1,24 @@
 """What every ``stockkeeper`` command group shares: the help options, the ``--config``
-option, and reading the settings once, loudly (exit 2 naming the key)."""
+option, reading the settings once, loudly (exit 2 naming the key), building the
+container and running a command's coroutine."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from stockkeeper.config import ConfigError, Settings, load_settings
+from stockkeeper.config import ConfigError, ConnectorConfig, Settings, load_settings
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import configure
+
+if TYPE_CHECKING:
+    from stockkeeper.bootstrap import Container
+    from stockkeeper.store.pool import Connections
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
@@ -47,3 +54,46 @@ def settings_from(config: Path | None) -> Settings:
     configure(log.level, log.json_output, access_log=log.access_log)
     tracing.configure(settings.tracing)
     return settings
+
+
+T = TypeVar("T")
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a command's coroutine to its end, on uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    result: T = uvloop.run(main())
+    return result
+
+
+async def build_container(
+    settings: Settings,
+    *,
+    run_migrations: bool = True,
+    needs: Connections | None = None,
+    uses: Iterable[ConnectorConfig] | None = (),
+    create_database: bool = False,
+) -> Container:
+    """The container, or exit 2 naming what is wrong (a secret not set, no database).
+
+    ``uses``: the connectors the command talks to, whose secrets it needs (None: all);
+    ``create_database``: whether a missing embedded database may be made (only the
+    commands that serve do; the others would report on an empty one).
+    """
+    from stockkeeper.bootstrap import build
+    from stockkeeper.store.pool import ONE_OFF
+
+    try:
+        return await build(
+            settings,
+            run_migrations=run_migrations,
+            needs=needs or ONE_OFF,
+            uses=uses,
+            create_database=create_database,
+        )
+    except ConfigError as exc:
+        typer.echo(f"stockkeeper: {exc}", err=True)
+        raise typer.Exit(2) from None

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,8 +25,10 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from stockkeeper.config import BrokerConfig
 from stockkeeper.domain.events import LEVEL_CHANGED, Event
-from stockkeeper.messaging.topology import EXCHANGES, QUEUES
+from stockkeeper.messaging.consumer import RetryPolicy
+from stockkeeper.messaging.rabbitmq import delete_topology
 from stockkeeper.store import outbox
 from tests.e2e.effects import CREATE_TABLE
 from tests.support import free_port
@@ -367,17 +369,21 @@ async def rabbit_ready(url: str, queue: str) -> int:
         await conn.close()
 
 
-async def drop_rabbit_topology(url: str, prefix: str) -> None:
-    """Delete the exchanges and queues a test declared under its own prefix."""
-    conn = await aio_pika.connect(url, timeout=10)
-    try:
-        channel = await conn.channel()
-        for spec in QUEUES:
-            await channel.queue_delete(prefix + spec.name)
-        for name in EXCHANGES:
-            await channel.exchange_delete(prefix + name)
-    finally:
-        await conn.close()
+def retry_delays_ms(broker: Mapping[str, Any] | None = None) -> list[int]:
+    """Every delay a consumer of the broker section ``broker`` (None: the defaults) can
+    retry a message after, each the name of a retry queue ``<queue>.retry.<ms>``."""
+    b = BrokerConfig.model_validate(dict(broker or {}))
+    policy = RetryPolicy(b.retry_base_ms, b.retry_max_ms, b.max_attempts)
+    return sorted({policy.delay_ms(a) for a in range(1, b.max_attempts + 1)})
+
+
+async def drop_rabbit_topology(
+    url: str, prefix: str, broker: Mapping[str, Any] | None = None
+) -> None:
+    """Delete what a test's children declared under its own prefix: the queues, the
+    retry queues of every delay of ``broker``'s retry policy (the test's broker section),
+    the dead-letter queue and the exchanges."""
+    await delete_topology(url, prefix, retry_delays_ms(broker))
 
 
 SIGKILLED = -signal.SIGKILL

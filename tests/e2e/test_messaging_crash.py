@@ -64,12 +64,13 @@ def broker(request: pytest.FixtureRequest, broker_prefix: str) -> dict[str, Any]
 
 
 @pytest.fixture
-async def cleanup_rabbit(broker_prefix: str) -> AsyncIterator[list[str]]:
-    """Append the broker URL to drop the test's exchanges and queues afterwards."""
-    urls: list[str] = []
-    yield urls
-    for url in urls:
-        await drop_rabbit_topology(url, broker_prefix)
+async def cleanup_rabbit(broker_prefix: str) -> AsyncIterator[list[dict[str, Any]]]:
+    """Append the broker section to drop the test's exchanges and queues afterwards (with
+    the retry queues of its retry policy)."""
+    brokers: list[dict[str, Any]] = []
+    yield brokers
+    for broker in brokers:
+        await drop_rabbit_topology(broker["url"], broker_prefix, broker)
 
 
 @pytest.fixture
@@ -115,14 +116,14 @@ async def drained(broker: dict[str, Any], db: asyncpg.Connection) -> bool:
     return left == 0
 
 
-def track(broker: dict[str, Any], cleanup: list[str]) -> None:
+def track(broker: dict[str, Any], cleanup: list[dict[str, Any]]) -> None:
     if broker.get("url"):
-        cleanup.append(broker["url"])
+        cleanup.append(broker)
 
 
 async def test_dispatcher_killed_after_publish_before_sent(
     broker: dict[str, Any],
-    cleanup_rabbit: list[str],
+    cleanup_rabbit: list[dict[str, Any]],
     db: asyncpg.Connection,
     db_url: str,
     tmp_path: Path,
@@ -188,7 +189,7 @@ async def test_dispatcher_killed_after_publish_before_sent(
 
 async def test_consumer_killed_before_commit(
     broker: dict[str, Any],
-    cleanup_rabbit: list[str],
+    cleanup_rabbit: list[dict[str, Any]],
     db: asyncpg.Connection,
     db_url: str,
     tmp_path: Path,
@@ -233,7 +234,7 @@ async def test_consumer_killed_before_commit(
 async def test_rabbitmq_connections_closed_mid_stream(
     rabbit_url: str,
     broker_prefix: str,
-    cleanup_rabbit: list[str],
+    cleanup_rabbit: list[dict[str, Any]],
     db: asyncpg.Connection,
     db_url: str,
     tmp_path: Path,
@@ -244,7 +245,7 @@ async def test_rabbitmq_connections_closed_mid_stream(
         pytest.skip("closing connections from the server side needs rabbitmqctl")
     total, skus, per_tx = 5000, [f"SKU-{i:03d}" for i in range(100)], 50
     broker = {"url": rabbit_url, "prefix": broker_prefix, "retry_base_ms": 100}
-    cleanup_rabbit.append(rabbit_url)
+    cleanup_rabbit.append(broker)
     cfg = settings_for(db_url, broker, batch_size=200)
     await create_skus(db, skus)
 
@@ -329,7 +330,7 @@ async def test_rabbitmq_connections_closed_mid_stream(
 
 async def test_three_dispatchers_keep_per_sku_order(
     broker: dict[str, Any],
-    cleanup_rabbit: list[str],
+    cleanup_rabbit: list[dict[str, Any]],
     db: asyncpg.Connection,
     db_url: str,
     tmp_path: Path,

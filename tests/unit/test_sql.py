@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from stockkeeper.store import sql
-from stockkeeper.store.sql import parse, q, queries
+from stockkeeper.store.sql import parse, q, queries, rows_param
 
 SRC = Path(sql.__file__).resolve().parents[1]  # src/stockkeeper
 QUERY_DIR = SRC / "store" / "queries"
@@ -86,3 +88,13 @@ def test_parse_rejects_duplicates_and_empty_blocks() -> None:
         "a": "SELECT 1;",
         "b": "SELECT 2;",
     }
+
+
+def test_rows_param_is_one_json_array_of_the_rows_in_order() -> None:
+    at = datetime(2026, 12, 3, 19, 30, 5, 123456, tzinfo=UTC)
+    text = rows_param(iter([("SKU-2", 7, True, None, at), ("SKU-1", -1, False, 'x"y', at)]))
+    assert json.loads(text) == [
+        ["SKU-2", 7, True, None, "2026-12-03T19:30:05.123456+00:00"],
+        ["SKU-1", -1, False, 'x"y', "2026-12-03T19:30:05.123456+00:00"],
+    ]
+    assert rows_param([]) == "[]"

@@ -178,7 +178,10 @@ class AmazonChannel:
         paced = cfg.model_copy(update={"rate_limit_rps": cfg.rate_limit_rps * PACE_HEADROOM})
         # A static token goes with each SP-API call, not to the presigned document URLs.
         self._static = {ACCESS_TOKEN_HEADER: token} if token and lwa is None else {}
-        self.http = HttpCaller(paced, metrics=metrics, on_call=on_call, transport=transport)
+        # Pushes run under a lease: a call never sleeps past it (HttpCaller, D-416).
+        self.http = HttpCaller(
+            paced, metrics=metrics, on_call=on_call, transport=transport, bounded_waits=True
+        )
         self.metrics = metrics
         self.tokens = (
             None

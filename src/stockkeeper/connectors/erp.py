@@ -5,6 +5,15 @@ read in ``(last_modified, sku, location)`` order and continued strictly after th
 row read, so rows that share a timestamp are never skipped, however a page boundary
 falls among them (an OFFSET would skip or repeat rows as the ERP changes under it).
 
+A NULL ``location`` is the default location (as an empty one), and a NULL ``sku`` a
+bad row (a dead letter): in the key both count as ``''``, so the order and the "after"
+comparison are the same total order on every database. Compared raw, ``location >
+'WH-A'`` is not true of a NULL, and PostgreSQL sorts NULLs last while SQL Server sorts
+them first: a NULL at a page boundary skipped the rows tied with it (D-418). A row
+without ``last_modified`` has no place on the cursor and is not read (its level would
+have no source time, refused anyway); a page ending on one would have saved a cursor
+that starts again from the beginning, every poll.
+
 The query is built with SQLAlchemy Core, so one code path serves every database the
 ERP may run on: PostgreSQL through ``postgresql+asyncpg://`` (tested here) and Microsoft
 SQL Server through ``mssql+aioodbc://user@host/db?driver=ODBC+Driver+18+for+SQL+Server``
@@ -21,7 +30,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, column, or_, select, table
+from sqlalchemy import and_, column, func, literal, or_, select, table
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql import Select
 
@@ -53,20 +62,32 @@ def page_query(view_name: str, after: Position | None, limit: int) -> Select[Any
     schema, _, name = view_name.rpartition(".")
     view = table(name, *(column(c) for c in COLUMNS), schema=schema or None)
     c = view.c
-    stmt = select(*(c[n] for n in COLUMNS)).order_by(c.last_modified, c.sku, c.location)
+    # NULL-free keys (see the module docstring); '' is bound, like every value.
+    sku = func.coalesce(c.sku, literal(""))
+    location = func.coalesce(c.location, literal(""))
+    stmt = (
+        select(*(c[n] for n in COLUMNS))
+        .where(c.last_modified.is_not(None))
+        .order_by(c.last_modified, sku, location)
+    )
     if after is not None:
         stmt = stmt.where(
             or_(
                 c.last_modified > after.last_modified,
-                and_(c.last_modified == after.last_modified, c.sku > after.sku),
+                and_(c.last_modified == after.last_modified, sku > after.sku),
                 and_(
                     c.last_modified == after.last_modified,
-                    c.sku == after.sku,
-                    c.location > after.location,
+                    sku == after.sku,
+                    location > after.location,
                 ),
             )
         )
     return stmt.limit(limit)
+
+
+def _key(value: Any) -> str:
+    """A row's sku or location as the keyset compares it (NULL is '')."""
+    return "" if value is None else str(value)
 
 
 def _aware(value: Any) -> Any:
@@ -120,7 +141,7 @@ class ErpSource:
         last = None
         if rows:
             sku, location, _, _, last_modified = rows[-1]
-            last = Position(_aware(last_modified), str(sku), str(location or "default"))
+            last = Position(_aware(last_modified), _key(sku), _key(location))
         return ErpPage(levels, refused, len(rows), last)
 
     async def close(self) -> None:

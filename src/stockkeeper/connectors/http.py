@@ -11,6 +11,17 @@
   to ``max_attempts``, waiting what :class:`~stockkeeper.domain.backoff.Backoff` says
   (doubling from ``backoff_base_ms`` up to ``backoff_max_ms``, jittered), never sooner
   than the system's ``Retry-After``; any other 4xx is final;
+* for a caller working under a lease (``bounded_waits``: the channel adapters), a bounded
+  call: its waits between tries add up to at most :attr:`HttpCaller.wait_budget_s`
+  (``max_attempts`` × ``backoff_max_ms``, plus :data:`RETRY_AFTER_SLACK_S`). A
+  ``Retry-After`` that would take it past that is not slept through here: the call gives
+  up at once, as :class:`ConnectorUnavailable` carrying the wait, and the propagator,
+  whose backoff takes it as its floor, comes back no sooner. A channel push is leased for
+  its rate-limit wait plus every try of its call (``services/propagation``,
+  ``lease_s``); a call asleep past that would write after its lease ran out, over what a
+  newer push wrote meanwhile (D-416). Other callers wait out any ``Retry-After`` in the
+  call, as before. ``Retry-After`` itself is read up to :data:`MAX_RETRY_AFTER_S` (a
+  larger one is taken as that);
 * every try counted in the ``connector_*`` metrics and reported to ``on_call``.
 
 When it gives up it raises :class:`ConnectorUnavailable` (try again later) or
@@ -57,6 +68,11 @@ MIN_TRY_S = 0.01
 # The share of each retry's wait drawn at random, so callers that failed together do not
 # come back together: between half the doubled wait and all of it ("equal jitter").
 HTTP_JITTER = 0.5
+# What the waits of one call may add up to beyond its backoff's own (see the docstring).
+RETRY_AFTER_SLACK_S = 60.0
+# The longest Retry-After taken as asked (a day): past it, the time would not fit a
+# PostgreSQL timestamp when a retry is scheduled ("1e300"), or is no wait anyone meant.
+MAX_RETRY_AFTER_S = 86_400.0
 
 log = get_logger(__name__)
 
@@ -143,7 +159,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
     if not math.isfinite(seconds):
         return None
-    return max(0.0, seconds)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 def _excerpt(response: httpx.Response) -> str:
@@ -167,9 +183,11 @@ class HttpCaller:
         on_call: OnCall | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
+        bounded_waits: bool = False,
     ) -> None:
         self.cfg = cfg
         self.connector = cfg.id
+        self.bounded_waits = bounded_waits
         self.metrics = metrics
         self.on_call = on_call
         self.timeout_s = cfg.timeout_ms / 1000
@@ -404,12 +422,26 @@ class HttpCaller:
         exc = rs.outcome.exception() if rs.outcome is not None else None
         return exc if isinstance(exc, ConnectorUnavailable) else None
 
+    @property
+    def wait_budget_s(self) -> float:
+        """What the waits between the tries of one call may add up to (unbounded unless
+        ``bounded_waits``)."""
+        if not self.bounded_waits:
+            return math.inf
+        return self.cfg.max_attempts * self.backoff.cap_s + RETRY_AFTER_SLACK_S
+
     def _stop(self, rs: RetryCallState, remaining: float) -> bool:
         if rs.attempt_number >= self.cfg.max_attempts or remaining <= MIN_TRY_S:
             return True
         failure = self._failure(rs)
-        # Asked to wait past our deadline: trying sooner would be rude, so give up now.
-        return bool(failure and failure.retry_after and failure.retry_after >= remaining)
+        if failure is None or not failure.retry_after:
+            return False
+        # Asked to wait past our deadline, or longer than one call may wait in all:
+        # trying sooner would be rude, so give up now and let the caller come back.
+        return (
+            failure.retry_after >= remaining
+            or rs.idle_for + failure.retry_after > self.wait_budget_s
+        )
 
     def _wait(self, rs: RetryCallState, remaining: float) -> float:
         """tenacity's wait: the one backoff policy, never sooner than the Retry-After."""

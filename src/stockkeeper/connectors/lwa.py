@@ -29,7 +29,11 @@ import httpx
 import orjson
 import structlog
 
-from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
+from stockkeeper.connectors.http import (
+    ConnectorRejected,
+    ConnectorUnavailable,
+    parse_retry_after,
+)
 from stockkeeper.observability.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -156,6 +160,8 @@ class LwaTokens:
                 "server_error" if response.status_code >= 500 else "rate_limited",
                 f"LWA answered {response.status_code}: {body}",
                 status=response.status_code,
+                # The push is retried by the propagator, never sooner than LWA asked.
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
         token, lifetime = _parse(response.content)
         if token is None:

@@ -82,17 +82,18 @@ class GenericDeltas:
             kind = ch.get("kind")
             if kind == "sale":
                 qty = ch.get("quantity")
+                # JSON true is a Python int too; a sale of "true" units is not one.
+                if isinstance(qty, bool) or not isinstance(qty, int) or qty <= 0:
+                    odd.append(Refused(ch, "sale quantity must be a positive integer"))
+                    continue
                 sales.append(
                     {
                         "transaction_id": ch.get("transaction_id"),
                         "sku": ch.get("sku"),
-                        "delta": -qty if isinstance(qty, int) and qty > 0 else qty,
+                        "delta": -qty,
                         "source": cfg.id,
                     }
                 )
-                if not isinstance(qty, int) or qty <= 0:
-                    odd.append(Refused(ch, "sale quantity must be a positive integer"))
-                    sales.pop()
             elif kind == "level":
                 if cfg.apply_levels:
                     levels.append(

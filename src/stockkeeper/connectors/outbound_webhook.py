@@ -101,6 +101,7 @@ class OutboundWebhookChannel:
             token=token,
             on_call=on_call,
             transport=SigningTransport(secret.encode(), transport),
+            bounded_waits=True,  # pushes run under a lease (HttpCaller, D-416)
         )
 
     @property

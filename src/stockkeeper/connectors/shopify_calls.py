@@ -5,6 +5,7 @@ the cost bucket (see :mod:`stockkeeper.connectors.shopify`, whose
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -88,8 +89,14 @@ class ShopifyCalls:
     ) -> None:
         self.cfg = cfg
         headers = {ACCESS_TOKEN_HEADER: token} if token else {}
+        # Pushes run under a lease: a call never sleeps past it (HttpCaller, D-416).
         self.http = HttpCaller(
-            cfg, metrics=metrics, on_call=on_call, transport=transport, headers=headers
+            cfg,
+            metrics=metrics,
+            on_call=on_call,
+            transport=transport,
+            headers=headers,
+            bounded_waits=True,
         )
         self.pacer = CostPacer(cfg.id, MAX_PACE_WAIT_S, metrics)
         # Requested cost Shopify reported per (operation, items), to pace the next one.
@@ -286,6 +293,12 @@ class ShopifyCalls:
                         f"({status.maximumAvailable:.0f})",
                     )
                 wait = self.pacer.wait_for(cost)
+                if wait <= 0:
+                    # No throttleStatus to wait for (or none that explains the refusal):
+                    # back off as HttpCaller would, rather than ask again at once.
+                    wait = self.http.backoff.delay(attempt)
+                    if attempt < THROTTLED_TRIES:
+                        await asyncio.sleep(wait)
                 log.warning(
                     "shopify.throttled",
                     connector=self.id,

@@ -86,7 +86,8 @@ class _GenericBody(BaseModel):
 
 class GenericPreset:
     """``{"event_id", "levels": [LevelRecord...], "sales": [SaleRecord without source]}``,
-    signed with ``X-Signature`` over ``"<X-Timestamp>.<body>"``."""
+    signed with ``X-Signature`` over ``"<X-Timestamp>.<body>"``. A sale's source is the
+    connector's id, whatever ``source`` the body gives."""
 
     name: ClassVar[str] = "generic"
 
@@ -113,10 +114,11 @@ class GenericPreset:
         except ValidationError as exc:
             raise Unparseable(_first_error(exc)) from None
         levels, bad_levels = parse_levels(doc.levels)
-        raw_sales = [
-            {**s, "source": s.get("source", cfg.id)} if isinstance(s, dict) else s
-            for s in doc.sales
-        ]
+        # A sale's source is this connector, whatever the body says: it is what a sale
+        # is applied once per (with its transaction_id) and what echo suppression
+        # matches, so a sender must not pass for another connector (a channel's own,
+        # say). The sale itself is still booked: a sale is never dropped (D-417).
+        raw_sales = [{**s, "source": cfg.id} if isinstance(s, dict) else s for s in doc.sales]
         sales, bad_sales = parse_sales(raw_sales)
         return Delivery(doc.event_id, levels, sales, bad_levels + bad_sales)
 
@@ -124,15 +126,17 @@ class GenericPreset:
 # -- Shopify ----------------------------------------------------------------------------
 
 
+# Strict, as every record (connectors/records.py): Shopify writes integers, so true, "3"
+# or 3.0 for a quantity or an id is not one (lax parsing would book true as 1 unit).
 class _LineItem(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     id: int
     sku: str | None = None
     quantity: int
 
 
 class _Order(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     id: int
     line_items: list[_LineItem] = Field(max_length=10_000)
 

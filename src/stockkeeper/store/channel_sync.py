@@ -14,7 +14,7 @@ from typing import Any
 from stockkeeper.domain.propagation import SyncState, SyncStatus, Verdict
 from stockkeeper.observability.tracing import current_traceparent
 from stockkeeper.store.pool import Conn, Row
-from stockkeeper.store.sql import q
+from stockkeeper.store.sql import q, rows_param
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,39 +107,70 @@ class LevelNews:
     trace_context: str | None = None
 
 
-async def lock_states_bulk(
-    conn: Conn, skus: Sequence[str], channels: Sequence[str]
-) -> dict[tuple[str, str], SyncState]:
-    """Many SKUs' sync states per channel, locked in (sku, channel) order, rows created
-    as "never told" first where missing: two statements whatever the number of SKUs."""
-    ordered = sorted(set(skus))
-    await conn.execute(q("ensure_sync_rows_bulk"), list(channels), ordered)
-    rows = await conn.fetch(q("lock_sync_rows_bulk"), ordered, list(channels))
-    return {(r["sku"], r["channel"]): _state(r) for r in rows}
+# What a channel's row for a SKU reads as before it is written: never told anything.
+NEVER_TOLD = SyncState(0, 0, None, SyncStatus.SYNCED)
+
+
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """Many SKUs' sync states per channel, locked. ``missing``: the (sku, channel) rows
+    that are not there yet, read as :data:`NEVER_TOLD`; :func:`apply_levels` inserts
+    them."""
+
+    states: dict[tuple[str, str], SyncState]
+    missing: frozenset[tuple[str, str]]
+
+
+async def lock_states_bulk(conn: Conn, skus: Sequence[str], channels: Sequence[str]) -> Locked:
+    """Many SKUs' sync states per channel, the rows there locked in (sku, channel)
+    order: one statement whatever the number of SKUs. A row that is not there is not
+    created here: :func:`apply_levels` writes it once, holding its level (D-420)."""
+    pairs = [(k, ch) for k in sorted(set(skus)) for ch in sorted(channels)]
+    rows = await conn.fetch(q("lock_sync_rows_bulk"), rows_param(pairs))
+    states = {(r["sku"], r["channel"]): _state(r) for r in rows}
+    missing = frozenset(p for p in pairs if p not in states)
+    states.update(dict.fromkeys(missing, NEVER_TOLD))
+    return Locked(states, missing)
 
 
 async def apply_levels(
-    conn: Conn, news: Sequence[LevelNews], committed_at: datetime, notify: str
-) -> None:
+    conn: Conn,
+    news: Sequence[LevelNews],
+    committed_at: datetime,
+    notify: str,
+    missing: frozenset[tuple[str, str]] = frozenset(),
+) -> set[tuple[str, str]]:
     """Record each SKU's level for each channel with its (non-stale) verdict and figure,
     in one statement; if a push became due, NOTIFY ``notify`` (delivered at commit).
-    Each news' own ``committed_at`` and ``trace_context`` when it has them."""
+    Each news' own ``committed_at`` and ``trace_context`` when it has them. The rows in
+    ``missing`` (not there when they were locked) are inserted holding their level; the
+    ones another transaction inserted meanwhile are left alone and returned, to be
+    locked and judged again against what that transaction wrote."""
     rows = [(n, ch, v) for n in news for ch, v in sorted(n.verdicts.items())]
     if not rows:
-        return
+        return set()
     trace = current_traceparent()
-    await conn.execute(
+    row = await conn.fetchrow(
         q("apply_levels"),
-        [n.sku for n, _, _ in rows],
-        [n.version for n, _, _ in rows],
-        [n.figures[ch][0] for n, ch, _ in rows],
-        [ch for _, ch, _ in rows],
-        [v.value for _, _, v in rows],
-        [n.committed_at or committed_at for n, _, _ in rows],
+        rows_param(
+            (
+                n.sku,
+                n.version,
+                n.figures[ch][0],
+                ch,
+                v.value,
+                n.figures[ch][1],
+                n.committed_at or committed_at,
+                n.trace_context or trace,
+                (n.sku, ch) in missing,
+            )
+            for n, ch, v in rows
+        ),
         notify,
-        [n.figures[ch][1] for n, ch, _ in rows],
-        [n.trace_context or trace for n, _, _ in rows],
     )
+    assert row is not None
+    written = set(zip(row["skus"], row["channels"], strict=True))
+    return {(n.sku, ch) for n, ch, _ in rows if (n.sku, ch) in missing} - written
 
 
 def by_sku(claimed: Sequence[Claimed]) -> list[Claimed]:

@@ -7,8 +7,11 @@ ever bound parameters; nothing is formatted into these strings.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
+
+import orjson
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
@@ -45,3 +48,13 @@ def queries() -> dict[str, str]:
 def q(name: str) -> str:
     """The SQL text of query ``name``; a KeyError names a query that does not exist."""
     return queries()[name]
+
+
+def rows_param(rows: Iterable[Sequence[object]]) -> str:
+    """Rows for a bulk statement as one parameter: a JSON array of arrays, read in SQL
+    with ``jsonb_array_elements($n::text::jsonb)`` and ``e->>i`` casts, in the rows'
+    order. asyncpg encodes an array parameter element by element, with an abstract
+    base class check on each (about 0.6 µs an element: most of the client's CPU for a
+    statement of 500 SKUs × 3 channels × 10 columns); orjson writes this in one call
+    (D-421). Values: str, int, bool, None, aware datetimes (RFC 3339)."""
+    return orjson.dumps(list(rows)).decode()

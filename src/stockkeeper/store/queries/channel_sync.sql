@@ -16,32 +16,45 @@ WHERE sku = $1 AND channel = ANY($2::text[])
 ORDER BY channel
 FOR UPDATE;
 
--- name: ensure_sync_rows_bulk
--- A row per channel for each SKU of a bulk level message ($2), in (sku, channel) order.
-INSERT INTO channel_sync_state (channel, sku)
-SELECT c, k FROM unnest($2::text[]) AS k CROSS JOIN unnest($1::text[]) AS c
-ORDER BY k, c
-ON CONFLICT (channel, sku) DO NOTHING;
-
 -- name: lock_sync_rows_bulk
--- Many SKUs' rows across the channels, locked in (sku, channel) order: one SKU's
--- consumer locks a prefix of that order, and a sender's acknowledgement (one channel)
--- locks in SKU order too, so none of them can deadlock with another.
-SELECT sku, channel, desired_version, pushed_version, pushed_quantity, status,
-       EXTRACT(EPOCH FROM now() - unlisted_at)::float8 AS unlisted_for_s
-FROM channel_sync_state
-WHERE sku = ANY($1::text[]) AND channel = ANY($2::text[])
-ORDER BY sku, channel
-FOR UPDATE;
+-- Many SKUs' rows across the channels, those that exist, locked in the order of the
+-- (sku, channel) pairs given, which the caller sorts (apply_levels inserts the others in
+-- the same order): one SKU's consumer locks a prefix of that order, and a sender's
+-- acknowledgement (one channel) locks in SKU order too, so none of them can deadlock
+-- with another. One primary-key probe per pair, whatever the planner knows of the
+-- table: `sku = ANY(..) AND channel = ANY(..)` on a table not analyzed since it grew
+-- (a first sync of a catalogue, autovacuum behind) was planned as a scan of the
+-- channels' whole key range filtered by the SKU array, 170 ms a 500-SKU message at
+-- 600,000 rows and growing with the table (D-420). $1: the pairs as a JSON array of
+-- [sku, channel] (store.sql.rows_param).
+SELECT s.sku, s.channel, s.desired_version, s.pushed_version, s.pushed_quantity, s.status,
+       EXTRACT(EPOCH FROM now() - s.unlisted_at)::float8 AS unlisted_for_s
+FROM jsonb_array_elements($1::text::jsonb) AS p
+CROSS JOIN LATERAL (
+    SELECT * FROM channel_sync_state s
+    WHERE s.channel = p->>1 AND s.sku = p->>0
+    FOR UPDATE
+) AS s;
 
 -- name: apply_levels
--- Newer levels of SKUs, one row per (sku, channel) with its version, the channel's
--- figure (from its availability rule, whose text is $8) and its (non-stale)
--- verdict, each committed at its $6, its push continuing trace $9: push (due, joining any
--- push already due), echo or noop (the channel already shows it), held (kept, not
--- pushed). A due push keeps its backoff; a new one is due now. When a push became due,
--- the senders listening on $7 are woken at commit.
-WITH applied AS (
+-- Newer levels of SKUs ($1: a JSON array of rows [sku, version, quantity, channel,
+-- verdict, rule, committed_at, trace, fresh], store.sql.rows_param), one row per (sku,
+-- channel) with its version, the channel's figure (from its availability rule, whose
+-- text is the rule) and its (non-stale) verdict, each committed at its committed_at,
+-- its push continuing its trace: push (due, joining any push already due), echo or
+-- noop (the channel already shows it), held (kept, not pushed). A due push keeps its
+-- backoff; a new one is due now. A row that was not there when the caller locked
+-- (fresh) is inserted holding its level, judged as never told: one write per row for a
+-- SKU new to the channel, not an insert and an update (D-420). If another transaction
+-- inserted it meanwhile, it is left alone and returned, for the caller to judge again
+-- against what that one wrote. When a push became due, the senders listening on $2
+-- are woken at commit.
+WITH u AS (
+    SELECT e->>0 AS sku, (e->>1)::bigint AS version, (e->>2)::bigint AS quantity,
+           e->>3 AS channel, e->>4 AS verdict, e->>5 AS rule,
+           (e->>6)::timestamptz AS committed_at, e->>7 AS trace, (e->>8)::bool AS fresh
+    FROM jsonb_array_elements($1::text::jsonb) AS e
+), applied AS (
 UPDATE channel_sync_state s SET
     desired_version = u.version,
     desired_quantity = u.quantity,
@@ -64,13 +77,31 @@ UPDATE channel_sync_state s SET
     pushed_quantity = CASE WHEN u.verdict = 'echo' THEN u.quantity ELSE s.pushed_quantity END,
     trace_context = CASE WHEN u.verdict = 'push' THEN u.trace ELSE s.trace_context END,
     updated_at = now()
-FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $8::text[],
-            $6::timestamptz[], $9::text[])
-     AS u (sku, version, quantity, channel, verdict, rule, committed_at, trace)
-WHERE s.channel = u.channel AND s.sku = u.sku
+FROM u
+WHERE s.channel = u.channel AND s.sku = u.sku AND NOT u.fresh
 RETURNING u.verdict
+), inserted AS (
+INSERT INTO channel_sync_state AS s
+    (channel, sku, desired_version, desired_quantity, desired_rule, status,
+     pending_since, pending_changes, pushed_version, pushed_quantity, trace_context)
+SELECT u.channel, u.sku, u.version, u.quantity, u.rule,
+       CASE WHEN u.verdict = 'push' THEN 'PENDING' ELSE 'SYNCED' END,
+       CASE WHEN u.verdict = 'push' THEN u.committed_at END,
+       CASE WHEN u.verdict = 'push' THEN 1 ELSE 0 END,
+       CASE WHEN u.verdict IN ('echo', 'noop') THEN u.version ELSE 0 END,
+       CASE WHEN u.verdict = 'echo' THEN u.quantity END,
+       CASE WHEN u.verdict = 'push' THEN u.trace END
+FROM u WHERE u.fresh
+ORDER BY u.sku, u.channel
+ON CONFLICT (channel, sku) DO NOTHING
+RETURNING s.sku, s.channel, s.status
+), woken AS (
+SELECT pg_notify($2, '')
+FROM (SELECT verdict FROM applied WHERE verdict = 'push'
+      UNION ALL SELECT 'push' FROM inserted WHERE status = 'PENDING' LIMIT 1) AS due
 )
-SELECT pg_notify($7, '') FROM applied WHERE verdict = 'push' LIMIT 1;
+SELECT (SELECT count(*) FROM woken) AS woken,
+       ARRAY(SELECT sku FROM inserted) AS skus, ARRAY(SELECT channel FROM inserted) AS channels;
 
 -- name: claim_pushes
 -- Due rows of one channel, oldest change first, leased to this sender. The lease
