@@ -116,6 +116,24 @@ def env_secret(cfg: ConnectorConfig, key: str) -> str | None:
     return value
 
 
+def oversell_sources(settings: Settings) -> list[str]:
+    """The ``source`` labels ``stockkeeper_oversell_total`` can take here: ``api`` (our
+    own decisions, which never oversell) and every connector whose sales or counts are
+    booked (D-395)."""
+    return [
+        "api",
+        *(c.id for c in settings.connectors_of(IngestOptions)),
+        *(f"wms:{c.id}" for c in settings.connectors_of(WmsConnectorConfig)),
+    ]
+
+
+def check_tokens(settings: Settings) -> None:
+    """Every ``api.tokens`` entry that names a variable finds it set (what the config
+    alone cannot check), so a missing one stops the start before anything is made."""
+    for t in settings.api.tokens:
+        t.resolve()
+
+
 def check_connectors(settings: Settings, uses: Iterable[ConnectorConfig] | None = None) -> None:
     """What the config alone cannot check: secrets present, adapters known. Only for the
     connectors in ``uses`` when given (a command that calls no webhook needs no webhook
@@ -258,6 +276,7 @@ async def build(
     (``wiring.connections``); it sizes the pools unless ``database.pool_size`` is set.
     ``uses``: the connectors whose secrets must be set (default: all);
     ``create_database``: whether a missing embedded database is made."""
+    check_tokens(settings)
     check_connectors(settings, uses)
     url, embedded = database_url(settings, create=create_database)
     pool, session_pool = await open_pools(url, settings, needs)
@@ -268,6 +287,7 @@ async def build(
             async with session_pool.acquire() as conn:
                 await migrate(conn)
         metrics = metrics or Metrics()
+        metrics.start_at_zero(oversell_sources(settings))
         reservations = Reservations(
             pool,
             metrics,

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from stockkeeper import __version__, cli_db
-from stockkeeper.cli_common import HELP_OPTIONS, ConfigOption
+from stockkeeper.cli_common import HELP_OPTIONS, ROOT_CONFIG, ConfigOption
 from stockkeeper.cli_common import build_container as _build
 from stockkeeper.cli_common import run_async as _run
 from stockkeeper.cli_common import settings_from as _settings
@@ -49,8 +49,12 @@ def stockkeeper(
             is_eager=True,
         ),
     ] = False,
+    config: ConfigOption = None,
 ) -> None:
     """Inventory system of record: reservations that never oversell, and a ledger."""
+    # `stockkeeper --config FILE up` as well as `stockkeeper up --config FILE`: the
+    # commands read it through settings_from (D-392).
+    ROOT_CONFIG.set(config)
 
 
 def _serve(settings: Settings, services: list[str], consumers: list[Any] | None = None) -> None:
@@ -187,13 +191,14 @@ def check_config(
     """Validate the configuration and say so.
 
     The file is FILE, or the one --config names."""
-    from stockkeeper.bootstrap import check_connectors
+    from stockkeeper.bootstrap import check_connectors, check_tokens
 
     if file is not None and config is not None and file != config:
         typer.echo("stockkeeper: give the file once, as FILE or as --config", err=True)
         raise typer.Exit(2)
     settings = _settings(file or config)
     try:
+        check_tokens(settings)  # the API's token variables set
         check_connectors(settings)  # secrets present, adapters known
     except ConfigError as exc:
         typer.echo(f"stockkeeper: {exc}", err=True)

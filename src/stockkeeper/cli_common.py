@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -31,8 +32,19 @@ ConfigOption = Annotated[
 ]
 
 
+# The file given before the command (`stockkeeper --config FILE up`), set by the root
+# callback for the one command this process runs.
+ROOT_CONFIG: ContextVar[Path | None] = ContextVar("root_config", default=None)
+
+
 def settings_from(config: Path | None) -> Settings:
-    """The settings of ``config`` (logging and tracing set up from them), or exit 2."""
+    """The settings of ``config`` (logging and tracing set up from them), or exit 2.
+
+    Without one, the file given to ``stockkeeper --config FILE`` before the command
+    (D-392), then ``$STOCKKEEPER_CONFIG``, then ``./stockkeeper.yaml``.
+    """
+    if config is None:
+        config = ROOT_CONFIG.get()
     try:
         settings = load_settings(config)
     except ConfigError as exc:

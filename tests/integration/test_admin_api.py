@@ -439,3 +439,30 @@ async def test_status_shows_a_failing_connectors_last_failure_and_keeps_it(
     finally:
         await poller.close()
         await c.close()
+
+
+async def test_replay_and_discard_take_an_idempotency_key(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    # Every POST takes an optional Idempotency-Key (contract, section 4): a client
+    # retrying a replay whose answer it lost gets the first answer, not a 409, and the
+    # message goes back to its queue once.
+    dead_id, _ = await add_dead_letter(container)
+    other_id, _ = await add_dead_letter(container)
+    key = {**auth(ADMIN_TOKEN), "Idempotency-Key": f"replay-{uuid.uuid4().hex}"}
+
+    first = await client.post(f"/admin/dead-letters/{dead_id}/replay", headers=key)
+    assert first.status_code == 200, first.text
+    again = await client.post(f"/admin/dead-letters/{dead_id}/replay", headers=key)
+    assert (again.status_code, again.json()) == (200, first.json())
+    assert again.headers["idempotency-replayed"] == "true"
+    async with container.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM queue_message") == 1
+    reused = await client.post(f"/admin/dead-letters/{other_id}/discard", headers=key)
+    assert_problem(reused, 422, "validation")
+
+    key = {**auth(ADMIN_TOKEN), "Idempotency-Key": f"discard-{uuid.uuid4().hex}"}
+    gone = await client.post(f"/admin/dead-letters/{other_id}/discard", headers=key)
+    assert (gone.status_code, gone.json()["status"]) == (200, "DISCARDED")
+    replayed = await client.post(f"/admin/dead-letters/{other_id}/discard", headers=key)
+    assert (replayed.json(), replayed.headers["idempotency-replayed"]) == (gone.json(), "true")

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.api.inventory import create_inventory_app
@@ -209,3 +210,200 @@ async def test_an_anonymous_admin_request_is_401_before_its_body_is_validated(
 ) -> None:
     r = await admin.post("/admin/wms/sync", json={}, headers={"Authorization": ""})
     assert_problem(r, 401, "unauthorized")
+
+
+# -- every 422 says what is wrong in `errors`, whichever layer refused the request --
+
+A = auth(ADMIN_TOKEN)
+REFUSED_LATE = [
+    pytest.param(
+        "POST",
+        "/inventory/reserve",
+        {"order_id": "o-ttl", "lines": [{"sku": "TEA", "quantity": 1}], "ttl_seconds": 10**8},
+        "body.ttl_seconds",
+        id="ttl-past-the-maximum",
+    ),
+    pytest.param(
+        "POST",
+        "/inventory/reserve",
+        {"order_id": "o-unknown", "lines": [{"sku": "NO-SUCH-SKU", "quantity": 1}]},
+        "body.lines",
+        id="unknown-sku",
+    ),
+    pytest.param(
+        "POST",
+        "/inventory/reserve",
+        {"order_id": "o-twice", "lines": [{"sku": "TEA", "quantity": 1}] * 2},
+        "body.lines",
+        id="sku-on-two-lines",
+    ),
+    pytest.param(
+        "POST",
+        "/orders",
+        {**order("o-late"), "required_delivery_date": "2001-01-01"},
+        "body.required_delivery_date",
+        id="delivery-date-in-the-past",
+    ),
+    pytest.param(
+        "POST",
+        "/inventory/adjustments",
+        {"sku": "TEA", "quantity": "on_hand", "delta": -51, "reason": "count", "reference_id": "a"},
+        "body.delta",
+        id="adjustment-below-zero",
+    ),
+    pytest.param("GET", "/inventory", None, "query.sku", id="no-sku-asked-for"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), REFUSED_LATE)
+async def test_a_422_from_the_use_case_names_the_field_in_errors(
+    http: httpx.AsyncClient, method: str, path: str, body: Any, field: str
+) -> None:
+    r = await http.request(method, path, json=body, headers=A)
+    doc = assert_problem(r, 422, "validation")
+    assert doc["errors"] == [{"field": field, "message": doc["detail"]}]
+
+
+async def test_a_reused_idempotency_key_is_a_422_naming_the_header(
+    http: httpx.AsyncClient,
+) -> None:
+    key = {**W, "Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    first = await http.post("/inventory/release", json={"order_id": "o-1"}, headers=key)
+    assert_problem(first, 404, "not-found")
+    other = await http.post("/inventory/release", json={"order_id": "o-2"}, headers=key)
+    doc = assert_problem(other, 422, "validation")
+    assert doc["errors"] == [{"field": "header.Idempotency-Key", "message": doc["detail"]}]
+    too_long = await http.post(
+        "/inventory/release", json={"order_id": "o-1"}, headers={**W, "Idempotency-Key": "k" * 256}
+    )
+    doc = assert_problem(too_long, 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == ["header.Idempotency-Key"]
+
+
+# -- the probes answer HEAD as well as GET (D-393) --
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_health_and_readiness_answer_head_without_a_token(
+    http: httpx.AsyncClient, admin: httpx.AsyncClient, path: str
+) -> None:
+    for client in (http, admin):
+        r = await client.head(path, headers={"Authorization": ""})
+        assert r.status_code == 200, (path, r.status_code, r.text)
+
+
+async def test_the_oversell_counter_reads_zero_from_the_first_scrape(
+    http: httpx.AsyncClient,
+) -> None:
+    # "stockkeeper_oversell_total (must stay 0)": a sample at 0, not a family with none
+    # (D-395).
+    text = (await http.get("/metrics")).text
+    samples = [
+        s
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "stockkeeper_oversell_total"
+    ]
+    assert samples, text
+    assert {s.labels["source"] for s in samples} >= {"api"}
+    assert sum(s.value for s in samples) == 0
+
+
+# -- a problem's instance is a URI reference: the path percent-encoded (D-397) --
+
+
+def _q(id_: str) -> str:
+    return quote(id_, safe="")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "slug"),
+    [
+        pytest.param("GET", f"/inventory/{_q('заказ-1')}", "not-found", id="cyrillic-sku"),
+        pytest.param("GET", f"/inventory/{_q('a' + chr(0x2028) + 'b')}", "validation", id="u2028"),
+        pytest.param("GET", f"/orders/{_q('注文 7 ?#%')}", "not-found", id="cjk-and-url-chars"),
+        pytest.param("POST", f"/orders/{_q('заказ-1')}/cancel", "not-found", id="idempotent"),
+    ],
+)
+async def test_a_problems_instance_is_the_path_percent_encoded(
+    http: httpx.AsyncClient, method: str, path: str, slug: str
+) -> None:
+    r = await http.request(method, path, headers={**W, "Idempotency-Key": uuid.uuid4().hex})
+    doc = assert_problem(r, {"not-found": 404, "validation": 422}[slug], slug)
+    assert doc["instance"] == path
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/x-www-form-urlencoded", "text/plain"],
+    ids=["none", "curl-d-form", "text"],
+)
+async def test_a_json_body_without_a_json_content_type_says_so(
+    http: httpx.AsyncClient, content_type: str | None
+) -> None:
+    # curl -d without -H "Content-Type: application/json" sends a form type.
+    body = b'{"order_id": "o-1", "lines": [{"sku": "TEA", "quantity": 1}]}'
+    headers = {**W, **({"Content-Type": content_type} if content_type else {})}
+    r = await http.post("/inventory/reserve", content=body, headers=headers)
+    doc = assert_problem(r, 422, "validation")
+    message = "the body must be JSON, sent with Content-Type: application/json"
+    assert doc["errors"] == [{"field": "body", "message": message}]
+
+
+# -- U+0000 anywhere is a 422, never the database's 500 (D-399) --
+
+NUL = "a\x00b"
+INVENTORY_NUL = [
+    pytest.param(
+        "/inventory/adjustments",
+        {"sku": "TEA", "quantity": "on_hand", "delta": 1, "reason": NUL, "reference_id": "r"},
+        "body.reason",
+        id="adjustment-reason",
+    ),
+    pytest.param(
+        "/inventory/release", {"order_id": "o-1", "reason": NUL}, "body.reason", id="release"
+    ),
+    pytest.param("/orders/o-1/cancel", {"reason": NUL}, "body.reason", id="order-cancel"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), INVENTORY_NUL)
+async def test_a_nul_in_a_reason_is_422(
+    http: httpx.AsyncClient, path: str, body: dict[str, Any], field: str
+) -> None:
+    r = await http.post(path, json=body, headers=A)
+    doc = assert_problem(r, 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == [field]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field"),
+    [
+        pytest.param("/admin/dead-letters", {"queue": NUL}, "query.queue", id="dead-letter-queue"),
+        pytest.param("/admin/skus", {"prefix": NUL}, "query.prefix", id="sku-prefix"),
+        pytest.param("/admin/skus", {"after": NUL}, "query.after", id="sku-cursor"),
+        pytest.param("/admin/reservations", {"sku": NUL}, "query.sku", id="reservations-sku"),
+        pytest.param("/admin/orders", {"after": NUL}, "query.after", id="orders-cursor"),
+    ],
+)
+async def test_a_nul_in_an_admin_filter_is_422(
+    admin: httpx.AsyncClient, path: str, params: dict[str, str], field: str
+) -> None:
+    doc = assert_problem(await admin.get(path, params=params), 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == [field]
+
+
+async def test_a_prefix_may_end_in_a_space_but_holds_no_invisible_character(
+    admin: httpx.AsyncClient, container: Container
+) -> None:
+    await container.stock.receive(Receipt("TEA POT", 1, f"rcpt-{uuid.uuid4().hex}"))
+    found = await admin.get("/admin/skus", params={"prefix": "TEA "})
+    assert [i["sku"] for i in found.json()["items"]] == ["TEA POT"]
+    refused = await admin.get("/admin/skus", params={"prefix": "TEA\u200b"})
+    assert_problem(refused, 422, "validation")
+
+
+async def test_a_nul_in_who_asked_for_a_wms_sync_is_422(admin: httpx.AsyncClient) -> None:
+    body = {"reason": "count", "requested_by": NUL}
+    doc = assert_problem(await admin.post("/admin/wms/sync", json=body), 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == ["body.requested_by"]

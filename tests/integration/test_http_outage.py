@@ -153,6 +153,11 @@ async def test_a_database_outage_under_load_is_503_unavailable_never_a_bare_500(
             if r.status_code not in (200, 201):
                 assert_unavailable(r)
         assert any(r.status_code == 503 for r in during)
+        # Not ready says so the same way: 503 unavailable with Retry-After (D-393).
+        ready = await http.get("/readyz")
+        assert (ready.status_code, ready.json()["type"]) == (503, "unavailable"), ready.text
+        assert ready.headers["content-type"].startswith(PROBLEM)
+        assert int(ready.headers["retry-after"]) >= 1
     finally:
         await asyncio.to_thread(cluster.start)
 

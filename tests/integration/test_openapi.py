@@ -77,6 +77,8 @@ IDEMPOTENT = {
     "/orders/{order_id}/cancel",
     "/admin/wms/sync",
     "/admin/connectors/{connector}/poll",
+    "/admin/dead-letters/{dead_letter_id}/replay",
+    "/admin/dead-letters/{dead_letter_id}/discard",
 }
 
 

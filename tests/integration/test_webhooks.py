@@ -172,6 +172,38 @@ async def test_bad_records_in_a_good_delivery_are_dead_letters_and_the_rest_is_q
     assert "on_hand" in dead["error"]
 
 
+async def test_ids_follow_the_apis_rule_and_a_nul_is_never_a_500(
+    hooked: tuple[httpx.AsyncClient, Container],
+) -> None:
+    # "A\u200bB" never becomes a second SKU beside "AB", whichever door it comes in by,
+    # and U+0000 (which PostgreSQL cannot store) is a refused record or a 422 (D-399).
+    http, c = hooked
+    at = "2030-01-01T00:00:00Z"
+    body = generic(
+        "evt-ids",
+        levels=[
+            {"sku": "AB", "on_hand": 3, "source_updated_at": at},
+            {"sku": "A\u200bB", "on_hand": 4, "source_updated_at": at},
+            {"sku": "A\x00B", "on_hand": 5, "source_updated_at": at},
+        ],
+        sales=[{"transaction_id": "t\x00-1", "sku": "AB", "delta": -1}],
+    )
+    r = await http.post("/webhooks/hook", content=body, headers=signed(body))
+    assert r.status_code == 202, r.text
+    assert (r.json()["records"], len(r.json()["refused"])) == (1, 3)
+    await apply_queued(c)
+    async with c.pool.acquire() as conn:
+        assert [row["sku"] for row in await conn.fetch("SELECT sku FROM sku")] == ["AB"]
+        errors = [row["error"] for row in await conn.fetch("SELECT error FROM dead_letter")]
+    assert len(errors) == 3
+    assert any("U+200B" in e for e in errors)
+    assert any("U+0000" in e for e in errors)
+
+    nul_event = generic("evt-\x00", levels=[])
+    r = await http.post("/webhooks/hook", content=nul_event, headers=signed(nul_event))
+    assert (r.status_code, r.json()["type"]) == (422, "validation"), r.text
+
+
 def shopify_order(order_id: int, *lines: tuple[int, str, int]) -> bytes:
     return orjson.dumps(
         {

@@ -469,3 +469,52 @@ def test_pgbouncer_needs_a_direct_url(tmp_path: Path) -> None:
     path = write(tmp_path, {"database": {"url": "postgresql://bouncer/sk", "pgbouncer": True}})
     with pytest.raises(ConfigError, match=r"database\.direct_url is required"):
         load_settings(path, environ={})
+
+
+# -- --config before the command (D-392) ----------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_config_is_read_whether_given_before_or_after_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from stockkeeper.cli import app
+
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    bad = write(tmp_path, {"api": {"inventory_prot": 1}}, "bad.yaml")
+    good = write(tmp_path, {"api": {"inventory_port": 9000}}, "good.yaml")
+    runner = CliRunner()
+
+    def check(path: Path) -> tuple[int, str]:
+        args = ["--config", str(path), "check-config"]
+        if where == "after":
+            args = ["check-config", "--config", str(path)]
+        result = runner.invoke(app, args)
+        return result.exit_code, result.output
+
+    code, out = check(bad)
+    assert code == 2
+    assert "api.inventory_prot: unknown key" in out
+    code, out = check(good)
+    assert (code, out.strip()) == (0, "configuration is valid (0 connectors)")
+
+
+def test_check_config_refuses_a_token_variable_that_is_not_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `up` would stop on it (D-394): check-config says so instead of "valid".
+    from typer.testing import CliRunner
+
+    from stockkeeper.cli import app
+
+    monkeypatch.delenv("SK_TEST_UNSET_TOKEN", raising=False)
+    path = write(
+        tmp_path, {"api": {"tokens": [{"token_env": "SK_TEST_UNSET_TOKEN", "scopes": ["admin"]}]}}
+    )
+    result = CliRunner().invoke(app, ["check-config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "SK_TEST_UNSET_TOKEN is not set" in result.output
+    monkeypatch.setenv("SK_TEST_UNSET_TOKEN", "a-token-from-the-environment")
+    assert CliRunner().invoke(app, ["check-config", str(path)]).exit_code == 0

@@ -163,7 +163,7 @@ def create_admin_app(container: Container) -> FastAPI:
         tags=["dead letters"],
     )
     async def list_dead_letters(
-        queue: Annotated[str | None, Query(max_length=200)] = None,
+        queue: Annotated[str | None, Query(max_length=200), schemas.ID_TEXT] = None,
         status: Literal["DEAD", "REPLAYED", "DISCARDED"] | None = "DEAD",
         after: Annotated[int, Query(ge=0, le=schemas.MAX_ROW_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -182,24 +182,38 @@ def create_admin_app(container: Container) -> FastAPI:
         response_model=schemas.DeadLetterOut,
         responses=schemas.problems(404, 409, 422),
         summary="Replay a dead letter",
+        openapi_extra=idempotency.key_header(),
         tags=["dead letters"],
     )
-    async def replay(dead_letter_id: RowId, who: Principal = ADMIN) -> Response:
+    async def replay(dead_letter_id: RowId, request: Request, who: Principal = ADMIN) -> Response:
         """Send the message back to its queue as a first attempt."""
-        dead = await (await ops()).replay(dead_letter_id, who.name)
-        return _ok(dead_letter_out(dead))
+        operations = await ops()
+        return await idempotency.run(
+            request,
+            who,
+            None,
+            lambda conn: operations.replay(dead_letter_id, who.name, conn),
+            lambda dead: (200, dead_letter_out(dead)),
+        )
 
     @app.post(
         "/admin/dead-letters/{dead_letter_id}/discard",
         response_model=schemas.DeadLetterOut,
         responses=schemas.problems(404, 409, 422),
         summary="Discard a dead letter",
+        openapi_extra=idempotency.key_header(),
         tags=["dead letters"],
     )
-    async def discard(dead_letter_id: RowId, who: Principal = ADMIN) -> Response:
+    async def discard(dead_letter_id: RowId, request: Request, who: Principal = ADMIN) -> Response:
         """Drop the message for good (kept in the table, marked DISCARDED)."""
-        dead = await (await ops()).discard(dead_letter_id, who.name)
-        return _ok(dead_letter_out(dead))
+        operations = await ops()
+        return await idempotency.run(
+            request,
+            who,
+            None,
+            lambda conn: operations.discard(dead_letter_id, who.name, conn),
+            lambda dead: (200, dead_letter_out(dead)),
+        )
 
     @app.post(
         "/admin/wms/sync",
@@ -256,7 +270,7 @@ def create_admin_app(container: Container) -> FastAPI:
     )
     async def channel_unlisted(
         channel: Annotated[str, Path(max_length=200)],
-        after: Annotated[str, Query(max_length=128)] = "",
+        after: Annotated[str, Query(max_length=128), schemas.ID_TEXT] = "",
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         who: Principal = ADMIN,
     ) -> Response:

@@ -28,7 +28,11 @@ from stockkeeper.api.problems import JSONResponse
 from stockkeeper.services.listing import Listing
 
 ADMIN = Depends(require("admin"))
-Cursor = Annotated[str | None, Query(max_length=200, description="the `next` of the previous page")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=200, description="the `next` of the previous page"),
+    schemas.ID_TEXT,
+]
 MAX_AGE_S = 10 * 365 * 86_400.0
 
 ReservationStatus = Literal["PENDING", "CONFIRMED", "CANCELLED", "EXPIRED", "FULFILLED"]
@@ -56,7 +60,9 @@ def add_list_routes(app: FastAPI, listing: Listing) -> None:
         tags=["lists"],
     )
     async def list_skus(
-        prefix: Annotated[str, Query(max_length=128, description="SKUs starting with it")] = "",
+        prefix: Annotated[
+            str, Query(max_length=128, description="SKUs starting with it"), schemas.ID_PART
+        ] = "",
         sold_out: Annotated[bool, Query(description="only SKUs with available = 0")] = False,
         short: Annotated[bool, Query(description="only SKUs with shortfall > 0")] = False,
         after: Cursor = None,
@@ -82,7 +88,9 @@ def add_list_routes(app: FastAPI, listing: Listing) -> None:
     )
     async def list_reservations(
         status: ReservationStatus | None = None,
-        sku: Annotated[str | None, Query(max_length=128, description="holding this SKU")] = None,
+        sku: Annotated[
+            str | None, Query(max_length=128, description="holding this SKU"), schemas.ID_TEXT
+        ] = None,
         expiring_within_s: Annotated[
             float | None,
             Query(ge=0, le=MAX_AGE_S, description="PENDING ones due within this time"),

@@ -245,7 +245,7 @@ def add_rule_routes(app: FastAPI, container: Container) -> None:
         try:
             schemas.printable(sku)
         except ValueError as exc:
-            raise ApiProblem("validation", f"sku: {exc}") from None
+            raise ApiProblem.invalid("sku", f"sku: {exc}") from None
         changed = await rules.set_override(channel, sku, body.override(), who.name)
         return _ok(RuleChangedOut(channel=changed.channel, sku=sku, repushed=changed.repushed))
 

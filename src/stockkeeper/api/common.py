@@ -47,17 +47,20 @@ def new_app(container: Container, name: str, title: str) -> FastAPI:
     app.add_middleware(BodyLimit, limit=container.settings.api.max_body_bytes)
     tracing.instrument_app(app)
 
-    @app.get("/healthz", include_in_schema=False)
+    # HEAD too: load balancers and uptime checkers often probe with it (D-393).
+    @app.api_route("/healthz", methods=["GET", "HEAD"], include_in_schema=False)
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz", include_in_schema=False)
+    @app.api_route("/readyz", methods=["GET", "HEAD"], include_in_schema=False)
     async def readyz(request: Request) -> Response:
         try:
             async with request.app.state.pool.acquire(timeout=2) as conn:
                 await ping(conn)
         except Exception as exc:  # any failure means "not ready", and says why
-            return problems.problem("unavailable", f"database not reachable: {exc}")
+            return problems.problem(
+                "unavailable", f"database not reachable: {exc}", headers={"Retry-After": "1"}
+            )
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", include_in_schema=False)

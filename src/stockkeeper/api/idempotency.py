@@ -20,6 +20,7 @@ from stockkeeper.api.problems import (
     JSONResponse,
     ProblemResponse,
     domain_problem,
+    problem_instance,
     request_path,
 )
 from stockkeeper.api.schemas import as_json
@@ -71,11 +72,13 @@ def respond(answer: Answer) -> Response:
     return cls(answer.body, status_code=answer.status, headers=headers)
 
 
-async def _answer(use: UseCase[T], present: Present[T], conn: Conn | None, path: str) -> Answer:
+async def _answer(
+    use: UseCase[T], present: Present[T], conn: Conn | None, request: Request
+) -> Answer:
     try:
         result = await use(conn)
     except DomainError as exc:
-        return Answer(*domain_problem(exc, path))
+        return Answer(*domain_problem(exc, problem_instance(request.scope)))
     return _rendered(present, result)
 
 
@@ -88,7 +91,9 @@ def _key(
     request: Request, principal: Principal, key: str, payload: BaseModel | None
 ) -> IdempotencyKey:
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
-        raise ApiProblem("validation", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+        raise ApiProblem.invalid(
+            "header.Idempotency-Key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters"
+        )
     method, path = request.method, request_path(request)
     doc = payload.model_dump(mode="json") if payload is not None else {}
     return IdempotencyKey(
@@ -113,14 +118,13 @@ async def run(
     order), which writes the key itself, its answer rendered here by ``present``
     (D-366).
     """
-    path = request_path(request)
     request.app.state.container.failpoints.hit("api.use_case")
     key = request.headers.get("idempotency-key")
     if key is None:
-        return respond(await _answer(use, present, None, path))
+        return respond(await _answer(use, present, None, request))
 
     async def recorded(conn: Conn) -> Answer:
-        return await _answer(use, present, conn, path)
+        return await _answer(use, present, conn, request)
 
     def render(result: T) -> Answer:
         return _rendered(present, result)

@@ -249,9 +249,9 @@ def create_inventory_app(container: Container) -> FastAPI:
     ) -> Response:
         """Stock of up to 500 SKUs: ?sku=a&sku=b."""
         if not sku:
-            raise ApiProblem("validation", "give at least one ?sku=")
+            raise ApiProblem.invalid("query.sku", "give at least one ?sku=")
         if len(sku) > MAX_BULK:
-            raise ApiProblem("validation", f"at most {MAX_BULK} SKUs per request")
+            raise ApiProblem.invalid("query.sku", f"at most {MAX_BULK} SKUs per request")
         wanted = list(dict.fromkeys(_check_sku(s) for s in sku))
         items = await stock.get_many(wanted)
         found = {i.sku for i in items}

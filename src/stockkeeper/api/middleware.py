@@ -11,7 +11,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stockkeeper.api.problems import PROBLEM_TYPE, problem_doc
+from stockkeeper.api.problems import PROBLEM_TYPE, problem_doc, problem_instance
 from stockkeeper.observability.logging import access_log_enabled, get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store.errors import StoreUnavailable, translate
@@ -92,7 +92,7 @@ class BodyLimit:
                 except ValueError:
                     too_big = False
                 if too_big:
-                    await _send_413(send, self.limit, scope["path"])
+                    await _send_413(send, self.limit, problem_instance(scope))
                     return
         seen = 0
         started = False
@@ -116,7 +116,7 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await _send_413(send, self.limit, scope["path"])
+                await _send_413(send, self.limit, problem_instance(scope))
 
 
 def _route_path(scope: Scope) -> str:
@@ -240,7 +240,7 @@ class CatchAll:
                 doc = problem_doc(
                     "unavailable",
                     "the database is not reachable; try again shortly",
-                    scope["path"],
+                    problem_instance(scope),
                     request_id=request_id,
                 )
                 await _send_problem(send, doc, [(b"retry-after", str(RETRY_AFTER_S).encode())])
@@ -248,7 +248,7 @@ class CatchAll:
                 doc = problem_doc(
                     "internal",
                     "an unexpected error; the log line has this request_id",
-                    scope["path"],
+                    problem_instance(scope),
                     request_id=request_id,
                 )
                 await _send_problem(send, doc)

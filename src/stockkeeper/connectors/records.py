@@ -14,12 +14,24 @@ from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 
+from stockkeeper.domain.ids import printable
 from stockkeeper.domain.ingest import Level, Sale
 from stockkeeper.domain.quantities import MAX_QUANTITY
 
-Sku = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^\S(?:.*\S)?$")]
+# Ids follow the API's rule whichever door they come in by (D-399): "A\u200bB" is never a
+# second SKU beside "AB", and U+0000 never reaches PostgreSQL.
+ID = AfterValidator(printable)
+Sku = Annotated[str, Field(min_length=1, max_length=128), ID]
 LocationCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
 
 
@@ -45,10 +57,10 @@ class LevelRecord(_Strict):
 class SaleRecord(_Strict):
     """A sale (negative delta) or return (positive) reported by a channel."""
 
-    transaction_id: Annotated[str, Field(min_length=1, max_length=200)]
+    transaction_id: Annotated[str, Field(min_length=1, max_length=200), ID]
     sku: Sku
     delta: Annotated[int, Field(ge=-MAX_QUANTITY, le=MAX_QUANTITY)]
-    source: Annotated[str, Field(min_length=1, max_length=64)]
+    source: Annotated[str, Field(min_length=1, max_length=64), ID]
 
     def sale(self) -> Sale:
         return Sale(self.source, self.transaction_id, self.sku, self.delta)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stockkeeper.config import WebhookConnectorConfig
 from stockkeeper.connectors.records import (
+    ID,
     LevelRecord,
     Refused,
     SaleRecord,
@@ -78,7 +79,7 @@ def _first_error(exc: ValidationError) -> str:
 
 class _GenericBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    event_id: str = Field(min_length=1, max_length=200)
+    event_id: Annotated[str, Field(min_length=1, max_length=200), ID]
     levels: list[Any] = Field(default_factory=list, max_length=10_000)
     sales: list[Any] = Field(default_factory=list, max_length=10_000)
 

@@ -68,7 +68,7 @@ def check_lines(lines: Sequence[OrderLine]) -> None:
     seen: set[str] = set()
     for line in lines:
         if line.sku in seen:
-            raise InvalidRequest(f"sku {line.sku!r} appears on more than one line")
+            raise InvalidRequest(f"sku {line.sku!r} appears on more than one line", "body.lines")
         seen.add(line.sku)
 
 

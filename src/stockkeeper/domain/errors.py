@@ -61,6 +61,17 @@ class NotFound(DomainError):
 
 
 class InvalidRequest(DomainError):
-    """Well-formed input that the rules reject (unknown SKU, ambiguous batch, negative stock)."""
+    """Well-formed input that the rules reject (unknown SKU, ambiguous batch, negative stock).
+
+    ``field`` names the input at fault as the HTTP answer's ``errors`` does (``body.lines``,
+    ``query.after``), or is None when no one input is (D-390).
+    """
 
     slug = "validation"
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.field = field
+
+    def extensions(self) -> dict[str, Any]:
+        return {"errors": [{"field": self.field, "message": self.detail}]}

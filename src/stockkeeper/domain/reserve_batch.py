@@ -75,7 +75,7 @@ def checked(
     check_lines(lines)
     ttl = ttl_seconds or default_ttl
     if ttl > max_ttl:
-        raise InvalidRequest(f"ttl_seconds may be at most {max_ttl}")
+        raise InvalidRequest(f"ttl_seconds may be at most {max_ttl}", "body.ttl_seconds")
     return BatchRequest(order_id, lines, location, now + timedelta(seconds=ttl))
 
 
@@ -127,7 +127,7 @@ def plan_batch(
             continue
         unknown = sorted({li.sku for li in req.lines} - known_skus)
         if unknown:
-            out.append(InvalidRequest(f"unknown sku: {', '.join(unknown)}"))
+            out.append(InvalidRequest(f"unknown sku: {', '.join(unknown)}", "body.lines"))
             continue
         candidates = [b for li in req.lines for b in by_sku.get(li.sku, ())]
         try:

@@ -370,3 +370,10 @@ class Metrics:
             "Paid orders for which no carrier could be chosen (order.no_carrier).",
             registry=r,
         )
+
+    def start_at_zero(self, oversell_sources: list[str]) -> None:
+        """Export ``stockkeeper_oversell_total`` as 0 for every source that could move
+        it, so the figure that must stay 0 reads 0 from the first scrape, not "no data"
+        (a labelled counter has no sample until a label is used; D-395)."""
+        for source in oversell_sources:
+            self.oversell.labels(source=source)

@@ -10,9 +10,10 @@ from stockkeeper.messaging.broker import Broker, OutgoingMessage
 from stockkeeper.messaging.consumer import carried_headers
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER
 from stockkeeper.observability.metrics import Metrics
+from stockkeeper.services.unit import transaction
 from stockkeeper.store import dead_letters, outbox
 from stockkeeper.store.dead_letters import DeadLetter
-from stockkeeper.store.pool import Pool
+from stockkeeper.store.pool import Conn, Pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +50,13 @@ class Operations:
         items = list(rows[:limit])
         return DeadLetterPage(items, items[-1].id if len(rows) > limit else None)
 
-    async def replay(self, dead_letter_id: int, who: str) -> DeadLetter:
-        """Send the message back to its queue, as attempt 1, through the normal path."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await dead_letters.lock(conn, dead_letter_id)
+    async def replay(self, dead_letter_id: int, who: str, conn: Conn | None = None) -> DeadLetter:
+        """Send the message back to its queue, as attempt 1, through the normal path.
+
+        ``conn``: the transaction of an Idempotency-Key, which then records this answer.
+        """
+        async with transaction(self.pool, conn) as c:
+            row = await dead_letters.lock(c, dead_letter_id)
             if row is None:
                 raise NotFound(f"no dead letter {dead_letter_id}")
             if row.status != "DEAD":
@@ -67,22 +71,24 @@ class Operations:
                 row.queue,
                 OutgoingMessage("", row.routing_key, row.raw_body, message_id, headers),
             )
-            await dead_letters.resolve(conn, dead_letter_id, "REPLAYED", who)
-            row = await dead_letters.lock(conn, dead_letter_id)
+            await dead_letters.resolve(c, dead_letter_id, "REPLAYED", who)
+            row = await dead_letters.lock(c, dead_letter_id)
         assert row is not None
         return row
 
-    async def discard(self, dead_letter_id: int, who: str) -> DeadLetter:
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await dead_letters.lock(conn, dead_letter_id)
+    async def discard(self, dead_letter_id: int, who: str, conn: Conn | None = None) -> DeadLetter:
+        """Drop the message for good (kept, marked DISCARDED); discarding again answers
+        the same. ``conn`` as for :meth:`replay`."""
+        async with transaction(self.pool, conn) as c:
+            row = await dead_letters.lock(c, dead_letter_id)
             if row is None:
                 raise NotFound(f"no dead letter {dead_letter_id}")
             if row.status == "DISCARDED":
                 return row
             if row.status != "DEAD":
                 raise Conflict(f"dead letter {dead_letter_id} is already {row.status}")
-            await dead_letters.resolve(conn, dead_letter_id, "DISCARDED", who)
-            row = await dead_letters.lock(conn, dead_letter_id)
+            await dead_letters.resolve(c, dead_letter_id, "DISCARDED", who)
+            row = await dead_letters.lock(c, dead_letter_id)
         assert row is not None
         return row
 

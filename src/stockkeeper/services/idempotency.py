@@ -143,7 +143,9 @@ async def _replay(conn: Conn, key: IdempotencyKey) -> Answer:
     stored = await repo.get_key(conn, key.principal, key.key)
     assert stored is not None  # the insert conflicted on it
     if stored.request_hash != key.fingerprint:
-        raise KeyReused("this Idempotency-Key was already used with another request")
+        raise KeyReused(
+            "this Idempotency-Key was already used with another request", "header.Idempotency-Key"
+        )
     return Answer(stored.status_code, stored.body, replayed=True)
 
 

@@ -93,7 +93,7 @@ def _after_id(after: str | None) -> int:
     if not after:
         return 0
     if not after.isdigit() or len(after) > 19:
-        raise InvalidRequest(f"not a cursor of this list: {after!r}")
+        raise InvalidRequest(f"not a cursor of this list: {after!r}", "query.after")
     return int(after)
 
 
@@ -107,7 +107,7 @@ def _after_pair(after: str | None) -> tuple[datetime, int]:
     except ValueError:
         when = None
     if not sep or when is None or when.tzinfo is None or not row.isdigit() or len(row) > 19:
-        raise InvalidRequest(f"not a cursor of this list: {after!r}")
+        raise InvalidRequest(f"not a cursor of this list: {after!r}", "query.after")
     return when, int(row)
 
 

@@ -164,9 +164,13 @@ class Orders:
                     return self._repeat(row, req)
         if placed.id is None:
             if not date_ok:
-                raise InvalidRequest("required_delivery_date is in the past")
+                raise InvalidRequest(
+                    "required_delivery_date is in the past", "body.required_delivery_date"
+                )
             if placed.unknown:
-                raise InvalidRequest(f"unknown sku: {', '.join(sorted(placed.unknown))}")
+                raise InvalidRequest(
+                    f"unknown sku: {', '.join(sorted(placed.unknown))}", "body.lines"
+                )
             if placed.reserved:
                 raise Conflict(
                     f"order id {req.order_id} is already used by a reservation; "

@@ -222,7 +222,7 @@ class Reservations:
         now = now or self.clock()
         ttl = req.ttl_seconds or self.default_ttl
         if ttl > self.max_ttl:
-            raise InvalidRequest(f"ttl_seconds may be at most {self.max_ttl}")
+            raise InvalidRequest(f"ttl_seconds may be at most {self.max_ttl}", "body.ttl_seconds")
         expires_at = now + timedelta(seconds=ttl)
         asked = req.lines_doc()
         skus = [li.sku for li in req.lines]
@@ -233,7 +233,7 @@ class Reservations:
         if rid is None:
             return await self._existing(conn, req, asked)
         if unknown:  # told by the insert's statement (D-372)
-            raise InvalidRequest(f"unknown sku: {', '.join(sorted(unknown))}")
+            raise InvalidRequest(f"unknown sku: {', '.join(sorted(unknown))}", "body.lines")
         plan_ = await self._allocate(conn, req, now, batches)
         movements = [
             Movement(a.batch_id, a.sku, Delta(reserved=a.quantity))

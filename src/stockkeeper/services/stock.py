@@ -37,7 +37,9 @@ class Receipt:
         # The HTTP schema refuses these first; a receipt built in code (a WMS receipt,
         # a script) gets the same clear answer instead of failing deeper down.
         if self.quantity <= 0:
-            raise InvalidRequest(f"a receipt's quantity must be positive, not {self.quantity}")
+            raise InvalidRequest(
+                f"a receipt's quantity must be positive, not {self.quantity}", "body.quantity"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +301,7 @@ class Stock:
     ) -> Applied[Adjusted]:
         """Correct on_hand or unavailable of one batch, by a delta or to a value."""
         if (a.delta is None) == (a.set is None):
-            raise InvalidRequest("give exactly one of delta or set")
+            raise InvalidRequest("give exactly one of delta or set", "body")
         doc = {
             "sku": a.sku,
             "batch_id": a.batch_id,
@@ -323,14 +325,18 @@ class Stock:
                     raise NotFound(f"unknown sku {a.sku}")
                 if len(batches) > 1:
                     raise InvalidRequest(
-                        f"sku {a.sku} has {len(batches)} batches; say which with batch_id"
+                        f"sku {a.sku} has {len(batches)} batches; say which with batch_id",
+                        "body.batch_id",
                     )
                 batch = batches[0]
             current = getattr(batch.figures, a.quantity)
             target = current + a.delta if a.delta is not None else a.set
             assert target is not None
             if target < 0:
-                raise InvalidRequest(f"{a.quantity} of batch {batch.id} would go below zero")
+                raise InvalidRequest(
+                    f"{a.quantity} of batch {batch.id} would go below zero",
+                    "body.set" if a.set is not None else "body.delta",
+                )
             change = target - current
             delta = Delta(on_hand=change) if a.quantity == "on_hand" else Delta(unavailable=change)
             body: dict[str, Any] = {

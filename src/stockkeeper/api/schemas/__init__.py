@@ -26,6 +26,7 @@ from stockkeeper.api.schemas.admin import (
     WmsSyncOut,
 )
 from stockkeeper.api.schemas.fields import (
+    ID_PART,
     ID_TEXT,
     MAX_ROW_ID,
     PRINTABLE,
@@ -87,6 +88,7 @@ from stockkeeper.api.schemas.webhooks import (
 __all__ = [
     "AUTHENTICATED",
     "ERROR_STATUSES",
+    "ID_PART",
     "ID_TEXT",
     "MAX_ROW_ID",
     "PRINTABLE",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field
 
-from stockkeeper.api.schemas.fields import MAX_ROW_ID, Body, Reason, Sku
+from stockkeeper.api.schemas.fields import ID_TEXT, MAX_ROW_ID, Body, Reason, Sku
 
 if TYPE_CHECKING:
     from stockkeeper.services.wms import SyncRequest
@@ -16,11 +16,11 @@ if TYPE_CHECKING:
 
 class WmsSyncIn(Body):
     reason: Reason
-    requested_by: Annotated[str, Field(min_length=1, max_length=200)]
+    requested_by: Annotated[str, Field(min_length=1, max_length=200), ID_TEXT]
     sku: Sku | None = None
     sku_batch_id: Annotated[int, Field(strict=True, ge=1, le=MAX_ROW_ID)] | None = None
     priority: Literal["low", "normal", "high"] = "normal"
-    connector: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    connector: Annotated[str, Field(min_length=1, max_length=64), ID_TEXT] | None = None
 
 
 class WmsSyncOut(BaseModel):

@@ -4,39 +4,52 @@ quantity types built on it, the strict base of every request body (``Body``), an
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from stockkeeper.domain.ids import REFUSED_CATEGORIES, printable, printable_part
 from stockkeeper.domain.quantities import MAX_QUANTITY
 
-# The one rule for the characters of an id (SKU, order id, reference id, lot number) and
-# of the short texts beside them (docs/http.md, "Ids"): any printable Unicode character,
-# no surrounding whitespace. Refused: controls (C0, DEL, C1: category Cc), format
-# characters (zero-width space and joiners, bidi controls, the byte order mark, soft
-# hyphen: Cf), the line and paragraph separators U+2028/U+2029 (Zl, Zp) and lone
-# surrogates (Cs). Invisible characters would make "A\u200bB" a second SKU beside "AB".
-REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+__all__ = [
+    "ID_PART",
+    "ID_TEXT",
+    "MAX_ROW_ID",
+    "PRINTABLE",
+    "REFUSED_CATEGORIES",
+    "Body",
+    "LocationCode",
+    "LotNumber",
+    "OrderId",
+    "Quantity",
+    "Reason",
+    "ReferenceId",
+    "Sku",
+    "as_json",
+    "printable",
+    "printable_part",
+    "storable",
+]
+
+# The one rule for the characters of an id lives in the domain (domain/ids.py), shared
+# with the connectors' records; here it becomes the validators of every id field.
 PRINTABLE = (
     "printable text without surrounding whitespace; no control, zero-width, bidi-control "
     "or line/paragraph separator characters"
 )
 
 
-def printable(value: str) -> str:
-    """``value`` if it may be an id, else ValueError naming the first character refused."""
-    if value != value.strip():
-        raise ValueError("must not begin or end with whitespace")
-    for ch in value:
-        if unicodedata.category(ch) in REFUSED_CATEGORIES:
-            name = unicodedata.name(ch, "a control character")
-            raise ValueError(f"must not contain U+{ord(ch):04X} ({name})")
+def storable(value: str) -> str:
+    """Free text (a reason): anything but U+0000, which PostgreSQL's text cannot hold,
+    so the request is a 422 and not a 500 from the database (D-399)."""
+    if "\x00" in value:
+        raise ValueError("must not contain U+0000 (NULL)")
     return value
 
 
 # Every id-like text is Annotated[str, Field(min_length=1, max_length=N, ...), ID_TEXT].
 ID_TEXT = AfterValidator(printable)
+ID_PART = AfterValidator(printable_part)
 Sku = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
 OrderId = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
 ReferenceId = Annotated[str, Field(min_length=1, max_length=200, description=PRINTABLE), ID_TEXT]
@@ -45,7 +58,7 @@ LotNumber = Annotated[str, Field(min_length=1, max_length=128, description=PRINT
 # A row id (dead letter, sync request): a PostgreSQL bigint, so 1 to 2^63 - 1.
 MAX_ROW_ID = 2**63 - 1
 Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
-Reason = Annotated[str, Field(min_length=1, max_length=500)]
+Reason = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(storable)]
 
 
 class Body(BaseModel):

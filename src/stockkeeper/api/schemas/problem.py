@@ -23,9 +23,10 @@ ERROR_STATUSES: dict[int, str] = {
     403: "The token lacks the scope this route needs.",
     404: "Nothing with that id.",
     409: "The request contradicts the current state (insufficient-stock, "
-    "reservation-expired, conflict; also an Idempotency-Key reused with another body).",
+    "reservation-expired, conflict).",
     413: "The body is larger than the configured limit.",
-    422: "The request is not valid; ``errors`` names each field.",
+    422: "The request is not valid (also an Idempotency-Key reused with another body); "
+    "``errors`` names each field.",
     500: "An unexpected error; ``request_id`` is in the server's log line.",
     503: "The database is not reachable; try again after ``Retry-After`` seconds.",
 }

@@ -149,13 +149,14 @@ class SyncRequests(WmsBase):
     def _connector(self, name: str | None) -> str:
         if name is not None:
             if name not in self.connectors:
-                raise InvalidRequest(f"no WMS connector {name!r} is configured")
+                raise InvalidRequest(f"no WMS connector {name!r} is configured", "body.connector")
             return name
         if len(self.connectors) != 1:
             if not self.connectors:
                 raise InvalidRequest("no WMS connector is configured")
             raise InvalidRequest(
-                f"several WMS connectors are configured; say which: {', '.join(self.connectors)}"
+                f"several WMS connectors are configured; say which: {', '.join(self.connectors)}",
+                "body.connector",
             )
         return next(iter(self.connectors))
 
@@ -179,7 +180,9 @@ class SyncRequests(WmsBase):
                 if sku_batch_id not in found:
                     raise NotFound(f"no batch {sku_batch_id}")
                 if sku is not None and found[sku_batch_id]["sku"] != sku:
-                    raise InvalidRequest(f"batch {sku_batch_id} is not a batch of sku {sku}")
+                    raise InvalidRequest(
+                        f"batch {sku_batch_id} is not a batch of sku {sku}", "body.sku_batch_id"
+                    )
                 sku = found[sku_batch_id]["sku"]
             row = await repo.insert_request(
                 c, name, kind.value, sku, sku_batch_id, reason, requested_by, PRIORITIES[priority]

@@ -1,0 +1,33 @@
+"""The one rule for the characters of an id (SKU, order id, reference id, lot number,
+transaction id) and of the short texts beside them, from whichever door it comes in:
+the HTTP API, a webhook, an ERP view, a marketplace feed (docs/http.md, "Ids").
+
+Any printable Unicode character, no surrounding whitespace. Refused: controls (C0, DEL,
+C1: category Cc), format characters (zero-width space and joiners, bidi controls, the
+byte order mark, soft hyphen: Cf), the line and paragraph separators U+2028/U+2029 (Zl,
+Zp) and lone surrogates (Cs). Invisible characters would make "A\u200bB" a second SKU
+beside "AB".
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def printable(value: str) -> str:
+    """``value`` if it may be an id, else ValueError naming the first character refused."""
+    if value != value.strip():
+        raise ValueError("must not begin or end with whitespace")
+    return printable_part(value)
+
+
+def printable_part(value: str) -> str:
+    """``value`` if it may be part of an id (a prefix to search by, which may end in a
+    space), else ValueError naming the first character refused."""
+    for ch in value:
+        if unicodedata.category(ch) in REFUSED_CATEGORIES:
+            name = unicodedata.name(ch, "a control character")
+            raise ValueError(f"must not contain U+{ord(ch):04X} ({name})")
+    return value
