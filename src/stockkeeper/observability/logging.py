@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
@@ -103,6 +104,12 @@ def configure(
 def access_log_enabled() -> bool:
     """Whether an access line per HTTP request is wanted (``logging.access_log``)."""
     return logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)
+
+
+def bound_to_logs(**fields: object) -> contextlib.AbstractContextManager[object]:
+    """``fields`` on every log line of this task while the block runs (a request's or a
+    message's id), unless a line names them itself."""
+    return structlog.contextvars.bound_contextvars(**fields)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
