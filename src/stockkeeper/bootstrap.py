@@ -26,6 +26,7 @@ from stockkeeper.messaging.broker import Broker
 from stockkeeper.messaging.consumer import RetryPolicy
 from stockkeeper.messaging.pgqueue import PgQueueBroker
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker
+from stockkeeper.messaging.topology import QUEUES
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.admin import Operations
@@ -268,6 +269,12 @@ async def build(
             async with session_pool.acquire() as conn:
                 await migrate(conn)
         metrics = metrics or Metrics()
+        metrics.start_known(
+            queues=[spec.name for spec in QUEUES],
+            ingest=[c.id for c in settings.connectors_of(IngestOptions)],
+            wms=[c.id for c in settings.connectors_of(WmsConnectorConfig)],
+            channels=[c.id for c in settings.connectors_of(ChannelConfig)],
+        )
         reservations = Reservations(
             pool,
             metrics,

@@ -479,3 +479,17 @@ async def test_status_shows_a_failing_connectors_last_failure_and_keeps_it(
     finally:
         await poller.close()
         await c.close()
+
+
+async def test_the_counters_alerts_watch_start_at_zero_for_what_is_configured(
+    wms_client: tuple[httpx.AsyncClient, Container],
+) -> None:
+    """A series that first appears at 1 has no earlier sample, and Prometheus'
+    increase() misses that first oversell, shortfall or dead letter: they exist at 0
+    from the start for every queue and configured connector (D-409)."""
+    http, _ = wms_client
+    text = (await http.get("/metrics")).text
+    for q in QUEUES:
+        assert scraped(text, "stockkeeper_dead_letters_total", {"queue": q.name}) == 0
+    assert scraped(text, "stockkeeper_oversell_total", {"source": "wms:wms-main"}) == 0
+    assert scraped(text, "stockkeeper_wms_shortfalls_total", {"connector": "wms-main"}) == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -370,3 +372,25 @@ class Metrics:
             "Paid orders for which no carrier could be chosen (order.no_carrier).",
             registry=r,
         )
+
+    def start_known(
+        self,
+        *,
+        queues: Iterable[str] = (),
+        ingest: Iterable[str] = (),
+        wms: Iterable[str] = (),
+        channels: Iterable[str] = (),
+    ) -> None:
+        """Create at 0 the series of counters that alerts watch, for the label values
+        known at start (the queues, the connectors): a series that first appears at 1
+        has no earlier sample, so Prometheus' ``increase()`` misses that first event
+        and the alert on it never fires (D-409). Scrapes show them at 0 from the start."""
+        for queue in queues:
+            self.dead_letters.labels(queue=queue)
+        for connector in ingest:
+            self.oversell.labels(source=connector)
+        for connector in wms:
+            self.oversell.labels(source=f"wms:{connector}")
+            self.wms_shortfalls.labels(connector=connector)
+        for channel in channels:
+            self.sync_lag_alerts.labels(channel=channel)
