@@ -8,7 +8,7 @@ import logging
 import pytest
 import structlog
 
-from stockkeeper.observability.logging import configure, get_logger
+from stockkeeper.observability.logging import bound_to_logs, configure, get_logger
 
 
 def test_library_records_are_json_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
@@ -96,3 +96,23 @@ def test_the_access_log_switch(capsys: pytest.CaptureFixture[str]) -> None:
     finally:
         logging.getLogger().handlers = []
         structlog.reset_defaults()
+
+
+def test_a_library_line_inside_a_request_names_the_request(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure("info", json_output=True)
+    try:
+        with bound_to_logs(request_id="req-7"):
+            logging.getLogger("a_library.pool").warning("slow acquire")
+            get_logger("stockkeeper.test").info("ours")
+        logging.getLogger("a_library.pool").warning("outside")
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    finally:
+        logging.getLogger().handlers = []
+        structlog.reset_defaults()
+    assert [(x["event"], x.get("request_id")) for x in lines] == [
+        ("slow acquire", "req-7"),
+        ("ours", "req-7"),
+        ("outside", None),
+    ]
