@@ -16,7 +16,8 @@ import pytest
 import structlog
 
 from stockkeeper.api.inventory import create_inventory_app
-from stockkeeper.bootstrap import Container
+from stockkeeper.bootstrap import Container, build
+from stockkeeper.config import Settings
 from stockkeeper.messaging.broker import Delivery
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import configure
@@ -107,3 +108,40 @@ async def test_a_requests_log_lines_carry_its_request_id_and_trace_id(
     (access,) = [x for x in lines if x["event"] == "http.request"]
     assert access["request_id"] == "req-42"
     assert access["trace_id"] == CALLER.split("-")[1]
+
+
+async def test_a_coalesced_batch_carries_its_own_first_requests_context(
+    config: dict[str, Any], clock: Any
+) -> None:
+    """The coalescer's flusher is started by one request and outlives it: a later batch
+    runs in the context of its own first request, not that one's."""
+    config["concurrency"] = {
+        "coalesce_window_ms": 200,
+        "coalesce_max_batch": 2,
+        "coalesce_max_in_flight": 1,
+    }
+    c = await build(Settings.model_validate(config), clock=clock)
+    try:
+        transport = httpx.ASGITransport(app=create_inventory_app(c))
+        async with httpx.AsyncClient(transport=transport, base_url="http://inv") as client:
+            await receive(client, "r-1")
+            parents = {f"o-{i}": f"00-{i:032x}-{i + 100:016x}-01" for i in (1, 2, 3)}
+
+            async def reserve(order: str) -> None:
+                body = {"order_id": order, "lines": [{"sku": "SKU-T", "quantity": 1}]}
+                headers = {**auth(), "traceparent": parents[order]}
+                r = await client.post("/inventory/reserve", json=body, headers=headers)
+                assert r.status_code == 201, r.text
+
+            # o-1 starts the flusher; o-1 and o-2 are one batch, o-3 the next one.
+            await asyncio.gather(*(reserve(o) for o in parents))
+        async with c.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT payload->>'order_id' AS o, trace_context FROM domain_event"
+                " WHERE event_type = 'inventory.allocated'"
+            )
+    finally:
+        await c.close()
+    carried = {r["o"]: r["trace_context"] for r in rows}
+    assert carried["o-1"] == parents["o-1"]
+    assert carried["o-3"] == parents["o-3"]
