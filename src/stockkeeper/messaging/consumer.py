@@ -47,7 +47,6 @@ from stockkeeper.messaging.broker import (
 from stockkeeper.messaging.envelope import (
     ATTEMPT_HEADER,
     BROKER_HEADER_PREFIXES,
-    TRACEPARENT_HEADER,
     Envelope,
     InvalidEnvelope,
 )
@@ -319,12 +318,7 @@ class Consumer:
             for d, _ in parsed
         ]
         items = [
-            Incoming(
-                env,
-                tracing.traceparent_of(span)
-                if span is not None
-                else tracing.valid_traceparent(d.headers.get(TRACEPARENT_HEADER)),
-            )
+            Incoming(env, tracing.traceparent_of(span) if span is not None else None)
             for (_, env), span in zip(parsed, spans, strict=True)
         ]
         try:
