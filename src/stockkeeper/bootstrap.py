@@ -26,6 +26,7 @@ from stockkeeper.messaging.broker import Broker
 from stockkeeper.messaging.consumer import RetryPolicy
 from stockkeeper.messaging.pgqueue import PgQueueBroker
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker
+from stockkeeper.messaging.topology import QUEUES
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.admin import Operations
@@ -114,17 +115,6 @@ def env_secret(cfg: ConnectorConfig, key: str) -> str | None:
     if not value:
         raise ConfigError(f"connector {cfg.id}: environment variable {var} ({key}) is not set")
     return value
-
-
-def oversell_sources(settings: Settings) -> list[str]:
-    """The ``source`` labels ``stockkeeper_oversell_total`` can take here: ``api`` (our
-    own decisions, which never oversell) and every connector whose sales or counts are
-    booked (D-395)."""
-    return [
-        "api",
-        *(c.id for c in settings.connectors_of(IngestOptions)),
-        *(f"wms:{c.id}" for c in settings.connectors_of(WmsConnectorConfig)),
-    ]
 
 
 def check_tokens(settings: Settings) -> None:
@@ -287,7 +277,12 @@ async def build(
             async with session_pool.acquire() as conn:
                 await migrate(conn)
         metrics = metrics or Metrics()
-        metrics.start_at_zero(oversell_sources(settings))
+        metrics.start_known(
+            queues=[spec.name for spec in QUEUES],
+            ingest=[c.id for c in settings.connectors_of(IngestOptions)],
+            wms=[c.id for c in settings.connectors_of(WmsConnectorConfig)],
+            channels=[c.id for c in settings.connectors_of(ChannelConfig)],
+        )
         reservations = Reservations(
             pool,
             metrics,

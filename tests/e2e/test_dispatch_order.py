@@ -23,7 +23,7 @@ from stockkeeper.bootstrap import build
 from stockkeeper.config import Settings
 from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.events import ALLOCATED, RELEASED
-from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.messaging.envelope import ORDERING_KEY_HEADER, Envelope
 from stockkeeper.messaging.topology import INVENTORY_EVENTS
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
@@ -78,7 +78,10 @@ async def write_pairs(cfg: dict[str, Any]) -> None:
 async def drain(queue: aio_pika.abc.AbstractQueue) -> list[Envelope]:
     out: list[Envelope] = []
     while (message := await queue.get(fail=False, no_ack=True)) is not None:
-        out.append(Envelope.parse(message.body))
+        # The ordering key travels as a header (D-407): put back on the envelope here.
+        key = (message.headers or {}).get(ORDERING_KEY_HEADER)
+        key = key.decode() if isinstance(key, bytes) else key
+        out.append(Envelope.parse(message.body).model_copy(update={"key": key}))
     return out
 
 

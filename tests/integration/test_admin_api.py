@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.bootstrap import Container, build
@@ -286,6 +287,45 @@ async def test_status_shows_the_outbox_backlog_dead_letters_and_queue_depths(
     assert depth == 1
 
 
+def scraped(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """The value of sample ``name`` with exactly ``labels`` in a /metrics answer."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == (labels or {}):
+                return float(sample.value)
+    return None
+
+
+async def test_a_scrape_of_metrics_measures_the_pipes_first(
+    client: httpx.AsyncClient, container: Container, broker_prefix: str
+) -> None:
+    """Queue depths, the outbox backlog and open dead letters are on admin-api's
+    /metrics without anyone opening /admin/status, and follow what happens (D-405)."""
+    text = (await client.get("/metrics")).text
+    for q in QUEUES:
+        assert scraped(text, "stockkeeper_queue_depth", {"queue": broker_prefix + q.name}) == 0
+        assert scraped(text, "stockkeeper_dead_letters_open", {"queue": q.name}) == 0
+    assert scraped(text, "stockkeeper_outbox_backlog") == 0
+    assert scraped(text, "stockkeeper_outbox_failed_rows") == 0
+
+    await container.stock.receive(Receipt("MILK", 5, "r-1"))  # two events in the outbox
+    broker = await container.connected_broker()
+    await broker.publish(
+        [OutgoingMessage(INVENTORY_EVENTS, "inventory.allocated", b"{}", str(uuid.uuid4()))]
+    )
+    dead_id, _ = await add_dead_letter(container, "wms.outbound")
+    text = (await client.get("/metrics")).text
+    assert scraped(text, "stockkeeper_outbox_backlog") == 2
+    assert scraped(text, "stockkeeper_queue_depth", {"queue": broker_prefix + "wms.outbound"}) == 1
+    assert scraped(text, "stockkeeper_dead_letters_open", {"queue": "wms.outbound"}) == 1
+
+    # The last open dead letter of a queue dealt with: its gauge shows 0, not 1 forever.
+    r = await client.post(f"/admin/dead-letters/{dead_id}/discard", headers=auth(ADMIN_TOKEN))
+    assert r.status_code == 200, r.text
+    text = (await client.get("/metrics")).text
+    assert scraped(text, "stockkeeper_dead_letters_open", {"queue": "wms.outbound"}) == 0
+
+
 # -- force WMS sync -------------------------------------------------------------------
 
 WMS = {"id": "wms-main", "type": "wms", "url": "http://127.0.0.1:1"}
@@ -466,3 +506,17 @@ async def test_replay_and_discard_take_an_idempotency_key(
     assert (gone.status_code, gone.json()["status"]) == (200, "DISCARDED")
     replayed = await client.post(f"/admin/dead-letters/{other_id}/discard", headers=key)
     assert (replayed.json(), replayed.headers["idempotency-replayed"]) == (gone.json(), "true")
+
+
+async def test_the_counters_alerts_watch_start_at_zero_for_what_is_configured(
+    wms_client: tuple[httpx.AsyncClient, Container],
+) -> None:
+    """A series that first appears at 1 has no earlier sample, and Prometheus'
+    increase() misses that first oversell, shortfall or dead letter: they exist at 0
+    from the start for every queue and configured connector (D-409)."""
+    http, _ = wms_client
+    text = (await http.get("/metrics")).text
+    for q in QUEUES:
+        assert scraped(text, "stockkeeper_dead_letters_total", {"queue": q.name}) == 0
+    assert scraped(text, "stockkeeper_oversell_total", {"source": "wms:wms-main"}) == 0
+    assert scraped(text, "stockkeeper_wms_shortfalls_total", {"connector": "wms-main"}) == 0

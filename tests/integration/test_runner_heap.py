@@ -7,11 +7,16 @@ import asyncio
 import gc
 import os
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from stockkeeper.bootstrap import build
 from stockkeeper.config import Settings
@@ -52,3 +57,28 @@ async def test_a_served_process_freezes_its_startup_heap(
         os.kill(os.getpid(), signal.SIGTERM)  # the runner's own stop, as in production
         await asyncio.wait_for(served, 30)
         await container.close()
+
+
+def test_a_worker_whose_metrics_port_is_taken_stops_naming_the_key(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Two workers on one host with the same monitoring.metrics_port: the second stops
+    at start with a message naming the key, not a traceback (ARCHITECTURE section 7)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = {**config, "monitoring": {**config.get("monitoring", {}), "metrics_port": port}}
+        path = tmp_path / "stockkeeper.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        done = subprocess.run(
+            [sys.executable, "-m", "stockkeeper", "run", "expiry", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+    assert done.returncode != 0
+    assert f"monitoring.metrics_port {port} cannot be opened" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "never awaited" not in done.stderr, done.stderr

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 import pytest
 from asyncpg.pgproto.pgproto import UUID as PgUUID  # what asyncpg hands for a uuid column
 
@@ -51,3 +52,42 @@ def test_dump_refuses_what_the_model_refuses(bad: dict[str, Any]) -> None:
     type_ = args.pop("type_")
     with pytest.raises(ValueError, match="validation error for Envelope"):
         Envelope.dump(uuid.uuid4(), type_, {}, **args)
+
+
+CONTRACT = {"id", "type", "occurred_at", "sku", "sequence", "source", "payload"}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"sku": "SKU-1", "sequence": 4, "source": "api", "key": "sku:SKU-1"}],
+)
+def test_the_json_has_the_contracts_fields_and_no_nulls_for_unset_ones(
+    fields: dict[str, Any],
+) -> None:
+    """ARCHITECTURE section 5: ``{id, type, occurred_at, sku?, sequence?, source?,
+    payload}``; the ordering key goes in a header (D-407)."""
+    at = datetime.now(UTC)
+    for body in (
+        Envelope.new("inventory.x", {"n": None}, occurred_at=at, **fields).to_bytes(),
+        Envelope.dump(uuid.uuid4(), "inventory.x", {"n": None}, occurred_at=at, **fields),
+    ):
+        doc = orjson.loads(body)
+        assert set(doc) <= CONTRACT
+        assert set(doc) == {"id", "type", "occurred_at", "payload"} | (set(fields) - {"key"})
+        assert None not in [doc[k] for k in doc if k != "payload"]
+        assert doc["payload"] == {"n": None}  # the payload is kept as it is
+
+
+def test_an_envelope_written_before_d407_with_its_key_and_nulls_still_parses() -> None:
+    old = {
+        "id": str(uuid.uuid4()),
+        "type": "inventory.allocated",
+        "occurred_at": "2026-01-02T03:04:05Z",
+        "sku": None,
+        "sequence": None,
+        "source": None,
+        "key": "order:o-1",
+        "payload": {},
+    }
+    env = Envelope.parse(orjson.dumps(old))
+    assert (env.key, env.sku) == ("order:o-1", None)

@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 import structlog
 
-from stockkeeper.observability.logging import configure, get_logger
+from stockkeeper.observability.logging import (
+    ACCESS_LOGGER,
+    bound_to_logs,
+    configure,
+    get_logger,
+)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """configure() sets process-wide levels: put them back, so a test run after these
+    in the same process (one counting a request's log lines, say) sees what it would
+    alone."""
+    names = ("", ACCESS_LOGGER, "uvicorn", "uvicorn.access", "uvicorn.error")
+    levels = {n: logging.getLogger(n).level for n in names}
+    handlers = list(logging.getLogger().handlers)
+    yield
+    for n, level in levels.items():
+        logging.getLogger(n).setLevel(level)
+    logging.getLogger().handlers = handlers
+    structlog.reset_defaults()
 
 
 def test_library_records_are_json_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
@@ -96,3 +117,23 @@ def test_the_access_log_switch(capsys: pytest.CaptureFixture[str]) -> None:
     finally:
         logging.getLogger().handlers = []
         structlog.reset_defaults()
+
+
+def test_a_library_line_inside_a_request_names_the_request(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure("info", json_output=True)
+    try:
+        with bound_to_logs(request_id="req-7"):
+            logging.getLogger("a_library.pool").warning("slow acquire")
+            get_logger("stockkeeper.test").info("ours")
+        logging.getLogger("a_library.pool").warning("outside")
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    finally:
+        logging.getLogger().handlers = []
+        structlog.reset_defaults()
+    assert [(x["event"], x.get("request_id")) for x in lines] == [
+        ("slow acquire", "req-7"),
+        ("ours", "req-7"),
+        ("outside", None),
+    ]

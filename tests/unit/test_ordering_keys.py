@@ -6,11 +6,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from stockkeeper.domain.events import LEVEL_CHANGED, Event, order_key, sku_key
 from stockkeeper.failpoints import Failpoints
-from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.messaging.envelope import ORDERING_KEY_HEADER, Envelope
 from stockkeeper.store.outbox import PendingEvent
 from stockkeeper.workers.dispatcher import first_unsent, held_behind, to_message
 
@@ -35,9 +36,12 @@ def test_an_event_with_neither_is_ordered_by_its_type() -> None:
     assert Event("ingest.levels", {}).ordering_key == "ingest.levels"
 
 
-def test_the_envelope_carries_the_ordering_key() -> None:
-    env = Envelope.parse(to_message(row(1, "order:o-1")).body)
-    assert env.key == "order:o-1"
+def test_the_message_carries_the_ordering_key_in_a_header() -> None:
+    """Not in the envelope, which has exactly the contract's fields (D-407)."""
+    message = to_message(row(1, "order:o-1"))
+    assert message.headers[ORDERING_KEY_HEADER] == "order:o-1"
+    assert "key" not in orjson.loads(message.body)
+    assert Envelope.parse(message.body).key is None
 
 
 def test_a_stopped_row_holds_back_only_later_rows_of_its_key() -> None:

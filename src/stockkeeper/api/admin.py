@@ -150,10 +150,15 @@ def status_out(
 
 
 def create_admin_app(container: Container) -> FastAPI:
-    app = new_app(container, "admin-api", "stockkeeper admin-api")
-
     async def ops() -> Operations:
         return await container.operations()
+
+    async def refresh_pipes() -> None:
+        # Outbox backlog, open dead letters and queue depths are measured, not counted:
+        # each scrape of admin-api's /metrics measures them again (D-405).
+        await (await ops()).status()
+
+    app = new_app(container, "admin-api", "stockkeeper admin-api", before_scrape=refresh_pipes)
 
     @app.get(
         "/admin/dead-letters",

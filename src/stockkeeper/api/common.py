@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
@@ -20,13 +22,27 @@ from stockkeeper.api.middleware import BodyLimit, CatchAll, RequestMetrics
 from stockkeeper.api.problems import PROBLEM_TYPE, ApiProblem, JSONResponse
 from stockkeeper.api.schemas import MAX_ROW_ID
 from stockkeeper.observability import tracing
+from stockkeeper.observability.logging import get_logger
 from stockkeeper.store.pool import ping
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
 
+log = get_logger("stockkeeper.api")
+# The longest a scrape of /metrics waits for the gauges it refreshes first; past it (a
+# database or broker that does not answer) it answers with the last values.
+SCRAPE_REFRESH_S = 2.0
 
-def new_app(container: Container, name: str, title: str) -> FastAPI:
+
+def new_app(
+    container: Container,
+    name: str,
+    title: str,
+    before_scrape: Callable[[], Awaitable[object]] | None = None,
+) -> FastAPI:
+    """An app with health, readiness and ``/metrics``; ``before_scrape`` refreshes
+    gauges that are measured rather than counted (admin-api: the pipes, D-405) before
+    each scrape answers."""
     app = FastAPI(
         title=title,
         version=__version__,
@@ -65,6 +81,12 @@ def new_app(container: Container, name: str, title: str) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        if before_scrape is not None:
+            try:
+                await asyncio.wait_for(before_scrape(), SCRAPE_REFRESH_S)
+            except Exception as exc:  # the scrape still answers, with the last values
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("metrics.refresh_failed", app=name, error=error)
         return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -8,10 +8,12 @@ import time
 import uuid
 
 import orjson
+import structlog
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stockkeeper.api.problems import PROBLEM_TYPE, problem_doc, problem_instance
+from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import access_log_enabled, get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store.errors import StoreUnavailable, translate
@@ -42,6 +44,13 @@ def _request_id(scope: Scope) -> str:
             return str(scope[REQUEST_ID_KEY])
     scope[REQUEST_ID_KEY] = uuid.uuid4().hex[:16]
     return str(scope[REQUEST_ID_KEY])
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
 
 
 class _TooLarge(HTTPException):
@@ -160,6 +169,10 @@ class RequestMetrics:
                 msg["headers"] = [*msg.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(msg)
 
+        # Every log line of the request names it, and (tracing off) carries its W3C
+        # trace context, the caller's or a new one, on to the outbox (D-406).
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
+        carried = tracing.carry(_header(scope, b"traceparent"))
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
@@ -176,6 +189,8 @@ class RequestMetrics:
                     duration_ms=round(took * 1000, 1),
                     request_id=request_id,
                 )
+            tracing.uncarry(carried)
+            structlog.contextvars.reset_contextvars(**bound)
 
 
 def is_outage(exc: BaseException) -> bool:

@@ -56,7 +56,7 @@ from stockkeeper.messaging.outages import ConsumerStopped as ConsumerStopped
 from stockkeeper.messaging.outages import database_answers as database_answers
 from stockkeeper.messaging.outages import through_outages as through_outages
 from stockkeeper.observability import tracing
-from stockkeeper.observability.logging import get_logger
+from stockkeeper.observability.logging import bound_to_logs, get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import consumer_log, dead_letters
 from stockkeeper.store.errors import is_unavailable
@@ -230,14 +230,18 @@ class Consumer:
 
     async def _process(self, d: Delivery) -> None:
         # The consumer span continues the publisher's traceparent (D-241); the events
-        # the handler writes to the outbox carry it on.
-        with tracing.consuming(
-            f"consume {d.routing_key}",
-            d.headers,
-            **{
-                "messaging.consumer.group.name": self.name,
-                "messaging.destination.name": self.queue,
-            },
+        # the handler writes to the outbox carry it on. Every log line of the handling
+        # names the message (D-406).
+        with (
+            bound_to_logs(message_id=d.message_id),
+            tracing.consuming(
+                f"consume {d.routing_key}",
+                d.headers,
+                **{
+                    "messaging.consumer.group.name": self.name,
+                    "messaging.destination.name": self.queue,
+                },
+            ),
         ):
             await self._process_traced(d)
 

@@ -64,6 +64,22 @@ def death_of(headers: dict[str, Any]) -> Death:
     )
 
 
+def death_error(death: Death, queue: str) -> str:
+    """The ``dead_letter.error`` of a message RabbitMQ dead-lettered, in its reason's
+    words: past the delivery limit, or rejected by a consumer that could not even
+    record its failure (after ``broker.max_attempts`` deliveries)."""
+    said = f"RabbitMQ dead-lettered it from {queue} ({death.reason})"
+    if death.reason == "delivery_limit":
+        times = death.deliveries or "too many"
+        return f"{said}: delivered {times} times without an ack (x-delivery-limit)"
+    if death.reason == "rejected":
+        return (
+            f"{said}: a consumer gave it up after broker.max_attempts deliveries, unable "
+            "to record its failure (its log has consumer.rejected_unrecorded)"
+        )
+    return said
+
+
 class DeadLetterDrain:
     """Moves what RabbitMQ dead-lettered into ``dead_letter``; one per dispatcher."""
 
@@ -89,10 +105,7 @@ class DeadLetterDrain:
         death = death_of(d.headers)
         queue = self._queue(death.queue)
         routing_key = d.headers.get(ROUTING_KEY_HEADER) or death.routing_key or d.routing_key
-        error = (
-            f"RabbitMQ dead-lettered it from {queue} ({death.reason}): delivered "
-            f"{death.deliveries or 'too many'} times without an ack (x-delivery-limit)"
-        )
+        error = death_error(death, queue)
 
         async def record() -> int:
             async with connection(self.pool) as conn:

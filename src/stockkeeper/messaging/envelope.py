@@ -1,7 +1,11 @@
-"""The message envelope: ``{id, type, occurred_at, sku?, sequence?, source?, key?, payload}``.
+"""The message envelope: ``{id, type, occurred_at, sku?, sequence?, source?, payload}``.
 
-Every message on every queue is one of these, as JSON. Parsing is strict: a body that
-is not a valid envelope goes to the dead letters with the reason, never to a handler.
+Every message on every queue is one of these, as JSON, exactly ARCHITECTURE section 5's
+fields: an optional one that is not set is left out, not written as null, and the
+ordering key travels in the ``x-ordering-key`` header (D-407). Parsing is strict: a
+body that is not a valid envelope goes to the dead letters with the reason, never to a
+handler. It still accepts the ``key`` field that envelopes carried before D-407, so
+messages written then (in flight, or dead letters replayed) are read as they were.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ DELIVERY_COUNT_HEADER = "x-delivery-count"
 # count); not carried on.
 BROKER_HEADER_PREFIXES = ("x-death", "x-first-death", "x-last-death", DELIVERY_COUNT_HEADER)
 TRACEPARENT_HEADER = "traceparent"
+# The event's ordering key (D-130): events of one key were published in the order written.
+ORDERING_KEY_HEADER = "x-ordering-key"
+# Envelope fields that are left out of the JSON when not set.
+_OPTIONAL = ("sku", "sequence", "source")
 
 
 def first_error(exc: ValidationError) -> str:
@@ -45,12 +53,18 @@ class Envelope(BaseModel):
     sku: str | None = Field(default=None, max_length=128)
     sequence: int | None = Field(default=None, ge=1)
     source: str | None = Field(default=None, max_length=200)
-    # The ordering key (D-130): events of one key were published in the order written.
+    # The ordering key (D-130), read from envelopes written before D-407; never written
+    # (the dispatcher sends it as the x-ordering-key header).
     key: str | None = Field(default=None, max_length=400)
     payload: dict[str, Any]
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"))
+        """The JSON: the contract's fields, the optional ones only when set (D-407)."""
+        doc = self.model_dump(mode="json", exclude={"key"})
+        for name in _OPTIONAL:
+            if doc[name] is None:
+                del doc[name]
+        return orjson.dumps(doc)
 
     @classmethod
     def dump(
@@ -81,16 +95,19 @@ class Envelope(BaseModel):
             cls.new(type_, payload, occurred_at=occurred_at, sku=sku, sequence=sequence,
                     source=source, key=key, id_=id_)  # fmt: skip
             raise InvalidEnvelope("invalid envelope")  # pragma: no cover (new raised)
-        doc = {
+        doc: dict[str, Any] = {
             "id": str(id_),  # asyncpg hands its own UUID type, which orjson does not know
             "type": type_,
             "occurred_at": occurred_at,
-            "sku": sku,
-            "sequence": sequence,
-            "source": source,
-            "key": key,
-            "payload": payload,
         }
+        # The optional fields only when set; the key goes in a header (D-407).
+        if sku is not None:
+            doc["sku"] = sku
+        if sequence is not None:
+            doc["sequence"] = sequence
+        if source is not None:
+            doc["source"] = source
+        doc["payload"] = payload
         return orjson.dumps(doc, option=orjson.OPT_UTC_Z)
 
     @classmethod

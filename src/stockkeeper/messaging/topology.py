@@ -43,7 +43,11 @@ QUEUES = (
             Binding(INVENTORY_EVENTS, "inventory.levels_changed"),
         ),
     ),
-    QueueSpec("wms.sync", (Binding(WMS_COMMANDS, "wms.sync.*"),)),
+    # The two commands by name, as the contract's table lists them (D-408).
+    QueueSpec(
+        "wms.sync",
+        tuple(Binding(WMS_COMMANDS, f"wms.sync.{k}") for k in ("force", "scheduled")),
+    ),
     QueueSpec("inventory.ingest", (Binding(INVENTORY_INGEST, "ingest.*"),)),
     # The saga's own commands, and what happened to reservations (an order's among
     # them) elsewhere: the expiry worker, a release, a fulfilment.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
@@ -55,6 +56,8 @@ def configure(
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
+                # A library's line inside a request or a message names it too.
+                structlog.contextvars.merge_contextvars,
                 structlog.stdlib.add_log_level,
                 structlog.stdlib.add_logger_name,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -103,6 +106,12 @@ def configure(
 def access_log_enabled() -> bool:
     """Whether an access line per HTTP request is wanted (``logging.access_log``)."""
     return logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)
+
+
+def bound_to_logs(**fields: object) -> contextlib.AbstractContextManager[object]:
+    """``fields`` on every log line of this task while the block runs (a request's or a
+    message's id), unless a line names them itself."""
+    return structlog.contextvars.bound_contextvars(**fields)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -371,9 +373,26 @@ class Metrics:
             registry=r,
         )
 
-    def start_at_zero(self, oversell_sources: list[str]) -> None:
-        """Export ``stockkeeper_oversell_total`` as 0 for every source that could move
-        it, so the figure that must stay 0 reads 0 from the first scrape, not "no data"
-        (a labelled counter has no sample until a label is used; D-395)."""
-        for source in oversell_sources:
-            self.oversell.labels(source=source)
+    def start_known(
+        self,
+        *,
+        queues: Iterable[str] = (),
+        ingest: Iterable[str] = (),
+        wms: Iterable[str] = (),
+        channels: Iterable[str] = (),
+    ) -> None:
+        """Create at 0 the series of counters that alerts watch, for the label values
+        known at start (the queues, the connectors): a series that first appears at 1
+        has no earlier sample, so Prometheus' ``increase()`` misses that first event
+        and the alert on it never fires (D-409). Scrapes show them at 0 from the start."""
+        for queue in queues:
+            self.dead_letters.labels(queue=queue)
+        # Our own decisions never oversell: the figure that must stay 0 reads 0 (D-395).
+        self.oversell.labels(source="api")
+        for connector in ingest:
+            self.oversell.labels(source=connector)
+        for connector in wms:
+            self.oversell.labels(source=f"wms:{connector}")
+            self.wms_shortfalls.labels(connector=connector)
+        for channel in channels:
+            self.sync_lag_alerts.labels(channel=channel)

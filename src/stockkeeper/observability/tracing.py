@@ -21,12 +21,22 @@ The path of one change (D-241):
 
 OpenTelemetry keeps its provider process-wide; :func:`install` is the one place that
 sets it, so a process has tracing on or off for its whole life.
+
+Off, the W3C trace context still travels (D-406), as OpenTelemetry's API without an SDK
+passes on what it is given: a request's ``traceparent`` (the caller's, else a new one)
+is :func:`carried <carrying>` while it is handled, stored with the outbox rows it
+writes, put in the message headers by the dispatcher (a new one for a row that has
+none) and carried by the consumer while it handles the message; log lines show its
+``trace_id``. No span is recorded or exported, and nothing is instrumented.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from collections.abc import Iterator, Mapping, MutableMapping
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -45,6 +55,70 @@ TRACEPARENT = "traceparent"
 TRACER_NAME = "stockkeeper"
 
 _W3C = TraceContextTextMapPropagator()
+
+# version-trace_id-parent_id-flags, lower-case hex (W3C Trace Context, level 1); a later
+# version may append fields after a "-", which are ignored.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_NO_TRACE = "0" * 32
+_NO_SPAN = "0" * 16
+# With tracing off: the traceparent of the request or message being handled (D-406).
+_carried: ContextVar[str | None] = ContextVar("stockkeeper_traceparent", default=None)
+
+
+def valid_traceparent(value: Any) -> str | None:
+    """``value`` as a W3C ``traceparent`` (its version-00 part), or None when it is not
+    one (absent, malformed, version ff, an all-zero trace or parent id)."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not isinstance(value, str) or len(value) > 512:
+        return None
+    m = _TRACEPARENT.fullmatch(value.strip())
+    if m is None:
+        return None
+    version, trace_id, parent_id, flags, rest = m.groups()
+    if version == "ff" or (version == "00" and rest) or trace_id == _NO_TRACE:
+        return None
+    if parent_id == _NO_SPAN:
+        return None
+    return f"00-{trace_id}-{parent_id}-{flags}"
+
+
+def new_traceparent() -> str:
+    """A new trace's ``traceparent``, not sampled (nothing here records it)."""
+    raw = os.urandom(24).hex()
+    trace_id, parent_id = raw[:32], raw[32:]
+    if trace_id == _NO_TRACE or parent_id == _NO_SPAN:  # pragma: no cover (2^-64)
+        return new_traceparent()
+    return f"00-{trace_id}-{parent_id}-00"
+
+
+def carry(traceparent: Any) -> Token[str | None] | None:
+    """With tracing off, make ``traceparent`` (a valid one, else a new one) the context
+    of what runs from here in this task: what it writes to the outbox and logs carries
+    it. Give the token to :func:`uncarry`. On, the spans carry the context: None."""
+    if _State.enabled:
+        return None
+    return _carried.set(valid_traceparent(traceparent) or new_traceparent())
+
+
+def uncarry(token: Token[str | None] | None) -> None:
+    if token is not None:
+        _carried.reset(token)
+
+
+@contextlib.contextmanager
+def carrying(traceparent: Any) -> Iterator[None]:
+    """:func:`carry` for a block."""
+    token = carry(traceparent)
+    try:
+        yield
+    finally:
+        uncarry(token)
+
+
+def carried_traceparent() -> str | None:
+    """With tracing off, the traceparent :func:`carry` set for this task, if any."""
+    return _carried.get()
 
 
 class _State:
@@ -148,10 +222,10 @@ def instrument_app(app: FastAPI) -> None:
 
 
 def current_traceparent() -> str | None:
-    """The W3C ``traceparent`` of the active span, to store with an outbox row; None
-    when no span is recording (tracing off, or outside any request or message)."""
+    """The W3C ``traceparent`` of the active span, to store with an outbox row (tracing
+    off: the one carried, D-406); None outside any request or message."""
     if not _State.enabled:
-        return None
+        return _carried.get()
     ctx = trace.get_current_span().get_span_context()
     if not ctx.is_valid:
         return None
@@ -200,9 +274,11 @@ def traceparent_of(span: Span) -> str | None:
 @contextlib.contextmanager
 def consuming(name: str, headers: Mapping[str, Any], **attributes: Any) -> Iterator[Span | None]:
     """A ``CONSUMER`` span around one message's handling, continuing the ``traceparent``
-    of its headers, and current while the handler runs. No-op when tracing is off."""
+    of its headers, and current while the handler runs. Tracing off: the header's
+    ``traceparent`` (else a new one) is carried while the handler runs (D-406)."""
     if not _State.enabled:
-        yield None
+        with carrying(headers.get(TRACEPARENT)):
+            yield None
         return
     with tracer().start_as_current_span(
         name,
@@ -231,8 +307,13 @@ def continuing(name: str, traceparents: list[str | None], **attributes: Any) -> 
 def add_trace_id(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: ``trace_id`` and ``span_id`` of the active span, if any."""
+    """structlog processor: ``trace_id`` and ``span_id`` of the active span, if any
+    (tracing off: of the carried ``traceparent``)."""
     if not _State.enabled:
+        carried = _carried.get()
+        if carried is not None:
+            event.setdefault("trace_id", carried[3:35])
+            event.setdefault("span_id", carried[36:52])
         return event
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:

@@ -9,6 +9,7 @@ from stockkeeper.domain.errors import Conflict, NotFound
 from stockkeeper.messaging.broker import Broker, OutgoingMessage
 from stockkeeper.messaging.consumer import carried_headers
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER
+from stockkeeper.messaging.topology import QUEUES
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import transaction
 from stockkeeper.store import dead_letters, outbox
@@ -41,6 +42,9 @@ class Operations:
         self.pool = pool
         self.broker = broker
         self.metrics = metrics
+        # Every queue whose open dead letters were ever reported here: one that has none
+        # left is reported as 0, not left at its last count (D-405).
+        self._dead_letter_queues = {spec.name for spec in QUEUES}
 
     async def dead_letters(
         self, queue: str | None, status: str | None, after: int, limit: int
@@ -98,8 +102,10 @@ class Operations:
             dead = await dead_letters.open_per_queue(conn)
         self.metrics.outbox_backlog.set(events.pending)
         self.metrics.outbox_oldest_age.set(events.oldest_pending_s or 0.0)
-        for queue, n in dead.items():
-            self.metrics.dead_letters_open.labels(queue=queue).set(n)
+        self.metrics.outbox_failed_open.set(events.failed)
+        self._dead_letter_queues.update(dead)
+        for queue in self._dead_letter_queues:
+            self.metrics.dead_letters_open.labels(queue=queue).set(dead.get(queue, 0))
         depths: dict[str, int] | None = None
         error: str | None = None
         try:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from dataclasses import dataclass, field
 
 from stockkeeper.domain.errors import DomainError
@@ -48,6 +49,9 @@ class _Waiting:
     answer: asyncio.Future[ReservationView] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    # The request's context (its trace, its log fields): a batch runs in its first
+    # request's, not in that of whichever request started the flusher (D-406).
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class ReserveCoalescer:
@@ -110,7 +114,7 @@ class ReserveCoalescer:
             previous = last if last is not None and not last.locked.is_set() else None
             turn = self._last = Turn(previous, on_locked=self._wake.set)
             self._turns.append(turn)
-            task = asyncio.create_task(self._run(batch, turn))
+            task = asyncio.create_task(self._run(batch, turn), context=batch[0].context)
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 

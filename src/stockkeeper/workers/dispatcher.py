@@ -32,7 +32,12 @@ from stockkeeper.messaging.broker import (
     PublishesInTransaction,
     PublishRejected,
 )
-from stockkeeper.messaging.envelope import ATTEMPT_HEADER, TRACEPARENT_HEADER, Envelope
+from stockkeeper.messaging.envelope import (
+    ATTEMPT_HEADER,
+    ORDERING_KEY_HEADER,
+    TRACEPARENT_HEADER,
+    Envelope,
+)
 from stockkeeper.messaging.topology import exchange_for
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
@@ -49,7 +54,8 @@ OUTAGE_BASE_MS = 500
 
 def to_message(row: PendingEvent, traceparent: str | None = None) -> OutgoingMessage:
     """The message for ``row``; ``traceparent`` (the publish span's, else the row's
-    stored context) goes in the headers, so the consumer continues the trace."""
+    stored context, else a new one) goes in the headers, so the consumer continues the
+    trace."""
     body = Envelope.dump(
         row.event_id,
         row.event_type,
@@ -60,10 +66,12 @@ def to_message(row: PendingEvent, traceparent: str | None = None) -> OutgoingMes
         source=row.source,
         key=row.ordering_key,
     )
-    headers: dict[str, object] = {ATTEMPT_HEADER: 1}
-    traceparent = traceparent or row.trace_context
-    if traceparent:
-        headers[TRACEPARENT_HEADER] = traceparent
+    # Every message carries a trace context: tracing off, a row written outside any
+    # request or message gets a new one (D-406).
+    traceparent = traceparent or row.trace_context or tracing.new_traceparent()
+    headers: dict[str, object] = {ATTEMPT_HEADER: 1, TRACEPARENT_HEADER: traceparent}
+    if row.ordering_key:  # (rows SENT before migration 0008 have none, D-130)
+        headers[ORDERING_KEY_HEADER] = row.ordering_key
     return OutgoingMessage(
         exchange_for(row.event_type),
         row.event_type,

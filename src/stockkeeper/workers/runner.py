@@ -150,6 +150,20 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def serve_metrics(container: Container, port: int) -> None:
+    """The workers' Prometheus endpoint on ``port`` (``monitoring.metrics_port``); a port
+    that is taken stops the start with a message naming the key, not a traceback."""
+    try:
+        start_http_server(port, registry=container.metrics.registry)
+    except OSError as exc:
+        raise SystemExit(
+            f"stockkeeper: monitoring.metrics_port {port} cannot be opened "
+            f"({exc.strerror or exc}); "
+            "each worker process on a host needs a port of its own "
+            "(STOCKKEEPER_MONITORING__METRICS_PORT), or 0 for none"
+        ) from exc
+
+
 async def serve(
     container: Container, services: Iterable[str], consumers: Sequence[ConsumerSpec] = ()
 ) -> None:
@@ -160,15 +174,15 @@ async def serve(
     with _stopped_by_signals(stop):
         built = await build_services(container, wanted)
         named = [(http.name, _http_server(container, http)) for http in built.apps]
+        metrics_port = container.settings.monitoring.metrics_port
+        if not named and metrics_port:
+            serve_metrics(container, metrics_port)
         tasks = [_logged_stop("http", name, _guarded(name, srv)) for name, srv in named]
         tasks += [_logged_stop("worker", _worker_name(lp), lp(stop)) for lp in built.loops]
         tasks += [
             _logged_stop("consumer", spec.name, _run_consumer(container, spec, stop))
             for spec in [*consumers, *built.consumers]
         ]
-        metrics_port = container.settings.monitoring.metrics_port
-        if not named and metrics_port:
-            start_http_server(metrics_port, registry=container.metrics.registry)
         freeze_startup_heap()
         log.info("runner.started", services=wanted, pid=os.getpid())
         await _run_together(tasks, [srv for _, srv in named], stop)
