@@ -20,6 +20,7 @@ from stockkeeper.connectors.channels import AtLocation, PushOutcome
 from stockkeeper.domain.propagation import SyncStatus
 from stockkeeper.services.channel_rules import RulesService
 from stockkeeper.services.unit import Clock, transaction
+from stockkeeper.store import channel_drift as drift
 from stockkeeper.store import channel_locations as locations
 from stockkeeper.store import channel_sync as repo
 from stockkeeper.store import stock
@@ -114,7 +115,7 @@ class Located:
         after, checked, drifted, unlisted = "", 0, 0, 0
         while True:
             async with self.pool.acquire() as conn:
-                rows = await repo.reconcile_page(conn, channel, after, page)
+                rows = await drift.reconcile_page(conn, channel, after, page)
             if not rows:
                 break
             after = rows[-1].sku
@@ -134,7 +135,7 @@ class Located:
         self,
         conn: Conn,
         channel: str,
-        todo: Sequence[repo.Listed],
+        todo: Sequence[drift.Listed],
         shown: Mapping[str, dict[str, int | None] | None],
     ) -> LocatedDrift:
         skus = [r.sku for r in todo]

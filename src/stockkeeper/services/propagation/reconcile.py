@@ -11,6 +11,7 @@ from stockkeeper.domain.propagation import SyncStatus
 from stockkeeper.services.located import LocatedReader
 from stockkeeper.services.propagation.base import NOTIFY_CHANNEL, PropagationBase, log
 from stockkeeper.services.unit import transaction
+from stockkeeper.store import channel_drift as drift
 from stockkeeper.store import channel_sync as repo
 from stockkeeper.store import stock
 
@@ -53,13 +54,13 @@ class Reconciler(PropagationBase):
             return None
         async with self.pool.acquire() as conn:
             await repo.ensure_channel_states(conn, [channel])
-            after = await repo.claim_sample(conn, channel, cfg.divergence_sample_s)
+            after = await drift.claim_sample(conn, channel, cfg.divergence_sample_s)
             if after is None:
                 return None
             size = cfg.divergence_sample_size
-            rows = await repo.sample_page(conn, channel, after, size)
+            rows = await drift.sample_page(conn, channel, after, size)
             if not rows and after:  # the walk reached the end: from the start again
-                rows = await repo.sample_page(conn, channel, "", size)
+                rows = await drift.sample_page(conn, channel, "", size)
             if not rows:
                 return Sampled(channel, 0, 0)
         shown = await adapter.read(
@@ -71,10 +72,10 @@ class Reconciler(PropagationBase):
                 there = shown.get(r.sku)
                 if there == r.quantity:
                     continue
-                if await repo.diverged(conn, channel, r.sku, there, r.claim_seq) is not None:
+                if await drift.diverged(conn, channel, r.sku, there, r.claim_seq) is not None:
                     found.append(r.sku)
             nxt = rows[-1].sku if len(rows) == size else ""
-            await repo.sampled(conn, channel, nxt, len(found))
+            await drift.sampled(conn, channel, nxt, len(found))
             if found:
                 await repo.notify_senders(conn, NOTIFY_CHANNEL)
         if found:
@@ -91,12 +92,12 @@ class Reconciler(PropagationBase):
             return False
         async with self.pool.acquire() as conn:
             await repo.ensure_channel_states(conn, [channel])
-            return await repo.claim_reconcile(conn, channel, interval)
+            return await drift.claim_reconcile(conn, channel, interval)
 
     async def sku_count(self) -> int:
         """How many SKUs a drift repair walks (every SKU we know)."""
         async with self.pool.acquire() as conn:
-            return await repo.sku_count(conn)
+            return await drift.sku_count(conn)
 
     async def reconcile(
         self,
@@ -121,7 +122,7 @@ class Reconciler(PropagationBase):
         after, checked, drifted, unlisted = "", 0, 0, 0
         while True:
             async with self.pool.acquire() as conn:
-                rows = await repo.reconcile_page(conn, channel, after, page)
+                rows = await drift.reconcile_page(conn, channel, after, page)
             if not rows:
                 break
             after = rows[-1].sku
@@ -137,7 +138,7 @@ class Reconciler(PropagationBase):
                     conn, [channel], {sku: lv.level.available for sku, lv in levels.items()}
                 )
                 reads = [
-                    repo.ReadBack(
+                    drift.ReadBack(
                         r.sku,
                         shown.get(r.sku),
                         levels[r.sku].version,
@@ -147,7 +148,7 @@ class Reconciler(PropagationBase):
                     for r in todo
                     if r.sku in levels
                 ]
-                after_repair = await repo.repair_drift_many(conn, channel, reads)
+                after_repair = await drift.repair_drift_many(conn, channel, reads)
                 checked += len(reads)
                 page_drifted = 0
                 for rb in reads:
@@ -166,7 +167,7 @@ class Reconciler(PropagationBase):
     async def _reconciled(self, channel: str, checked: int, drifted: int, unlisted: int) -> Drift:
         async with self.pool.acquire() as conn:
             await repo.ensure_channel_states(conn, [channel])
-            await repo.count_drift(conn, channel, drifted)
+            await drift.count_drift(conn, channel, drifted)
         self.metrics.channel_drift.labels(channel=channel).inc(drifted)
         log.info(
             "propagation.reconciled",

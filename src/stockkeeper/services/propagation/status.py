@@ -12,6 +12,7 @@ from stockkeeper.domain.events import Event
 from stockkeeper.domain.propagation import AlertChange, lag_alert
 from stockkeeper.services.propagation.base import PropagationBase, log
 from stockkeeper.services.unit import transaction
+from stockkeeper.store import channel_drift as drift
 from stockkeeper.store import channel_sync as repo
 from stockkeeper.store import connector_state, outbox
 from stockkeeper.store.connector_state import Failure
@@ -55,7 +56,7 @@ class UnlistedPage:
     """A page of a channel's UNLISTED SKUs; ``next`` is the cursor of the next page."""
 
     channel: str
-    items: list[repo.Unlisted]
+    items: list[drift.Unlisted]
     next: str | None
 
 
@@ -172,7 +173,7 @@ class StatusMonitor(PropagationBase):
         if channel not in self.configs:
             raise NotFound(f"no channel {channel!r} is configured")
         async with self.pool.acquire() as conn:
-            rows = await repo.unlisted_page(conn, channel, after, limit + 1)
+            rows = await drift.unlisted_page(conn, channel, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return UnlistedPage(channel, rows, rows[-1].sku if more else None)
