@@ -12,7 +12,6 @@ import time
 import pytest
 
 from stockkeeper.config import MarketplaceConnectorConfig
-from stockkeeper.connectors import http
 from stockkeeper.connectors.amazon import AmazonChannel
 from stockkeeper.connectors.channels import Push
 from stockkeeper.connectors.http import (
@@ -20,10 +19,10 @@ from stockkeeper.connectors.http import (
     RETRY_AFTER_SLACK_S,
     CallRecord,
     ConnectorUnavailable,
+    HttpCaller,
     parse_retry_after,
 )
 from stockkeeper.connectors.marketplace import MarketplaceClient
-from stockkeeper.connectors.shopify import ShopifyChannel
 from tests.integration.test_channel_adapters import (
     Amazon,
     Shopify,
@@ -60,22 +59,26 @@ async def test_a_retry_after_longer_than_a_call_may_wait_ends_the_call_carrying_
 
 
 async def test_waits_that_would_add_up_past_the_budget_stop_before_the_one_too_many(
-    shopify_channel: Shopify, monkeypatch: pytest.MonkeyPatch
+    shopify_channel: Shopify,
 ) -> None:
     _, server = shopify_channel
     records: list[CallRecord] = []
+    cfg = shopify_config(server, max_attempts=5, backoff_max_ms=10)
     # A budget of 5 x 10 ms + 0.5 s: two waits of 0.2 s fit, a third does not.
-    monkeypatch.setattr(http, "RETRY_AFTER_SLACK_S", 0.5)
-    adapter = ShopifyChannel(
-        shopify_config(server, max_attempts=5, backoff_max_ms=10), on_call=records.append
-    )
+    caller = HttpCaller(cfg, on_call=records.append, bounded_waits=True, wait_slack_s=0.5)
     put_faults(server, throttle_rate=1.0, retry_after=0.2)
     started = time.monotonic()
     try:
         with pytest.raises(ConnectorUnavailable) as caught:
-            await adapter.push([Push("A", 1, 1)])
+            await caller.call(
+                "set_quantities",
+                "POST",
+                cfg.url,
+                lambda r: r.json(),
+                json={"query": "{ shop { id } }"},
+            )
     finally:
-        await adapter.aclose()
+        await caller.aclose()
         put_faults(server)
     assert time.monotonic() - started >= 0.4  # the two waits that fit were waited
     assert caught.value.retry_after == pytest.approx(0.2)

@@ -184,10 +184,12 @@ class HttpCaller:
         transport: httpx.AsyncBaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
         bounded_waits: bool = False,
+        wait_slack_s: float = RETRY_AFTER_SLACK_S,
     ) -> None:
         self.cfg = cfg
         self.connector = cfg.id
         self.bounded_waits = bounded_waits
+        self.wait_slack_s = wait_slack_s
         self.metrics = metrics
         self.on_call = on_call
         self.timeout_s = cfg.timeout_ms / 1000
@@ -428,7 +430,7 @@ class HttpCaller:
         ``bounded_waits``)."""
         if not self.bounded_waits:
             return math.inf
-        return self.cfg.max_attempts * self.backoff.cap_s + RETRY_AFTER_SLACK_S
+        return self.cfg.max_attempts * self.backoff.cap_s + self.wait_slack_s
 
     def _stop(self, rs: RetryCallState, remaining: float) -> bool:
         if rs.attempt_number >= self.cfg.max_attempts or remaining <= MIN_TRY_S:
