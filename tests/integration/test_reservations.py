@@ -570,6 +570,41 @@ async def test_same_order_same_lines_is_the_same_reservation(container: Containe
     assert (a.reserved, b.reserved) == (0, 0)
 
 
+async def test_the_same_lines_in_another_order_are_the_same_reservation(
+    container: Container,
+) -> None:
+    # An order names a SKU once, so its lines are a set: listed the other way round they
+    # are the same request, on its own or in a coalesced batch (D-423).
+    await receive(container, "A", 10)
+    await receive(container, "B", 10)
+    first = await container.reservations.reserve(order("o-1", ("A", 2), ("B", 3)))
+    journal = Journal(container.pool)
+    await journal.mark()
+
+    again = await container.reservations.reserve(order("o-1", ("B", 3), ("A", 2)))
+    assert not again.created
+    assert ReservationOut.of(again) == ReservationOut.of(first)
+    await journal.check()  # nothing written
+    batch = await BatchReserver(container.reservations).reserve_batch(
+        [
+            order("o-1", ("B", 3), ("A", 2)),
+            order("o-2", ("A", 1), ("B", 1)),
+            order("o-2", ("B", 1), ("A", 1)),  # its copy, in the same batch
+        ]
+    )
+    assert isinstance(batch[0], ReservationView)
+    assert ReservationOut.of(batch[0]) == ReservationOut.of(first)
+    assert isinstance(batch[1], ReservationView)
+    assert isinstance(batch[2], ReservationView)
+    assert (batch[1].created, batch[2].created) == (True, False)
+    with pytest.raises(Conflict):
+        await container.reservations.reserve(order("o-1", ("B", 2), ("A", 3)))
+    a, b = await container.stock.get_many(["A", "B"])
+    assert (a.reserved, b.reserved) == (3, 4)
+    assert await fetchval(container, "SELECT count(*) FROM reservation") == 2
+    await assert_audit_clean(container)
+
+
 async def test_concurrent_copies_of_one_order_hold_stock_once(container: Container) -> None:
     await receive(container, "A", 10)
     views = await asyncio.gather(

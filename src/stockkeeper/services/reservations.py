@@ -29,6 +29,8 @@ from stockkeeper.domain.allocation import (
     OrderLine,
     allocate,
     check_lines,
+    lines_of,
+    same_lines,
 )
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.domain.errors import (
@@ -231,7 +233,7 @@ class Reservations:
             conn, req.order_id, req.location, asked, expires_at, skus, lock=lock
         )
         if rid is None:
-            return await self._existing(conn, req, asked)
+            return await self._existing(conn, req)
         if unknown:  # told by the insert's statement (D-372)
             raise InvalidRequest(f"unknown sku: {', '.join(sorted(unknown))}", "body.lines")
         plan_ = await self._allocate(conn, req, now, batches)
@@ -273,13 +275,11 @@ class Reservations:
         )
         return view
 
-    async def _existing(
-        self, conn: Conn, req: ReserveRequest, asked: list[dict[str, Any]]
-    ) -> ReservationView:
+    async def _existing(self, conn: Conn, req: ReserveRequest) -> ReservationView:
         found = await repo.with_allocations(conn, req.order_id)
         assert found is not None  # the insert conflicted on it
         row, allocs = found
-        if row.lines != asked or row.location != req.location:
+        if not same_lines(lines_of(row.lines), req.lines) or row.location != req.location:
             raise Conflict(f"order {req.order_id} already holds a reservation for other lines")
         return _view(row, allocs, created=False)
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from stockkeeper.domain.allocation import OrderLine
+from stockkeeper.domain.allocation import OrderLine, lines_of
 from stockkeeper.domain.errors import Conflict, DomainError
 from stockkeeper.domain.events import ALLOCATED, Event, order_key
 from stockkeeper.domain.quantities import Delta
@@ -221,9 +221,7 @@ class BatchReserver:
             existing = await repo.stored(c, taken_ids)
             held: dict[str, Held | None] = dict.fromkeys(taken_ids)
             for o, (row, _) in existing.items():
-                held[o] = Held(
-                    tuple(OrderLine(li["sku"], li["quantity"]) for li in row.lines), row.location
-                )
+                held[o] = Held(lines_of(row.lines), row.location)
             skus = sorted({li.sku for r in valid for li in r.lines})
             if turn is not None:
                 await turn.before_lock()
