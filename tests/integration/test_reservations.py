@@ -660,6 +660,39 @@ async def test_unknown_sku_or_repeated_sku_is_rejected_and_leaves_nothing(
     assert await counts(container) == before
 
 
+async def test_a_location_that_does_not_exist_is_invalid_not_sold_out(
+    container: Container,
+) -> None:
+    # A location nothing ever named is the caller's mistake, told as one (D-424); a
+    # known location without the SKU's stock is a stock-out. Alone and in a batch.
+    await receive(container, "A", 10)
+    await receive(container, "B", 3, location="wh-2")
+    before = await counts(container)
+    with pytest.raises(InvalidRequest, match="unknown location: wh-9") as caught:
+        await container.reservations.reserve(order("o-1", ("A", 1), location="wh-9"))
+    assert caught.value.extensions()["errors"] == [
+        {"field": "body.location", "message": "unknown location: wh-9"}
+    ]
+    with pytest.raises(InsufficientStock):
+        await container.reservations.reserve(order("o-2", ("A", 1), location="wh-2"))
+    assert await counts(container) == before
+    results = await BatchReserver(container.reservations).reserve_batch(
+        [
+            order("o-3", ("A", 1), location="wh-9"),
+            order("o-4", ("A", 1), location="wh-2"),
+            order("o-5", ("B", 1), location="wh-2"),
+        ]
+    )
+    assert [type(x).__name__ for x in results] == [
+        "InvalidRequest",
+        "InsufficientStock",
+        "ReservationView",
+    ]
+    assert "unknown location: wh-9" in str(results[0])
+    assert await fetchval(container, "SELECT array_agg(order_id) FROM reservation") == ["o-5"]
+    await assert_audit_clean(container)
+
+
 # -- one transaction per change --------------------------------------------------------
 
 

@@ -85,6 +85,13 @@ def lines_of(doc: Iterable[Mapping[str, Any]]) -> tuple[OrderLine, ...]:
     return tuple(OrderLine(li["sku"], li["quantity"]) for li in doc)
 
 
+def unknown_location(location: str) -> InvalidRequest:
+    """A reserve at a location no receipt, count or WMS ever named: a caller's typo or
+    configuration bug, as an unknown SKU is (D-002), not a stock-out (D-424). Asked
+    only once the reserve came up short, so the happy path never looks."""
+    return InvalidRequest(f"unknown location: {location}", "body.location")
+
+
 def sellable(
     batches: Iterable[BatchStock], sku: str, now: datetime, location: str | None
 ) -> list[BatchStock]:

@@ -31,11 +31,13 @@ from stockkeeper.domain.allocation import (
     check_lines,
     lines_of,
     same_lines,
+    unknown_location,
 )
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.domain.errors import (
     Conflict,
     DomainError,
+    InsufficientStock,
     InvalidRequest,
     NotFound,
     ReservationExpired,
@@ -236,7 +238,12 @@ class Reservations:
             return await self._existing(conn, req)
         if unknown:  # told by the insert's statement (D-372)
             raise InvalidRequest(f"unknown sku: {', '.join(sorted(unknown))}", "body.lines")
-        plan_ = await self._allocate(conn, req, now, batches)
+        try:
+            plan_ = await self._allocate(conn, req, now, batches)
+        except InsufficientStock:
+            if req.location is not None and not await stock.known_locations(conn, [req.location]):
+                raise unknown_location(req.location) from None
+            raise
         movements = [
             Movement(a.batch_id, a.sku, Delta(reserved=a.quantity))
             for la in plan_

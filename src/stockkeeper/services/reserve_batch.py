@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from stockkeeper.domain.allocation import OrderLine, lines_of
-from stockkeeper.domain.errors import Conflict, DomainError
+from stockkeeper.domain.allocation import OrderLine, lines_of, unknown_location
+from stockkeeper.domain.errors import Conflict, DomainError, InsufficientStock
 from stockkeeper.domain.events import ALLOCATED, Event, order_key
 from stockkeeper.domain.quantities import Delta
 from stockkeeper.domain.reservation import EntryType, Status
@@ -113,6 +113,28 @@ class Turn:
     def release(self) -> None:
         """The batch is done with the order (it failed, retries, or has locked)."""
         self.has_locked()
+
+
+async def _where_unknown(
+    c: Conn, reqs: Sequence[BatchRequest | DomainError], outcomes: list[Outcome]
+) -> list[Outcome]:
+    """The outcomes, a shortage at a location that does not exist told as such (D-424):
+    one statement, and only when a request at a named location came up short."""
+    short = {
+        r.location
+        for r, o in zip(reqs, outcomes, strict=True)
+        if isinstance(o, InsufficientStock) and isinstance(r, BatchRequest) and r.location
+    }
+    if not short:
+        return outcomes
+    unknown = short - await stock.known_locations(c, short)
+    told: list[Outcome] = []
+    for r, o in zip(reqs, outcomes, strict=True):
+        at = r.location if isinstance(r, BatchRequest) else None
+        if isinstance(o, InsufficientStock) and at is not None and at in unknown:
+            o = unknown_location(at)
+        told.append(o)
+    return told
 
 
 def _doc(lines: Sequence[OrderLine]) -> list[dict[str, int | str]]:
@@ -232,6 +254,7 @@ class BatchReserver:
             if without := [s for s in skus if s not in known]:
                 known |= await stock.known_skus(c, without)
             outcomes = plan_batch(checked_reqs, batches, known_skus=known, stored=held, now=now)
+            outcomes = await _where_unknown(c, checked_reqs, outcomes)
             answers = await self._write(c, checked_reqs, outcomes, ids, existing, source, now)
             if after_each is not None:
                 for _ in reqs:
