@@ -160,6 +160,8 @@ class StockMachine(RuleBasedStateMachine):
     clock: ClassVar[FakeClock]
     # Set when reservations go through request coalescing (D-200) instead.
     coalescer: ClassVar[ReserveCoalescer | None] = None
+    # The locations of the database, which every example of the test shares (D-424).
+    places: ClassVar[set[str]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -286,6 +288,7 @@ class StockMachine(RuleBasedStateMachine):
             assert body["batch_id"] == existing.id
         existing.on_hand += qty
         self.known_skus.add(sku)
+        self.places.add(key[1])
         assert body["location"] == key[1]
         self.check_level(sku, body["level"])
         self.receipts.append(MReceipt(r, body))
@@ -537,6 +540,10 @@ class StockMachine(RuleBasedStateMachine):
                 if take > 0:
                     allocations.append((no, b.id, take))
                     remaining -= take
+        if shortages and location is not None and location not in self.places:
+            self.expect(InvalidRequest, call)  # a location nothing named (D-424)
+            SEEN["unknown location"] += 1
+            return None
         if shortages:
             err = self.expect(InsufficientStock, call)
             assert isinstance(err, InsufficientStock)
@@ -741,6 +748,7 @@ def test_services_follow_the_model(
         StockMachine.loop = own_loop
         StockMachine.container = container
         StockMachine.clock = clock
+        StockMachine.places = {"default"}
         StockMachine.coalescer = (
             ReserveCoalescer(container.reservations, window_ms=1) if coalesced else None
         )
