@@ -218,7 +218,7 @@ class Orders:
                 check_payment_repeat(row.payment_reference, reference)
             if step.stock is StockAction.CONFIRM:
                 try:
-                    await self.reservations.confirm(order_id, c, source=SOURCE)
+                    await self.reservations.confirm(order_id, c, source=SOURCE, by_order=True)
                 except ReservationExpired:
                     # The confirm committed the expiry (stock back) in our transaction.
                     expired = True

@@ -351,17 +351,24 @@ class Reservations:
         *,
         source: str = "api",
     ) -> ReservationView:
-        return await self._step(order_id, Action.RELEASE, reason, conn, source)
+        return await self._step(order_id, Action.RELEASE, reason, conn, source, by_order=False)
 
     async def confirm(
-        self, order_id: str, conn: Conn | None = None, *, source: str = "api"
+        self,
+        order_id: str,
+        conn: Conn | None = None,
+        *,
+        source: str = "api",
+        by_order: bool = False,
     ) -> ReservationView:
-        return await self._step(order_id, Action.CONFIRM, None, conn, source)
+        """``by_order``: the order's payment confirms its reservation; anyone else
+        confirming an order's reservation is a conflict (D-425)."""
+        return await self._step(order_id, Action.CONFIRM, None, conn, source, by_order=by_order)
 
     async def fulfil(
         self, order_id: str, conn: Conn | None = None, *, source: str = "api"
     ) -> ReservationView:
-        return await self._step(order_id, Action.FULFIL, None, conn, source)
+        return await self._step(order_id, Action.FULFIL, None, conn, source, by_order=False)
 
     async def _step(
         self,
@@ -370,13 +377,21 @@ class Reservations:
         reason: str | None,
         conn: Conn | None,
         source: str,
+        *,
+        by_order: bool,
     ) -> ReservationView:
         async with transaction(self.pool, conn) as c:
-            found = await repo.with_allocations(c, order_id, lock=True)
+            found = await repo.lock_for_step(c, order_id)
             if found is None:
                 raise NotFound(f"no reservation for order {order_id}")
-            row, allocs = found
+            row, allocs = found.row, found.allocations
             step = plan(action, row.status, row.expires_at, self.clock())
+            if step.target is Status.CONFIRMED and found.of_order and not by_order:
+                # Confirmed behind the saga's back, the order would wait for its payment
+                # past its due time with the stock committed, never expiring (D-425).
+                raise Conflict(
+                    f"the reservation is order {order_id}'s: the order's payment confirms it"
+                )
             if step.target is not None:
                 assert step.entry_type is not None
                 await self._move(c, [(row, allocs)], step.target, step.entry_type, reason, source)
