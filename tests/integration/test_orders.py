@@ -387,9 +387,15 @@ async def test_an_orders_reservation_is_confirmed_by_its_payment_only(
     await drive(container)
     await container.orders.pay("o-2", succeeded=True, reference="pay-2")
     assert (await container.reservations.confirm("o-2")).status.value == "CONFIRMED"
-    # A reservation of no order is confirmed as before.
+    # A reservation of no order is confirmed as before, and so is one that took the id
+    # of an order that is over (here FAILED, holding nothing).
     await container.reservations.reserve(ReserveRequest("web-1", (OrderLine("TEA", 1),)))
     assert (await container.reservations.confirm("web-1")).status.value == "CONFIRMED"
+    await container.orders.place(placed("o-3", ("TEA", 9)))
+    await drive(container)
+    assert (await order_of(container, "o-3"))["status"] == "FAILED"
+    await container.reservations.reserve(ReserveRequest("o-3", (OrderLine("TEA", 1),)))
+    assert (await container.reservations.confirm("o-3")).status.value == "CONFIRMED"
     await assert_audit_clean(container)
 
 

@@ -100,7 +100,8 @@ async def start(
 
 @dataclass(frozen=True, slots=True)
 class Locked:
-    """A reservation locked for a step, its allocations, and whether it is an order's."""
+    """A reservation locked for a step, its allocations, and whether it is the
+    reservation of an order still to be paid (D-425)."""
 
     row: ReservationRow
     allocations: list[AllocationRow]
