@@ -446,6 +446,33 @@ async def test_expiry_is_exact_at_the_deadline(container: Container, clock: Any)
         await container.reservations.confirm("o-2")
 
 
+async def test_a_repeated_reserve_at_the_deadline_answers_expired(
+    container: Container, clock: Any
+) -> None:
+    # Exactly at its expiry, before any sweep, the same order again is the expired
+    # reservation, alone or in a coalesced batch, as a confirm would find it (D-426).
+    await receive(container, "OATS", 5)
+    await container.reservations.reserve(order("o-1", ("OATS", 2), ttl_seconds=60))
+    clock.advance(59)
+    again = await container.reservations.reserve(order("o-1", ("OATS", 2)))
+    assert (again.created, again.status.value) == (False, "PENDING")
+    clock.advance(1)  # expires_at == now
+    journal = Journal(container.pool)
+    await journal.mark()
+    again = await container.reservations.reserve(order("o-1", ("OATS", 2)))
+    assert (again.created, again.status.value, again.reason) == (False, "EXPIRED", "expired")
+    (batched,) = await BatchReserver(container.reservations).reserve_batch(
+        [order("o-1", ("OATS", 2))]
+    )
+    assert isinstance(batched, ReservationView)
+    assert (batched.created, batched.status.value) == (False, "EXPIRED")
+    await journal.check()  # an answer, not a write: the sweep still does the expiry
+    with pytest.raises(ReservationExpired):
+        await container.reservations.confirm("o-1")
+    assert (await container.stock.get("OATS")).available == 5
+    await assert_audit_clean(container)
+
+
 async def test_release_of_an_overdue_reservation_expires_it(
     container: Container, clock: Any
 ) -> None:

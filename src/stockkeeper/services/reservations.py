@@ -44,7 +44,14 @@ from stockkeeper.domain.errors import (
 )
 from stockkeeper.domain.events import ALLOCATED, EVENT_FOR_STATUS, Event, order_key
 from stockkeeper.domain.quantities import Delta
-from stockkeeper.domain.reservation import Action, EntryType, Status, movement, plan
+from stockkeeper.domain.reservation import (
+    Action,
+    EntryType,
+    Status,
+    is_overdue,
+    movement,
+    plan,
+)
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, record_change, savepoint, transaction, utcnow
 from stockkeeper.store import reservations as repo
@@ -136,6 +143,15 @@ def _view(row: ReservationRow, allocs: Sequence[AllocationRow], created: bool) -
     return ReservationView(
         row.order_id, row.status, row.expires_at, lines, created, row.location, row.reason
     )
+
+
+def as_of(row: ReservationRow, now: datetime) -> ReservationRow:
+    """The reservation as the rules see it at ``now``: a PENDING one past its expiry is
+    EXPIRED (D-006) whether or not the expiry worker has swept it yet, so a repeated
+    reserve never answers "PENDING" for stock it no longer holds (D-426)."""
+    if is_overdue(row.status, row.expires_at, now):
+        return replace(row, status=Status.EXPIRED, reason=row.reason or "expired")
+    return row
 
 
 class Reservations:
@@ -235,7 +251,7 @@ class Reservations:
             conn, req.order_id, req.location, asked, expires_at, skus, lock=lock
         )
         if rid is None:
-            return await self._existing(conn, req)
+            return await self._existing(conn, req, now)
         if unknown:  # told by the insert's statement (D-372)
             raise InvalidRequest(f"unknown sku: {', '.join(sorted(unknown))}", "body.lines")
         try:
@@ -282,13 +298,13 @@ class Reservations:
         )
         return view
 
-    async def _existing(self, conn: Conn, req: ReserveRequest) -> ReservationView:
+    async def _existing(self, conn: Conn, req: ReserveRequest, now: datetime) -> ReservationView:
         found = await repo.with_allocations(conn, req.order_id)
         assert found is not None  # the insert conflicted on it
         row, allocs = found
         if not same_lines(lines_of(row.lines), req.lines) or row.location != req.location:
             raise Conflict(f"order {req.order_id} already holds a reservation for other lines")
-        return _view(row, allocs, created=False)
+        return _view(as_of(row, now), allocs, created=False)
 
     async def _allocate(
         self,

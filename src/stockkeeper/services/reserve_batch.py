@@ -45,6 +45,7 @@ from stockkeeper.services.reservations import (
     ReservationView,
     ReserveRequest,
     _view,
+    as_of,
     event_lines,
 )
 from stockkeeper.services.unit import announce_levels, transaction
@@ -351,7 +352,7 @@ class BatchReserver:
                 r = reqs[i]
                 assert isinstance(r, BatchRequest)
                 row_, allocs_ = existing[r.order_id]
-                answers.append(_view(row_, allocs_, created=False))
+                answers.append(_view(as_of(row_, now), allocs_, created=False))
         return answers
 
 
