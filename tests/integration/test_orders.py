@@ -365,6 +365,40 @@ async def test_a_reservation_released_elsewhere_cancels_its_order(container: Con
     )
 
 
+async def test_an_orders_reservation_is_confirmed_by_its_payment_only(
+    container: Container, clock: FakeClock
+) -> None:
+    # Confirmed through /inventory/confirm, the order would stay AWAITING_PAYMENT past its
+    # due time with its stock committed, and never expire (D-425).
+    await receive(container, "TEA", 5)
+    await container.orders.place(placed("o-1", ("TEA", 2)))
+    await drive(container)
+    with pytest.raises(Conflict, match="the order's payment confirms it"):
+        await container.reservations.confirm("o-1")
+    assert await reservation_status(container, "o-1") == "PENDING"
+    clock.advance(TIMEOUT)
+    assert await container.reservations.expire_due(100) == 1
+    await drive(container)
+    assert (await order_of(container, "o-1"))["status"] == "EXPIRED"
+    assert await available(container, "TEA") == 5
+
+    # Paid, it is CONFIRMED: confirming it again is the harmless repeat it always was.
+    await container.orders.place(placed("o-2", ("TEA", 2)))
+    await drive(container)
+    await container.orders.pay("o-2", succeeded=True, reference="pay-2")
+    assert (await container.reservations.confirm("o-2")).status.value == "CONFIRMED"
+    # A reservation of no order is confirmed as before, and so is one that took the id
+    # of an order that is over (here FAILED, holding nothing).
+    await container.reservations.reserve(ReserveRequest("web-1", (OrderLine("TEA", 1),)))
+    assert (await container.reservations.confirm("web-1")).status.value == "CONFIRMED"
+    await container.orders.place(placed("o-3", ("TEA", 9)))
+    await drive(container)
+    assert (await order_of(container, "o-3"))["status"] == "FAILED"
+    await container.reservations.reserve(ReserveRequest("o-3", (OrderLine("TEA", 1),)))
+    assert (await container.reservations.confirm("o-3")).status.value == "CONFIRMED"
+    await assert_audit_clean(container)
+
+
 async def test_reservations_that_belong_to_no_order_are_ignored(container: Container) -> None:
     await receive(container, "TEA", 5)
     await container.reservations.reserve(ReserveRequest("web-1", (OrderLine("TEA", 1),)))

@@ -281,3 +281,32 @@ async def test_openapi_documents_the_order_routes(http: httpx.AsyncClient) -> No
     assert "post" in paths["/orders/{order_id}/payment"]
     assert "post" in paths["/orders/{order_id}/cancel"]
     assert "OrderOut" in doc["components"]["schemas"]
+
+
+async def test_the_same_lines_in_another_order_are_the_same_order(
+    http: httpx.AsyncClient, container: Container
+) -> None:
+    # An order names a SKU once, so the order of its lines means nothing (D-423): a
+    # storefront that sends its cart again, sorted otherwise, repeats its order.
+    await container.stock.receive(Receipt("MUG", 5, f"rcpt-{uuid.uuid4().hex}"))
+    body = order()
+    body["lines"] = [{"sku": "TEA", "quantity": 2}, {"sku": "MUG", "quantity": 1}]
+    assert (await http.post("/orders", json=body, headers=W)).status_code == 202
+    before = await written(container)
+    again = {**body, "lines": body["lines"][::-1]}
+    r = await http.post("/orders", json=again, headers=W)
+    assert (r.status_code, r.json()["status"]) == (200, "PENDING"), r.text
+    assert await written(container) == before
+    other = {**body, "lines": [{"sku": "MUG", "quantity": 2}, {"sku": "TEA", "quantity": 1}]}
+    assert_problem(await http.post("/orders", json=other, headers=W), 409, "conflict")
+
+    reserve = {"order_id": "r-1", "lines": body["lines"]}
+    assert (await http.post("/inventory/reserve", json=reserve, headers=W)).status_code == 201
+    r = await http.post("/inventory/reserve", json={**reserve, "lines": again["lines"]}, headers=W)
+    assert r.status_code == 200, r.text
+    assert r.json()["lines"] == [
+        {**li, "allocations": r.json()["lines"][i]["allocations"]}
+        for i, li in enumerate(body["lines"])
+    ]  # the reservation as it was made, lines in their first order
+    tea, mug = await container.stock.get_many(["TEA", "MUG"])
+    assert (tea.reserved, mug.reserved) == (2, 1)

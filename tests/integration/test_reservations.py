@@ -446,6 +446,33 @@ async def test_expiry_is_exact_at_the_deadline(container: Container, clock: Any)
         await container.reservations.confirm("o-2")
 
 
+async def test_a_repeated_reserve_at_the_deadline_answers_expired(
+    container: Container, clock: Any
+) -> None:
+    # Exactly at its expiry, before any sweep, the same order again is the expired
+    # reservation, alone or in a coalesced batch, as a confirm would find it (D-426).
+    await receive(container, "OATS", 5)
+    await container.reservations.reserve(order("o-1", ("OATS", 2), ttl_seconds=60))
+    clock.advance(59)
+    again = await container.reservations.reserve(order("o-1", ("OATS", 2)))
+    assert (again.created, again.status.value) == (False, "PENDING")
+    clock.advance(1)  # expires_at == now
+    journal = Journal(container.pool)
+    await journal.mark()
+    again = await container.reservations.reserve(order("o-1", ("OATS", 2)))
+    assert (again.created, again.status.value, again.reason) == (False, "EXPIRED", "expired")
+    (batched,) = await BatchReserver(container.reservations).reserve_batch(
+        [order("o-1", ("OATS", 2))]
+    )
+    assert isinstance(batched, ReservationView)
+    assert (batched.created, batched.status.value) == (False, "EXPIRED")
+    await journal.check()  # an answer, not a write: the sweep still does the expiry
+    with pytest.raises(ReservationExpired):
+        await container.reservations.confirm("o-1")
+    assert (await container.stock.get("OATS")).available == 5
+    await assert_audit_clean(container)
+
+
 async def test_release_of_an_overdue_reservation_expires_it(
     container: Container, clock: Any
 ) -> None:
@@ -570,6 +597,41 @@ async def test_same_order_same_lines_is_the_same_reservation(container: Containe
     assert (a.reserved, b.reserved) == (0, 0)
 
 
+async def test_the_same_lines_in_another_order_are_the_same_reservation(
+    container: Container,
+) -> None:
+    # An order names a SKU once, so its lines are a set: listed the other way round they
+    # are the same request, on its own or in a coalesced batch (D-423).
+    await receive(container, "A", 10)
+    await receive(container, "B", 10)
+    first = await container.reservations.reserve(order("o-1", ("A", 2), ("B", 3)))
+    journal = Journal(container.pool)
+    await journal.mark()
+
+    again = await container.reservations.reserve(order("o-1", ("B", 3), ("A", 2)))
+    assert not again.created
+    assert ReservationOut.of(again) == ReservationOut.of(first)
+    await journal.check()  # nothing written
+    batch = await BatchReserver(container.reservations).reserve_batch(
+        [
+            order("o-1", ("B", 3), ("A", 2)),
+            order("o-2", ("A", 1), ("B", 1)),
+            order("o-2", ("B", 1), ("A", 1)),  # its copy, in the same batch
+        ]
+    )
+    assert isinstance(batch[0], ReservationView)
+    assert ReservationOut.of(batch[0]) == ReservationOut.of(first)
+    assert isinstance(batch[1], ReservationView)
+    assert isinstance(batch[2], ReservationView)
+    assert (batch[1].created, batch[2].created) == (True, False)
+    with pytest.raises(Conflict):
+        await container.reservations.reserve(order("o-1", ("B", 2), ("A", 3)))
+    a, b = await container.stock.get_many(["A", "B"])
+    assert (a.reserved, b.reserved) == (3, 4)
+    assert await fetchval(container, "SELECT count(*) FROM reservation") == 2
+    await assert_audit_clean(container)
+
+
 async def test_concurrent_copies_of_one_order_hold_stock_once(container: Container) -> None:
     await receive(container, "A", 10)
     views = await asyncio.gather(
@@ -623,6 +685,39 @@ async def test_unknown_sku_or_repeated_sku_is_rejected_and_leaves_nothing(
     with pytest.raises(InvalidRequest):
         await container.reservations.reserve(order("o-2", ("A", 1), ("A", 2)))
     assert await counts(container) == before
+
+
+async def test_a_location_that_does_not_exist_is_invalid_not_sold_out(
+    container: Container,
+) -> None:
+    # A location nothing ever named is the caller's mistake, told as one (D-424); a
+    # known location without the SKU's stock is a stock-out. Alone and in a batch.
+    await receive(container, "A", 10)
+    await receive(container, "B", 3, location="wh-2")
+    before = await counts(container)
+    with pytest.raises(InvalidRequest, match="unknown location: wh-9") as caught:
+        await container.reservations.reserve(order("o-1", ("A", 1), location="wh-9"))
+    assert caught.value.extensions()["errors"] == [
+        {"field": "body.location", "message": "unknown location: wh-9"}
+    ]
+    with pytest.raises(InsufficientStock):
+        await container.reservations.reserve(order("o-2", ("A", 1), location="wh-2"))
+    assert await counts(container) == before
+    results = await BatchReserver(container.reservations).reserve_batch(
+        [
+            order("o-3", ("A", 1), location="wh-9"),
+            order("o-4", ("A", 1), location="wh-2"),
+            order("o-5", ("B", 1), location="wh-2"),
+        ]
+    )
+    assert [type(x).__name__ for x in results] == [
+        "InvalidRequest",
+        "InsufficientStock",
+        "ReservationView",
+    ]
+    assert "unknown location: wh-9" in str(results[0])
+    assert await fetchval(container, "SELECT array_agg(order_id) FROM reservation") == ["o-5"]
+    await assert_audit_clean(container)
 
 
 # -- one transaction per change --------------------------------------------------------

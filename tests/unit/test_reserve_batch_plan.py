@@ -88,3 +88,23 @@ def test_repeats_unknown_skus_and_copies_in_one_batch() -> None:
     assert isinstance(out[6], Conflict)
     assert isinstance(out[7], InvalidRequest)
     assert row_owners([*reqs, InvalidRequest("bad ttl")], out) == {"dup": 4}
+
+
+def test_the_same_lines_in_another_order_are_a_repeat() -> None:
+    # An order names a SKU once, so the order of its lines means nothing (D-423).
+    out = plan_batch(
+        [
+            req("stored", ("T", 1), ("S", 2)),
+            req("new", ("S", 1), ("T", 1)),
+            req("new", ("T", 1), ("S", 1)),
+            req("new", ("T", 1), ("S", 2)),
+        ],
+        [batch(1, "S", 5), batch(2, "T", 5)],
+        known_skus={"S", "T"},
+        stored={"stored": Held((OrderLine("S", 2), OrderLine("T", 1)), None)},
+        now=NOW,
+    )
+    assert out[0] == Repeat()
+    assert isinstance(out[1], Fresh)
+    assert out[2] == Repeat(1)
+    assert isinstance(out[3], Conflict)

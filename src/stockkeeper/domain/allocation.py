@@ -8,9 +8,10 @@ every short line is reported together.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from stockkeeper.domain.errors import InsufficientStock, InvalidRequest, Shortage
 from stockkeeper.domain.quantities import Figures
@@ -70,6 +71,25 @@ def check_lines(lines: Sequence[OrderLine]) -> None:
         if line.sku in seen:
             raise InvalidRequest(f"sku {line.sku!r} appears on more than one line", "body.lines")
         seen.add(line.sku)
+
+
+def same_lines(a: Iterable[OrderLine], b: Iterable[OrderLine]) -> bool:
+    """Whether two requests of one order ask for the same thing: the same quantity of
+    the same SKUs, in any order (an order names a SKU once, so the order of its lines
+    means nothing, D-423)."""
+    return sorted((li.sku, li.quantity) for li in a) == sorted((li.sku, li.quantity) for li in b)
+
+
+def lines_of(doc: Iterable[Mapping[str, Any]]) -> tuple[OrderLine, ...]:
+    """The lines as stored (``[{sku, quantity}]``, a reservation's or an order's)."""
+    return tuple(OrderLine(li["sku"], li["quantity"]) for li in doc)
+
+
+def unknown_location(location: str) -> InvalidRequest:
+    """A reserve at a location no receipt, count or WMS ever named: a caller's typo or
+    configuration bug, as an unknown SKU is (D-002), not a stock-out (D-424). Asked
+    only once the reserve came up short, so the happy path never looks."""
+    return InvalidRequest(f"unknown location: {location}", "body.location")
 
 
 def sellable(

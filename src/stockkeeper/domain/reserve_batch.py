@@ -20,6 +20,7 @@ from stockkeeper.domain.allocation import (
     OrderLine,
     allocate,
     check_lines,
+    same_lines,
 )
 from stockkeeper.domain.errors import Conflict, DomainError, InvalidRequest
 from stockkeeper.domain.quantities import Delta
@@ -112,7 +113,7 @@ def plan_batch(
                 out.append(
                     Conflict(f"order {req.order_id} is being reserved concurrently; try again")
                 )
-            elif held.lines != req.lines or held.location != req.location:
+            elif not same_lines(held.lines, req.lines) or held.location != req.location:
                 out.append(_other_lines(req.order_id))
             else:
                 out.append(Repeat())
@@ -120,7 +121,7 @@ def plan_batch(
         if req.order_id in made:
             first = reqs[made[req.order_id]]
             assert isinstance(first, BatchRequest)
-            if first.lines != req.lines or first.location != req.location:
+            if not same_lines(first.lines, req.lines) or first.location != req.location:
                 out.append(_other_lines(req.order_id))
             else:
                 out.append(Repeat(made[req.order_id]))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
-from stockkeeper.domain.allocation import OrderLine, check_lines
+from stockkeeper.domain.allocation import OrderLine, check_lines, lines_of, same_lines
 from stockkeeper.domain.carriers import NoCarrier, Quote, Shipment, choose
 from stockkeeper.domain.errors import (
     Conflict,
@@ -186,11 +186,10 @@ class Orders:
 
     @staticmethod
     def _repeat(row: OrderRow, req: PlaceOrder) -> OrderView:
-        same = (row.lines, row.ship_to, row.required_delivery_date) == (
-            req.lines_doc(),
-            req.ship_to,
-            req.required_delivery_date,
-        )
+        same = same_lines(lines_of(row.lines), req.lines) and (
+            row.ship_to,
+            row.required_delivery_date,
+        ) == (req.ship_to, req.required_delivery_date)
         if not same:
             raise Conflict(f"order {req.order_id} was already placed with other contents")
         return OrderView(row)
@@ -219,7 +218,7 @@ class Orders:
                 check_payment_repeat(row.payment_reference, reference)
             if step.stock is StockAction.CONFIRM:
                 try:
-                    await self.reservations.confirm(order_id, c, source=SOURCE)
+                    await self.reservations.confirm(order_id, c, source=SOURCE, by_order=True)
                 except ReservationExpired:
                     # The confirm committed the expiry (stock back) in our transaction.
                     expired = True

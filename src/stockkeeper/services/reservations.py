@@ -29,18 +29,29 @@ from stockkeeper.domain.allocation import (
     OrderLine,
     allocate,
     check_lines,
+    lines_of,
+    same_lines,
+    unknown_location,
 )
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.domain.errors import (
     Conflict,
     DomainError,
+    InsufficientStock,
     InvalidRequest,
     NotFound,
     ReservationExpired,
 )
 from stockkeeper.domain.events import ALLOCATED, EVENT_FOR_STATUS, Event, order_key
 from stockkeeper.domain.quantities import Delta
-from stockkeeper.domain.reservation import Action, EntryType, Status, movement, plan
+from stockkeeper.domain.reservation import (
+    Action,
+    EntryType,
+    Status,
+    is_overdue,
+    movement,
+    plan,
+)
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, record_change, savepoint, transaction, utcnow
 from stockkeeper.store import reservations as repo
@@ -132,6 +143,15 @@ def _view(row: ReservationRow, allocs: Sequence[AllocationRow], created: bool) -
     return ReservationView(
         row.order_id, row.status, row.expires_at, lines, created, row.location, row.reason
     )
+
+
+def as_of(row: ReservationRow, now: datetime) -> ReservationRow:
+    """The reservation as the rules see it at ``now``: a PENDING one past its expiry is
+    EXPIRED (D-006) whether or not the expiry worker has swept it yet, so a repeated
+    reserve never answers "PENDING" for stock it no longer holds (D-426)."""
+    if is_overdue(row.status, row.expires_at, now):
+        return replace(row, status=Status.EXPIRED, reason=row.reason or "expired")
+    return row
 
 
 class Reservations:
@@ -231,10 +251,15 @@ class Reservations:
             conn, req.order_id, req.location, asked, expires_at, skus, lock=lock
         )
         if rid is None:
-            return await self._existing(conn, req, asked)
+            return await self._existing(conn, req, now)
         if unknown:  # told by the insert's statement (D-372)
             raise InvalidRequest(f"unknown sku: {', '.join(sorted(unknown))}", "body.lines")
-        plan_ = await self._allocate(conn, req, now, batches)
+        try:
+            plan_ = await self._allocate(conn, req, now, batches)
+        except InsufficientStock:
+            if req.location is not None and not await stock.known_locations(conn, [req.location]):
+                raise unknown_location(req.location) from None
+            raise
         movements = [
             Movement(a.batch_id, a.sku, Delta(reserved=a.quantity))
             for la in plan_
@@ -273,15 +298,13 @@ class Reservations:
         )
         return view
 
-    async def _existing(
-        self, conn: Conn, req: ReserveRequest, asked: list[dict[str, Any]]
-    ) -> ReservationView:
+    async def _existing(self, conn: Conn, req: ReserveRequest, now: datetime) -> ReservationView:
         found = await repo.with_allocations(conn, req.order_id)
         assert found is not None  # the insert conflicted on it
         row, allocs = found
-        if row.lines != asked or row.location != req.location:
+        if not same_lines(lines_of(row.lines), req.lines) or row.location != req.location:
             raise Conflict(f"order {req.order_id} already holds a reservation for other lines")
-        return _view(row, allocs, created=False)
+        return _view(as_of(row, now), allocs, created=False)
 
     async def _allocate(
         self,
@@ -344,17 +367,24 @@ class Reservations:
         *,
         source: str = "api",
     ) -> ReservationView:
-        return await self._step(order_id, Action.RELEASE, reason, conn, source)
+        return await self._step(order_id, Action.RELEASE, reason, conn, source, by_order=False)
 
     async def confirm(
-        self, order_id: str, conn: Conn | None = None, *, source: str = "api"
+        self,
+        order_id: str,
+        conn: Conn | None = None,
+        *,
+        source: str = "api",
+        by_order: bool = False,
     ) -> ReservationView:
-        return await self._step(order_id, Action.CONFIRM, None, conn, source)
+        """``by_order``: the order's payment confirms its reservation; anyone else
+        confirming an order's reservation is a conflict (D-425)."""
+        return await self._step(order_id, Action.CONFIRM, None, conn, source, by_order=by_order)
 
     async def fulfil(
         self, order_id: str, conn: Conn | None = None, *, source: str = "api"
     ) -> ReservationView:
-        return await self._step(order_id, Action.FULFIL, None, conn, source)
+        return await self._step(order_id, Action.FULFIL, None, conn, source, by_order=False)
 
     async def _step(
         self,
@@ -363,13 +393,21 @@ class Reservations:
         reason: str | None,
         conn: Conn | None,
         source: str,
+        *,
+        by_order: bool,
     ) -> ReservationView:
         async with transaction(self.pool, conn) as c:
-            found = await repo.with_allocations(c, order_id, lock=True)
+            found = await repo.lock_for_step(c, order_id)
             if found is None:
                 raise NotFound(f"no reservation for order {order_id}")
-            row, allocs = found
+            row, allocs = found.row, found.allocations
             step = plan(action, row.status, row.expires_at, self.clock())
+            if step.target is Status.CONFIRMED and found.of_order and not by_order:
+                # Confirmed behind the saga's back, the order would wait for its payment
+                # past its due time with the stock committed, never expiring (D-425).
+                raise Conflict(
+                    f"the reservation is order {order_id}'s: the order's payment confirms it"
+                )
             if step.target is not None:
                 assert step.entry_type is not None
                 await self._move(c, [(row, allocs)], step.target, step.entry_type, reason, source)

@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from stockkeeper.domain.allocation import OrderLine
-from stockkeeper.domain.errors import Conflict, DomainError
+from stockkeeper.domain.allocation import OrderLine, lines_of, unknown_location
+from stockkeeper.domain.errors import Conflict, DomainError, InsufficientStock
 from stockkeeper.domain.events import ALLOCATED, Event, order_key
 from stockkeeper.domain.quantities import Delta
 from stockkeeper.domain.reservation import EntryType, Status
@@ -45,6 +45,7 @@ from stockkeeper.services.reservations import (
     ReservationView,
     ReserveRequest,
     _view,
+    as_of,
     event_lines,
 )
 from stockkeeper.services.unit import announce_levels, transaction
@@ -113,6 +114,28 @@ class Turn:
     def release(self) -> None:
         """The batch is done with the order (it failed, retries, or has locked)."""
         self.has_locked()
+
+
+async def _where_unknown(
+    c: Conn, reqs: Sequence[BatchRequest | DomainError], outcomes: list[Outcome]
+) -> list[Outcome]:
+    """The outcomes, a shortage at a location that does not exist told as such (D-424):
+    one statement, and only when a request at a named location came up short."""
+    short = {
+        r.location
+        for r, o in zip(reqs, outcomes, strict=True)
+        if isinstance(o, InsufficientStock) and isinstance(r, BatchRequest) and r.location
+    }
+    if not short:
+        return outcomes
+    unknown = short - await stock.known_locations(c, short)
+    told: list[Outcome] = []
+    for r, o in zip(reqs, outcomes, strict=True):
+        at = r.location if isinstance(r, BatchRequest) else None
+        if isinstance(o, InsufficientStock) and at is not None and at in unknown:
+            o = unknown_location(at)
+        told.append(o)
+    return told
 
 
 def _doc(lines: Sequence[OrderLine]) -> list[dict[str, int | str]]:
@@ -221,9 +244,7 @@ class BatchReserver:
             existing = await repo.stored(c, taken_ids)
             held: dict[str, Held | None] = dict.fromkeys(taken_ids)
             for o, (row, _) in existing.items():
-                held[o] = Held(
-                    tuple(OrderLine(li["sku"], li["quantity"]) for li in row.lines), row.location
-                )
+                held[o] = Held(lines_of(row.lines), row.location)
             skus = sorted({li.sku for r in valid for li in r.lines})
             if turn is not None:
                 await turn.before_lock()
@@ -234,6 +255,7 @@ class BatchReserver:
             if without := [s for s in skus if s not in known]:
                 known |= await stock.known_skus(c, without)
             outcomes = plan_batch(checked_reqs, batches, known_skus=known, stored=held, now=now)
+            outcomes = await _where_unknown(c, checked_reqs, outcomes)
             answers = await self._write(c, checked_reqs, outcomes, ids, existing, source, now)
             if after_each is not None:
                 for _ in reqs:
@@ -330,7 +352,7 @@ class BatchReserver:
                 r = reqs[i]
                 assert isinstance(r, BatchRequest)
                 row_, allocs_ = existing[r.order_id]
-                answers.append(_view(row_, allocs_, created=False))
+                answers.append(_view(as_of(row_, now), allocs_, created=False))
         return answers
 
 

@@ -98,17 +98,34 @@ async def start(
     return rid, [batch_from_row(r) for r in rows if r["id"] is not None], unknown
 
 
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """A reservation locked for a step, its allocations, and whether it is the
+    reservation of an order still to be paid (D-425)."""
+
+    row: ReservationRow
+    allocations: list[AllocationRow]
+    of_order: bool
+
+
 @translated
 async def with_allocations(
-    conn: Conn, order_id: str, *, lock: bool = False
+    conn: Conn, order_id: str
 ) -> tuple[ReservationRow, list[AllocationRow]] | None:
     """``get`` and its ``allocations`` in one round trip."""
-    rows = await conn.fetch(
-        q("lock_reservation_allocations" if lock else "reservation_with_allocations"), order_id
-    )
-    if not rows:
-        return None
-    allocs = [
+    rows = await conn.fetch(q("reservation_with_allocations"), order_id)
+    return None if not rows else (_row(rows[0]), _allocations(rows))
+
+
+@translated
+async def lock_for_step(conn: Conn, order_id: str) -> Locked | None:
+    """``with_allocations``, the reservation locked, in one round trip."""
+    rows = await conn.fetch(q("lock_reservation_allocations"), order_id)
+    return None if not rows else Locked(_row(rows[0]), _allocations(rows), rows[0]["of_order"])
+
+
+def _allocations(rows: list[asyncpg.Record]) -> list[AllocationRow]:
+    return [
         AllocationRow(
             r["line_no"],
             r["sku"],
@@ -120,7 +137,6 @@ async def with_allocations(
         for r in rows
         if r["batch_id"] is not None
     ]
-    return _row(rows[0]), allocs
 
 
 @translated

@@ -64,6 +64,11 @@ async def known_skus(conn: Conn, skus: Sequence[str]) -> set[str]:
 
 
 @translated
+async def known_locations(conn: Conn, codes: Iterable[str]) -> set[str]:
+    return {r["code"] for r in await conn.fetch(q("location_exists"), sorted(set(codes)))}
+
+
+@translated
 async def ensure_location(conn: Conn, code: str) -> None:
     await conn.execute(q("ensure_location"), code)
 

@@ -6,6 +6,9 @@ INSERT INTO sku (sku) VALUES ($1) ON CONFLICT (sku) DO NOTHING;
 -- name: sku_exists
 SELECT sku FROM sku WHERE sku = ANY($1::text[]);
 
+-- name: location_exists
+SELECT code FROM location WHERE code = ANY($1::text[]);
+
 -- name: ensure_location
 INSERT INTO location (code) VALUES ($1) ON CONFLICT (code) DO NOTHING;
 

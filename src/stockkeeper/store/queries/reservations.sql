@@ -111,13 +111,21 @@ ORDER BY b.id;
 -- lock_reservation and reservation_allocations in one round trip (D-300): one row per
 -- allocation (one row of NULL allocation columns when it holds none). The lines never
 -- change after the reservation's insert, so the statement's snapshot reads them right.
+-- `of_order`: the reservation is that of an order still to be paid (PENDING or
+-- AWAITING_PAYMENT), whose payment confirms it (D-425); read, not locked, so the
+-- order-row-first lock order (D-083) is kept.
 WITH r AS (
     SELECT id, order_id, status, location, lines, expires_at, reason, created_at, updated_at
     FROM reservation
     WHERE order_id = $1
     FOR UPDATE
 )
-SELECT r.*, l.line_no, l.sku, l.batch_id, l.quantity, b.lot_number,
+SELECT r.*,
+       EXISTS (
+           SELECT 1 FROM orders o
+           WHERE o.order_id = r.order_id AND o.status IN ('PENDING', 'AWAITING_PAYMENT')
+       ) AS of_order,
+       l.line_no, l.sku, l.batch_id, l.quantity, b.lot_number,
        b.location AS batch_location
 FROM r
 LEFT JOIN reservation_line l ON l.reservation_id = r.id
