@@ -614,3 +614,51 @@ async def test_sandbox_erp_uses_the_embedded_postgres_and_outlives_an_up_restart
                 erp.stdout.close()
     leftover = stop_leftover_postgres(data_dir / "pg")
     assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived its last user"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("command", "path"), [("wms", "/v1/stock"), ("marketplace", "/v1/deltas")])
+def test_a_sandbox_keeps_its_stdout_for_the_snippet_and_logs_requests_on_stderr(
+    tmp_path: Path, command: str, path: str
+) -> None:
+    """``stockkeeper sandbox wms > wms.yaml`` gives a file that is the snippet alone: the
+    HTTP server's request lines go to stderr with its other log lines."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stockkeeper", "sandbox", command, "--port", str(port)],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the sandbox never answered"
+                time.sleep(0.1)
+        assert answer.status_code == 200, answer.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    snippet = yaml.safe_load(out)
+    assert snippet == {
+        "connectors": [
+            {
+                "id": f"{command}-sandbox",
+                "type": command,
+                "url": f"http://127.0.0.1:{port}",
+                **({"adapter": "generic"} if command == "marketplace" else {}),
+            }
+        ]
+    }, out
+    assert f"GET {path} " in err, err
