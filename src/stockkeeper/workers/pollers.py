@@ -32,6 +32,7 @@ from stockkeeper.store import cursors, locks, outbox, poll_requests
 from stockkeeper.store.cursors import Cursor
 from stockkeeper.store.pool import Conn
 from stockkeeper.waiting import wait_any
+from stockkeeper.workers.failures import log_round_failed
 
 log = get_logger("stockkeeper.pollers")
 
@@ -97,9 +98,9 @@ class Poller:
         try:
             async with self.c.pool.acquire() as conn:
                 asked = await poll_requests.take(conn, self.name)
-        except Exception:
+        except Exception as exc:
             self.metrics.worker_errors.labels(worker=f"poller:{self.name}").inc()
-            log.exception("poller.request_failed", connector=self.name)
+            log_round_failed(log, "poller.request_failed", exc, connector=self.name)
             return
         if asked is not None:
             log.info(
@@ -122,9 +123,9 @@ class Poller:
                 time.monotonic() - started
             )
             return more
-        except Exception:
+        except Exception as exc:
             self.metrics.worker_errors.labels(worker=f"poller:{self.name}").inc()
-            log.exception("poller.failed", connector=self.name)
+            log_round_failed(log, "poller.failed", exc, connector=self.name)
             return False
 
     async def poll_once(self) -> bool:
