@@ -205,9 +205,12 @@ class Propagator:
     ) -> None:
         try:
             await self.service.push_claimed(self.adapters[channel], claimed, lease_s, on_called)
-        except Exception as exc:
+        except Exception:
+            # Not a loop's round: a push whose outcome could not be booked, its rows held
+            # until their lease runs out (a feed's: feed_timeout_s + 600 s). An error with
+            # its traceback, whatever the cause (D-387).
             self.metrics.worker_errors.labels(worker="propagator").inc()
-            log_round_failed(log, "propagator.push_failed", exc, channel=channel, skus=len(claimed))
+            log.exception("propagator.push_failed", channel=channel, skus=len(claimed))
 
     async def push_once(self, channel: str) -> int:
         """Claim one batch of due pushes of ``channel`` and push it; how many were claimed."""
