@@ -248,7 +248,8 @@ async def check_room(pool: Pool, session_pool: Pool, settings: Settings) -> int:
             **numbers,
         )
     else:
-        log.info("database.connection_budget", **numbers)
+        # Debug: what fits needs no line before every command's own output (D-389).
+        log.debug("database.connection_budget", **numbers)
     return short
 
 

@@ -77,7 +77,11 @@ class _Section:
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> _Section:
     table = Table(show_edge=False)
-    for c in columns:
+    # The first column names the row (a queue, a channel, a connector): never cut, even
+    # in the 80 columns rich assumes when printing to a file or a pipe.
+    name_width = max((len(str(row[0])) for row in rows), default=0)
+    table.add_column(columns[0], no_wrap=True, min_width=name_width)
+    for c in columns[1:]:
         table.add_column(c)
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
@@ -111,8 +115,8 @@ def render(doc: dict[str, Any], console: Console) -> None:
             [
                 [
                     name,
-                    (ch.get("lag_ms") or {}).get("p50"),
-                    (ch.get("lag_ms") or {}).get("p99"),
+                    _ms((ch.get("lag_ms") or {}).get("p50")),
+                    _ms((ch.get("lag_ms") or {}).get("p99")),
                     ch.get("pending"),
                     ch.get("dead"),
                     ch.get("unlisted"),
@@ -134,6 +138,11 @@ def render(doc: dict[str, Any], console: Console) -> None:
     console.print(
         _table("WMS", ["connector", "details"], [[n, _flat(w)] for n, w in sorted(wms.items())])
     )
+
+
+def _ms(value: Any) -> Any:
+    """A lag in whole milliseconds (the API's fractions say nothing more here)."""
+    return f"{value:.0f}" if isinstance(value, int | float) else value
 
 
 def _flat(value: Any) -> str:

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import uvicorn
 from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
@@ -31,6 +30,7 @@ from stockkeeper_sandbox.server import (
     bearer_required,
     faulty_app,
     json_response,
+    serve_foreground,
 )
 
 MAX_LIMIT = 5000
@@ -246,4 +246,4 @@ def run(
     state = MarketplaceState()
     if seed_skus:
         state.seed(seed_skus, seed)
-    uvicorn.run(create_app(state, token), host=host, port=port, log_level="info", ws="none")
+    serve_foreground(create_app(state, token), host, port)

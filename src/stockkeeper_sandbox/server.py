@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import math
 import random
 import secrets
@@ -29,6 +30,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, params
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.config import LOGGING_CONFIG
 
 CONTROL_PREFIX = "/_sandbox"
 OUTCOMES = ("total", "ok", "throttled", "errors", "hung")
@@ -426,3 +428,13 @@ class SandboxServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def serve_foreground(app: FastAPI, host: str, port: int) -> None:
+    """Serve ``app`` until interrupted, as the ``stockkeeper sandbox`` commands do.
+    uvicorn's request lines go to stderr with its other lines (its default puts them on
+    stdout), so stdout holds only what the command prints there: the ``connectors:``
+    snippet, which ``stockkeeper sandbox wms > wms.yaml`` keeps whole."""
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    uvicorn.run(app, host=host, port=port, log_level="info", ws="none", log_config=log_config)

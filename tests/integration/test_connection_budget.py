@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import structlog
 
 from stockkeeper.bootstrap import Container, check_room
 from stockkeeper.config import DatabaseConfig
@@ -26,8 +27,12 @@ async def test_server_room_reads_the_servers_numbers(container: Container) -> No
 
 
 async def test_a_pool_the_server_has_no_room_for_is_reported(container: Container) -> None:
-    fits = await check_room(container.pool, container.session_pool, container.settings)
+    with structlog.testing.capture_logs() as logs:
+        fits = await check_room(container.pool, container.session_pool, container.settings)
     assert fits == 0
+    # What fits is said at debug only: `stockkeeper audit` and the like print their own
+    # output, not a line of connection figures first (D-389).
+    assert [e["log_level"] for e in logs] == ["debug"], logs
     # A process that may open more connections than the server has slots left.
     greedy = await create_pool(
         container.settings.database.url or "", DatabaseConfig(), size=100_000

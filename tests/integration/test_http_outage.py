@@ -1,6 +1,8 @@
 """The database briefly unavailable under load: every answer is a success or a 503
 ``unavailable`` problem+json with Retry-After, never a bare 500 (issue 13, point 10);
-any other unexpected error is a 500 problem+json whose request id is in the log.
+any other unexpected error is a 500 problem+json whose request id is in the log. The
+workers through the same outage: one warning line per failed round (D-387), and a
+poller that takes its lock again (D-388).
 
 The outage is real: a private PostgreSQL cluster of this module (initdb in a temp dir,
 on a free port) is stopped and started again. The machine's shared server is never
@@ -25,11 +27,16 @@ import httpx
 import pytest
 import structlog
 
+from stockkeeper.api.admin import create_admin_app
 from stockkeeper.api.inventory import create_inventory_app
 from stockkeeper.bootstrap import Container, build
-from stockkeeper.config import Settings
+from stockkeeper.config import MarketplaceConnectorConfig, Settings
 from stockkeeper.services.stock import Receipt
-from tests.support import WRITER_TOKEN, auth, base_config, free_port
+from stockkeeper.workers.pollers import MarketplacePoller
+from stockkeeper_sandbox.marketplace import MarketplaceState
+from stockkeeper_sandbox.server import SandboxServer
+from tests.e2e.messaging_helpers import wait_until
+from tests.support import ADMIN_TOKEN, WRITER_TOKEN, auth, base_config, free_port
 
 PROBLEM = "application/problem+json"
 W = auth(WRITER_TOKEN)
@@ -210,3 +217,90 @@ async def test_a_problem_keeps_the_callers_own_request_id(
     assert [e["event"] for e in logs if e.get("request_id") == "mine-123"] == [
         "http.unexpected_error"
     ]
+
+
+async def test_a_worker_round_while_the_database_is_away_is_one_warning_without_a_traceback(
+    cluster: PrivateCluster, app_on_cluster: tuple[Container, httpx.AsyncClient]
+) -> None:
+    """Every loop of a process fails each round while the database is away; a refused
+    connection's traceback per loop and round said nothing the error does not (D-387)."""
+    from stockkeeper.workers.expiry import ExpiryWorker
+
+    container, _ = app_on_cluster
+    stop = asyncio.Event()
+    await asyncio.to_thread(cluster.stop)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            worker = asyncio.ensure_future(ExpiryWorker(container).run(stop))
+            for _ in range(200):
+                if any(e["event"] == "expiry.failed" for e in logs):
+                    break
+                await asyncio.sleep(0.05)
+            stop.set()
+            await worker
+    finally:
+        await asyncio.to_thread(cluster.start)
+    failed = [e for e in logs if e["event"] == "expiry.failed"]
+    assert failed, logs
+    for entry in failed:
+        assert entry["log_level"] == "warning", entry
+        assert "exc_info" not in entry, entry
+        assert entry["unreachable"] is True
+        assert "refused" in entry["error"].lower() or "connect" in entry["error"].lower(), entry
+
+
+async def test_a_poller_takes_its_lock_and_poll_now_again_after_the_database_restarts(
+    cluster: PrivateCluster, tmp_path: Path, market: tuple[MarketplaceState, SandboxServer]
+) -> None:
+    """The connector's advisory lock and the LISTEN of "poll now" live on the poller's own
+    session, which a restart of the database ends: the poller takes both again, so
+    "poll now" still reaches it, and it stops cleanly afterwards (D-388)."""
+    state, server = market
+    cfg: dict[str, Any] = base_config(cluster.url)
+    cfg["database"]["pool_size"] = 4
+    cfg["data_dir"] = str(tmp_path / "data")
+    # An interval far beyond the test: only a poll request makes it poll again.
+    cfg["connectors"] = [{"id": "mp", "type": "marketplace", "url": server.url, "interval_s": 3600}]
+    c = await build(Settings.model_validate(cfg))
+    poller = MarketplacePoller(c, c.settings.connectors_of(MarketplaceConnectorConfig)[0])
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(poller.run(stop))
+
+    async def lock_held() -> bool:
+        try:
+            async with c.pool.acquire() as conn:
+                n = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        except Exception:  # the database still starting
+            return False
+        return bool(n == 1)
+
+    async def sales_queued() -> bool:
+        async with c.pool.acquire() as conn:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM domain_event WHERE event_type = 'ingest.mp'"
+            )
+        return bool(n >= 1)
+
+    transport = httpx.ASGITransport(app=create_admin_app(c))
+    try:
+        await wait_until(lock_held, timeout=30, what="the poller's lock")
+        await asyncio.to_thread(cluster.stop)
+        await asyncio.to_thread(cluster.start)
+        await wait_until(lock_held, timeout=30, what="the poller's lock, taken again")
+        state.sell("t-1", "A", 2)  # news the poller would not look for within the hour
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://admin", headers=auth(ADMIN_TOKEN)
+        ) as admin:
+            for _ in range(50):  # the pool may still hand out a connection of before
+                r = await admin.post("/admin/connectors/mp/poll")
+                if r.status_code == 202:
+                    break
+                await asyncio.sleep(0.1)
+            assert r.status_code == 202, r.text
+        await wait_until(sales_queued, timeout=30, what="the requested poll")
+        assert not task.done(), task
+    finally:
+        stop.set()
+        done = await asyncio.gather(task, return_exceptions=True)
+        await c.close()
+    assert done == [None], done  # stopped without an error from the lost session

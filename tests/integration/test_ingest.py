@@ -239,3 +239,60 @@ async def test_an_ingest_message_that_is_not_one_is_a_permanent_error(
     async with ingesting.pool.acquire() as conn, conn.transaction():
         with pytest.raises(PermanentError, match="connector"):
             await ingest_handler(ingesting.ingest)(conn, env)
+
+
+async def replay(c: Container, dead_id: int) -> Envelope:
+    """Replay a dead letter as an operator does, and read what reached the ingest queue
+    as the consumer runner reads it (a body that is no envelope stops there)."""
+    await (await c.operations()).replay(dead_id, "ops")
+    async with c.pool.acquire() as conn:
+        body = await conn.fetchval(
+            "SELECT body FROM queue_message WHERE (headers->>'x-replayed-from')::bigint = $1",
+            dead_id,
+        )
+    return Envelope.parse(bytes(body))
+
+
+async def handle(c: Container, env: Envelope) -> None:
+    async with c.pool.acquire() as conn, conn.transaction():
+        await ingest_handler(c.ingest)(conn, env)
+
+
+async def test_a_record_refused_for_its_unknown_sku_is_applied_when_replayed_after_it_exists(
+    ingesting: Container,
+) -> None:
+    c = ingesting
+    await deliver(c, "strict", [level("LATE", 5, T0)], [sale("t-9", "LATE", -2, "strict")])
+    async with c.pool.acquire() as conn:
+        dead = [r["id"] for r in await conn.fetch("SELECT id FROM dead_letter ORDER BY id")]
+    assert len(dead) == 2
+    await c.stock.receive(Receipt("LATE", 1, "r-late", None, None, None))  # the SKU now exists
+
+    for dead_id in dead:
+        await handle(c, await replay(c, dead_id))
+
+    assert (await on_hand(c, "LATE")).on_hand == 5 - 2
+    async with c.pool.acquire() as conn:
+        statuses = await conn.fetch("SELECT status FROM dead_letter ORDER BY id")
+    assert [r["status"] for r in statuses] == ["REPLAYED", "REPLAYED"]  # no new refusal
+    await assert_clean(c)
+
+
+async def test_a_bad_record_replayed_is_refused_again_with_its_reason(
+    ingesting: Container,
+) -> None:
+    c = ingesting
+    await deliver(c, "shop", [level("NEG", -1, T0)])
+    async with c.pool.acquire() as conn:
+        first = await conn.fetchrow("SELECT id, error FROM dead_letter")
+    assert first is not None
+
+    await handle(c, await replay(c, first["id"]))
+
+    async with c.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT status, error FROM dead_letter ORDER BY id")
+    assert [(r["status"], r["error"]) for r in rows] == [
+        ("REPLAYED", first["error"]),
+        ("DEAD", first["error"]),
+    ]
+    assert await c.stock.get_many(["NEG"]) == []

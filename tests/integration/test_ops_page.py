@@ -81,6 +81,17 @@ async def test_the_page_needs_a_login_and_the_cookie_is_locked_down(
     assert "script-src 'self'" in page.headers["content-security-policy"]
 
 
+async def test_the_page_answers_head_as_it_answers_get(browser: httpx.AsyncClient) -> None:
+    """`curl -I http://127.0.0.1:8081/admin/ui`, or an uptime checker, probes with HEAD."""
+    r = await browser.head(UI)
+    assert (r.status_code, r.headers["location"]) == (303, f"{UI}/login")
+    login = await browser.head(f"{UI}/login")
+    assert login.status_code == 200
+    assert login.headers["content-type"].startswith("text/html")
+    await log_in(browser)
+    assert (await browser.head(UI)).status_code == 200
+
+
 async def test_the_session_cookie_is_signed_and_never_holds_the_token(
     container: Container, browser: httpx.AsyncClient
 ) -> None:

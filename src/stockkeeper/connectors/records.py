@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import (
@@ -68,10 +68,13 @@ class SaleRecord(_Strict):
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A record that failed validation: what came, and why."""
+    """A record that failed validation: what came, and why; ``kind`` when it is one of
+    our own level or sale records (so a dead letter of it can be ingested again, D-386),
+    None when it is still in its source's format."""
 
     raw: Any
     error: str
+    kind: Literal["level", "sale"] | None = None
 
 
 def _reason(exc: ValidationError) -> str:
@@ -132,7 +135,7 @@ def parse_levels(raw: Sequence[Any]) -> tuple[list[LevelRecord], list[Refused]]:
     bad: list[Refused] = []
     for item, result in zip(raw, _validated(raw, _LEVELS, LevelRecord), strict=True):
         if isinstance(result, str):
-            bad.append(Refused(item, result))
+            bad.append(Refused(item, result, "level"))
         else:
             good.append(result)
     return good, bad
@@ -143,9 +146,9 @@ def parse_sales(raw: Sequence[Any]) -> tuple[list[SaleRecord], list[Refused]]:
     bad: list[Refused] = []
     for item, result in zip(raw, _validated(raw, _SALES, SaleRecord), strict=True):
         if isinstance(result, str):
-            bad.append(Refused(item, result))
+            bad.append(Refused(item, result, "sale"))
         elif result.delta == 0:
-            bad.append(Refused(item, "delta: must not be 0"))
+            bad.append(Refused(item, "delta: must not be 0", "sale"))
         else:
             good.append(result)
     return good, bad

@@ -12,8 +12,10 @@ with the reason while the rest flows on.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -42,6 +44,7 @@ from stockkeeper.domain.ingest import (
 )
 from stockkeeper.domain.quantities import Delta, oversell
 from stockkeeper.domain.reservation import EntryType
+from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, announce_levels, record_change, utcnow
 from stockkeeper.store import connector_state, dead_letters, outbox, source_records, stock
@@ -77,27 +80,42 @@ class Applied:
 
 
 async def refuse(
-    conn: Conn, connector: str, refused: Sequence[Refused], *, kind: str, reason_prefix: str = ""
+    conn: Conn, connector: str, refused: Sequence[Refused], *, reason_prefix: str = ""
 ) -> None:
     """Dead-letter records that cannot be booked, each its own dead letter with its
     reason, all in one statement."""
+    now = utcnow()
     await dead_letters.record_many(
         conn,
         [
             dead_letters.Letter(
                 queue=INGEST_QUEUE,
-                message_id=None,
-                routing_key=f"ingest.{connector}",
-                body=orjson.dumps(
-                    {"connector": connector, "kind": kind, "record": r.raw}, default=str
-                ),
+                routing_key=ingest_event_type(connector),
                 headers={"connector": connector},
                 error=f"{reason_prefix}{r.error}",
                 attempts=1,
+                **_letter(connector, r, now),
             )
             for r in refused
         ],
     )
+
+
+def _letter(connector: str, r: Refused, now: datetime) -> dict[str, Any]:
+    """The message id and body of a refused record's dead letter. One of our own level or
+    sale records is kept as an ingest message of that record alone, so a replay ingests
+    it again: applied once its SKU exists (``auto_create_skus`` off), else refused again
+    with its reason (D-386). A record still in its source's format is kept as it came."""
+    if r.kind is None:
+        record = {"connector": connector, "kind": "record", "record": r.raw}
+        return {"message_id": None, "body": orjson.dumps(record, default=str)}
+    # What orjson writes of it, as an ingest message's records are: JSON values only.
+    raw = orjson.loads(orjson.dumps(r.raw, default=str))
+    payload = {"connector": connector, "levels": [], "sales": []}
+    payload["levels" if r.kind == "level" else "sales"] = [raw]
+    env_id = uuid.uuid4()
+    body = Envelope.dump(env_id, ingest_event_type(connector), payload, occurred_at=now)
+    return {"message_id": str(env_id), "body": body}
 
 
 async def queue_records(
@@ -120,7 +138,7 @@ async def queue_records(
         chunk = [sale_json(r) for r in sales[i : i + per_message]]
         events.append(Event(kind, {"connector": connector, "levels": [], "sales": chunk}))
     await outbox.add(conn, events)
-    await refuse(conn, connector, refused, kind="record")
+    await refuse(conn, connector, refused)
     return len(events)
 
 
@@ -260,9 +278,15 @@ class IngestService:
         sales: Sequence[SaleRecord],
         unknown: set[str],
     ) -> None:
-        bad = [Refused(level_json(r), f"unknown sku {r.sku}") for r in levels if r.sku in unknown]
-        bad += [Refused(sale_json(r), f"unknown sku {r.sku}") for r in sales if r.sku in unknown]
-        await refuse(conn, connector, bad, kind="record", reason_prefix="auto_create_skus off: ")
+        bad = [
+            Refused(level_json(r), f"unknown sku {r.sku}", "level")
+            for r in levels
+            if r.sku in unknown
+        ]
+        bad += [
+            Refused(sale_json(r), f"unknown sku {r.sku}", "sale") for r in sales if r.sku in unknown
+        ]
+        await refuse(conn, connector, bad, reason_prefix="auto_create_skus off: ")
         self.metrics.dead_letters.labels(queue=INGEST_QUEUE).inc(len(bad))
 
     async def _newer_levels(self, conn: Conn, connector: str, wanted: list[Level]) -> list[Level]:

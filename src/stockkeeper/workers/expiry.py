@@ -11,6 +11,7 @@ import time
 from stockkeeper.bootstrap import Container
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.retention import Policy, Retention
+from stockkeeper.workers.failures import log_round_failed
 
 log = get_logger("stockkeeper.expiry")
 
@@ -59,10 +60,10 @@ class ExpiryWorker:
                 if last_prune is None or time.monotonic() - last_prune >= self.retention_interval:
                     last_prune = time.monotonic()
                     await self.prune()
-            except Exception:
+            except Exception as exc:
                 # Counted and logged; the loop goes on (the database may be restarting).
                 self.c.metrics.worker_errors.labels(worker="expiry").inc()
-                log.exception("expiry.failed")
+                log_round_failed(log, "expiry.failed", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
         log.info("expiry.stopped")

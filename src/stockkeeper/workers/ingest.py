@@ -37,7 +37,7 @@ def ingest_handler(service: IngestService) -> EffectHandler:
         sales, bad_sales = parse_sales(msg.sales)
         refused = bad_levels + bad_sales
         if refused:
-            await refuse(conn, msg.connector, refused, kind="record")
+            await refuse(conn, msg.connector, refused)
             service.metrics.dead_letters.labels(queue="inventory.ingest").inc(len(refused))
             service.metrics.ingest_records.labels(connector=msg.connector, outcome="refused").inc(
                 len(refused)

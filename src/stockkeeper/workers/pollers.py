@@ -16,6 +16,7 @@ instead of waiting out its interval, on whichever replica it runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 
@@ -30,8 +31,10 @@ from stockkeeper.services.ingest import INGEST_QUEUE, queue_records
 from stockkeeper.services.unit import transaction
 from stockkeeper.store import cursors, locks, outbox, poll_requests
 from stockkeeper.store.cursors import Cursor
+from stockkeeper.store.errors import StoreUnavailable, is_unavailable
 from stockkeeper.store.pool import Conn
 from stockkeeper.waiting import wait_any
+from stockkeeper.workers.failures import log_round_failed
 
 log = get_logger("stockkeeper.pollers")
 
@@ -65,41 +68,69 @@ class Poller:
         return pending + queued
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    await self._lead(stop)
+                except Exception as exc:
+                    if not is_unavailable(exc):
+                        raise
+                    # The lock's session could not be had or kept (the database away):
+                    # try again shortly on a fresh one.
+                    self.metrics.worker_errors.labels(worker=f"poller:{self.name}").inc()
+                    log_round_failed(log, "poller.lock_failed", exc, connector=self.name)
+                    await wait_any(stop, at_most=min(1.0, self.interval_s))
+        finally:
+            await self.close()
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        """Take the connector's lock and poll while it is held: until ``stop``, or until
+        the lock's session ends (the database restarted), which ended the lock and the
+        LISTEN of "poll now" with it; the caller then takes both again (D-388)."""
+        lost = asyncio.Event()
         # A session-level advisory lock: on a session of its own (not through PgBouncer).
         async with self.c.session_pool.acquire() as holder:
-            while not stop.is_set():
-                if await locks.try_hold(holder, lock_key(self.name)):
-                    break
-                log.info("poller.standby", connector=self.name)
-                await wait_any(stop, at_most=self.interval_s)
-            else:
-                return
-            unlisten = await poll_requests.listen(holder, self.name, self.wake)
+            unwatch = locks.watch_session(holder, lost)
             try:
-                log.info("poller.started", connector=self.name)
-                await self._loop(stop)
+                while not stop.is_set():
+                    if await locks.try_hold(holder, lock_key(self.name)):
+                        break
+                    log.info("poller.standby", connector=self.name)
+                    await wait_any(stop, lost, at_most=self.interval_s)
+                else:
+                    return
+                unlisten = await poll_requests.listen(holder, self.name, self.wake)
+                try:
+                    log.info("poller.started", connector=self.name)
+                    await self._loop(stop, lost)
+                finally:
+                    await unlisten()
+                    if not lost.is_set():
+                        # A session that ended meanwhile took its lock with it.
+                        with contextlib.suppress(StoreUnavailable):
+                            await locks.release(holder, lock_key(self.name))
             finally:
-                await unlisten()
-                await locks.release(holder, lock_key(self.name))
-                await self.close()
+                unwatch()
+        if lost.is_set() and not stop.is_set():
+            log.warning("poller.lock_lost", connector=self.name)
 
-    async def _loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+    async def _loop(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
+        while not stop.is_set() and not lost.is_set():
             # Cleared before the request is taken: one made during this round wakes the
             # wait below at once.
             self.wake.clear()
             await self.take_request()
             if not await self.tick():
-                await wait_any(stop, self.wake, at_most=self.interval_s)
+                await wait_any(stop, self.wake, lost, at_most=self.interval_s)
 
     async def take_request(self) -> None:
         """Take a pending "poll now" request: this round is the poll it asked for."""
         try:
             async with self.c.pool.acquire() as conn:
                 asked = await poll_requests.take(conn, self.name)
-        except Exception:
+        except Exception as exc:
             self.metrics.worker_errors.labels(worker=f"poller:{self.name}").inc()
-            log.exception("poller.request_failed", connector=self.name)
+            log_round_failed(log, "poller.request_failed", exc, connector=self.name)
             return
         if asked is not None:
             log.info(
@@ -122,9 +153,9 @@ class Poller:
                 time.monotonic() - started
             )
             return more
-        except Exception:
+        except Exception as exc:
             self.metrics.worker_errors.labels(worker=f"poller:{self.name}").inc()
-            log.exception("poller.failed", connector=self.name)
+            log_round_failed(log, "poller.failed", exc, connector=self.name)
             return False
 
     async def poll_once(self) -> bool:

@@ -42,6 +42,7 @@ from stockkeeper.store.channel_sync import Claimed
 from stockkeeper.store.listener import Listener, listen_then_poll
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.waiting import wait_any
+from stockkeeper.workers.failures import log_round_failed
 
 log = get_logger("stockkeeper.propagator")
 
@@ -205,6 +206,9 @@ class Propagator:
         try:
             await self.service.push_claimed(self.adapters[channel], claimed, lease_s, on_called)
         except Exception:
+            # Not a loop's round: a push whose outcome could not be booked, its rows held
+            # until their lease runs out (a feed's: feed_timeout_s + 600 s). An error with
+            # its traceback, whatever the cause (D-387).
             self.metrics.worker_errors.labels(worker="propagator").inc()
             log.exception("propagator.push_failed", channel=channel, skus=len(claimed))
 
@@ -236,9 +240,9 @@ class Propagator:
                     sampling = samples.get(ch)
                     if adapter.can_read and (sampling is None or sampling.done()):
                         samples[ch] = asyncio.ensure_future(self._sample(adapter))
-            except Exception:
+            except Exception as exc:
                 self.metrics.worker_errors.labels(worker="propagator").inc()
-                log.exception("propagator.monitor_failed")
+                log_round_failed(log, "propagator.monitor_failed", exc)
             await wait_any(stop, at_most=interval)
         tasks = [*repairs.values(), *samples.values()]
         for task in tasks:
@@ -248,9 +252,9 @@ class Propagator:
     async def _sample(self, adapter: ChannelAdapter) -> None:
         try:
             await self.service.sample(adapter)
-        except Exception:
+        except Exception as exc:
             self.metrics.worker_errors.labels(worker="propagator").inc()
-            log.exception("propagator.sample_failed", channel=adapter.id)
+            log_round_failed(log, "propagator.sample_failed", exc, channel=adapter.id)
 
 
 class _ChannelLoop:
@@ -365,4 +369,4 @@ class _ChannelLoop:
     def claim_failed(self, exc: Exception) -> None:
         # The database restarting, say: counted, logged, tried again shortly.
         self.worker.metrics.worker_errors.labels(worker="propagator").inc()
-        log.error("propagator.claim_failed", channel=self.channel, exc_info=exc)
+        log_round_failed(log, "propagator.claim_failed", exc, channel=self.channel)

@@ -33,6 +33,7 @@ from stockkeeper.store import connector_state
 from stockkeeper.store import wms as repo
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.waiting import wait_any
+from stockkeeper.workers.failures import log_round_failed
 
 log = get_logger("stockkeeper.wms_outbound")
 
@@ -128,9 +129,9 @@ class WmsOutboundWorker:
             self.wake.clear()
             try:
                 sent = await self.flush_once(name)
-            except Exception:
+            except Exception as exc:
                 self.metrics.worker_errors.labels(worker="wms-outbound").inc()
-                log.exception("wms_outbound.flush_failed", connector=name)
+                log_round_failed(log, "wms_outbound.flush_failed", exc, connector=name)
                 sent = None
             if sent is None or sent == 0:
                 await wait_any(stop, self.wake, at_most=IDLE_POLL_S)

@@ -28,6 +28,7 @@ from stockkeeper.services.wms import Rejected, SyncJob, WmsService
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.wms import CallRow
 from stockkeeper.waiting import wait_any
+from stockkeeper.workers.failures import log_round_failed
 
 log = get_logger("stockkeeper.wms_sync")
 
@@ -109,9 +110,9 @@ class WmsSyncWorker:
                 if job is not None:
                     await self.run_job(job)
                     continue
-            except Exception:
+            except Exception as exc:
                 self.metrics.worker_errors.labels(worker="wms-sync").inc()
-                log.exception("wms_sync.loop_failed")
+                log_round_failed(log, "wms_sync.loop_failed", exc)
             self.wake.clear()
             await wait_any(stop, self.wake, at_most=POLL_S)
 
@@ -125,9 +126,9 @@ class WmsSyncWorker:
                 try:
                     if await self.service.schedule_incremental(name, cfg.incremental_interval_s):
                         self.wake.set()
-                except Exception:
+                except Exception as exc:
                     self.metrics.worker_errors.labels(worker="wms-sync").inc()
-                    log.exception("wms_sync.schedule_failed", connector=name)
+                    log_round_failed(log, "wms_sync.schedule_failed", exc, connector=name)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), tick)
 

@@ -144,7 +144,9 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
 
     # -- login -------------------------------------------------------------------------
 
-    @app.get(f"{UI}/login", include_in_schema=False)
+    # HEAD too on the two entry points, as on /healthz (D-393): `curl -I` and uptime
+    # checkers probe the page with it.
+    @app.api_route(f"{UI}/login", methods=["GET", "HEAD"], include_in_schema=False)
     async def login_form(request: Request) -> Response:
         nonce = session.new_login_csrf()
         resp = _render("login.html", csrf=nonce, error=None)
@@ -192,7 +194,7 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
         items: list[dict[str, Any]] = doc["items"]
         return items
 
-    @app.get(UI, include_in_schema=False)
+    @app.api_route(UI, methods=["GET", "HEAD"], include_in_schema=False)
     async def index(request: Request) -> Response:
         who = session.principal(request, book)
         if who is None:
