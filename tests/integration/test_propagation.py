@@ -209,6 +209,25 @@ async def test_a_failing_channel_backs_off_then_dead_letters_and_a_replay_rearms
     assert [x.sku for x in await p.claim(B, 10)] == ["SKU-1"]
 
 
+async def test_a_last_failure_booked_twice_is_one_dead_letter(c: Container) -> None:
+    """A booking tried again (its connection was lost after the commit, D-438) finds the
+    claim no longer held and dead-letters nothing more."""
+    p = c.propagation
+    await record(p, "SKU-1", 1, 5)
+    async with c.pool.acquire() as conn:
+        await conn.execute("UPDATE channel_sync_state SET attempts = 2 WHERE channel = $1", A)
+    claimed = await p.claim(A, 10)
+    assert [x.attempts for x in claimed] == [3]
+    for _ in range(2):
+        await p.failed(A, claimed, "503 from the channel")
+    assert (await state(c, A, "SKU-1"))["status"] == "DEAD"
+    async with c.pool.acquire() as conn:
+        letters = await conn.fetchval(
+            "SELECT count(*) FROM dead_letter WHERE queue = 'channel.propagation'"
+        )
+    assert letters == 1
+
+
 async def test_a_refused_item_is_dead_lettered_and_an_unlisted_one_waits(c: Container) -> None:
     p = c.propagation
     await record(p, "SKU-1", 1, 5)

@@ -253,15 +253,17 @@ async def retry(
     )
 
 
-async def dead(conn: Conn, channel: str, claimed: Sequence[Claimed], error: str) -> None:
+async def dead(conn: Conn, channel: str, claimed: Sequence[Claimed], error: str) -> list[str]:
+    """Mark the claimed pushes DEAD; the SKUs whose claim was still held (in SKU order)."""
     claimed = by_sku(claimed)
-    await conn.execute(
+    rows = await conn.fetch(
         q("dead_pushes"),
         channel,
         [c.sku for c in claimed],
         [c.token for c in claimed],
         error[:2000],
     )
+    return sorted(r["sku"] for r in rows)
 
 
 async def unlisted(conn: Conn, channel: str, claimed: Sequence[Claimed]) -> None:

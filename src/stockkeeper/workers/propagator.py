@@ -206,9 +206,9 @@ class Propagator:
         try:
             await self.service.push_claimed(self.adapters[channel], claimed, lease_s, on_called)
         except Exception:
-            # Not a loop's round: a push whose outcome could not be booked, its rows held
-            # until their lease runs out (a feed's: feed_timeout_s + 600 s). An error with
-            # its traceback, whatever the cause (D-387).
+            # Not a loop's round: a push whose outcome could not be booked within its
+            # claim's lease (a database away all that time, D-438), or a bug; its rows are
+            # due again when the lease runs out. An error with its traceback (D-387).
             self.metrics.worker_errors.labels(worker="propagator").inc()
             log.exception("propagator.push_failed", channel=channel, skus=len(claimed))
 

@@ -5,7 +5,8 @@ dead-lettered)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from stockkeeper.connectors.channels import AtLocation, ChannelAdapter, Push, PushOutcome
@@ -13,11 +14,13 @@ from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
 from stockkeeper.connectors.shopify import MAX_PACE_WAIT_S
 from stockkeeper.messaging.consumer import dead_letter
 from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.messaging.outages import DATABASE_OUTAGE
 from stockkeeper.observability import tracing
 from stockkeeper.services.propagation.base import PropagationBase, log
 from stockkeeper.services.unit import transaction
 from stockkeeper.store import channel_sync as repo
 from stockkeeper.store import connector_state
+from stockkeeper.store.errors import is_unavailable
 from stockkeeper.store.pool import Conn
 
 PROPAGATION_QUEUE = "channel.propagation"
@@ -160,6 +163,9 @@ class Pusher(PropagationBase):
     ) -> Settled:
         channel = adapter.id
         lease = lease_s or self.lease_s(channel)
+        # What the channel answered is booked even if the database is away when the
+        # answer comes, for as long as this claim's lease lasts (D-438).
+        until = time.monotonic() + lease
         items = [
             Push(
                 c.sku,
@@ -174,10 +180,24 @@ class Pusher(PropagationBase):
 
         async def fence(skus: Sequence[str]) -> set[str]:
             wanted = set(skus)
-            async with self.pool.acquire() as conn:
-                return await repo.hold(
-                    conn, channel, [c for c in claimed if c.sku in wanted], lease
+            try:
+                async with self.pool.acquire() as conn:
+                    return await repo.hold(
+                        conn, channel, [c for c in claimed if c.sku in wanted], lease
+                    )
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                # No sender can claim the rows while the database is away, and this
+                # claim's lease outlasts the call (a feed's: its timeout and more): the
+                # rows are still ours; the booking's token check has the last word.
+                log.warning(
+                    "propagator.fence_unreachable",
+                    channel=channel,
+                    skus=len(wanted),
+                    error=f"{type(exc).__name__}: {exc}",
                 )
+                return wanted
 
         try:
             # The channel call continues the trace of the change that made it due (the
@@ -200,9 +220,14 @@ class Pusher(PropagationBase):
                     done.add(await self._call(adapter, [c], lease_s, at))
                 return done
             refused = [PushOutcome(claimed[0].sku, "rejected", error=str(exc))]
-            return await self.settle(channel, claimed, refused)
+            return await self._booked(
+                channel, until, lambda: self.settle(channel, claimed, refused)
+            )
         except ConnectorUnavailable as exc:
-            return await self.failed(channel, claimed, str(exc), exc.retry_after)
+            reason, retry_after = str(exc), exc.retry_after
+            return await self._booked(
+                channel, until, lambda: self.failed(channel, claimed, reason, retry_after)
+            )
         except asyncio.CancelledError:
             # Stopping: let go of the rows now rather than when the lease runs out, and
             # give back the attempt (a shutdown is not the channel failing).
@@ -210,8 +235,36 @@ class Pusher(PropagationBase):
             raise
         except Exception as exc:
             log.exception("propagator.adapter_failed", channel=channel)
-            return await self.failed(channel, claimed, f"{type(exc).__name__}: {exc}")
-        return await self.settle(channel, claimed, outcomes)
+            error = f"{type(exc).__name__}: {exc}"
+            return await self._booked(channel, until, lambda: self.failed(channel, claimed, error))
+        return await self._booked(channel, until, lambda: self.settle(channel, claimed, outcomes))
+
+    async def _booked(
+        self, channel: str, until: float, book: Callable[[], Awaitable[Settled]]
+    ) -> Settled:
+        """``book()``, tried again with growing pauses while the database cannot be
+        reached, until ``until`` (the claim's lease, on the monotonic clock): a push the
+        channel took is not left unbooked, its rows leased, for a database that was away
+        for a few seconds. Each booking is one transaction and fenced by the claim's
+        token, so one that committed before its connection was lost books nothing twice."""
+        waits = 0
+        while True:
+            try:
+                return await book()
+            except Exception as exc:
+                left = until - time.monotonic()
+                if not is_unavailable(exc) or left <= 0:
+                    raise
+                waits += 1
+                pause = min(DATABASE_OUTAGE.delay(waits), left)
+                log.warning(
+                    "propagator.booking_waits_for_database",
+                    channel=channel,
+                    waits=waits,
+                    retry_in_s=round(pause, 3),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            await asyncio.sleep(pause)
 
     async def settle(
         self, channel: str, claimed: Sequence[repo.Claimed], outcomes: Sequence[PushOutcome]
@@ -336,9 +389,12 @@ class Pusher(PropagationBase):
     async def _dead(
         self, conn: Conn, channel: str, claimed: Sequence[repo.Claimed], error: str
     ) -> None:
-        """Dead-letter pushes: the operator sees them, and a replay makes them due again."""
-        skus = [c.sku for c in claimed]
-        await repo.dead(conn, channel, claimed, error)
+        """Dead-letter pushes: the operator sees them, and a replay makes them due again.
+        Only those whose claim is still held: a claim another sender took is theirs, and a
+        booking tried again after a lost connection dead-letters nothing twice."""
+        skus = await repo.dead(conn, channel, claimed, error)
+        if not skus:
+            return
         env = Envelope.new(REARM, {"channel": channel, "skus": skus}, occurred_at=self.clock())
         await dead_letter(
             conn,

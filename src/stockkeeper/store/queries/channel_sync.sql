@@ -207,12 +207,14 @@ WHERE s.channel = $1 AND s.sku = r.sku AND s.claim_seq = r.token
   AND s.claimed_version IS NOT NULL;
 
 -- name: dead_pushes
+-- Returns the SKUs marked: only a claim still held is, so booking it again marks nothing.
 UPDATE channel_sync_state s SET
     status = 'DEAD', leased_until = NULL, claimed_version = NULL, claimed_changes = NULL,
     late_since = NULL, last_error = $4, updated_at = now()
 FROM unnest($2::text[], $3::bigint[]) AS d (sku, token)
 WHERE s.channel = $1 AND s.sku = d.sku AND s.claim_seq = d.token
-  AND s.claimed_version IS NOT NULL;
+  AND s.claimed_version IS NOT NULL
+RETURNING s.sku;
 
 -- name: unlisted_pushes
 -- The channel does not list these SKUs: nothing to push until drift repair finds them
