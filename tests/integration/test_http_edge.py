@@ -280,6 +280,26 @@ async def test_a_reused_idempotency_key_is_a_422_naming_the_header(
     assert [e["field"] for e in doc["errors"]] == ["header.Idempotency-Key"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/inventory/reserve", {"order_id": "o-bytes", "lines": [{"sku": "TEA", "quantity": 2}]}),
+        ("/inventory/receipts", {"sku": "TEA", "quantity": 3, "reference_id": "rcpt-bytes"}),
+        ("/inventory/release", {"order_id": "o-none"}),  # a problem answer too
+    ],
+)
+async def test_a_repeat_under_its_key_replays_the_first_answer_byte_for_byte(
+    http: httpx.AsyncClient, path: str, body: dict[str, Any]
+) -> None:
+    """D-439: the answer is kept as the text it was sent as, not reordered by jsonb."""
+    key = {**W, "Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    first = await http.post(path, json=body, headers=key)
+    again = await http.post(path, json=body, headers=key)
+    assert again.headers["Idempotency-Replayed"] == "true"
+    assert (again.status_code, again.content) == (first.status_code, first.content)
+    assert again.headers["content-type"] == first.headers["content-type"]
+
+
 # -- the probes answer HEAD as well as GET (D-393) --
 
 

@@ -215,7 +215,7 @@ RETURNING s.sku, s.version;
 -- the statement, when the SKU and location rows of the sibling inserts are there.
 WITH claim AS (
     INSERT INTO applied_reference (kind, reference_id, request_hash, response)
-    VALUES ('receipt', $1, $2, 'null'::jsonb)
+    VALUES ('receipt', $1, $2, 'null'::json)
     ON CONFLICT (kind, reference_id) DO NOTHING
     RETURNING reference_id
 ), new_sku AS (
@@ -244,7 +244,7 @@ LEFT JOIN batch ON true;
 -- repeat (the claim conflicted) locks nothing. One row of NULLs when no batch matched.
 WITH claim AS (
     INSERT INTO applied_reference (kind, reference_id, request_hash, response)
-    VALUES ('adjustment', $1, $2, 'null'::jsonb)
+    VALUES ('adjustment', $1, $2, 'null'::json)
     ON CONFLICT (kind, reference_id) DO NOTHING
     RETURNING reference_id
 ), batches AS (
@@ -262,7 +262,7 @@ LEFT JOIN batches b ON true;
 -- As adjust_start_batch, every batch of the SKU locked in id order (lock_batches).
 WITH claim AS (
     INSERT INTO applied_reference (kind, reference_id, request_hash, response)
-    VALUES ('adjustment', $1, $2, 'null'::jsonb)
+    VALUES ('adjustment', $1, $2, 'null'::json)
     ON CONFLICT (kind, reference_id) DO NOTHING
     RETURNING reference_id
 ), batches AS (

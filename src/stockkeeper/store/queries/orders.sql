@@ -51,7 +51,7 @@ WITH checks AS (
     -- so the order never goes in without its key.
     INSERT INTO idempotency_key (principal, key, method, path, request_hash, status_code,
                                  response)
-    SELECT $14::text, $15::text, $16::text, $17::text, $18::text, $19::integer, $20::jsonb
+    SELECT $14::text, $15::text, $16::text, $17::text, $18::text, $19::integer, $20::json
     FROM ins
     WHERE $14::text IS NOT NULL
     RETURNING 1

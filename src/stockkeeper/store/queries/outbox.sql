@@ -33,7 +33,7 @@ WITH ev AS (
 ), key_row AS (
     INSERT INTO idempotency_key (principal, key, method, path, request_hash, status_code,
                                  response)
-    SELECT $9::text, $10::text, $11::text, $12::text, $13::text, $14::integer, $15::jsonb
+    SELECT $9::text, $10::text, $11::text, $12::text, $13::text, $14::integer, $15::json
     FROM done
     WHERE $9::text IS NOT NULL
     ON CONFLICT (principal, key) DO NOTHING
