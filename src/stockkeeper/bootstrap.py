@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -76,6 +77,10 @@ class Container:
     embedded: EmbeddedPostgres | None = None
     failpoints: Failpoints = field(default_factory=Failpoints)
     _broker_ready: bool = False
+    # Consumers of one process start together and each asks for the broker: one of
+    # them connects it, the others wait for that (a connect each left extra LISTEN
+    # connections, or RabbitMQ connections, open that close() never saw).
+    _broker_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _operations: Operations | None = None
 
     @property
@@ -84,10 +89,12 @@ class Container:
         return RetryPolicy(b.retry_base_ms, b.retry_max_ms, b.max_attempts)
 
     async def connected_broker(self) -> Broker:
-        """The broker, connected (and its topology declared) on first use."""
-        if not self._broker_ready:
-            await self.broker.connect()
-            self._broker_ready = True
+        """The broker, connected (and its topology declared) on first use, once however
+        many callers ask at the same time."""
+        async with self._broker_lock:
+            if not self._broker_ready:
+                await self.broker.connect()
+                self._broker_ready = True
         return self.broker
 
     async def operations(self) -> Operations:

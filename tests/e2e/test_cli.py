@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -25,6 +26,7 @@ from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
 from tests.e2e.helpers import clean_env, run_cli
+from tests.e2e.messaging_helpers import Child
 from tests.support import base_config, free_port
 
 
@@ -131,6 +133,59 @@ def test_run_with_a_port_that_is_not_a_number_exits_naming_the_key(
     assert "api.inventory_port" in result.stderr, result.stderr
     assert "abc" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def run_config(db_url: str) -> dict[str, Any]:
+    """A service's configuration for a start-and-stop test: info lines, so the log says
+    when it started (consumer.started)."""
+    return base_config(db_url, logging={"level": "info"})
+
+
+async def started_then_stopped(child: Child, sig: signal.Signals) -> int:
+    """Start ``child``, wait for its consumer.started line, send ``sig``, and return its
+    exit code (the test fails if it is still running 20 s later)."""
+    child.start()
+    deadline = time.monotonic() + 30
+    while not child.logged("consumer.started"):
+        assert child.returncode is None, child.log_tail()
+        assert time.monotonic() < deadline, child.log_tail()
+        await asyncio.sleep(0.1)
+    assert child.proc is not None
+    child.proc.send_signal(sig)
+    try:
+        return await child.wait_exit(20)
+    finally:
+        child.stop()
+
+
+# Their consumers (propagation.consumers, orders.consumers: 4) start at once. They used
+# to connect the embedded queue once each: three LISTEN connections nobody closed, and
+# the process hung on its way out waiting for them.
+SEVERAL_CONSUMERS = ["propagator", "saga"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("service", SEVERAL_CONSUMERS)
+async def test_a_service_with_several_consumers_stops_on_sigterm_with_exit_0(
+    service: str, db_url: str, tmp_path: Path
+) -> None:
+    child = Child(["run", service], run_config(db_url), tmp_path, label=service)
+
+    rc = await started_then_stopped(child, signal.SIGTERM)
+
+    assert rc == 0, child.log_tail()
+    assert "Traceback" not in child.log_tail(100_000)
+
+
+@pytest.mark.slow
+async def test_a_service_with_several_consumers_stops_on_sigint_too(
+    db_url: str, tmp_path: Path
+) -> None:
+    child = Child(["run", "propagator"], run_config(db_url), tmp_path, label="propagator")
+
+    rc = await started_then_stopped(child, signal.SIGINT)
+
+    assert rc == 0, child.log_tail()
 
 
 # -- audit -----------------------------------------------------------------------------------
