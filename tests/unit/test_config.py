@@ -250,6 +250,77 @@ def test_env_vars_that_contradict_each_other() -> None:
         load_settings(environ=env)
 
 
+@pytest.mark.parametrize(
+    ("name", "raw", "key", "value"),
+    [
+        # YAML would read these as a mapping, a number and a cut-off comment.
+        pytest.param("STOCKKEEPER_API__HOST", "::", ("api", "host"), "::", id="ipv6-any"),
+        pytest.param(
+            "STOCKKEEPER_BROKER__PREFIX", "2026", ("broker", "prefix"), "2026", id="digits"
+        ),
+        pytest.param(
+            "STOCKKEEPER_DATABASE__URL",
+            "postgresql://sk:pa #ss@db/sk",
+            ("database", "url"),
+            "postgresql://sk:pa #ss@db/sk",
+            id="hash",
+        ),
+        pytest.param("STOCKKEEPER_API__HOST", "'::1'", ("api", "host"), "::1", id="quoted"),
+        pytest.param("STOCKKEEPER_DATABASE__URL", "null", ("database", "url"), None, id="null"),
+    ],
+)
+def test_a_text_setting_from_the_environment_is_the_text_as_written(
+    name: str, raw: str, key: tuple[str, str], value: str | None
+) -> None:
+    s = load_settings(environ={name: raw})
+    assert getattr(getattr(s, key[0]), key[1]) == value
+
+
+def test_a_key_of_a_list_entry_is_overridden_by_its_number(tmp_path: Path) -> None:
+    wms = {"id": "wms-main", "type": "wms", "url": "https://wms.example", "token_env": "WMS_T"}
+    token = {"name": "ops", "token": TOKEN, "scopes": ["admin"]}
+    path = write(tmp_path, {"api": {"tokens": [token]}, "connectors": [wms]})
+    s = load_settings(
+        path,
+        environ={
+            "STOCKKEEPER_CONNECTORS__0__URL": "https://wms.staging.example",
+            "STOCKKEEPER_CONNECTORS__0__RATE_LIMIT_RPS": "2",
+            "STOCKKEEPER_API__TOKENS__0__SCOPES": "[inventory:read]",
+        },
+    )
+    (conn,) = s.connectors_of(WmsConnectorConfig)
+    assert (conn.id, conn.url, conn.rate_limit_rps) == (
+        "wms-main",
+        "https://wms.staging.example",
+        2,
+    )
+    assert (s.api.tokens[0].name, s.api.tokens[0].scopes) == ("ops", ["inventory:read"])
+
+
+def test_a_list_entry_the_file_does_not_have_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"STOCKKEEPER_CONNECTORS__0__URL": "https://wms.example"})
+    msg = str(info.value)
+    assert "STOCKKEEPER_CONNECTORS__0" in msg
+    assert "no entry 0" in msg
+    assert "STOCKKEEPER_CONNECTORS" in msg
+
+
+@pytest.mark.parametrize("where", ["file", "environment"])
+def test_a_variable_named_as_a_secrets_home_is_not_a_setting(tmp_path: Path, where: str) -> None:
+    """token_env: STOCKKEEPER_OPS_TOKEN is the secret, not an unknown key "ops_token"
+    (whose value the error would have shown)."""
+    tokens = [{"token_env": "STOCKKEEPER_OPS_TOKEN", "scopes": ["admin"]}]
+    env = {"STOCKKEEPER_OPS_TOKEN": "sk-the-secret-itself-0123"}
+    if where == "file":
+        path: Path | None = write(tmp_path, {"api": {"tokens": tokens}})
+    else:
+        path = None
+        env["STOCKKEEPER_API__TOKENS"] = yaml.safe_dump(tokens, default_flow_style=True)
+    s = load_settings(path, environ=env)
+    assert s.api.tokens[0].token_env == "STOCKKEEPER_OPS_TOKEN"
+
+
 def test_explicit_missing_file() -> None:
     with pytest.raises(ConfigError, match=r"does-not-exist\.yaml does not exist"):
         load_settings("does-not-exist.yaml", environ={})
