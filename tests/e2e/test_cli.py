@@ -188,6 +188,31 @@ async def test_a_service_with_several_consumers_stops_on_sigint_too(
     assert rc == 0, child.log_tail()
 
 
+@pytest.mark.slow
+async def test_a_workers_metrics_listen_where_the_http_services_do(
+    db_url: str, tmp_path: Path
+) -> None:
+    """monitoring.metrics_port is served on api.host, as /metrics of the HTTP services
+    is, not on every interface of the machine."""
+    cfg = run_config(db_url)
+    cfg["api"] = {**cfg["api"], "host": "127.0.0.2"}  # loopback too, but not 127.0.0.1
+    child = Child(["run", "expiry"], cfg, tmp_path, label="expiry").start()
+    try:
+        deadline = time.monotonic() + 30
+        while not child.logged("runner.started"):
+            assert child.returncode is None, child.log_tail()
+            assert time.monotonic() < deadline, child.log_tail()
+            await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(timeout=5) as client:
+            there = await client.get(f"http://127.0.0.2:{child.metrics_port}/metrics")
+            assert there.status_code == 200
+            assert "stockkeeper_retention_deleted_total" in there.text
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{child.metrics_port}/metrics")
+    finally:
+        child.stop()
+
+
 # -- audit -----------------------------------------------------------------------------------
 
 

@@ -151,13 +151,16 @@ def freeze_startup_heap() -> None:
 
 
 def serve_metrics(container: Container, port: int) -> None:
-    """The workers' Prometheus endpoint on ``port`` (``monitoring.metrics_port``); a port
-    that is taken stops the start with a message naming the key, not a traceback."""
+    """The workers' Prometheus endpoint on ``port`` (``monitoring.metrics_port``) of
+    ``api.host``, the address the HTTP services listen on (prometheus_client's default
+    is every interface); a port that is taken stops the start with a message naming the
+    key, not a traceback."""
+    host = container.settings.api.host
     try:
-        start_http_server(port, registry=container.metrics.registry)
+        start_http_server(port, addr=host, registry=container.metrics.registry)
     except OSError as exc:
         raise SystemExit(
-            f"stockkeeper: monitoring.metrics_port {port} cannot be opened "
+            f"stockkeeper: monitoring.metrics_port {port} cannot be opened on {host} "
             f"({exc.strerror or exc}); "
             "each worker process on a host needs a port of its own "
             "(STOCKKEEPER_MONITORING__METRICS_PORT), or 0 for none"
