@@ -522,6 +522,15 @@ def test_retention_defaults_outlast_the_redelivery_window() -> None:
     assert s.retention.consumer_position_s > s.broker.redelivery_window_s()
 
 
+def test_webhook_deliveries_are_kept_longer_than_the_replay_window(tmp_path: Path) -> None:
+    hook = {"id": "shop", "type": "webhook", "secret_env": "SHOP_SECRET", "tolerance_s": 7200}
+    path = write(tmp_path, {"connectors": [hook], "retention": {"webhook_delivery_s": 3600}})
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert "retention.webhook_delivery_s (3600 s)" in str(info.value)
+    assert "shop's tolerance_s (7200 s)" in str(info.value)
+
+
 def test_redelivery_window_follows_the_retry_settings(tmp_path: Path) -> None:
     doc = {"broker": {"retry_base_ms": 500, "retry_max_ms": 2000, "max_attempts": 4}}
     s = load_settings(write(tmp_path, doc), environ={})

@@ -15,7 +15,12 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import Field, model_validator
 
 from stockkeeper.config.base import ConfigError, Section
-from stockkeeper.config.connectors import AnyConnector, ChannelConfig, ConnectorConfig
+from stockkeeper.config.connectors import (
+    AnyConnector,
+    ChannelConfig,
+    ConnectorConfig,
+    WebhookConnectorConfig,
+)
 from stockkeeper.domain.backoff import Backoff
 
 C = TypeVar("C", bound=ConnectorConfig)
@@ -216,6 +221,11 @@ class RetentionConfig(Section):
     # A consumer's per-SKU position, from its last advance: the same bound, or a late
     # stale event would be applied over a newer one.
     consumer_position_s: int = Field(default=30 * 86_400, ge=60)
+    # The WMS call log (every try of every call), from the call.
+    wms_call_s: int = Field(default=7 * 86_400, ge=60)
+    # Webhook delivery ids taken once, from their arrival: longer than every webhook
+    # connector's tolerance_s (checked at load), past which a delivery is refused anyway.
+    webhook_delivery_s: int = Field(default=7 * 86_400, ge=60)
     # Rows deleted per statement (each its own short transaction), batches per table
     # per run, and how often the expiry worker runs the pruning.
     batch_size: int = Field(default=1000, ge=1, le=10_000)
@@ -315,6 +325,18 @@ class Settings(Section):
                     f"retention.{key} ({kept} s) must be longer than the longest redelivery "
                     f"window, {window:.0f} s (from broker.retry_base_ms, retry_max_ms, "
                     "max_attempts and lease_ms)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _deliveries_outlast_the_replay_window(self) -> Settings:
+        kept = self.retention.webhook_delivery_s
+        for hook in self.connectors_of(WebhookConnectorConfig):
+            if kept <= hook.tolerance_s:
+                raise ValueError(
+                    f"retention.webhook_delivery_s ({kept} s) must be longer than "
+                    f"connector {hook.id}'s tolerance_s ({hook.tolerance_s} s), or a "
+                    "delivery sent again within it would be applied twice"
                 )
         return self
 

@@ -21,6 +21,8 @@ class Pruned(StrEnum):
     PROCESSED_MESSAGES = "processed_message"
     CONSUMER_POSITIONS = "consumer_position"
     IDEMPOTENCY_KEYS = "idempotency_key"
+    WMS_CALLS = "wms_call"
+    WEBHOOK_DELIVERIES = "webhook_delivery"
 
 
 _QUERY = {
@@ -28,6 +30,8 @@ _QUERY = {
     Pruned.PROCESSED_MESSAGES: "prune_processed_messages",
     Pruned.CONSUMER_POSITIONS: "prune_consumer_positions",
     Pruned.IDEMPOTENCY_KEYS: "prune_idempotency_keys",
+    Pruned.WMS_CALLS: "prune_wms_calls",
+    Pruned.WEBHOOK_DELIVERIES: "prune_webhook_deliveries",
 }
 
 
