@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from stockkeeper.api.auth import TokenBook, build_token_book
 from stockkeeper.config import (
@@ -40,6 +41,7 @@ from stockkeeper.services.unit import Clock, utcnow
 from stockkeeper.services.wms import WmsService
 from stockkeeper.store.budget import server_room
 from stockkeeper.store.embedded import EmbeddedPostgres, start_embedded
+from stockkeeper.store.errors import StoreError
 from stockkeeper.store.migrate import migrate
 from stockkeeper.store.pool import ONE_OFF, Connections, Pool, create_pool, create_session_pool
 
@@ -213,14 +215,39 @@ def database_url(settings: Settings, *, create: bool = True) -> tuple[str, Embed
     return server.url, server
 
 
+def shown_url(url: str) -> str:
+    """``url`` fit for a message: its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
 async def open_pools(url: str, settings: Settings, needs: Connections) -> tuple[Pool, Pool]:
-    """The transaction pool and the session pool (the same one without PgBouncer)."""
+    """The transaction pool and the session pool (the same one without PgBouncer); a
+    database that cannot be opened is a :class:`ConfigError` naming the key."""
     cfg = settings.database
-    pool = await create_pool(url, cfg, size=needs.pool_size(cfg))
+    where = (
+        f"database.url ({shown_url(url)})"
+        if cfg.url
+        else f"the embedded PostgreSQL in {settings.data_dir}"
+    )
+    try:
+        pool = await create_pool(url, cfg, size=needs.pool_size(cfg))
+    except StoreError as exc:
+        raise ConfigError(f"{where}: cannot connect: {exc}") from exc
     if not cfg.pgbouncer:
         return pool, pool
     try:
         return pool, await create_session_pool(cfg, needs.session_pool_size())
+    except StoreError as exc:
+        await pool.close()
+        assert cfg.direct_url is not None
+        raise ConfigError(
+            f"database.direct_url ({shown_url(cfg.direct_url)}): cannot connect: {exc}"
+        ) from exc
     except BaseException:
         await pool.close()
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -319,6 +320,20 @@ def test_a_variable_named_as_a_secrets_home_is_not_a_setting(tmp_path: Path, whe
         env["STOCKKEEPER_API__TOKENS"] = yaml.safe_dump(tokens, default_flow_style=True)
     s = load_settings(path, environ=env)
     assert s.api.tokens[0].token_env == "STOCKKEEPER_OPS_TOKEN"
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("STOCKKEEPER_DATABASE__URL", "db.internal:5432/sk"),
+        ("STOCKKEEPER_DATABASE__DIRECT_URL", "mysql://db/sk"),
+        ("STOCKKEEPER_BROKER__URL", "rabbitmq.internal:5672"),
+    ],
+)
+def test_a_url_of_another_kind_is_refused_naming_the_key(name: str, raw: str) -> None:
+    key = name.removeprefix("STOCKKEEPER_").lower().replace("__", ".")
+    with pytest.raises(ConfigError, match=rf"  {re.escape(key)}: .*must be an? (amqp|postgresql)"):
+        load_settings(environ={name: raw})
 
 
 def test_explicit_missing_file() -> None:

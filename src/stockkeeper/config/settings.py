@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from stockkeeper.config.base import ConfigError, Section
 from stockkeeper.config.connectors import (
@@ -41,6 +41,13 @@ class DatabaseConfig(Section):
     # ``direct_url``, PostgreSQL itself.
     pgbouncer: bool = False
     direct_url: str | None = None
+
+    @field_validator("url", "direct_url")
+    @classmethod
+    def _a_postgresql_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (or unset for the embedded one)")
+        return url
 
     @model_validator(mode="after")
     def _direct_behind_pgbouncer(self) -> DatabaseConfig:
@@ -74,6 +81,13 @@ class BrokerConfig(Section):
     # and how often idle consumers look for work when no notification arrives.
     lease_ms: int = Field(default=30_000, ge=100)
     poll_ms: int = Field(default=500, ge=10)
+
+    @field_validator("url")
+    @classmethod
+    def _an_amqp_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL (or unset for the embedded queue)")
+        return url
 
     def redelivery_window_s(self) -> float:
         """The longest a message can still come back after a consumer first saw it:

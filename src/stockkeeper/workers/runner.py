@@ -176,6 +176,10 @@ async def serve(
     stop = asyncio.Event()
     with _stopped_by_signals(stop):
         built = await build_services(container, wanted)
+        if consumers or built.consumers:
+            # Connected before anything runs: a broker that cannot be reached stops the
+            # start with the setting to look at, before any consumer has begun.
+            await container.connected_broker()
         named = [(http.name, _http_server(container, http)) for http in built.apps]
         metrics_port = container.settings.monitoring.metrics_port
         if not named and metrics_port:
