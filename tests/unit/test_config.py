@@ -352,6 +352,24 @@ def test_invalid_yaml(tmp_path: Path) -> None:
         load_settings(path, environ={})
 
 
+def test_a_key_given_twice_is_refused_naming_it(tmp_path: Path) -> None:
+    # PyYAML keeps the last one silently: the first api section's port would be lost.
+    path = write(tmp_path, "api:\n  inventory_port: 9000\ndatabase: {}\napi:\n  host: 0.0.0.0\n")
+    with pytest.raises(ConfigError, match="found the key 'api' twice"):
+        load_settings(path, environ={})
+
+
+@pytest.mark.parametrize("kind", ["directory", "not-utf-8"])
+def test_a_config_file_that_cannot_be_read_is_named(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "stockkeeper.yaml"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"api:\n  host: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=f"config file {re.escape(str(path))} cannot be read"):
+        load_settings(path, environ={})
+
+
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     path = write(tmp_path, "- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):

@@ -36,6 +36,25 @@ NOT_SETTINGS = {
 }
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the
+    last silently, so a second ``api:`` section would drop the first one's keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"found the key {key!r} twice",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _choices(annotation: Any) -> list[Any]:
     """The types a field accepts: Optional, unions and Annotated unwrapped."""
     origin = typing.get_origin(annotation)
@@ -189,7 +208,11 @@ def load_settings(
     origin = "defaults"
     if file.exists():
         try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file} cannot be read: {exc}") from None
+        try:
+            loaded = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as exc:
             raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
