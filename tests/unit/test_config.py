@@ -504,6 +504,28 @@ def test_the_commented_connector_example_is_valid() -> None:
     assert (wms.id, wms.page_size, wms.outbound_batch_size) == ("wms-main", 500, 100)
 
 
+def test_the_connector_examples_explain_every_key_of_their_type() -> None:
+    """Every key a connector type takes is explained in the example file's connector
+    part (its opening lines, or the commented entries)."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    part = text[text.index("# Outside systems") :]
+    lines = part.splitlines()
+    start = lines.index("# connectors:                                        # example")
+    block = ["connectors:"] + [
+        line[1:].split(" #")[0].rstrip() for line in lines[start + 1 :] if line.startswith("#  ")
+    ]
+    s = Settings.model_validate(yaml.safe_load("\n".join(block)))
+    missing = {
+        c.type: [
+            field.alias or name
+            for name, field in type(c).model_fields.items()
+            if not re.search(rf"\b{field.alias or name}\b", part)
+        ]
+        for c in s.connectors
+    }
+    assert {t: keys for t, keys in missing.items() if keys} == {}
+
+
 def test_a_channels_echo_sources_must_name_connectors(tmp_path: Path) -> None:
     hook = {"id": "shop-orders", "type": "webhook", "secret_env": "SHOP_SECRET"}
     channel = {
