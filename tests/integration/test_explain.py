@@ -191,7 +191,7 @@ async def messaging_filled(container: Container) -> Container:
     sent over the last 20 days; 1 in 100 PENDING, 1 in 400 FAILED), 20k queue messages
     over 20 busy queues and a quiet one (1 in 400), 20k channel rows over 2 channels
     (1 in 50 due), and 20k rows each of processed_message, consumer_position,
-    idempotency_key, wms_call and webhook_delivery spread over 20 days."""
+    idempotency_key, wms_call, webhook_delivery and channel_push spread over 20 days."""
     async with container.pool.acquire() as conn:
         await conn.execute(
             """
@@ -261,8 +261,14 @@ async def messaging_filled(container: Container) -> Container:
             ROWS,
         )
         await conn.execute(
+            "INSERT INTO channel_push (channel, sku, version, quantity, changes, attempts, "
+            f"lag_ms, acked_at) SELECT 'ch' || g % 2, 'S-' || g, 1, 1, 1, 1, 5.0, {spread} "
+            "FROM generate_series($1::int, 1, -1) AS g",
+            ROWS,
+        )
+        await conn.execute(
             "ANALYZE domain_event, queue_message, channel_sync_state, processed_message, "
-            "consumer_position, idempotency_key, wms_call, webhook_delivery"
+            "consumer_position, idempotency_key, wms_call, webhook_delivery, channel_push"
         )
     return container
 
@@ -321,6 +327,7 @@ async def test_mark_processed_checks_the_key_and_nothing_else(
         (Pruned.IDEMPOTENCY_KEYS, "idempotency_key_created"),
         (Pruned.WMS_CALLS, "wms_call_created"),
         (Pruned.WEBHOOK_DELIVERIES, "webhook_delivery_received"),
+        (Pruned.CHANNEL_PUSHES, "channel_push_pkey"),
     ],
 )
 async def test_retention_deletes_walk_the_time_index(

@@ -70,6 +70,13 @@ async def fill(conn: Any) -> None:
         OLD,
         NEW,
     )
+    await conn.execute(
+        "INSERT INTO channel_push (channel, sku, version, quantity, changes, attempts, lag_ms,"
+        " acked_at) "
+        f"SELECT 'shop', 'S-' || g, 1, 1, 1, 1, 5.0, t FROM ({ts}) AS ts",
+        OLD,
+        NEW,
+    )
 
 
 async def ages(conn: Any) -> dict[str, tuple[int, int]]:
@@ -81,6 +88,7 @@ async def ages(conn: Any) -> dict[str, tuple[int, int]]:
         "idempotency_key": ("created_at", ""),
         "wms_call": ("created_at", ""),
         "webhook_delivery": ("received_at", ""),
+        "channel_push": ("acked_at", ""),
     }
     out = {}
     for table, (column, where) in age_of.items():
@@ -194,6 +202,7 @@ def config(config: dict[str, Any]) -> dict[str, Any]:
         "batch_size": 4,
     }
     config["api"] = {**config["api"], "idempotency_ttl_seconds": 3600}
+    config["propagation"] = {"push_log_retention_s": 3600}
     return config
 
 

@@ -22,6 +22,7 @@ class Pruned(StrEnum):
     CONSUMER_POSITIONS = "consumer_position"
     IDEMPOTENCY_KEYS = "idempotency_key"
     WMS_CALLS = "wms_call"
+    CHANNEL_PUSHES = "channel_push"
     WEBHOOK_DELIVERIES = "webhook_delivery"
 
 
@@ -31,6 +32,7 @@ _QUERY = {
     Pruned.CONSUMER_POSITIONS: "prune_consumer_positions",
     Pruned.IDEMPOTENCY_KEYS: "prune_idempotency_keys",
     Pruned.WMS_CALLS: "prune_wms_calls",
+    Pruned.CHANNEL_PUSHES: "prune_channel_pushes",
     Pruned.WEBHOOK_DELIVERIES: "prune_webhook_deliveries",
 }
 

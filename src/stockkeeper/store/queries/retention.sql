@@ -68,3 +68,16 @@ WHERE ctid = ANY(ARRAY(
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ));
+
+-- name: prune_channel_pushes
+-- The channel push log (lag percentiles, the ops page's chart). Its index leads with
+-- the channel, so the batch walks the primary key instead: ids are given in the order
+-- pushes are acknowledged, so the oldest come first.
+DELETE FROM channel_push
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM channel_push
+    WHERE acked_at < now() - make_interval(secs => $1)
+    ORDER BY id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+));
