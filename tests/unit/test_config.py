@@ -307,7 +307,7 @@ def test_a_list_entry_the_file_does_not_have_is_named() -> None:
     assert "STOCKKEEPER_CONNECTORS" in msg
 
 
-@pytest.mark.parametrize("where", ["file", "environment"])
+@pytest.mark.parametrize("where", ["file", "environment", "one-key"])
 def test_a_variable_named_as_a_secrets_home_is_not_a_setting(tmp_path: Path, where: str) -> None:
     """token_env: STOCKKEEPER_OPS_TOKEN is the secret, not an unknown key "ops_token"
     (whose value the error would have shown)."""
@@ -315,6 +315,9 @@ def test_a_variable_named_as_a_secrets_home_is_not_a_setting(tmp_path: Path, whe
     env = {"STOCKKEEPER_OPS_TOKEN": "sk-the-secret-itself-0123"}
     if where == "file":
         path: Path | None = write(tmp_path, {"api": {"tokens": tokens}})
+    elif where == "one-key":
+        path = write(tmp_path, {"api": {"tokens": [{"token_env": "OTHER", "scopes": ["admin"]}]}})
+        env["STOCKKEEPER_API__TOKENS__0__TOKEN_ENV"] = "STOCKKEEPER_OPS_TOKEN"
     else:
         path = None
         env["STOCKKEEPER_API__TOKENS"] = yaml.safe_dump(tokens, default_flow_style=True)

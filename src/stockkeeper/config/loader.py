@@ -115,6 +115,8 @@ def _secret_homes(data: dict[str, Any], environ: dict[str, str]) -> set[str]:
     names = _env_names(data)
     for name, raw in environ.items():
         if name.startswith(ENV_PREFIX) and name not in NOT_SETTINGS:
+            if name.endswith("_ENV"):  # STOCKKEEPER_CONNECTORS__0__TOKEN_ENV=...
+                names.add(raw.strip())
             try:
                 names |= _env_names(yaml.safe_load(raw))
             except yaml.YAMLError:
