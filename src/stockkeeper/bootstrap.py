@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from stockkeeper.api.auth import TokenBook, build_token_book
 from stockkeeper.config import (
@@ -39,6 +41,7 @@ from stockkeeper.services.unit import Clock, utcnow
 from stockkeeper.services.wms import WmsService
 from stockkeeper.store.budget import server_room
 from stockkeeper.store.embedded import EmbeddedPostgres, start_embedded
+from stockkeeper.store.errors import StoreError
 from stockkeeper.store.migrate import migrate
 from stockkeeper.store.pool import ONE_OFF, Connections, Pool, create_pool, create_session_pool
 
@@ -76,6 +79,10 @@ class Container:
     embedded: EmbeddedPostgres | None = None
     failpoints: Failpoints = field(default_factory=Failpoints)
     _broker_ready: bool = False
+    # Consumers of one process start together and each asks for the broker: one of
+    # them connects it, the others wait for that (a connect each left extra LISTEN
+    # connections, or RabbitMQ connections, open that close() never saw).
+    _broker_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _operations: Operations | None = None
 
     @property
@@ -84,10 +91,12 @@ class Container:
         return RetryPolicy(b.retry_base_ms, b.retry_max_ms, b.max_attempts)
 
     async def connected_broker(self) -> Broker:
-        """The broker, connected (and its topology declared) on first use."""
-        if not self._broker_ready:
-            await self.broker.connect()
-            self._broker_ready = True
+        """The broker, connected (and its topology declared) on first use, once however
+        many callers ask at the same time."""
+        async with self._broker_lock:
+            if not self._broker_ready:
+                await self.broker.connect()
+                self._broker_ready = True
         return self.broker
 
     async def operations(self) -> Operations:
@@ -206,14 +215,39 @@ def database_url(settings: Settings, *, create: bool = True) -> tuple[str, Embed
     return server.url, server
 
 
+def shown_url(url: str) -> str:
+    """``url`` fit for a message: its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
 async def open_pools(url: str, settings: Settings, needs: Connections) -> tuple[Pool, Pool]:
-    """The transaction pool and the session pool (the same one without PgBouncer)."""
+    """The transaction pool and the session pool (the same one without PgBouncer); a
+    database that cannot be opened is a :class:`ConfigError` naming the key."""
     cfg = settings.database
-    pool = await create_pool(url, cfg, size=needs.pool_size(cfg))
+    where = (
+        f"database.url ({shown_url(url)})"
+        if cfg.url
+        else f"the embedded PostgreSQL in {settings.data_dir}"
+    )
+    try:
+        pool = await create_pool(url, cfg, size=needs.pool_size(cfg))
+    except StoreError as exc:
+        raise ConfigError(f"{where}: cannot connect: {exc}") from exc
     if not cfg.pgbouncer:
         return pool, pool
     try:
         return pool, await create_session_pool(cfg, needs.session_pool_size())
+    except StoreError as exc:
+        await pool.close()
+        assert cfg.direct_url is not None
+        raise ConfigError(
+            f"database.direct_url ({shown_url(cfg.direct_url)}): cannot connect: {exc}"
+        ) from exc
     except BaseException:
         await pool.close()
         raise

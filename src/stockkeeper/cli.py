@@ -58,6 +58,8 @@ def stockkeeper(
 
 
 def _serve(settings: Settings, services: list[str], consumers: list[Any] | None = None) -> None:
+    from stockkeeper.bootstrap import shown_url
+    from stockkeeper.messaging.broker import BrokerUnavailable
     from stockkeeper.messaging.rabbitmq import TopologyMismatch
     from stockkeeper.store.pool import Connections
     from stockkeeper.wiring import USES_BROKER, connections, connectors_used
@@ -83,6 +85,10 @@ def _serve(settings: Settings, services: list[str], consumers: list[Any] | None 
         _run(main)
     except TopologyMismatch as exc:  # an operator's decision (D-160): say it, no traceback
         typer.echo(f"stockkeeper: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except BrokerUnavailable as exc:  # at start: the setting to look at, no traceback
+        url = shown_url(settings.broker.url or "")
+        typer.echo(f"stockkeeper: broker.url ({url}): {exc}", err=True)
         raise typer.Exit(2) from None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -25,6 +27,7 @@ from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
 from tests.e2e.helpers import clean_env, run_cli
+from tests.e2e.messaging_helpers import Child
 from tests.support import base_config, free_port
 
 
@@ -131,6 +134,130 @@ def test_run_with_a_port_that_is_not_a_number_exits_naming_the_key(
     assert "api.inventory_port" in result.stderr, result.stderr
     assert "abc" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def unreachable_database(db_url: str, case: str) -> str:
+    """A database URL that cannot be opened: nothing listening, or no such database
+    (with a password in the URL, which no message may show)."""
+    if case == "refused":
+        return f"postgresql://stockkeeper@127.0.0.1:{free_port()}/sk"
+    parts = urlsplit(db_url)
+    netloc = f"{parts.username or 'postgres'}:s3cret-pw@{parts.hostname}:{parts.port or 5432}"
+    return urlunsplit(parts._replace(netloc=netloc, path="/sk_no_such_database"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["refused", "no-such-database"])
+def test_a_database_that_cannot_be_opened_stops_the_start_naming_database_url(
+    case: str, db_url: str, tmp_path: Path
+) -> None:
+    cfg = base_config(unreachable_database(db_url, case))
+    cfg["data_dir"] = str(tmp_path / "data")
+    cfg["monitoring"] = {"metrics_port": 0}
+    path = write_config(tmp_path / "unreachable.yaml", cfg)
+
+    result = run_cli("run", "expiry", "--config", str(path), cwd=tmp_path, timeout=90)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "stockkeeper: database.url (postgresql://" in result.stderr, result.stderr
+    assert "cannot connect" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "s3cret-pw" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("service", ["dispatcher", "ingest"])
+def test_a_broker_that_cannot_be_reached_stops_the_start_naming_broker_url(
+    service: str, db_url: str, tmp_path: Path
+) -> None:
+    cfg = base_config(db_url, broker={"url": f"amqp://guest:guest@127.0.0.1:{free_port()}/"})
+    cfg["data_dir"] = str(tmp_path / "data")
+    cfg["monitoring"] = {"metrics_port": 0}
+    path = write_config(tmp_path / "no-broker.yaml", cfg)
+
+    result = run_cli("run", service, "--config", str(path), cwd=tmp_path, timeout=90)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "stockkeeper: broker.url (amqp://guest:***@127.0.0.1:" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def run_config(db_url: str) -> dict[str, Any]:
+    """A service's configuration for a start-and-stop test: info lines, so the log says
+    when it started (consumer.started)."""
+    return base_config(db_url, logging={"level": "info"})
+
+
+async def started_then_stopped(child: Child, sig: signal.Signals) -> int:
+    """Start ``child``, wait for its consumer.started line, send ``sig``, and return its
+    exit code (the test fails if it is still running 20 s later)."""
+    child.start()
+    deadline = time.monotonic() + 30
+    while not child.logged("consumer.started"):
+        assert child.returncode is None, child.log_tail()
+        assert time.monotonic() < deadline, child.log_tail()
+        await asyncio.sleep(0.1)
+    assert child.proc is not None
+    child.proc.send_signal(sig)
+    try:
+        return await child.wait_exit(20)
+    finally:
+        child.stop()
+
+
+# Their consumers (propagation.consumers, orders.consumers: 4) start at once. They used
+# to connect the embedded queue once each: three LISTEN connections nobody closed, and
+# the process hung on its way out waiting for them.
+SEVERAL_CONSUMERS = ["propagator", "saga"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("service", SEVERAL_CONSUMERS)
+async def test_a_service_with_several_consumers_stops_on_sigterm_with_exit_0(
+    service: str, db_url: str, tmp_path: Path
+) -> None:
+    child = Child(["run", service], run_config(db_url), tmp_path, label=service)
+
+    rc = await started_then_stopped(child, signal.SIGTERM)
+
+    assert rc == 0, child.log_tail()
+    assert "Traceback" not in child.log_tail(100_000)
+
+
+@pytest.mark.slow
+async def test_a_service_with_several_consumers_stops_on_sigint_too(
+    db_url: str, tmp_path: Path
+) -> None:
+    child = Child(["run", "propagator"], run_config(db_url), tmp_path, label="propagator")
+
+    rc = await started_then_stopped(child, signal.SIGINT)
+
+    assert rc == 0, child.log_tail()
+
+
+@pytest.mark.slow
+async def test_a_workers_metrics_listen_where_the_http_services_do(
+    db_url: str, tmp_path: Path
+) -> None:
+    """monitoring.metrics_port is served on api.host, as /metrics of the HTTP services
+    is, not on every interface of the machine."""
+    cfg = run_config(db_url)
+    cfg["api"] = {**cfg["api"], "host": "127.0.0.2"}  # loopback too, but not 127.0.0.1
+    child = Child(["run", "expiry"], cfg, tmp_path, label="expiry").start()
+    try:
+        deadline = time.monotonic() + 30
+        while not child.logged("runner.started"):
+            assert child.returncode is None, child.log_tail()
+            assert time.monotonic() < deadline, child.log_tail()
+            await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(timeout=5) as client:
+            there = await client.get(f"http://127.0.0.2:{child.metrics_port}/metrics")
+            assert there.status_code == 200
+            assert "stockkeeper_retention_deleted_total" in there.text
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{child.metrics_port}/metrics")
+    finally:
+        child.stop()
 
 
 # -- audit -----------------------------------------------------------------------------------

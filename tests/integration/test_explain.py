@@ -190,8 +190,8 @@ async def messaging_filled(container: Container) -> Container:
     """The messaging tables as after weeks of traffic: 20k outbox events (almost all SENT,
     sent over the last 20 days; 1 in 100 PENDING, 1 in 400 FAILED), 20k queue messages
     over 20 busy queues and a quiet one (1 in 400), 20k channel rows over 2 channels
-    (1 in 50 due), and 20k rows each of processed_message, consumer_position and
-    idempotency_key spread over 20 days."""
+    (1 in 50 due), and 20k rows each of processed_message, consumer_position,
+    idempotency_key, wms_call, webhook_delivery and channel_push spread over 20 days."""
     async with container.pool.acquire() as conn:
         await conn.execute(
             """
@@ -250,8 +250,25 @@ async def messaging_filled(container: Container) -> Container:
             ROWS,
         )
         await conn.execute(
+            "INSERT INTO wms_call (connector, operation, attempt, outcome, duration_ms, "
+            f"created_at) SELECT 'wms-main', 'snapshot', 1, 'ok', 1.0, {spread} "
+            "FROM generate_series(1, $1::int) AS g",
+            ROWS,
+        )
+        await conn.execute(
+            "INSERT INTO webhook_delivery (connector, event_id, received_at) "
+            f"SELECT 'shop', 'evt-' || g, {spread} FROM generate_series(1, $1::int) AS g",
+            ROWS,
+        )
+        await conn.execute(
+            "INSERT INTO channel_push (channel, sku, version, quantity, changes, attempts, "
+            f"lag_ms, acked_at) SELECT 'ch' || g % 2, 'S-' || g, 1, 1, 1, 1, 5.0, {spread} "
+            "FROM generate_series($1::int, 1, -1) AS g",
+            ROWS,
+        )
+        await conn.execute(
             "ANALYZE domain_event, queue_message, channel_sync_state, processed_message, "
-            "consumer_position, idempotency_key"
+            "consumer_position, idempotency_key, wms_call, webhook_delivery, channel_push"
         )
     return container
 
@@ -308,6 +325,9 @@ async def test_mark_processed_checks_the_key_and_nothing_else(
         (Pruned.PROCESSED_MESSAGES, "processed_message_at"),
         (Pruned.CONSUMER_POSITIONS, "consumer_position_updated"),
         (Pruned.IDEMPOTENCY_KEYS, "idempotency_key_created"),
+        (Pruned.WMS_CALLS, "wms_call_created"),
+        (Pruned.WEBHOOK_DELIVERIES, "webhook_delivery_received"),
+        (Pruned.CHANNEL_PUSHES, "channel_push_pkey"),
     ],
 )
 async def test_retention_deletes_walk_the_time_index(

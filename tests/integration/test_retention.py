@@ -58,6 +58,25 @@ async def fill(conn: Any) -> None:
         OLD,
         NEW,
     )
+    await conn.execute(
+        "INSERT INTO wms_call (connector, operation, attempt, outcome, duration_ms, created_at) "
+        f"SELECT 'wms-main', 'snapshot', 1, 'ok', 1.0, t FROM ({ts}) AS ts",
+        OLD,
+        NEW,
+    )
+    await conn.execute(
+        "INSERT INTO webhook_delivery (connector, event_id, received_at) "
+        f"SELECT 'shop', 'evt-' || g, t FROM ({ts}) AS ts",
+        OLD,
+        NEW,
+    )
+    await conn.execute(
+        "INSERT INTO channel_push (channel, sku, version, quantity, changes, attempts, lag_ms,"
+        " acked_at) "
+        f"SELECT 'shop', 'S-' || g, 1, 1, 1, 1, 5.0, t FROM ({ts}) AS ts",
+        OLD,
+        NEW,
+    )
 
 
 async def ages(conn: Any) -> dict[str, tuple[int, int]]:
@@ -67,6 +86,9 @@ async def ages(conn: Any) -> dict[str, tuple[int, int]]:
         "processed_message": ("processed_at", ""),
         "consumer_position": ("updated_at", ""),
         "idempotency_key": ("created_at", ""),
+        "wms_call": ("created_at", ""),
+        "webhook_delivery": ("received_at", ""),
+        "channel_push": ("acked_at", ""),
     }
     out = {}
     for table, (column, where) in age_of.items():
@@ -88,7 +110,7 @@ async def filled(container: Container) -> Container:
     async with container.pool.acquire() as conn:
         await fill(conn)
         assert await ages(conn) == dict.fromkeys(
-            ("domain_event", "processed_message", "consumer_position", "idempotency_key"),
+            [table.value for table in Pruned],
             (OLD, NEW),
         )
     return container
@@ -175,15 +197,18 @@ def config(config: dict[str, Any]) -> dict[str, Any]:
         "outbox_sent_s": 3600,
         "processed_message_s": 3600,
         "consumer_position_s": 3600,
+        "wms_call_s": 3600,
+        "webhook_delivery_s": 3600,
         "batch_size": 4,
     }
     config["api"] = {**config["api"], "idempotency_ttl_seconds": 3600}
+    config["propagation"] = {"push_log_retention_s": 3600}
     return config
 
 
 async def test_the_expiry_worker_prunes_by_the_configured_retention(filled: Container) -> None:
     worker = ExpiryWorker(filled)
     assert worker.retention.policy.batch_size == 4
-    assert await worker.prune() == 4 * OLD
+    assert await worker.prune() == len(Pruned) * OLD
     async with filled.pool.acquire() as conn:
         assert set((await ages(conn)).values()) == {(0, NEW)}

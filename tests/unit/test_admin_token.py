@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from stockkeeper.api.auth import TOKEN_FILE, generated_admin_token
+from stockkeeper.config import ConfigError
 
 
 def test_processes_starting_together_agree_on_one_token(tmp_path: Path) -> None:
@@ -35,3 +36,12 @@ def test_the_token_is_kept_private_and_reused(
     assert generated_admin_token(tmp_path) == first
     assert capsys.readouterr().err == ""
     assert (tmp_path / TOKEN_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_data_dir_that_cannot_hold_the_token_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    data = tmp_path / "a-file" / "data"
+    with pytest.raises(ConfigError) as info:
+        generated_admin_token(data)
+    assert f"data_dir ({data})" in str(info.value)
+    assert "api.tokens" in str(info.value)

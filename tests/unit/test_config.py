@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -250,6 +251,94 @@ def test_env_vars_that_contradict_each_other() -> None:
         load_settings(environ=env)
 
 
+@pytest.mark.parametrize(
+    ("name", "raw", "key", "value"),
+    [
+        # YAML would read these as a mapping, a number and a cut-off comment.
+        pytest.param("STOCKKEEPER_API__HOST", "::", ("api", "host"), "::", id="ipv6-any"),
+        pytest.param(
+            "STOCKKEEPER_BROKER__PREFIX", "2026", ("broker", "prefix"), "2026", id="digits"
+        ),
+        pytest.param(
+            "STOCKKEEPER_DATABASE__URL",
+            "postgresql://sk:pa #ss@db/sk",
+            ("database", "url"),
+            "postgresql://sk:pa #ss@db/sk",
+            id="hash",
+        ),
+        pytest.param("STOCKKEEPER_API__HOST", "'::1'", ("api", "host"), "::1", id="quoted"),
+        pytest.param("STOCKKEEPER_DATABASE__URL", "null", ("database", "url"), None, id="null"),
+    ],
+)
+def test_a_text_setting_from_the_environment_is_the_text_as_written(
+    name: str, raw: str, key: tuple[str, str], value: str | None
+) -> None:
+    s = load_settings(environ={name: raw})
+    assert getattr(getattr(s, key[0]), key[1]) == value
+
+
+def test_a_key_of_a_list_entry_is_overridden_by_its_number(tmp_path: Path) -> None:
+    wms = {"id": "wms-main", "type": "wms", "url": "https://wms.example", "token_env": "WMS_T"}
+    token = {"name": "ops", "token": TOKEN, "scopes": ["admin"]}
+    path = write(tmp_path, {"api": {"tokens": [token]}, "connectors": [wms]})
+    s = load_settings(
+        path,
+        environ={
+            "STOCKKEEPER_CONNECTORS__0__URL": "https://wms.staging.example",
+            "STOCKKEEPER_CONNECTORS__0__RATE_LIMIT_RPS": "2",
+            "STOCKKEEPER_API__TOKENS__0__SCOPES": "[inventory:read]",
+        },
+    )
+    (conn,) = s.connectors_of(WmsConnectorConfig)
+    assert (conn.id, conn.url, conn.rate_limit_rps) == (
+        "wms-main",
+        "https://wms.staging.example",
+        2,
+    )
+    assert (s.api.tokens[0].name, s.api.tokens[0].scopes) == ("ops", ["inventory:read"])
+
+
+def test_a_list_entry_the_file_does_not_have_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"STOCKKEEPER_CONNECTORS__0__URL": "https://wms.example"})
+    msg = str(info.value)
+    assert "STOCKKEEPER_CONNECTORS__0" in msg
+    assert "no entry 0" in msg
+    assert "STOCKKEEPER_CONNECTORS" in msg
+
+
+@pytest.mark.parametrize("where", ["file", "environment", "one-key"])
+def test_a_variable_named_as_a_secrets_home_is_not_a_setting(tmp_path: Path, where: str) -> None:
+    """token_env: STOCKKEEPER_OPS_TOKEN is the secret, not an unknown key "ops_token"
+    (whose value the error would have shown)."""
+    tokens = [{"token_env": "STOCKKEEPER_OPS_TOKEN", "scopes": ["admin"]}]
+    env = {"STOCKKEEPER_OPS_TOKEN": "sk-the-secret-itself-0123"}
+    if where == "file":
+        path: Path | None = write(tmp_path, {"api": {"tokens": tokens}})
+    elif where == "one-key":
+        path = write(tmp_path, {"api": {"tokens": [{"token_env": "OTHER", "scopes": ["admin"]}]}})
+        env["STOCKKEEPER_API__TOKENS__0__TOKEN_ENV"] = "STOCKKEEPER_OPS_TOKEN"
+    else:
+        path = None
+        env["STOCKKEEPER_API__TOKENS"] = yaml.safe_dump(tokens, default_flow_style=True)
+    s = load_settings(path, environ=env)
+    assert s.api.tokens[0].token_env == "STOCKKEEPER_OPS_TOKEN"
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("STOCKKEEPER_DATABASE__URL", "db.internal:5432/sk"),
+        ("STOCKKEEPER_DATABASE__DIRECT_URL", "mysql://db/sk"),
+        ("STOCKKEEPER_BROKER__URL", "rabbitmq.internal:5672"),
+    ],
+)
+def test_a_url_of_another_kind_is_refused_naming_the_key(name: str, raw: str) -> None:
+    key = name.removeprefix("STOCKKEEPER_").lower().replace("__", ".")
+    with pytest.raises(ConfigError, match=rf"  {re.escape(key)}: .*must be an? (amqp|postgresql)"):
+        load_settings(environ={name: raw})
+
+
 def test_explicit_missing_file() -> None:
     with pytest.raises(ConfigError, match=r"does-not-exist\.yaml does not exist"):
         load_settings("does-not-exist.yaml", environ={})
@@ -263,6 +352,24 @@ def test_missing_file_named_by_environment() -> None:
 def test_invalid_yaml(tmp_path: Path) -> None:
     path = write(tmp_path, "api: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(path, environ={})
+
+
+def test_a_key_given_twice_is_refused_naming_it(tmp_path: Path) -> None:
+    # PyYAML keeps the last one silently: the first api section's port would be lost.
+    path = write(tmp_path, "api:\n  inventory_port: 9000\ndatabase: {}\napi:\n  host: 0.0.0.0\n")
+    with pytest.raises(ConfigError, match="found the key 'api' twice"):
+        load_settings(path, environ={})
+
+
+@pytest.mark.parametrize("kind", ["directory", "not-utf-8"])
+def test_a_config_file_that_cannot_be_read_is_named(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "stockkeeper.yaml"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"api:\n  host: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=f"config file {re.escape(str(path))} cannot be read"):
         load_settings(path, environ={})
 
 
@@ -400,6 +507,28 @@ def test_the_commented_connector_example_is_valid() -> None:
     assert (wms.id, wms.page_size, wms.outbound_batch_size) == ("wms-main", 500, 100)
 
 
+def test_the_connector_examples_explain_every_key_of_their_type() -> None:
+    """Every key a connector type takes is explained in the example file's connector
+    part (its opening lines, or the commented entries)."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    part = text[text.index("# Outside systems") :]
+    lines = part.splitlines()
+    start = lines.index("# connectors:                                        # example")
+    block = ["connectors:"] + [
+        line[1:].split(" #")[0].rstrip() for line in lines[start + 1 :] if line.startswith("#  ")
+    ]
+    s = Settings.model_validate(yaml.safe_load("\n".join(block)))
+    missing = {
+        c.type: [
+            field.alias or name
+            for name, field in type(c).model_fields.items()
+            if not re.search(rf"\b{field.alias or name}\b", part)
+        ]
+        for c in s.connectors
+    }
+    assert {t: keys for t, keys in missing.items() if keys} == {}
+
+
 def test_a_channels_echo_sources_must_name_connectors(tmp_path: Path) -> None:
     hook = {"id": "shop-orders", "type": "webhook", "secret_env": "SHOP_SECRET"}
     channel = {
@@ -449,6 +578,15 @@ def test_retention_defaults_outlast_the_redelivery_window() -> None:
     assert s.broker.redelivery_window_s() == 181 + 10 * 30
     assert s.retention.processed_message_s > s.broker.redelivery_window_s()
     assert s.retention.consumer_position_s > s.broker.redelivery_window_s()
+
+
+def test_webhook_deliveries_are_kept_longer_than_the_replay_window(tmp_path: Path) -> None:
+    hook = {"id": "shop", "type": "webhook", "secret_env": "SHOP_SECRET", "tolerance_s": 7200}
+    path = write(tmp_path, {"connectors": [hook], "retention": {"webhook_delivery_s": 3600}})
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert "retention.webhook_delivery_s (3600 s)" in str(info.value)
+    assert "shop's tolerance_s (7200 s)" in str(info.value)
 
 
 def test_redelivery_window_follows_the_retry_settings(tmp_path: Path) -> None:

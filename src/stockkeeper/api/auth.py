@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
 from stockkeeper.api.problems import ApiProblem
-from stockkeeper.config import Settings
+from stockkeeper.config import ConfigError, Settings
 
 ALL_SCOPES = frozenset({"inventory:read", "inventory:write", "admin"})
 TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
@@ -67,6 +67,16 @@ def generated_admin_token(data_dir: Path) -> str:
 
     It is printed only when it is made, so a fresh install is never an open door.
     """
+    try:
+        return _kept_admin_token(data_dir)
+    except OSError as exc:
+        raise ConfigError(
+            f"data_dir ({data_dir}): cannot keep the generated admin token there: {exc} "
+            "(make it a writable directory, or configure api.tokens)"
+        ) from None
+
+
+def _kept_admin_token(data_dir: Path) -> str:
     path = data_dir / TOKEN_FILE
     if path.exists():
         return path.read_text(encoding="utf-8").strip()

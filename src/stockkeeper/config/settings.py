@@ -12,10 +12,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from stockkeeper.config.base import ConfigError, Section
-from stockkeeper.config.connectors import AnyConnector, ChannelConfig, ConnectorConfig
+from stockkeeper.config.connectors import (
+    AnyConnector,
+    ChannelConfig,
+    ConnectorConfig,
+    WebhookConnectorConfig,
+)
 from stockkeeper.domain.backoff import Backoff
 
 C = TypeVar("C", bound=ConnectorConfig)
@@ -36,6 +41,13 @@ class DatabaseConfig(Section):
     # ``direct_url``, PostgreSQL itself.
     pgbouncer: bool = False
     direct_url: str | None = None
+
+    @field_validator("url", "direct_url")
+    @classmethod
+    def _a_postgresql_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (or unset for the embedded one)")
+        return url
 
     @model_validator(mode="after")
     def _direct_behind_pgbouncer(self) -> DatabaseConfig:
@@ -69,6 +81,13 @@ class BrokerConfig(Section):
     # and how often idle consumers look for work when no notification arrives.
     lease_ms: int = Field(default=30_000, ge=100)
     poll_ms: int = Field(default=500, ge=10)
+
+    @field_validator("url")
+    @classmethod
+    def _an_amqp_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL (or unset for the embedded queue)")
+        return url
 
     def redelivery_window_s(self) -> float:
         """The longest a message can still come back after a consumer first saw it:
@@ -216,6 +235,11 @@ class RetentionConfig(Section):
     # A consumer's per-SKU position, from its last advance: the same bound, or a late
     # stale event would be applied over a newer one.
     consumer_position_s: int = Field(default=30 * 86_400, ge=60)
+    # The WMS call log (every try of every call), from the call.
+    wms_call_s: int = Field(default=7 * 86_400, ge=60)
+    # Webhook delivery ids taken once, from their arrival: longer than every webhook
+    # connector's tolerance_s (checked at load), past which a delivery is refused anyway.
+    webhook_delivery_s: int = Field(default=7 * 86_400, ge=60)
     # Rows deleted per statement (each its own short transaction), batches per table
     # per run, and how often the expiry worker runs the pruning.
     batch_size: int = Field(default=1000, ge=1, le=10_000)
@@ -315,6 +339,18 @@ class Settings(Section):
                     f"retention.{key} ({kept} s) must be longer than the longest redelivery "
                     f"window, {window:.0f} s (from broker.retry_base_ms, retry_max_ms, "
                     "max_attempts and lease_ms)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _deliveries_outlast_the_replay_window(self) -> Settings:
+        kept = self.retention.webhook_delivery_s
+        for hook in self.connectors_of(WebhookConnectorConfig):
+            if kept <= hook.tolerance_s:
+                raise ValueError(
+                    f"retention.webhook_delivery_s ({kept} s) must be longer than "
+                    f"connector {hook.id}'s tolerance_s ({hook.tolerance_s} s), or a "
+                    "delivery sent again within it would be applied twice"
                 )
         return self
 

@@ -1,8 +1,9 @@
 """Retention: keep the append-heavy tables at a steady size.
 
-SENT outbox rows, consumer idempotency records, consumer positions and HTTP
-Idempotency-Keys older than their configured retention are deleted in small batches,
-each its own short transaction, so no statement holds many locks or runs long and
+SENT outbox rows, consumer idempotency records, consumer positions, HTTP
+Idempotency-Keys, the channel push log, the WMS call log and webhook delivery ids older
+than their configured retention are deleted in small batches, each its own short
+transaction, so no statement holds many locks or runs long and
 writers never queue behind the pruning. The inventory ledger is never pruned.
 """
 
@@ -34,6 +35,9 @@ class Policy:
                 Pruned.PROCESSED_MESSAGES: r.processed_message_s,
                 Pruned.CONSUMER_POSITIONS: r.consumer_position_s,
                 Pruned.IDEMPOTENCY_KEYS: s.api.idempotency_ttl_seconds,
+                Pruned.WMS_CALLS: r.wms_call_s,
+                Pruned.CHANNEL_PUSHES: s.propagation.push_log_retention_s,
+                Pruned.WEBHOOK_DELIVERIES: r.webhook_delivery_s,
             },
             r.batch_size,
             r.max_batches,

@@ -295,12 +295,6 @@ async def notify_senders(conn: Conn, notify: str) -> None:
     await conn.execute("SELECT pg_notify($1, '')", notify)
 
 
-async def prune_pushes(conn: Conn, retention_s: int, limit: int) -> int:
-    """Delete up to ``limit`` logged pushes older than ``retention_s``; how many went."""
-    status: str = await conn.execute(q("prune_pushes"), retention_s, limit)
-    return int(status.rsplit(" ", 1)[-1])
-
-
 # -- per channel state: the lag alert and the drift repair schedule ----------------------
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -143,15 +143,29 @@ async def create_pool(
     """The transaction pool on ``url`` (PgBouncer's address when ``cfg.pgbouncer``),
     ``size`` connections at most (default: ``cfg.pool_size``, else a one-off's need)."""
     max_size = size or ONE_OFF.pool_size(cfg)
-    pool: Pool = await asyncpg.create_pool(
-        url,
-        min_size=min(2, max_size),
-        max_size=max_size,
-        init=_init_connection,
-        server_settings=_server_settings(cfg, via_pgbouncer=cfg.pgbouncer),
-        **_pool_options(cfg, overrides),
-    )
+    with _opening():
+        pool: Pool = await asyncpg.create_pool(
+            url,
+            min_size=min(2, max_size),
+            max_size=max_size,
+            init=_init_connection,
+            server_settings=_server_settings(cfg, via_pgbouncer=cfg.pgbouncer),
+            **_pool_options(cfg, overrides),
+        )
     return pool
+
+
+@contextlib.contextmanager
+def _opening() -> Iterator[None]:
+    """Opening a pool: a server that cannot be reached is :class:`StoreUnavailable`; one
+    that refuses us (no such database, a wrong password) or a URL asyncpg cannot read
+    is a plain :class:`StoreError`, so the process can say so at start, no traceback."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+    except (asyncpg.PostgresError, ValueError) as exc:
+        raise StoreError(str(exc) or type(exc).__name__) from exc
 
 
 # What a database outage looks like from asyncpg: no route or a reset socket, a server
@@ -200,14 +214,15 @@ async def create_session_pool(cfg: DatabaseConfig, size: int) -> Pool:
     """The pool straight to PostgreSQL (``database.direct_url``) behind PgBouncer.
     Its connections open when first needed; a LISTEN holds one for the whole run."""
     assert cfg.direct_url is not None, "validated with database.pgbouncer"
-    pool: Pool = await asyncpg.create_pool(
-        cfg.direct_url,
-        min_size=0,
-        max_size=size,
-        init=_init_connection,
-        server_settings=_server_settings(cfg, via_pgbouncer=False),
-        connection_class=TrackedConnection,
-        reset=_reset_if_needed,
-        statement_cache_size=STATEMENT_CACHE_SIZE,
-    )
+    with _opening():
+        pool: Pool = await asyncpg.create_pool(
+            cfg.direct_url,
+            min_size=0,
+            max_size=size,
+            init=_init_connection,
+            server_settings=_server_settings(cfg, via_pgbouncer=False),
+            connection_class=TrackedConnection,
+            reset=_reset_if_needed,
+            statement_cache_size=STATEMENT_CACHE_SIZE,
+        )
     return pool

@@ -21,6 +21,9 @@ class Pruned(StrEnum):
     PROCESSED_MESSAGES = "processed_message"
     CONSUMER_POSITIONS = "consumer_position"
     IDEMPOTENCY_KEYS = "idempotency_key"
+    WMS_CALLS = "wms_call"
+    CHANNEL_PUSHES = "channel_push"
+    WEBHOOK_DELIVERIES = "webhook_delivery"
 
 
 _QUERY = {
@@ -28,6 +31,9 @@ _QUERY = {
     Pruned.PROCESSED_MESSAGES: "prune_processed_messages",
     Pruned.CONSUMER_POSITIONS: "prune_consumer_positions",
     Pruned.IDEMPOTENCY_KEYS: "prune_idempotency_keys",
+    Pruned.WMS_CALLS: "prune_wms_calls",
+    Pruned.CHANNEL_PUSHES: "prune_channel_pushes",
+    Pruned.WEBHOOK_DELIVERIES: "prune_webhook_deliveries",
 }
 
 

@@ -20,7 +20,6 @@ push log and runs the scheduled drift repair.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -50,7 +49,6 @@ IDLE_POLL_S = 1.0
 # After a wake-up, how long a channel's loop lets more changes gather before it claims:
 # under a stream of changes, one claim per channel every few milliseconds at most.
 LINGER_S = 0.01
-PRUNE_EVERY_S = 60.0
 
 
 class _Level(BaseModel):
@@ -220,16 +218,12 @@ class Propagator:
 
     async def _monitor(self, stop: asyncio.Event) -> None:
         interval = self.service.monitoring.lag_check_interval_s
-        last_prune = 0.0
         repairs: dict[str, asyncio.Task[object]] = {}
         samples: dict[str, asyncio.Task[object]] = {}
         while not stop.is_set():
             try:
                 await self.service.check_lag()
                 await self.service.status()  # sets the pending and unlisted gauges
-                if time.monotonic() - last_prune > PRUNE_EVERY_S:
-                    await self.service.prune()
-                    last_prune = time.monotonic()
                 for ch, adapter in self.adapters.items():
                     running = repairs.get(ch)
                     if running is not None and not running.done():

@@ -151,13 +151,16 @@ def freeze_startup_heap() -> None:
 
 
 def serve_metrics(container: Container, port: int) -> None:
-    """The workers' Prometheus endpoint on ``port`` (``monitoring.metrics_port``); a port
-    that is taken stops the start with a message naming the key, not a traceback."""
+    """The workers' Prometheus endpoint on ``port`` (``monitoring.metrics_port``) of
+    ``api.host``, the address the HTTP services listen on (prometheus_client's default
+    is every interface); a port that is taken stops the start with a message naming the
+    key, not a traceback."""
+    host = container.settings.api.host
     try:
-        start_http_server(port, registry=container.metrics.registry)
+        start_http_server(port, addr=host, registry=container.metrics.registry)
     except OSError as exc:
         raise SystemExit(
-            f"stockkeeper: monitoring.metrics_port {port} cannot be opened "
+            f"stockkeeper: monitoring.metrics_port {port} cannot be opened on {host} "
             f"({exc.strerror or exc}); "
             "each worker process on a host needs a port of its own "
             "(STOCKKEEPER_MONITORING__METRICS_PORT), or 0 for none"
@@ -173,6 +176,10 @@ async def serve(
     stop = asyncio.Event()
     with _stopped_by_signals(stop):
         built = await build_services(container, wanted)
+        if consumers or built.consumers:
+            # Connected before anything runs: a broker that cannot be reached stops the
+            # start with the setting to look at, before any consumer has begun.
+            await container.connected_broker()
         named = [(http.name, _http_server(container, http)) for http in built.apps]
         metrics_port = container.settings.monitoring.metrics_port
         if not named and metrics_port:

@@ -118,11 +118,6 @@ class StatusMonitor(PropagationBase):
         elif change is AlertChange.RECOVER:
             log.warning(LAG_RECOVERED, channel=channel, p99_ms=lag.p99_ms)
 
-    async def prune(self, limit: int = 10_000) -> int:
-        """Forget logged pushes past ``propagation.push_log_retention_s``; how many went."""
-        async with self.pool.acquire() as conn:
-            return await repo.prune_pushes(conn, self.cfg.push_log_retention_s, limit)
-
     async def status(self) -> dict[str, ChannelStatus]:
         """Per channel: p50/p99 lag over the window, backlog, pushes and coalescing."""
         if not self.ids:

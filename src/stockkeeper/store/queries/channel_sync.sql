@@ -408,15 +408,6 @@ WHERE s.claimed_version IS NULL AND s.desired_version <= EXCLUDED.desired_versio
   AND s.claim_seq = EXCLUDED.claim_seq
 RETURNING s.sku, s.status;
 
--- name: prune_pushes
-DELETE FROM channel_push
-WHERE id = ANY(ARRAY(
-    SELECT id FROM channel_push
-    WHERE acked_at < now() - make_interval(secs => $1)
-    ORDER BY id
-    LIMIT $2
-));
-
 -- name: unlisted_page
 -- A channel's UNLISTED SKUs after $2 (keyset on the SKU, on channel_sync_unlisted).
 SELECT sku, unlisted_at FROM channel_sync_state

@@ -45,3 +45,39 @@ WHERE ctid = ANY(ARRAY(
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ));
+
+-- name: prune_wms_calls
+-- The log of every try of every WMS call (on wms_call_created).
+DELETE FROM wms_call
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM wms_call
+    WHERE created_at < now() - make_interval(secs => $1)
+    ORDER BY created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+));
+
+-- name: prune_webhook_deliveries
+-- Webhook delivery ids taken once (on webhook_delivery_received); a delivery older than
+-- its connector's tolerance_s is refused before its id is looked up.
+DELETE FROM webhook_delivery
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM webhook_delivery
+    WHERE received_at < now() - make_interval(secs => $1)
+    ORDER BY received_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+));
+
+-- name: prune_channel_pushes
+-- The channel push log (lag percentiles, the ops page's chart). Its index leads with
+-- the channel, so the batch walks the primary key instead: ids are given in the order
+-- pushes are acknowledged, so the oldest come first.
+DELETE FROM channel_push
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM channel_push
+    WHERE acked_at < now() - make_interval(secs => $1)
+    ORDER BY id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+));
