@@ -309,4 +309,28 @@ class RulesService:
                     sku, self._figure(channel, rule, held), rule.describe(), levels[sku].version
                 )
             )
-        return await repo.refigure(conn, channel, figures, force)
+        moved = await self._moved(conn, channel, rules, by_location) if mapped else []
+        return await repo.refigure(conn, channel, figures, force, moved)
+
+    async def _moved(
+        self,
+        conn: Conn,
+        channel: str,
+        rules: Mapping[str, AvailabilityRule],
+        by_location: Mapping[str, Mapping[str, int]],
+    ) -> list[str]:
+        """On a channel with several locations, the SKUs whose figure at some location
+        differs from the one last sent there: a rule change can move the split and keep
+        the sum (cap 8 to buffer 1 over 10 + 4 is 8 + 4 to 9 + 3), and the sum is all
+        the sync row compares (D-445)."""
+        mapping = self.configs[channel].location_map()
+        if mapping is None:
+            return []
+        sent = await locations_repo.states(conn, channel, list(rules))
+        moved = []
+        for sku, rule in rules.items():
+            now = location_figures(rule, mapping, by_location[sku])
+            was = sent.get(sku, {})
+            if any(at.figure != now.get(gid, at.figure) for gid, at in was.items()):
+                moved.append(sku)
+        return moved

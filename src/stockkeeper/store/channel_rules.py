@@ -211,8 +211,16 @@ class Figure:
 
 
 @translated
-async def refigure(conn: Conn, channel: str, figures: Sequence[Figure], force: bool) -> int:
-    """Store new figures for the channel's SKUs; how many became (or stay) due."""
+async def refigure(
+    conn: Conn,
+    channel: str,
+    figures: Sequence[Figure],
+    force: bool,
+    moved: Sequence[str] = (),
+) -> int:
+    """Store new figures for the channel's SKUs; how many became (or stay) due.
+    ``moved``: SKUs whose figure at some location of the channel changed though their
+    sum did not, due as if their figure had changed (D-445)."""
     if not figures:
         return 0
     rows = await conn.fetch(
@@ -223,6 +231,7 @@ async def refigure(conn: Conn, channel: str, figures: Sequence[Figure], force: b
         [f.rule for f in figures],
         [f.version for f in figures],
         force,
+        list(moved),
     )
     return len(rows)
 
