@@ -148,15 +148,17 @@ async def test_new_stock_is_figured_by_the_stored_rule(
     ruled: tuple[httpx.AsyncClient, Container, ShopifyState],
 ) -> None:
     http, c, shop = ruled
+    # A rule names locations we know (D-446): paris is, once stock was received there.
+    await c.stock.receive(Receipt("SEED", 1, "r-0", "paris"))
     rule = {"locations": ["paris"], "share_percent": 10}
     assert (await http.put("/admin/channels/shop/rules", json=rule, headers=ADMIN)).json()[
         "repushed"
-    ] == 0
+    ] == 1  # SEED: floor(0.1) = 0, never told the channel anything
     await c.stock.receive(Receipt("MUG", 95, "r-1", "paris"))
     await c.stock.receive(Receipt("MUG", 50, "r-2", "berlin"))
     await deliver(c, "MUG")
     await drain(c)
-    assert shop.levels() == {"MUG": 9}
+    assert shop.levels() == {"SEED": 0, "MUG": 9}
 
 
 async def test_rules_are_checked_and_channels_must_exist(
@@ -173,6 +175,37 @@ async def test_rules_are_checked_and_channels_must_exist(
     r = await http.delete("/admin/channels/shop/rules/skus/NONE", headers=ADMIN)
     assert r.status_code == 404
     assert (await http.get("/admin/channels/shop/skus/NONE", headers=ADMIN)).status_code == 404
+
+
+async def test_a_rule_naming_an_unknown_location_or_a_cap_it_clears_is_refused(
+    ruled: tuple[httpx.AsyncClient, Container, ShopifyState],
+) -> None:
+    http, c, shop = ruled
+    await c.stock.receive(Receipt("TEE", 8, "r-1", "berlin"))
+    await deliver(c, "TEE")
+    await drain(c)
+    assert shop.levels() == {"TEE": 7}
+    # A typo in a location would show the channel 0 of everything: refused (D-446).
+    for path in ("/admin/channels/shop/rules", "/admin/channels/shop/rules/skus/TEE"):
+        r = await http.put(path, json={"locations": ["berlin", "berln"]}, headers=ADMIN)
+        assert r.status_code == 422, (path, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        doc = r.json()
+        assert doc["type"] == "validation"
+        assert doc["errors"] == [{"field": "body.locations", "message": "unknown location: berln"}]
+    # A cap and clear_cap together say two things: refused, not read as the cap.
+    r = await http.put(
+        "/admin/channels/shop/rules/skus/TEE", json={"cap": 3, "clear_cap": True}, headers=ADMIN
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "body"
+    got = (await http.get("/admin/channels/shop/rules", headers=ADMIN)).json()
+    assert (got["source"], [o["sku"] for o in got["overrides"]]) == ("config", ["RARE"])
+    assert (await http.get("/admin/channels/shop/rules/changes", headers=ADMIN)).json()[
+        "items"
+    ] == []
+    assert await drain(c) == 0
+    assert shop.levels() == {"TEE": 7}
 
 
 async def test_drift_repair_compares_with_the_ruled_figure_not_the_raw_stock(

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.responses import Response
 
 from stockkeeper.api import schemas
@@ -56,6 +56,12 @@ class OverrideIn(schemas.Body):
     cap: Units | None = None
     share_percent: Share | None = None
     clear_cap: bool = False
+
+    @model_validator(mode="after")
+    def _one_cap(self) -> OverrideIn:
+        if self.clear_cap and self.cap is not None:
+            raise ValueError("cap and clear_cap: true together: give one (D-446)")
+        return self
 
     def override(self) -> RuleOverride:
         where = None if self.locations is None else frozenset(self.locations)

@@ -20,7 +20,7 @@ from stockkeeper.domain.availability import (
     channel_figure,
     location_figures,
 )
-from stockkeeper.domain.errors import NotFound
+from stockkeeper.domain.errors import InvalidRequest, NotFound
 from stockkeeper.services.unit import Clock, transaction
 from stockkeeper.store import channel_locations as locations_repo
 from stockkeeper.store import channel_rules as repo
@@ -53,6 +53,16 @@ def passes_sales_through(rule: AvailabilityRule) -> bool:
     """Whether a sale on the channel moves its figure by exactly the units sold (every
     location, no cap, no share): only then may the channel's own change be left out."""
     return rule.locations is None and rule.cap is None and rule.share_percent == 100
+
+
+async def _known_locations(conn: Conn, codes: Sequence[str]) -> None:
+    """Refuse a rule naming a location no receipt, count or WMS ever named: a typo there
+    would show the channel 0 of every SKU (D-446), as a reserve at an unknown location
+    is refused (D-424)."""
+    known = await stock.known_locations(conn, codes)
+    unknown = [code for code in codes if code not in known]
+    if unknown:
+        raise InvalidRequest(f"unknown location: {', '.join(unknown)}", "body.locations")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +229,8 @@ class RulesService:
         self, channel: str, sku: str, row: repo.StoredRule | None, by: str
     ) -> RuleChanged:
         async with transaction(self.pool) as conn:
+            if row is not None and row.locations:
+                await _known_locations(conn, row.locations)
             before = await repo.lock_rule(conn, channel, sku)
             if row is None:
                 if before is None:
