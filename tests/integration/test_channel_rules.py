@@ -4,6 +4,8 @@ affects (and only those), SKU overrides, the change log, and the per-channel SKU
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import ChannelConfig, Settings
 from stockkeeper.connectors.channel_registry import make_channel
 from stockkeeper.services.stock import Receipt
+from stockkeeper.workers.propagator import Propagator
 from stockkeeper_sandbox.server import SandboxServer
 from stockkeeper_sandbox.shopify import ShopifyState, graphql_url
 from tests.support import ADMIN_TOKEN, auth
@@ -233,3 +236,41 @@ async def test_drift_repair_compares_with_the_ruled_figure_not_the_raw_stock(
         await adapter.aclose()
     await drain(c)
     assert shop.levels() == {"TEE": 9, "RARE": 1}
+
+
+async def test_a_rule_edited_in_the_config_reaches_every_sku_at_the_next_start(
+    config: dict[str, Any], clock: Any, shopify_channel: tuple[ShopifyState, SandboxServer]
+) -> None:
+    shop, server = shopify_channel
+    first = {"buffer": 1, "skus": {"RARE": {"cap": 2}}}
+    settings = Settings.model_validate({**config, "connectors": [channel(server, **first)]})
+    c = await build(settings, clock=clock)
+    for sku in ("TEE", "RARE", "MUG"):
+        await c.stock.receive(Receipt(sku, 10, f"r-{sku}", "berlin"))
+        await deliver(c, sku)
+    await drain(c)
+    await c.close()
+    assert shop.levels() == {"TEE": 9, "RARE": 1, "MUG": 9}
+    # The config now holds back 3, and MUG gets an override; no stock changes (D-447).
+    edited = {"buffer": 3, "skus": {"RARE": {"cap": 2}, "MUG": {"cap": 5}}}
+    c = await build(
+        Settings.model_validate({**config, "connectors": [channel(server, **edited)]}),
+        clock=clock,
+    )
+    adapters = {
+        cfg.id: make_channel(cfg, token=None) for cfg in c.settings.connectors_of(ChannelConfig)
+    }
+    worker = Propagator(c.propagation, adapters, c.pool)
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 20
+        while shop.levels() != {"TEE": 7, "RARE": 0, "MUG": 2}:
+            assert time.monotonic() < deadline, shop.levels()
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 20)
+        await c.close()
+    # Each SKU was told its new figure once.
+    assert [len(shop.pushed(sku)) for sku in ("TEE", "RARE", "MUG")] == [2, 2, 2]

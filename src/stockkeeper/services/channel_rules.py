@@ -286,6 +286,34 @@ class RulesService:
                 due += await self._figure_page(conn, channel, page, force=True)
             after = page[-1]
 
+    async def catch_up(self, channel: str) -> int:
+        """Re-figure the channel's SKUs whose figure was made under another rule than
+        the one in force now (a config edit read at this start; D-447), in pages, each
+        its own transaction; how many are due because of it. A SKU whose figure the
+        new rule leaves alone only has its rule's text recorded. The SKUs with an
+        override are re-figured every time (a few), the others where their figure's
+        rule text is not the channel's."""
+        self._config(channel)
+        async with self.pool.acquire() as conn:
+            stored = {(r.channel, r.sku): r for r in await repo.rules_of_channel(conn, channel)}
+        own = stored.get((channel, repo.CHANNEL_ROW))
+        base = own.as_rule() if own is not None else rule_of(self.configs[channel].rules)
+        # A SKU given an override since may still show the channel's rule's text.
+        overridden = sorted({*self.configs[channel].rules.skus, *(sku for _, sku in stored)})
+        overridden = [sku for sku in overridden if sku != repo.CHANNEL_ROW]
+        due, after = 0, ""
+        for at in range(0, len(overridden), PAGE):
+            async with transaction(self.pool) as conn:
+                page = overridden[at : at + PAGE]
+                due += await self._figure_page(conn, channel, page, force=False)
+        while True:
+            async with transaction(self.pool) as conn:
+                page = await repo.rule_stale_page(conn, channel, base.describe(), after, PAGE)
+                if not page:
+                    return due
+                due += await self._figure_page(conn, channel, page, force=False)
+            after = page[-1]
+
     async def due(self, channel: str, skus: Sequence[str] | None) -> int:
         async with self.pool.acquire() as conn:
             return await repo.due_count(conn, channel, skus)

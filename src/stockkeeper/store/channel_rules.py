@@ -202,6 +202,14 @@ async def sku_page(conn: Conn, after: str, limit: int) -> list[str]:
     return [r["sku"] for r in await conn.fetch(q("sku_page"), after, limit)]
 
 
+@translated
+async def rule_stale_page(conn: Conn, channel: str, rule: str, after: str, limit: int) -> list[str]:
+    """The channel's SKUs after ``after`` whose figure was made under a rule other than
+    ``rule`` (its text)."""
+    rows = await conn.fetch(q("rule_stale_page"), channel, rule, after, limit)
+    return [r["sku"] for r in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class Figure:
     sku: str

@@ -67,6 +67,15 @@ GROUP BY b.sku, b.location;
 -- walks through.
 SELECT sku FROM sku WHERE sku > $1 ORDER BY sku LIMIT $2;
 
+-- name: rule_stale_page
+-- The channel's SKUs after $3 whose figure was made under another rule than $2 (the
+-- channel's rule now, as text): what a config edit read at start must re-figure
+-- (D-447). SKUs with an override always differ, and are re-figured too (a few).
+SELECT sku FROM channel_sync_state
+WHERE channel = $1 AND sku > $3 AND desired_rule IS DISTINCT FROM $2
+ORDER BY sku
+LIMIT $4;
+
 -- name: refigure
 -- New figures for SKUs $2 on channel $1 (quantities $3, the rules' text $4, the SKUs'
 -- current versions $5). A row whose figure changed, or every row when $6 (force: a
