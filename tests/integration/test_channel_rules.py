@@ -211,6 +211,28 @@ async def test_a_rule_naming_an_unknown_location_or_a_cap_it_clears_is_refused(
     assert shop.levels() == {"TEE": 7}
 
 
+async def test_a_sku_with_a_slash_has_its_state_and_override_on_the_channel(
+    ruled: tuple[httpx.AsyncClient, Container, ShopifyState],
+) -> None:
+    http, c, shop = ruled
+    await c.stock.receive(Receipt("TEE/RED/M", 5, "r-1", "berlin"))
+    await deliver(c, "TEE/RED/M")
+    await drain(c)
+    assert shop.levels() == {"TEE/RED/M": 4}
+    # A SKU is any printable text: its slashes come percent-encoded in the path (D-448).
+    r = await http.get("/admin/channels/shop/skus/TEE%2FRED%2FM", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert (r.json()["sku"], r.json()["pushed_quantity"]) == ("TEE/RED/M", 4)
+    r = await http.put(
+        "/admin/channels/shop/rules/skus/TEE%2FRED%2FM", json={"cap": 2}, headers=ADMIN
+    )
+    assert r.json() == {"channel": "shop", "sku": "TEE/RED/M", "repushed": 1}
+    await drain(c)
+    assert shop.levels() == {"TEE/RED/M": 1}
+    r = await http.delete("/admin/channels/shop/rules/skus/TEE%2FRED%2FM", headers=ADMIN)
+    assert r.json()["repushed"] == 1
+
+
 async def test_drift_repair_compares_with_the_ruled_figure_not_the_raw_stock(
     ruled: tuple[httpx.AsyncClient, Container, ShopifyState],
 ) -> None:

@@ -237,7 +237,7 @@ def add_rule_routes(app: FastAPI, container: Container) -> None:
         return _ok(RuleChangedOut(channel=changed.channel, sku=None, repushed=changed.repushed))
 
     @app.put(
-        "/admin/channels/{channel}/rules/skus/{sku}",
+        "/admin/channels/{channel}/rules/skus/{sku:path}",
         response_model=RuleChangedOut,
         responses=schemas.problems(404, 422),
         summary="Set a SKU's override of the channel's rule",
@@ -256,7 +256,7 @@ def add_rule_routes(app: FastAPI, container: Container) -> None:
         return _ok(RuleChangedOut(channel=changed.channel, sku=sku, repushed=changed.repushed))
 
     @app.delete(
-        "/admin/channels/{channel}/rules/skus/{sku}",
+        "/admin/channels/{channel}/rules/skus/{sku:path}",
         response_model=RuleChangedOut,
         responses=schemas.problems(404, 422),
         summary="Remove a SKU's stored override",
@@ -301,7 +301,7 @@ def add_rule_routes(app: FastAPI, container: Container) -> None:
         )
 
     @app.get(
-        "/admin/channels/{channel}/skus/{sku}",
+        "/admin/channels/{channel}/skus/{sku:path}",
         response_model=ChannelSkuOut,
         responses=schemas.problems(404, 422),
         summary="One SKU's state on a channel",
