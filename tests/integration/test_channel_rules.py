@@ -211,6 +211,27 @@ async def test_a_rule_naming_an_unknown_location_or_a_cap_it_clears_is_refused(
     assert shop.levels() == {"TEE": 7}
 
 
+async def test_the_rules_name_locations_of_the_config_that_feed_nothing(
+    config: dict[str, Any], clock: Any, shopify_channel: tuple[ShopifyState, SandboxServer]
+) -> None:
+    _, server = shopify_channel
+    # The config is read before the database is: its typos are shown, not refused (D-449).
+    rules = {"locations": ["berlin", "lodnon"], "skus": {"RARE": {"locations": ["pari"]}}}
+    settings = Settings.model_validate({**config, "connectors": [channel(server, **rules)]})
+    c = await build(settings, clock=clock)
+    try:
+        await c.stock.receive(Receipt("TEE", 3, "r-1", "berlin"))
+        transport = httpx.ASGITransport(app=create_admin_app(c))
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+            got = (await http.get("/admin/channels/shop/rules", headers=ADMIN)).json()
+            assert got["unknown_locations"] == ["lodnon", "pari"]
+            await c.stock.receive(Receipt("TEE", 3, "r-2", "pari"))
+            got = (await http.get("/admin/channels/shop/rules", headers=ADMIN)).json()
+            assert got["unknown_locations"] == ["lodnon"]
+    finally:
+        await c.close()
+
+
 async def test_a_sku_with_a_slash_has_its_state_and_override_on_the_channel(
     ruled: tuple[httpx.AsyncClient, Container, ShopifyState],
 ) -> None:

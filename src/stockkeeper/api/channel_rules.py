@@ -90,6 +90,10 @@ class ChannelRulesOut(BaseModel):
     rule: RuleOut
     source: str = Field(description="config, or stored (set through this API)")
     overrides: list[OverrideOut]
+    unknown_locations: list[str] = Field(
+        description="locations the rule, its overrides or the channel's location map name "
+        "that no receipt, count or WMS ever named: they feed the channel nothing"
+    )
 
 
 class RuleChangedOut(BaseModel):
@@ -220,6 +224,7 @@ def add_rule_routes(app: FastAPI, container: Container) -> None:
                 rule=_rule_out(found.rule),
                 source=found.source,
                 overrides=overrides,
+                unknown_locations=list(found.unknown_locations),
             )
         )
 

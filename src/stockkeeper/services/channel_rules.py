@@ -73,6 +73,9 @@ class ChannelRules:
     rule: AvailabilityRule
     source: str  # "config" or "stored"
     overrides: dict[str, tuple[RuleOverride, str]]  # sku -> (override, source)
+    # Locations the rule, its overrides or the channel's location map name that no
+    # receipt, count or WMS ever named (a typo in the config shows 0 there; D-449).
+    unknown_locations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,16 +184,21 @@ class RulesService:
         cfg = self._config(channel).rules
         async with self.pool.acquire() as conn:
             stored = await repo.rules_of_channel(conn, channel)
-        own = next((r for r in stored if r.sku == repo.CHANNEL_ROW), None)
-        overrides: dict[str, tuple[RuleOverride, str]] = {
-            sku: (override_of(o), "config") for sku, o in cfg.skus.items()
-        }
-        for r in stored:
-            if r.sku != repo.CHANNEL_ROW:
-                overrides[r.sku] = (r.as_override(), "stored")
-        if own is None:
-            return ChannelRules(channel, rule_of(cfg), "config", overrides)
-        return ChannelRules(channel, own.as_rule(), "stored", overrides)
+            own = next((r for r in stored if r.sku == repo.CHANNEL_ROW), None)
+            overrides: dict[str, tuple[RuleOverride, str]] = {
+                sku: (override_of(o), "config") for sku, o in cfg.skus.items()
+            }
+            for r in stored:
+                if r.sku != repo.CHANNEL_ROW:
+                    overrides[r.sku] = (r.as_override(), "stored")
+            rule, source = (rule_of(cfg), "config") if own is None else (own.as_rule(), "stored")
+            named = set(rule.locations or ())
+            named.update(loc for o, _ in overrides.values() for loc in o.locations or ())
+            for _, ours in self.configs[channel].location_map() or ():
+                named.update(ours or ())
+            known = await stock.known_locations(conn, named) if named else set()
+        unknown = tuple(sorted(named - known))
+        return ChannelRules(channel, rule, source, overrides, unknown)
 
     async def set_rule(self, channel: str, rule: AvailabilityRule, by: str) -> RuleChanged:
         """Store the channel's rule and re-push every SKU whose figure it changes."""
