@@ -368,9 +368,10 @@ class RulesService:
         by_location: Mapping[str, Mapping[str, int]],
     ) -> list[str]:
         """On a channel with several locations, the SKUs whose figure at some location
-        differs from the one last sent there: a rule change can move the split and keep
-        the sum (cap 8 to buffer 1 over 10 + 4 is 8 + 4 to 9 + 3), and the sum is all
-        the sync row compares (D-445)."""
+        differs from what that location shows as far as we know: a rule change can move
+        the split and keep the sum (cap 8 to buffer 1 over 10 + 4 is 8 + 4 to 9 + 3),
+        and the sum is all the sync row compares (D-445). A location that does not
+        stock the item (shown None) cannot be set, so it moves nothing."""
         mapping = self.configs[channel].location_map()
         if mapping is None:
             return []
@@ -379,6 +380,9 @@ class RulesService:
         for sku, rule in rules.items():
             now = location_figures(rule, mapping, by_location[sku])
             was = sent.get(sku, {})
-            if any(at.figure != now.get(gid, at.figure) for gid, at in was.items()):
+            if any(
+                at.shown is not None and at.shown != now.get(gid, at.shown)
+                for gid, at in was.items()
+            ):
                 moved.append(sku)
         return moved
