@@ -43,6 +43,7 @@ from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import outbox
+from stockkeeper.store.errors import is_unavailable
 from stockkeeper.store.listener import Listener, listen_then_poll
 from stockkeeper.store.outbox import NOTIFY_CHANNEL, PendingEvent
 from stockkeeper.store.pool import Conn, Pool
@@ -409,4 +410,8 @@ class Dispatcher:
         # The database restarting, or something unforeseen: counted, logged, retried
         # with backoff. The rows are still PENDING; nothing is lost.
         self.metrics.worker_errors.labels(worker="dispatcher").inc()
+        if is_unavailable(exc):  # an outage: one line per try, no traceback (D-433)
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("dispatcher.database_unavailable", error=error, retry_in_s=retry_in_s)
+            return
         log.exception("dispatcher.error", error=str(exc))
