@@ -75,6 +75,9 @@ def _serve(settings: Settings, services: list[str], consumers: list[Any] | None 
     async def main() -> None:
         container = await _build(settings, needs=needs, uses=uses, create_database=True)
         try:
+            if consumers or USES_BROKER.intersection(services):
+                # At start, before anything runs: a broker we cannot reach stops here.
+                await container.connected_broker()
             await serve(container, services, consumers or [])
         finally:
             await container.close()
@@ -84,6 +87,52 @@ def _serve(settings: Settings, services: list[str], consumers: list[Any] | None 
     except TopologyMismatch as exc:  # an operator's decision (D-160): say it, no traceback
         typer.echo(f"stockkeeper: {exc}", err=True)
         raise typer.Exit(2) from None
+    except Exception as exc:
+        # Only the start gets here (the runner turns a failure while running into its
+        # own exit): a database or broker we cannot reach is one line, exit 3 (D-435).
+        message = _unreachable(settings, exc)
+        if message is None:
+            raise
+        typer.echo(f"stockkeeper: {message}", err=True)
+        raise typer.Exit(UNREACHABLE_AT_START) from None
+
+
+UNREACHABLE_AT_START = 3
+"""The exit status of a process that cannot reach its database or broker at start."""
+
+
+def _host_port(url: str | None, default_port: int) -> str:
+    """``host:port`` of ``url``, without credentials."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url or "")
+        return f"{parts.hostname or 'localhost'}:{parts.port or default_port}"
+    except ValueError:
+        return "?"
+
+
+def _unreachable(settings: Settings, exc: Exception) -> str | None:
+    """What to say when ``exc`` (raised at start) is a database or broker that cannot
+    be reached; None for any other error."""
+    from stockkeeper.messaging.broker import BrokerUnavailable
+    from stockkeeper.store.errors import is_unavailable
+
+    restart = (
+        f"exiting with status {UNREACHABLE_AT_START}; start it again once it answers "
+        "(a supervisor's restart policy does: deploy/compose.yaml, D-435)"
+    )
+    if isinstance(exc, BrokerUnavailable):
+        where = _host_port(settings.broker.url, 5672)
+        return f"cannot reach RabbitMQ at {where} (broker.url) at start: {exc}; {restart}"
+    if is_unavailable(exc):
+        url = settings.database.url
+        where = _host_port(url, 5432) if url else "the embedded server"
+        return (
+            f"cannot reach PostgreSQL at {where} (database.url) at start: "
+            f"{type(exc).__name__}: {exc}; {restart}"
+        )
+    return None
 
 
 @app.command()
