@@ -16,6 +16,7 @@ instead of waiting out its interval, on whichever replica it runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 
@@ -24,16 +25,20 @@ from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
 from stockkeeper.connectors.erp import ErpSource, Position
 from stockkeeper.connectors.http import ConnectorError
 from stockkeeper.connectors.marketplace import MarketplaceClient
+from stockkeeper.domain.backoff import Backoff
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.circuit import CircuitBreaker, CircuitOpen
 from stockkeeper.services.ingest import INGEST_QUEUE, queue_records
 from stockkeeper.services.unit import transaction
 from stockkeeper.store import cursors, locks, outbox, poll_requests
 from stockkeeper.store.cursors import Cursor
-from stockkeeper.store.pool import Conn
+from stockkeeper.store.errors import StoreUnavailable, is_unavailable
+from stockkeeper.store.pool import Conn, is_open, ping
 from stockkeeper.waiting import wait_any
 
 log = get_logger("stockkeeper.pollers")
+# The pauses while the database cannot be reached, as the other workers' (D-433).
+DATABASE_OUTAGE = Backoff(0.5, 30.0)
 
 
 def lock_key(connector: str) -> int:
@@ -52,6 +57,7 @@ class Poller:
         self.c = container
         self.metrics = container.metrics
         self.wake = asyncio.Event()  # set by a "poll now" request for this connector
+        self._held = False  # whether this poller holds its connector's lock
 
     async def backlog(self) -> int:
         """Ingest messages not yet applied: in the outbox and on the broker."""
@@ -65,6 +71,33 @@ class Poller:
         return pending + queued
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Hold the connector's lock and poll, or stand by, until ``stop``. The lock is
+        the session's: when the database restarts it goes with the session, so the
+        poller stops polling and, once the database answers again, takes a new session
+        and competes for the lock again (D-437)."""
+        outage = 0
+        try:
+            while not stop.is_set():
+                try:
+                    await self._hold_and_poll(stop)
+                    return
+                except Exception as exc:
+                    if not is_unavailable(exc):
+                        raise
+                    outage = 0 if self._held else outage + 1
+                    self._held = False
+                    pause = DATABASE_OUTAGE.delay(max(1, outage))
+                    log.warning(
+                        "poller.database_unavailable",
+                        connector=self.name,
+                        error=f"{type(exc).__name__}: {exc}",
+                        retry_in_s=pause,
+                    )
+                    await wait_any(stop, at_most=pause)
+        finally:
+            await self.close()
+
+    async def _hold_and_poll(self, stop: asyncio.Event) -> None:
         # A session-level advisory lock: on a session of its own (not through PgBouncer).
         async with self.c.session_pool.acquire() as holder:
             while not stop.is_set():
@@ -74,17 +107,22 @@ class Poller:
                 await wait_any(stop, at_most=self.interval_s)
             else:
                 return
+            self._held = True
             unlisten = await poll_requests.listen(holder, self.name, self.wake)
             try:
                 log.info("poller.started", connector=self.name)
-                await self._loop(stop)
+                await self._loop(stop, holder)
             finally:
                 await unlisten()
-                await locks.release(holder, lock_key(self.name))
-                await self.close()
+                if is_open(holder):
+                    with contextlib.suppress(StoreUnavailable):  # gone: the lock with it
+                        await locks.release(holder, lock_key(self.name))
 
-    async def _loop(self, stop: asyncio.Event) -> None:
+    async def _loop(self, stop: asyncio.Event, holder: Conn) -> None:
         while not stop.is_set():
+            # The lock lives as long as its session: a round begins by checking it is
+            # still there (raises once the database restarted, D-437).
+            await ping(holder)
             # Cleared before the request is taken: one made during this round wakes the
             # wait below at once.
             self.wake.clear()
