@@ -27,7 +27,7 @@ from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
 from tests.e2e.messaging_helpers import Child, Children, wait_until
 from tests.faults.servers import PrivatePostgres
-from tests.support import base_config
+from tests.support import base_config, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -134,3 +134,56 @@ async def test_expiry_and_dispatcher_wait_out_a_database_outage_quietly(
     assert events(expiry, "expiry.database_back"), expiry.log_tail()
     assert not events(dispatcher, "dispatcher.error"), dispatcher.log_tail()
     assert events(dispatcher, "dispatcher.database_unavailable"), dispatcher.log_tail()
+
+
+async def test_the_wms_workers_wait_out_a_database_outage_quietly(
+    private_pg: PrivatePostgres, cfg: dict[str, object], tmp_path: Path
+) -> None:
+    """``run wms-outbound`` and ``run wms-sync`` with a WMS configured: their loops went
+    round every second, each round a traceback while the server was away."""
+    cfg = {
+        **cfg,
+        "connectors": [
+            {
+                "id": "wms-main",
+                "type": "wms",
+                "url": f"http://127.0.0.1:{free_port()}",  # never called: nothing is due
+                "token_env": "FAULT_TOKEN",
+                "incremental_interval_s": 1,
+            }
+        ],
+    }
+    env = {"FAULT_TOKEN": "t"}
+    with Children(tmp_path) as children:
+        outbound, sync = (
+            children._start(Child(["run", s], cfg, tmp_path, label=s, extra_env=env))
+            for s in ("wms-outbound", "wms-sync")
+        )
+
+        async def started() -> bool:
+            return outbound.logged("wms_outbound.started") and sync.logged("wms_sync.started")
+
+        await wait_until(started, timeout=30, what="both started", children=children)
+        await asyncio.sleep(1.0)  # a round or two of each with the database there
+
+        await asyncio.to_thread(private_pg.stop)
+        await asyncio.sleep(OUTAGE_S)  # the outage itself
+        children.check_alive()
+        await asyncio.to_thread(private_pg.start)
+
+        async def both_back() -> bool:
+            return outbound.logged("wms_outbound.database_back") and sync.logged(
+                "wms_sync.database_back"
+            )
+
+        await wait_until(both_back, timeout=40, what="both back", children=children)
+        children.check_alive()
+
+    for child, failed in (
+        (outbound, ["wms_outbound.flush_failed"]),
+        (sync, ["wms_sync.loop_failed", "wms_sync.schedule_failed"]),
+    ):
+        for name in failed:
+            assert not events(child, name), child.log_tail()
+    assert 1 <= len(events(outbound, "wms_outbound.database_unavailable")) <= TRIES_AT_MOST
+    assert 1 <= len(events(sync, "wms_sync.database_unavailable")) <= TRIES_AT_MOST

@@ -13,14 +13,11 @@ import contextlib
 import time
 
 from stockkeeper.bootstrap import Container
-from stockkeeper.domain.backoff import Backoff
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.retention import Policy, Retention
-from stockkeeper.store.errors import is_unavailable
+from stockkeeper.workers.round_errors import RoundErrors
 
 log = get_logger("stockkeeper.expiry")
-# The pauses while the database cannot be reached, as the dispatcher's (D-030).
-DATABASE_OUTAGE = Backoff(0.5, 30.0)
 
 
 class ExpiryWorker:
@@ -59,9 +56,9 @@ class ExpiryWorker:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("expiry.started", batch=self.batch, interval_s=self.interval)
         last_prune: float | None = None
-        outage = 0  # sweeps in a row that could not reach the database
+        errors = RoundErrors("expiry", "expiry", self.c.metrics, "stockkeeper.expiry")
         while not stop.is_set():
-            pause = self.interval
+            pause: float | None = None
             try:
                 n = await self.sweep()
                 if n:
@@ -69,21 +66,10 @@ class ExpiryWorker:
                 if last_prune is None or time.monotonic() - last_prune >= self.retention_interval:
                     last_prune = time.monotonic()
                     await self.prune()
-                if outage:
-                    log.info("expiry.database_back", tries=outage)
-                outage = 0
+                errors.ok()
             except Exception as exc:
-                # Counted and logged; the loop goes on.
-                self.c.metrics.worker_errors.labels(worker="expiry").inc()
-                if is_unavailable(exc):
-                    # The database is restarting or away: nothing is lost (what is due
-                    # stays due), so wait it out quietly with growing pauses.
-                    outage += 1
-                    pause = max(pause, DATABASE_OUTAGE.delay(outage))
-                    error = f"{type(exc).__name__}: {exc}"
-                    log.warning("expiry.database_unavailable", error=error, retry_in_s=pause)
-                else:
-                    log.exception("expiry.failed")
+                # Counted and logged; the loop goes on (an outage: with growing pauses).
+                pause = errors.failed("expiry.failed", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pause)
+                await asyncio.wait_for(stop.wait(), max(self.interval, pause or 0.0))
         log.info("expiry.stopped")
