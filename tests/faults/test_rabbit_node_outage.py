@@ -6,7 +6,10 @@ clients get Connection.Close) or killed with SIGKILL (their sockets reset), outb
 are written while it is away, then it is started again. Without a restart of either
 process, every event reaches the consumer once, in sequence per SKU; neither process
 exits; and while the broker is away the dispatcher does not sit on an open transaction
-holding its claimed rows (D-434): it rolls back and waits the outage out.
+holding its claimed rows (D-434): it rolls back and waits the outage out. An admin's
+replay of a dead letter meanwhile is 503 ``unavailable`` with ``Retry-After`` at once
+(it waited for the broker, the request hanging and the row locked), and goes through
+once the node is back.
 (tests/e2e/test_messaging_crash.py closes the connections from the broker's side, with
 the node up; this is the node itself going down.)
 """
@@ -21,8 +24,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
+from stockkeeper.store import dead_letters
 from tests.e2e.messaging_helpers import (
     Child,
     Children,
@@ -36,7 +41,7 @@ from tests.e2e.messaging_helpers import (
     wait_until,
 )
 from tests.faults.servers import PrivatePostgres, PrivateRabbit
-from tests.support import base_config
+from tests.support import ADMIN_TOKEN, base_config, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -109,10 +114,23 @@ async def test_dispatcher_and_consumer_resume_after_the_node_comes_back(
         dispatcher={"poll_interval_ms": 200},
         logging={"level": "info"},
     )
+    admin_port = free_port()
+    cfg["api"] = {**cfg["api"], "admin_port": admin_port}
+    letter = await dead_letters.record(
+        db, queue="wms.outbound", message_id=None, routing_key="inventory.allocated",
+        body=b"{}", headers={}, error="a test's", attempts=1,
+    )  # fmt: skip
     rng = random.Random(how)
     with Children(tmp_path) as children:
         dispatcher = children.dispatcher(cfg)
         consumer = children.consumer(cfg, name="outage")
+        admin = children._start(Child(["run", "admin-api"], cfg, tmp_path, label="admin"))
+        api = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{admin_port}",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=15,
+        )
+        replay = f"/admin/dead-letters/{letter}/replay"
         written = await add_level_changes(db, rng.choices(SKUS, k=40), rng)
 
         async def all_applied() -> bool:
@@ -129,16 +147,26 @@ async def test_dispatcher_and_consumer_resume_after_the_node_comes_back(
             children.check_alive()
             await asyncio.sleep(0.5)
         assert held <= HELD_AT_MOST_S, f"a transaction stayed open {held:.1f}s, node away"
+        started = time.monotonic()
+        refused = await api.post(replay)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["type"].endswith("unavailable")
+        assert refused.headers["retry-after"]
+        assert time.monotonic() - started < HELD_AT_MOST_S
         assert (await outbox_status(db)).get("PENDING"), "the outage left nothing to send"
         assert dispatcher.logged("dispatcher.broker_unavailable")
         await asyncio.to_thread(private_rabbit.start)
 
         await wait_until(all_applied, timeout=45, what="the events after", children=children)
+        replayed = await api.post(replay)
+        assert replayed.status_code == 200, replayed.text
+        assert replayed.json()["status"] == "REPLAYED"
+        await api.aclose()
         await wait_until(
             lambda: _all_sent(db), timeout=15, what="every row SENT", children=children
         )
         children.check_alive()
-        for child in (dispatcher, consumer):
+        for child in (dispatcher, consumer, admin):
             assert child.logged("rabbitmq.connection_lost"), child.log_tail()
             assert child.logged("rabbitmq.reconnected"), child.log_tail()
             assert library_lines(child) <= CHATTER_AT_MOST, child.log_tail()

@@ -369,17 +369,24 @@ class RabbitMQBroker:
         return name
 
     async def send_to_queue(self, queue: str, message: OutgoingMessage, delay_ms: int = 0) -> None:
-        if self._pub is None:
-            raise BrokerUnavailable("not connected")
-        target = self._n(queue) if delay_ms <= 0 else await self._retry_queue(queue, delay_ms)
+        """Put ``message`` straight on ``queue`` (after ``delay_ms``, through its retry
+        queue). Raises :class:`BrokerUnavailable` at once while the connection is down,
+        or after the publish timeout, rather than waiting for it to come back: the
+        caller (a consumer's retry, an admin's replay) holds a transaction (D-434)."""
+        pub = self._connected_channel()
         headers = {**message.headers, ROUTING_KEY_HEADER: message.routing_key}
         direct = OutgoingMessage(
             message.exchange, message.routing_key, message.body, message.message_id, headers
         )
-        try:
-            await self._pub.default_exchange.publish(
+
+        async def send() -> None:
+            target = self._n(queue) if delay_ms <= 0 else await self._retry_queue(queue, delay_ms)
+            await pub.default_exchange.publish(
                 self._message(direct), routing_key=target, timeout=self.publish_timeout
             )
+
+        try:
+            await asyncio.wait_for(send(), self.publish_timeout)
         except (TimeoutError, OSError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
             raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from exc
 
