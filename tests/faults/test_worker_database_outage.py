@@ -187,3 +187,7 @@ async def test_the_wms_workers_wait_out_a_database_outage_quietly(
             assert not events(child, name), child.log_tail()
     assert 1 <= len(events(outbound, "wms_outbound.database_unavailable")) <= TRIES_AT_MOST
     assert 1 <= len(events(sync, "wms_sync.database_unavailable")) <= TRIES_AT_MOST
+    # Their consumers, on the embedded queue: a line per poll (every 200 ms here) before.
+    for child in (outbound, sync):
+        assert not events(child, "pgqueue.claim_failed"), child.log_tail()
+        assert len(events(child, "pgqueue.database_unavailable")) <= TRIES_AT_MOST
