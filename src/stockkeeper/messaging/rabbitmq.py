@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,6 +199,7 @@ class RabbitMQBroker:
         self._retry_queues: set[str] = set()
         self._publish_lock = asyncio.Lock()
         self._down_since: float | None = None  # when the connection was lost
+        self._on_reconnect: list[Callable[[], None]] = []
         # Every name this broker has declared on RabbitMQ, kept across reconnects: what
         # a test checks is gone after deleting its prefix's topology (D-410).
         self.declared_queues: set[str] = set()
@@ -243,6 +244,12 @@ class RabbitMQBroker:
             connection=self.connection_name,
             down_s=None if down_s is None else round(down_s, 1),
         )
+        for callback in self._on_reconnect:
+            callback()
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the connection is restored after a loss."""
+        self._on_reconnect.append(callback)
 
     async def declare(self) -> None:
         """Declare exchanges, queues and bindings; safe to repeat. Raises

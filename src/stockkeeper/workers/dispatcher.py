@@ -31,6 +31,7 @@ from stockkeeper.messaging.broker import (
     OutgoingMessage,
     PublishesInTransaction,
     PublishRejected,
+    Reconnects,
 )
 from stockkeeper.messaging.envelope import (
     ATTEMPT_HEADER,
@@ -318,6 +319,10 @@ class Dispatcher:
         reconnects = self.metrics.listener_reconnects.labels(listener="dispatcher")
         listener = Listener(self.listen_pool, "dispatcher", on_reconnect=reconnects.inc)
         wake = listener.subscribe(NOTIFY_CHANNEL)
+        # The broker back after an outage: try at once, not at the end of the pause.
+        resume = asyncio.Event()
+        if isinstance(self.broker, Reconnects):
+            self.broker.on_reconnect(resume.set)
         async with listener:
             log.info("dispatcher.started", batch=self.batch_size)
             try:
@@ -328,6 +333,7 @@ class Dispatcher:
                     poll_s=self.poll,
                     on_error=self._on_error,
                     errors=self.outage,
+                    resume=resume,
                 )
                 await self.land()
             except BaseException as exc:
