@@ -116,7 +116,7 @@ def _unreachable(settings: Settings, exc: Exception) -> str | None:
     """What to say when ``exc`` (raised at start) is a database or broker that cannot
     be reached; None for any other error."""
     from stockkeeper.messaging.broker import BrokerUnavailable
-    from stockkeeper.store.errors import is_unavailable
+    from stockkeeper.store.errors import cannot_connect
 
     restart = (
         f"exiting with status {UNREACHABLE_AT_START}; start it again once it answers "
@@ -125,7 +125,7 @@ def _unreachable(settings: Settings, exc: Exception) -> str | None:
     if isinstance(exc, BrokerUnavailable):
         where = _host_port(settings.broker.url, 5672)
         return f"cannot reach RabbitMQ at {where} (broker.url) at start: {exc}; {restart}"
-    if is_unavailable(exc):
+    if cannot_connect(exc):
         url = settings.database.url
         where = _host_port(url, 5432) if url else "the embedded server"
         return (
