@@ -668,6 +668,20 @@ async def erp_rows(dsn: str) -> int:
         await conn.close()
 
 
+def start_sandbox_erp(cwd: Path, data_dir: Path, err_path: Path) -> subprocess.Popen[str]:
+    """``stockkeeper sandbox erp`` on the embedded server of ``data_dir``: its snippet on
+    stdout, its log in ``err_path``."""
+    with err_path.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stockkeeper", "sandbox", "erp", *ERP_ARGS],
+            cwd=cwd,
+            env=clean_env(STOCKKEEPER_DATA_DIR=str(data_dir)),
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+
+
 @pytest.mark.slow
 async def test_sandbox_erp_uses_the_embedded_postgres_and_outlives_an_up_restart(
     tmp_path: Path, embedded_home: Path
@@ -679,15 +693,7 @@ async def test_sandbox_erp_uses_the_embedded_postgres_and_outlives_an_up_restart
     erp: subprocess.Popen[str] | None = None
     try:
         first.wait_ready()
-        with erp_err.open("wb") as err:
-            erp = subprocess.Popen(
-                [sys.executable, "-m", "stockkeeper", "sandbox", "erp", *ERP_ARGS],
-                cwd=tmp_path,
-                env=clean_env(STOCKKEEPER_DATA_DIR=str(data_dir)),
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-            )
+        erp = start_sandbox_erp(tmp_path, data_dir, erp_err)
         snippet = read_snippet(erp)
         (entry,) = snippet["connectors"]
         assert entry["type"] == "erp", snippet
@@ -738,15 +744,7 @@ def test_the_last_user_of_an_embedded_server_started_again_stops_it(
     erp: subprocess.Popen[str] | None = None
     try:
         up.wait_ready()
-        with erp_err.open("wb") as err:
-            erp = subprocess.Popen(
-                [sys.executable, "-m", "stockkeeper", "sandbox", "erp", *ERP_ARGS],
-                cwd=tmp_path,
-                env=clean_env(STOCKKEEPER_DATA_DIR=str(data_dir)),
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-            )
+        erp = start_sandbox_erp(tmp_path, data_dir, erp_err)
         assert read_snippet(erp)["connectors"], erp_err.read_text()  # it joined the server
         pid = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
         os.kill(pid, signal.SIGKILL)
