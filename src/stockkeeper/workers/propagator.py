@@ -221,10 +221,14 @@ class Propagator:
         interval = self.service.monitoring.lag_check_interval_s
         repairs: dict[str, asyncio.Task[object]] = {}
         samples: dict[str, asyncio.Task[object]] = {}
+        behind = set(self.adapters)  # channels whose rules were not caught up yet
         errors = RoundErrors("propagator", "propagator.monitor", self.metrics, LOGGER)
         while not stop.is_set():
             pause: float | None = None
             try:
+                for ch in sorted(behind):
+                    await self._catch_up(ch)
+                    behind.discard(ch)
                 await self.service.check_lag()
                 await self.service.status()  # sets the pending and unlisted gauges
                 for ch, adapter in self.adapters.items():
@@ -245,6 +249,13 @@ class Propagator:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _catch_up(self, channel: str) -> None:
+        """A rule edited in the config takes effect at start for every SKU, not only
+        those whose stock changes next (D-447)."""
+        due = await self.service.rules.catch_up(channel)
+        if due:
+            log.info("propagator.rules_caught_up", channel=channel, due=due)
 
     async def _sample(self, adapter: ChannelAdapter) -> None:
         try:
