@@ -114,6 +114,28 @@ async def test_reservations_by_status_sku_and_expiry(
     assert bad.status_code == 422
 
 
+async def test_the_expiring_reservations_keep_the_sku_and_status_filters(
+    container: Container, client: httpx.AsyncClient
+) -> None:
+    await container.stock.receive(Receipt("MILK", 100, "r-milk"))
+    await container.stock.receive(Receipt("BREAD", 100, "r-bread"))
+    for i, sku in enumerate(["MILK", "BREAD", "MILK", "BREAD"]):
+        await container.reservations.reserve(
+            ReserveRequest(f"o-{i}", (OrderLine(sku, 1),), ttl_seconds=60 * (i + 1))
+        )
+    await container.reservations.confirm("o-1")
+
+    bread = await walk(client, "/admin/reservations", sku="BREAD", expiring_within_s=600)
+    assert [r["order_id"] for r in bread] == ["o-3"]
+    paged = await walk(client, "/admin/reservations", sku="MILK", expiring_within_s=600, limit=1)
+    assert [r["order_id"] for r in paged] == ["o-0", "o-2"]
+    # Only a PENDING reservation expires: any other status leaves nothing due.
+    confirmed = await walk(client, "/admin/reservations", status="CONFIRMED", expiring_within_s=600)
+    assert confirmed == []
+    pending = await walk(client, "/admin/reservations", status="PENDING", expiring_within_s=600)
+    assert [r["order_id"] for r in pending] == ["o-0", "o-2", "o-3"]
+
+
 async def test_sync_requests_are_listed_newest_first(
     container: Container, client: httpx.AsyncClient
 ) -> None:

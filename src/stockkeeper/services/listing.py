@@ -180,12 +180,17 @@ class Listing:
         limit: int = 100,
     ) -> Page[ReservationSummary]:
         """Reservations by id (optionally of one status, or holding one SKU); or, with
-        ``expiring_within_s``, the PENDING ones due within that time, soonest first."""
+        ``expiring_within_s``, the PENDING ones due within that time, soonest first.
+        Every filter narrows (D-452): with ``expiring_within_s`` the SKU still holds, and
+        a status other than PENDING leaves nothing (only a PENDING one expires)."""
         async with self.pool.acquire() as conn:
             if expiring_within_s is not None:
+                cursor = _after_pair(after)
+                if status not in (None, "PENDING"):
+                    return Page((), None)
                 before = self.clock() + timedelta(seconds=expiring_within_s)
                 rows = await listing.expiring_reservations(
-                    conn, before=before, after=_after_pair(after), limit=limit + 1
+                    conn, before=before, sku=sku, after=cursor, limit=limit + 1
                 )
                 return _page(rows, limit, _reservation, lambda r: _pair(r["expires_at"], r["id"]))
             rows = await listing.reservations(
