@@ -102,6 +102,8 @@ def _after_pair(after: str | None) -> tuple[datetime, int]:
     if not after:
         return EPOCH, 0
     at, sep, row = after.rpartition("~")
+    # A cursor of before D-453 pasted into a URL unencoded: its "+00:00" came as " 00:00".
+    at = at.replace(" ", "+")
     try:
         when = datetime.fromisoformat(at)
     except ValueError:
@@ -112,7 +114,10 @@ def _after_pair(after: str | None) -> tuple[datetime, int]:
 
 
 def _pair(at: datetime, row_id: int) -> str:
-    return f"{at.isoformat()}~{row_id}"
+    """``2030-01-01T00:01:00.250000Z~17``: UTC with a Z, so nothing in it needs
+    percent-encoding (a "+00:00" pasted into a URL reads as a space, D-453)."""
+    utc = at.astimezone(UTC).replace(tzinfo=None)
+    return f"{utc.isoformat(timespec='microseconds')}Z~{row_id}"
 
 
 def _page(
