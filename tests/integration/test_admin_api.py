@@ -148,6 +148,25 @@ async def test_list_dead_letters_filters_and_pages(
         )
 
 
+async def test_an_empty_queue_or_cursor_of_the_dead_letters_filters_nothing(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    # The contract's `GET /admin/dead-letters?queue=&limit=`, as a form or a script
+    # with nothing to fill in sends it: every queue's, from the first.
+    ids = [(await add_dead_letter(container, q))[0] for q in ("wms.outbound", "wms.sync")]
+    admin = auth(ADMIN_TOKEN)
+    r = await client.get("/admin/dead-letters?queue=&limit=1&after=", headers=admin)
+    assert r.status_code == 200, r.text
+    assert ([i["id"] for i in r.json()["items"]], r.json()["next"]) == ([ids[0]], ids[0])
+    r = await client.get(f"/admin/dead-letters?queue=&after={ids[0]}", headers=admin)
+    assert [i["id"] for i in r.json()["items"]] == [ids[1]]
+    r = await client.get("/admin/dead-letters?queue=wms.sync", headers=admin)
+    assert [i["id"] for i in r.json()["items"]] == [ids[1]]
+    assert_problem(
+        await client.get("/admin/dead-letters?after=x", headers=admin), 422, "validation"
+    )
+
+
 async def test_listed_dead_letter_shows_body_and_headers_as_json(
     client: httpx.AsyncClient, container: Container
 ) -> None:
