@@ -32,8 +32,10 @@ from stockkeeper.api.ui import session
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
 from stockkeeper.domain.errors import NotFound
 from stockkeeper.domain.ids import printable, printable_part
+from stockkeeper.messaging.broker import BrokerUnavailable
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.listing import Listing
+from stockkeeper.store.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -156,6 +158,13 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
     async def get_json(request: Request, path: str, **params: Any) -> Any:
         async with api(request) as client:
             r = await client.get(path, params=params)
+        if r.status_code == 503:
+            # What the API could not reach, the page cannot either: the same 503
+            # `unavailable` with Retry-After (CatchAll), not a 500 of the page.
+            detail = str(r.json().get("detail", "")) if r.content else ""
+            if "broker" in detail:
+                raise BrokerUnavailable(f"{path}: {detail}")
+            raise StoreUnavailable(f"{path}: {detail or 'unavailable'}")
         r.raise_for_status()
         return r.json()
 
