@@ -31,10 +31,12 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, column, func, literal, or_, select, table
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql import Select
 
 from stockkeeper.config import ErpConnectorConfig
+from stockkeeper.connectors.http import ConnectorError
 from stockkeeper.connectors.records import LevelRecord, Refused, parse_levels
 
 COLUMNS = ("sku", "location", "on_hand", "price", "last_modified")
@@ -130,13 +132,20 @@ class ErpSource:
 
     async def page(self, after: Position | None) -> ErpPage:
         stmt = page_query(self.cfg.view, after, self.cfg.page_size)
-        async with (
-            self.gate,
-            asyncio.timeout(self.cfg.query_timeout_ms / 1000),
-            self.engine.connect() as conn,
-        ):
-            result = await conn.execute(stmt)
-            rows = [tuple(r) for r in result.fetchall()]
+        try:
+            async with (
+                self.gate,
+                asyncio.timeout(self.cfg.query_timeout_ms / 1000),
+                self.engine.connect() as conn,
+            ):
+                result = await conn.execute(stmt)
+                rows = [tuple(r) for r in result.fetchall()]
+        except TimeoutError:
+            raise self._failed(f"no answer within {self.cfg.query_timeout_ms} ms") from None
+        except (SQLAlchemyError, OSError) as exc:
+            # The database's own words ("column stock_changes.on_hand does not exist"),
+            # not SQLAlchemy's wrapping with the statement and a link (D-440).
+            raise self._failed(_db_message(exc)) from exc
         levels, refused = to_levels(rows)
         last = None
         if rows:
@@ -144,5 +153,18 @@ class ErpSource:
             last = Position(_aware(last_modified), _key(sku), _key(location))
         return ErpPage(levels, refused, len(rows), last)
 
+    def _failed(self, message: str) -> ConnectorError:
+        return ConnectorError(self.cfg.id, f"reading the view {self.cfg.view}", message)
+
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _db_message(exc: BaseException) -> str:
+    cause: BaseException = exc
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        cause = exc.orig
+    # The driver's own error when the adapter wraps one (asyncpg's under SQLAlchemy's).
+    cause = cause.__cause__ or cause
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__

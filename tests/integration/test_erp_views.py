@@ -1,0 +1,65 @@
+"""The ERP poller over views shaped as real ERPs shape them: a view that lost a column
+(the failure shows in /admin/status, not only in the log). Against the sandbox ERP's
+database, with views of its own."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from stockkeeper.config import ErpConnectorConfig
+from stockkeeper.services.ingest import connector_status
+from stockkeeper.workers.pollers import ErpPoller
+from stockkeeper_sandbox.erp import ErpSandbox
+from tests.integration.test_pollers import container_with, queued_levels, sqlalchemy_url
+
+# The ERP's next release renamed a column of the view.
+RENAMED_VIEW = """
+CREATE VIEW stock_changes_renamed AS
+    SELECT sku, warehouse AS location, qty_on_hand AS quantity, unit_price AS price,
+           last_modified
+    FROM erp_item;
+GRANT SELECT ON stock_changes_renamed TO erp_reader;
+"""
+
+
+async def create_view(erp: ErpSandbox, sql: str) -> None:
+    conn = await asyncpg.connect(erp.url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def test_a_view_that_lost_a_column_shows_as_the_connectors_last_failure(
+    config: dict[str, Any], clock: Any, erp: ErpSandbox
+) -> None:
+    await create_view(erp, RENAMED_VIEW)
+    await erp.set("BOLT", 5, at=datetime(2030, 1, 1, tzinfo=UTC), warehouse="WH-A")
+    cfg = {
+        "id": "erp-ren",
+        "type": "erp",
+        "dsn": sqlalchemy_url(erp.reader_url),
+        "view": "stock_changes_renamed",
+    }
+    c = await container_with(config, clock, cfg)
+    try:
+        poller = ErpPoller(c, c.settings.connectors_of(ErpConnectorConfig)[0])
+        try:
+            assert not await poller.tick()
+        finally:
+            await poller.close()
+        async with c.pool.acquire() as conn:
+            (status,) = await connector_status(conn, ["erp-ren"])
+        assert await queued_levels(c) == []
+    finally:
+        await c.close()
+    assert status.last_failure is not None
+    message = status.last_failure.message
+    # The view and the database's own words, not SQLAlchemy's statement dump.
+    assert "stock_changes_renamed" in message
+    assert "on_hand does not exist" in message
+    assert "SELECT" not in message
+    assert status.last_modified is None  # the cursor did not move
