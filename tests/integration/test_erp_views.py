@@ -1,6 +1,6 @@
-"""The ERP poller over views shaped as real ERPs shape them: a view that lost a column
-(the failure shows in /admin/status, not only in the log). Against the sandbox ERP's
-database, with views of its own."""
+"""The ERP poller over views shaped as real ERPs shape them: quantities in a decimal
+column, and a view that lost a column (the failure shows in /admin/status, not only in
+the log). Against the sandbox ERP's database, with views of its own."""
 
 from __future__ import annotations
 
@@ -14,6 +14,18 @@ from stockkeeper.services.ingest import connector_status
 from stockkeeper.workers.pollers import ErpPoller
 from stockkeeper_sandbox.erp import ErpSandbox
 from tests.integration.test_pollers import container_with, queued_levels, sqlalchemy_url
+
+# Quantities as SAP or Dynamics keep them: numeric with decimals (5 units: 5.000). The
+# SKU 'HALF' shows half its units: 2.500 of a thing is not a whole number.
+DECIMAL_VIEW = """
+CREATE VIEW stock_changes_decimal AS
+    SELECT sku, warehouse AS location,
+           (CASE WHEN sku = 'HALF' THEN qty_on_hand / 2.0 ELSE qty_on_hand END)::numeric(15, 3)
+               AS on_hand,
+           unit_price AS price, last_modified
+    FROM erp_item;
+GRANT SELECT ON stock_changes_decimal TO erp_reader;
+"""
 
 # The ERP's next release renamed a column of the view.
 RENAMED_VIEW = """
@@ -31,6 +43,37 @@ async def create_view(erp: ErpSandbox, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def test_whole_quantities_in_a_decimal_column_are_levels(
+    config: dict[str, Any], clock: Any, erp: ErpSandbox
+) -> None:
+    await create_view(erp, DECIMAL_VIEW)
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    await erp.set("BOLT", 5, at=at, warehouse="WH-A")
+    await erp.set("NUT", 0, at=at, warehouse="WH-A")
+    await erp.set("HALF", 5, at=at, warehouse="WH-A")
+    cfg = {
+        "id": "erp-dec",
+        "type": "erp",
+        "dsn": sqlalchemy_url(erp.reader_url),
+        "view": "stock_changes_decimal",
+    }
+    c = await container_with(config, clock, cfg)
+    try:
+        poller = ErpPoller(c, c.settings.connectors_of(ErpConnectorConfig)[0])
+        try:
+            await poller.poll_once()
+        finally:
+            await poller.close()
+        got = await queued_levels(c)
+        async with c.pool.acquire() as conn:
+            errors = [r["error"] for r in await conn.fetch("SELECT error FROM dead_letter")]
+    finally:
+        await c.close()
+    assert sorted(got) == [("BOLT", "WH-A", 5), ("NUT", "WH-A", 0)]
+    assert len(errors) == 1  # 2.500 units: refused, with its reason
+    assert "on_hand" in errors[0]
 
 
 async def test_a_view_that_lost_a_column_shows_as_the_connectors_last_failure(

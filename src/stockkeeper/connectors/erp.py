@@ -99,6 +99,20 @@ def _aware(value: Any) -> Any:
     return value
 
 
+def _whole(value: Any) -> Any:
+    """A quantity the database gives as a decimal or a float, as the integer it is.
+
+    ERPs keep quantities in decimal columns (``numeric(15,3)``, SQL Server's
+    ``decimal(38,20)``), so 5 units arrive as ``Decimal('5.000')``. That is the whole
+    number 5, not a string or a float sent where JSON should have an integer (D-417 is
+    about the latter); a fraction (5.5) is left as it is and refused (D-442)."""
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def to_levels(rows: Sequence[Sequence[Any]]) -> tuple[list[LevelRecord], list[Refused]]:
     """ERP rows to validated levels; a bad row is refused with its reason."""
     raw: list[dict[str, Any]] = []
@@ -106,7 +120,7 @@ def to_levels(rows: Sequence[Sequence[Any]]) -> tuple[list[LevelRecord], list[Re
         doc: dict[str, Any] = {
             "sku": sku,
             "location": location or "default",
-            "on_hand": on_hand,
+            "on_hand": _whole(on_hand),
             "source_updated_at": _aware(last_modified),
         }
         if price is not None:
