@@ -98,6 +98,41 @@ async def test_a_signed_delivery_is_queued_and_five_copies_apply_once(
     assert m("stockkeeper_webhook_requests_total", {"connector": "hook", "status": "202"}) == 5
 
 
+async def test_an_event_id_again_with_another_body_is_refused_not_dropped(
+    hooked: tuple[httpx.AsyncClient, Container],
+) -> None:
+    http, c = hooked
+    await c.stock.receive(Receipt("A", 10, "r-1", None, None, None))
+    first = generic("evt-9", sales=[{"transaction_id": "t-1", "sku": "A", "delta": -2}])
+    r = await http.post("/webhooks/hook", content=first, headers=signed(first))
+    assert r.json()["status"] == "queued"
+    # The same delivery written again, other key order and whitespace: a duplicate.
+    again = (
+        b'{ "sales": [{"delta": -2, "sku": "A", "transaction_id": "t-1"}], "event_id": "evt-9" }'
+    )
+    r = await http.post("/webhooks/hook", content=again, headers=signed(again))
+    assert (r.status_code, r.json()["status"]) == (202, "duplicate")
+    # A sender that reuses an id for other news is told so: a 202 would drop its sale.
+    before = await counts(c)
+    other = generic("evt-9", sales=[{"transaction_id": "t-2", "sku": "A", "delta": -5}])
+    r = await http.post("/webhooks/hook", content=other, headers=signed(other))
+    assert (r.status_code, r.json()["type"]) == (409, "conflict")
+    assert "evt-9" in r.json()["detail"]
+    assert await counts(c) == before  # nothing of it stored
+    order = shopify_order(3001, (1, "A", 1))
+    assert (
+        await http.post("/webhooks/shop", content=order, headers=shopify_headers(order, "w-9"))
+    ).status_code == 202
+    cancel_topic = shopify_headers(order, "w-9", "orders/cancelled")
+    r = await http.post("/webhooks/shop", content=order, headers=cancel_topic)
+    assert (r.status_code, r.json()["type"]) == (409, "conflict")  # the topic is its meaning
+    await apply_queued(c)
+    (a,) = await c.stock.get_many(["A"])
+    assert a.on_hand == 7
+    m = c.metrics.registry.get_sample_value
+    assert m("stockkeeper_webhook_requests_total", {"connector": "hook", "status": "409"}) == 1
+
+
 async def test_a_thousand_badly_signed_deliveries_store_nothing(
     hooked: tuple[httpx.AsyncClient, Container],
 ) -> None:

@@ -63,9 +63,12 @@ SET last_modified = EXCLUDED.last_modified, sku = EXCLUDED.sku,
     pages = c.pages + 1, records = c.records + EXCLUDED.records, updated_at = now();
 
 -- name: claim_delivery
-INSERT INTO webhook_delivery (connector, event_id) VALUES ($1, $2)
-ON CONFLICT DO NOTHING
-RETURNING event_id;
+-- new: this delivery id is taken now; else the digest the id came with first (NULL for
+-- one kept from before digests). The no-op update waits for a concurrent first delivery
+-- of the id and reads what it committed, which DO NOTHING would not return.
+INSERT INTO webhook_delivery AS d (connector, event_id, digest) VALUES ($1, $2, $3)
+ON CONFLICT (connector, event_id) DO UPDATE SET digest = d.digest
+RETURNING (xmax = 0) AS new, digest;
 
 -- name: circuit_state
 SELECT * FROM connector_state WHERE connector = $1;
