@@ -37,6 +37,17 @@ GRANT SELECT ON stock_changes_renamed TO erp_reader;
 """
 
 
+# SKU and warehouse codes in fixed-width CHAR columns (SAP's MATNR, many SQL Server
+# schemas): the database pads them with spaces to the column's width.
+CHAR_VIEW = """
+CREATE VIEW stock_changes_char AS
+    SELECT sku::char(20) AS sku, warehouse::char(10) AS location,
+           qty_on_hand AS on_hand, unit_price AS price, last_modified
+    FROM erp_item;
+GRANT SELECT ON stock_changes_char TO erp_reader;
+"""
+
+
 async def create_view(erp: ErpSandbox, sql: str) -> None:
     conn = await asyncpg.connect(erp.url)
     try:
@@ -106,3 +117,42 @@ async def test_a_view_that_lost_a_column_shows_as_the_connectors_last_failure(
     assert "on_hand does not exist" in message
     assert "SELECT" not in message
     assert status.last_modified is None  # the cursor did not move
+
+
+async def test_codes_in_fixed_width_char_columns_lose_their_padding(
+    config: dict[str, Any], clock: Any, erp: ErpSandbox
+) -> None:
+    await create_view(erp, CHAR_VIEW)
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    # Ties on one timestamp, read a row a page: the keyset works on the padded values.
+    for sku, warehouse in [("BOLT", "WH-A"), ("BOLT", "WH-B"), ("NUT", "WH-A"), ("W", "WH-A")]:
+        await erp.set(sku, len(sku), at=at, warehouse=warehouse)
+    cfg = {
+        "id": "erp-char",
+        "type": "erp",
+        "dsn": sqlalchemy_url(erp.reader_url),
+        "view": "stock_changes_char",
+        "page_size": 1,
+    }
+    c = await container_with(config, clock, cfg)
+    try:
+        poller = ErpPoller(c, c.settings.connectors_of(ErpConnectorConfig)[0])
+        try:
+            for _ in range(10):
+                if not await poller.poll_once():
+                    break
+            assert not await poller.poll_once()
+        finally:
+            await poller.close()
+        got = await queued_levels(c)
+        async with c.pool.acquire() as conn:
+            errors = [r["error"] for r in await conn.fetch("SELECT error FROM dead_letter")]
+    finally:
+        await c.close()
+    assert errors == []
+    assert sorted(got) == [
+        ("BOLT", "WH-A", 4),
+        ("BOLT", "WH-B", 4),
+        ("NUT", "WH-A", 3),
+        ("W", "WH-A", 1),
+    ]

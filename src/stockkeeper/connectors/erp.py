@@ -113,13 +113,21 @@ def _whole(value: Any) -> Any:
     return value
 
 
+def _unpadded(value: Any) -> Any:
+    """A code from a fixed-width CHAR column without the spaces the database pads it with
+    to the column's width (``'BOLT' + 16 spaces`` in a ``char(20)``): padding, not part
+    of the code (D-442). Leading spaces are the code's own and still refused."""
+    return value.rstrip(" ") if isinstance(value, str) else value
+
+
 def to_levels(rows: Sequence[Sequence[Any]]) -> tuple[list[LevelRecord], list[Refused]]:
-    """ERP rows to validated levels; a bad row is refused with its reason."""
+    """ERP rows to validated levels; a bad row is refused with its reason. The keyset
+    position keeps the raw values (``ErpSource.page``): the database compares those."""
     raw: list[dict[str, Any]] = []
     for sku, location, on_hand, price, last_modified in rows:
         doc: dict[str, Any] = {
-            "sku": sku,
-            "location": location or "default",
+            "sku": _unpadded(sku),
+            "location": _unpadded(location) or "default",
             "on_hand": _whole(on_hand),
             "source_updated_at": _aware(last_modified),
         }
