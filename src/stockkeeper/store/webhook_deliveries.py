@@ -19,9 +19,8 @@ class Claim(StrEnum):
 async def claim(conn: Conn, connector: str, event_id: str, digest: bytes) -> Claim:
     """Record the delivery in the caller's transaction: new, the same one again, or the
     id again with another body (``digest`` is what the delivery carried)."""
-    row = await conn.fetchrow(q("claim_delivery"), connector, event_id, digest)
-    assert row is not None
-    if row["new"]:
+    if await conn.fetchval(q("claim_delivery"), connector, event_id, digest) is not None:
         return Claim.NEW
-    first = row["digest"]
+    # A new statement: it sees a concurrent first delivery that the claim waited for.
+    first = await conn.fetchval(q("delivery_digest"), connector, event_id)
     return Claim.DUPLICATE if first is None or bytes(first) == digest else Claim.CONFLICT
