@@ -4,7 +4,7 @@ the log). Against the sandbox ERP's database, with views of its own."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -45,6 +45,17 @@ CREATE VIEW stock_changes_char AS
            qty_on_hand AS on_hand, unit_price AS price, last_modified
     FROM erp_item;
 GRANT SELECT ON stock_changes_char TO erp_reader;
+"""
+
+
+# Local times without a zone, as many ERPs keep them (read as UTC, D-052), on an ERP
+# server whose sessions run in Europe/Berlin (its TimeZone setting).
+NAIVE_VIEW = """
+CREATE VIEW stock_changes_naive AS
+    SELECT sku, warehouse AS location, qty_on_hand AS on_hand, unit_price AS price,
+           (last_modified AT TIME ZONE 'UTC') AS last_modified
+    FROM erp_item;
+GRANT SELECT ON stock_changes_naive TO erp_reader;
 """
 
 
@@ -156,3 +167,40 @@ async def test_codes_in_fixed_width_char_columns_lose_their_padding(
         ("NUT", "WH-A", 3),
         ("W", "WH-A", 1),
     ]
+
+
+async def test_times_without_a_zone_are_compared_as_they_are_kept_whatever_the_erps_zone(
+    config: dict[str, Any], clock: Any, erp: ErpSandbox
+) -> None:
+    await create_view(erp, NAIVE_VIEW)
+    conn = await asyncpg.connect(erp.url)
+    try:  # this ERP database only (dropped after the test), never the server's settings
+        name = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f"ALTER DATABASE \"{name}\" SET timezone TO 'Europe/Berlin'")
+    finally:
+        await conn.close()
+    at = datetime(2030, 1, 1, 10, tzinfo=UTC)
+    # Each row within the hour after the one before: compared as Berlin times against a
+    # cursor kept in UTC, every one of them looked older than the cursor.
+    for i, sku in enumerate(["A", "B", "C", "D"]):
+        await erp.set(sku, i + 1, at=at + timedelta(minutes=10 * i), warehouse="WH-A")
+    cfg = {
+        "id": "erp-naive",
+        "type": "erp",
+        "dsn": sqlalchemy_url(erp.reader_url),
+        "view": "stock_changes_naive",
+        "page_size": 1,
+    }
+    c = await container_with(config, clock, cfg)
+    try:
+        for _ in range(2):  # and again from the saved cursor, as after a restart
+            poller = ErpPoller(c, c.settings.connectors_of(ErpConnectorConfig)[0])
+            try:
+                for _ in range(3):
+                    await poller.poll_once()
+            finally:
+                await poller.close()
+        got = await queued_levels(c)
+    finally:
+        await c.close()
+    assert got == [("A", "WH-A", 1), ("B", "WH-A", 2), ("C", "WH-A", 3), ("D", "WH-A", 4)]

@@ -14,6 +14,11 @@ without ``last_modified`` has no place on the cursor and is not read (its level 
 have no source time, refused anyway); a page ending on one would have saved a cursor
 that starts again from the beginning, every poll.
 
+Column types are read for what they hold (D-442): a whole quantity in a decimal column
+is that many units, a code in a ``char(n)`` column loses its padding, and a view whose
+times have no zone (read as UTC) is compared with the cursor's UTC wall time without a
+zone, so the ERP session's own time zone never shifts the comparison.
+
 The query is built with SQLAlchemy Core, so one code path serves every database the
 ERP may run on: PostgreSQL through ``postgresql+asyncpg://`` (tested here) and Microsoft
 SQL Server through ``mssql+aioodbc://user@host/db?driver=ODBC+Driver+18+for+SQL+Server``
@@ -25,14 +30,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, column, func, literal, or_, select, table
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Select
 
 from stockkeeper.config import ErpConnectorConfig
@@ -59,11 +64,29 @@ class ErpPage:
     last: Position | None
 
 
-def page_query(view_name: str, after: Position | None, limit: int) -> Select[Any]:
-    """The keyset query for one page (bound parameters only)."""
+def _view(view_name: str) -> Any:
     schema, _, name = view_name.rpartition(".")
-    view = table(name, *(column(c) for c in COLUMNS), schema=schema or None)
-    c = view.c
+    return table(name, *(column(c) for c in COLUMNS), schema=schema or None)
+
+
+def time_probe(view_name: str) -> Select[Any]:
+    """One ``last_modified`` of the view, to learn whether it has a zone (on the index)."""
+    c = _view(view_name).c
+    return select(c.last_modified).where(c.last_modified.is_not(None)).limit(1)
+
+
+def page_query(
+    view_name: str, after: Position | None, limit: int, *, naive: bool = False
+) -> Select[Any]:
+    """The keyset query for one page (bound parameters only). ``naive``: the view's
+    ``last_modified`` has no zone, so the cursor's time is bound without one too (its
+    UTC wall time): bound with a zone, the database would compare the column as a time
+    in its session's zone and skip every row within that offset after the cursor."""
+    c = _view(view_name).c
+    if after is not None and naive:
+        after = replace(
+            after, last_modified=after.last_modified.astimezone(UTC).replace(tzinfo=None)
+        )
     # NULL-free keys (see the module docstring); '' is bound, like every value.
     sku = func.coalesce(c.sku, literal(""))
     location = func.coalesce(c.location, literal(""))
@@ -151,15 +174,27 @@ class ErpSource:
             pool_pre_ping=True,
         )
         self.gate = asyncio.Semaphore(cfg.max_concurrent_queries)
+        # Whether the view's last_modified has no zone: learnt from the view itself (one
+        # of its values) before the first query that continues from a cursor.
+        self.naive: bool | None = None
+
+    async def _naive_times(self, conn: AsyncConnection) -> bool:
+        if self.naive is None:
+            value = (await conn.execute(time_probe(self.cfg.view))).scalar()
+            if value is None:  # an empty view: nothing to compare yet, ask again later
+                return False
+            self.naive = isinstance(value, datetime) and value.tzinfo is None
+        return self.naive
 
     async def page(self, after: Position | None) -> ErpPage:
-        stmt = page_query(self.cfg.view, after, self.cfg.page_size)
         try:
             async with (
                 self.gate,
                 asyncio.timeout(self.cfg.query_timeout_ms / 1000),
                 self.engine.connect() as conn,
             ):
+                naive = after is not None and await self._naive_times(conn)
+                stmt = page_query(self.cfg.view, after, self.cfg.page_size, naive=naive)
                 result = await conn.execute(stmt)
                 rows = [tuple(r) for r in result.fetchall()]
         except TimeoutError:
