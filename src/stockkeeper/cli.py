@@ -12,7 +12,13 @@ from typing import Annotated, Any
 import typer
 
 from stockkeeper import __version__, cli_db
-from stockkeeper.cli_common import HELP_OPTIONS, ROOT_CONFIG, ConfigOption
+from stockkeeper.cli_common import (
+    HELP_OPTIONS,
+    ROOT_CONFIG,
+    UNREACHABLE_AT_START,
+    ConfigOption,
+    unreachable,
+)
 from stockkeeper.cli_common import build_container as _build
 from stockkeeper.cli_common import run_async as _run
 from stockkeeper.cli_common import settings_from as _settings
@@ -58,8 +64,6 @@ def stockkeeper(
 
 
 def _serve(settings: Settings, services: list[str], consumers: list[Any] | None = None) -> None:
-    from stockkeeper.bootstrap import shown_url
-    from stockkeeper.messaging.broker import BrokerUnavailable
     from stockkeeper.messaging.rabbitmq import TopologyMismatch
     from stockkeeper.store.pool import Connections
     from stockkeeper.wiring import USES_BROKER, connections, connectors_used
@@ -77,6 +81,9 @@ def _serve(settings: Settings, services: list[str], consumers: list[Any] | None 
     async def main() -> None:
         container = await _build(settings, needs=needs, uses=uses, create_database=True)
         try:
+            if consumers or USES_BROKER.intersection(services):
+                # At start, before anything runs: a broker we cannot reach stops here.
+                await container.connected_broker()
             await serve(container, services, consumers or [])
         finally:
             await container.close()
@@ -86,10 +93,14 @@ def _serve(settings: Settings, services: list[str], consumers: list[Any] | None 
     except TopologyMismatch as exc:  # an operator's decision (D-160): say it, no traceback
         typer.echo(f"stockkeeper: {exc}", err=True)
         raise typer.Exit(2) from None
-    except BrokerUnavailable as exc:  # at start: the setting to look at, no traceback
-        url = shown_url(settings.broker.url or "")
-        typer.echo(f"stockkeeper: broker.url ({url}): {exc}", err=True)
-        raise typer.Exit(2) from None
+    except Exception as exc:
+        # Only the start gets here (the runner turns a failure while running into its
+        # own exit): a database or broker we cannot reach is one line, exit 3 (D-435).
+        message = unreachable(settings, exc)
+        if message is None:
+            raise
+        typer.echo(f"stockkeeper: {message}", err=True)
+        raise typer.Exit(UNREACHABLE_AT_START) from None
 
 
 @app.command()

@@ -58,6 +58,46 @@ def settings_from(config: Path | None) -> Settings:
 
 T = TypeVar("T")
 
+UNREACHABLE_AT_START = 3
+"""The exit status of a process that cannot reach its database or broker at start
+(D-435); a configuration that is wrong (a database that does not exist, a refused
+password) is 2, as every other invalid setting."""
+
+
+def _host_port(url: str | None, default_port: int) -> str:
+    """``host:port`` of ``url``, without credentials."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url or "")
+        return f"{parts.hostname or 'localhost'}:{parts.port or default_port}"
+    except ValueError:
+        return "?"
+
+
+def unreachable(settings: Settings, exc: BaseException) -> str | None:
+    """What to say when ``exc`` (raised at start) is a database or broker that cannot
+    be reached; None for any other error."""
+    from stockkeeper.messaging.broker import BrokerUnavailable
+    from stockkeeper.store.errors import cannot_connect
+
+    restart = (
+        f"exiting with status {UNREACHABLE_AT_START}; start it again once it answers "
+        "(a supervisor's restart policy does: deploy/compose.yaml, D-435)"
+    )
+    if isinstance(exc, BrokerUnavailable):
+        where = _host_port(settings.broker.url, 5672)
+        return f"cannot reach RabbitMQ at {where} (broker.url) at start: {exc}; {restart}"
+    if cannot_connect(exc):
+        url = settings.database.url
+        where = _host_port(url, 5432) if url else "the embedded server"
+        cause = exc.__cause__ if isinstance(exc, ConfigError) and exc.__cause__ else exc
+        return (
+            f"cannot reach PostgreSQL at {where} (database.url) at start: "
+            f"{type(cause).__name__}: {cause}; {restart}"
+        )
+    return None
+
 
 def run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a command's coroutine to its end, on uvloop where it is installed."""
@@ -95,5 +135,7 @@ async def build_container(
             create_database=create_database,
         )
     except ConfigError as exc:
-        typer.echo(f"stockkeeper: {exc}", err=True)
-        raise typer.Exit(2) from None
+        # A server that does not answer is exit 3, a setting that is wrong exit 2.
+        message = unreachable(settings, exc)
+        typer.echo(f"stockkeeper: {message or exc}", err=True)
+        raise typer.Exit(UNREACHABLE_AT_START if message else 2) from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -119,6 +120,23 @@ class PrivateRabbit:
 
     def stop(self) -> None:
         subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], env=self.env, capture_output=True)
+
+    def kill(self) -> None:
+        """SIGKILL the node's Erlang VM (a crash, not a shutdown): clients see their
+        sockets reset, with no Connection.Close first."""
+        pid_file = self.root / "mnesia" / f"{self.node}.pid"
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                return
+            if "\nState:\tZ" in status:  # dead, not yet reaped by its parent
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"RabbitMQ node {self.node} (pid {pid}) survived SIGKILL")
 
     def remove(self) -> None:
         self.stop()

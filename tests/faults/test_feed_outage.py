@@ -17,19 +17,16 @@ from stockkeeper.bootstrap import Container, build, channel_adapter
 from stockkeeper.config import ChannelConfig, Settings
 from stockkeeper.services.stock import Receipt
 from stockkeeper.workers.propagator import Propagator
-from stockkeeper_sandbox.amazon import AmazonState
-from stockkeeper_sandbox.amazon import create_app as create_amazon_app
-from stockkeeper_sandbox.server import SandboxServer
 from tests.faults.conftest import eventually
 from tests.faults.servers import PrivatePostgres
 from tests.integration.test_amazon import (
     CLIENT_ID,
     CLIENT_SECRET,
     REFRESH,
-    Recorder,
+    Amazon,
     amazon_cfg,
+    feeds_sandbox,
 )
-from tests.integration.test_amazon_feeds import Amazon
 from tests.integration.test_propagation import record_all
 from tests.support import base_config
 
@@ -40,11 +37,8 @@ CHANNEL = "amazon-eu"
 
 @pytest.fixture
 def amazon() -> Iterator[Amazon]:
-    state = AmazonState(seller_id="A1SELLER", feed_rate=100.0)
-    state.use_lwa(CLIENT_ID, CLIENT_SECRET, [REFRESH])
-    recorder = Recorder(create_amazon_app(state))
-    with SandboxServer(recorder) as server:
-        yield state, server, recorder
+    with feeds_sandbox() as sandbox:
+        yield sandbox
 
 
 @pytest.fixture

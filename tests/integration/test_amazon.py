@@ -6,6 +6,7 @@ every request the adapter sends checked against Amazon's own Listings Items mode
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -91,6 +92,20 @@ def amazon_cfg(server: SandboxServer, **overrides: Any) -> AmazonChannelConfig:
             **overrides,
         }
     )
+
+
+Amazon = tuple[AmazonState, SandboxServer, Recorder]
+
+
+@contextlib.contextmanager
+def feeds_sandbox() -> Iterator[Amazon]:
+    """The sandbox Amazon taking feeds at 100 a second, Login with Amazon on, every
+    request recorded: the state, the server and the recorder."""
+    state = AmazonState(seller_id="A1SELLER", feed_rate=100.0)
+    state.use_lwa(CLIENT_ID, CLIENT_SECRET, [REFRESH])
+    recorder = Recorder(create_amazon_app(state))
+    with SandboxServer(recorder) as server:
+        yield state, server, recorder
 
 
 def credentials(server: SandboxServer, refresh: str = REFRESH) -> LwaCredentials:

@@ -21,32 +21,28 @@ from stockkeeper.connectors.channels import Push
 from stockkeeper.services.stock import Receipt
 from stockkeeper.workers.propagator import Propagator
 from stockkeeper_sandbox.amazon import AmazonState, PatchRequest
-from stockkeeper_sandbox.amazon import create_app as create_amazon_app
-from stockkeeper_sandbox.server import SandboxServer
 from tests.conftest import FakeClock
 from tests.integration.test_amazon import (
     CLIENT_ID,
     CLIENT_SECRET,
     REFRESH,
     SPECS,
+    Amazon,
     Recorder,
     amazon_cfg,
     credentials,
+    feeds_sandbox,
 )
 from tests.integration.test_propagation import record_all, sync_all
 
 FEEDS = "/feeds/2021-06-30"
-Amazon = tuple[AmazonState, SandboxServer, Recorder]
 FAST = {"feed_poll_s": 0.01, "feed_timeout_s": 30}
 
 
 @pytest.fixture
 def amazon() -> Iterator[Amazon]:
-    state = AmazonState(seller_id="A1SELLER", feed_rate=100.0)
-    state.use_lwa(CLIENT_ID, CLIENT_SECRET, [REFRESH])
-    recorder = Recorder(create_amazon_app(state))
-    with SandboxServer(recorder) as server:
-        yield state, server, recorder
+    with feeds_sandbox() as sandbox:
+        yield sandbox
 
 
 def list_as(state: AmazonState, sku: str, product_type: str) -> None:

@@ -18,21 +18,15 @@ from jsonschema import Draft4Validator
 
 from stockkeeper.connectors.amazon import AmazonChannel
 from stockkeeper.connectors.channels import Push
-from stockkeeper_sandbox.amazon import AmazonState
-from stockkeeper_sandbox.amazon import create_app as create_amazon_app
-from stockkeeper_sandbox.server import SandboxServer
 from tests.integration.test_amazon import (
-    CLIENT_ID,
-    CLIENT_SECRET,
-    REFRESH,
     SPECS,
-    Recorder,
+    Amazon,
     amazon_cfg,
     credentials,
+    feeds_sandbox,
 )
 
 SPEC = json.loads((SPECS / "feeds_2021-06-30.json").read_text())
-Amazon = tuple[AmazonState, SandboxServer, Recorder]
 
 
 def operation(method: str, path: str) -> tuple[str, dict[str, Any]] | None:
@@ -51,11 +45,8 @@ def response_validator(op: dict[str, Any], status: str) -> Draft4Validator:
 
 @pytest.fixture
 def amazon() -> Iterator[Amazon]:
-    state = AmazonState(seller_id="A1SELLER", feed_rate=100.0)
-    state.use_lwa(CLIENT_ID, CLIENT_SECRET, [REFRESH])
-    recorder = Recorder(create_amazon_app(state))
-    with SandboxServer(recorder) as server:
-        yield state, server, recorder
+    with feeds_sandbox() as sandbox:
+        yield sandbox
 
 
 @pytest.fixture

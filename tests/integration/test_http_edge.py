@@ -300,6 +300,31 @@ async def test_a_repeat_under_its_key_replays_the_first_answer_byte_for_byte(
     assert again.headers["content-type"] == first.headers["content-type"]
 
 
+async def test_a_sku_and_an_order_id_holding_a_slash_are_read_by_their_encoded_path(
+    http: httpx.AsyncClient,
+) -> None:
+    """D-450: "/" in a SKU or an order id travels as %2F, which the server decodes before
+    routing; the read routes take the rest of the path."""
+    receipt = {"sku": "TEE/RED/M", "quantity": 4, "reference_id": f"r-{uuid.uuid4().hex}"}
+    assert (await http.post("/inventory/receipts", json=receipt, headers=W)).status_code == 201
+    body = {"order_id": "web/2026/7", "lines": [{"sku": "TEE/RED/M", "quantity": 1}]}
+    made = await http.post("/inventory/reserve", json=body, headers=W)
+    assert made.status_code == 201, made.text
+    assert made.headers["Location"] == "/reservations/web%2F2026%2F7"
+    one = await http.get("/inventory/TEE%2FRED%2FM", headers=W)
+    assert one.status_code == 200, one.text
+    assert (one.json()["sku"], one.json()["available"]) == ("TEE/RED/M", 3)
+    ledger = await http.get("/inventory/TEE%2FRED%2FM/ledger", headers=W)
+    assert ledger.status_code == 200, ledger.text
+    assert [e["type"] for e in ledger.json()["entries"]] == ["RECEIPT", "ORDER_ALLOCATE"]
+    held = await http.get(made.headers["Location"], headers=W)
+    assert held.status_code == 200, held.text
+    assert held.json()["order_id"] == "web/2026/7"
+    plain = await http.get("/inventory/TEA/ledger", headers=W)  # a SKU without one
+    assert plain.status_code == 200, plain.text
+    assert_problem(await http.get("/inventory/NO%2FSUCH", headers=W), 404, "not-found")
+
+
 # -- the probes answer HEAD as well as GET (D-393) --
 
 

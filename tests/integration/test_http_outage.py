@@ -219,36 +219,6 @@ async def test_a_problem_keeps_the_callers_own_request_id(
     ]
 
 
-async def test_a_worker_round_while_the_database_is_away_is_one_warning_without_a_traceback(
-    cluster: PrivateCluster, app_on_cluster: tuple[Container, httpx.AsyncClient]
-) -> None:
-    """Every loop of a process fails each round while the database is away; a refused
-    connection's traceback per loop and round said nothing the error does not (D-387)."""
-    from stockkeeper.workers.expiry import ExpiryWorker
-
-    container, _ = app_on_cluster
-    stop = asyncio.Event()
-    await asyncio.to_thread(cluster.stop)
-    try:
-        with structlog.testing.capture_logs() as logs:
-            worker = asyncio.ensure_future(ExpiryWorker(container).run(stop))
-            for _ in range(200):
-                if any(e["event"] == "expiry.failed" for e in logs):
-                    break
-                await asyncio.sleep(0.05)
-            stop.set()
-            await worker
-    finally:
-        await asyncio.to_thread(cluster.start)
-    failed = [e for e in logs if e["event"] == "expiry.failed"]
-    assert failed, logs
-    for entry in failed:
-        assert entry["log_level"] == "warning", entry
-        assert "exc_info" not in entry, entry
-        assert entry["unreachable"] is True
-        assert "refused" in entry["error"].lower() or "connect" in entry["error"].lower(), entry
-
-
 async def test_a_poller_takes_its_lock_and_poll_now_again_after_the_database_restarts(
     cluster: PrivateCluster, tmp_path: Path, market: tuple[MarketplaceState, SandboxServer]
 ) -> None:

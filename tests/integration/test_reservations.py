@@ -32,7 +32,7 @@ from stockkeeper.domain.errors import (
     ReservationExpired,
 )
 from stockkeeper.services.audit import audit
-from stockkeeper.services.reservations import Allocation, ReservationView, ReserveRequest
+from stockkeeper.services.reservation_views import Allocation, ReservationView, ReserveRequest
 from stockkeeper.services.reserve_batch import BatchReserver
 from stockkeeper.services.stock import Adjustment, Receipt
 from stockkeeper.store.pool import Pool

@@ -168,6 +168,31 @@ async def test_a_stale_location_is_read_again_and_set_there(
     assert state.counters()["stale"] == 1
 
 
+async def test_a_rule_change_that_moves_the_split_but_not_the_sum_is_pushed(
+    rig: tuple[Container, Propagator], shop: tuple[ShopifyState, SandboxServer]
+) -> None:
+    c, worker = rig
+    state, _ = shop
+    await c.stock.receive(Receipt("JUG", 10, "r-1", location="berlin"))
+    await c.stock.receive(Receipt("JUG", 4, "r-2", location="paris"))
+    transport = httpx.ASGITransport(app=create_admin_app(c))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+        r = await client.put(
+            f"/admin/channels/{CHANNEL}/rules", json={"cap": 8}, headers=auth(ADMIN_TOKEN)
+        )
+        assert r.status_code == 200, r.text
+        await record_and_push(c, worker)
+        assert at(state, "JUG") == (8, 4)
+        # A buffer of 1 instead of the cap: 9 + 3, the same 12 in all (D-445).
+        r = await client.put(
+            f"/admin/channels/{CHANNEL}/rules", json={"buffer": 1}, headers=auth(ADMIN_TOKEN)
+        )
+        assert r.json()["repushed"] == 1
+    while await worker.push_once(CHANNEL):
+        pass
+    assert at(state, "JUG") == (9, 3)
+
+
 # -- the adapter and the sandbox shop, without a database ---------------------------------
 
 

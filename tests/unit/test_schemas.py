@@ -9,7 +9,7 @@ import pytest
 
 from stockkeeper.api.schemas import ReservationOut, as_json, reservation_json
 from stockkeeper.domain.reservation import Status
-from stockkeeper.services.reservations import Allocation, HeldLine, ReservationView
+from stockkeeper.services.reservation_views import Allocation, HeldLine, ReservationView
 
 AT = datetime(2030, 1, 1, 12, 30, 15, 123456, tzinfo=UTC)
 LINES = [

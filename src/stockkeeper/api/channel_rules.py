@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.responses import Response
 
 from stockkeeper.api import schemas
@@ -57,6 +57,12 @@ class OverrideIn(schemas.Body):
     share_percent: Share | None = None
     clear_cap: bool = False
 
+    @model_validator(mode="after")
+    def _one_cap(self) -> OverrideIn:
+        if self.clear_cap and self.cap is not None:
+            raise ValueError("cap and clear_cap: true together: give one (D-446)")
+        return self
+
     def override(self) -> RuleOverride:
         where = None if self.locations is None else frozenset(self.locations)
         return RuleOverride(where, self.buffer, self.cap, self.share_percent, self.clear_cap)
@@ -84,6 +90,10 @@ class ChannelRulesOut(BaseModel):
     rule: RuleOut
     source: str = Field(description="config, or stored (set through this API)")
     overrides: list[OverrideOut]
+    unknown_locations: list[str] = Field(
+        description="locations the rule, its overrides or the channel's location map name "
+        "that no receipt, count or WMS ever named: they feed the channel nothing"
+    )
 
 
 class RuleChangedOut(BaseModel):
@@ -214,6 +224,7 @@ def add_rule_routes(app: FastAPI, container: Container) -> None:
                 rule=_rule_out(found.rule),
                 source=found.source,
                 overrides=overrides,
+                unknown_locations=list(found.unknown_locations),
             )
         )
 
@@ -231,7 +242,7 @@ def add_rule_routes(app: FastAPI, container: Container) -> None:
         return _ok(RuleChangedOut(channel=changed.channel, sku=None, repushed=changed.repushed))
 
     @app.put(
-        "/admin/channels/{channel}/rules/skus/{sku}",
+        "/admin/channels/{channel}/rules/skus/{sku:path}",
         response_model=RuleChangedOut,
         responses=schemas.problems(404, 422),
         summary="Set a SKU's override of the channel's rule",
@@ -250,7 +261,7 @@ def add_rule_routes(app: FastAPI, container: Container) -> None:
         return _ok(RuleChangedOut(channel=changed.channel, sku=sku, repushed=changed.repushed))
 
     @app.delete(
-        "/admin/channels/{channel}/rules/skus/{sku}",
+        "/admin/channels/{channel}/rules/skus/{sku:path}",
         response_model=RuleChangedOut,
         responses=schemas.problems(404, 422),
         summary="Remove a SKU's stored override",
@@ -295,7 +306,7 @@ def add_rule_routes(app: FastAPI, container: Container) -> None:
         )
 
     @app.get(
-        "/admin/channels/{channel}/skus/{sku}",
+        "/admin/channels/{channel}/skus/{sku:path}",
         response_model=ChannelSkuOut,
         responses=schemas.problems(404, 422),
         summary="One SKU's state on a channel",

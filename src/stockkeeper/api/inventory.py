@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.auth import Principal, require
-from stockkeeper.api.common import checked_path, new_app
+from stockkeeper.api.common import checked_path, location, new_app
 from stockkeeper.api.orders import add_order_routes
 from stockkeeper.api.problems import ApiProblem, JSONResponse
 from stockkeeper.api.webhooks import add_webhook_routes
@@ -125,13 +125,16 @@ def create_inventory_app(container: Container) -> FastAPI:
             body.ttl_seconds,
             body.location,
         )
-        return await idempotency.run(
+        resp = await idempotency.run(
             request,
             who,
             body,
             lambda conn: reserve_one(req, conn),
             lambda view: (201 if view.created else 200, schemas.reservation_json(view)),
         )
+        if resp.status_code < 300:  # where the reservation reads back (D-450)
+            resp.headers["Location"] = location("/reservations", body.order_id)
+        return resp
 
     @app.post(
         "/inventory/release",
@@ -262,19 +265,10 @@ def create_inventory_app(container: Container) -> FastAPI:
             )
         )
 
+    # A SKU may hold "/" (sent as %2F, which the server decodes before routing): the
+    # routes take the rest of the path, the ledger's first, so ".../ledger" is its own.
     @app.get(
-        "/inventory/{sku}",
-        response_model=schemas.StockOut,
-        responses=schemas.problems(404, 422),
-        summary="Stock of one SKU",
-        tags=["stock"],
-    )
-    async def get_one(sku: str, who: Principal = READ) -> Response:
-        """A SKU's figures and its batches."""
-        return _ok(schemas.StockOut.of(await stock.get(_check_sku(sku))))
-
-    @app.get(
-        "/inventory/{sku}/ledger",
+        "/inventory/{sku:path}/ledger",
         response_model=schemas.LedgerOut,
         responses=schemas.problems(404, 422),
         summary="A SKU's ledger",
@@ -291,7 +285,18 @@ def create_inventory_app(container: Container) -> FastAPI:
         return _ok(schemas.LedgerOut.of(page))
 
     @app.get(
-        "/reservations/{order_id}",
+        "/inventory/{sku:path}",
+        response_model=schemas.StockOut,
+        responses=schemas.problems(404, 422),
+        summary="Stock of one SKU",
+        tags=["stock"],
+    )
+    async def get_one(sku: str, who: Principal = READ) -> Response:
+        """A SKU's figures and its batches."""
+        return _ok(schemas.StockOut.of(await stock.get(_check_sku(sku))))
+
+    @app.get(
+        "/reservations/{order_id:path}",
         response_model=schemas.ReservationOut,
         responses=schemas.problems(404, 422),
         summary="A reservation",

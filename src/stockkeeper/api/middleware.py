@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stockkeeper.api.problems import PROBLEM_TYPE, problem_doc, problem_instance
+from stockkeeper.messaging.broker import BrokerUnavailable
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import access_log_enabled, get_logger
 from stockkeeper.observability.metrics import Metrics
@@ -206,19 +207,27 @@ class RequestMetrics:
 
 
 def is_outage(exc: BaseException) -> bool:
-    """The database could not be reached: ``exc`` or one of its causes is an outage as
-    the store names it (a refused, reset or lost connection, a server shutting down),
-    or a socket error or timeout on the way to it."""
+    """The database (or the broker) could not be reached: ``exc`` or one of its causes is
+    an outage as the store names it (a refused, reset or lost connection, a server
+    shutting down), a socket error or timeout on the way to it, or the broker's
+    :class:`BrokerUnavailable`."""
+    return _outage_of(exc) is not None
+
+
+def _outage_of(exc: BaseException) -> str | None:
+    """What could not be reached (``the database``, ``the message broker``), or None."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
+        if isinstance(cur, BrokerUnavailable):
+            return "the message broker"
         if isinstance(cur, StoreUnavailable | OSError) or isinstance(
             translate(cur), StoreUnavailable
         ):
-            return True
+            return "the database"
         cur = cur.__cause__ or cur.__context__
-    return False
+    return None
 
 
 class CatchAll:
@@ -249,7 +258,7 @@ class CatchAll:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
             request_id = _request_id(scope)
-            outage = is_outage(exc)
+            outage = _outage_of(exc)
             fields = {
                 "app": self.app_name,
                 "method": scope["method"],
@@ -266,7 +275,7 @@ class CatchAll:
             if outage:
                 doc = problem_doc(
                     "unavailable",
-                    "the database is not reachable; try again shortly",
+                    f"{outage} is not reachable; try again shortly",
                     problem_instance(scope),
                     request_id=request_id,
                 )

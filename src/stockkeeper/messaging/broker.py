@@ -108,6 +108,16 @@ class AcksMany(Protocol):
         among them (the runner settles a batch's failures first)."""
 
 
+@runtime_checkable
+class Reconnects(Protocol):
+    """A broker whose connection comes back by itself after an outage (RabbitMQ's
+    robust connection), and says so: the dispatcher, backing off while it was away,
+    tries again at once instead of at the end of its pause (D-434)."""
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the connection is back after a loss."""
+
+
 class BrokerUnavailable(Exception):
     """The broker cannot take messages right now; retry later."""
 

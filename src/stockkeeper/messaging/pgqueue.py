@@ -17,11 +17,12 @@ from functools import partial
 from typing import Any
 
 from stockkeeper.messaging.broker import Delivery, Handler, OutgoingMessage
+from stockkeeper.messaging.outages import DATABASE_OUTAGE
 from stockkeeper.messaging.topology import QUEUES, QueueSpec, queues_for
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import queue as store_queue
-from stockkeeper.store.errors import StoreError
+from stockkeeper.store.errors import StoreError, is_unavailable
 from stockkeeper.store.listener import Listener, listen_then_poll
 from stockkeeper.store.pool import Conn, Pool, connection
 from stockkeeper.store.queue import NewMessage
@@ -165,6 +166,9 @@ class PgQueueBroker:
                 stop,
                 poll_s=self.poll_ms / 1000,
                 on_error=partial(self._on_error, name),
+                # A consumer's pauses while the database is away (D-161): back within
+                # 5 s of its return.
+                errors=DATABASE_OUTAGE,
             )
         )
         return PgSubscription(task, stop)
@@ -178,7 +182,9 @@ class PgQueueBroker:
             async with connection(self.pool) as conn:
                 rows = await store_queue.claim(conn, name, prefetch, self.lease_ms)
         except StoreError as exc:
-            # The database is away: try again after the poll, as for an empty queue.
+            if is_unavailable(exc):
+                # The database is away: waited out with growing pauses (D-433).
+                raise
             log.warning("pgqueue.claim_failed", queue=name, error=str(exc))
             return False
         for r in rows:
@@ -215,6 +221,10 @@ class PgQueueBroker:
         # A handler that raised (the consumer runner catches its own failures, so this
         # is an ack or requeue that could not reach the database): what it held comes
         # back when its lease lapses; the loop carries on after a pause.
+        if is_unavailable(exc):  # an outage: one line per try, no traceback (D-433)
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("pgqueue.database_unavailable", queue=name, error=error)
+            return
         log.exception("pgqueue.consume_failed", queue=name, error=str(exc))
 
     async def queue_depths(self) -> dict[str, int]:

@@ -18,7 +18,8 @@ queue declared by an older stockkeeper with other arguments cannot be re-declare
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +198,8 @@ class RabbitMQBroker:
         self._exchanges: dict[str, AbstractExchange] = {}
         self._retry_queues: set[str] = set()
         self._publish_lock = asyncio.Lock()
+        self._down_since: float | None = None  # when the connection was lost
+        self._on_reconnect: list[Callable[[], None]] = []
         # Every name this broker has declared on RabbitMQ, kept across reconnects: what
         # a test checks is gone after deleting its prefix's topology (D-410).
         self.declared_queues: set[str] = set()
@@ -216,12 +219,37 @@ class RabbitMQBroker:
             )
         except (OSError, aio_pika.exceptions.AMQPError) as exc:
             raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
+        # One line when the connection drops and one when it is back, ours (aio-pika's
+        # own say it once a second meanwhile, and are throttled: D-436).
+        self._conn.close_callbacks.add(self._on_lost)
+        self._conn.reconnect_callbacks.add(self._on_back)
         self._pub = await self._conn.channel(publisher_confirms=True)
         try:
             await self.declare()
         except BaseException:
             await self.close()  # a topology we cannot declare: no half-open connection
             raise
+
+    def _on_lost(self, _conn: object, exc: BaseException | None = None) -> None:
+        if self._conn is None or self._down_since is not None:
+            return  # we closed it, or it is already down
+        self._down_since = time.monotonic()
+        log.warning("rabbitmq.connection_lost", connection=self.connection_name, error=repr(exc))
+
+    def _on_back(self, _conn: object) -> None:
+        down_s = None if self._down_since is None else time.monotonic() - self._down_since
+        self._down_since = None
+        log.info(
+            "rabbitmq.reconnected",
+            connection=self.connection_name,
+            down_s=None if down_s is None else round(down_s, 1),
+        )
+        for callback in self._on_reconnect:
+            callback()
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the connection is restored after a loss."""
+        self._on_reconnect.append(callback)
 
     async def declare(self) -> None:
         """Declare exchanges, queues and bindings; safe to repeat. Raises
@@ -258,8 +286,8 @@ class RabbitMQBroker:
 
     async def close(self) -> None:
         if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None  # first: closing is no outage
+            await conn.close()
             self._pub = None
             self._exchanges.clear()
 
@@ -290,11 +318,13 @@ class RabbitMQBroker:
         only the writing, not the wait: a second call's messages follow this call's on
         the channel (so on the queues), and it may write while these are confirmed,
         which is how the dispatcher keeps a batch in flight (D-375)."""
-        if self._pub is None:
-            raise BrokerUnavailable("not connected")
+        pub = self._connected_channel()
         try:
             async with self._publish_lock:  # one writer at a time keeps the order
-                channel = await self._pub.get_underlay_channel()
+                # A robust channel waits, unbounded, for the connection to come back: the
+                # dispatcher would hold its claimed rows' transaction open for the whole
+                # outage. Bounded, it rolls back and waits the outage out (D-434).
+                channel = await asyncio.wait_for(pub.get_underlay_channel(), self.publish_timeout)
                 assert isinstance(channel, aiormq.Channel)  # basic_publish with wait=
                 # Straight to aiormq (what aio-pika's Exchange.publish calls), without
                 # an aio_pika.Message per message and without a socket drain each
@@ -328,6 +358,15 @@ class RabbitMQBroker:
         if rejected:
             raise PublishRejected(rejected, "the broker refused (nack) these messages")
 
+    def _connected_channel(self) -> AbstractRobustChannel:
+        """The publishing channel, or :class:`BrokerUnavailable` at once while the
+        connection is down (aio-pika reconnects it in the background)."""
+        if self._pub is None or self._conn is None:
+            raise BrokerUnavailable("not connected")
+        if not self._conn.connected.is_set():
+            raise BrokerUnavailable("the connection to RabbitMQ is down; reconnecting")
+        return self._pub
+
     async def _retry_queue(self, queue: str, delay_ms: int) -> str:
         name = f"{self._n(queue)}.retry.{delay_ms}"
         if name not in self._retry_queues:
@@ -337,17 +376,24 @@ class RabbitMQBroker:
         return name
 
     async def send_to_queue(self, queue: str, message: OutgoingMessage, delay_ms: int = 0) -> None:
-        if self._pub is None:
-            raise BrokerUnavailable("not connected")
-        target = self._n(queue) if delay_ms <= 0 else await self._retry_queue(queue, delay_ms)
+        """Put ``message`` straight on ``queue`` (after ``delay_ms``, through its retry
+        queue). Raises :class:`BrokerUnavailable` at once while the connection is down,
+        or after the publish timeout, rather than waiting for it to come back: the
+        caller (a consumer's retry, an admin's replay) holds a transaction (D-434)."""
+        pub = self._connected_channel()
         headers = {**message.headers, ROUTING_KEY_HEADER: message.routing_key}
         direct = OutgoingMessage(
             message.exchange, message.routing_key, message.body, message.message_id, headers
         )
-        try:
-            await self._pub.default_exchange.publish(
+
+        async def send() -> None:
+            target = self._n(queue) if delay_ms <= 0 else await self._retry_queue(queue, delay_ms)
+            await pub.default_exchange.publish(
                 self._message(direct), routing_key=target, timeout=self.publish_timeout
             )
+
+        try:
+            await asyncio.wait_for(send(), self.publish_timeout)
         except (TimeoutError, OSError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
             raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from exc
 

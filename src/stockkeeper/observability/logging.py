@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
+from collections.abc import Callable
 
 import structlog
 
@@ -35,6 +37,49 @@ class _FirstServerStartOnly(logging.Filter):
             return True
         first, self.seen = not self.seen, True
         return first
+
+
+# What aio-pika and aiormq say on every reconnect attempt while RabbitMQ is away (each
+# second by default, per connection): logger, and how the message starts (D-436).
+RECONNECT_CHATTER: dict[str, tuple[str, ...]] = {
+    "aiormq.connection": ("error when creating transport",),
+    "aio_pika.robust_connection": ("Connection to ", "Connection attempt to "),
+}
+CHATTER_EVERY_S = 60.0
+
+
+class _Throttled(logging.Filter):
+    """Let the first line of each kind in ``prefixes`` through, then at most one per
+    ``every_s``, which says how many like it were left out meanwhile."""
+
+    def __init__(
+        self,
+        prefixes: tuple[str, ...],
+        every_s: float = CHATTER_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.every_s = every_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        kind = next((p for p in self.prefixes if msg.startswith(p)), None)
+        if kind is None:
+            return True
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.every_s:
+            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        left_out = self._left_out.pop(kind, 0)
+        if left_out:
+            record.msg = f"{msg} ({left_out} more like this not logged since the last)"
+        return True
 
 
 def configure(
@@ -88,6 +133,10 @@ def configure(
         f for f in uvicorn_log.filters if not isinstance(f, _FirstServerStartOnly)
     ]
     uvicorn_log.addFilter(_FirstServerStartOnly())
+    for name, prefixes in RECONNECT_CHATTER.items():
+        chatty = logging.getLogger(name)
+        chatty.filters = [f for f in chatty.filters if not isinstance(f, _Throttled)]
+        chatty.addFilter(_Throttled(prefixes))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -20,7 +20,7 @@ from stockkeeper.domain.availability import (
     channel_figure,
     location_figures,
 )
-from stockkeeper.domain.errors import NotFound
+from stockkeeper.domain.errors import InvalidRequest, NotFound
 from stockkeeper.services.unit import Clock, transaction
 from stockkeeper.store import channel_locations as locations_repo
 from stockkeeper.store import channel_rules as repo
@@ -55,6 +55,16 @@ def passes_sales_through(rule: AvailabilityRule) -> bool:
     return rule.locations is None and rule.cap is None and rule.share_percent == 100
 
 
+async def _known_locations(conn: Conn, codes: Sequence[str]) -> None:
+    """Refuse a rule naming a location no receipt, count or WMS ever named: a typo there
+    would show the channel 0 of every SKU (D-446), as a reserve at an unknown location
+    is refused (D-424)."""
+    known = await stock.known_locations(conn, codes)
+    unknown = [code for code in codes if code not in known]
+    if unknown:
+        raise InvalidRequest(f"unknown location: {', '.join(unknown)}", "body.locations")
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelRules:
     """A channel's rule as it stands, where it comes from, and its SKU overrides."""
@@ -63,6 +73,9 @@ class ChannelRules:
     rule: AvailabilityRule
     source: str  # "config" or "stored"
     overrides: dict[str, tuple[RuleOverride, str]]  # sku -> (override, source)
+    # Locations the rule, its overrides or the channel's location map name that no
+    # receipt, count or WMS ever named (a typo in the config shows 0 there; D-449).
+    unknown_locations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,16 +184,21 @@ class RulesService:
         cfg = self._config(channel).rules
         async with self.pool.acquire() as conn:
             stored = await repo.rules_of_channel(conn, channel)
-        own = next((r for r in stored if r.sku == repo.CHANNEL_ROW), None)
-        overrides: dict[str, tuple[RuleOverride, str]] = {
-            sku: (override_of(o), "config") for sku, o in cfg.skus.items()
-        }
-        for r in stored:
-            if r.sku != repo.CHANNEL_ROW:
-                overrides[r.sku] = (r.as_override(), "stored")
-        if own is None:
-            return ChannelRules(channel, rule_of(cfg), "config", overrides)
-        return ChannelRules(channel, own.as_rule(), "stored", overrides)
+            own = next((r for r in stored if r.sku == repo.CHANNEL_ROW), None)
+            overrides: dict[str, tuple[RuleOverride, str]] = {
+                sku: (override_of(o), "config") for sku, o in cfg.skus.items()
+            }
+            for r in stored:
+                if r.sku != repo.CHANNEL_ROW:
+                    overrides[r.sku] = (r.as_override(), "stored")
+            rule, source = (rule_of(cfg), "config") if own is None else (own.as_rule(), "stored")
+            named = set(rule.locations or ())
+            named.update(loc for o, _ in overrides.values() for loc in o.locations or ())
+            for _, ours in self.configs[channel].location_map() or ():
+                named.update(ours or ())
+            known = await stock.known_locations(conn, named) if named else set()
+        unknown = tuple(sorted(named - known))
+        return ChannelRules(channel, rule, source, overrides, unknown)
 
     async def set_rule(self, channel: str, rule: AvailabilityRule, by: str) -> RuleChanged:
         """Store the channel's rule and re-push every SKU whose figure it changes."""
@@ -219,6 +237,8 @@ class RulesService:
         self, channel: str, sku: str, row: repo.StoredRule | None, by: str
     ) -> RuleChanged:
         async with transaction(self.pool) as conn:
+            if row is not None and row.locations:
+                await _known_locations(conn, row.locations)
             before = await repo.lock_rule(conn, channel, sku)
             if row is None:
                 if before is None:
@@ -274,6 +294,34 @@ class RulesService:
                 due += await self._figure_page(conn, channel, page, force=True)
             after = page[-1]
 
+    async def catch_up(self, channel: str) -> int:
+        """Re-figure the channel's SKUs whose figure was made under another rule than
+        the one in force now (a config edit read at this start; D-447), in pages, each
+        its own transaction; how many are due because of it. A SKU whose figure the
+        new rule leaves alone only has its rule's text recorded. The SKUs with an
+        override are re-figured every time (a few), the others where their figure's
+        rule text is not the channel's."""
+        self._config(channel)
+        async with self.pool.acquire() as conn:
+            stored = {(r.channel, r.sku): r for r in await repo.rules_of_channel(conn, channel)}
+        own = stored.get((channel, repo.CHANNEL_ROW))
+        base = own.as_rule() if own is not None else rule_of(self.configs[channel].rules)
+        # A SKU given an override since may still show the channel's rule's text.
+        overridden = sorted({*self.configs[channel].rules.skus, *(sku for _, sku in stored)})
+        overridden = [sku for sku in overridden if sku != repo.CHANNEL_ROW]
+        due, after = 0, ""
+        for at in range(0, len(overridden), PAGE):
+            async with transaction(self.pool) as conn:
+                page = overridden[at : at + PAGE]
+                due += await self._figure_page(conn, channel, page, force=False)
+        while True:
+            async with transaction(self.pool) as conn:
+                page = await repo.rule_stale_page(conn, channel, base.describe(), after, PAGE)
+                if not page:
+                    return due
+                due += await self._figure_page(conn, channel, page, force=False)
+            after = page[-1]
+
     async def due(self, channel: str, skus: Sequence[str] | None) -> int:
         async with self.pool.acquire() as conn:
             return await repo.due_count(conn, channel, skus)
@@ -309,4 +357,32 @@ class RulesService:
                     sku, self._figure(channel, rule, held), rule.describe(), levels[sku].version
                 )
             )
-        return await repo.refigure(conn, channel, figures, force)
+        moved = await self._moved(conn, channel, rules, by_location) if mapped else []
+        return await repo.refigure(conn, channel, figures, force, moved)
+
+    async def _moved(
+        self,
+        conn: Conn,
+        channel: str,
+        rules: Mapping[str, AvailabilityRule],
+        by_location: Mapping[str, Mapping[str, int]],
+    ) -> list[str]:
+        """On a channel with several locations, the SKUs whose figure at some location
+        differs from what that location shows as far as we know: a rule change can move
+        the split and keep the sum (cap 8 to buffer 1 over 10 + 4 is 8 + 4 to 9 + 3),
+        and the sum is all the sync row compares (D-445). A location that does not
+        stock the item (shown None) cannot be set, so it moves nothing."""
+        mapping = self.configs[channel].location_map()
+        if mapping is None:
+            return []
+        sent = await locations_repo.states(conn, channel, list(rules))
+        moved = []
+        for sku, rule in rules.items():
+            now = location_figures(rule, mapping, by_location[sku])
+            was = sent.get(sku, {})
+            if any(
+                at.shown is not None and at.shown != now.get(gid, at.shown)
+                for gid, at in was.items()
+            ):
+                moved.append(sku)
+        return moved

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,7 +26,6 @@ from stockkeeper.config import Strategy
 from stockkeeper.domain.allocation import (
     BatchStock,
     LineAllocation,
-    OrderLine,
     allocate,
     check_lines,
     lines_of,
@@ -48,11 +47,16 @@ from stockkeeper.domain.reservation import (
     Action,
     EntryType,
     Status,
-    is_overdue,
     movement,
     plan,
 )
 from stockkeeper.observability.metrics import Metrics
+
+# ReservationView and ReserveRequest are re-exported: every caller of the use cases
+# names them from here.
+from stockkeeper.services.reservation_views import ReservationView as ReservationView
+from stockkeeper.services.reservation_views import ReserveRequest as ReserveRequest
+from stockkeeper.services.reservation_views import as_of, event_lines, view_of
 from stockkeeper.services.unit import Clock, record_change, savepoint, transaction, utcnow
 from stockkeeper.store import reservations as repo
 from stockkeeper.store import stock
@@ -62,62 +66,6 @@ from stockkeeper.store.reservations import AllocationRow, ReservationRow
 from stockkeeper.store.stock import Movement
 from stockkeeper.store.transactions import RetryTransaction, alone, retried, retrying
 
-
-@dataclass(frozen=True, slots=True)
-class ReserveRequest:
-    order_id: str
-    lines: tuple[OrderLine, ...]
-    ttl_seconds: int | None = None
-    location: str | None = None
-
-    def lines_doc(self) -> list[dict[str, Any]]:
-        return [{"sku": li.sku, "quantity": li.quantity} for li in self.lines]
-
-
-@dataclass(frozen=True, slots=True)
-class Allocation:
-    """Units of one batch held for a line."""
-
-    batch_id: int
-    lot_number: str | None
-    location: str
-    quantity: int
-
-
-@dataclass(frozen=True, slots=True)
-class HeldLine:
-    """A line of the order as asked, and the batches that hold it (FEFO when reserved)."""
-
-    sku: str
-    quantity: int
-    allocations: list[Allocation]
-
-
-@dataclass(slots=True)
-class ReservationView:
-    order_id: str
-    status: Status
-    expires_at: datetime
-    lines: list[HeldLine]
-    created: bool = False
-    location: str | None = None
-    reason: str | None = None
-
-
-def event_lines(allocs: Sequence[AllocationRow]) -> list[dict[str, Any]]:
-    """The lines every reservation event carries: one per batch the order holds."""
-    return [
-        {
-            "sku": a.sku,
-            "batch_id": a.batch_id,
-            "location": a.location,
-            "lot_number": a.lot_number,
-            "quantity": a.quantity,
-        }
-        for a in allocs
-    ]
-
-
 # The optimistic retry after a lost race: full jitter spreads the retries of a hot SKU
 # out; 2 ms after the first loss, doubling, at most 128 ms.
 LOST_RACE_BACKOFF = Backoff(base_s=0.002, cap_s=0.128, jitter=1.0)
@@ -125,33 +73,6 @@ LOST_RACE_BACKOFF = Backoff(base_s=0.002, cap_s=0.128, jitter=1.0)
 
 class _LostRace(Exception):
     """A guarded write found the stock changed under it; re-read and try again."""
-
-
-def _view(row: ReservationRow, allocs: Sequence[AllocationRow], created: bool) -> ReservationView:
-    lines = [
-        HeldLine(
-            asked["sku"],
-            asked["quantity"],
-            [
-                Allocation(a.batch_id, a.lot_number, a.location, a.quantity)
-                for a in allocs
-                if a.line_no == no
-            ],
-        )
-        for no, asked in enumerate(row.lines)
-    ]
-    return ReservationView(
-        row.order_id, row.status, row.expires_at, lines, created, row.location, row.reason
-    )
-
-
-def as_of(row: ReservationRow, now: datetime) -> ReservationRow:
-    """The reservation as the rules see it at ``now``: a PENDING one past its expiry is
-    EXPIRED (D-006) whether or not the expiry worker has swept it yet, so a repeated
-    reserve never answers "PENDING" for stock it no longer holds (D-426)."""
-    if is_overdue(row.status, row.expires_at, now):
-        return replace(row, status=Status.EXPIRED, reason=row.reason or "expired")
-    return row
 
 
 class Reservations:
@@ -273,7 +194,7 @@ class Reservations:
             for no, la in enumerate(plan_)
             for a in la.allocations
         ]
-        view = _view(row, allocs, created=True)
+        view = view_of(row, allocs, created=True)
         await record_change(
             conn,
             movements,
@@ -304,7 +225,7 @@ class Reservations:
         row, allocs = found
         if not same_lines(lines_of(row.lines), req.lines) or row.location != req.location:
             raise Conflict(f"order {req.order_id} already holds a reservation for other lines")
-        return _view(as_of(row, now), allocs, created=False)
+        return view_of(as_of(row, now), allocs, created=False)
 
     async def _allocate(
         self,
@@ -417,7 +338,7 @@ class Reservations:
         if step.expired_first:
             # The expiry is committed; the caller still learns it came too late.
             raise ReservationExpired("the reservation expired before it was confirmed")
-        return _view(row, allocs, created=False)
+        return view_of(row, allocs, created=False)
 
     async def _move(
         self,
@@ -507,4 +428,4 @@ class Reservations:
             if row is None:
                 raise NotFound(f"no reservation for order {order_id}")
             allocs = (await repo.allocations(c, [row.id]))[row.id]
-        return _view(row, allocs, created=False)
+        return view_of(row, allocs, created=False)

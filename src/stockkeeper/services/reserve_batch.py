@@ -40,14 +40,14 @@ from stockkeeper.domain.reserve_batch import (
     plan_batch,
     row_owners,
 )
-from stockkeeper.services.reservations import (
-    Reservations,
+from stockkeeper.services.reservation_views import (
     ReservationView,
     ReserveRequest,
-    _view,
     as_of,
     event_lines,
+    view_of,
 )
+from stockkeeper.services.reservations import Reservations
 from stockkeeper.services.unit import announce_levels, transaction
 from stockkeeper.store import reserve_batch as repo
 from stockkeeper.store import stock
@@ -311,7 +311,7 @@ class BatchReserver:
             row = ReservationRow(
                 rid, o, Status.PENDING, r.location, _doc(r.lines), r.expires_at, None, now, now
             )
-            views[i] = _view(row, allocs, created=True)
+            views[i] = view_of(row, allocs, created=True)
             events.append(
                 Event(
                     ALLOCATED,
@@ -352,7 +352,7 @@ class BatchReserver:
                 r = reqs[i]
                 assert isinstance(r, BatchRequest)
                 row_, allocs_ = existing[r.order_id]
-                answers.append(_view(as_of(row_, now), allocs_, created=False))
+                answers.append(view_of(as_of(row_, now), allocs_, created=False))
         return answers
 
 

@@ -202,6 +202,14 @@ async def sku_page(conn: Conn, after: str, limit: int) -> list[str]:
     return [r["sku"] for r in await conn.fetch(q("sku_page"), after, limit)]
 
 
+@translated
+async def rule_stale_page(conn: Conn, channel: str, rule: str, after: str, limit: int) -> list[str]:
+    """The channel's SKUs after ``after`` whose figure was made under a rule other than
+    ``rule`` (its text)."""
+    rows = await conn.fetch(q("rule_stale_page"), channel, rule, after, limit)
+    return [r["sku"] for r in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class Figure:
     sku: str
@@ -211,8 +219,16 @@ class Figure:
 
 
 @translated
-async def refigure(conn: Conn, channel: str, figures: Sequence[Figure], force: bool) -> int:
-    """Store new figures for the channel's SKUs; how many became (or stay) due."""
+async def refigure(
+    conn: Conn,
+    channel: str,
+    figures: Sequence[Figure],
+    force: bool,
+    moved: Sequence[str] = (),
+) -> int:
+    """Store new figures for the channel's SKUs; how many became (or stay) due.
+    ``moved``: SKUs whose figure at some location of the channel changed though their
+    sum did not, due as if their figure had changed (D-445)."""
     if not figures:
         return 0
     rows = await conn.fetch(
@@ -223,6 +239,7 @@ async def refigure(conn: Conn, channel: str, figures: Sequence[Figure], force: b
         [f.rule for f in figures],
         [f.version for f in figures],
         force,
+        list(moved),
     )
     return len(rows)
 

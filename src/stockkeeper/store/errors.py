@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
@@ -95,6 +96,20 @@ def translate(exc: BaseException) -> StoreError | None:
     if isinstance(exc, asyncpg.PostgresError):
         return StoreError(message, constraint=getattr(exc, "constraint_name", None))
     return None
+
+
+def cannot_connect(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database did not answer a connection: refused, reset,
+    timed out, a name that does not resolve, a server starting or shutting down. Unlike
+    :func:`is_unavailable`, any other ``OSError`` (a file's permission, say) is not."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, (StoreUnavailable, TimeoutError, socket.gaierror, *_UNAVAILABLE)):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def is_unavailable(exc: BaseException) -> bool:

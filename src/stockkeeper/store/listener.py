@@ -164,19 +164,24 @@ async def listen_then_poll(
     poll_s: float,
     on_error: Callable[[Exception], None],
     errors: Backoff = STEP_ERRORS,
+    resume: asyncio.Event | None = None,
 ) -> None:
     """Run ``step`` until ``stop``: again at once while it returns True (more work may be
     waiting), otherwise after ``wake`` is set or ``poll_s`` passed. A step that raises is
-    reported to ``on_error`` and tried again after a growing pause."""
+    reported to ``on_error`` and tried again after a growing pause, cut short when
+    ``resume`` is set (what failed says it is back)."""
     failures = 0
     while not stop.is_set():
         wake.clear()
+        if resume is not None:
+            resume.clear()
         try:
             more = await step()
         except Exception as exc:
             failures += 1
             on_error(exc)
-            await wait_any(stop, at_most=errors.delay(failures))
+            waits = (stop,) if resume is None else (stop, resume)
+            await wait_any(*waits, at_most=errors.delay(failures))
             continue
         failures = 0
         if not more:

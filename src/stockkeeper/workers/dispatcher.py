@@ -31,6 +31,7 @@ from stockkeeper.messaging.broker import (
     OutgoingMessage,
     PublishesInTransaction,
     PublishRejected,
+    Reconnects,
 )
 from stockkeeper.messaging.envelope import (
     ATTEMPT_HEADER,
@@ -43,10 +44,10 @@ from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import outbox
+from stockkeeper.store.errors import is_unavailable
 from stockkeeper.store.listener import Listener, listen_then_poll
 from stockkeeper.store.outbox import NOTIFY_CHANNEL, PendingEvent
 from stockkeeper.store.pool import Conn, Pool
-from stockkeeper.workers.failures import log_round_failed
 
 log = get_logger("stockkeeper.dispatcher")
 STATS_EVERY_S = 5.0
@@ -318,6 +319,10 @@ class Dispatcher:
         reconnects = self.metrics.listener_reconnects.labels(listener="dispatcher")
         listener = Listener(self.listen_pool, "dispatcher", on_reconnect=reconnects.inc)
         wake = listener.subscribe(NOTIFY_CHANNEL)
+        # The broker back after an outage: try at once, not at the end of the pause.
+        resume = asyncio.Event()
+        if isinstance(self.broker, Reconnects):
+            self.broker.on_reconnect(resume.set)
         async with listener:
             log.info("dispatcher.started", batch=self.batch_size)
             try:
@@ -328,6 +333,7 @@ class Dispatcher:
                     poll_s=self.poll,
                     on_error=self._on_error,
                     errors=self.outage,
+                    resume=resume,
                 )
                 await self.land()
             except BaseException as exc:
@@ -410,4 +416,8 @@ class Dispatcher:
         # The database restarting, or something unforeseen: counted, logged, retried
         # with backoff. The rows are still PENDING; nothing is lost.
         self.metrics.worker_errors.labels(worker="dispatcher").inc()
-        log_round_failed(log, "dispatcher.error", exc)
+        if is_unavailable(exc):  # an outage: one line per try, no traceback (D-433)
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("dispatcher.database_unavailable", error=error, retry_in_s=retry_in_s)
+            return
+        log.exception("dispatcher.error", error=str(exc))

@@ -1,6 +1,10 @@
 """The expiry worker: gives back the stock of PENDING reservations past their expiry,
 and runs retention (old outbox, consumer and Idempotency-Key rows) every
-``retention.interval_s``."""
+``retention.interval_s``.
+
+A database that cannot be reached is waited out with growing pauses (0.5 s doubling to
+30 s), one warning line per try and no traceback; other failures are logged with theirs
+and tried again at the next interval (D-433)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import time
 from stockkeeper.bootstrap import Container
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.retention import Policy, Retention
-from stockkeeper.workers.failures import log_round_failed
+from stockkeeper.workers.round_errors import RoundErrors
 
 log = get_logger("stockkeeper.expiry")
 
@@ -52,7 +56,9 @@ class ExpiryWorker:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("expiry.started", batch=self.batch, interval_s=self.interval)
         last_prune: float | None = None
+        errors = RoundErrors("expiry", "expiry", self.c.metrics, "stockkeeper.expiry")
         while not stop.is_set():
+            pause: float | None = None
             try:
                 n = await self.sweep()
                 if n:
@@ -60,10 +66,10 @@ class ExpiryWorker:
                 if last_prune is None or time.monotonic() - last_prune >= self.retention_interval:
                     last_prune = time.monotonic()
                     await self.prune()
+                errors.ok()
             except Exception as exc:
-                # Counted and logged; the loop goes on (the database may be restarting).
-                self.c.metrics.worker_errors.labels(worker="expiry").inc()
-                log_round_failed(log, "expiry.failed", exc)
+                # Counted and logged; the loop goes on (an outage: with growing pauses).
+                pause = errors.failed("expiry.failed", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
+                await asyncio.wait_for(stop.wait(), max(self.interval, pause or 0.0))
         log.info("expiry.stopped")

@@ -25,6 +25,7 @@ from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
 from stockkeeper.connectors.erp import ErpSource, Position
 from stockkeeper.connectors.http import ConnectorError
 from stockkeeper.connectors.marketplace import MarketplaceClient
+from stockkeeper.domain.backoff import Backoff
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.circuit import CircuitBreaker, CircuitOpen
 from stockkeeper.services.ingest import INGEST_QUEUE, queue_records
@@ -32,11 +33,19 @@ from stockkeeper.services.unit import transaction
 from stockkeeper.store import connector_state, cursors, locks, outbox, poll_requests
 from stockkeeper.store.cursors import Cursor
 from stockkeeper.store.errors import StoreUnavailable, is_unavailable
-from stockkeeper.store.pool import Conn
+from stockkeeper.store.pool import Conn, is_open, ping
 from stockkeeper.waiting import wait_any
-from stockkeeper.workers.failures import log_round_failed
+from stockkeeper.workers.round_errors import log_round_failed
 
 log = get_logger("stockkeeper.pollers")
+# The pauses while the database cannot be reached, as the other workers' (D-433).
+DATABASE_OUTAGE = Backoff(0.5, 30.0)
+
+
+def _check_session(lost: asyncio.Event) -> None:
+    """Raise :class:`StoreUnavailable` once the lock's session has ended."""
+    if lost.is_set():
+        raise StoreUnavailable("the session holding the poller's lock ended")
 
 
 def lock_key(connector: str) -> int:
@@ -55,6 +64,7 @@ class Poller:
         self.c = container
         self.metrics = container.metrics
         self.wake = asyncio.Event()  # set by a "poll now" request for this connector
+        self._held = False  # whether this poller holds its connector's lock
 
     async def backlog(self) -> int:
         """Ingest messages not yet applied: in the outbox and on the broker."""
@@ -68,28 +78,38 @@ class Poller:
         return pending + queued
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Hold the connector's lock and poll, or stand by, until ``stop``. The lock is
+        the session's: when the database restarts it goes with the session, so the
+        poller stops polling and, once the database answers again, takes a new session
+        and competes for the lock again (D-437)."""
+        outage = 0
         try:
             while not stop.is_set():
                 try:
-                    await self._lead(stop)
+                    await self._hold_and_poll(stop)
+                    return
                 except Exception as exc:
                     if not is_unavailable(exc):
                         raise
-                    # The lock's session could not be had or kept (the database away):
-                    # try again shortly on a fresh one.
-                    self.metrics.worker_errors.labels(worker=f"poller:{self.name}").inc()
-                    log_round_failed(log, "poller.lock_failed", exc, connector=self.name)
-                    await wait_any(stop, at_most=min(1.0, self.interval_s))
+                    outage = 0 if self._held else outage + 1
+                    self._held = False
+                    pause = DATABASE_OUTAGE.delay(max(1, outage))
+                    log.warning(
+                        "poller.database_unavailable",
+                        connector=self.name,
+                        error=f"{type(exc).__name__}: {exc}",
+                        retry_in_s=pause,
+                    )
+                    await wait_any(stop, at_most=pause)
         finally:
             await self.close()
 
-    async def _lead(self, stop: asyncio.Event) -> None:
-        """Take the connector's lock and poll while it is held: until ``stop``, or until
-        the lock's session ends (the database restarted), which ended the lock and the
-        LISTEN of "poll now" with it; the caller then takes both again (D-388)."""
-        lost = asyncio.Event()
+    async def _hold_and_poll(self, stop: asyncio.Event) -> None:
         # A session-level advisory lock: on a session of its own (not through PgBouncer).
         async with self.c.session_pool.acquire() as holder:
+            # Set the moment the session ends, so a wait of a long interval ends with it:
+            # "poll now" came over that session's LISTEN and cannot wake it any more.
+            lost = asyncio.Event()
             unwatch = locks.watch_session(holder, lost)
             try:
                 while not stop.is_set():
@@ -97,25 +117,28 @@ class Poller:
                         break
                     log.info("poller.standby", connector=self.name)
                     await wait_any(stop, lost, at_most=self.interval_s)
+                    _check_session(lost)
                 else:
                     return
+                self._held = True
                 unlisten = await poll_requests.listen(holder, self.name, self.wake)
                 try:
                     log.info("poller.started", connector=self.name)
-                    await self._loop(stop, lost)
+                    await self._loop(stop, holder, lost)
                 finally:
                     await unlisten()
-                    if not lost.is_set():
-                        # A session that ended meanwhile took its lock with it.
-                        with contextlib.suppress(StoreUnavailable):
+                    if is_open(holder):
+                        with contextlib.suppress(StoreUnavailable):  # gone: the lock too
                             await locks.release(holder, lock_key(self.name))
             finally:
                 unwatch()
-        if lost.is_set() and not stop.is_set():
-            log.warning("poller.lock_lost", connector=self.name)
 
-    async def _loop(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
-        while not stop.is_set() and not lost.is_set():
+    async def _loop(self, stop: asyncio.Event, holder: Conn, lost: asyncio.Event) -> None:
+        while not stop.is_set():
+            # The lock lives as long as its session: a round begins by checking it is
+            # still there (raises once the database restarted, D-437).
+            _check_session(lost)
+            await ping(holder)
             # Cleared before the request is taken: one made during this round wakes the
             # wait below at once.
             self.wake.clear()

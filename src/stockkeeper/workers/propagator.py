@@ -41,9 +41,10 @@ from stockkeeper.store.channel_sync import Claimed
 from stockkeeper.store.listener import Listener, listen_then_poll
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.waiting import wait_any
-from stockkeeper.workers.failures import log_round_failed
+from stockkeeper.workers.round_errors import RoundErrors, log_round_failed
 
-log = get_logger("stockkeeper.propagator")
+LOGGER = "stockkeeper.propagator"
+log = get_logger(LOGGER)
 
 IDLE_POLL_S = 1.0
 # After a wake-up, how long a channel's loop lets more changes gather before it claims:
@@ -220,8 +221,14 @@ class Propagator:
         interval = self.service.monitoring.lag_check_interval_s
         repairs: dict[str, asyncio.Task[object]] = {}
         samples: dict[str, asyncio.Task[object]] = {}
+        behind = set(self.adapters)  # channels whose rules were not caught up yet
+        errors = RoundErrors("propagator", "propagator.monitor", self.metrics, LOGGER)
         while not stop.is_set():
+            pause: float | None = None
             try:
+                for ch in sorted(behind):
+                    await self._catch_up(ch)
+                    behind.discard(ch)
                 await self.service.check_lag()
                 await self.service.status()  # sets the pending and unlisted gauges
                 for ch, adapter in self.adapters.items():
@@ -234,14 +241,21 @@ class Propagator:
                     sampling = samples.get(ch)
                     if adapter.can_read and (sampling is None or sampling.done()):
                         samples[ch] = asyncio.ensure_future(self._sample(adapter))
+                errors.ok()
             except Exception as exc:
-                self.metrics.worker_errors.labels(worker="propagator").inc()
-                log_round_failed(log, "propagator.monitor_failed", exc)
-            await wait_any(stop, at_most=interval)
+                pause = errors.failed("propagator.monitor_failed", exc)
+            await wait_any(stop, at_most=max(interval, pause or 0.0))
         tasks = [*repairs.values(), *samples.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _catch_up(self, channel: str) -> None:
+        """A rule edited in the config takes effect at start for every SKU, not only
+        those whose stock changes next (D-447)."""
+        due = await self.service.rules.catch_up(channel)
+        if due:
+            log.info("propagator.rules_caught_up", channel=channel, due=due)
 
     async def _sample(self, adapter: ChannelAdapter) -> None:
         try:

@@ -33,9 +33,10 @@ from stockkeeper.store import connector_state
 from stockkeeper.store import wms as repo
 from stockkeeper.store.pool import Conn, Pool
 from stockkeeper.waiting import wait_any
-from stockkeeper.workers.failures import log_round_failed
+from stockkeeper.workers.round_errors import RoundErrors
 
-log = get_logger("stockkeeper.wms_outbound")
+LOGGER = "stockkeeper.wms_outbound"
+log = get_logger(LOGGER)
 
 IDLE_POLL_S = 1.0
 
@@ -125,14 +126,18 @@ class WmsOutboundWorker:
     async def _sender(self, name: str, stop: asyncio.Event) -> None:
         cfg = self.configs[name]
         wait_s = cfg.outbound_wait_ms / 1000
+        errors = RoundErrors("wms-outbound", "wms_outbound", self.metrics, LOGGER, connector=name)
         while not stop.is_set():
             self.wake.clear()
             try:
                 sent = await self.flush_once(name)
+                errors.ok()
             except Exception as exc:
-                self.metrics.worker_errors.labels(worker="wms-outbound").inc()
-                log_round_failed(log, "wms_outbound.flush_failed", exc, connector=name)
                 sent = None
+                pause = errors.failed("wms_outbound.flush_failed", exc)
+                if pause is not None:  # the database is away: nothing to send meanwhile
+                    await wait_any(stop, at_most=pause)
+                    continue
             if sent is None or sent == 0:
                 await wait_any(stop, self.wake, at_most=IDLE_POLL_S)
             elif sent < 0:

@@ -28,9 +28,10 @@ from stockkeeper.services.wms import Rejected, SyncJob, WmsService
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.wms import CallRow
 from stockkeeper.waiting import wait_any
-from stockkeeper.workers.failures import log_round_failed
+from stockkeeper.workers.round_errors import RoundErrors
 
-log = get_logger("stockkeeper.wms_sync")
+LOGGER = "stockkeeper.wms_sync"
+log = get_logger(LOGGER)
 
 POLL_S = 1.0
 
@@ -103,16 +104,20 @@ class WmsSyncWorker:
 
     async def _jobs(self, stop: asyncio.Event) -> None:
         stale = min(c.stale_after_s for c in self.configs.values())
+        errors = RoundErrors("wms-sync", "wms_sync", self.metrics, LOGGER)
         while not stop.is_set():
             job = None
             try:
                 job = await self.service.claim(stale)
+                errors.ok()
                 if job is not None:
                     await self.run_job(job)
                     continue
             except Exception as exc:
-                self.metrics.worker_errors.labels(worker="wms-sync").inc()
-                log_round_failed(log, "wms_sync.loop_failed", exc)
+                pause = errors.failed("wms_sync.loop_failed", exc)
+                if pause is not None:  # the database is away: no job can be claimed
+                    await wait_any(stop, at_most=pause)
+                    continue
             self.wake.clear()
             await wait_any(stop, self.wake, at_most=POLL_S)
 
@@ -121,16 +126,20 @@ class WmsSyncWorker:
         if not periodic:
             return
         tick = min(5.0, *(c.incremental_interval_s for c in periodic.values()))
+        errors = RoundErrors("wms-sync", "wms_sync.schedule", self.metrics, LOGGER)
         while not stop.is_set():
+            pause: float | None = None
             for name, cfg in periodic.items():
                 try:
                     if await self.service.schedule_incremental(name, cfg.incremental_interval_s):
                         self.wake.set()
+                    errors.ok()
                 except Exception as exc:
-                    self.metrics.worker_errors.labels(worker="wms-sync").inc()
-                    log_round_failed(log, "wms_sync.schedule_failed", exc, connector=name)
+                    pause = errors.failed("wms_sync.schedule_failed", exc)
+                    if pause is not None:  # the database is away, for every connector
+                        break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), tick)
+                await asyncio.wait_for(stop.wait(), max(tick, pause or 0.0))
 
     async def run_job(self, job: SyncJob) -> SyncStatus:
         """Run one claimed request to its end; never raises for the WMS's failures."""

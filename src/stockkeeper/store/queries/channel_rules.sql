@@ -67,6 +67,15 @@ GROUP BY b.sku, b.location;
 -- walks through.
 SELECT sku FROM sku WHERE sku > $1 ORDER BY sku LIMIT $2;
 
+-- name: rule_stale_page
+-- The channel's SKUs after $3 whose figure was made under another rule than $2 (the
+-- channel's rule now, as text): what a config edit read at start must re-figure
+-- (D-447). SKUs with an override always differ, and are re-figured too (a few).
+SELECT sku FROM channel_sync_state
+WHERE channel = $1 AND sku > $3 AND desired_rule IS DISTINCT FROM $2
+ORDER BY sku
+LIMIT $4;
+
 -- name: refigure
 -- New figures for SKUs $2 on channel $1 (quantities $3, the rules' text $4, the SKUs'
 -- current versions $5). A row whose figure changed, or every row when $6 (force: a
@@ -76,6 +85,8 @@ SELECT sku FROM sku WHERE sku > $1 ORDER BY sku LIMIT $2;
 -- due again with a fresh count, and what we believed the channel shows is forgotten.
 -- A push in flight whose figure changed loses its claim: claim_seq moves on, so its
 -- later writes and its acknowledgement are fenced out, and the row is due at once.
+-- $7: SKUs of a channel with several locations whose figure at some location changed
+-- though their sum did not (D-445): they count as changed figures.
 -- Answers one row per SKU made due.
 WITH was AS (
     SELECT sku, desired_quantity FROM channel_sync_state
@@ -94,7 +105,8 @@ ON CONFLICT (channel, sku) DO UPDATE SET
     desired_version = GREATEST(s.desired_version, EXCLUDED.desired_version),
     desired_quantity = EXCLUDED.desired_quantity,
     desired_rule = EXCLUDED.desired_rule,
-    status = CASE WHEN $6 OR (s.desired_quantity <> EXCLUDED.desired_quantity
+    status = CASE WHEN $6 OR ((s.desired_quantity <> EXCLUDED.desired_quantity
+                               OR s.sku = ANY($7::text[]))
                               AND s.status IN ('SYNCED', 'PENDING'))
                   THEN 'PENDING' ELSE s.status END,
     attempts = CASE WHEN $6 AND s.status IN ('DEAD', 'UNLISTED') THEN 0 ELSE s.attempts END,
@@ -103,29 +115,37 @@ ON CONFLICT (channel, sku) DO UPDATE SET
     -- where we think it is there already (Shopify: with changeFromQuantity null).
     pushed_quantity = CASE WHEN $6 AND s.claimed_version IS NULL THEN NULL
                            ELSE s.pushed_quantity END,
-    next_attempt_at = CASE WHEN $6 OR (s.desired_quantity <> EXCLUDED.desired_quantity
+    next_attempt_at = CASE WHEN $6 OR ((s.desired_quantity <> EXCLUDED.desired_quantity
+                                        OR s.sku = ANY($7::text[]))
                                        AND (s.status = 'SYNCED'
                                             OR s.claimed_version IS NOT NULL))
                            THEN now() ELSE s.next_attempt_at END,
-    pending_since = CASE WHEN $6 OR (s.desired_quantity <> EXCLUDED.desired_quantity
+    pending_since = CASE WHEN $6 OR ((s.desired_quantity <> EXCLUDED.desired_quantity
+                                      OR s.sku = ANY($7::text[]))
                                      AND s.status IN ('SYNCED', 'PENDING'))
                          THEN COALESCE(s.pending_since, now()) ELSE s.pending_since END,
-    pending_changes = CASE WHEN $6 OR (s.desired_quantity <> EXCLUDED.desired_quantity
+    pending_changes = CASE WHEN $6 OR ((s.desired_quantity <> EXCLUDED.desired_quantity
+                                        OR s.sku = ANY($7::text[]))
                                        AND s.status IN ('SYNCED', 'PENDING'))
                            THEN s.pending_changes + 1 ELSE s.pending_changes END,
     claim_seq = CASE WHEN s.claimed_version IS NOT NULL
-                          AND s.desired_quantity <> EXCLUDED.desired_quantity
+                          AND (s.desired_quantity <> EXCLUDED.desired_quantity
+                               OR s.sku = ANY($7::text[]))
                      THEN s.claim_seq + 1 ELSE s.claim_seq END,
-    claimed_version = CASE WHEN s.desired_quantity <> EXCLUDED.desired_quantity THEN NULL
+    claimed_version = CASE WHEN (s.desired_quantity <> EXCLUDED.desired_quantity
+                                 OR s.sku = ANY($7::text[])) THEN NULL
                            ELSE s.claimed_version END,
-    claimed_changes = CASE WHEN s.desired_quantity <> EXCLUDED.desired_quantity THEN NULL
+    claimed_changes = CASE WHEN (s.desired_quantity <> EXCLUDED.desired_quantity
+                                 OR s.sku = ANY($7::text[])) THEN NULL
                            ELSE s.claimed_changes END,
-    late_since = CASE WHEN s.desired_quantity <> EXCLUDED.desired_quantity THEN NULL
+    late_since = CASE WHEN (s.desired_quantity <> EXCLUDED.desired_quantity
+                            OR s.sku = ANY($7::text[])) THEN NULL
                       ELSE s.late_since END,
-    leased_until = CASE WHEN s.desired_quantity <> EXCLUDED.desired_quantity THEN NULL
+    leased_until = CASE WHEN (s.desired_quantity <> EXCLUDED.desired_quantity
+                              OR s.sku = ANY($7::text[])) THEN NULL
                         ELSE s.leased_until END,
     updated_at = now()
-WHERE s.desired_quantity <> EXCLUDED.desired_quantity
+WHERE (s.desired_quantity <> EXCLUDED.desired_quantity OR s.sku = ANY($7::text[]))
    OR s.desired_rule IS DISTINCT FROM EXCLUDED.desired_rule
    OR ($6 AND s.claimed_version IS NULL)
 RETURNING s.sku, s.status, s.desired_quantity
@@ -133,7 +153,8 @@ RETURNING s.sku, s.status, s.desired_quantity
 SELECT put.sku FROM put
 LEFT JOIN was ON was.sku = put.sku
 WHERE put.status = 'PENDING'
-  AND ($6 OR was.sku IS NULL OR was.desired_quantity <> put.desired_quantity);
+  AND ($6 OR was.sku IS NULL OR was.desired_quantity <> put.desired_quantity
+       OR put.sku = ANY($7::text[]));
 
 -- name: sku_state
 -- One channel's sync row for one SKU, as the admin API shows it.
