@@ -203,6 +203,30 @@ async def test_bad_records_become_dead_letters_and_the_rest_flows_on(
         assert reason in errors, errors
 
 
+async def test_a_level_stamped_far_ahead_of_our_clock_is_refused_not_kept_as_the_truth(
+    ingesting: Container,
+) -> None:
+    c = ingesting
+    now = c.clock()
+    # A source whose clock jumped (or a typo, 2099 for 2029): kept, it would be newer
+    # than every true level until 2099, and each of them dropped as older.
+    await deliver(c, "erp-main", [level("F", 99, datetime(2099, 1, 1, tzinfo=UTC))])
+    await deliver(c, "erp-main", [level("F", 5, now - timedelta(minutes=1))])
+    assert (await on_hand(c, "F")).on_hand == 5
+    # A few hours ahead is an ERP's local time read as UTC: applied (max_ahead_s, a day).
+    await deliver(c, "erp-main", [level("F", 6, now + timedelta(hours=14))])
+    assert (await on_hand(c, "F")).on_hand == 6
+    async with c.pool.acquire() as conn:
+        (dead,) = await conn.fetch("SELECT error FROM dead_letter")
+    assert "2099-01-01" in dead["error"]
+    assert "ahead of our clock" in dead["error"]
+    m = c.metrics.registry.get_sample_value
+    assert (
+        m("stockkeeper_ingest_records_total", {"connector": "erp-main", "outcome": "refused"}) == 1
+    )
+    await assert_clean(c)
+
+
 async def test_with_auto_create_off_an_unknown_sku_is_a_dead_letter(
     ingesting: Container,
 ) -> None:

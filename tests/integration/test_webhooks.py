@@ -20,6 +20,7 @@ from stockkeeper.connectors.signatures import generic_headers, sign_shopify
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.services.stock import Receipt
 from stockkeeper.workers.ingest import ingest_handler
+from tests.support import WRITER_TOKEN
 
 SECRET = b"whsec-0123456789"
 HOOK = {"id": "hook", "type": "webhook", "secret_env": "HOOK_SECRET", "max_body_bytes": 4096}
@@ -98,6 +99,41 @@ async def test_a_signed_delivery_is_queued_and_five_copies_apply_once(
     assert m("stockkeeper_webhook_requests_total", {"connector": "hook", "status": "202"}) == 5
 
 
+async def test_an_event_id_again_with_another_body_is_refused_not_dropped(
+    hooked: tuple[httpx.AsyncClient, Container],
+) -> None:
+    http, c = hooked
+    await c.stock.receive(Receipt("A", 10, "r-1", None, None, None))
+    first = generic("evt-9", sales=[{"transaction_id": "t-1", "sku": "A", "delta": -2}])
+    r = await http.post("/webhooks/hook", content=first, headers=signed(first))
+    assert r.json()["status"] == "queued"
+    # The same delivery written again, other key order and whitespace: a duplicate.
+    again = (
+        b'{ "sales": [{"delta": -2, "sku": "A", "transaction_id": "t-1"}], "event_id": "evt-9" }'
+    )
+    r = await http.post("/webhooks/hook", content=again, headers=signed(again))
+    assert (r.status_code, r.json()["status"]) == (202, "duplicate")
+    # A sender that reuses an id for other news is told so: a 202 would drop its sale.
+    before = await counts(c)
+    other = generic("evt-9", sales=[{"transaction_id": "t-2", "sku": "A", "delta": -5}])
+    r = await http.post("/webhooks/hook", content=other, headers=signed(other))
+    assert (r.status_code, r.json()["type"]) == (409, "conflict")
+    assert "evt-9" in r.json()["detail"]
+    assert await counts(c) == before  # nothing of it stored
+    order = shopify_order(3001, (1, "A", 1))
+    assert (
+        await http.post("/webhooks/shop", content=order, headers=shopify_headers(order, "w-9"))
+    ).status_code == 202
+    cancel_topic = shopify_headers(order, "w-9", "orders/cancelled")
+    r = await http.post("/webhooks/shop", content=order, headers=cancel_topic)
+    assert (r.status_code, r.json()["type"]) == (409, "conflict")  # the topic is its meaning
+    await apply_queued(c)
+    (a,) = await c.stock.get_many(["A"])
+    assert a.on_hand == 7
+    m = c.metrics.registry.get_sample_value
+    assert m("stockkeeper_webhook_requests_total", {"connector": "hook", "status": "409"}) == 1
+
+
 async def test_a_thousand_badly_signed_deliveries_store_nothing(
     hooked: tuple[httpx.AsyncClient, Container],
 ) -> None:
@@ -147,6 +183,45 @@ async def test_size_and_format_are_checked_and_store_nothing(
     r = await http.post("/webhooks/nobody", content=b"{}", headers=signed(b"{}"))
     assert r.status_code == 404
     assert await counts(c) == before
+
+
+async def test_a_connectors_body_limit_above_the_apis_is_the_one_that_holds(
+    config: dict[str, Any], clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOOK_SECRET", SECRET.decode())
+    bulk = {**HOOK, "id": "bulk", "max_body_bytes": 3 * 1024 * 1024}
+    settings = {**config, "api": {**config["api"], "max_body_bytes": 1024 * 1024}}
+    c = await build(Settings.model_validate({**settings, "connectors": [bulk]}), clock=clock)
+    transport = httpx.ASGITransport(app=create_inventory_app(c))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            at = "2030-01-01T00:00:00Z"
+            sku = "S" * 120
+            levels = [
+                {"sku": f"{sku}{i:06d}", "on_hand": i, "source_updated_at": at}
+                for i in range(9_000)
+            ]
+            body = generic("evt-bulk", levels=levels)
+            assert 1024 * 1024 < len(body) < 3 * 1024 * 1024  # above the API's, within its own
+            r = await http.post("/webhooks/bulk", content=body, headers=signed(body))
+            assert (r.status_code, r.json()["records"]) == (202, 9_000)
+            big = generic("evt-big", levels=levels * 3)
+            assert len(big) > 3 * 1024 * 1024
+            r = await http.post("/webhooks/bulk", content=big, headers=signed(big))
+            assert (r.status_code, r.json()["type"]) == (413, "payload-too-large")
+            assert "3145728" in r.json()["detail"]  # the connector's limit, its 413
+            # Every other route keeps the API's limit.
+            r = await http.post(
+                "/inventory/receipts",
+                content=b" " * (1024 * 1024 + 1),
+                headers={
+                    "Authorization": f"Bearer {WRITER_TOKEN}",
+                    "Content-Type": "application/json",
+                },
+            )
+            assert r.status_code == 413
+    finally:
+        await c.close()
 
 
 async def test_bad_records_in_a_good_delivery_are_dead_letters_and_the_rest_is_queued(

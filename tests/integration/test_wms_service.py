@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -154,6 +155,33 @@ async def test_a_count_below_what_is_promised_is_a_shortfall_and_keeps_the_promi
     assert view.status.value == "PENDING"
     with pytest.raises(InsufficientStock):
         await c.reservations.reserve(ReserveRequest("o-2", (OrderLine("A", 1),)))
+    await assert_clean(c)
+
+
+async def test_an_older_count_applied_after_a_newer_one_is_dropped(
+    wms_container: Container,
+) -> None:
+    c = wms_container
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    full = await job_for(c)
+    force = await job_for(c, sku="A")
+    # The full sync read A's page (10, counted at 10:00) before a force sync of A read
+    # and applied 15 (counted at 10:01); the full sync's page is applied after it.
+    newer = Counted("A", "default", None, None, 15, 0, at + timedelta(minutes=1))
+    await c.wms.apply_page(force, [newer], cursor=None)
+    older = [Counted("A", "default", None, None, 10, 0, at), count("B", 3)]
+    result = await c.wms.apply_page(full, older, cursor="after-B")
+    a, b = await c.stock.get_many(["A", "B"])
+    assert (a.on_hand, b.on_hand) == (15, 3)  # the rest of the page applies
+    assert result.adjustments == 1
+    snaps = await rows(c, "SELECT sku, on_hand, wms_updated_at FROM wms_inventory_snapshot")
+    assert sorted((s["sku"], s["on_hand"]) for s in snaps) == [("A", 15), ("B", 3)]
+    # The same count again, or a newer one, still applies.
+    await c.wms.apply_page(full, [newer], cursor=None)
+    later = Counted("A", "default", None, None, 12, 0, at + timedelta(minutes=2))
+    await c.wms.apply_page(full, [later], cursor=None)
+    (a,) = await c.stock.get_many(["A"])
+    assert a.on_hand == 12
     await assert_clean(c)
 
 

@@ -21,6 +21,7 @@ from stockkeeper.api.auth import AuthenticatedRoute
 from stockkeeper.api.middleware import BodyLimit, CatchAll, RequestMetrics
 from stockkeeper.api.problems import PROBLEM_TYPE, ApiProblem, JSONResponse
 from stockkeeper.api.schemas import MAX_ROW_ID
+from stockkeeper.config import WebhookConnectorConfig
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.store.pool import ping
@@ -60,7 +61,11 @@ def new_app(
     _file_errors_as_problems(app)
     app.add_middleware(CatchAll, app_name=name)
     app.add_middleware(RequestMetrics, metrics=container.metrics, app_name=name)
-    app.add_middleware(BodyLimit, limit=container.settings.api.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=container.settings.api.max_body_bytes,
+        prefixes={"/webhooks/": webhook_body_limit(container)},
+    )
     tracing.instrument_app(app)
 
     # HEAD too: load balancers and uptime checkers often probe with it (D-393).
@@ -166,3 +171,11 @@ def _file_errors_as_problems(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def webhook_body_limit(container: Container) -> int:
+    """The most a body under ``/webhooks/`` may carry: the largest webhook connector's
+    ``max_body_bytes`` when it is above ``api.max_body_bytes`` (the route then holds each
+    connector to its own, D-444); the API's limit otherwise."""
+    hooks = container.settings.connectors_of(WebhookConnectorConfig)
+    return max([container.settings.api.max_body_bytes, *(h.max_body_bytes for h in hooks)])

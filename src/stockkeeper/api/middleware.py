@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Mapping
 
 import orjson
 import structlog
@@ -85,24 +86,35 @@ async def _send_413(send: Send, limit: int, path: str) -> None:
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes with 413, by Content-Length or while streaming."""
+    """Refuse bodies over ``limit`` bytes with 413, by Content-Length or while streaming.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    A path under one of ``prefixes`` has that prefix's limit instead: a webhook
+    connector's own ``max_body_bytes`` may be above ``api.max_body_bytes`` (D-444)."""
+
+    def __init__(self, app: ASGIApp, limit: int, prefixes: Mapping[str, int] | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.default = limit
+        self.prefixes = dict(prefixes or {})
+
+    def limit_of(self, path: str) -> int:
+        for prefix, limit in self.prefixes.items():
+            if path.startswith(prefix):
+                return limit
+        return self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_of(scope.get("path", ""))
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
-                    too_big = int(value) > self.limit
+                    too_big = int(value) > limit
                 except ValueError:
                     too_big = False
                 if too_big:
-                    await _send_413(send, self.limit, problem_instance(scope))
+                    await _send_413(send, limit, problem_instance(scope))
                     return
         seen = 0
         started = False
@@ -112,7 +124,7 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _TooLarge
             return msg
 
@@ -126,7 +138,7 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await _send_413(send, self.limit, problem_instance(scope))
+                await _send_413(send, limit, problem_instance(scope))
 
 
 def _route_path(scope: Scope) -> str:

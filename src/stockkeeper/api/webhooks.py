@@ -23,6 +23,7 @@ from stockkeeper.connectors.webhook import PRESETS, Unparseable
 from stockkeeper.services.ingest import queue_records
 from stockkeeper.services.unit import transaction
 from stockkeeper.store import webhook_deliveries
+from stockkeeper.store.webhook_deliveries import Claim
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -41,7 +42,7 @@ def add_webhook_routes(app: FastAPI, container: Container) -> None:
         "/webhooks/{connector}",
         status_code=202,
         response_model=WebhookOut,
-        responses=problems(401, 404, 413, 422, authenticated=False),
+        responses=problems(401, 404, 409, 413, 422, authenticated=False),
         summary="Receive a signed webhook delivery",
         # No bearer token: the connector's signature over the raw body is the check.
         openapi_extra={"security": []},
@@ -69,7 +70,19 @@ def add_webhook_routes(app: FastAPI, container: Container) -> None:
             raise refuse(connector, 422, "validation", str(exc)) from None
         doc: dict[str, Any] = {"event_id": delivery.event_id}
         async with transaction(container.pool) as conn:
-            if not await webhook_deliveries.claim(conn, connector, delivery.event_id):
+            claimed = await webhook_deliveries.claim(
+                conn, connector, delivery.event_id, delivery.digest
+            )
+            if claimed is Claim.CONFLICT:
+                # Not a duplicate: answering 202 would drop what it reports (D-441).
+                raise refuse(
+                    connector,
+                    409,
+                    "conflict",
+                    f"event id {delivery.event_id!r} was delivered before with another "
+                    "body; nothing of this delivery is queued (give it an id of its own)",
+                )
+            if claimed is Claim.DUPLICATE:
                 doc["status"] = "duplicate"
             elif delivery.ignored is not None:
                 doc.update(status="ignored", topic=delivery.ignored)

@@ -69,6 +69,10 @@ class IngestOptions(ConnectorConfig):
     # Records per ingest message (one consumer transaction applies a message set-based,
     # D-221): bigger messages mean fewer transactions, memory grows with it.
     records_per_message: int = Field(default=500, ge=1, le=50_000)
+    # A level stamped further ahead of our clock than this is a dead letter: applied, it
+    # would hold back every true level of its place until that time comes (D-443). A
+    # day covers an ERP's local times read as UTC (at most 14 hours ahead).
+    max_ahead_s: int = Field(default=86_400, ge=60, le=366 * 86_400)
 
 
 class ErpConnectorConfig(IngestOptions):

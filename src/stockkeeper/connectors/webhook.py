@@ -7,6 +7,7 @@ sender's format means one class here and one registry entry.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class Delivery:
     """What one delivery carries: its id (for de-duplication) and its records."""
 
     event_id: str
+    digest: bytes  # what it carries, to tell the same delivery again from another body
     levels: list[LevelRecord] = field(default_factory=list)
     sales: list[SaleRecord] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
@@ -67,6 +69,17 @@ def _json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Unparseable(f"the body is not JSON: {exc}") from None
+
+
+def _digest(doc: Any, *context: str) -> bytes:
+    """SHA-256 of a parsed body in one canonical form (keys sorted, no whitespace), with
+    what else gives it its meaning (Shopify's topic): a sender that writes the same
+    delivery again with other whitespace or key order sends the same delivery (D-441)."""
+    mac = hashlib.sha256()
+    for part in context:
+        mac.update(part.encode() + b"\0")
+    mac.update(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
+    return mac.digest()
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -109,8 +122,9 @@ class GenericPreset:
     def parse(
         self, cfg: WebhookConnectorConfig, headers: Mapping[str, str], body: bytes
     ) -> Delivery:
+        raw = _json(body)
         try:
-            doc = _GenericBody.model_validate(_json(body))
+            doc = _GenericBody.model_validate(raw)
         except ValidationError as exc:
             raise Unparseable(_first_error(exc)) from None
         levels, bad_levels = parse_levels(doc.levels)
@@ -120,7 +134,7 @@ class GenericPreset:
         # say). The sale itself is still booked: a sale is never dropped (D-417).
         raw_sales = [{**s, "source": cfg.id} if isinstance(s, dict) else s for s in doc.sales]
         sales, bad_sales = parse_sales(raw_sales)
-        return Delivery(doc.event_id, levels, sales, bad_levels + bad_sales)
+        return Delivery(doc.event_id, _digest(raw), levels, sales, bad_levels + bad_sales)
 
 
 # -- Shopify ----------------------------------------------------------------------------
@@ -171,8 +185,9 @@ class ShopifyPreset:
         topic = headers.get("X-Shopify-Topic", "")
         sign = self.TOPICS.get(topic)
         doc = _json(body)
+        digest = _digest(doc, topic)
         if sign is None:
-            return Delivery(event_id, ignored=topic or "(no topic)")
+            return Delivery(event_id, digest, ignored=topic or "(no topic)")
         try:
             order = _Order.model_validate(doc)
         except ValidationError as exc:
@@ -192,7 +207,7 @@ class ShopifyPreset:
             else:
                 raw.append(sale)
         sales, refused = parse_sales(raw)
-        return Delivery(event_id, sales=sales, refused=odd + refused)
+        return Delivery(event_id, digest, sales=sales, refused=odd + refused)
 
 
 PRESETS: dict[str, Preset] = {"generic": GenericPreset(), "shopify": ShopifyPreset()}

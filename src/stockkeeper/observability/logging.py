@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from typing import TextIO, cast
 
 import structlog
 
@@ -82,6 +83,18 @@ class _Throttled(logging.Filter):
         return True
 
 
+class _CurrentStderr:
+    """``sys.stderr`` as it is when a line is written, not when logging was set up: a
+    test runner or a CLI runner puts its own stream there for a while and closes it
+    afterwards, and lines logged later went to the closed one (ValueError)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(
     level: str = "info", json_output: bool | None = True, *, access_log: bool = True
 ) -> None:
@@ -97,7 +110,7 @@ def configure(
     )
     # Libraries log through the standard library (uvicorn, asyncpg, aio-pika): their
     # records are rendered the same way, so the output stays one JSON object per line.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_CurrentStderr())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
@@ -147,7 +160,7 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=True,
     )
 

@@ -15,7 +15,7 @@ import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -56,6 +56,9 @@ INGEST_QUEUE = "inventory.ingest"
 DEFAULT_LOCATION = "default"
 # Records per ingest message: a page of 5,000 ERP rows travels as 10 messages.
 RECORDS_PER_MESSAGE = 500
+# How far ahead of our clock a level's source time may be, for a connector that is no
+# longer configured (a dead letter replayed after its connector was removed).
+MAX_AHEAD_S = 86_400
 
 
 def ingest_event_type(connector: str) -> str:
@@ -178,11 +181,16 @@ class IngestService:
         cfg = self.connectors.get(connector)
         auto_create = cfg.auto_create_skus if cfg is not None else False
         done = Applied()
+        levels, ahead = self._split_ahead(cfg, levels)
+        if ahead:
+            await self._refuse_ahead(conn, connector, cfg, ahead)
+            done.refused += len(ahead)
         wanted = newest_per_key([r.level(connector) for r in levels])
         done.stale += len(levels) - len(wanted)
         sold = [r.sale() for r in sales]
         skus = sorted({lv.sku for lv in wanted} | {s.sku for s in sold})
         if not skus:
+            self._count(connector, done)
             return done
         known = await stock.known_skus(conn, skus)
         unknown = set(skus) - known
@@ -269,6 +277,38 @@ class IngestService:
         done.skus = set(touched)
         self._count(connector, done)
         return done
+
+    def _max_ahead_s(self, cfg: IngestOptions | None) -> int:
+        return cfg.max_ahead_s if cfg is not None else MAX_AHEAD_S
+
+    def _split_ahead(
+        self, cfg: IngestOptions | None, levels: Sequence[LevelRecord]
+    ) -> tuple[list[LevelRecord], list[LevelRecord]]:
+        """The levels to apply, and those stamped too far ahead of our clock (D-443): the
+        newer-wins guard would keep a level from 2099 as its place's truth, dropping
+        every true level after it as older, until 2099."""
+        limit = self.clock() + timedelta(seconds=self._max_ahead_s(cfg))
+        kept = [r for r in levels if r.source_updated_at <= limit]
+        if len(kept) == len(levels):
+            return list(levels), []
+        return kept, [r for r in levels if r.source_updated_at > limit]
+
+    async def _refuse_ahead(
+        self, conn: Conn, connector: str, cfg: IngestOptions | None, ahead: list[LevelRecord]
+    ) -> None:
+        now = self.clock()
+        bad = [
+            Refused(
+                level_json(r),
+                f"source_updated_at {r.source_updated_at.isoformat()} is "
+                f"{(r.source_updated_at - now).total_seconds():.0f}s ahead of our clock "
+                f"(max_ahead_s {self._max_ahead_s(cfg)})",
+                "level",
+            )
+            for r in ahead
+        ]
+        await refuse(conn, connector, bad)
+        self.metrics.dead_letters.labels(queue=INGEST_QUEUE).inc(len(bad))
 
     async def _refuse_unknown(
         self,

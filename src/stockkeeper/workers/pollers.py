@@ -30,7 +30,7 @@ from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.circuit import CircuitBreaker, CircuitOpen
 from stockkeeper.services.ingest import INGEST_QUEUE, queue_records
 from stockkeeper.services.unit import transaction
-from stockkeeper.store import cursors, locks, outbox, poll_requests
+from stockkeeper.store import connector_state, cursors, locks, outbox, poll_requests
 from stockkeeper.store.cursors import Cursor
 from stockkeeper.store.errors import StoreUnavailable, is_unavailable
 from stockkeeper.store.pool import Conn, is_open, ping
@@ -179,7 +179,20 @@ class Poller:
         except Exception as exc:
             self.metrics.worker_errors.labels(worker=f"poller:{self.name}").inc()
             log_round_failed(log, "poller.failed", exc, connector=self.name)
+            await self.note_failure(exc)
             return False
+
+    async def note_failure(self, exc: BaseException) -> None:
+        """Keep a failed round as the connector's ``last_failure`` in /admin/status: an
+        ERP whose view lost a column, or that cannot be reached, said so only in the
+        log (D-440). A marketplace's failed calls are kept by its circuit breaker."""
+        try:
+            async with self.c.pool.acquire() as conn:
+                await connector_state.record_failure(
+                    conn, self.name, str(exc) or type(exc).__name__, self.c.clock()
+                )
+        except Exception as err:  # the database away: the log above has it
+            log_round_failed(log, "poller.failure_not_kept", err, connector=self.name)
 
     async def poll_once(self) -> bool:
         """Read and queue one page; True when there is more to read right away."""

@@ -63,9 +63,15 @@ SET last_modified = EXCLUDED.last_modified, sku = EXCLUDED.sku,
     pages = c.pages + 1, records = c.records + EXCLUDED.records, updated_at = now();
 
 -- name: claim_delivery
-INSERT INTO webhook_delivery (connector, event_id) VALUES ($1, $2)
+-- A concurrent first delivery of the id is waited for: its commit makes this a conflict.
+INSERT INTO webhook_delivery (connector, event_id, digest) VALUES ($1, $2, $3)
 ON CONFLICT DO NOTHING
 RETURNING event_id;
+
+-- name: delivery_digest
+-- What the id's first delivery carried (NULL for one kept from before digests); read
+-- after claim_delivery found it taken, so it sees the first delivery's commit.
+SELECT digest FROM webhook_delivery WHERE connector = $1 AND event_id = $2;
 
 -- name: circuit_state
 SELECT * FROM connector_state WHERE connector = $1;

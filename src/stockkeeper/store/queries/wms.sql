@@ -94,6 +94,13 @@ ours AS MATERIALIZED (
           AND COALESCE(b.lot_number, '') = COALESCE(p.lot, '')
         LIMIT 1
     ) AS b
+    -- A count older than the one this WMS last gave for the batch (a full sync's page
+    -- read before a force sync of the batch and applied after it) is dropped: the
+    -- newer count stands (its own snapshot row, by primary key).
+    WHERE p.counted_at IS NULL OR NOT EXISTS (
+        SELECT 1 FROM wms_inventory_snapshot s
+        WHERE s.connector = $8 AND s.batch_id = b.id AND s.wms_updated_at > p.counted_at
+    )
 ),
 moved AS MATERIALIZED (
     SELECT o.*
