@@ -20,6 +20,7 @@ from stockkeeper.messaging.broker import OutgoingMessage
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER, Envelope
 from stockkeeper.messaging.topology import INVENTORY_EVENTS, QUEUES
 from stockkeeper.services.stock import Receipt
+from stockkeeper.services.wms import Rejected
 from stockkeeper.store import dead_letters
 from stockkeeper.workers.dispatcher import Dispatcher
 from tests.support import ADMIN_TOKEN, READER_TOKEN, WRITER_TOKEN, auth
@@ -145,6 +146,25 @@ async def test_list_dead_letters_filters_and_pages(
         assert_problem(
             await client.get("/admin/dead-letters", params=bad, headers=admin), 422, "validation"
         )
+
+
+async def test_an_empty_queue_or_cursor_of_the_dead_letters_filters_nothing(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    # The contract's `GET /admin/dead-letters?queue=&limit=`, as a form or a script
+    # with nothing to fill in sends it: every queue's, from the first.
+    ids = [(await add_dead_letter(container, q))[0] for q in ("wms.outbound", "wms.sync")]
+    admin = auth(ADMIN_TOKEN)
+    r = await client.get("/admin/dead-letters?queue=&limit=1&after=", headers=admin)
+    assert r.status_code == 200, r.text
+    assert ([i["id"] for i in r.json()["items"]], r.json()["next"]) == ([ids[0]], ids[0])
+    r = await client.get(f"/admin/dead-letters?queue=&after={ids[0]}", headers=admin)
+    assert [i["id"] for i in r.json()["items"]] == [ids[1]]
+    r = await client.get("/admin/dead-letters?queue=wms.sync", headers=admin)
+    assert [i["id"] for i in r.json()["items"]] == [ids[1]]
+    assert_problem(
+        await client.get("/admin/dead-letters?after=x", headers=admin), 422, "validation"
+    )
 
 
 async def test_listed_dead_letter_shows_body_and_headers_as_json(
@@ -520,3 +540,32 @@ async def test_the_counters_alerts_watch_start_at_zero_for_what_is_configured(
         assert scraped(text, "stockkeeper_dead_letters_total", {"queue": q.name}) == 0
     assert scraped(text, "stockkeeper_oversell_total", {"source": "wms:wms-main"}) == 0
     assert scraped(text, "stockkeeper_wms_shortfalls_total", {"connector": "wms-main"}) == 0
+
+
+async def test_a_refused_wms_row_is_not_replayed_and_stays_dead(
+    wms_client: tuple[httpx.AsyncClient, Container],
+) -> None:
+    http, c = wms_client
+    admin = auth(ADMIN_TOKEN)
+    # A WMS row the sync refused: the WMS's data, not a message of the wms.sync queue.
+    r = await http.post(
+        "/admin/wms/sync", json={"reason": "count", "requested_by": "ops"}, headers=admin
+    )
+    assert r.status_code == 202, r.text
+    job = await c.wms.claim(stale_after_s=60)
+    assert job is not None
+    await c.wms.apply_page(
+        job, [], [Rejected({"sku": "N", "on_hand": -1}, "on_hand: must be >= 0")], cursor=None
+    )
+    async with c.pool.acquire() as conn:
+        row_id = await conn.fetchval("SELECT id FROM dead_letter WHERE queue = 'wms.sync'")
+    doc = assert_problem(
+        await http.post(f"/admin/dead-letters/{row_id}/replay", headers=admin), 409, "conflict"
+    )
+    assert "correct it in the WMS" in doc["detail"]
+    async with c.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM queue_message") == 0
+        assert await conn.fetchval("SELECT status FROM dead_letter") == "DEAD"
+    # Discarding it is what is left to do once the WMS is put right, and works.
+    r = await http.post(f"/admin/dead-letters/{row_id}/discard", headers=admin)
+    assert (r.status_code, r.json()["status"]) == (200, "DISCARDED")

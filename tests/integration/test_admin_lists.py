@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -114,6 +115,28 @@ async def test_reservations_by_status_sku_and_expiry(
     assert bad.status_code == 422
 
 
+async def test_the_expiring_reservations_keep_the_sku_and_status_filters(
+    container: Container, client: httpx.AsyncClient
+) -> None:
+    await container.stock.receive(Receipt("MILK", 100, "r-milk"))
+    await container.stock.receive(Receipt("BREAD", 100, "r-bread"))
+    for i, sku in enumerate(["MILK", "BREAD", "MILK", "BREAD"]):
+        await container.reservations.reserve(
+            ReserveRequest(f"o-{i}", (OrderLine(sku, 1),), ttl_seconds=60 * (i + 1))
+        )
+    await container.reservations.confirm("o-1")
+
+    bread = await walk(client, "/admin/reservations", sku="BREAD", expiring_within_s=600)
+    assert [r["order_id"] for r in bread] == ["o-3"]
+    paged = await walk(client, "/admin/reservations", sku="MILK", expiring_within_s=600, limit=1)
+    assert [r["order_id"] for r in paged] == ["o-0", "o-2"]
+    # Only a PENDING reservation expires: any other status leaves nothing due.
+    confirmed = await walk(client, "/admin/reservations", status="CONFIRMED", expiring_within_s=600)
+    assert confirmed == []
+    pending = await walk(client, "/admin/reservations", status="PENDING", expiring_within_s=600)
+    assert [r["order_id"] for r in pending] == ["o-0", "o-2", "o-3"]
+
+
 async def test_sync_requests_are_listed_newest_first(
     container: Container, client: httpx.AsyncClient
 ) -> None:
@@ -172,6 +195,33 @@ async def test_orders_list_by_status_and_age(
     old = await walk(client, "/admin/orders", older_than_s=2 * 3600 - 1)
     assert [o["order_id"] for o in old] == ["ord-0", "ord-1"]
     assert old[0]["age_s"] == pytest.approx(3 * 3600, abs=5)
+
+
+async def test_a_cursor_passed_back_as_it_came_pages_on(
+    container: Container, client: httpx.AsyncClient, clock: Any
+) -> None:
+    # Orders placed at the same instant (a tie in the sort key) and a time cursor: each
+    # `next` pasted into the URL as it came (curl, a shell script) reads the next page.
+    async with container.pool.acquire() as conn:
+        for i, hours in enumerate([3, 2, 2]):
+            await conn.execute(
+                "INSERT INTO orders (order_id, status, lines, ship_to, created_at, updated_at)"
+                " VALUES ($1, 'PENDING', '[]', '{}', $2, $2)",
+                f"ord-{i}",
+                clock() - timedelta(hours=hours, microseconds=250),
+            )
+    seen: list[str] = []
+    url = "/admin/orders?limit=1"
+    while True:
+        r = await client.get(url)
+        assert r.status_code == 200, r.text
+        seen += [o["order_id"] for o in r.json()["items"]]
+        cursor = r.json()["next"]
+        if cursor is None:
+            break
+        assert cursor == quote(cursor, safe="~:"), cursor  # nothing to percent-encode
+        url = f"/admin/orders?limit=1&after={cursor}"
+    assert seen == ["ord-0", "ord-1", "ord-2"]
 
 
 async def test_poll_now_needs_a_polled_connector_and_the_admin_scope(

@@ -32,8 +32,9 @@ async def test_reservation_lists_use_their_indexes(filled: Container) -> None:
         plan = await explain(conn, q("list_reservations_by_status"), "PENDING", 0, 101)
         assert_uses_index(plan, "reservation", "reservation_status")
         soon = datetime(2030, 1, 2, tzinfo=UTC)
-        plan = await explain(conn, q("list_reservations_expiring"), soon, EPOCH, 0, 101)
-        assert_uses_index(plan, "reservation", "reservation_pending_due")
+        for sku in (None, "S-0100"):
+            plan = await explain(conn, q("list_reservations_expiring"), soon, EPOCH, 0, 101, sku)
+            assert_uses_index(plan, "reservation", "reservation_pending_due")
 
 
 async def test_a_channels_unsettled_skus_use_their_partial_index(filled: Container) -> None:

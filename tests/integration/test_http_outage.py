@@ -274,3 +274,24 @@ async def test_a_poller_takes_its_lock_and_poll_now_again_after_the_database_res
         done = await asyncio.gather(task, return_exceptions=True)
         await c.close()
     assert done == [None], done  # stopped without an error from the lost session
+
+
+async def test_the_ops_page_during_an_outage_is_503_unavailable(
+    cluster: PrivateCluster, app_on_cluster: tuple[Container, httpx.AsyncClient]
+) -> None:
+    # The page reads through the admin API in process: the API's 503 stays a 503 (with
+    # Retry-After) for the page's reader, not the page's own 500 "internal".
+    container, _ = app_on_cluster
+    transport = httpx.ASGITransport(app=create_admin_app(container), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as page:
+        form = await page.get("/admin/ui/login")
+        csrf = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        r = await page.post("/admin/ui/login", data={"token": ADMIN_TOKEN, "csrf": csrf})
+        assert r.status_code == 303, r.text
+        assert (await page.get("/admin/ui")).status_code == 200
+        await asyncio.to_thread(cluster.stop)
+        try:
+            for path in ("/admin/ui", "/admin/ui/syncs"):
+                assert_unavailable(await page.get(path))
+        finally:
+            await asyncio.to_thread(cluster.start)

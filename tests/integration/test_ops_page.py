@@ -216,3 +216,26 @@ async def test_a_channels_page_lists_its_skus_not_in_sync(
     unlisted = await browser.get(f"{UI}/channels/shop", params={"state": "unlisted"})
     assert "Every SKU is in sync." in unlisted.text
     assert (await browser.get(f"{UI}/channels/nope")).status_code == 404
+
+
+async def test_a_sku_with_a_slash_or_a_control_character_is_shown_or_refused(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    await container.stock.receive(Receipt("TEE/RED/M", 4, "r-tee"))
+    await log_in(browser)
+    found = await browser.get(f"{UI}/skus", params={"prefix": "TEE"})
+    assert 'href="/admin/ui/skus/TEE%2FRED%2FM"' in found.text
+    one = await browser.get(f"{UI}/skus/TEE%2FRED%2FM")
+    assert one.status_code == 200, one.text
+    assert "r-tee" in one.text
+    # What the API's fields refuse (docs/http.md, "Ids") the page refuses too, with its
+    # own page: never the database's error as a 500.
+    for path, params in (
+        (f"{UI}/skus", {"prefix": "TEE\x00"}),
+        (f"{UI}/skus", {"after": "\x00"}),
+        (f"{UI}/skus/A%00B", {}),
+        (f"{UI}/channels/shop", {"after": "\x00"}),
+    ):
+        r = await browser.get(path, params=params)
+        assert r.status_code == 422, (path, params, r.text)
+        assert "U+0000" in r.text

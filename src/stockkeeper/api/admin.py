@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 from starlette.responses import Response
 
 from stockkeeper.api import idempotency, schemas
@@ -35,6 +35,17 @@ ADMIN = Depends(require("admin"))
 
 def _ok(model: BaseModel) -> Response:
     return JSONResponse(schemas.as_json(model))
+
+
+def _blank_is_none(value: object) -> object:
+    """``?queue=`` (a form's empty field, the contract's ``?queue=&limit=``) filters
+    nothing, as no ``queue`` does (D-455)."""
+    return None if value == "" else value
+
+
+def _blank_is_zero(value: object) -> object:
+    """``?after=`` is the first page, as on every other list (D-455)."""
+    return 0 if value == "" else value
 
 
 def _iso(v: datetime | None) -> str | None:
@@ -168,9 +179,17 @@ def create_admin_app(container: Container) -> FastAPI:
         tags=["dead letters"],
     )
     async def list_dead_letters(
-        queue: Annotated[str | None, Query(max_length=200), schemas.ID_TEXT] = None,
+        queue: Annotated[
+            Annotated[str, schemas.ID_TEXT] | None,
+            Query(max_length=200, description="one queue's; empty or absent: every queue's"),
+            BeforeValidator(_blank_is_none),
+        ] = None,
         status: Literal["DEAD", "REPLAYED", "DISCARDED"] | None = "DEAD",
-        after: Annotated[int, Query(ge=0, le=schemas.MAX_ROW_ID)] = 0,
+        after: Annotated[
+            int,
+            Query(ge=0, le=schemas.MAX_ROW_ID, description="the `next` of the previous page"),
+            BeforeValidator(_blank_is_zero),
+        ] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         who: Principal = ADMIN,
     ) -> Response:

@@ -12,9 +12,24 @@ from stockkeeper.messaging.envelope import ATTEMPT_HEADER
 from stockkeeper.messaging.topology import QUEUES
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import transaction
+from stockkeeper.services.wms.snapshot import REFUSED_ROW_PREFIX, SYNC_DEAD_LETTER_QUEUE
 from stockkeeper.store import dead_letters, outbox
 from stockkeeper.store.dead_letters import DeadLetter
 from stockkeeper.store.pool import Conn, Pool
+
+
+def _why_not_replayable(row: DeadLetter) -> str | None:
+    """Why sending ``row`` back to its queue could not apply it (D-454), or None: a WMS
+    row a sync refused is the WMS's data, not a message, and the wms.sync consumer would
+    only dead-letter it again as an invalid envelope, losing its reason."""
+    if row.queue == SYNC_DEAD_LETTER_QUEUE and (row.routing_key or "").startswith(
+        REFUSED_ROW_PREFIX
+    ):
+        return (
+            "is a WMS row a sync refused, not a message: correct it in the WMS, force a "
+            "sync (POST /admin/wms/sync), then discard this one"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,9 @@ class Operations:
                 raise NotFound(f"no dead letter {dead_letter_id}")
             if row.status != "DEAD":
                 raise Conflict(f"dead letter {dead_letter_id} is already {row.status}")
+            unreplayable = _why_not_replayable(row)
+            if unreplayable:
+                raise Conflict(f"dead letter {dead_letter_id} {unreplayable}")
             headers = {
                 k: v for k, v in carried_headers(row.headers or {}).items() if k != ATTEMPT_HEADER
             }

@@ -102,6 +102,8 @@ def _after_pair(after: str | None) -> tuple[datetime, int]:
     if not after:
         return EPOCH, 0
     at, sep, row = after.rpartition("~")
+    # A cursor of before D-453 pasted into a URL unencoded: its "+00:00" came as " 00:00".
+    at = at.replace(" ", "+")
     try:
         when = datetime.fromisoformat(at)
     except ValueError:
@@ -112,7 +114,10 @@ def _after_pair(after: str | None) -> tuple[datetime, int]:
 
 
 def _pair(at: datetime, row_id: int) -> str:
-    return f"{at.isoformat()}~{row_id}"
+    """``2030-01-01T00:01:00.250000Z~17``: UTC with a Z, so nothing in it needs
+    percent-encoding (a "+00:00" pasted into a URL reads as a space, D-453)."""
+    utc = at.astimezone(UTC).replace(tzinfo=None)
+    return f"{utc.isoformat(timespec='microseconds')}Z~{row_id}"
 
 
 def _page(
@@ -180,12 +185,17 @@ class Listing:
         limit: int = 100,
     ) -> Page[ReservationSummary]:
         """Reservations by id (optionally of one status, or holding one SKU); or, with
-        ``expiring_within_s``, the PENDING ones due within that time, soonest first."""
+        ``expiring_within_s``, the PENDING ones due within that time, soonest first.
+        Every filter narrows (D-452): with ``expiring_within_s`` the SKU still holds, and
+        a status other than PENDING leaves nothing (only a PENDING one expires)."""
         async with self.pool.acquire() as conn:
             if expiring_within_s is not None:
+                cursor = _after_pair(after)
+                if status not in (None, "PENDING"):
+                    return Page((), None)
                 before = self.clock() + timedelta(seconds=expiring_within_s)
                 rows = await listing.expiring_reservations(
-                    conn, before=before, after=_after_pair(after), limit=limit + 1
+                    conn, before=before, sku=sku, after=cursor, limit=limit + 1
                 )
                 return _page(rows, limit, _reservation, lambda r: _pair(r["expires_at"], r["id"]))
             rows = await listing.reservations(

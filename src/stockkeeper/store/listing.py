@@ -52,9 +52,9 @@ async def reservations(
 
 @translated
 async def expiring_reservations(
-    conn: Conn, *, before: datetime, after: tuple[datetime, int], limit: int
+    conn: Conn, *, before: datetime, sku: str | None, after: tuple[datetime, int], limit: int
 ) -> Rows:
-    return await conn.fetch(q("list_reservations_expiring"), before, after[0], after[1], limit)
+    return await conn.fetch(q("list_reservations_expiring"), before, after[0], after[1], limit, sku)
 
 
 @translated

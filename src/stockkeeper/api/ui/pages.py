@@ -31,8 +31,11 @@ from stockkeeper.api.list_schemas import (
 from stockkeeper.api.ui import session
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
 from stockkeeper.domain.errors import NotFound
+from stockkeeper.domain.ids import printable, printable_part
+from stockkeeper.messaging.broker import BrokerUnavailable
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.listing import Listing
+from stockkeeper.store.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from stockkeeper.bootstrap import Container
@@ -78,6 +81,26 @@ def _back(to: str = UI) -> Response:
 
 def _path(*parts: str) -> str:
     return "".join("/" + quote(p, safe="") for p in parts)
+
+
+def _refused(**values: str) -> str | None:
+    """What is wrong with the first of ``values`` that no id may hold, or None."""
+    for name, value in values.items():
+        check = printable if name == "sku" else printable_part
+        try:
+            check(value)
+        except ValueError as exc:
+            return f"{name}: {exc}"
+    return None
+
+
+def sku_href(sku: str) -> str:
+    """A SKU's page, its every character percent-encoded ("/" too, so the path is one
+    segment however the SKU is written)."""
+    return f"{UI}/skus/{quote(sku, safe='')}"
+
+
+_ENV.filters["sku_href"] = sku_href
 
 
 def lag_chart(points: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
@@ -135,6 +158,13 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
     async def get_json(request: Request, path: str, **params: Any) -> Any:
         async with api(request) as client:
             r = await client.get(path, params=params)
+        if r.status_code == 503:
+            # What the API could not reach, the page cannot either: the same 503
+            # `unavailable` with Retry-After (CatchAll), not a 500 of the page.
+            detail = str(r.json().get("detail", "")) if r.content else ""
+            if "broker" in detail:
+                raise BrokerUnavailable(f"{path}: {detail}")
+            raise StoreUnavailable(f"{path}: {detail or 'unavailable'}")
         r.raise_for_status()
         return r.json()
 
@@ -238,6 +268,11 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
         sold_out = request.query_params.get("sold_out") == "1"
         short = request.query_params.get("short") == "1"
         after = request.query_params.get("after") or None
+        # The page calls the listing itself, so it checks what the API's fields check
+        # (docs/http.md, "Ids"): a control character is refused, not sent to the database.
+        refused = _refused(prefix=prefix, after=after or "")
+        if refused:
+            return page(request, "error.html", 422, error=refused)
         found = await listing.skus(
             prefix=prefix,
             after=after,
@@ -255,11 +290,15 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
             result=schemas.as_json(SkuListOut.of(found)),
         )
 
-    @app.get(UI + "/skus/{sku}", include_in_schema=False)
+    # {sku:path}: a SKU may hold "/" (TEE/RED/M), which arrives decoded (D-448, D-451).
+    @app.get(UI + "/skus/{sku:path}", include_in_schema=False)
     async def sku_page(request: Request, sku: str) -> Response:
         who = session.principal(request, book)
         if who is None:
             return _to_login()
+        refused = _refused(sku=sku)
+        if refused:
+            return page(request, "error.html", 422, error=refused)
         try:
             stock = schemas.as_json(schemas.StockOut.of(await container.stock.get(sku)))
             ledger = schemas.as_json(
@@ -286,10 +325,12 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
         state = request.query_params.get("state", "all")
         if state not in ("all", "pending", "unlisted", "failing"):
             state = "all"
+        after = request.query_params.get("after") or None
+        refused = _refused(after=after or "")
+        if refused:
+            return page(request, "error.html", 422, error=refused)
         try:
-            found = await listing.channel_skus(
-                channel, state=state, after=request.query_params.get("after") or None, limit=100
-            )
+            found = await listing.channel_skus(channel, state=state, after=after, limit=100)
         except NotFound:
             return page(request, "channel.html", 404, who=who, channel=channel, result=None)
         result = ChannelSkuListOut(

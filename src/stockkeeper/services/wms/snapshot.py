@@ -25,6 +25,9 @@ from stockkeeper.store import wms as repo
 from stockkeeper.store.stock import Movement
 
 SYNC_DEAD_LETTER_QUEUE = "wms.sync"
+# The routing key of a WMS row a sync refused (its dead letter is the row, not a
+# message: a replay cannot apply it, D-454).
+REFUSED_ROW_PREFIX = "wms.snapshot."
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,7 @@ class SnapshotSync(WmsBase):
                     dead_letters.Letter(
                         queue=SYNC_DEAD_LETTER_QUEUE,
                         message_id=None,
-                        routing_key=f"wms.snapshot.{job.connector}",
+                        routing_key=f"{REFUSED_ROW_PREFIX}{job.connector}",
                         body=orjson.dumps(bad.raw, default=str),
                         headers={"sync_request_id": job.id},
                         error=f"WMS row refused: {bad.error}",

@@ -57,10 +57,12 @@ LIMIT $3;
 
 -- name: list_reservations_expiring
 -- PENDING reservations due before $1, soonest first, keyset on (expires_at, id)
--- (index reservation_pending_due).
+-- (index reservation_pending_due); $5 narrows them to those holding a SKU (or NULL).
 SELECT id, order_id, status, location, lines, expires_at, reason, created_at, updated_at
 FROM reservation
 WHERE status = 'PENDING' AND expires_at <= $1 AND (expires_at, id) > ($2, $3)
+  AND ($5::text IS NULL
+       OR id IN (SELECT l.reservation_id FROM reservation_line l WHERE l.sku = $5))
 ORDER BY expires_at, id
 LIMIT $4;
 
