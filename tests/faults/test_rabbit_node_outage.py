@@ -164,6 +164,11 @@ async def test_dispatcher_and_consumer_resume_after_the_node_comes_back(
         # The dispatcher tried again once the broker said it was back, not at the end
         # of its backoff's pause (the next try was 10 s or more away by then).
         assert time.monotonic() - back < RESUMED_WITHIN_S, children.logs()
+
+        async def admin_reconnected() -> bool:  # its own connection, back on its own
+            return admin.logged("rabbitmq.reconnected")
+
+        await wait_until(admin_reconnected, timeout=30, what="the admin's reconnection")
         replayed = await api.post(replay)
         assert replayed.status_code == 200, replayed.text
         assert replayed.json()["status"] == "REPLAYED"

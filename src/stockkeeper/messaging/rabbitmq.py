@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from aio_pika.connection import make_url
 
 from stockkeeper.messaging.broker import (
     BrokerUnavailable,
@@ -211,18 +213,38 @@ class RabbitMQBroker:
     async def connect(self) -> None:
         if self._conn is not None:
             return
+        # What aio_pika.connect_robust does, with the connection in our hands when the
+        # first connect fails: closed then, instead of left to aio-pika's __del__, which
+        # cannot schedule its close when the garbage collector runs it outside the event
+        # loop ("coroutine 'RobustConnection.close' was never awaited").
+        props: dict[str, Any] = {"connection_name": self.connection_name}
+        url = make_url(self.url, reconnect_interval=self.reconnect_interval)
+        conn = aio_pika.RobustConnection(
+            url, client_properties=props, reconnect_interval=self.reconnect_interval
+        )
         try:
-            self._conn = await aio_pika.connect_robust(
-                self.url,
-                client_properties={"connection_name": self.connection_name},
-                reconnect_interval=self.reconnect_interval,
-            )
+            await conn.connect()
         except (OSError, aio_pika.exceptions.AMQPError) as exc:
+            await conn.close()
             raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
+        self._conn = conn
         # One line when the connection drops and one when it is back, ours (aio-pika's
         # own say it once a second meanwhile, and are throttled: D-436).
-        self._conn.close_callbacks.add(self._on_lost)
-        self._conn.reconnect_callbacks.add(self._on_back)
+        # Through a weak reference: the connection holding a bound method of this broker
+        # would make a cycle, and a broker dropped unclosed would then be collected at
+        # some later GC pass, where aio-pika's __del__ cannot schedule its close.
+        ref = weakref.ref(self)
+
+        def lost(conn: object, exc: BaseException | None = None) -> None:
+            if (broker := ref()) is not None:
+                broker._on_lost(conn, exc)
+
+        def back(conn: object) -> None:
+            if (broker := ref()) is not None:
+                broker._on_back(conn)
+
+        self._conn.close_callbacks.add(lost)
+        self._conn.reconnect_callbacks.add(back)
         self._pub = await self._conn.channel(publisher_confirms=True)
         try:
             await self.declare()
