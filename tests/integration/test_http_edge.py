@@ -325,6 +325,28 @@ async def test_a_sku_and_an_order_id_holding_a_slash_are_read_by_their_encoded_p
     assert_problem(await http.get("/inventory/NO%2FSUCH", headers=W), 404, "not-found")
 
 
+async def test_an_order_id_holding_a_slash_is_polled_cancelled_and_paid_by_its_location(
+    http: httpx.AsyncClient,
+) -> None:
+    """D-467: POST /orders takes "web/2026/8" and answers Location /orders/web%2F2026%2F8;
+    the order's routes take the rest of the path, so that Location reads it back and its
+    payment and cancel reach it (they were 404, the order unreachable)."""
+    placed = await http.post("/orders", json=order("web/2026/8"), headers=W)
+    assert placed.status_code == 202, placed.text
+    where = placed.headers["Location"]
+    assert where == "/orders/web%2F2026%2F8"
+    polled = await http.get(where, headers=W)
+    assert polled.status_code == 200, polled.text
+    assert polled.json()["order_id"] == "web/2026/8"
+    cancelled = await http.post(where + "/cancel", headers=W)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "CANCELLED"
+    paid = {"status": "succeeded", "reference": "psp-1"}
+    # The payment route reaches the order too: a cancelled order is not paid (409).
+    assert_problem(await http.post(where + "/payment", json=paid, headers=W), 409, "conflict")
+    assert_problem(await http.get("/orders/NO%2FSUCH", headers=W), 404, "not-found")
+
+
 # -- the probes answer HEAD as well as GET (D-393) --
 
 
