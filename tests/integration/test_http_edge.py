@@ -417,6 +417,20 @@ async def test_a_json_body_without_a_json_content_type_says_so(
     assert doc["errors"] == [{"field": "body", "message": message}]
 
 
+async def test_a_body_that_is_not_valid_json_names_the_body_and_where_it_breaks(
+    http: httpx.AsyncClient,
+) -> None:
+    """D-468: FastAPI puts the character offset of a JSON syntax error in its location
+    (``body.8``), which read as a field named "8"; the field is the body, the offset is
+    in the message."""
+    body = b'{"order_id": "o-1",}'
+    headers = {**W, "Content-Type": "application/json"}
+    r = await http.post("/inventory/reserve", content=body, headers=headers)
+    doc = assert_problem(r, 422, "validation")
+    message = "not valid JSON: Expecting property name enclosed in double quotes at character 19"
+    assert doc["errors"] == [{"field": "body", "message": message}]
+
+
 # -- U+0000 anywhere is a 422, never the database's 500 (D-399) --
 
 NUL = "a\x00b"
