@@ -248,13 +248,16 @@ def check_config(
 def status(
     config: ConfigOption = None,
     url: Annotated[
-        str | None, typer.Option(help="The admin-api's URL (default: from api.host/admin_port).")
+        str | None,
+        typer.Option(help="the admin-api's URL (default: from api.host and api.admin_port)"),
     ] = None,
     token: Annotated[
         str | None,
-        typer.Option(help="An admin token (default: from api.tokens or the data directory)."),
+        typer.Option(help="an admin token (default: from api.tokens, else the generated one)"),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the JSON document, not tables")
+    ] = False,
 ) -> None:
     """Show the running instance's /admin/status, as tables.
 
