@@ -427,7 +427,12 @@ async def test_a_body_that_is_not_valid_json_names_the_body_and_where_it_breaks(
     headers = {**W, "Content-Type": "application/json"}
     r = await http.post("/inventory/reserve", content=body, headers=headers)
     doc = assert_problem(r, 422, "validation")
-    message = "not valid JSON: Expecting property name enclosed in double quotes at character 19"
+    message = "not valid JSON at character 19: Expecting property name enclosed in double quotes"
+    assert doc["errors"] == [{"field": "body", "message": message}]
+    # A reason the parser cut off before its position ("starting at") reads whole.
+    r = await http.post("/inventory/reserve", content=b'{"bad', headers=headers)
+    doc = assert_problem(r, 422, "validation")
+    message = "not valid JSON at character 1: Unterminated string starting"
     assert doc["errors"] == [{"field": "body", "message": message}]
 
 

@@ -148,9 +148,10 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
         elif err.get("type") == "json_invalid" and loc[:1] == ["body"]:
             # FastAPI puts the offset of the syntax error in the location (body.19),
             # which reads as a field named "19": the field is the body (D-468).
-            reason = (err.get("ctx") or {}).get("error") or message
+            # The parser's reason may end where its position was cut off ("... at").
+            reason = str((err.get("ctx") or {}).get("error") or message).removesuffix(" at")
             where = f" at character {loc[1]}" if len(loc) > 1 else ""
-            loc, message = ["body"], f"not valid JSON: {reason}{where}"
+            loc, message = ["body"], f"not valid JSON{where}: {reason}"
         out.append({"field": ".".join(loc), "message": message})
     return out
 
