@@ -578,6 +578,7 @@ def test_retention_defaults_outlast_the_redelivery_window() -> None:
     assert s.broker.redelivery_window_s() == 181 + 10 * 30
     assert s.retention.processed_message_s > s.broker.redelivery_window_s()
     assert s.retention.consumer_position_s > s.broker.redelivery_window_s()
+    assert s.retention.wms_outbound_sent_s > s.broker.redelivery_window_s()
 
 
 def test_webhook_deliveries_are_kept_longer_than_the_replay_window(tmp_path: Path) -> None:
@@ -596,7 +597,9 @@ def test_redelivery_window_follows_the_retry_settings(tmp_path: Path) -> None:
     assert s.broker.redelivery_window_s() == 5.5 + 4 * 30
 
 
-@pytest.mark.parametrize("key", ["processed_message_s", "consumer_position_s"])
+@pytest.mark.parametrize(
+    "key", ["processed_message_s", "consumer_position_s", "wms_outbound_sent_s"]
+)
 def test_retention_shorter_than_the_redelivery_window_is_refused(tmp_path: Path, key: str) -> None:
     doc = {"broker": {"max_attempts": 100}, "retention": {key: 3600}}
     with pytest.raises(ConfigError, match=rf"retention.{key} \(3600 s\).*5881 s"):
