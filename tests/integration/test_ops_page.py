@@ -215,6 +215,8 @@ async def test_a_double_submit_of_a_form_asks_once_and_answers_alike(
     assert first.status_code == second.status_code == third.status_code == 303
     assert first.headers["location"] == second.headers["location"] == third.headers["location"]
     assert "WMS sync requested" in (await browser.get(first.headers["location"])).text
+    async with container.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM wms_sync_request") == 1
     replay = await form_of(browser)
     answers = [
         await browser.post(f"{UI}/dead-letters/{dead_id}/replay", data=replay) for _ in range(2)
