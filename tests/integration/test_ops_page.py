@@ -15,10 +15,12 @@ import pytest
 
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.api.ui import session
-from stockkeeper.bootstrap import Container
+from stockkeeper.bootstrap import Container, build
+from stockkeeper.config import Settings
 from stockkeeper.services.stock import Receipt
 from stockkeeper.store import dead_letters
-from tests.support import ADMIN_TOKEN, READER_TOKEN
+from tests.conftest import FakeClock
+from tests.support import ADMIN_TOKEN, READER_TOKEN, TOKENS
 
 UI = "/admin/ui"
 
@@ -114,7 +116,7 @@ async def test_the_page_answers_head_as_it_answers_get(browser: httpx.AsyncClien
 
 
 async def test_the_session_cookie_is_random_and_never_holds_the_token(
-    container: Container, browser: httpx.AsyncClient
+    container: Container, browser: httpx.AsyncClient, config: dict[str, Any], clock: FakeClock
 ) -> None:
     r = await log_in(browser)
     cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith("sk_admin="))
@@ -143,6 +145,19 @@ async def test_the_session_cookie_is_random_and_never_holds_the_token(
             r = await c.get(UI)
         assert r.status_code == 303, v
         assert r.headers["location"] == f"{UI}/login"
+    # The admin token rotated out of api.tokens (a replica started with the new config):
+    # its sessions end with it.
+    rotated = {**config, "api": {**config["api"], "tokens": [{**TOKENS[0], "token": "new-" * 8}]}}
+    other = await build(Settings.model_validate(rotated), clock=clock)
+    try:
+        transport = httpx.ASGITransport(app=create_admin_app(other))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://admin", cookies={session.COOKIE: value}
+        ) as c:
+            r = await c.get(UI)
+        assert (r.status_code, r.headers["location"]) == (303, f"{UI}/login")
+    finally:
+        await other.close()
 
 
 async def test_logout_ends_the_session_for_every_copy_of_its_cookie(

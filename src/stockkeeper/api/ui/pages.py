@@ -219,7 +219,6 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
             return _to_login()
         # Ended in the database: a copy of the cookie is no session either (D-464).
         await sessions.close(s.value)
-        session.forget(request)
         log.info("ui.logout", principal=s.who.name)
         resp = _to_login()
         session.clear_cookie(request, resp, session.COOKIE)

@@ -7,9 +7,9 @@ token. PostgreSQL holds its SHA-256 with the token's fingerprint and an expiry
 (a copy of the cookie taken before is no session after), it ends at its expiry
 (:data:`SESSION_TTL_S`, on the database's clock) whatever the browser keeps, and it
 ends when its token is removed from ``api.tokens`` (or rotated out). A request costs
-one primary-key lookup, made once per request (:func:`current` keeps the answer on the
-request). The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no
-other site's page sends it) and ``Secure`` when the page is served over TLS.
+one primary-key lookup (each route calls :func:`current` once). The cookie is
+``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's page sends it)
+and ``Secure`` when the page is served over TLS.
 
 Every POST carries a CSRF token in a hidden field as well: after login, an HMAC of
 the session's value keyed by the session's token (so it is the session's own, and
@@ -42,7 +42,6 @@ SESSION_TTL_S = 8 * 3600
 _CSRF_LABEL = b"stockkeeper ops page csrf v2"
 _FLASH_LABEL = b"stockkeeper ops page flash v1"
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-_STATE_KEY = "ui_session"
 
 
 def _mac(token: str, label: bytes, *parts: str) -> str:
@@ -79,17 +78,7 @@ class Session:
 
 async def current(request: Request, book: TokenBook, sessions: UiSessions) -> Session | None:
     """The admin behind the session cookie, or None (no cookie, no such session,
-    expired, logged out, a token no longer configured, not an admin). Looked up once
-    per request."""
-    state = request.scope.setdefault("state", {})
-    if _STATE_KEY in state:
-        found: Session | None = state[_STATE_KEY]
-        return found
-    state[_STATE_KEY] = found = await _lookup(request, book, sessions)
-    return found
-
-
-async def _lookup(request: Request, book: TokenBook, sessions: UiSessions) -> Session | None:
+    expired, logged out, a token no longer configured, not an admin): one lookup."""
     value = request.cookies.get(COOKIE, "")
     if not value:
         return None
@@ -99,11 +88,6 @@ async def _lookup(request: Request, book: TokenBook, sessions: UiSessions) -> Se
     if token is None or who is None or "admin" not in who.scopes:
         return None
     return Session(value, token, who)
-
-
-def forget(request: Request) -> None:
-    """Drop what :func:`current` kept for this request (after a logout)."""
-    request.scope.setdefault("state", {}).pop(_STATE_KEY, None)
 
 
 def new_login_csrf() -> str:
