@@ -376,3 +376,24 @@ async def test_retention_deletes_walk_the_time_index(
         plan = await explain(conn, q(retention.query_name(table)), 7 * 86_400.0, 1000)
         assert_uses_index(plan, table.value, index)
         assert ("Tid Scan", None) in scans_of(plan, table.value)
+
+
+async def test_a_session_check_is_one_primary_key_lookup(container: Container) -> None:
+    """Every request of the ops page looks its session up (D-464): one index probe,
+    and the pruning at login walks the expiry index."""
+    async with container.pool.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO ui_session (id_hash, token_fingerprint, principal, expires_at)
+            SELECT sha256(g::text::bytea), 'fp', 'admin',
+                   now() + (g % 100 - 10) * interval '1 hour'
+            FROM generate_series(1, $1::int) AS g
+            """,
+            ROWS,
+        )
+        await conn.execute("ANALYZE ui_session")
+        found = await explain(conn, q("find_ui_session"), b"\x00" * 32)
+        assert scans_of(found, "ui_session") == [("Index Scan", "ui_session_pkey")]
+        pruned = await explain(conn, q("prune_ui_sessions"), 100)
+        assert_uses_index(pruned, "ui_session", "ui_session_expires")
+        assert ("Tid Scan", None) in scans_of(pruned, "ui_session")
