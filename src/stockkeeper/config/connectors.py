@@ -132,6 +132,9 @@ class MarketplaceConnectorConfig(HttpConnectorConfig, IngestOptions):
     location: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
     interval_s: float = Field(default=5.0, gt=0)
     page_size: int = Field(default=500, ge=1, le=5000)
+    # A round reads pages back to back while the feed says there are more; after this
+    # many it ends anyway and the next waits ``interval_s`` (D-471).
+    max_pages_per_round: int = Field(default=1000, ge=1, le=1_000_000)
     # The breaker opens after this many failed polls in a row ...
     failure_threshold: int = Field(default=5, ge=1)
     # ... and lets one poll through (half-open) after this long.
