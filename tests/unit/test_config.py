@@ -749,3 +749,22 @@ def test_a_variable_is_read_as_the_file_is() -> None:
     )
     assert s.broker.prefetch == 10
     assert s.orders.carriers[0].countries == ["NO"]
+
+
+@pytest.mark.parametrize("sku", ["..", "TEA ", "A\u200bB"])
+def test_a_rule_override_for_a_sku_no_door_takes_is_refused(tmp_path: Path, sku: str) -> None:
+    """D-470: the config's per-SKU overrides follow the id rule every door applies; an
+    override for a SKU that can never exist would silently apply to nothing."""
+    doc = {
+        "connectors": [
+            {
+                "id": "hook-out",
+                "type": "outbound_webhook",
+                "url": "http://receiver.example",
+                "secret_env": "HOOK_SECRET",
+                "rules": {"skus": {sku: {"cap": 1}, "TEA": {"cap": 2}}},
+            }
+        ]
+    }
+    with pytest.raises(ConfigError, match=r"  connectors\.0\.rules\.skus \(a key\): "):
+        load_settings(write(tmp_path, doc), environ={})

@@ -8,9 +8,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
 from stockkeeper.config.base import EnvName, Section
+from stockkeeper.domain.ids import printable
 
 
 class ConnectorConfig(Section):
@@ -165,9 +166,12 @@ class AvailabilityRulesConfig(Section):
     buffer: int = Field(default=0, ge=0, le=1_000_000_000)
     cap: int | None = Field(default=None, ge=0, le=1_000_000_000)
     share_percent: int = Field(default=100, ge=0, le=100)
-    skus: dict[Annotated[str, Field(min_length=1, max_length=128)], RuleOverrideConfig] = Field(
-        default_factory=dict
-    )
+    # Keyed by SKU, held to the id rule of every door (D-470): a SKU no door takes
+    # ("..", "A\u200bB", "TEA ") would be an override that never applies.
+    skus: dict[
+        Annotated[str, Field(min_length=1, max_length=128), AfterValidator(printable)],
+        RuleOverrideConfig,
+    ] = Field(default_factory=dict)
 
 
 class ChannelConfig(HttpConnectorConfig):

@@ -219,7 +219,11 @@ def _describe(exc: ValidationError, origin: str) -> str:
         # A connector's type tag is not a key the user wrote: connectors.0.url, not
         # connectors.0.wms.url.
         loc = [p for i, p in enumerate(err["loc"]) if not (i == 2 and p in CONNECTOR_TYPES)]
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        # A mapping's key that is refused (a SKU of rules.skus): the mapping, "(a key)".
+        named = loc[:-2] if loc[-1:] == ["[key]"] else loc
+        key = ".".join(str(p) for p in named) or "(top level)"
+        if named is not loc:
+            key += " (a key)"
         got = err.get("input")
         shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
         msg = err["msg"]
