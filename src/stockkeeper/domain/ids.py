@@ -24,11 +24,15 @@ DOT_SEGMENTS = frozenset({".", ".."})
 
 def printable(value: str) -> str:
     """``value`` if it may be an id, else ValueError naming what is refused."""
+    # Each check inline, the isprintable fast path included: this runs for every SKU of
+    # every record (a call less per value is a third of its cost).
     if value in DOT_SEGMENTS:
         raise ValueError(
             f"must not be {value!r}: in a URL path it is a dot-segment, which clients remove"
         )
-    return printable_text(value)
+    if value != value.strip():
+        raise ValueError("must not begin or end with whitespace")
+    return value if value.isprintable() else _characters(value)
 
 
 def printable_text(value: str) -> str:
@@ -36,7 +40,7 @@ def printable_text(value: str) -> str:
     a shopper's "." is a placeholder and never part of a path), else ValueError."""
     if value != value.strip():
         raise ValueError("must not begin or end with whitespace")
-    return printable_part(value)
+    return value if value.isprintable() else _characters(value)
 
 
 def printable_part(value: str) -> str:
@@ -46,8 +50,11 @@ def printable_part(value: str) -> str:
     # Co, Cn) and Separator (Zl, Zp, Zs but the ASCII space): a superset of the refused
     # ones, checked at C speed. Only a value it doubts is read character by character
     # (a sync of 500,000 SKUs spent 0.4 s of each process's CPU here).
-    if value.isprintable():
-        return value
+    return value if value.isprintable() else _characters(value)
+
+
+def _characters(value: str) -> str:
+    """The slow path: ``value`` unless one of its characters is of a refused category."""
     for ch in value:
         if unicodedata.category(ch) in REFUSED_CATEGORIES:
             name = unicodedata.name(ch, "a control character")
