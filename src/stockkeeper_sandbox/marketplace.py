@@ -74,6 +74,17 @@ class SalesRequest(BaseModel):
     items: list[SaleIn]
 
 
+class FeedFault(BaseModel):
+    """``PUT /_sandbox/feed``: how the delta feed misbehaves. ``stuck``: every page is
+    the changes from the first one on, with the token it was asked with as ``next``
+    (the first page's token when asked without one) and ``has_more`` true, as a
+    marketplace whose paging is broken answers: its token never advances."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stuck: bool = False
+
+
 class SeedRequest(BaseModel):
     skus: int = Field(ge=0, le=1_000_000)
     seed: int = 0
@@ -92,6 +103,17 @@ class MarketplaceState:
         # The wire form of every change, oldest first; change n (from 1) is _log[n - 1].
         # Entries are never changed after they are appended, so pages may share them.
         self._log: list[dict[str, Any]] = []
+        self._fault = FeedFault()
+
+    @property
+    def fault(self) -> FeedFault:
+        with self._lock:
+            return self._fault
+
+    def set_fault(self, fault: FeedFault) -> None:
+        """Make the delta feed misbehave (see :class:`FeedFault`); ``FeedFault()`` heals it."""
+        with self._lock:
+            self._fault = fault
 
     def set_level(self, sku: str, quantity: int, at: datetime | None = None) -> None:
         """Set the level of ``sku`` (a change, even if the quantity is the same)."""
@@ -161,9 +183,12 @@ class MarketplaceState:
 
     def deltas(self, since: str | None, limit: int) -> tuple[list[dict[str, Any]], str, bool]:
         """Up to ``limit`` changes after ``since`` (None: from the first), in order; the
-        token to ask with next; whether more are waiting already."""
+        token to ask with next; whether more are waiting already. In the ``stuck`` fault
+        mode, the first changes again with the token asked with and "more to come"."""
         with self._lock:
             start = self._decode_token(since) if since else 0
+            if self._fault.stuck:  # the same page again, the same token, "more to come"
+                return self._log[:limit], since or self._token(0), True
             end = min(start + limit, len(self._log))
             return self._log[start:end], self._token(end), end < len(self._log)
 
@@ -208,6 +233,15 @@ def create_app(
     async def put_levels(body: LevelsUpsert) -> Response:
         count = state.set_levels((i.sku, i.quantity, i.updated_at) for i in body.items)
         return json_response({"count": count, "token": state.head()})
+
+    @app.get(f"{CONTROL_PREFIX}/feed", tags=["sandbox"])
+    async def get_feed() -> Response:
+        return json_response(state.fault.model_dump())
+
+    @app.put(f"{CONTROL_PREFIX}/feed", tags=["sandbox"])
+    async def put_feed(body: FeedFault) -> Response:
+        state.set_fault(body)
+        return json_response(body.model_dump())
 
     @app.get(f"{CONTROL_PREFIX}/sales", tags=["sandbox"])
     async def get_sales() -> Response:

@@ -140,6 +140,14 @@ async def test_dispatcher_and_consumer_resume_after_the_node_comes_back(
 
         await wait_until(all_applied, timeout=45, what="the events before", children=children)
 
+        async def admin_ready() -> bool:  # it connects the broker before it serves
+            try:
+                return (await api.get("/readyz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_until(admin_ready, timeout=45, what="the admin API", children=children)
+
         await asyncio.to_thread(private_rabbit.stop if how == "stopped" else private_rabbit.kill)
         held = 0.0
         away_since = time.monotonic()

@@ -191,7 +191,8 @@ async def messaging_filled(container: Container) -> Container:
     sent over the last 20 days; 1 in 100 PENDING, 1 in 400 FAILED), 20k queue messages
     over 20 busy queues and a quiet one (1 in 400), 20k channel rows over 2 channels
     (1 in 50 due), and 20k rows each of processed_message, consumer_position,
-    idempotency_key, wms_call, webhook_delivery and channel_push spread over 20 days."""
+    idempotency_key, wms_call, webhook_delivery and channel_push spread over 20 days;
+    and 20k each of dead letters, WMS outbound items and WMS syncs, mostly resolved."""
     async with container.pool.acquire() as conn:
         await conn.execute(
             """
@@ -266,9 +267,42 @@ async def messaging_filled(container: Container) -> Container:
             "FROM generate_series($1::int, 1, -1) AS g",
             ROWS,
         )
+        # Dead letters (1 in 10 still open), WMS outbound items (1 in 50 to send, 1 in
+        # 400 dead, the rest sent) and WMS syncs (1 in 100 still to run, the rest ended)
+        # over the same 20 days.
+        await conn.execute(
+            "INSERT INTO dead_letter (queue, routing_key, error, attempts, status, "
+            "created_at, resolved_at) "
+            "SELECT 'q' || g % 5, 'k', 'boom', 1, st, t, CASE WHEN st <> 'DEAD' THEN t END "
+            "FROM (SELECT g, CASE WHEN g % 10 = 0 THEN 'DEAD' WHEN g % 2 = 0 THEN 'REPLAYED' "
+            f"ELSE 'DISCARDED' END AS st, {spread} AS t "
+            "FROM generate_series(1, $1::int) AS g) AS d",
+            ROWS,
+        )
+        await conn.execute(
+            "INSERT INTO wms_outbound_item (connector, event_id, message_id, action, "
+            "order_id, sku, location, quantity, status, created_at, sent_at) "
+            "SELECT 'wms-main', 'ev-' || g, gen_random_uuid(), 'allocate', 'o-' || g, "
+            "'S-' || g % 500, 'main', 1, st, t, CASE WHEN st = 'SENT' THEN t END "
+            "FROM (SELECT g, CASE WHEN g % 50 = 0 THEN 'PENDING' WHEN g % 400 = 1 THEN 'DEAD' "
+            f"ELSE 'SENT' END AS st, {spread} AS t "
+            "FROM generate_series(1, $1::int) AS g) AS o",
+            ROWS,
+        )
+        await conn.execute(
+            "INSERT INTO wms_sync_request (connector, kind, reason, requested_by, status, "
+            "created_at, finished_at) "
+            "SELECT 'wms-main', 'incremental', 'scheduled', 'scheduler', st, t, "
+            "CASE WHEN st IN ('DONE', 'FAILED') THEN t END "
+            "FROM (SELECT g, CASE WHEN g % 100 = 0 THEN 'PENDING' WHEN g % 20 = 1 THEN 'FAILED' "
+            f"ELSE 'DONE' END AS st, {spread} AS t "
+            "FROM generate_series(1, $1::int) AS g) AS r",
+            ROWS,
+        )
         await conn.execute(
             "ANALYZE domain_event, queue_message, channel_sync_state, processed_message, "
-            "consumer_position, idempotency_key, wms_call, webhook_delivery, channel_push"
+            "consumer_position, idempotency_key, wms_call, webhook_delivery, channel_push, "
+            "dead_letter, wms_outbound_item, wms_sync_request"
         )
     return container
 
@@ -328,6 +362,9 @@ async def test_mark_processed_checks_the_key_and_nothing_else(
         (Pruned.WMS_CALLS, "wms_call_created"),
         (Pruned.WEBHOOK_DELIVERIES, "webhook_delivery_received"),
         (Pruned.CHANNEL_PUSHES, "channel_push_pkey"),
+        (Pruned.RESOLVED_DEAD_LETTERS, "dead_letter_resolved"),
+        (Pruned.SENT_WMS_ITEMS, "wms_outbound_sent"),
+        (Pruned.FINISHED_WMS_SYNCS, "wms_sync_request_finished"),
     ],
 )
 async def test_retention_deletes_walk_the_time_index(
@@ -339,3 +376,24 @@ async def test_retention_deletes_walk_the_time_index(
         plan = await explain(conn, q(retention.query_name(table)), 7 * 86_400.0, 1000)
         assert_uses_index(plan, table.value, index)
         assert ("Tid Scan", None) in scans_of(plan, table.value)
+
+
+async def test_a_session_check_is_one_primary_key_lookup(container: Container) -> None:
+    """Every request of the ops page looks its session up (D-464): one index probe,
+    and the pruning at login walks the expiry index."""
+    async with container.pool.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO ui_session (id_hash, token_fingerprint, principal, expires_at)
+            SELECT sha256(g::text::bytea), 'fp', 'admin',
+                   now() + (g % 100 - 10) * interval '1 hour'
+            FROM generate_series(1, $1::int) AS g
+            """,
+            ROWS,
+        )
+        await conn.execute("ANALYZE ui_session")
+        found = await explain(conn, q("find_ui_session"), b"\x00" * 32)
+        assert scans_of(found, "ui_session") == [("Index Scan", "ui_session_pkey")]
+        pruned = await explain(conn, q("prune_ui_sessions"), 100)
+        assert_uses_index(pruned, "ui_session", "ui_session_expires")
+        assert ("Tid Scan", None) in scans_of(pruned, "ui_session")

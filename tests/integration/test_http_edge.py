@@ -347,6 +347,37 @@ async def test_an_order_id_holding_a_slash_is_polled_cancelled_and_paid_by_its_l
     assert_problem(await http.get("/orders/NO%2FSUCH", headers=W), 404, "not-found")
 
 
+@pytest.mark.parametrize("dots", [".", ".."])
+async def test_a_dot_segment_is_refused_as_an_id_at_every_entry(
+    http: httpx.AsyncClient, container: Container, dots: str
+) -> None:
+    """D-470: `GET /inventory/..` is `GET /` by the time any client sends it (RFC 3986
+    dot-segments), so a SKU or an order id "." or ".." could be written but never read
+    by its path. Refused where it comes in, naming the field; "..." is an id."""
+
+    def field_named(r: httpx.Response, field: str) -> None:
+        doc = assert_problem(r, 422, "validation")
+        assert any(e["field"].endswith(field) for e in doc["errors"]), doc
+        assert "dot-segment" in r.text
+
+    receipt = {"sku": dots, "quantity": 1, "reference_id": "r-dots"}
+    field_named(await http.post("/inventory/receipts", json=receipt, headers=W), "sku")
+    reserve = {"order_id": dots, "lines": [{"sku": "TEA", "quantity": 1}]}
+    field_named(await http.post("/inventory/reserve", json=reserve, headers=W), "order_id")
+    field_named(await http.post("/orders", json=order(dots), headers=W), "order_id")
+    by_ref = {"sku": "TEA", "quantity": 1, "reference_id": dots}
+    field_named(await http.post("/inventory/receipts", json=by_ref, headers=W), "reference_id")
+    # A shopper's "." in an address line is a placeholder, not an id: still an order.
+    dotted = {**order("o-dotted"), "ship_to": {**SHIP_TO, "line2": "."}}
+    assert (await http.post("/orders", json=dotted, headers=W)).status_code == 202
+    many = {"sku": "...", "quantity": 1, "reference_id": "r-three-dots"}
+    assert (await http.post("/inventory/receipts", json=many, headers=W)).status_code == 201
+    assert (await http.get("/inventory/...", headers=W)).json()["on_hand"] == 1
+    async with container.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM sku WHERE sku LIKE '.%'") == 1
+        assert await conn.fetchval("SELECT count(*) FROM reservation") == 0
+
+
 # -- the probes answer HEAD as well as GET (D-393) --
 
 

@@ -4,20 +4,23 @@ tests/e2e/test_ops_page.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
 
 from stockkeeper.api.admin import create_admin_app
 from stockkeeper.api.ui import session
-from stockkeeper.bootstrap import Container
+from stockkeeper.bootstrap import Container, build
+from stockkeeper.config import Settings
 from stockkeeper.services.stock import Receipt
 from stockkeeper.store import dead_letters
-from tests.support import ADMIN_TOKEN, READER_TOKEN
+from tests.conftest import FakeClock
+from tests.support import ADMIN_TOKEN, READER_TOKEN, TOKENS
 
 UI = "/admin/ui"
 
@@ -48,10 +51,30 @@ async def browser(container: Container) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def hidden_csrf(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]*)"', html)
+def hidden(html: str, name: str) -> str:
+    """The first hidden field ``name`` of a page (every form of a render has the same)."""
+    found = re.search(rf'name="{name}" value="([^"]*)"', html)
     assert found, html
     return found.group(1)
+
+
+def hidden_csrf(html: str) -> str:
+    return hidden(html, "csrf")
+
+
+async def form_of(c: httpx.AsyncClient, **fields: str) -> dict[str, str]:
+    """A freshly rendered page's form fields: its CSRF token and nonce, and ``fields``."""
+    html = (await c.get(UI)).text
+    return {"csrf": hidden(html, "csrf"), "nonce": hidden(html, "nonce"), **fields}
+
+
+def with_cookie(container: Container, value: str) -> httpx.AsyncClient:
+    """A browser holding a copy of a session cookie, talking to an admin app of its
+    own (another replica of admin-api on the same database)."""
+    transport = httpx.ASGITransport(app=create_admin_app(container))
+    return httpx.AsyncClient(
+        transport=transport, base_url="http://admin", cookies={session.COOKIE: value}
+    )
 
 
 async def log_in(c: httpx.AsyncClient, token: str = ADMIN_TOKEN) -> httpx.Response:
@@ -92,35 +115,189 @@ async def test_the_page_answers_head_as_it_answers_get(browser: httpx.AsyncClien
     assert (await browser.head(UI)).status_code == 200
 
 
-async def test_the_session_cookie_is_signed_and_never_holds_the_token(
-    container: Container, browser: httpx.AsyncClient
+async def test_the_session_cookie_is_random_and_never_holds_the_token(
+    container: Container, browser: httpx.AsyncClient, config: dict[str, Any], clock: FakeClock
 ) -> None:
     r = await log_in(browser)
     cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith("sk_admin="))
     value = cookie.split(";")[0].removeprefix("sk_admin=").strip('"')
     assert ADMIN_TOKEN not in cookie
+    assert len(value) >= 43  # 256 random bits
     assert f"max-age={session.SESSION_TTL_S}" in cookie.lower()
     assert (await browser.get(UI)).status_code == 200
-
-    def with_cookie(v: str) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(app=create_admin_app(container))
-        return httpx.AsyncClient(
-            transport=transport, base_url="http://admin", cookies={"sk_admin": v}
-        )
-
-    fingerprint, expires, sig = value.split(".")
+    async with container.pool.acquire() as conn:
+        # Only its SHA-256 is kept: a read of the table gives no cookie.
+        stored = await conn.fetchval("SELECT id_hash FROM ui_session")
+        assert value.encode() not in bytes(stored)
+        life = await conn.fetchval("SELECT expires_at - created_at FROM ui_session")
+    assert life.total_seconds() == session.SESSION_TTL_S
+    async with with_cookie(container, value) as c:
+        assert (await c.get(UI)).status_code == 200  # any replica knows it
+    fingerprint = container.tokens.fingerprint(ADMIN_TOKEN)
     forged = [
-        ADMIN_TOKEN,  # the old format: the raw token is no longer a session
-        f"{fingerprint}.{int(expires) + 3600}.{sig}",  # a longer life, same signature
-        f"{fingerprint}.{expires}.{'0' * len(sig)}",  # a made-up signature
-        session.session_value(ADMIN_TOKEN, now=time.time() - session.SESSION_TTL_S - 1),
-        session.session_value(READER_TOKEN),  # signed, but not an admin's
+        ADMIN_TOKEN,  # the raw token is no session
+        f"{fingerprint}.9999999999.{'0' * 64}",  # the signed format of before (D-464)
+        value[:-1] + ("A" if value[-1] != "A" else "B"),  # one character off
+        "",
     ]
     for v in forged:
-        async with with_cookie(v) as c:
+        async with with_cookie(container, v) as c:
             r = await c.get(UI)
         assert r.status_code == 303, v
         assert r.headers["location"] == f"{UI}/login"
+    # The admin token rotated out of api.tokens (a replica started with the new config):
+    # its sessions end with it.
+    rotated = {**config, "api": {**config["api"], "tokens": [{**TOKENS[0], "token": "new-" * 8}]}}
+    other = await build(Settings.model_validate(rotated), clock=clock)
+    try:
+        transport = httpx.ASGITransport(app=create_admin_app(other))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://admin", cookies={session.COOKIE: value}
+        ) as c:
+            r = await c.get(UI)
+        assert (r.status_code, r.headers["location"]) == (303, f"{UI}/login")
+    finally:
+        await other.close()
+
+
+async def test_logout_ends_the_session_for_every_copy_of_its_cookie(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    await log_in(browser)
+    value = browser.cookies[session.COOKIE]
+    form = await form_of(browser, reason="after logout")
+    async with with_cookie(container, value) as copy:
+        # The copy works while the session is open, on another replica too.
+        assert (await copy.get(UI)).status_code == 200
+        out = await browser.post(f"{UI}/logout", data={"csrf": form["csrf"]})
+        assert (out.status_code, out.headers["location"]) == (303, f"{UI}/login")
+        assert session.COOKIE not in browser.cookies
+        # After the logout the copy is no session anywhere: the page sends it to the
+        # login form, the fragment is 401, and a form it kept acts no more.
+        r = await copy.get(UI)
+        assert (r.status_code, r.headers["location"]) == (303, f"{UI}/login")
+        assert (await copy.get(f"{UI}/syncs")).status_code == 401
+        acted = await copy.post(f"{UI}/wms/sync", data=form)
+        assert (acted.status_code, acted.headers["location"]) == (303, f"{UI}/login")
+    async with container.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM ui_session") == 0
+        assert await conn.fetchval("SELECT count(*) FROM wms_sync_request") == 0
+
+
+async def test_a_session_ends_at_its_expiry_on_the_databases_clock(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    await log_in(browser)
+    assert (await browser.get(UI)).status_code == 200
+    async with container.pool.acquire() as conn:
+        await conn.execute("UPDATE ui_session SET expires_at = now() - interval '1 second'")
+    # The browser still sends the cookie (its Max-Age has not run out): no session.
+    assert session.COOKIE in browser.cookies
+    r = await browser.get(UI)
+    assert (r.status_code, r.headers["location"]) == (303, f"{UI}/login")
+    # The next login, from any browser, deletes the expired row.
+    transport = httpx.ASGITransport(app=create_admin_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as other:
+        await log_in(other)
+        assert (await other.get(UI)).status_code == 200
+    async with container.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM ui_session WHERE expires_at <= now()") == 0
+        assert await conn.fetchval("SELECT count(*) FROM ui_session") == 1
+
+
+async def test_a_double_submit_of_a_form_asks_once_and_answers_alike(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    async with container.pool.acquire() as conn:
+        dead_id = await dead_letters.record(
+            conn,
+            queue="wms.outbound",
+            message_id=None,
+            routing_key="inventory.allocated",
+            body=b"{}",
+            headers={},
+            error="boom",
+            attempts=3,
+        )
+    await log_in(browser)
+    sync = await form_of(browser, reason="double click", priority="high")
+    # A double click: two POSTs of the same rendered form, the second while the first
+    # still runs; then a third click once the first answered.
+    first, second = await asyncio.gather(
+        browser.post(f"{UI}/wms/sync", data=sync), browser.post(f"{UI}/wms/sync", data=sync)
+    )
+    third = await browser.post(f"{UI}/wms/sync", data=sync)
+    assert first.status_code == second.status_code == third.status_code == 303
+    assert first.headers["location"] == second.headers["location"] == third.headers["location"]
+    assert "WMS sync requested" in (await browser.get(first.headers["location"])).text
+    async with container.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM wms_sync_request") == 1
+    replay = await form_of(browser)
+    answers = [
+        await browser.post(f"{UI}/dead-letters/{dead_id}/replay", data=replay) for _ in range(2)
+    ]
+    # The second click answers as the first did ("replay done"), not "409: already
+    # REPLAYED".
+    assert answers[0].headers["location"] == answers[1].headers["location"]
+    assert "replay done" in (await browser.get(answers[1].headers["location"])).text
+    poll = await form_of(browser)
+    polls = await asyncio.gather(
+        *(browser.post(f"{UI}/connectors/mp/poll", data=poll) for _ in range(2))
+    )
+    assert polls[0].headers["location"] == polls[1].headers["location"]
+    async with container.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM wms_sync_request") == 1
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM domain_event WHERE event_type = 'wms.sync.force'"
+            )
+            == 1
+        )
+        assert await conn.fetchval("SELECT count(*) FROM poll_request") == 1
+    # Another render is another nonce: asking again is a second sync request, and so is
+    # the same render's form sent with other fields (not a double submit).
+    again = await form_of(browser, reason="double click", priority="high")
+    assert again["nonce"] != sync["nonce"]
+    assert (await browser.post(f"{UI}/wms/sync", data=again)).status_code == 303
+    edited = {**sync, "reason": "another reason"}
+    assert (await browser.post(f"{UI}/wms/sync", data=edited)).status_code == 303
+    async with container.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM wms_sync_request") == 3
+    # A form without a nonce (rendered before them) is refused, not run unguarded.
+    stale = await browser.post(f"{UI}/wms/sync", data={"csrf": sync["csrf"], "reason": "x"})
+    assert stale.status_code == 400
+    assert "reload" in stale.text
+
+
+async def test_a_flash_message_is_shown_only_as_the_page_wrote_it_for_this_session(
+    container: Container, browser: httpx.AsyncClient
+) -> None:
+    await log_in(browser)
+    spoof = "Stock corrupted, call +1 555 0100"
+    r = await browser.get(UI, params={"m": spoof})
+    assert r.status_code == 200
+    assert "Stock corrupted" not in r.text
+    assert 'id="flash"' not in r.text
+    # What the page writes after an action is shown as before, error details included.
+    done = await browser.post(f"{UI}/wms/sync", data=await form_of(browser, reason="flash"))
+    link = done.headers["location"]
+    shown = await browser.get(link)
+    assert re.search(r'id="flash">WMS sync requested<', shown.text), shown.text
+    missing = await browser.post(f"{UI}/dead-letters/424242/replay", data=await form_of(browser))
+    refused = await browser.get(missing.headers["location"])
+    assert re.search(r'id="flash">404: [^<]*424242', refused.text), refused.text
+    # The page's own link with other text, and the link in another session, show nothing.
+    parts = urlsplit(link)
+    signed = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    forged = await browser.get(f"{UI}?{urlencode({**signed, 'm': spoof})}")
+    assert "Stock corrupted" not in forged.text
+    assert 'id="flash"' not in forged.text
+    transport = httpx.ASGITransport(app=create_admin_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as other:
+        await log_in(other)
+        elsewhere = await other.get(link)
+    assert elsewhere.status_code == 200
+    assert 'id="flash"' not in elsewhere.text
 
 
 async def test_the_cookie_is_secure_over_tls(container: Container) -> None:
@@ -163,10 +340,10 @@ async def test_every_post_needs_the_csrf_token(
         assert await conn.fetchval("SELECT count(*) FROM poll_request") == 0
         assert await conn.fetchval("SELECT count(*) FROM wms_sync_request") == 0
     # With the page's token the same buttons act.
-    csrf = hidden_csrf((await browser.get(UI)).text)
-    done = await browser.post(f"{UI}/dead-letters/{dead_id}/discard", data={"csrf": csrf})
+    form = await form_of(browser)
+    done = await browser.post(f"{UI}/dead-letters/{dead_id}/discard", data=form)
     assert done.status_code == 303
-    assert (await browser.post(f"{UI}/connectors/mp/poll", data={"csrf": csrf})).status_code == 303
+    assert (await browser.post(f"{UI}/connectors/mp/poll", data=form)).status_code == 303
     page = (await browser.get(UI)).text
     assert f'id="dl-{dead_id}"' not in page
     assert 'id="poll-pending-mp"' in page
@@ -185,9 +362,8 @@ async def test_the_sku_pages_and_the_sync_fragment_render(
     assert "r-jam" in one.text
     assert "RECEIPT" in one.text
     assert (await browser.get(f"{UI}/skus/NOPE")).status_code == 404
-    csrf = hidden_csrf((await browser.get(UI)).text)
     r = await browser.post(
-        f"{UI}/wms/sync", data={"csrf": csrf, "reason": "check", "sku": "JAM<1>"}
+        f"{UI}/wms/sync", data=await form_of(browser, reason="check", sku="JAM<1>")
     )
     assert r.status_code == 303
     fragment = await browser.get(f"{UI}/syncs")

@@ -220,3 +220,99 @@ async def test_a_half_open_failure_opens_the_circuit_again(
         await poller.close()
     finally:
         await c.close()
+
+
+async def test_a_feed_whose_token_does_not_advance_ends_the_round_as_a_failure(
+    config: dict[str, Any], clock: Any, market: tuple[MarketplaceState, SandboxServer]
+) -> None:
+    """D-471: a marketplace answering every page with the token it was asked with and
+    "more to come" was read back to back for ever, inside one round. Now the round ends
+    at the page that does not advance: nothing of it queued, the cursor where it was,
+    the failure the connector's last_failure and counted by its circuit breaker."""
+    state, server = market
+    state.sell("t-1", "A", 2)
+    cfg = {
+        "id": "mp",
+        "type": "marketplace",
+        "url": server.url,
+        "max_attempts": 1,
+        "failure_threshold": 2,
+        "cooldown_s": 30,
+    }
+    c = await container_with(config, clock, cfg)
+    gauge = c.metrics.registry.get_sample_value
+
+    async def shown() -> Any:
+        async with c.pool.acquire() as conn:
+            return await conn.fetchrow(
+                "SELECT s.circuit, s.failures, s.last_failure, c.token,"
+                " (SELECT count(*) FROM domain_event WHERE event_type = 'ingest.mp') AS queued"
+                " FROM connector_state s LEFT JOIN source_cursor c USING (connector)"
+            )
+
+    try:
+        poller = MarketplacePoller(c, c.settings.connectors_of(MarketplaceConnectorConfig)[0])
+        httpx.put(server.url + "/_sandbox/feed", json={"stuck": True}).raise_for_status()
+        # The first page names a token; the page after it names that token again.
+        rounds = []
+        for _ in range(4):  # what the poller's loop does: the next page while "more"
+            more = await poller.tick()
+            rounds.append(more)
+            if not more:
+                break
+        assert rounds == [True, False]
+        first = await shown()
+        assert first is not None
+        assert (first["circuit"], first["failures"], first["queued"]) == ("closed", 1, 1)
+        assert "did not advance" in first["last_failure"], first["last_failure"]
+        stuck_at = first["token"]
+        assert stuck_at is not None
+        # The next round fails alike, and the breaker opens as for any failure.
+        assert not await poller.tick()
+        again = await shown()
+        assert (again["circuit"], again["failures"], again["token"]) == ("open", 2, stuck_at)
+        assert again["queued"] == 1
+        assert gauge("stockkeeper_circuit_state", {"connector": "mp"}) == 2
+        # The marketplace's paging is mended: after the cool-down the feed moves on.
+        httpx.put(server.url + "/_sandbox/feed", json={"stuck": False}).raise_for_status()
+        state.sell("t-2", "A", 1)
+        clock.advance(31)
+        assert not await poller.tick()
+        healed = await shown()
+        assert (healed["circuit"], healed["failures"]) == ("closed", 0)
+        assert healed["token"] == state.head() != stuck_at
+        assert healed["queued"] == 2
+        await poller.close()
+    finally:
+        await c.close()
+
+
+async def test_a_round_ends_after_max_pages_per_round_without_a_failure(
+    config: dict[str, Any], clock: Any, market: tuple[MarketplaceState, SandboxServer]
+) -> None:
+    """D-471: a feed that advances but always has more (a backlog, or a marketplace
+    that never says it is done) is read at most max_pages_per_round pages back to back;
+    the next round goes on from the cursor after the interval."""
+    state, server = market
+    for i in range(5):
+        state.sell(f"t-{i}", "A", 1)  # a sale and a level each: 10 changes
+    cfg = {
+        "id": "mp",
+        "type": "marketplace",
+        "url": server.url,
+        "page_size": 2,
+        "max_pages_per_round": 3,
+    }
+    c = await container_with(config, clock, cfg)
+    try:
+        poller = MarketplacePoller(c, c.settings.connectors_of(MarketplaceConnectorConfig)[0])
+        assert [await poller.tick() for _ in range(3)] == [True, True, False]
+        assert [await poller.tick() for _ in range(2)] == [True, False]  # the rest
+        async with c.pool.acquire() as conn:
+            token = await conn.fetchval("SELECT token FROM source_cursor")
+            failure = await conn.fetchval("SELECT last_failure FROM connector_state")
+        assert token == state.head()
+        assert failure is None
+        await poller.close()
+    finally:
+        await c.close()

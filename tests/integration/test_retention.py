@@ -4,13 +4,14 @@ never touched, and every statement deletes a bounded batch without waiting on lo
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
 
 from stockkeeper.bootstrap import Container
 from stockkeeper.services.retention import Policy, Retention
-from stockkeeper.store import consumer_log, retention
+from stockkeeper.store import consumer_log, retention, wms
 from stockkeeper.store.retention import Pruned
 from stockkeeper.workers.expiry import ExpiryWorker
 
@@ -77,6 +78,95 @@ async def fill(conn: Any) -> None:
         OLD,
         NEW,
     )
+    # Resolved dead letters, alternately replayed and discarded, by their resolution.
+    await conn.execute(
+        "INSERT INTO dead_letter (queue, routing_key, error, attempts, status, created_at, "
+        "resolved_at, resolved_by) "
+        "SELECT 'q', 'k', 'boom', 1, (ARRAY['REPLAYED', 'DISCARDED'])[g % 2 + 1], "
+        f"t - interval '1 day', t, 'ops' FROM ({ts}) AS ts",
+        OLD,
+        NEW,
+    )
+    # Outbound items the WMS accepted, by their send.
+    await conn.execute(
+        "INSERT INTO wms_outbound_item (connector, event_id, message_id, action, order_id, "
+        "sku, location, quantity, status, created_at, sent_at) "
+        "SELECT 'wms-main', 'ev-' || g, gen_random_uuid(), 'allocate', 'o-' || g, 'S-1', "
+        f"'main', 1, 'SENT', t, t FROM ({ts}) AS ts",
+        OLD,
+        NEW,
+    )
+    # WMS syncs that ended, alternately DONE and FAILED, by their end.
+    await conn.execute(
+        "INSERT INTO wms_sync_request (connector, kind, reason, requested_by, status, "
+        "created_at, started_at, finished_at) "
+        "SELECT 'wms-main', 'incremental', 'scheduled', 'scheduler', "
+        f"(ARRAY['DONE', 'FAILED'])[g % 2 + 1], t, t, t FROM ({ts}) AS ts",
+        OLD,
+        NEW,
+    )
+    await fill_open(conn)
+
+
+async def fill_open(conn: Any) -> None:
+    """Rows as old as the pruned ones that retention must never touch: open dead
+    letters, WMS items still to send or dead, syncs still to run, and what applies a
+    sale, a receipt or an adjustment once, orders and reservations (kept forever)."""
+    old = "now() - interval '400 days'"
+    await conn.execute(
+        "INSERT INTO dead_letter (queue, routing_key, error, attempts, created_at) "
+        f"SELECT 'q', 'k', 'boom', 1, {old} FROM generate_series(1, 3)"
+    )
+    await conn.execute(
+        "INSERT INTO wms_outbound_item (connector, event_id, message_id, action, order_id, "
+        "sku, location, quantity, status, created_at) "
+        "SELECT 'wms-main', 'open-' || s, gen_random_uuid(), 'allocate', 'o', 'S-1', "
+        f"'main', 1, s, {old} FROM unnest(ARRAY['PENDING', 'DEAD']) AS s"
+    )
+    await conn.execute(
+        "INSERT INTO wms_sync_request (connector, kind, reason, requested_by, status, "
+        "created_at, started_at, heartbeat_at) "
+        f"SELECT 'wms-main', 'full', 'asked', 'ops', s, {old}, {old}, {old} "
+        "FROM unnest(ARRAY['PENDING', 'IN_PROGRESS']) AS s"
+    )
+    await conn.execute(
+        "INSERT INTO ingested_sale (source, transaction_id, sku, delta, applied_at) "
+        f"SELECT 'shop', 'tx-' || g, 'S-1', -1, {old} FROM generate_series(1, 3) AS g"
+    )
+    await conn.execute(
+        "INSERT INTO applied_reference (kind, reference_id, request_hash, response, "
+        f"created_at) SELECT 'receipt', 'r-' || g, 'h', 'null', {old} "
+        "FROM generate_series(1, 3) AS g"
+    )
+    await conn.execute(
+        "INSERT INTO orders (order_id, status, lines, ship_to, created_at, updated_at) "
+        f"SELECT 'ord-' || g, 'SHIPPED', '[]', '{{}}', {old}, {old} "
+        "FROM generate_series(1, 3) AS g"
+    )
+    await conn.execute(
+        "INSERT INTO reservation (order_id, status, lines, expires_at, created_at, "
+        f"updated_at) SELECT 'res-' || g, 'FULFILLED', '[]', {old}, {old}, {old} "
+        "FROM generate_series(1, 3) AS g"
+    )
+
+
+KEPT = {
+    "dead_letter": "status = 'DEAD'",
+    "wms_outbound_item": "status IN ('PENDING', 'DEAD')",
+    "wms_sync_request": "status IN ('PENDING', 'IN_PROGRESS')",
+    "ingested_sale": "true",
+    "applied_reference": "true",
+    "orders": "true",
+    "reservation": "true",
+}
+
+
+async def kept(conn: Any) -> dict[str, int]:
+    """Per table, the rows retention must never prune (fill_open's)."""
+    return {
+        table: await conn.fetchval(f"SELECT count(*) FROM {table} WHERE {where}")
+        for table, where in KEPT.items()
+    }
 
 
 async def ages(conn: Any) -> dict[str, tuple[int, int]]:
@@ -89,6 +179,9 @@ async def ages(conn: Any) -> dict[str, tuple[int, int]]:
         "wms_call": ("created_at", ""),
         "webhook_delivery": ("received_at", ""),
         "channel_push": ("acked_at", ""),
+        "dead_letter": ("resolved_at", "WHERE status <> 'DEAD'"),
+        "wms_outbound_item": ("sent_at", "WHERE status = 'SENT'"),
+        "wms_sync_request": ("finished_at", "WHERE status IN ('DONE', 'FAILED')"),
     }
     out = {}
     for table, (column, where) in age_of.items():
@@ -131,6 +224,18 @@ async def test_old_rows_go_and_newer_ones_stay(filled: Container) -> None:
         )
         assert [r["status"] for r in left] == ["FAILED", "PENDING"]
         assert await conn.fetchval("SELECT count(*) FROM inventory_ledger") == ledger_before
+        # Open dead letters, unsent or dead WMS items, syncs still to run, the sales,
+        # receipts and adjustments applied once, orders and reservations: all stay,
+        # however old.
+        assert await kept(conn) == {
+            "dead_letter": 3,
+            "wms_outbound_item": 2,
+            "wms_sync_request": 2,
+            "ingested_sale": 3,
+            "applied_reference": 3,
+            "orders": 3,
+            "reservation": 3,
+        }
     for table in Pruned:
         counted = c.metrics.registry.get_sample_value(
             "stockkeeper_retention_deleted_total", {"table": table.value}
@@ -199,6 +304,9 @@ def config(config: dict[str, Any]) -> dict[str, Any]:
         "consumer_position_s": 3600,
         "wms_call_s": 3600,
         "webhook_delivery_s": 3600,
+        "dead_letter_resolved_s": 3600,
+        "wms_outbound_sent_s": 3600,
+        "wms_sync_finished_s": 3600,
         "batch_size": 4,
     }
     config["api"] = {**config["api"], "idempotency_ttl_seconds": 3600}
@@ -212,3 +320,37 @@ async def test_the_expiry_worker_prunes_by_the_configured_retention(filled: Cont
     assert await worker.prune() == len(Pruned) * OLD
     async with filled.pool.acquire() as conn:
         assert set((await ages(conn)).values()) == {(0, NEW)}
+
+
+async def test_a_sent_wms_item_still_refuses_its_redelivery_inside_its_window(
+    container: Container,
+) -> None:
+    """An allocation the WMS took two hours ago, its consumer's idempotency mark already
+    pruned (an hour's retention): with wms_outbound_sent_s at three hours the item stays,
+    and the same event arriving again queues nothing. Past the window it goes."""
+    c = container
+    message_id = uuid.uuid4()
+    async with c.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO wms_outbound_item (connector, event_id, message_id, action, "
+            "order_id, sku, location, quantity, status, created_at, sent_at) "
+            "VALUES ('wms-main', 'ev-1', $1, 'allocate', 'o-1', 'S-1', 'main', 2, 'SENT', "
+            "now() - interval '2 hours', now() - interval '2 hours')",
+            message_id,
+        )
+        await conn.execute(
+            "INSERT INTO processed_message (consumer, message_id, processed_at) "
+            "VALUES ('wms.outbound', $1, now() - interval '2 hours')",
+            message_id,
+        )
+    keep = dict.fromkeys(Pruned, HOUR) | {Pruned.SENT_WMS_ITEMS: 3 * HOUR}
+    deleted = await Retention(c.pool, Policy(keep, 1000, 10), c.metrics).run()
+    assert (deleted[Pruned.PROCESSED_MESSAGES], deleted[Pruned.SENT_WMS_ITEMS]) == (1, 0)
+    async with c.pool.acquire() as conn:
+        await wms.insert_outbound(
+            conn, "wms-main", message_id, [("ev-1", "allocate", "o-1", "S-1", "main", None, 2)]
+        )
+        rows = await conn.fetch("SELECT status FROM wms_outbound_item WHERE event_id = 'ev-1'")
+        assert [r["status"] for r in rows] == ["SENT"]
+        assert await retention.prune_batch(conn, Pruned.SENT_WMS_ITEMS, HOUR, 10) == 1
+        assert await conn.fetchval("SELECT count(*) FROM wms_outbound_item") == 0

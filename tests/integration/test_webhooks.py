@@ -279,6 +279,33 @@ async def test_ids_follow_the_apis_rule_and_a_nul_is_never_a_500(
     assert (r.status_code, r.json()["type"]) == (422, "validation"), r.text
 
 
+async def test_a_record_whose_sku_is_a_dot_segment_is_a_dead_letter(
+    hooked: tuple[httpx.AsyncClient, Container],
+) -> None:
+    # D-470: a SKU "." or ".." could never be read by its path (GET /inventory/.. is
+    # GET / once any client has sent it); such records are refused, the rest flow on.
+    http, c = hooked
+    at = "2030-01-01T00:00:00Z"
+    body = generic(
+        "evt-dots",
+        levels=[
+            {"sku": "AB", "on_hand": 3, "source_updated_at": at},
+            {"sku": ".", "on_hand": 4, "source_updated_at": at},
+            {"sku": "..", "on_hand": 5, "source_updated_at": at},
+        ],
+        sales=[{"transaction_id": "t-dots", "sku": "..", "delta": -1}],
+    )
+    r = await http.post("/webhooks/hook", content=body, headers=signed(body))
+    assert r.status_code == 202, r.text
+    assert (r.json()["records"], len(r.json()["refused"])) == (1, 3)
+    await apply_queued(c)
+    async with c.pool.acquire() as conn:
+        assert [row["sku"] for row in await conn.fetch("SELECT sku FROM sku")] == ["AB"]
+        errors = [row["error"] for row in await conn.fetch("SELECT error FROM dead_letter")]
+    assert len(errors) == 3
+    assert all("dot-segment" in e for e in errors), errors
+
+
 def shopify_order(order_id: int, *lines: tuple[int, str, int]) -> bytes:
     return orjson.dumps(
         {

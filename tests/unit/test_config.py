@@ -12,6 +12,8 @@ from stockkeeper.config import (
     CONFIG_ENV,
     NOT_SETTINGS,
     ConfigError,
+    MarketplaceConnectorConfig,
+    OutboundWebhookChannelConfig,
     Settings,
     Strategy,
     TokenConfig,
@@ -578,6 +580,7 @@ def test_retention_defaults_outlast_the_redelivery_window() -> None:
     assert s.broker.redelivery_window_s() == 181 + 10 * 30
     assert s.retention.processed_message_s > s.broker.redelivery_window_s()
     assert s.retention.consumer_position_s > s.broker.redelivery_window_s()
+    assert s.retention.wms_outbound_sent_s > s.broker.redelivery_window_s()
 
 
 def test_webhook_deliveries_are_kept_longer_than_the_replay_window(tmp_path: Path) -> None:
@@ -596,7 +599,9 @@ def test_redelivery_window_follows_the_retry_settings(tmp_path: Path) -> None:
     assert s.broker.redelivery_window_s() == 5.5 + 4 * 30
 
 
-@pytest.mark.parametrize("key", ["processed_message_s", "consumer_position_s"])
+@pytest.mark.parametrize(
+    "key", ["processed_message_s", "consumer_position_s", "wms_outbound_sent_s"]
+)
 def test_retention_shorter_than_the_redelivery_window_is_refused(tmp_path: Path, key: str) -> None:
     doc = {"broker": {"max_attempts": 100}, "retention": {key: 3600}}
     with pytest.raises(ConfigError, match=rf"retention.{key} \(3600 s\).*5881 s"):
@@ -656,3 +661,113 @@ def test_check_config_refuses_a_token_variable_that_is_not_set(
     assert "SK_TEST_UNSET_TOKEN is not set" in result.output
     monkeypatch.setenv("SK_TEST_UNSET_TOKEN", "a-token-from-the-environment")
     assert CliRunner().invoke(app, ["check-config", str(path)]).exit_code == 0
+
+
+# -- YAML 1.1's surprises (D-472) ------------------------------------------------------
+
+YAML_11_SURPRISES = """\
+api:
+  tokens:
+    - token: 0123456789abcdef0123
+      name: no
+      scopes: [admin]
+    - token: 1234567890123456
+      name: 12:30
+      scopes: [inventory:read]
+broker:
+  prefix: 0123
+  prefetch: 010
+  max_attempts: 1_000
+orders:
+  carriers:
+    - {id: post, cost: "4.00", reliability: "0.9", transit_days: 010, countries: [NO, SE]}
+connectors:
+  - id: market
+    type: marketplace
+    url: http://market.example
+    apply_levels: on
+    page_size: 1_000
+  - id: hook-out
+    type: outbound_webhook
+    url: http://receiver.example
+    secret_env: HOOK_SECRET
+    rules:
+      skus:
+        no: {cap: 1}
+        0123: {cap: 2}
+        12345: {cap: 3}
+        2026-01-01: {cap: 4}
+"""
+
+
+def test_yaml_11_surprises_are_read_as_they_were_written(tmp_path: Path) -> None:
+    """D-472: PyYAML reads YAML 1.1, where `no` and `NO` are false, `010` is octal 8,
+    `12:30` is 750 and `2026-01-01` a date. Each setting now gets what was written."""
+    s = load_settings(write(tmp_path, YAML_11_SURPRISES), environ={})
+    assert [t.name for t in s.api.tokens] == ["no", "12:30"]
+    assert [t.token for t in s.api.tokens] == ["0123456789abcdef0123", "1234567890123456"]
+    assert s.broker.prefix == "0123"  # was octal 83, a number where a text belongs
+    assert s.broker.prefetch == 10  # was 8
+    assert s.broker.max_attempts == 1000
+    (carrier,) = s.orders.carriers
+    assert (carrier.transit_days, carrier.countries) == (10, ["NO", "SE"])  # Norway
+    market, hook = s.connectors
+    assert isinstance(market, MarketplaceConnectorConfig)
+    assert (market.apply_levels, market.page_size) == (True, 1000)
+    assert isinstance(hook, OutboundWebhookChannelConfig)
+    assert sorted(hook.rules.skus) == ["0123", "12345", "2026-01-01", "no"]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        # YAML 1.1 read these as 750 and 8: a wrong number, silently.
+        pytest.param("api:\n  inventory_port: 12:30\n", "api.inventory_port", id="sexagesimal"),
+        pytest.param("broker:\n  prefetch: 0x20\n", "broker.prefetch", id="hex"),
+    ],
+)
+def test_a_number_yaml_11_would_have_converted_is_refused_naming_the_key(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"  {re.escape(key)}: .*\(got '"):
+        load_settings(write(tmp_path, text), environ={})
+
+
+def test_a_yes_no_value_where_text_belongs_says_to_quote_it(tmp_path: Path) -> None:
+    text = "api:\n  tokens:\n    - {token_env: T, name: true, scopes: [admin]}\n"
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), environ={"T": "x" * 20})
+    assert "api.tokens.0.name: YAML reads true as a yes/no value" in str(info.value)
+    assert "quotes ('true')" in str(info.value)
+
+
+def test_a_variable_is_read_as_the_file_is() -> None:
+    s = load_settings(
+        environ={
+            "STOCKKEEPER_BROKER__PREFETCH": "010",
+            "STOCKKEEPER_ORDERS__CARRIERS": (
+                '[{id: post, cost: "4", reliability: "1", transit_days: 1, countries: [NO]}]'
+            ),
+        }
+    )
+    assert s.broker.prefetch == 10
+    assert s.orders.carriers[0].countries == ["NO"]
+
+
+@pytest.mark.parametrize("sku", ["..", "TEA ", "A\u200bB"])
+def test_a_rule_override_for_a_sku_no_door_takes_is_refused(tmp_path: Path, sku: str) -> None:
+    """D-470: the config's per-SKU overrides follow the id rule every door applies; an
+    override for a SKU that can never exist would silently apply to nothing."""
+    doc = {
+        "connectors": [
+            {
+                "id": "hook-out",
+                "type": "outbound_webhook",
+                "url": "http://receiver.example",
+                "secret_env": "HOOK_SECRET",
+                "rules": {"skus": {sku: {"cap": 1}, "TEA": {"cap": 2}}},
+            }
+        ]
+    }
+    with pytest.raises(ConfigError, match=r"  connectors\.0\.rules\.skus \(a key\): "):
+        load_settings(write(tmp_path, doc), environ={})

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from stockkeeper.api.auth import Principal
 from stockkeeper.api.ui.pages import CHART_H, CHART_W, dead_per_queue, lag_chart
-from stockkeeper.api.ui.session import csrf_for
+from stockkeeper.api.ui.session import Session
 from stockkeeper.domain.errors import InvalidRequest
 from stockkeeper.services.listing import _after_id, _after_pair, _pair
 
@@ -43,10 +44,18 @@ def test_dead_letters_are_shown_beside_their_prefixed_queue() -> None:
     assert dead_per_queue({"wms.outbound": 1}, {"wms.outbound": 4}) == {"wms.outbound": 4}
 
 
-def test_csrf_tokens_differ_per_token_and_are_stable() -> None:
-    assert csrf_for("a") == csrf_for("a")
-    assert csrf_for("a") != csrf_for("b")
-    assert len(csrf_for("a")) == 64
+def test_csrf_tokens_and_flash_signatures_are_the_sessions_own() -> None:
+    who = Principal("ops", frozenset({"admin"}))
+    one, again = Session("s1", "a", who), Session("s1", "a", who)
+    assert one.csrf == again.csrf
+    assert len(one.csrf) == 64
+    assert one.csrf != Session("s2", "a", who).csrf  # another session of the token
+    assert one.csrf != Session("s1", "b", who).csrf
+    sig = one.flash_sig("WMS sync requested")
+    assert one.flash("WMS sync requested", sig) == "WMS sync requested"
+    assert one.flash("Stock corrupted, call +1 555", sig) is None
+    assert Session("s2", "a", who).flash("WMS sync requested", sig) is None
+    assert one.flash("WMS sync requested", None) is None
 
 
 def test_cursors_read_back_and_refuse_anything_else() -> None:

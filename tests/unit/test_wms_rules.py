@@ -45,6 +45,8 @@ def test_a_batch_without_lot_is_one_identity() -> None:
     [
         (count(""), "sku must be"),
         (count("x" * 129), "sku must be"),
+        (count("."), "dot-segment"),  # D-470: no URL path can name it
+        (count(".."), "dot-segment"),
         (count(location="has space"), "not a valid location code"),
         (count(lot=""), "lot_number must be"),
         (count(on_hand=-1), "on_hand -1 is outside"),

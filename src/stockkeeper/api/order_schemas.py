@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
 
-from stockkeeper.api.schemas import ID_TEXT, PRINTABLE, Body, LineIn, OrderId, Reason, ReferenceId
+from stockkeeper.api.schemas import (
+    PRINTABLE,
+    SHORT_TEXT,
+    Body,
+    LineIn,
+    OrderId,
+    Reason,
+    ReferenceId,
+)
 
 if TYPE_CHECKING:
     from stockkeeper.services.orders import OrderView
@@ -25,9 +33,9 @@ def _date_text(value: Any) -> Any:
 
 
 IsoDate = Annotated[date, BeforeValidator(_date_text)]
-Text = Annotated[str, Field(min_length=1, max_length=200, description=PRINTABLE), ID_TEXT]
-Short = Annotated[str, Field(min_length=1, max_length=100, description=PRINTABLE), ID_TEXT]
-PostalCode = Annotated[str, Field(min_length=1, max_length=20, description=PRINTABLE), ID_TEXT]
+Text = Annotated[str, Field(min_length=1, max_length=200, description=PRINTABLE), SHORT_TEXT]
+Short = Annotated[str, Field(min_length=1, max_length=100, description=PRINTABLE), SHORT_TEXT]
+PostalCode = Annotated[str, Field(min_length=1, max_length=20, description=PRINTABLE), SHORT_TEXT]
 
 
 class AddressIn(Body):

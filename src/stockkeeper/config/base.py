@@ -12,7 +12,10 @@ class ConfigError(Exception):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A text setting given a plain integer (``prefix: 2026``, a SKU ``12345`` of a rule
+    # override) takes it as text: the loader reads only a decimal without a leading
+    # zero as an integer, whose text is exactly what was written (D-472).
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
 # The name of an environment variable (a secret's home; never the secret).

@@ -8,9 +8,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
 from stockkeeper.config.base import EnvName, Section
+from stockkeeper.domain.ids import printable
 
 
 class ConnectorConfig(Section):
@@ -132,6 +133,9 @@ class MarketplaceConnectorConfig(HttpConnectorConfig, IngestOptions):
     location: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
     interval_s: float = Field(default=5.0, gt=0)
     page_size: int = Field(default=500, ge=1, le=5000)
+    # A round reads pages back to back while the feed says there are more; after this
+    # many it ends anyway and the next waits ``interval_s`` (D-471).
+    max_pages_per_round: int = Field(default=1000, ge=1, le=1_000_000)
     # The breaker opens after this many failed polls in a row ...
     failure_threshold: int = Field(default=5, ge=1)
     # ... and lets one poll through (half-open) after this long.
@@ -162,9 +166,12 @@ class AvailabilityRulesConfig(Section):
     buffer: int = Field(default=0, ge=0, le=1_000_000_000)
     cap: int | None = Field(default=None, ge=0, le=1_000_000_000)
     share_percent: int = Field(default=100, ge=0, le=100)
-    skus: dict[Annotated[str, Field(min_length=1, max_length=128)], RuleOverrideConfig] = Field(
-        default_factory=dict
-    )
+    # Keyed by SKU, held to the id rule of every door (D-470): a SKU no door takes
+    # ("..", "A\u200bB", "TEA ") would be an override that never applies.
+    skus: dict[
+        Annotated[str, Field(min_length=1, max_length=128), AfterValidator(printable)],
+        RuleOverrideConfig,
+    ] = Field(default_factory=dict)
 
 
 class ChannelConfig(HttpConnectorConfig):

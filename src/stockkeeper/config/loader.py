@@ -11,6 +11,7 @@ Re-exported by :mod:`stockkeeper.config`; import it from there.
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -38,7 +39,19 @@ NOT_SETTINGS = {
 
 class _StrictLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the
-    last silently, so a second ``api:`` section would drop the first one's keys."""
+    last silently, so a second ``api:`` section would drop the first one's keys.
+
+    And reading plain scalars as YAML 1.2 does, not 1.1 (D-472): PyYAML's 1.1 rules
+    read ``on``/``off``/``yes``/``no`` (and ``NO``, Norway) as booleans, ``010`` as
+    octal 8, ``1_000`` as 1000, ``12:30`` as 750 and ``2026-01-01`` as a date, so a
+    SKU, a token or a country code changed type or value before it was validated. Here
+    only ``true``/``false`` are booleans and only a plain decimal without a leading
+    zero (``0``, ``42``, ``-7``) is an integer, so its text is exactly what was
+    written; everything else stays the text as written, and each setting reads it
+    for its type (an integer setting takes ``010`` as 10 and ``1_000`` as 1000, a
+    yes/no setting ``on``/``off``/``yes``/``no``, a number of seconds ``2.5``; a text
+    setting takes it as it is: ``0123``, ``no``, ``12:30``).
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -53,6 +66,23 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_INT = "tag:yaml.org,2002:int"
+_YAML11_ONLY = {_BOOL, _INT, "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML11_ONLY]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_StrictLoader.add_implicit_resolver(_INT, re.compile(r"^(?:0|-?[1-9][0-9]*)$"), list("-0123456789"))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
 
 
 def _choices(annotation: Any) -> list[Any]:
@@ -94,7 +124,7 @@ def _env_value(name: str, path: list[str], raw: str) -> Any:
     if _takes_text(path) and not raw.lstrip().startswith(("'", '"')):
         return None if raw.strip() in YAML_NULLS else raw
     try:
-        return yaml.safe_load(raw)
+        return _yaml(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: not a valid value: {exc}") from exc
 
@@ -118,7 +148,7 @@ def _secret_homes(data: dict[str, Any], environ: dict[str, str]) -> set[str]:
             if name.endswith("_ENV"):  # STOCKKEEPER_CONNECTORS__0__TOKEN_ENV=...
                 names.add(raw.strip())
             try:
-                names |= _env_names(yaml.safe_load(raw))
+                names |= _env_names(_yaml(raw))
             except yaml.YAMLError:
                 continue
     return names
@@ -189,12 +219,23 @@ def _describe(exc: ValidationError, origin: str) -> str:
         # A connector's type tag is not a key the user wrote: connectors.0.url, not
         # connectors.0.wms.url.
         loc = [p for i, p in enumerate(err["loc"]) if not (i == 2 and p in CONNECTOR_TYPES)]
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        # A mapping's key that is refused (a SKU of rules.skus): the mapping, "(a key)".
+        named = loc[:-2] if loc[-1:] == ["[key]"] else loc
+        key = ".".join(str(p) for p in named) or "(top level)"
+        if named is not loc:
+            key += " (a key)"
         got = err.get("input")
         shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "string_type" and isinstance(got, bool):
+            # Only true/false read as booleans (D-472); a text setting given one is
+            # refused, never taken as "True".
+            msg = (
+                f"YAML reads {str(got).lower()} as a yes/no value, not text: write it in "
+                f"quotes ('{str(got).lower()}') if it is the text"
+            )
         lines.append(f"  {key}: {msg}{shown}")
     return "\n".join(lines)
 
@@ -214,7 +255,7 @@ def load_settings(
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {file} cannot be read: {exc}") from None
         try:
-            loaded = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+            loaded = _yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):

@@ -240,6 +240,16 @@ class RetentionConfig(Section):
     # Webhook delivery ids taken once, from their arrival: longer than every webhook
     # connector's tolerance_s (checked at load), past which a delivery is refused anyway.
     webhook_delivery_s: int = Field(default=7 * 86_400, ge=60)
+    # Dead letters an operator replayed or discarded, from the resolution (their post
+    # mortem). Open (DEAD) ones are never pruned.
+    dead_letter_resolved_s: int = Field(default=30 * 86_400, ge=60)
+    # WMS outbound items the WMS accepted (SENT), from the send. Their event id keeps a
+    # redelivered allocation from being queued again, so longer than the longest
+    # redelivery window (checked at load). PENDING and DEAD items are never pruned.
+    wms_outbound_sent_s: int = Field(default=30 * 86_400, ge=60)
+    # WMS syncs that ended (DONE or FAILED), from the end: GET /admin/wms/sync/{id} and
+    # the sync list answer for them until then. Open ones are never pruned.
+    wms_sync_finished_s: int = Field(default=30 * 86_400, ge=60)
     # Rows deleted per statement (each its own short transaction), batches per table
     # per run, and how often the expiry worker runs the pruning.
     batch_size: int = Field(default=1000, ge=1, le=10_000)
@@ -332,7 +342,7 @@ class Settings(Section):
     @model_validator(mode="after")
     def _retention_outlasts_redelivery(self) -> Settings:
         window = self.broker.redelivery_window_s()
-        for key in ("processed_message_s", "consumer_position_s"):
+        for key in ("processed_message_s", "consumer_position_s", "wms_outbound_sent_s"):
             kept = getattr(self.retention, key)
             if kept <= window:
                 raise ValueError(

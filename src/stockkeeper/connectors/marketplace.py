@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stockkeeper.config import MarketplaceConnectorConfig
-from stockkeeper.connectors.http import HttpCaller, InvalidResponse
+from stockkeeper.connectors.http import ConnectorError, HttpCaller, InvalidResponse
 from stockkeeper.connectors.records import (
     LevelRecord,
     Refused,
@@ -119,6 +119,38 @@ class GenericDeltas:
 
 
 ADAPTERS: dict[str, Adapter] = {"generic": GenericDeltas()}
+
+
+class TokenDidNotAdvance(ConnectorError):
+    """The feed's paging is broken: the page after ``since`` names ``since`` again (or a
+    token already read in this round) as where to go on. Following it would read the
+    same pages for ever (D-471)."""
+
+    def __init__(self, connector: str, since: str | None, page: DeltaPage, why: str) -> None:
+        super().__init__(
+            connector,
+            "deltas",
+            f"the next token did not advance: since={since!r} answered next="
+            f"{page.next_token!r} (has_more={str(page.has_more).lower()}, "
+            f"{page.records} changes), {why}; the round stops and the cursor stays",
+        )
+        self.since = since
+        self.next_token = page.next_token
+
+
+def check_advances(
+    connector: str, since: str | None, page: DeltaPage, read: frozenset[str] | set[str]
+) -> None:
+    """Raise :class:`TokenDidNotAdvance` unless ``page`` moves the feed on from ``since``.
+
+    ``read`` holds the tokens this round already read from: a page sending the poller
+    back to one is a cycle. The same token with no changes and nothing more is a quiet
+    feed, not a fault.
+    """
+    if page.next_token in read:
+        raise TokenDidNotAdvance(connector, since, page, "a token already read this round")
+    if page.next_token == since and (page.has_more or page.records):
+        raise TokenDidNotAdvance(connector, since, page, "the token it was asked with")
 
 
 def _json(response: httpx.Response) -> Any:

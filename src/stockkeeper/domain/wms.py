@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from stockkeeper.domain.events import ALLOCATED, CONFIRMED, EXPIRED, RELEASED
+from stockkeeper.domain.ids import DOT_SEGMENTS
 from stockkeeper.domain.quantities import MAX_QUANTITY, Delta, Figures
 
 # The identifiers our schema accepts (sku, location code, lot number).
@@ -66,6 +67,8 @@ def identity_problem(row: Counted) -> str | None:
     """Why we cannot book this row (an identifier or a figure we refuse), or None."""
     if not 1 <= len(row.sku) <= MAX_SKU_LENGTH:
         return f"sku must be 1 to {MAX_SKU_LENGTH} characters"
+    if row.sku in DOT_SEGMENTS:  # D-470: a SKU no URL path can name
+        return f"sku {row.sku!r} is a URL dot-segment, which no client can read back"
     if not LOCATION_CODE.match(row.location):
         return f"location {row.location!r} is not a valid location code"
     if row.lot_number is not None and not 1 <= len(row.lot_number) <= MAX_LOT_LENGTH:

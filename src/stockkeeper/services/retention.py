@@ -1,10 +1,12 @@
 """Retention: keep the append-heavy tables at a steady size.
 
 SENT outbox rows, consumer idempotency records, consumer positions, HTTP
-Idempotency-Keys, the channel push log, the WMS call log and webhook delivery ids older
-than their configured retention are deleted in small batches, each its own short
-transaction, so no statement holds many locks or runs long and
-writers never queue behind the pruning. The inventory ledger is never pruned.
+Idempotency-Keys, the channel push log, the WMS call log, webhook delivery ids, dead
+letters an operator resolved, WMS outbound items the WMS accepted and finished WMS syncs
+older than their configured retention are deleted in small batches, each its own short
+transaction, so no statement holds many locks or runs long and writers never queue
+behind the pruning. The inventory ledger is never pruned, nor is what applies a sale, a
+receipt or an adjustment once (D-463).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class Policy:
                 Pruned.WMS_CALLS: r.wms_call_s,
                 Pruned.CHANNEL_PUSHES: s.propagation.push_log_retention_s,
                 Pruned.WEBHOOK_DELIVERIES: r.webhook_delivery_s,
+                Pruned.RESOLVED_DEAD_LETTERS: r.dead_letter_resolved_s,
+                Pruned.SENT_WMS_ITEMS: r.wms_outbound_sent_s,
+                Pruned.FINISHED_WMS_SYNCS: r.wms_sync_finished_s,
             },
             r.batch_size,
             r.max_batches,

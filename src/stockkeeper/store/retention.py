@@ -2,7 +2,9 @@
 
 Each call is one DELETE of at most ``limit`` rows, run outside any caller transaction
 (autocommit), so its row locks last one short statement. The inventory ledger is not
-here on purpose: it is kept forever, the history every stock figure is summed from.
+here on purpose: it is kept forever, the history every stock figure is summed from; nor
+are the tables that apply a sale, a receipt or an adjustment once (``ingested_sale``,
+``applied_reference``), nor orders and reservations (D-463).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ class Pruned(StrEnum):
     WMS_CALLS = "wms_call"
     CHANNEL_PUSHES = "channel_push"
     WEBHOOK_DELIVERIES = "webhook_delivery"
+    RESOLVED_DEAD_LETTERS = "dead_letter"
+    SENT_WMS_ITEMS = "wms_outbound_item"
+    FINISHED_WMS_SYNCS = "wms_sync_request"
 
 
 _QUERY = {
@@ -34,6 +39,9 @@ _QUERY = {
     Pruned.WMS_CALLS: "prune_wms_calls",
     Pruned.CHANNEL_PUSHES: "prune_channel_pushes",
     Pruned.WEBHOOK_DELIVERIES: "prune_webhook_deliveries",
+    Pruned.RESOLVED_DEAD_LETTERS: "prune_resolved_dead_letters",
+    Pruned.SENT_WMS_ITEMS: "prune_sent_wms_items",
+    Pruned.FINISHED_WMS_SYNCS: "prune_finished_wms_syncs",
 }
 
 

@@ -1,6 +1,6 @@
 """The expiry worker: gives back the stock of PENDING reservations past their expiry,
-and runs retention (old outbox, consumer and Idempotency-Key rows) every
-``retention.interval_s``.
+and runs retention (the append-heavy tables and resolved rows, ``services/retention.py``)
+every ``retention.interval_s``.
 
 A database that cannot be reached is waited out with growing pauses (0.5 s doubling to
 30 s), one warning line per try and no traceback; other failures are logged with theirs

@@ -24,7 +24,11 @@ from stockkeeper.bootstrap import Container, env_secret
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
 from stockkeeper.connectors.erp import ErpSource, Position
 from stockkeeper.connectors.http import ConnectorError
-from stockkeeper.connectors.marketplace import MarketplaceClient
+from stockkeeper.connectors.marketplace import (
+    MarketplaceClient,
+    TokenDidNotAdvance,
+    check_advances,
+)
 from stockkeeper.domain.backoff import Backoff
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.circuit import CircuitBreaker, CircuitOpen
@@ -276,6 +280,11 @@ class MarketplacePoller(Poller):
             cooldown_s=cfg.cooldown_s,
             clock=container.clock,
         )
+        # The tokens this round has read from (a round: the pages read back to back
+        # while the feed says there are more), so a feed whose token does not advance
+        # ends the round as a failure instead of being read for ever (D-471).
+        self._round: set[str] = set()
+        self._pages = 0
 
     async def poll_once(self) -> bool:
         async with self.c.pool.acquire() as conn:
@@ -284,9 +293,22 @@ class MarketplacePoller(Poller):
         try:
             async with self.breaker.guard():
                 page = await self.client.deltas(since)
+                check_advances(self.name, since, page, self._round)
         except CircuitOpen:
+            self._end_round()
+            return False
+        except TokenDidNotAdvance as exc:
+            self._end_round()
+            log.error(
+                "poller.token_did_not_advance",
+                connector=self.name,
+                since=exc.since,
+                next=exc.next_token,
+                error=str(exc),
+            )
             return False
         except ConnectorError as exc:
+            self._end_round()
             log.warning("poller.source_failed", connector=self.name, error=str(exc))
             return False
         async with transaction(self.c.pool) as conn:
@@ -302,7 +324,19 @@ class MarketplacePoller(Poller):
                 conn, self.name, Cursor(None, None, None, page.next_token), page.records
             )
         self.metrics.source_records_read.labels(connector=self.name).inc(page.records)
-        return page.has_more
+        if since is not None:
+            self._round.add(since)
+        self._pages += 1
+        if page.has_more and self._pages < self.cfg.max_pages_per_round:
+            return True
+        if page.has_more:
+            log.warning("poller.round_capped", connector=self.name, pages=self._pages)
+        self._end_round()
+        return False
+
+    def _end_round(self) -> None:
+        self._round.clear()
+        self._pages = 0
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from stockkeeper.domain.ids import REFUSED_CATEGORIES, printable, printable_part
+from stockkeeper.domain.ids import REFUSED_CATEGORIES, printable, printable_part, printable_text
 from stockkeeper.domain.quantities import MAX_QUANTITY
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "MAX_ROW_ID",
     "PRINTABLE",
     "REFUSED_CATEGORIES",
+    "SHORT_TEXT",
     "Body",
     "LocationCode",
     "LotNumber",
@@ -28,6 +29,7 @@ __all__ = [
     "as_json",
     "printable",
     "printable_part",
+    "printable_text",
     "storable",
 ]
 
@@ -50,6 +52,8 @@ def storable(value: str) -> str:
 # Every id-like text is Annotated[str, Field(min_length=1, max_length=N, ...), ID_TEXT].
 ID_TEXT = AfterValidator(printable)
 ID_PART = AfterValidator(printable_part)
+# The short texts beside the ids (an address): the id's characters, but "." may be one.
+SHORT_TEXT = AfterValidator(printable_text)
 Sku = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
 OrderId = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
 ReferenceId = Annotated[str, Field(min_length=1, max_length=200, description=PRINTABLE), ID_TEXT]

@@ -9,6 +9,8 @@ batches and ledger come from the stock service, which the admin API does not ser
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -21,7 +23,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from stockkeeper.api import schemas
-from stockkeeper.api.auth import Principal
 from stockkeeper.api.list_schemas import (
     ChannelSkuListOut,
     ChannelSkuOut,
@@ -29,12 +30,14 @@ from stockkeeper.api.list_schemas import (
     SkuListOut,
 )
 from stockkeeper.api.ui import session
+from stockkeeper.api.ui.session import Session
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
 from stockkeeper.domain.errors import NotFound
 from stockkeeper.domain.ids import printable, printable_part
 from stockkeeper.messaging.broker import BrokerUnavailable
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.services.listing import Listing
+from stockkeeper.services.ui_sessions import UiSessions
 from stockkeeper.store.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -140,23 +143,26 @@ def dead_per_queue(depths: dict[str, int], dead: dict[str, int]) -> dict[str, in
 def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
     app.mount(STATIC, StaticFiles(directory=str(_HERE / "static")), name="ui-static")
     book = container.tokens
+    sessions = UiSessions(container.pool)
     polled = {
         c.id: c.type
         for c in container.settings.connectors
         if isinstance(c, ErpConnectorConfig | MarketplaceConnectorConfig)
     }
 
-    def api(request: Request) -> httpx.AsyncClient:
-        token = session.session_token(request, book) or ""
+    async def current(request: Request) -> Session | None:
+        return await session.current(request, book, sessions)
+
+    def api(request: Request, s: Session) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             transport=httpx.ASGITransport(app=request.app),
             base_url="http://admin-ui.internal",
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {s.token}"},
             timeout=30,
         )
 
-    async def get_json(request: Request, path: str, **params: Any) -> Any:
-        async with api(request) as client:
+    async def get_json(request: Request, s: Session, path: str, **params: Any) -> Any:
+        async with api(request, s) as client:
             r = await client.get(path, params=params)
         if r.status_code == 503:
             # What the API could not reach, the page cannot either: the same 503
@@ -168,9 +174,9 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
         r.raise_for_status()
         return r.json()
 
-    def page(request: Request, name: str, code: int = 200, **values: Any) -> HTMLResponse:
-        token = session.session_token(request, book) or ""
-        return _render(name, code, csrf=session.csrf_for(token), **values)
+    def page(s: Session, name: str, code: int = 200, **values: Any) -> HTMLResponse:
+        # A nonce per render: a double submit of one of its forms asks once (D-465).
+        return _render(name, code, csrf=s.csrf, nonce=session.new_form_nonce(), who=s.who, **values)
 
     # -- login -------------------------------------------------------------------------
 
@@ -197,48 +203,48 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
             session.set_cookie(request, refused, session.LOGIN_CSRF_COOKIE, nonce)
             return refused
         log.info("ui.login", principal=who.name)
+        if old := request.cookies.get(session.COOKIE):
+            await sessions.close(old)  # this browser's previous session, if any
+        value = await sessions.open(book.fingerprint(token), who.name, session.SESSION_TTL_S)
         resp = _back()
-        session.set_cookie(
-            request,
-            resp,
-            session.COOKIE,
-            session.session_value(token),
-            max_age=session.SESSION_TTL_S,
-        )
+        session.set_cookie(request, resp, session.COOKIE, value, max_age=session.SESSION_TTL_S)
         session.clear_cookie(request, resp, session.LOGIN_CSRF_COOKIE)
         return resp
 
     @app.post(f"{UI}/logout", include_in_schema=False)
     async def logout(request: Request) -> Response:
         form = await session.read_form(request)
-        if session.principal(request, book) is None or not session.csrf_ok(request, book, form):
+        s = await current(request)
+        if s is None or not s.csrf_ok(form):
             return _to_login()
+        # Ended in the database: a copy of the cookie is no session either (D-464).
+        await sessions.close(s.value)
+        log.info("ui.logout", principal=s.who.name)
         resp = _to_login()
         session.clear_cookie(request, resp, session.COOKIE)
         return resp
 
     # -- pages -------------------------------------------------------------------------
 
-    async def syncs(request: Request) -> list[dict[str, Any]]:
-        doc = await get_json(request, "/admin/wms/sync", limit=10)
+    async def syncs(request: Request, s: Session) -> list[dict[str, Any]]:
+        doc = await get_json(request, s, "/admin/wms/sync", limit=10)
         items: list[dict[str, Any]] = doc["items"]
         return items
 
     @app.api_route(UI, methods=["GET", "HEAD"], include_in_schema=False)
     async def index(request: Request) -> Response:
-        who = session.principal(request, book)
-        if who is None:
+        s = await current(request)
+        if s is None:
             return _to_login()
-        status = await get_json(request, "/admin/status")
-        dead = await get_json(request, "/admin/dead-letters", limit=50)
-        lag = await get_json(request, "/admin/channels/lag", window_s=LAG_WINDOW_S, bucket_s=60)
+        status = await get_json(request, s, "/admin/status")
+        dead = await get_json(request, s, "/admin/dead-letters", limit=50)
+        lag = await get_json(request, s, "/admin/channels/lag", window_s=LAG_WINDOW_S, bucket_s=60)
         now = container.clock()
         charts = {ch: lag_chart(points, now) for ch, points in lag["channels"].items()}
         pending = await listing.pending_polls()
         return page(
-            request,
+            s,
             "index.html",
-            who=who,
             status=status,
             dead=dead["items"],
             more_dead=dead["next"],
@@ -248,21 +254,23 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
             chart_h=CHART_H,
             polled=polled,
             pending={k: v.requested_at.isoformat() for k, v in pending.items()},
-            syncs=await syncs(request),
+            syncs=await syncs(request, s),
             wms_connectors=sorted(status.get("wms", {}).keys()),
-            message=request.query_params.get("m"),
+            # Only a message this session signed: never a link's own text (D-466).
+            message=s.flash(request.query_params.get("m"), request.query_params.get("ms")),
         )
 
     @app.get(f"{UI}/syncs", include_in_schema=False)
     async def syncs_fragment(request: Request) -> Response:
-        if session.principal(request, book) is None:
+        s = await current(request)
+        if s is None:
             return Response(status_code=401)
-        return page(request, "syncs.html", syncs=await syncs(request))
+        return page(s, "syncs.html", syncs=await syncs(request, s))
 
     @app.get(f"{UI}/skus", include_in_schema=False)
     async def sku_search(request: Request) -> Response:
-        who = session.principal(request, book)
-        if who is None:
+        s = await current(request)
+        if s is None:
             return _to_login()
         prefix = request.query_params.get("prefix", "")[:128]
         sold_out = request.query_params.get("sold_out") == "1"
@@ -272,7 +280,7 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
         # (docs/http.md, "Ids"): a control character is refused, not sent to the database.
         refused = _refused(prefix=prefix, after=after or "")
         if refused:
-            return page(request, "error.html", 422, error=refused)
+            return page(s, "error.html", 422, error=refused)
         found = await listing.skus(
             prefix=prefix,
             after=after,
@@ -281,9 +289,8 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
             limit=50,
         )
         return page(
-            request,
+            s,
             "skus.html",
-            who=who,
             prefix=prefix,
             sold_out=sold_out,
             short=short,
@@ -293,24 +300,23 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
     # {sku:path}: a SKU may hold "/" (TEE/RED/M), which arrives decoded (D-448, D-451).
     @app.get(UI + "/skus/{sku:path}", include_in_schema=False)
     async def sku_page(request: Request, sku: str) -> Response:
-        who = session.principal(request, book)
-        if who is None:
+        s = await current(request)
+        if s is None:
             return _to_login()
         refused = _refused(sku=sku)
         if refused:
-            return page(request, "error.html", 422, error=refused)
+            return page(s, "error.html", 422, error=refused)
         try:
             stock = schemas.as_json(schemas.StockOut.of(await container.stock.get(sku)))
             ledger = schemas.as_json(
                 schemas.LedgerOut.of(await container.stock.ledger(sku, 0, 200))
             )
         except NotFound:
-            return page(request, "sku.html", 404, who=who, sku=sku, stock=None)
+            return page(s, "sku.html", 404, sku=sku, stock=None)
         held = await listing.reservations(sku=sku, limit=100)
         return page(
-            request,
+            s,
             "sku.html",
-            who=who,
             sku=sku,
             stock=stock,
             ledger=ledger,
@@ -319,8 +325,8 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
 
     @app.get(UI + "/channels/{channel}", include_in_schema=False)
     async def channel_page(request: Request, channel: str) -> Response:
-        who = session.principal(request, book)
-        if who is None:
+        s = await current(request)
+        if s is None:
             return _to_login()
         state = request.query_params.get("state", "all")
         if state not in ("all", "pending", "unlisted", "failing"):
@@ -328,18 +334,17 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
         after = request.query_params.get("after") or None
         refused = _refused(after=after or "")
         if refused:
-            return page(request, "error.html", 422, error=refused)
+            return page(s, "error.html", 422, error=refused)
         try:
             found = await listing.channel_skus(channel, state=state, after=after, limit=100)
         except NotFound:
-            return page(request, "channel.html", 404, who=who, channel=channel, result=None)
+            return page(s, "channel.html", 404, channel=channel, result=None)
         result = ChannelSkuListOut(
             channel=channel, items=[ChannelSkuOut.of(c) for c in found.items], next=found.next
         )
         return page(
-            request,
+            s,
             "channel.html",
-            who=who,
             channel=channel,
             state=state,
             result=schemas.as_json(result),
@@ -347,61 +352,80 @@ def add_ui_routes(app: FastAPI, container: Container, listing: Listing) -> None:
 
     # -- actions -----------------------------------------------------------------------
 
-    async def act(request: Request, path: str, body: dict[str, Any] | None = None) -> str:
-        """POST to the admin API; a short message for the page."""
-        async with api(request) as client:
-            r = await client.post(path, json=body) if body is not None else await client.post(path)
+    def form_key(nonce: str, path: str, body: dict[str, Any] | None) -> str:
+        """The Idempotency-Key of what a form asks: its render's nonce and the request
+        (D-465). A double submit of one form is the same key and body, so the API acts
+        once and answers the second as it answered the first; another form of the same
+        render, or the same form sent again with other fields, asks for something else."""
+        asked = json.dumps([path, body], sort_keys=True, separators=(",", ":"))
+        return f"ops-page.{nonce}.{hashlib.sha256(asked.encode()).hexdigest()[:32]}"
+
+    async def act(
+        request: Request, s: Session, nonce: str, path: str, body: dict[str, Any] | None = None
+    ) -> str:
+        """POST to the admin API, once per form (``nonce``); a short message for the page."""
+        headers = {"Idempotency-Key": form_key(nonce, path, body)}
+        async with api(request, s) as client:
+            r = await client.post(path, json=body, headers=headers)
         if r.status_code >= 400:
             detail = r.json().get("detail", r.text) if r.content else r.reason_phrase
             return f"{r.status_code}: {detail}"
         return ""
 
-    async def guarded(request: Request) -> tuple[dict[str, str], Principal] | Response:
-        """The form and its sender, if the session and its CSRF token are good; else
-        the answer (to the login page, or 403)."""
+    async def guarded(request: Request) -> tuple[dict[str, str], Session, str] | Response:
+        """The form, its session and its render's nonce, if the session and its CSRF
+        token are good and the form has a nonce; else the answer (to the login page,
+        403, or 400 for a form from before the nonces)."""
         form = await session.read_form(request)
-        who = session.principal(request, book)
-        if who is None:
+        s = await current(request)
+        if s is None:
             return _to_login()
-        if not session.csrf_ok(request, book, form):
+        if not s.csrf_ok(form):
             return _render("error.html", 403, error="CSRF token missing or wrong.")
-        return form, who
+        nonce = session.form_nonce(form)
+        if nonce is None:
+            return _render("error.html", 400, error="The form is out of date; reload the page.")
+        return form, s, nonce
 
-    def done(message: str, ok: str) -> Response:
-        return _back(f"{UI}?m={quote(message or ok)}")
+    def done(s: Session, message: str, ok: str) -> Response:
+        """Back to the page with a flash message only this session can show (D-466)."""
+        text = message or ok
+        return _back(f"{UI}?m={quote(text)}&ms={s.flash_sig(text)}")
 
     @app.post(UI + "/dead-letters/{dead_letter_id}/{action}", include_in_schema=False)
     async def dead_letter_action(request: Request, dead_letter_id: int, action: str) -> Response:
         checked = await guarded(request)
         if isinstance(checked, Response):
             return checked
+        _, s, nonce = checked
         if action not in ("replay", "discard"):
             return _render("error.html", 404, error="No such action.")
-        msg = await act(request, f"/admin/dead-letters/{dead_letter_id}/{action}")
-        return done(msg, f"dead letter {dead_letter_id}: {action} done")
+        msg = await act(request, s, nonce, f"/admin/dead-letters/{dead_letter_id}/{action}")
+        return done(s, msg, f"dead letter {dead_letter_id}: {action} done")
 
     @app.post(UI + "/connectors/{connector}/poll", include_in_schema=False)
     async def poll_now(request: Request, connector: str) -> Response:
         checked = await guarded(request)
         if isinstance(checked, Response):
             return checked
-        msg = await act(request, f"/admin/connectors{_path(connector)}/poll")
-        return done(msg, f"{connector}: poll requested")
+        _, s, nonce = checked
+        msg = await act(request, s, nonce, f"/admin/connectors{_path(connector)}/poll")
+        return done(s, msg, f"{connector}: poll requested")
 
     @app.post(f"{UI}/wms/sync", include_in_schema=False)
     async def force_sync(request: Request) -> Response:
         checked = await guarded(request)
         if isinstance(checked, Response):
             return checked
-        form, who = checked
+        form, s, nonce = checked
         body: dict[str, Any] = {
             "reason": form.get("reason", "").strip() or "ops page",
-            "requested_by": who.name,
+            "requested_by": s.who.name,
         }
         for key in ("sku", "connector"):
             if form.get(key, "").strip():
                 body[key] = form[key].strip()
         if form.get("priority") in ("low", "normal", "high"):
             body["priority"] = form["priority"]
-        msg = await act(request, "/admin/wms/sync", body)
-        return done(msg, "WMS sync requested")
+        msg = await act(request, s, nonce, "/admin/wms/sync", body)
+        return done(s, msg, "WMS sync requested")

@@ -1,86 +1,93 @@
-"""The ops page's login: a signed session cookie, and CSRF tokens.
+"""The ops page's login: a server-side session, CSRF tokens, signed flash messages and
+per-render form nonces.
 
-The session cookie never carries the admin token. It holds the token's fingerprint (a
-prefix of its SHA-256), an expiry and an HMAC of both keyed by the token, so only a
-holder of the token can make one, a stolen cookie stops working at its expiry
-(:data:`SESSION_TTL_S`) or when the token is removed from ``api.tokens``, and the
-token itself is never written to the browser. The cookie is ``HttpOnly`` (no script
-reads it), ``SameSite=Strict`` (no other site's page sends it) and ``Secure`` when the
-page is served over TLS. Every POST carries a
-CSRF token in a hidden field as well: after login, an HMAC of a fixed label keyed by the
-session's token (every replica computes the same one, nothing is stored); on the login
-form itself, a random value also set as a cookie (double submit).
+The session cookie holds a random value (256 bits) and nothing else: never the admin
+token. PostgreSQL holds its SHA-256 with the token's fingerprint and an expiry
+(``ui_session``, D-464), so every replica knows the session, logout ends it for good
+(a copy of the cookie taken before is no session after), it ends at its expiry
+(:data:`SESSION_TTL_S`, on the database's clock) whatever the browser keeps, and it
+ends when its token is removed from ``api.tokens`` (or rotated out). A request costs
+one primary-key lookup (each route calls :func:`current` once). The cookie is
+``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's page sends it)
+and ``Secure`` when the page is served over TLS.
+
+Every POST carries a CSRF token in a hidden field as well: after login, an HMAC of
+the session's value keyed by the session's token (so it is the session's own, and
+dies with it); on the login form itself, a random value also set as a cookie (double
+submit). A flash message after a redirect carries an HMAC of its text and the session,
+so a link made elsewhere shows nothing (D-466); each rendered form carries a random
+nonce that becomes the Idempotency-Key of what it asks for (D-465).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
-import time
+from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from stockkeeper.api.auth import Principal, TokenBook
+from stockkeeper.services.ui_sessions import UiSessions
 
 COOKIE = "sk_admin"
 LOGIN_CSRF_COOKIE = "sk_login_csrf"
 PATH = "/admin/ui"
-_LABEL = b"stockkeeper ops page csrf v1"
 MAX_FORM_BYTES = 64 * 1024
 SESSION_TTL_S = 8 * 3600
-_SESSION_LABEL = "stockkeeper ops page session v1"
+_CSRF_LABEL = b"stockkeeper ops page csrf v2"
+_FLASH_LABEL = b"stockkeeper ops page flash v1"
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
-def csrf_for(token: str) -> str:
-    """The CSRF token of a session: only a holder of the admin token can make it."""
-    return hmac.new(token.encode(), _LABEL, hashlib.sha256).hexdigest()
-
-
-def _session_sig(token: str, fingerprint: str, expires: int) -> str:
-    msg = f"{_SESSION_LABEL}|{fingerprint}|{expires}".encode()
+def _mac(token: str, label: bytes, *parts: str) -> str:
+    msg = b"|".join([label, *(p.encode() for p in parts)])
     return hmac.new(token.encode(), msg, hashlib.sha256).hexdigest()
 
 
-def session_value(token: str, *, now: float | None = None) -> str:
-    """The session cookie's value for ``token``: ``fingerprint.expires.signature``."""
-    fingerprint = TokenBook.fingerprint(token)
-    expires = int(time.time() if now is None else now) + SESSION_TTL_S
-    return f"{fingerprint}.{expires}.{_session_sig(token, fingerprint, expires)}"
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A logged-in admin: the cookie's value, the token behind it, who it is."""
+
+    value: str
+    token: str
+    who: Principal
+
+    @property
+    def csrf(self) -> str:
+        """This session's CSRF token: only a holder of the admin token can make it."""
+        return _mac(self.token, _CSRF_LABEL, self.value)
+
+    def csrf_ok(self, form: dict[str, str]) -> bool:
+        return hmac.compare_digest(self.csrf, form.get("csrf", ""))
+
+    def flash_sig(self, text: str) -> str:
+        """The signature of a flash message shown to this session (and no other)."""
+        return _mac(self.token, _FLASH_LABEL, self.value, text)[:32]
+
+    def flash(self, text: str | None, sig: str | None) -> str | None:
+        """``text`` if this session signed it, else None (a link made elsewhere)."""
+        if not text or not sig:
+            return None
+        return text if hmac.compare_digest(self.flash_sig(text), sig) else None
 
 
-def session_token(request: Request, book: TokenBook, *, now: float | None = None) -> str | None:
-    """The admin token behind a valid, unexpired session cookie, or None."""
-    fingerprint, _, rest = request.cookies.get(COOKIE, "").partition(".")
-    expires_s, _, sig = rest.partition(".")
+async def current(request: Request, book: TokenBook, sessions: UiSessions) -> Session | None:
+    """The admin behind the session cookie, or None (no cookie, no such session,
+    expired, logged out, a token no longer configured, not an admin): one lookup."""
+    value = request.cookies.get(COOKIE, "")
+    if not value:
+        return None
+    fingerprint = await sessions.find(value)
     token = book.token_for(fingerprint) if fingerprint else None
-    if token is None or not expires_s.isdigit():
+    who = book.lookup(token) if token else None
+    if token is None or who is None or "admin" not in who.scopes:
         return None
-    expires = int(expires_s)
-    if expires <= (time.time() if now is None else now):
-        return None
-    if not hmac.compare_digest(_session_sig(token, fingerprint, expires), sig):
-        return None
-    return token
-
-
-def principal(request: Request, book: TokenBook) -> Principal | None:
-    """The admin behind the session cookie, or None (no cookie, unknown, not admin)."""
-    token = session_token(request, book)
-    if token is None:
-        return None
-    who = book.lookup(token)
-    if who is None or "admin" not in who.scopes:
-        return None
-    return who
-
-
-def csrf_ok(request: Request, book: TokenBook, form: dict[str, str]) -> bool:
-    token = session_token(request, book)
-    sent = form.get("csrf", "")
-    return token is not None and hmac.compare_digest(csrf_for(token), sent)
+    return Session(value, token, who)
 
 
 def new_login_csrf() -> str:
@@ -91,6 +98,17 @@ def login_csrf_ok(request: Request, form: dict[str, str]) -> bool:
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     sent = form.get("csrf", "")
     return bool(cookie) and hmac.compare_digest(cookie, sent)
+
+
+def new_form_nonce() -> str:
+    """A rendered page's nonce: its forms send it back, and it keys what they ask for."""
+    return secrets.token_urlsafe(16)
+
+
+def form_nonce(form: dict[str, str]) -> str | None:
+    """The form's nonce, if it has a well-formed one."""
+    nonce = form.get("nonce", "")
+    return nonce if _NONCE.fullmatch(nonce) else None
 
 
 def _secure(request: Request) -> bool:

@@ -81,3 +81,42 @@ WHERE ctid = ANY(ARRAY(
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ));
+
+-- name: prune_resolved_dead_letters
+-- Dead letters an operator replayed or discarded (on dead_letter_resolved), counted
+-- from the resolution. Open (DEAD) ones are never pruned: they wait for an operator.
+DELETE FROM dead_letter
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM dead_letter
+    WHERE status IN ('REPLAYED', 'DISCARDED')
+      AND resolved_at < now() - make_interval(secs => $1)
+    ORDER BY resolved_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+));
+
+-- name: prune_sent_wms_items
+-- Outbound items the WMS accepted (on wms_outbound_sent), counted from the send. The
+-- row's (connector, event_id) keeps a redelivered allocation from being queued again,
+-- so retention.wms_outbound_sent_s outlasts every redelivery (checked at load).
+-- PENDING items are still to go, DEAD ones wait for a dead letter's replay: never here.
+DELETE FROM wms_outbound_item
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM wms_outbound_item
+    WHERE status = 'SENT' AND sent_at < now() - make_interval(secs => $1)
+    ORDER BY sent_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+));
+
+-- name: prune_finished_wms_syncs
+-- WMS syncs that ended, DONE or FAILED (on wms_sync_request_finished), counted from
+-- the end. A PENDING or IN_PROGRESS one is still to run or resume from its cursor.
+DELETE FROM wms_sync_request
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM wms_sync_request
+    WHERE status IN ('DONE', 'FAILED') AND finished_at < now() - make_interval(secs => $1)
+    ORDER BY finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+));
