@@ -47,6 +47,11 @@ def test_a_batch_without_lot_is_one_identity() -> None:
         (count("x" * 129), "sku must be"),
         (count("."), "dot-segment"),  # D-470: no URL path can name it
         (count(".."), "dot-segment"),
+        (count("A\u200bB"), "U+200B"),  # D-473: invisible, a second SKU beside "AB"
+        (count(" AB"), "whitespace"),
+        (count("AB\x00"), "U+0000"),
+        (count(lot="L\u2028X"), "U+2028"),
+        (count(lot=".."), "dot-segment"),
         (count(location="has space"), "not a valid location code"),
         (count(lot=""), "lot_number must be"),
         (count(on_hand=-1), "on_hand -1 is outside"),

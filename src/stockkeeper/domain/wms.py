@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from stockkeeper.domain.events import ALLOCATED, CONFIRMED, EXPIRED, RELEASED
-from stockkeeper.domain.ids import DOT_SEGMENTS
+from stockkeeper.domain.ids import printable
 from stockkeeper.domain.quantities import MAX_QUANTITY, Delta, Figures
 
 # The identifiers our schema accepts (sku, location code, lot number).
@@ -67,16 +67,29 @@ def identity_problem(row: Counted) -> str | None:
     """Why we cannot book this row (an identifier or a figure we refuse), or None."""
     if not 1 <= len(row.sku) <= MAX_SKU_LENGTH:
         return f"sku must be 1 to {MAX_SKU_LENGTH} characters"
-    if row.sku in DOT_SEGMENTS:  # D-470: a SKU no URL path can name
-        return f"sku {row.sku!r} is a URL dot-segment, which no client can read back"
+    if refused := _not_an_id(row.sku):  # the one id rule, as at every other door (D-473)
+        return f"sku {row.sku!r} {refused}"
     if not LOCATION_CODE.match(row.location):
         return f"location {row.location!r} is not a valid location code"
-    if row.lot_number is not None and not 1 <= len(row.lot_number) <= MAX_LOT_LENGTH:
-        return f"lot_number must be 1 to {MAX_LOT_LENGTH} characters"
+    if row.lot_number is not None:
+        if not 1 <= len(row.lot_number) <= MAX_LOT_LENGTH:
+            return f"lot_number must be 1 to {MAX_LOT_LENGTH} characters"
+        if refused := _not_an_id(row.lot_number):
+            return f"lot_number {row.lot_number!r} {refused}"
     for name in ("on_hand", "unavailable"):
         value = getattr(row, name)
         if not 0 <= value <= MAX_QUANTITY:
             return f"{name} {value} is outside 0..{MAX_QUANTITY}"
+    return None
+
+
+def _not_an_id(value: str) -> str | None:
+    """What the id rule refuses in ``value`` (a dot-segment, surrounding whitespace, an
+    invisible or control character), or None."""
+    try:
+        printable(value)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
