@@ -175,17 +175,38 @@ def consume(
     It runs through the standard runner (idempotency, retries, dead letters); the
     handler's effect commits with the message's processed mark."""
     import importlib
+    import inspect
 
+    from stockkeeper.messaging.topology import QUEUES
     from stockkeeper.wiring import ConsumerSpec
 
+    settings = _settings(config)
+    # On the embedded queue nothing but the topology routes messages: a queue outside it
+    # would consume nothing, ever. On RabbitMQ it may be one bound by the operator
+    # (D-454), so it is taken (D-469).
+    names = [spec.name for spec in QUEUES]
+    if settings.broker.url is None and queue not in names:
+        typer.echo(
+            f"stockkeeper: unknown queue {queue!r}; the embedded queue (no broker.url) "
+            f"routes only to: {', '.join(names)}",
+            err=True,
+        )
+        raise typer.Exit(2)
     module_name, _, attr = handler.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
         typer.echo(f"stockkeeper: cannot load handler {handler!r}: {exc}", err=True)
         raise typer.Exit(2) from None
+    if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)):
+        typer.echo(
+            f"stockkeeper: handler {handler!r} is not an async function: "
+            "it must be async def handler(conn, envelope) -> None",
+            err=True,
+        )
+        raise typer.Exit(2)
     spec = ConsumerSpec(name or handler, queue, fn, drop_stale)
-    _serve(_settings(config), [], [spec])
+    _serve(settings, [], [spec])
 
 
 app.add_typer(sandbox_app, name="sandbox")
@@ -227,13 +248,16 @@ def check_config(
 def status(
     config: ConfigOption = None,
     url: Annotated[
-        str | None, typer.Option(help="The admin-api's URL (default: from api.host/admin_port).")
+        str | None,
+        typer.Option(help="the admin-api's URL (default: from api.host and api.admin_port)"),
     ] = None,
     token: Annotated[
         str | None,
-        typer.Option(help="An admin token (default: from api.tokens or the data directory)."),
+        typer.Option(help="an admin token (default: from api.tokens, else the generated one)"),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the JSON document, not tables")
+    ] = False,
 ) -> None:
     """Show the running instance's /admin/status, as tables.
 

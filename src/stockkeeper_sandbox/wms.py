@@ -220,6 +220,7 @@ class WmsState:
             expires = None if lot is None else base + timedelta(days=rng.randrange(365))
             location = LOCATIONS[k % len(LOCATIONS)]
             on_hand, unavailable = rng.randrange(500), rng.randrange(5)
+            unavailable = min(unavailable, on_hand)  # among those on hand, never more
             rows.append((f"SKU-{i % n_skus:06d}", location, lot, on_hand, unavailable, expires))
         self.put_many(rows)
 

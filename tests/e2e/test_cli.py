@@ -508,6 +508,29 @@ def test_a_reading_command_without_a_database_refuses_naming_the_data_directory(
     assert not (tmp_path / ".stockkeeper" / "admin-token").exists()
 
 
+@pytest.mark.parametrize(
+    ("queue", "handler", "says"),
+    [
+        pytest.param("channel.propogation", "json:loads", "unknown queue", id="misspelt-queue"),
+        pytest.param("channel.propagation", "os:getcwd", "not an async function", id="sync-fn"),
+    ],
+)
+def test_consume_refuses_a_queue_outside_the_topology_or_a_handler_that_is_not_async(
+    queue: str, handler: str, says: str, tmp_path: Path
+) -> None:
+    """D-469: on the embedded queue (no broker.url, as here) a misspelt queue was polled
+    and consumed nothing, forever; a plain function failed on every message into dead
+    letters. Both are exit 2 at once, before any database is asked."""
+    # A database that does not answer: reached, it would be exit 3, not 2.
+    cfg = write_config(tmp_path / "c.yaml", base_config("postgresql://sk@127.0.0.1:1/sk"))
+
+    result = run_cli("consume", queue, handler, "--config", str(cfg), cwd=tmp_path)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.slow
 def test_audit_does_not_ask_for_the_secrets_of_connectors_it_does_not_use(
     db_url: str, tmp_path: Path

@@ -325,6 +325,28 @@ async def test_a_sku_and_an_order_id_holding_a_slash_are_read_by_their_encoded_p
     assert_problem(await http.get("/inventory/NO%2FSUCH", headers=W), 404, "not-found")
 
 
+async def test_an_order_id_holding_a_slash_is_polled_cancelled_and_paid_by_its_location(
+    http: httpx.AsyncClient,
+) -> None:
+    """D-467: POST /orders takes "web/2026/8" and answers Location /orders/web%2F2026%2F8;
+    the order's routes take the rest of the path, so that Location reads it back and its
+    payment and cancel reach it (they were 404, the order unreachable)."""
+    placed = await http.post("/orders", json=order("web/2026/8"), headers=W)
+    assert placed.status_code == 202, placed.text
+    where = placed.headers["Location"]
+    assert where == "/orders/web%2F2026%2F8"
+    polled = await http.get(where, headers=W)
+    assert polled.status_code == 200, polled.text
+    assert polled.json()["order_id"] == "web/2026/8"
+    cancelled = await http.post(where + "/cancel", headers=W)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "CANCELLED"
+    paid = {"status": "succeeded", "reference": "psp-1"}
+    # The payment route reaches the order too: a cancelled order is not paid (409).
+    assert_problem(await http.post(where + "/payment", json=paid, headers=W), 409, "conflict")
+    assert_problem(await http.get("/orders/NO%2FSUCH", headers=W), 404, "not-found")
+
+
 @pytest.mark.parametrize("dots", [".", ".."])
 async def test_a_dot_segment_is_refused_as_an_id_at_every_entry(
     http: httpx.AsyncClient, container: Container, dots: str
@@ -423,6 +445,25 @@ async def test_a_json_body_without_a_json_content_type_says_so(
     r = await http.post("/inventory/reserve", content=body, headers=headers)
     doc = assert_problem(r, 422, "validation")
     message = "the body must be JSON, sent with Content-Type: application/json"
+    assert doc["errors"] == [{"field": "body", "message": message}]
+
+
+async def test_a_body_that_is_not_valid_json_names_the_body_and_where_it_breaks(
+    http: httpx.AsyncClient,
+) -> None:
+    """D-468: FastAPI puts the character offset of a JSON syntax error in its location
+    (``body.8``), which read as a field named "8"; the field is the body, the offset is
+    in the message."""
+    body = b'{"order_id": "o-1",}'
+    headers = {**W, "Content-Type": "application/json"}
+    r = await http.post("/inventory/reserve", content=body, headers=headers)
+    doc = assert_problem(r, 422, "validation")
+    message = "not valid JSON at character 19: Expecting property name enclosed in double quotes"
+    assert doc["errors"] == [{"field": "body", "message": message}]
+    # A reason the parser cut off before its position ("starting at") reads whole.
+    r = await http.post("/inventory/reserve", content=b'{"bad', headers=headers)
+    doc = assert_problem(r, 422, "validation")
+    message = "not valid JSON at character 1: Unterminated string starting"
     assert doc["errors"] == [{"field": "body", "message": message}]
 
 

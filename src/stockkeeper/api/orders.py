@@ -74,8 +74,10 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
             resp.headers["Location"] = location("/orders", body.order_id)
         return resp
 
+    # An order id may hold "/" (sent as %2F, which the server decodes before routing):
+    # the routes take the rest of the path, so the 202's Location reads back (D-467).
     @app.get(
-        "/orders/{order_id}",
+        "/orders/{order_id:path}",
         response_model=OrderOut,
         responses=schemas.problems(404, 422),
         summary="An order's status",
@@ -87,7 +89,7 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
         return JSONResponse(schemas.as_json(OrderOut.of(view)), headers=NO_STORE)
 
     @app.post(
-        "/orders/{order_id}/payment",
+        "/orders/{order_id:path}/payment",
         response_model=OrderOut,
         responses=schemas.problems(404, 409, 413, 422),
         summary="Record an order's payment",
@@ -113,7 +115,7 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
         )
 
     @app.post(
-        "/orders/{order_id}/cancel",
+        "/orders/{order_id:path}/cancel",
         response_model=OrderOut,
         responses=schemas.problems(404, 409, 413, 422),
         summary="Cancel an order",

@@ -145,6 +145,13 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
             # FastAPI parses a body as JSON only under a JSON Content-Type (none, or
             # curl -d's form type, leaves it bytes); say that, not "a valid dictionary".
             message = NOT_JSON
+        elif err.get("type") == "json_invalid" and loc[:1] == ["body"]:
+            # FastAPI puts the offset of the syntax error in the location (body.19),
+            # which reads as a field named "19": the field is the body (D-468).
+            # The parser's reason may end where its position was cut off ("... at").
+            reason = str((err.get("ctx") or {}).get("error") or message).removesuffix(" at")
+            where = f" at character {loc[1]}" if len(loc) > 1 else ""
+            loc, message = ["body"], f"not valid JSON{where}: {reason}"
         out.append({"field": ".".join(loc), "message": message})
     return out
 
