@@ -13,6 +13,8 @@ from stockkeeper.store.errors import (
     StoreUnavailable,
     UniqueViolated,
     WouldGoNegative,
+    cannot_connect,
+    is_unavailable,
     translate,
 )
 from stockkeeper.store.stock import Movement
@@ -65,3 +67,38 @@ def test_errors_that_are_not_the_drivers_pass_through() -> None:
     assert translate(TimeoutError()) is None
     already = StoreError("x")
     assert translate(already) is already
+
+
+# What asyncpg raises when a connection whose server went away mid-statement is used
+# again before the socket's close is read (state 2: still consuming that error).
+LOST_MID_OPERATION = "cannot switch to state 12; another operation (2) is in progress"
+
+
+def test_a_connection_lost_mid_operation_is_unavailable_not_a_failure() -> None:
+    lost = asyncpg.InternalClientError(LOST_MID_OPERATION)
+    assert is_unavailable(lost)
+    assert cannot_connect(lost)
+    assert isinstance(translate(lost), StoreUnavailable)
+    wrapped = RuntimeError("ack failed")
+    wrapped.__cause__ = lost
+    assert is_unavailable(wrapped)
+    # Any other client-side error is a bug to see, never an outage to wait out.
+    other = asyncpg.InternalClientError("got result for unknown protocol state 0")
+    assert not is_unavailable(other)
+    assert translate(other) is None
+
+
+async def test_a_repository_call_on_a_connection_lost_mid_operation_is_store_unavailable(
+    db_url: str,
+) -> None:
+    class LostMidOperation(asyncpg.Connection):  # the driver's state, as it raises it
+        async def _do_execute(self, *args: object, **kwargs: object) -> object:
+            raise asyncpg.InternalClientError(LOST_MID_OPERATION)
+
+    conn = await asyncpg.connect(db_url, connection_class=LostMidOperation)
+    try:
+        with pytest.raises(StoreUnavailable) as err:
+            await stock.known_skus(conn, ["A"])
+        assert isinstance(err.value.__cause__, asyncpg.InternalClientError)
+    finally:
+        await conn.close()

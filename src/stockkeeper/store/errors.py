@@ -76,6 +76,19 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
 _DRIVER: tuple[type[Exception], ...] = (asyncpg.PostgresError, *_UNAVAILABLE)
 
 
+def _lost_mid_operation(exc: BaseException) -> bool:
+    """asyncpg's answer when a connection whose server went away mid-statement (a
+    FATAL, then the socket closing) is used again before the close is read: "cannot
+    switch to state 12; another operation (2) is in progress", state 2 being the
+    consumption of that error (asyncpg issue 1069). The connection is lost, not misused:
+    the pool replaces it once the close arrives (D-474)."""
+    return isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, _UNAVAILABLE) or _lost_mid_operation(exc)
+
+
 def translate(exc: BaseException) -> StoreError | None:
     """The store's error for a driver error, or None for one that is not the driver's."""
     if isinstance(exc, StoreError):
@@ -91,7 +104,7 @@ def translate(exc: BaseException) -> StoreError | None:
         name = exc.constraint_name or ""
         kind = WouldGoNegative if _FIGURE_CHECK.search(name) else CheckViolated
         return kind(message, constraint=exc.constraint_name)
-    if isinstance(exc, _UNAVAILABLE):
+    if _unavailable(exc):
         return StoreUnavailable(message)
     if isinstance(exc, asyncpg.PostgresError):
         return StoreError(message, constraint=getattr(exc, "constraint_name", None))
@@ -106,7 +119,9 @@ def cannot_connect(exc: BaseException) -> bool:
     for _ in range(5):
         if seen is None:
             return False
-        if isinstance(seen, (StoreUnavailable, TimeoutError, socket.gaierror, *_UNAVAILABLE)):
+        if isinstance(seen, (StoreUnavailable, TimeoutError, socket.gaierror)):
+            return True
+        if _unavailable(seen):
             return True
         seen = seen.__cause__
     return False
@@ -121,7 +136,7 @@ def is_unavailable(exc: BaseException) -> bool:
     for _ in range(5):  # a chain of causes is short; never loop on a cycle
         if seen is None:
             return False
-        if isinstance(seen, (StoreUnavailable, OSError, *_UNAVAILABLE)):
+        if isinstance(seen, (StoreUnavailable, OSError)) or _unavailable(seen):
             return True
         seen = seen.__cause__
     return False
@@ -136,6 +151,10 @@ def translating() -> Iterator[None]:
         mine = translate(exc)
         assert mine is not None
         raise mine from exc
+    except asyncpg.InternalClientError as exc:
+        if not _lost_mid_operation(exc):
+            raise  # the driver's own bug or ours: not to be waited out
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 P = ParamSpec("P")
