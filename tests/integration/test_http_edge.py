@@ -140,7 +140,11 @@ async def test_a_zero_width_character_cannot_make_a_second_sku(
         json={"sku": "A\u200bB", "quantity": 1, "reference_id": "r-a-zw-b"},
         headers=auth(ADMIN_TOKEN),
     )
-    assert_problem(twin, 422, "validation")
+    doc = assert_problem(twin, 422, "validation")
+    # The rule's own words, without pydantic's "Value error, " before them.
+    assert doc["errors"] == [
+        {"field": "body.sku", "message": "must not contain U+200B (ZERO WIDTH SPACE)"}
+    ]
     async with container.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM sku WHERE sku LIKE 'A%B'") == 1
 

@@ -769,5 +769,6 @@ def test_a_rule_override_for_a_sku_no_door_takes_is_refused(tmp_path: Path, sku:
             }
         ]
     }
-    with pytest.raises(ConfigError, match=r"  connectors\.0\.rules\.skus \(a key\): "):
+    with pytest.raises(ConfigError, match=r"  connectors\.0\.rules\.skus \(a key\): ") as err:
         load_settings(write(tmp_path, doc), environ={})
+    assert "Value error" not in str(err.value)  # the rule's own words

@@ -105,7 +105,7 @@ def checked_path(adapter: TypeAdapter[str], value: str, field: str) -> str:
         raise ApiProblem(
             "validation",
             f"not a valid {field.replace('_', ' ')}: {value!r}",
-            errors=[{"field": field, "message": exc.errors()[0]["msg"]}],
+            errors=[{"field": field, "message": problems.plain(exc.errors()[0])}],
         ) from None
 
 

@@ -136,11 +136,18 @@ def problem(
 NOT_JSON = "the body must be JSON, sent with Content-Type: application/json"
 
 
+def plain(err: Any) -> str:
+    """A pydantic error's message without the "Value error, " our own rules' messages
+    get (``must not contain U+200B ...``, not ``Value error, must not contain ...``)."""
+    message = str(err.get("msg", "invalid"))
+    return message.removeprefix("Value error, ") if err.get("type") == "value_error" else message
+
+
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]
-        message = err.get("msg", "invalid")
+        message = plain(err)
         if loc == ["body"] and isinstance(err.get("input"), bytes):
             # FastAPI parses a body as JSON only under a JSON Content-Type (none, or
             # curl -d's form type, leaves it bytes); say that, not "a valid dictionary".

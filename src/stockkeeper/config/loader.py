@@ -227,7 +227,9 @@ def _describe(exc: ValidationError, origin: str) -> str:
         got = err.get("input")
         shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "value_error":  # our own rule's message, without pydantic's prefix
+            msg = msg.removeprefix("Value error, ")
+        elif err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "string_type" and isinstance(got, bool):
             # Only true/false read as booleans (D-472); a text setting given one is
