@@ -241,7 +241,25 @@ def check_config(
     except ConfigError as exc:
         typer.echo(f"stockkeeper: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"configuration is valid ({len(settings.connectors)} connectors)")
+    typer.echo(
+        f"configuration is valid ({_checked_source(file or config)}: "
+        f"{len(settings.connectors)} connectors)"
+    )
+
+
+def _checked_source(path: Path | None) -> str:
+    """What check-config read: the file, or, with none there, only the defaults and the
+    environment (a newcomer in the wrong directory is told so, not just "valid")."""
+    import os
+
+    from stockkeeper.config.loader import CONFIG_ENV, DEFAULT_CONFIG_FILE
+
+    if path is None:
+        path = ROOT_CONFIG.get()  # stockkeeper --config FILE check-config (D-392)
+    file = Path(path if path is not None else os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
+    if file.exists():
+        return str(file)
+    return f"no {file} here, so the defaults and STOCKKEEPER_* variables"
 
 
 @app.command()

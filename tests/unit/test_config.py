@@ -641,7 +641,15 @@ def test_config_is_read_whether_given_before_or_after_the_command(
     assert code == 2
     assert "api.inventory_prot: unknown key" in out
     code, out = check(good)
-    assert (code, out.strip()) == (0, "configuration is valid (0 connectors)")
+    assert (code, out.strip()) == (0, f"configuration is valid ({good}: 0 connectors)")
+    # With no file anywhere, "valid" says that only the defaults were checked.
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["check-config"])
+    assert (result.exit_code, result.output.strip()) == (
+        0,
+        "configuration is valid (no stockkeeper.yaml here, so the defaults and "
+        "STOCKKEEPER_* variables: 0 connectors)",
+    )
 
 
 def test_check_config_refuses_a_token_variable_that_is_not_set(
