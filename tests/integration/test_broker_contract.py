@@ -9,6 +9,7 @@ Asynchronous delivery is awaited by polling a condition with a deadline, never b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 import uuid
@@ -24,10 +25,12 @@ from stockkeeper.domain.errors import Conflict, NotFound
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.broker import Broker, Delivery, OutgoingMessage, Subscription
 from stockkeeper.messaging.consumer import Consumer, PermanentError, RetryPolicy
+from stockkeeper.messaging.dead_letter_queue import DeadLetterDrain
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER, TRACEPARENT_HEADER, Envelope
 from stockkeeper.messaging.pgqueue import PgQueueBroker
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker, delete_topology
 from stockkeeper.messaging.topology import (
+    DELIVERY_LIMIT,
     INVENTORY_EVENTS,
     QUEUES,
     WMS_COMMANDS,
@@ -86,15 +89,22 @@ class Adapters:
         self.amqp_url = amqp_url
         self.opened: list[Broker] = []
 
-    async def new(self) -> Broker:
+    async def new(self, delivery_limit: int = DELIVERY_LIMIT) -> Broker:
         broker: Broker
         if self.kind == "pgqueue":
             broker = PgQueueBroker(
-                self.container.pool, prefix=self.prefix, lease_ms=LEASE_MS, poll_ms=POLL_MS
+                self.container.pool,
+                prefix=self.prefix,
+                lease_ms=LEASE_MS,
+                poll_ms=POLL_MS,
+                metrics=self.container.metrics,
+                delivery_limit=delivery_limit,
             )
         else:
             assert self.amqp_url is not None
-            broker = RabbitMQBroker(self.amqp_url, prefix=self.prefix)
+            broker = RabbitMQBroker(
+                self.amqp_url, prefix=self.prefix, delivery_limit=delivery_limit
+            )
         await broker.connect()
         self.opened.append(broker)
         return broker
@@ -105,6 +115,23 @@ class Adapters:
             await broker.close()  # the connection drops: RabbitMQ requeues what it held
         else:
             await sub.cancel()  # the lease is all that is left; it has to lapse
+
+    @contextlib.asynccontextmanager
+    async def dead_letter_drain(self, broker: Broker) -> AsyncIterator[None]:
+        """What takes a message past its delivery limit into ``dead_letter``: on RabbitMQ
+        the drain of its dead-letter queue, running meanwhile (as beside each
+        dispatcher); the embedded queue's claim does it itself (D-458)."""
+        if not isinstance(broker, RabbitMQBroker):
+            yield
+            return
+        drain = DeadLetterDrain(broker, self.container.pool, self.container.metrics, self.prefix)
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(drain.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await running
 
     async def close(self) -> None:
         """Close the brokers, delete the prefix's topology from RabbitMQ, and check that
@@ -372,6 +399,113 @@ async def test_cancel_lets_the_next_consumer_take_the_rest_in_order(broker: Brok
     await sub2.cancel()
     assert 1 <= len(first.got) < len(sent)
     assert first.ids + second.ids == [m.message_id for m in sent]
+
+
+# -- the delivery limit: a message that kills its consumer every time ---------------------
+
+# Small, so a test hands a message out a few times only; given to both adapters as
+# production gives them DELIVERY_LIMIT.
+LIMIT = 2
+
+
+def dead_letters_counted(c: Container, queue: str) -> float:
+    got = c.metrics.registry.get_sample_value("stockkeeper_dead_letters_total", {"queue": queue})
+    return got or 0.0
+
+
+async def _assert_given_up_once(
+    adapters: Adapters, broker: Broker, env: Envelope, deliveries: list[Delivery], log: str
+) -> int:
+    """The message handed out LIMIT + 1 times (the first and LIMIT redeliveries, as
+    RabbitMQ counts its x-delivery-limit), then exactly one dead letter with its body,
+    in the same words on both brokers, counted and logged; its id."""
+    c = adapters.container
+    assert [d.message_id for d in deliveries] == [str(env.id)] * (LIMIT + 1)
+    assert [d.deliveries for d in deliveries] == list(range(1, LIMIT + 2))
+    (dead,) = await dead_letters(c)
+    assert (dead["queue"], dead["message_id"], dead["status"]) == ("wms.outbound", env.id, "DEAD")
+    assert dead["routing_key"] == "inventory.allocated"
+    assert dead["raw_body"] == env.to_bytes()
+    assert dead["body"] == orjson.loads(env.to_bytes())
+    assert dead["headers"][ATTEMPT_HEADER] == 1
+    assert dead["attempts"] == LIMIT + 1
+    said = f"dead-lettered it from wms.outbound (delivery_limit): delivered {LIMIT + 1} times"
+    assert said in dead["error"], dead["error"]
+    assert dead_letters_counted(c, "wms.outbound") == 1
+    logged = [line for line in log.splitlines() if ".dead_letter" in line and str(env.id) in line]
+    assert len(logged) == 1, log
+    assert "delivery_limit" in logged[0]
+    await eventually(
+        lambda: _equals(broker.queue_depths(), depths_of(adapters.prefix)), what="queue empty"
+    )
+    return int(dead["id"])
+
+
+async def _replayed_once(c: Container, broker: Broker, dead_id: int, env: Envelope) -> None:
+    """The admin API's replay sends it back to its queue, where it is delivered again."""
+    done = await Operations(c.pool, broker, c.metrics).replay(dead_id, "tester")
+    assert done.status == "REPLAYED"
+    got = Collector()
+    sub = await broker.consume("wms.outbound", got, prefetch=8)
+    await eventually(lambda: len(got.got) == 1, what="the replay delivered")
+    await sub.cancel()
+    d = got.got[0]
+    assert (d.message_id, d.body, d.deliveries) == (str(env.id), env.to_bytes(), 1)
+    assert d.headers["x-replayed-from"] == dead_id
+    assert len(await dead_letters(c)) == 1
+
+
+async def test_a_message_handed_back_past_the_delivery_limit_is_one_dead_letter(
+    adapters: Adapters, capfd: pytest.CaptureFixture[str]
+) -> None:
+    broker = await adapters.new(delivery_limit=LIMIT)
+    env = envelope("handed back")
+    handed: list[Delivery] = []
+
+    async def hand_back(d: Delivery) -> None:
+        handed.append(d)
+        await d.requeue()
+
+    async with adapters.dead_letter_drain(broker):
+        sub = await broker.consume("wms.outbound", hand_back, prefetch=1)
+        await broker.publish([envelope_message(env)])
+        await eventually(lambda: _has_dead_letters(adapters.container, 1), what="a dead letter")
+        await sub.cancel()
+    out, err = capfd.readouterr()
+    dead_id = await _assert_given_up_once(adapters, broker, env, handed, out + err)
+    await _replayed_once(adapters.container, broker, dead_id, env)
+
+
+async def test_a_message_whose_consumer_dies_each_time_is_one_dead_letter(
+    adapters: Adapters, capfd: pytest.CaptureFixture[str]
+) -> None:
+    broker = await adapters.new(delivery_limit=LIMIT)
+    env = envelope("kills its consumer")
+    got: list[Delivery] = []
+    async with adapters.dead_letter_drain(broker):
+        await broker.publish([envelope_message(env)])
+        # A consumer that dies holding it, LIMIT + 1 times: the connection drops
+        # (RabbitMQ), the lease lapses (embedded queue).
+        for n in range(1, LIMIT + 2):
+            dying_broker = await adapters.new(delivery_limit=LIMIT)
+            dying = Collector(ack=False)
+            dying_sub = await dying_broker.consume("wms.outbound", dying, prefetch=1)
+            await eventually(
+                lambda dying=dying: len(dying.got) == 1, timeout=15, what=f"delivery {n}"
+            )
+            got += dying.got
+            await adapters.die(dying_broker, dying_sub)
+        # Whoever consumes next never gets it: it is a dead letter instead.
+        survivor = Collector()
+        sub = await broker.consume("wms.outbound", survivor, prefetch=1)
+        await eventually(
+            lambda: _has_dead_letters(adapters.container, 1), timeout=15, what="a dead letter"
+        )
+        await sub.cancel()
+    assert survivor.got == []
+    out, err = capfd.readouterr()
+    dead_id = await _assert_given_up_once(adapters, broker, env, got, out + err)
+    await _replayed_once(adapters.container, broker, dead_id, env)
 
 
 # -- the consumer runner -----------------------------------------------------------------
