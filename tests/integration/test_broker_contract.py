@@ -9,6 +9,7 @@ Asynchronous delivery is awaited by polling a condition with a deadline, never b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 import uuid
@@ -24,10 +25,12 @@ from stockkeeper.domain.errors import Conflict, NotFound
 from stockkeeper.failpoints import Failpoints
 from stockkeeper.messaging.broker import Broker, Delivery, OutgoingMessage, Subscription
 from stockkeeper.messaging.consumer import Consumer, PermanentError, RetryPolicy
+from stockkeeper.messaging.dead_letter_queue import DeadLetterDrain
 from stockkeeper.messaging.envelope import ATTEMPT_HEADER, TRACEPARENT_HEADER, Envelope
 from stockkeeper.messaging.pgqueue import PgQueueBroker
 from stockkeeper.messaging.rabbitmq import RabbitMQBroker, delete_topology
 from stockkeeper.messaging.topology import (
+    DELIVERY_LIMIT,
     INVENTORY_EVENTS,
     QUEUES,
     WMS_COMMANDS,
@@ -86,15 +89,22 @@ class Adapters:
         self.amqp_url = amqp_url
         self.opened: list[Broker] = []
 
-    async def new(self) -> Broker:
+    async def new(self, delivery_limit: int = DELIVERY_LIMIT) -> Broker:
         broker: Broker
         if self.kind == "pgqueue":
             broker = PgQueueBroker(
-                self.container.pool, prefix=self.prefix, lease_ms=LEASE_MS, poll_ms=POLL_MS
+                self.container.pool,
+                prefix=self.prefix,
+                lease_ms=LEASE_MS,
+                poll_ms=POLL_MS,
+                metrics=self.container.metrics,
+                delivery_limit=delivery_limit,
             )
         else:
             assert self.amqp_url is not None
-            broker = RabbitMQBroker(self.amqp_url, prefix=self.prefix)
+            broker = RabbitMQBroker(
+                self.amqp_url, prefix=self.prefix, delivery_limit=delivery_limit
+            )
         await broker.connect()
         self.opened.append(broker)
         return broker
@@ -105,6 +115,23 @@ class Adapters:
             await broker.close()  # the connection drops: RabbitMQ requeues what it held
         else:
             await sub.cancel()  # the lease is all that is left; it has to lapse
+
+    @contextlib.asynccontextmanager
+    async def dead_letter_drain(self, broker: Broker) -> AsyncIterator[None]:
+        """What takes a message past its delivery limit into ``dead_letter``: on RabbitMQ
+        the drain of its dead-letter queue, running meanwhile (as beside each
+        dispatcher); the embedded queue's claim does it itself (D-458)."""
+        if not isinstance(broker, RabbitMQBroker):
+            yield
+            return
+        drain = DeadLetterDrain(broker, self.container.pool, self.container.metrics, self.prefix)
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(drain.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await running
 
     async def close(self) -> None:
         """Close the brokers, delete the prefix's topology from RabbitMQ, and check that
@@ -840,3 +867,130 @@ async def test_a_batch_keeps_the_order_of_its_messages_and_drops_stale_ones(
 
     assert [note for _, note in await effect_rows(c)] == ["s-1", "s-3", "s-4"]
     assert outcomes(c, "test-consumer") == {"applied": 3, "duplicate": 0, "stale": 1}
+
+
+# -- the delivery limit: a message that kills its consumer every time ---------------------
+
+# Small, so a test hands a message out a few times only; given to both adapters as
+# production gives them DELIVERY_LIMIT.
+LIMIT = 2
+
+
+def dead_letters_counted(c: Container, queue: str) -> float:
+    got = c.metrics.registry.get_sample_value("stockkeeper_dead_letters_total", {"queue": queue})
+    return got or 0.0
+
+
+async def _assert_given_up_once(
+    adapters: Adapters,
+    broker: Broker,
+    sent: OutgoingMessage,
+    got: list[Delivery],
+    log: str,
+    parsed: Any,
+) -> int:
+    """``sent`` handed out LIMIT + 1 times (the first and LIMIT redeliveries, as
+    RabbitMQ counts its x-delivery-limit), then exactly one dead letter with its bytes
+    (and ``parsed``, its JSON where jsonb can hold it), in the same words on both
+    brokers, counted and logged; its id."""
+    c = adapters.container
+    assert [d.message_id for d in got] == [sent.message_id] * (LIMIT + 1)
+    assert [d.deliveries for d in got] == list(range(1, LIMIT + 2))
+    (dead,) = await dead_letters(c)
+    assert (dead["queue"], str(dead["message_id"])) == ("wms.outbound", sent.message_id)
+    assert (dead["routing_key"], dead["status"]) == (sent.routing_key, "DEAD")
+    assert dead["raw_body"] == sent.body
+    assert dead["body"] == parsed
+    assert {k: dead["headers"].get(k) for k in sent.headers} == sent.headers
+    assert dead["attempts"] == LIMIT + 1
+    said = f"dead-lettered it from wms.outbound (delivery_limit): delivered {LIMIT + 1} times"
+    assert said in dead["error"], dead["error"]
+    assert dead_letters_counted(c, "wms.outbound") == 1
+    mid = str(sent.message_id)
+    logged = [line for line in log.splitlines() if ".dead_letter" in line and mid in line]
+    assert len(logged) == 1, log
+    assert "delivery_limit" in logged[0]
+    await eventually(
+        lambda: _equals(broker.queue_depths(), depths_of(adapters.prefix)), what="queue empty"
+    )
+    return int(dead["id"])
+
+
+async def _replayed_once(c: Container, broker: Broker, dead_id: int, sent: OutgoingMessage) -> None:
+    """The admin API's replay sends it back to its queue, where it is delivered again."""
+    done = await Operations(c.pool, broker, c.metrics).replay(dead_id, "tester")
+    assert done.status == "REPLAYED"
+    got = Collector()
+    sub = await broker.consume("wms.outbound", got, prefetch=8)
+    await eventually(lambda: len(got.got) == 1, what="the replay delivered")
+    await sub.cancel()
+    d = got.got[0]
+    assert (d.message_id, d.body, d.deliveries) == (sent.message_id, sent.body, 1)
+    assert d.headers["x-replayed-from"] == dead_id
+    assert len(await dead_letters(c)) == 1
+
+
+HANDED_BACK = envelope("handed back").to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("body", "parsed"),
+    [
+        (HANDED_BACK, orjson.loads(HANDED_BACK)),
+        (BINARY, None),
+        (b'{"note": "a NUL, which jsonb refuses: \\u0000"}', None),
+    ],
+    ids=["envelope", "binary", "json-with-nul"],
+)
+async def test_a_message_handed_back_past_the_delivery_limit_is_one_dead_letter(
+    adapters: Adapters, capfd: pytest.CaptureFixture[str], body: bytes, parsed: Any
+) -> None:
+    broker = await adapters.new(delivery_limit=LIMIT)
+    sent = message("inventory.allocated", body=body)
+    handed: list[Delivery] = []
+
+    async def hand_back(d: Delivery) -> None:
+        handed.append(d)
+        await d.requeue()
+
+    async with adapters.dead_letter_drain(broker):
+        sub = await broker.consume("wms.outbound", hand_back, prefetch=1)
+        await broker.publish([sent])
+        await eventually(lambda: _has_dead_letters(adapters.container, 1), what="a dead letter")
+        await sub.cancel()
+    out, err = capfd.readouterr()
+    dead_id = await _assert_given_up_once(adapters, broker, sent, handed, out + err, parsed)
+    await _replayed_once(adapters.container, broker, dead_id, sent)
+
+
+async def test_a_message_whose_consumer_dies_each_time_is_one_dead_letter(
+    adapters: Adapters, capfd: pytest.CaptureFixture[str]
+) -> None:
+    broker = await adapters.new(delivery_limit=LIMIT)
+    sent = envelope_message(envelope("kills its consumer"))
+    got: list[Delivery] = []
+    async with adapters.dead_letter_drain(broker):
+        await broker.publish([sent])
+        # A consumer that dies holding it, LIMIT + 1 times: the connection drops
+        # (RabbitMQ), the lease lapses (embedded queue).
+        for n in range(1, LIMIT + 2):
+            dying_broker = await adapters.new(delivery_limit=LIMIT)
+            dying = Collector(ack=False)
+            dying_sub = await dying_broker.consume("wms.outbound", dying, prefetch=1)
+            await eventually(
+                lambda dying=dying: len(dying.got) == 1, timeout=15, what=f"delivery {n}"
+            )
+            got += dying.got
+            await adapters.die(dying_broker, dying_sub)
+        # Whoever consumes next never gets it: it is a dead letter instead.
+        survivor = Collector()
+        sub = await broker.consume("wms.outbound", survivor, prefetch=1)
+        await eventually(
+            lambda: _has_dead_letters(adapters.container, 1), timeout=15, what="a dead letter"
+        )
+        await sub.cancel()
+    assert survivor.got == []
+    out, err = capfd.readouterr()
+    parsed = orjson.loads(sent.body)
+    dead_id = await _assert_given_up_once(adapters, broker, sent, got, out + err, parsed)
+    await _replayed_once(adapters.container, broker, dead_id, sent)

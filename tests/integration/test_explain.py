@@ -328,15 +328,27 @@ async def test_outbox_claim_and_stats_stay_on_their_partial_indexes(
     assert row["oldest_pending_s"] == pytest.approx(want["oldest"], abs=1.0)
 
 
+def _claim_args(queue: str) -> tuple[Any, ...]:
+    """queue_claim's parameters after the queue: a claim of 32, leased for 30 s, with
+    the delivery limit of 10 and its dead letters' queue and error."""
+    return (32, 30_000, 10, queue, "delivered %s times")
+
+
 async def test_queue_and_push_claims_use_their_indexes(messaging_filled: Container) -> None:
     async with messaging_filled.pool.acquire() as conn:
         # A quiet queue beside busy ones: walking the whole table in id order would
         # read every busy queue's messages to find its few.
-        plan = await explain(conn, q("queue_claim"), "quiet", 32, 30_000)
+        # (The delivery limit's steps, D-458, look their rows up by id: no scan either.)
+        plan = await explain(conn, q("queue_claim"), "quiet", *_claim_args("quiet"))
         assert_uses_index(plan, "queue_message", "queue_message_ready")
         # A busy queue: an index either way (walking the primary key finds its messages
         # every few rows), never the table.
-        plan = await explain(conn, q("queue_claim"), "q7", 32, 30_000)
+        plan = await explain(conn, q("queue_claim"), "q7", *_claim_args("q7"))
+        assert ("Seq Scan", None) not in scans_of(plan, "queue_message")
+        # Nor in the generic plan a prepared claim settles on after a few runs.
+        async with conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            plan = await explain(conn, q("queue_claim"), "q7", *_claim_args("q7"))
         assert ("Seq Scan", None) not in scans_of(plan, "queue_message")
         plan = await explain(conn, q("claim_pushes"), "ch1", 100, 30.0)
         assert_uses_index(plan, "channel_sync_state", "channel_sync_due")

@@ -22,6 +22,16 @@ def test_past_the_delivery_limit() -> None:
     assert "delivered 11 times without an ack (x-delivery-limit)" in error
 
 
+def test_past_the_delivery_limit_without_a_count_is_the_limit_plus_one() -> None:
+    # RabbitMQ 3.x keeps no x-delivery-count on the dead-lettered copy: the limit the
+    # queues are declared with says it, as the embedded queue counts (D-458).
+    death = death_of(headers("delivery_limit"), delivery_limit=10)
+    assert death.deliveries == 11
+    error = death_error(death, "wms.outbound")
+    assert "delivered 11 times without an ack (x-delivery-limit)" in error
+    assert death_of(headers("rejected"), delivery_limit=10).deliveries is None
+
+
 def test_rejected_by_a_consumer_is_not_called_a_delivery_limit() -> None:
     error = death_error(death_of(headers("rejected", 3)), "wms.outbound")
     assert "(rejected)" in error

@@ -6,7 +6,8 @@ A message RabbitMQ dead-letters (handed back more often than its queue's
 came from and with why, and acks it only after the row committed: nothing is dropped.
 At least once: a crash between the commit and the ack writes it twice, two rows of one
 message id that an operator replays or discards like any other. A database outage is
-waited out, as consumers do. The embedded queue has no delivery limit and no drain.
+waited out, as consumers do. The embedded queue needs no drain: its claim moves a
+message past the same limit into ``dead_letter`` itself, in the same words (D-458).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from stockkeeper.messaging.consumer import (
     through_outages,
 )
 from stockkeeper.messaging.envelope import ROUTING_KEY_HEADER
-from stockkeeper.messaging.rabbitmq import DEAD_LETTER_QUEUE
+from stockkeeper.messaging.rabbitmq import DEAD_LETTER_QUEUE, RabbitMQBroker
+from stockkeeper.messaging.topology import (
+    DELIVERY_LIMIT,
+    DELIVERY_LIMIT_REASON,
+    past_delivery_limit,
+)
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import dead_letters
@@ -50,17 +56,26 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def death_of(headers: dict[str, Any]) -> Death:
-    """The newest death of a dead-lettered message (RabbitMQ lists them newest first)."""
+def death_of(headers: dict[str, Any], delivery_limit: int | None = None) -> Death:
+    """The newest death of a dead-lettered message (RabbitMQ lists them newest first).
+
+    Its deliveries: ``x-delivery-count`` where RabbitMQ kept it; for a death past the
+    ``delivery_limit`` our queues are declared with, else that limit plus one (RabbitMQ
+    3.x drops the count on the way: the message was handed out once and redelivered up
+    to the limit, as the embedded queue counts it too, D-458)."""
     deaths = headers.get("x-death") or []
     newest: dict[str, Any] = deaths[0] if deaths and isinstance(deaths[0], dict) else {}
     keys = newest.get("routing-keys") or []
+    reason = _text(newest.get("reason", headers.get("x-first-death-reason", "?")))
     count = headers.get("x-delivery-count")
+    deliveries = int(count) if count is not None else None
+    if deliveries is None and reason == DELIVERY_LIMIT_REASON and delivery_limit is not None:
+        deliveries = delivery_limit + 1
     return Death(
         queue=_text(newest.get("queue", headers.get("x-first-death-queue", "?"))),
-        reason=_text(newest.get("reason", headers.get("x-first-death-reason", "?"))),
+        reason=reason,
         routing_key=_text(keys[0]) if keys else None,
-        deliveries=int(count) if count is not None else None,
+        deliveries=deliveries,
     )
 
 
@@ -69,9 +84,9 @@ def death_error(death: Death, queue: str) -> str:
     words: past the delivery limit, or rejected by a consumer that could not even
     record its failure (after ``broker.max_attempts`` deliveries)."""
     said = f"RabbitMQ dead-lettered it from {queue} ({death.reason})"
-    if death.reason == "delivery_limit":
+    if death.reason == DELIVERY_LIMIT_REASON:
         times = death.deliveries or "too many"
-        return f"{said}: delivered {times} times without an ack (x-delivery-limit)"
+        return past_delivery_limit("RabbitMQ", queue, times, "x-delivery-limit")
     if death.reason == "rejected":
         return (
             f"{said}: a consumer gave it up after broker.max_attempts deliveries, unable "
@@ -85,6 +100,10 @@ class DeadLetterDrain:
 
     def __init__(self, broker: Broker, pool: Pool, metrics: Metrics, prefix: str = "") -> None:
         self.broker = broker
+        # The x-delivery-limit the queues are declared with: how often a message past it
+        # was delivered, where RabbitMQ does not say.
+        limit = broker.delivery_limit if isinstance(broker, RabbitMQBroker) else DELIVERY_LIMIT
+        self.delivery_limit = limit
         self.pool = pool
         self.metrics = metrics
         self.prefix = prefix
@@ -102,10 +121,15 @@ class DeadLetterDrain:
         return name.removeprefix(self.prefix)
 
     async def on_delivery(self, d: Delivery) -> None:
-        death = death_of(d.headers)
+        death = death_of(d.headers, self.delivery_limit)
         queue = self._queue(death.queue)
         routing_key = d.headers.get(ROUTING_KEY_HEADER) or death.routing_key or d.routing_key
         error = death_error(death, queue)
+        # Past the delivery limit, its attempts are its deliveries, as on the embedded
+        # queue (D-458); else the consumer's own count.
+        attempts = attempt_of(d.headers)
+        if death.reason == DELIVERY_LIMIT_REASON and death.deliveries:
+            attempts = death.deliveries
 
         async def record() -> int:
             async with connection(self.pool) as conn:
@@ -117,7 +141,7 @@ class DeadLetterDrain:
                     body=d.body,
                     headers=carried_headers(d.headers),
                     error=error,
-                    attempts=attempt_of(d.headers),
+                    attempts=attempts,
                 )
 
         try:

@@ -4,6 +4,13 @@ It mirrors the RabbitMQ topology (exchanges route by topic pattern to queues), a
 same contract holds: a message is confirmed once its row is committed, it is delivered
 until acked, and a consumer that dies without acking loses its lease, so the message
 is delivered again. ``LISTEN/NOTIFY`` wakes consumers; a short poll is the fallback.
+
+Its delivery limit is RabbitMQ's (``DELIVERY_LIMIT``, D-160): a message already handed
+out more than ``delivery_limit`` times without an ack (a consumer that dies on it each
+time, or hands it back) is not leased again. The claim that would have leased it moves
+it into ``dead_letter`` instead, in the same statement, under the queue it came from,
+with the bytes, the headers, the deliveries as attempts and the words RabbitMQ's drain
+uses; counted in ``stockkeeper_dead_letters_total`` and logged (D-458).
 """
 
 from __future__ import annotations
@@ -18,14 +25,21 @@ from typing import Any
 
 from stockkeeper.messaging.broker import Delivery, Handler, OutgoingMessage
 from stockkeeper.messaging.outages import DATABASE_OUTAGE
-from stockkeeper.messaging.topology import QUEUES, QueueSpec, queues_for
+from stockkeeper.messaging.topology import (
+    DELIVERY_LIMIT,
+    DELIVERY_LIMIT_REASON,
+    QUEUES,
+    QueueSpec,
+    past_delivery_limit,
+    queues_for,
+)
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.store import queue as store_queue
 from stockkeeper.store.errors import StoreError, is_unavailable
 from stockkeeper.store.listener import Listener, listen_then_poll
 from stockkeeper.store.pool import Conn, Pool, connection
-from stockkeeper.store.queue import NewMessage
+from stockkeeper.store.queue import GivenUp, NewMessage
 
 CHANNEL = store_queue.NOTIFY_CHANNEL
 log = get_logger("stockkeeper.pgqueue")
@@ -82,9 +96,11 @@ class PgQueueBroker:
         queues: tuple[QueueSpec, ...] = QUEUES,
         listen_pool: Pool | None = None,
         metrics: Metrics | None = None,
+        delivery_limit: int = DELIVERY_LIMIT,
     ) -> None:
         self.pool = pool
         self.metrics = metrics
+        self.delivery_limit = delivery_limit
         # The LISTEN connection's pool: straight to PostgreSQL behind PgBouncer.
         self.listen_pool = listen_pool or pool
         self.prefix = prefix
@@ -180,14 +196,24 @@ class PgQueueBroker:
         waiting)."""
         try:
             async with connection(self.pool) as conn:
-                rows = await store_queue.claim(conn, name, prefetch, self.lease_ms)
+                claim = await store_queue.claim(
+                    conn,
+                    name,
+                    prefetch,
+                    self.lease_ms,
+                    delivery_limit=self.delivery_limit,
+                    dead_letter_queue=queue,
+                    given_up_error=self._given_up_error(queue),
+                )
         except StoreError as exc:
             if is_unavailable(exc):
                 # The database is away: waited out with growing pauses (D-433).
                 raise
             log.warning("pgqueue.claim_failed", queue=name, error=str(exc))
             return False
-        for r in rows:
+        if claim.given_up:
+            self._gave_up(queue, claim.given_up)
+        for r in claim.leased:
             if stop.is_set():
                 # Give the rest of the claim back at once, not after the lease.
                 async with self.pool.acquire() as conn:
@@ -206,7 +232,26 @@ class PgQueueBroker:
                     _broker=self,
                 )
             )
-        return len(rows) >= prefetch
+        return claim.size >= prefetch
+
+    def _given_up_error(self, queue: str) -> str:
+        """The error of a message past the delivery limit, as a format string for the
+        claim (its ``%s``: the deliveries)."""
+        limit = f"delivery limit {self.delivery_limit}"
+        return past_delivery_limit("The embedded queue", queue.replace("%", "%%"), "%s", limit)
+
+    def _gave_up(self, queue: str, given_up: list[GivenUp]) -> None:
+        for g in given_up:
+            log.error(
+                "pgqueue.dead_letter",
+                dead_letter_id=g.dead_letter_id,
+                message_id=str(g.message_id),
+                queue=queue,
+                reason=DELIVERY_LIMIT_REASON,
+                deliveries=g.deliveries,
+            )
+        if self.metrics is not None:
+            self.metrics.dead_letters.labels(queue=queue).inc(len(given_up))
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """The rows of ``deliveries`` deleted in one statement."""

@@ -44,6 +44,7 @@ from stockkeeper.messaging.broker import (
     PublishRejected,
 )
 from stockkeeper.messaging.envelope import DELIVERY_COUNT_HEADER, ROUTING_KEY_HEADER
+from stockkeeper.messaging.topology import DELIVERY_LIMIT as DELIVERY_LIMIT
 from stockkeeper.messaging.topology import EXCHANGES, QUEUES, QueueSpec
 from stockkeeper.observability.logging import get_logger
 
@@ -51,10 +52,7 @@ QUORUM = {"x-queue-type": "quorum"}
 # Dead-lettering that waits for the target queue's confirm (never lost on the way);
 # RabbitMQ requires reject-publish overflow alongside it.
 AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
-# Redeliveries (a consumer that died or handed the message back) before a message is
-# dead-lettered. Our own retries are new messages and do not count: this only catches a
-# message that kills its consumer. RabbitMQ 4's default would be 20, with dropping.
-DELIVERY_LIMIT = 10
+# Each queue's x-delivery-limit is DELIVERY_LIMIT (topology.py), the embedded queue's too.
 # Where messages past their delivery limit wait to be written to ``dead_letter``.
 DEAD_LETTER_QUEUE = "dead-letters"
 # The dead-letter queue is only acked once the row is written, so it is handed back only

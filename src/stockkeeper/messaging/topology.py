@@ -64,6 +64,27 @@ QUEUES = (
 )
 
 
+# Deliveries without an ack beyond the first before a queue gives a message up to the
+# dead letters: a consumer that dies on it (crash, OOM, kill -9, a lease that keeps
+# lapsing) or hands it back, again and again. Our own retries are new messages and do not
+# count. RabbitMQ gets it as each queue's ``x-delivery-limit`` (its own default would be
+# 20, then drop); the embedded queue applies the same count in its claim (D-160, D-458).
+DELIVERY_LIMIT = 10
+# The reason both brokers give a message past its delivery limit (RabbitMQ's x-death
+# reason), in the words ``past_delivery_limit`` writes into ``dead_letter.error``.
+DELIVERY_LIMIT_REASON = "delivery_limit"
+
+
+def past_delivery_limit(broker: str, queue: str, deliveries: int | str, limit: str) -> str:
+    """The ``dead_letter.error`` of a message ``broker`` gave up after ``deliveries``
+    deliveries from ``queue`` without an ack, the same words on both brokers (so the
+    admin API and the ops page show them alike); ``limit`` names the limit passed."""
+    return (
+        f"{broker} dead-lettered it from {queue} ({DELIVERY_LIMIT_REASON}): delivered "
+        f"{deliveries} times without an ack ({limit})"
+    )
+
+
 def exchange_for(event_type: str) -> str:
     """Which exchange an outbox event of ``event_type`` is published to."""
     if event_type.startswith("inventory."):

@@ -61,11 +61,49 @@ async def insert(conn: Conn, messages: Sequence[NewMessage]) -> None:
     await conn.execute(q("queue_notify"), NOTIFY_CHANNEL, [m.queue for m in messages])
 
 
-async def claim(conn: Conn, queue: str, limit: int, lease_ms: int) -> list[LeasedMessage]:
+@dataclass(frozen=True, slots=True)
+class GivenUp:
+    """A message the claim moved into ``dead_letter`` instead of leasing it: delivered
+    more often than the delivery limit without an ack."""
+
+    dead_letter_id: int
+    message_id: uuid.UUID
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What one claim took: the messages leased, oldest first, and those given up."""
+
+    leased: list[LeasedMessage]
+    given_up: list[GivenUp]
+
+    @property
+    def size(self) -> int:
+        """How many ready messages the claim took, of either kind."""
+        return len(self.leased) + len(self.given_up)
+
+
+async def claim(
+    conn: Conn,
+    queue: str,
+    limit: int,
+    lease_ms: int,
+    *,
+    delivery_limit: int,
+    dead_letter_queue: str,
+    given_up_error: str,
+) -> Claim:
     """Up to ``limit`` of the oldest ready messages of ``queue``, leased for
-    ``lease_ms``, oldest first."""
-    rows = await conn.fetch(q("queue_claim"), queue, limit, lease_ms)
-    return [
+    ``lease_ms``, oldest first; in the same statement, each of them already handed out
+    more than ``delivery_limit`` times is moved into ``dead_letter`` instead, under
+    ``dead_letter_queue``, with the error ``given_up_error`` (a ``format`` string whose
+    one ``%s`` is the count of deliveries) and that count as its attempts."""
+    rows = await conn.fetch(
+        q("queue_claim"), queue, limit, lease_ms, delivery_limit, dead_letter_queue,
+        given_up_error,
+    )  # fmt: skip
+    leased = [
         LeasedMessage(
             r["id"],
             r["message_id"],
@@ -74,8 +112,16 @@ async def claim(conn: Conn, queue: str, limit: int, lease_ms: int) -> list[Lease
             r["headers"],
             r["deliveries"],
         )
-        for r in sorted(rows, key=lambda r: r["id"])
+        for r in rows
+        if r["dead_letter_id"] is None
     ]
+    leased.sort(key=lambda m: m.id)
+    given_up = [
+        GivenUp(r["dead_letter_id"], r["message_id"], r["deliveries"])
+        for r in rows
+        if r["dead_letter_id"] is not None
+    ]
+    return Claim(leased, given_up)
 
 
 async def ack(conn: Conn, row_id: int) -> None:
