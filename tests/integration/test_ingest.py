@@ -19,7 +19,7 @@ from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.services.audit import audit
 from stockkeeper.services.reservations import ReserveRequest
-from stockkeeper.services.stock import Receipt, SkuStock
+from stockkeeper.services.stock import Adjustment, Receipt, SkuStock
 from stockkeeper.workers.ingest import ingest_handler
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -174,6 +174,30 @@ async def test_a_sale_beyond_what_is_available_is_a_shortfall_not_a_refusal(
     m = c.metrics.registry.get_sample_value
     assert m("stockkeeper_ingest_unbooked_sale_units_total", {"connector": "shop"}) == 3
     assert m("stockkeeper_oversell_total", {"source": "shop"}) == 2 + 5
+    await assert_clean(c)
+
+
+async def test_a_level_below_what_is_held_back_is_no_shortfall_unless_a_promise_is_uncovered(
+    ingesting: Container,
+) -> None:
+    c = ingesting
+    # D: 4 of 5 held back, nothing promised. E: the same, and the last unit reserved.
+    for sku in ("D", "E"):
+        await c.stock.receive(Receipt(sku, 5, f"r-{sku}", None, None, None))
+        await c.stock.adjust(Adjustment(sku, "unavailable", "quarantine", f"q-{sku}", set=4))
+    await c.reservations.reserve(ReserveRequest("o-1", (OrderLine("E", 1),)))
+    # The ERP now has 2 on hand of each: fewer than are held back (D-475).
+    await deliver(c, "erp-main", [level("D", 2, T0), level("E", 2, T0)])
+    d, e = await c.stock.get_many(["D", "E"])
+    assert (d.on_hand, d.unavailable, d.available, d.shortfall) == (2, 4, 0, 0)
+    assert (e.on_hand, e.unavailable, e.reserved, e.available, e.shortfall) == (2, 4, 1, 0, 1)
+    async with c.pool.acquire() as conn:
+        events = await conn.fetch(
+            "SELECT sku, payload FROM domain_event WHERE event_type = 'inventory.shortfall'"
+        )
+    assert [(r["sku"], r["payload"]["shortfall"]) for r in events] == [("E", 1)]
+    m = c.metrics.registry.get_sample_value
+    assert m("stockkeeper_oversell_total", {"source": "erp-main"}) == 1
     await assert_clean(c)
 
 

@@ -192,7 +192,9 @@ class Journal:
                               sum(reserved) AS reserved, sum(committed) AS committed,
                               sum(GREATEST(on_hand - unavailable - reserved - committed, 0))
                                   AS available,
-                              sum(GREATEST(reserved + committed + unavailable - on_hand, 0))
+                              -- Figures.shortfall: promises beyond the sellable (D-475).
+                              sum(GREATEST(reserved + committed + oversold
+                                           - GREATEST(on_hand - unavailable, 0), 0))
                                   AS shortfall
                        FROM sku_batch GROUP BY sku"""
                 )
@@ -797,6 +799,9 @@ async def test_every_change_writes_ledger_levels_and_events_in_one_transaction(
     await s.adjust(Adjustment("A", "unavailable", "damaged", "adj-2", batch_id=b1, set=3))
     w = await journal.check("inventory.adjusted")
     assert w.of_type(LEVEL)[0]["unavailable"] == 3
+    # b1 was shipped out: 3 units held back beyond its 0 on hand promise nothing (D-475).
+    assert w.of_type(LEVEL)[0]["shortfall"] == 0
+    assert w.of_type("inventory.shortfall") == []
 
     # Repeats and failures write nothing.
     await s.receive(Receipt("A", 10, "r-1", None, "L1", SOON))

@@ -105,7 +105,9 @@ class MBatch:
 
     @property
     def shortfall(self) -> int:
-        return max(0, -self.net)
+        """What was promised beyond the sellable units; units held back beyond on_hand
+        promise nothing (D-475)."""
+        return max(0, self.reserved + self.committed - max(0, self.on_hand - self.unavailable))
 
     def sellable(self, now: datetime, location: str | None) -> bool:
         if location is not None and self.location != location:

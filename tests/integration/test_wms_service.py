@@ -18,6 +18,7 @@ from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.errors import InsufficientStock, InvalidRequest, NotFound
 from stockkeeper.domain.wms import Counted, SyncKind, SyncStatus, outbound_lines
 from stockkeeper.services.audit import audit
+from stockkeeper.services.listing import Listing
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Receipt
 from stockkeeper.services.wms import Rejected, SyncJob
@@ -155,6 +156,45 @@ async def test_a_count_below_what_is_promised_is_a_shortfall_and_keeps_the_promi
     assert view.status.value == "PENDING"
     with pytest.raises(InsufficientStock):
         await c.reservations.reserve(ReserveRequest("o-2", (OrderLine("A", 1),)))
+    await assert_clean(c)
+
+
+async def test_a_count_holding_back_more_than_is_on_hand_is_no_shortfall_unless_promised(
+    wms_container: Container,
+) -> None:
+    c = wms_container
+    # Q: nothing promised. P: 2 of its 3 reserved. The WMS counts 3 of each with 5 held
+    # back (quarantine, safety stock): nothing sellable, but only P owes anyone (D-475).
+    await c.stock.receive(Receipt("Q", 3, "r-q", None, None, None))
+    await c.stock.receive(Receipt("P", 3, "r-p", None, None, None))
+    await c.reservations.reserve(ReserveRequest("o-1", (OrderLine("P", 2),)))
+    job = await job_for(c)
+    page = [count("P", 3, unavailable=5), count("Q", 3, unavailable=5)]
+    result = await c.wms.apply_page(job, page, cursor=None)
+    assert (result.adjustments, result.shortfall_skus) == (2, 1)
+    m = c.metrics.registry.get_sample_value
+    assert m("stockkeeper_oversell_total", {"source": "wms:wms-main"}) == 2
+    assert m("stockkeeper_wms_shortfalls_total", {"connector": "wms-main"}) == 1
+    p, q = await c.stock.get_many(["P", "Q"])
+    assert (q.on_hand, q.unavailable, q.available, q.shortfall) == (3, 5, 0, 0)
+    assert (p.on_hand, p.unavailable, p.reserved, p.available, p.shortfall) == (3, 5, 2, 0, 2)
+    # Each batch's figures (the domain's rule) agree with the SKU's (the SQL's).
+    assert [(b.available, b.shortfall) for b in (*p.batches, *q.batches)] == [(0, 2), (0, 0)]
+    events = await rows(
+        c, "SELECT sku, payload FROM domain_event WHERE event_type = 'inventory.shortfall'"
+    )
+    assert [(e["sku"], e["payload"]["shortfall"]) for e in events] == [("P", 2)]
+    listing = Listing(c.pool, c.settings, c.clock)
+    short = await listing.skus(shortfall_only=True)
+    assert [(s.sku, s.shortfall) for s in short.items] == [("P", 2)]
+    sold_out = await listing.skus(unavailable_only=True)
+    assert [(s.sku, s.available, s.shortfall) for s in sold_out.items] == [
+        ("P", 0, 2),
+        ("Q", 0, 0),
+    ]
+    # The same count again: nothing grew, nothing counted.
+    await c.wms.apply_page(job, page, cursor=None)
+    assert m("stockkeeper_oversell_total", {"source": "wms:wms-main"}) == 2
     await assert_clean(c)
 
 

@@ -278,9 +278,14 @@ def test_stock_level_properties(batches: list[Figures]) -> None:
     assert level.figures.reserved == sum(f.reserved for f in batches)
     assert level.figures.committed == sum(f.committed for f in batches)
     assert level.available == sum(max(0, f.net) for f in batches)
-    assert level.shortfall == sum(max(0, -f.net) for f in batches)
-    # available - shortfall is the plain net; both are never negative.
-    assert level.available - level.shortfall == level.figures.net
+    promised = [f.reserved + f.committed + f.oversold for f in batches]
+    sellable = [max(0, f.on_hand - f.unavailable) for f in batches]
+    assert level.shortfall == sum(max(0, p - s) for p, s in zip(promised, sellable, strict=True))
+    # available - shortfall is the plain net, unless a batch holds back more than it has
+    # on hand: those units promise nothing, so they are no shortfall (D-475).
+    if all(f.on_hand >= f.unavailable for f in batches):
+        assert level.available - level.shortfall == level.figures.net
+    assert level.available - level.shortfall >= level.figures.net
     assert level.available >= 0
     assert level.shortfall >= 0
     assert level.available >= level.figures.available
@@ -290,4 +295,6 @@ def test_stock_level_properties(batches: list[Figures]) -> None:
 def test_figures_available_shortfall_exclusive(f: Figures) -> None:
     assert f.available == max(0, f.on_hand - f.unavailable - f.reserved - f.committed)
     assert f.available * f.shortfall == 0
-    assert f.available - f.shortfall == f.net
+    assert f.shortfall == max(0, f.reserved + f.committed - max(0, f.on_hand - f.unavailable))
+    if f.on_hand >= f.unavailable:
+        assert f.available - f.shortfall == f.net

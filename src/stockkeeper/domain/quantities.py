@@ -47,6 +47,8 @@ class Figures:
     an ERP is below what was already promised, the difference is the ``shortfall``.
     ``oversold`` is what the outside world sold beyond ``on_hand`` (D-120): units owed
     to buyers, so they count against ``available`` and in ``shortfall`` like a promise.
+    Units held back (``unavailable``) beyond ``on_hand`` promise nothing to anyone, so
+    alone they leave ``available`` at 0 and no shortfall (D-475).
     """
 
     on_hand: int = 0
@@ -64,8 +66,17 @@ class Figures:
         return max(0, self.net)
 
     @property
+    def promised(self) -> int:
+        """Units owed to buyers: our reservations and orders, and what was oversold."""
+        return self.reserved + self.committed + self.oversold
+
+    @property
     def shortfall(self) -> int:
-        return max(0, -self.net)
+        """What was promised beyond the sellable stock (D-475). The SQL that reads or
+        counts shortfall mirrors this: ``store/queries/inventory.sql: sku_levels``,
+        ``listing.sql: list_skus``, ``ingest.sql: apply_plain_levels``,
+        ``wms.sql: reconcile_counts``."""
+        return max(0, self.promised - max(0, self.on_hand - self.unavailable))
 
     def apply(self, delta: Delta) -> Figures:
         return Figures(

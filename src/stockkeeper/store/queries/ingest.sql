@@ -162,8 +162,11 @@ lots AS MATERIALIZED (
 ),
 moved AS MATERIALIZED (
     SELECT b.id, b.sku, l.on_hand - b.on_hand AS d_on_hand, -b.oversold AS d_oversold,
-           GREATEST(b.reserved + b.committed + b.unavailable - l.on_hand, 0)
-           - GREATEST(b.reserved + b.committed + b.unavailable + b.oversold - b.on_hand, 0)
+           -- The shortfall after (oversold settled) minus before, each as
+           -- domain/quantities.Figures.shortfall (D-475).
+           GREATEST(b.reserved + b.committed - GREATEST(l.on_hand - b.unavailable, 0), 0)
+           - GREATEST(b.reserved + b.committed + b.oversold
+                      - GREATEST(b.on_hand - b.unavailable, 0), 0)
            AS short_grew
     FROM l
     JOIN sku_batch b ON b.sku = l.sku AND b.location = l.location AND b.lot_number IS NULL

@@ -131,8 +131,10 @@ SELECT s.sku, s.version, s.updated_at,
                              0))
                 FILTER (WHERE b.expires_at IS NULL OR b.expires_at > $2), 0)::bigint
            AS available,
-       COALESCE(sum(GREATEST(b.reserved + b.committed + b.unavailable + b.oversold - b.on_hand,
-                             0)), 0)::bigint
+       -- What was promised beyond the sellable stock: domain/quantities.Figures.shortfall
+       -- (D-475; units held back beyond on_hand promise nothing).
+       COALESCE(sum(GREATEST(b.reserved + b.committed + b.oversold
+                             - GREATEST(b.on_hand - b.unavailable, 0), 0)), 0)::bigint
            AS shortfall
 FROM sku s
 LEFT JOIN sku_batch b ON b.sku = s.sku

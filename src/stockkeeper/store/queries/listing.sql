@@ -17,8 +17,10 @@ CROSS JOIN LATERAL (
                                  - b.oversold, 0))
                     FILTER (WHERE b.expires_at IS NULL OR b.expires_at > $6), 0)::bigint
                AS available,
-           COALESCE(sum(GREATEST(b.reserved + b.committed + b.unavailable + b.oversold
-                                 - b.on_hand, 0)), 0)::bigint AS shortfall
+           -- domain/quantities.Figures.shortfall (D-475), as inventory.sql: sku_levels.
+           COALESCE(sum(GREATEST(b.reserved + b.committed + b.oversold
+                                 - GREATEST(b.on_hand - b.unavailable, 0), 0)), 0)::bigint
+               AS shortfall
     FROM sku_batch b
     WHERE b.sku = s.sku
 ) f

@@ -137,9 +137,12 @@ SELECT m.id, m.sku, m.location, m.lot_number,
        m.c_on_hand - m.on_hand AS d_on_hand,
        m.c_unavailable - m.unavailable AS d_unavailable,
        -m.oversold AS d_oversold,
-       GREATEST(0, GREATEST(0, m.c_unavailable + m.reserved + m.committed - m.c_on_hand)
-                   - GREATEST(0, m.unavailable + m.reserved + m.committed + m.oversold
-                                 - m.on_hand)) AS oversell
+       -- The shortfall after (the count, oversold settled) minus before, each as
+       -- domain/quantities.Figures.shortfall (D-475).
+       GREATEST(0, GREATEST(0, m.reserved + m.committed
+                               - GREATEST(0, m.c_on_hand - m.c_unavailable))
+                   - GREATEST(0, m.reserved + m.committed + m.oversold
+                                 - GREATEST(0, m.on_hand - m.unavailable))) AS oversell
 FROM moved m
 ORDER BY m.ord;
 
