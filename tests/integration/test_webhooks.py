@@ -247,6 +247,20 @@ async def test_bad_records_in_a_good_delivery_are_dead_letters_and_the_rest_is_q
     assert "on_hand" in dead["error"]
 
 
+async def only_ab_applied(http: httpx.AsyncClient, c: Container, body: bytes) -> list[str]:
+    """Deliver ``body`` (a level of SKU AB and three records to refuse): AB alone is
+    applied, the three are dead letters; their errors."""
+    r = await http.post("/webhooks/hook", content=body, headers=signed(body))
+    assert r.status_code == 202, r.text
+    assert (r.json()["records"], len(r.json()["refused"])) == (1, 3)
+    await apply_queued(c)
+    async with c.pool.acquire() as conn:
+        assert [row["sku"] for row in await conn.fetch("SELECT sku FROM sku")] == ["AB"]
+        errors = [row["error"] for row in await conn.fetch("SELECT error FROM dead_letter")]
+    assert len(errors) == 3
+    return errors
+
+
 async def test_ids_follow_the_apis_rule_and_a_nul_is_never_a_500(
     hooked: tuple[httpx.AsyncClient, Container],
 ) -> None:
@@ -263,14 +277,7 @@ async def test_ids_follow_the_apis_rule_and_a_nul_is_never_a_500(
         ],
         sales=[{"transaction_id": "t\x00-1", "sku": "AB", "delta": -1}],
     )
-    r = await http.post("/webhooks/hook", content=body, headers=signed(body))
-    assert r.status_code == 202, r.text
-    assert (r.json()["records"], len(r.json()["refused"])) == (1, 3)
-    await apply_queued(c)
-    async with c.pool.acquire() as conn:
-        assert [row["sku"] for row in await conn.fetch("SELECT sku FROM sku")] == ["AB"]
-        errors = [row["error"] for row in await conn.fetch("SELECT error FROM dead_letter")]
-    assert len(errors) == 3
+    errors = await only_ab_applied(http, c, body)
     assert any("U+200B" in e for e in errors)
     assert any("U+0000" in e for e in errors)
 
@@ -295,14 +302,7 @@ async def test_a_record_whose_sku_is_a_dot_segment_is_a_dead_letter(
         ],
         sales=[{"transaction_id": "t-dots", "sku": "..", "delta": -1}],
     )
-    r = await http.post("/webhooks/hook", content=body, headers=signed(body))
-    assert r.status_code == 202, r.text
-    assert (r.json()["records"], len(r.json()["refused"])) == (1, 3)
-    await apply_queued(c)
-    async with c.pool.acquire() as conn:
-        assert [row["sku"] for row in await conn.fetch("SELECT sku FROM sku")] == ["AB"]
-        errors = [row["error"] for row in await conn.fetch("SELECT error FROM dead_letter")]
-    assert len(errors) == 3
+    errors = await only_ab_applied(http, c, body)
     assert all("dot-segment" in e for e in errors), errors
 
 
