@@ -28,7 +28,9 @@ from stockkeeper.messaging.rabbitmq import DEAD_LETTER_QUEUE, RabbitMQBroker
 from stockkeeper.messaging.topology import (
     DELIVERY_LIMIT,
     DELIVERY_LIMIT_REASON,
+    REJECTED_REASON,
     past_delivery_limit,
+    rejected_unrecorded,
 )
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
@@ -87,11 +89,8 @@ def death_error(death: Death, queue: str) -> str:
     if death.reason == DELIVERY_LIMIT_REASON:
         times = death.deliveries or "too many"
         return past_delivery_limit("RabbitMQ", queue, times, "x-delivery-limit")
-    if death.reason == "rejected":
-        return (
-            f"{said}: a consumer gave it up after broker.max_attempts deliveries, unable "
-            "to record its failure (its log has consumer.rejected_unrecorded)"
-        )
+    if death.reason == REJECTED_REASON:
+        return rejected_unrecorded("RabbitMQ", queue)
     return said
 
 

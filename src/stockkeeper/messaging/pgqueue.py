@@ -29,9 +29,11 @@ from stockkeeper.messaging.topology import (
     DELIVERY_LIMIT,
     DELIVERY_LIMIT_REASON,
     QUEUES,
+    REJECTED_REASON,
     QueueSpec,
     past_delivery_limit,
     queues_for,
+    rejected_unrecorded,
 )
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
@@ -66,8 +68,27 @@ class PgDelivery:
             await store_queue.requeue(conn, self.row_id)
 
     async def reject(self) -> None:
+        """Give the message to the queue's dead-lettering: into ``dead_letter``, where
+        the admin API shows it, as RabbitMQ's drain would put it (D-476)."""
         async with self._broker.pool.acquire() as conn:
-            await store_queue.reject(conn, self.row_id)
+            dead_id = await store_queue.reject(
+                conn,
+                self.row_id,
+                dead_letter_queue=self.queue,
+                error=rejected_unrecorded("The embedded queue", self.queue),
+            )
+        if dead_id is None:
+            return  # already gone (acked or moved by another consumer meanwhile)
+        log.error(
+            "pgqueue.dead_letter",
+            dead_letter_id=dead_id,
+            message_id=self.message_id,
+            queue=self.queue,
+            reason=REJECTED_REASON,
+            deliveries=self.deliveries,
+        )
+        if self._broker.metrics is not None:
+            self._broker.metrics.dead_letters.labels(queue=self.queue).inc()
 
 
 class PgSubscription:

@@ -85,6 +85,19 @@ def past_delivery_limit(broker: str, queue: str, deliveries: int | str, limit: s
     )
 
 
+REJECTED_REASON = "rejected"
+
+
+def rejected_unrecorded(broker: str, queue: str) -> str:
+    """The ``dead_letter.error`` of a message a consumer gave up to ``broker``'s own
+    dead-lettering, unable even to record its failure (D-123), alike on both brokers."""
+    return (
+        f"{broker} dead-lettered it from {queue} ({REJECTED_REASON}): a consumer gave it up "
+        "after broker.max_attempts deliveries, unable to record its failure (its log has "
+        "consumer.rejected_unrecorded)"
+    )
+
+
 def exchange_for(event_type: str) -> str:
     """Which exchange an outbox event of ``event_type`` is published to."""
     if event_type.startswith("inventory."):

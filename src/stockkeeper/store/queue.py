@@ -139,9 +139,11 @@ async def requeue(conn: Conn, row_id: int) -> None:
     await conn.execute(q("queue_requeue"), row_id)
 
 
-async def reject(conn: Conn, row_id: int) -> None:
-    """Mark the message dead: it stays in the table and is never delivered again."""
-    await conn.execute(q("queue_reject"), row_id)
+async def reject(conn: Conn, row_id: int, *, dead_letter_queue: str, error: str) -> int | None:
+    """Move the message into ``dead_letter`` (under ``dead_letter_queue``, with
+    ``error``); never delivered again. The dead letter's id (None: it was gone)."""
+    dead_id: int | None = await conn.fetchval(q("queue_reject"), row_id, dead_letter_queue, error)
+    return dead_id
 
 
 async def depths(conn: Conn) -> dict[str, int]:

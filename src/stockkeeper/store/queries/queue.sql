@@ -65,8 +65,19 @@ DELETE FROM queue_message WHERE id = ANY($1::bigint[]);
 UPDATE queue_message SET leased_until = NULL WHERE id = $1;
 
 -- name: queue_reject
--- The broker's own dead-letter handling: kept, never delivered again.
-UPDATE queue_message SET leased_until = NULL, dead_at = now() WHERE id = $1;
+-- The broker's own dead-letter handling, for a message a consumer gave up unable to
+-- record its failure (D-123): moved into dead_letter under queue $2 with the error $3
+-- and its deliveries as attempts, in one statement, as RabbitMQ's dead-lettering and
+-- the drain do (D-476); never delivered again. The id of the dead letter, or no row.
+WITH gone AS (
+    DELETE FROM queue_message WHERE id = $1
+    RETURNING message_id, routing_key, body, headers, deliveries
+)
+INSERT INTO dead_letter (queue, message_id, routing_key, body, raw_body, headers, error,
+                         attempts)
+SELECT $2, message_id, routing_key, dead_letter_json(body), body, headers, $3, deliveries
+FROM gone
+RETURNING id;
 
 -- name: queue_depths
 SELECT queue, count(*)::bigint AS depth FROM queue_message WHERE dead_at IS NULL GROUP BY queue;
