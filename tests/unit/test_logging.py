@@ -139,20 +139,19 @@ def test_a_library_line_inside_a_request_names_the_request(
     ]
 
 
-def test_lines_go_to_the_stderr_of_the_moment_not_the_one_at_set_up(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_lines_go_to_the_stderr_of_the_moment_not_the_one_at_set_up() -> None:
     """A CLI runner (or a test's capture) puts a stream of its own in sys.stderr while
     logging is set up, and closes it afterwards: later lines still reach stderr."""
+    import contextlib
     import io
 
     first = io.StringIO()
-    monkeypatch.setattr("sys.stderr", first)
-    configure("info", json_output=True)
+    with contextlib.redirect_stderr(first):  # as a CLI runner swaps it
+        configure("info", json_output=True)
     first.close()
     second = io.StringIO()
-    monkeypatch.setattr("sys.stderr", second)
-    structlog.get_logger("test").info("after.the.swap")
-    logging.getLogger("some.library").warning("library line")
+    with contextlib.redirect_stderr(second):
+        structlog.get_logger("test").info("after.the.swap")
+        logging.getLogger("some.library").warning("library line")
     lines = [json.loads(line) for line in second.getvalue().splitlines()]
     assert [line["event"] for line in lines] == ["after.the.swap", "library line"]
