@@ -22,7 +22,7 @@ import secrets
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -366,19 +366,26 @@ def run(
     Ctrl-C or SIGTERM (a supervisor's, ``kill``) stop it alike, so the caller's clean-up
     runs (the CLI stops the embedded server it joined, when it is its last user). The
     database is kept afterwards; run again with the same ``name`` to reuse it."""
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupted) if main else None
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        asyncio.run(
+            _until_terminated(
                 simulate(
                     admin_url, name, skus, mutate_every_s, mutate_n, seed=seed, on_ready=on_ready
                 )
             )
+        )
+
+
+async def _until_terminated(work: Coroutine[Any, Any, object]) -> None:
+    """Run ``work``; SIGTERM cancels it as asyncio.run's own Ctrl-C handling does (the
+    event loop's signal handler, never an exception thrown into whatever code runs)."""
+    task = asyncio.current_task()
+    if task is None or threading.current_thread() is not threading.main_thread():
+        await work
+        return
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await work
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends the run as Ctrl-C does
+        loop.remove_signal_handler(signal.SIGTERM)

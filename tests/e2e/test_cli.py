@@ -705,6 +705,22 @@ def start_sandbox_erp(cwd: Path, data_dir: Path, err_path: Path) -> subprocess.P
         )
 
 
+def stop_sandbox_erp(erp: subprocess.Popen[str] | None) -> None:
+    """Kill what :func:`start_sandbox_erp` started, if it still runs, and close its pipe."""
+    if erp is None:
+        return
+    if erp.poll() is None:
+        erp.kill()
+        erp.wait()
+    if erp.stdout is not None:
+        erp.stdout.close()
+
+
+def assert_no_leftover_postgres(data_dir: Path) -> None:
+    leftover = stop_leftover_postgres(data_dir / "pg")
+    assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived its last user"
+
+
 @pytest.mark.slow
 async def test_sandbox_erp_uses_the_embedded_postgres_and_outlives_an_up_restart(
     tmp_path: Path, embedded_home: Path
@@ -743,14 +759,8 @@ async def test_sandbox_erp_uses_the_embedded_postgres_and_outlives_an_up_restart
             second.kill()
     finally:
         first.kill()
-        if erp is not None:
-            if erp.poll() is None:
-                erp.kill()
-                erp.wait()
-            if erp.stdout is not None:
-                erp.stdout.close()
-    leftover = stop_leftover_postgres(data_dir / "pg")
-    assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived its last user"
+        stop_sandbox_erp(erp)
+    assert_no_leftover_postgres(data_dir)
 
 
 @pytest.mark.slow
@@ -781,14 +791,8 @@ def test_the_last_user_of_an_embedded_server_started_again_stops_it(
         assert erp.wait(120) == 0, erp_err.read_text()
     finally:
         up.kill()
-        if erp is not None:
-            if erp.poll() is None:
-                erp.kill()
-                erp.wait()
-            if erp.stdout is not None:
-                erp.stdout.close()
-    leftover = stop_leftover_postgres(data_dir / "pg")
-    assert leftover is None, f"embedded PostgreSQL (pid {leftover}) outlived its last user"
+        stop_sandbox_erp(erp)
+    assert_no_leftover_postgres(data_dir)
 
 
 @pytest.mark.slow
