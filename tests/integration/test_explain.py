@@ -352,6 +352,11 @@ async def test_queue_and_push_claims_use_their_indexes(messaging_filled: Contain
         assert ("Seq Scan", None) not in scans_of(plan, "queue_message")
         plan = await explain(conn, q("claim_pushes"), "ch1", 100, 30.0)
         assert_uses_index(plan, "channel_sync_state", "channel_sync_due")
+        # The WMS outbound claim and its due count, with "does an earlier item of this
+        # order back off" (D-477): indexes only, never the 20k sent and dead items.
+        for name, args in (("claim_outbound", (100, 30.0)), ("outbound_due", (100,))):
+            plan = await explain(conn, q(name), "wms-main", *args)
+            assert ("Seq Scan", None) not in scans_of(plan, "wms_outbound_item"), name
 
 
 async def test_mark_processed_checks_the_key_and_nothing_else(

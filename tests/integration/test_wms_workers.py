@@ -209,6 +209,61 @@ async def test_a_wms_that_keeps_failing_means_retries_then_a_dead_letter_that_re
     assert len(state.books()["applied"]) == 7
 
 
+async def test_an_orders_release_waits_while_its_allocate_backs_off(
+    rig_factory: Any, wms: tuple[WmsState, SandboxServer]
+) -> None:
+    """D-477: the WMS hears of one order's events in the order they happened, even when
+    the first send failed; other orders do not wait for it."""
+    state, server = wms
+    rig: Rig = await rig_factory(outbound_backoff_base_ms=60_000)
+    c = rig.c
+    await c.stock.receive(Receipt("A", 5, "r-1", None, "L1", None))
+    await c.reservations.reserve(ReserveRequest("o-0", (OrderLine("A", 3),)))
+    await rig.deliver_events()
+    server.stop()
+    assert await rig.outbound.flush_once(NAME) == 1
+    assert [(i["action"], i["status"], i["attempts"]) for i in await rig.items()] == [
+        ("allocate", "PENDING", 1)
+    ]
+    await c.reservations.release("o-0")
+    await c.reservations.reserve(ReserveRequest("o-1", (OrderLine("A", 1),)))
+    await rig.deliver_events()
+    server.start()
+    # o-0's allocate backs off for a minute: its release waits, o-1's allocate goes.
+    assert await rig.outbound.flush_once(NAME) == 1
+    assert await rig.outbound.flush_once(NAME) == 0
+    assert [(i["action"], i["status"]) for i in await rig.items()] == [
+        ("allocate", "PENDING"),
+        ("release", "PENDING"),
+        ("allocate", "SENT"),
+    ]
+    await rig.make_due()
+    assert await rig.outbound.flush_once(NAME) == 2  # allocate, then release, one batch
+    assert {i["status"] for i in await rig.items()} == {"SENT"}
+    applied = [(i["order_id"], i["action"]) for i in state.books()["applied"].values()]
+    assert applied == [("o-1", "allocate"), ("o-0", "allocate"), ("o-0", "release")]
+    held = {b["lot_number"]: b["allocated"] for b in state.books()["batches"]}
+    assert held == {"L1": 1}
+
+
+async def test_an_orders_release_waits_while_another_sender_holds_its_allocate(
+    rig_factory: Any,
+) -> None:
+    """The race D-477's last check covers: another sender has locked the allocate in
+    its claim but not yet leased it; this sender must not send the release meanwhile."""
+    rig: Rig = await rig_factory()
+    c = rig.c
+    await c.stock.receive(Receipt("A", 5, "r-1", None, "L1", None))
+    await c.reservations.reserve(ReserveRequest("o-0", (OrderLine("A", 3),)))
+    await c.reservations.release("o-0")
+    await rig.deliver_events()
+    async with c.pool.acquire() as other, other.transaction():
+        await other.execute("SELECT id FROM wms_outbound_item WHERE action = 'allocate' FOR UPDATE")
+        assert await rig.outbound.flush_once(NAME) == 0
+    assert {i["status"] for i in await rig.items()} == {"PENDING"}
+    assert await rig.outbound.flush_once(NAME) == 2
+
+
 async def test_a_batch_the_wms_refuses_is_sent_item_by_item(
     rig_factory: Any, wms: tuple[WmsState, SandboxServer]
 ) -> None:

@@ -241,24 +241,30 @@ ON CONFLICT (connector, event_id) DO NOTHING;
 -- How many items are due and how old the oldest is: whether to send now or wait.
 SELECT count(*) AS due, EXTRACT(EPOCH FROM now() - min(created_at)) AS oldest_s
 FROM (
-    SELECT created_at FROM wms_outbound_item
-    WHERE connector = $1 AND status = 'PENDING' AND next_attempt_at <= now()
-      AND (leased_until IS NULL OR leased_until < now())
-    LIMIT $2
+    SELECT created_at FROM wms_outbound_sendable WHERE connector = $1 LIMIT $2
 ) due;
 
 -- name: claim_outbound
--- A batch to send, oldest first, leased so a crashed sender's batch comes back.
-UPDATE wms_outbound_item o
-SET leased_until = now() + make_interval(secs => $3), attempts = o.attempts + 1
-WHERE o.id = ANY(ARRAY(
-    SELECT id FROM wms_outbound_item
-    WHERE connector = $1 AND status = 'PENDING' AND next_attempt_at <= now()
-      AND (leased_until IS NULL OR leased_until < now())
+-- A batch to send, oldest first, leased so a crashed sender's batch comes back. The
+-- view holds back an item whose order has an earlier item backing off or in flight
+-- (D-477). The last check covers a race: an earlier item of the order that another
+-- sender has locked but not yet leased is skipped here, so its later ones wait too.
+WITH cand AS (
+    SELECT id, order_id FROM wms_outbound_sendable
+    WHERE connector = $1
     ORDER BY id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-))
+)
+UPDATE wms_outbound_item o
+SET leased_until = now() + make_interval(secs => $3), attempts = o.attempts + 1
+FROM cand c
+WHERE o.id = c.id
+  AND NOT EXISTS (
+      SELECT 1 FROM wms_outbound_item e
+      WHERE e.connector = $1 AND e.order_id = c.order_id AND e.status = 'PENDING'
+        AND e.id < c.id AND e.id NOT IN (SELECT id FROM cand)
+  )
 RETURNING o.id, o.event_id, o.message_id, o.action, o.order_id, o.sku, o.location,
           o.lot_number, o.quantity, o.attempts;
 
