@@ -336,6 +336,11 @@ async def test_incremental_sync_reads_only_what_changed_and_falls_back_when_refu
     assert job is not None
     assert await rig.sync.run_job(job) is SyncStatus.DONE
     assert (await c.wms.get_request(job.id)).rows_seen == 40
+    # That was a full read, and the status says so.
+    st = (await c.wms.status())[NAME]
+    assert st.last_full_sync_at is not None
+    assert st.last_incremental_sync_at is None
+    first_full = st.last_full_sync_at
     row = state.rows()[7]
     state.put(row["sku"], row["location"], row["lot_number"], row["on_hand"] + 5)
     clock.advance(61)
@@ -345,6 +350,9 @@ async def test_incremental_sync_reads_only_what_changed_and_falls_back_when_refu
     assert await rig.sync.run_job(job) is SyncStatus.DONE
     doc = await c.wms.get_request(job.id)
     assert (doc.rows_seen, doc.adjustments) == (1, 1)
+    st = (await c.wms.status())[NAME]
+    assert st.last_full_sync_at == first_full
+    assert st.last_incremental_sync_at is not None
     m = c.metrics.registry.get_sample_value
     labels = {"connector": NAME, "kind": "incremental", "result": "done"}
     assert m("stockkeeper_wms_sync_duration_seconds_count", labels) == 2
@@ -360,6 +368,9 @@ async def test_incremental_sync_reads_only_what_changed_and_falls_back_when_refu
     assert await rig.sync.run_job(job) is SyncStatus.DONE
     assert (await c.wms.get_request(job.id)).rows_seen == 40
     assert await c.wms.sync_token(NAME) != "not-a-token-it-knows"
+    st = (await c.wms.status())[NAME]
+    assert st.last_full_sync_at is not None
+    assert st.last_full_sync_at > first_full
 
 
 async def test_a_sync_request_shows_the_wms_total_a_percentage_and_an_eta(

@@ -295,11 +295,16 @@ class SyncRequests(WmsBase):
         *,
         token: str | None = None,
     ) -> None:
-        """End the request; a finished full sync hands its start token to the schedule."""
+        """End the request; a finished full read hands its start token to the schedule.
+
+        ``token`` comes only from a read of the whole snapshot (a full sync, or an
+        incremental one that had no token or whose token the WMS refused), so it is
+        kept as a full sync's: ``last_full_sync_at`` says when the books last matched
+        the whole WMS (an incremental sync's pages keep their own tokens as they go)."""
         async with transaction(self.pool) as c:
             await repo.finish_request(c, job.id, status.value, error)
             if status is SyncStatus.FAILED:  # the status page keeps it, and when
                 note = f"sync {job.id} ({job.kind.value}) failed: {error}"
                 await connector_state.record_failure(c, job.connector, note, self.clock())
             if token is not None and status is SyncStatus.DONE:
-                await repo.save_token(c, job.connector, token, job.kind.value)
+                await repo.save_token(c, job.connector, token, SyncKind.FULL.value)
