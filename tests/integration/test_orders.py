@@ -352,6 +352,67 @@ async def test_a_payment_after_the_due_time_but_before_the_sweep_expires_the_ord
     await assert_audit_clean(container)
 
 
+async def stored_order_status(c: Container, order_id: str) -> str:
+    async with c.pool.acquire() as conn:
+        status: str = await conn.fetchval("SELECT status FROM orders WHERE order_id = $1", order_id)
+        return status
+
+
+@pytest.mark.parametrize("ending", ["cancel", "failed payment"])
+async def test_a_cancel_or_failed_payment_after_the_due_time_expires_the_order(
+    container: Container, clock: FakeClock, ending: str
+) -> None:
+    """D-480: past its due time an unpaid order is EXPIRED, as its reservation is, before
+    any sweep: a read says so, and a cancel or a failed payment then ends it EXPIRED,
+    not CANCELLED beside an EXPIRED reservation."""
+    await receive(container, "TEA", 5)
+    await container.orders.place(placed("o-1", ("TEA", 2)))
+    await drive(container)
+    clock.advance(TIMEOUT)
+    doc = await order_of(container, "o-1")
+    assert (doc["status"], doc["reason"]) == (
+        "EXPIRED",
+        "payment not received before the reservation expired",
+    )
+    assert (await container.reservations.get("o-1")).status.value == "EXPIRED"
+    assert await stored_order_status(container, "o-1") == "AWAITING_PAYMENT"  # a read only
+    if ending == "cancel":
+        view = await container.orders.cancel("o-1", "customer")
+    else:
+        view = await container.orders.pay("o-1", succeeded=False, reference="declined")
+    assert (view.row.status, view.row.reason) == (
+        S.EXPIRED,
+        "payment not received before the reservation expired",
+    )
+    assert await stored_order_status(container, "o-1") == "EXPIRED"
+    assert await reservation_status(container, "o-1") == "EXPIRED"
+    assert await available(container, "TEA") == 5
+    await drive(container)
+    assert (await order_of(container, "o-1"))["status"] == "EXPIRED"
+    final = container.metrics.registry.get_sample_value
+    assert final("stockkeeper_orders_final_total", {"status": "EXPIRED"}) == 1
+    assert final("stockkeeper_orders_final_total", {"status": "CANCELLED"}) is None
+    await assert_audit_clean(container)
+
+
+async def test_the_payment_of_an_order_paid_then_cancelled_sent_again_is_a_repeat(
+    container: Container,
+) -> None:
+    """D-480: a provider's retry of the payment we took is not a new payment of a
+    cancelled order; another payment of it still is a conflict."""
+    await receive(container, "TEA", 5)
+    await container.orders.place(placed("o-1", ("TEA", 2)))
+    await drive(container)
+    await container.orders.pay("o-1", succeeded=True, reference="pay-1")
+    await container.orders.cancel("o-1", "customer")
+    again = await container.orders.pay("o-1", succeeded=True, reference="pay-1")
+    assert (again.row.status, again.row.payment_reference) == (S.CANCELLED, "pay-1")
+    with pytest.raises(Conflict, match="CANCELLED order cannot be paid"):
+        await container.orders.pay("o-1", succeeded=True, reference="pay-2")
+    assert await available(container, "TEA") == 5
+    await assert_audit_clean(container)
+
+
 async def test_a_reservation_released_elsewhere_cancels_its_order(container: Container) -> None:
     await receive(container, "TEA", 5)
     await container.orders.place(placed("o-1", ("TEA", 2)))

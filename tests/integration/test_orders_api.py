@@ -272,6 +272,26 @@ async def test_a_payment_before_the_saga_decided_is_a_conflict_to_retry(
     assert "not reserved yet" in assert_problem(r, 409, "conflict")["detail"]
 
 
+async def test_a_payment_too_early_does_not_use_up_its_idempotency_key(
+    http: httpx.AsyncClient, container: Container
+) -> None:
+    """D-479: "send the payment again shortly" is an answer of the moment; the payment
+    provider's retry with the same key is the payment, not a replay of the 409."""
+    await http.post("/orders", json=order(), headers=W)
+    pay = {**W, "Idempotency-Key": "psp-evt-1"}
+    body = {"status": "succeeded", "reference": "p"}
+    early = await http.post("/orders/o-1/payment", json=body, headers=pay)
+    assert "not reserved yet" in assert_problem(early, 409, "conflict")["detail"]
+    await drive(container)
+    paid = await http.post("/orders/o-1/payment", json=body, headers=pay)
+    assert paid.status_code == 200, paid.text
+    assert paid.headers.get("idempotency-replayed") is None
+    assert paid.json()["status"] in {"PAID", "READY_TO_SHIP"}
+    again = await http.post("/orders/o-1/payment", json=body, headers=pay)
+    assert again.headers.get("idempotency-replayed") == "true"
+    assert again.json() == paid.json()
+
+
 async def test_openapi_documents_the_order_routes(http: httpx.AsyncClient) -> None:
     doc = (await http.get("/openapi.json")).json()
     paths = doc["paths"]

@@ -192,6 +192,9 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         ({"database": {"pool_size": 0}}, "database.pool_size"),
         ({"concurrency": {"strategy": "yolo"}}, "concurrency.strategy"),
         ({"reservations": {"default_ttl_seconds": [1]}}, "reservations.default_ttl_seconds"),
+        # Holds longer than ten years would overflow every expiry time (D-480).
+        ({"reservations": {"max_ttl_seconds": 10**12}}, "reservations.max_ttl_seconds"),
+        ({"orders": {"payment_timeout_seconds": 10**12}}, "orders.payment_timeout_seconds"),
         ({"api": "not-a-section"}, "api"),
         ({"connectors": [{"id": "Bad Id!", "type": "wms", "url": "http://w"}]}, "connectors.0.id"),
         ({"connectors": [{"id": "w", "type": "telex"}]}, "connectors.0"),

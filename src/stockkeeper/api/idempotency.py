@@ -24,7 +24,7 @@ from stockkeeper.api.problems import (
     request_path,
 )
 from stockkeeper.api.schemas import as_json
-from stockkeeper.domain.errors import DomainError
+from stockkeeper.domain.errors import DomainError, TryAgain
 from stockkeeper.services import idempotency
 from stockkeeper.services.idempotency import MAX_KEY_LENGTH, Answer, IdempotencyKey
 from stockkeeper.store.pool import Conn
@@ -78,7 +78,8 @@ async def _answer(
     try:
         result = await use(conn)
     except DomainError as exc:
-        return Answer(*domain_problem(exc, problem_instance(request.scope)))
+        status, body = domain_problem(exc, problem_instance(request.scope))
+        return Answer(status, body, keep=not isinstance(exc, TryAgain))
     return _rendered(present, result)
 
 

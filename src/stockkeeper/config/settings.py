@@ -158,9 +158,14 @@ class ConcurrencyConfig(Section):
     coalesce_max_in_flight: int = Field(default=4, ge=1, le=64)
 
 
+# The longest hold a setting may name: ten years. A larger one would put expiry times
+# past what a datetime can hold, and every reserve would fail (D-480).
+MAX_HOLD_SECONDS = 10 * 366 * 86_400
+
+
 class ReservationsConfig(Section):
-    default_ttl_seconds: int = Field(default=900, ge=1)
-    max_ttl_seconds: int = Field(default=7 * 86_400, ge=1)
+    default_ttl_seconds: int = Field(default=900, ge=1, le=MAX_HOLD_SECONDS)
+    max_ttl_seconds: int = Field(default=7 * 86_400, ge=1, le=MAX_HOLD_SECONDS)
     expiry_interval_ms: int = Field(default=1000, ge=10)
     expiry_batch_size: int = Field(default=200, ge=1, le=10_000)
 
@@ -182,7 +187,7 @@ class OrdersConfig(Section):
 
     # How long a placed order's stock is held for its payment; then it EXPIREs. At most
     # reservations.max_ttl_seconds.
-    payment_timeout_seconds: int = Field(default=900, ge=1)
+    payment_timeout_seconds: int = Field(default=900, ge=1, le=MAX_HOLD_SECONDS)
     # Consumers of orders.saga in one saga process. Each applies what the broker handed
     # it as one batch: a lone reserve step is 9 round trips, a batch of them ~13 (D-371).
     consumers: int = Field(default=4, ge=1, le=64)

@@ -56,6 +56,13 @@ class Conflict(DomainError):
     slug = "conflict"
 
 
+class TryAgain(Conflict):
+    """A conflict of the moment, not of the request: a race lost to another request, a
+    decision not made yet. The same request may well succeed shortly, so it is 409
+    ``conflict`` like any other but an Idempotency-Key does not keep it (D-479): a retry
+    with the same key runs again instead of replaying this answer."""
+
+
 class NotFound(DomainError):
     slug = "not-found"
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
 
-from stockkeeper.domain.errors import Conflict, ReservationExpired
+from stockkeeper.domain.errors import Conflict, ReservationExpired, TryAgain
 
 # The saga's messages on the orders.saga exchange: commands it gives itself, and news.
 PLACED = "order.placed"  # reserve the order's lines
@@ -42,6 +42,8 @@ FINAL = frozenset(
 )
 # The states in which the order's reservation holds stock.
 HOLDING = frozenset({OrderStatus.AWAITING_PAYMENT, OrderStatus.PAID, OrderStatus.READY_TO_SHIP})
+# Why an order ends EXPIRED: its reservation ran out before the payment came.
+NOT_PAID_IN_TIME = "payment not received before the reservation expired"
 PAID_STATES = frozenset({OrderStatus.PAID, OrderStatus.READY_TO_SHIP, OrderStatus.SHIPPED})
 
 
@@ -117,7 +119,7 @@ def _payment_succeeded(status: OrderStatus) -> Step:
     if status in PAID_STATES:
         return NO_CHANGE  # a repeat; check_payment_repeat compares the reference
     if status is _S.PENDING:
-        raise Conflict("the order's stock is not reserved yet; send the payment again shortly")
+        raise TryAgain("the order's stock is not reserved yet; send the payment again shortly")
     if status is _S.EXPIRED:
         raise ReservationExpired("the order expired before it was paid")
     raise Conflict(f"a {status} order cannot be paid")
@@ -141,6 +143,12 @@ def _cancel(status: OrderStatus) -> Step:
     if status is _S.SHIPPED:
         raise Conflict("the order has shipped; take it back as a return (a receipt)")
     return NO_CHANGE  # FAILED, CANCELLED, EXPIRED: over, and no stock held
+
+
+def paid_then_cancelled(status: OrderStatus, paid_reference: str | None, reference: str) -> bool:
+    """The payment that paid an order since cancelled, sent again (a provider's retry):
+    a harmless repeat like any other (D-087, D-480), not a payment of a cancelled order."""
+    return status is OrderStatus.CANCELLED and paid_reference == reference
 
 
 def check_payment_repeat(paid_reference: str | None, reference: str) -> None:

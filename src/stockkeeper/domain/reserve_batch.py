@@ -22,7 +22,7 @@ from stockkeeper.domain.allocation import (
     check_lines,
     same_lines,
 )
-from stockkeeper.domain.errors import Conflict, DomainError, InvalidRequest
+from stockkeeper.domain.errors import Conflict, DomainError, InvalidRequest, TryAgain
 from stockkeeper.domain.quantities import Delta
 
 
@@ -111,7 +111,7 @@ def plan_batch(
             held = stored[req.order_id]
             if held is None:
                 out.append(
-                    Conflict(f"order {req.order_id} is being reserved concurrently; try again")
+                    TryAgain(f"order {req.order_id} is being reserved concurrently; try again")
                 )
             elif not same_lines(held.lines, req.lines) or held.location != req.location:
                 out.append(_other_lines(req.order_id))

@@ -54,6 +54,9 @@ class Answer:
     status: int
     body: dict[str, Any]
     replayed: bool = False
+    # False for an answer of the moment (``TryAgain``, D-479): given, never recorded, so
+    # a retry with the key runs the request again.
+    keep: bool = True
 
 
 def fingerprint(method: str, path: str, payload: Any) -> str:
@@ -99,7 +102,7 @@ async def once(
             async with conn.transaction():
                 async with solo(conn) as state:
                     answer = await run(conn)
-                if state.failed:
+                if state.failed or not answer.keep:
                     raise _Failed(answer)
                 if not await _record(conn, key, answer, state.held):
                     raise _Taken
@@ -108,7 +111,7 @@ async def once(
         try:
             return await retried(attempt)
         except _Failed as failed:
-            if await _record(conn, key, failed.answer):
+            if not failed.answer.keep or await _record(conn, key, failed.answer):
                 return failed.answer
         except _Taken:
             pass
@@ -133,7 +136,7 @@ async def _once_in_statement(
             if exc.constraint != repo.KEY_CONSTRAINT:
                 raise
             return await _replay(conn, key)
-        if state.written or await _record(conn, key, answer):
+        if state.written or not answer.keep or await _record(conn, key, answer):
             return answer
         return await _replay(conn, key)
 

@@ -36,6 +36,7 @@ from stockkeeper.domain.events import Event, order_key
 from stockkeeper.domain.orders import (
     FINAL,
     NO_CARRIER,
+    NOT_PAID_IN_TIME,
     PAID,
     PLACED,
     OrderStatus,
@@ -43,6 +44,7 @@ from stockkeeper.domain.orders import (
     Trigger,
     check_payment_repeat,
     moves,
+    paid_then_cancelled,
     plan,
 )
 from stockkeeper.domain.reservation import Status
@@ -86,6 +88,17 @@ class PlaceOrder:
 class OrderView:
     row: OrderRow
     created: bool = False
+
+
+def order_as_of(row: OrderRow, now: datetime) -> OrderRow:
+    """The order as the rules see it at ``now``: one still awaiting a payment that is
+    past its due time is EXPIRED, whether or not the expiry worker and the saga have got
+    there yet, as a read of its reservation says (D-426, D-480). An answer, not a write:
+    the saga books the move when the reservation's expiry reaches it."""
+    due = row.payment_due_at
+    if row.status is OrderStatus.AWAITING_PAYMENT and due is not None and due <= now:
+        return replace(row, status=OrderStatus.EXPIRED, reason=NOT_PAID_IN_TIME)
+    return row
 
 
 def _placed_row(id_: int, req: PlaceOrder, now: datetime) -> OrderRow:
@@ -199,7 +212,7 @@ class Orders:
             row = await repo.get(c, order_id)
         if row is None:
             raise NotFound(f"no order {order_id}")
-        return OrderView(row)
+        return OrderView(order_as_of(row, self.clock()))
 
     async def pay(
         self, order_id: str, *, succeeded: bool, reference: str, conn: Conn | None = None
@@ -213,6 +226,8 @@ class Orders:
         expired = False
         async with transaction(self.pool, conn) as c:
             row = await self._lock(c, order_id)
+            if succeeded and paid_then_cancelled(row.status, row.payment_reference, reference):
+                return OrderView(row)  # the payment we took, sent again (D-480)
             step = plan(trigger, row.status)
             if succeeded and step.target is None:
                 check_payment_repeat(row.payment_reference, reference)
@@ -223,9 +238,12 @@ class Orders:
                     # The confirm committed the expiry (stock back) in our transaction.
                     expired = True
             elif step.stock is StockAction.RELEASE:
-                await self.reservations.release(
+                held = await self.reservations.release(
                     order_id, f"payment {reference} failed", c, source=SOURCE
                 )
+                if held.status is Status.EXPIRED:  # past its due time: expired on touch
+                    row = await self._move(c, row, OrderStatus.EXPIRED, reason=NOT_PAID_IN_TIME)
+                    return OrderView(row)
             if expired:
                 row = await self._move(
                     c, row, OrderStatus.EXPIRED, reason="payment came after the reservation expired"
@@ -248,7 +266,14 @@ class Orders:
             row = await self._lock(c, order_id)
             step = plan(Trigger.CANCEL, row.status)
             if step.stock is StockAction.RELEASE:
-                await self.reservations.release(order_id, reason, c, source=SOURCE)
+                held = await self.reservations.release(order_id, reason, c, source=SOURCE)
+                if held.status is Status.EXPIRED:
+                    # Its payment window had closed before the cancel came (the sweep had
+                    # not run yet): the release booked the expiry, and the order is over
+                    # as the saga would have ended it, EXPIRED (D-480).
+                    return OrderView(
+                        await self._move(c, row, OrderStatus.EXPIRED, reason=NOT_PAID_IN_TIME)
+                    )
             if step.target is not None:
                 row = await self._move(c, row, step.target, reason=reason)
         return OrderView(row)
@@ -419,7 +444,7 @@ class Orders:
         """
         sources, target = moves(trigger)
         if trigger is Trigger.RESERVATION_EXPIRED:
-            reason = "payment not received before the reservation expired"
+            reason = NOT_PAID_IN_TIME
         elif trigger is Trigger.RESERVATION_RELEASED:
             reason = f"the reservation was released: {reason or 'no reason given'}"
         moved = await repo.move_from(

@@ -40,6 +40,7 @@ from stockkeeper.domain.errors import (
     InvalidRequest,
     NotFound,
     ReservationExpired,
+    TryAgain,
 )
 from stockkeeper.domain.events import ALLOCATED, EVENT_FOR_STATUS, Event, order_key
 from stockkeeper.domain.quantities import Delta
@@ -276,7 +277,7 @@ class Reservations:
             self.metrics.reservation_retries.labels(strategy=self.strategy.value).inc()
             if self.strategy is Strategy.OPTIMISTIC:
                 await asyncio.sleep(LOST_RACE_BACKOFF.delay(attempt + 1))
-        raise Conflict("the stock changed too often while reserving; try again")
+        raise TryAgain("the stock changed too often while reserving; try again")
 
     # -- release, confirm, fulfil ----------------------------------------------------
 
@@ -428,4 +429,4 @@ class Reservations:
             if row is None:
                 raise NotFound(f"no reservation for order {order_id}")
             allocs = (await repo.allocations(c, [row.id]))[row.id]
-        return view_of(row, allocs, created=False)
+        return view_of(as_of(row, self.clock()), allocs, created=False)

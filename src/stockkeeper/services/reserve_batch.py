@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from stockkeeper.domain.allocation import OrderLine, lines_of, unknown_location
-from stockkeeper.domain.errors import Conflict, DomainError, InsufficientStock
+from stockkeeper.domain.errors import DomainError, InsufficientStock, TryAgain
 from stockkeeper.domain.events import ALLOCATED, Event, order_key
 from stockkeeper.domain.quantities import Delta
 from stockkeeper.domain.reservation import EntryType, Status
@@ -182,7 +182,7 @@ class BatchReserver:
                 turn.release()
         if answers is None:
             answers = [
-                Conflict(f"order {r.order_id} is being reserved concurrently; try again")
+                TryAgain(f"order {r.order_id} is being reserved concurrently; try again")
                 for r in reqs
             ]
         # One increment per outcome, not per request.
