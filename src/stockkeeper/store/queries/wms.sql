@@ -264,6 +264,7 @@ WHERE o.id = c.id
       SELECT 1 FROM wms_outbound_item e
       WHERE e.connector = $1 AND e.order_id = c.order_id AND e.status = 'PENDING'
         AND e.id < c.id AND e.id NOT IN (SELECT id FROM cand)
+      OFFSET 0  -- a probe per candidate, whatever the statistics say (0022)
   )
 RETURNING o.id, o.event_id, o.message_id, o.action, o.order_id, o.sku, o.location,
           o.lot_number, o.quantity, o.attempts;
