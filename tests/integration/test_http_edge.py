@@ -528,3 +528,108 @@ async def test_a_nul_in_who_asked_for_a_wms_sync_is_422(admin: httpx.AsyncClient
     body = {"reason": "count", "requested_by": NUL}
     doc = assert_problem(await admin.post("/admin/wms/sync", json=body), 422, "validation")
     assert [e["field"] for e in doc["errors"]] == ["body.requested_by"]
+
+
+# -- D-481: times, cursors and path ids a client can send that the database cannot take --
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        pytest.param("9999-12-31T23:59:59-14:00", id="past-9999-in-utc"),
+        pytest.param("0001-01-01T00:00:00+01:00", id="before-year-1-in-utc"),
+        pytest.param("0001-01-01T00:00:00Z", id="asyncpg-minus-infinity"),
+        pytest.param("9999-12-31T23:59:59.999999Z", id="asyncpg-infinity"),
+    ],
+)
+async def test_a_receipts_expiry_the_database_cannot_store_is_422(
+    http: httpx.AsyncClient, container: Container, when: str
+) -> None:
+    receipt = {"sku": "OLD", "quantity": 1, "lot_number": "L", "expires_at": when}
+    r = await http.post("/inventory/receipts", json={**receipt, "reference_id": "r-1"}, headers=A)
+    doc = assert_problem(r, 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == ["body.expires_at"]
+    async with container.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM sku WHERE sku = 'OLD'") == 0
+
+
+async def test_an_old_expiry_such_as_a_legacy_never_date_is_stored_as_sent(
+    http: httpx.AsyncClient,
+) -> None:
+    receipt = {"sku": "OLD", "quantity": 1, "lot_number": "L", "reference_id": "r-1"}
+    r = await http.post(
+        "/inventory/receipts", json={**receipt, "expires_at": "1900-01-01T00:00:00Z"}, headers=A
+    )
+    assert r.status_code == 201, r.text
+    (batch,) = (await http.get("/inventory/OLD", headers=A)).json()["batches"]
+    assert batch["expires_at"].startswith("1900-01-01T00:00:00")
+
+
+@pytest.mark.parametrize(
+    ("path", "after"),
+    [
+        pytest.param("/admin/reservations", PAST_INT64, id="reservations-id"),
+        pytest.param("/admin/wms/sync", PAST_INT64, id="wms-sync-id"),
+        pytest.param("/admin/orders", f"2026-12-04T18:12:15Z~{PAST_INT64}", id="orders-id"),
+        pytest.param("/admin/orders", "9999-12-31T23:59:59-14:00~1", id="orders-time-9999"),
+        pytest.param("/admin/orders", "0001-01-01T00:00:00+01:00~1", id="orders-time-year-0"),
+    ],
+)
+async def test_a_cursor_past_what_the_database_holds_is_422(
+    admin: httpx.AsyncClient, path: str, after: str
+) -> None:
+    doc = assert_problem(await admin.get(path, params={"after": after}), 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == ["query.after"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "field"),
+    [
+        pytest.param("GET", "/admin/channels/A%E2%80%A8B/skus", "path.channel", id="channel-skus"),
+        pytest.param("GET", "/admin/channels/A%00B/rules", "path.channel", id="channel-rules"),
+        pytest.param(
+            "GET", "/admin/channels/A%E2%80%8BB/unlisted", "path.channel", id="channel-unlisted"
+        ),
+        pytest.param("POST", "/admin/connectors/A%00B/poll", "path.connector", id="poll"),
+    ],
+)
+async def test_a_channel_or_connector_id_with_a_refused_character_is_422(
+    admin: httpx.AsyncClient, method: str, path: str, field: str
+) -> None:
+    doc = assert_problem(await admin.request(method, path), 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == [field]
+    assert "\u2028" not in doc["detail"]
+    assert "\x00" not in doc["detail"]
+
+
+async def test_a_webhook_path_with_a_refused_character_is_422(http: httpx.AsyncClient) -> None:
+    r = await http.post("/webhooks/A%E2%80%A8B", json={})
+    doc = assert_problem(r, 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == ["path.connector"]
+
+
+async def test_path_and_query_ids_are_named_as_fastapi_names_them(
+    http: httpx.AsyncClient,
+) -> None:
+    doc = assert_problem(await http.get("/inventory/A%E2%80%8BB", headers=W), 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == ["path.sku"]
+    r = await http.get("/inventory", params={"sku": "A\u200bB"}, headers=W)
+    doc = assert_problem(r, 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == ["query.sku"]
+    doc = assert_problem(await http.get("/orders/A%E2%80%8BB", headers=W), 422, "validation")
+    assert [e["field"] for e in doc["errors"]] == ["path.order_id"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/inventory/NO%2FSUCH", id="sku"),
+        pytest.param("/reservations/web%2F2026%2F99", id="reservation"),
+        pytest.param("/inventory/NO%2FSUCH/ledger", id="ledger"),
+    ],
+)
+async def test_a_problems_instance_keeps_an_ids_encoded_slash(
+    http: httpx.AsyncClient, path: str
+) -> None:
+    doc = assert_problem(await http.get(path, headers=W), 404, "not-found")
+    assert doc["instance"] == path

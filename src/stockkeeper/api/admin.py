@@ -6,7 +6,7 @@ import base64
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from pydantic import BaseModel, BeforeValidator
 from starlette.responses import Response
 
@@ -14,7 +14,7 @@ from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.admin_lists import add_list_routes
 from stockkeeper.api.auth import Principal, require
 from stockkeeper.api.channel_rules import add_rule_routes
-from stockkeeper.api.common import RowId, new_app
+from stockkeeper.api.common import ConnectorId, RowId, new_app
 from stockkeeper.api.problems import JSONResponse
 from stockkeeper.api.ui.pages import add_ui_routes
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
@@ -293,7 +293,7 @@ def create_admin_app(container: Container) -> FastAPI:
         tags=["channels"],
     )
     async def channel_unlisted(
-        channel: Annotated[str, Path(max_length=200)],
+        channel: ConnectorId,
         after: Annotated[str, Query(max_length=128), schemas.ID_TEXT] = "",
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         who: Principal = ADMIN,

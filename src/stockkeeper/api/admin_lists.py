@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from starlette.responses import Response
 
 from stockkeeper.api import idempotency, schemas
 from stockkeeper.api.auth import Principal, require
+from stockkeeper.api.common import ConnectorId
 from stockkeeper.api.list_schemas import (
     ChannelSkuListOut,
     ChannelSkuOut,
@@ -157,7 +158,7 @@ def add_list_routes(app: FastAPI, listing: Listing) -> None:
         tags=["channels"],
     )
     async def channel_skus(
-        channel: Annotated[str, Path(max_length=200)],
+        channel: ConnectorId,
         state: Literal["all", "pending", "unlisted", "failing"] = "all",
         after: Cursor = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -199,7 +200,7 @@ def add_list_routes(app: FastAPI, listing: Listing) -> None:
         tags=["connectors"],
     )
     async def poll_now(
-        connector: Annotated[str, Path(max_length=200)],
+        connector: ConnectorId,
         request: Request,
         who: Principal = ADMIN,
     ) -> Response:

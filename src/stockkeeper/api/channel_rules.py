@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from stockkeeper.api import schemas
 from stockkeeper.api.auth import Principal, require
+from stockkeeper.api.common import ConnectorId
 from stockkeeper.api.problems import ApiProblem, JSONResponse
 from stockkeeper.domain.availability import AvailabilityRule, RuleOverride
 from stockkeeper.domain.quantities import MAX_QUANTITY
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from stockkeeper.services.channel_rules import SkuChannelState
 
 ADMIN = Depends(require("admin"))
-Channel = Annotated[str, Path(max_length=200)]
+Channel = ConnectorId
 SkuPath = Annotated[str, Path(min_length=1, max_length=128)]
 Units = Annotated[int, Field(strict=True, ge=0, le=MAX_QUANTITY)]
 Locations = Annotated[list[schemas.LocationCode], Field(max_length=1000)]

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.responses import HTMLResponse, Response
 
 from stockkeeper import __version__
-from stockkeeper.api import problems
+from stockkeeper.api import problems, schemas
 from stockkeeper.api.auth import AuthenticatedRoute
 from stockkeeper.api.middleware import BodyLimit, CatchAll, RequestMetrics
 from stockkeeper.api.problems import PROBLEM_TYPE, ApiProblem, JSONResponse
@@ -98,15 +98,25 @@ def new_app(
 
 
 def checked_path(adapter: TypeAdapter[str], value: str, field: str) -> str:
-    """A path parameter checked as its body field is: else 422 naming the field."""
+    """A path or query parameter checked as its body field is: else 422 naming the
+    field as FastAPI names it (``path.sku``, ``query.sku``; D-390)."""
     try:
         return adapter.validate_python(value)
     except ValidationError as exc:
+        name = field.rpartition(".")[2].replace("_", " ")
         raise ApiProblem(
             "validation",
-            f"not a valid {field.replace('_', ' ')}: {value!r}",
+            f"not a valid {name}: {value!r}",
             errors=[{"field": field, "message": problems.plain(exc.errors()[0])}],
         ) from None
+
+
+# A channel or connector id in a path: the id rule of every id (D-481), so one with a
+# control or line-separator character is a 422 naming ``path.<name>``, not a 404 that
+# echoes it; an id that passes but names nothing configured is the route's 404.
+ConnectorId = Annotated[
+    str, Path(min_length=1, max_length=200, description=schemas.PRINTABLE), schemas.ID_TEXT
+]
 
 
 # A row id in a path (a dead letter, a sync request): a bigint, so past 2^63 is a 422,

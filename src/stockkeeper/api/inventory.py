@@ -38,8 +38,8 @@ _sku_adapter: TypeAdapter[str] = TypeAdapter(schemas.Sku)
 _order_id: TypeAdapter[str] = TypeAdapter(schemas.OrderId)
 
 
-def _check_sku(sku: str) -> str:
-    return checked_path(_sku_adapter, sku, "sku")
+def _check_sku(sku: str, where: str = "path") -> str:
+    return checked_path(_sku_adapter, sku, f"{where}.sku")
 
 
 def _held(view: ReservationView) -> tuple[int, dict[str, Any]]:
@@ -255,7 +255,7 @@ def create_inventory_app(container: Container) -> FastAPI:
             raise ApiProblem.invalid("query.sku", "give at least one ?sku=")
         if len(sku) > MAX_BULK:
             raise ApiProblem.invalid("query.sku", f"at most {MAX_BULK} SKUs per request")
-        wanted = list(dict.fromkeys(_check_sku(s) for s in sku))
+        wanted = list(dict.fromkeys(_check_sku(s, "query") for s in sku))
         items = await stock.get_many(wanted)
         found = {i.sku for i in items}
         return _ok(
@@ -304,7 +304,7 @@ def create_inventory_app(container: Container) -> FastAPI:
     )
     async def get_reservation(order_id: str, who: Principal = READ) -> Response:
         """A reservation as it stands."""
-        oid = checked_path(_order_id, order_id, "order_id")
+        oid = checked_path(_order_id, order_id, "path.order_id")
         return _ok(schemas.ReservationOut.of(await svc.get(oid)))
 
     if container.settings.api.expose_noop:

@@ -33,7 +33,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _check_order_id(order_id: str) -> str:
-    return checked_path(_order_id, order_id, "order_id")
+    return checked_path(_order_id, order_id, "path.order_id")
 
 
 def _order(view: OrderView) -> tuple[int, BaseModel]:

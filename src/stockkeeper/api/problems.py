@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import orjson
 from fastapi import FastAPI, Request
@@ -28,14 +28,26 @@ def request_path(request: Request) -> str:
 
 # What RFC 3986 lets a path segment hold unescaped, and "/" between segments.
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
+_SEGMENT_SAFE = _PATH_SAFE.replace("/", "")
 
 
 def problem_instance(scope: Mapping[str, Any]) -> str:
     """The request's path as a problem's ``instance``: a URI reference (RFC 9457
     section 3.1.5), so percent-encoded (UTF-8) as a Location header is. An id in any
     script, or with a space, ``?``, ``#`` or a character we refuse, is ASCII there and
-    never a raw line break (D-397). Only on the error path: ``quote`` costs a few µs."""
-    return quote(scope["path"], safe=_PATH_SAFE)
+    never a raw line break (D-397). Only on the error path: ``quote`` costs a few µs.
+
+    Segment by segment from the path as sent (``raw_path``) when the server gives it,
+    so an id holding ``/`` keeps it as ``%2F``, as the Location header writes it: the
+    decoded path no longer says which slashes were the id's (D-481)."""
+    raw = scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        return quote(scope["path"], safe=_PATH_SAFE)
+    segments = raw.split(b"?", 1)[0].split(b"/")
+    return "/".join(
+        quote(unquote_to_bytes(seg).decode("utf-8", "replace"), safe=_SEGMENT_SAFE)
+        for seg in segments
+    )
 
 
 TITLES = {

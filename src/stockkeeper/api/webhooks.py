@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from stockkeeper.api.common import ConnectorId
 from stockkeeper.api.problems import ApiProblem, JSONResponse
 from stockkeeper.api.schemas import WebhookOut, problems
 from stockkeeper.bootstrap import env_secret
@@ -48,7 +49,7 @@ def add_webhook_routes(app: FastAPI, container: Container) -> None:
         openapi_extra={"security": []},
         tags=["webhooks"],
     )
-    async def receive_webhook(connector: str, request: Request) -> Response:
+    async def receive_webhook(connector: ConnectorId, request: Request) -> Response:
         """A signed delivery of levels or sales from a configured webhook connector."""
         cfg = hooks.get(connector)
         if cfg is None:

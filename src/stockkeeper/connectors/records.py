@@ -26,6 +26,7 @@ from pydantic import (
 
 from stockkeeper.domain.ids import printable
 from stockkeeper.domain.ingest import Level, Sale
+from stockkeeper.domain.instants import in_range
 from stockkeeper.domain.quantities import MAX_QUANTITY
 
 # Ids follow the API's rule whichever door they come in by (D-399): "A\u200bB" is never a
@@ -45,7 +46,7 @@ class LevelRecord(_Strict):
     sku: Sku
     location: LocationCode = "default"
     on_hand: Annotated[int, Field(ge=0, le=MAX_QUANTITY)]
-    source_updated_at: AwareDatetime
+    source_updated_at: Annotated[AwareDatetime, AfterValidator(in_range)]
     price: Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4)] | None = None
 
     def level(self, connector: str) -> Level:

@@ -26,6 +26,7 @@ from stockkeeper.connectors.http import (
     InvalidResponse,
     OnCall,
 )
+from stockkeeper.domain.instants import in_range
 from stockkeeper.observability.metrics import Metrics
 
 DEFAULT_LOCATION = "default"
@@ -129,6 +130,12 @@ class _Row(BaseModel):
         if not isinstance(value, str):
             raise ValueError("sku must be a string")  # no silent int -> "123"
         return value
+
+    @field_validator("expires_at", "updated_at")
+    @classmethod
+    def _storable_time(cls, value: datetime | None) -> datetime | None:
+        # A time the database cannot store refuses the row, not the page (D-481).
+        return None if value is None else in_range(_aware(value) or value)
 
     def to_row(self) -> WmsStockRow:
         return WmsStockRow(

@@ -60,3 +60,7 @@ def _characters(value: str) -> str:
             name = unicodedata.name(ch, "a control character")
             raise ValueError(f"must not contain U+{ord(ch):04X} ({name})")
     return value
+
+
+# A row id (dead letter, sync request, a list's cursor): a PostgreSQL bigint, 1 to 2^63 - 1.
+MAX_ROW_ID = 2**63 - 1

@@ -20,6 +20,8 @@ from stockkeeper.config import (
     Settings,
 )
 from stockkeeper.domain.errors import InvalidRequest, NotFound
+from stockkeeper.domain.ids import MAX_ROW_ID
+from stockkeeper.domain.instants import in_range
 from stockkeeper.services.stock import LevelView
 from stockkeeper.services.unit import Clock, transaction
 from stockkeeper.services.wms import SyncRequest
@@ -92,7 +94,7 @@ class LagPoint:
 def _after_id(after: str | None) -> int:
     if not after:
         return 0
-    if not after.isdigit() or len(after) > 19:
+    if not after.isdigit() or len(after) > 19 or int(after) > MAX_ROW_ID:
         raise InvalidRequest(f"not a cursor of this list: {after!r}", "query.after")
     return int(after)
 
@@ -105,10 +107,10 @@ def _after_pair(after: str | None) -> tuple[datetime, int]:
     # A cursor of before D-453 pasted into a URL unencoded: its "+00:00" came as " 00:00".
     at = at.replace(" ", "+")
     try:
-        when = datetime.fromisoformat(at)
+        when: datetime | None = in_range(datetime.fromisoformat(at))
     except ValueError:
         when = None
-    if not sep or when is None or when.tzinfo is None or not row.isdigit() or len(row) > 19:
+    if not sep or when is None or not row.isdigit() or len(row) > 19 or int(row) > MAX_ROW_ID:
         raise InvalidRequest(f"not a cursor of this list: {after!r}", "query.after")
     return when, int(row)
 

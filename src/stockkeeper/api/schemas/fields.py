@@ -6,9 +6,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from stockkeeper.domain.ids import REFUSED_CATEGORIES, printable, printable_part, printable_text
+from stockkeeper.domain.ids import (
+    MAX_ROW_ID,
+    REFUSED_CATEGORIES,
+    printable,
+    printable_part,
+    printable_text,
+)
+from stockkeeper.domain.instants import RANGE_TEXT, in_range
 from stockkeeper.domain.quantities import MAX_QUANTITY
 
 __all__ = [
@@ -19,6 +26,7 @@ __all__ = [
     "REFUSED_CATEGORIES",
     "SHORT_TEXT",
     "Body",
+    "Instant",
     "LocationCode",
     "LotNumber",
     "OrderId",
@@ -59,10 +67,11 @@ OrderId = Annotated[str, Field(min_length=1, max_length=128, description=PRINTAB
 ReferenceId = Annotated[str, Field(min_length=1, max_length=200, description=PRINTABLE), ID_TEXT]
 LocationCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
 LotNumber = Annotated[str, Field(min_length=1, max_length=128, description=PRINTABLE), ID_TEXT]
-# A row id (dead letter, sync request): a PostgreSQL bigint, so 1 to 2^63 - 1.
-MAX_ROW_ID = 2**63 - 1
 Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
 Reason = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(storable)]
+# A time in a body: with its offset, and one the database can store (D-481).
+INSTANT = f"RFC 3339 with an offset, {RANGE_TEXT}"
+Instant = Annotated[AwareDatetime, Field(description=INSTANT), AfterValidator(in_range)]
 
 
 class Body(BaseModel):

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from stockkeeper.api.schemas.fields import (
     MAX_ROW_ID,
     Body,
+    Instant,
     LocationCode,
     LotNumber,
     Quantity,
@@ -35,7 +36,7 @@ class ReceiptIn(Body):
     reference_id: ReferenceId
     location: LocationCode | None = None
     lot_number: LotNumber | None = None
-    expires_at: AwareDatetime | None = None
+    expires_at: Instant | None = None
 
 
 class AdjustmentIn(Body):
