@@ -241,9 +241,10 @@ def check_config(
     except ConfigError as exc:
         typer.echo(f"stockkeeper: {exc}", err=True)
         raise typer.Exit(2) from None
+    n = len(settings.connectors)
     typer.echo(
         f"configuration is valid ({_checked_source(file or config)}: "
-        f"{len(settings.connectors)} connectors)"
+        f"{n} connector{'' if n == 1 else 's'})"
     )
 
 

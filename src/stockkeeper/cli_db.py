@@ -152,12 +152,7 @@ def channels_resync(
     cfg = chosen[0]
 
     def line(p: ResyncProgress) -> str:
-        share = 100.0 * p.done / p.total if p.total else 100.0
-        return (
-            f"{p.channel}: {p.done}/{p.total} SKUs ({share:.1f}%) in {p.elapsed_s:.1f}s: "
-            f"{p.pushed} pushed, {p.noop} already shown, {p.unlisted} not listed, "
-            f"{p.dead} dead-lettered, {p.retried} to retry"
-        )
+        return p.text()
 
     async def main() -> int:
         container = await _build(settings, uses=chosen)

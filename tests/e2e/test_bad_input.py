@@ -476,6 +476,17 @@ async def test_openapi_lists_the_reserve_call(http: httpx.AsyncClient) -> None:
     assert resp.status_code == 200
     doc = resp.json()
     assert "post" in doc["paths"]["/inventory/reserve"]
+    # Each write route's repeat answer is in the contract beside its first (D-482).
+    for path, first in (
+        ("/inventory/reserve", "201"),
+        ("/inventory/receipts", "201"),
+        ("/inventory/adjustments", "201"),
+        ("/orders", "202"),
+    ):
+        answers = doc["paths"][path]["post"]["responses"]
+        assert {first, "200"} <= set(answers), (path, sorted(answers))
+        assert set(answers["200"]["content"]) == {"application/json"}, path
+        assert answers["200"]["content"] == answers[first]["content"], path
 
 
 async def test_metrics_need_no_token_and_count_reservations(http: httpx.AsyncClient) -> None:

@@ -51,8 +51,13 @@ async def test_no_broker_at_start_is_exit_3_naming_broker_url(
     port = free_port()
     cfg = base_config(db_url, broker={"url": f"amqp://guest:s3cret-pw@127.0.0.1:{port}/"})
     cfg["database"] = {"url": db_url, "pool_size": 2}
+    cfg["logging"] = {"level": "info"}  # the default a user runs with
     rc, out = await exit_of(args, cfg, tmp_path)
     assert rc == UNREACHABLE_AT_START, out
     assert f"cannot reach RabbitMQ at 127.0.0.1:{port} (broker.url) at start" in out
     assert "Traceback" not in out
     assert "s3cret-pw" not in out
+    # One line says it: not aio-pika's and aiormq's too ("error when creating
+    # transport", "Reconnecting after 1 seconds" as the process exits; D-482).
+    assert "aiormq" not in out, out
+    assert "aio_pika" not in out, out

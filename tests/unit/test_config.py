@@ -645,6 +645,10 @@ def test_config_is_read_whether_given_before_or_after_the_command(
     assert "api.inventory_prot: unknown key" in out
     code, out = check(good)
     assert (code, out.strip()) == (0, f"configuration is valid ({good}: 0 connectors)")
+    wms = {"id": "w", "type": "wms", "url": "http://w"}
+    one = write(tmp_path, {"connectors": [wms]}, "one.yaml")
+    code, out = check(one)
+    assert (code, out.strip()) == (0, f"configuration is valid ({one}: 1 connector)")
     # With no file anywhere, "valid" says that only the defaults were checked.
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["check-config"])

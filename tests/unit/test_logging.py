@@ -69,6 +69,32 @@ def test_a_library_traceback_is_rendered_as_text(capsys: pytest.CaptureFixture[s
     assert "ZeroDivisionError: division by zero" in line["exception"]
 
 
+def test_the_pools_reconnect_failure_is_one_line_without_its_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """D-482: while the database is away asyncpg's pool logs each failed refill with a
+    traceback; the outage is ours to report (D-387), so its line keeps only the words."""
+    configure("info", json_output=True)
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed")
+        except ConnectionRefusedError:
+            logging.getLogger("asyncpg.pool").warning(
+                "Failed to restore the pool connection floor; retrying", exc_info=True
+            )
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    finally:
+        logging.getLogger().handlers = []
+        structlog.reset_defaults()
+    (line,) = lines
+    assert line["event"] == (
+        "Failed to restore the pool connection floor; retrying: "
+        "ConnectionRefusedError: [Errno 111] Connect call failed"
+    )
+    assert "exception" not in line
+    assert line["level"] == "warning"
+
+
 def test_unset_json_means_json_off_a_terminal_and_console_lines_carry_no_colours(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

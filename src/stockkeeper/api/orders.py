@@ -47,7 +47,10 @@ def add_order_routes(app: FastAPI, container: Container) -> None:
         "/orders",
         status_code=202,
         response_model=OrderAcceptedOut,
-        responses=schemas.problems(409, 413, 422),
+        responses={
+            **schemas.repeated(OrderAcceptedOut, "the same order, its status now"),
+            **schemas.problems(409, 413, 422),
+        },
         summary="Place an order",
         openapi_extra=idempotency.key_header(),
         tags=["orders"],

@@ -46,6 +46,7 @@ from stockkeeper.messaging.broker import (
 from stockkeeper.messaging.envelope import DELIVERY_COUNT_HEADER, ROUTING_KEY_HEADER
 from stockkeeper.messaging.topology import DELIVERY_LIMIT as DELIVERY_LIMIT
 from stockkeeper.messaging.topology import EXCHANGES, QUEUES, QueueSpec
+from stockkeeper.observability import logging as logs
 from stockkeeper.observability.logging import get_logger
 
 QUORUM = {"x-queue-type": "quorum"}
@@ -226,6 +227,7 @@ class RabbitMQBroker:
             await conn.close()
             raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
         self._conn = conn
+        logs.broker_up()
         # One line when the connection drops and one when it is back, ours (aio-pika's
         # own say it once a second meanwhile, and are throttled: D-436).
         # Through a weak reference: the connection holding a bound method of this broker

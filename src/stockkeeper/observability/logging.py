@@ -48,6 +48,30 @@ RECONNECT_CHATTER: dict[str, tuple[str, ...]] = {
 }
 CHATTER_EVERY_S = 60.0
 
+# Whether a RabbitMQ connection of this process has once been up (``broker_up``).
+_broker_was_up = False
+
+
+def broker_up() -> None:
+    """A broker connection is up: from now on aio-pika's reconnect lines are throttled
+    (D-436) rather than left out (D-482)."""
+    global _broker_was_up
+    _broker_was_up = True
+
+
+class _QuietUntilBrokerUp(logging.Filter):
+    """Before any connection of the process has been up, a failed connect is ours to
+    report, in one line naming ``broker.url`` (D-435); aio-pika's and aiormq's lines
+    about it ("error when creating transport", "... Reconnecting after 1 seconds",
+    which the process exiting then belies) are left out (D-482)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _broker_was_up or not str(record.msg).startswith(self.prefixes)
+
 
 class _Throttled(logging.Filter):
     """Let the first line of each kind in ``prefixes`` through, then at most one per
@@ -80,6 +104,32 @@ class _Throttled(logging.Filter):
         left_out = self._left_out.pop(kind, 0)
         if left_out:
             record.msg = f"{msg} ({left_out} more like this not logged since the last)"
+        return True
+
+
+# Library lines that carry a traceback for an outage we report ourselves, one line a
+# round (D-387): asyncpg's pool, each time it fails to reconnect its floor of
+# connections while the database is away. Kept, as one line with the error's words.
+OUTAGE_TRACEBACKS: dict[str, tuple[str, ...]] = {
+    "asyncpg.pool": ("Failed to restore the pool connection floor",),
+}
+
+
+class _WithoutTraceback(logging.Filter):
+    """The record as one line: its exception's type and words after the message, no
+    traceback (D-482)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and str(record.msg).startswith(self.prefixes):
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
         return True
 
 
@@ -148,8 +198,15 @@ def configure(
     uvicorn_log.addFilter(_FirstServerStartOnly())
     for name, prefixes in RECONNECT_CHATTER.items():
         chatty = logging.getLogger(name)
-        chatty.filters = [f for f in chatty.filters if not isinstance(f, _Throttled)]
+        chatty.filters = [
+            f for f in chatty.filters if not isinstance(f, _Throttled | _QuietUntilBrokerUp)
+        ]
+        chatty.addFilter(_QuietUntilBrokerUp(prefixes))
         chatty.addFilter(_Throttled(prefixes))
+    for name, prefixes in OUTAGE_TRACEBACKS.items():
+        noisy = logging.getLogger(name)
+        noisy.filters = [f for f in noisy.filters if not isinstance(f, _WithoutTraceback)]
+        noisy.addFilter(_WithoutTraceback(prefixes))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -27,6 +27,23 @@ class ResyncProgress:
     retried: int
     elapsed_s: float
 
+    @property
+    def by_others(self) -> int:
+        """SKUs no longer due that this resync did not push: a running propagator
+        claimed them from the same rows (D-482)."""
+        return max(0, self.done - (self.pushed + self.noop + self.unlisted + self.dead))
+
+    def text(self) -> str:
+        """The command's progress line; its counts add up to ``done``."""
+        share = 100.0 * self.done / self.total if self.total else 100.0
+        others = f", {self.by_others} by a running propagator" if self.by_others else ""
+        return (
+            f"{self.channel}: {self.done}/{self.total} SKUs ({share:.1f}%) in "
+            f"{self.elapsed_s:.1f}s: {self.pushed} pushed, {self.noop} already shown, "
+            f"{self.unlisted} not listed, {self.dead} dead-lettered{others}, "
+            f"{self.retried} to retry"
+        )
+
 
 async def resync(
     propagation: Propagation,

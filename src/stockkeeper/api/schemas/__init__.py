@@ -48,6 +48,7 @@ from stockkeeper.api.schemas.problem import (
     ERROR_STATUSES,
     Problem,
     problems,
+    repeated,
 )
 from stockkeeper.api.schemas.reservations import (
     AllocationOut,
@@ -140,5 +141,6 @@ __all__ = [
     "as_json",
     "printable",
     "problems",
+    "repeated",
     "reservation_json",
 ]

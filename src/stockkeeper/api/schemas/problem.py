@@ -40,3 +40,9 @@ def problems(*statuses: int, authenticated: bool = True) -> dict[int | str, dict
     # The model registers the Problem schema; api/common.py's OpenAPI hook files it under
     # application/problem+json, the media type these answers have.
     return {code: {"model": Problem, "description": ERROR_STATUSES[code]} for code in wanted}
+
+
+def repeated(model: type[BaseModel], what: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 a write route answers a repeat with (the same order, the same
+    reference_id), beside its 201 or 202, for the OpenAPI document."""
+    return {200: {"model": model, "description": f"A repeat: {what}"}}
