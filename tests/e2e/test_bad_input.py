@@ -337,6 +337,7 @@ async def test_ten_megabyte_body_is_413(server: ServerProcess, module_db_url: st
 
     assert_raw_problem(answer, 413, "payload-too-large")
     assert answer[1]["connection"] == "close"
+    assert answer[1]["x-request-id"], answer[1]  # like every other answer (D-483)
     assert await table_counts(module_db_url) == before
 
 

@@ -633,3 +633,21 @@ async def test_a_problems_instance_keeps_an_ids_encoded_slash(
 ) -> None:
     doc = assert_problem(await http.get(path, headers=W), 404, "not-found")
     assert doc["instance"] == path
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param(b"[" * 5000 + b"]" * 5000, "not valid JSON: nested too deeply", id="deep"),
+        pytest.param(b'{"order_id": "\xff"}', "not UTF-8 at byte 14", id="not-utf8"),
+    ],
+)
+async def test_a_body_that_cannot_be_read_names_the_body_and_why(
+    http: httpx.AsyncClient, body: bytes, message: str
+) -> None:
+    """D-483: FastAPI's own "There was an error parsing the body" came with `errors`
+    naming no field; the field is the body (D-468) and the message says why."""
+    headers = {**W, "Content-Type": "application/json"}
+    r = await http.post("/inventory/reserve", content=body, headers=headers)
+    doc = assert_problem(r, 422, "validation")
+    assert doc["errors"] == [{"field": "body", "message": message}]

@@ -60,12 +60,14 @@ def new_app(
     add_docs(app)
     _file_errors_as_problems(app)
     app.add_middleware(CatchAll, app_name=name)
-    app.add_middleware(RequestMetrics, metrics=container.metrics, app_name=name)
     app.add_middleware(
         BodyLimit,
         limit=container.settings.api.max_body_bytes,
         prefixes={"/webhooks/": webhook_body_limit(container)},
     )
+    # Outermost: a 413 refused by its Content-Length, before anything reads the body,
+    # still carries its X-Request-ID and is counted and logged like any answer (D-483).
+    app.add_middleware(RequestMetrics, metrics=container.metrics, app_name=name)
     tracing.instrument_app(app)
 
     # HEAD too: load balancers and uptime checkers often probe with it (D-393).

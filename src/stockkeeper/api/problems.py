@@ -175,6 +175,15 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def _unreadable(cause: BaseException | None) -> str:
+    """Why a body could not be read, as a client can act on it."""
+    if isinstance(cause, RecursionError):
+        return "not valid JSON: nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8 at byte {cause.start}"
+    return "the body could not be read" + (f": {type(cause).__name__}" if cause else "")
+
+
 def install(app: FastAPI) -> None:
     """Make every error of ``app`` a problem+json answer."""
 
@@ -209,7 +218,12 @@ def install(app: FastAPI) -> None:
         }.get(exc.status_code, "validation")
         # Anything else FastAPI refuses while reading the body (not UTF-8, say) is a
         # validation problem: 422, so a type always comes with its usual status.
-        doc = problem_doc(slug, str(exc.detail), problem_instance(request.scope))
+        extra: dict[str, Any] = {}
+        if slug == "validation" and exc.status_code == 400:
+            # What FastAPI's body reading raised, in words, on the field ``body``
+            # (D-468's field for a body that is not JSON; D-483).
+            extra["errors"] = [{"field": "body", "message": _unreadable(exc.__cause__)}]
+        doc = problem_doc(slug, str(exc.detail), problem_instance(request.scope), **extra)
         return ProblemResponse(doc, status_code=doc["status"], headers=exc.headers)
 
     app.add_exception_handler(DomainError, on_domain)
