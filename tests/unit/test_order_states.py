@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stockkeeper.domain.errors import Conflict, ReservationExpired
+from stockkeeper.domain.errors import Conflict, ReservationExpired, TryAgain
 from stockkeeper.domain.orders import (
     FINAL,
     HOLDING,
@@ -43,7 +43,7 @@ TABLE: dict[Trigger, list[Step | type[Exception]]] = {
     Trigger.REFUSED: [Step(FAILED), N, N, N, N, N, N, N],
     Trigger.ROUTED: [N, N, N, Step(READY), N, N, N, N],
     Trigger.PAYMENT_SUCCEEDED: [
-        Conflict,
+        TryAgain,  # not reserved yet: a conflict an Idempotency-Key does not keep (D-479)
         Step(PAID, CONFIRM),
         Conflict,
         N,

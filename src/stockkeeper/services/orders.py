@@ -93,8 +93,8 @@ class OrderView:
 def order_as_of(row: OrderRow, now: datetime) -> OrderRow:
     """The order as the rules see it at ``now``: one still awaiting a payment that is
     past its due time is EXPIRED, whether or not the expiry worker and the saga have got
-    there yet, as a read of its reservation says (D-426, D-480). An answer, not a write:
-    the saga books the move when the reservation's expiry reaches it."""
+    there yet (D-480). An answer, not a write: the saga books the move when the
+    reservation's expiry reaches it, however long it has been away."""
     due = row.payment_due_at
     if row.status is OrderStatus.AWAITING_PAYMENT and due is not None and due <= now:
         return replace(row, status=OrderStatus.EXPIRED, reason=NOT_PAID_IN_TIME)

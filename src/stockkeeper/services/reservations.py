@@ -429,4 +429,4 @@ class Reservations:
             if row is None:
                 raise NotFound(f"no reservation for order {order_id}")
             allocs = (await repo.allocations(c, [row.id]))[row.id]
-        return view_of(as_of(row, self.clock()), allocs, created=False)
+        return view_of(row, allocs, created=False)
