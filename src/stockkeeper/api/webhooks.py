@@ -89,7 +89,12 @@ def add_webhook_routes(app: FastAPI, container: Container) -> None:
                 doc.update(status="ignored", topic=delivery.ignored)
             else:
                 await queue_records(
-                    conn, connector, delivery.levels, delivery.sales, delivery.refused
+                    conn,
+                    connector,
+                    delivery.levels,
+                    delivery.sales,
+                    delivery.refused,
+                    per_message=cfg.records_per_message,  # as the pollers do (D-484)
                 )
                 doc.update(
                     status="queued",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -18,6 +18,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -40,6 +41,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+PRICE_STEP = Decimal("0.0001")
+
+
+def _four_places(value: Any) -> Any:
+    """A source price with more than four decimals (0.00125 a screw) is rounded half up
+    to four, as stored; the level it comes with is not refused for it (D-484). The
+    Decimal made here is what the field's strict check then takes."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return value
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        return value  # not a number: the field's check says so
+    exponent = d.as_tuple().exponent
+    if d.is_finite() and isinstance(exponent, int) and exponent < -4:
+        return d.quantize(PRICE_STEP, rounding=ROUND_HALF_UP)
+    return d
+
+
 class LevelRecord(_Strict):
     """An absolute level: ``on_hand`` of a SKU (at a location) as of the source's time."""
 
@@ -47,7 +67,14 @@ class LevelRecord(_Strict):
     location: LocationCode = "default"
     on_hand: Annotated[int, Field(ge=0, le=MAX_QUANTITY)]
     source_updated_at: Annotated[AwareDatetime, AfterValidator(in_range)]
-    price: Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4)] | None = None
+    price: (
+        Annotated[
+            Decimal,
+            BeforeValidator(_four_places),
+            Field(ge=0, max_digits=14, decimal_places=4),
+        ]
+        | None
+    ) = None
 
     def level(self, connector: str) -> Level:
         return Level(
@@ -116,7 +143,7 @@ def _validated(raw: Sequence[Any], adapter: TypeAdapter[list[R]], model: type[R]
     rest = [item for i, item in enumerate(raw) if i not in reasons]
     try:
         good = iter(adapter.validate_json(orjson.dumps(rest, default=str)))
-    except ValidationError:
+    except (ValidationError, TypeError):
         return _one_by_one(raw, model)
     return [reasons[i] if i in reasons else next(good) for i in range(len(raw))]
 
@@ -128,6 +155,11 @@ def _one_by_one(raw: Sequence[Any], model: type[R]) -> list[R | str]:
             out.append(model.model_validate_json(_json(item)))
         except ValidationError as exc:
             out.append(_reason(exc))
+        except TypeError as exc:
+            # A value JSON cannot carry, such as an integer past 64 bits (an ERP's
+            # numeric(38,10), a negated u64 quantity): this record is refused, the rest
+            # of its page goes on (D-484).
+            out.append(f"(record): {exc}")
     return out
 
 

@@ -45,12 +45,17 @@ from stockkeeper.domain.ingest import (
 from stockkeeper.domain.quantities import Delta, oversell
 from stockkeeper.domain.reservation import EntryType
 from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
 from stockkeeper.services.unit import Clock, announce_levels, record_change, utcnow
 from stockkeeper.store import connector_state, dead_letters, outbox, source_records, stock
 from stockkeeper.store.connector_state import Overview
 from stockkeeper.store.pool import Conn
 from stockkeeper.store.stock import Movement
+
+log = get_logger("stockkeeper.ingest")
+# The largest price sku_price.price (numeric(14,4)) holds.
+MAX_PRICE = Decimal("9999999999.9999")
 
 INGEST_QUEUE = "inventory.ingest"
 DEFAULT_LOCATION = "default"
@@ -420,14 +425,24 @@ class IngestService:
         if cfg is None or cfg.pricing is None or not priced:
             return
         rule = PricingRule(cfg.pricing.markup_percent, cfg.pricing.round_to)
-        await source_records.save_prices(
-            conn,
-            connector,
-            [
-                (lv.sku, lv.price or Decimal(0), rule.price(lv.price or Decimal(0)), lv.updated_at)
-                for lv in priced
-            ],
-        )
+        rows = []
+        for lv in priced:
+            source = lv.price or Decimal(0)
+            ours = rule.price(source)
+            if ours > MAX_PRICE:
+                # Past what sku_price holds after the markup: this price is left out and
+                # said so, the level and the rest of the message go on (D-484).
+                log.warning(
+                    "ingest.price_out_of_range",
+                    connector=connector,
+                    sku=lv.sku,
+                    source_price=str(source),
+                    price=str(ours),
+                )
+                continue
+            rows.append((lv.sku, source, ours, lv.updated_at))
+        if rows:
+            await source_records.save_prices(conn, connector, rows)
 
     def _count(self, connector: str, d: Applied) -> None:
         m = self.metrics.ingest_records

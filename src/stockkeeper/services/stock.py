@@ -269,12 +269,20 @@ class Stock:
             )
             if started is None:
                 return await self._repeat(c, "receipt", r.reference_id, h, Received)
-            batch_id, expiry = started
+            batch_id, expiry, owed = started
             if r.expires_at is not None and expiry != r.expires_at:
                 raise Conflict(
                     f"lot {r.lot_number!r} of {r.sku} at {location} already has expiry {expiry}"
                 )
-            moves = [Movement(batch_id, r.sku, Delta(on_hand=r.quantity))]
+            carried: list[tuple[int, int]] = []
+            if owed and (expiry is None or expiry > self.clock()):
+                # Units the SKU owes on other batches are served from these first (D-485).
+                carried = await stock.carry_oversold(c, r.sku, batch_id, r.quantity)
+            on_arrival = Delta(on_hand=r.quantity, oversold=sum(n for _, n in carried))
+            moves = [
+                Movement(batch_id, r.sku, on_arrival),
+                *(Movement(b, r.sku, Delta(oversold=-n)) for b, n in carried),
+            ]
             body = {
                 "reference_id": r.reference_id,
                 "batch_id": batch_id,

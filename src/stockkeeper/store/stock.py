@@ -122,10 +122,11 @@ async def receive_start(
     lot_number: str | None,
     expires_at: datetime | None,
     quantity: int,
-) -> tuple[int, datetime | None] | None:
+) -> tuple[int, datetime | None, int] | None:
     """A receipt's claim of its reference, its SKU, location and batch, and the units
-    added to the batch, in one round trip: the batch's id and expiry, or None when the
-    reference was already claimed (nothing written)."""
+    added to the batch, in one round trip: the batch's id and expiry and the units the
+    SKU owes on its other batches (D-485), or None when the reference was already
+    claimed (nothing written)."""
     row = await conn.fetchrow(
         q("receive_start"),
         reference_id,
@@ -139,7 +140,15 @@ async def receive_start(
     assert row is not None
     if not row["claimed"]:
         return None
-    return row["id"], row["expires_at"]
+    return row["id"], row["expires_at"], int(row["owed"])
+
+
+@translated
+async def carry_oversold(conn: Conn, sku: str, batch_id: int, units: int) -> list[tuple[int, int]]:
+    """Move up to ``units`` oversold units of ``sku``'s other batches onto ``batch_id``
+    (D-485): (batch moved from, units) each, in id order."""
+    rows = await conn.fetch(q("carry_oversold"), sku, batch_id, units)
+    return [(int(r["id"]), int(r["units"])) for r in rows]
 
 
 @translated

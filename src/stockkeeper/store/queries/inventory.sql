@@ -237,9 +237,43 @@ WITH claim AS (
                                     ELSE sku_batch.updated_at END
     RETURNING id, expires_at
 )
-SELECT EXISTS (SELECT 1 FROM claim) AS claimed, batch.id, batch.expires_at
+SELECT EXISTS (SELECT 1 FROM claim) AS claimed, batch.id, batch.expires_at,
+       -- Units owed to buyers on the SKU's other batches (D-485): read from the
+       -- statement's snapshot, so that carry_oversold runs only when there are some.
+       (SELECT COALESCE(sum(o.oversold), 0) FROM sku_batch o
+        WHERE o.sku = $3 AND o.oversold > 0 AND o.id <> batch.id)::bigint AS owed
 FROM (VALUES (1)) AS one (x)
 LEFT JOIN batch ON true;
+
+-- name: carry_oversold
+-- D-485: what a receipt brings in serves the units the SKU owes first. The oversold
+-- units on the SKU's other batches (in id order) move onto the batch it filled, up to
+-- the units it received, so available rises only beyond them (D-120) whichever batch
+-- the receipt went to. Returns each batch moved from and how many units.
+WITH owed AS (
+    SELECT id, oversold FROM sku_batch
+    WHERE sku = $1 AND id <> $2 AND oversold > 0
+    ORDER BY id
+    FOR UPDATE
+), taken AS (
+    SELECT id,
+           LEAST(oversold, GREATEST($3 - (sum(oversold) OVER (ORDER BY id) - oversold), 0))
+               AS units
+    FROM owed
+), moved AS (
+    UPDATE sku_batch b
+    SET oversold = b.oversold - t.units, version = b.version + 1, updated_at = now()
+    FROM taken t
+    WHERE b.id = t.id AND t.units > 0
+    RETURNING b.id, t.units
+), landed AS (
+    UPDATE sku_batch b
+    SET oversold = b.oversold + (SELECT sum(units) FROM moved)
+    WHERE b.id = $2 AND EXISTS (SELECT 1 FROM moved)
+    RETURNING b.id
+)
+SELECT m.id, m.units::bigint AS units FROM moved m, (SELECT count(*) FROM landed) AS l (n)
+ORDER BY m.id;
 
 -- name: adjust_start_batch
 -- An adjustment's claim_reference and lock_batch_by_id in one round trip (D-300); a
