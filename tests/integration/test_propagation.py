@@ -724,3 +724,40 @@ async def test_status_shows_each_channels_last_failed_push_and_when(
         assert shopify["at"] == clock().isoformat()
         assert amazon is not None
         assert amazon["at"] == clock().isoformat()
+
+
+async def test_an_item_made_again_under_its_sku_reads_back_listed(
+    config: dict[str, Any], clock: Any, shopify_channel: Any
+) -> None:
+    """D-486: the merchant deletes a Shopify product and makes it again under the same
+    SKU (a new inventory item). A push looks an unknown item up again; drift repair read
+    only the cached item, found nothing and marked the SKU UNLISTED for an hour."""
+    shop, server = shopify_channel
+    config["connectors"] = [
+        {
+            "id": "shop",
+            "type": "shopify",
+            "url": graphql_url(server.url),
+            "location_id": "gid://shopify/Location/1",
+            "rate_limit_rps": 1000,
+            "divergence_sample_s": 0,
+        }
+    ]
+    c = await build(Settings.model_validate(config), clock=clock)
+    [cfg] = c.settings.connectors_of(ChannelConfig)
+    adapter = make_channel(cfg, token=None)
+    try:
+        worker = Propagator(c.propagation, {"shop": adapter}, c.pool)
+        await c.stock.receive(Receipt("TEE", 7, "r-1"))
+        await sync_all(c, worker)
+        old = shop.gid("TEE")
+        shop.unlist_skus(["TEE"])
+        shop.list_skus(["TEE"], quantity=7)
+        assert shop.gid("TEE") != old
+        drift = await c.propagation.reconcile(adapter)
+        async with c.pool.acquire() as conn:
+            status = await conn.fetchval("SELECT status FROM channel_sync_state WHERE sku = 'TEE'")
+    finally:
+        await adapter.aclose()
+        await c.close()
+    assert (drift.unlisted, status) == (0, "SYNCED")

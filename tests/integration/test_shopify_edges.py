@@ -167,3 +167,38 @@ async def test_a_bad_token_is_refused_at_once() -> None:
         await push(shop)
     assert caught.value.status == 401
     assert len(shop.bodies) == 1
+
+
+async def test_a_sku_search_that_outruns_its_pages_is_retried_not_unlisted() -> None:
+    """D-486: a loose search answering page after page of other SKUs ("TEE-1", ...) with
+    the exact "TEE" on page 12: past the lookup's 10 pages the SKU is unknown, not
+    "not listed" (which would hold its pushes back for an hour)."""
+    pages: list[Any] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        n = len(pages)
+        pages.append(body["variables"]["after"])
+        nodes = [{"id": f"gid://shopify/InventoryItem/{n + 10}", "sku": f"TEE-{n}"}]
+        if n == 11:
+            nodes = [{"id": "gid://shopify/InventoryItem/999", "sku": "TEE"}]
+        info = {"hasNextPage": n < 11, "endCursor": f"c{n}"}
+        data = {"inventoryItems": {"nodes": nodes, "pageInfo": info}}
+        return httpx.Response(200, json={"data": data, "extensions": {"cost": COST}})
+
+    cfg = ShopifyChannelConfig.model_validate(
+        {
+            "id": "shop",
+            "type": "shopify",
+            "url": "http://shop.test/graphql.json",
+            "location_id": "gid://shopify/Location/1",
+            "rate_limit_rps": 1000,
+        }
+    )
+    channel = ShopifyChannel(cfg, transport=httpx.MockTransport(answer))
+    try:
+        with pytest.raises(ConnectorUnavailable, match="more pages after 10"):
+            await channel.push([Push("TEE", 5, 1)])
+    finally:
+        await channel.aclose()
+    assert len(pages) == 10

@@ -36,8 +36,9 @@ lacked and tries again, a few times, then gives up with
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from stockkeeper.connectors.channels import Fence, Push, PushOutcome
 from stockkeeper.connectors.http import ConnectorRejected, ConnectorUnavailable
@@ -46,6 +47,8 @@ from stockkeeper.connectors.shopify_calls import (
 )
 from stockkeeper.connectors.shopify_calls import ShopifyCalls
 from stockkeeper.connectors.shopify_wire import MAX_PAGE, UserError
+
+T = TypeVar("T")
 
 # Rounds of re-reading stale changeFromQuantity values before the push is given back.
 STALE_ROUNDS = 3
@@ -341,9 +344,8 @@ class ShopifyChannel(ShopifyCalls):
                 levels = [q for q in (at.get(sku) or {}).values() if q is not None]
                 out[sku] = sum(levels) if levels else None
             return out
-        gids = await self._gids(skus, refs)
-        shown = await self._available(list(gids.values()), self.cfg.primary_location)
-        return {sku: (shown.get(gids[sku]) if sku in gids else None) for sku in skus}
+        location = self.cfg.primary_location
+        return await self._read_by_gid(skus, refs, lambda gids: self._available(gids, location))
 
     async def read_locations(
         self, skus: Sequence[str], refs: Mapping[str, str]
@@ -352,8 +354,30 @@ class ShopifyChannel(ShopifyCalls):
         SKU Shopify has no inventory item for. One read of every location per page."""
         mapping = self.cfg.location_map() or ((self.cfg.primary_location, None),)
         locations = [gid for gid, _ in mapping]
+        return await self._read_by_gid(skus, refs, lambda gids: self._levels(gids, locations))
+
+    async def _read_by_gid(
+        self,
+        skus: Sequence[str],
+        refs: Mapping[str, str],
+        read: Callable[[list[str]], Awaitable[Mapping[str, T | None]]],
+    ) -> dict[str, T | None]:
+        """``read`` per SKU through its inventory item. A cached reference that reads
+        back as nothing may name an item since deleted and made again under the same SKU
+        (a merchant re-creating a product): such SKUs are looked up by SKU once more and
+        read again, as a push does on an unknown item, before they count as not listed
+        (D-486)."""
         gids = await self._gids(skus, refs)
-        shown = await self._levels(list(gids.values()), locations)
+        shown = dict(await read(list(gids.values())))
+        cached = [
+            s for s in skus if s in refs and gids.get(s) == refs[s] and shown.get(refs[s]) is None
+        ]
+        if cached:
+            found, _doubles = await self._lookup(cached)
+            fresh = {s: gid for s, gid in found.items() if gid != refs[s]}
+            if fresh:
+                shown.update(await read(list(fresh.values())))
+                gids.update(fresh)
         return {sku: (shown.get(gids[sku]) if sku in gids else None) for sku in skus}
 
     async def _gids(self, skus: Sequence[str], refs: Mapping[str, str]) -> dict[str, str]:

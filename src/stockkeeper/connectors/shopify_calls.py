@@ -153,6 +153,19 @@ class ShopifyCalls:
                 if not page.hasNextPage or not page.endCursor:
                     return
                 variables["after"] = page.endCursor
+            missing = sorted(wanted - found.keys())
+            if missing:
+                # The search matched more items than MAX_LOOKUP_PAGES pages hold: a SKU
+                # not met yet may still be on a later page, so it is not "not listed"
+                # (which would hold its pushes back for an hour); the push is retried,
+                # then dead-lettered with this reason (D-486).
+                raise ConnectorUnavailable(
+                    self.id,
+                    "lookup_items",
+                    "invalid_response",
+                    f"the SKU search still had more pages after {MAX_LOOKUP_PAGES}; "
+                    f"not found yet: {', '.join(missing[:5])}",
+                )
 
         await self._in_chunks(list(skus), 2, 1, lookup)
         doubles = {sku: len(ids) for sku, ids in found.items() if len(ids) > 1}
