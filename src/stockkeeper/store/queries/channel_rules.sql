@@ -113,7 +113,13 @@ ON CONFLICT (channel, sku) DO UPDATE SET
     last_error = CASE WHEN $6 THEN NULL ELSE s.last_error END,
     -- A resync forgets what we believe the channel shows, so the figure is sent even
     -- where we think it is there already (Shopify: with changeFromQuantity null).
+    -- So does a new figure while a push of the old one is in flight (D-487): that push
+    -- may still land, its acknowledgement fenced out, so what the channel shows is not
+    -- known, and the new figure must be sent even if it equals the one before.
     pushed_quantity = CASE WHEN $6 AND s.claimed_version IS NULL THEN NULL
+                           WHEN s.claimed_version IS NOT NULL
+                                AND (s.desired_quantity <> EXCLUDED.desired_quantity
+                                     OR s.sku = ANY($7::text[])) THEN NULL
                            ELSE s.pushed_quantity END,
     next_attempt_at = CASE WHEN $6 OR ((s.desired_quantity <> EXCLUDED.desired_quantity
                                         OR s.sku = ANY($7::text[]))
