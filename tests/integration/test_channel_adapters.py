@@ -498,16 +498,36 @@ class TestAmazon(ListingContract):
         assert "FBA_QUANTITY" in outcome.error
         assert state.level("FBA-1") == 0
 
-    async def test_thirty_two_concurrent_pushes_never_meet_a_429(
-        self, adapter: AmazonChannel, amazon_channel: Amazon, records: list[CallRecord]
+    async def test_thirty_two_concurrent_pushes_are_sent_within_amazons_bucket(
+        self, amazon_channel: Amazon
     ) -> None:
-        state, _ = amazon_channel  # patchListingsItem: 5 a second, burst 5
+        """patchListingsItem allows 5 a second, burst 5: the times we send at fit that
+        bucket, whatever the sandbox's thread makes of them on a busy machine (a thread
+        starved for a second answers a 429 to calls we sent paced; the pacing is ours to
+        test, the sandbox's scheduling is not; D-488)."""
+        state, server = amazon_channel
+        sent: list[float] = []
+
+        class Stamped(httpx.AsyncHTTPTransport):
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                if request.method == "PATCH":
+                    sent.append(time.monotonic())
+                return await super().handle_async_request(request)
+
+        adapter = AmazonChannel(amazon_config(server), transport=Stamped())
         items = [Push(f"C-{i}", i, 1) for i in range(32)]
-        results = await asyncio.gather(*(adapter.push([item]) for item in items))
+        try:
+            results = await asyncio.gather(*(adapter.push([item]) for item in items))
+        finally:
+            await adapter.aclose()
         assert all(outcome.status == "ok" for [outcome] in results)
         assert state.levels() == {i.sku: i.quantity for i in items}
-        assert state.counters().get("throttled", 0) == 0
-        assert [r.outcome for r in records] == ["ok"] * 32
+        firsts = sent[:32]  # a retry after a 429 the sandbox gave late comes after
+        assert len(firsts) == 32
+        # Every run of sends fits a bucket of 5 refilled at 5 a second.
+        for i in range(32):
+            for j in range(i, 32):
+                assert j - i + 1 <= 5 + 5 * (firsts[j] - firsts[i]) + 1e-6, (i, j, firsts)
 
     async def test_429_is_retried_after_its_retry_after(
         self, adapter: AmazonChannel, amazon_channel: Amazon, records: list[CallRecord]
