@@ -76,6 +76,20 @@ async def rabbit_leftovers(url: str, queues: Iterable[str], exchanges: Iterable[
     return left
 
 
+def shopify_sandbox_channel(url: str, **extra: Any) -> dict[str, Any]:
+    """A connector entry for the sandbox Shopify at ``url`` (its GraphQL endpoint): its
+    location 1, no pacing to speak of, no divergence sampling; ``extra`` on top."""
+    return {
+        "id": "shop",
+        "type": "shopify",
+        "url": url,
+        "location_id": "gid://shopify/Location/1",
+        "rate_limit_rps": 1000,
+        "divergence_sample_s": 0,
+        **extra,
+    }
+
+
 def with_database(url: str, dbname: str) -> str:
     """``url`` pointing at database ``dbname`` (socket URLs keep their ?host=)."""
     parts = urlsplit(url)

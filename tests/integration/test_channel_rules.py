@@ -20,21 +20,13 @@ from stockkeeper.services.stock import Receipt
 from stockkeeper.workers.propagator import Propagator
 from stockkeeper_sandbox.server import SandboxServer
 from stockkeeper_sandbox.shopify import ShopifyState, graphql_url
-from tests.support import ADMIN_TOKEN, auth
+from tests.support import ADMIN_TOKEN, auth, shopify_sandbox_channel
 
 ADMIN = auth(ADMIN_TOKEN)
 
 
 def channel(server: SandboxServer, **rules: Any) -> dict[str, Any]:
-    return {
-        "id": "shop",
-        "type": "shopify",
-        "url": graphql_url(server.url),
-        "location_id": "gid://shopify/Location/1",
-        "rate_limit_rps": 1000,
-        "divergence_sample_s": 0,
-        "rules": rules,
-    }
+    return shopify_sandbox_channel(graphql_url(server.url), rules=rules)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from stockkeeper_sandbox.amazon import AmazonState
 from stockkeeper_sandbox.server import SandboxServer
 from stockkeeper_sandbox.shopify import ShopifyState, graphql_url
 from tests.conftest import FakeClock
-from tests.support import ADMIN_TOKEN, auth
+from tests.support import ADMIN_TOKEN, auth, shopify_sandbox_channel
 
 A, B = "shop-a", "shop-b"
 SECRET_ENV = "SK_TEST_CHANNEL_SECRET"
@@ -733,16 +733,7 @@ async def test_an_item_made_again_under_its_sku_reads_back_listed(
     SKU (a new inventory item). A push looks an unknown item up again; drift repair read
     only the cached item, found nothing and marked the SKU UNLISTED for an hour."""
     shop, server = shopify_channel
-    config["connectors"] = [
-        {
-            "id": "shop",
-            "type": "shopify",
-            "url": graphql_url(server.url),
-            "location_id": "gid://shopify/Location/1",
-            "rate_limit_rps": 1000,
-            "divergence_sample_s": 0,
-        }
-    ]
+    config["connectors"] = [shopify_sandbox_channel(graphql_url(server.url))]
     c = await build(Settings.model_validate(config), clock=clock)
     [cfg] = c.settings.connectors_of(ChannelConfig)
     adapter = make_channel(cfg, token=None)

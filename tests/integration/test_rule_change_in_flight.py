@@ -21,6 +21,7 @@ from stockkeeper.workers.propagator import Propagator
 from stockkeeper_sandbox.shopify import graphql_url
 from tests.conftest import CHANNEL_WEBHOOK_SECRET
 from tests.integration.test_propagation import record_all
+from tests.support import shopify_sandbox_channel
 
 
 class Held(httpx.AsyncBaseTransport):
@@ -108,14 +109,7 @@ async def test_on_a_webhook(
 
 async def test_on_shopify(config: dict[str, Any], clock: Any, shopify_channel: Any) -> None:
     shop, server = shopify_channel
-    ch = {
-        "id": "shop",
-        "type": "shopify",
-        "url": graphql_url(server.url),
-        "location_id": "gid://shopify/Location/1",
-        "rate_limit_rps": 1000,
-        "divergence_sample_s": 0,
-    }
+    ch = shopify_sandbox_channel(graphql_url(server.url))
     cfg = ShopifyChannelConfig.model_validate(ch)
     row = await capped_while_in_flight(
         config, clock, ch, lambda t: ShopifyChannel(cfg, transport=t), shop.levels
