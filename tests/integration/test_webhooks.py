@@ -18,6 +18,7 @@ from stockkeeper.bootstrap import Container, build
 from stockkeeper.config import Settings
 from stockkeeper.connectors.signatures import generic_headers, sign_shopify
 from stockkeeper.messaging.envelope import Envelope
+from stockkeeper.services.audit import audit
 from stockkeeper.services.stock import Receipt
 from stockkeeper.workers.ingest import ingest_handler
 from tests.support import WRITER_TOKEN
@@ -378,3 +379,37 @@ async def test_a_shopify_delivery_older_than_the_tolerance_is_refused_and_stores
     fresh = shopify_headers(order, "w-old", age_s=200)  # the same id, now inside the window
     r = await http.post("/webhooks/shop", content=order, headers=fresh)
     assert (r.status_code, r.json()["status"]) == (202, "queued")
+
+
+async def test_a_shopify_cancel_of_a_sale_never_booked_puts_nothing_back(hooked: Any) -> None:
+    """D-489: the create was refused (here as stale, after an outage past tolerance_s):
+    its cancel returns no units it never took."""
+    http, c = hooked
+    await c.stock.receive(Receipt("TEE", 10, "r-1", None, None, None))
+    order = shopify_order(3001, (1, "TEE", 3))
+    stale = shopify_headers(order, "w-c1", age_s=900)
+    assert (await http.post("/webhooks/shop", content=order, headers=stale)).status_code == 401
+    cancel = shopify_headers(order, "w-c2", "orders/cancelled")
+    assert (await http.post("/webhooks/shop", content=order, headers=cancel)).status_code == 202
+    await apply_queued(c)
+    (tee,) = await c.stock.get_many(["TEE"])
+    assert tee.on_hand == 10
+
+
+async def test_a_shopify_cancel_before_its_create_nets_to_nothing(hooked: Any) -> None:
+    """D-489: Shopify does not order its topics; a cancel that lands first holds the
+    line's sale back, so neither shows phantom units, in between or after."""
+    http, c = hooked
+    await c.stock.receive(Receipt("TEE", 10, "r-1", None, None, None))
+    order = shopify_order(3002, (1, "TEE", 3))
+    cancel = shopify_headers(order, "w-d1", "orders/cancelled")
+    await http.post("/webhooks/shop", content=order, headers=cancel)
+    await apply_queued(c)
+    (between,) = await c.stock.get_many(["TEE"])
+    await http.post("/webhooks/shop", content=order, headers=shopify_headers(order, "w-d2"))
+    await apply_queued(c)
+    (after,) = await c.stock.get_many(["TEE"])
+    assert (between.on_hand, after.on_hand) == (10, 10)
+    async with c.pool.acquire() as conn:
+        report = await audit(conn)
+    assert report.clean, report.render()

@@ -35,6 +35,10 @@ from stockkeeper.connectors.signatures import (
     verify_shopify,
 )
 
+# A Shopify orders/cancelled line is booked as the return of its orders/create line's
+# transaction id with this suffix; ingest knows a cancel of nothing by it (D-489).
+SHOPIFY_CANCEL = ":cancel"
+
 
 class Unparseable(ValueError):
     """The body is not what the preset's format says (422)."""
@@ -192,7 +196,7 @@ class ShopifyPreset:
             order = _Order.model_validate(doc)
         except ValidationError as exc:
             raise Unparseable(_first_error(exc)) from None
-        suffix = "" if sign < 0 else ":cancel"
+        suffix = "" if sign < 0 else SHOPIFY_CANCEL
         raw: list[dict[str, Any]] = []
         odd: list[Refused] = []
         for li in order.line_items:
