@@ -151,9 +151,6 @@ def channels_resync(
         raise typer.Exit(2)
     cfg = chosen[0]
 
-    def line(p: ResyncProgress) -> str:
-        return p.text()
-
     async def main() -> int:
         container = await _build(settings, uses=chosen)
         adapter = channel_adapter(cfg, container.metrics)
@@ -170,14 +167,14 @@ def channels_resync(
                     done = await resync(
                         container.propagation, adapter, sku, every=every, report=tick
                     )
-                typer.echo(line(done))
+                typer.echo(done.text())
             else:  # a line per --every SKUs, the last one the summary
                 done = await resync(
                     container.propagation,
                     adapter,
                     sku,
                     every=every,
-                    report=lambda p: typer.echo(line(p)),
+                    report=lambda p: typer.echo(p.text()),
                 )
         finally:
             await adapter.aclose()

@@ -135,17 +135,20 @@ class _Row(BaseModel):
     @classmethod
     def _storable_time(cls, value: datetime | None) -> datetime | None:
         # A time the database cannot store refuses the row, not the page (D-481).
-        return None if value is None else in_range(_aware(value) or value)
+        # A WMS that sends local times without an offset is read as sending UTC.
+        if value is None:
+            return None
+        return in_range(value if value.tzinfo else value.replace(tzinfo=UTC))
 
     def to_row(self) -> WmsStockRow:
         return WmsStockRow(
             sku=self.sku,
             location=self.location or DEFAULT_LOCATION,
             lot_number=self.lot_number or None,
-            expires_at=_aware(self.expires_at),
+            expires_at=self.expires_at,
             on_hand=self.on_hand,
             unavailable=self.unavailable,
-            updated_at=_aware(self.updated_at),
+            updated_at=self.updated_at,
         )
 
 
@@ -172,13 +175,6 @@ class _Result(BaseModel):
 
 class _ResultsEnvelope(BaseModel):
     results: list[_Result]
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """A WMS that sends local times without an offset is read as sending UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def _body(response: httpx.Response) -> Any:

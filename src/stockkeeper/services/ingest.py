@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from stockkeeper.config import IngestOptions, WebhookConnectorConfig
+from stockkeeper.config import IngestOptions
 from stockkeeper.connectors.records import (
     LevelRecord,
     Refused,
@@ -30,7 +30,6 @@ from stockkeeper.connectors.records import (
     levels_json,
     sale_json,
 )
-from stockkeeper.connectors.webhook import SHOPIFY_CANCEL
 from stockkeeper.domain.allocation import BatchStock
 from stockkeeper.domain.events import Event
 from stockkeeper.domain.ingest import (
@@ -48,6 +47,7 @@ from stockkeeper.domain.reservation import EntryType
 from stockkeeper.messaging.envelope import Envelope
 from stockkeeper.observability.logging import get_logger
 from stockkeeper.observability.metrics import Metrics
+from stockkeeper.services.shopify_cancels import cancels_of_nothing
 from stockkeeper.services.unit import Clock, announce_levels, record_change, utcnow
 from stockkeeper.store import connector_state, dead_letters, outbox, source_records, stock
 from stockkeeper.store.connector_state import Overview
@@ -344,34 +344,9 @@ class IngestService:
             return []
         # A transaction id repeated inside one message counts once too.
         unique = list({(s.source, s.transaction_id): s for s in sold}.values())
-        void = await self._cancels_of_nothing(conn, unique)
+        void = await cancels_of_nothing(conn, unique, self.connectors)  # D-489
         new = await source_records.claim_sales(conn, unique)
         return [s for s in unique if (s.source, s.transaction_id) in new - void]
-
-    async def _cancels_of_nothing(self, conn: Conn, sales: list[Sale]) -> set[tuple[str, str]]:
-        """Shopify's cancels of order lines whose sale was never booked here (its
-        orders/create refused as stale, lost, or from before the connector): they put
-        back nothing. The line's own transaction id is claimed for them (a tombstone of
-        no units), so a create that arrives after its cancel is a repeat and the two net
-        to nothing, in either order (D-489). The keys of the cancels to book as no-ops."""
-        cancels = [
-            s
-            for s in sales
-            if s.delta > 0 and s.transaction_id.endswith(SHOPIFY_CANCEL) and self._shopify(s.source)
-        ]
-        if not cancels:
-            return set()
-        here = {(s.source, s.transaction_id) for s in sales}
-        lines = [
-            Sale(s.source, s.transaction_id.removesuffix(SHOPIFY_CANCEL), s.sku, 0) for s in cancels
-        ]
-        lines = [s for s in lines if (s.source, s.transaction_id) not in here]
-        never = await source_records.claim_sales(conn, lines)
-        return {(src, tid + SHOPIFY_CANCEL) for src, tid in never}
-
-    def _shopify(self, source: str) -> bool:
-        cfg = self.connectors.get(source)
-        return isinstance(cfg, WebhookConnectorConfig) and cfg.preset == "shopify"
 
     async def _ensure_lotless(
         self,

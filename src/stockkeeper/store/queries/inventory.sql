@@ -270,10 +270,8 @@ WITH owed AS (
     UPDATE sku_batch b
     SET oversold = b.oversold + (SELECT sum(units) FROM moved)
     WHERE b.id = $2 AND EXISTS (SELECT 1 FROM moved)
-    RETURNING b.id
 )
-SELECT m.id, m.units::bigint AS units FROM moved m, (SELECT count(*) FROM landed) AS l (n)
-ORDER BY m.id;
+SELECT id, units::bigint AS units FROM moved ORDER BY id;
 
 -- name: adjust_start_batch
 -- An adjustment's claim_reference and lock_batch_by_id in one round trip (D-300); a
