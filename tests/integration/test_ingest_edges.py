@@ -20,7 +20,7 @@ from stockkeeper.domain.allocation import OrderLine
 from stockkeeper.domain.errors import InsufficientStock
 from stockkeeper.services.audit import audit
 from stockkeeper.services.reservations import ReserveRequest
-from stockkeeper.services.stock import Receipt
+from stockkeeper.services.stock import Adjustment, Receipt
 from tests.integration.test_ingest import T0, deliver, ingesting, level, on_hand, sale
 
 __all__ = ["ingesting"]  # the fixture, used by name
@@ -100,6 +100,33 @@ async def test_a_receipt_into_another_batch_serves_the_owed_units_first(
         )
     assert report.clean, report.render()
     assert [tuple(r) for r in rows] == [(None, "default", 0, 0), (lot, location, 10, 3)]
+
+
+async def test_units_an_adjustment_brings_into_another_batch_serve_the_owed_units_first(
+    ingesting: Any,
+) -> None:
+    """D-490: as a receipt does (D-485), an adjustment that adds units to one batch
+    serves the units the SKU owes on its other batches first: 3 owed, 10 found in a
+    lot, 7 available, and an order for 10 is refused."""
+    c = ingesting
+    lot = (await c.stock.receive(Receipt("JAM", 10, "po-1", "default", "L1", None))).result
+    await c.stock.adjust(Adjustment("JAM", "on_hand", "count", "a-1", lot.batch_id, set=0))
+    await c.stock.receive(Receipt("JAM", 2, "po-2"))  # lotless, default location
+    await deliver(c, "shop", sales=[sale("t-1", "JAM", -5)])
+    start = await on_hand(c, "JAM")
+    assert (start.oversold, start.available, start.shortfall) == (3, 0, 3)
+    await c.stock.adjust(Adjustment("JAM", "on_hand", "found", "a-2", lot.batch_id, delta=10))
+    end = await on_hand(c, "JAM")
+    assert (end.oversold, end.available, end.shortfall) == (3, 7, 0)
+    with pytest.raises(InsufficientStock):
+        await c.reservations.reserve(ReserveRequest("o-1", (OrderLine("JAM", 10),)))
+    async with c.pool.acquire() as conn:
+        report = await audit(conn)
+        rows = await conn.fetch(
+            "SELECT lot_number, oversold FROM sku_batch WHERE sku = 'JAM' ORDER BY id"
+        )
+    assert report.clean, report.render()
+    assert [tuple(r) for r in rows] == [("L1", 3), (None, 0)]
 
 
 async def test_a_receipt_serves_no_more_owed_units_than_it_brings(ingesting: Any) -> None:

@@ -321,13 +321,14 @@ class Stock:
         async with transaction(self.pool, conn) as c:
             h = _hash(doc)
             # The claim and the batch locks in one round trip (D-300).
-            batches = await stock.adjust_start(c, a.reference_id, h, a.sku, a.batch_id)
+            batches = await stock.adjust_start(c, a.reference_id, h, a.sku)
             if batches is None:
                 return await self._repeat(c, "adjustment", a.reference_id, h, Adjusted)
             if a.batch_id is not None:
-                if not batches or batches[0].sku != a.sku:
+                found = [b for b in batches if b.id == a.batch_id]
+                if not found:
                     raise NotFound(f"no batch {a.batch_id} of sku {a.sku}")
-                batch = batches[0]
+                batch = found[0]
             else:
                 if not batches:
                     raise NotFound(f"unknown sku {a.sku}")
@@ -354,8 +355,18 @@ class Stock:
                 "applied_delta": change,
             }
             if change:
-                moves = [Movement(batch.id, a.sku, delta)]
-                await stock.apply_movements(c, moves)
+                await stock.apply_movements(c, [Movement(batch.id, a.sku, delta)])
+                freed = change if a.quantity == "on_hand" else -change
+                carried: list[tuple[int, int]] = []
+                owed = any(b.figures.oversold for b in batches if b.id != batch.id)
+                if freed > 0 and owed and batch.is_sellable(self.clock(), None):
+                    # Units the SKU owes on other batches are served first, as by a
+                    # receipt (D-485, D-490).
+                    carried = await stock.carry_oversold(c, a.sku, batch.id, freed)
+                moves = [
+                    Movement(batch.id, a.sku, delta + Delta(oversold=sum(n for _, n in carried))),
+                    *(Movement(b, a.sku, Delta(oversold=-n)) for b, n in carried),
+                ]
                 levels = await record_change(
                     c,
                     moves,

@@ -153,15 +153,13 @@ async def carry_oversold(conn: Conn, sku: str, batch_id: int, units: int) -> lis
 
 @translated
 async def adjust_start(
-    conn: Conn, reference_id: str, request_hash: str, sku: str, batch_id: int | None
+    conn: Conn, reference_id: str, request_hash: str, sku: str
 ) -> list[BatchStock] | None:
-    """An adjustment's claim of its reference and the lock of its batch (``batch_id``)
-    or of every batch of ``sku`` in id order, one round trip: the batches, or None when
-    the reference was already claimed (nothing locked)."""
-    if batch_id is not None:
-        rows = await conn.fetch(q("adjust_start_batch"), reference_id, request_hash, batch_id)
-    else:
-        rows = await conn.fetch(q("adjust_start_sku"), reference_id, request_hash, sku)
+    """An adjustment's claim of its reference and the lock of every batch of ``sku`` in
+    id order (the global lock order), one round trip: the batches, or None when the
+    reference was already claimed (nothing locked). Every batch, not only the one
+    adjusted: units it frees may serve what the SKU owes on the others (D-490)."""
+    rows = await conn.fetch(q("adjust_start_sku"), reference_id, request_hash, sku)
     if not rows[0]["claimed"]:
         return None
     return [batch_from_row(r) for r in rows if r["id"] is not None]

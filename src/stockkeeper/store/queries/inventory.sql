@@ -273,27 +273,10 @@ WITH owed AS (
 )
 SELECT id, units::bigint AS units FROM moved ORDER BY id;
 
--- name: adjust_start_batch
--- An adjustment's claim_reference and lock_batch_by_id in one round trip (D-300); a
--- repeat (the claim conflicted) locks nothing. One row of NULLs when no batch matched.
-WITH claim AS (
-    INSERT INTO applied_reference (kind, reference_id, request_hash, response)
-    VALUES ('adjustment', $1, $2, 'null'::json)
-    ON CONFLICT (kind, reference_id) DO NOTHING
-    RETURNING reference_id
-), batches AS (
-    SELECT id, sku, location, lot_number, expires_at, on_hand, unavailable, reserved,
-           committed, oversold, version
-    FROM sku_batch
-    WHERE id = $3 AND EXISTS (SELECT 1 FROM claim)
-    FOR UPDATE
-)
-SELECT EXISTS (SELECT 1 FROM claim) AS claimed, b.*
-FROM (VALUES (1)) AS one (x)
-LEFT JOIN batches b ON true;
-
 -- name: adjust_start_sku
--- As adjust_start_batch, every batch of the SKU locked in id order (lock_batches).
+-- An adjustment's claim_reference and the lock of every batch of the SKU in id order
+-- (lock_batches), in one round trip (D-300); a repeat (the claim conflicted) locks
+-- nothing. One row of NULLs when the SKU has no batch.
 WITH claim AS (
     INSERT INTO applied_reference (kind, reference_id, request_hash, response)
     VALUES ('adjustment', $1, $2, 'null'::json)
