@@ -4,6 +4,7 @@ markup is left out without failing its message, and a webhook connector's
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from stockkeeper.services.audit import audit
 from stockkeeper.services.reservations import ReserveRequest
 from stockkeeper.services.stock import Adjustment, Receipt
 from tests.integration.test_ingest import T0, deliver, ingesting, level, on_hand, sale
+from tests.support import auth
 
 __all__ = ["ingesting"]  # the fixture, used by name
 
@@ -140,3 +142,53 @@ async def test_a_receipt_serves_no_more_owed_units_than_it_brings(ingesting: Any
         rows = await conn.fetch("SELECT lot_number, oversold FROM sku_batch ORDER BY id")
     assert report.clean, report.render()
     assert [tuple(r) for r in rows] == [(None, 3), ("L1", 2)]
+
+
+async def test_a_receipt_picked_as_a_deadlock_victim_is_run_again_not_a_500(
+    ingesting: Any,
+) -> None:
+    """D-491: a receipt that carries owed units (D-485) locks its own batch, then the
+    SKU's other batches; a transaction taking them in id order (a reservation's order)
+    meanwhile deadlocks with it. PostgreSQL rolls the receipt back; the API runs it
+    again and answers 201, applied once, instead of a 500."""
+    c = ingesting
+    await c.stock.receive(Receipt("JAM", 2, "po-1"))  # the home batch, the lower id
+    lot = (await c.stock.receive(Receipt("JAM", 1, "po-2", "default", "L1", None))).result
+    await deliver(c, "shop", sales=[sale("t-1", "JAM", -6)])  # 3 owed on the home batch
+    async with c.pool.acquire() as conn:
+        home = await conn.fetchval("SELECT id FROM sku_batch WHERE lot_number IS NULL")
+    rival = await c.pool.acquire()
+    transport = httpx.ASGITransport(app=create_inventory_app(c))
+    try:
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://api") as http,
+            rival.transaction(),
+        ):
+            # The rival waits long before it checks for a deadlock, so the receipt
+            # (checking after the server's deadlock_timeout) is the one rolled back.
+            await rival.execute("SET LOCAL deadlock_timeout = '60s'")
+            await rival.execute("SELECT 1 FROM sku_batch WHERE id = $1 FOR UPDATE", home)
+            body = {"sku": "JAM", "quantity": 10, "lot_number": "L1", "reference_id": "po-3"}
+            receipt = asyncio.create_task(
+                http.post("/inventory/receipts", json=body, headers=auth())
+            )
+            me = await rival.fetchval("SELECT pg_backend_pid()")
+            while not await rival.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> $1",
+                me,
+            ):
+                assert not receipt.done(), receipt.result().text
+                await asyncio.sleep(0.005)
+            # The receipt holds L1 and waits for the home batch; now the rival waits
+            # for L1: a cycle.
+            await rival.execute("SELECT 1 FROM sku_batch WHERE id = $1 FOR UPDATE", lot.batch_id)
+        r = await receipt
+    finally:
+        await c.pool.release(rival)
+    assert r.status_code == 201, r.text
+    after = await on_hand(c, "JAM")
+    assert (after.on_hand, after.oversold, after.available) == (10, 3, 7)
+    async with c.pool.acquire() as conn:
+        report = await audit(conn)
+    assert report.clean, report.render()

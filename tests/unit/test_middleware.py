@@ -1,11 +1,12 @@
-"""The request metric's route label: the template that served the request."""
+"""The request metric's route label, and the catch-all's answer to what no handler took."""
 
 from __future__ import annotations
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
 
-from stockkeeper.api.middleware import RequestMetrics
+from stockkeeper.api.middleware import CatchAll, RequestMetrics
 from stockkeeper.observability.metrics import Metrics
 
 
@@ -36,3 +37,27 @@ async def test_the_route_label_names_fastapi_and_starlette_routes_and_bounds_404
         assert (await c.get("/no/such/path-1")).status_code == 404
         assert (await c.get("/no/such/path-2")).status_code == 404
     assert _routes_seen(metrics) == {"/items/{item_id}", "/openapi.json", "/docs", "unmatched"}
+
+
+async def test_a_transaction_that_kept_giving_way_is_503_with_retry_after() -> None:
+    """D-491: a deadlock or serialization failure left after the use case's retries is
+    a 503 the client may retry, not a 500 that says the server is broken."""
+    app = FastAPI()
+
+    @app.post("/deadlock")
+    async def deadlock() -> None:
+        raise asyncpg.DeadlockDetectedError("deadlock detected")
+
+    @app.post("/bug")
+    async def bug() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_middleware(CatchAll, app_name="test")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        lost = await c.post("/deadlock")
+        broken = await c.post("/bug")
+    assert lost.status_code == 503, lost.text
+    assert lost.json()["type"] == "unavailable"
+    assert lost.headers["retry-after"] == "1"
+    assert broken.status_code == 500

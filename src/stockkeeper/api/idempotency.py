@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import structlog
 from fastapi import Request
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -27,9 +28,14 @@ from stockkeeper.api.schemas import as_json
 from stockkeeper.domain.errors import DomainError, TryAgain
 from stockkeeper.services import idempotency
 from stockkeeper.services.idempotency import MAX_KEY_LENGTH, Answer, IdempotencyKey
+from stockkeeper.store.errors import TransactionLost, translate
 from stockkeeper.store.pool import Conn
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
+# How many times a use case whose transaction PostgreSQL picked to give way (a
+# deadlock, a serialization failure) is run again before the client is told to retry.
+GIVE_WAY_RETRIES = 3
 UseCase = Callable[[Conn | None], Awaitable[T]]
 # A use case's result as HTTP: the status and the response model of the body, or the
 # body already as the model's JSON (``as_json``).
@@ -122,7 +128,7 @@ async def run(
     request.app.state.container.failpoints.hit("api.use_case")
     key = request.headers.get("idempotency-key")
     if key is None:
-        return respond(await _answer(use, present, None, request))
+        return respond(await _given_way(lambda: _answer(use, present, None, request)))
 
     async def recorded(conn: Conn) -> Answer:
         return await _answer(use, present, conn, request)
@@ -131,10 +137,29 @@ async def run(
         return _rendered(present, result)
 
     pool = request.app.state.pool
-    answer = await idempotency.once(
-        pool,
-        _key(request, principal, key, payload),
-        recorded,
-        render=render if one_statement else None,
+    answer = await _given_way(
+        lambda: idempotency.once(
+            pool,
+            _key(request, principal, key, payload),
+            recorded,
+            render=render if one_statement else None,
+        )
     )
     return respond(answer)
+
+
+async def _given_way(call: Callable[[], Awaitable[Answer]]) -> Answer:
+    """``call``, run again (up to ``GIVE_WAY_RETRIES`` times) when PostgreSQL rolled its
+    transaction back to break a conflict with a concurrent one: all of it was undone,
+    so running it again is safe, and the client should not see a 500 for a race that
+    the server can settle itself (D-491). Past the retries the error goes on to the
+    catch-all, which answers 503 with Retry-After."""
+    attempts = 0
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            attempts += 1
+            if attempts > GIVE_WAY_RETRIES or not isinstance(translate(exc), TransactionLost):
+                raise
+            log.info("http.transaction_retried", attempt=attempts, error=type(exc).__name__)

@@ -18,7 +18,7 @@ from stockkeeper.messaging.broker import BrokerUnavailable
 from stockkeeper.observability import tracing
 from stockkeeper.observability.logging import access_log_enabled, get_logger
 from stockkeeper.observability.metrics import Metrics
-from stockkeeper.store.errors import StoreUnavailable, translate
+from stockkeeper.store.errors import StoreUnavailable, TransactionLost, translate
 
 log = get_logger(__name__)
 # What a 503 asks the client to wait: a database outage is mostly a restart or failover.
@@ -259,6 +259,9 @@ class CatchAll:
         except Exception as exc:
             request_id = _request_id(scope)
             outage = _outage_of(exc)
+            # A transaction PostgreSQL kept rolling back to break conflicts with
+            # concurrent ones (retried first, api.idempotency): try again (D-491).
+            gave_way = outage is None and isinstance(translate(exc), TransactionLost)
             fields = {
                 "app": self.app_name,
                 "method": scope["method"],
@@ -266,7 +269,7 @@ class CatchAll:
                 "request_id": request_id,
                 "answered": not started,
             }
-            if outage:
+            if outage or gave_way:
                 log.warning("http.unavailable", error=f"{type(exc).__name__}: {exc}", **fields)
             else:
                 log.error("http.unexpected_error", exc_info=exc, **fields)
@@ -276,6 +279,14 @@ class CatchAll:
                 doc = problem_doc(
                     "unavailable",
                     f"{outage} is not reachable; try again shortly",
+                    problem_instance(scope),
+                    request_id=request_id,
+                )
+                await _send_problem(send, doc, [(b"retry-after", str(RETRY_AFTER_S).encode())])
+            elif gave_way:
+                doc = problem_doc(
+                    "unavailable",
+                    "the database kept giving way to concurrent requests; try again shortly",
                     problem_instance(scope),
                     request_id=request_id,
                 )
