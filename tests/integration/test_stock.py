@@ -83,8 +83,10 @@ async def test_receipt_of_a_new_lot(container: Container) -> None:
 async def test_receipt_into_an_existing_lot_adds_to_its_batch(container: Container) -> None:
     first = await container.stock.receive(Receipt("MILK", 5, "r-1", None, "L-1", SOON))
     same_expiry = await container.stock.receive(Receipt("MILK", 3, "r-2", None, "L-1", SOON))
-    # Without an expiry the receipt does not contradict the lot's.
+    # Without an expiry the receipt does not contradict the lot's, and its answer
+    # shows the lot's expiry, not the none it was sent with.
     no_expiry = await container.stock.receive(Receipt("MILK", 2, "r-3", None, "L-1"))
+    assert no_expiry.result.expires_at == SOON
     other_lot = await container.stock.receive(Receipt("MILK", 1, "r-4", None, "L-2", LATE))
     ids = {d.result.batch_id for d in (first, same_expiry, no_expiry)}
     assert ids == {first.result.batch_id}
@@ -110,9 +112,9 @@ async def test_receipt_with_another_expiry_for_an_existing_lot_conflicts(
     await container.stock.receive(Receipt("MILK", 5, "r-1", None, "L-1", SOON))
     await container.stock.receive(Receipt("MILK", 5, "r-2", None, "L-0"))
     before = await counts(container)
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict, match="lot 'L-1' of MILK at default has expiry 2030-02-01"):
         await container.stock.receive(Receipt("MILK", 5, "r-3", None, "L-1", LATE))
-    with pytest.raises(Conflict):  # the lot was received without an expiry
+    with pytest.raises(Conflict, match=r"lot 'L-0' of MILK at default has no expiry$"):
         await container.stock.receive(Receipt("MILK", 5, "r-4", None, "L-0", LATE))
     assert await counts(container) == before
     assert (await container.stock.get("MILK")).on_hand == 10

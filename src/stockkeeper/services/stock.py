@@ -271,9 +271,8 @@ class Stock:
                 return await self._repeat(c, "receipt", r.reference_id, h, Received)
             batch_id, expiry, owed = started
             if r.expires_at is not None and expiry != r.expires_at:
-                raise Conflict(
-                    f"lot {r.lot_number!r} of {r.sku} at {location} already has expiry {expiry}"
-                )
+                has = f"expiry {expiry.isoformat()}" if expiry else "no expiry"
+                raise Conflict(f"lot {r.lot_number!r} of {r.sku} at {location} has {has}")
             carried: list[tuple[int, int]] = []
             if owed and (expiry is None or expiry > self.clock()):
                 # Units the SKU owes on other batches are served from these first (D-485).
@@ -288,6 +287,8 @@ class Stock:
                 "batch_id": batch_id,
                 **doc,
                 "location": location,
+                # The batch's, as stored: a receipt into a dated lot need not repeat it.
+                "expires_at": expiry.isoformat() if expiry else None,
             }
             levels = await record_change(
                 c,
