@@ -204,3 +204,62 @@ async def test_times_without_a_zone_are_compared_as_they_are_kept_whatever_the_e
     finally:
         await c.close()
     assert got == [("A", "WH-A", 1), ("B", "WH-A", 2), ("C", "WH-A", 3), ("D", "WH-A", 4)]
+
+
+ITEM = (
+    "INSERT INTO erp_item (sku, warehouse, qty_on_hand, unit_price, last_modified) "
+    "VALUES ($1, 'WH-A', $2, NULL, $3)"
+)
+
+
+async def test_a_row_committed_after_a_later_stamped_one_is_read_once_it_settles(
+    config: dict[str, Any], clock: Any, erp: ErpSandbox
+) -> None:
+    """D-493: an ERP transaction stamps its row, another stamps a later one and commits
+    first. Read at once, the cursor passes the first row while it is uncommitted and
+    never comes back for it. With ``settle_ms`` the poller reads only rows stamped that
+    long ago, so both are read, in order, once they settle."""
+    now = clock()
+    slow, quick = await asyncpg.connect(erp.url), await asyncpg.connect(erp.url)
+    cfg = {"id": "erp", "type": "erp", "dsn": sqlalchemy_url(erp.reader_url), "settle_ms": 5000}
+    c = await container_with(config, clock, cfg)
+    poller = ErpPoller(c, c.settings.connectors_of(ErpConnectorConfig)[0])
+    try:
+        open_tx = slow.transaction()
+        await open_tx.start()
+        await slow.execute(ITEM, "FIRST", 1, now - timedelta(seconds=3))
+        await quick.execute(ITEM, "SECOND", 2, now - timedelta(seconds=2))
+        await poller.poll_once()  # neither has settled: nothing read, no cursor saved
+        await open_tx.commit()
+        clock.advance(5)
+        await poller.poll_once()
+        await poller.poll_once()
+        got = await queued_levels(c)
+    finally:
+        await poller.close()
+        await c.close()
+        await slow.close()
+        await quick.close()
+    assert got == [("FIRST", "WH-A", 1), ("SECOND", "WH-A", 2)]
+
+
+async def test_settle_ms_holds_back_only_rows_stamped_within_it(
+    config: dict[str, Any], clock: Any, erp: ErpSandbox
+) -> None:
+    now = clock()
+    await erp.set("OLD", 1, at=now - timedelta(seconds=6), warehouse="WH-A")
+    await erp.set("NEW", 2, at=now - timedelta(seconds=4), warehouse="WH-A")
+    cfg = {"id": "erp", "type": "erp", "dsn": sqlalchemy_url(erp.reader_url), "settle_ms": 5000}
+    c = await container_with(config, clock, cfg)
+    poller = ErpPoller(c, c.settings.connectors_of(ErpConnectorConfig)[0])
+    try:
+        await poller.poll_once()
+        first = await queued_levels(c)
+        clock.advance(1)
+        await poller.poll_once()
+        second = await queued_levels(c)
+    finally:
+        await poller.close()
+        await c.close()
+    assert first == [("OLD", "WH-A", 1)]
+    assert second == [("OLD", "WH-A", 1), ("NEW", "WH-A", 2)]

@@ -96,6 +96,10 @@ class ErpConnectorConfig(IngestOptions):
     query_timeout_ms: int = Field(default=30_000, ge=100)
     # Polling pauses while the ingest queue holds more messages than this.
     backlog_high_water: int = Field(default=200, ge=1)
+    # Rows are read only once their last_modified is this old by our clock, so an ERP
+    # transaction that stamps rows and commits them within this long is never passed
+    # by the cursor while still uncommitted (D-493). 0: every row as soon as it shows.
+    settle_ms: int = Field(default=0, ge=0, le=3_600_000)
 
     @model_validator(mode="after")
     def _one_dsn(self) -> ErpConnectorConfig:

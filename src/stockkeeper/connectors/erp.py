@@ -75,18 +75,26 @@ def time_probe(view_name: str) -> Select[Any]:
     return select(c.last_modified).where(c.last_modified.is_not(None)).limit(1)
 
 
+def _bound(at: datetime, naive: bool) -> datetime:
+    return at.astimezone(UTC).replace(tzinfo=None) if naive else at
+
+
 def page_query(
-    view_name: str, after: Position | None, limit: int, *, naive: bool = False
+    view_name: str,
+    after: Position | None,
+    limit: int,
+    *,
+    naive: bool = False,
+    upto: datetime | None = None,
 ) -> Select[Any]:
     """The keyset query for one page (bound parameters only). ``naive``: the view's
     ``last_modified`` has no zone, so the cursor's time is bound without one too (its
     UTC wall time): bound with a zone, the database would compare the column as a time
-    in its session's zone and skip every row within that offset after the cursor."""
+    in its session's zone and skip every row within that offset after the cursor.
+    ``upto``: rows stamped later are left for a later poll (``settle_ms``, D-493)."""
     c = _view(view_name).c
     if after is not None and naive:
-        after = replace(
-            after, last_modified=after.last_modified.astimezone(UTC).replace(tzinfo=None)
-        )
+        after = replace(after, last_modified=_bound(after.last_modified, naive))
     # NULL-free keys (see the module docstring); '' is bound, like every value.
     sku = func.coalesce(c.sku, literal(""))
     location = func.coalesce(c.location, literal(""))
@@ -95,6 +103,8 @@ def page_query(
         .where(c.last_modified.is_not(None))
         .order_by(c.last_modified, sku, location)
     )
+    if upto is not None:
+        stmt = stmt.where(c.last_modified <= _bound(upto, naive))
     if after is not None:
         stmt = stmt.where(
             or_(
@@ -186,15 +196,18 @@ class ErpSource:
             self.naive = isinstance(value, datetime) and value.tzinfo is None
         return self.naive
 
-    async def page(self, after: Position | None) -> ErpPage:
+    async def page(self, after: Position | None, upto: datetime | None = None) -> ErpPage:
+        """The rows after ``after`` (all from the start: None), in cursor order, stamped
+        no later than ``upto`` (None: however late)."""
         try:
             async with (
                 self.gate,
                 asyncio.timeout(self.cfg.query_timeout_ms / 1000),
                 self.engine.connect() as conn,
             ):
-                naive = after is not None and await self._naive_times(conn)
-                stmt = page_query(self.cfg.view, after, self.cfg.page_size, naive=naive)
+                compared = after is not None or upto is not None
+                naive = compared and await self._naive_times(conn)
+                stmt = page_query(self.cfg.view, after, self.cfg.page_size, naive=naive, upto=upto)
                 result = await conn.execute(stmt)
                 rows = [tuple(r) for r in result.fetchall()]
         except TimeoutError:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from stockkeeper.bootstrap import Container, env_secret
 from stockkeeper.config import ErpConnectorConfig, MarketplaceConnectorConfig
@@ -228,7 +228,8 @@ class ErpPoller(Poller):
     async def poll_once(self) -> bool:
         async with self.c.pool.acquire() as conn:
             after = await self.position(conn)
-        page = await self.source.page(after)
+        settle = timedelta(milliseconds=self.cfg.settle_ms)
+        page = await self.source.page(after, self.c.clock() - settle if settle else None)
         if page.last is None:
             return False
         async with transaction(self.c.pool) as conn:
