@@ -14,6 +14,7 @@ import structlog
 from fastapi import Request
 from pydantic import BaseModel
 from starlette.responses import Response
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from stockkeeper.api.auth import Principal
 from stockkeeper.api.problems import (
@@ -148,18 +149,27 @@ async def run(
     return respond(answer)
 
 
+def _gave_way(exc: BaseException) -> bool:
+    return isinstance(translate(exc), TransactionLost)
+
+
 async def _given_way(call: Callable[[], Awaitable[Answer]]) -> Answer:
     """``call``, run again (up to ``GIVE_WAY_RETRIES`` times) when PostgreSQL rolled its
     transaction back to break a conflict with a concurrent one: all of it was undone,
     so running it again is safe, and the client should not see a 500 for a race that
     the server can settle itself (D-491). Past the retries the error goes on to the
     catch-all, which answers 503 with Retry-After."""
-    attempts = 0
-    while True:
-        try:
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(_gave_way),
+        stop=stop_after_attempt(GIVE_WAY_RETRIES + 1),
+        before_sleep=lambda rs: log.info(
+            "http.transaction_retried",
+            attempt=rs.attempt_number,
+            error=type(rs.outcome.exception()).__name__ if rs.outcome else None,
+        ),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
             return await call()
-        except Exception as exc:
-            attempts += 1
-            if attempts > GIVE_WAY_RETRIES or not isinstance(translate(exc), TransactionLost):
-                raise
-            log.info("http.transaction_retried", attempt=attempts, error=type(exc).__name__)
+    raise AssertionError("tenacity ends with a result or the last error")

@@ -275,20 +275,14 @@ class CatchAll:
                 log.error("http.unexpected_error", exc_info=exc, **fields)
             if started:  # too late for an answer: the client sees the connection close
                 raise
-            if outage:
-                doc = problem_doc(
-                    "unavailable",
-                    f"{outage} is not reachable; try again shortly",
-                    problem_instance(scope),
-                    request_id=request_id,
+            if outage or gave_way:
+                detail = (
+                    f"{outage} is not reachable; try again shortly"
+                    if outage
+                    else "the database kept giving way to concurrent requests; try again shortly"
                 )
-                await _send_problem(send, doc, [(b"retry-after", str(RETRY_AFTER_S).encode())])
-            elif gave_way:
                 doc = problem_doc(
-                    "unavailable",
-                    "the database kept giving way to concurrent requests; try again shortly",
-                    problem_instance(scope),
-                    request_id=request_id,
+                    "unavailable", detail, problem_instance(scope), request_id=request_id
                 )
                 await _send_problem(send, doc, [(b"retry-after", str(RETRY_AFTER_S).encode())])
             else:

@@ -231,6 +231,16 @@ class SkuStock:
         )
 
 
+def _with_carried(move: Movement, carried: list[tuple[int, int]]) -> list[Movement]:
+    """``move`` into a batch and the owed units ``carry_oversold`` moved onto it from the
+    SKU's other batches, (batch, units) each, as the ledger records them (D-485)."""
+    landed = Delta(oversold=sum(n for _, n in carried))
+    return [
+        Movement(move.batch_id, move.sku, move.delta + landed),
+        *(Movement(b, move.sku, Delta(oversold=-n)) for b, n in carried),
+    ]
+
+
 class Stock:
     """Stock that arrives, stock that is corrected, and stock as it stands."""
 
@@ -277,11 +287,7 @@ class Stock:
             if owed and (expiry is None or expiry > self.clock()):
                 # Units the SKU owes on other batches are served from these first (D-485).
                 carried = await stock.carry_oversold(c, r.sku, batch_id, r.quantity)
-            on_arrival = Delta(on_hand=r.quantity, oversold=sum(n for _, n in carried))
-            moves = [
-                Movement(batch_id, r.sku, on_arrival),
-                *(Movement(b, r.sku, Delta(oversold=-n)) for b, n in carried),
-            ]
+            moves = _with_carried(Movement(batch_id, r.sku, Delta(on_hand=r.quantity)), carried)
             body = {
                 "reference_id": r.reference_id,
                 "batch_id": batch_id,
@@ -364,10 +370,7 @@ class Stock:
                     # Units the SKU owes on other batches are served first, as by a
                     # receipt (D-485, D-490).
                     carried = await stock.carry_oversold(c, a.sku, batch.id, freed)
-                moves = [
-                    Movement(batch.id, a.sku, delta + Delta(oversold=sum(n for _, n in carried))),
-                    *(Movement(b, a.sku, Delta(oversold=-n)) for b, n in carried),
-                ]
+                moves = _with_carried(Movement(batch.id, a.sku, delta), carried)
                 levels = await record_change(
                     c,
                     moves,
